@@ -1,0 +1,283 @@
+"""A decoder described by its features (:class:`DecoderSpec`), lowered to a :class:`~fuzz.layout.Layout`.
+
+The spec is the synthesizer's vocabulary: every axis the fuzzer draws is one field here, and
+:func:`build` turns any valid combination into the op graph.  Families (Llama, Qwen3-MoE, ...) are
+specs with some features switched on, in the spirit of transformers' ``modular_*.py``.
+
+Block wiring, with ``h`` the residual stream:
+
+* pre-norm, sequential:  ``h = h + attn(n1(h)); h = h + mlp(n2(h))``
+* pre-norm, parallel:    ``h = h + attn(n1(h)) + mlp(n1(h) or n2(h))``
+* sandwich:              ``h = h + p1(attn(n1(h))); h = h + p2(mlp(n2(h)))``
+* post-norm:             ``h = n1(h + attn(h)); h = n2(h + mlp(h))``
+
+``residual_multiplier`` scales each branch before its add (Granite style).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+
+from .layout import Layout
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    rope: bool = True  # RoPE on this layer (off = NoPE layer)
+    sparse: bool = False  # MoE MLP instead of the dense MLP
+
+
+@dataclass(frozen=True)
+class DecoderSpec:
+    vocab: int = 64
+    hidden: int = 32
+    layers: tuple[LayerSpec, ...] = (LayerSpec(),)
+    # attention
+    n_heads: int = 4
+    n_kv_heads: int = 2
+    head_dim: int = 8
+    qk_norm: str = "none"  # none | per_head | full
+    rope_style: str = "half"  # half | interleaved
+    rotary_dim: int | None = None  # None = head_dim (full rotary)
+    rope_theta: float = 10000.0
+    qkv_bias: bool = False
+    o_bias: bool = False
+    attn_gate: str = "none"  # none | head_softplus | output_sigmoid
+    # mlp
+    mlp: str = "swiglu"  # swiglu | geglu | gelu
+    intermediate: int = 48
+    mlp_bias: bool = False
+    # moe
+    n_experts: int = 4
+    top_k: int = 2
+    renormalize: bool = True
+    moe_intermediate: int = 16
+    shared_expert: bool = False
+    shared_intermediate: int = 24
+    shared_gate: bool = True
+    # norms and residual
+    norm: str = "rms"  # rms | layer
+    norm_weight_form: str = "w"  # w | 1+w
+    norm_bias: bool = False  # LayerNorm bias
+    norm_eps: float = 1e-6
+    placement: str = "pre"  # pre | post | sandwich
+    residual: str = "sequential"  # sequential | parallel
+    parallel_shared_norm: bool = True
+    # embeddings and multipliers
+    tie_embeddings: bool = False
+    embedding_multiplier: float | None = None
+    residual_multiplier: float | None = None
+    logit_multiplier: float | None = None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["layers"] = [asdict(l) for l in self.layers]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DecoderSpec":
+        d = dict(d)
+        d["layers"] = tuple(LayerSpec(**l) for l in d.get("layers", [{}]))
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def with_(self, **changes) -> "DecoderSpec":
+        return replace(self, **changes)
+
+    def features(self) -> list[str]:
+        """The feature tags this spec switches on (what coverage statistics count)."""
+        f = [f"attn:{_attn_kind(self)}", f"qk_norm:{self.qk_norm}", f"mlp:{self.mlp}",
+             f"norm:{self.norm}", f"norm_form:{self.norm_weight_form}", f"placement:{self.placement}",
+             f"residual:{self.residual}"]
+        if any(l.rope for l in self.layers):
+            rd = self.rotary_dim or self.head_dim
+            f.append(f"rope:{self.rope_style}")
+            if rd < self.head_dim:
+                f.append("rope:partial")
+        if not all(l.rope for l in self.layers):
+            f.append("rope:none-on-some-layers")
+        if self.head_dim * self.n_heads != self.hidden:
+            f.append("head_dim:independent")
+        if self.qkv_bias:
+            f.append("bias:qkv")
+        if self.o_bias:
+            f.append("bias:o")
+        if self.attn_gate != "none":
+            f.append(f"attn_gate:{self.attn_gate}")
+        if self.mlp_bias:
+            f.append("bias:mlp")
+        if any(l.sparse for l in self.layers):
+            f.append("moe")
+            f.append("moe:renorm" if self.renormalize else "moe:no-renorm")
+            if self.shared_expert:
+                f.append("moe:shared_expert" + ("+gate" if self.shared_gate else ""))
+            if not all(l.sparse for l in self.layers):
+                f.append("moe:mixed-dense-sparse")
+        if self.norm == "layer" and self.norm_bias:
+            f.append("norm:layer+bias")
+        if self.residual == "parallel":
+            f.append("parallel:shared_norm" if self.parallel_shared_norm else "parallel:two_norms")
+        f.append("embeddings:tied" if self.tie_embeddings else "embeddings:untied")
+        for name in ("embedding_multiplier", "residual_multiplier", "logit_multiplier"):
+            if getattr(self, name) is not None:
+                f.append(f"multiplier:{name.split('_')[0]}")
+        if any(w & (w - 1) for w in (self.hidden, self.intermediate)):
+            f.append("width:non-pow2")
+        f.append(f"layers:{len(self.layers)}")
+        return sorted(set(f))
+
+
+def _attn_kind(s: DecoderSpec) -> str:
+    if s.n_kv_heads == s.n_heads:
+        return "mha"
+    return "mqa" if s.n_kv_heads == 1 else "gqa"
+
+
+class _Graph:
+    """Accumulates ``(id, op, params, inputs)`` tuples for :meth:`Layout.from_nodes`."""
+
+    def __init__(self):
+        self.nodes: list[tuple[str, str, dict, list[str]]] = []
+
+    def add(self, node: str, op: str, inputs: list[str], **params) -> str:
+        self.nodes.append((node, op, params, inputs))
+        return node
+
+
+def _norm(g: _Graph, s: DecoderSpec, node: str, x: str, dim: int, groups: int = 1) -> str:
+    return g.add(node, "norm", [x], kind=s.norm, dim=dim, groups=groups, eps=s.norm_eps,
+                 weight_form=s.norm_weight_form, bias=s.norm == "layer" and s.norm_bias)
+
+
+def _attention(g: _Graph, s: DecoderSpec, p: str, x: str, layer: LayerSpec) -> str:
+    h, kv, d = s.n_heads, s.n_kv_heads, s.head_dim
+    fused_gate = s.attn_gate == "output_sigmoid"
+    q = g.add(f"{p}q_proj", "linear", [x], in_features=s.hidden, out_features=h * d * (2 if fused_gate else 1),
+              bias=s.qkv_bias)
+    k = g.add(f"{p}k_proj", "linear", [x], in_features=s.hidden, out_features=kv * d, bias=s.qkv_bias)
+    v = g.add(f"{p}v_proj", "linear", [x], in_features=s.hidden, out_features=kv * d, bias=s.qkv_bias)
+    gate_src = None
+    if fused_gate:  # Qwen3-Next: q_proj rows are [q | gate] per head
+        gate_src = g.add(f"{p}q_gate", "head_slice", [q], n_heads=h, head_dim=2 * d, start=d, length=d)
+        q = g.add(f"{p}q_only", "head_slice", [q], n_heads=h, head_dim=2 * d, start=0, length=d)
+    if s.qk_norm == "per_head":
+        q = _norm(g, s, f"{p}q_norm", q, d, h)
+        k = _norm(g, s, f"{p}k_norm", k, d, kv)
+    elif s.qk_norm == "full":
+        q = _norm(g, s, f"{p}q_norm", q, h * d)
+        k = _norm(g, s, f"{p}k_norm", k, kv * d)
+    if layer.rope:
+        r = s.rotary_dim or d
+        q = g.add(f"{p}q_rope", "rope", [q], n_heads=h, head_dim=d, rotary_dim=r, style=s.rope_style,
+                  theta=s.rope_theta)
+        k = g.add(f"{p}k_rope", "rope", [k], n_heads=kv, head_dim=d, rotary_dim=r, style=s.rope_style,
+                  theta=s.rope_theta)
+    a = g.add(f"{p}attn", "attention", [q, k, v], n_heads=h, n_kv_heads=kv, head_dim=d)
+    if fused_gate:
+        a = g.add(f"{p}attn_gate", "gate", [a, gate_src], act="sigmoid", n_heads=h)
+    elif s.attn_gate == "head_softplus":  # Laguna: a per-head gate computed from the normed input
+        gl = g.add(f"{p}g_proj", "linear", [x], in_features=s.hidden, out_features=h, bias=False)
+        a = g.add(f"{p}attn_gate", "gate", [a, gl], act="softplus", n_heads=h)
+    return g.add(f"{p}o_proj", "linear", [a], in_features=h * d, out_features=s.hidden, bias=s.o_bias)
+
+
+def _glu_or_gelu(g: _Graph, s: DecoderSpec, p: str, x: str, inter: int, bias: bool) -> str:
+    if s.mlp == "gelu":
+        up = g.add(f"{p}up_proj", "linear", [x], in_features=s.hidden, out_features=inter, bias=bias)
+        a = g.add(f"{p}act", "act", [up], fn="gelu")
+    else:
+        gate = g.add(f"{p}gate_proj", "linear", [x], in_features=s.hidden, out_features=inter, bias=bias)
+        up = g.add(f"{p}up_proj", "linear", [x], in_features=s.hidden, out_features=inter, bias=bias)
+        act = g.add(f"{p}act", "act", [gate], fn="silu" if s.mlp == "swiglu" else "gelu_tanh")
+        a = g.add(f"{p}glu", "mul", [act, up])
+    return g.add(f"{p}down_proj", "linear", [a], in_features=inter, out_features=s.hidden, bias=bias)
+
+
+def _moe(g: _Graph, s: DecoderSpec, p: str, x: str) -> str:
+    logits = g.add(f"{p}router_proj", "linear", [x], in_features=s.hidden, out_features=s.n_experts, bias=False)
+    w = g.add(f"{p}router", "router", [logits], n_experts=s.n_experts, top_k=s.top_k, renormalize=s.renormalize)
+    out = g.add(f"{p}experts", "experts", [x, w], n_experts=s.n_experts, hidden=s.hidden,
+                intermediate=s.moe_intermediate, act="silu")
+    if s.shared_expert:
+        sh = _glu_or_gelu(g, s.with_(mlp="swiglu"), f"{p}shared_expert_", x, s.shared_intermediate, False)
+        if s.shared_gate:
+            gl = g.add(f"{p}shared_expert_gate", "linear", [x], in_features=s.hidden, out_features=1, bias=False)
+            sh = g.add(f"{p}shared_expert_gating", "gate", [sh, gl], act="sigmoid", n_heads=1)
+        out = g.add(f"{p}moe_sum", "add", [out, sh])
+    return out
+
+
+def _branch_scale(g: _Graph, s: DecoderSpec, node: str, x: str) -> str:
+    if s.residual_multiplier is None:
+        return x
+    return g.add(node, "scale", [x], factor=s.residual_multiplier)
+
+
+def check(s: DecoderSpec) -> None:
+    """Spec-level constraints (graph-level ones are checked by :class:`Layout`)."""
+    from .errors import LayoutError
+    if not s.layers:
+        raise LayoutError("a decoder has at least one layer")
+    if s.placement == "post" and s.residual == "parallel":
+        raise LayoutError("post-norm with a parallel residual is not a known layout")
+    if s.n_heads % s.n_kv_heads:
+        raise LayoutError(f"n_heads {s.n_heads} is not a multiple of n_kv_heads {s.n_kv_heads}")
+    for name in ("qk_norm", "rope_style", "attn_gate", "mlp", "norm", "norm_weight_form", "placement", "residual"):
+        allowed = _CHOICES[name]
+        if getattr(s, name) not in allowed:
+            raise LayoutError(f"{name}={getattr(s, name)!r} is not one of {allowed}")
+
+
+_CHOICES = {"qk_norm": ("none", "per_head", "full"), "rope_style": ("half", "interleaved"),
+            "attn_gate": ("none", "head_softplus", "output_sigmoid"), "mlp": ("swiglu", "geglu", "gelu"),
+            "norm": ("rms", "layer"), "norm_weight_form": ("w", "1+w"), "placement": ("pre", "post", "sandwich"),
+            "residual": ("sequential", "parallel")}
+
+
+def build(s: DecoderSpec, name: str | None = None) -> Layout:
+    """Lower a spec to its op graph; raises :class:`~fuzz.errors.LayoutError` if it is not a valid model."""
+    check(s)
+    g = _Graph()
+    ids = g.add("tokens", "tokens", [], vocab=s.vocab)
+    h = g.add("embed", "embedding", [ids], vocab=s.vocab, dim=s.hidden)
+    if s.embedding_multiplier is not None:
+        h = g.add("embed_scale", "scale", [h], factor=s.embedding_multiplier)
+    for i, layer in enumerate(s.layers):
+        p = f"l{i}_"
+        mlp_fn = (lambda x, pre: _moe(g, s, pre, x)) if layer.sparse else \
+            (lambda x, pre: _glu_or_gelu(g, s, pre, x, s.intermediate, s.mlp_bias))
+        if s.placement == "post":
+            a = _branch_scale(g, s, f"{p}attn_scale", _attention(g, s, f"{p}", h, layer))
+            h = _norm(g, s, f"{p}attn_norm", g.add(f"{p}attn_add", "add", [h, a]), s.hidden)
+            m = _branch_scale(g, s, f"{p}mlp_scale", mlp_fn(h, f"{p}mlp_"))
+            h = _norm(g, s, f"{p}mlp_norm", g.add(f"{p}mlp_add", "add", [h, m]), s.hidden)
+            continue
+        n1 = _norm(g, s, f"{p}attn_norm", h, s.hidden)
+        a = _attention(g, s, p, n1, layer)
+        if s.placement == "sandwich":
+            a = _norm(g, s, f"{p}attn_post_norm", a, s.hidden)
+        a = _branch_scale(g, s, f"{p}attn_scale", a)
+        if s.residual == "parallel":
+            n2 = n1 if s.parallel_shared_norm else _norm(g, s, f"{p}mlp_norm", h, s.hidden)
+            m = mlp_fn(n2, f"{p}mlp_")
+            if s.placement == "sandwich":
+                m = _norm(g, s, f"{p}mlp_post_norm", m, s.hidden)
+            m = _branch_scale(g, s, f"{p}mlp_scale", m)
+            h = g.add(f"{p}add", "add", [h, a, m])
+            continue
+        h = g.add(f"{p}attn_add", "add", [h, a])
+        m = mlp_fn(_norm(g, s, f"{p}mlp_norm", h, s.hidden), f"{p}mlp_")
+        if s.placement == "sandwich":
+            m = _norm(g, s, f"{p}mlp_post_norm", m, s.hidden)
+        m = _branch_scale(g, s, f"{p}mlp_scale", m)
+        h = g.add(f"{p}mlp_add", "add", [h, m])
+    if s.placement != "post":
+        h = _norm(g, s, "final_norm", h, s.hidden)
+    out = g.add("lm_head", "lm_head", [h], dim=s.hidden, vocab=s.vocab,
+                tied_to="embed" if s.tie_embeddings else None)
+    if s.logit_multiplier is not None:
+        g.add("logit_scale", "scale", [out], factor=s.logit_multiplier)
+    meta = {"spec": s.to_dict(), "features": s.features()}
+    if name:
+        meta["name"] = name
+    return Layout.from_nodes(g.nodes, meta)

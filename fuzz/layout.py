@@ -1,0 +1,229 @@
+"""The layout IR: a validated ``networkx.DiGraph`` of parameterised ops (nodes) and dataflow (edges).
+
+A node carries ``op`` plus that op's parameters (see :mod:`fuzz.ops`); an edge ``u -> v`` carries
+``port``, the input slot of ``v`` that reads ``u``.  A layout has exactly one ``tokens`` source and one
+sink (the logits).  JSON is networkx node-link data, canonicalised (sorted nodes, edges and keys) so
+that the content hash is stable across runs, Python versions and insertion order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+import networkx as nx
+
+from .errors import BadInput, LayoutError
+from .ops import spec
+
+FORMAT = "archfuzz.layout/1"
+_ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class Layout:
+    """A validated decoder layout.  Immutable by convention: transforms build new layouts."""
+
+    def __init__(self, graph: nx.DiGraph, meta: dict | None = None):
+        self.graph = graph
+        self.meta = dict(meta or {})
+        self.widths: dict[str, int | None] = {}
+        self.order: list[str] = []
+        self._validate()
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_nodes(cls, nodes: Iterable[tuple[str, str, dict, list[str]]], meta: dict | None = None) -> "Layout":
+        """Build from ``(id, op, params, inputs)`` tuples; ``inputs`` are node ids in port order."""
+        g = nx.DiGraph()
+        pending = []
+        for node, op, params, inputs in nodes:
+            if node in g:
+                raise LayoutError("duplicate node id", node)
+            g.add_node(node, op=op, **params)
+            pending.append((node, inputs))
+        for node, inputs in pending:
+            for port, src in enumerate(inputs):
+                if src not in g:
+                    raise LayoutError(f"input {port} reads unknown node {src!r}", node)
+                if g.has_edge(src, node):
+                    raise LayoutError(f"reads {src!r} twice (ports must read distinct nodes)", node)
+                g.add_edge(src, node, port=port)
+        return cls(g, meta)
+
+    # ------------------------------------------------------------------ validation
+    def _validate(self) -> None:
+        g = self.graph
+        if not isinstance(g, nx.DiGraph) or g.is_multigraph():
+            raise LayoutError("a layout is a networkx.DiGraph")
+        if g.number_of_nodes() == 0:
+            raise LayoutError("empty layout")
+        for node, data in g.nodes(data=True):
+            if not isinstance(node, str) or not _ID.match(node):
+                raise LayoutError("node ids are identifiers ([A-Za-z_][A-Za-z0-9_]*)", str(node))
+            if "op" not in data:
+                raise LayoutError("has no 'op'", node)
+            op = data["op"]
+            params = spec(op, node).normalise(node, {k: v for k, v in data.items() if k != "op"})
+            data.clear()
+            data.update(op=op, **params)
+        if not nx.is_directed_acyclic_graph(g):
+            cycle = nx.find_cycle(g)
+            raise LayoutError(f"dataflow has a cycle: {cycle}", cycle[0][0])
+        sources = [n for n, d in g.nodes(data=True) if d["op"] == "tokens"]
+        if len(sources) != 1:
+            raise LayoutError(f"a layout has exactly one 'tokens' node, found {len(sources)}")
+        sinks = [n for n in g if g.out_degree(n) == 0]
+        if len(sinks) != 1:
+            raise LayoutError(f"a layout has exactly one output (sink), found {sorted(sinks)}")
+        self.source, self.sink = sources[0], sinks[0]
+        for node in g:
+            if node != self.source and g.in_degree(node) == 0:
+                raise LayoutError("has no inputs (dangling node)", node)
+        self.order = list(nx.lexicographical_topological_sort(g))
+        for node in self.order:
+            op = g.nodes[node]["op"]
+            ports = spec(op).ports
+            ins = self.inputs(node)
+            if ports != ("*",) and len(ins) != len(ports):
+                raise LayoutError(f"{op} takes {len(ports)} input(s) {ports}, has {len(ins)}", node)
+            self.widths[node] = spec(op).infer(node, self.params(node), [self.widths[i] for i in ins])
+        vocab = g.nodes[self.source]["vocab"]
+        if self.widths[self.sink] != vocab:
+            raise LayoutError(f"output width {self.widths[self.sink]} != vocab {vocab}", self.sink)
+        for node in self.of_op("lm_head", "embedding"):
+            p = self.params(node)
+            if p["vocab"] != vocab:
+                raise LayoutError(f"vocab {p['vocab']} != tokens vocab {vocab}", node)
+            tied = p.get("tied_to")
+            if tied is not None:
+                if tied not in g or g.nodes[tied]["op"] != "embedding":
+                    raise LayoutError(f"tied_to {tied!r} is not an embedding node", node)
+                if g.nodes[tied]["dim"] != p["dim"]:
+                    raise LayoutError(f"tied to {tied!r} of dim {g.nodes[tied]['dim']}, needs {p['dim']}", node)
+
+    # ------------------------------------------------------------------ queries
+    def op(self, node: str) -> str:
+        return self.graph.nodes[node]["op"]
+
+    def params(self, node: str) -> dict:
+        return {k: v for k, v in self.graph.nodes[node].items() if k != "op"}
+
+    def inputs(self, node: str) -> list[str]:
+        """Producers read by ``node``, in port order."""
+        preds = sorted(self.graph.in_edges(node, data="port"), key=lambda e: e[2])
+        for i, (src, _, port) in enumerate(preds):
+            if port != i:
+                raise LayoutError(f"input ports must be 0..n-1, found port {port} from {src!r}", node)
+        return [src for src, _, _ in preds]
+
+    def consumers(self, node: str) -> list[tuple[str, int]]:
+        """Every ``(consumer, port)`` that reads the output of ``node`` (the dataflow, not names)."""
+        return sorted((dst, port) for _, dst, port in self.graph.out_edges(node, data="port"))
+
+    def of_op(self, *ops: str) -> list[str]:
+        return [n for n in self.order if self.graph.nodes[n]["op"] in ops]
+
+    def features(self) -> list[str]:
+        """Feature tags recorded by the synthesizer (``meta['features']``), sorted."""
+        return sorted(self.meta.get("features", []))
+
+    # ------------------------------------------------------------------ data
+    def to_dict(self) -> dict:
+        data = nx.node_link_data(self.graph, edges="edges")
+        nodes = sorted(({k: data_node[k] for k in sorted(data_node)} for data_node in data["nodes"]),
+                       key=lambda d: d["id"])
+        edges = sorted(({"source": e["source"], "target": e["target"], "port": e["port"]}
+                        for e in data["edges"]), key=lambda e: (e["target"], e["port"]))
+        return {"format": FORMAT, "meta": self.meta, "nodes": nodes, "edges": edges}
+
+    def to_json(self, indent: int | None = 1) -> str:
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Layout":
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            got = data.get("format") if isinstance(data, dict) else type(data).__name__
+            raise BadInput(f"not an archfuzz layout: format {got!r}, expected {FORMAT!r}")
+        for key in ("nodes", "edges"):
+            if not isinstance(data.get(key), list):
+                raise BadInput(f"layout JSON needs a list {key!r}")
+        for i, n in enumerate(data["nodes"]):
+            if not isinstance(n, dict) or "id" not in n:
+                raise BadInput(f"layout JSON node #{i} has no 'id'")
+        for i, e in enumerate(data["edges"]):
+            if not isinstance(e, dict) or not {"source", "target", "port"} <= set(e):
+                raise BadInput(f"layout JSON edge #{i} needs 'source', 'target' and 'port'")
+        ids = {n["id"] for n in data["nodes"]}
+        for e in data["edges"]:
+            for end in ("source", "target"):
+                if e[end] not in ids:
+                    raise LayoutError(f"edge {e['source']!r} -> {e['target']!r} names an unknown node "
+                                      f"(dangling edge)", e[end])
+        payload = {"directed": True, "multigraph": False, "graph": {},
+                   "nodes": data["nodes"], "edges": data["edges"]}
+        graph = nx.node_link_graph(payload, directed=True, multigraph=False, edges="edges")
+        return cls(graph, data.get("meta", {}))
+
+    @classmethod
+    def from_json(cls, text: str) -> "Layout":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise BadInput(f"layout JSON is not valid JSON: {exc}") from None
+        return cls.from_dict(data)
+
+    def hash(self) -> str:
+        """Stable content hash of the graph (meta excluded): 16 hex digits of SHA-256."""
+        d = self.to_dict()
+        body = json.dumps({"nodes": d["nodes"], "edges": d["edges"]}, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the JSON atomically (temp file in the same folder, then rename)."""
+        return atomic_write_text(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Layout":
+        p = Path(path)
+        try:
+            text = p.read_text()
+        except OSError as exc:
+            raise BadInput(f"cannot read layout {p}: {exc.strerror}") from None
+        try:
+            return cls.from_json(text)
+        except BadInput as exc:
+            raise type(exc)(f"{p}: {exc}") from None
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Layout) and self.to_dict()["nodes"] == other.to_dict()["nodes"] \
+            and self.to_dict()["edges"] == other.to_dict()["edges"]
+
+    def __hash__(self) -> int:
+        return hash(self.hash())
+
+    def __repr__(self) -> str:
+        name = self.meta.get("name", "layout")
+        return f"<Layout {name} {self.hash()} nodes={len(self.order)}>"
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` via a temp file and ``os.replace``: readers never see half a file."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return p

@@ -1,0 +1,303 @@
+"""Layout -> torch module: a causal LM that executes the op graph node by node.
+
+Every node is its own ``nn.Module`` under ``model.nodes[<node id>]``, so forward hooks see every
+intermediate activation (the oracle names the first divergent node this way) and transforms edit
+parameters by node id.  Weights are drawn per node from ``(seed, node id)``, so a node keeps its
+weights when the shrinker removes other nodes; they are never trivial (norm weights, biases and gates
+random), or scaling bugs would hide behind ones and zeros.
+
+``numerics="exact"`` computes everything in the model dtype (the oracle's float64 ground truth).
+``numerics="transformers"`` reproduces transformers' own precision policy (RMSNorm and the router
+softmax upcast to float32, RoPE tables built in float32) so that the materializer can be compared
+bit-for-bit-ish against the real transformers classes; it is a test mode, not an oracle mode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import BadInput
+from .layout import Layout
+from .ops import parameter_shapes
+
+NUMERICS = ("exact", "transformers")
+
+
+def _generator(seed: int, node: str, name: str) -> torch.Generator:
+    digest = hashlib.sha256(f"{seed}/{node}/{name}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
+
+
+def draw_parameter(seed: int, node: str, op: str, params: dict, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+    """The float64 initial value of one parameter: random, never ones or zeros."""
+    gen = _generator(seed, node, name)
+    z = torch.randn(shape, generator=gen, dtype=torch.float64)
+    if op == "norm" and name == "weight":
+        return 0.3 * z if params["weight_form"] == "1+w" else 1.0 + 0.3 * z
+    if name == "bias" or op == "norm":
+        return 0.1 * z
+    fan_in = shape[-1]
+    return z / math.sqrt(fan_in) if op != "embedding" else z
+
+
+ACT = {"silu": F.silu, "gelu": F.gelu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"), "relu": F.relu}
+
+
+class Node(nn.Module):
+    """Base of the per-op modules; ``params`` are the node's layout parameters."""
+
+    def __init__(self, node: str, params: dict, numerics: str):
+        super().__init__()
+        self.node_id, self.p, self.numerics = node, params, numerics
+
+    def extra_repr(self) -> str:
+        return f"{self.node_id}: " + ", ".join(f"{k}={v}" for k, v in self.p.items())
+
+
+class Tokens(Node):
+    def forward(self, ids):
+        return ids
+
+
+class Embedding(Node):
+    def forward(self, ids):
+        return F.embedding(ids, self.weight)
+
+
+class Scale(Node):
+    def forward(self, x):
+        return x * self.p["factor"]
+
+
+class Norm(Node):
+    """RMSNorm / LayerNorm over groups of ``dim`` channels, ``g = w`` or ``1 + w``."""
+
+    def forward(self, x):
+        p = self.p
+        shape = x.shape
+        u = x.reshape(*shape[:-1], p["groups"], p["dim"])
+        dtype = u.dtype
+        if self.numerics == "transformers" and p["kind"] == "rms":
+            u = u.to(torch.float32)
+        if p["kind"] == "layer":
+            u = u - u.mean(-1, keepdim=True)
+        u = u * torch.rsqrt(u.pow(2).mean(-1, keepdim=True) + p["eps"])
+        u = u.to(dtype)
+        g = self.weight if p["weight_form"] == "w" else 1.0 + self.weight
+        out = g * u
+        if p["bias"]:
+            out = out + self.bias
+        return out.reshape(shape)
+
+
+class Linear(Node):
+    def forward(self, x):
+        return F.linear(x, self.weight, getattr(self, "bias", None))
+
+
+def rope_tables(p: dict, seq: int, dtype: torch.dtype, numerics: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin of shape ``(seq, rotary_dim)`` laid out for the node's pairing style."""
+    r = p["rotary_dim"]
+    table_dtype = torch.float32 if numerics == "transformers" else torch.float64
+    exponent = torch.arange(0, r, 2, dtype=torch.int64).to(table_dtype) / r
+    inv_freq = 1.0 / (p["theta"] ** exponent)
+    freqs = torch.arange(seq, dtype=table_dtype)[:, None] * inv_freq[None, :]
+    if p["style"] == "half":
+        emb = torch.cat((freqs, freqs), dim=-1)
+    else:
+        emb = freqs.repeat_interleave(2, dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def rotate_pairs(x: torch.Tensor, style: str) -> torch.Tensor:
+    """The 90-degree rotation of every RoPE pair: ``(a, b) -> (-b, a)``."""
+    if style == "half":
+        h = x.shape[-1] // 2
+        return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return torch.stack((-x2, x1), dim=-1).flatten(-2)
+
+
+class Rope(Node):
+    def forward(self, x):
+        p = self.p
+        b, t, _ = x.shape
+        xh = x.reshape(b, t, p["n_heads"], p["head_dim"])
+        r = p["rotary_dim"]
+        cos, sin = rope_tables(p, t, x.dtype, self.numerics)
+        cos, sin = cos[None, :, None, :], sin[None, :, None, :]
+        rot, rest = xh[..., :r], xh[..., r:]
+        rot = rot * cos + rotate_pairs(rot, p["style"]) * sin
+        return torch.cat((rot, rest), dim=-1).reshape(b, t, -1)
+
+
+class Attention(Node):
+    """Causal softmax attention, ``scaling = head_dim ** -0.5``, K/V repeated across GQA groups."""
+
+    def forward(self, q, k, v):
+        p = self.p
+        b, t, _ = q.shape
+        h, kv, d = p["n_heads"], p["n_kv_heads"], p["head_dim"]
+        q = q.reshape(b, t, h, d).transpose(1, 2)
+        k = k.reshape(b, t, kv, d).transpose(1, 2).repeat_interleave(h // kv, dim=1)
+        v = v.reshape(b, t, kv, d).transpose(1, 2).repeat_interleave(h // kv, dim=1)
+        scores = (q @ k.transpose(-1, -2)) * d ** -0.5
+        mask = torch.ones(t, t, dtype=torch.bool, device=q.device).tril()
+        scores = scores.masked_fill(~mask, float("-inf"))
+        out = torch.softmax(scores, dim=-1) @ v
+        return out.transpose(1, 2).reshape(b, t, h * d)
+
+
+class HeadSlice(Node):
+    def forward(self, x):
+        p = self.p
+        xh = x.reshape(*x.shape[:-1], p["n_heads"], p["head_dim"])
+        return xh[..., p["start"]:p["start"] + p["length"]].reshape(*x.shape[:-1], -1)
+
+
+class Gate(Node):
+    """``x * act(g)`` with ``g`` elementwise, per head or per token."""
+
+    def forward(self, x, g):
+        act = torch.sigmoid if self.p["act"] == "sigmoid" else F.softplus
+        a = act(g)
+        if g.shape[-1] == x.shape[-1]:
+            return x * a
+        if g.shape[-1] == 1:
+            return x * a
+        n = self.p["n_heads"]
+        return (x.reshape(*x.shape[:-1], n, -1) * a[..., None]).reshape(x.shape)
+
+
+class Act(Node):
+    def forward(self, x):
+        return ACT[self.p["fn"]](x)
+
+
+class Mul(Node):
+    def forward(self, a, b):
+        return a * b
+
+
+class Add(Node):
+    def forward(self, *xs):
+        out = xs[0]
+        for x in xs[1:]:
+            out = out + x
+        return out
+
+
+class Router(Node):
+    """softmax -> top-k -> optional renormalisation, scattered back to a dense ``(.., E)`` tensor.
+
+    ``last_margin`` keeps, per token, the gap between the k-th and (k+1)-th probability of the last
+    forward: the oracle sets aside inputs whose margin is below its tolerance (a near-tie may flip).
+    """
+
+    last_margin: torch.Tensor | None = None
+
+    def forward(self, logits):
+        p = self.p
+        dtype = logits.dtype
+        probs = torch.softmax(logits.to(torch.float32) if self.numerics == "transformers" else logits, dim=-1)
+        k = p["top_k"]
+        top, idx = torch.topk(probs, min(k + 1, p["n_experts"]), dim=-1)
+        self.last_margin = (top[..., k - 1] - top[..., k]).detach() if k < p["n_experts"] else None
+        top, idx = top[..., :k], idx[..., :k]
+        if p["renormalize"]:
+            top = top / top.sum(dim=-1, keepdim=True)
+        return torch.zeros_like(probs).scatter(-1, idx, top).to(dtype)
+
+
+class Experts(Node):
+    """Fused experts: ``sum_e w_e * down_e(act(gate_e x) * up_e x)``, gate rows first in gate_up_proj."""
+
+    def forward(self, x, weights):
+        act = ACT[self.p["act"]]
+        out = torch.zeros_like(x)
+        flat_x = x.reshape(-1, x.shape[-1])
+        flat_w = weights.reshape(-1, weights.shape[-1])
+        flat_out = out.view(-1, x.shape[-1])
+        for e in range(self.p["n_experts"]):
+            rows = torch.nonzero(flat_w[:, e]).flatten()
+            if rows.numel() == 0:
+                continue
+            gate, up = F.linear(flat_x[rows], self.gate_up_proj[e]).chunk(2, dim=-1)
+            y = F.linear(act(gate) * up, self.down_proj[e]) * flat_w[rows, e, None]
+            flat_out.index_add_(0, rows, y)
+        return out
+
+
+class LMHead(Node):
+    def forward(self, x):
+        return F.linear(x, self.weight)
+
+
+MODULES: dict[str, type[Node]] = {
+    "tokens": Tokens, "embedding": Embedding, "scale": Scale, "norm": Norm, "linear": Linear,
+    "rope": Rope, "attention": Attention, "head_slice": HeadSlice, "gate": Gate, "act": Act,
+    "mul": Mul, "add": Add, "router": Router, "experts": Experts, "lm_head": LMHead,
+}
+
+
+class GraphModel(nn.Module):
+    """A causal LM executing a :class:`Layout`: ``(batch, seq)`` token ids in, ``(batch, seq, vocab)`` logits out."""
+
+    def __init__(self, layout: Layout, *, dtype: torch.dtype = torch.float64, numerics: str = "exact"):
+        super().__init__()
+        if numerics not in NUMERICS:
+            raise BadInput(f"numerics must be one of {NUMERICS}, got {numerics!r}")
+        self.layout = layout
+        self.numerics = numerics
+        self.nodes = nn.ModuleDict()
+        for node in layout.order:
+            op, params = layout.op(node), layout.params(node)
+            module = MODULES[op](node, params, numerics)
+            for name, shape in parameter_shapes(op, params).items():
+                module.register_parameter(name, nn.Parameter(torch.empty(shape, dtype=dtype)))
+            self.nodes[node] = module
+        for node in layout.of_op("lm_head"):
+            tied = layout.params(node)["tied_to"]
+            if tied is not None:
+                self.nodes[node].weight = self.nodes[tied].weight
+        self._plan = [(n, layout.inputs(n)) for n in layout.order]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    def init_weights(self, seed: int = 0) -> "GraphModel":
+        with torch.no_grad():
+            for node, module in self.nodes.items():
+                for name, param in module.named_parameters(recurse=False):
+                    if module.p.get("tied_to") is not None:
+                        continue
+                    value = draw_parameter(seed, node, self.layout.op(node), module.p, name, tuple(param.shape))
+                    param.copy_(value.to(param.dtype))
+        return self
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32):
+            raise BadInput(f"input_ids must be a (batch, seq) integer tensor, got {tuple(input_ids.shape)} "
+                           f"{input_ids.dtype}")
+        vocab = self.layout.params(self.layout.source)["vocab"]
+        if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= vocab):
+            raise BadInput(f"token ids must lie in [0, {vocab})")
+        values: dict[str, torch.Tensor] = {}
+        for node, inputs in self._plan:
+            args = [values[i] for i in inputs] if inputs else [input_ids]
+            values[node] = self.nodes[node](*args)
+        return values[self.layout.sink]
+
+
+def materialize(layout: Layout, *, dtype: torch.dtype = torch.float64, seed: int = 0,
+                numerics: str = "exact") -> GraphModel:
+    """Build the causal LM of ``layout`` with weights drawn from ``seed``, in ``dtype``."""
+    if not isinstance(layout, Layout):
+        raise BadInput(f"materialize expects a fuzz.Layout, got {type(layout).__name__}")
+    return GraphModel(layout, dtype=dtype, numerics=numerics).init_weights(seed).eval()
