@@ -1,5 +1,6 @@
 """archfuzz layout discovery: the layout IR, the decoder synthesizer and the materializer."""
 
+from . import strategies
 from .decoder import DecoderSpec, LayerSpec, build
 from .errors import ArchfuzzError, BadInput, LayoutError, Refusal
 from .layout import Layout
@@ -7,10 +8,3 @@ from .materialize import GraphModel, materialize
 
 __all__ = ["Layout", "DecoderSpec", "LayerSpec", "build", "materialize", "GraphModel", "strategies",
            "ArchfuzzError", "BadInput", "LayoutError", "Refusal"]
-
-
-def __getattr__(name):  # keep ``import fuzz`` free of hypothesis until strategies are asked for
-    if name == "strategies":
-        from . import strategies
-        return strategies
-    raise AttributeError(name)

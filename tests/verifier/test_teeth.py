@@ -1,0 +1,86 @@
+"""The oracle has teeth: every known-buggy transform is caught on every layout where its bug applies.
+
+Applicability is decided from the layout's own spec, independently of the oracle, so a mutant that is
+silently accepted where its bug must show is a failure of the oracle.  The examples needed to first
+catch each mutant are asserted to stay within the ci budget.
+"""
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fuzz import DecoderSpec, LayerSpec, build, strategies as S
+from fuzz.decoder import DecoderSpec as Spec
+from verifier import mutants, verify
+
+
+def _spec(layout) -> Spec:
+    return Spec.from_dict(layout.meta["spec"])
+
+
+def _rope_qk_plain(s: Spec) -> bool:
+    return s.qk_norm == "none" and s.attn_gate != "output_sigmoid"
+
+
+# mutant -> (constraints that make the bug applicable, extra predicate on the spec)
+APPLIES = {
+    "skip_norm_consumer": (dict(placement="pre", tie_embeddings=False, moe=False), lambda s: True),
+    "pair_reflection": (dict(qk_norm="none", attn_gate=("none", "head_softplus"), rope=True,
+                             rotary_dim=None), lambda s: True),
+    "forget_pair_bias": (dict(qk_norm="none", attn_gate=("none", "head_softplus"), rope=True, qkv_bias=True),
+                         lambda s: True),
+    "forget_writer_bias": (dict(o_bias=True), lambda s: True),
+    "cross_group_heads": (dict(), lambda s: s.n_kv_heads > 1),
+}
+
+
+@pytest.mark.parametrize("name", sorted(APPLIES))
+@given(data=st.data())
+def test_mutant_is_caught_wherever_it_applies(name, data):
+    constraints, predicate = APPLIES[name]
+    layout = data.draw(S.layouts(**constraints))
+    seed = data.draw(S.seeds())
+    verdict = verify(mutants.get(name, seed=seed % 1000), layout, seed=seed % 97)
+    if not predicate(_spec(layout)):
+        return
+    assert verdict.status == "diverged", f"{name} escaped the oracle: {verdict}"
+    assert verdict.first_divergent is not None, verdict
+
+
+def test_float32_rotation_matrix_is_caught_in_float64():
+    """A rotation built from float32 values is only orthogonal to ~1e-8: the float64 proof sees it."""
+    layout = build(DecoderSpec(layers=(LayerSpec(), LayerSpec()), hidden=48, head_dim=16))
+    caught = [verify(mutants.get("float32_rotation", seed=s), layout, seed=s) for s in range(5)]
+    assert sum(v.status == "diverged" for v in caught) >= 4, [str(v) for v in caught]
+    assert all(v.max_rel_err < 1e-5 for v in caught)  # a precision bug, not a structural one
+
+
+def examples_to_catch(name: str, budget: int = 25) -> int | None:
+    """How many unconstrained layouts the search draws before the oracle first catches mutant ``name``."""
+    count, first = [0], []
+
+    @settings(max_examples=budget, database=None, derandomize=True, deadline=None, phases=["generate"])
+    @given(layout=S.layouts(), seed=S.seeds())
+    def search(layout, seed):
+        count[0] += 1
+        verdict = verify(mutants.get(name, seed=seed % 1000), layout, seed=seed % 97)
+        if verdict.status == "diverged" and not first:
+            first.append(count[0])
+
+    search()
+    return first[0] if first else None
+
+
+@pytest.mark.parametrize("name", sorted(APPLIES))
+def test_each_mutant_is_found_within_the_default_budget(name):
+    needed = examples_to_catch(name)
+    assert needed is not None and needed <= 25, f"{name}: not caught in 25 unconstrained examples"
+
+
+def test_skip_norm_consumer_names_the_norm_and_the_skipped_consumer():
+    layout = build(DecoderSpec(attn_gate="head_softplus"))
+    verdict = verify(mutants.get("skip_norm_consumer"), layout)
+    assert verdict.status == "diverged"
+    fd = verdict.first_divergent
+    assert fd["op"] == "norm" and fd["node"] == "l0_attn_norm"
+    assert fd["diverging_consumers"] == ["l0_v_proj"]  # consumers sorted; the last one was skipped

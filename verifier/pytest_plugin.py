@@ -1,0 +1,30 @@
+"""The pytest helper: a property reads ``assert_invariant(transform, layout)``."""
+
+from __future__ import annotations
+
+import torch
+
+from .oracle import Verdict, verify
+
+
+def assert_invariant(transform, subject, *, allow_refusal: bool = True, dtype: torch.dtype = torch.float64,
+                     seed: int = 0, **kwargs) -> Verdict:
+    """Fail (with the verdict and a repro script) unless ``transform`` preserves ``subject``'s function.
+
+    A documented refusal passes when ``allow_refusal`` (the transform said honestly that it cannot
+    apply); an error, NaN, an inconclusive comparison or a divergence fails.  Under hypothesis the
+    worst error is fed to ``target()`` so a campaign climbs toward violations.
+    """
+    verdict = verify(transform, subject, dtype=dtype, seed=seed, **kwargs)
+    try:
+        from hypothesis import event, target
+        from hypothesis.control import _current_build_context
+        if _current_build_context.value is not None:
+            event(f"verdict:{verdict.status}")
+            if verdict.max_rel_err is not None:
+                target(min(verdict.max_rel_err, 1e300), label="invariance rel err")
+    except ImportError:  # hypothesis is optional for plain unit tests
+        pass
+    if verdict.ok or (allow_refusal and verdict.refused):
+        return verdict
+    raise AssertionError(f"{verdict}\n--- repro ---\n{verdict.repro()}")

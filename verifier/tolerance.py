@@ -1,0 +1,62 @@
+"""The tolerance model of the oracle: how close is "the same function".
+
+Error measure (as in the seed paper): ``rel = max|y' - y| / max|y|`` over the logits of every
+comparable position, and ``abs = max|y' - y|``.
+
+float64 (the default, the oracle's proof mode).  A function-preserving transform built entirely in
+float64 reproduces the logits to a few hundred ulps: rounding grows about like ``sqrt(width) * depth
+* eps`` with ``eps = 2.2e-16``; the worst correct transforms in the suite stay below ``1e-12``.  The
+bound is ``1e-9``: three orders above that floor, and three below the smallest real bug class seen
+(a rotation matrix built in float32 inside a float64 model "diverges" by ~1e-8; a missed consumer, a
+reflection or a forgotten bias by 1e-3 and more).
+
+float32.  Correct transforms reach ~1e-7 to 6e-6 (the paper's floors: input-WHT < 5e-7, spectral-PCA
+6e-6) and depth adds to it, so the bound is ``1e-4``: it still separates every real bug class (>= 1e-3)
+but cannot see float32-precision bugs.  Use it to check what ships, never as the proof.
+
+MoE routing is discrete: a token whose top-k margin (k-th minus (k+1)-th router probability) is below
+``tie_margin`` may legitimately switch experts under rounding, so the positions from it onward are set
+aside (causal attention spreads a flip forward only), and the verdict says how many.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    dtype: str
+    rel: float  # bound on max|y'-y| / max|y| of the logits
+    tie_margin: float  # router top-k margins below this are near-ties (set aside)
+    node_rel: float  # bound used when comparing intermediate activations (first divergent node)
+    reason: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+_DEFAULTS = {
+    torch.float64: Tolerance("float64", 1e-9, 1e-7, 1e-10,
+                             "float64 proof mode: correct transforms <= 1e-12, real bugs >= 1e-8"),
+    torch.float32: Tolerance("float32", 1e-4, 1e-3, 1e-3,
+                             "float32 check mode: correct transforms <= ~6e-6, real bug classes >= 1e-3"),
+}
+
+
+def default_tolerance(dtype: torch.dtype) -> Tolerance:
+    """The documented bound for ``dtype`` (float64 or float32)."""
+    try:
+        return _DEFAULTS[dtype]
+    except KeyError:
+        from fuzz.errors import BadInput
+        raise BadInput(f"the oracle runs in float64 or float32, not {dtype}") from None
+
+
+def relative_error(y: torch.Tensor, y_ref: torch.Tensor) -> tuple[float, float]:
+    """``(max|y - y_ref| / max|y_ref|, max|y - y_ref|)`` in float64."""
+    diff = (y.double() - y_ref.double()).abs().max().item() if y.numel() else 0.0
+    scale = y_ref.double().abs().max().item() if y_ref.numel() else 0.0
+    return (diff / scale if scale > 0 else (0.0 if diff == 0 else float("inf"))), diff
