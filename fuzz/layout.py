@@ -77,13 +77,14 @@ class Layout:
         sources = [n for n, d in g.nodes(data=True) if d["op"] == "tokens"]
         if len(sources) != 1:
             raise LayoutError(f"a layout has exactly one 'tokens' node, found {len(sources)}")
+        for node in sorted(g):
+            if node != sources[0] and g.in_degree(node) == 0:
+                raise LayoutError("has no inputs (dangling node)", node)
         sinks = [n for n in g if g.out_degree(n) == 0]
         if len(sinks) != 1:
-            raise LayoutError(f"a layout has exactly one output (sink), found {sorted(sinks)}")
+            raise LayoutError(f"a layout has exactly one output (sink), found {sorted(sinks)}; "
+                              f"every other node must feed the logits")
         self.source, self.sink = sources[0], sinks[0]
-        for node in g:
-            if node != self.source and g.in_degree(node) == 0:
-                raise LayoutError("has no inputs (dangling node)", node)
         self.order = list(nx.lexicographical_topological_sort(g))
         for node in self.order:
             op = g.nodes[node]["op"]
