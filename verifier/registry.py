@@ -1,0 +1,43 @@
+"""One lookup for every named transform: ``registry:name`` (``reference:permute_hidden``,
+``mutants:pair_reflection``, ``quant:bbt-spectral`` once the transform library is installed).  A bare
+name is looked up in the registries in that order."""
+
+from __future__ import annotations
+
+import importlib
+
+from fuzz.errors import BadInput
+
+from .transform import NamedTransform
+
+REGISTRIES = {"reference": "verifier.reference", "mutants": "verifier.mutants", "quant": "quant.transforms"}
+
+
+def _module(prefix: str):
+    try:
+        return importlib.import_module(REGISTRIES[prefix])
+    except ModuleNotFoundError:
+        return None
+
+
+def available() -> dict[str, list[str]]:
+    out = {}
+    for prefix in REGISTRIES:
+        mod = _module(prefix)
+        if mod is not None and hasattr(mod, "names"):
+            out[prefix] = list(mod.names())
+    return out
+
+
+def resolve(name: str, **options) -> NamedTransform:
+    """The transform called ``name`` with ``options``; unknown names list everything available."""
+    prefix, _, bare = name.rpartition(":")
+    prefixes = [prefix] if prefix else list(REGISTRIES)
+    if prefix and prefix not in REGISTRIES:
+        raise BadInput(f"unknown registry {prefix!r}; registries: {sorted(REGISTRIES)}")
+    for p in prefixes:
+        mod = _module(p)
+        if mod is not None and hasattr(mod, "names") and bare in mod.names():
+            return mod.get(bare, **options)
+    listing = "; ".join(f"{p}: {', '.join(n)}" for p, n in available().items())
+    raise BadInput(f"unknown transform {name!r}; available: {listing}")
