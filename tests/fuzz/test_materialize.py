@@ -111,3 +111,28 @@ def test_bad_inputs_are_named():
         materialize(build(DecoderSpec()), numerics="fast")
     with pytest.raises(BadInput, match="fuzz.Layout"):
         materialize({"nodes": []})
+
+
+def test_deepcopy_is_independent_and_keeps_ties_and_hooks():
+    import copy
+    model = materialize(build(DecoderSpec(tie_embeddings=True)))
+    seen = []
+    model.nodes["tokens"].register_forward_pre_hook(lambda mod, args: seen.append(1))
+    clone = copy.deepcopy(model)
+    assert clone.layout is model.layout  # layouts are immutable and shared
+    assert clone.nodes["lm_head"].weight is clone.nodes["embed"].weight
+    with torch.no_grad():
+        clone.nodes["embed"].weight.add_(1.0)
+    assert not torch.equal(clone.nodes["embed"].weight, model.nodes["embed"].weight)
+    clone(torch.tensor([[1, 2]]))
+    assert seen == [1]
+
+
+def test_deepcopy_falls_back_when_a_transform_replaced_a_module():
+    import copy
+    from torch import nn
+    model = materialize(build(DecoderSpec()))
+    model.nodes["l0_q_proj"].extra = nn.Identity()  # no longer what the layout says
+    clone = copy.deepcopy(model)
+    assert isinstance(clone.nodes["l0_q_proj"].extra, nn.Identity)
+    assert clone.nodes["l0_q_proj"] is not model.nodes["l0_q_proj"]
