@@ -21,8 +21,12 @@ import torch
 
 from fuzz.errors import BadInput
 
-DEFAULT_TRANSFORMS = ["reference:identity", "reference:permute_hidden", "reference:permute_heads",
-                      "reference:absorb_norm_scale", "reference:rope_pair_rotation"]
+
+
+def default_transforms() -> list[str]:
+    """Every registered transform except the deliberately buggy mutants."""
+    from verifier.registry import available
+    return [f"{reg}:{name}" for reg, names in available().items() if reg != "mutants" for name in names]
 
 
 def _kv(items: list[str]) -> dict:
@@ -46,7 +50,7 @@ def cmd_fuzz(args) -> int:
     from rich.console import Console
 
     from verifier.campaign import run_campaign, summary_markdown, write_summary
-    summary = run_campaign(args.transform or DEFAULT_TRANSFORMS, profile=args.profile,
+    summary = run_campaign(args.transform or default_transforms(), profile=args.profile,
                            max_examples=args.max_examples, seed=args.seed, constraints=_kv(args.require),
                            progress=not args.quiet, dtype=_dtype(args.dtype))
     out = Path(args.out or f"runs/fuzz-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -80,9 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="archfuzz", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     f = sub.add_parser("fuzz", help="layout-discovery campaign")
-    f.add_argument("--profile", default="dev", choices=["dev", "ci", "nightly", "release"])
+    f.add_argument("--profile", default="ci", choices=["dev", "ci", "nightly", "release"])
     f.add_argument("--max-examples", type=int, default=None)
-    f.add_argument("--transform", action="append", help="registry:name (repeatable); default: reference set")
+    f.add_argument("--transform", action="append", help="registry:name (repeatable); default: every registered transform but the mutants")
     f.add_argument("--seed", type=int, default=None)
     f.add_argument("--dtype", default="float64", choices=["float64", "float32"])
     f.add_argument("--require", action="append", metavar="FIELD=VALUE", help="pin a layout feature")

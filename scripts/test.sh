@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# The test suite: unit tests and the fuzz properties under the derandomized `ci` hypothesis profile.
+# The test suite (sets itself up on a fresh machine): unit tests and the fuzz properties under the
+# derandomized `ci` hypothesis profile, on 2 pytest-xdist workers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec python -m pytest -q -n 2 --hypothesis-profile=ci "$@"
+. scripts/env.sh
+python -m pytest -q -n 2 --hypothesis-profile=ci "$@"
