@@ -27,6 +27,7 @@ from typing import Callable
 import networkx as nx
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from fuzz.errors import BadInput, Refusal
 from fuzz.layout import Layout
@@ -178,14 +179,56 @@ def capture(model: nn.Module):
             h.remove()
 
 
-def _comparable(model: nn.Module, ids: torch.Tensor, tie_margin: float) -> torch.Tensor:
-    """``(batch, seq)`` mask: False from the first MoE top-k near-tie of a row onward."""
+class TopkMargins(TorchFunctionMode):
+    """Records, for every ``torch.topk`` a foreign module runs (MoE routing), the per-row margin between
+    the k-th and (k+1)-th largest value: a module without a layout still gets near-tie detection."""
+
+    def __init__(self):
+        super().__init__()
+        self.margins: list[torch.Tensor] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in (torch.topk, torch.Tensor.topk) and torch.is_tensor(args[0]) and args[0].is_floating_point():
+            x = args[0]
+            k = args[1] if len(args) > 1 else kwargs.get("k")
+            dim = kwargs.get("dim", args[2] if len(args) > 2 else -1)
+            if isinstance(k, int) and k < x.shape[dim]:
+                top = torch.sort(x.detach(), dim=dim, descending=True).values
+                self.margins.append((top.narrow(dim, k - 1, 1) - top.narrow(dim, k, 1)).squeeze(dim))
+        return func(*args, **kwargs)
+
+
+class _NoRecorder:
+    margins: list = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _topk_recorder(model: nn.Module):
+    """GraphModels report their router margins themselves; foreign modules get their topk calls recorded."""
+    return _NoRecorder() if isinstance(model, GraphModel) else TopkMargins()
+
+
+def _tie_mask(margins: list[torch.Tensor], ids: torch.Tensor, tie_margin: float) -> torch.Tensor:
+    """``(batch, seq)`` mask: False from the first near-tie of a row onward (attention carries it forward)."""
     ok = torch.ones(ids.shape, dtype=torch.bool)
-    for m in model.modules():
-        if isinstance(m, Router) and m.last_margin is not None:
-            tie = (m.last_margin.reshape(ids.shape) < tie_margin).cpu()
-            ok &= ~(tie.cumsum(dim=1) > 0)
+    for margin in margins:
+        if margin.numel() != ids.numel():
+            continue  # a topk that is not per token (not routing)
+        tie = (margin.reshape(ids.shape) < tie_margin).cpu()
+        ok &= ~(tie.cumsum(dim=1) > 0)
     return ok
+
+
+def _comparable(model: nn.Module, ids: torch.Tensor, tie_margin: float, recorded: list[torch.Tensor]) -> torch.Tensor:
+    """Positions that no MoE near-tie can have flipped, from a GraphModel's routers or recorded topk calls."""
+    margins = [m.last_margin for m in model.modules() if isinstance(m, Router) and m.last_margin is not None]
+    return _tie_mask(margins + recorded, ids, tie_margin)
 
 
 def _rows(t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -249,13 +292,13 @@ def verify(transform: Callable[[nn.Module, Calibration], nn.Module], subject, *,
                       layout_json=layout.to_json(indent=None) if layout is not None else None,
                       transform_expr=texpr)
 
-    with capture(model) as ref_acts:
+    with capture(model) as ref_acts, _topk_recorder(model) as ref_topk:
         ref = _logits(model, test_ids, f"subject {subject_name}")
     if not torch.isfinite(ref).all():
         raise BadInput(f"subject {subject_name} gives non-finite logits before any transform")
     if not isinstance(model, GraphModel):  # a GraphModel is causal by construction (masked attention only)
         _check_causal(model, test_ids, ref, f"subject {subject_name}", tol.rel)
-    mask = _comparable(model, test_ids, tol.tie_margin)
+    mask = _comparable(model, test_ids, tol.tie_margin, ref_topk.margins)
 
     work = copy.deepcopy(model)
     try:
@@ -274,7 +317,7 @@ def verify(transform: Callable[[nn.Module, Calibration], nn.Module], subject, *,
         return verdict
 
     try:
-        with capture(out) as new_acts:
+        with capture(out) as new_acts, _topk_recorder(out) as new_topk:
             new = _logits(out, test_ids, "transformed model")
     except BadInput as exc:
         verdict.message = str(exc)
@@ -282,7 +325,7 @@ def verify(transform: Callable[[nn.Module, Calibration], nn.Module], subject, *,
     if not torch.isfinite(new).all():
         verdict.status, verdict.message = "non-finite", "the transformed model gives NaN or Inf logits"
         return verdict
-    mask &= _comparable(out, test_ids, tol.tie_margin)
+    mask &= _comparable(out, test_ids, tol.tie_margin, new_topk.margins)
     verdict.near_ties_set_aside = int((~mask).sum())
     verdict.positions_compared = int(mask.sum())
     if verdict.positions_compared == 0:

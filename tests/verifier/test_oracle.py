@@ -166,3 +166,21 @@ def test_calibration_and_test_inputs_are_disjoint_draws():
     verify(spy, model, seed=7)
     assert seen["calib"].shape == (4, 12) and forwarded
     assert all(not torch.equal(ids, seen["calib"]) for ids in forwarded)
+
+
+def test_near_ties_are_detected_in_foreign_moe_modules():
+    """A module without a layout: its torch.topk routing calls are recorded and exact ties set aside."""
+    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+    torch.manual_seed(0)
+    cfg = Qwen3MoeConfig(vocab_size=40, hidden_size=16, intermediate_size=24, moe_intermediate_size=8,
+                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, head_dim=8,
+                         num_experts=2, num_experts_per_tok=1, max_position_embeddings=32)
+    model = Qwen3MoeForCausalLM._from_config(cfg, experts_implementation="eager").to(torch.float64).eval()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            for p in layer.mlp.parameters():
+                p.normal_(0, 0.3)
+            router = layer.mlp.gate.weight
+            router[1] = router[0]  # identical router rows: every token ties between the two experts
+    verdict = verify(reference.get("identity"), model, batch=2, seq=6)
+    assert verdict.status == "inconclusive" and verdict.near_ties_set_aside == 12
