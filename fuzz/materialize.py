@@ -8,12 +8,14 @@ random), or scaling bugs would hide behind ones and zeros.
 
 ``numerics="exact"`` computes everything in the model dtype (the oracle's float64 ground truth).
 ``numerics="transformers"`` reproduces transformers' own precision policy (RMSNorm and the router
-softmax upcast to float32, RoPE tables built in float32) so that the materializer can be compared
-bit-for-bit-ish against the real transformers classes; it is a test mode, not an oracle mode.
+softmax upcast to float32, RoPE tables built in float32; a ``1 + w`` RMSNorm also applies its weight
+in float32, as Gemma does) so that the materializer can be compared bit-for-bit-ish against the real
+transformers classes; it is a test mode, not an oracle mode.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 
@@ -37,6 +39,11 @@ def draw_parameter(seed: int, node: str, op: str, params: dict, name: str, shape
     """The float64 initial value of one parameter: random, never ones or zeros."""
     gen = _generator(seed, node, name)
     z = torch.randn(shape, generator=gen, dtype=torch.float64)
+    if op == "wht_in":
+        return torch.exp(0.3 * z)  # a positive per-coordinate scale
+    if op == "gamma_norm":
+        q, r = torch.linalg.qr(z)
+        return q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))[..., None, :]
     if op == "norm" and name == "weight":
         return 0.3 * z if params["weight_form"] == "1+w" else 1.0 + 0.3 * z
     if name == "bias" or op == "norm":
@@ -87,6 +94,9 @@ class Norm(Node):
         if p["kind"] == "layer":
             u = u - u.mean(-1, keepdim=True)
         u = u * torch.rsqrt(u.pow(2).mean(-1, keepdim=True) + p["eps"])
+        if self.numerics == "transformers" and p["kind"] == "rms" and p["weight_form"] == "1+w":
+            # Gemma / Qwen3-Next: (u * (1 + w)) in float32, cast after the weight (Llama casts before)
+            return (u * (1.0 + self.weight.float())).to(dtype).reshape(shape)
         u = u.to(dtype)
         g = self.weight if p["weight_form"] == "w" else 1.0 + self.weight
         out = g * u
@@ -233,6 +243,25 @@ class Experts(Node):
         return out
 
 
+class WhtIn(Node):
+    """``fwht([x, 0]) / scale``: the online input of a spectrally transformed linear (T1)."""
+
+    def forward(self, x):
+        from quant.transforms.hadamard import fwht
+        pad = self.p["d_pad"] - x.shape[-1]
+        return fwht(F.pad(x, (0, pad))) / self.scale
+
+
+class GammaNorm(Node):
+    """Per group: ``Gamma_g (u / rms(u))`` with a full ``dim x dim`` matrix per group (T5)."""
+
+    def forward(self, x):
+        p = self.p
+        u = x.reshape(*x.shape[:-1], p["groups"], p["dim"])
+        u = u * torch.rsqrt(u.pow(2).mean(-1, keepdim=True) + p["eps"])
+        return torch.einsum("...gd,ged->...ge", u, self.gamma).reshape(x.shape)
+
+
 class LMHead(Node):
     def forward(self, x):
         return F.linear(x, self.weight)
@@ -242,6 +271,7 @@ MODULES: dict[str, type[Node]] = {
     "tokens": Tokens, "embedding": Embedding, "scale": Scale, "norm": Norm, "linear": Linear,
     "rope": Rope, "attention": Attention, "head_slice": HeadSlice, "gate": Gate, "act": Act,
     "mul": Mul, "add": Add, "router": Router, "experts": Experts, "lm_head": LMHead,
+    "wht_in": WhtIn, "gamma_norm": GammaNorm,
 }
 
 
@@ -266,6 +296,46 @@ class GraphModel(nn.Module):
             if tied is not None:
                 self.nodes[node].weight = self.nodes[tied].weight
         self._plan = [(n, layout.inputs(n)) for n in layout.order]
+
+    def _matches_layout(self) -> bool:
+        """True while every node module is exactly what the layout says (class, parameter names, shapes)."""
+        if set(self._modules) != {"nodes"} or list(self.nodes) != self.layout.order:
+            return False
+        for node, module in self.nodes.items():
+            op, params = self.layout.op(node), self.layout.params(node)
+            if type(module) is not MODULES[op] or module._modules or module._buffers or module.p != params:
+                return False
+            own = {k: tuple(v.shape) for k, v in module._parameters.items() if v is not None}
+            expected = parameter_shapes(op, params)
+            if op == "lm_head" and params["tied_to"] is not None:
+                expected = {"weight": (params["vocab"], params["dim"])}
+            if own != expected:
+                return False
+        return True
+
+    def __deepcopy__(self, memo):
+        """Copy parameters and hooks but share the (immutable) layout: much faster than a generic deepcopy.
+        Falls back to the generic deepcopy once a transform has replaced modules or reshaped parameters."""
+        if not self._matches_layout():
+            clone = object.__new__(type(self))
+            memo[id(self)] = clone
+            for key, value in self.__dict__.items():
+                clone.__dict__[key] = value if key == "layout" else copy.deepcopy(value, memo)
+            return clone
+        clone = GraphModel(self.layout, dtype=self.dtype, numerics=self.numerics)
+        memo[id(self)] = clone
+        with torch.no_grad():
+            targets = dict(clone.named_parameters())
+            for name, src in self.named_parameters():
+                dst = targets[name]
+                dst.copy_(src)
+                dst.requires_grad_(src.requires_grad)
+        for node, module in self.nodes.items():
+            target = clone.nodes[node]
+            target._forward_hooks.update(module._forward_hooks)
+            target._forward_pre_hooks.update(module._forward_pre_hooks)
+        clone.train(self.training)
+        return clone
 
     @property
     def dtype(self) -> torch.dtype:

@@ -31,6 +31,10 @@ router         softmax over expert logits, top-k, optional renormalisation; dens
 experts        fused experts ``gate_up_proj (E, 2I, H)`` gate first, ``down_proj (E, H, I)``; ports x,
                routing weights; ``sum_e w_e * down_e(act(gate_e x) * up_e x)``
 lm_head        ``x W^T`` with ``W: (vocab, dim)``; ``tied_to`` names the embedding whose table it reads
+wht_in         the online input of a spectrally transformed linear: ``fwht([x, 0]) / scale`` (zero-pad to
+               ``d_pad``, orthonormal Walsh-Hadamard, divide by the per-coordinate scale)
+gamma_norm     RMS-normalise each group of ``dim`` channels, then apply its own matrix:
+               ``out_g = Gamma_g (u_g / rms(u_g))`` (the matrix-Gamma norm of spectral-PCA)
 =============  ==========================================================================================
 """
 
@@ -177,6 +181,20 @@ def _experts(node, p, w):
     return p["hidden"]
 
 
+def _wht_in(node, p, w):
+    _widths(node, "wht_in", w, [p["in_features"]])
+    d = p["d_pad"]
+    _need(d & (d - 1) == 0 and d >= p["in_features"], node,
+          f"d_pad {d} must be a power of two >= in_features {p['in_features']}")
+    return d
+
+
+def _gamma_norm(node, p, w):
+    _widths(node, "gamma_norm", w, [p["dim"] * p["groups"]])
+    _need(p["eps"] > 0, node, f"eps must be > 0, got {p['eps']}")
+    return w[0]
+
+
 def _lm_head(node, p, w):
     _widths(node, "lm_head", w, [p["dim"]])
     return p["vocab"]
@@ -209,6 +227,8 @@ SPECS: dict[str, OpSpec] = {s.name: s for s in [
                        "act": (str, "silu")}, ("x", "weights"), _experts, {"act": ACTIVATIONS}),
     OpSpec("lm_head", {"dim": (int, ...), "vocab": (int, ...), "tied_to": ((str, type(None)), None)},
            ("x",), _lm_head),
+    OpSpec("wht_in", {"in_features": (int, ...), "d_pad": (int, ...)}, ("x",), _wht_in),
+    OpSpec("gamma_norm", {"dim": (int, ...), "groups": (int, 1), "eps": (float, 1e-6)}, ("x",), _gamma_norm),
 ]}
 
 
@@ -237,6 +257,10 @@ def parameter_shapes(op: str, p: dict) -> dict[str, tuple[int, ...]]:
     if op == "experts":
         e, h, i = p["n_experts"], p["hidden"], p["intermediate"]
         return {"gate_up_proj": (e, 2 * i, h), "down_proj": (e, h, i)}
+    if op == "wht_in":
+        return {"scale": (p["d_pad"],)}
+    if op == "gamma_norm":
+        return {"gamma": (p["groups"], p["dim"], p["dim"])}
     if op == "lm_head" and p["tied_to"] is None:
         return {"weight": (p["vocab"], p["dim"])}
     return {}
