@@ -247,9 +247,8 @@ class WhtIn(Node):
     """``fwht([x, 0]) / scale``: the online input of a spectrally transformed linear (T1)."""
 
     def forward(self, x):
-        from quant.transforms.hadamard import fwht
-        pad = self.p["d_pad"] - x.shape[-1]
-        return fwht(F.pad(x, (0, pad))) / self.scale
+        from quant.transforms.hadamard import online_input
+        return online_input(x, self.scale, self.p["d_pad"])
 
 
 class GammaNorm(Node):

@@ -9,6 +9,7 @@ import pytest
 import torch
 from hypothesis import given
 
+import quant.transforms as transforms
 from fuzz import materialize, strategies as st_layouts
 from verifier import assert_invariant, reference
 
@@ -28,5 +29,14 @@ def test_every_layout_materializes_to_a_finite_causal_lm(layout, seed):
 def test_reference_transforms_preserve_every_layout(name, layout, seed):
     options = {} if name == "identity" else {"seed": seed % 1000}
     verdict = assert_invariant(reference.get(name, **options), layout, seed=seed % 1000)
+    if verdict.ok:
+        assert verdict.max_rel_err <= 1e-12, verdict
+
+
+@pytest.mark.parametrize("name", transforms.names())
+@given(layout=st_layouts.layouts(), seed=st_layouts.seeds())
+def test_library_transforms_and_recipes_preserve_or_refuse(name, layout, seed):
+    """Every transform and recipe of quant.transforms: invariant in float64 (<= 1e-12) or an honest refusal."""
+    verdict = assert_invariant(transforms.get(name), layout, seed=seed % 1000)
     if verdict.ok:
         assert verdict.max_rel_err <= 1e-12, verdict

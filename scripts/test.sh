@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
-python -m pytest -q -n 2 --hypothesis-profile=ci "$@"
+OMP_NUM_THREADS=1 python -m pytest -q -n 2 --hypothesis-profile=ci "$@"

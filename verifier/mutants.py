@@ -1,32 +1,60 @@
-"""Known-buggy transforms: each is a real failure mode of rotation/scaling quantizers, kept so the
-tests can show the oracle has teeth.  Never use them for anything else.
+"""Known-buggy transforms: each is a real failure mode of rotation/scaling quantizers (most from the
+seed paper's code), kept so the tests can show the oracle has teeth.  Never use them for anything else.
 
-=====================  ===========================================================  ======================
-name                   bug                                                          applies when
-=====================  ===========================================================  ======================
-skip_norm_consumer     one consumer of a norm left unscaled (the seed code's g_proj) a norm has >= 2 readers
-pair_reflection        RoPE pair "rotation" with det -1 (an eigh reflection)         RoPE on q/k
-forget_pair_bias       pair rotation applied to weight rows, not to the biases       RoPE and q/k biases
-forget_writer_bias     residual permutation that leaves writer biases unpermuted     o / down biases
-cross_group_heads      query heads permuted across GQA groups                        n_kv_heads > 1
-float32_rotation       rotation angles built in float32 inside a float64 model      RoPE on q/k
-=====================  ===========================================================  ======================
+=====================  ==========================================================  ==========================
+name                   bug                                                         applies when
+=====================  ==========================================================  ==========================
+gproj_omission         norm absorption misses the linear that feeds a gate's       a gate logit projection
+                       logits (the seed code's ``g_proj``: softplus(Wx/s) !=        reads a norm (head gate,
+                       softplus(Wx)/s)                                             shared-expert gate)
+skip_norm_consumer     norm absorption leaves one reader of each norm unscaled     a norm has >= 2 readers
+router_unscaled        norm absorption leaves the MoE router unscaled              MoE
+expert_wrong_axis      fused experts scaled on the output H axis (down_proj)       MoE
+                       instead of gate_up_proj's input axis
+pair_reflection        RoPE pair "rotation" with det -1 (an eigh reflection)        RoPE on plain q/k
+forget_pair_bias       pair rotation applied to weight rows, not to the biases     RoPE and q/k biases
+float32_rotation       rotation angles built in float32 inside a float64 model     plain q/k
+forget_writer_bias     residual permutation that leaves writer biases unpermuted   o / down biases
+cross_group_heads      query heads permuted across GQA groups                      n_kv_heads > 1
+symmetric_gamma        spectral-PCA with Gamma = U^T diag(g) U (the seed code's     an RMS q/k norm
+                       stale form) instead of diag(g) U
+=====================  ==========================================================  ==========================
 """
 
 from __future__ import annotations
 
-from fuzz.errors import BadInput
+import importlib
 
-from .reference import absorb_norm_scale, permute_heads, permute_hidden, rope_pair_rotation
+from fuzz.errors import BadInput
+from fuzz.layout import Layout
+
 from .transform import NamedTransform
 
+
+def _feeds(op: str, port: int | None = None):
+    """A consumer predicate: the linear's output is read by an ``op`` node (at ``port``)."""
+    def pred(layout: Layout, consumer: str) -> bool:
+        return any(layout.op(c) == op and (port is None or p == port) for c, p in layout.consumers(consumer))
+    return pred
+
+
+def _last_reader(layout: Layout, consumer: str) -> bool:
+    return any(readers and readers[-1][0] == consumer
+               for readers in (layout.consumers(n) for n, _ in layout.graph.in_edges(consumer)))
+
+
+# name -> (registry module, transform name, the bug's options)
 MUTANTS = {
-    "skip_norm_consumer": (absorb_norm_scale, {"skip_consumer": True}),
-    "pair_reflection": (rope_pair_rotation, {"reflect": True}),
-    "forget_pair_bias": (rope_pair_rotation, {"rotate_bias": False}),
-    "forget_writer_bias": (permute_hidden, {"permute_bias": False}),
-    "cross_group_heads": (permute_heads, {"respect_groups": False}),
-    "float32_rotation": (rope_pair_rotation, {"angle_dtype": "float32"}),
+    "gproj_omission": ("quant.transforms", "norm-absorb", {"on_unsupported": "skip", "skip": _feeds("gate", 1)}),
+    "skip_norm_consumer": ("quant.transforms", "norm-absorb", {"on_unsupported": "skip", "skip": _last_reader}),
+    "router_unscaled": ("quant.transforms", "norm-absorb", {"on_unsupported": "skip", "skip": _feeds("router")}),
+    "expert_wrong_axis": ("quant.transforms", "norm-absorb", {"on_unsupported": "skip", "wrong_expert_axis": True}),
+    "pair_reflection": ("quant.transforms", "pair-pca", {"force_det": False}),
+    "forget_pair_bias": ("quant.transforms", "pair-pca", {"rotate_bias": False}),
+    "float32_rotation": ("quant.transforms", "pair-pca", {"rotation": "random", "angle_dtype": "float32"}),
+    "forget_writer_bias": ("verifier.reference", "permute_hidden", {"permute_bias": False}),
+    "cross_group_heads": ("verifier.reference", "permute_heads", {"respect_groups": False}),
+    "symmetric_gamma": ("quant.transforms", "spectral-pca", {"gamma_form": "symmetric"}),
 }
 
 
@@ -35,9 +63,12 @@ def names() -> list[str]:
 
 
 def get(name: str, **options) -> NamedTransform:
+    """The mutant ``name``; ``options`` (e.g. ``seed``) are passed to the underlying transform."""
     if name not in MUTANTS:
         raise BadInput(f"unknown mutant {name!r}; available: {names()}")
-    fn, bug = MUTANTS[name]
-    t = NamedTransform(name, lambda model, calib, **kw: fn(model, calib, **{**kw, **bug}), options,
-                       registry="verifier.mutants")
-    return t
+    registry, base, bug = MUTANTS[name]
+    correct = importlib.import_module(registry).get(base)
+
+    def run(model, calib, **kw):
+        return correct.fn(model, calib, **{**kw, **bug})
+    return NamedTransform(name, run, options, registry="verifier.mutants")

@@ -54,3 +54,8 @@ def orthogonal(n: int, seed: int = 0, dtype: torch.dtype = torch.float64) -> tup
     q, r = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
     q = q * torch.sign(torch.diagonal(r))[None, :]
     return q.to(dtype), "random"
+
+
+def online_input(x: torch.Tensor, scale: torch.Tensor, d_pad: int) -> torch.Tensor:
+    """``x~ = fwht([x, 0]) / scale``: a spectrally transformed layer's input, ``x`` zero-padded to ``d_pad``."""
+    return fwht(torch.nn.functional.pad(x, (0, d_pad - x.shape[-1]))) / scale

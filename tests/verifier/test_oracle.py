@@ -6,6 +6,7 @@ from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from fuzz import BadInput, DecoderSpec, LayerSpec, Refusal, build
+import quant.transforms as transforms
 from verifier import assert_invariant, default_tolerance, reference, verify
 
 
@@ -145,11 +146,11 @@ def test_assert_invariant_fails_with_the_repro():
     layout = build(DecoderSpec(qk_norm="none"))
     with pytest.raises(AssertionError, match="--- repro ---"):
         assert_invariant(mutants.get("pair_reflection"), layout)
-    assert assert_invariant(reference.get("rope_pair_rotation", seed=4), layout).ok
-    refused = assert_invariant(reference.get("rope_pair_rotation"), build(DecoderSpec(qk_norm="per_head")))
+    assert assert_invariant(transforms.get("pair-pca"), layout).ok
+    refused = assert_invariant(transforms.get("pair-pca"), build(DecoderSpec(qk_norm="per_head")))
     assert refused.refused
     with pytest.raises(AssertionError):
-        assert_invariant(reference.get("rope_pair_rotation"), build(DecoderSpec(qk_norm="per_head")),
+        assert_invariant(transforms.get("pair-pca"), build(DecoderSpec(qk_norm="per_head")),
                          allow_refusal=False)
 
 

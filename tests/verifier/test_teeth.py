@@ -23,14 +23,17 @@ def _rope_qk_plain(s: Spec) -> bool:
 
 
 # mutant -> (constraints that make the bug applicable, extra predicate on the spec)
+PLAIN_QK = dict(qk_norm="none", rope=True)
 APPLIES = {
-    "skip_norm_consumer": (dict(placement="pre", tie_embeddings=False, moe=False), lambda s: True),
-    "pair_reflection": (dict(qk_norm="none", attn_gate=("none", "head_softplus"), rope=True,
-                             rotary_dim=None), lambda s: True),
-    "forget_pair_bias": (dict(qk_norm="none", attn_gate=("none", "head_softplus"), rope=True, qkv_bias=True),
-                         lambda s: True),
+    "gproj_omission": (dict(attn_gate="head_softplus", placement=("pre", "sandwich")), lambda s: True),
+    "skip_norm_consumer": (dict(placement="pre", residual="sequential"), lambda s: True),
+    "router_unscaled": (dict(moe=True, placement=("pre", "sandwich")), lambda s: True),
+    "expert_wrong_axis": (dict(moe=True, placement=("pre", "sandwich")), lambda s: True),
+    "pair_reflection": (PLAIN_QK, lambda s: True),
+    "forget_pair_bias": ({**PLAIN_QK, "qkv_bias": True}, lambda s: True),
     "forget_writer_bias": (dict(o_bias=True), lambda s: True),
     "cross_group_heads": (dict(), lambda s: s.n_kv_heads > 1),
+    "symmetric_gamma": (dict(qk_norm=("per_head", "full"), norm="rms"), lambda s: True),
 }
 
 
@@ -77,10 +80,10 @@ def test_each_mutant_is_found_within_the_default_budget(name):
     assert needed is not None and needed <= 25, f"{name}: not caught in 25 unconstrained examples"
 
 
-def test_skip_norm_consumer_names_the_norm_and_the_skipped_consumer():
+def test_gproj_omission_names_the_norm_and_the_skipped_gate_projection():
     layout = build(DecoderSpec(attn_gate="head_softplus"))
-    verdict = verify(mutants.get("skip_norm_consumer"), layout)
+    verdict = verify(mutants.get("gproj_omission"), layout)
     assert verdict.status == "diverged"
     fd = verdict.first_divergent
     assert fd["op"] == "norm" and fd["node"] == "l0_attn_norm"
-    assert fd["diverging_consumers"] == ["l0_v_proj"]  # consumers sorted; the last one was skipped
+    assert fd["diverging_consumers"] == ["l0_g_proj"]

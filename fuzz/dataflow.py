@@ -1,0 +1,126 @@
+"""Structure derived from a layout's dataflow (never from node names): the residual basis, the chain
+from a q/k/v projection to attention, the GLU chains of MLPs and experts.  Transforms and reference
+transforms share these analyses; each raises :class:`~fuzz.errors.Refusal` naming the node when the
+dataflow is not what the caller's derivation assumes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import Refusal
+from .layout import Layout
+
+BASIS_OPS = frozenset({"scale", "add", "norm", "gate"})  # ops whose output stays in their input's basis
+
+
+def residual_basis(layout: Layout, transform: str) -> set[str]:
+    """Nodes whose output lives in the residual-stream basis: a fixpoint from the embeddings through
+    basis-preserving ops (forward), and back from them to the writers that feed them."""
+    basis = set(layout.of_op("embedding"))
+    hidden = {layout.widths[n] for n in basis}
+    changed = True
+    while changed:
+        changed = False
+        for node in layout.order:
+            op, ins = layout.op(node), layout.inputs(node)
+            if node in basis:
+                if op in BASIS_OPS:  # its basis inputs must be in the basis too
+                    need = ins[:1] if op == "gate" and layout.widths[ins[1]] != layout.widths[node] else ins
+                    for i in need:
+                        if i not in basis:
+                            basis.add(i)
+                            changed = True
+                continue
+            x_inputs = ins[:1] if op == "gate" else ins
+            if op in BASIS_OPS and any(i in basis for i in x_inputs):
+                if op == "norm" and layout.params(node)["groups"] != 1:
+                    raise Refusal(transform, "a grouped norm reads the residual stream", op=op, path=node,
+                                  feature="grouped-norm-on-residual")
+                basis.add(node)
+                changed = True
+    for node in basis:
+        op = layout.op(node)
+        if op not in BASIS_OPS | {"embedding", "linear", "experts"}:
+            raise Refusal(transform, f"{op} output would have to be in the residual basis", op=op, path=node,
+                          feature="unsupported-residual-writer")
+        if layout.widths[node] not in hidden:
+            raise Refusal(transform, f"width {layout.widths[node]} is not the residual width", op=op, path=node)
+    return basis
+
+
+@dataclass(frozen=True)
+class HeadChain:
+    """How a per-head activation reaching an attention port was made.
+
+    ``projection`` is the linear whose rows hold the heads; ``head_block`` its rows per head (``head_dim``,
+    or ``2 * head_dim`` for a fused ``[q | gate]`` projection); ``offset`` where this activation's channels
+    start inside a head block; ``norm`` / ``rope`` the nodes on the way (None when absent).
+    """
+
+    port: str
+    projection: str
+    head_block: int
+    offset: int
+    norm: str | None
+    rope: str | None
+
+
+def head_chain(layout: Layout, attention: str, port: int, transform: str) -> HeadChain:
+    """Walk back from attention input ``port`` (0 q, 1 k, 2 v) through RoPE / q-k norm / head slice."""
+    p = layout.params(attention)
+    n_heads = p["n_heads"] if port == 0 else p["n_kv_heads"]
+    node = layout.inputs(attention)[port]
+    norm = rope = None
+    offset = 0
+    head_block = p["head_dim"]
+    while True:
+        op = layout.op(node)
+        if op == "linear":
+            break
+        if len(layout.consumers(node)) != 1:
+            raise Refusal(transform, f"{op} between the projection and attention has other readers", op=op,
+                          path=node, feature="shared-qk-activation")
+        if op == "rope" and rope is None and norm is None:
+            rope = node
+        elif op in ("norm", "gamma_norm") and norm is None:
+            norm = node
+        elif op == "head_slice" and layout.params(node)["n_heads"] == n_heads:
+            offset = layout.params(node)["start"]
+            head_block = layout.params(node)["head_dim"]
+        else:
+            raise Refusal(transform, f"unexpected {op} between the projection and attention", op=op, path=node,
+                          feature=f"qk-{op}")
+        node = layout.inputs(node)[0]
+    out = layout.params(node)["out_features"]
+    if out != n_heads * head_block:
+        raise Refusal(transform, f"{out} projection rows are not {n_heads} heads of {head_block}", op="linear",
+                      path=node, feature="head-layout")
+    return HeadChain(("q", "k", "v")[port], node, head_block, offset, norm, rope)
+
+
+@dataclass(frozen=True)
+class GLU:
+    """``down(act(gate x) * up x)`` (or ``down(act(up x))`` when ``gate`` is None), found by dataflow."""
+
+    up: str
+    gate: str | None
+    mul: str | None
+    down: str
+
+
+def glu_chains(layout: Layout) -> list[GLU]:
+    """Dense (and shared-expert) MLPs in which ``down`` is linear in the ``up`` projection's output."""
+    out = []
+    for mul in layout.of_op("mul"):
+        a, b = layout.inputs(mul)
+        for act, up in ((a, b), (b, a)):
+            if layout.op(act) != "act" or layout.op(up) != "linear":
+                continue
+            gate = layout.inputs(act)[0]
+            readers = layout.consumers(mul)
+            if (layout.op(gate) == "linear" and len(layout.consumers(up)) == 1 and len(readers) == 1
+                    and layout.op(readers[0][0]) == "linear"):
+                out.append(GLU(up=up, gate=gate, mul=mul, down=readers[0][0]))
+                break
+    return out

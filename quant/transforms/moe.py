@@ -1,0 +1,97 @@
+"""T6: MoE-aware absorption over fused 3-D experts, router, shared expert and its gate; and the
+up -> down scaling of every GLU.
+
+Input side: the MoE block's norm is read by the router linear, every expert (the ``H`` axis of
+``gate_up_proj (E, 2I, H)``), the shared expert's gate/up projections and the shared-expert gate.  All
+are consumers in the dataflow, so T2 (``norm-absorb``) absorbs ``s`` into the norm and scales all of
+them; the router logits are unchanged, hence routing is unchanged in exact arithmetic.
+
+Inside each GLU, ``down(act(gate x) * up x)`` is linear in ``up x``: with ``s > 0`` per intermediate
+channel,
+
+    W_up' = diag(1/s) W_up,  b_up' = b_up / s,  W_down' = W_down diag(s)
+
+and for fused experts, per expert ``e``: rows ``I..2I`` of ``gate_up_proj[e]`` divided by ``s_e``,
+columns of ``down_proj[e]`` multiplied by ``s_e``.  ``s`` comes from the energy of the intermediate
+(``down``'s input; per expert, over the tokens routed to it).  A GELU MLP (``down(act(up x))``) is not
+linear in ``up x`` and is left alone.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fuzz.dataflow import glu_chains
+from fuzz.errors import Refusal
+from fuzz.materialize import GraphModel
+from verifier.transform import Calibration
+
+from . import register
+from .calibration import collect, energy_scales
+from .graph_edit import require_graph_model
+from .norm_absorb import norm_absorb
+
+UP_DOWN = "up-down"
+MOE = "moe-absorb"
+
+
+@register(UP_DOWN)
+def up_down(model: nn.Module, calib: Calibration, alpha: float = 0.5, experts: bool = True, dense: bool = True,
+            scales: str = "energy", seed: int = 0, reading: list[str] | None = None) -> GraphModel:
+    """Scale every GLU's intermediate channels between ``up`` and ``down`` (dense, shared and fused
+    experts); ``reading`` restricts the GLUs to those whose ``up`` reads one of these nodes."""
+    m = require_graph_model(UP_DOWN, model)
+    layout = m.layout
+    glus = [g for g in glu_chains(layout) if reading is None or layout.inputs(g.up)[0] in reading] if dense else []
+    expert_nodes = layout.of_op("experts") if experts else []
+    stats = collect(m, calib, energy=[g.mul for g in glus], expert_energy=expert_nodes) if scales == "energy" else {}
+    gen = torch.Generator().manual_seed(seed)
+
+    def scale(energy: torch.Tensor | None, n: int) -> torch.Tensor:
+        if scales == "energy":
+            return energy_scales(energy, alpha).to(m.dtype)
+        return torch.exp(0.5 * torch.randn(n, generator=gen, dtype=torch.float64)).to(m.dtype)
+
+    log = []
+    with torch.no_grad():
+        for g in glus:
+            up, down = m.nodes[g.up], m.nodes[g.down]
+            s = scale(stats.get("energy", {}).get(g.mul), up.p["out_features"])
+            up.weight.div_(s[:, None])
+            if up.p["bias"]:
+                up.bias.div_(s)
+            down.weight.mul_(s[None, :])
+            log.append({"transform": UP_DOWN, "node": g.mul, "up": g.up, "down": g.down})
+        for node in expert_nodes:
+            mod = m.nodes[node]
+            inter = mod.p["intermediate"]
+            for e in range(mod.p["n_experts"]):
+                energy = stats["expert_energy"][node][e] if scales == "energy" else None
+                if scales == "energy" and not energy.any():
+                    continue  # no calibration token reached this expert: leave it as it is
+                s = scale(energy, inter)
+                mod.gate_up_proj[e, inter:].div_(s[:, None])
+                mod.down_proj[e].mul_(s[None, :])
+            log.append({"transform": UP_DOWN, "node": node, "experts": mod.p["n_experts"]})
+    m.transform_log = getattr(m, "transform_log", []) + log
+    return m
+
+
+@register(MOE)
+def moe_absorb(model: nn.Module, calib: Calibration, alpha: float = 0.5, scales: str = "energy",
+               seed: int = 0) -> GraphModel:
+    """T6: absorb into every norm that feeds fused experts, then scale every expert's (and shared
+    expert's) intermediate.  Refuses a layout without MoE (``no-moe``) and, as T2 does, a MoE norm that
+    cannot absorb."""
+    m = require_graph_model(MOE, model)
+    layout = m.layout
+    if not layout.of_op("experts"):
+        raise Refusal(MOE, "the layout has no fused experts", feature="no-moe")
+    moe_norms = sorted({src for e in layout.of_op("experts") for src in layout.inputs(e)[:1]
+                        if layout.op(src) == "norm"})
+    if not moe_norms:
+        raise Refusal(MOE, "the experts do not read a norm (post-norm layout)", op="experts",
+                      path=layout.of_op("experts")[0], feature="norm-feeds-residual")
+    m = norm_absorb(m, calib, alpha=alpha, scales=scales, seed=seed, norms=moe_norms)
+    return up_down(m, calib, alpha=alpha, scales=scales, seed=seed, reading=moe_norms)

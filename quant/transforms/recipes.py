@@ -1,0 +1,88 @@
+"""Recipes: named compositions that pick, per attention and MLP block, the transform the layout permits.
+
+=====================  ======================================================================================
+recipe                 per block
+=====================  ======================================================================================
+bbt-absorb             every norm that can absorb (T2, MoE norms included: T6), every GLU's up -> down
+                       scaling (dense, shared and fused experts); no online operator (the seed code's
+                       ``no_rotation``)
+bbt-spectral           T1 on every linear: online padded WHT with activation-energy scaling
+bbt-pair-pca           attention with plain q/k: pair-PCA (T4); then bbt-absorb
+bbt-spectral-pca       attention with a q/k norm: spectral-PCA (T5); plain q/k: pair-PCA (T4); then bbt-absorb
+residual-hadamard      QuaRot-style residual rotation (T3), tied embeddings untied
+=====================  ======================================================================================
+
+What was applied where, and why a block was skipped, is appended to ``model.transform_log``.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from fuzz.errors import Refusal
+from fuzz.materialize import GraphModel
+from verifier.transform import Calibration
+
+from . import get, register
+from .graph_edit import require_graph_model
+from .pair_pca import qk_chains
+
+
+def _log(m: GraphModel, **entry) -> None:
+    m.transform_log = getattr(m, "transform_log", []) + [entry]
+
+
+def _absorb(m: GraphModel, calib: Calibration, alpha: float) -> GraphModel:
+    m = get("norm-absorb", alpha=alpha, on_unsupported="skip")(m, calib)
+    return get("up-down", alpha=alpha)(m, calib)
+
+
+def _plain_qk(m: GraphModel) -> tuple[list[str], list[str]]:
+    """Attention nodes split into those pair-PCA accepts and the rest (with the refusal logged)."""
+    plain, other = [], []
+    for attn in m.layout.of_op("attention"):
+        try:
+            qk_chains(m.layout, attn, "recipe")
+            plain.append(attn)
+        except Refusal as exc:
+            other.append(attn)
+            _log(m, transform="recipe", node=attn, skipped=exc.feature, why=str(exc))
+    return plain, other
+
+
+@register("bbt-absorb")
+def bbt_absorb(model: nn.Module, calib: Calibration, alpha: float = 0.5) -> GraphModel:
+    return _absorb(require_graph_model("bbt-absorb", model), calib, alpha)
+
+
+@register("bbt-spectral")
+def bbt_spectral(model: nn.Module, calib: Calibration, alpha: float = 0.5) -> GraphModel:
+    return get("wht-scale", alpha=alpha)(require_graph_model("bbt-spectral", model), calib)
+
+
+@register("bbt-pair-pca")
+def bbt_pair_pca(model: nn.Module, calib: Calibration, alpha: float = 0.5) -> GraphModel:
+    m = require_graph_model("bbt-pair-pca", model)
+    plain, _ = _plain_qk(m)
+    if plain:
+        m = get("pair-pca", attentions=plain)(m, calib)
+    return _absorb(m, calib, alpha)
+
+
+@register("bbt-spectral-pca")
+def bbt_spectral_pca(model: nn.Module, calib: Calibration, alpha: float = 0.5) -> GraphModel:
+    m = require_graph_model("bbt-spectral-pca", model)
+    plain, other = _plain_qk(m)
+    if other:
+        try:
+            m = get("spectral-pca")(m, calib)
+        except Refusal as exc:  # no q/k norm anywhere, or a LayerNorm q/k norm: leave those blocks alone
+            _log(m, transform="recipe", skipped=exc.feature, why=str(exc))
+    if plain:
+        m = get("pair-pca", attentions=plain)(m, calib)
+    return _absorb(m, calib, alpha)
+
+
+@register("residual-hadamard")
+def residual_hadamard(model: nn.Module, calib: Calibration, seed: int = 0) -> GraphModel:
+    return get("residual-rotation", seed=seed, untie=True)(require_graph_model("residual-hadamard", model), calib)
