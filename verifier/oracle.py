@@ -52,6 +52,7 @@ class Verdict:
     tolerance: dict = field(default_factory=dict)
     first_divergent: dict | None = None  # {"node", "op", "rel", "diverging_consumers"}
     near_ties_set_aside: int = 0  # positions set aside after a MoE top-k near-tie
+    precision_note: str = ""  # e.g. the subject downcasts inside its forward, bounding a float64 verdict
     positions_compared: int = 0
     message: str = ""
     seed: int = 0
@@ -93,6 +94,7 @@ class Verdict:
             if fd.get("diverging_consumers"):
                 where += f" -> {', '.join(fd['diverging_consumers'])}"
         ties = f"; {self.near_ties_set_aside} near-tie positions set aside" if self.near_ties_set_aside else ""
+        ties += f"; note: {self.precision_note}" if self.precision_note else ""
         msg = f": {self.message}" if self.message and self.status != "invariant" else ""
         return f"[{self.status}] {self.transform} on {self.subject}{err}{tol}{where}{ties}{msg}"
 
@@ -180,15 +182,24 @@ def capture(model: nn.Module):
 
 
 class TopkMargins(TorchFunctionMode):
-    """Records, for every ``torch.topk`` a foreign module runs (MoE routing), the per-row margin between
-    the k-th and (k+1)-th largest value: a module without a layout still gets near-tie detection."""
+    """Watches a foreign module's forward.  Records, for every ``torch.topk`` (MoE routing), the per-row
+    margin between the k-th and (k+1)-th largest value, so a module without a layout still gets near-tie
+    detection; and counts casts from float64 down to a lower precision (transformers' RMSNorm computes
+    in float32 whatever the model dtype), which bound what a float64 verdict on that module can see."""
 
     def __init__(self):
         super().__init__()
         self.margins: list[torch.Tensor] = []
+        self.downcasts = 0
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func in (torch.Tensor.to, torch.Tensor.float, torch.Tensor.type) and args and torch.is_tensor(args[0]) \
+                and args[0].dtype == torch.float64:
+            out = func(*args, **kwargs)
+            if torch.is_tensor(out) and out.is_floating_point() and out.dtype != torch.float64:
+                self.downcasts += 1
+            return out
         if func in (torch.topk, torch.Tensor.topk) and torch.is_tensor(args[0]) and args[0].is_floating_point():
             x = args[0]
             k = args[1] if len(args) > 1 else kwargs.get("k")
@@ -201,6 +212,7 @@ class TopkMargins(TorchFunctionMode):
 
 class _NoRecorder:
     margins: list = []
+    downcasts = 0
 
     def __enter__(self):
         return self
@@ -299,6 +311,11 @@ def verify(transform: Callable[[nn.Module, Calibration], nn.Module], subject, *,
     if not isinstance(model, GraphModel):  # a GraphModel is causal by construction (masked attention only)
         _check_causal(model, test_ids, ref, f"subject {subject_name}", tol.rel)
     mask = _comparable(model, test_ids, tol.tie_margin, ref_topk.margins)
+    if dtype == torch.float64 and ref_topk.downcasts:
+        verdict.precision_note = (f"the subject casts float64 activations to a lower precision {ref_topk.downcasts} "
+                                  "times per forward (e.g. transformers' float32 RMSNorm): differences below that "
+                                  "precision are invisible to this verdict; verify the imported GraphModel "
+                                  "(fuzz.importer.import_model) for a float64 proof")
 
     work = copy.deepcopy(model)
     try:

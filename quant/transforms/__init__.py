@@ -28,11 +28,32 @@ def names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get(name: str, **options) -> NamedTransform:
-    """The transform ``name`` with ``options``; unknown names list what is available."""
+def get(name: str, host: str = "graph", **options) -> NamedTransform:
+    """The transform ``name`` with ``options``; unknown names list what is available.
+
+    ``host="transformers"`` makes it take a transformers model: the model is imported through its
+    recorded dataflow (a GraphModel sharing its parameters), transformed, and, when the transform only
+    edited weights, the transformers model itself (edited in place) is returned; a transform that adds
+    operators returns the GraphModel.
+    """
     if name not in _REGISTRY:
         raise BadInput(f"unknown transform {name!r}; available: {names()}")
-    return NamedTransform(name, _REGISTRY[name], options, registry="quant.transforms")
+    if host not in ("graph", "transformers"):
+        raise BadInput(f"host must be 'graph' or 'transformers', got {host!r}")
+    fn = _REGISTRY[name] if host == "graph" else _on_transformers(_REGISTRY[name])
+    extra = {} if host == "graph" else {"host": host}
+    return NamedTransform(name, fn, {**extra, **options}, registry="quant.transforms")
+
+
+def _on_transformers(fn: Callable) -> Callable:
+    def run(model, calib, host=None, **options):
+        from fuzz.importer import import_model
+        graph = import_model(model, check=False)
+        out = fn(graph, calib, **options)
+        if out is graph and out.layout is graph.layout:
+            return model  # weight-only: the shared parameters were edited in place
+        return out
+    return run
 
 
 from . import norm_absorb  # noqa: E402,F401  (registration order = import order)

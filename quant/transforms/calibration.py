@@ -13,6 +13,7 @@ All sums are accumulated in float64 over every calibration token:
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 
 import torch
@@ -22,6 +23,10 @@ from fuzz.materialize import ACT, GraphModel
 from verifier.transform import Calibration
 
 from .hadamard import fwht, next_pow2
+
+
+# telemetry: seconds spent in calibration passes since the process started (benchmarks read it)
+TELEMETRY = {"seconds": 0.0, "passes": 0}
 
 
 def energy_scales(energy: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -37,6 +42,7 @@ def collect(model: GraphModel, calib: Calibration, *, energy=(), wht_energy=(), 
 
     ``head_cov`` takes ``(node, heads)`` pairs.
     """
+    started = time.perf_counter()
     sums: dict[str, dict] = defaultdict(dict)
     counts: dict[str, dict] = defaultdict(dict)
     handles = []
@@ -88,6 +94,8 @@ def collect(model: GraphModel, calib: Calibration, *, energy=(), wht_energy=(), 
     finally:
         for h in handles:
             h.remove()
+        TELEMETRY["seconds"] += time.perf_counter() - started
+        TELEMETRY["passes"] += 1
     out: dict[str, dict] = {}
     for kind, per_node in sums.items():
         if kind == "expert_tokens":

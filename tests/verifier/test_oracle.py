@@ -185,3 +185,10 @@ def test_near_ties_are_detected_in_foreign_moe_modules():
             router[1] = router[0]  # identical router rows: every token ties between the two experts
     verdict = verify(reference.get("identity"), model, batch=2, seq=6)
     assert verdict.status == "inconclusive" and verdict.near_ties_set_aside == 12
+
+
+def test_float64_verdict_on_a_module_that_downcasts_says_so():
+    verdict = verify(scale_values, tiny_llama())  # transformers' LlamaRMSNorm computes in float32
+    assert verdict.ok and "lower precision" in verdict.precision_note
+    from fuzz import materialize
+    assert verify(reference.get("identity"), materialize(build(DecoderSpec()))).precision_note == ""
