@@ -5,7 +5,7 @@
 :class:`GraphModel` whose node modules hold *the same* ``nn.Parameter`` objects as the source model:
 an in-place edit of a GraphModel weight edits the source model too.  With ``check=True`` both models run
 on the same token ids and the import is refused unless the logits agree (1e-10 relative in float64,
-1e-4 in float32), so an imported model is a proof-carrying copy, not a guess.
+1e-4 in float32): the conversion is checked, not assumed.
 
 Conversion rules (recorded op -> layout op):
 
@@ -15,6 +15,9 @@ Conversion rules (recorded op -> layout op):
 * ``norm``: kind / dim / groups / eps / weight_form / bias; a LayerNorm's weight and bias are told
   apart by feeding the norm module a constant row (it normalises to zero, so the output is the bias);
 * ``rope``: ``theta`` is recovered from the model (below); any RoPE but the default one is refused;
+* ``attention``: must be causal with ``head_dim ** -0.5`` scaling, no sliding window and no soft-cap
+  (the recorder sees none of these, so the attention module's ``scaling`` / ``sliding_window`` /
+  ``attn_logit_softcapping`` / ``is_causal`` attributes are consulted);
 * ``router`` (it reads its own weight): split into a ``linear`` ``<router id>_proj`` and a ``router``;
 * ``experts``: ``gate_up_proj (E, 2I, H)`` and ``down_proj (E, H, I)`` told apart by shape; the
   transposed ``(E, in, out)`` layout is refused;

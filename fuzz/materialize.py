@@ -294,7 +294,10 @@ class GraphModel(nn.Module):
             tied = layout.params(node)["tied_to"]
             if tied is not None:
                 self.nodes[node].weight = self.nodes[tied].weight
-        self._plan = [(n, layout.inputs(n)) for n in layout.order]
+        last_use = {src: i for i, n in enumerate(layout.order) for src in layout.inputs(n)}
+        # (node, its inputs, the inputs whose last reader it is: freed right after it runs)
+        self._plan = [(n, layout.inputs(n), [s for s in layout.inputs(n) if last_use[s] == i])
+                      for i, n in enumerate(layout.order)]
 
     def _matches_layout(self) -> bool:
         """True while every node module is exactly what the layout says (class, parameter names, shapes)."""
@@ -358,9 +361,11 @@ class GraphModel(nn.Module):
         if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= vocab):
             raise BadInput(f"token ids must lie in [0, {vocab})")
         values: dict[str, torch.Tensor] = {}
-        for node, inputs in self._plan:
+        for node, inputs, done in self._plan:
             args = [values[i] for i in inputs] if inputs else [input_ids]
             values[node] = self.nodes[node](*args)
+            for i in done:  # keep only live activations: memory grows with the width, not the depth
+                del values[i]
         return values[self.layout.sink]
 
 

@@ -63,30 +63,42 @@ def qk_chains(layout: Layout, attention: str, transform: str = NAME) -> tuple[He
     return q, k
 
 
-def so2(c: torch.Tensor, *, force_det: bool = True) -> torch.Tensor:
-    """Eigenvectors of a 2x2 second moment as a rotation (``det = +1`` unless ``force_det`` is off)."""
-    _, u = torch.linalg.eigh(c)
-    if force_det and torch.det(u) < 0:
-        u = u * torch.tensor([1.0, -1.0], dtype=u.dtype)
-    return u
+def proper(u: torch.Tensor, reflect: bool = False) -> torch.Tensor:
+    """Batched 2x2 orthogonal matrices made rotations (``det = +1``: the second column's sign flipped
+    where needed), or, for the known-buggy variant, made reflections."""
+    flip = (torch.det(u) > 0) if reflect else (torch.det(u) < 0)
+    sign = torch.ones_like(u[..., 0, :])
+    sign[..., 1] = torch.where(flip, -1.0, 1.0)
+    return u * sign[..., None, :]
 
 
-def random_so2(gen: torch.Generator, angle_dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    theta = torch.rand((), generator=gen, dtype=torch.float64) * 2 * math.pi
-    angle = theta.to(angle_dtype)
-    c, s = angle.cos().double(), angle.sin().double()
-    return torch.stack((torch.stack((c, -s)), torch.stack((s, c))))
+def random_so2(shape: tuple[int, ...], gen: torch.Generator, angle_dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Seeded rotations ``[[c, -s], [s, c]]``; a float32 ``angle_dtype`` is the known precision bug."""
+    theta = (torch.rand(shape, generator=gen, dtype=torch.float64) * 2 * math.pi).to(angle_dtype)
+    c, s = theta.cos().double(), theta.sin().double()
+    return torch.stack((torch.stack((c, -s), -1), torch.stack((s, c), -1)), -2)
 
 
-def rotate_pair_rows(mod: nn.Module, rows: tuple[int, int], u: torch.Tensor, *, bias: bool = True) -> None:
-    """``[w_lo; w_hi] <- U^T [w_lo; w_hi]`` on two output rows (and the bias entries)."""
-    a, b = rows
-    ut = u.T.to(mod.weight.dtype)
-    new = ut @ torch.stack((mod.weight[a], mod.weight[b]))
-    mod.weight[a], mod.weight[b] = new[0], new[1]
-    if bias and mod.p["bias"]:
-        nb = ut @ torch.stack((mod.bias[a], mod.bias[b]))
-        mod.bias[a], mod.bias[b] = nb[0], nb[1]
+def pair_moments(cov: torch.Tensor, offset: int, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """``(heads, pairs, 2, 2)`` second moments of each pair, from per-head ``(heads, block, block)``."""
+    a, b = offset + lo, offset + hi
+    return torch.stack((torch.stack((cov[:, a, a], cov[:, a, b]), -1),
+                        torch.stack((cov[:, b, a], cov[:, b, b]), -1)), -2)
+
+
+def rotate_pair_rows(mod: nn.Module, heads: int, block: int, offset: int, lo: torch.Tensor, hi: torch.Tensor,
+                     u: torch.Tensor, *, bias: bool = True) -> None:
+    """Per head and pair, ``[w_lo; w_hi] <- U^T [w_lo; w_hi]`` on the output rows (and bias entries);
+    ``u`` is ``(heads, pairs, 2, 2)``."""
+    base = torch.arange(heads)[:, None] * block + offset
+    rows_lo, rows_hi = (base + lo[None, :]).flatten(), (base + hi[None, :]).flatten()
+    u = u.reshape(-1, 2, 2).to(mod.weight.dtype)
+    tensors = [mod.weight] + ([mod.bias] if bias and mod.p["bias"] else [])
+    for t in tensors:
+        x_lo, x_hi = t[rows_lo], t[rows_hi]
+        shape = (-1,) + (1,) * (x_lo.dim() - 1)
+        t[rows_lo] = u[:, 0, 0].reshape(shape) * x_lo + u[:, 1, 0].reshape(shape) * x_hi
+        t[rows_hi] = u[:, 0, 1].reshape(shape) * x_lo + u[:, 1, 1].reshape(shape) * x_hi
 
 
 @register(NAME)
@@ -112,29 +124,21 @@ def pair_pca(model: nn.Module, calib: Calibration, rotation: str = "pca", seed: 
     with torch.no_grad():
         for attn, (q, k) in chains.items():
             p = layout.params(attn)
-            group, d = p["n_heads"] // p["n_kv_heads"], p["head_dim"]
-            pairs = rope_pairs(layout, k.rope, d)
-            for j in range(p["n_kv_heads"]):
-                q_heads = range(j * group, (j + 1) * group)
-                for lo, hi in pairs:
-                    if rotation == "pca":
-                        kdx = [k.offset + lo, k.offset + hi]
-                        c = cov[k.projection][j][kdx][:, kdx]
-                        for h in q_heads:
-                            idx = [q.offset + lo, q.offset + hi]
-                            c = c + cov[q.projection][h][idx][:, idx]
-                        u = so2(c, force_det=force_det)
-                        if not force_det and torch.det(u) > 0:  # the mutant always reflects
-                            u = u * torch.tensor([1.0, -1.0], dtype=u.dtype)
-                    else:
-                        u = random_so2(gen, getattr(torch, angle_dtype))
-                        if not force_det:
-                            u = u * torch.tensor([1.0, -1.0], dtype=u.dtype)
-                    rotate_pair_rows(m.nodes[k.projection], (j * k.head_block + k.offset + lo,
-                                                             j * k.head_block + k.offset + hi), u, bias=rotate_bias)
-                    for h in q_heads:
-                        rotate_pair_rows(m.nodes[q.projection], (h * q.head_block + q.offset + lo,
-                                                                 h * q.head_block + q.offset + hi), u, bias=rotate_bias)
+            kv, group = p["n_kv_heads"], p["n_heads"] // p["n_kv_heads"]
+            pairs = rope_pairs(layout, k.rope, p["head_dim"])
+            lo = torch.tensor([a for a, _ in pairs])
+            hi = torch.tensor([b for _, b in pairs])
+            if rotation == "pca":
+                c = pair_moments(cov[k.projection], k.offset, lo, hi)
+                c = c + pair_moments(cov[q.projection], q.offset, lo, hi).reshape(kv, group, len(pairs), 2, 2).sum(1)
+                u = proper(torch.linalg.eigh(c).eigenvectors, reflect=not force_det)
+            else:
+                u = random_so2((kv, len(pairs)), gen, getattr(torch, angle_dtype))
+                if not force_det:
+                    u = proper(u, reflect=True)
+            rotate_pair_rows(m.nodes[k.projection], kv, k.head_block, k.offset, lo, hi, u, bias=rotate_bias)
+            rotate_pair_rows(m.nodes[q.projection], kv * group, q.head_block, q.offset, lo, hi,
+                             u.repeat_interleave(group, dim=0), bias=rotate_bias)
             log.append({"transform": NAME, "node": attn, "pairs": len(pairs), "rope": k.rope is not None})
     m.transform_log = getattr(m, "transform_log", []) + log
     return m
