@@ -38,8 +38,11 @@ class _Found(Exception):
 
 def run_campaign(transforms: list[str], *, profile: str = "dev", max_examples: int | None = None,
                  seed: int | None = None, constraints: dict | None = None, progress: bool = True,
-                 dtype: torch.dtype = torch.float64) -> dict:
-    """Run the campaign and return its summary dict (see the module docstring)."""
+                 dtype: torch.dtype = torch.float64, corpus: str | Path | None = None) -> dict:
+    """Run the campaign and return its summary dict (see the module docstring).
+
+    With ``corpus``, each failure is reduced (:mod:`verifier.reduce`) and written there as an entry.
+    """
     constraints = constraints or {}
     base = settings.get_profile(profile)
     budget = max_examples or base.max_examples
@@ -77,9 +80,12 @@ def run_campaign(transforms: list[str], *, profile: str = "dev", max_examples: i
                 prop()
             except _Found as found:  # hypothesis re-raises the minimal (shrunk) failing example
                 v = found.verdict
-                failures.append({"transform": transform.name, "status": v.status, "verdict": v.to_dict(),
-                                 "features": found.features, "minimal_layout": json.loads(v.layout_json),
-                                 "repro": v.repro()})
+                failure = {"transform": transform.name, "status": v.status, "verdict": v.to_dict(),
+                           "features": found.features, "minimal_layout": json.loads(v.layout_json),
+                           "repro": v.repro()}
+                if corpus is not None:
+                    failure["corpus_entry"], failure["new_entry"] = _to_corpus(transform, v, corpus, dtype)
+                failures.append(failure)
             stats["status"] = dict(stats["status"])
     return {
         "profile": profile, "max_examples": budget, "seed": seed, "dtype": str(dtype).removeprefix("torch."),
@@ -88,6 +94,24 @@ def run_campaign(transforms: list[str], *, profile: str = "dev", max_examples: i
         "per_transform": per_transform, "failures": failures,
         "seconds": round(time.perf_counter() - started, 2), "ok": not failures,
     }
+
+
+def _to_corpus(transform, verdict: Verdict, root, dtype) -> tuple[str, bool]:
+    """Reduce the failing layout while the same symptom at the same op reproduces, then record it."""
+    from fuzz.layout import Layout
+
+    from .corpus import record_failure
+    from .reduce import reduce_layout
+    op = (verdict.first_divergent or {}).get("op")
+
+    def same(candidate):
+        v = verify(transform, candidate, seed=verdict.seed, dtype=dtype)
+        return v.status == verdict.status and (v.first_divergent or {}).get("op") == op
+
+    layout, _ = reduce_layout(Layout.from_json(verdict.layout_json), same)
+    final = verify(transform, layout, seed=verdict.seed, dtype=dtype)
+    path, created = record_failure(final, layout, transform, root=root)
+    return str(path), created
 
 
 def summary_markdown(summary: dict) -> str:

@@ -58,6 +58,22 @@ MUTANTS = {
 }
 
 
+# mutant -> layout constraints (fuzz.strategies.layouts) under which its bug always shows
+_PLAIN_QK = {"qk_norm": "none", "rope": True}
+APPLIES = {
+    "gproj_omission": {"attn_gate": "head_softplus", "placement": ("pre", "sandwich")},
+    "skip_norm_consumer": {"placement": "pre", "residual": "sequential"},
+    "router_unscaled": {"moe": True, "placement": ("pre", "sandwich")},
+    "expert_wrong_axis": {"moe": True, "placement": ("pre", "sandwich")},
+    "pair_reflection": _PLAIN_QK,
+    "forget_pair_bias": {**_PLAIN_QK, "qkv_bias": True},
+    "float32_rotation": {**_PLAIN_QK, "max_head_dim": 12},
+    "forget_writer_bias": {"o_bias": True},
+    "cross_group_heads": {"max_kv_heads": 3},  # and n_kv_heads > 1 (checked on the spec)
+    "symmetric_gamma": {"qk_norm": ("per_head", "full"), "norm": "rms"},
+}
+
+
 def names() -> list[str]:
     return sorted(MUTANTS)
 

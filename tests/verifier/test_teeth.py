@@ -23,18 +23,8 @@ def _rope_qk_plain(s: Spec) -> bool:
 
 
 # mutant -> (constraints that make the bug applicable, extra predicate on the spec)
-PLAIN_QK = dict(qk_norm="none", rope=True)
-APPLIES = {
-    "gproj_omission": (dict(attn_gate="head_softplus", placement=("pre", "sandwich")), lambda s: True),
-    "skip_norm_consumer": (dict(placement="pre", residual="sequential"), lambda s: True),
-    "router_unscaled": (dict(moe=True, placement=("pre", "sandwich")), lambda s: True),
-    "expert_wrong_axis": (dict(moe=True, placement=("pre", "sandwich")), lambda s: True),
-    "pair_reflection": (PLAIN_QK, lambda s: True),
-    "forget_pair_bias": ({**PLAIN_QK, "qkv_bias": True}, lambda s: True),
-    "forget_writer_bias": (dict(o_bias=True), lambda s: True),
-    "cross_group_heads": (dict(), lambda s: s.n_kv_heads > 1),
-    "symmetric_gamma": (dict(qk_norm=("per_head", "full"), norm="rms"), lambda s: True),
-}
+APPLIES = {name: (c, lambda s: True) for name, c in mutants.APPLIES.items() if name != "float32_rotation"}
+APPLIES["cross_group_heads"] = (mutants.APPLIES["cross_group_heads"], lambda s: s.n_kv_heads > 1)
 
 
 @pytest.mark.parametrize("name", sorted(APPLIES))

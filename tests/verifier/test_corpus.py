@@ -1,0 +1,111 @@
+"""Corpus: entries as data, dedup by signature, concurrent writers, replay transitions, bad entries."""
+
+import json
+import multiprocessing as mp
+import shutil
+from pathlib import Path
+
+import pytest
+
+from fuzz import DecoderSpec, LayerSpec, build
+from verifier import mutants, reference, verify
+from verifier.corpus import load_entries, record_failure, replay
+from verifier.reduce import reduce_layout
+
+BIG = DecoderSpec(layers=(LayerSpec(), LayerSpec(sparse=True), LayerSpec()), attn_gate="head_softplus",
+                  qkv_bias=True, n_heads=6, n_kv_heads=3, shared_expert=True, hidden=40)
+
+
+def failing(name="gproj_omission", spec=BIG):
+    layout = build(spec)
+    transform = mutants.get(name)
+    return verify(transform, layout), layout, transform
+
+
+def test_entry_is_complete_and_deduplicated(tmp_path):
+    verdict, layout, transform = failing()
+    path, created = record_failure(verdict, layout, transform, root=tmp_path, kind="mutant")
+    assert created and {p.name for p in path.iterdir()} == {"layout.json", "meta.json", "repro.py"}
+    meta = json.loads((path / "meta.json").read_text())
+    for key in ("transform", "stage", "symptom", "first_divergent", "tolerance", "seed", "versions", "status",
+                "first_seen", "kind"):
+        assert key in meta
+    assert meta["versions"]["torch"].startswith("2.13")
+    again, created = record_failure(verify(transform, layout, seed=5), layout, transform, root=tmp_path,
+                                    kind="mutant")
+    assert again == path and not created  # same signature: not a new entry, whatever the log says
+
+
+def _write(root, i):
+    verdict, layout, transform = failing()
+    record_failure(verdict, layout, transform, root=root, kind="mutant")
+
+
+def test_concurrent_writers_leave_one_complete_entry(tmp_path):
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_write, args=(tmp_path, i)) for i in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    entries = [p for p in tmp_path.iterdir()]
+    assert len(entries) == 1 and len(list(entries[0].iterdir())) == 3
+    assert load_entries(tmp_path)[1] == []
+
+
+def test_reducer_keeps_the_signature_and_shrinks(tmp_path):
+    verdict, layout, transform = failing()
+    op = verdict.first_divergent["op"]
+    small, tried = reduce_layout(layout, lambda c: (v := verify(transform, c)).status == "diverged"
+                                 and v.first_divergent["op"] == op)
+    assert tried > 0 and len(small.order) < len(layout.order)
+    assert "attn_gate:head_softplus" in small.features()  # the feature the bug needs survives
+    assert "moe" not in small.features() and "layers:1" in small.features()
+    assert verify(transform, small).status == "diverged"
+
+
+def test_replay_transitions(tmp_path):
+    layout = build(DecoderSpec())
+    good = reference.get("permute_hidden")
+    ok_verdict = verify(good, layout)
+    ok_verdict.status = "diverged"  # pretend an old version failed here: an open finding
+    path, _ = record_failure(ok_verdict, layout, good, root=tmp_path)
+    entry = load_entries(tmp_path)[0][0]
+    result = replay(entry)
+    assert result.outcome == "fixed-now" and not result.regression
+    meta = json.loads((path / "meta.json").read_text())
+    assert meta["status"] == "fixed" and meta["fixed_in"]["torch"] and meta["replays"]
+    assert replay(load_entries(tmp_path)[0][0]).outcome == "ok"
+
+    verdict, layout, bad = failing()
+    path, _ = record_failure(verdict, layout, bad, root=tmp_path, status="fixed")  # a fix that regressed
+    entry = next(e for e in load_entries(tmp_path)[0] if e.path == path)
+    assert replay(entry, update=False).outcome == "regression"
+
+
+def test_mutant_entries_must_keep_failing(tmp_path):
+    verdict, layout, transform = failing()
+    path, _ = record_failure(verdict, layout, transform, root=tmp_path, kind="mutant")
+    meta = json.loads((path / "meta.json").read_text())
+    meta["transform"]["registry_name"] = "reference:identity"  # hand-edited: now it cannot fail
+    (path / "meta.json").write_text(json.dumps(meta))
+    assert replay(load_entries(tmp_path)[0][0], update=False).outcome == "lost-teeth"
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (lambda p: (p / "meta.json").write_text("{oops"), "invalid JSON"),
+    (lambda p: (p / "meta.json").unlink(), "missing meta.json"),
+    (lambda p: (p / "layout.json").write_text('{"format": "archfuzz.layout/1", "nodes": [{"id": "a", "op": "warp"}], "edges": []}'), "unknown op kind"),
+    (lambda p: (p / "meta.json").write_text(json.dumps({"status": "open"})), "missing 'transform'"),
+])
+def test_corrupt_entries_are_reported_by_path_and_do_not_stop_the_others(tmp_path, damage, reason):
+    verdict, layout, transform = failing()
+    broken, _ = record_failure(verdict, layout, transform, root=tmp_path, kind="mutant")
+    other_layout = build(DecoderSpec(qk_norm="none"))
+    other = mutants.get("pair_reflection")
+    record_failure(verify(other, other_layout), other_layout, other, root=tmp_path, kind="mutant")
+    damage(broken)
+    entries, bad = load_entries(tmp_path)
+    assert len(entries) == 1 and len(bad) == 1
+    assert bad[0][0] == broken and reason in bad[0][1]
+    assert replay(entries[0], update=False).outcome == "still-failing"

@@ -1,0 +1,118 @@
+"""The pre-release invariance gate: ``archfuzz gate`` / ``tox -e gate``.
+
+1. campaign   -- a fixed-seed ``release``-profile campaign over every transform and recipe (reference
+                 and library); any failure is reduced and written to the corpus;
+2. corpus     -- the full corpus replay (regressions: a fixed finding failing again, a mutant no longer
+                 caught, an expected refusal that now silently breaks);
+3. checkpoint -- every recipe on the default real checkpoint (SmolLM2-135M): float64 proof on the
+                 imported GraphModel and float32 on the transformers module itself;
+4. extra checks registered by later stages (quantization smoke, device parity) in ``EXTRA_CHECKS``.
+
+Exit status 1 on any regression.  The report (``gate.json`` and ``gate.md``) says what ran, coverage per
+feature, worst errors and new findings.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from fuzz.layout import atomic_write_text
+
+from .campaign import run_campaign
+from .corpus import DEFAULT_ROOT, load_entries, replay
+from .registry import available
+
+RECIPES = ["bbt-absorb", "bbt-spectral", "bbt-pair-pca", "bbt-spectral-pca", "residual-hadamard"]
+# name -> callable() returning {"ok": bool, ...}; later stages (quantization, parity) append theirs
+EXTRA_CHECKS: dict[str, Callable[[], dict]] = {}
+
+
+def gate_transforms() -> list[str]:
+    return [f"{reg}:{n}" for reg, names in available().items() if reg in ("reference", "quant") for n in names]
+
+
+def check_checkpoint(recipes: list[str] = RECIPES) -> dict:
+    import quant.transforms as T
+    from fuzz.importer import import_model
+    from quant.checkpoints import load_default_checkpoint
+
+    from .oracle import verify
+    model, _ = load_default_checkpoint(torch.float32)
+    rows = []
+    for recipe in recipes:
+        proof = verify(T.get(recipe), import_model(model, check=False), dtype=torch.float64, batch=1, seq=16,
+                       calib_batch=2)
+        model, _ = load_default_checkpoint(torch.float32)
+        ships = verify(T.get(recipe, host="transformers"), model, dtype=torch.float32, batch=1, seq=16,
+                       calib_batch=2)
+        rows.append({"recipe": recipe, "float64": proof.status, "float64_rel": proof.max_rel_err,
+                     "float32": ships.status, "float32_rel": ships.max_rel_err,
+                     "ok": proof.ok and ships.ok})
+    return {"ok": all(r["ok"] for r in rows), "rows": rows}
+
+
+def run_gate(*, out: str | Path, corpus: str | Path = DEFAULT_ROOT, max_examples: int | None = None,
+             seed: int = 20261124, checkpoint: bool = True, progress: bool = True) -> dict:
+    started = time.perf_counter()
+    report: dict = {"seed": seed, "stages": {}}
+    t0 = time.perf_counter()
+    campaign = run_campaign(gate_transforms(), profile="release", max_examples=max_examples, seed=seed,
+                            progress=progress, corpus=corpus)
+    report["stages"]["campaign"] = {"ok": campaign["ok"], "seconds": round(time.perf_counter() - t0, 1),
+                                    "layouts_tried": campaign["layouts_tried"], "features": campaign["features"],
+                                    "per_transform": campaign["per_transform"],
+                                    "new_findings": [f.get("corpus_entry") for f in campaign["failures"]
+                                                     if f.get("new_entry")],
+                                    "failures": [{k: f[k] for k in ("transform", "status", "features")}
+                                                 for f in campaign["failures"]]}
+    t0 = time.perf_counter()
+    entries, bad = load_entries(corpus)
+    replays = [replay(e, update=True) for e in entries]
+    report["stages"]["corpus"] = {
+        "ok": not bad and not any(r.regression for r in replays), "seconds": round(time.perf_counter() - t0, 1),
+        "entries": len(entries), "corrupt": [{"path": str(p), "reason": r} for p, r in bad],
+        "outcomes": {o: sum(r.outcome == o for r in replays) for o in sorted({r.outcome for r in replays})},
+        "regressions": [r.__dict__ for r in replays if r.regression]}
+    if checkpoint:
+        t0 = time.perf_counter()
+        report["stages"]["checkpoint"] = {**check_checkpoint(), "seconds": round(time.perf_counter() - t0, 1)}
+    for name, check in EXTRA_CHECKS.items():
+        t0 = time.perf_counter()
+        report["stages"][name] = {**check(), "seconds": round(time.perf_counter() - t0, 1)}
+    report["ok"] = all(stage["ok"] for stage in report["stages"].values())
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    out = Path(out)
+    atomic_write_text(out / "gate.json", json.dumps(report, indent=1, sort_keys=True, default=str))
+    atomic_write_text(out / "gate.md", gate_markdown(report))
+    return report
+
+
+def gate_markdown(report: dict) -> str:
+    lines = [f"# archfuzz release gate: {'PASS' if report['ok'] else 'FAIL'} ({report['seconds']} s, seed "
+             f"{report['seed']})", "", "| stage | ok | seconds |", "|---|---|---:|"]
+    lines += [f"| {name} | {'yes' if s['ok'] else 'NO'} | {s['seconds']} |" for name, s in report["stages"].items()]
+    c = report["stages"]["campaign"]
+    lines += ["", f"## Campaign: {c['layouts_tried']} layouts", "",
+              "| transform | examples | invariant | refused | failed | worst rel err |", "|---|---:|---:|---:|---:|---:|"]
+    for name, st in c["per_transform"].items():
+        s = st["status"]
+        failed = sum(s.get(k, 0) for k in ("diverged", "error", "non-finite"))
+        lines.append(f"| {name} | {st['examples']} | {s.get('invariant', 0)} | {s.get('refused', 0)} | {failed} | "
+                     f"{st['worst_rel_err']:.2e} |")
+    lines += ["", "Coverage: " + ", ".join(f"{k} {v}" for k, v in c["features"].items())]
+    if c["new_findings"]:
+        lines += ["", "New findings: " + ", ".join(c["new_findings"])]
+    k = report["stages"]["corpus"]
+    lines += ["", f"## Corpus: {k['entries']} entries", "", f"Outcomes: {k['outcomes']}"]
+    lines += [f"- REGRESSION {r['entry']}: {r['outcome']}: {r['verdict']}" for r in k["regressions"]]
+    lines += [f"- CORRUPT {b['path']}: {b['reason']}" for b in k["corrupt"]]
+    if "checkpoint" in report["stages"]:
+        lines += ["", "## SmolLM2-135M", "", "| recipe | float64 (imported) | float32 (transformers) |", "|---|---|---|"]
+        for r in report["stages"]["checkpoint"]["rows"]:
+            lines.append(f"| {r['recipe']} | {r['float64']} {r['float64_rel']:.2e} | {r['float32']} {r['float32_rel']:.2e} |")
+    return "\n".join(lines) + "\n"
