@@ -27,4 +27,24 @@ def assert_invariant(transform, subject, *, allow_refusal: bool = True, dtype: t
         pass
     if verdict.ok or (allow_refusal and verdict.refused):
         return verdict
-    raise AssertionError(f"{verdict}\n--- repro ---\n{verdict.repro()}")
+    where = _record(transform, verdict, dtype)
+    raise AssertionError(f"{verdict}{where}\n--- repro ---\n{verdict.repro()}")
+
+
+_RECORDED: set = set()
+
+
+def _record(transform, verdict: Verdict, dtype) -> str:
+    """With ``ARCHFUZZ_CORPUS=DIR`` set, reduce the failure and write it to that corpus, once per
+    (transform, symptom, first divergent op) per process: hypothesis' shrink steps do not flood it."""
+    import os
+    root = os.environ.get("ARCHFUZZ_CORPUS")
+    if not root or verdict.layout_json is None or not hasattr(transform, "spec"):
+        return ""
+    key = (verdict.transform, verdict.status, (verdict.first_divergent or {}).get("op"))
+    if key in _RECORDED:
+        return ""
+    _RECORDED.add(key)
+    from .campaign import _to_corpus
+    path, created = _to_corpus(transform, verdict, root, dtype)
+    return f"\n--- corpus: {'new entry' if created else 'known'} {path}"
