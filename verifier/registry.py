@@ -10,7 +10,8 @@ from fuzz.errors import BadInput
 
 from .transform import NamedTransform
 
-REGISTRIES = {"reference": "verifier.reference", "mutants": "verifier.mutants", "quant": "quant.transforms"}
+REGISTRIES = {"reference": "verifier.reference", "mutants": "verifier.mutants", "quant": "quant.transforms",
+              "peers": "quant.peers"}
 
 
 def _module(prefix: str):
