@@ -70,6 +70,35 @@ def seed_refusals(root: Path) -> list[tuple[str, Path, bool]]:
     return out
 
 
+# third-party findings (auto-round 0.16.1 apply_rotation, see quant/peers.py): (peer, family, dims, why)
+_POW2 = dict(vocab=64, hidden=32, n_heads=4, n_kv_heads=2, head_dim=8, intermediate=64, n_layers=1)
+PEER_FINDINGS = [
+    ("peers:autoround-hadamard", "qwen2", _POW2, "q/k/v bias: v_proj rows rotated per head, its bias not"),
+    ("peers:autoround-quarot", "qwen2", _POW2, "q/k/v bias left unrotated by the quarot preset"),
+    ("peers:autoround-hadamard", "qwen3_moe", _POW2, "fused 3D experts: AttributeError 'up_proj'"),
+    ("peers:autoround-hadamard", "llama", {**_POW2, "n_heads": 3, "n_kv_heads": 1, "hidden": 24},
+     "non-power-of-two head count: get_hadK assertion"),
+]
+
+
+def seed_peers(root: Path) -> list[tuple[str, Path, bool]]:
+    """Open findings in auto-round's rotations, checked in float32 (transformers' own precision)."""
+    import torch
+
+    from fuzz.families import family_spec
+    out = []
+    for name, family, dims, why in PEER_FINDINGS:
+        transform = resolve(name)
+        layout = build(family_spec(family, **dims))
+        verdict = verify(transform, layout, dtype=torch.float32)
+        if verdict.status not in ("diverged", "error"):
+            continue  # fixed upstream: nothing to record
+        stage = "transform" if verdict.status == "error" else "verify"
+        path, created = record_failure(verdict, layout, transform, root=root, stage=stage, note=why)
+        out.append((name, path, created))
+    return out
+
+
 def seed(root: str | Path = DEFAULT_ROOT) -> list[tuple[str, Path, bool]]:
     root = Path(root)
-    return seed_mutants(root) + seed_refusals(root)
+    return seed_mutants(root) + seed_refusals(root) + seed_peers(root)
