@@ -56,3 +56,63 @@ def load_gguf_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32):
 def load_default_checkpoint(dtype: torch.dtype = torch.float32):
     """``(model, tokenizer)`` of the default checkpoint (SmolLM2-135M-Instruct), model in eval mode."""
     return load_gguf_checkpoint(default_checkpoint_path(), dtype)
+
+
+# ============================================================================ any checkpoint
+def word_tokenizer(vocab: int):
+    """A deterministic in-memory word-level tokenizer of ``vocab`` ids (``t0`` ... ``t{vocab-1}``, unknown -> 0).
+
+    For synthesized models (tests, CI) that have no tokenizer of their own: auto-round insists on one even
+    when it is given pre-tokenized calibration ids.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({f"t{i}": i for i in range(vocab)}, unk_token="t0"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="t0", pad_token="t0", eos_token="t0")
+
+
+def load_checkpoint(path: str | Path | None = None, dtype: torch.dtype = torch.float32):
+    """``(model, tokenizer)`` from ``path``: ``None``/``"default"`` (SmolLM2-135M), a transformers directory
+    (``config.json`` + safetensors/bin weights), a ``.safetensors`` file inside such a directory, or a
+    ``.gguf`` file.  Missing, unsupported and corrupt checkpoints raise :class:`BadInput`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if path is None or str(path) == "default":
+        return load_default_checkpoint(dtype)
+    p = Path(path)
+    if not p.exists():
+        raise BadInput(f"checkpoint {p} does not exist")
+    if p.is_file() and p.suffix == ".gguf":
+        return load_gguf_checkpoint(p, dtype)
+    if p.is_file() and p.suffix == ".safetensors":
+        _check_safetensors(p)
+        p = p.parent
+    elif p.is_file():
+        raise BadInput(f"unsupported checkpoint file {p.name}: expected a transformers directory, a .safetensors "
+                       "file inside one, or a .gguf file")
+    if not (p / "config.json").is_file():
+        raise BadInput(f"{p} is not a transformers checkpoint directory: no config.json")
+    for f in sorted(p.glob("*.safetensors")):
+        _check_safetensors(f)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(p, dtype=dtype, local_files_only=True)
+    except Exception as exc:  # transformers raises OSError/ValueError/KeyError/safetensors errors
+        raise BadInput(f"cannot load checkpoint {p}: {type(exc).__name__}: {exc}") from exc
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(p, local_files_only=True)
+    except Exception:
+        tokenizer = word_tokenizer(model.config.vocab_size)
+    return model.eval(), tokenizer
+
+
+def _check_safetensors(path: Path) -> None:
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            keys = list(f.keys())
+            if keys:
+                f.get_tensor(keys[0])
+    except Exception as exc:
+        raise BadInput(f"corrupt safetensors file {path}: {type(exc).__name__}: {exc}") from exc

@@ -6,7 +6,13 @@
     archfuzz transforms
     archfuzz replay [--root corpus/] [--no-update]
     archfuzz corpus seed [--root corpus/]
-    archfuzz gate [--out DIR] [--max-examples N] [--no-checkpoint]
+    archfuzz gate [--out DIR] [--max-examples N] [--no-checkpoint] [--no-extras]
+    archfuzz quantize [--checkpoint PATH] --recipe R [--bits 2|3|4] [--group-size G] [--sym] [--iters N]
+                      [--nsamples N] [--seqlen N] [--seed S] [--alpha A] [--preset cpu|paper]
+                      [--calib-text PATH] [--eval-text PATH] [--no-eval] --out DIR
+    archfuzz parity [--layout LAYOUT.json | --checkpoint default|PATH] [--transform NAME] [--option KEY=VALUE ...]
+                    [--seq N] [--batch B] [--seed S] [--device D ...] [--hint f32|bf16|f16|default ...]
+                    [--text PATH] [--timeout S] [--keep-ir] [--out DIR]
 
 Exit status: 0 when everything verified (refusals included), 1 when a transform failed, 2 on bad input.
 """
@@ -23,6 +29,7 @@ from pathlib import Path
 import torch
 
 from fuzz.errors import BadInput
+from fuzz.layout import atomic_write_text
 
 
 
@@ -107,7 +114,7 @@ def cmd_corpus(args) -> int:
 def cmd_gate(args) -> int:
     from verifier.gate import run_gate
     report = run_gate(out=args.out, corpus=args.root, max_examples=args.max_examples,
-                      checkpoint=not args.no_checkpoint, progress=not args.quiet)
+                      checkpoint=not args.no_checkpoint, progress=not args.quiet, extras=not args.no_extras)
     print(Path(args.out, "gate.md").read_text())
     return 0 if report["ok"] else 1
 
@@ -117,6 +124,59 @@ def cmd_transforms(args) -> int:
     for registry, names in available().items():
         print(f"{registry}: {', '.join(names)}")
     return 0
+
+
+def cmd_quantize(args) -> int:
+    from quant.checkpoints import load_checkpoint
+    from quant.perplexity import perplexity
+    from quant.quantize import PRESETS, QuantConfig, coverage_markdown, quantize, save, text_ids
+    from quant.text import calibration_windows
+    settings = dict(PRESETS[args.preset])
+    for k in ("iters", "nsamples", "seqlen", "batch_size"):
+        if getattr(args, k) is not None:
+            settings[k] = getattr(args, k)
+    cfg = QuantConfig(bits=args.bits, group_size=args.group_size, sym=args.sym, seed=args.seed, **settings)
+    cfg.check()
+    model, tok = load_checkpoint(args.checkpoint)
+    calib_ids, calib_info = text_ids(tok, args.calib_text, "calibration")
+    windows = calibration_windows(calib_ids, cfg.nsamples, cfg.seqlen, cfg.seed)
+    eval_ids = eval_info = fp = None
+    if not args.no_eval:
+        eval_ids, eval_info = text_ids(tok, args.eval_text, "evaluation")
+        fp = perplexity(model, eval_ids)
+        print(f"full precision PPL {fp['ppl']:.3f}", flush=True)
+    report = quantize(model, tok, args.recipe, cfg, windows, alpha=args.alpha,
+                      check_ids=eval_ids[None, :16] if eval_ids is not None else None)
+    report["calibration_text"] = calib_info
+    if eval_ids is not None:
+        report["evaluation_text"] = eval_info
+        report["ppl_full_precision"] = fp
+        report["ppl_quantized"] = perplexity(model, eval_ids)
+    rows = report.pop("coverage_rows")
+    out = save(model, tok, args.out, report)
+    atomic_write_text(out / "coverage.md", coverage_markdown({**report["coverage"], "rows": rows}))
+    print(json.dumps({k: v for k, v in report.items() if k != "config"}, indent=1, default=str))
+    print(f"plain checkpoint written to {out} (coverage: {out / 'coverage.md'})")
+    return 0
+
+
+def cmd_parity(args) -> int:
+    from fuzz.errors import Refusal
+    from quant.parity import HINTS, compare, load_subject, parity_markdown, write_report
+    try:
+        model, ids, info = load_subject(args.layout, args.checkpoint, args.transform, _kv(args.option),
+                                        seq=args.seq, batch=args.batch, seed=args.seed, text=args.text)
+    except Refusal as exc:
+        print(f"archfuzz: nothing to export: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out or f"runs/parity-{time.strftime('%Y%m%d-%H%M%S')}")
+    report = compare(model, ids, devices=args.device, hints=args.hint or HINTS, timeout=args.timeout,
+                     workdir=out / "work" if args.keep_ir else None)
+    report["subject_info"] = info
+    js, md = write_report(report, out)
+    print(parity_markdown(report))
+    print(f"report: {js}  {md}")
+    return 0 if report["ok"] else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,8 +217,46 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--root", default=str(_corpus_root()))
     g.add_argument("--max-examples", type=int, default=None)
     g.add_argument("--no-checkpoint", action="store_true", help="skip the real-checkpoint stage")
+    g.add_argument("--no-extras", action="store_true", help="skip the quantization smoke and the device parity")
     g.add_argument("--quiet", action="store_true")
     g.set_defaults(func=cmd_gate)
+    q = sub.add_parser("quantize", help="auto-round on an oracle-proven transformed checkpoint, unfolded")
+    q.add_argument("--checkpoint", default=None, help="transformers dir, .safetensors in one, .gguf; default SmolLM2-135M")
+    q.add_argument("--recipe", required=True, choices=["none", "bbt-absorb", "bbt-pair-pca", "bbt-spectral-pca",
+                                                       "bbt-spectral", "autoround-hadamard"])
+    q.add_argument("--alpha", type=float, default=0.5)
+    q.add_argument("--bits", type=int, default=2, choices=[2, 3, 4])
+    q.add_argument("--group-size", type=int, default=64)
+    q.add_argument("--sym", action="store_true", help="symmetric (default asymmetric)")
+    q.add_argument("--preset", default="cpu", choices=["cpu", "paper"])
+    q.add_argument("--iters", type=int, default=None, help="0 = RTN")
+    q.add_argument("--nsamples", type=int, default=None)
+    q.add_argument("--seqlen", type=int, default=None)
+    q.add_argument("--batch-size", type=int, default=None)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--calib-text", default=None, help="default: Python stdlib docstrings (not wikitext)")
+    q.add_argument("--eval-text", default=None, help="default: Python stdlib docstrings (not wikitext)")
+    q.add_argument("--no-eval", action="store_true")
+    q.add_argument("--out", required=True)
+    q.set_defaults(func=cmd_quantize)
+    d = sub.add_parser("parity", help="PyTorch float32 vs OpenVINO per device and precision hint")
+    src = d.add_mutually_exclusive_group()
+    src.add_argument("--layout", default=None, help="layout JSON (weights from --seed, random ids)")
+    src.add_argument("--checkpoint", default=None, help="'default' (SmolLM2-135M; the default), a transformers "
+                                                         "dir, .safetensors in one, .gguf")
+    d.add_argument("--transform", default=None, help="registry:name, applied in float64 before the export")
+    d.add_argument("--option", action="append", metavar="KEY=VALUE", help="transform option")
+    d.add_argument("--seq", type=int, default=None, help="tokens per row (default 16 for a layout, 128 otherwise)")
+    d.add_argument("--batch", type=int, default=1)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--device", action="append", help="OpenVINO device (repeatable); default: every one it reports")
+    d.add_argument("--hint", action="append", choices=["f32", "bf16", "f16", "default"],
+                   help="precision hint (repeatable); default f32, bf16, f16")
+    d.add_argument("--text", default=None, help="text whose tokens are compared; default: the evaluation split")
+    d.add_argument("--timeout", type=float, default=600.0, help="seconds per child process")
+    d.add_argument("--keep-ir", action="store_true", help="keep the IR, logs and logits under OUT/work")
+    d.add_argument("--out", default=None, help="folder for parity.json / parity.md")
+    d.set_defaults(func=cmd_parity)
     return p
 
 

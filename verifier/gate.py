@@ -6,7 +6,10 @@
                  caught, an expected refusal that now silently breaks);
 3. checkpoint -- every recipe on the default real checkpoint (SmolLM2-135M): float64 proof on the
                  imported GraphModel and float32 on the transformers module itself;
-4. extra checks registered by later stages (quantization smoke, device parity) in ``EXTRA_CHECKS``.
+4. extra checks registered in ``EXTRA_CHECKS`` by later stages: ``quantize-smoke`` (a tiny synthesized
+   model through the quantizer with RTN, unfold checked in float64) and ``parity`` (PyTorch vs OpenVINO
+   on CPU for a fixed set of synthesized layouts and, with the checkpoint stage, SmolLM2-135M); see
+   :mod:`quant.gate_checks`.
 
 Exit status 1 on any regression.  The report (``gate.json`` and ``gate.md``) says what ran, coverage per
 feature, worst errors and new findings.
@@ -29,7 +32,15 @@ from .registry import available
 
 RECIPES = ["bbt-absorb", "bbt-spectral", "bbt-pair-pca", "bbt-spectral-pca", "residual-hadamard"]
 # name -> callable() returning {"ok": bool, ...}; later stages (quantization, parity) append theirs
-EXTRA_CHECKS: dict[str, Callable[[], dict]] = {}
+EXTRA_CHECKS: dict[str, Callable[..., dict]] = {}
+
+
+def register_default_checks() -> None:
+    """Register the quantization smoke and the device-parity stage (imported lazily: they need auto-round
+    and OpenVINO, which the campaign and the replay do not)."""
+    from quant.gate_checks import parity_checks, quantize_smoke
+    EXTRA_CHECKS.setdefault("quantize-smoke", lambda checkpoint: quantize_smoke())
+    EXTRA_CHECKS.setdefault("parity", lambda checkpoint: parity_checks(checkpoint=checkpoint))
 
 
 def gate_transforms() -> list[str]:
@@ -56,7 +67,11 @@ def check_checkpoint(recipes: list[str] = RECIPES) -> dict:
 
 
 def run_gate(*, out: str | Path, corpus: str | Path = DEFAULT_ROOT, max_examples: int | None = None,
-             seed: int = 20261124, checkpoint: bool = True, progress: bool = True) -> dict:
+             seed: int = 20261124, checkpoint: bool = True, progress: bool = True, extras: bool = True) -> dict:
+    """Run every stage (``extras=False`` skips ``EXTRA_CHECKS``; ``checkpoint=False`` skips SmolLM2 in
+    every stage) and write ``gate.json`` / ``gate.md`` under ``out``."""
+    if extras:
+        register_default_checks()
     started = time.perf_counter()
     report: dict = {"seed": seed, "stages": {}}
     t0 = time.perf_counter()
@@ -80,9 +95,9 @@ def run_gate(*, out: str | Path, corpus: str | Path = DEFAULT_ROOT, max_examples
     if checkpoint:
         t0 = time.perf_counter()
         report["stages"]["checkpoint"] = {**check_checkpoint(), "seconds": round(time.perf_counter() - t0, 1)}
-    for name, check in EXTRA_CHECKS.items():
+    for name, check in (EXTRA_CHECKS.items() if extras else ()):
         t0 = time.perf_counter()
-        report["stages"][name] = {**check(), "seconds": round(time.perf_counter() - t0, 1)}
+        report["stages"][name] = {**check(checkpoint), "seconds": round(time.perf_counter() - t0, 1)}
     report["ok"] = all(stage["ok"] for stage in report["stages"].values())
     report["seconds"] = round(time.perf_counter() - started, 1)
     out = Path(out)
@@ -114,4 +129,22 @@ def gate_markdown(report: dict) -> str:
         lines += ["", "## SmolLM2-135M", "", "| recipe | float64 (imported) | float32 (transformers) |", "|---|---|---|"]
         for r in report["stages"]["checkpoint"]["rows"]:
             lines.append(f"| {r['recipe']} | {r['float64']} {r['float64_rel']:.2e} | {r['float32']} {r['float32_rel']:.2e} |")
+    if "quantize-smoke" in report["stages"]:
+        lines += ["", "## Quantization smoke (tiny Llama, RTN W2 g16)", "",
+                  "| recipe | ok | oracle gate | unfold rel (f64) | quantized | excluded |", "|---|---|---|---:|---:|---:|"]
+        for r in report["stages"]["quantize-smoke"]["rows"]:
+            if "error" in r:
+                lines.append(f"| {r['recipe']} | NO | {r['error']} | | | |")
+            else:
+                lines.append(f"| {r['recipe']} | {'yes' if r['ok'] else 'NO'} | {r['gate']} | "
+                             f"{r['unfold_rel_f64']:.2e} | {r['quantized']} | {r['excluded']} |")
+    if "parity" in report["stages"]:
+        lines += ["", "## Device parity (OpenVINO CPU vs PyTorch float32)", "",
+                  "| subject | ok | export | f32 rel err | f32 dPPL | symptoms per hint (effective precision) |",
+                  "|---|---|---|---:|---:|---|"]
+        for r in report["stages"]["parity"]["rows"]:
+            hints = ", ".join(f"{h}: {s} ({r['effective'][h]})" for h, s in r["symptoms"].items())
+            rel = "-" if r["f32_rel_err"] is None else f"{r['f32_rel_err']:.2e}"
+            dppl = "-" if r["f32_dppl"] is None else f"{r['f32_dppl']:+.1e}"
+            lines.append(f"| {r['subject']} | {'yes' if r['ok'] else 'NO'} | {r['export']} | {rel} | {dppl} | {hints} |")
     return "\n".join(lines) + "\n"

@@ -1,0 +1,237 @@
+"""Head-to-head: full precision, RTN, vanilla auto-round, auto-round + its own Hadamard rotation, and the BBT
+recipes, on a real checkpoint (default SmolLM2-135M) at W2/W4, matched calibration, several seeds.
+
+    python benchmarks/head_to_head.py [--bits 2 4] [--seeds 0 1 2] [--methods ...] [--preset cpu|paper]
+        [--calib-text PATH] [--eval-text PATH] [--iters N] [--nsamples N] [--seqlen N] [--out runs/head2head]
+
+Every (method, bits, seed, settings, texts, checkpoint) result is cached as one JSON file under
+``OUT/cache/`` keyed by a hash of that configuration, so an interrupted sweep resumes where it stopped
+(gate verdicts are cached too).  Writes ``OUT/results.json``, ``OUT/results.md`` and ``OUT/results.png``.
+RTN (``iters=0``, no imatrix) uses no calibration data: it runs once, at seed 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+METHODS = {  # name -> (recipe, alpha, iters=0?)
+    "fp": (None, None, False),
+    "rtn": ("none", None, True),
+    "autoround": ("none", None, False),
+    "autoround-hadamard": ("autoround-hadamard", None, False),
+    "bbt-spectral-a0.5": ("bbt-spectral", 0.5, False),
+    "bbt-spectral-a0": ("bbt-spectral", 0.0, False),
+    "bbt-spectral-a0.25": ("bbt-spectral", 0.25, False),
+    "bbt-spectral-a1": ("bbt-spectral", 1.0, False),
+    "bbt-pair-pca": ("bbt-pair-pca", 0.5, False),
+    "bbt-absorb": ("bbt-absorb", 0.5, False),
+}
+DEFAULT_METHODS = [m for m in METHODS if m != "bbt-absorb"]
+
+
+def _key(d: dict) -> str:
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _versions() -> dict:
+    import auto_round
+    import transformers
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "auto_round": auto_round.__version__}
+
+
+def main(argv=None) -> int:
+    from fuzz.layout import atomic_write_text
+    from quant.checkpoints import load_checkpoint
+    from quant.perplexity import perplexity
+    from quant.quantize import PRESETS, QuantConfig, gate, quantize, text_ids
+    from quant.text import calibration_windows
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", default=None, help="default: SmolLM2-135M (offline)")
+    p.add_argument("--bits", type=int, nargs="+", default=[2, 4])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS))
+    p.add_argument("--preset", default="cpu", choices=list(PRESETS))
+    p.add_argument("--group-size", type=int, default=64)
+    p.add_argument("--sym", action="store_true", help="symmetric (default asymmetric, as the paper)")
+    p.add_argument("--iters", type=int, default=None)
+    p.add_argument("--nsamples", type=int, default=None)
+    p.add_argument("--seqlen", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--calib-text", default=None, help="default: Python stdlib docstrings (NOT wikitext)")
+    p.add_argument("--eval-text", default=None, help="default: Python stdlib docstrings (NOT wikitext)")
+    p.add_argument("--window", type=int, default=1024)
+    p.add_argument("--max-tokens", type=int, default=8192)
+    p.add_argument("--out", default="runs/head2head")
+    args = p.parse_args(argv)
+
+    settings = dict(PRESETS[args.preset])
+    for k in ("iters", "nsamples", "seqlen", "batch_size"):
+        if getattr(args, k) is not None:
+            settings[k] = getattr(args, k)
+    out = Path(args.out)
+    (out / "cache").mkdir(parents=True, exist_ok=True)
+
+    t0 = time.time()
+    base, tok = load_checkpoint(args.checkpoint)
+    calib_all, calib_info = text_ids(tok, args.calib_text, "calibration")
+    eval_ids, eval_info = text_ids(tok, args.eval_text, "evaluation")
+    ckpt = args.checkpoint or "default:SmolLM2-135M-Instruct.Q4_1.gguf"
+    common = {"checkpoint": ckpt, "calib": calib_info["sha256"], "eval": eval_info["sha256"], "window": args.window,
+              "max_tokens": args.max_tokens, "group_size": args.group_size, "sym": args.sym, **settings,
+              "versions": _versions()}
+    print(f"loaded in {time.time() - t0:.0f}s; settings {settings}; calib {calib_info['source']}; "
+          f"eval {eval_info['source']}", flush=True)
+
+    rows = []
+    for bits in args.bits:
+        for method in args.methods:
+            recipe, alpha, rtn = METHODS[method]
+            seeds = [0] if (method == "fp" or rtn) else args.seeds
+            for seed in seeds:
+                cfg_key = {**common, "method": method, "bits": None if method == "fp" else bits, "seed": seed}
+                path = out / "cache" / f"{method}-w{bits}-s{seed}-{_key(cfg_key)}.json"
+                if method == "fp":
+                    path = out / "cache" / f"fp-{_key(cfg_key)}.json"
+                if path.is_file():
+                    res = json.loads(path.read_text())
+                    print(f"cached  {method} W{bits} seed {seed}: ppl {res['ppl']:.2f}", flush=True)
+                else:
+                    res = _run(base, tok, method, recipe, alpha, rtn, bits, seed, settings, args, calib_all, eval_ids,
+                               out, ckpt, gate, quantize, QuantConfig, calibration_windows, perplexity)
+                    res["key"] = cfg_key
+                    atomic_write_text(path, json.dumps(res, indent=1, default=str))
+                    print(f"ran     {method} W{bits} seed {seed}: ppl {res.get('ppl', float('nan')):.2f} "
+                          f"({res['seconds']:.0f}s) {res.get('error', '')}", flush=True)
+                rows.append({**res, "method": method, "bits": bits, "seed": seed})
+    summary = _summarise(rows, args, settings, calib_info, eval_info, ckpt)
+    atomic_write_text(out / "results.json", json.dumps({"summary": summary, "rows": rows}, indent=1, default=str))
+    md = _markdown(summary, settings, calib_info, eval_info, ckpt, args)
+    atomic_write_text(out / "results.md", md)
+    _plot(summary, out / "results.png")
+    print(md)
+    return 0
+
+
+def _run(base, tok, method, recipe, alpha, rtn, bits, seed, settings, args, calib_all, eval_ids, out, ckpt,
+         gate, quantize, QuantConfig, calibration_windows, perplexity) -> dict:
+    t0 = time.time()
+    if method == "fp":
+        return {**perplexity(base, eval_ids, args.window, args.max_tokens), "seconds": time.time() - t0}
+    cfg = QuantConfig(bits=bits, group_size=args.group_size, sym=args.sym, seed=seed,
+                      **{**settings, "iters": 0 if rtn else settings["iters"]})
+    windows = calibration_windows(calib_all, cfg.nsamples, cfg.seqlen, seed)
+    model = copy.deepcopy(base)
+    verdict = None
+    if recipe in ("bbt-spectral", "bbt-pair-pca", "bbt-absorb", "bbt-spectral-pca"):
+        gpath = out / "cache" / f"gate-{recipe}-a{alpha}-{_key({'checkpoint': ckpt, 'recipe': recipe, 'alpha': alpha})}.json"
+        if gpath.is_file():
+            verdict = _CachedVerdict(**json.loads(gpath.read_text()))
+        else:
+            v = gate(model, recipe, alpha=alpha)
+            gpath.write_text(json.dumps({"status": v.status, "max_rel_err": v.max_rel_err}))
+            verdict = v
+    try:
+        report = quantize(model, tok, recipe, cfg, windows, alpha=alpha if alpha is not None else 0.5,
+                          gate_verdict=verdict, check_ids=eval_ids[None, :16])
+    except RuntimeError as exc:  # record a peer's crash as a finding instead of losing the sweep
+        return {"error": f"{type(exc).__name__}: {exc}", "ppl": float("nan"), "seconds": time.time() - t0}
+    report.pop("coverage_rows", None)
+    ppl = perplexity(model, eval_ids, args.window, args.max_tokens)
+    return {**ppl, "report": report, "seconds": time.time() - t0, "quant_seconds": report["total_seconds"]}
+
+
+class _CachedVerdict:
+    def __init__(self, status, max_rel_err):
+        self.status, self.max_rel_err, self.ok = status, max_rel_err, status == "invariant"
+
+
+def _summarise(rows, args, settings, calib_info, eval_info, ckpt) -> dict:
+    groups: dict = {}
+    for r in rows:
+        if r.get("error"):
+            continue
+        bits = "fp" if r["method"] == "fp" else r["bits"]
+        groups.setdefault((r["method"], bits), []).append(r)
+    out = {}
+    for (method, bits), rs in groups.items():
+        ppls = [r["ppl"] for r in rs]
+        out[f"{method}|{bits}"] = {"method": method, "bits": bits, "n": len(ppls), "mean": statistics.fmean(ppls),
+                                   "std": statistics.stdev(ppls) if len(ppls) > 1 else 0.0, "ppls": ppls,
+                                   "seconds_mean": statistics.fmean(r.get("quant_seconds", r["seconds"]) for r in rs)}
+    errors = [{"method": r["method"], "bits": r["bits"], "seed": r["seed"], "error": r["error"]} for r in rows
+              if r.get("error")]
+    return {"groups": out, "errors": errors}
+
+
+def _targets(g: dict, bits: int) -> list[str]:
+    def get(m):
+        return g.get(f"{m}|{bits}")
+    lines = []
+    bbt, van, had = get("bbt-spectral-a0.5"), get("autoround"), get("autoround-hadamard")
+    if bits == 2 and bbt and van:
+        red = 100 * (1 - bbt["mean"] / van["mean"])
+        lines.append(f"- W2 BBT-spectral a0.5 vs vanilla auto-round: {red:.1f}% lower PPL (target >= 45%): "
+                     f"{'MET' if red >= 45 else 'NOT MET'}")
+    if bits == 2 and bbt and had:
+        lines.append(f"- W2 BBT-spectral a0.5 {bbt['mean']:.2f} vs auto-round Hadamard {had['mean']:.2f} "
+                     f"(target lower): {'MET' if bbt['mean'] < had['mean'] else 'NOT MET'}")
+    if bits == 4 and bbt and van:
+        noise = max(bbt["std"], van["std"])
+        diff = bbt["mean"] - van["mean"]
+        lines.append(f"- W4 BBT-spectral a0.5 - vanilla = {diff:+.3f} PPL; seed std {noise:.3f} "
+                     f"(target: within seed noise): {'MET' if abs(diff) <= 2 * noise and noise > 0 else 'NOT MET / n<2'}")
+    return lines
+
+
+def _markdown(summary, settings, calib_info, eval_info, ckpt, args) -> str:
+    g = summary["groups"]
+    lines = [f"# Head-to-head: {ckpt}", "",
+             f"settings: {settings}, group size {args.group_size}, {'sym' if args.sym else 'asym'}; "
+             f"calibration: {calib_info['source']}; evaluation: {eval_info['source']} "
+             f"(first {args.max_tokens} tokens, windows of {args.window})", "",
+             "| bits | method | PPL mean | std | n seeds | PPLs | quantize s (mean) |", "|---|---|---|---|---|---|---|"]
+    for k, v in sorted(g.items(), key=lambda kv: (str(kv[1]["bits"]), kv[1]["mean"])):
+        lines.append(f"| {v['bits']} | {v['method']} | {v['mean']:.2f} | {v['std']:.2f} | {v['n']} | "
+                     f"{', '.join(f'{x:.2f}' for x in v['ppls'])} | {v['seconds_mean']:.0f} |")
+    lines += ["", "Targets:"]
+    for bits in args.bits:
+        lines += _targets(g, bits)
+    if summary["errors"]:
+        lines += ["", "Failures (recorded, not hidden):"]
+        lines += [f"- {e['method']} W{e['bits']} seed {e['seed']}: {e['error'][:300]}" for e in summary["errors"]]
+    return "\n".join(lines) + "\n"
+
+
+def _plot(summary, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    g = [v for v in summary["groups"].values()]
+    if not g:
+        return
+    g.sort(key=lambda v: (str(v["bits"]), v["mean"]))
+    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(g)), 4))
+    labels = [f"{v['method']}\nW{v['bits']}" if v["bits"] != "fp" else "fp" for v in g]
+    ax.bar(range(len(g)), [v["mean"] for v in g], yerr=[v["std"] for v in g], capsize=3)
+    ax.set_xticks(range(len(g)), labels, rotation=60, ha="right", fontsize=7)
+    ax.set_yscale("log")
+    ax.set_ylabel("perplexity (log)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
