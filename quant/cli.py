@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import copy
 import json
 import sys
 import time
@@ -137,6 +138,9 @@ def cmd_quantize(args) -> int:
             settings[k] = getattr(args, k)
     cfg = QuantConfig(bits=args.bits, group_size=args.group_size, sym=args.sym, seed=args.seed, **settings)
     cfg.check()
+    if args.lowbit:
+        from quant.lowbit import check_lowbit_request
+        check_lowbit_request(args.recipe, cfg)  # before any work
     model, tok = load_checkpoint(args.checkpoint)
     calib_ids, calib_info = text_ids(tok, args.calib_text, "calibration")
     windows = calibration_windows(calib_ids, cfg.nsamples, cfg.seqlen, cfg.seed)
@@ -153,10 +157,22 @@ def cmd_quantize(args) -> int:
         report["ppl_full_precision"] = fp
         report["ppl_quantized"] = perplexity(model, eval_ids)
     rows = report.pop("coverage_rows")
+    lowbit = None
+    if args.lowbit:
+        from quant.lowbit import grid_codes
+        lowbit = (grid_codes(model, cfg.bits, cfg.group_size), copy.deepcopy(model))  # save() drops scale/zp
     out = save(model, tok, args.out, report)
     atomic_write_text(out / "coverage.md", coverage_markdown({**report["coverage"], "rows": rows}))
     print(json.dumps({k: v for k, v in report.items() if k != "config"}, indent=1, default=str))
     print(f"plain checkpoint written to {out} (coverage: {out / 'coverage.md'})")
+    if lowbit is not None:
+        from quant.lowbit import artifact_report, write_artifact_report
+        ids = (eval_ids if eval_ids is not None else calib_ids)[None, :args.lowbit_seq]
+        art = artifact_report(lowbit[1], lowbit[0], ids, out / "openvino")
+        _, md = write_artifact_report(art, out / "openvino", f"{args.recipe} W{cfg.bits} g{cfg.group_size}: OpenVINO IRs")
+        print(md.read_text())
+        if not all(r["symptom"] == "ok" for r in art["rows"]):
+            return 1
     return 0
 
 
@@ -237,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--calib-text", default=None, help="default: Python stdlib docstrings (not wikitext)")
     q.add_argument("--eval-text", default=None, help="default: Python stdlib docstrings (not wikitext)")
     q.add_argument("--no-eval", action="store_true")
+    q.add_argument("--lowbit", action="store_true", help="also export OpenVINO IRs (f32, f16 and the weights as "
+                   "u2/u4 codes) to OUT/openvino and measure size, memory, speed and parity")
+    q.add_argument("--lowbit-seq", type=int, default=128, help="prefill tokens for the low-bit measurement")
     q.add_argument("--out", required=True)
     q.set_defaults(func=cmd_quantize)
     d = sub.add_parser("parity", help="PyTorch float32 vs OpenVINO per device and precision hint")

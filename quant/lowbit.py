@@ -1,0 +1,284 @@
+"""A deployable low-bit OpenVINO artifact: quantized weights kept as u2/u4 codes in the IR.
+
+After auto-round, a quantized linear ``W`` (out x in, groups of ``g`` along ``in``) is exactly
+``W = (q - z) * s`` with integer codes ``q, z`` in ``[0, 2^b)`` and a float16 scale ``s`` per (row, group)
+(auto-round leaves ``scale`` and ``zp`` on the module).  :func:`grid_codes` recovers ``q`` and checks the
+reconstruction bit for bit; a weight that is not on its grid (e.g. a T1 layer after the unfold, whose
+``W_eff = fwht(W^ / s)`` is dense) is refused, naming it: that rotation would have to ship as an explicit
+operator, which this artifact does not build.
+
+:func:`compress_ir` rewrites an exported float32 IR: every Constant holding a quantized weight (found by
+content, not by name) becomes the decompression subgraph OpenVINO's CPU plugin fuses into its
+FullyConnected kernels (the form NNCF emits)::
+
+    Constant(u{b}, [out, G, g]) -> Convert(f32) - Convert(Constant(u{b}, [out, G, 1]))
+        -> * Convert(Constant(f16 scale, [out, G, 1])) -> Reshape([out, in])
+
+:func:`artifact_report` measures, side by side with the dequantized f32 and f16 IRs: IR size on disk,
+peak memory of a fresh process that compiles and runs it, prefill tokens per second (batch 1), the
+latency of a one-token step (no KV cache: the exported graph is ids -> logits, so this is the
+weight-streaming cost of one token, not a cached decode), and parity with the PyTorch fake-quantized
+float32 model (logits relative error, top-1 agreement, dPPL).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from fuzz.errors import BadInput
+
+
+@dataclass
+class Codes:
+    """Integer codes of one quantized weight: ``W = (codes - zero) * scale`` per (row, group)."""
+
+    codes: np.ndarray  # uint8 (out, G, g)
+    zero: np.ndarray  # uint8 (out, G, 1)
+    scale: np.ndarray  # float16 (out, G, 1)
+    bits: int
+
+
+def _digest(a: np.ndarray) -> str:
+    return hashlib.sha1(np.ascontiguousarray(a, dtype=np.float32).tobytes()).hexdigest()
+
+
+def grid_codes(model: nn.Module, bits: int, group_size: int) -> dict[str, Codes]:
+    """``{weight name: Codes}`` for every linear auto-round left ``scale``/``zp`` on; exact or refused."""
+    found: dict[str, Codes] = {}
+    for name, mod in model.named_modules():
+        scale, zp = mod.__dict__.get("scale"), mod.__dict__.get("zp")
+        if not (isinstance(mod, nn.Linear) and torch.is_tensor(scale) and torch.is_tensor(zp)):
+            continue
+        w = mod.weight.detach().float()
+        out, d_in = w.shape
+        if d_in % group_size:
+            raise BadInput(f"{name}: in_features {d_in} is not a multiple of the group size {group_size}")
+        groups = d_in // group_size
+        s = scale.detach().reshape(out, groups, 1)
+        z = zp.detach().float().reshape(out, groups, 1)
+        wg = w.reshape(out, groups, group_size)
+        q = torch.round(wg / s.float() + z)
+        back = (q - z) * s.float()
+        if not torch.equal(back, wg) or q.min() < 0 or q.max() >= 2 ** bits or z.min() < 0 or z.max() >= 2 ** bits:
+            raise BadInput(f"{name}: the weight is not on its {bits}-bit grid (codes in [{q.min():.0f}, {q.max():.0f}], "
+                           f"max deviation {(back - wg).abs().max().item():.3g}); a folded rotation (e.g. the T1 "
+                           f"unfold) densified it, and it would have to ship as an explicit operator, which the "
+                           f"low-bit artifact does not build")
+        found[f"{name}.weight"] = Codes(q.to(torch.uint8).numpy(), z.to(torch.uint8).numpy(),
+                                        s.to(torch.float16).numpy(), bits)
+    if not found:
+        raise BadInput("no quantized linear found (auto-round's scale/zp are missing): quantize the model first")
+    return found
+
+
+def check_lowbit_request(recipe: str, cfg) -> None:
+    """Refuse, before any work, what the low-bit artifact cannot represent exactly."""
+    if recipe in ("bbt-spectral", "autoround-hadamard"):
+        raise BadInput(f"--lowbit with recipe {recipe!r}: its rotation is folded back into dense weights (or kept "
+                       f"as auto-round's own hooks), so the shipped weights are not on a {cfg.bits}-bit grid; the "
+                       f"low-bit artifact supports 'none' and the weight-only recipes (bbt-absorb, bbt-pair-pca, "
+                       f"bbt-spectral-pca)")
+    if cfg.bits not in (2, 4):
+        raise BadInput(f"--lowbit needs 2 or 4 bits (OpenVINO u2/u4), got {cfg.bits}")
+    if cfg.sym:
+        raise BadInput("--lowbit supports asymmetric quantization (codes and zero points); drop --sym")
+
+
+def pack(values: np.ndarray, bits: int) -> np.ndarray:
+    """Pack unsigned ``bits``-wide integers little-end first (element ``i`` at bit ``(i % (8/bits)) * bits``
+    of its byte), OpenVINO's layout for u2/u4."""
+    per = 8 // bits
+    flat = np.ascontiguousarray(values, dtype=np.uint8).reshape(-1)
+    flat = np.pad(flat, (0, (-flat.size) % per)).reshape(-1, per)
+    out = np.zeros(flat.shape[0], np.uint8)
+    for i in range(per):
+        out |= (flat[:, i] & (2 ** bits - 1)) << (bits * i)
+    return out
+
+
+def _packed_constant(values: np.ndarray, bits: int):
+    import openvino as ov
+    t = ov.Tensor({2: ov.Type.u2, 4: ov.Type.u4, 8: ov.Type.u8}[bits], ov.Shape(list(values.shape)))
+    t.data[:] = pack(values, bits).reshape(t.data.shape) if bits < 8 else values.reshape(t.data.shape)
+    return ov.op.Constant(t)
+
+
+def compress_ir(src_xml: str | Path, dst_xml: str | Path, weights: dict[str, torch.Tensor],
+                codes: dict[str, Codes]) -> dict:
+    """Rewrite the float32 IR at ``src_xml`` with every quantized weight as low-bit codes; save ``dst_xml``.
+
+    ``weights`` maps the names in ``codes`` to the float32 weights the IR was exported with; constants
+    are matched by content.  Every quantized weight must be found exactly once in the IR."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    by_digest = {_digest(weights[n].detach().float().numpy()): n for n in codes}
+    model = ov.Core().read_model(str(src_xml))
+    replaced: dict[str, int] = {}
+    for op in model.get_ops():
+        if op.get_type_name() != "Constant" or op.get_element_type() != ov.Type.f32 or len(op.shape) != 2:
+            continue
+        name = by_digest.get(_digest(op.get_data()))
+        if name is None:
+            continue
+        c = codes[name]
+        out, groups, g = c.codes.shape
+        q = ops.convert(_packed_constant(c.codes, c.bits), ov.Type.f32)
+        z = ops.convert(_packed_constant(c.zero, c.bits), ov.Type.f32)
+        s = ops.convert(ops.constant(c.scale), ov.Type.f32)
+        w = ops.reshape(ops.multiply(ops.subtract(q, z), s), ops.constant(np.array([out, groups * g], np.int64)),
+                        special_zero=False)
+        w.set_friendly_name(f"{name}/decompressed")
+        op.output(0).replace(w.output(0))
+        replaced[name] = replaced.get(name, 0) + 1
+    missing = sorted(set(codes) - set(replaced))
+    if missing:
+        raise BadInput(f"{len(missing)} quantized weights were not found in the IR as float32 constants: {missing[:4]}")
+    dst = Path(dst_xml)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    ov.save_model(model, str(dst), compress_to_fp16=False)
+    return {"replaced": len(replaced), "bits": next(iter(codes.values())).bits}
+
+
+# ============================================================================ measurement (child process)
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def _measure_job(xml: str, step_xml: str, prefill_path: str, step_path: str, out_path: str, repeats: int) -> dict:
+    """Child: compile ``xml`` on CPU (f32 hint, accuracy mode) and time prefill, then ``step_xml`` (the same
+    model exported for one token) and time a step; keep the prefill logits.  Memory: peak RSS of this
+    process (``ru_maxrss``) after compiling and running the prefill model, and that minus its RSS before."""
+    import openvino as ov
+
+    from quant.parity import compile_config, enter_stage
+
+    base = _rss_mib()
+    core = ov.Core()
+    enter_stage("compile", "read_model")
+    ids, step = np.load(prefill_path), np.load(step_path)
+    t0 = time.perf_counter()
+    prefill = core.compile_model(core.read_model(xml), "CPU", compile_config("CPU", "f32"))
+    compile_s = time.perf_counter() - t0
+
+    def timed(compiled, x):
+        req = compiled.create_infer_request()
+        req.infer({0: x})  # warm-up
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            res = req.infer({0: x})
+            times.append(time.perf_counter() - t)
+        return float(np.median(times)), res[compiled.output(0)].copy()
+
+    enter_stage("execute", "prefill")
+    t_prefill, logits = timed(prefill, ids)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the prefill model alone
+    del prefill
+    enter_stage("compile", "compile step model")
+    single = core.compile_model(core.read_model(step_xml), "CPU", compile_config("CPU", "f32"))
+    enter_stage("execute", "one-token step")
+    t_step, _ = timed(single, step)
+    np.save(out_path, logits.astype(np.float32, copy=False))
+    return {"compile_s": round(compile_s, 2), "prefill_s": t_prefill, "step_s": t_step,
+            "prefill_tok_s": ids.size / t_prefill, "step_tok_s": step.shape[0] / t_step,
+            "rss_before_mib": round(base, 1), "peak_rss_mib": round(peak, 1), "peak_delta_mib": round(peak - base, 1)}
+
+
+def _ir_bytes(xml: Path) -> int:
+    return xml.stat().st_size + xml.with_suffix(".bin").stat().st_size
+
+
+def artifact_report(model: nn.Module, codes: dict[str, Codes], ids: torch.Tensor, workdir: str | Path, *,
+                    repeats: int = 5, timeout: float = 900.0) -> dict:
+    """Export ``model`` (fake-quantized, float32) to f32 / f16 / low-bit IRs under ``workdir`` and measure them
+    (``workdir/{prefill,step}/{f32,f16,u<bits>}/model.xml``; sizes are those of the prefill IRs).
+
+    Returns ``{"rows": [...], "reference": {...}}``: one row per artifact with ``ir_mib``, memory,
+    throughput and parity against PyTorch on ``ids`` (batch 1)."""
+    import openvino as ov
+
+    from quant.parity import ExportWrapper, _export_job, perplexity_of, run_in_child
+
+    if ids.dim() != 2 or ids.shape[0] != 1:
+        raise BadInput(f"ids must be (1, seq), got {tuple(ids.shape)}")
+    work = Path(workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    model = model.float().eval()
+    with torch.no_grad():
+        ref = ExportWrapper(model)(ids).float()
+    ref_ppl = perplexity_of(ref, ids)
+    weights = dict(model.named_parameters())
+    inputs = {"prefill": ids, "step": ids[:, :1]}  # two static-shape exports: the graph bakes its length in
+    bits = next(iter(codes.values())).bits
+    kinds = {"f32": "dequantized f32 IR", "f16": "dequantized f16 IR", f"u{bits}": f"low-bit u{bits} IR"}
+    compressed = {}
+    for phase, x in inputs.items():
+        np.save(work / f"{phase}.npy", x.numpy())
+        pt = work / "model.pt"  # transient hand-over to the export child (deleted right after)
+        torch.save(ExportWrapper(model), pt)
+        f32 = work / phase / "f32" / "model.xml"
+        exported = run_in_child(_export_job, str(pt), str(work / f"{phase}.npy"), str(f32), stage="export",
+                                timeout=timeout, log=work / f"export-{phase}.log")
+        pt.unlink()
+        if not exported.ok:
+            raise BadInput(f"export ({phase}) failed: {exported.symptom} at {exported.stage}: {exported.message}")
+        f16 = work / phase / "f16" / "model.xml"
+        f16.parent.mkdir(parents=True, exist_ok=True)
+        ov.save_model(ov.Core().read_model(str(f32)), str(f16), compress_to_fp16=True)
+        compressed = compress_ir(f32, work / phase / f"u{bits}" / "model.xml", weights, codes)
+    rows = []
+    for kind, label in kinds.items():
+        xml, step_xml = work / "prefill" / kind / "model.xml", work / "step" / kind / "model.xml"
+        out = xml.with_name("logits.npy")
+        res = run_in_child(_measure_job, str(xml), str(step_xml), str(work / "prefill.npy"), str(work / "step.npy"),
+                           str(out), repeats, stage="compile", timeout=timeout, log=xml.with_name("measure.log"))
+        row = {"artifact": label, "ir_mib": round(_ir_bytes(xml) / 2**20, 2), "symptom": res.symptom,
+               "stage": res.stage, "message": res.message}
+        if res.ok:
+            logits = torch.from_numpy(np.load(out))
+            out.unlink()
+            ppl = perplexity_of(logits, ids)
+            row.update(res.figures, rel_err=((logits - ref).abs().max() / ref.abs().max()).item(),
+                       top1=(logits.argmax(-1) == ref.argmax(-1)).double().mean().item(), ppl=ppl, dppl=ppl - ref_ppl)
+        rows.append(row)
+    return {"reference": {"ppl": ref_ppl, "tokens": int(ids.numel())}, "compressed": compressed, "rows": rows,
+            "versions": {"openvino": ov.__version__, "torch": torch.__version__}}
+
+
+def artifact_markdown(report: dict, title: str) -> str:
+    lines = [f"# {title}", "", f"PyTorch fake-quantized float32 reference: PPL {report['reference']['ppl']:.4f} on "
+             f"{report['reference']['tokens']} tokens; {report['compressed']['replaced']} weights as "
+             f"u{report['compressed']['bits']} codes; openvino {report['versions']['openvino']}", "",
+             "| artifact | IR MiB | peak RSS MiB (delta) | compile s | prefill tok/s | 1-token step ms | rel err | "
+             "top-1 | dPPL |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in report["rows"]:
+        if r["symptom"] != "ok":
+            lines.append(f"| {r['artifact']} | {r['ir_mib']} | {r['symptom']} at {r['stage']}: {r['message'][:80]} "
+                         "| | | | | | |")
+            continue
+        lines.append(f"| {r['artifact']} | {r['ir_mib']} | {r['peak_rss_mib']:.0f} ({r['peak_delta_mib']:.0f}) | "
+                     f"{r['compile_s']} | {r['prefill_tok_s']:.0f} | {1e3 * r['step_s']:.2f} | {r['rel_err']:.2e} | "
+                     f"{r['top1']:.4f} | {r['dppl']:+.2e} |")
+    lines += ["", "The 1-token step runs the exported ids -> logits graph on one token (no KV cache): the "
+              "weight-streaming cost per generated token, not a cached decode."]
+    return "\n".join(lines) + "\n"
+
+
+def write_artifact_report(report: dict, out: str | Path, title: str) -> tuple[Path, Path]:
+    from fuzz.layout import atomic_write_text
+    out = Path(out)
+    js = atomic_write_text(out / "lowbit.json", json.dumps(report, indent=1, default=str))
+    md = atomic_write_text(out / "lowbit.md", artifact_markdown(report, title))
+    return js, md
+
