@@ -37,6 +37,7 @@ import torch
 
 from fuzz.errors import BadInput
 from fuzz.layout import Layout, atomic_write_text
+from fuzz.materialize import materialize
 
 from .oracle import Verdict, verify
 from .registry import resolve
@@ -119,9 +120,8 @@ def record_failure(verdict: Verdict, layout: Layout, transform, *, root: str | P
     fd = verdict.first_divergent or {}
     sig = signature(t, stage, verdict.status, fd.get("op"), layout.features())
     root = Path(root)
-    final = root / sig
-    if final.exists():
-        return final, False
+    if (root / sig).exists():
+        return root / sig, False
     meta = {
         "signature": sig, "transform": t, "stage": stage, "symptom": verdict.status, "kind": kind,
         "status": status, "first_divergent": verdict.first_divergent, "message": verdict.message,
@@ -129,13 +129,19 @@ def record_failure(verdict: Verdict, layout: Layout, transform, *, root: str | P
         "dtype": verdict.dtype, "layout_hash": layout.hash(), "features": layout.features(),
         "versions": versions(), "first_seen": dt.date.today().isoformat(), "note": note, "replays": [],
     }
+    summary = f"{t['name']} {stage}/{verdict.status}" + (f" at {fd.get('op')}" if fd else "")
+    return _write_entry(root, sig, meta, layout, REPRO.format(sig=sig, summary=summary))
+
+
+def _write_entry(root: Path, sig: str, meta: dict, layout: Layout, repro: str) -> tuple[Path, bool]:
+    """Write ``root/sig`` complete in a temporary folder, then rename it into place (first writer wins)."""
+    final = root / sig
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{sig}.", dir=root))
     try:
         atomic_write_text(tmp / "layout.json", layout.to_json())
         atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=1, sort_keys=True, default=str))
-        summary = f"{t['name']} {stage}/{verdict.status}" + (f" at {fd.get('op')}" if fd else "")
-        atomic_write_text(tmp / "repro.py", REPRO.format(sig=sig, summary=summary))
+        atomic_write_text(tmp / "repro.py", repro)
         try:
             os.rename(tmp, final)  # atomic; fails if another writer got there first
         except OSError:
@@ -145,6 +151,79 @@ def record_failure(verdict: Verdict, layout: Layout, transform, *, root: str | P
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final, True
+
+
+# ------------------------------------------------------------------ exporter findings (OpenVINO parity)
+PARITY_STAGES = ("export", "compile", "execute")
+PARITY_SUBJECT = {"name": "openvino-cpu-f32", "registry": "parity", "registry_name": "parity:openvino-cpu-f32",
+                  "options": {}}
+
+PARITY_REPRO = '''"""Self-contained repro of corpus entry {sig}: OpenVINO {stage}/{symptom} (CPU f32 vs PyTorch)"""
+import json
+from pathlib import Path
+
+from fuzz import Layout
+from verifier.corpus import parity_subject
+
+here = Path(__file__).resolve().parent
+meta = json.loads((here / "meta.json").read_text())
+model, ids = parity_subject(Layout.load(here / "layout.json"), meta)
+
+if __name__ == "__main__":
+    from quant.parity import compare
+    report = compare(model, ids, devices=["CPU"], hints=["f32"])
+    print(json.dumps({{"export": report["export"], "rows": report["rows"]}}, indent=1, default=str))
+    assert report["ok"], "OpenVINO CPU f32 does not match PyTorch"
+'''
+
+
+def parity_subject(layout: Layout, meta: dict):
+    """``(float32 model, ids)`` of a parity entry: weights from ``meta['seed']``, ids from ``meta['ids']``."""
+    model = materialize(layout, dtype=torch.float32, seed=meta["seed"])
+    ids_meta = meta["ids"]
+    ids = torch.randint(0, layout.params(layout.source)["vocab"], tuple(ids_meta["shape"]),
+                        generator=torch.Generator().manual_seed(ids_meta["seed"]))
+    return model, ids
+
+
+def parity_failure(report: dict) -> tuple[str, str, str | None, str, float | None] | None:
+    """``(stage, symptom, step, message, rel_err)`` of the first failing step of a CPU f32 parity report,
+    or None when it passed."""
+    ex = report["export"]
+    if ex["symptom"] != "ok":
+        return ex["stage"], ex["symptom"], ex.get("step"), ex["message"], None
+    for row in report["rows"]:
+        if row["symptom"] != "ok":
+            return row["stage"], row["symptom"], row.get("step"), row["message"], row.get("rel_err")
+    return None
+
+
+def record_parity_failure(report: dict, layout: Layout, *, seed: int, ids_seed: int, ids_shape: list[int],
+                          root: str | Path = DEFAULT_ROOT, note: str = "") -> tuple[Path, bool]:
+    """Write the entry for an exporter finding (stage ``export`` / ``compile`` / ``execute``)."""
+    failure = parity_failure(report)
+    if failure is None:
+        raise BadInput("the parity report passed: nothing to record")
+    stage, symptom, step, message, rel = failure
+    sig = signature(PARITY_SUBJECT, stage, symptom, step, layout.features())
+    meta = {"signature": sig, "transform": PARITY_SUBJECT, "stage": stage, "symptom": symptom, "kind": "finding",
+            "status": "open", "first_divergent": {"op": step} if step else None, "message": message,
+            "max_rel_err": rel, "tolerance": report["gate"]["rel_err"], "seed": seed, "dtype": "float32",
+            "ids": {"seed": ids_seed, "shape": list(ids_shape)}, "layout_hash": layout.hash(),
+            "features": layout.features(), "versions": versions(), "first_seen": dt.date.today().isoformat(),
+            "note": note, "replays": []}
+    return _write_entry(Path(root), sig, meta, layout, PARITY_REPRO.format(sig=sig, stage=stage, symptom=symptom))
+
+
+def _replay_parity(entry: "Entry") -> tuple[bool, str, float | None]:
+    """Re-run a parity entry: ``(failing, status, rel_err)``."""
+    from quant.parity import compare
+    model, ids = parity_subject(entry.layout, entry.meta)
+    failure = parity_failure(compare(model, ids, devices=["CPU"], hints=["f32"]))
+    if failure is None:
+        return False, "ok", None
+    stage, symptom, _, message, rel = failure
+    return True, f"{stage}/{symptom}: {message[:200]}", rel
 
 
 def load_entries(root: str | Path = DEFAULT_ROOT) -> tuple[list[Entry], list[tuple[Path, str]]]:
@@ -193,11 +272,15 @@ class Replay:
 def replay(entry: Entry, *, update: bool = True) -> Replay:
     """Re-run one entry; ``update`` writes the outcome (and a ``fixed`` transition) into its meta."""
     meta = entry.meta
-    t = meta["transform"]
-    transform = resolve(t.get("registry_name", t["name"]), **t.get("options", {}))
-    verdict = verify(transform, entry.layout, dtype=getattr(torch, meta["dtype"]), seed=meta["seed"],
-                     tolerance=default_tolerance(getattr(torch, meta["dtype"])))
-    failing = verdict.status in FAILING
+    if meta.get("stage") in PARITY_STAGES:
+        failing, status, rel = _replay_parity(entry)
+        refused = False
+    else:
+        t = meta["transform"]
+        transform = resolve(t.get("registry_name", t["name"]), **t.get("options", {}))
+        verdict = verify(transform, entry.layout, dtype=getattr(torch, meta["dtype"]), seed=meta["seed"],
+                         tolerance=default_tolerance(getattr(torch, meta["dtype"])))
+        failing, status, rel, refused = verdict.status in FAILING, verdict.status, verdict.max_rel_err, verdict.refused
     if meta["kind"] == "mutant":
         outcome, regression = ("still-failing", False) if failing else ("lost-teeth", True)
     elif meta["status"] == "open":
@@ -205,16 +288,16 @@ def replay(entry: Entry, *, update: bool = True) -> Replay:
     elif meta["status"] == "fixed":
         outcome, regression = ("regression", True) if failing else ("ok", False)
     else:  # expected-refusal: refusing is right; silently breaking is a regression
-        outcome = "still-refusing" if verdict.refused else ("regression" if failing else "ok")
+        outcome = "still-refusing" if refused else ("regression" if failing else "ok")
         regression = failing
     if update:
         meta = dict(meta)
         meta["replays"] = meta.get("replays", [])[-9:] + [{
-            "date": dt.date.today().isoformat(), "outcome": outcome, "status": verdict.status,
-            "max_rel_err": verdict.max_rel_err, "versions": versions()}]
+            "date": dt.date.today().isoformat(), "outcome": outcome, "status": status,
+            "max_rel_err": rel, "versions": versions()}]
         if outcome == "fixed-now":
             meta["status"] = "fixed"
             meta["fixed_in"] = versions()
         atomic_write_text(entry.path / "meta.json", json.dumps(meta, indent=1, sort_keys=True, default=str))
         entry.meta = meta
-    return Replay(entry.name, outcome, str(verdict), regression)
+    return Replay(entry.name, outcome, status if meta.get("stage") in PARITY_STAGES else str(verdict), regression)

@@ -1,6 +1,7 @@
 """Device parity (quant.parity): the child-process runner's symptoms, the gate on a tiny layout, SmolLM2."""
 
 import ctypes
+import json
 import os
 import time
 
@@ -150,3 +151,22 @@ def test_parity_command_writes_json_and_markdown(tmp_path, capsys):
     assert [r["hint"] for r in report["rows"]] == ["f32"] and report["ids_shape"] == [1, 8]
     assert "| CPU | f32 | f32 | ok |" in capsys.readouterr().out
     assert main(["parity", "--layout", str(tmp_path / "missing.json")]) == 2
+
+
+def test_an_exporter_finding_is_recorded_and_replayed_like_any_corpus_entry(tmp_path):
+    from verifier.corpus import load_entries, record_parity_failure, replay
+    layout = build(TINY)
+    # a report as compare() writes it when compilation crashed (this layout really passes: replay says so)
+    report = {"export": {"symptom": "ok", "stage": "export"}, "gate": dict(GATE), "ok": False,
+              "rows": [{"symptom": "segfault", "stage": "compile", "step": "compile_model", "rel_err": None,
+                        "message": "killed by SIGSEGV"}]}
+    path, created = record_parity_failure(report, layout, seed=2, ids_seed=0, ids_shape=[2, 9], root=tmp_path)
+    again, created_again = record_parity_failure(report, layout, seed=5, ids_seed=1, ids_shape=[2, 9], root=tmp_path)
+    assert created and not created_again and again == path  # deduplicated by signature, not by seed
+    assert {p.name for p in path.iterdir()} == {"layout.json", "meta.json", "repro.py"}
+    (entry,), bad = load_entries(tmp_path)
+    assert not bad and entry.meta["stage"] == "compile" and entry.meta["symptom"] == "segfault"
+    result = replay(entry)
+    assert result.outcome == "fixed-now" and not result.regression
+    assert json.loads((path / "meta.json").read_text())["status"] == "fixed"
+    assert replay(entry).outcome == "ok"
