@@ -50,6 +50,11 @@ def load_gguf_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32):
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     except (OSError, ValueError) as exc:
         raise BadInput(f"cannot load GGUF checkpoint {path}: {exc}") from exc
+    # transformers keeps a "gguf" quantizer on the model although every weight is now a plain float tensor;
+    # it would make save_pretrained refuse the (unfolded, quantized-by-us) model as "not serializable"
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     return model.eval(), tokenizer
 
 

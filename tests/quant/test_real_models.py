@@ -64,3 +64,15 @@ def test_recipe_on_smollm2_transformers_module_float32(smollm2):
     verdict = verify(T.get("bbt-absorb", host="transformers"), smollm2, dtype=torch.float32, batch=1, seq=8,
                      calib_batch=1)
     assert verdict.ok and verdict.max_rel_err < 1e-5, verdict
+
+
+def test_the_default_checkpoint_saves_as_a_plain_checkpoint(tmp_path):
+    """GGUF loading leaves transformers' gguf quantizer on the model; a quantized-and-unfolded SmolLM2 must
+    still save_pretrained (it once refused as "quantized with gguf and not serializable")."""
+    from quant.checkpoints import load_checkpoint
+    model, tok = load_checkpoint(None)
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    reloaded, _ = load_checkpoint(tmp_path)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        assert torch.equal(reloaded(ids).logits, model(ids).logits)
