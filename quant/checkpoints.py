@@ -51,10 +51,10 @@ def load_gguf_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32):
     except (OSError, ValueError) as exc:
         raise BadInput(f"cannot load GGUF checkpoint {path}: {exc}") from exc
     # transformers keeps a "gguf" quantizer on the model although every weight is now a plain float tensor;
-    # it would make save_pretrained refuse the (unfolded, quantized-by-us) model as "not serializable"
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
+    # it would make save_pretrained refuse the (unfolded, quantized-by-us) model as "not serializable" and
+    # .float() refuse it as "quantized": transformers' own remove_quantization_config makes it a plain model
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer.remove_quantization_config(model)
     return model.eval(), tokenizer
 
 

@@ -208,13 +208,13 @@ def artifact_report(model: nn.Module, codes: dict[str, Codes], ids: torch.Tensor
     throughput and parity against PyTorch on ``ids`` (batch 1)."""
     import openvino as ov
 
-    from quant.parity import ExportWrapper, _export_job, perplexity_of, run_in_child
+    from quant.parity import ExportWrapper, _as_float32, _export_job, perplexity_of, run_in_child
 
     if ids.dim() != 2 or ids.shape[0] != 1:
         raise BadInput(f"ids must be (1, seq), got {tuple(ids.shape)}")
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
-    model = model.float().eval()
+    model = _as_float32(model).eval()
     with torch.no_grad():
         ref = ExportWrapper(model)(ids).float()
     ref_ppl = perplexity_of(ref, ids)

@@ -71,6 +71,7 @@ def test_the_default_checkpoint_saves_as_a_plain_checkpoint(tmp_path):
     still save_pretrained (it once refused as "quantized with gguf and not serializable")."""
     from quant.checkpoints import load_checkpoint
     model, tok = load_checkpoint(None)
+    assert not getattr(model, "is_quantized", False) and model.float() is model  # .float() refuses a "quantized" model
     model.save_pretrained(tmp_path, safe_serialization=True)
     reloaded, _ = load_checkpoint(tmp_path)
     ids = torch.tensor([[1, 2, 3, 4]])
