@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,20 +149,25 @@ def compress_ir(src_xml: str | Path, dst_xml: str | Path, weights: dict[str, tor
 
 
 # ============================================================================ measurement (child process)
-def _rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+def _status_mib(field: str) -> float:
+    """``VmRSS`` / ``VmHWM`` (peak RSS) of this process from ``/proc/self/status``.  Not ``ru_maxrss``: Linux
+    keeps that across ``execve``, so a spawned child would report its forking parent's peak."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def _measure_job(xml: str, step_xml: str, prefill_path: str, step_path: str, out_path: str, repeats: int) -> dict:
     """Child: compile ``xml`` on CPU (f32 hint, accuracy mode) and time prefill, then ``step_xml`` (the same
     model exported for one token) and time a step; keep the prefill logits.  Memory: peak RSS of this
-    process (``ru_maxrss``) after compiling and running the prefill model, and that minus its RSS before."""
+    process (``VmHWM``) after compiling and running the prefill model, and that minus its RSS before."""
     import openvino as ov
 
     from quant.parity import compile_config, enter_stage
 
-    base = _rss_mib()
+    base = _status_mib("VmRSS")
     core = ov.Core()
     enter_stage("compile", "read_model")
     ids, step = np.load(prefill_path), np.load(step_path)
@@ -183,7 +187,7 @@ def _measure_job(xml: str, step_xml: str, prefill_path: str, step_path: str, out
 
     enter_stage("execute", "prefill")
     t_prefill, logits = timed(prefill, ids)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the prefill model alone
+    peak = _status_mib("VmHWM")  # the prefill model alone
     del prefill
     enter_stage("compile", "compile step model")
     single = core.compile_model(core.read_model(step_xml), "CPU", compile_config("CPU", "f32"))
@@ -221,7 +225,6 @@ def artifact_report(model: nn.Module, codes: dict[str, Codes], ids: torch.Tensor
     weights = dict(model.named_parameters())
     inputs = {"prefill": ids, "step": ids[:, :1]}  # two static-shape exports: the graph bakes its length in
     bits = next(iter(codes.values())).bits
-    kinds = {"f32": "dequantized f32 IR", "f16": "dequantized f16 IR", f"u{bits}": f"low-bit u{bits} IR"}
     compressed = {}
     for phase, x in inputs.items():
         np.save(work / f"{phase}.npy", x.numpy())
@@ -237,6 +240,21 @@ def artifact_report(model: nn.Module, codes: dict[str, Codes], ids: torch.Tensor
         f16.parent.mkdir(parents=True, exist_ok=True)
         ov.save_model(ov.Core().read_model(str(f32)), str(f16), compress_to_fp16=True)
         compressed = compress_ir(f32, work / phase / f"u{bits}" / "model.xml", weights, codes)
+    rows = measure_irs(work, bits, ids, ref, repeats=repeats, timeout=timeout)
+    return {"reference": {"ppl": ref_ppl, "tokens": int(ids.numel())}, "compressed": compressed, "rows": rows,
+            "versions": {"openvino": ov.__version__, "torch": torch.__version__}}
+
+
+def measure_irs(work: Path, bits: int, ids: torch.Tensor, ref: torch.Tensor, *, repeats: int = 5,
+                timeout: float = 900.0) -> list[dict]:
+    """One row per IR under ``work/{prefill,step}/{f32,f16,u<bits>}`` (as :func:`artifact_report` writes
+    them), each compiled and run in a fresh child process and compared with the PyTorch logits ``ref``."""
+    from quant.parity import perplexity_of, run_in_child
+
+    ref_ppl = perplexity_of(ref, ids)
+    np.save(work / "prefill.npy", ids.numpy())
+    np.save(work / "step.npy", ids[:, :1].numpy())
+    kinds = {"f32": "dequantized f32 IR", "f16": "dequantized f16 IR", f"u{bits}": f"low-bit u{bits} IR"}
     rows = []
     for kind, label in kinds.items():
         xml, step_xml = work / "prefill" / kind / "model.xml", work / "step" / kind / "model.xml"
@@ -252,8 +270,7 @@ def artifact_report(model: nn.Module, codes: dict[str, Codes], ids: torch.Tensor
             row.update(res.figures, rel_err=((logits - ref).abs().max() / ref.abs().max()).item(),
                        top1=(logits.argmax(-1) == ref.argmax(-1)).double().mean().item(), ppl=ppl, dppl=ppl - ref_ppl)
         rows.append(row)
-    return {"reference": {"ppl": ref_ppl, "tokens": int(ids.numel())}, "compressed": compressed, "rows": rows,
-            "versions": {"openvino": ov.__version__, "torch": torch.__version__}}
+    return rows
 
 
 def artifact_markdown(report: dict, title: str) -> str:
