@@ -1,0 +1,33 @@
+"""The head-to-head benchmark's reporting: grouping over seeds, failures kept, the targets judged."""
+
+import importlib.util
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+spec = importlib.util.spec_from_file_location("head_to_head", Path(__file__).parents[2] / "benchmarks" / "head_to_head.py")
+h2h = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(h2h)
+
+
+def rows():
+    out = [{"method": "fp", "bits": 2, "seed": 0, "ppl": 29.0, "seconds": 40}]
+    for seed, (van, bbt) in enumerate([(1000.0, 500.0), (11000.0, 5000.0), (12000.0, 6000.0)]):
+        out.append({"method": "autoround", "bits": 2, "seed": seed, "ppl": van, "seconds": 200})
+        out.append({"method": "bbt-spectral-a0.5", "bits": 2, "seed": seed, "ppl": bbt, "seconds": 500})
+    out.append({"method": "autoround-hadamard", "bits": 2, "seed": 0, "error": "RuntimeError: boom", "seconds": 3})
+    return out
+
+
+def test_groups_targets_and_failures_are_reported():
+    args = SimpleNamespace(group_size=64, sym=False, max_tokens=8192, window=1024, bits=[2])
+    summary = h2h._summarise(rows(), args, {}, {}, {}, "ckpt")
+    g = summary["groups"]
+    assert g["autoround|2"]["n"] == 3 and g["autoround|2"]["mean"] == pytest.approx(8000.0)
+    assert g["bbt-spectral-a0.5|2"]["geomean"] == pytest.approx((500 * 5000 * 6000) ** (1 / 3))
+    assert g["fp|fp"]["std"] == 0.0
+    assert summary["errors"] == [{"method": "autoround-hadamard", "bits": 2, "seed": 0, "error": "RuntimeError: boom"}]
+    md = h2h._markdown(summary, {"iters": 10}, {"source": "calib"}, {"source": "eval"}, "ckpt", args)
+    assert "52.1% lower PPL (target >= 45%): MET" in md
+    assert "- autoround-hadamard W2 seed 0: RuntimeError: boom" in md
