@@ -3,6 +3,7 @@ recipes, on a real checkpoint (default SmolLM2-135M) at W2/W4, matched calibrati
 
     python benchmarks/head_to_head.py [--bits 2 4] [--seeds 0 1 2] [--methods ...] [--preset cpu|paper]
         [--calib-text PATH] [--eval-text PATH] [--iters N] [--nsamples N] [--seqlen N] [--out runs/head2head]
+        [--report-only]
 
 Every (method, bits, seed, settings, texts, checkpoint) result is cached as one JSON file under
 ``OUT/cache/`` keyed by a hash of that configuration, so an interrupted sweep resumes where it stopped
@@ -74,6 +75,8 @@ def main(argv=None) -> int:
     p.add_argument("--window", type=int, default=1024)
     p.add_argument("--max-tokens", type=int, default=8192)
     p.add_argument("--out", default="runs/head2head")
+    p.add_argument("--report-only", action="store_true",
+                   help="run nothing: tabulate the cached results of these settings (missing ones are listed)")
     args = p.parse_args(argv)
 
     settings = dict(PRESETS[args.preset])
@@ -106,7 +109,10 @@ def main(argv=None) -> int:
                     path = out / "cache" / f"fp-{_key(cfg_key)}.json"
                 if path.is_file():
                     res = json.loads(path.read_text())
-                    print(f"cached  {method} W{bits} seed {seed}: ppl {res['ppl']:.2f}", flush=True)
+                    print(f"cached  {method} W{bits} seed {seed}: ppl {res.get('ppl', float('nan')):.2f}", flush=True)
+                elif args.report_only:
+                    print(f"missing {method} W{bits} seed {seed} (not run)", flush=True)
+                    continue
                 else:
                     res = _run(base, tok, method, recipe, alpha, rtn, bits, seed, settings, args, calib_all, eval_ids,
                                out, ckpt, gate, quantize, QuantConfig, calibration_windows, perplexity)
