@@ -2,7 +2,7 @@
 recipes, on a real checkpoint (default SmolLM2-135M) at W2/W4, matched calibration, several seeds.
 
     python benchmarks/head_to_head.py [--bits 2 4] [--seeds 0 1 2] [--methods ...] [--preset cpu|paper]
-        [--calib-text PATH] [--eval-text PATH] [--iters N] [--nsamples N] [--seqlen N] [--out runs/head2head]
+        [--calib-text PATH] [--eval-text PATH] [--iters N] [--nsamples N] [--seqlen N] [--lr LR] [--out runs/head2head]
         [--report-only]
 
 Every (method, bits, seed, settings, texts, checkpoint) result is cached as one JSON file under
@@ -70,6 +70,7 @@ def main(argv=None) -> int:
     p.add_argument("--nsamples", type=int, default=None)
     p.add_argument("--seqlen", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None, help="auto-round's learning rate (default: the preset's)")
     p.add_argument("--calib-text", default=None, help="default: Python stdlib docstrings (NOT wikitext)")
     p.add_argument("--eval-text", default=None, help="default: Python stdlib docstrings (NOT wikitext)")
     p.add_argument("--window", type=int, default=1024)
@@ -80,7 +81,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     settings = dict(PRESETS[args.preset])
-    for k in ("iters", "nsamples", "seqlen", "batch_size"):
+    for k in ("iters", "nsamples", "seqlen", "batch_size", "lr"):  
         if getattr(args, k) is not None:
             settings[k] = getattr(args, k)
     out = Path(args.out)

@@ -133,7 +133,7 @@ def cmd_quantize(args) -> int:
     from quant.quantize import PRESETS, QuantConfig, coverage_markdown, quantize, save, text_ids
     from quant.text import calibration_windows
     settings = dict(PRESETS[args.preset])
-    for k in ("iters", "nsamples", "seqlen", "batch_size"):
+    for k in ("iters", "nsamples", "seqlen", "batch_size", "lr"):
         if getattr(args, k) is not None:
             settings[k] = getattr(args, k)
     cfg = QuantConfig(bits=args.bits, group_size=args.group_size, sym=args.sym, seed=args.seed, **settings)
@@ -249,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--nsamples", type=int, default=None)
     q.add_argument("--seqlen", type=int, default=None)
     q.add_argument("--batch-size", type=int, default=None)
+    q.add_argument("--lr", type=float, default=None,
+                   help="auto-round's sign-SGD learning rate (default: the preset's; cpu 0.01, paper auto-round's 1/iters)")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--calib-text", default=None, help="default: Python stdlib docstrings (not wikitext)")
     q.add_argument("--eval-text", default=None, help="default: Python stdlib docstrings (not wikitext)")

@@ -121,3 +121,36 @@ def test_bad_checkpoints_are_bad_input(tmp_path):
 def test_config_is_checked():
     with pytest.raises(BadInput, match="bits"):
         QuantConfig(bits=8).check()
+
+
+@pytest.mark.parametrize("iters, lr, expected", [(5, 0.01, 0.01), (5, None, "absent"), (0, 0.01, "absent")])
+def test_learning_rate_reaches_autoround_only_when_it_tunes(monkeypatch, iters, lr, expected):
+    """``--lr`` goes to auto-round's sign-SGD; RTN (iters 0) gets none (auto-round's default is 1/iters)."""
+    import auto_round
+
+    from quant.quantize import run_autoround
+
+    seen = {}
+
+    class Recorder:
+        def __init__(self, model, tokenizer, **kwargs):
+            seen.update(kwargs)
+
+        def quantize(self):
+            return None, {}
+
+    monkeypatch.setattr(auto_round, "AutoRound", Recorder)
+    cfg = QuantConfig(**{**CFG, "iters": iters, "lr": lr})
+    run_autoround(tiny(), word_tokenizer(64), cfg, windows())
+    assert seen.get("lr", "absent") == expected and seen["iters"] == iters
+
+
+def test_cpu_preset_tunes_on_one_batch_with_a_pinned_learning_rate():
+    """docs/findings.md: auto-round's 1/iters lr at 10 iterations and mini-batch "best iteration" picks
+    ruined the BBT basis (W4 PPL 72.5 vs RTN 36.7); the preset must not fall back to either."""
+    from quant.quantize import PRESETS
+
+    cpu = PRESETS["cpu"]
+    assert cpu["batch_size"] == cpu["nsamples"] and cpu["lr"] is not None and cpu["lr"] < 1 / cpu["iters"]
+    QuantConfig(bits=4, **cpu).check()
+    assert "lr" not in PRESETS["paper"]  # the paper ran auto-round's own 1/iters at 200 iterations
