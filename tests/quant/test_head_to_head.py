@@ -31,3 +31,19 @@ def test_groups_targets_and_failures_are_reported():
     md = h2h._markdown(summary, {"iters": 10}, {"source": "calib"}, {"source": "eval"}, "ckpt", args)
     assert "52.1% lower PPL (target >= 45%): MET" in md
     assert "- autoround-hadamard W2 seed 0: RuntimeError: boom" in md
+
+
+@pytest.mark.parametrize("bbt_ppls, verdict", [
+    ([39.0, 39.8, 39.2], "MET"),
+    ([31.4, 31.5, 31.3], "LOWER than vanilla beyond the noise"),
+    ([71.0, 73.0, 72.0], "NOT MET (higher"),
+    ([31.4], "UNDECIDED"),
+])
+def test_w4_target_says_which_side_of_the_noise(bbt_ppls, verdict):
+    out = []
+    for seed, van in enumerate([39.4, 40.2, 39.0]):
+        out.append({"method": "autoround", "bits": 4, "seed": seed, "ppl": van, "seconds": 200})
+    out += [{"method": "bbt-spectral-a0.5", "bits": 4, "seed": s, "ppl": p, "seconds": 400} for s, p in enumerate(bbt_ppls)]
+    args = SimpleNamespace(group_size=64, sym=False, max_tokens=8192, window=1024, bits=[4])
+    md = h2h._markdown(h2h._summarise(out, args, {}, {}, {}, "ckpt"), {}, {"source": "c"}, {"source": "e"}, "ckpt", args)
+    assert verdict in md
