@@ -47,3 +47,10 @@ def test_w4_target_says_which_side_of_the_noise(bbt_ppls, verdict):
     args = SimpleNamespace(group_size=64, sym=False, max_tokens=8192, window=1024, bits=[4])
     md = h2h._markdown(h2h._summarise(out, args, {}, {}, {}, "ckpt"), {}, {"source": "c"}, {"source": "e"}, "ckpt", args)
     assert verdict in md
+
+
+def test_plot_is_written(tmp_path):
+    """matplotlib is a declared dependency: the sweep must not die at its last step (it once did)."""
+    args = SimpleNamespace(group_size=64, sym=False, max_tokens=8192, window=1024, bits=[2])
+    h2h._plot(h2h._summarise(rows(), args, {}, {}, {}, "ckpt"), tmp_path / "results.png")
+    assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
