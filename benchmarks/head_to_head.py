@@ -170,6 +170,8 @@ def _summarise(rows, args, settings, calib_info, eval_info, ckpt) -> dict:
         if r.get("error"):
             continue
         bits = "fp" if r["method"] == "fp" else r["bits"]
+        if bits == "fp" and groups.get(("fp", "fp")):
+            continue  # one full-precision result, however many widths the sweep visits
         groups.setdefault((r["method"], bits), []).append(r)
     out = {}
     for (method, bits), rs in groups.items():

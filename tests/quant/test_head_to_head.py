@@ -12,7 +12,7 @@ spec.loader.exec_module(h2h)
 
 
 def rows():
-    out = [{"method": "fp", "bits": 2, "seed": 0, "ppl": 29.0, "seconds": 40}]
+    out = [{"method": "fp", "bits": b, "seed": 0, "ppl": 29.0, "seconds": 40} for b in (2, 4)]
     for seed, (van, bbt) in enumerate([(1000.0, 500.0), (11000.0, 5000.0), (12000.0, 6000.0)]):
         out.append({"method": "autoround", "bits": 2, "seed": seed, "ppl": van, "seconds": 200})
         out.append({"method": "bbt-spectral-a0.5", "bits": 2, "seed": seed, "ppl": bbt, "seconds": 500})
@@ -26,7 +26,7 @@ def test_groups_targets_and_failures_are_reported():
     g = summary["groups"]
     assert g["autoround|2"]["n"] == 3 and g["autoround|2"]["mean"] == pytest.approx(8000.0)
     assert g["bbt-spectral-a0.5|2"]["geomean"] == pytest.approx((500 * 5000 * 6000) ** (1 / 3))
-    assert g["fp|fp"]["std"] == 0.0
+    assert g["fp|fp"]["std"] == 0.0 and g["fp|fp"]["n"] == 1
     assert summary["errors"] == [{"method": "autoround-hadamard", "bits": 2, "seed": 0, "error": "RuntimeError: boom"}]
     md = h2h._markdown(summary, {"iters": 10}, {"source": "calib"}, {"source": "eval"}, "ckpt", args)
     assert "52.1% lower PPL (target >= 45%): MET" in md
