@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     from fuzz.layout import atomic_write_text
     from quant.checkpoints import load_checkpoint
     from quant.perplexity import perplexity
-    from quant.quantize import PRESETS, QuantConfig, gate, quantize, text_ids
+    from quant.quantize import PRESETS, QuantConfig, gate, preset_settings, quantize, text_ids
     from quant.text import calibration_windows
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -80,10 +80,8 @@ def main(argv=None) -> int:
                    help="run nothing: tabulate the cached results of these settings (missing ones are listed)")
     args = p.parse_args(argv)
 
-    settings = dict(PRESETS[args.preset])
-    for k in ("iters", "nsamples", "seqlen", "batch_size", "lr"):  
-        if getattr(args, k) is not None:
-            settings[k] = getattr(args, k)
+    settings = preset_settings(args.preset, iters=args.iters, nsamples=args.nsamples, seqlen=args.seqlen,
+                               batch_size=args.batch_size, lr=args.lr)
     out = Path(args.out)
     (out / "cache").mkdir(parents=True, exist_ok=True)
 

@@ -130,12 +130,10 @@ def cmd_transforms(args) -> int:
 def cmd_quantize(args) -> int:
     from quant.checkpoints import load_checkpoint
     from quant.perplexity import perplexity
-    from quant.quantize import PRESETS, QuantConfig, coverage_markdown, quantize, save, text_ids
+    from quant.quantize import QuantConfig, coverage_markdown, preset_settings, quantize, save, text_ids
     from quant.text import calibration_windows
-    settings = dict(PRESETS[args.preset])
-    for k in ("iters", "nsamples", "seqlen", "batch_size", "lr"):
-        if getattr(args, k) is not None:
-            settings[k] = getattr(args, k)
+    settings = preset_settings(args.preset, iters=args.iters, nsamples=args.nsamples, seqlen=args.seqlen,
+                               batch_size=args.batch_size, lr=args.lr)
     cfg = QuantConfig(bits=args.bits, group_size=args.group_size, sym=args.sym, seed=args.seed, **settings)
     cfg.check()
     if args.lowbit:

@@ -105,6 +105,11 @@ PRESETS = {
 }
 
 
+def preset_settings(preset: str, **overrides) -> dict:
+    """The tuning settings of ``preset`` with every override that is not ``None`` applied (CLI flags)."""
+    return {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+
+
 # ============================================================================================ gate
 def gate(model: nn.Module, recipe: str, alpha: float = 0.5, seed: int = 0):
     """The float64 oracle verdict of ``recipe`` on ``model``'s imported dataflow; raises :class:`GateRefused`."""

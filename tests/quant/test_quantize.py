@@ -154,3 +154,11 @@ def test_cpu_preset_tunes_on_one_batch_with_a_pinned_learning_rate():
     assert cpu["batch_size"] == cpu["nsamples"] and cpu["lr"] is not None and cpu["lr"] < 1 / cpu["iters"]
     QuantConfig(bits=4, **cpu).check()
     assert "lr" not in PRESETS["paper"]  # the paper ran auto-round's own 1/iters at 200 iterations
+
+
+def test_preset_settings_apply_only_the_flags_given():
+    from quant.quantize import PRESETS, preset_settings
+
+    before = dict(PRESETS["cpu"])
+    got = preset_settings("cpu", iters=3, lr=None, nsamples=None)
+    assert got == {**before, "iters": 3} and PRESETS["cpu"] == before
