@@ -96,30 +96,31 @@ def main(argv=None) -> int:
     print(f"loaded in {time.time() - t0:.0f}s; settings {settings}; calib {calib_info['source']}; "
           f"eval {eval_info['source']}", flush=True)
 
+    # full precision is one result whatever the widths; RTN has no calibration seed
+    visits = [("fp", None, 0)] if "fp" in args.methods else []
+    visits += [(m, b, s) for b in args.bits for m in args.methods if m != "fp"
+               for s in ([0] if METHODS[m][2] else args.seeds)]
     rows = []
-    for bits in args.bits:
-        for method in args.methods:
-            recipe, alpha, rtn = METHODS[method]
-            seeds = [0] if (method == "fp" or rtn) else args.seeds
-            for seed in seeds:
-                cfg_key = {**common, "method": method, "bits": None if method == "fp" else bits, "seed": seed}
-                path = out / "cache" / f"{method}-w{bits}-s{seed}-{_key(cfg_key)}.json"
-                if method == "fp":
-                    path = out / "cache" / f"fp-{_key(cfg_key)}.json"
-                if path.is_file():
-                    res = json.loads(path.read_text())
-                    print(f"cached  {method} W{bits} seed {seed}: ppl {res.get('ppl', float('nan')):.2f}", flush=True)
-                elif args.report_only:
-                    print(f"missing {method} W{bits} seed {seed} (not run)", flush=True)
-                    continue
-                else:
-                    res = _run(base, tok, method, recipe, alpha, rtn, bits, seed, settings, args, calib_all, eval_ids,
-                               out, ckpt, gate, quantize, QuantConfig, calibration_windows, perplexity)
-                    res["key"] = cfg_key
-                    atomic_write_text(path, json.dumps(res, indent=1, default=str))
-                    print(f"ran     {method} W{bits} seed {seed}: ppl {res.get('ppl', float('nan')):.2f} "
-                          f"({res['seconds']:.0f}s) {res.get('error', '')}", flush=True)
-                rows.append({**res, "method": method, "bits": bits, "seed": seed})
+    for method, bits, seed in visits:
+        recipe, alpha, rtn = METHODS[method]
+        cfg_key = {**common, "method": method, "bits": bits, "seed": seed}
+        name = "fp" if bits is None else f"{method}-w{bits}-s{seed}"
+        label = "fp" if bits is None else f"{method} W{bits} seed {seed}"
+        path = out / "cache" / f"{name}-{_key(cfg_key)}.json"
+        if path.is_file():
+            res = json.loads(path.read_text())
+            print(f"cached  {label}: ppl {res.get('ppl', float('nan')):.2f}", flush=True)
+        elif args.report_only:
+            print(f"missing {label} (not run)", flush=True)
+            continue
+        else:
+            res = _run(base, tok, method, recipe, alpha, rtn, bits, seed, settings, args, calib_all, eval_ids,
+                       out, ckpt, gate, quantize, QuantConfig, calibration_windows, perplexity)
+            res["key"] = cfg_key
+            atomic_write_text(path, json.dumps(res, indent=1, default=str))
+            print(f"ran     {label}: ppl {res.get('ppl', float('nan')):.2f} "
+                  f"({res['seconds']:.0f}s) {res.get('error', '')}", flush=True)
+        rows.append({**res, "method": method, "bits": bits, "seed": seed})
     summary = _summarise(rows, args, settings, calib_info, eval_info, ckpt)
     atomic_write_text(out / "results.json", json.dumps({"summary": summary, "rows": rows}, indent=1, default=str))
     md = _markdown(summary, settings, calib_info, eval_info, ckpt, args)
@@ -168,8 +169,6 @@ def _summarise(rows, args, settings, calib_info, eval_info, ckpt) -> dict:
         if r.get("error"):
             continue
         bits = "fp" if r["method"] == "fp" else r["bits"]
-        if bits == "fp" and groups.get(("fp", "fp")):
-            continue  # one full-precision result, however many widths the sweep visits
         groups.setdefault((r["method"], bits), []).append(r)
     out = {}
     for (method, bits), rs in groups.items():
