@@ -235,23 +235,33 @@ def _markdown(summary, settings, calib_info, eval_info, ckpt, args) -> str:
 
 
 def _plot(summary, path: Path) -> None:
+    """One panel per width (W2 and W4 differ by orders of magnitude), methods sorted by mean PPL, seed std as
+    error bars, full precision as a dashed line; log axis only where a panel spans more than 10x (RTN at W2)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    g = [v for v in summary["groups"].values()]
-    if not g:
+    groups = list(summary["groups"].values())
+    fp = next((v["mean"] for v in groups if v["bits"] == "fp"), None)
+    widths = sorted({v["bits"] for v in groups if v["bits"] != "fp"})
+    if not widths:
         return
-    g.sort(key=lambda v: (str(v["bits"]), v["mean"]))
-    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(g)), 4))
-    labels = [f"{v['method']}\nW{v['bits']}" if v["bits"] != "fp" else "fp" for v in g]
-    ax.bar(range(len(g)), [v["mean"] for v in g], yerr=[v["std"] for v in g], capsize=3)
-    ax.set_xticks(range(len(g)), labels, rotation=60, ha="right", fontsize=7)
-    ax.set_yscale("log")
-    ax.set_ylabel("perplexity (log)")
+    fig, axes = plt.subplots(1, len(widths), figsize=(6 * len(widths), 4.5), squeeze=False)
+    for ax, bits in zip(axes[0], widths):
+        g = sorted((v for v in groups if v["bits"] == bits), key=lambda v: v["mean"])
+        ax.bar(range(len(g)), [v["mean"] for v in g], yerr=[v["std"] for v in g], capsize=3)
+        ax.set_xticks(range(len(g)), [f"{v['method']} (n={v['n']})" for v in g], rotation=45, ha="right", fontsize=8)
+        if fp is not None:
+            ax.axhline(fp, ls="--", c="k", lw=1, label=f"full precision {fp:.2f}")
+            ax.legend(fontsize=8)
+        if max(v["mean"] for v in g) > 10 * min(v["mean"] for v in g):
+            ax.set_yscale("log")
+        else:
+            ax.set_ylim(0.95 * min([v["mean"] - v["std"] for v in g] + ([fp] if fp else [])), None)
+        ax.set_title(f"W{bits}")
+        ax.set_ylabel("perplexity (mean over seeds)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
 
 if __name__ == "__main__":
     sys.exit(main())
