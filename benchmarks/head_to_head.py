@@ -263,5 +263,6 @@ def _plot(summary, path: Path) -> None:
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
+
 if __name__ == "__main__":
     sys.exit(main())

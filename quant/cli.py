@@ -239,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--recipe", required=True, choices=["none", "bbt-absorb", "bbt-pair-pca", "bbt-spectral-pca",
                                                        "bbt-spectral", "autoround-hadamard"])
     q.add_argument("--alpha", type=float, default=0.5,
-                   help="activation-energy scaling exponent (the paper's 0.5); on SmolLM2 at the cpu preset 0.25 was best at W2 and 0 at W4 (docs/findings.md)")
+                   help="activation-energy scaling exponent (the paper's 0.5); on SmolLM2 at the cpu preset "
+                        "0.25 was best at W2 and 0 at W4 (docs/findings.md)")
     q.add_argument("--bits", type=int, default=2, choices=[2, 3, 4])
     q.add_argument("--group-size", type=int, default=64)
     q.add_argument("--sym", action="store_true", help="symmetric (default asymmetric)")
