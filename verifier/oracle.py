@@ -36,7 +36,25 @@ from fuzz.materialize import GraphModel, Router, materialize
 from .tolerance import Tolerance, default_tolerance, relative_error
 from .transform import Calibration, describe
 
-STATUSES = ("invariant", "diverged", "refused", "error", "non-finite", "inconclusive")
+#: Every verdict status (plain strings).  ``invariant`` is the only passing one.
+#:
+#: * ``invariant``    -- same function within the tolerance, and the subject passed its positive control
+#: * ``diverged``     -- the transformed logits differ by more than the tolerance
+#: * ``refused``      -- the transform raised :class:`~fuzz.errors.Refusal` (honest, not a failure)
+#: * ``error``        -- the transform raised, returned something that is not a causal LM of the same
+#:                      vocabulary, or the transformed forward raised
+#: * ``non-finite``   -- the transformed model gives NaN or Inf logits
+#: * ``non-causal``   -- the transformed model lets a position read a later token (the subject does not)
+#: * ``timeout``      -- ``verify(..., timeout=s)`` ran out of time (a hang counts against the transform)
+#: * ``inconclusive`` -- every test position follows a MoE top-k near-tie: nothing left to compare
+#: * ``degenerate``   -- the logits would have matched, but the subject fails its positive control (a
+#:                      weight whose change the test inputs cannot see, or logits equal across positions or
+#:                      vocabulary): the comparison would prove nothing, so no ``invariant`` is given
+STATUSES = ("invariant", "diverged", "refused", "error", "non-finite", "non-causal", "timeout",
+            "inconclusive", "degenerate")
+#: The statuses that mean the transform broke something (a campaign failure, a corpus finding).
+#: ``refused``, ``inconclusive`` and ``degenerate`` are not: they say nothing was proven either way.
+FAILING = ("diverged", "error", "non-finite", "non-causal", "timeout")
 
 
 @dataclass
