@@ -8,10 +8,15 @@ corpus entries and repro scripts can rebuild it from a registry.
 
 from __future__ import annotations
 
+import inspect
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
+
+from fuzz.errors import BadInput
 
 
 @dataclass
@@ -59,3 +64,61 @@ def describe(transform: Callable) -> tuple[str, str | None]:
     if module and "<" not in name and module != "__main__":
         return f"{module}.{name}", f"__import__('importlib').import_module({module!r}).{name}"
     return name, None
+
+
+def _hints(fn: Callable) -> dict:
+    """Resolved annotations of ``fn`` (or of its ``__call__``); empty when they cannot be resolved."""
+    target = fn if inspect.isfunction(fn) or inspect.ismethod(fn) else getattr(fn, "__call__", fn)
+    try:
+        return typing.get_type_hints(target)
+    except Exception:  # an annotation that names something not importable here: check by default instead
+        return {}
+
+
+def _accepts(kind: Any, value: Any) -> bool:
+    """Whether ``value`` fits the annotation ``kind`` (int/float/bool/str, ``X | None``, ``list[X]``)."""
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        return any(_accepts(k, value) for k in typing.get_args(kind))
+    if kind is type(None):
+        return value is None
+    if origin in (list, tuple):
+        args = typing.get_args(kind)
+        return isinstance(value, (list, tuple)) and (not args or all(_accepts(args[0], v) for v in value))
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(kind, type):
+        return isinstance(value, kind)
+    return True  # Any, callables, protocols: nothing to check
+
+
+def _type_name(kind: Any) -> str:
+    return getattr(kind, "__name__", None) if isinstance(kind, type) else str(kind).replace("typing.", "")
+
+
+def check_options(name: str, fn: Callable, options: dict, fixed: tuple[str, ...] = ()) -> None:
+    """Raise :class:`~fuzz.errors.BadInput` unless every option is a keyword parameter of ``fn``
+    (after ``model, calib``) of the right type; ``fixed`` are options the transform sets itself."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())[2:]
+    except (TypeError, ValueError):
+        return
+    open_ended = any(p.kind is p.VAR_KEYWORD for p in params)
+    named = {p.name: p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    hints = _hints(fn)
+    for key, value in options.items():
+        if key in fixed:
+            raise BadInput(f"transform {name}: option {key!r} is fixed by the transform itself; "
+                           f"options: {sorted(set(named) - set(fixed)) or 'none'}")
+        if key not in named:
+            if open_ended:
+                continue
+            raise BadInput(f"transform {name} has no option {key!r}; options: {sorted(named) or 'none'}")
+        kind = hints.get(key)
+        if kind is None:
+            default = named[key].default
+            kind = type(default) if default is not inspect.Parameter.empty and default is not None else None
+        if kind is not None and not _accepts(kind, value):
+            raise BadInput(f"transform {name}: option {key}={value!r} must be {_type_name(kind)}")
