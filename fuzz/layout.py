@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import tempfile
@@ -19,7 +20,7 @@ from typing import Iterable
 import networkx as nx
 
 from .errors import BadInput, LayoutError
-from .ops import spec
+from .ops import parameter_shapes, spec
 
 FORMAT = "archfuzz.layout/1"
 _ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -133,6 +134,16 @@ class Layout:
         """Feature tags recorded by the synthesizer (``meta['features']``), sorted."""
         return sorted(self.meta.get("features", []))
 
+    def parameter_counts(self) -> dict[str, int]:
+        """Trainable elements per node (from :func:`fuzz.ops.parameter_shapes`; a tied head owns none)."""
+        return {node: sum(math.prod(shape) for shape in parameter_shapes(self.op(node), self.params(node)).values())
+                for node in self.order}
+
+    def parameter_bytes(self, dtype=8) -> int:
+        """Bytes the parameters take in ``dtype`` (a ``torch.dtype`` or an element size in bytes)."""
+        itemsize = getattr(dtype, "itemsize", dtype)
+        return sum(self.parameter_counts().values()) * itemsize
+
     # ------------------------------------------------------------------ data
     def to_dict(self) -> dict:
         data = nx.node_link_data(self.graph, edges="edges")
@@ -147,35 +158,70 @@ class Layout:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Layout":
+        """Rebuild from :meth:`to_dict` data; anything malformed is :class:`BadInput` naming the key."""
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             got = data.get("format") if isinstance(data, dict) else type(data).__name__
             raise BadInput(f"not an archfuzz layout: format {got!r}, expected {FORMAT!r}")
+        unknown = set(data) - {"format", "meta", "nodes", "edges"}
+        if unknown:
+            raise BadInput(f"layout JSON has unknown key(s) {sorted(unknown)}; "
+                           f"allowed: 'format', 'meta', 'nodes', 'edges'")
+        meta = data.get("meta", {})
+        if not isinstance(meta, dict):
+            raise BadInput(f"layout JSON 'meta' must be an object, got {type(meta).__name__}")
+        features = meta.get("features", [])
+        if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
+            raise BadInput("layout JSON 'meta.features' must be a list of strings")
+        if not isinstance(meta.get("name", ""), str):
+            raise BadInput("layout JSON 'meta.name' must be a string")
         for key in ("nodes", "edges"):
             if not isinstance(data.get(key), list):
                 raise BadInput(f"layout JSON needs a list {key!r}")
+        ids: set[str] = set()
         for i, n in enumerate(data["nodes"]):
             if not isinstance(n, dict) or "id" not in n:
                 raise BadInput(f"layout JSON node #{i} has no 'id'")
+            if not isinstance(n["id"], str):
+                raise BadInput(f"layout JSON node #{i}: 'id' must be a string, got {n['id']!r}")
+            if n["id"] in ids:
+                raise BadInput(f"layout JSON node #{i}: duplicate id {n['id']!r}")
+            if not isinstance(n.get("op"), str):
+                raise BadInput(f"layout JSON node {n['id']!r} needs a string 'op'")
+            ids.add(n["id"])
+        pairs = set()
         for i, e in enumerate(data["edges"]):
-            if not isinstance(e, dict) or not {"source", "target", "port"} <= set(e):
-                raise BadInput(f"layout JSON edge #{i} needs 'source', 'target' and 'port'")
-        ids = {n["id"] for n in data["nodes"]}
-        for e in data["edges"]:
+            if not isinstance(e, dict) or set(e) != {"source", "target", "port"}:
+                raise BadInput(f"layout JSON edge #{i} needs exactly 'source', 'target' and 'port'")
+            if not all(isinstance(e[end], str) for end in ("source", "target")):
+                raise BadInput(f"layout JSON edge #{i}: 'source' and 'target' must be node id strings")
+            if not isinstance(e["port"], int) or isinstance(e["port"], bool) or e["port"] < 0:
+                raise BadInput(f"layout JSON edge #{i}: 'port' must be an integer >= 0, got {e['port']!r}")
             for end in ("source", "target"):
                 if e[end] not in ids:
                     raise LayoutError(f"edge {e['source']!r} -> {e['target']!r} names an unknown node "
                                       f"(dangling edge)", e[end])
+            if (e["source"], e["target"]) in pairs:
+                raise LayoutError(f"reads {e['source']!r} twice (ports must read distinct nodes)", e["target"])
+            pairs.add((e["source"], e["target"]))
         payload = {"directed": True, "multigraph": False, "graph": {},
                    "nodes": data["nodes"], "edges": data["edges"]}
         graph = nx.node_link_graph(payload, directed=True, multigraph=False, edges="edges")
-        return cls(graph, data.get("meta", {}))
+        return cls(graph, meta)
 
     @classmethod
-    def from_json(cls, text: str) -> "Layout":
+    def from_json(cls, text: str | bytes) -> "Layout":
+        """Parse layout JSON (``str``, or ``bytes`` that must be UTF-8)."""
+        if isinstance(text, bytes):
+            try:
+                text = text.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise BadInput(f"layout JSON is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise BadInput(f"layout JSON is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise BadInput("layout JSON is nested too deeply") from None
         return cls.from_dict(data)
 
     def hash(self) -> str:
@@ -190,9 +236,10 @@ class Layout:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Layout":
+        """Read a layout JSON file; unreadable, non-UTF-8 or malformed files are :class:`BadInput` naming it."""
         p = Path(path)
         try:
-            text = p.read_text()
+            text = p.read_bytes()
         except OSError as exc:
             raise BadInput(f"cannot read layout {p}: {exc.strerror}") from None
         try:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +29,40 @@ from .layout import Layout
 from .ops import parameter_shapes
 
 NUMERICS = ("exact", "transformers")
+
+# The size guard: materialize refuses a layout whose parameters would take more than this many bytes
+# (4 GiB, a float64 model of ~537M parameters) before allocating anything.  ARCHFUZZ_MAX_PARAM_BYTES
+# overrides it for this process and its children (``archfuzz ... --max-param-bytes`` sets it).
+DEFAULT_MAX_PARAM_BYTES = 4 * 2**30
+MAX_PARAM_BYTES_ENV = "ARCHFUZZ_MAX_PARAM_BYTES"
+
+
+def max_param_bytes_default() -> int:
+    """The limit in force: ``$ARCHFUZZ_MAX_PARAM_BYTES`` if set (a positive integer), else 4 GiB."""
+    raw = os.environ.get(MAX_PARAM_BYTES_ENV)
+    if raw is None:
+        return DEFAULT_MAX_PARAM_BYTES
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise BadInput(f"{MAX_PARAM_BYTES_ENV}={raw!r}: expected a positive integer number of bytes")
+    return value
+
+
+def check_size(layout: Layout, dtype: torch.dtype = torch.float64, max_param_bytes: int | None = None) -> int:
+    """The parameter bytes of ``layout`` in ``dtype``; :class:`BadInput` naming bytes, limit and the
+    largest node when they exceed ``max_param_bytes`` (default :func:`max_param_bytes_default`)."""
+    limit = max_param_bytes_default() if max_param_bytes is None else max_param_bytes
+    counts = layout.parameter_counts()
+    total = sum(counts.values()) * dtype.itemsize
+    if total > limit:
+        node = max(counts, key=counts.get)
+        raise BadInput(f"layout parameters take {total:,} bytes in {str(dtype).replace('torch.', '')}, over the "
+                       f"limit of {limit:,} bytes (--max-param-bytes / {MAX_PARAM_BYTES_ENV}); largest node "
+                       f"{node!r} ({layout.op(node)}): {counts[node] * dtype.itemsize:,} bytes")
+    return total
 
 
 def _generator(seed: int, node: str, name: str) -> torch.Generator:
@@ -370,8 +405,10 @@ class GraphModel(nn.Module):
 
 
 def materialize(layout: Layout, *, dtype: torch.dtype = torch.float64, seed: int = 0,
-                numerics: str = "exact") -> GraphModel:
-    """Build the causal LM of ``layout`` with weights drawn from ``seed``, in ``dtype``."""
+                numerics: str = "exact", max_param_bytes: int | None = None) -> GraphModel:
+    """Build the causal LM of ``layout`` with weights drawn from ``seed``, in ``dtype``.  A layout whose
+    parameters exceed ``max_param_bytes`` (default 4 GiB, see :func:`check_size`) is refused first."""
     if not isinstance(layout, Layout):
         raise BadInput(f"materialize expects a fuzz.Layout, got {type(layout).__name__}")
+    check_size(layout, dtype, max_param_bytes)
     return GraphModel(layout, dtype=dtype, numerics=numerics).init_weights(seed).eval()
