@@ -108,7 +108,7 @@ def check_constraints(constraints: dict) -> None:
             else:
                 ok, want = True, ""
             if not ok:
-                raise BadInput(f"constraint {name}={v!r} must be {want}")
+                raise BadInput(f"constraint {name}={v!r} is not {want}")
     _check_together(constraints)
 
 
