@@ -13,7 +13,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Iterable
 
@@ -260,12 +259,29 @@ class Layout:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` via a temp file and ``os.replace``: readers never see half a file."""
+    """Write ``text`` (UTF-8) to ``path`` via a temp file and ``os.replace``: readers never see half a file.
+
+    The file gets the mode ``open(path, "w")`` would give: a file that exists keeps its mode, a new one
+    gets 0o666 less the umask.  The temp file is ``.<name>.<random>.tmp`` beside it (what a crash leaves
+    behind; ``archfuzz corpus clean`` removes those in a corpus).
+    """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
     try:
-        with os.fdopen(fd, "w") as fh:
+        keep = os.stat(p).st_mode & 0o7777
+    except FileNotFoundError:
+        keep = None
+    while True:
+        tmp = p.parent / f".{p.name}.{os.urandom(4).hex()}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the kernel applies the umask
+            break
+        except FileExistsError:
+            continue
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            if keep is not None:
+                os.fchmod(fh.fileno(), keep)
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())

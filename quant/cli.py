@@ -62,19 +62,40 @@ def _dtype(name: str) -> torch.dtype:
     return {"float64": torch.float64, "float32": torch.float32}[name]
 
 
+def _example_timeout(text: str) -> float:
+    """argparse type of ``fuzz --timeout``: seconds per example, a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds per example (a number > 0), got {text!r}") from None
+    if not (0 < value < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected seconds per example (a number > 0), got {text!r}")
+    return value
+
+
 def cmd_fuzz(args) -> int:
     from rich.console import Console
 
     from verifier.campaign import run_campaign, summary_markdown, write_summary
     summary = run_campaign(args.transform or default_transforms(), profile=args.profile,
                            max_examples=args.max_examples, seed=args.seed, constraints=_kv(args.require),
-                           progress=not args.quiet, dtype=_dtype(args.dtype),
-                           corpus=None if args.no_corpus else args.corpus)
+                           progress=not args.quiet, dtype=_dtype(args.dtype), corpus=args.corpus,
+                           record=not args.no_corpus, per_example_timeout=args.timeout)
     out = Path(args.out or f"runs/fuzz-{time.strftime('%Y%m%d-%H%M%S')}")
     js, md = write_summary(summary, out)
     console = Console()
     console.print(summary_markdown(summary).split("\n| feature")[0])
-    console.print(f"summary: {js}  {md}")
+    for f in summary["failures"]:
+        if f["outcome"] == "new":
+            where = f["corpus_entry"] or "not recorded (--no-corpus)"
+            console.print(f"NEW {f['transform']}: {f['status']} ({', '.join(f['features'])}): {where}")
+        elif f["outcome"] == "known":
+            console.print(f"known {f['transform']}: {f['status']}: {f['corpus_entry']}")
+        else:
+            console.print(f"mutant caught {f['transform']}: {f['status']}"
+                          + (f": {f['corpus_entry']}" if f["corpus_entry"] else ""))
+    console.print(f"{summary['new_findings']} new finding(s), {summary['known_failures']} known, "
+                  f"{summary['mutants_caught']} mutant failure(s) caught; summary: {js}  {md}")
     return 0 if summary["ok"] else 1
 
 
@@ -90,26 +111,70 @@ def cmd_verify(args) -> int:
     return 0 if verdict.ok or verdict.refused else 1
 
 
+def _corpus_dir(root: str, command: str, *, create: bool = False) -> Path:
+    """``--root`` of ``command`` as a folder; ``BadInput`` when it is missing (unless ``create``) or a file."""
+    path = Path(root)
+    if path.exists() and not path.is_dir():
+        raise BadInput(f"{command} --root: {root!r} is not a folder (give the corpus folder)")
+    if not path.exists() and not create:
+        raise BadInput(f"{command} --root: no such folder {root!r} (give an existing corpus folder)")
+    return path
+
+
+def _age(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 \
+        else f"{seconds / 3600:.1f} h"
+
+
 def cmd_replay(args) -> int:
-    from verifier.corpus import load_entries, replay
-    entries, bad = load_entries(args.root)
+    from verifier.corpus import find_leftovers, load_entries, replay
+    root = _corpus_dir(args.root, "replay")
+    entries, bad = load_entries(root)
     regressions = 0
     for entry in entries:
         result = replay(entry, update=not args.no_update)
         regressions += result.regression
+        why = f": {result.reason}: {result.verdict}" if result.regression else ""
         print(f"{'REGRESSION ' if result.regression else ''}{entry.name} [{entry.meta['kind']}, "
-              f"{entry.meta['status']}]: {result.outcome}")
+              f"{entry.meta['status']}]: {result.outcome}{why}", flush=True)
     for path, reason in bad:
         print(f"CORRUPT {path}: {reason}")
-    print(f"{len(entries)} entries replayed, {regressions} regressions, {len(bad)} corrupt")
+    leftovers = find_leftovers(root)
+    for left in leftovers:
+        print(f"LEFTOVER {left.path}: {left.what}, {_age(left.age_s)} old (archfuzz corpus clean removes it)")
+    print(f"{len(entries)} entries replayed, {regressions} regressions, {len(bad)} corrupt"
+          + (" (corrupt entries fail the replay: fix or move them)" if bad else "")
+          + (f", {len(leftovers)} temp leftovers" if leftovers else ""))
     return 1 if regressions or bad else 0
 
 
 def cmd_corpus(args) -> int:
+    if args.action == "clean":
+        from verifier.corpus import clean_leftovers
+        root = _corpus_dir(args.root, "corpus clean")
+        older = 3600.0 if args.older_than is None else args.older_than
+        removed = clean_leftovers(root, older_than=older)
+        for left in removed:
+            print(f"removed {left.path} ({left.what}, {_age(left.age_s)} old)")
+        print(f"{len(removed)} temp leftovers older than {older:g} s removed under {root}")
+        return 0
+    if args.older_than is not None:
+        raise BadInput("corpus --older-than: applies to 'corpus clean' only")
     from verifier.corpus_seed import seed
-    for name, path, created in seed(args.root):
+    for name, path, created in seed(_corpus_dir(args.root, "corpus seed", create=True)):
         print(f"{'new ' if created else 'kept'} {path.name}  {name}")
     return 0
+
+
+def _seconds(text: str) -> float:
+    """argparse type of ``--older-than``: a finite number of seconds >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds (a number >= 0), got {text!r}") from None
+    if not (0 <= value < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected seconds (a number >= 0), got {text!r}")
+    return value
 
 
 def cmd_gate(args) -> int:
@@ -206,7 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--out", default=None, help="folder for summary.json / summary.md")
     f.add_argument("--quiet", action="store_true")
     f.add_argument("--corpus", default=str(_corpus_root()), help="where reduced failures are recorded")
-    f.add_argument("--no-corpus", action="store_true", help="do not record failures")
+    f.add_argument("--no-corpus", action="store_true", help="do not record new failures (known ones are still named)")
+    f.add_argument("--timeout", type=_example_timeout, default=60.0, metavar="SECONDS",
+                   help="per example: a transform that runs longer gets a 'timeout' verdict (default 60)")
     f.set_defaults(func=cmd_fuzz)
     v = sub.add_parser("verify", help="verify one transform on one layout JSON")
     v.add_argument("layout")
@@ -218,13 +285,25 @@ def build_parser() -> argparse.ArgumentParser:
     v.set_defaults(func=cmd_verify)
     t = sub.add_parser("transforms", help="list the named transforms")
     t.set_defaults(func=cmd_transforms)
-    r = sub.add_parser("replay", help="replay the regression corpus")
-    r.add_argument("--root", default=str(_corpus_root()))
+    r = sub.add_parser("replay", help="replay the regression corpus",
+                       description="Re-run every corpus entry.  Exit 0 when every entry replayed as expected; 1 "
+                       "on a regression (a fixed finding failing again, a mutant not caught or one that raised "
+                       "and never ran, an expected refusal now breaking, a replay that proves nothing) or when "
+                       "a corrupt entry, stray file or empty folder is found (each reported by path with its "
+                       "reason; the other entries still replay); 2 on bad arguments.  Temp leftovers of "
+                       "interrupted writes are reported with their age and do not change the exit status.")
+    r.add_argument("--root", default=str(_corpus_root()), help="corpus folder (must exist)")
     r.add_argument("--no-update", action="store_true", help="do not write outcomes into meta.json")
     r.set_defaults(func=cmd_replay)
-    c = sub.add_parser("corpus", help="corpus maintenance")
-    c.add_argument("action", choices=["seed"])
-    c.add_argument("--root", default=str(_corpus_root()))
+    c = sub.add_parser("corpus", help="corpus maintenance: seed, clean",
+                       description="seed: record the mutants and the expected refusals (the folder is created "
+                       "if missing).  clean: remove temp leftovers of interrupted writes (.<sig>.* folders, "
+                       ".<file>.*.tmp files) older than --older-than seconds, never an entry; prints what it "
+                       "removed.  Exit 0, or 2 on bad arguments.")
+    c.add_argument("action", choices=["seed", "clean"])
+    c.add_argument("--root", default=str(_corpus_root()), help="corpus folder")
+    c.add_argument("--older-than", type=_seconds, default=None, metavar="SECONDS",
+                   help="clean only: leftovers at least this old (default 3600; 0 removes all)")
     c.set_defaults(func=cmd_corpus)
     g = sub.add_parser("gate", help="the pre-release invariance gate")
     g.add_argument("--out", default=f"runs/gate-{time.strftime('%Y%m%d-%H%M%S')}")

@@ -17,8 +17,15 @@ half-written entry, and the second writer of the same signature simply finds it 
 
 Replay re-runs an entry against the installed versions.  An ``open`` finding that no longer fails
 becomes ``fixed`` (with the versions that fixed it) and stays as a regression example; a ``fixed``
-entry that fails again is a regression; a mutant the oracle no longer catches is a regression of the
-oracle itself.  Nothing is ever deleted.
+entry that fails again is a regression; a mutant counts as caught only when it ran and the oracle saw
+the function break (``CAUGHT``): a mutant that raised, timed out, refused or passed is a regression of
+the oracle's teeth.  A replay that proves nothing (``inconclusive``, ``degenerate``) is a regression
+too, and so is an entry that cannot be replayed at all.  Nothing is ever deleted.
+
+Loading never stops at a bad folder: a corrupt, partial or foreign entry (meta.json checked against
+``META_SCHEMA``), a stray file at the root or an empty folder is returned as ``(path, reason)``.  Temp
+leftovers of interrupted writes (``.<sig>.*`` folders, ``.<file>.*.tmp`` files) are not entries:
+:func:`find_leftovers` reports them with their age and :func:`clean_leftovers` removes them.
 """
 
 from __future__ import annotations
@@ -28,8 +35,9 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import re
 import shutil
-import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,12 +47,20 @@ from fuzz.errors import BadInput
 from fuzz.layout import Layout, atomic_write_text
 from fuzz.materialize import materialize
 
-from .oracle import Verdict, verify
-from .registry import resolve
+from .oracle import FAILING, Verdict, verify
+from .registry import available, resolve
 from .tolerance import default_tolerance
 
 STATUSES = ("open", "fixed", "expected-refusal")
-FAILING = ("diverged", "error", "non-finite")
+KINDS = ("finding", "mutant")
+DTYPES = ("float64", "float32")
+#: Statuses in which the transform never ran to the end: a mutant there tested nothing.
+NOT_RUN = ("error", "timeout")
+#: A mutant is caught only when it ran and the oracle saw the function break (diverged, non-finite, ...).
+CAUGHT = tuple(s for s in FAILING if s not in NOT_RUN)
+ENTRY_FILES = ("layout.json", "meta.json", "repro.py")
+#: Names at the corpus root that belong to the replay harness, not to the data.
+HARNESS = ("conftest.py", "test_replay.py", "__pycache__")
 DEFAULT_ROOT = Path(__file__).resolve().parents[1] / "corpus"
 
 
@@ -133,11 +149,22 @@ def record_failure(verdict: Verdict, layout: Layout, transform, *, root: str | P
     return _write_entry(root, sig, meta, layout, REPRO.format(sig=sig, summary=summary))
 
 
+def _temp_dir(root: Path, sig: str) -> Path:
+    """A fresh ``root/.<sig>.<random>`` folder, made like any mkdir (0o777 less the umask)."""
+    while True:
+        tmp = root / f".{sig}.{os.urandom(4).hex()}"
+        try:
+            tmp.mkdir()
+            return tmp
+        except FileExistsError:
+            continue
+
+
 def _write_entry(root: Path, sig: str, meta: dict, layout: Layout, repro: str) -> tuple[Path, bool]:
     """Write ``root/sig`` complete in a temporary folder, then rename it into place (first writer wins)."""
     final = root / sig
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{sig}.", dir=root))
+    tmp = _temp_dir(root, sig)
     try:
         atomic_write_text(tmp / "layout.json", layout.to_json())
         atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=1, sort_keys=True, default=str))
@@ -226,78 +253,282 @@ def _replay_parity(entry: "Entry") -> tuple[bool, str, float | None]:
     return True, f"{stage}/{symptom}: {message[:200]}", rel
 
 
+# ------------------------------------------------------------------ loading: schema, corrupt entries
+_NONE = type(None)
+
+
+@dataclass(frozen=True)
+class Key:
+    """One key of ``meta.json``: the JSON types it may hold, whether it must be there, allowed values."""
+
+    types: tuple
+    required: bool = False
+    allowed: tuple | None = None
+
+    def describe(self) -> str:
+        if self.allowed:
+            return "one of " + ", ".join(repr(a) for a in self.allowed)
+        names = {dict: "an object", list: "a list", str: "a string", int: "an integer", float: "a number",
+                 bool: "true/false", _NONE: "null"}
+        return " or ".join(dict.fromkeys(names[t] for t in self.types))
+
+
+#: The schema of ``meta.json`` (unknown keys are kept and ignored).
+META_SCHEMA = {
+    "signature": Key((str,), True), "transform": Key((dict,), True), "stage": Key((str,), True),
+    "symptom": Key((str,), True), "kind": Key((str,), True, KINDS), "status": Key((str,), True, STATUSES),
+    "seed": Key((int,), True), "dtype": Key((str,), True, DTYPES),
+    "first_divergent": Key((dict, _NONE)), "message": Key((str, _NONE)), "max_rel_err": Key((int, float, _NONE)),
+    "tolerance": Key((dict, int, float, _NONE)), "layout_hash": Key((str,)), "features": Key((list,)),
+    "versions": Key((dict,)), "first_seen": Key((str,)), "note": Key((str,)), "replays": Key((list,)),
+    "fixed_in": Key((dict,)), "ids": Key((dict,)),
+}
+#: The schema of ``meta.json``'s ``transform`` object.
+TRANSFORM_SCHEMA = {"name": Key((str,), True), "registry_name": Key((str,)), "registry": Key((str,)),
+                    "options": Key((dict,))}
+
+
+def _is(value, types: tuple) -> bool:
+    """``isinstance`` for JSON values: true/false is not an integer or a number here."""
+    if isinstance(value, bool):
+        return bool in types
+    return isinstance(value, types)
+
+
+def _check_keys(obj: dict, schema: dict[str, Key], where: str) -> None:
+    for key, spec in schema.items():
+        if key not in obj:
+            if spec.required:
+                raise BadInput(f"{where}missing {key!r} (must be {spec.describe()})")
+            continue
+        value = obj[key]
+        if not _is(value, spec.types) or (spec.allowed and value not in spec.allowed):
+            raise BadInput(f"{where}key {key!r} must be {spec.describe()}, got {json.dumps(value)[:80]}")
+
+
+def check_meta(meta, known: dict[str, list[str]] | None = None) -> None:
+    """Raise ``BadInput`` naming the key when ``meta`` (parsed meta.json) does not fit ``META_SCHEMA``.
+
+    ``known`` (registry -> names, as :func:`verifier.registry.available` gives) also checks that the
+    transform exists.
+    """
+    if not isinstance(meta, dict):
+        raise BadInput(f"must hold a JSON object, got {type(meta).__name__ if meta is not None else 'null'}")
+    _check_keys(meta, META_SCHEMA, "")
+    t = meta["transform"]
+    _check_keys(t, TRANSFORM_SCHEMA, "transform: ")
+    for k, v in t.get("options", {}).items():
+        if not _is(v, (int, float, str, bool, _NONE)):
+            raise BadInput(f"transform: option {k!r} must be a number, string, true/false or null, "
+                           f"got {json.dumps(v)[:80]}")
+    if not all(isinstance(f, str) for f in meta.get("features", [])):
+        raise BadInput("key 'features' must be a list of strings")
+    if not all(isinstance(r, dict) for r in meta.get("replays", [])):
+        raise BadInput("key 'replays' must be a list of objects")
+    if meta["stage"] in PARITY_STAGES:
+        ids = meta.get("ids")
+        if not isinstance(ids, dict) or not _is(ids.get("seed"), (int,)) or not isinstance(ids.get("shape"), list) \
+                or len(ids["shape"]) != 2 or not all(_is(n, (int,)) and n > 0 for n in ids["shape"]):
+            raise BadInput(f"key 'ids' (stage {meta['stage']!r}) must be an object with an integer 'seed' and "
+                           f"'shape' [batch, tokens] of positive integers, got {json.dumps(ids)[:80]}")
+    elif known is not None:
+        name = t.get("registry_name", t["name"])
+        prefix, _, bare = name.rpartition(":")
+        if not any(bare in names for reg, names in known.items() if not prefix or reg == prefix):
+            listing = "; ".join(f"{reg}: {', '.join(n)}" for reg, n in known.items())
+            raise BadInput(f"unknown transform {name!r} (known: {listing})")
+
+
+def _read_json(path: Path):
+    """``(text, value)`` of a JSON file; ``BadInput`` with the reason (unreadable, not UTF-8, not JSON)."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise BadInput(f"cannot read ({exc.strerror})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadInput(f"not UTF-8 text (byte {exc.start})") from None
+    try:
+        return text, json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BadInput(f"invalid JSON ({exc})") from None
+
+
 def load_entries(root: str | Path = DEFAULT_ROOT) -> tuple[list[Entry], list[tuple[Path, str]]]:
-    """Every entry, plus ``(path, reason)`` for each folder that is not a valid entry (never fatal)."""
+    """Every entry, plus ``(path, reason)`` for each name at the root that is not a valid entry (never
+    fatal): a corrupt or partial entry, a stray file, an empty folder.  Harness files and temp leftovers
+    (:func:`find_leftovers`) are neither."""
     entries, bad = [], []
     root = Path(root)
-    if not root.exists():
+    if not root.is_dir():
         return entries, bad
-    for path in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
+    known = available()
+    for path in sorted(root.iterdir()):
+        if path.name in HARNESS or _leftover_kind(path, at_root=True):
+            continue
         try:
-            entries.append(load_entry(path))
+            entries.append(load_entry(path, known))
         except BadInput as exc:
             bad.append((path, str(exc)))
+        except Exception as exc:  # a bug in loading must not hide the other entries
+            bad.append((path, f"{path}: cannot load ({type(exc).__name__}: {exc})"))
     return entries, bad
 
 
-def load_entry(path: Path) -> Entry:
+def load_entry(path: Path, known: dict[str, list[str]] | None = None) -> Entry:
+    """The entry in folder ``path``; ``BadInput`` naming the path and the reason otherwise."""
+    path = Path(path)
+    if path.is_symlink() or not path.is_dir():
+        kind = "a symbolic link" if path.is_symlink() else "a file"
+        raise BadInput(f"{path}: not an entry: {kind} at the corpus root (entries are folders holding "
+                       f"{', '.join(ENTRY_FILES)})")
+    names = {p.name for p in path.iterdir() if not _leftover_kind(p, at_root=False)}
+    if not names:
+        raise BadInput(f"{path}: empty folder, not an entry (entries hold {', '.join(ENTRY_FILES)})")
+    foreign = sorted(names - set(ENTRY_FILES))
+    if foreign:
+        raise BadInput(f"{path}: foreign file(s) in the entry: {', '.join(foreign)} (an entry holds only "
+                       f"{', '.join(ENTRY_FILES)}; nothing in it is ever run)")
+    missing = [name for name in ENTRY_FILES if name not in names]
+    if missing:
+        raise BadInput(f"{path}: partial entry: missing {', '.join(missing)}")
     try:
-        meta = json.loads((path / "meta.json").read_text())
-    except FileNotFoundError:
-        raise BadInput(f"{path}: missing meta.json") from None
-    except json.JSONDecodeError as exc:
-        raise BadInput(f"{path}/meta.json: invalid JSON ({exc})") from None
-    for key in ("transform", "status", "seed", "dtype", "symptom", "kind"):
-        if key not in meta:
-            raise BadInput(f"{path}/meta.json: missing {key!r}")
-    if meta["status"] not in STATUSES:
-        raise BadInput(f"{path}/meta.json: status {meta['status']!r} is not one of {STATUSES}")
-    if meta["dtype"] not in ("float64", "float32"):
-        raise BadInput(f"{path}/meta.json: dtype {meta['dtype']!r}")
-    try:
-        layout = Layout.load(path / "layout.json")
+        _, meta = _read_json(path / "meta.json")
+        check_meta(meta, known)
     except BadInput as exc:
-        raise BadInput(f"{path}: {exc}") from None
+        raise BadInput(f"{path}/meta.json: {exc}") from None
+    if meta["signature"] != path.name:
+        raise BadInput(f"{path}/meta.json: key 'signature' is {meta['signature']!r} but the folder is "
+                       f"{path.name!r} (a copied or renamed entry)")
+    try:
+        text, _ = _read_json(path / "layout.json")
+        layout = Layout.from_json(text)
+    except BadInput as exc:
+        raise BadInput(f"{path}/layout.json: {exc}") from None
+    except Exception as exc:  # a malformed graph the loader did not anticipate
+        raise BadInput(f"{path}/layout.json: not a valid layout ({type(exc).__name__}: {exc})") from None
     return Entry(path, meta, layout)
+
+
+# ------------------------------------------------------------------ temp leftovers of interrupted writes
+_ENTRY_TEMP = re.compile(r"^\.[0-9a-f]{16}\.[^/]+$")  # _temp_dir: .<sig>.<random>
+# atomic_write_text: .<name>.<random>.tmp (and the older .<file>.<random> of mkstemp)
+_FILE_TEMP = re.compile(r"^\..+\.tmp$|^\.(?:layout\.json|meta\.json|repro\.py)\.[A-Za-z0-9_]+$")
+
+
+@dataclass
+class Leftover:
+    path: Path
+    what: str  # "entry temp folder" | "temp file"
+    age_s: float
+
+
+def _leftover_kind(path: Path, *, at_root: bool) -> str | None:
+    if path.is_symlink():
+        return None
+    if at_root and path.is_dir() and _ENTRY_TEMP.match(path.name):
+        return "entry temp folder"
+    if path.is_file() and _FILE_TEMP.match(path.name):
+        return "temp file"
+    return None
+
+
+def find_leftovers(root: str | Path = DEFAULT_ROOT) -> list[Leftover]:
+    """Temp folders and files that interrupted writes left at the root or inside entries, with their age."""
+    root, out, now = Path(root), [], time.time()
+    if not root.is_dir():
+        return out
+    for path in sorted(root.iterdir()):
+        kind = _leftover_kind(path, at_root=True)
+        if kind:
+            out.append(Leftover(path, kind, now - path.lstat().st_mtime))
+        elif path.is_dir() and not path.is_symlink() and path.name not in HARNESS:
+            out += [Leftover(p, kind, now - p.lstat().st_mtime) for p in sorted(path.iterdir())
+                    if (kind := _leftover_kind(p, at_root=False))]
+    return out
+
+
+def clean_leftovers(root: str | Path = DEFAULT_ROOT, older_than: float = 3600.0) -> list[Leftover]:
+    """Remove the temp leftovers older than ``older_than`` seconds (never an entry); returns what went."""
+    removed = []
+    for left in find_leftovers(root):
+        if left.age_s < older_than:
+            continue
+        if left.what == "entry temp folder":
+            shutil.rmtree(left.path)
+        else:
+            left.path.unlink()
+        removed.append(left)
+    return removed
 
 
 @dataclass
 class Replay:
     entry: str
-    outcome: str  # still-failing | fixed-now | ok | regression | lost-teeth | still-refusing
+    # still-failing | fixed-now | ok | still-refusing | regression | lost-teeth | unproven | unreplayable
+    outcome: str
     verdict: str
     regression: bool
+    reason: str = ""
+
+
+def _run(entry: Entry) -> tuple[str, float | None, str]:
+    """Re-run an entry: ``(status, max_rel_err, verdict text)``; a parity entry's status is ``ok`` or
+    ``failing``."""
+    meta = entry.meta
+    if meta["stage"] in PARITY_STAGES:
+        failing, text, rel = _replay_parity(entry)
+        return ("failing" if failing else "ok"), rel, text
+    t = meta["transform"]
+    transform = resolve(t.get("registry_name", t["name"]), **t.get("options", {}))
+    dtype = getattr(torch, meta["dtype"])
+    verdict = verify(transform, entry.layout, dtype=dtype, seed=meta["seed"], tolerance=default_tolerance(dtype))
+    return verdict.status, verdict.max_rel_err, str(verdict)
+
+
+def _judge(meta: dict, status: str) -> tuple[str, bool, str]:
+    """``(outcome, regression, reason)`` of a replayed status for an entry of this kind and status."""
+    passed, refused = status in ("invariant", "ok"), status == "refused"
+    failing = status in FAILING or status == "failing"
+    if meta["kind"] == "mutant":
+        if status in CAUGHT:
+            return "still-failing", False, ""
+        why = {"error": "the mutant raised: it never ran, so it tested nothing",
+               "timeout": "the mutant ran out of time: it never finished, so it tested nothing",
+               "refused": "the mutant refused the layout: it never ran, so it tested nothing"}
+        return "lost-teeth", True, why.get(status, f"the oracle no longer catches the mutant ({status})")
+    if not (passed or refused or failing):
+        return "unproven", True, f"the replay proved nothing ({status}): the entry no longer tests anything"
+    if meta["status"] == "expected-refusal":  # refusing is right; silently breaking is a regression
+        if refused:
+            return "still-refusing", False, ""
+        return ("regression", True, "the transform now breaks where it used to refuse") if failing else ("ok", False, "")
+    if meta["status"] == "open":
+        return ("still-failing", False, "") if failing else ("fixed-now", False, "")
+    return ("regression", True, "a fixed finding fails again") if failing else ("ok", False, "")
 
 
 def replay(entry: Entry, *, update: bool = True) -> Replay:
-    """Re-run one entry; ``update`` writes the outcome (and a ``fixed`` transition) into its meta."""
+    """Re-run one entry; ``update`` writes the outcome (and a ``fixed`` transition) into its meta.
+
+    Never raises for the entry's sake: an entry that cannot be re-run is outcome ``unreplayable``."""
     meta = entry.meta
-    if meta.get("stage") in PARITY_STAGES:
-        failing, status, rel = _replay_parity(entry)
-        refused = False
-    else:
-        t = meta["transform"]
-        transform = resolve(t.get("registry_name", t["name"]), **t.get("options", {}))
-        verdict = verify(transform, entry.layout, dtype=getattr(torch, meta["dtype"]), seed=meta["seed"],
-                         tolerance=default_tolerance(getattr(torch, meta["dtype"])))
-        failing, status, rel, refused = verdict.status in FAILING, verdict.status, verdict.max_rel_err, verdict.refused
-    if meta["kind"] == "mutant":
-        outcome, regression = ("still-failing", False) if failing else ("lost-teeth", True)
-    elif meta["status"] == "open":
-        outcome, regression = ("still-failing", False) if failing else ("fixed-now", False)
-    elif meta["status"] == "fixed":
-        outcome, regression = ("regression", True) if failing else ("ok", False)
-    else:  # expected-refusal: refusing is right; silently breaking is a regression
-        outcome = "still-refusing" if refused else ("regression" if failing else "ok")
-        regression = failing
+    try:
+        status, rel, text = _run(entry)
+    except Exception as exc:
+        return Replay(entry.name, "unreplayable", f"{type(exc).__name__}: {exc}", True,
+                      "the entry could not be re-run")
+    outcome, regression, reason = _judge(meta, status)
     if update:
         meta = dict(meta)
         meta["replays"] = meta.get("replays", [])[-9:] + [{
-            "date": dt.date.today().isoformat(), "outcome": outcome, "status": status,
+            "date": dt.date.today().isoformat(), "outcome": outcome,
+            "status": text if meta["stage"] in PARITY_STAGES else status,
             "max_rel_err": rel, "versions": versions()}]
         if outcome == "fixed-now":
             meta["status"] = "fixed"
             meta["fixed_in"] = versions()
         atomic_write_text(entry.path / "meta.json", json.dumps(meta, indent=1, sort_keys=True, default=str))
         entry.meta = meta
-    return Replay(entry.name, outcome, status if meta.get("stage") in PARITY_STAGES else str(verdict), regression)
+    return Replay(entry.name, outcome, text, regression, reason)

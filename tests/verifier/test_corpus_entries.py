@@ -92,11 +92,20 @@ def test_mutant_entries_must_keep_failing(tmp_path):
     assert replay(load_entries(tmp_path)[0][0], update=False).outcome == "lost-teeth"
 
 
+def _edit_meta(path, edit):
+    meta = json.loads((path / "meta.json").read_text())
+    edit(meta)
+    (path / "meta.json").write_text(json.dumps(meta))
+
+
 @pytest.mark.parametrize("damage, reason", [
     (lambda p: (p / "meta.json").write_text("{oops"), "invalid JSON"),
     (lambda p: (p / "meta.json").unlink(), "missing meta.json"),
     (lambda p: (p / "layout.json").write_text('{"format": "archfuzz.layout/1", "nodes": [{"id": "a", "op": "warp"}], "edges": []}'), "unknown op kind"),
-    (lambda p: (p / "meta.json").write_text(json.dumps({"status": "open"})), "missing 'transform'"),
+    (lambda p: _edit_meta(p, lambda m: m.pop("transform")), "missing 'transform'"),
+    (lambda p: _edit_meta(p, lambda m: m.update(seed="0")), "key 'seed' must be an integer"),
+    (lambda p: _edit_meta(p, lambda m: m.update(kind="bug")), "key 'kind' must be one of 'finding', 'mutant'"),
+    (lambda p: (p / "meta.json").write_text("null"), "must hold a JSON object, got null"),
 ])
 def test_corrupt_entries_are_reported_by_path_and_do_not_stop_the_others(tmp_path, damage, reason):
     verdict, layout, transform = failing()
