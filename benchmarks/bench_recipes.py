@@ -42,7 +42,7 @@ def _child(recipe: str, args: dict, queue) -> None:
     model, tokenizer = load_default_checkpoint(torch.float32)
     ids = tokenize(tokenizer, read_text(args["calib_text"]))
     calib = Calibration(calibration_windows(ids, args["nsamples"], args["seqlen"], seed=0))
-    graph = import_model(model, check=False)
+    graph = import_model(model)  # checked against the transformers model first
     TELEMETRY.update(seconds=0.0, passes=0)
     start = time.perf_counter()
     T.get(recipe)(graph, calib)
@@ -50,7 +50,7 @@ def _child(recipe: str, args: dict, queue) -> None:
     calib_s = TELEMETRY["seconds"]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     model, _ = load_default_checkpoint(torch.float32)  # fresh weights for the two verdicts
-    proof = verify(T.get(recipe), import_model(model, check=False), dtype=torch.float64, batch=2, seq=32,
+    proof = verify(T.get(recipe), import_model(model), dtype=torch.float64, batch=2, seq=32,
                    calib_batch=2)
     ships = verify(T.get(recipe, host="transformers"), model, dtype=torch.float32, batch=2, seq=32, calib_batch=2)
     queue.put({"recipe": recipe, "calibration_s": round(calib_s, 2), "calibration_passes": TELEMETRY["passes"],

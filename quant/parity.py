@@ -626,7 +626,8 @@ def load_subject(layout: str | Path | None = None, checkpoint: str | Path | None
         if transform:
             from fuzz.importer import import_model
             calib = calibration_windows(text_ids(tok, None, "calibration")[0], 4, seq, seed)
-            model = import_model(model)
+            model = import_model(model)  # checked against the checkpoint first; its floor goes into the report
+            info["import_check"] = {k: model.layout.meta["import_check"][k] for k in ("floor", "max_rel_err", "bound")}
     if transform:
         t = resolve(transform, **(options or {}))
         model = t(model, Calibration(calib, seed))

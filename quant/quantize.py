@@ -121,7 +121,7 @@ def gate(model: nn.Module, recipe: str, alpha: float = 0.5, seed: int = 0):
         raise BadInput(f"unknown recipe {recipe!r}; choose one of {RECIPES}")
     if recipe in ("none", "autoround-hadamard"):
         return None
-    graph = import_model(model, check=False)
+    graph = import_model(model)  # checked against the checkpoint first: the proof is about its own function
     verdict = verify(T.get(recipe, alpha=alpha), graph, dtype=torch.float64, seed=seed, batch=1, seq=8,
                      calib_batch=1)
     if not verdict.ok:
@@ -178,7 +178,7 @@ def prepare(model: nn.Module, recipe: str, calib_ids: torch.Tensor, alpha: float
         return Prepared(model, recipe, seconds=time.time() - t0)
     if recipe not in ONLINE:
         raise BadInput(f"unknown recipe {recipe!r}; choose one of {RECIPES}")
-    graph = import_model(model, check=False)
+    graph = import_model(model)  # checked against the (untransformed) model before T1 is built on it
     param_map = graph.layout.meta["param_map"]
     t1 = T.get(recipe, alpha=alpha)(graph, calib)
     prepared = Prepared(model, recipe, graph=t1, log=list(getattr(t1, "transform_log", [])))
@@ -286,7 +286,9 @@ def unfold(prepared: Prepared, check_ids: torch.Tensor) -> dict:
             mod.in_features = w.shape[1]
         prepared.hooked = {}
     else:
-        transformed = import_model(model, check=False)  # the quantized weights in the transformed basis
+        # the quantized weights in the transformed basis: a re-import of the model as it now is, checked
+        # against that same model (its right reference: the GraphModel must compute what will ship)
+        transformed = import_model(model)
         plain = transformed
     if any(len(m._forward_pre_hooks) for m in model.modules()):
         raise BadInput("the unfolded model still carries forward pre-hooks")
@@ -297,7 +299,7 @@ def unfold(prepared: Prepared, check_ids: torch.Tensor) -> dict:
                        f"relative in float64 (bound {UNFOLD_TOL:.0e})")
     # the plain model as it ships (a fresh import of the transformers model: no archfuzz operator in it);
     # its weights are the float64 fold rounded to the checkpoint dtype
-    shipped_rel, _ = relative_error(_f64_logits(import_model(model, check=False), check_ids), ref)
+    shipped_rel, _ = relative_error(_f64_logits(import_model(model), check_ids), ref)  # checked against itself
     bound = UNFOLD_TOL if next(model.parameters()).dtype == torch.float64 else SHIPPED_TOL
     if shipped_rel > bound:
         raise BadInput(f"unfold check failed: the shipped model differs from the float64 unfold by "

@@ -54,7 +54,8 @@ def check_checkpoint(recipes: list[str] = RECIPES) -> dict:
 
     from .oracle import verify
     model, _ = load_default_checkpoint(torch.float32)
-    graph = import_model(model)  # proven equal to the transformers model first
+    graph = import_model(model)  # checked against the transformers model first (fuzz.importer.check_import)
+    checked = graph.layout.meta["import_check"]  # its floor ("exact" / "float32") goes into the report
     rows = []
     for recipe in recipes:  # verify works on private copies: the checkpoint is loaded once
         proof = verify(T.get(recipe), graph, dtype=torch.float64, batch=1, seq=16, calib_batch=2)
@@ -63,7 +64,8 @@ def check_checkpoint(recipes: list[str] = RECIPES) -> dict:
         rows.append({"recipe": recipe, "float64": proof.status, "float64_rel": proof.max_rel_err,
                      "float32": ships.status, "float32_rel": ships.max_rel_err,
                      "ok": proof.ok and ships.ok})
-    return {"ok": all(r["ok"] for r in rows), "rows": rows}
+    return {"ok": all(r["ok"] for r in rows), "rows": rows,
+            "import_check": {k: checked[k] for k in ("floor", "max_rel_err", "bound", "lengths", "downcasts")}}
 
 
 def run_gate(*, out: str | Path, corpus: str | Path = DEFAULT_ROOT, max_examples: int | None = None,
@@ -126,7 +128,12 @@ def gate_markdown(report: dict) -> str:
     lines += [f"- REGRESSION {r['entry']}: {r['outcome']}: {r['verdict']}" for r in k["regressions"]]
     lines += [f"- CORRUPT {b['path']}: {b['reason']}" for b in k["corrupt"]]
     if "checkpoint" in report["stages"]:
-        lines += ["", "## SmolLM2-135M", "", "| recipe | float64 (imported) | float32 (transformers) |", "|---|---|---|"]
+        lines += ["", "## SmolLM2-135M", ""]
+        ic = report["stages"]["checkpoint"].get("import_check")
+        if ic:
+            lines += [f"Import checked against the transformers model: floor {ic['floor']}, max rel err "
+                      f"{min(ic['max_rel_err'].values()):.2e} (bound {ic['bound']:.2e}) at {ic['lengths']} tokens.", ""]
+        lines += ["| recipe | float64 (imported) | float32 (transformers) |", "|---|---|---|"]
         for r in report["stages"]["checkpoint"]["rows"]:
             lines.append(f"| {r['recipe']} | {r['float64']} {r['float64_rel']:.2e} | {r['float32']} {r['float32_rel']:.2e} |")
     if "quantize-smoke" in report["stages"]:

@@ -32,9 +32,12 @@ def get(name: str, host: str = "graph", **options) -> NamedTransform:
     """The transform ``name`` with ``options``; unknown names list what is available.
 
     ``host="transformers"`` makes it take a transformers model: the model is imported through its
-    recorded dataflow (a GraphModel sharing its parameters), transformed, and, when the transform only
-    edited weights, the transformers model itself (edited in place) is returned; a transform that adds
-    operators returns the GraphModel.
+    recorded dataflow (a GraphModel sharing its parameters) and the import is checked against the model
+    first (:func:`fuzz.importer.check_import`: several lengths past every window, transformers' float32
+    floor; a model the layout cannot reproduce is refused with :class:`~fuzz.errors.BadInput` naming its
+    first divergent module, never transformed into something else).  Then it is transformed and, when the
+    transform only edited weights, the transformers model itself (edited in place) is returned; a
+    transform that adds operators returns the GraphModel.
     """
     if name not in _REGISTRY:
         raise BadInput(f"unknown transform {name!r}; available: {names()}")
@@ -48,7 +51,7 @@ def get(name: str, host: str = "graph", **options) -> NamedTransform:
 def _on_transformers(fn: Callable) -> Callable:
     def run(model, calib, host=None, **options):
         from fuzz.importer import import_model
-        graph = import_model(model, check=False)
+        graph = import_model(model)  # checked: no transform runs on a graph that computes something else
         out = fn(graph, calib, **options)
         if out is graph and out.layout is graph.layout:
             return model  # weight-only: the shared parameters were edited in place
