@@ -517,6 +517,9 @@ def replay(entry: Entry, *, update: bool = True) -> Replay:
     try:
         status, rel, text = _run(entry)
     except Exception as exc:
+        if meta["kind"] == "mutant":
+            return Replay(entry.name, "lost-teeth", f"{type(exc).__name__}: {exc}", True,
+                          "the mutant could not be built or run: it never ran, so it tested nothing")
         return Replay(entry.name, "unreplayable", f"{type(exc).__name__}: {exc}", True,
                       "the entry could not be re-run")
     outcome, regression, reason = _judge(meta, status)

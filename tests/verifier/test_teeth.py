@@ -77,3 +77,58 @@ def test_gproj_omission_names_the_norm_and_the_skipped_gate_projection():
     fd = verdict.first_divergent
     assert fd["op"] == "norm" and fd["node"] == "l0_attn_norm"
     assert fd["diverging_consumers"] == ["l0_g_proj"]
+
+
+# ------------------------------------------------------------------ a mutant counts only when it ran
+def test_caught_means_the_mutant_ran_and_the_function_broke():
+    """CAUGHT comes from the oracle's FAILING; a raise or a hang is no catch, a refusal is no failure."""
+    from verifier.corpus import CAUGHT
+    from verifier.oracle import FAILING
+    assert "diverged" in CAUGHT and set(CAUGHT) <= set(FAILING)
+    assert not {"error", "timeout", "refused", "invariant", "inconclusive"} & set(CAUGHT)
+
+
+def _mutant_entry(tmp_path, name, spec, **options):
+    """A corpus entry of kind mutant whose meta asks for ``options`` (hand-edited after recording)."""
+    import json
+
+    from verifier.corpus import load_entries, record_failure
+    layout = build(spec)
+    transform = mutants.get(name)
+    path, _ = record_failure(verify(transform, layout), layout, transform, root=tmp_path, kind="mutant")
+    meta = json.loads((path / "meta.json").read_text())
+    meta["transform"]["options"] = options
+    (path / "meta.json").write_text(json.dumps(meta))
+    (entry,), bad = load_entries(tmp_path)
+    assert not bad
+    return entry
+
+
+@pytest.mark.parametrize("options", [{"seed": "abc"}, {"no_such_option": 1}], ids=["raises-in-run", "cannot-build"])
+def test_a_mutant_whose_options_make_it_raise_is_lost_teeth(tmp_path, options):
+    from verifier.corpus import replay
+    entry = _mutant_entry(tmp_path, "gproj_omission", DecoderSpec(attn_gate="head_softplus"), **options)
+    result = replay(entry, update=False)
+    assert result.outcome == "lost-teeth" and result.regression, result
+    assert "never ran" in result.reason
+
+
+def test_a_mutant_that_refuses_is_lost_teeth(tmp_path):
+    from verifier.corpus import replay
+    # pair-pca (under pair_reflection) refuses a q/k norm before RoPE: the mutant never runs there
+    entry = _mutant_entry(tmp_path, "pair_reflection", DecoderSpec(qk_norm="per_head"))
+    result = replay(entry, update=False)
+    assert result.outcome == "lost-teeth" and result.regression and "refused" in result.reason
+
+
+def test_every_mutant_entry_of_the_repo_corpus_is_caught_by_running():
+    """Each kind-mutant entry in corpus/ replays as caught, with a status in CAUGHT (not an error)."""
+    from verifier.corpus import CAUGHT, DEFAULT_ROOT, load_entries, replay
+    entries, bad = load_entries(DEFAULT_ROOT)
+    seen = set()
+    for entry in (e for e in entries if e.meta["kind"] == "mutant"):
+        result = replay(entry, update=False)
+        assert result.outcome == "still-failing" and not result.regression, (entry.path, result)
+        assert result.verdict.startswith(tuple(f"[{s}]" for s in CAUGHT)), (entry.path, result.verdict)
+        seen.add(entry.meta["transform"]["name"])
+    assert seen == set(mutants.names()), f"mutants without a corpus entry: {set(mutants.names()) - seen}"
