@@ -84,6 +84,11 @@ from fuzz.materialize import GraphModel
 from verifier.transform import Calibration, NamedTransform
 
 FEATURE = "not-a-transformers-family"
+#: ``precision`` option: ``transformers`` (its float32 RMSNorm/RoPE/router policy: a float64 verdict is blind
+#: below ~1e-7) or ``float64`` (a GraphModel subject converted, rotated and run float64 everywhere, so the
+#: bare conversion, ``hf-bridge``, is exact and a float64 verdict sees the peer's own arithmetic; campaigns
+#: run peers this way).
+PRECISIONS = ("transformers", "float64")
 SPINQUANT_ITERS = 2
 
 # name -> (config, data_type); config None = no auto-round call (the control)
@@ -153,6 +158,18 @@ class ExactFloat64(nn.Module):
     def forward(self, input_ids, **kwargs):
         with float64_everywhere(self.default_dtype):
             return self.model(input_ids, **kwargs)
+
+
+def _forward_float64(model: nn.Module) -> nn.Module:
+    """``model`` with its forward run under :func:`float64_everywhere`; module names unchanged, so the
+    oracle still matches its nodes (``lm_head``) to the layout's."""
+    inner = model.forward
+
+    def forward(*args, **kwargs):
+        with float64_everywhere():
+            return inner(*args, **kwargs)
+    model.forward = forward
+    return model
 
 
 # ---------------------------------------------------------------------------------------- bridge
@@ -238,7 +255,15 @@ class Peer:
         return cfg
 
     def __call__(self, model: nn.Module, calib: Calibration, block_size: int | None = None,
-                 spinquant_dtype: str = "model", seed: int | None = None) -> nn.Module:
+                 spinquant_dtype: str = "model", seed: int | None = None,
+                 precision: str = "transformers") -> nn.Module:
+        if precision not in PRECISIONS:
+            raise BadInput(f"peer option precision must be one of {PRECISIONS}, got {precision!r}")
+        if precision == "float64" and isinstance(model, GraphModel):
+            with float64_everywhere():  # RoPE tables built at init in float64 too
+                hf = _transformers_model(self.name, model)
+            rotated = self(ExactFloat64(hf), calib, block_size, spinquant_dtype, seed)
+            return _forward_float64(rotated.model)
         outer = model if isinstance(model, ExactFloat64) else None
         hf = _transformers_model(self.name, outer.model if outer is not None else model)
         self.last = report = {"peer": self.name}
@@ -288,5 +313,5 @@ def peer(name: str) -> Peer:
 
 
 def get(name: str, **options) -> NamedTransform:
-    """The peer called ``name`` with ``options`` (``block_size``, ``spinquant_dtype``, ``seed``)."""
+    """The peer called ``name`` with ``options`` (``block_size``, ``spinquant_dtype``, ``seed``, ``precision``)."""
     return NamedTransform(name, peer(name), options, registry="quant.peers")

@@ -1,144 +1,261 @@
 """A layout-discovery campaign: every named transform against hypothesis-drawn layouts.
 
-Per transform, one hypothesis run under the chosen profile: each drawn layout is verified in float64;
-the first failure (diverged, error, non-finite) stops that transform's search and hypothesis shrinks
-it to a minimal layout, which the summary keeps with its verdict and repro.  Refusals are honest
-outcomes and are counted, not failed; inconclusive comparisons (every position after a MoE near-tie)
-are counted separately.
+Per transform, one hypothesis run of exactly the budget (phases explicit / reuse / generate / target, no
+shrinking): each drawn layout is verified in the campaign dtype with a per-example timeout, and the search
+goes on after a failure.  Failing verdicts are grouped by a cheap key (status, first divergent op kind, and
+for a crash its exception type and location); one representative per group is reduced by delta debugging
+(:mod:`verifier.reduce`) while the same key reproduces, and its corpus signature (transform, stage,
+symptom, first divergent op kind, minimal feature set: :func:`verifier.corpus.signature`) is computed on
+the reduced layout.  Distinct signatures are reported once each.
+
+A signature that names an existing corpus entry (any status) is reported as *known*, with the entry path.
+Mutants (registry ``verifier.mutants``) are reported as *caught* (kind ``mutant``) and never written.  Only
+a new break of a real transform is written to the corpus (atomically, :func:`~verifier.corpus.record_failure`)
+and makes the campaign fail.  Refusals are honest outcomes and are counted; inconclusive and degenerate
+comparisons are counted separately.
+
+Third-party peers (registry ``quant.peers``) run in a float64 campaign with ``precision="float64"``: the
+subject is converted and run float64 everywhere, so the bare conversion (``hf-bridge``) is exact and a
+verdict sees the peer's own arithmetic, not transformers' float32 RMSNorm/RoPE.  A break found that way
+is also known when an entry of the same peer recorded at its default precision has the same signature.
 
 The summary (JSON + markdown, written atomically) lists the layouts tried, per-feature coverage,
-per-transform outcomes and worst errors, and the failures.
+per-transform outcomes, worst errors, seconds, the peers' precision mode, and new / known / caught failures.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections import Counter
 from pathlib import Path
 
 import torch
-from hypothesis import given, seed as hypothesis_seed, settings
+from hypothesis import Phase, given, seed as hypothesis_seed, settings
 
 import fuzz.profiles  # noqa: F401
 from fuzz import strategies as S
-from fuzz.layout import atomic_write_text
+from fuzz.errors import BadInput
+from fuzz.layout import Layout, atomic_write_text
 
-from .oracle import Verdict, verify
+from .oracle import FAILING, Verdict, verify
 from .registry import resolve
+from .transform import NamedTransform
 
-FAILING = ("diverged", "error", "non-finite")
-
-
-class _Found(Exception):
-    def __init__(self, verdict: Verdict, features: list[str]):
-        self.verdict, self.features = verdict, features
-        super().__init__(str(verdict))
+PER_EXAMPLE_TIMEOUT = 60.0  # seconds; a transform that hangs longer gets a ``timeout`` verdict
+REDUCE_STEPS = 60  # candidates tried per reduced failure (a count, so a derandomized run reproduces)
+PEER_MODE = {"float64": "float64 everywhere (hf-bridge floor 0)",
+             "transformers": "transformers float32 policy (float64 verdicts blind below ~1e-7)"}
 
 
-def run_campaign(transforms: list[str], *, profile: str = "dev", max_examples: int | None = None,
+def campaign_transform(name: str | NamedTransform, dtype: torch.dtype = torch.float64) -> NamedTransform:
+    """``name`` resolved for a campaign: a peer gets ``precision="float64"`` in a float64 campaign."""
+    if isinstance(name, NamedTransform):
+        return name
+    transform = resolve(name)
+    if transform.registry == "quant.peers" and dtype == torch.float64:
+        transform = resolve(name, precision="float64")
+    return transform
+
+
+def _kind(transform: NamedTransform) -> str:
+    return "mutant" if transform.registry == "verifier.mutants" else "finding"
+
+
+def _group_key(verdict: Verdict) -> tuple:
+    """Cheap key of a failing verdict: status, first divergent op, and what and where a crash raised."""
+    op = (verdict.first_divergent or {}).get("op")
+    detail = None
+    if verdict.status == "error":
+        m = re.search(r"raised (\w+).*\(at ([^()]*)\)\s*$", verdict.message, re.S)
+        detail = m.groups() if m else re.sub(r"\d+(\.\d+)?(e[+-]?\d+)?", "#", verdict.message)[:120]
+    return verdict.status, op, detail
+
+
+def _stage(verdict: Verdict) -> str:
+    """As the corpus seeds it: a crash of the transform itself is stage ``transform``."""
+    return "transform" if verdict.status == "error" and verdict.message.startswith("transform raised") else "verify"
+
+
+def run_campaign(transforms: list[str | NamedTransform], *, profile: str = "dev", max_examples: int | None = None,
                  seed: int | None = None, constraints: dict | None = None, progress: bool = True,
-                 dtype: torch.dtype = torch.float64, corpus: str | Path | None = None) -> dict:
+                 dtype: torch.dtype = torch.float64, corpus: str | Path | None = None, record: bool = True,
+                 per_example_timeout: float | None = PER_EXAMPLE_TIMEOUT,
+                 reduce_steps: int = REDUCE_STEPS) -> dict:
     """Run the campaign and return its summary dict (see the module docstring).
 
-    With ``corpus``, each failure is reduced (:mod:`verifier.reduce`) and written there as an entry.
+    ``corpus``: the entries that make a failure *known*, and where new ones are written (``record``).
     """
     constraints = constraints or {}
     base = settings.get_profile(profile)
-    budget = max_examples or base.max_examples
-    resolved = [resolve(name) for name in transforms]
+    budget = base.max_examples if max_examples is None else max_examples
+    resolved = [campaign_transform(name, dtype) for name in transforms]
+    known = _known_signatures(corpus)
     features: Counter = Counter()
     layouts_seen: set[str] = set()
     per_transform: dict[str, dict] = {}
     failures: list[dict] = []
     started = time.perf_counter()
+    phases = [p for p in base.phases if p != Phase.shrink]
 
     bar = _Progress(progress, budget, [t.name for t in resolved])
     with bar:
         for transform in resolved:
-            stats = {"examples": 0, "status": Counter(), "worst_rel_err": 0.0}
+            t0 = time.perf_counter()
+            stats = {"examples": 0, "status": Counter(), "worst_rel_err": 0.0, "kind": _kind(transform)}
+            if transform.registry == "quant.peers":
+                stats["precision"] = PEER_MODE[transform.options.get("precision", "transformers")]
             per_transform[transform.name] = stats
+            groups: dict[tuple, dict] = {}
 
-            @settings(base, max_examples=budget)
+            @settings(base, max_examples=budget, phases=phases)
             @given(layout=S.layouts(**constraints), weight_seed=S.seeds())
             def prop(layout, weight_seed):
-                verdict = verify(transform, layout, seed=weight_seed % 1000, dtype=dtype)
                 stats["examples"] += 1
-                stats["status"][verdict.status] += 1
-                if verdict.max_rel_err is not None:
-                    stats["worst_rel_err"] = max(stats["worst_rel_err"], verdict.max_rel_err)
                 if layout.hash() not in layouts_seen:
                     layouts_seen.add(layout.hash())
                     features.update(layout.features())
                 bar.advance(transform.name)
+                try:
+                    verdict = verify(transform, layout, seed=weight_seed % 1000, dtype=dtype,
+                                     timeout=per_example_timeout)
+                except BadInput as exc:  # the drawn subject itself is unusable: counted, never a pass
+                    stats["status"]["bad-subject"] += 1
+                    stats.setdefault("bad_subject_example", str(exc)[:300])
+                    return
+                stats["status"][verdict.status] += 1
+                if verdict.max_rel_err is not None:
+                    stats["worst_rel_err"] = max(stats["worst_rel_err"], verdict.max_rel_err)
                 if verdict.status in FAILING:
-                    raise _Found(verdict, layout.features())
+                    group = groups.setdefault(_group_key(verdict), {"verdict": verdict, "layout": layout, "count": 0})
+                    group["count"] += 1
 
             if seed is not None:
                 prop = hypothesis_seed(seed)(prop)
-            try:
-                prop()
-            except _Found as found:  # hypothesis re-raises the minimal (shrunk) failing example
-                v = found.verdict
-                failure = {"transform": transform.name, "status": v.status, "verdict": v.to_dict(),
-                           "features": found.features, "minimal_layout": json.loads(v.layout_json),
-                           "repro": v.repro()}
-                if corpus is not None:
-                    failure["corpus_entry"], failure["new_entry"] = _to_corpus(transform, v, corpus, dtype)
-                failures.append(failure)
+            prop()
+            found = {}
+            for key, group in groups.items():
+                failure = _classify(transform, key, group, known, dtype, reduce_steps, per_example_timeout)
+                if failure["signature"] in found:  # two keys reduced to one signature
+                    found[failure["signature"]]["examples_failing"] += failure["examples_failing"]
+                    continue
+                if failure["kind"] == "finding" and not failure["known"] and corpus is not None and record:
+                    failure["corpus_entry"], failure["new_entry"] = _record(transform, failure, corpus)
+                    known[failure["signature"]] = failure["corpus_entry"]
+                found[failure["signature"]] = failure
+            failures += found.values()
             stats["status"] = dict(stats["status"])
+            stats["failures"] = {outcome: sum(f["outcome"] == outcome for f in found.values())
+                                 for outcome in ("new", "known", "caught")}
+            stats["seconds"] = round(time.perf_counter() - t0, 2)
+    new = [f for f in failures if f["outcome"] == "new"]
     return {
         "profile": profile, "max_examples": budget, "seed": seed, "dtype": str(dtype).removeprefix("torch."),
         "constraints": constraints, "transforms": [t.name for t in resolved],
+        "per_example_timeout": per_example_timeout, "corpus": None if corpus is None else str(corpus),
         "layouts_tried": len(layouts_seen), "features": dict(sorted(features.items())),
-        "per_transform": per_transform, "failures": failures,
-        "seconds": round(time.perf_counter() - started, 2), "ok": not failures,
+        "per_transform": per_transform, "failures": [_public(f) for f in failures],
+        "new_findings": len(new), "known_failures": sum(f["outcome"] == "known" for f in failures),
+        "mutants_caught": sum(f["outcome"] == "caught" for f in failures),
+        "seconds": round(time.perf_counter() - started, 2), "ok": not new,
     }
 
 
-def _to_corpus(transform, verdict: Verdict, root, dtype) -> tuple[str, bool]:
-    """Reduce the failing layout while the same symptom at the same op reproduces, then record it."""
-    from fuzz.layout import Layout
-
-    from .corpus import record_failure
+def _classify(transform: NamedTransform, key: tuple, group: dict, known: dict, dtype, reduce_steps: int,
+              timeout) -> dict:
+    """Reduce a group's representative while its key reproduces; its signature, known entry and outcome."""
+    from .corpus import _transform_record, signature
     from .reduce import reduce_layout
-    op = (verdict.first_divergent or {}).get("op")
+    verdict, layout = group["verdict"], group["layout"]
+    record = _transform_record(transform)
+    steps = 0
+    if verdict.status != "timeout":  # reducing a hang would cost a timeout per candidate
 
-    def same(candidate):
-        v = verify(transform, candidate, seed=verdict.seed, dtype=dtype)
-        return v.status == verdict.status and (v.first_divergent or {}).get("op") == op
+        def same(candidate: Layout) -> bool:
+            try:
+                v = verify(transform, candidate, seed=verdict.seed, dtype=dtype, timeout=timeout)
+            except BadInput:
+                return False
+            return v.status in FAILING and _group_key(v) == key
 
-    layout, _ = reduce_layout(Layout.from_json(verdict.layout_json), same)
-    final = verify(transform, layout, seed=verdict.seed, dtype=dtype)
-    path, created = record_failure(final, layout, transform, root=root)
+        reduced, steps = reduce_layout(layout, same, max_steps=reduce_steps)
+        if reduced is not layout:
+            layout = reduced
+            verdict = verify(transform, layout, seed=verdict.seed, dtype=dtype, timeout=timeout)
+    stage, op = _stage(verdict), (verdict.first_divergent or {}).get("op")
+    sig = signature(record, stage, verdict.status, op, layout.features())
+    alike = [sig]
+    if record["registry"] == "quant.peers" and "precision" in record["options"]:  # same break, default precision
+        plain = {**record, "options": {k: v for k, v in record["options"].items() if k != "precision"}}
+        alike.append(signature(plain, stage, verdict.status, op, layout.features()))
+    entry = next((known[s] for s in alike if s in known), None)
+    kind = _kind(transform)
+    outcome = "caught" if kind == "mutant" else ("known" if entry else "new")
+    return {"transform": transform.name, "registry_name": record["registry_name"], "options": record["options"],
+            "kind": kind, "outcome": outcome, "known": entry is not None, "corpus_entry": entry, "new_entry": False,
+            "status": verdict.status, "stage": stage, "signature": sig, "examples_failing": group["count"],
+            "reduce_steps": steps, "verdict": verdict.to_dict(), "features": layout.features(),
+            "minimal_layout": json.loads(layout.to_json()), "repro": verdict.repro(),
+            "_verdict": verdict, "_layout": layout}
+
+
+def _known_signatures(corpus) -> dict[str, str]:
+    """``{signature: entry path}`` of every readable entry under ``corpus``."""
+    if corpus is None:
+        return {}
+    from .corpus import load_entries
+    entries, _ = load_entries(corpus)
+    return {e.meta.get("signature", e.name): str(e.path) for e in entries}
+
+
+def _record(transform: NamedTransform, failure: dict, root) -> tuple[str, bool]:
+    from .corpus import record_failure
+    path, created = record_failure(failure["_verdict"], failure["_layout"], transform, root=root,
+                                   stage=failure["stage"])
     return str(path), created
 
 
+def _public(failure: dict) -> dict:
+    return {k: v for k, v in failure.items() if not k.startswith("_")}
+
+
 def summary_markdown(summary: dict) -> str:
+    new, known, caught = (summary["new_findings"], summary["known_failures"], summary["mutants_caught"])
+    result = f"{new} new finding(s)" if new else "no new findings"
     lines = [f"# archfuzz campaign ({summary['profile']}, {summary['max_examples']} examples per transform, "
              f"{summary['dtype']})", "",
-             f"Layouts tried: {summary['layouts_tried']}; time {summary['seconds']} s; "
-             f"result: {'no failures' if summary['ok'] else str(len(summary['failures'])) + ' failure(s)'}", "",
-             "| transform | examples | invariant | refused | inconclusive | failed | worst rel err |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             f"Layouts tried: {summary['layouts_tried']}; time {summary['seconds']} s; result: {result}; "
+             f"{known} known failure(s); {caught} mutant failure(s) caught", "",
+             "| transform | examples | invariant | refused | other | failed | worst rel err | new | known | caught "
+             "| seconds | mode |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for name, st in summary["per_transform"].items():
         s = st["status"]
         failed = sum(s.get(k, 0) for k in FAILING)
-        lines.append(f"| {name} | {st['examples']} | {s.get('invariant', 0)} | {s.get('refused', 0)} | "
-                     f"{s.get('inconclusive', 0)} | {failed} | {st['worst_rel_err']:.2e} |")
+        other = sum(s.values()) - failed - s.get("invariant", 0) - s.get("refused", 0)
+        f = st.get("failures", {})
+        lines.append(f"| {name} | {st['examples']} | {s.get('invariant', 0)} | {s.get('refused', 0)} | {other} | "
+                     f"{failed} | {st['worst_rel_err']:.2e} | {f.get('new', 0)} | {f.get('known', 0)} | "
+                     f"{f.get('caught', 0)} | {st.get('seconds', '')} | {st.get('precision', '')} |")
     lines += ["", "| feature | layouts |", "|---|---:|"]
     lines += [f"| {f} | {n} |" for f, n in summary["features"].items()]
     for f in summary["failures"]:
         v = f["verdict"]
-        lines += ["", f"## {f['transform']}: {f['status']}", "", f"- {v['message']}",
-                  f"- first divergent node: {v['first_divergent']}", f"- features: {', '.join(f['features'])}",
-                  "", "```python", f["repro"].rstrip(), "```"]
+        where = f"known: {f['corpus_entry']}" if f["outcome"] == "known" else (
+            f"new: {f['corpus_entry'] or 'not recorded'}" if f["outcome"] == "new" else "mutant caught")
+        lines += ["", f"## {f['transform']}: {f['status']} ({where})", "", f"- {v['message']}",
+                  f"- first divergent node: {v['first_divergent']}", f"- signature: {f['signature']} "
+                  f"(stage {f['stage']}, {f['examples_failing']} failing example(s))",
+                  f"- features: {', '.join(f['features'])}"]
+        if f["outcome"] == "new":
+            lines += ["", "```python", f["repro"].rstrip(), "```"]
     return "\n".join(lines) + "\n"
 
 
 def write_summary(summary: dict, out_dir: str | Path) -> tuple[Path, Path]:
     out = Path(out_dir)
-    js = atomic_write_text(out / "summary.json", json.dumps(summary, indent=1, sort_keys=True))
+    js = atomic_write_text(out / "summary.json", json.dumps(summary, indent=1, sort_keys=True, default=str))
     md = atomic_write_text(out / "summary.md", summary_markdown(summary))
     return js, md
 
