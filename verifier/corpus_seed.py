@@ -5,8 +5,9 @@ and with the refusals the transform library must keep making.
 
 Each mutant's minimal failing layout is found by hypothesis (``find`` shrinks it) under the mutant's
 applicability constraints, reduced further by :func:`verifier.reduce.reduce_layout`, and recorded with
-``kind = "mutant"``.  Each expected refusal is a small layout on which a real transform must refuse
-(status ``expected-refusal``): silently transforming it later would be a regression.
+``kind = "mutant"``, only when it ran and the oracle caught it (``verifier.corpus.CAUGHT``).  Each
+expected refusal is a small layout on which a real transform must refuse (status ``expected-refusal``):
+silently transforming it later would be a regression.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from hypothesis import HealthCheck, find, settings
 from fuzz import DecoderSpec, LayerSpec, build, strategies as S
 
 from . import mutants
-from .corpus import DEFAULT_ROOT, record_failure
+from .corpus import CAUGHT, DEFAULT_ROOT, record_failure
 from .oracle import verify
 from .reduce import reduce_layout
 from .registry import resolve
@@ -50,6 +51,8 @@ def seed_mutants(root: Path, names: list[str] | None = None) -> list[tuple[str, 
         layout, _ = reduce_layout(layout, lambda c: (v := verify(transform, c)).status == "diverged"
                                   and (v.first_divergent or {}).get("op") == op)
         verdict = verify(transform, layout)
+        if verdict.status not in CAUGHT:  # never record a mutant that did not run and break the function
+            raise AssertionError(f"mutant {name} is not caught on its reduced layout: {verdict}")
         path, created = record_failure(verdict, layout, transform, root=root, kind="mutant",
                                        note=f"known-buggy transform {name} (verifier/mutants.py)")
         out.append((name, path, created))
