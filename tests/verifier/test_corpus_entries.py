@@ -118,3 +118,27 @@ def test_corrupt_entries_are_reported_by_path_and_do_not_stop_the_others(tmp_pat
     assert len(entries) == 1 and len(bad) == 1
     assert bad[0][0] == broken and reason in bad[0][1]
     assert replay(entries[0], update=False).outcome == "still-failing"
+
+
+@pytest.mark.parametrize("kind, status, replayed, outcome, regression", [
+    ("mutant", "open", "diverged", "still-failing", False),
+    ("mutant", "open", "non-finite", "still-failing", False),
+    ("mutant", "open", "error", "lost-teeth", True),      # raised: never ran
+    ("mutant", "open", "timeout", "lost-teeth", True),    # never finished
+    ("mutant", "open", "refused", "lost-teeth", True),
+    ("mutant", "open", "invariant", "lost-teeth", True),
+    ("mutant", "open", "degenerate", "lost-teeth", True),
+    ("finding", "open", "error", "still-failing", False),  # a transform that crashes is a finding
+    ("finding", "open", "invariant", "fixed-now", False),
+    ("finding", "open", "inconclusive", "unproven", True),  # proves nothing: never a silent "fixed"
+    ("finding", "fixed", "degenerate", "unproven", True),
+    ("finding", "fixed", "diverged", "regression", True),
+    ("finding", "fixed", "refused", "ok", False),
+    ("finding", "expected-refusal", "refused", "still-refusing", False),
+    ("finding", "expected-refusal", "diverged", "regression", True),
+    ("finding", "expected-refusal", "invariant", "ok", False),
+])
+def test_replay_judgement(kind, status, replayed, outcome, regression):
+    from verifier.corpus import _judge
+    got = _judge({"kind": kind, "status": status}, replayed)
+    assert got[:2] == (outcome, regression) and (got[2] != "") == regression, got
