@@ -85,17 +85,17 @@ def cmd_fuzz(args) -> int:
     js, md = write_summary(summary, out)
     console = Console()
     console.print(summary_markdown(summary).split("\n| feature")[0])
-    for f in summary["failures"]:
+    for f in summary["failures"]:  # plain lines: paths are not wrapped, brackets are not markup
         if f["outcome"] == "new":
             where = f["corpus_entry"] or "not recorded (--no-corpus)"
-            console.print(f"NEW {f['transform']}: {f['status']} ({', '.join(f['features'])}): {where}")
+            print(f"NEW {f['transform']}: {f['status']} ({', '.join(f['features'])}): {where}")
         elif f["outcome"] == "known":
-            console.print(f"known {f['transform']}: {f['status']}: {f['corpus_entry']}")
+            print(f"known {f['transform']}: {f['status']}: {f['corpus_entry']}")
         else:
-            console.print(f"mutant caught {f['transform']}: {f['status']}"
-                          + (f": {f['corpus_entry']}" if f["corpus_entry"] else ""))
-    console.print(f"{summary['new_findings']} new finding(s), {summary['known_failures']} known, "
-                  f"{summary['mutants_caught']} mutant failure(s) caught; summary: {js}  {md}")
+            print(f"mutant caught {f['transform']}: {f['status']}"
+                  + (f": {f['corpus_entry']}" if f["corpus_entry"] else ""))
+    print(f"{summary['new_findings']} new finding(s), {summary['known_failures']} known, "
+          f"{summary['mutants_caught']} mutant failure(s) caught; summary: {js}  {md}", flush=True)
     return 0 if summary["ok"] else 1
 
 
