@@ -11,7 +11,8 @@ The check (:func:`check_import`).  The recording ids, then batch-2 ids at severa
 (:func:`check_lengths`): 24 and 64 tokens and ``2 W + 8`` for the largest span ``W`` any window / chunk /
 local-span field of the config names (the recorder sees no mask, so a window only shows past ``W``
 tokens), capped by ``max_position_embeddings``.  The source runs in its own precision policy; the
-GraphModel under both of its policies, and the better one is kept.  The error is
+GraphModel under the policy that matches it (``"transformers"`` when the source computes in float32),
+and under the other one too unless the first is exact; the better one is kept.  The error is
 ``e = max|a - b| / max|b|`` on the logits, the max over every checked length.  Bound:
 
 * ``exact`` floor: ``e <= 1e-10`` in float64 (1e-4 in float32);
@@ -25,7 +26,7 @@ GraphModel under both of its policies, and the better one is kept.  The error is
   divergence measured (a dropped 8-token window in Starcoder2: 0.11).
 
 The GraphModel's ``layout.meta["import_check"]`` records it: ``lengths``, ``batch``, ``max_rel_err`` per
-policy, ``numerics`` (the better one), ``bound``, ``floor`` (``"exact"`` | ``"float32"``), ``downcasts``
+policy run, ``numerics`` (the better one), ``bound``, ``floor`` (``"exact"`` | ``"float32"``), ``downcasts``
 (their count and the torch calls), ``spans`` (the config fields read).  A refusal (:class:`BadInput`)
 names the length at which the logits part, the first divergent node in execution order with its source
 module and error (node outputs against the outputs / inputs of the source modules, by hooks on both), and
@@ -305,26 +306,33 @@ def check_import(model: nn.Module, graph_model: GraphModel, ids: torch.Tensor) -
     gen = torch.Generator().manual_seed(0)
     batches = [ids] + [torch.randint(0, vocab, (CHECK_BATCH, n), generator=gen).to(ids.device) for n in lengths]
     counter = _Float32Calls()
-    rows = []
-    for k, x in enumerate(batches):
-        with counter if k == 0 else contextlib.nullcontext():
-            want = _checked_source_logits(model, x)
-        rows.append({policy: _rel(_graph_logits(graph_model, x, policy), want) for policy in NUMERICS})
-    worst = {policy: max(row[policy] for row in rows) for policy in NUMERICS}
-    best = min(NUMERICS, key=lambda p: worst[p])
+    with counter:
+        wants = [_checked_source_logits(model, batches[0])]
+    wants += [_checked_source_logits(model, x) for x in batches[1:]]
     downcasts = sum(counter.downcasts.values())
     computes_float32 = dtype == torch.float64 and downcasts + counter.float32_ops > 0
+    # the policy the source's own numerics suggest first; the other only if the first is not exact
+    policies = ("transformers", "exact") if downcasts + counter.float32_ops else ("exact", "transformers")
+    rows: list[dict[str, float]] = [{} for _ in batches]
+    for policy in policies:
+        for row, x, want in zip(rows, batches, wants):
+            row[policy] = _rel(_graph_logits(graph_model, x, policy), want)
+        if max(row[policy] for row in rows) <= tol:
+            break
+    worst = {policy: max(row[policy] for row in rows) for policy in rows[0]}
+    best = min(worst, key=worst.get)
     n_attention = max(len(graph_model.layout.of_op("attention")), 1)
     floor_bound = FLOAT32_FACTOR * FLOAT32_EPS * math.sqrt(n_attention)
     bound = floor_bound if computes_float32 else tol
     record_ = {"lengths": [list(x.shape) for x in batches], "batch": CHECK_BATCH, "max_rel_err": worst,
-               "numerics": best, "bound": bound, "exact_bound": tol, "dtype": str(dtype).removeprefix("torch."),
-               "downcasts": downcasts, "downcast_calls": dict(sorted(counter.downcasts.items())),
-               "float32_ops": counter.float32_ops, "spans": spans, "max_positions": cap}
+               "numerics": best, "exact_bound": tol, "float32_bound": floor_bound if computes_float32 else None,
+               "dtype": str(dtype).removeprefix("torch."), "downcasts": downcasts,
+               "downcast_calls": dict(sorted(counter.downcasts.items())), "float32_ops": counter.float32_ops,
+               "spans": spans, "max_positions": cap}
     if worst[best] <= tol:
-        return {**record_, "floor": "exact"}
+        return {**record_, "floor": "exact", "bound": tol}
     if computes_float32 and worst[best] <= floor_bound:
-        return {**record_, "floor": "float32"}
+        return {**record_, "floor": "float32", "bound": floor_bound}
     _refuse_import(model, graph_model, batches, rows, best, bound, computes_float32)
 
 
@@ -426,8 +434,11 @@ def _first_divergent(model: nn.Module, graph_model: GraphModel, x: torch.Tensor,
             if err is None:
                 continue
             if err > bound:
+                routers = [r for r in layout.inputs(n) if layout.op(r) == "router"]
+                routed = (f" (it reads router {routers[0]!r} of module {paths.get(routers[0])}, whose output is not "
+                          f"compared directly: a routing difference shows here)") if routers else ""
                 return (f"first divergent node {n!r} ({layout.op(n)}) in module {paths[n] or type(model).__name__}: "
-                        f"{err:.3g} relative against {what}")
+                        f"{err:.3g} relative against {what}{routed}")
             break  # the deepest counterpart decides
     return (f"no node output differs beyond {bound:.3g} before the logits ({_rel(logits, want):.3g} at the "
             f"lm_head)")
