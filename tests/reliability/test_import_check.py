@@ -1,0 +1,112 @@
+"""Issue 12, item 0: no proof on an unchecked graph.
+
+Every path that imports a model checks the imported graph against its source first, at several lengths past
+every window in the config (batch 2), at transformers' float32 floor where the source computes in float32,
+and refuses naming the first divergent module otherwise.  Tiny float64 instances are built from each
+transformers config's defaults (``benchmarks/import_check_families.py``, which prints the whole table).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from fuzz.errors import BadInput
+from fuzz.importer import import_model
+
+_spec = importlib.util.spec_from_file_location(
+    "import_check_families", Path(__file__).resolve().parents[2] / "benchmarks" / "import_check_families.py")
+families = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(families)
+
+MISTRAL = "mistral (sliding_window=8)"
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def _calibration(vocab=64):
+    from verifier.transform import Calibration
+    return Calibration(torch.randint(0, vocab, (2, 16), generator=torch.Generator().manual_seed(1)), 0)
+
+
+def test_mistral_sliding_window_is_refused_naming_the_module():
+    """The window (8) is dropped by the layout; at 8 recording tokens nothing shows, at 24 it does."""
+    hf = families.from_config(MISTRAL)
+    with pytest.raises(BadInput) as err:
+        import_model(hf)
+    msg = str(err.value)
+    assert "at (2, 24) token ids" in msg, msg
+    assert "first divergent node 'model_layers_0_self_attn__attention' (attention) in module " \
+           "model.layers.0.self_attn" in msg, msg
+    assert "sliding window: measured" in msg, msg
+
+
+def test_a_window_longer_than_the_default_lengths_is_found_from_the_config():
+    """sliding_window=70 (> 64): the check reads the span from the config and runs at 2 * 70 + 8 tokens."""
+    import transformers as tf
+    cfg = tf.MistralConfig(**{**families.DIMS, "max_position_embeddings": 256}, sliding_window=70)
+    hf = families.randomize(tf.MistralForCausalLM._from_config(cfg, dtype=torch.float64))
+    with pytest.raises(BadInput, match=r"at \(2, 148\) token ids.*in module model\.layers\.0\.self_attn.*"
+                                       r"sliding window"):
+        import_model(hf)
+
+
+@pytest.mark.parametrize("name", ["cohere", "helium", "ernie4_5"])
+def test_a_float32_floor_family_is_accepted_and_labelled(name):
+    hf = families.from_config(name)
+    gm = import_model(hf)
+    check = gm.layout.meta["import_check"]
+    assert check["floor"] == "float32" and check["dtype"] == "float64", check
+    assert check["downcasts"] > 0 and check["bound"] == check["float32_bound"] < 1e-5, check
+    assert 1e-10 < min(check["max_rel_err"].values()) <= check["bound"], check
+    assert [2, 24] in check["lengths"] and [2, 64] in check["lengths"] and check["batch"] == 2, check
+    ids = torch.randint(0, 64, (2, 64), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        got = gm(ids)
+    want = _logits(hf, ids)
+    assert ((got - want).abs().max() / want.abs().max()).item() <= check["bound"]
+
+
+@pytest.mark.parametrize("name", ["glm4_moe", "mpt", MISTRAL])
+def test_the_transformers_host_path_refuses_instead_of_transforming_something_else(name):
+    """bbt-spectral on the host path used to return a GraphModel computing another function."""
+    import quant.transforms as T
+    hf = families.from_config(name)
+    ids = torch.randint(0, 64, (1, 32), generator=torch.Generator().manual_seed(2))
+    before = _logits(hf, ids)
+    with pytest.raises(BadInput, match=r"the import is not exact.*first divergent node .* in module model\.|"
+                                       r"the import is not exact.*first divergent node .* in module transformer\."):
+        T.get("bbt-spectral", host="transformers")(hf, _calibration())
+    assert torch.equal(_logits(hf, ids), before)  # refused before any weight was edited
+
+
+def test_mixed_dtype_parameters_are_refused_not_a_traceback():
+    """GLM-4-MoE built in float64 keeps its router in float32: the graph cannot run; BadInput says so."""
+    import transformers as tf
+    prefix, extra = families.CONFIG_FAMILIES["glm4_moe"]
+    cfg = tf.Glm4MoeConfig(**families.DIMS, **extra)
+    hf = families.randomize(tf.Glm4MoeForCausalLM._from_config(cfg, dtype=torch.float64,
+                                                                 experts_implementation="eager"))
+    assert hf.model.layers[1].mlp.gate.weight.dtype == torch.float32
+    with pytest.raises(BadInput, match=r"Glm4MoeForCausalLM: the imported graph does not run"):
+        import_model(hf)
+
+
+def test_quantize_import_path_is_checked():
+    """archfuzz quantize's oracle gate and its T1 preparation import through the check (no quantization)."""
+    from quant.quantize import gate, prepare
+    with pytest.raises(BadInput, match=r"sliding window"):
+        gate(families.from_config(MISTRAL), "bbt-absorb")
+    hf = families.from_config("glm4_moe")
+    calib = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(3))
+    with pytest.raises(BadInput, match=r"first divergent node 'model_layers_1_mlp_experts'"):
+        prepare(hf, "bbt-spectral", calib)
+    assert all(m.weight.shape[1] == m.in_features for m in hf.modules() if isinstance(m, torch.nn.Linear))
+    verdict = gate(families.from_registry("llama"), "bbt-absorb")  # a faithful import still gets its proof
+    assert verdict.ok, verdict
