@@ -48,7 +48,7 @@ from fuzz.layout import Layout, atomic_write_text
 from fuzz.materialize import materialize
 
 from .oracle import FAILING, Verdict, verify
-from .registry import available, resolve
+from .registry import REGISTRIES, available, resolve
 from .tolerance import default_tolerance
 
 STATUSES = ("open", "fixed", "expected-refusal")
@@ -334,6 +334,11 @@ def check_meta(meta, known: dict[str, list[str]] | None = None) -> None:
     elif known is not None:
         name = t.get("registry_name", t["name"])
         prefix, _, bare = name.rpartition(":")
+        if prefix and prefix not in REGISTRIES:
+            raise BadInput(f"transform {name!r}: unknown registry {prefix!r} (registries: {', '.join(REGISTRIES)})")
+        if prefix and prefix not in known:
+            raise BadInput(f"transform {name!r}: registry {prefix!r} ({REGISTRIES[prefix]}) does not import here; "
+                           f"available: {', '.join(known)}")
         if not any(bare in names for reg, names in known.items() if not prefix or reg == prefix):
             listing = "; ".join(f"{reg}: {', '.join(n)}" for reg, n in known.items())
             raise BadInput(f"unknown transform {name!r} (known: {listing})")
