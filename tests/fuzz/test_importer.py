@@ -1,8 +1,9 @@
 """fuzz.importer: real transformers models imported as GraphModels that share their parameters.
 
-Every import is checked against the source logits: 1e-10 relative with ``numerics="transformers"``
-(float64), 1e-5 with ``numerics="exact"`` (transformers' float32 RMSNorm and RoPE tables differ from
-float64 by about 1e-7).  The round-trip property takes every registered family from
+Every import is checked against the source logits (``fuzz.importer.check_import``: the recording ids, then
+batch 2 at 24, 64 and 2 W + 8 tokens for every window W in the config): here 1e-10 relative with
+``numerics="transformers"`` (float64), 1e-5 with ``numerics="exact"`` (transformers' float32 RMSNorm and
+RoPE tables differ from float64 by about 1e-7).  The round-trip property takes every registered family from
 :func:`fuzz.families.family_cases` through ``to_transformers`` and back and asks for the same graph.
 """
 
@@ -22,7 +23,7 @@ from torch import nn
 from fuzz import GraphModel, materialize, strategies
 from fuzz.errors import BadInput
 from fuzz.families import FAMILIES, family_cases, to_transformers
-from fuzz.importer import export_weights, import_model
+from fuzz.importer import CHECK_LENGTHS, check_lengths, export_weights, import_model
 from fuzz.layout import Layout
 
 TINY = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
@@ -354,6 +355,48 @@ def test_the_check_refuses_an_import_that_computes_something_else():
         assert _rel_err(unchecked(IDS), lm(IDS)) == pytest.approx(0.5)
 
 
+def test_the_check_is_recorded_in_the_layout_meta():
+    """What the check measured travels with the GraphModel: lengths, batch, errors, bound, floor."""
+    hf = _build("llama")
+    gm = import_model(hf, IDS)
+    check = gm.layout.meta["import_check"]
+    assert check["lengths"] == [[2, 8], [2, 24], [2, 64]] and check["batch"] == 2
+    assert check["floor"] == "exact" and check["bound"] == 1e-10 and check["numerics"] == "transformers"
+    assert check["max_rel_err"]["transformers"] <= 1e-10 and check["downcasts"] > 0
+    assert check["max_positions"] == 64 and check["spans"] == {}
+    assert set(gm.layout.meta["module_paths"]) == set(gm.layout.order)
+    assert gm.layout.meta["module_paths"]["model_layers_0_self_attn_q_proj"] == "model.layers.0.self_attn.q_proj"
+    assert import_model(hf, IDS, check=False).layout.meta["import_check"] is None
+    plain = import_model(_DoubledLM().double(), IDS[:, :4], check=False)  # a float64 module with no float32 op
+    back = import_model(plain, IDS[:, :4])
+    assert back.layout.meta["import_check"]["floor"] == "exact"
+    assert back.layout.meta["import_check"]["downcasts"] == 0 and back.layout.meta["import_check"]["float32_ops"] == 0
+
+
+def test_check_lengths_come_from_every_window_field_capped_by_the_positions():
+    """Any int field named window / chunk / local / span, nested configs and lists included; 2 W + 8."""
+    class Config:
+        def __init__(self, **kw):
+            self.kw = kw
+
+        def to_dict(self):
+            return self.kw
+
+    class Holder(nn.Module):
+        def __init__(self, **kw):
+            super().__init__()
+            self.config = Config(**kw)
+
+    assert check_lengths(nn.Linear(2, 2)) == (sorted(CHECK_LENGTHS), {}, None)
+    lengths, spans, cap = check_lengths(Holder(sliding_window=40, chunk_size_feed_forward=0, use_cache=True,
+                                               text_config={"attention_chunk_size": 30,
+                                                            "window_sizes": [4, 50, None]},
+                                               max_position_embeddings=100))
+    assert spans == {"sliding_window": 40, "text_config.attention_chunk_size": 30, "text_config.window_sizes": 50}
+    assert (lengths, cap) == ([24, 64, 100], 100)  # 2 * 50 + 8 = 108, capped at 100
+    assert check_lengths(Holder(sliding_window=None, max_position_embeddings=16))[0] == [16]
+
+
 def test_bad_arguments_are_refused():
     with pytest.raises(BadInput, match="numerics must be one of"):
         import_model(_build("llama"), IDS, numerics="fast")
@@ -446,6 +489,8 @@ def test_smollm2_imports_exactly():
     model, tokenizer = load_default_checkpoint(torch.float32)
     ids = tokenizer("The quick brown fox jumps over the lazy dog", return_tensors="pt").input_ids[:, :8]
     gm = import_model(model, ids)  # check=True: within 1e-4 of the transformers logits
+    assert gm.layout.meta["import_check"]["floor"] == "exact"
+    assert gm.layout.meta["import_check"]["lengths"] == [[1, 8], [2, 24], [2, 64]]
     layout = gm.layout
     assert len(layout.of_op("attention")) == 30 and len(layout.of_op("norm")) == 61
     (emb,) = layout.of_op("embedding")
