@@ -417,9 +417,11 @@ def load_entry(path: Path, known: dict[str, list[str]] | None = None) -> Entry:
 
 
 # ------------------------------------------------------------------ temp leftovers of interrupted writes
-_ENTRY_TEMP = re.compile(r"^\.[0-9a-f]{16}\.[^/]+$")  # _temp_dir: .<sig>.<random>
-# atomic_write_text: .<name>.<random>.tmp (and the older .<file>.<random> of mkstemp)
-_FILE_TEMP = re.compile(r"^\..+\.tmp$|^\.(?:layout\.json|meta\.json|repro\.py)\.[A-Za-z0-9_]+$")
+# exactly the names our writers give (8 random characters), so that nothing else is ever taken for one:
+# _temp_dir's .<sig>.<8 hex> (tempfile.mkdtemp's .<sig>.<8 of [a-z0-9_]> before), atomic_write_text's
+# .<name>.<8 hex>.tmp (tempfile.mkstemp's .<file>.<8 of [a-z0-9_]> before)
+_ENTRY_TEMP = re.compile(r"^\.[0-9a-f]{16}\.[a-z0-9_]{8}$")
+_FILE_TEMP = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$|^\.(?:layout\.json|meta\.json|repro\.py)\.[a-z0-9_]{8}$")
 
 
 @dataclass
@@ -460,10 +462,13 @@ def clean_leftovers(root: str | Path = DEFAULT_ROOT, older_than: float = 3600.0)
     for left in find_leftovers(root):
         if left.age_s < older_than:
             continue
-        if left.what == "entry temp folder":
-            shutil.rmtree(left.path)
-        else:
-            left.path.unlink()
+        try:
+            if left.what == "entry temp folder":
+                shutil.rmtree(left.path)
+            else:
+                left.path.unlink()
+        except FileNotFoundError:  # renamed into place or removed by someone else meanwhile
+            continue
         removed.append(left)
     return removed
 

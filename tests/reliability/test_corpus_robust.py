@@ -226,7 +226,7 @@ def _leftovers(root: Path, age_s: float) -> list[Path]:
     half.mkdir()
     (half / "layout.json").write_text("{")
     new_tmp = root / HEALTHY / ".meta.json.0f1e2d3c.tmp"  # atomic_write_text today
-    old_tmp = root / HEALTHY / ".meta.json.ab_12cd"  # tempfile.mkstemp before
+    old_tmp = root / HEALTHY / ".meta.json.ab_12cd9"  # tempfile.mkstemp before
     new_tmp.write_text("{")
     old_tmp.write_text("{")
     then = time.time() - age_s
@@ -250,8 +250,11 @@ def test_corpus_clean_removes_old_leftovers_and_never_an_entry(tmp_path, capsys)
     root = tmp_path / "corpus"
     damaged = _corpus(root, "stray-file", "empty-folder", "meta-null")
     old = _leftovers(root, 3 * 3600)
-    fresh = root / f".{HEALTHY}.fresh0001"
+    fresh = root / f".{HEALTHY}.fresh001"
     fresh.mkdir()
+    lookalike = root / ".notes.tmp"  # hidden and .tmp, but not a name our writers give: a user's file
+    lookalike.write_text("mine")
+    os.utime(lookalike, (time.time() - 3 * 3600,) * 2)
     before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file() and not any(p.is_relative_to(o) for o in old)
               and p != fresh}
     rc = main(["corpus", "clean", "--root", str(root), "--older-than", "60"])
@@ -261,10 +264,11 @@ def test_corpus_clean_removes_old_leftovers_and_never_an_entry(tmp_path, capsys)
         assert not p.exists() and f"removed {p} (" in out, out
     assert fresh.exists() and str(fresh) not in out  # a writer may still be filling it
     assert {p: p.read_bytes() for p in before} == before  # entries, even corrupt ones, untouched
-    assert all(p.exists() for p in damaged.values())
+    assert all(p.exists() for p in damaged.values()) and lookalike.read_text() == "mine"
     assert "3 temp leftovers older than 60 s removed" in out
     rc = main(["corpus", "clean", "--root", str(root), "--older-than", "0"])
     assert rc == 0 and not fresh.exists() and f"removed {fresh}" in capsys.readouterr().out
+    assert lookalike.exists() and (root / HEALTHY / "meta.json").exists()
 
 
 # ------------------------------------------------------------------ exit codes and bad arguments
