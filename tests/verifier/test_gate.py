@@ -16,7 +16,8 @@ from verifier.corpus import DEFAULT_ROOT
 @pytest.fixture
 def corpus_copy(tmp_path):
     root = tmp_path / "corpus"
-    shutil.copytree(DEFAULT_ROOT, root, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    # the replay harness stays behind; every entry keeps its repro.py (an entry without it is partial)
+    shutil.copytree(DEFAULT_ROOT, root, ignore=shutil.ignore_patterns("test_replay.py", "conftest.py", "__pycache__"))
     return root
 
 
