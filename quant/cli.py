@@ -360,7 +360,12 @@ def cmd_corpus(args) -> int:
     if args.older_than is not None:
         raise BadInput("corpus --older-than: applies to 'corpus clean' only")
     from verifier.corpus_seed import seed
-    for name, path, created in seed(_corpus_dir(args.root, "corpus seed", create=True)):
+    try:
+        made = seed(_corpus_dir(args.root, "corpus seed", create=True))
+    except AssertionError as exc:  # a mutant not caught, or a refusal no longer made: the seed is wrong now
+        print(f"archfuzz corpus seed: {exc}", file=sys.stderr)
+        return 1
+    for name, path, created in made:
         print(f"{'new ' if created else 'kept'} {path.name}  {name}")
     return 0
 
@@ -505,10 +510,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-update", action="store_true", help="do not write outcomes into meta.json")
     r.set_defaults(func=cmd_replay)
     c = sub.add_parser("corpus", help="corpus maintenance: seed, clean",
-                       description="seed: record the mutants and the expected refusals (the folder is created "
-                       "if missing).  clean: remove temp leftovers of interrupted writes (.<sig>.* folders, "
-                       ".<file>.*.tmp files) older than --older-than seconds, never an entry; prints what it "
-                       "removed.  Exit 0, or 2 on bad arguments.")
+                       description="seed: record the mutants, the expected refusals and the known third-party "
+                       "findings (the folder is created if missing); exit 1 when a mutant is not caught or a "
+                       "refusal is not made.  clean: remove temp leftovers of interrupted writes (.<sig>.* "
+                       "folders, .<file>.*.tmp files) older than --older-than seconds, never an entry; prints "
+                       "what it removed.  Exit 0, or 2 on bad arguments.")
     c.add_argument("action", choices=["seed", "clean"])
     c.add_argument("--root", default=str(_corpus_root()), help="corpus folder")
     c.add_argument("--older-than", type=_seconds, default=None, metavar="SECONDS",
