@@ -1,6 +1,7 @@
 """Verified layouts per second: synthesize + materialize + reference transform + float64 verdict.
 
     python benchmarks/bench_verify.py [--examples 300] [--max-hidden 128] [--max-layers 2] [--json out.json]
+                                      [--baseline 3fbf478 | --baseline none]
 
 Small layouts (hidden <= 128, <= 2 layers) drawn by the synthesizer under a fixed seed; each is
 verified with one reference transform (round-robin over the registry).  Stages are timed inside one
@@ -9,15 +10,25 @@ run, side by side:
 * synthesize  -- hypothesis draw of the spec + lowering to the layout graph (validation included)
 * materialize -- layout -> float64 GraphModel with seeded weights
 * transform   -- the reference transform on the oracle's private copy
-* verdict     -- everything else the oracle does (copy, forward passes, hooks, comparison)
+* verdict     -- everything else the oracle does (copy, forward passes, hooks, comparison, and since the
+                 positive control and per-position causality: the probe rows, one backward, the control's
+                 stepped forwards)
+
+Side by side: ``--baseline COMMIT`` (default 3fbf478, the oracle before positive controls and causality
+probes) loads that commit's ``verifier/oracle.py`` from git into this process, and every example is also
+verified by it on the same model with the same transform, the two calls alternating which goes first.
+The table then shows the baseline's verdict time next to today's and their ratio, measured in one run on
+the same machine state (a shared machine moves absolute figures, not the ratio much).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -31,28 +42,58 @@ from fuzz.layout import atomic_write_text  # noqa: E402
 from verifier import reference, verify  # noqa: E402
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def baseline_verify(commit: str):
+    """``verify`` of ``verifier/oracle.py`` at ``commit``, loaded from git into this process (its relative
+    imports resolve to today's ``verifier`` package); None with a message when git cannot provide it."""
+    try:
+        source = subprocess.run(["git", "-C", str(ROOT), "show", f"{commit}:verifier/oracle.py"], check=True,
+                                capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError) as exc:
+        print(f"no baseline: git show {commit}:verifier/oracle.py failed ({exc})", file=sys.stderr)
+        return None
+    module = types.ModuleType("verifier._baseline_oracle")
+    module.__package__ = "verifier"
+    module.__file__ = f"{commit}:verifier/oracle.py"
+    sys.modules[module.__name__] = module
+    exec(compile(source, module.__file__, "exec"), module.__dict__)
+    return module.verify
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--examples", type=int, default=300)
     ap.add_argument("--max-hidden", type=int, default=128)
     ap.add_argument("--max-layers", type=int, default=2)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--baseline", default="3fbf478", help="commit whose oracle runs side by side; 'none' to skip")
     args = ap.parse_args()
+    old_verify = None if args.baseline == "none" else baseline_verify(args.baseline)
     torch.set_num_threads(1)  # tiny matmuls: threading costs more than it saves
 
     names = [n for n in reference.names() if n != "identity"]
     stages = {"synthesize": 0.0, "materialize": 0.0, "transform": 0.0, "verdict": 0.0}
-    body = [0.0]
+    base = {"transform": 0.0, "verdict": 0.0}
     statuses: dict[str, int] = {}
+    base_statuses: dict[str, int] = {}
     count = [0]
 
-    def timed(transform):
+    def timed(transform, into):
         def run(model, calib):
             t0 = time.perf_counter()
             out = transform(model, calib)
-            stages["transform"] += time.perf_counter() - t0
+            into["transform"] += time.perf_counter() - t0
             return out
         return run
+
+    def one_verdict(fn, into, model):
+        """Seconds the verdict took outside the transform, and the verdict."""
+        before = into["transform"]
+        t0 = time.perf_counter()
+        verdict = fn(timed(reference.get(names[count[0] % len(names)], seed=1), into), model, seed=1)
+        return (time.perf_counter() - t0) - (into["transform"] - before), verdict
 
     @seed(20261124)
     @settings(settings.get_profile("dev"), max_examples=args.examples, database=None, phases=["generate"])
@@ -63,13 +104,17 @@ def main() -> None:
         t1 = time.perf_counter()
         model = materialize(layout, seed=weight_seed % 1000)
         t2 = time.perf_counter()
-        before = stages["transform"]
-        verdict = verify(timed(reference.get(names[count[0] % len(names)], seed=1)), model, seed=1)
-        t3 = time.perf_counter()
+        if old_verify is not None and count[0] % 2:  # the baseline first on odd examples
+            old_s, old_v = one_verdict(old_verify, base, model)
+        new_s, verdict = one_verdict(verify, stages, model)
+        if old_verify is not None and not count[0] % 2:
+            old_s, old_v = one_verdict(old_verify, base, model)
+        if old_verify is not None:
+            base["verdict"] += old_s
+            base_statuses[old_v.status] = base_statuses.get(old_v.status, 0) + 1
         stages["synthesize"] += t1 - t0
         stages["materialize"] += t2 - t1
-        stages["verdict"] += (t3 - t2) - (stages["transform"] - before)
-        body[0] += t3 - t0
+        stages["verdict"] += new_s
         statuses[verdict.status] = statuses.get(verdict.status, 0) + 1
         count[0] += 1
         assert verdict.ok or verdict.refused, verdict
@@ -77,7 +122,9 @@ def main() -> None:
     start = time.perf_counter()
     one()
     wall = time.perf_counter() - start
-    stages["synthesize"] += wall - body[0]  # hypothesis' own drawing time counts as synthesis
+    spent = sum(stages.values()) + sum(base.values())
+    stages["synthesize"] += wall - spent  # hypothesis' own drawing time counts as synthesis
+    wall -= sum(base.values())  # the baseline's calls are not part of today's pipeline
     rate = count[0] / wall
     result = {"examples": count[0], "wall_s": round(wall, 3), "layouts_per_s": round(rate, 1),
               "target_per_s": 100, "stages_s": {k: round(v, 3) for k, v in stages.items()},
@@ -88,6 +135,18 @@ def main() -> None:
     for k, v in stages.items():
         print(f"| {k} | {v:.2f} | {v / wall:.0%} |")
     print(f"statuses: {statuses}")
+    if old_verify is not None:
+        old_wall = wall - stages["verdict"] - stages["transform"] + base["verdict"] + base["transform"]
+        result["baseline"] = {"commit": args.baseline, "verdict_s": round(base["verdict"], 3),
+                              "transform_s": round(base["transform"], 3), "layouts_per_s": round(count[0] / old_wall, 1),
+                              "verdict_ratio": round(stages["verdict"] / base["verdict"], 3),
+                              "layouts_per_s_ratio": round(old_wall / wall, 3), "statuses": base_statuses}
+        print(f"side by side with the oracle of {args.baseline} on the same {count[0]} models and transforms:")
+        print("| | verdict s (outside the transform) | layouts/s |\n|---|---:|---:|")
+        print(f"| {args.baseline} | {base['verdict']:.2f} | {count[0] / old_wall:.1f} |")
+        print(f"| today | {stages['verdict']:.2f} | {rate:.1f} |")
+        print(f"verdict time ratio today / {args.baseline}: {stages['verdict'] / base['verdict']:.2f}; "
+              f"layouts/s ratio {args.baseline} / today: {old_wall / wall:.2f}; baseline statuses: {base_statuses}")
     if args.json:
         atomic_write_text(args.json, json.dumps(result, indent=1))
 

@@ -40,6 +40,7 @@ gamma_norm     RMS-normalise each group of ``dim`` channels, then apply its own 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -96,6 +97,22 @@ def _need(cond: bool, node: str, msg: str) -> None:
         raise LayoutError(msg, node)
 
 
+# Float parameters that can make the function degenerate (a constant output: a zero multiplier, an
+# infinite eps that zeroes a norm) or non-finite (inf / nan, an overflowing multiplier) are bounded here.
+EPS_MAX = 0.1  # larger eps than any released model uses (1e-12 .. 1e-5) and still far from flattening a norm
+FACTOR_RANGE = (1e-6, 1e6)  # |factor| of a multiplier; released models use ~0.01 (residual) .. ~60 (embedding)
+
+
+def _finite(node: str, op: str, key: str, value: float, allowed: str, ok: bool) -> None:
+    if not (math.isfinite(value) and ok):
+        raise LayoutError(f"{op}.{key}={value!r} is not allowed: {key} must be {allowed}", node)
+
+
+def _eps(node: str, op: str, value: float) -> None:
+    _finite(node, op, "eps", value, f"a finite number in (0, {EPS_MAX:g}] (an infinite or huge eps zeroes the "
+            "norm's output, a zero or negative one divides by zero)", 0 < value <= EPS_MAX)
+
+
 def _widths(node: str, op: str, got: list, want: list) -> None:
     for i, (g, w) in enumerate(zip(got, want)):
         _need(g == w, node, f"{op} input {i} has width {g}, expected {w}")
@@ -115,10 +132,18 @@ def _same(node, p, w):
     return w[0]
 
 
+def _scale(node, p, w):
+    lo, hi = FACTOR_RANGE
+    f = p["factor"]
+    _finite(node, "scale", "factor", f, f"finite with {lo:g} <= |factor| <= {hi:g} (0 makes the output "
+            "constant, a tiny one underflows, a huge one overflows)", lo <= abs(f) <= hi)
+    return _same(node, p, w)
+
+
 def _norm(node, p, w):
     _widths(node, "norm", w, [p["dim"] * p["groups"]])
     _need(p["bias"] is False or p["kind"] == "layer", node, "only LayerNorm has a bias")
-    _need(p["eps"] > 0, node, f"eps must be > 0, got {p['eps']}")
+    _eps(node, "norm", p["eps"])
     return w[0]
 
 
@@ -132,7 +157,8 @@ def _rope(node, p, w):
     r = p["rotary_dim"]
     _need(r % 2 == 0, node, f"rotary_dim must be even, got {r}")
     _need(r <= p["head_dim"], node, f"rotary_dim {r} exceeds head_dim {p['head_dim']}")
-    _need(p["theta"] > 0, node, "theta must be > 0")
+    _finite(node, "rope", "theta", p["theta"], "a finite number > 0 (the base of the rotary frequencies)",
+            p["theta"] > 0)
     return w[0]
 
 
@@ -191,7 +217,7 @@ def _wht_in(node, p, w):
 
 def _gamma_norm(node, p, w):
     _widths(node, "gamma_norm", w, [p["dim"] * p["groups"]])
-    _need(p["eps"] > 0, node, f"eps must be > 0, got {p['eps']}")
+    _eps(node, "gamma_norm", p["eps"])
     return w[0]
 
 
@@ -203,7 +229,7 @@ def _lm_head(node, p, w):
 SPECS: dict[str, OpSpec] = {s.name: s for s in [
     OpSpec("tokens", {"vocab": (int, ...)}, (), _tokens),
     OpSpec("embedding", {"vocab": (int, ...), "dim": (int, ...)}, ("ids",), _embedding),
-    OpSpec("scale", {"factor": (float, ...)}, ("x",), _same),
+    OpSpec("scale", {"factor": (float, ...)}, ("x",), _scale),
     OpSpec("norm", {"kind": (str, "rms"), "dim": (int, ...), "groups": (int, 1), "eps": (float, 1e-6),
                     "weight_form": (str, "w"), "bias": (bool, False)}, ("x",), _norm,
            {"kind": ("rms", "layer"), "weight_form": ("w", "1+w")}),

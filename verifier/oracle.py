@@ -19,6 +19,10 @@ from __future__ import annotations
 
 import copy
 import json
+import math
+import signal
+import threading
+import time
 import traceback
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -72,6 +76,8 @@ class Verdict:
     near_ties_set_aside: int = 0  # positions set aside after a MoE top-k near-tie
     precision_note: str = ""  # e.g. the subject downcasts inside its forward, bounding a float64 verdict
     positions_compared: int = 0
+    control: dict | None = None  # the positive control's figures (positive_control), run when the logits match
+    causality: dict | None = None  # tokens perturbed, largest change before each, subject and transformed
     message: str = ""
     seed: int = 0
     layout_json: str | None = None
@@ -118,14 +124,17 @@ class Verdict:
 
 
 # ---------------------------------------------------------------------------------------------- subject
-def _logits(model: nn.Module, ids: torch.Tensor, what: str) -> torch.Tensor:
+def _logits(model: nn.Module, ids: torch.Tensor, what: str, grad: bool = False) -> torch.Tensor:
+    """``model(ids)``'s logits (an output's ``.logits``, or the first tensor of a tuple); BadInput naming
+    ``what`` when the forward fails or the result is not ``(batch, seq, vocab)``.  ``grad``: keep the
+    autograd graph (the positive control differentiates the subject's logits)."""
     try:
-        with torch.no_grad():
+        with torch.set_grad_enabled(grad):
             out = model(ids)
+            logits = getattr(out, "logits", out)
     except Exception as exc:  # a forward that crashes is bad input, with context
         raise BadInput(f"{what}: forward on token ids {tuple(ids.shape)} failed: "
                        f"{type(exc).__name__}: {exc}") from exc
-    logits = getattr(out, "logits", out)
     if isinstance(logits, (tuple, list)) and logits and torch.is_tensor(logits[0]):
         logits = logits[0]
     if not torch.is_tensor(logits) or logits.dim() != 3 or tuple(logits.shape[:2]) != tuple(ids.shape):
@@ -160,17 +169,45 @@ def _subject(subject, dtype: torch.dtype, seed: int) -> tuple[nn.Module, Layout 
     raise BadInput(f"verify() takes a fuzz.Layout or a torch.nn.Module as subject, got {type(subject).__name__}")
 
 
-def _check_causal(model: nn.Module, ids: torch.Tensor, logits: torch.Tensor, what: str, tol: float) -> None:
-    """Logits at position t must not depend on tokens after t (up to rounding: batch shapes change)."""
-    if ids.shape[1] < 2:
-        return
-    changed = ids.clone()
-    changed[:, -1] = (changed[:, -1] + 1) % _vocab(model)
-    other = _logits(model, changed, what)
-    rel, _ = relative_error(other[:, :-1], logits[:, :-1])
-    if rel > tol:
-        raise BadInput(f"{what} is not causal: changing the last token changed earlier logits "
-                       f"by {rel:.2e} relative")
+def _probes(test_ids: torch.Tensor, vocab: int, gen: torch.Generator) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """Causality probes: for each ``t`` in ``{1, 2, seq // 2, seq - 1}``, a copy of test row ``i mod batch``
+    with token ``t`` replaced by another token.  Returns the test rows followed by the probe rows, and
+    ``(row, t)`` per probe.  Position ``t = 0`` has nothing before it; ``seq < 2`` gets no probe."""
+    b, s = test_ids.shape
+    ts = sorted({t for t in (1, 2, s // 2, s - 1) if 1 <= t < s})
+    rows, where = [test_ids], []
+    for i, t in enumerate(ts):
+        row = test_ids[i % b].clone()
+        shift = 1 + int(torch.randint(0, max(vocab - 1, 1), (1,), generator=gen)) if vocab > 1 else 0
+        row[t] = (row[t] + shift) % max(vocab, 1)
+        rows.append(row[None])
+        where.append((i % b, t))
+    return torch.cat(rows), where
+
+
+def _causality(logits: torch.Tensor, batch: int, where: list[tuple[int, int]], mask: torch.Tensor,
+               tol: float) -> dict:
+    """How much replacing token ``t`` changed the logits at positions before ``t``: the largest change
+    relative to ``max|logits|`` of the test rows (positions after a MoE near-tie in either row set aside),
+    and ``violation``, the first probe and position where it exceeds ``tol`` (None when causal)."""
+    out = {"tokens_perturbed": sorted({t for _, t in where}), "max_rel": 0.0, "violation": None}
+    if not where:
+        return out
+    rows = torch.tensor([r for r, _ in where])
+    ts = torch.tensor([t for _, t in where])
+    y = logits.detach()
+    diff = (y[batch:batch + len(where)].double() - y[rows].double()).abs().amax(-1)  # (probes, seq)
+    before = torch.arange(y.shape[1])[None, :] < ts[:, None]
+    keep = before & mask[rows] & mask[batch:batch + len(where)]
+    scale = y[:batch].double().abs().max().item()
+    rel = diff / scale if scale > 0 else torch.where(diff == 0, 0.0, float("inf")).double()
+    rel = torch.where(keep, rel, torch.zeros_like(rel))
+    out["max_rel"] = rel.max().item()
+    bad = torch.nonzero(rel > tol)
+    if bad.numel():
+        i, p = (int(x) for x in bad[0])
+        out["violation"] = {"token": where[i][1], "row": where[i][0], "position": p, "rel": rel[i, p].item()}
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- capture
@@ -301,41 +338,337 @@ def _first_divergent(layout: Layout | None, order: list[str], mismatch: dict[str
     return {"node": node, "op": ops.get(node, "module"), "rel": mismatch[node], "diverging_consumers": []}
 
 
+# ---------------------------------------------------------------------------------------------- control
+class _Invisible(Exception):
+    """A parameter unit whose change the control's forward cannot see (its message says which)."""
+
+
+CONTROL_MARGIN = 10.0  # a first-order prediction this many times above the bound needs no forward of its own
+LINEARITY_BAND = (0.5, 2.0)  # measured / predicted change of the aggregate step: the gradient is trusted
+LINEAR_STEP = 1e-4  # the aggregate step is control_rel * LINEAR_STEP: small enough to be linear
+
+
+@dataclass
+class _Unit:
+    name: str
+    params: list
+    exempt: str
+    size: float = 0.0  # N_j: ||P_j||, or sqrt(numel) for an all-zero unit
+    grads: list | None = None  # d y_e / d P_j per tensor
+    gnorm: float = 0.0
+    first: float | None = None  # first-order relative change of y_e for the full step
+
+
+def _units(model: nn.Module) -> list[_Unit]:
+    """One unit per parameterised node of a GraphModel, per module with parameters of its own otherwise
+    (floating parameters only).  A shared (tied) tensor belongs to the first unit that owns it.  A
+    GraphModel linear read only by routers is exempt, with the reason."""
+    graph = isinstance(model, GraphModel)
+    items = model.nodes.items() if graph else ((n or type(model).__name__, m) for n, m in model.named_modules())
+    routed = {i for r in model.layout.of_op("router") for i in model.layout.inputs(r)} if graph else set()
+    seen: set[int] = set()
+    units = []
+    for name, module in items:
+        params = [p for p in module.parameters(recurse=False) if p.is_floating_point() and id(p) not in seen]
+        seen.update(id(p) for p in params)
+        if not params:
+            continue
+        exempt = ""
+        if name in routed and model.layout.op(name) == "linear":
+            readers = model.layout.consumers(name)
+            if readers and all(model.layout.op(c) == "router" for c, _ in readers):
+                exempt = ("router projection: it acts through the discrete top-k choice (and weights that "
+                          "top-1 renormalisation or a saturated softmax make constant); a dead router makes "
+                          "every position a near-tie, which is set aside (inconclusive), never invariant")
+        units.append(_Unit(name, params, exempt))
+    return units
+
+
+def _norms(tensors: list[torch.Tensor]) -> list[float]:
+    """Euclidean norm of each tensor, in float64, with one conversion to Python."""
+    if not tensors:
+        return []
+    return torch.stack([torch.linalg.vector_norm(t.detach(), dtype=torch.float64) for t in tensors]).tolist()
+
+
+def positive_control(model: nn.Module, ids: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor,
+                     tol: Tolerance, seed: int = 0) -> dict:
+    """Show that the comparison can see a change of the size it calls a failure: ``passed`` and ``reason``,
+    with the figures (spreads, the entry differentiated, the weakest unit, every measured change).
+
+    ``logits`` are ``model(ids)`` (from the verdict's forward), ``mask`` the compared positions,
+    ``rho = tol.control_rel``, ``scale = max|y|`` over the compared logits.  The subject passes when
+
+    1. the logits differ across the compared positions, and across the vocabulary at every compared
+       position, by more than ``tol.rel / rho`` of ``scale``; otherwise an error of relative size ``rho``
+       in whatever depends on the tokens (or on the vocabulary entry) could stay below the bound;
+    2. every parameter unit ``P_j`` (:func:`_units`; exempt ones are listed with their reason), stepped by
+       ``rho`` of its norm ``N_j``, moves the compared logits by more than ``tol.rel * scale``.
+
+    For 2, one forward and backward pass of the entry's row gives every unit's first-order change: with
+    ``e = (b, t, v)`` the compared logit of largest magnitude at the latest compared position, ``t``, and
+    ``g_j = d y_e / d P_j`` (forward of row ``b`` up to ``t``), the step
+    ``rho N_j g_j / ||g_j||`` moves ``y_e`` by ``d_j = rho N_j ||g_j||`` to first order, and
+    ``max|dy| >= |dy_e|``.  Real forwards (of that row) then confirm it: the weakest unit (smallest
+    ``d_j``) is stepped alone by the full step and must move the logits past the bound with ``dy_e / d_j`` inside
+    ``LINEARITY_BAND`` (its gradient is right at that scale); a foreign module (which may carry custom
+    autograd) also steps all units together by ``LINEAR_STEP`` of the step, measured / predicted ``dy_e``
+    inside the band.  Every unit whose ``d_j`` is below ``CONTROL_MARGIN * tol.rel * scale`` -- every unit
+    when the gradient is unavailable or not confirmed -- is stepped alone by the full step (along ``g_j``,
+    or a seeded random direction when ``g_j = 0``) and must move the logits past the bound.
+
+    ``model`` is the oracle's private copy: its parameters are made differentiable and are restored bit
+    for bit after each step.
+    """
+    rho, bound = tol.control_rel, tol.rel
+    y = logits.detach().double()
+    fig: dict = {"control_rel": rho, "bound": bound, "passed": False, "reason": ""}
+    compared = y[mask]
+    scale = compared.abs().max().item() if compared.numel() else 0.0
+
+    def fail(reason: str) -> dict:
+        fig["reason"] = reason
+        return fig
+
+    if not scale > 0:
+        return fail("every compared logit is 0: no change can be measured relative to them")
+    need = bound / rho
+    fig["position_spread"] = (compared - compared[:1]).abs().max().item() / scale
+    fig["vocab_spread"] = (compared.max(-1).values - compared.min(-1).values).min().item() / scale
+    if compared.shape[0] < 2:
+        return fail("a single compared position: nothing shows that positions differ")
+    if not fig["position_spread"] > need:
+        return fail(f"the logits are the same at every compared position (largest difference "
+                    f"{fig['position_spread']:.1e} of max|logit|, need > {need:.0e}): the output does not depend "
+                    "on the tokens, so an error in anything that does would not show")
+    if not fig["vocab_spread"] > need:
+        return fail(f"at some compared position every vocabulary entry has the same logit (spread "
+                    f"{fig['vocab_spread']:.1e} of max|logit|, need > {need:.0e})")
+
+    t = int(torch.nonzero(mask.any(0)).flatten().max())
+    magnitude = torch.where(mask[:, t, None], y[:, t].abs(), torch.full_like(y[:, t], -1.0))
+    b, v = divmod(int(magnitude.argmax()), y.shape[-1])
+    fig["entry"] = [b, t, v]
+    units = _units(model)
+    fig["units"] = len(units)
+    fig["exempt"] = {u.name: u.exempt for u in units if u.exempt}
+    flat = [p for u in units for p in u.params]
+    row = ids[b:b + 1, :t + 1]
+    grads, base = None, None
+    try:
+        for p in flat:
+            p.requires_grad_(True)
+        out = _logits(model, row, "subject (positive control)", grad=True)
+        grads = torch.autograd.grad(out[0, t, v], flat, allow_unused=True)
+        base = out.detach().double()
+    except (BadInput, RuntimeError):  # no gradient: every unit is stepped in its own real forward
+        grads = None
+    fig["gradient"] = grads is not None
+    sizes = _norms(flat)
+    gsizes = [0.0] * len(flat) if grads is None else _norms([torch.zeros(()) if g is None else g for g in grads])
+    i = 0
+    for u in units:
+        n = len(u.params)
+        u.size = math.sqrt(sum(x * x for x in sizes[i:i + n])) or math.sqrt(sum(p.numel() for p in u.params))
+        if grads is not None:
+            u.grads = [torch.zeros_like(p) if g is None else g for p, g in zip(u.params, grads[i:i + n])]
+            u.gnorm = math.sqrt(sum(x * x for x in gsizes[i:i + n]))
+            u.first = rho * u.size * u.gnorm / scale
+        i += n
+    gen = torch.Generator().manual_seed(seed)
+
+    def step(u: _Unit, fraction: float) -> list[tuple[list, list]]:
+        """``fraction * N_j`` along ``g_j`` (or a seeded random direction)."""
+        if u.gnorm > 0:
+            return [(u.params, [(fraction * u.size / u.gnorm) * g.detach() for g in u.grads])]
+        r = [torch.randn(p.shape, generator=gen, dtype=torch.float64) for p in u.params]
+        k = fraction * u.size / math.sqrt(sum(x * x for x in _norms(r)))
+        return [(u.params, [(k * x).to(p.dtype) for p, x in zip(u.params, r)])]
+
+    @torch.no_grad()
+    def stepped(steps: list[tuple[list, list]], inputs: torch.Tensor) -> torch.Tensor:
+        saved = [[p.detach().clone() for p in params] for params, _ in steps]
+        try:
+            for params, deltas in steps:
+                for p, d in zip(params, deltas):
+                    p.add_(d)
+            return _logits(model, inputs, "subject (positive control)").double()
+        finally:
+            for (params, _), copies in zip(steps, saved):
+                for p, c in zip(params, copies):
+                    p.copy_(c)
+
+    fig["measured"] = {}
+
+    def visible(u: _Unit, out: torch.Tensor, ref: torch.Tensor, keep: torch.Tensor) -> None:
+        change = (out - ref).abs()[keep].max().item() / scale
+        fig["measured"][u.name] = change
+        if not change > bound:
+            node = isinstance(model, GraphModel) and u.name in model.layout.graph
+            what = f"{u.name} ({model.layout.op(u.name)})" if node else u.name
+            raise _Invisible(f"changing {what} by {rho:.0e} of its norm moves the logits by {change:.1e} of "
+                             f"max|logit| (bound {bound:.0e}): the test inputs cannot see that parameter, so an "
+                             "invariant verdict would say nothing about it")
+
+    scored = [u for u in units if not u.exempt and u.first is not None and u.first > 0]
+    trusted, weakest = False, None
+    try:
+        if scored:  # the weakest unit alone, full step, on the entry's row
+            weakest = min(scored, key=lambda u: u.first)
+            out = stepped(step(weakest, rho), row)
+            ratio = (out[0, t, v] - base[0, t, v]).item() / (weakest.first * scale)
+            fig["weakest"] = {"unit": weakest.name, "first_order": weakest.first, "linearity": ratio}
+            visible(weakest, out, base, mask[b:b + 1, :t + 1])
+            fig["weakest"]["measured"] = fig["measured"][weakest.name]
+            trusted = LINEARITY_BAND[0] <= ratio <= LINEARITY_BAND[1]
+        if trusted and not isinstance(model, GraphModel) and len(scored) > 1:
+            small = rho * LINEAR_STEP
+            predicted = sum(small * u.size * u.gnorm for u in scored)
+            out = stepped([s for u in scored for s in step(u, small)], row)
+            fig["linearity"] = (out[0, t, v] - base[0, t, v]).item() / predicted
+            trusted = LINEARITY_BAND[0] <= fig["linearity"] <= LINEARITY_BAND[1]
+        fig["gradient_confirmed"] = trusted
+        for u in units:  # one unit at a time wherever the first order is not enough
+            if u.exempt or u is weakest or (trusted and u.first >= CONTROL_MARGIN * bound):
+                continue
+            visible(u, stepped(step(u, rho), ids), y, mask)
+    except _Invisible as exc:
+        return fail(str(exc))
+    fig["passed"] = True
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------- timeout
+class _TimedOut(BaseException):
+    """Raised by the deadline (a BaseException: a transform's ``except Exception`` does not swallow it)."""
+
+
+class _Deadline:
+    """``verify``'s time limit.  In the main thread (where ``signal.setitimer`` works) SIGALRM interrupts
+    the running Python code after ``seconds``; it cannot interrupt one long C/C++ call (a huge matmul, a
+    lock held in native code): it fires when control returns to Python.  A caller's SIGALRM handler and
+    running timer are restored (the timer minus the time spent).  Off the main thread no signal can be
+    used: the limit is checked when each phase ends, so a late phase still gives ``timeout``, but a hang
+    there is not interrupted (run ``verify`` in the main thread or a child process for that)."""
+
+    def __init__(self, seconds: float | None):
+        self.seconds, self.phase = seconds, "setup"
+        self.hard = (seconds is not None and hasattr(signal, "setitimer")
+                     and threading.current_thread() is threading.main_thread())
+        self.start = time.monotonic()
+
+    def _fire(self, signum, frame):
+        raise _TimedOut(self.phase)
+
+    def __enter__(self):
+        self.start = time.monotonic()
+        if self.hard:
+            self.old_handler = signal.signal(signal.SIGALRM, self._fire)
+            self.old_timer = signal.setitimer(signal.ITIMER_REAL, self.seconds)
+        return self
+
+    def __exit__(self, *exc):
+        if self.hard:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, self.old_handler)
+            left, interval = self.old_timer
+            if left > 0:
+                signal.setitimer(signal.ITIMER_REAL, max(left - (time.monotonic() - self.start), 1e-3), interval)
+        return False
+
+    def enter(self, phase: str) -> None:
+        """Start ``phase`` (named in the verdict); off the main thread, check the limit first."""
+        if self.seconds is not None and time.monotonic() - self.start > self.seconds:
+            raise _TimedOut(self.phase)
+        self.phase = phase
+
+
 # ---------------------------------------------------------------------------------------------- verify
+def _check_logits(logits: torch.Tensor, ids: torch.Tensor, vocab: int) -> str:
+    """Why ``logits`` (of the transformed model) cannot be compared with the subject's, or ''."""
+    want = (*ids.shape, vocab)
+    if not logits.is_floating_point():
+        return f"the transformed model gives {logits.dtype} logits, expected floating point"
+    if logits.device != ids.device:
+        return f"the transformed model gives logits on device {logits.device}, the subject's are on {ids.device}"
+    if tuple(logits.shape) != want:
+        other = (f" (vocabulary {logits.shape[-1]} instead of {vocab})"
+                 if logits.dim() == 3 and tuple(logits.shape[:2]) == tuple(ids.shape) else "")
+        return f"the transformed model gives logits of shape {tuple(logits.shape)}, expected {want}{other}"
+    return ""
+
+
 def verify(transform: Callable[[nn.Module, Calibration], nn.Module], subject, *,
            dtype: torch.dtype = torch.float64, seed: int = 0, batch: int = 4, seq: int = 12,
-           calib_batch: int = 4, tolerance: Tolerance | None = None) -> Verdict:
+           calib_batch: int = 4, tolerance: Tolerance | None = None, timeout: float | None = None) -> Verdict:
     """Decide whether ``transform`` preserves the function of ``subject`` (a Layout or a causal-LM module).
 
-    Bad input (a malformed subject, a module that is not a causal LM) raises
-    :class:`~fuzz.errors.BadInput`; everything about the transform is reported in the verdict.
+    Bad input (a malformed subject, a module that is not a causal LM: non-causal at any probed position,
+    prefix-LM and look-ahead models included) raises :class:`~fuzz.errors.BadInput`; everything about the
+    transform is reported in the verdict (see ``STATUSES``).  ``invariant`` needs the subject's positive
+    control (:func:`positive_control`) to pass, ``degenerate`` otherwise.  ``timeout`` (seconds) bounds the
+    whole call (see :class:`_Deadline` for what it can interrupt); running out gives status ``timeout``
+    naming the phase.
     """
+    for key, value in (("batch", batch), ("seq", seq), ("calib_batch", calib_batch)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise BadInput(f"verify({key}=...) must be an integer >= 1, got {value!r}")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                or not 0 < timeout < float("inf")):
+        raise BadInput(f"verify(timeout=...) must be a finite number of seconds > 0 or None, got {timeout!r}")
     tol = tolerance or default_tolerance(dtype)
-    model, layout, subject_name = _subject(subject, dtype, seed)
     tname, texpr = describe(transform)
+    state: dict = {"verdict": Verdict(status="timeout", transform=tname, subject=type(subject).__name__,
+                                      dtype=str(dtype).removeprefix("torch."), tolerance=tol.to_dict(),
+                                      seed=seed, transform_expr=texpr)}
+    deadline = _Deadline(timeout)
+    try:
+        with deadline:
+            return _verify(transform, subject, dtype, seed, batch, seq, calib_batch, tol, deadline, state)
+    except _TimedOut as exc:
+        verdict = state["verdict"]
+        verdict.status = "timeout"
+        verdict.max_rel_err = verdict.max_abs_err = None
+        verdict.message = f"verify ran out of its {timeout:g} s limit during the {exc.args[0]}"
+        return verdict
+
+
+def _verify(transform, subject, dtype, seed, batch, seq, calib_batch, tol, deadline, state) -> Verdict:
+    deadline.enter("subject materialization")
+    model, layout, subject_name = _subject(subject, dtype, seed)
     vocab = _vocab(model)
     gen = torch.Generator().manual_seed(seed)
     calib_ids = torch.randint(0, vocab, (calib_batch, seq), generator=gen)
     test_ids = torch.randint(0, vocab, (batch, seq), generator=gen)  # disjoint draw from calibration
-    verdict = Verdict(status="error", transform=tname, subject=subject_name,
+    all_ids, where = _probes(test_ids, vocab, gen)  # test rows, then one causality probe row per position
+    verdict = Verdict(status="error", transform=state["verdict"].transform, subject=subject_name,
                       dtype=str(dtype).removeprefix("torch."), tolerance=tol.to_dict(), seed=seed,
                       layout_json=layout.to_json(indent=None) if layout is not None else None,
-                      transform_expr=texpr)
+                      transform_expr=state["verdict"].transform_expr)
+    state["verdict"] = verdict
+    work = copy.deepcopy(model)  # the transform's copy
 
-    with capture(model) as ref_acts, _topk_recorder(model) as ref_topk:
-        ref = _logits(model, test_ids, f"subject {subject_name}")
-    if not torch.isfinite(ref).all():
+    deadline.enter("subject forward")
+    with _topk_recorder(model) as ref_topk:  # activations are captured only if the logits diverge
+        ref_all = _logits(model, all_ids, f"subject {subject_name}")
+    ref = ref_all[:batch]
+    if not torch.isfinite(ref_all).all():
         raise BadInput(f"subject {subject_name} gives non-finite logits before any transform")
-    if not isinstance(model, GraphModel):  # a GraphModel is causal by construction (masked attention only)
-        _check_causal(model, test_ids, ref, f"subject {subject_name}", tol.rel)
-    mask = _comparable(model, test_ids, tol.tie_margin, ref_topk.margins)
+    mask_all = _comparable(model, all_ids, tol.tie_margin, ref_topk.margins)
+    causal = _causality(ref_all, batch, where, mask_all, tol.rel)
+    verdict.causality = {"tokens_perturbed": causal["tokens_perturbed"], "subject_max_rel": causal["max_rel"]}
+    if causal["violation"] is not None:
+        c = causal["violation"]
+        raise BadInput(f"subject {subject_name} is not causal: replacing token {c['token']} of a test row changed "
+                       f"the logits at position {c['position']} by {c['rel']:.2e} relative (bound {tol.rel:.0e}); "
+                       "the oracle proves causal LMs only (prefix-LM and look-ahead models are refused)")
     if dtype == torch.float64 and ref_topk.downcasts:
         verdict.precision_note = (f"the subject casts float64 activations to a lower precision {ref_topk.downcasts} "
                                   "times per forward (e.g. transformers' float32 RMSNorm): differences below that "
                                   "precision are invisible to this verdict; verify the imported GraphModel "
                                   "(fuzz.importer.import_model) for a float64 proof")
 
-    work = copy.deepcopy(model)
+    deadline.enter("transform")
     try:
         out = transform(work, Calibration(calib_ids, seed))
     except Refusal as exc:
@@ -351,18 +684,38 @@ def verify(transform: Callable[[nn.Module, Calibration], nn.Module], subject, *,
         verdict.message = f"transform returned {type(out).__name__}, expected the transformed nn.Module"
         return verdict
 
+    deadline.enter("transformed forward")
     try:
-        with capture(out) as new_acts, _topk_recorder(out) as new_topk:
-            new = _logits(out, test_ids, "transformed model")
+        with _topk_recorder(out) as new_topk:
+            new_all = _logits(out, all_ids.clone(), "transformed model")
+        problem = _check_logits(new_all, all_ids, vocab)
+        if not problem:
+            new_all = new_all.detach()
+            finite = bool(torch.isfinite(new_all).all())
+            mask_all = mask_all & _comparable(out, all_ids, tol.tie_margin, new_topk.margins)
     except BadInput as exc:
-        verdict.message = str(exc)
+        problem = str(exc)
+    except Exception as exc:  # the transformed model's own machinery (hooks, routers) failed
+        problem = f"the transformed model failed: {type(exc).__name__}: {exc}"
+    if problem:
+        verdict.message = problem
         return verdict
-    if not torch.isfinite(new).all():
+    if not finite:
         verdict.status, verdict.message = "non-finite", "the transformed model gives NaN or Inf logits"
         return verdict
-    mask &= _comparable(out, test_ids, tol.tie_margin, new_topk.margins)
+    new = new_all[:batch]
+    mask = mask_all[:batch]
     verdict.near_ties_set_aside = int((~mask).sum())
     verdict.positions_compared = int(mask.sum())
+    after = _causality(new_all, batch, where, mask_all, tol.rel)
+    verdict.causality["transformed_max_rel"] = after["max_rel"]
+    if after["violation"] is not None:
+        c = after["violation"]
+        verdict.status = "non-causal"
+        verdict.message = (f"the transformed model is not causal: replacing token {c['token']} changed its logits "
+                           f"at position {c['position']} by {c['rel']:.2e} relative (bound {tol.rel:.0e}); "
+                           "the subject is causal")
+        return verdict
     if verdict.positions_compared == 0:
         verdict.status = "inconclusive"
         verdict.message = "every test position follows a MoE top-k near-tie; nothing left to compare"
@@ -370,11 +723,27 @@ def verify(transform: Callable[[nn.Module, Calibration], nn.Module], subject, *,
     rel, abs_ = relative_error(new[mask], ref[mask])
     verdict.max_rel_err, verdict.max_abs_err = rel, abs_
     if rel <= tol.rel:
-        verdict.status = "invariant"
+        deadline.enter("positive control")
+        verdict.control = positive_control(model, test_ids, ref, mask, tol, seed)
+        if verdict.control["passed"]:
+            verdict.status = "invariant"
+        else:
+            verdict.status = "degenerate"
+            verdict.message = ("the logits match, but the subject fails its positive control, so the match proves "
+                               f"nothing: {verdict.control['reason']}")
         return verdict
     verdict.status = "diverged"
     verdict.message = f"logits differ by {rel:.3e} relative (bound {tol.rel:.0e})"
-    mismatch = {n: activation_mismatch(ref_acts[n], new_acts[n], mask) for n in ref_acts if n in new_acts}
+    deadline.enter("first divergent node")
+    with capture(model) as ref_acts:  # the same inputs again, now recording every activation
+        _logits(model, all_ids, f"subject {subject_name}")
+    try:
+        with capture(out) as new_acts:
+            _logits(out, all_ids.clone(), "transformed model")
+    except BadInput as exc:  # a forward that worked once and fails now: the divergence stands, unlocated
+        verdict.message += f"; activations could not be recorded: {exc}"
+        return verdict
+    mismatch = {n: activation_mismatch(ref_acts[n], new_acts[n], mask_all) for n in ref_acts if n in new_acts}
     ops = {n: layout.op(n) for n in layout.order} if layout is not None else {}
     verdict.first_divergent = _first_divergent(layout, list(ref_acts), mismatch, tol.node_rel, ops)
     return verdict

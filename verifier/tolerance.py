@@ -17,6 +17,17 @@ but cannot see float32-precision bugs.  Use it to check what ships, never as the
 MoE routing is discrete: a token whose top-k margin (k-th minus (k+1)-th router probability) is below
 ``tie_margin`` may legitimately switch experts under rounding, so the positions from it onward are set
 aside (causal attention spreads a flip forward only), and the verdict says how many.
+
+Positive control (``control_rel``).  A bound on the logits proves something only if the logits can
+show a change of that size.  Every ``invariant`` verdict therefore shows, on the same subject and test
+inputs, that changing any one parameter unit (a layout node's parameters, a module's own parameters)
+by ``control_rel`` of its norm, in its most visible direction, moves the logits by more than ``rel``.
+float64: ``control_rel = 1e-2`` (a one-percent error in any single weight is caught); the weakest
+parameter of a healthy synthesized layout (a per-head softplus gate read through a one-head sandwich
+LayerNorm, which sees it only through ``eps``) moves the logits ~3e-6 per unit relative change, i.e.
+~3e-8 at 1e-2, thirty times the bound, while a dead parameter (behind an infinite ``eps`` or a zero
+multiplier) moves them by nothing.  float32: ``control_rel = 0.5`` (the check mode sees only changes
+comparable to the weight itself).
 """
 
 from __future__ import annotations
@@ -33,6 +44,14 @@ class Tolerance:
     tie_margin: float  # router top-k margins below this are near-ties (set aside)
     node_rel: float  # bound used when comparing intermediate activations (first divergent node)
     reason: str
+    control_rel: float = 1e-2  # positive control: a relative change of any parameter unit this large must show
+
+    def __post_init__(self):
+        for key in ("rel", "tie_margin", "node_rel", "control_rel"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+                from fuzz.errors import BadInput
+                raise BadInput(f"Tolerance.{key} must be a finite number > 0, got {value!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -42,7 +61,7 @@ _DEFAULTS = {
     torch.float64: Tolerance("float64", 1e-9, 1e-7, 1e-10,
                              "float64 proof mode: correct transforms <= 1e-12, real bugs >= 1e-8"),
     torch.float32: Tolerance("float32", 1e-4, 1e-3, 1e-3,
-                             "float32 check mode: correct transforms <= ~6e-6, real bug classes >= 1e-3"),
+                             "float32 check mode: correct transforms <= ~6e-6, real bug classes >= 1e-3", 0.5),
 }
 
 
@@ -56,7 +75,12 @@ def default_tolerance(dtype: torch.dtype) -> Tolerance:
 
 
 def relative_error(y: torch.Tensor, y_ref: torch.Tensor) -> tuple[float, float]:
-    """``(max|y - y_ref| / max|y_ref|, max|y - y_ref|)`` in float64."""
+    """``(max|y - y_ref| / max|y_ref|, max|y - y_ref|)`` in float64; ``0/0`` is 0, ``x/0`` is inf.
+
+    The shapes must be equal: broadcasting would compare a ``(.., 1)`` tensor against every column."""
+    if tuple(y.shape) != tuple(y_ref.shape):
+        from fuzz.errors import BadInput
+        raise BadInput(f"relative_error compares tensors of one shape, got {tuple(y.shape)} and {tuple(y_ref.shape)}")
     diff = (y.double() - y_ref.double()).abs().max().item() if y.numel() else 0.0
     scale = y_ref.double().abs().max().item() if y_ref.numel() else 0.0
     return (diff / scale if scale > 0 else (0.0 if diff == 0 else float("inf"))), diff
