@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from quant.cli import default_transforms, main
-from verifier.campaign import PEER_MODE, campaign_transform, run_campaign
+import verifier.campaign as campaign
 
 logging.getLogger("autoround").setLevel(logging.ERROR)
 
@@ -29,11 +29,11 @@ def snapshot(root):
 def test_the_default_campaign_runs_every_peer_float64_everywhere_and_the_bridge_control_is_clean():
     peers = [n for n in default_transforms() if n.startswith("peers:")]
     assert "peers:hf-bridge" in peers
-    assert all(campaign_transform(n).options == {"precision": "float64"} for n in peers)
-    s = run_campaign(["peers:hf-bridge"], profile="ci", max_examples=6, constraints=FAMILY, progress=False)
+    assert all(campaign.campaign_transform(n).options == {"precision": "float64"} for n in peers)
+    s = campaign.run_campaign(["peers:hf-bridge"], profile="ci", max_examples=6, constraints=FAMILY, progress=False)
     st = s["per_transform"]["hf-bridge"]
     assert st["status"].get("invariant", 0) >= 1 and set(st["status"]) <= {"invariant", "refused"}
-    assert st["worst_rel_err"] < 1e-13 and st["precision"] == PEER_MODE["float64"]
+    assert st["worst_rel_err"] < 1e-13 and st["precision"] == campaign.PEER_MODE["float64"]
     assert s["ok"] and not s["failures"]
 
 

@@ -34,7 +34,7 @@ def get(name, **options):
     return NamedTransform(name, {"two_ways": two_ways, "sleepy": sleepy}[name], options, registry=__name__)
 
 
-TWO_WAYS = get("two_ways")
+TWO_WAYS = f"{__name__}:two_ways"  # by registry name, as the command line names transforms
 
 
 @pytest.fixture(autouse=True)
@@ -90,8 +90,7 @@ def test_a_signature_already_in_the_corpus_is_known_and_nothing_is_written(tmp_p
 
 def test_mutants_are_reported_caught_and_never_written(tmp_path):
     root = tmp_path / "corpus"
-    s = campaign(["mutants:skip_norm_consumer", "mutants:pair_reflection"], root, max_examples=8,
-                 record=True)
+    s = campaign(["mutants:skip_norm_consumer", "mutants:pair_reflection"], root, max_examples=8)
     assert {f["transform"] for f in s["failures"]} == {"skip_norm_consumer", "pair_reflection"}
     assert all(f["kind"] == "mutant" and f["outcome"] == "caught" and not f["new_entry"] for f in s["failures"])
     assert s["ok"] and s["mutants_caught"] == 2 and s["new_findings"] == 0
@@ -100,7 +99,7 @@ def test_mutants_are_reported_caught_and_never_written(tmp_path):
 
 
 def test_a_hanging_transform_gets_a_timeout_verdict_per_example(tmp_path):
-    hang = get("sleepy")
+    hang = f"{__name__}:sleepy"
     started = time.perf_counter()
     s = campaign([hang], None, max_examples=2, per_example_timeout=0.5)
     assert time.perf_counter() - started < 20
