@@ -547,8 +547,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--lr", type=_float_in(0.0, True, "a learning rate"), default=None,
                    help="auto-round's sign-SGD learning rate (default: the preset's; cpu 0.01, paper auto-round's 1/iters)")
     q.add_argument("--seed", type=_seed, default=0, help="seed in [0, 2**32)")
-    q.add_argument("--calib-text", type=_readable_file, default=None, help="default: Python stdlib docstrings (not wikitext)")
-    q.add_argument("--eval-text", type=_readable_file, default=None, help="default: Python stdlib docstrings (not wikitext)")
+    q.add_argument("--calib-text", type=_readable_file, default=None,
+                   help="default: Python stdlib docstrings (not wikitext)")
+    q.add_argument("--eval-text", type=_readable_file, default=None,
+                   help="default: Python stdlib docstrings (not wikitext)")
     q.add_argument("--no-eval", action="store_true")
     q.add_argument("--lowbit", action="store_true", help="also export OpenVINO IRs (f32, f16 and the weights as "
                    "u2/u4 codes) to OUT/openvino and measure size, memory, speed and parity")
@@ -558,9 +560,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_quantize, check=check_quantize)
     d = sub.add_parser("parity", help="PyTorch float32 vs OpenVINO per device and precision hint")
     src = d.add_mutually_exclusive_group()
-    src.add_argument("--layout", type=_readable_file, default=None, help="layout JSON (weights from --seed, random ids)")
-    src.add_argument("--checkpoint", type=_checkpoint, default=None, help="'default' (SmolLM2-135M; the default), a transformers "
-                                                         "dir, .safetensors in one, .gguf")
+    src.add_argument("--layout", type=_readable_file, default=None,
+                     help="layout JSON (weights from --seed, random ids)")
+    src.add_argument("--checkpoint", type=_checkpoint, default=None,
+                     help="'default' (SmolLM2-135M; the default), a transformers dir, .safetensors in one, .gguf")
     d.add_argument("--transform", default=None, help="registry:name, applied in float64 before the export")
     d.add_argument("--option", action="append", type=_key_value, metavar="KEY=VALUE", help="transform option")
     d.add_argument("--seq", type=_int_at_least(2, "tokens per row"), default=None,

@@ -76,8 +76,11 @@ def _hints(fn: Callable) -> dict:
 
 
 def _accepts(kind: Any, value: Any) -> bool:
-    """Whether ``value`` fits the annotation ``kind`` (int/float/bool/str, ``X | None``, ``list[X]``)."""
+    """Whether ``value`` fits the annotation ``kind`` (int/float/bool/str, ``X | None``, ``list[X]``,
+    ``Literal[...]``)."""
     origin = typing.get_origin(kind)
+    if origin is typing.Literal:
+        return any(type(value) is type(v) and value == v for v in typing.get_args(kind))
     if origin in (typing.Union, types.UnionType):
         return any(_accepts(k, value) for k in typing.get_args(kind))
     if kind is type(None):
@@ -95,6 +98,8 @@ def _accepts(kind: Any, value: Any) -> bool:
 
 
 def _type_name(kind: Any) -> str:
+    if typing.get_origin(kind) is typing.Literal:
+        return "one of " + ", ".join(map(repr, typing.get_args(kind)))
     return getattr(kind, "__name__", None) if isinstance(kind, type) else str(kind).replace("typing.", "")
 
 

@@ -19,6 +19,8 @@ linear in ``up x`` and is left alone.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
 
@@ -38,7 +40,8 @@ MOE = "moe-absorb"
 
 @register(UP_DOWN)
 def up_down(model: nn.Module, calib: Calibration, alpha: float = 0.5, experts: bool = True, dense: bool = True,
-            scales: str = "energy", seed: int = 0, reading: list[str] | None = None) -> GraphModel:
+            scales: Literal["energy", "random"] = "energy", seed: int = 0,
+            reading: list[str] | None = None) -> GraphModel:
     """Scale every GLU's intermediate channels between ``up`` and ``down`` (dense, shared and fused
     experts); ``reading`` restricts the GLUs to those whose ``up`` reads one of these nodes."""
     m = require_graph_model(UP_DOWN, model)
@@ -79,7 +82,7 @@ def up_down(model: nn.Module, calib: Calibration, alpha: float = 0.5, experts: b
 
 
 @register(MOE)
-def moe_absorb(model: nn.Module, calib: Calibration, alpha: float = 0.5, scales: str = "energy",
+def moe_absorb(model: nn.Module, calib: Calibration, alpha: float = 0.5, scales: Literal["energy", "random"] = "energy",
                seed: int = 0) -> GraphModel:
     """T6: absorb into every norm that feeds fused experts, then scale every expert's (and shared
     expert's) intermediate.  Refuses a layout without MoE (``no-moe``) and, as T2 does, a MoE norm that

@@ -22,6 +22,8 @@ not T2's business (see T5) and are always left alone.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
 
@@ -83,8 +85,9 @@ def absorb_into_norm(model: GraphModel, norm: str, s: torch.Tensor) -> None:
 
 
 @register(NAME)
-def norm_absorb(model: nn.Module, calib: Calibration, alpha: float = 0.5, scales: str = "energy", seed: int = 0,
-                untie: bool = False, on_unsupported: str = "refuse", norms: list[str] | None = None,
+def norm_absorb(model: nn.Module, calib: Calibration, alpha: float = 0.5,
+                scales: Literal["energy", "random"] = "energy", seed: int = 0, untie: bool = False,
+                on_unsupported: Literal["refuse", "skip"] = "refuse", norms: list[str] | None = None,
                 skip=None, wrong_expert_axis: bool = False) -> GraphModel:
     """Absorb ``s`` into every full-width norm (or the given ``norms``); see the module docstring.
 

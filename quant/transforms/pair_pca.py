@@ -18,6 +18,7 @@ the commutation, use spectral-pca), q and k rotated by different RoPE (``rope-mi
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from torch import nn
@@ -102,9 +103,9 @@ def rotate_pair_rows(mod: nn.Module, heads: int, block: int, offset: int, lo: to
 
 
 @register(NAME)
-def pair_pca(model: nn.Module, calib: Calibration, rotation: str = "pca", seed: int = 0,
+def pair_pca(model: nn.Module, calib: Calibration, rotation: Literal["pca", "random"] = "pca", seed: int = 0,
              attentions: list[str] | None = None, force_det: bool = True, rotate_bias: bool = True,
-             angle_dtype: str = "float64") -> GraphModel:
+             angle_dtype: Literal["float64", "float32"] = "float64") -> GraphModel:
     """Rotate every RoPE pair of q and k by its (kv head, pair) ``U``; see the module docstring.
 
     ``force_det=False`` (a reflection kept), ``rotate_bias=False`` and ``angle_dtype="float32"`` exist only

@@ -36,6 +36,7 @@ which differs between q and k heads (paper: PPL 18,886 instead of 89).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -171,8 +172,9 @@ def _norm_gamma(module: nn.Module) -> torch.Tensor:
 
 
 @register(NAME)
-def spectral_pca(model: nn.Module, calib: Calibration, rotation: str = "pca", order: str = "descending",
-                 seed: int = 0, gamma_form: str = "asymmetric") -> GraphModel:
+def spectral_pca(model: nn.Module, calib: Calibration, rotation: Literal[ROTATIONS] = "pca",
+                 order: Literal[ORDERS] = "descending", seed: int = 0,
+                 gamma_form: Literal[GAMMA_FORMS] = "asymmetric") -> GraphModel:
     """Rotate every normed q/k head by ``U_h`` and turn its norm into ``gamma_norm``; see the module docstring.
 
     ``gamma_form="symmetric"`` exists only for the known-buggy variant (tests, verifier.mutants).

@@ -30,6 +30,7 @@ Refusals: a module that is not a GraphModel (``module-without-layout``), a targe
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -78,8 +79,8 @@ def targets_of(layout: Layout, targets: list[str] | None = None, *, transform: s
 
 
 @register(NAME)
-def wht_scale(model: nn.Module, calib: Calibration, alpha: float = 0.5, scales: str = "energy", seed: int = 0,
-              targets: list[str] | None = None) -> GraphModel:
+def wht_scale(model: nn.Module, calib: Calibration, alpha: float = 0.5, scales: Literal[SCALES] = "energy",
+              seed: int = 0, targets: list[str] | None = None) -> GraphModel:
     """Insert ``x~ = [x, 0] Q D^-1`` before every selected linear and set ``W~ = [W, 0] Q D`` (module docstring)."""
     if scales not in SCALES:
         raise BadInput(f"{NAME}: scales must be one of {SCALES}, got {scales!r}")

@@ -98,6 +98,8 @@ CASES = [
     (V + ["reference:permute_heads", "--option", "seed=1", "--option", "seed=2"], "'seed' given twice"),
     (V + ["mutants:pair_reflection", "--option", "force_det=True"], "'force_det' is fixed by the transform"),
     (V + ["quant:norm-absorb", "--option", "alpha='high'"], "option alpha='high' must be float"),
+    (V + ["quant:pair-pca", "--option", "rotation=hadamrd"], "rotation='hadamrd' must be one of 'pca', 'random'"),
+    (V + ["quant:norm-absorb", "--option", "on_unsupported=ignore"], "must be one of 'refuse', 'skip'"),
     (V + ["reference:identity", "--seed", "-5"], "argument --seed"),
     (V + ["reference:identity", "--max-param-bytes", "1KiB"], "over the limit of 1,024 bytes"),
     # gate
@@ -225,6 +227,8 @@ def test_transform_options_checked_when_resolved():
         resolve("reference:permute_heads", sed=1)
     with pytest.raises(BadInput, match=r"option block_size='x' must be int \| None"):
         resolve("peers:hf-bridge", block_size="x")
+    with pytest.raises(BadInput, match=r"option scales='bogus' must be one of 'energy', 'random'"):
+        resolve("quant:wht-scale", scales="bogus")  # a typo used to run the seeded random scales silently
     assert resolve("quant:norm-absorb", alpha=1, norms=["a"]).options == {"alpha": 1, "norms": ["a"]}
 
 
