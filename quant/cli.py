@@ -145,6 +145,8 @@ def _key_value(text: str) -> str:
 def _out_dir(text: str) -> str:
     """A folder to write into: an existing folder, or a new one whose nearest existing parent is a
     writable folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a folder, got an empty path")
     path = Path(text)
     if path.exists():
         if not path.is_dir():
@@ -161,14 +163,14 @@ def _out_dir(text: str) -> str:
 
 
 def _existing_dir(text: str) -> str:
-    if not Path(text).is_dir():
+    if not text.strip() or not Path(text).is_dir():
         raise argparse.ArgumentTypeError(f"{text!r} is not an existing folder")
     return text
 
 
 def _readable_file(text: str) -> str:
     path = Path(text)
-    if not path.is_file():
+    if not text.strip() or not path.is_file():
         raise argparse.ArgumentTypeError(f"{text!r} is not an existing file")
     if not os.access(path, os.R_OK):
         raise argparse.ArgumentTypeError(f"file {text!r} is not readable")
@@ -177,7 +179,7 @@ def _readable_file(text: str) -> str:
 
 def _checkpoint(text: str) -> str:
     """``default`` or an existing path (what it holds is checked by the loader, also before any work)."""
-    if text != "default" and not Path(text).exists():
+    if text != "default" and (not text.strip() or not Path(text).exists()):
         raise argparse.ArgumentTypeError(f"expected 'default' or an existing checkpoint path, got {text!r}")
     return text
 

@@ -76,6 +76,8 @@ CASES = [
     (["fuzz", "--seed", str(2**32)], "argument --seed"),
     (["fuzz", "--out", "{FILE}"], "argument --out"),
     (["fuzz", "--corpus", "{FILE}"], "argument --corpus"),
+    (["fuzz", "--out", ""], "argument --out: expected a folder, got an empty path"),
+    (["fuzz", "--out", "{FILE}/sub"], "is not a writable folder"),
     (["fuzz", "--transform", "reference:nope"], "unknown transform 'reference:nope'"),
     (["fuzz", "--transform", "reference:identity", "--transform", "reference:identity"], "given twice"),
     (["fuzz", "--require", "qk_norm"], "argument --require: expected KEY=VALUE"),
