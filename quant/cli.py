@@ -2,16 +2,17 @@
 
     archfuzz fuzz [--profile dev|ci|nightly|release] [--max-examples N] [--transform NAME ...]
                   [--seed S] [--dtype float64|float32] [--out DIR] [--require FIELD=VALUE ...]
-                  [--max-param-bytes B]
+                  [--corpus DIR | --no-corpus] [--timeout S] [--quiet] [--max-param-bytes B]
     archfuzz verify LAYOUT.json --transform NAME [--option KEY=VALUE ...] [--seed S] [--dtype ...]
-                    [--max-param-bytes B]
+                    [--json] [--max-param-bytes B]
     archfuzz transforms
     archfuzz replay [--root corpus/] [--no-update]
-    archfuzz corpus seed [--root corpus/]
-    archfuzz gate [--out DIR] [--max-examples N] [--no-checkpoint] [--no-extras]
+    archfuzz corpus seed|clean [--root corpus/] [--older-than S]
+    archfuzz gate [--out DIR] [--root corpus/] [--max-examples N] [--no-checkpoint] [--no-extras] [--quiet]
     archfuzz quantize [--checkpoint PATH] --recipe R [--bits 2|3|4] [--group-size G] [--sym] [--iters N]
-                      [--nsamples N] [--seqlen N] [--seed S] [--alpha A] [--preset cpu|paper]
-                      [--calib-text PATH] [--eval-text PATH] [--no-eval] --out DIR
+                      [--nsamples N] [--seqlen N] [--batch-size N] [--lr LR] [--seed S] [--alpha A]
+                      [--preset cpu|paper] [--calib-text PATH] [--eval-text PATH] [--no-eval]
+                      [--lowbit] [--lowbit-seq N] --out DIR
     archfuzz parity [--layout LAYOUT.json | --checkpoint default|PATH] [--transform NAME] [--option KEY=VALUE ...]
                     [--seq N] [--batch B] [--seed S] [--device D ...] [--hint f32|bf16|f16|default ...]
                     [--text PATH] [--timeout S] [--keep-ir] [--out DIR] [--max-param-bytes B]
