@@ -96,7 +96,6 @@ def _int_at_least(low: int, what: str):
         if value is None or value < low:
             raise argparse.ArgumentTypeError(f"expected {what} (an integer >= {low}), got {text!r}")
         return value
-    parse.__name__ = what  # argparse names the type in some messages
     return parse
 
 
