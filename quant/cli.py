@@ -162,6 +162,13 @@ def _out_dir(text: str) -> str:
     return text
 
 
+def _path(text: str) -> str:
+    """Any path but the empty one (``Path("")`` would silently mean the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a path, got an empty one")
+    return text
+
+
 def _existing_dir(text: str) -> str:
     if not text.strip() or not Path(text).is_dir():
         raise argparse.ArgumentTypeError(f"{text!r} is not an existing folder")
@@ -508,7 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "a corrupt entry, stray file or empty folder is found (each reported by path with its "
                        "reason; the other entries still replay); 2 on bad arguments.  Temp leftovers of "
                        "interrupted writes are reported with their age and do not change the exit status.")
-    r.add_argument("--root", default=str(_corpus_root()), help="corpus folder (must exist)")
+    r.add_argument("--root", type=_path, default=str(_corpus_root()), help="corpus folder (must exist)")
     r.add_argument("--no-update", action="store_true", help="do not write outcomes into meta.json")
     r.set_defaults(func=cmd_replay)
     c = sub.add_parser("corpus", help="corpus maintenance: seed, clean",
@@ -518,7 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "folders, .<file>.*.tmp files) older than --older-than seconds, never an entry; prints "
                        "what it removed.  Exit 0, or 2 on bad arguments.")
     c.add_argument("action", choices=["seed", "clean"])
-    c.add_argument("--root", default=str(_corpus_root()), help="corpus folder")
+    c.add_argument("--root", type=_path, default=str(_corpus_root()), help="corpus folder")
     c.add_argument("--older-than", type=_seconds, default=None, metavar="SECONDS",
                    help="clean only: leftovers at least this old (default 3600; 0 removes all)")
     c.set_defaults(func=cmd_corpus)

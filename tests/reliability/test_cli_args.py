@@ -70,6 +70,8 @@ CASES = [
     (["fuzz", "--require", "moe=maybe"], "moe='maybe' must be True, False or None"),
     (["replay", "--root", "{MISSING}"], "no such folder"),
     (["replay", "--root", "{FILE}"], "is not a folder"),
+    (["replay", "--root", ""], "argument --root: expected a path, got an empty one"),
+    (["corpus", "seed", "--root", " "], "argument --root: expected a path, got an empty one"),
     (["verify", "{HUGE}", "--transform", "reference:identity"], "over the limit of 4,294,967,296 bytes"),
     # fuzz
     (["fuzz", "--seed", "-1"], "argument --seed"),
