@@ -30,8 +30,10 @@ def no_work(monkeypatch):
     import quant.parity
     import verifier
     import verifier.campaign
+    import verifier.corpus_seed
     import verifier.gate
     for module, name in [(verifier.campaign, "run_campaign"), (verifier.gate, "run_gate"), (verifier, "verify"),
+                         (verifier.corpus_seed, "seed"),
                          (quant.checkpoints, "load_checkpoint"), (quant.parity, "load_subject"),
                          (quant.parity, "compare")]:
         monkeypatch.setattr(module, name, _refuse_work)
