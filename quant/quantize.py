@@ -126,6 +126,7 @@ def gate(model: nn.Module, recipe: str, alpha: float = 0.5, seed: int = 0):
                      calib_batch=1)
     if not verdict.ok:
         raise GateRefused(recipe, verdict)
+    verdict.import_check = graph.layout.meta["import_check"]  # the import the proof rests on (its floor)
     return verdict
 
 
@@ -376,7 +377,8 @@ def quantize(model: nn.Module, tokenizer, recipe: str, cfg: QuantConfig, calib_w
     t0 = time.time()
     verdict = gate_verdict if gate_verdict is not None else gate(model, recipe, alpha=alpha)
     report["gate"] = None if verdict is None else {"status": verdict.status, "max_rel_err": verdict.max_rel_err,
-                                                   "seconds": round(time.time() - t0, 1)}
+                                                   "seconds": round(time.time() - t0, 1),
+                                                   "import_check": getattr(verdict, "import_check", None)}
     sink = io.StringIO()
     with _quiet(quiet, sink):
         prepared = prepare(model, recipe, calib_windows[:cfg.nsamples], alpha=alpha, seed=cfg.seed)

@@ -110,3 +110,4 @@ def test_quantize_import_path_is_checked():
     assert all(m.weight.shape[1] == m.in_features for m in hf.modules() if isinstance(m, torch.nn.Linear))
     verdict = gate(families.from_registry("llama"), "bbt-absorb")  # a faithful import still gets its proof
     assert verdict.ok, verdict
+    assert verdict.import_check["floor"] == "exact" and [2, 64] in verdict.import_check["lengths"]
