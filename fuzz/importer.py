@@ -20,10 +20,11 @@ and under the other one too unless the first is exact; the better one is kept.  
   calls of its forward that turn a float64 tensor into a float32 one) is accepted within
   ``FLOAT32_FACTOR * eps32 * sqrt(L)`` (``eps32 = 2^-23``, ``L`` attention nodes).  Independent float32
   roundings (RMSNorm, RoPE tables) add in quadrature over the residual stream: measured on Cohere, Helium
-  and Ernie-4.5 (hidden 64..1024, 2..24 layers, batch 2 x 24/64 tokens) the better policy's error is
-  1.4..4.6 eps32, at most 1.45 eps32 sqrt(L), independent of the width; the factor 8 leaves 5x for
-  other weights and inputs, and stays below 1e-5 for 30 layers, two orders under the smallest structural
-  divergence measured (a dropped 8-token window in Starcoder2: 0.11).
+  and Ernie-4.5 (hidden 64..1024, 2..24 layers; and hidden 32, 2 layers over 10 weight seeds; batch 2 x
+  24/64 tokens) the better policy's error is 1.4..4.6 eps32, at most 3.1 eps32 sqrt(L) (Ernie-4.5,
+  hidden 32; median 1.6), not growing with the width; the factor 16 leaves 5x for other weights and
+  inputs and is 1.0e-5 at 30 layers, two orders under the smallest structural divergence measured (a
+  dropped 8-token window in Starcoder2: 0.11 relative on the logits).
 
 The GraphModel's ``layout.meta["import_check"]`` records it: ``lengths``, ``batch``, ``max_rel_err`` per
 policy run, ``numerics`` (the better one), ``bound``, ``floor`` (``"exact"`` | ``"float32"``), ``downcasts``
@@ -83,7 +84,7 @@ from .record import RecordedGraph, _input_ids, _logits, _tensors, record
 
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-4}
 FLOAT32_EPS = torch.finfo(torch.float32).eps  # 2^-23 = 1.19e-7
-FLOAT32_FACTOR = 8.0  # the float32 floor is FLOAT32_FACTOR * FLOAT32_EPS * sqrt(attention nodes); see the docstring
+FLOAT32_FACTOR = 16.0  # the float32 floor is FLOAT32_FACTOR * FLOAT32_EPS * sqrt(attention nodes); see the docstring
 CHECK_LENGTHS = (24, 64)
 CHECK_BATCH = 2
 SPAN_MARGIN = 8
