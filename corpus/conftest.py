@@ -2,7 +2,8 @@
 
 Without this hook pytest would walk into every entry folder, import a ``conftest.py`` found there and
 collect any ``test_*.py``.  A foreign file in an entry is reported by the replay instead
-(``verifier.corpus.load_entry``).
+(``verifier.corpus.load_entry``).  Name ``corpus/`` or ``corpus/test_replay.py`` on the command line, never
+an entry folder: pytest imports the conftest.py of a folder given as an argument before any hook runs.
 """
 
 from pathlib import Path
