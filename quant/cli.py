@@ -283,8 +283,6 @@ def _example_timeout(text: str) -> float:
 
 
 def cmd_fuzz(args) -> int:
-    from rich.console import Console
-
     from verifier.campaign import run_campaign, summary_markdown, write_summary
     summary = run_campaign(args.transform or default_transforms(), profile=args.profile,
                            max_examples=args.max_examples, seed=args.seed, constraints=_kv(args.require),
@@ -292,9 +290,8 @@ def cmd_fuzz(args) -> int:
                            record=not args.no_corpus, per_example_timeout=args.timeout)
     out = Path(args.out or f"runs/fuzz-{time.strftime('%Y%m%d-%H%M%S')}")
     js, md = write_summary(summary, out)
-    console = Console()
-    console.print(summary_markdown(summary).split("\n| feature")[0])
-    for f in summary["failures"]:  # plain lines: paths are not wrapped, brackets are not markup
+    print(summary_markdown(summary).split("\n| feature")[0])  # plain text: table rows and paths unwrapped
+    for f in summary["failures"]:
         if f["outcome"] == "new":
             where = f["corpus_entry"] or "not recorded (--no-corpus)"
             print(f"NEW {f['transform']}: {f['status']} ({', '.join(f['features'])}): {where}")

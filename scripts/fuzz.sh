@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
+export TQDM_DISABLE="${TQDM_DISABLE:-1}"  # auto-round's per-call progress bars (peers) would bury the summary
 archfuzz fuzz --profile ci --out runs/fuzz-latest "$@"

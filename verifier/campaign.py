@@ -26,9 +26,11 @@ per-transform outcomes, worst errors, seconds, the peers' precision mode, and ne
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -46,7 +48,8 @@ from .transform import NamedTransform
 PER_EXAMPLE_TIMEOUT = 60.0  # seconds; a transform that hangs longer gets a ``timeout`` verdict
 REDUCE_STEPS = 60  # candidates tried per reduced failure (a count, so a derandomized run reproduces)
 PEER_MODE = {"float64": "float64 everywhere (hf-bridge floor 0)",
-             "transformers": "transformers float32 policy (float64 verdicts blind below ~1e-7)"}
+             "transformers": "transformers' float32 norms/RoPE (a float64 verdict is blind below ~1e-7)",
+             "transformers-float32": "transformers' float32 norms/RoPE (float32 campaign)"}
 
 
 def campaign_transform(name: str | NamedTransform, dtype: torch.dtype = torch.float64) -> NamedTransform:
@@ -100,12 +103,14 @@ def run_campaign(transforms: list[str | NamedTransform], *, profile: str = "dev"
     phases = [p for p in base.phases if p != Phase.shrink]
 
     bar = _Progress(progress, budget, [t.name for t in resolved])
-    with bar:
+    with bar, _third_party_quiet(any(t.registry == "quant.peers" for t in resolved)):
         for transform in resolved:
             t0 = time.perf_counter()
             stats = {"examples": 0, "status": Counter(), "worst_rel_err": 0.0, "kind": _kind(transform)}
             if transform.registry == "quant.peers":
-                stats["precision"] = PEER_MODE[transform.options.get("precision", "transformers")]
+                mode = transform.options.get("precision", "transformers")
+                stats["precision"] = PEER_MODE[mode if mode == "float64" or dtype == torch.float64
+                                               else "transformers-float32"]
             per_transform[transform.name] = stats
             groups: dict[tuple, dict] = {}
 
@@ -198,6 +203,20 @@ def _classify(transform: NamedTransform, key: tuple, group: dict, known: dict, d
             "reduce_steps": steps, "verdict": verdict.to_dict(), "features": layout.features(),
             "minimal_layout": json.loads(layout.to_json()), "repro": verdict.repro(),
             "_verdict": verdict, "_layout": layout}
+
+
+@contextmanager
+def _third_party_quiet(peers: bool):
+    """auto-round's INFO/WARNING log lines (one block per peer call) stay out of the campaign's output."""
+    if peers:
+        import auto_round.logger  # noqa: F401  (it sets its level on import: import it first)
+    log = logging.getLogger("autoround")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def _known_signatures(corpus) -> dict[str, str]:
