@@ -1,10 +1,27 @@
 """The invariance oracle: does ``transform`` preserve the function of ``subject``?
 
-Walk: build the subject in the oracle dtype (a :class:`~fuzz.Layout` is materialized; a module is
-deep-copied and cast) -> check it is a causal LM -> draw calibration ids and, separately, test ids
--> run the transform on a private copy -> compare logits on the test ids, positions after a MoE
-near-tie set aside -> on divergence, compare every intermediate activation to name the first divergent
-node -> :class:`Verdict`.
+Walk: build the subject in the oracle dtype (a :class:`~fuzz.Layout` is materialized; a module already in
+that dtype and in eval mode is used read-only, any other is deep-copied, cast and put in eval mode) ->
+draw calibration ids and, separately, test ids, plus one causality probe row per probed position ->
+one forward of the subject: finite, and causal at every probed position (else BadInput) -> run the
+transform on a deep copy (``timeout`` bounds the whole call) -> the transformed model must return
+floating logits of the subject's shape and vocabulary (else ``error``), finite (``non-finite``), causal
+at every probed position (``non-causal``) -> compare logits on the test ids, positions after a MoE
+near-tie set aside -> within the bound, the subject's positive control decides between ``invariant``
+and ``degenerate``; beyond it (``diverged``), every intermediate activation is recorded on the same
+inputs to name the first divergent node -> :class:`Verdict`.
+
+Causality.  For ``t`` in ``{1, 2, seq // 2, seq - 1}`` a test row with token ``t`` replaced rides in the
+same batch; every position before ``t`` must keep its logits (within the bound, relative to the largest
+logit).  This catches a prefix-LM (the first positions see each other) and a look-ahead model (position
+``i`` reads token ``i + 2``) that perturbing only the last token cannot; probe rows cost one batch row each.
+
+Positive control (:func:`positive_control`).  A match within the bound proves something only if the
+comparison can see a change of the size it calls a failure: the logits must vary across positions and
+across the vocabulary, and every parameter unit changed by ``tolerance.control_rel`` of its norm must move
+the logits past the bound.  A subject that fails (an infinite ``eps`` or a zero multiplier that kills a
+branch, a zero embedding or ``lm_head``: a comparison of zeros) gets ``degenerate`` with the reason and
+the figures, never ``invariant``.
 
 First divergent node.  Intermediate activations may legitimately change under a transform (a scaled
 norm output, a rotated residual stream), so two activations *match* when they agree up to an
@@ -124,13 +141,15 @@ class Verdict:
 
 
 # ---------------------------------------------------------------------------------------------- subject
-def _logits(model: nn.Module, ids: torch.Tensor, what: str, grad: bool = False) -> torch.Tensor:
+def _logits(model: nn.Module, ids: torch.Tensor, what: str, grad: bool = False,
+            params: dict | None = None) -> torch.Tensor:
     """``model(ids)``'s logits (an output's ``.logits``, or the first tensor of a tuple); BadInput naming
     ``what`` when the forward fails or the result is not ``(batch, seq, vocab)``.  ``grad``: keep the
-    autograd graph (the positive control differentiates the subject's logits)."""
+    autograd graph; ``params``: ``{name: tensor}`` used in place of those parameters (functional_call, the
+    module itself untouched): the positive control differentiates and steps the subject this way."""
     try:
         with torch.set_grad_enabled(grad):
-            out = model(ids)
+            out = model(ids) if params is None else torch.func.functional_call(model, params, (ids,))
             logits = getattr(out, "logits", out)
     except Exception as exc:  # a forward that crashes is bad input, with context
         raise BadInput(f"{what}: forward on token ids {tuple(ids.shape)} failed: "
@@ -163,7 +182,11 @@ def _subject(subject, dtype: torch.dtype, seed: int) -> tuple[nn.Module, Layout 
         return materialize(subject, dtype=dtype, seed=seed), subject, \
             f"{subject.meta.get('name', 'layout')}:{subject.hash()}"
     if isinstance(subject, nn.Module):
-        model = copy.deepcopy(subject).to(dtype).eval()
+        tensors = [t for t in [*subject.parameters(), *subject.buffers()] if t.is_floating_point()]
+        if all(t.dtype == dtype for t in tensors) and not any(m.training for m in subject.modules()):
+            model = subject  # already what the oracle needs: used read-only, its parameters are never written
+        else:
+            model = copy.deepcopy(subject).to(dtype).eval()
         layout = subject.layout if isinstance(subject, GraphModel) else None
         return model, layout, type(subject).__name__
     raise BadInput(f"verify() takes a fuzz.Layout or a torch.nn.Module as subject, got {type(subject).__name__}")
@@ -346,6 +369,7 @@ class _Invisible(Exception):
 CONTROL_MARGIN = 10.0  # a first-order prediction this many times above the bound needs no forward of its own
 LINEARITY_BAND = (0.5, 2.0)  # measured / predicted change of the aggregate step: the gradient is trusted
 LINEAR_STEP = 1e-4  # the aggregate step is control_rel * LINEAR_STEP: small enough to be linear
+LINEAR_MAX = 1e-2  # the weakest unit's gradient is checked at a step of at most this (float32's 0.5 is not linear)
 
 
 @dataclass
@@ -410,15 +434,15 @@ def positive_control(model: nn.Module, ids: torch.Tensor, logits: torch.Tensor, 
     ``g_j = d y_e / d P_j`` (forward of row ``b`` up to ``t``), the step
     ``rho N_j g_j / ||g_j||`` moves ``y_e`` by ``d_j = rho N_j ||g_j||`` to first order, and
     ``max|dy| >= |dy_e|``.  Real forwards (of that row) then confirm it: the weakest unit (smallest
-    ``d_j``) is stepped alone by the full step and must move the logits past the bound with ``dy_e / d_j`` inside
-    ``LINEARITY_BAND`` (its gradient is right at that scale); a foreign module (which may carry custom
+    ``d_j``) is stepped alone by ``min(rho, LINEAR_MAX)`` with measured / predicted ``dy_e`` inside
+    ``LINEARITY_BAND`` (its gradient is right), and by the full step must move the logits past the bound
+    (one forward when ``rho <= LINEAR_MAX``, as in float64); a foreign module (which may carry custom
     autograd) also steps all units together by ``LINEAR_STEP`` of the step, measured / predicted ``dy_e``
     inside the band.  Every unit whose ``d_j`` is below ``CONTROL_MARGIN * tol.rel * scale`` -- every unit
     when the gradient is unavailable or not confirmed -- is stepped alone by the full step (along ``g_j``,
     or a seeded random direction when ``g_j = 0``) and must move the logits past the bound.
 
-    ``model`` is the oracle's private copy: its parameters are made differentiable and are restored bit
-    for bit after each step.
+    ``model`` is never written: the gradient and the steps go through ``torch.func.functional_call``.
     """
     rho, bound = tol.control_rel, tol.rel
     y = logits.detach().double()
@@ -453,13 +477,13 @@ def positive_control(model: nn.Module, ids: torch.Tensor, logits: torch.Tensor, 
     fig["units"] = len(units)
     fig["exempt"] = {u.name: u.exempt for u in units if u.exempt}
     flat = [p for u in units for p in u.params]
+    names = {id(p): n for n, p in model.named_parameters()}  # a tied tensor under its first name
     row = ids[b:b + 1, :t + 1]
     grads, base = None, None
     try:
-        for p in flat:
-            p.requires_grad_(True)
-        out = _logits(model, row, "subject (positive control)", grad=True)
-        grads = torch.autograd.grad(out[0, t, v], flat, allow_unused=True)
+        leaves = {names[id(p)]: p.detach().requires_grad_(True) for p in flat}
+        out = _logits(model, row, "subject (positive control)", grad=True, params=leaves)
+        grads = torch.autograd.grad(out[0, t, v], list(leaves.values()), allow_unused=True)
         base = out.detach().double()
     except (BadInput, RuntimeError):  # no gradient: every unit is stepped in its own real forward
         grads = None
@@ -487,16 +511,9 @@ def positive_control(model: nn.Module, ids: torch.Tensor, logits: torch.Tensor, 
 
     @torch.no_grad()
     def stepped(steps: list[tuple[list, list]], inputs: torch.Tensor) -> torch.Tensor:
-        saved = [[p.detach().clone() for p in params] for params, _ in steps]
-        try:
-            for params, deltas in steps:
-                for p, d in zip(params, deltas):
-                    p.add_(d)
-            return _logits(model, inputs, "subject (positive control)").double()
-        finally:
-            for (params, _), copies in zip(steps, saved):
-                for p, c in zip(params, copies):
-                    p.copy_(c)
+        """The logits with ``P + delta`` in place of each stepped parameter (the module is not written)."""
+        moved = {names[id(p)]: p.detach() + d for params, deltas in steps for p, d in zip(params, deltas)}
+        return _logits(model, inputs, "subject (positive control)", params=moved).double()
 
     fig["measured"] = {}
 
@@ -513,11 +530,14 @@ def positive_control(model: nn.Module, ids: torch.Tensor, logits: torch.Tensor, 
     scored = [u for u in units if not u.exempt and u.first is not None and u.first > 0]
     trusted, weakest = False, None
     try:
-        if scored:  # the weakest unit alone, full step, on the entry's row
+        if scored:  # the weakest unit alone, on the entry's row: its gradient confirmed, then the full step
             weakest = min(scored, key=lambda u: u.first)
-            out = stepped(step(weakest, rho), row)
-            ratio = (out[0, t, v] - base[0, t, v]).item() / (weakest.first * scale)
+            lin = min(rho, LINEAR_MAX)
+            out = stepped(step(weakest, lin), row)
+            ratio = (out[0, t, v] - base[0, t, v]).item() / (weakest.first * lin / rho * scale)
             fig["weakest"] = {"unit": weakest.name, "first_order": weakest.first, "linearity": ratio}
+            if lin < rho:
+                out = stepped(step(weakest, rho), row)
             visible(weakest, out, base, mask[b:b + 1, :t + 1])
             fig["weakest"]["measured"] = fig["measured"][weakest.name]
             trusted = LINEARITY_BAND[0] <= ratio <= LINEARITY_BAND[1]

@@ -21,13 +21,13 @@ aside (causal attention spreads a flip forward only), and the verdict says how m
 Positive control (``control_rel``).  A bound on the logits proves something only if the logits can
 show a change of that size.  Every ``invariant`` verdict therefore shows, on the same subject and test
 inputs, that changing any one parameter unit (a layout node's parameters, a module's own parameters)
-by ``control_rel`` of its norm, in its most visible direction, moves the logits by more than ``rel``.
-float64: ``control_rel = 1e-2`` (a one-percent error in any single weight is caught); the weakest
-parameter of a healthy synthesized layout (a per-head softplus gate read through a one-head sandwich
-LayerNorm, which sees it only through ``eps``) moves the logits ~3e-6 per unit relative change, i.e.
-~3e-8 at 1e-2, thirty times the bound, while a dead parameter (behind an infinite ``eps`` or a zero
-multiplier) moves them by nothing.  float32: ``control_rel = 0.5`` (the check mode sees only changes
-comparable to the weight itself).
+by ``control_rel`` of its norm, in its most visible direction, moves the logits by more than ``rel``
+(``verifier.oracle.positive_control``).  float64: ``control_rel = 1e-2`` (a one-percent error in any
+single weight is caught).  Measured over 600 synthesized layouts (hypothesis seeds 1 and 7, up to 3
+layers, hidden <= 128, every feature): the weakest unit of every layout (typically a per-head q/k norm)
+moved the logits by at least 2.9e4 times the bound, while a dead unit (behind an infinite ``eps`` or a
+zero multiplier) moves them by nothing.  float32: ``control_rel = 0.5`` (the check mode sees only
+changes comparable to the weight itself); the same layouts: at least 15 times the bound.
 """
 
 from __future__ import annotations
