@@ -7,7 +7,7 @@ Tiny float64 instances (vocab 64, hidden 32, 2 layers, 4 heads / 2 KV heads, hea
 ``max_position_embeddings`` 128): every family the project registers (``fuzz.families``: a synthesized
 layout copied into the transformers class), and, built from each transformers config's defaults with the
 dims above (windows set to 8 where the config has one, MoE with 4 experts, top-2, and the model cast to
-float64 as a whole), Mistral, Mixtral, Phi-3, Starcoder2, Cohere, Helium, Ernie-4.5, GLM-4-MoE, MPT,
+float64 as a whole), Mistral, Mixtral, Phi-3, Starcoder2, Qwen2 with a window in its second layer only, Cohere, Helium, Ernie-4.5, GLM-4-MoE, MPT,
 MiniCPM5-MoE and Solar-Open.
 """
 
@@ -34,6 +34,8 @@ CONFIG_FAMILIES = {
     "mixtral (sliding_window=8)": ("Mixtral", dict(sliding_window=8, num_local_experts=4, num_experts_per_tok=2)),
     "phi3 (sliding_window=8)": ("Phi3", dict(sliding_window=8)),
     "starcoder2 (sliding_window=8)": ("Starcoder2", dict(sliding_window=8)),
+    "qwen2 (sliding_window=8 in layer 1 of 2)": ("Qwen2", dict(use_sliding_window=True, sliding_window=8,
+                                                                 max_window_layers=1)),
     "cohere": ("Cohere", {}),
     "helium": ("Helium", {}),
     "ernie4_5": ("Ernie4_5", {}),

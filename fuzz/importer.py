@@ -31,8 +31,9 @@ policy run, ``numerics`` (the better one), ``bound``, ``floor`` (``"exact"`` | `
 (their count and the torch calls), ``spans`` (the config fields read).  A refusal (:class:`BadInput`)
 names the length at which the logits part, the first divergent node in execution order with its source
 module and error (node outputs against the outputs / inputs of the source modules, by hooks on both), and
-``sliding window`` when the source's logits at late positions do not depend on the first token while the
-graph's do (a limited attention span, measured, whatever the config or module calls it).
+``sliding window`` when that node is an attention that agrees at the first positions only, or when the
+source's logits at late positions do not depend on the first token while the graph's do (a limited
+attention span, measured, whatever the config or module calls it).
 
 Conversion rules (recorded op -> layout op):
 
@@ -345,7 +346,7 @@ def _refuse_import(model, graph_model, batches, rows, best, bound, computes_floa
     floor = (f"the float32 floor {FLOAT32_FACTOR:g} eps32 sqrt(layers): the source computes parts in float32"
              if computes_float32 else "exact")
     where = _first_divergent(model, graph_model, x, best, bound)
-    span = _limited_span(model, graph_model, batches[-1], best)
+    span = "" if "sliding window" in where else _limited_span(model, graph_model, batches[-1], best)
     raise BadInput(f"{name}: the import is not exact: max|a-b|/max|b| = {found} > {bound:.3g} "
                    f"({graph_model.dtype}, {floor}) at {tuple(x.shape)} token ids; the recorded graph does not "
                    f"compute what the model computes: {where}{span}")
@@ -437,11 +438,28 @@ def _first_divergent(model: nn.Module, graph_model: GraphModel, x: torch.Tensor,
                 routers = [r for r in layout.inputs(n) if layout.op(r) == "router"]
                 routed = (f" (it reads router {routers[0]!r} of module {paths.get(routers[0])}, whose output is not "
                           f"compared directly: a routing difference shows here)") if routers else ""
+                span = _span_at(got[n], ref, x.shape, bound) if layout.op(n) == "attention" else ""
                 return (f"first divergent node {n!r} ({layout.op(n)}) in module {paths[n] or type(model).__name__}: "
-                        f"{err:.3g} relative against {what}{routed}")
+                        f"{err:.3g} relative against {what}{routed}{span}")
             break  # the deepest counterpart decides
     return (f"no node output differs beyond {bound:.3g} before the logits ({_rel(logits, want):.3g} at the "
             f"lm_head)")
+
+
+def _span_at(out: torch.Tensor, ref: torch.Tensor, shape: torch.Size, bound: float) -> str:
+    """``"; sliding window ..."`` when an attention node whose inputs agree (it is the first divergent node)
+    agrees with its source at positions ``0 .. S-1`` and not at ``S``, ``S >= 2``: the source attends over
+    fewer keys from position ``S`` on.  (A different score -- scaling, ALiBi, soft-cap, sinks -- already
+    shows at position 1, where two keys are mixed; position 0 has one key whatever the scores.)"""
+    b, t = shape
+    out, ref = out.detach().double().reshape(b, t, -1), ref.detach().double().reshape(b, t, -1)
+    per_position = (out - ref).abs().amax(dim=(0, 2)) / ref.abs().max().clamp_min(torch.finfo(torch.float64).tiny)
+    over = [i for i in range(t) if not per_position[i] <= bound]
+    if not over or over[0] < 2:
+        return ""
+    return (f"; sliding window: measured, this attention agrees with its source at positions 0..{over[0] - 1} "
+            f"and differs from position {over[0]} on ({len(over)} of {t} positions): the source attends over "
+            f"a limited span (sliding-window or chunked), which the layout's attention cannot express")
 
 
 def _limited_span(model: nn.Module, graph_model: GraphModel, x: torch.Tensor, policy: str) -> str:

@@ -47,6 +47,17 @@ def test_mistral_sliding_window_is_refused_naming_the_module():
     assert "sliding window: measured" in msg, msg
 
 
+def test_a_window_in_one_layer_only_is_measured_at_that_layer():
+    """Qwen2 with the window in layer 1 only: layer 0 sees every token, so the logits' dependence on the first
+    token does not show the window; the attention node's position profile does (it agrees up to 8)."""
+    hf = families.from_config("qwen2 (sliding_window=8 in layer 1 of 2)")
+    with pytest.raises(BadInput, match=r"first divergent node 'model_layers_1_self_attn__attention' \(attention\) in "
+                                       r"module model\.layers\.1\.self_attn: .* sliding window: measured, this "
+                                       r"attention agrees with its source at positions 0\.\.7 and differs from "
+                                       r"position 8 on"):
+        import_model(hf)
+
+
 def test_a_window_longer_than_the_default_lengths_is_found_from_the_config():
     """sliding_window=70 (> 64): the check reads the span from the config and runs at 2 * 70 + 8 tokens."""
     import transformers as tf
