@@ -7,8 +7,8 @@ Tiny float64 instances (vocab 64, hidden 32, 2 layers, 4 heads / 2 KV heads, hea
 ``max_position_embeddings`` 128): every family the project registers (``fuzz.families``: a synthesized
 layout copied into the transformers class), and, built from each transformers config's defaults with the
 dims above (windows set to 8 where the config has one, MoE with 4 experts, top-2, and the model cast to
-float64 as a whole), Mistral, Mixtral, Phi-3, Starcoder2, Qwen2 with a window in its second layer only, Cohere, Helium, Ernie-4.5, GLM-4-MoE, MPT,
-MiniCPM5-MoE and Solar-Open.
+float64 as a whole), Mistral, Mixtral, Phi-3, Starcoder2, Qwen2 with a window in its second layer only,
+Cohere, Helium, Ernie-4.5, GLM-4-MoE, MPT, MiniCPM5-MoE and Solar-Open.
 """
 
 from __future__ import annotations
