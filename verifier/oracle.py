@@ -442,7 +442,8 @@ def positive_control(model: nn.Module, ids: torch.Tensor, logits: torch.Tensor, 
     when the gradient is unavailable or not confirmed -- is stepped alone by the full step (along ``g_j``,
     or a seeded random direction when ``g_j = 0``) and must move the logits past the bound.
 
-    ``model`` is never written: the gradient and the steps go through ``torch.func.functional_call``.
+    ``model`` is never written: ``autograd.grad`` (no ``.grad`` accumulated; frozen parameters get
+    differentiable aliases) and steps through ``torch.func.functional_call``.
     """
     rho, bound = tol.control_rel, tol.rel
     y = logits.detach().double()
@@ -481,9 +482,13 @@ def positive_control(model: nn.Module, ids: torch.Tensor, logits: torch.Tensor, 
     row = ids[b:b + 1, :t + 1]
     grads, base = None, None
     try:
-        leaves = {names[id(p)]: p.detach().requires_grad_(True) for p in flat}
-        out = _logits(model, row, "subject (positive control)", grad=True, params=leaves)
-        grads = torch.autograd.grad(out[0, t, v], list(leaves.values()), allow_unused=True)
+        if all(p.requires_grad for p in flat):  # autograd.grad leaves .grad alone: nothing is written
+            out = _logits(model, row, "subject (positive control)", grad=True)
+            grads = torch.autograd.grad(out[0, t, v], flat, allow_unused=True)
+        else:  # frozen parameters: differentiable aliases in their place
+            leaves = {names[id(p)]: p.detach().requires_grad_(True) for p in flat}
+            out = _logits(model, row, "subject (positive control)", grad=True, params=leaves)
+            grads = torch.autograd.grad(out[0, t, v], list(leaves.values()), allow_unused=True)
         base = out.detach().double()
     except (BadInput, RuntimeError):  # no gradient: every unit is stepped in its own real forward
         grads = None

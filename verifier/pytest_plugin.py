@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .oracle import Verdict, verify
+from .oracle import FAILING, Verdict, verify
 
 
 def assert_invariant(transform, subject, *, allow_refusal: bool = True, dtype: torch.dtype = torch.float64,
@@ -12,8 +12,11 @@ def assert_invariant(transform, subject, *, allow_refusal: bool = True, dtype: t
     """Fail (with the verdict and a repro script) unless ``transform`` preserves ``subject``'s function.
 
     A documented refusal passes when ``allow_refusal`` (the transform said honestly that it cannot
-    apply); an error, NaN, an inconclusive comparison or a divergence fails.  Under hypothesis the
-    worst error is fed to ``target()`` so a campaign climbs toward violations.
+    apply); every other status fails: the failures of the transform (``verifier.oracle.FAILING``: a
+    divergence, an error, NaN, a non-causal result, a timeout) and the verdicts that prove nothing (an
+    inconclusive comparison, a degenerate subject that fails its positive control).  Only the former are
+    recorded in ``ARCHFUZZ_CORPUS``.  Under hypothesis the worst error is fed to ``target()`` so a
+    campaign climbs toward violations.
     """
     verdict = verify(transform, subject, dtype=dtype, seed=seed, **kwargs)
     try:
@@ -39,7 +42,7 @@ def _record(transform, verdict: Verdict, dtype) -> str:
     (transform, symptom, first divergent op) per process: hypothesis' shrink steps do not flood it."""
     import os
     root = os.environ.get("ARCHFUZZ_CORPUS")
-    if not root or verdict.layout_json is None or not hasattr(transform, "spec"):
+    if not root or verdict.layout_json is None or not hasattr(transform, "spec") or verdict.status not in FAILING:
         return ""
     key = (verdict.transform, verdict.status, (verdict.first_divergent or {}).get("op"))
     if key in _RECORDED:

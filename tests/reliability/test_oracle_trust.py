@@ -125,11 +125,26 @@ def test_healthy_foreign_module_passes_its_control_with_the_gradient_confirmed()
     cfg = LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=24, num_hidden_layers=1,
                       num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32)
     model = LlamaForCausalLM(cfg).to(torch.float64).eval()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    model.model.layers[0].mlp.requires_grad_(False)  # frozen parameters: differentiated through aliases
     verdict = verify(reference.get("identity"), model, batch=2, seq=6)
     assert verdict.ok, verdict
     c = verdict.control
     assert c["passed"] and c["gradient"] and c["gradient_confirmed"]
     assert 0.5 <= c["linearity"] <= 2.0 and c["measured"][c["weakest"]["unit"]] > verdict.tolerance["rel"]
+    for name, p in model.named_parameters():  # the subject is read, never written
+        assert torch.equal(p, before[name]) and p.grad is None
+        assert p.requires_grad == (".mlp." not in name)
+
+
+def test_assert_invariant_fails_on_a_degenerate_subject_without_recording_a_finding(tmp_path, monkeypatch):
+    from verifier import assert_invariant
+    monkeypatch.setenv("ARCHFUZZ_CORPUS", str(tmp_path))
+    model = materialize(build(SPEC))
+    _zero_scale(model)
+    with pytest.raises(AssertionError, match="degenerate"):
+        assert_invariant(mutants.get("skip_norm_consumer"), model)
+    assert not any(tmp_path.iterdir())
 
 
 # ------------------------------------------------------------------------------ causality
