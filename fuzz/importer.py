@@ -344,7 +344,7 @@ def _refuse_import(model, graph_model, batches, rows, best, bound, computes_floa
     x = batches[k]
     found = ", ".join(f"{err:.3g} (numerics={policy!r})" for policy, err in rows[k].items())
     floor = (f"the float32 floor {FLOAT32_FACTOR:g} eps32 sqrt(layers): the source computes parts in float32"
-             if computes_float32 else "exact")
+             if computes_float32 else "the exact bound for this dtype")
     where = _first_divergent(model, graph_model, x, best, bound)
     span = "" if "sliding window" in where else _limited_span(model, graph_model, batches[-1], best)
     raise BadInput(f"{name}: the import is not exact: max|a-b|/max|b| = {found} > {bound:.3g} "
