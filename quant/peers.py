@@ -314,4 +314,6 @@ def peer(name: str) -> Peer:
 
 def get(name: str, **options) -> NamedTransform:
     """The peer called ``name`` with ``options`` (``block_size``, ``spinquant_dtype``, ``seed``, ``precision``)."""
+    if options.get("precision", "transformers") not in PRECISIONS:
+        raise BadInput(f"peer option precision must be one of {PRECISIONS}, got {options['precision']!r}")
     return NamedTransform(name, peer(name), options, registry="quant.peers")

@@ -7,7 +7,12 @@ import logging
 
 import pytest
 
+from fuzz import build
+from fuzz.errors import BadInput
+from fuzz.families import family_spec
 from quant.cli import default_transforms, main
+from verifier import verify
+from verifier.registry import resolve
 import verifier.campaign as campaign
 
 logging.getLogger("autoround").setLevel(logging.ERROR)
@@ -35,6 +40,17 @@ def test_the_default_campaign_runs_every_peer_float64_everywhere_and_the_bridge_
     assert st["status"].get("invariant", 0) >= 1 and set(st["status"]) <= {"invariant", "refused"}
     assert st["worst_rel_err"] < 1e-13 and st["precision"] == campaign.PEER_MODE["float64"]
     assert s["ok"] and not s["failures"]
+
+
+def test_float64_everywhere_keeps_the_real_peer_findings_visible():
+    # qwen2's q/k/v bias: the per-head Hadamard rotates v_proj's rows but not its bias (an open corpus finding)
+    layout = build(family_spec("qwen2", hidden=32, intermediate=64, n_heads=4, n_kv_heads=2, head_dim=8))
+    bridge = verify(campaign.campaign_transform("peers:hf-bridge"), layout)
+    broken = verify(campaign.campaign_transform("peers:autoround-hadamard"), layout)
+    assert bridge.ok and bridge.max_rel_err < 1e-13
+    assert broken.status == "diverged" and broken.max_rel_err > 1e-2
+    with pytest.raises(BadInput, match="precision must be one of"):
+        resolve("peers:hf-bridge", precision="float32")
 
 
 def test_a_new_peer_break_fails_the_job_by_name_and_is_known_on_the_next_run(tmp_path, capsys):
