@@ -386,10 +386,14 @@ class _Unit:
 def _units(model: nn.Module) -> list[_Unit]:
     """One unit per parameterised node of a GraphModel, per module with parameters of its own otherwise
     (floating parameters only).  A shared (tied) tensor belongs to the first unit that owns it.  A
-    GraphModel linear read only by routers is exempt, with the reason."""
+    GraphModel linear read only by routers that choose (``top_k < n_experts``) is exempt, with the reason
+    (with ``top_k = n_experts`` nothing is chosen and the router is checked like any unit)."""
     graph = isinstance(model, GraphModel)
     items = model.nodes.items() if graph else ((n or type(model).__name__, m) for n, m in model.named_modules())
-    routed = {i for r in model.layout.of_op("router") for i in model.layout.inputs(r)} if graph else set()
+    layout = model.layout if graph else None
+    choosing = [r for r in layout.of_op("router") if layout.params(r)["top_k"] < layout.params(r)["n_experts"]] \
+        if graph else []
+    routed = {i for r in choosing for i in layout.inputs(r)}
     seen: set[int] = set()
     units = []
     for name, module in items:
@@ -398,9 +402,9 @@ def _units(model: nn.Module) -> list[_Unit]:
         if not params:
             continue
         exempt = ""
-        if name in routed and model.layout.op(name) == "linear":
-            readers = model.layout.consumers(name)
-            if readers and all(model.layout.op(c) == "router" for c, _ in readers):
+        if name in routed and layout.op(name) == "linear":
+            readers = layout.consumers(name)
+            if readers and all(c in choosing for c, _ in readers):
                 exempt = ("router projection: it acts through the discrete top-k choice (and weights that "
                           "top-1 renormalisation or a saturated softmax make constant); a dead router makes "
                           "every position a near-tie, which is set aside (inconclusive), never invariant")
@@ -490,8 +494,9 @@ def positive_control(model: nn.Module, ids: torch.Tensor, logits: torch.Tensor, 
             out = _logits(model, row, "subject (positive control)", grad=True, params=leaves)
             grads = torch.autograd.grad(out[0, t, v], list(leaves.values()), allow_unused=True)
         base = out.detach().double()
-    except (BadInput, RuntimeError):  # no gradient: every unit is stepped in its own real forward
+    except Exception as exc:  # no gradient (a forward that needs no_grad, ...): every unit stepped in a real forward
         grads = None
+        fig["gradient_error"] = f"{type(exc).__name__}: {exc}"
     fig["gradient"] = grads is not None
     sizes = _norms(flat)
     gsizes = [0.0] * len(flat) if grads is None else _norms([torch.zeros(()) if g is None else g for g in grads])
@@ -518,7 +523,11 @@ def positive_control(model: nn.Module, ids: torch.Tensor, logits: torch.Tensor, 
     def stepped(steps: list[tuple[list, list]], inputs: torch.Tensor) -> torch.Tensor:
         """The logits with ``P + delta`` in place of each stepped parameter (the module is not written)."""
         moved = {names[id(p)]: p.detach() + d for params, deltas in steps for p, d in zip(params, deltas)}
-        return _logits(model, inputs, "subject (positive control)", params=moved).double()
+        try:
+            return _logits(model, inputs, "subject (positive control)", params=moved).double()
+        except BadInput as exc:
+            raise _Invisible(f"the subject cannot be run with a parameter stepped ({exc}), so the control "
+                             "cannot show that a change is visible") from exc
 
     fig["measured"] = {}
 
@@ -675,7 +684,7 @@ def _verify(transform, subject, dtype, seed, batch, seq, calib_batch, tol, deadl
 
     deadline.enter("subject forward")
     with _topk_recorder(model) as ref_topk:  # activations are captured only if the logits diverge
-        ref_all = _logits(model, all_ids, f"subject {subject_name}")
+        ref_all = _logits(model, all_ids.clone(), f"subject {subject_name}")
     ref = ref_all[:batch]
     if not torch.isfinite(ref_all).all():
         raise BadInput(f"subject {subject_name} gives non-finite logits before any transform")
