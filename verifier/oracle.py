@@ -368,7 +368,7 @@ class _Invisible(Exception):
 
 CONTROL_MARGIN = 10.0  # a first-order prediction this many times above the bound needs no forward of its own
 LINEARITY_BAND = (0.5, 2.0)  # measured / predicted change of the aggregate step: the gradient is trusted
-LINEAR_STEP = 1e-4  # the aggregate step is control_rel * LINEAR_STEP: small enough to be linear
+AGGREGATE_CHANGE = 1e-3  # predicted relative change of y_e when a foreign module's units step together
 LINEAR_MAX = 1e-2  # the weakest unit's gradient is checked at a step of at most this (float32's 0.5 is not linear)
 
 
@@ -441,8 +441,8 @@ def positive_control(model: nn.Module, ids: torch.Tensor, logits: torch.Tensor, 
     ``d_j``) is stepped alone by ``min(rho, LINEAR_MAX)`` with measured / predicted ``dy_e`` inside
     ``LINEARITY_BAND`` (its gradient is right), and by the full step must move the logits past the bound
     (one forward when ``rho <= LINEAR_MAX``, as in float64); a foreign module (which may carry custom
-    autograd) also steps all units together by ``LINEAR_STEP`` of the step, measured / predicted ``dy_e``
-    inside the band.  Every unit whose ``d_j`` is below ``CONTROL_MARGIN * tol.rel * scale`` -- every unit
+    autograd) also steps all units together along their ``g_j``, sized so the predicted ``dy_e`` is
+    ``AGGREGATE_CHANGE * scale``, measured / predicted inside the band.  Every unit whose ``d_j`` is below ``CONTROL_MARGIN * tol.rel * scale`` -- every unit
     when the gradient is unavailable or not confirmed -- is stepped alone by the full step (along ``g_j``,
     or a seeded random direction when ``g_j = 0``) and must move the logits past the bound.
 
@@ -556,8 +556,10 @@ def positive_control(model: nn.Module, ids: torch.Tensor, logits: torch.Tensor, 
             fig["weakest"]["measured"] = fig["measured"][weakest.name]
             trusted = LINEARITY_BAND[0] <= ratio <= LINEARITY_BAND[1]
         if trusted and not isinstance(model, GraphModel) and len(scored) > 1:
-            small = rho * LINEAR_STEP
-            predicted = sum(small * u.size * u.gnorm for u in scored)
+            # every unit along its g_j at once, sized so that the predicted change of y_e is
+            # AGGREGATE_CHANGE * scale: far above float32 rounding, far below any curvature
+            small = AGGREGATE_CHANGE * scale / sum(u.size * u.gnorm for u in scored)
+            predicted = AGGREGATE_CHANGE * scale
             out = stepped([s for u in scored for s in step(u, small)], row)
             fig["linearity"] = (out[0, t, v] - base[0, t, v]).item() / predicted
             trusted = LINEARITY_BAND[0] <= fig["linearity"] <= LINEARITY_BAND[1]
