@@ -420,11 +420,13 @@ def _norms(tensors: list[torch.Tensor]) -> list[float]:
 
 
 def positive_control(model: nn.Module, ids: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor,
-                     tol: Tolerance, seed: int = 0) -> dict:
+                     tol: Tolerance, seed: int = 0, attached: torch.Tensor | None = None) -> dict:
     """Show that the comparison can see a change of the size it calls a failure: ``passed`` and ``reason``,
     with the figures (spreads, the entry differentiated, the weakest unit, every measured change).
 
-    ``logits`` are ``model(ids)`` (from the verdict's forward), ``mask`` the compared positions,
+    ``logits`` are ``model(ids)`` (from the verdict's forward; ``attached``: that forward's output, rows of
+    ``ids`` first, still on the autograd graph of the parameters when it could keep it), ``mask`` the
+    compared positions,
     ``rho = tol.control_rel``, ``scale = max|y|`` over the compared logits.  The subject passes when
 
     1. the logits differ across the compared positions, and across the vocabulary at every compared
@@ -433,9 +435,9 @@ def positive_control(model: nn.Module, ids: torch.Tensor, logits: torch.Tensor, 
     2. every parameter unit ``P_j`` (:func:`_units`; exempt ones are listed with their reason), stepped by
        ``rho`` of its norm ``N_j``, moves the compared logits by more than ``tol.rel * scale``.
 
-    For 2, one forward and backward pass of the entry's row gives every unit's first-order change: with
-    ``e = (b, t, v)`` the compared logit of largest magnitude at the latest compared position, ``t``, and
-    ``g_j = d y_e / d P_j`` (forward of row ``b`` up to ``t``), the step
+    For 2, one backward pass (through the verdict's own forward, or a forward of row ``b`` up to ``t``)
+    gives every unit's first-order change: with ``e = (b, t, v)`` the compared logit of largest magnitude
+    at the latest compared position ``t`` and ``g_j = d y_e / d P_j``, the step
     ``rho N_j g_j / ||g_j||`` moves ``y_e`` by ``d_j = rho N_j ||g_j||`` to first order, and
     ``max|dy| >= |dy_e|``.  Real forwards (of that row) then confirm it: the weakest unit (smallest
     ``d_j``) is stepped alone by ``min(rho, LINEAR_MAX)`` with measured / predicted ``dy_e`` inside
@@ -486,7 +488,10 @@ def positive_control(model: nn.Module, ids: torch.Tensor, logits: torch.Tensor, 
     row = ids[b:b + 1, :t + 1]
     grads, base = None, None
     try:
-        if all(p.requires_grad for p in flat):  # autograd.grad leaves .grad alone: nothing is written
+        if attached is not None and attached.requires_grad:  # the verdict's own forward kept its graph
+            grads = torch.autograd.grad(attached[b, t, v], flat, allow_unused=True)
+            out = attached[b:b + 1, :t + 1]
+        elif all(p.requires_grad for p in flat):  # autograd.grad leaves .grad alone: nothing is written
             out = _logits(model, row, "subject (positive control)", grad=True)
             grads = torch.autograd.grad(out[0, t, v], flat, allow_unused=True)
         else:  # frozen parameters: differentiable aliases in their place
@@ -584,8 +589,10 @@ class _Deadline:
     the running Python code after ``seconds``; it cannot interrupt one long C/C++ call (a huge matmul, a
     lock held in native code): it fires when control returns to Python.  A caller's SIGALRM handler and
     running timer are restored (the timer minus the time spent).  Off the main thread no signal can be
-    used: the limit is checked when each phase ends, so a late phase still gives ``timeout``, but a hang
-    there is not interrupted (run ``verify`` in the main thread or a child process for that)."""
+    used: the limit is checked between phases, so a phase that ends late still gives ``timeout`` when the
+    next one would start, but a hang is not interrupted (run ``verify`` in the main thread or a child
+    process for that).  In the main thread, a transform that swallows BaseException (a bare ``except:``)
+    is caught by the same check between phases."""
 
     def __init__(self, seconds: float | None):
         self.seconds, self.phase = seconds, "setup"
@@ -685,8 +692,15 @@ def _verify(transform, subject, dtype, seed, batch, seq, calib_batch, tol, deadl
     work = copy.deepcopy(model)  # the transform's copy
 
     deadline.enter("subject forward")
+    trainable = all(p.requires_grad for p in model.parameters() if p.is_floating_point())
     with _topk_recorder(model) as ref_topk:  # activations are captured only if the logits diverge
-        ref_all = _logits(model, all_ids.clone(), f"subject {subject_name}")
+        try:  # with the autograd graph when it costs nothing to ask: the positive control differentiates it
+            attached = _logits(model, all_ids.clone(), f"subject {subject_name}", grad=trainable)
+        except BadInput:
+            if not trainable:
+                raise
+            attached = _logits(model, all_ids.clone(), f"subject {subject_name}")
+    ref_all = attached.detach()
     ref = ref_all[:batch]
     if not torch.isfinite(ref_all).all():
         raise BadInput(f"subject {subject_name} gives non-finite logits before any transform")
@@ -760,7 +774,7 @@ def _verify(transform, subject, dtype, seed, batch, seq, calib_batch, tol, deadl
     verdict.max_rel_err, verdict.max_abs_err = rel, abs_
     if rel <= tol.rel:
         deadline.enter("positive control")
-        verdict.control = positive_control(model, test_ids, ref, mask, tol, seed)
+        verdict.control = positive_control(model, test_ids, ref, mask, tol, seed, attached)
         if verdict.control["passed"]:
             verdict.status = "invariant"
         else:
