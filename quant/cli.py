@@ -593,7 +593,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Parse, check every argument before any work, run; a user error is one line on stderr and exit 2."""
     from fuzz.materialize import MAX_PARAM_BYTES_ENV
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse's own exit (a malformed argument: 2, --help: 0) is returned too
+        return exc.code if isinstance(exc.code, int) else 2
     saved = os.environ.get(MAX_PARAM_BYTES_ENV)
     try:
         if getattr(args, "max_param_bytes", None) is not None:  # the limit materialize() applies, children too

@@ -80,12 +80,15 @@ def test_tiny_moe_layout_passes_the_gate_and_reports_every_hint(tmp_path):
     assert f32["gated"] and f32["passed"] and report["gate"]["passed"] and report["ok"]
     assert f32["rel_err"] <= GATE["rel_err"] and abs(f32["dppl"]) <= GATE["dppl"] and f32["top1"] == 1.0
     assert f32["effective_precision"] == "f32"
-    # A lower-precision hint is reported, never gated; the CPU runs it only where it has the ISA
-    # (bf16 needs AVX512-BF16 / AMX), otherwise OpenVINO falls back to f32 and the row says so.
+    # A lower-precision hint is reported, never gated.  With the ISA (AVX512-BF16 / AMX) the CPU runs bf16;
+    # without it OpenVINO 2026.4 either falls back to f32 or (measured on an AVX512 Xeon without BF16)
+    # still runs bf16 in emulation: the row's effective precision must agree with the measured error.
     bf16 = rows["bf16"]
     assert not bf16["gated"] and bf16["accepted"] == (bf16["effective_precision"] == "bf16")
     if "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
-        assert bf16["effective_precision"] == "bf16" and 0 < bf16["rel_err"] < 0.1
+        assert bf16["effective_precision"] == "bf16"
+    if bf16["effective_precision"] == "bf16":
+        assert 0 < bf16["rel_err"] < 0.1
     else:
         assert bf16["effective_precision"] == "f32" and bf16["rel_err"] <= GATE["rel_err"]
     assert (tmp_path / "work" / "ir" / "model.bin").is_file()

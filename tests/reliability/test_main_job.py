@@ -94,7 +94,5 @@ def test_the_per_example_timeout_flag(tmp_path, capsys):
                  "--timeout", "7.5", "--no-corpus", "--out", str(out)]) == 0
     assert json.loads((out / "summary.json").read_text())["per_example_timeout"] == 7.5
     for bad in ("0", "-1", "inf", "soon"):
-        with pytest.raises(SystemExit) as exc:
-            main(["fuzz", "--timeout", bad, "--no-corpus", "--out", str(out)])
-        assert exc.value.code == 2
+        assert main(["fuzz", "--timeout", bad, "--no-corpus", "--out", str(out)]) == 2
         assert "--timeout" in capsys.readouterr().err
