@@ -1,6 +1,6 @@
 """Calibrate and apply every recipe to SmolLM2-135M; time, peak memory and invariance, side by side.
 
-    python benchmarks/bench_recipes.py [--calib-text ../shared/data/wikitext-2-valid-unk.txt]
+    python -m benchmarks.bench_recipes [--calib-text ../shared/data/wikitext-2-valid-unk.txt]
                                        [--nsamples 8] [--seqlen 256] [--out runs/bench_recipes]
 
 Each recipe runs in its own child process (so the peak resident memory is its own), on the float32
@@ -19,11 +19,9 @@ import argparse
 import json
 import multiprocessing as mp
 import resource
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 RECIPES = ["bbt-absorb", "bbt-spectral", "bbt-pair-pca", "bbt-spectral-pca", "residual-hadamard"]
 

@@ -1,6 +1,6 @@
 """Verified layouts per second: synthesize + materialize + reference transform + float64 verdict.
 
-    python benchmarks/bench_verify.py [--examples 300] [--max-hidden 128] [--max-layers 2] [--json out.json]
+    python -m benchmarks.bench_verify [--examples 300] [--max-hidden 128] [--max-layers 2] [--json out.json]
                                       [--baseline 3fbf478 | --baseline none]
 
 Small layouts (hidden <= 128, <= 2 layers) drawn by the synthesizer under a fixed seed; each is
@@ -31,15 +31,13 @@ import time
 import types
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+from hypothesis import given, seed, settings
 
-import torch  # noqa: E402
-from hypothesis import given, seed, settings  # noqa: E402
-
-import fuzz.profiles  # noqa: E402,F401
-from fuzz import build, materialize, strategies as S  # noqa: E402
-from fuzz.layout import atomic_write_text  # noqa: E402
-from verifier import reference, verify  # noqa: E402
+import fuzz.profiles  # noqa: F401
+from fuzz import build, materialize, strategies as S
+from fuzz.layout import atomic_write_text
+from verifier import reference, verify
 
 
 ROOT = Path(__file__).resolve().parents[1]

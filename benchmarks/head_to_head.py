@@ -1,7 +1,7 @@
 """Head-to-head: full precision, RTN, vanilla auto-round, auto-round + its own Hadamard rotation, and the BBT
 recipes, on a real checkpoint (default SmolLM2-135M) at W2/W4, matched calibration, several seeds.
 
-    python benchmarks/head_to_head.py [--bits 2 4] [--seeds 0 1 2] [--methods ...] [--preset cpu|paper]
+    python -m benchmarks.head_to_head [--bits 2 4] [--seeds 0 1 2] [--methods ...] [--preset cpu|paper]
         [--calib-text PATH] [--eval-text PATH] [--iters N] [--nsamples N] [--seqlen N] [--lr LR] [--out runs/head2head]
         [--report-only]
 
@@ -22,9 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import torch  # noqa: E402
+import torch
 
 METHODS = {  # name -> (recipe, alpha, iters=0?)
     "fp": (None, None, False),

@@ -1,7 +1,7 @@
 """The import check (``fuzz.importer.check_import``) over transformers decoder families: accepted exact,
 accepted at transformers' float32 floor, or refused with the first divergent module.
 
-    python benchmarks/import_check_families.py [--json runs/import_check/results.json]
+    python -m benchmarks.import_check_families [--json runs/import_check/results.json]
 
 Tiny float64 instances (vocab 64, hidden 32, 2 layers, 4 heads / 2 KV heads, head_dim 8, random weights,
 ``max_position_embeddings`` 128): every family the project registers (``fuzz.families``: a synthesized
@@ -16,13 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 DIMS = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, head_dim=8, max_position_embeddings=128, pad_token_id=None, bos_token_id=None,

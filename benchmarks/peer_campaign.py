@@ -1,6 +1,6 @@
 """Every auto-round peer (``quant.peers``) against hypothesis-drawn family layouts, three ways.
 
-    python benchmarks/peer_campaign.py [--examples 40] [--seed 20261124] [--peers a,b] [--widths mixed]
+    python -m benchmarks.peer_campaign [--examples 40] [--seed 20261124] [--peers a,b] [--widths mixed]
                                        [--modes float64,float32,exact] [--out runs/peers] [--no-progress]
 
 Draws ``--examples`` family cases once (``fuzz.families.family_cases`` over every registered family,
@@ -36,23 +36,21 @@ import logging
 import os
 import random
 import re
-import sys
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # auto-round's per-layer progress bars
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-from hypothesis import HealthCheck, Phase, given, seed as hseed, settings, strategies as st  # noqa: E402
+import torch
+from hypothesis import HealthCheck, Phase, given, seed as hseed, settings, strategies as st
 
-from fuzz.decoder import DecoderSpec, build  # noqa: E402
-from fuzz.families import FAMILIES, FamilyCase, family, family_cases, family_of, to_transformers  # noqa: E402
-from fuzz.layout import atomic_write_text  # noqa: E402
-from fuzz.materialize import materialize  # noqa: E402
-from quant import peers as P  # noqa: E402
-from verifier import verify  # noqa: E402
+from fuzz.decoder import DecoderSpec, build
+from fuzz.families import FAMILIES, FamilyCase, family, family_cases, family_of, to_transformers
+from fuzz.layout import atomic_write_text
+from fuzz.materialize import materialize
+from quant import peers as P
+from verifier import verify
 
 MODES = {"float64": torch.float64, "float32": torch.float32, "exact": torch.float64}
 OUTCOMES = ("invariant", "refused", "crashed", "diverged")

@@ -1,6 +1,6 @@
 """How many unconstrained layouts the synthesizer draws before the oracle first catches each mutant.
 
-    python benchmarks/teeth.py [--budget 100] [--seeds 5]
+    python -m benchmarks.teeth [--budget 100] [--seeds 5]
 
 For each known-buggy transform (verifier/mutants.py) and each hypothesis seed, draw layouts from the
 whole space (no constraints) and count the examples until the first ``diverged`` verdict.
@@ -10,15 +10,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from hypothesis import given, seed, settings
 
-from hypothesis import given, seed, settings  # noqa: E402
-
-from fuzz import strategies as S  # noqa: E402
-from verifier import mutants, verify  # noqa: E402
+from fuzz import strategies as S
+from verifier import mutants, verify
 
 
 def examples_to_catch(name: str, budget: int, hseed: int) -> int | None:

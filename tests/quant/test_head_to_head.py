@@ -1,14 +1,10 @@
 """The head-to-head benchmark's reporting: grouping over seeds, failures kept, the targets judged."""
 
-import importlib.util
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-spec = importlib.util.spec_from_file_location("head_to_head", Path(__file__).parents[2] / "benchmarks" / "head_to_head.py")
-h2h = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(h2h)
+from benchmarks import head_to_head as h2h
 
 
 def rows():

@@ -3,24 +3,17 @@
 Every path that imports a model checks the imported graph against its source first, at several lengths past
 every window in the config (batch 2), at transformers' float32 floor where the source computes in float32,
 and refuses naming the first divergent module otherwise.  Tiny float64 instances are built from each
-transformers config's defaults (``benchmarks/import_check_families.py``, which prints the whole table).
+transformers config's defaults (``python -m benchmarks.import_check_families`` prints the whole table).
 """
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
+from benchmarks import import_check_families as families
 from fuzz.errors import BadInput
 from fuzz.importer import import_model
-
-_spec = importlib.util.spec_from_file_location(
-    "import_check_families", Path(__file__).resolve().parents[2] / "benchmarks" / "import_check_families.py")
-families = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(families)
 
 MISTRAL = "mistral (sliding_window=8)"
 
