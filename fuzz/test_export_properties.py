@@ -14,6 +14,7 @@ minutes on 2 cores, more when a failure shrinks); set ``ARCHFUZZ_EXPORT_EXAMPLES
 
 import os
 
+import pytest
 import torch
 from hypothesis import event, given, settings
 
@@ -44,6 +45,7 @@ def _where(result: dict) -> str:
     return f"stage {result['stage']} ({result['step']}): {result['symptom']}: {result['message']}"
 
 
+@pytest.mark.slow
 @settings(max_examples=min(settings.default.max_examples, MAX_EXAMPLES))
 @given(layout=st_layouts.layouts(), seed=st_layouts.seeds())
 def test_every_layout_exports_to_openvino_and_matches_at_cpu_f32(layout, seed):

@@ -278,6 +278,7 @@ def smollm2():
     return load_default_checkpoint(torch.float32)
 
 
+@pytest.mark.slow
 def test_smollm2_every_norm_feeds_exactly_its_expected_consumers(smollm2):
     model, tokenizer = smollm2
     path = default_checkpoint_path()

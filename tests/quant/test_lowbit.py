@@ -44,6 +44,7 @@ def test_codes_reconstruct_every_quantized_weight_exactly():
     assert c.codes.max() < 16 and np.array_equal(back.reshape(w.shape), w.numpy())
 
 
+@pytest.mark.slow
 def test_lowbit_ir_is_smaller_and_as_exact_as_the_dequantized_one(tmp_path):
     model = quantized("none", 2)
     codes = grid_codes(model, 2, 16)

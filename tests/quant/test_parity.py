@@ -69,6 +69,7 @@ def test_perplexity_skips_the_first_token_and_honours_the_mask():
     assert perplexity_of(logits, ids, mask) == pytest.approx(1.0)
 
 
+@pytest.mark.slow
 def test_tiny_moe_layout_passes_the_gate_and_reports_every_hint(tmp_path):
     model = materialize(build(TINY), seed=2)  # float64: compare() runs a float32 copy
     ids = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(0))
@@ -156,6 +157,7 @@ def test_parity_command_writes_json_and_markdown(tmp_path, capsys):
     assert main(["parity", "--layout", str(tmp_path / "missing.json")]) == 2
 
 
+@pytest.mark.slow
 def test_an_exporter_finding_is_recorded_and_replayed_like_any_corpus_entry(tmp_path):
     from verifier.corpus import load_entries, record_parity_failure, replay
     layout = build(TINY)

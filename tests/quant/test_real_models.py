@@ -52,6 +52,7 @@ def smollm2():
     return model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_recipes_on_smollm2_float64_proof(smollm2, recipe):
     graph = import_model(smollm2)  # checked: the proof is about SmolLM2's own function
@@ -61,12 +62,14 @@ def test_recipes_on_smollm2_float64_proof(smollm2, recipe):
     assert verdict.max_rel_err <= 1e-12, verdict
 
 
+@pytest.mark.slow
 def test_recipe_on_smollm2_transformers_module_float32(smollm2):
     verdict = verify(T.get("bbt-absorb", host="transformers"), smollm2, dtype=torch.float32, batch=1, seq=8,
                      calib_batch=1)
     assert verdict.ok and verdict.max_rel_err < 1e-5, verdict
 
 
+@pytest.mark.slow
 def test_the_default_checkpoint_saves_as_a_plain_checkpoint(tmp_path):
     """GGUF loading leaves transformers' gguf quantizer on the model; a quantized-and-unfolded SmolLM2 must
     still save_pretrained (it once refused as "quantized with gguf and not serializable")."""

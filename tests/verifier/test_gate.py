@@ -42,6 +42,7 @@ def test_quantize_smoke_reports_a_crashing_recipe_as_a_failed_row():
     assert not result["ok"] and "unknown recipe" in result["rows"][0]["error"]
 
 
+@pytest.mark.slow
 def test_parity_stage_on_a_synthesized_subject(monkeypatch):
     layouts = gate_checks.parity_layouts()
     name = "mqa-interleaved-rope-shared-expert-layernorm"
