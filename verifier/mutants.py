@@ -19,6 +19,9 @@ cross_group_heads      query heads permuted across GQA groups                   
 symmetric_gamma        spectral-PCA with Gamma = U^T diag(g) U (the seed code's     an RMS q/k norm
                        stale form) instead of diag(g) U
 =====================  ==========================================================  ==========================
+
+Each mutant is the real transform run inside :func:`verifier._faults.inject` with one fault (``FAULTS``
+below): the production signatures carry no test-only switch.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import importlib
 from fuzz.errors import BadInput
 from fuzz.layout import Layout
 
+from ._faults import inject
 from .transform import NamedTransform
 
 
@@ -43,18 +47,34 @@ def _last_reader(layout: Layout, consumer: str) -> bool:
                for readers in (layout.consumers(n) for n, _ in layout.graph.in_edges(consumer)))
 
 
-# name -> (registry module, transform name, the bug's options)
+_SKIP = {"on_unsupported": "skip"}
+
+# name -> (registry module, transform name, the transform's options the mutant fixes)
 MUTANTS = {
-    "gproj_omission": ("quant.transforms", "norm-absorb", {"on_unsupported": "skip", "skip": _feeds("gate", 1)}),
-    "skip_norm_consumer": ("quant.transforms", "norm-absorb", {"on_unsupported": "skip", "skip": _last_reader}),
-    "router_unscaled": ("quant.transforms", "norm-absorb", {"on_unsupported": "skip", "skip": _feeds("router")}),
-    "expert_wrong_axis": ("quant.transforms", "norm-absorb", {"on_unsupported": "skip", "wrong_expert_axis": True}),
-    "pair_reflection": ("quant.transforms", "pair-pca", {"force_det": False}),
-    "forget_pair_bias": ("quant.transforms", "pair-pca", {"rotate_bias": False}),
-    "float32_rotation": ("quant.transforms", "pair-pca", {"rotation": "random", "angle_dtype": "float32"}),
-    "forget_writer_bias": ("verifier.reference", "permute_hidden", {"permute_bias": False}),
-    "cross_group_heads": ("verifier.reference", "permute_heads", {"respect_groups": False}),
-    "symmetric_gamma": ("quant.transforms", "spectral-pca", {"gamma_form": "symmetric"}),
+    "gproj_omission": ("quant.transforms", "norm-absorb", _SKIP),
+    "skip_norm_consumer": ("quant.transforms", "norm-absorb", _SKIP),
+    "router_unscaled": ("quant.transforms", "norm-absorb", _SKIP),
+    "expert_wrong_axis": ("quant.transforms", "norm-absorb", _SKIP),
+    "pair_reflection": ("quant.transforms", "pair-pca", {}),
+    "forget_pair_bias": ("quant.transforms", "pair-pca", {}),
+    "float32_rotation": ("quant.transforms", "pair-pca", {"rotation": "random"}),
+    "forget_writer_bias": ("verifier.reference", "permute_hidden", {}),
+    "cross_group_heads": ("verifier.reference", "permute_heads", {}),
+    "symmetric_gamma": ("quant.transforms", "spectral-pca", {}),
+}
+
+# name -> (fault injected while the transform runs, its parameters): verifier._faults.FAULTS
+FAULTS = {
+    "gproj_omission": ("unscaled_consumer", {"where": _feeds("gate", 1)}),
+    "skip_norm_consumer": ("unscaled_consumer", {"where": _last_reader}),
+    "router_unscaled": ("unscaled_consumer", {"where": _feeds("router")}),
+    "expert_wrong_axis": ("expert_output_axis", {}),
+    "pair_reflection": ("pair_reflection", {}),
+    "forget_pair_bias": ("pair_bias_unrotated", {}),
+    "float32_rotation": ("float32_angles", {}),
+    "forget_writer_bias": ("writer_bias_unpermuted", {}),
+    "cross_group_heads": ("heads_across_groups", {}),
+    "symmetric_gamma": ("symmetric_gamma", {}),
 }
 
 
@@ -82,9 +102,11 @@ def get(name: str, **options) -> NamedTransform:
     """The mutant ``name``; ``options`` (e.g. ``seed``) are passed to the underlying transform."""
     if name not in MUTANTS:
         raise BadInput(f"unknown mutant {name!r}; available: {names()}")
-    registry, base, bug = MUTANTS[name]
+    registry, base, fixed = MUTANTS[name]
+    fault, params = FAULTS[name]
     correct = importlib.import_module(registry).get(base)
 
     def run(model, calib, **kw):
-        return correct.fn(model, calib, **{**kw, **bug})
+        with inject(fault, **params):
+            return correct.fn(model, calib, **{**kw, **fixed})
     return NamedTransform(name, run, options, registry="verifier.mutants")

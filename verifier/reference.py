@@ -28,6 +28,7 @@ from fuzz.errors import BadInput, Refusal
 from fuzz.layout import Layout
 from fuzz.materialize import GraphModel
 
+from ._faults import fault
 from .transform import Calibration, NamedTransform
 
 
@@ -46,12 +47,13 @@ def _perm(n: int, gen: torch.Generator) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------ permute_hidden
-def permute_hidden(model: nn.Module, calib: Calibration, seed: int = 0, permute_bias: bool = True) -> nn.Module:
+def permute_hidden(model: nn.Module, calib: Calibration, seed: int = 0) -> nn.Module:
     m = _graph_model("permute_hidden", model)
     layout = m.layout
     basis = residual_basis(layout, "permute_hidden")
     hidden = layout.widths[next(iter(layout.of_op("embedding")))]
     p = _perm(hidden, torch.Generator().manual_seed(seed))
+    permute_bias = fault("writer_bias_unpermuted") is None  # the fault: mutants only (verifier._faults)
     with torch.no_grad():
         for node in layout.order:
             op, mod, ins = layout.op(node), m.nodes[node], layout.inputs(node)
@@ -120,7 +122,7 @@ def _permute_producer(m: GraphModel, node: str, order: torch.Tensor, done: set, 
     _permute_producer(m, layout.inputs(node)[0], order, done, attn)
 
 
-def permute_heads(model: nn.Module, calib: Calibration, seed: int = 0, respect_groups: bool = True) -> nn.Module:
+def permute_heads(model: nn.Module, calib: Calibration, seed: int = 0) -> nn.Module:
     m = _graph_model("permute_heads", model)
     layout = m.layout
     gen = torch.Generator().manual_seed(seed)
@@ -131,7 +133,7 @@ def permute_heads(model: nn.Module, calib: Calibration, seed: int = 0, respect_g
             g = h // kv
             kv_order = _perm(kv, gen)
             q_order = torch.cat([kv_order[j] * g + _perm(g, gen) for j in range(kv)])
-            if not respect_groups:  # the bug: query heads move across groups, kv heads stay
+            if fault("heads_across_groups") is not None:  # the mutant's bug: query heads cross groups, kv heads stay
                 kv_order, q_order = torch.arange(kv), _perm(h, gen)
             q_src, k_src, v_src = layout.inputs(attn)
             done: set[str] = set()

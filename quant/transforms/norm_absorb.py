@@ -30,6 +30,7 @@ from torch import nn
 from fuzz.errors import Refusal
 from fuzz.layout import Layout
 from fuzz.materialize import GraphModel
+from verifier._faults import fault
 from verifier.transform import Calibration
 
 from . import register
@@ -61,11 +62,11 @@ def candidate_norms(layout: Layout) -> list[str]:
     return [n for n in layout.of_op("norm") if layout.params(n)["groups"] == 1]
 
 
-def scale_consumer(model: GraphModel, consumer: str, s: torch.Tensor, *, wrong_axis: bool = False) -> None:
+def scale_consumer(model: GraphModel, consumer: str, s: torch.Tensor) -> None:
     """``W diag(s)`` on the consumer's input axis (experts: the ``H`` axis of ``gate_up_proj``)."""
     mod = model.nodes[consumer]
     if model.layout.op(consumer) == "experts":
-        if wrong_axis:  # mutant: the output-side H axis (down_proj) instead of the input side
+        if fault("expert_output_axis") is not None:  # mutant: the output-side H axis (down_proj), not the input
             mod.down_proj.mul_(s[None, :, None])
         else:
             mod.gate_up_proj.mul_(s[None, None, :])
@@ -87,13 +88,8 @@ def absorb_into_norm(model: GraphModel, norm: str, s: torch.Tensor) -> None:
 @register(NAME)
 def norm_absorb(model: nn.Module, calib: Calibration, alpha: float = 0.5,
                 scales: Literal["energy", "random"] = "energy", seed: int = 0, untie: bool = False,
-                on_unsupported: Literal["refuse", "skip"] = "refuse", norms: list[str] | None = None,
-                skip=None, wrong_expert_axis: bool = False) -> GraphModel:
-    """Absorb ``s`` into every full-width norm (or the given ``norms``); see the module docstring.
-
-    ``skip(layout, consumer) -> bool`` and ``wrong_expert_axis`` exist only for the known-buggy variants
-    (verifier.mutants): a consumer left unscaled, the experts scaled on their output axis.
-    """
+                on_unsupported: Literal["refuse", "skip"] = "refuse", norms: list[str] | None = None) -> GraphModel:
+    """Absorb ``s`` into every full-width norm (or the given ``norms``); see the module docstring."""
     m = require_graph_model(NAME, model)
     if untie:
         m = untie_model(m, NAME)
@@ -109,6 +105,7 @@ def norm_absorb(model: nn.Module, calib: Calibration, alpha: float = 0.5,
     if scales == "energy":
         stats = collect(m, calib, energy=list(plan))["energy"] if plan else {}
     gen = torch.Generator().manual_seed(seed)
+    unscaled = fault("unscaled_consumer")  # mutants only (verifier._faults): readers left unscaled
     with torch.no_grad():
         for node, readers in plan.items():
             dim = m.nodes[node].p["dim"]
@@ -119,9 +116,9 @@ def norm_absorb(model: nn.Module, calib: Calibration, alpha: float = 0.5,
             s = s.to(m.dtype)
             absorb_into_norm(m, node, s)
             for consumer, _ in readers:
-                if skip is not None and skip(layout, consumer):
+                if unscaled is not None and unscaled["where"](layout, consumer):
                     continue
-                scale_consumer(m, consumer, s, wrong_axis=wrong_expert_axis)
+                scale_consumer(m, consumer, s)
             log.append({"transform": NAME, "node": node, "consumers": [c for c, _ in readers],
                         "s_min": float(s.min()), "s_max": float(s.max())})
     m.transform_log = getattr(m, "transform_log", []) + log

@@ -27,6 +27,7 @@ from fuzz.dataflow import HeadChain, head_chain
 from fuzz.errors import Refusal
 from fuzz.layout import Layout
 from fuzz.materialize import GraphModel
+from verifier._faults import fault
 from verifier.transform import Calibration
 
 from . import register
@@ -64,17 +65,19 @@ def qk_chains(layout: Layout, attention: str, transform: str = NAME) -> tuple[He
     return q, k
 
 
-def proper(u: torch.Tensor, reflect: bool = False) -> torch.Tensor:
+def proper(u: torch.Tensor) -> torch.Tensor:
     """Batched 2x2 orthogonal matrices made rotations (``det = +1``: the second column's sign flipped
-    where needed), or, for the known-buggy variant, made reflections."""
-    flip = (torch.det(u) > 0) if reflect else (torch.det(u) < 0)
+    where needed); under the mutants' ``pair_reflection`` fault (verifier._faults), made reflections."""
+    flip = (torch.det(u) > 0) if fault("pair_reflection") is not None else (torch.det(u) < 0)
     sign = torch.ones_like(u[..., 0, :])
     sign[..., 1] = torch.where(flip, -1.0, 1.0)
     return u * sign[..., None, :]
 
 
-def random_so2(shape: tuple[int, ...], gen: torch.Generator, angle_dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """Seeded rotations ``[[c, -s], [s, c]]``; a float32 ``angle_dtype`` is the known precision bug."""
+def random_so2(shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
+    """Seeded rotations ``[[c, -s], [s, c]]``; the mutants' ``float32_angles`` fault (verifier._faults) rounds
+    the angles to float32, the known precision bug."""
+    angle_dtype = torch.float32 if fault("float32_angles") is not None else torch.float64
     theta = (torch.rand(shape, generator=gen, dtype=torch.float64) * 2 * math.pi).to(angle_dtype)
     c, s = theta.cos().double(), theta.sin().double()
     return torch.stack((torch.stack((c, -s), -1), torch.stack((s, c), -1)), -2)
@@ -88,13 +91,14 @@ def pair_moments(cov: torch.Tensor, offset: int, lo: torch.Tensor, hi: torch.Ten
 
 
 def rotate_pair_rows(mod: nn.Module, heads: int, block: int, offset: int, lo: torch.Tensor, hi: torch.Tensor,
-                     u: torch.Tensor, *, bias: bool = True) -> None:
-    """Per head and pair, ``[w_lo; w_hi] <- U^T [w_lo; w_hi]`` on the output rows (and bias entries);
-    ``u`` is ``(heads, pairs, 2, 2)``."""
+                     u: torch.Tensor) -> None:
+    """Per head and pair, ``[w_lo; w_hi] <- U^T [w_lo; w_hi]`` on the output rows and bias entries (the
+    mutants' ``pair_bias_unrotated`` fault, verifier._faults, leaves the biases); ``u`` is ``(heads, pairs, 2, 2)``."""
     base = torch.arange(heads)[:, None] * block + offset
     rows_lo, rows_hi = (base + lo[None, :]).flatten(), (base + hi[None, :]).flatten()
     u = u.reshape(-1, 2, 2).to(mod.weight.dtype)
-    tensors = [mod.weight] + ([mod.bias] if bias and mod.p["bias"] else [])
+    bias = mod.p["bias"] and fault("pair_bias_unrotated") is None
+    tensors = [mod.weight] + ([mod.bias] if bias else [])
     for t in tensors:
         x_lo, x_hi = t[rows_lo], t[rows_hi]
         shape = (-1,) + (1,) * (x_lo.dim() - 1)
@@ -104,13 +108,8 @@ def rotate_pair_rows(mod: nn.Module, heads: int, block: int, offset: int, lo: to
 
 @register(NAME)
 def pair_pca(model: nn.Module, calib: Calibration, rotation: Literal["pca", "random"] = "pca", seed: int = 0,
-             attentions: list[str] | None = None, force_det: bool = True, rotate_bias: bool = True,
-             angle_dtype: Literal["float64", "float32"] = "float64") -> GraphModel:
-    """Rotate every RoPE pair of q and k by its (kv head, pair) ``U``; see the module docstring.
-
-    ``force_det=False`` (a reflection kept), ``rotate_bias=False`` and ``angle_dtype="float32"`` exist only
-    for the known-buggy variants in verifier.mutants.
-    """
+             attentions: list[str] | None = None) -> GraphModel:
+    """Rotate every RoPE pair of q and k by its (kv head, pair) ``U``; see the module docstring."""
     m = require_graph_model(NAME, model)
     layout = m.layout
     targets = attentions if attentions is not None else layout.of_op("attention")
@@ -132,14 +131,12 @@ def pair_pca(model: nn.Module, calib: Calibration, rotation: Literal["pca", "ran
             if rotation == "pca":
                 c = pair_moments(cov[k.projection], k.offset, lo, hi)
                 c = c + pair_moments(cov[q.projection], q.offset, lo, hi).reshape(kv, group, len(pairs), 2, 2).sum(1)
-                u = proper(torch.linalg.eigh(c).eigenvectors, reflect=not force_det)
+                u = proper(torch.linalg.eigh(c).eigenvectors)
             else:
-                u = random_so2((kv, len(pairs)), gen, getattr(torch, angle_dtype))
-                if not force_det:
-                    u = proper(u, reflect=True)
-            rotate_pair_rows(m.nodes[k.projection], kv, k.head_block, k.offset, lo, hi, u, bias=rotate_bias)
+                u = proper(random_so2((kv, len(pairs)), gen))  # already proper: a no-op outside the mutant
+            rotate_pair_rows(m.nodes[k.projection], kv, k.head_block, k.offset, lo, hi, u)
             rotate_pair_rows(m.nodes[q.projection], kv * group, q.head_block, q.offset, lo, hi,
-                             u.repeat_interleave(group, dim=0), bias=rotate_bias)
+                             u.repeat_interleave(group, dim=0))
             log.append({"transform": NAME, "node": attn, "pairs": len(pairs), "rope": k.rope is not None})
     m.transform_log = getattr(m, "transform_log", []) + log
     return m

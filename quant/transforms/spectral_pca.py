@@ -28,7 +28,8 @@ fed by exactly the per-head activation (``qk-norm-layout``), projection rows rea
 (``shared-qk-projection``), no q/k norm anywhere (``no-qk-norm``, so recipes can pick another transform),
 plus :func:`fuzz.dataflow.head_chain`'s own refusals.
 
-Mutant (tests only, never a feature): ``gamma_form="symmetric"`` uses ``Gamma = B^T diag(g) B``, the seed
+Mutant (tests only, never a feature): the ``symmetric_gamma`` fault (verifier._faults, injected by
+verifier.mutants) uses ``Gamma = B^T diag(g) B``, the seed
 code's stale docstring.  Its norm outputs ``B^T (g * y / rms(y))``, which RoPE does not commute with and
 which differs between q and k heads (paper: PPL 18,886 instead of 89).
 """
@@ -45,6 +46,7 @@ from fuzz.dataflow import HeadChain, head_chain
 from fuzz.errors import BadInput, Refusal
 from fuzz.layout import Layout
 from fuzz.materialize import GraphModel
+from verifier._faults import fault
 from verifier.transform import Calibration
 
 from . import register
@@ -54,7 +56,6 @@ from .graph_edit import LayoutEdit, rebuild, require_graph_model
 NAME = "spectral-pca"
 ROTATIONS = ("pca", "random")
 ORDERS = ("descending", "ascending")
-GAMMA_FORMS = ("asymmetric", "symmetric")  # "symmetric" is the known-buggy mutant
 
 
 @dataclass(frozen=True)
@@ -152,13 +153,13 @@ def block_diag(u: torch.Tensor, groups: int) -> torch.Tensor:
     return torch.stack([torch.block_diag(*u[g * per:(g + 1) * per]) for g in range(groups)])
 
 
-def gamma_matrices(g: torch.Tensor, u: torch.Tensor, groups: int, *, form: str = "asymmetric") -> torch.Tensor:
+def gamma_matrices(g: torch.Tensor, u: torch.Tensor, groups: int) -> torch.Tensor:
     """``Gamma_grp = G B_grp`` with ``B_grp = blockdiag(U_h)`` over the group's heads; ``g`` is a vector
     (``G = diag(g)``) or the ``(groups, dim, dim)`` Gamma of an existing gamma_norm.
-    ``form="symmetric"`` is the mutant ``B^T G B``."""
+    Under the ``symmetric_gamma`` fault (the mutant), ``B^T G B``."""
     b = block_diag(u, groups)
     gm = torch.diag_embed(g).expand(groups, -1, -1) if g.dim() == 1 else g
-    if form == "symmetric":
+    if fault("symmetric_gamma") is not None:
         return b.transpose(-1, -2) @ gm @ b
     return gm @ b
 
@@ -173,14 +174,9 @@ def _norm_gamma(module: nn.Module) -> torch.Tensor:
 
 @register(NAME)
 def spectral_pca(model: nn.Module, calib: Calibration, rotation: Literal[ROTATIONS] = "pca",
-                 order: Literal[ORDERS] = "descending", seed: int = 0,
-                 gamma_form: Literal[GAMMA_FORMS] = "asymmetric") -> GraphModel:
-    """Rotate every normed q/k head by ``U_h`` and turn its norm into ``gamma_norm``; see the module docstring.
-
-    ``gamma_form="symmetric"`` exists only for the known-buggy variant (tests, verifier.mutants).
-    """
-    for name, value, allowed in (("rotation", rotation, ROTATIONS), ("order", order, ORDERS),
-                                 ("gamma_form", gamma_form, GAMMA_FORMS)):
+                 order: Literal[ORDERS] = "descending", seed: int = 0) -> GraphModel:
+    """Rotate every normed q/k head by ``U_h`` and turn its norm into ``gamma_norm``; see the module docstring."""
+    for name, value, allowed in (("rotation", rotation, ROTATIONS), ("order", order, ORDERS)):
         if value not in allowed:
             raise BadInput(f"{NAME}: {name}={value!r} is not one of {allowed}")
     m = require_graph_model(NAME, model)
@@ -207,7 +203,7 @@ def spectral_pca(model: nn.Module, calib: Calibration, rotation: Literal[ROTATIO
                 edit.tensors[(s.chain.projection, pname)] = new.to(m.dtype)
             norm = m.nodes[s.chain.norm]
             groups, dim = norm.p["groups"], norm.p["dim"]
-            gamma = gamma_matrices(_norm_gamma(norm), u, groups, form=gamma_form)
+            gamma = gamma_matrices(_norm_gamma(norm), u, groups)
             edit.replace[s.chain.norm] = ("gamma_norm", {"dim": dim, "groups": groups, "eps": norm.p["eps"]})
             edit.tensors[(s.chain.norm, "gamma")] = gamma.to(m.dtype)
             log.append({"transform": NAME, "node": s.chain.norm, "projection": s.chain.projection,

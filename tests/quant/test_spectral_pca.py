@@ -17,7 +17,8 @@ from quant.transforms import get
 from quant.transforms.calibration import collect
 from quant.transforms.graph_edit import LayoutEdit
 from quant.transforms.spectral_pca import gamma_matrices, pca_basis, random_orthogonal, spectral_pca
-from verifier import verify
+from verifier import mutants, verify
+from verifier._faults import inject
 from verifier.transform import Calibration
 
 EXACT = 1e-12
@@ -70,7 +71,7 @@ def test_exact_or_refused_on_any_layout(layout, seed):
 @given(layout=S.layouts(qk_norm=QK_NORMED, norm="rms"), seed=S.seeds())
 def test_symmetric_gamma_mutant_is_caught(layout, seed):
     """``Gamma = B^T diag(g) B`` outputs ``B^T z`` instead of ``z``: RoPE (and q.k) see rotated inputs."""
-    verdict = verify(get("spectral-pca", gamma_form="symmetric", seed=seed % 1000), layout, seed=seed % 97)
+    verdict = verify(mutants.get("symmetric_gamma", seed=seed % 1000), layout, seed=seed % 97)
     if any(layer.rope for layer in _spec(layout).layers):
         assert verdict.status == "diverged", f"symmetric-Gamma mutant escaped: {verdict}"
         assert verdict.first_divergent is not None, verdict
@@ -99,7 +100,7 @@ def test_exact_on_named_layouts(case):
     layout = build(DecoderSpec(**{**BASE, **CASES[case]}))
     verdict = verify(get("spectral-pca"), layout, seed=3)
     assert verdict.status == "invariant" and verdict.max_rel_err <= EXACT, verdict
-    mutant = verify(get("spectral-pca", gamma_form="symmetric"), layout, seed=3)
+    mutant = verify(mutants.get("symmetric_gamma"), layout, seed=3)
     assert mutant.status == "diverged", mutant
 
 
@@ -202,7 +203,8 @@ def test_gamma_identity_on_random_vectors(heads, d, groups):
     err = (gnorm(_rotate(y, u)) - ref).abs().max() / ref.abs().max()
     assert err <= 1e-13
     # the mutant: B^T diag(g) B makes the norm output B^T z, not z
-    _, bad = _norms(heads, d, groups, g, gamma_matrices(g, u, groups, form="symmetric"))
+    with inject("symmetric_gamma"):
+        _, bad = _norms(heads, d, groups, g, gamma_matrices(g, u, groups))
     assert (bad(_rotate(y, u)) - _rotate(ref, u)).abs().max() / ref.abs().max() <= 1e-13
     assert (bad(_rotate(y, u)) - ref).abs().max() / ref.abs().max() > 1e-3
 

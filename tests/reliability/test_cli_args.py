@@ -102,7 +102,8 @@ CASES = [
     (V + ["reference:identity", "--option", "seed=1"], "has no option 'seed'"),
     (V + ["reference:permute_heads", "--option", "seed"], "argument --option: expected KEY=VALUE"),
     (V + ["reference:permute_heads", "--option", "seed=1", "--option", "seed=2"], "'seed' given twice"),
-    (V + ["mutants:pair_reflection", "--option", "force_det=True"], "'force_det' is fixed by the transform"),
+    (V + ["mutants:float32_rotation", "--option", "rotation=pca"], "'rotation' is fixed by the transform"),
+    (V + ["mutants:pair_reflection", "--option", "force_det=True"], "has no option 'force_det'"),
     (V + ["quant:norm-absorb", "--option", "alpha='high'"], "option alpha='high' must be float"),
     (V + ["quant:pair-pca", "--option", "rotation=hadamrd"], "rotation='hadamrd' must be one of 'pca', 'random'"),
     (V + ["quant:norm-absorb", "--option", "on_unsupported=ignore"], "must be one of 'refuse', 'skip'"),
@@ -229,7 +230,7 @@ def test_malformed_layout_json_is_bad_input_naming_the_key(case, tmp_path, capsy
 def test_transform_options_checked_when_resolved():
     with pytest.raises(BadInput, match=r"option seed='abc' must be int"):
         resolve("reference:permute_heads", seed="abc")
-    with pytest.raises(BadInput, match=r"has no option 'sed'; options: \['respect_groups', 'seed'\]"):
+    with pytest.raises(BadInput, match=r"has no option 'sed'; options: \['seed'\]"):
         resolve("reference:permute_heads", sed=1)
     with pytest.raises(BadInput, match=r"option block_size='x' must be int \| None"):
         resolve("peers:hf-bridge", block_size="x")

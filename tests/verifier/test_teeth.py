@@ -132,3 +132,29 @@ def test_every_mutant_entry_of_the_repo_corpus_is_caught_by_running():
         assert result.verdict.startswith(tuple(f"[{s}]" for s in CAUGHT)), (entry.path, result.verdict)
         seen.add(entry.meta["transform"]["name"])
     assert seen == set(mutants.names()), f"mutants without a corpus entry: {set(mutants.names()) - seen}"
+
+
+# ------------------------------------------------------------------ the private fault hook
+def test_faults_come_through_the_private_hook_only():
+    """Every fault is injected by a mutant, is off outside ``inject`` (exceptions included), and no
+    transform's signature carries a test-only switch."""
+    import inspect
+
+    from quant import transforms as T
+    from verifier import reference
+    from verifier._faults import FAULTS, fault, inject
+    assert {f for f, _ in mutants.FAULTS.values()} == set(FAULTS) and set(mutants.FAULTS) == set(mutants.MUTANTS)
+    assert all(fault(name) is None for name in FAULTS)
+    with pytest.raises(RuntimeError), inject("unscaled_consumer", where=len):
+        assert dict(fault("unscaled_consumer")) == {"where": len} and fault("pair_reflection") is None
+        with inject("pair_reflection"):
+            assert fault("pair_reflection") == {} and fault("unscaled_consumer") is not None
+        assert fault("pair_reflection") is None
+        raise RuntimeError
+    assert fault("unscaled_consumer") is None
+    with pytest.raises(ValueError, match="unknown fault"), inject("no_such_fault"):
+        pass
+    switches = {"skip", "wrong_expert_axis", "force_det", "rotate_bias", "angle_dtype", "gamma_form",
+                "permute_bias", "respect_groups"}
+    for fn in [T.get(n).fn for n in T.names()] + [reference.get(n).fn for n in reference.names()]:
+        assert not switches & set(inspect.signature(fn).parameters), fn

@@ -1,0 +1,60 @@
+"""The one private fault hook: how the known-buggy transforms (:mod:`verifier.mutants`) get their bugs.
+
+A transform never takes a test-only keyword.  Where a mutant's bug acts, the transform asks
+``fault(name)``: ``None`` (always, outside tests) or the parameters the fault was injected with.  A
+mutant runs the real transform inside ``inject(name, **params)``::
+
+    with inject("unscaled_consumer", where=pred):
+        model = norm_absorb(model, calib)
+
+The state is a :class:`contextvars.ContextVar`, so an injection is confined to the code that runs inside
+the ``with`` block (this thread, this task) and is undone on exit, exceptions included.
+
+It lives here, next to the transform protocol (:mod:`verifier.transform`), because both the reference
+transforms (:mod:`verifier.reference`) and the library (``quant.transforms``, a layer above) ask it:
+imports stay one-way.  Tests and ``verifier.mutants`` only; never a feature.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from contextvars import ContextVar
+from types import MappingProxyType
+from typing import Any, Iterator, Mapping
+
+# fault -> where it acts and what it does (the mutants in verifier/mutants.py are built from these)
+FAULTS = {
+    "unscaled_consumer": "norm-absorb leaves the norm readers for which where(layout, consumer) holds unscaled",
+    "expert_output_axis": "norm-absorb scales fused experts on down_proj's output H axis, not gate_up_proj's input",
+    "pair_reflection": "pair-pca keeps each 2x2 U a reflection (det -1) instead of a rotation",
+    "pair_bias_unrotated": "pair-pca rotates the q/k weight rows of each RoPE pair but not their biases",
+    "float32_angles": "pair-pca's random rotation angles are rounded to float32",
+    "symmetric_gamma": "spectral-pca builds Gamma = B^T diag(g) B instead of diag(g) B",
+    "writer_bias_unpermuted": "permute_hidden permutes the residual writers' weight rows but not their biases",
+    "heads_across_groups": "permute_heads moves query heads across GQA groups and leaves the kv heads in place",
+}
+
+_ACTIVE: ContextVar[Mapping[str, Mapping[str, Any]]] = ContextVar("archfuzz_faults", default=MappingProxyType({}))
+
+
+def _known(name: str) -> None:
+    if name not in FAULTS:
+        raise ValueError(f"unknown fault {name!r}; faults: {sorted(FAULTS)}")
+
+
+@contextmanager
+def inject(name: str, **params: Any) -> Iterator[None]:
+    """Make ``fault(name)`` return ``params`` for the code run inside the block."""
+    _known(name)
+    token = _ACTIVE.set(MappingProxyType({**_ACTIVE.get(), name: MappingProxyType(dict(params))}))
+    try:
+        yield
+    finally:
+        _ACTIVE.reset(token)
+
+
+def fault(name: str) -> Mapping[str, Any] | None:
+    """The parameters of fault ``name`` when injected (an empty mapping for a plain switch), else ``None``:
+    test with ``is not None``."""
+    _known(name)
+    return _ACTIVE.get().get(name)
