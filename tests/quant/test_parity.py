@@ -37,9 +37,11 @@ def test_runner_returns_figures():
 
 
 def test_runner_reports_a_timeout_with_its_stage():
-    res = run_in_child(_hang_while_executing, stage="compile", timeout=4)
+    # the spawned child imports torch and openvino before it enters "execute": several seconds on a busy
+    # 2-core machine (at timeout=4 a loaded CI run killed it still in "compile"), so the limit leaves room
+    res = run_in_child(_hang_while_executing, stage="compile", timeout=20)
     assert (res.symptom, res.stage, res.step) == ("timeout", "execute", "infer")
-    assert res.seconds < 20 and "killed" in res.message
+    assert res.seconds < 45 and "killed" in res.message
 
 
 def test_runner_reports_an_exception_with_its_stage():
