@@ -22,6 +22,7 @@ from torch import nn
 
 from fuzz import GraphModel, materialize, strategies
 from fuzz.errors import BadInput
+from benchmarks.import_check_families import randomize
 from fuzz.families import FAMILIES, family_cases, to_transformers
 from fuzz.importer import CHECK_LENGTHS, check_lengths, export_weights, import_model
 from fuzz.layout import Layout
@@ -32,14 +33,8 @@ TINY = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_laye
 IDS = torch.tensor([[3, 17, 5, 42, 8, 1, 60, 9], [0, 63, 31, 2, 2, 50, 7, 12]])
 
 
-def _randomized(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Every parameter random (norm weights and biases included, so no role hides behind ones or zeros)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            z = torch.randn(p.shape, generator=gen, dtype=torch.float64)
-            p.copy_(1.0 + 0.3 * z if p.dim() == 1 else z / math.sqrt(p.shape[-1]))
-    return model.eval()
+# every parameter random (norm weights and biases included, so no role hides behind ones or zeros)
+_randomized = randomize
 
 
 def _build(name: str, dtype=torch.float64) -> nn.Module:
