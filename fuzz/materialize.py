@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import BadInput
+from .hadamard import online_input
 from .layout import Layout
 from .ops import parameter_shapes
 
@@ -282,7 +283,6 @@ class WhtIn(Node):
     """``fwht([x, 0]) / scale``: the online input of a spectrally transformed linear (T1)."""
 
     def forward(self, x):
-        from quant.transforms.hadamard import online_input
         return online_input(x, self.scale, self.p["d_pad"])
 
 

@@ -135,7 +135,7 @@ class WHTInput:
     """Forward pre-hook ``x -> [x, 0] Q D^-1`` (T1's online operator) as one dense ``(d_in, d_pad)`` matmul."""
 
     def __init__(self, scale: torch.Tensor, d_in: int, dtype: torch.dtype):
-        from quant.transforms.hadamard import hadamard
+        from fuzz.hadamard import hadamard
         d_pad = scale.numel()
         self.d_in, self.d_pad = d_in, d_pad
         self.matrix = (hadamard(d_pad)[:d_in] / scale.double()[None, :]).to(dtype)

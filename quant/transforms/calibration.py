@@ -19,10 +19,9 @@ from collections import defaultdict
 import torch
 import torch.nn.functional as F
 
+from fuzz.hadamard import fwht, next_pow2
 from fuzz.materialize import ACT, GraphModel
 from verifier.transform import Calibration
-
-from .hadamard import fwht, next_pow2
 
 
 # telemetry: seconds spent in calibration passes since the process started (benchmarks read it)

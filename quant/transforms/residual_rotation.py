@@ -25,13 +25,13 @@ from torch import nn
 
 from fuzz.dataflow import residual_basis
 from fuzz.errors import Refusal
+from fuzz.hadamard import orthogonal
 from fuzz.layout import Layout
 from fuzz.materialize import GraphModel
 from verifier.transform import Calibration
 
 from . import register
 from .graph_edit import require_graph_model, untie as untie_model
-from .hadamard import orthogonal
 
 NAME = "residual-rotation"
 _LINEAR_READERS = ("linear", "lm_head")

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fuzz.errors import BadInput, Refusal
+from fuzz.hadamard import fwht, next_pow2
 from fuzz.layout import Layout
 from fuzz.materialize import GraphModel
 from verifier.transform import Calibration
@@ -44,7 +45,6 @@ from verifier.transform import Calibration
 from . import register
 from .calibration import collect, energy_scales
 from .graph_edit import LayoutEdit, rebuild, require_graph_model
-from .hadamard import fwht, next_pow2
 
 NAME = "wht-scale"
 SCALES = ("energy", "random")

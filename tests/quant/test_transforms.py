@@ -7,8 +7,8 @@ import torch
 
 import quant.transforms as T
 from fuzz import DecoderSpec, LayerSpec, Refusal, build, materialize
+from fuzz.hadamard import orthogonal
 from quant.transforms.calibration import energy_scales
-from quant.transforms.hadamard import orthogonal
 from verifier import Calibration, verify
 
 CALIB = Calibration(torch.randint(0, 64, (4, 12), generator=torch.Generator().manual_seed(0)))

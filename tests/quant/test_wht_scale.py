@@ -11,10 +11,9 @@ from torch import nn
 
 from fuzz import BadInput, DecoderSpec, LayerSpec, Refusal, build, materialize
 from fuzz import strategies as S
+from fuzz.hadamard import hadamard, online_input
 from quant.transforms import get
 from quant.transforms.calibration import collect, energy_scales
-from quant.transforms.hadamard import hadamard
-from quant.transforms.hadamard import online_input
 from quant.transforms.wht_scale import folded_weight, unfold, wht_scale
 from verifier import verify
 from verifier.transform import Calibration
