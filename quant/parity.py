@@ -386,14 +386,14 @@ def _run_job(xml_path: str, ids_path: str, device: str, config: dict, out_path: 
 # ====================================================================== compare
 def _reference(model: nn.Module, ids: torch.Tensor, tie_margin: float) -> tuple[torch.Tensor, torch.Tensor]:
     """PyTorch logits of ``model`` on ``ids`` and the mask of positions no MoE near-tie precedes."""
-    from verifier.oracle import _comparable, _topk_recorder
+    from verifier.oracle import comparable_positions, topk_recorder
 
-    with torch.no_grad(), _topk_recorder(model) as rec:
+    with torch.no_grad(), topk_recorder(model) as rec:
         if isinstance(model, GraphModel):
             logits = model(ids)
         else:
             logits = ExportWrapper(model)(ids)
-    return logits.detach().float(), _comparable(model, ids, tie_margin, rec.margins)
+    return logits.detach().float(), comparable_positions(model, ids, tie_margin, rec.margins)
 
 
 def perplexity_of(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor | None = None) -> float:

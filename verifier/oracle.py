@@ -299,8 +299,12 @@ class _NoRecorder:
         return False
 
 
-def _topk_recorder(model: nn.Module):
-    """GraphModels report their router margins themselves; foreign modules get their topk calls recorded."""
+def topk_recorder(model: nn.Module):
+    """A context manager that collects the MoE routing margins of ``model``'s forward passes (public).
+
+    GraphModels report their router margins themselves (a no-op recorder); foreign modules get their
+    ``torch.topk`` calls recorded.  Pass its ``.margins`` to :func:`comparable_positions`.
+    """
     return _NoRecorder() if isinstance(model, GraphModel) else TopkMargins()
 
 
@@ -315,8 +319,14 @@ def _tie_mask(margins: list[torch.Tensor], ids: torch.Tensor, tie_margin: float)
     return ok
 
 
-def _comparable(model: nn.Module, ids: torch.Tensor, tie_margin: float, recorded: list[torch.Tensor]) -> torch.Tensor:
-    """Positions that no MoE near-tie can have flipped, from a GraphModel's routers or recorded topk calls."""
+def comparable_positions(model: nn.Module, ids: torch.Tensor, tie_margin: float,
+                         recorded: list[torch.Tensor]) -> torch.Tensor:
+    """``(batch, seq)`` mask of positions that no MoE near-tie can have flipped (public).
+
+    Margins come from a GraphModel's routers (after its last forward) and from ``recorded``, the margins a
+    :func:`topk_recorder` collected; a position is dropped from the first margin below ``tie_margin`` in its
+    row onward.  The oracle and device parity (``quant.parity``) compare logits only on these positions.
+    """
     margins = [m.last_margin for m in model.modules() if isinstance(m, Router) and m.last_margin is not None]
     return _tie_mask(margins + recorded, ids, tie_margin)
 
@@ -693,7 +703,7 @@ def _verify(transform, subject, dtype, seed, batch, seq, calib_batch, tol, deadl
 
     deadline.enter("subject forward")
     trainable = all(p.requires_grad for p in model.parameters() if p.is_floating_point())
-    with _topk_recorder(model) as ref_topk:  # activations are captured only if the logits diverge
+    with topk_recorder(model) as ref_topk:  # activations are captured only if the logits diverge
         try:  # with the autograd graph when it costs nothing to ask: the positive control differentiates it
             attached = _logits(model, all_ids.clone(), f"subject {subject_name}", grad=trainable)
         except BadInput:
@@ -704,7 +714,7 @@ def _verify(transform, subject, dtype, seed, batch, seq, calib_batch, tol, deadl
     ref = ref_all[:batch]
     if not torch.isfinite(ref_all).all():
         raise BadInput(f"subject {subject_name} gives non-finite logits before any transform")
-    mask_all = _comparable(model, all_ids, tol.tie_margin, ref_topk.margins)
+    mask_all = comparable_positions(model, all_ids, tol.tie_margin, ref_topk.margins)
     causal = _causality(ref_all, batch, where, mask_all, tol.rel)
     verdict.causality = {"tokens_perturbed": causal["tokens_perturbed"], "subject_max_rel": causal["max_rel"]}
     if causal["violation"] is not None:
@@ -736,13 +746,13 @@ def _verify(transform, subject, dtype, seed, batch, seq, calib_batch, tol, deadl
 
     deadline.enter("transformed forward")
     try:
-        with _topk_recorder(out) as new_topk:
+        with topk_recorder(out) as new_topk:
             new_all = _logits(out, all_ids.clone(), "transformed model")
         problem = _check_logits(new_all, all_ids, vocab)
         if not problem:
             new_all = new_all.detach()
             finite = bool(torch.isfinite(new_all).all())
-            mask_all = mask_all & _comparable(out, all_ids, tol.tie_margin, new_topk.margins)
+            mask_all = mask_all & comparable_positions(out, all_ids, tol.tie_margin, new_topk.margins)
     except BadInput as exc:
         problem = str(exc)
     except Exception as exc:  # the transformed model's own machinery (hooks, routers) failed
