@@ -22,8 +22,10 @@ import resource
 import time
 from pathlib import Path
 
+from quant.transforms import RECIPES as TRANSFORM_RECIPES
 
-RECIPES = ["bbt-absorb", "bbt-spectral", "bbt-pair-pca", "bbt-spectral-pca", "residual-hadamard"]
+
+RECIPES = list(TRANSFORM_RECIPES)
 
 
 def _child(recipe: str, args: dict, queue) -> None:

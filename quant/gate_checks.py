@@ -15,9 +15,12 @@ import torch
 
 from fuzz import DecoderSpec, LayerSpec, build, materialize
 from fuzz.families import family_spec, to_transformers
+from quant.quantize import RECIPES as QUANT_RECIPES
+from quant.transforms import RECIPES as TRANSFORM_RECIPES
 
 SMOKE_DIMS = dict(vocab=64, hidden=64, n_heads=4, n_kv_heads=2, head_dim=16, intermediate=128, n_layers=2)
-SMOKE_RECIPES = ("none", "bbt-absorb", "bbt-spectral", "bbt-pair-pca", "bbt-spectral-pca")
+# every quantizer recipe that is also a transform recipe, in the transform list's order, after "none"
+SMOKE_RECIPES = ("none",) + tuple(r for r in TRANSFORM_RECIPES if r in QUANT_RECIPES)
 
 
 def quantize_smoke(recipes: tuple[str, ...] = SMOKE_RECIPES) -> dict:

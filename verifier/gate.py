@@ -30,7 +30,6 @@ from .campaign import run_campaign
 from .corpus import DEFAULT_ROOT, load_entries, replay
 from .registry import available
 
-RECIPES = ["bbt-absorb", "bbt-spectral", "bbt-pair-pca", "bbt-spectral-pca", "residual-hadamard"]
 # name -> callable() returning {"ok": bool, ...}; later stages (quantization, parity) append theirs
 EXTRA_CHECKS: dict[str, Callable[..., dict]] = {}
 
@@ -47,7 +46,8 @@ def gate_transforms() -> list[str]:
     return [f"{reg}:{n}" for reg, names in available().items() if reg in ("reference", "quant") for n in names]
 
 
-def check_checkpoint(recipes: list[str] = RECIPES) -> dict:
+def check_checkpoint(recipes: list[str] | None = None) -> dict:
+    """Every recipe (default: ``quant.transforms.RECIPES``, in its order) on the default checkpoint."""
     import quant.transforms as T
     from fuzz.importer import import_model
     from quant.checkpoints import load_default_checkpoint
@@ -57,7 +57,7 @@ def check_checkpoint(recipes: list[str] = RECIPES) -> dict:
     graph = import_model(model)  # checked against the transformers model first (fuzz.importer.check_import)
     checked = graph.layout.meta["import_check"]  # its floor ("exact" / "float32") goes into the report
     rows = []
-    for recipe in recipes:  # verify works on private copies: the checkpoint is loaded once
+    for recipe in (T.RECIPES if recipes is None else recipes):  # verify works on private copies: the checkpoint is loaded once
         proof = verify(T.get(recipe), graph, dtype=torch.float64, batch=1, seq=16, calib_batch=2)
         ships = verify(T.get(recipe, host="transformers"), model, dtype=torch.float32, batch=1, seq=16,
                        calib_batch=2)

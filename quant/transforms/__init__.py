@@ -66,3 +66,5 @@ from . import spectral_pca  # noqa
 from . import residual_rotation  # noqa: E402,F401
 from . import moe  # noqa: E402,F401
 from . import recipes  # noqa: E402,F401
+
+RECIPES = recipes.RECIPES  # the named recipes, in order (defined in :mod:`.recipes`)

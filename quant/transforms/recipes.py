@@ -27,6 +27,9 @@ from . import get, register
 from .graph_edit import require_graph_model
 from .pair_pca import qk_chains
 
+# The recipes, in the table's order: the one list the gate, the benchmarks and the tests read.
+RECIPES = ("bbt-absorb", "bbt-spectral", "bbt-pair-pca", "bbt-spectral-pca", "residual-hadamard")
+
 
 def _log(m: GraphModel, **entry) -> None:
     m.transform_log = getattr(m, "transform_log", []) + [entry]

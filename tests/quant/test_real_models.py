@@ -16,7 +16,7 @@ from fuzz.families import FAMILIES, family_spec, to_transformers
 from fuzz.importer import import_model
 from verifier import verify
 
-RECIPES = ["bbt-absorb", "bbt-spectral", "bbt-pair-pca", "bbt-spectral-pca", "residual-hadamard"]
+RECIPES = list(T.RECIPES)
 DIMS = dict(vocab=64, hidden=32, n_heads=4, n_kv_heads=2, head_dim=8, intermediate=48, n_layers=2)
 
 
