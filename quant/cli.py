@@ -73,7 +73,8 @@ def _corpus_root() -> Path:
 
 
 def _dtype(name: str) -> torch.dtype:
-    return {"float64": torch.float64, "float32": torch.float32}[name]
+    from verifier.tolerance import DTYPE_BY_NAME
+    return DTYPE_BY_NAME[name]
 
 
 # ------------------------------------------------------------------ argument types (argparse type=)
@@ -473,15 +474,20 @@ _SIZE_HELP = ("size guard: refuse a layout whose parameters take more bytes than
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # every choice list is read from the module that defines it, never retyped here
+    from fuzz.profiles import PROFILES
+    from quant.parity import HINT_CHOICES, HINTS
+    from quant.quantize import BITS, PRESETS, RECIPES
+    from verifier.tolerance import DTYPES
     p = _Parser(prog="archfuzz", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     f = sub.add_parser("fuzz", help="layout-discovery campaign")
-    f.add_argument("--profile", default="ci", choices=["dev", "ci", "nightly", "release"])
+    f.add_argument("--profile", default="ci", choices=list(PROFILES))
     f.add_argument("--max-examples", type=_int_at_least(1, "examples per transform"), default=None,
                    help="examples per transform (>= 1; default: the profile's)")
     f.add_argument("--transform", action="append", help="registry:name (repeatable); default: every registered transform but the mutants")
     f.add_argument("--seed", type=_seed, default=None, help="campaign seed in [0, 2**32)")
-    f.add_argument("--dtype", default="float64", choices=["float64", "float32"])
+    f.add_argument("--dtype", default="float64", choices=list(DTYPES))
     f.add_argument("--require", action="append", type=_key_value, metavar="FIELD=VALUE",
                    help="pin a layout feature (fuzz.strategies.check_constraints says what is accepted)")
     f.add_argument("--out", type=_out_dir, default=None, help="folder for summary.json / summary.md")
@@ -499,7 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--option", action="append", type=_key_value, metavar="KEY=VALUE",
                    help="transform option, checked against the transform's signature")
     v.add_argument("--seed", type=_seed, default=0, help="weight seed in [0, 2**32)")
-    v.add_argument("--dtype", default="float64", choices=["float64", "float32"])
+    v.add_argument("--dtype", default="float64", choices=list(DTYPES))
     v.add_argument("--json", action="store_true")
     v.add_argument("--max-param-bytes", type=_byte_count, default=None, metavar="BYTES", help=_SIZE_HELP)
     v.set_defaults(func=cmd_verify, check=check_verify)
@@ -537,15 +543,14 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("quantize", help="auto-round on an oracle-proven transformed checkpoint, unfolded")
     q.add_argument("--checkpoint", type=_checkpoint, default=None,
                    help="transformers dir, .safetensors in one, .gguf; default SmolLM2-135M")
-    q.add_argument("--recipe", required=True, choices=["none", "bbt-absorb", "bbt-pair-pca", "bbt-spectral-pca",
-                                                       "bbt-spectral", "autoround-hadamard"])
+    q.add_argument("--recipe", required=True, choices=list(RECIPES))
     q.add_argument("--alpha", type=_float_in(0.0, False, "a scaling exponent"), default=0.5,
                    help="activation-energy scaling exponent (the paper's 0.5); on SmolLM2 at the cpu preset "
                         "0.25 was best at W2 and 0 at W4 (docs/findings.md)")
-    q.add_argument("--bits", type=int, default=2, choices=[2, 3, 4])
+    q.add_argument("--bits", type=int, default=2, choices=list(BITS))
     q.add_argument("--group-size", type=_int_at_least(1, "weights per quantization group"), default=64)
     q.add_argument("--sym", action="store_true", help="symmetric (default asymmetric)")
-    q.add_argument("--preset", default="cpu", choices=["cpu", "paper"])
+    q.add_argument("--preset", default="cpu", choices=list(PRESETS))
     q.add_argument("--iters", type=_int_at_least(0, "tuning iterations"), default=None, help="0 = RTN")
     q.add_argument("--nsamples", type=_int_at_least(1, "calibration windows"), default=None)
     q.add_argument("--seqlen", type=_int_at_least(2, "tokens per calibration window"), default=None)
@@ -577,8 +582,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--batch", type=_int_at_least(1, "rows"), default=1)
     d.add_argument("--seed", type=_seed, default=0, help="seed in [0, 2**32)")
     d.add_argument("--device", action="append", help="OpenVINO device (repeatable); default: every one it reports")
-    d.add_argument("--hint", action="append", choices=["f32", "bf16", "f16", "default"],
-                   help="precision hint (repeatable); default f32, bf16, f16")
+    d.add_argument("--hint", action="append", choices=list(HINT_CHOICES),
+                   help=f"precision hint (repeatable); default {', '.join(HINTS)}")
     d.add_argument("--text", type=_readable_file, default=None,
                    help="text whose tokens are compared; default: the evaluation split")
     d.add_argument("--timeout", type=_float_in(0.0, True, "seconds per child process"), default=600.0,

@@ -69,6 +69,7 @@ from fuzz.materialize import ACT, Experts, GraphModel
 STAGES = ("export", "compile", "execute")
 SYMPTOMS = ("ok", "exception", "segfault", "crash", "timeout", "inconsistency")
 HINTS = ("f32", "bf16", "f16")  # "default" (no config at all) may be asked for too
+HINT_CHOICES = HINTS + ("default",)  # every hint that may be asked for (the CLI's --hint choices)
 GATE = {"device": "CPU", "hint": "f32", "rel_err": 1e-5, "dppl": 0.01, "dppl_rel": 1e-4}
 
 
@@ -344,7 +345,7 @@ def compile_config(device: str, hint: str) -> dict:
     if hint == "default":
         return {}
     if hint not in HINTS:
-        raise BadInput(f"unknown precision hint {hint!r}; hints: {HINTS + ('default',)}")
+        raise BadInput(f"unknown precision hint {hint!r}; hints: {HINT_CHOICES}")
     cfg = {"INFERENCE_PRECISION_HINT": hint}
     if hint == "f32":
         cfg["EXECUTION_MODE_HINT"] = "ACCURACY"

@@ -58,6 +58,7 @@ from fuzz.errors import BadInput
 RECIPES = ("none", "bbt-absorb", "bbt-pair-pca", "bbt-spectral-pca", "bbt-spectral", "autoround-hadamard")
 WEIGHT_ONLY = ("bbt-absorb", "bbt-pair-pca", "bbt-spectral-pca")
 ONLINE = ("bbt-spectral",)
+BITS = (2, 3, 4)  # A16 weight-only widths auto-round is run at
 UNFOLD_TOL = 1e-9  # float64 relative logit error between the transformed quantized model and the unfolded one
 SHIPPED_TOL = 1e-5  # the same, for the shipped float32 checkpoint (its weights are the float64 fold rounded)
 
@@ -87,8 +88,9 @@ class QuantConfig:
     enable_alg_ext: bool = False
 
     def check(self) -> None:
-        if self.bits not in (2, 3, 4):
-            raise BadInput(f"bits must be 2, 3 or 4 (A16 weight-only), got {self.bits}")
+        if self.bits not in BITS:
+            raise BadInput(f"bits must be {', '.join(map(str, BITS[:-1]))} or {BITS[-1]} (A16 weight-only), "
+                           f"got {self.bits}")
         if self.group_size <= 0 or self.iters < 0 or self.nsamples <= 0 or self.seqlen <= 1 or self.batch_size <= 0:
             raise BadInput(f"invalid quantization settings: {self}")
 

@@ -49,11 +49,10 @@ from fuzz.materialize import materialize
 
 from .oracle import FAILING, Verdict, verify
 from .registry import REGISTRIES, available, resolve
-from .tolerance import default_tolerance
+from .tolerance import DTYPES, default_tolerance
 
 STATUSES = ("open", "fixed", "expected-refusal")
 KINDS = ("finding", "mutant")
-DTYPES = ("float64", "float32")
 #: Statuses in which the transform never ran to the end: a mutant there tested nothing.
 NOT_RUN = ("error", "timeout")
 #: A mutant is caught only when it ran and the oracle saw the function break (diverged, non-finite, ...).

@@ -69,6 +69,9 @@ _DEFAULTS = {
     torch.float32: Tolerance("float32", 1e-4, 1e-3, 1e-3,
                              "float32 check mode: correct transforms <= ~6e-6, real bug classes >= 1e-3", 1.0),
 }
+#: The oracle's dtypes by name (proof mode first): the one list the CLI's ``--dtype`` and the corpus read.
+DTYPE_BY_NAME = {tol.dtype: dtype for dtype, tol in _DEFAULTS.items()}
+DTYPES = tuple(DTYPE_BY_NAME)
 
 
 def default_tolerance(dtype: torch.dtype) -> Tolerance:
