@@ -138,7 +138,8 @@ def _run(base, tok, method, recipe, alpha, rtn, bits, seed, settings, args, cali
     windows = calibration_windows(calib_all, cfg.nsamples, cfg.seqlen, seed)
     model = copy.deepcopy(base)
     verdict = None
-    if recipe in ("bbt-spectral", "bbt-pair-pca", "bbt-absorb", "bbt-spectral-pca"):
+    from quant.quantize import ONLINE, WEIGHT_ONLY
+    if recipe in WEIGHT_ONLY + ONLINE:  # the recipes the oracle gate proves before quantization
         gpath = out / "cache" / f"gate-{recipe}-a{alpha}-{_key({'checkpoint': ckpt, 'recipe': recipe, 'alpha': alpha})}.json"
         if gpath.is_file():
             verdict = _CachedVerdict(**json.loads(gpath.read_text()))
