@@ -272,17 +272,6 @@ def check_parity(args) -> None:
                 raise BadInput(f"--device {dev!r} is not a device OpenVINO reports here; devices: {known}")
 
 
-def _example_timeout(text: str) -> float:
-    """argparse type of ``fuzz --timeout``: seconds per example, a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds per example (a number > 0), got {text!r}") from None
-    if not (0 < value < float("inf")):
-        raise argparse.ArgumentTypeError(f"expected seconds per example (a number > 0), got {text!r}")
-    return value
-
-
 def cmd_fuzz(args) -> int:
     from verifier.campaign import run_campaign, summary_markdown, write_summary
     summary = run_campaign(args.transform or default_transforms(), profile=args.profile,
@@ -375,17 +364,6 @@ def cmd_corpus(args) -> int:
     for name, path, created in made:
         print(f"{'new ' if created else 'kept'} {path.name}  {name}")
     return 0
-
-
-def _seconds(text: str) -> float:
-    """argparse type of ``--older-than``: a finite number of seconds >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds (a number >= 0), got {text!r}") from None
-    if not (0 <= value < float("inf")):
-        raise argparse.ArgumentTypeError(f"expected seconds (a number >= 0), got {text!r}")
-    return value
 
 
 def cmd_gate(args) -> int:
@@ -494,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--quiet", action="store_true")
     f.add_argument("--corpus", type=_out_dir, default=str(_corpus_root()), help="where reduced failures are recorded")
     f.add_argument("--no-corpus", action="store_true", help="do not record new failures (known ones are still named)")
-    f.add_argument("--timeout", type=_example_timeout, default=60.0, metavar="SECONDS",
+    f.add_argument("--timeout", type=_float_in(0.0, True, "seconds per example"), default=60.0, metavar="SECONDS",
                    help="per example: a transform that runs longer gets a 'timeout' verdict (default 60)")
     f.add_argument("--max-param-bytes", type=_byte_count, default=None, metavar="BYTES",
                    help=_SIZE_HELP + "; the largest layout --require allows must fit")
@@ -529,7 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "what it removed.  Exit 0, or 2 on bad arguments.")
     c.add_argument("action", choices=["seed", "clean"])
     c.add_argument("--root", type=_path, default=str(_corpus_root()), help="corpus folder")
-    c.add_argument("--older-than", type=_seconds, default=None, metavar="SECONDS",
+    c.add_argument("--older-than", type=_float_in(0.0, False, "seconds"), default=None, metavar="SECONDS",
                    help="clean only: leftovers at least this old (default 3600; 0 removes all)")
     c.set_defaults(func=cmd_corpus)
     g = sub.add_parser("gate", help="the pre-release invariance gate")
