@@ -160,6 +160,11 @@ class ExactFloat64(nn.Module):
             return self.model(input_ids, **kwargs)
 
 
+def _check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise BadInput(f"peer option precision must be one of {PRECISIONS}, got {precision!r}")
+
+
 def _forward_float64(model: nn.Module) -> nn.Module:
     """``model`` with its forward run under :func:`float64_everywhere`; module names unchanged, so the
     oracle still matches its nodes (``lm_head``) to the layout's."""
@@ -257,8 +262,7 @@ class Peer:
     def __call__(self, model: nn.Module, calib: Calibration, block_size: int | None = None,
                  spinquant_dtype: str = "model", seed: int | None = None,
                  precision: str = "transformers") -> nn.Module:
-        if precision not in PRECISIONS:
-            raise BadInput(f"peer option precision must be one of {PRECISIONS}, got {precision!r}")
+        _check_precision(precision)
         if precision == "float64" and isinstance(model, GraphModel):
             with float64_everywhere():  # RoPE tables built at init in float64 too
                 hf = _transformers_model(self.name, model)
@@ -314,6 +318,5 @@ def peer(name: str) -> Peer:
 
 def get(name: str, **options) -> NamedTransform:
     """The peer called ``name`` with ``options`` (``block_size``, ``spinquant_dtype``, ``seed``, ``precision``)."""
-    if options.get("precision", "transformers") not in PRECISIONS:
-        raise BadInput(f"peer option precision must be one of {PRECISIONS}, got {options['precision']!r}")
+    _check_precision(options.get("precision", "transformers"))
     return NamedTransform(name, peer(name), options, registry="quant.peers")
