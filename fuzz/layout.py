@@ -133,6 +133,10 @@ class Layout:
         """Feature tags recorded by the synthesizer (``meta['features']``), sorted."""
         return sorted(self.meta.get("features", []))
 
+    def op_features(self) -> list[str]:
+        """The feature tags of the layout's nodes (each op's ``OpSpec.features(params)``), sorted, once each."""
+        return sorted({tag for node in self.order for tag in spec(self.op(node)).features(self.params(node))})
+
     def parameter_counts(self) -> dict[str, int]:
         """Trainable elements per node (from :func:`fuzz.ops.parameter_shapes`; a tied head owns none)."""
         return {node: sum(math.prod(shape) for shape in parameter_shapes(self.op(node), self.params(node)).values())

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import math
 import os
 
 import torch
@@ -27,7 +26,7 @@ from torch import nn
 from .errors import BadInput
 from .hadamard import online_input
 from .layout import Layout
-from .ops import parameter_shapes
+from .ops import parameter_shapes, registrar, spec
 
 NUMERICS = ("exact", "transformers")
 
@@ -72,51 +71,67 @@ def _generator(seed: int, node: str, name: str) -> torch.Generator:
 
 
 def draw_parameter(seed: int, node: str, op: str, params: dict, name: str, shape: tuple[int, ...]) -> torch.Tensor:
-    """The float64 initial value of one parameter: random, never ones or zeros."""
-    gen = _generator(seed, node, name)
-    z = torch.randn(shape, generator=gen, dtype=torch.float64)
-    if op == "wht_in":
-        return torch.exp(0.3 * z)  # a positive per-coordinate scale
-    if op == "gamma_norm":
-        q, r = torch.linalg.qr(z)
-        return q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))[..., None, :]
-    if op == "norm" and name == "weight":
-        return 0.3 * z if params["weight_form"] == "1+w" else 1.0 + 0.3 * z
-    if name == "bias" or op == "norm":
-        return 0.1 * z
-    fan_in = shape[-1]
-    return z / math.sqrt(fan_in) if op != "embedding" else z
+    """The float64 initial value of one parameter: ``init[name](z, params)`` of the op's
+    :class:`~fuzz.ops.OpSpec`, ``z`` the standard-normal draw of ``shape`` from ``(seed, node, name)``."""
+    initialiser = spec(op).init.get(name)
+    if initialiser is None:
+        raise ValueError(f"op {op!r} declares no initialiser for a parameter {name!r} (node {node!r}); "
+                       f"it has {sorted(spec(op).init)}")
+    z = torch.randn(shape, generator=_generator(seed, node, name), dtype=torch.float64)
+    return initialiser(z, params)
 
 
 ACT = {"silu": F.silu, "gelu": F.gelu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"), "relu": F.relu}
 
 
+MODULES: dict[str, type["Node"]] = {}  # op name -> its torch module, filled by @torch_impl
+_register_module = registrar(MODULES, "torch implementation")
+
+
+def torch_impl(op: str):
+    """``@torch_impl("norm") class Norm(Node)``: registers the torch module of an op of :data:`fuzz.ops.SPECS`
+    (an unknown op or a second module for the same op is an error)."""
+    return _register_module(op)
+
+
 class Node(nn.Module):
-    """Base of the per-op modules; ``params`` are the node's layout parameters."""
+    """Base of the per-op modules; ``params`` are the node's layout parameters.
+
+    :meth:`export_forward` is the form ``torch.export`` traces: ``forward`` unless the op's forward has
+    data-dependent shapes (the experts), then the same math without them.
+    """
 
     def __init__(self, node: str, params: dict, numerics: str):
         super().__init__()
         self.node_id, self.p, self.numerics = node, params, numerics
 
+    def export_forward(self, *args: torch.Tensor) -> torch.Tensor:
+        """The exportable form of :meth:`forward` (the same function); by default the module's own call."""
+        return self(*args)
+
     def extra_repr(self) -> str:
         return f"{self.node_id}: " + ", ".join(f"{k}={v}" for k, v in self.p.items())
 
 
+@torch_impl("tokens")
 class Tokens(Node):
     def forward(self, ids):
         return ids
 
 
+@torch_impl("embedding")
 class Embedding(Node):
     def forward(self, ids):
         return F.embedding(ids, self.weight)
 
 
+@torch_impl("scale")
 class Scale(Node):
     def forward(self, x):
         return x * self.p["factor"]
 
 
+@torch_impl("norm")
 class Norm(Node):
     """RMSNorm / LayerNorm over groups of ``dim`` channels, ``g = w`` or ``1 + w``."""
 
@@ -141,6 +156,7 @@ class Norm(Node):
         return out.reshape(shape)
 
 
+@torch_impl("linear")
 class Linear(Node):
     def forward(self, x):
         return F.linear(x, self.weight, getattr(self, "bias", None))
@@ -169,6 +185,7 @@ def rotate_pairs(x: torch.Tensor, style: str) -> torch.Tensor:
     return torch.stack((-x2, x1), dim=-1).flatten(-2)
 
 
+@torch_impl("rope")
 class Rope(Node):
     def forward(self, x):
         p = self.p
@@ -182,6 +199,7 @@ class Rope(Node):
         return torch.cat((rot, rest), dim=-1).reshape(b, t, -1)
 
 
+@torch_impl("attention")
 class Attention(Node):
     """Causal softmax attention, ``scaling = head_dim ** -0.5``, K/V repeated across GQA groups."""
 
@@ -199,6 +217,7 @@ class Attention(Node):
         return out.transpose(1, 2).reshape(b, t, h * d)
 
 
+@torch_impl("head_slice")
 class HeadSlice(Node):
     def forward(self, x):
         p = self.p
@@ -206,6 +225,7 @@ class HeadSlice(Node):
         return xh[..., p["start"]:p["start"] + p["length"]].reshape(*x.shape[:-1], -1)
 
 
+@torch_impl("gate")
 class Gate(Node):
     """``x * act(g)`` with ``g`` elementwise, per head or per token."""
 
@@ -220,16 +240,19 @@ class Gate(Node):
         return (x.reshape(*x.shape[:-1], n, -1) * a[..., None]).reshape(x.shape)
 
 
+@torch_impl("act")
 class Act(Node):
     def forward(self, x):
         return ACT[self.p["fn"]](x)
 
 
+@torch_impl("mul")
 class Mul(Node):
     def forward(self, a, b):
         return a * b
 
 
+@torch_impl("add")
 class Add(Node):
     def forward(self, *xs):
         out = xs[0]
@@ -238,6 +261,7 @@ class Add(Node):
         return out
 
 
+@torch_impl("router")
 class Router(Node):
     """softmax -> top-k -> optional renormalisation, scattered back to a dense ``(.., E)`` tensor.
 
@@ -260,6 +284,7 @@ class Router(Node):
         return torch.zeros_like(probs).scatter(-1, idx, top).to(dtype)
 
 
+@torch_impl("experts")
 class Experts(Node):
     """Fused experts: ``sum_e w_e * down_e(act(gate_e x) * up_e x)``, gate rows first in gate_up_proj."""
 
@@ -278,7 +303,16 @@ class Experts(Node):
             flat_out.index_add_(0, rows, y)
         return out
 
+    def export_forward(self, x, weights):
+        """Every expert on every token, no data-dependent shapes: ``sum_e w_e * down_e(act(gate_e x) * up_e x)``
+        with ``w_e = 0`` for the experts not routed to (the same sum as :meth:`forward`)."""
+        act = ACT[self.p["act"]]
+        gate, up = torch.einsum("...d,efd->...ef", x, self.gate_up_proj).chunk(2, dim=-1)
+        y = torch.einsum("...ei,edi->...ed", act(gate) * up, self.down_proj)
+        return (y * weights[..., None]).sum(dim=-2)
 
+
+@torch_impl("wht_in")
 class WhtIn(Node):
     """``fwht([x, 0]) / scale``: the online input of a spectrally transformed linear (T1)."""
 
@@ -286,6 +320,7 @@ class WhtIn(Node):
         return online_input(x, self.scale, self.p["d_pad"])
 
 
+@torch_impl("gamma_norm")
 class GammaNorm(Node):
     """Per group: ``Gamma_g (u / rms(u))`` with a full ``dim x dim`` matrix per group (T5)."""
 
@@ -296,17 +331,10 @@ class GammaNorm(Node):
         return torch.einsum("...gd,ged->...ge", u, self.gamma).reshape(x.shape)
 
 
+@torch_impl("lm_head")
 class LMHead(Node):
     def forward(self, x):
         return F.linear(x, self.weight)
-
-
-MODULES: dict[str, type[Node]] = {
-    "tokens": Tokens, "embedding": Embedding, "scale": Scale, "norm": Norm, "linear": Linear,
-    "rope": Rope, "attention": Attention, "head_slice": HeadSlice, "gate": Gate, "act": Act,
-    "mul": Mul, "add": Add, "router": Router, "experts": Experts, "lm_head": LMHead,
-    "wht_in": WhtIn, "gamma_norm": GammaNorm,
-}
 
 
 class GraphModel(nn.Module):

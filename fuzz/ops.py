@@ -3,7 +3,12 @@
 Every activation in a layout is a ``(batch, seq, width)`` tensor (token ids are ``(batch, seq)``), so
 shape inference only tracks the last-axis ``width``.  Each :class:`OpSpec` declares its parameters
 (name -> type and default), its input ports and ``infer(params, in_widths) -> out_width``, which
-raises :class:`~fuzz.errors.LayoutError` naming the node when the op is not legal.
+raises :class:`~fuzz.errors.LayoutError` naming the node when the op is not legal; beside them the
+parameter shapes and initialisers, the decoder-spec axes that draw the op and its feature tags.
+
+Adding an op: one :func:`declare` block here, then ``@torch_impl(op)`` on its module in
+:mod:`fuzz.materialize` and ``@import_pattern(op)`` (or :func:`fuzz.importer.patterns.refuse_import`) in
+:mod:`fuzz.importer.patterns`; ``tests/fuzz/test_op_registry.py`` names whatever is missing.
 
 Semantics (row vectors, ``linear(x, W) = x W^T + b``):
 
@@ -44,21 +49,55 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import torch
+
 from .errors import LayoutError
 
 ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu")
 GATE_ACTS = ("sigmoid", "softplus")
 
+ALWAYS = "always"  # drawn_by: the layout of the default DecoderSpec contains the op
+
+
+@dataclass(frozen=True)
+class NotDrawn:
+    """drawn_by of an op that no DecoderSpec axis draws; ``reason`` says what produces it instead."""
+
+    reason: str
+
+
+Initialiser = Callable[[torch.Tensor, dict], torch.Tensor]  # (standard-normal draw z, params) -> initial value
+DrawnBy = str | tuple[dict[str, Any], ...] | NotDrawn
+
 
 @dataclass(frozen=True)
 class OpSpec:
-    """Declaration of one op kind: parameters, ports, shape inference and validity."""
+    """Declaration of one op kind, everything that is the op's own, side by side.
+
+    * ``params`` / ``ports`` / ``infer`` / ``choices``: parameters (name -> (type, default); default ``...``
+      = required), named input ports (``("*",)`` = two or more inputs), shape inference and validity;
+    * ``shapes(params) -> {name: shape}``: the trainable tensors a node owns;
+    * ``init[name](z, params)``: the initial value of each of them from ``z``, a float64 standard-normal
+      draw of its shape (:func:`fuzz.materialize.draw_parameter` makes ``z``);
+    * ``drawn_by``: :data:`ALWAYS`, or switches (each a dict of DecoderSpec fields, in ``to_dict`` form,
+      that make ``build`` emit the op when set on the default spec), or :class:`NotDrawn` with the reason;
+    * ``features(params) -> tags``: the node's feature tags (``op:rope:interleaved``), see
+      :meth:`fuzz.layout.Layout.op_features`.
+
+    Backends register against ``name``: the torch module (``fuzz.materialize.torch_impl``) and the importer
+    pattern (``fuzz.importer.patterns.import_pattern``); ``tests/fuzz/test_op_registry.py`` checks that
+    every op has every piece.
+    """
 
     name: str
-    params: dict[str, tuple[type | tuple[type, ...], Any]]  # name -> (type, default); default ... = required
-    ports: tuple[str, ...]  # named input ports; ("*",) = two or more inputs
+    params: dict[str, tuple[type | tuple[type, ...], Any]]
+    ports: tuple[str, ...]
     infer: Callable[[str, dict, list[int | None]], int | None]
     choices: dict[str, tuple] = field(default_factory=dict)
+    shapes: Callable[[dict], dict[str, tuple[int, ...]]] | None = None
+    init: dict[str, Initialiser] = field(default_factory=dict)
+    drawn_by: DrawnBy | None = None
+    features: Callable[[dict], tuple[str, ...]] | None = None
 
     def normalise(self, node: str, raw: dict) -> dict:
         """Fill defaults, reject unknown or ill-typed parameters (naming the node)."""
@@ -81,6 +120,39 @@ class OpSpec:
                 raise LayoutError(f"{self.name}.{key} must be positive, got {value}", node)
             out[key] = value
         return out
+
+
+
+SPECS: dict[str, OpSpec] = {}
+
+
+def declare(op_spec: OpSpec) -> OpSpec:
+    """Add ``op_spec`` to :data:`SPECS`; an op name is declared once."""
+    if op_spec.name in SPECS:
+        raise ValueError(f"op {op_spec.name!r} is declared twice: an op is declared once, in fuzz/ops.py")
+    SPECS[op_spec.name] = op_spec
+    return op_spec
+
+
+def registrar(registry: dict[str, Any], piece: str) -> Callable[[str], Callable[[Any], Any]]:
+    """A decorator factory filling ``registry`` (op name -> ``piece``, e.g. "torch implementation") for the
+    ops of :data:`SPECS`: an unknown op name or a second registration for the same op is an error."""
+
+    def register(op: str) -> Callable[[Any], Any]:
+        if op not in SPECS:
+            raise ValueError(f"cannot register a {piece} for unknown op {op!r}; known: {sorted(SPECS)}")
+        if op in registry:
+            raise ValueError(f"op {op!r} already has a {piece} ({registry[op]!r}): register one per op")
+
+        def decorate(obj):
+            if op in registry:
+                raise ValueError(f"op {op!r} already has a {piece} ({registry[op]!r}): register one per op")
+            registry[op] = obj
+            return obj
+
+        return decorate
+
+    return register
 
 
 def _coerce(op: str, node: str, key: str, typ, value):
@@ -118,13 +190,71 @@ def _widths(node: str, op: str, got: list, want: list) -> None:
         _need(g == w, node, f"{op} input {i} has width {g}, expected {w}")
 
 
+# ====================================================================== initialisers
+# Each maps ``z``, a standard-normal draw of the parameter's shape (``torch.randn`` from the generator
+# of ``(seed, node, name)``, float64), to its initial value: random, never ones or zeros, or scaling
+# bugs would hide behind them.
+
+
+def _init_fan_in(z, p):
+    """``z / sqrt(fan_in)``, ``fan_in = z.shape[-1]`` (a weight read as ``x W^T``)."""
+    return z / math.sqrt(z.shape[-1])
+
+
+def _init_unit(z, p):
+    """``z`` (an embedding table)."""
+    return z
+
+
+def _init_small(z, p):
+    """``0.1 z`` (biases)."""
+    return 0.1 * z
+
+
+def _init_norm_weight(z, p):
+    """``g = 1 + 0.3 z`` around one: ``w = 0.3 z`` for the ``1 + w`` form, ``w = 1 + 0.3 z`` otherwise."""
+    return 0.3 * z if p["weight_form"] == "1+w" else 1.0 + 0.3 * z
+
+
+def _init_positive_scale(z, p):
+    """``exp(0.3 z)``: a positive per-coordinate scale."""
+    return torch.exp(0.3 * z)
+
+
+def _init_orthogonal(z, p):
+    """``Q`` of ``z = QR`` with the signs of ``diag(R)`` folded in: a Haar-random orthogonal matrix per group."""
+    q, r = torch.linalg.qr(z)
+    return q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))[..., None, :]
+
+
+def _no_parameters(p):
+    return {}
+
+
+def _weight_and_bias(out_dim: int, in_dims: tuple[int, ...], bias: bool) -> dict[str, tuple[int, ...]]:
+    shapes = {"weight": (out_dim, *in_dims)}
+    if bias:
+        shapes["bias"] = (out_dim,)
+    return shapes
+
+
+# ====================================================================== the ops, one block each
 def _tokens(node, p, w):
     return None
+
+
+declare(OpSpec("tokens", {"vocab": (int, ...)}, (), _tokens, shapes=_no_parameters, drawn_by=ALWAYS,
+               features=lambda p: ("op:tokens",)))
 
 
 def _embedding(node, p, w):
     _need(w == [None], node, "embedding reads the token ids")
     return p["dim"]
+
+
+declare(OpSpec("embedding", {"vocab": (int, ...), "dim": (int, ...)}, ("ids",), _embedding,
+               shapes=lambda p: {"weight": (p["vocab"], p["dim"])}, init={"weight": _init_unit},
+               drawn_by=ALWAYS, features=lambda p: ("op:embedding",)))
 
 
 def _same(node, p, w):
@@ -140,6 +270,11 @@ def _scale(node, p, w):
     return _same(node, p, w)
 
 
+declare(OpSpec("scale", {"factor": (float, ...)}, ("x",), _scale, shapes=_no_parameters,
+               drawn_by=({"embedding_multiplier": 2.0}, {"residual_multiplier": 0.5}, {"logit_multiplier": 0.125}),
+               features=lambda p: ("op:scale",)))
+
+
 def _norm(node, p, w):
     _widths(node, "norm", w, [p["dim"] * p["groups"]])
     _need(p["bias"] is False or p["kind"] == "layer", node, "only LayerNorm has a bias")
@@ -147,9 +282,31 @@ def _norm(node, p, w):
     return w[0]
 
 
+def _norm_features(p):
+    tags = [f"op:norm:{p['kind']}:{p['weight_form']}"]
+    if p["bias"]:
+        tags.append("op:norm:bias")
+    if p["groups"] > 1:
+        tags.append("op:norm:per_head")
+    return tuple(tags)
+
+
+declare(OpSpec("norm", {"kind": (str, "rms"), "dim": (int, ...), "groups": (int, 1), "eps": (float, 1e-6),
+                        "weight_form": (str, "w"), "bias": (bool, False)}, ("x",), _norm,
+               {"kind": ("rms", "layer"), "weight_form": ("w", "1+w")},
+               shapes=lambda p: {"weight": (p["dim"],), **({"bias": (p["dim"],)} if p["bias"] else {})},
+               init={"weight": _init_norm_weight, "bias": _init_small}, drawn_by=ALWAYS, features=_norm_features))
+
+
 def _linear(node, p, w):
     _widths(node, "linear", w, [p["in_features"]])
     return p["out_features"]
+
+
+declare(OpSpec("linear", {"in_features": (int, ...), "out_features": (int, ...), "bias": (bool, False)},
+               ("x",), _linear, shapes=lambda p: _weight_and_bias(p["out_features"], (p["in_features"],), p["bias"]),
+               init={"weight": _init_fan_in, "bias": _init_small}, drawn_by=ALWAYS,
+               features=lambda p: ("op:linear:bias",) if p["bias"] else ("op:linear",)))
 
 
 def _rope(node, p, w):
@@ -162,6 +319,14 @@ def _rope(node, p, w):
     return w[0]
 
 
+declare(OpSpec("rope", {"n_heads": (int, ...), "head_dim": (int, ...), "rotary_dim": (int, ...),
+                        "style": (str, "half"), "theta": (float, 10000.0)}, ("x",), _rope,
+               {"style": ("half", "interleaved")}, shapes=_no_parameters,
+               drawn_by=({"layers": [{"rope": True}]},),
+               features=lambda p: (f"op:rope:{p['style']}",) + (("op:rope:partial",)
+                                                                 if p["rotary_dim"] < p["head_dim"] else ())))
+
+
 def _attention(node, p, w):
     h, kv, d = p["n_heads"], p["n_kv_heads"], p["head_dim"]
     _need(h % kv == 0, node, f"n_heads {h} is not a multiple of n_kv_heads {kv}")
@@ -169,11 +334,25 @@ def _attention(node, p, w):
     return h * d
 
 
+def _attention_features(p):
+    h, kv = p["n_heads"], p["n_kv_heads"]
+    return ("op:attention:" + ("mha" if kv == h else "mqa" if kv == 1 else "gqa"),)
+
+
+declare(OpSpec("attention", {"n_heads": (int, ...), "n_kv_heads": (int, ...), "head_dim": (int, ...)},
+               ("q", "k", "v"), _attention, shapes=_no_parameters, drawn_by=ALWAYS, features=_attention_features))
+
+
 def _head_slice(node, p, w):
     _widths(node, "head_slice", w, [p["n_heads"] * p["head_dim"]])
     _need(p["start"] >= 0 and p["start"] + p["length"] <= p["head_dim"], node,
           f"slice [{p['start']}, {p['start'] + p['length']}) outside head_dim {p['head_dim']}")
     return p["n_heads"] * p["length"]
+
+
+declare(OpSpec("head_slice", {"n_heads": (int, ...), "head_dim": (int, ...), "start": (int, 0),
+                              "length": (int, ...)}, ("x",), _head_slice, shapes=_no_parameters,
+               drawn_by=({"attn_gate": "output_sigmoid"},), features=lambda p: ("op:head_slice",)))
 
 
 def _gate(node, p, w):
@@ -185,9 +364,24 @@ def _gate(node, p, w):
     return x
 
 
+declare(OpSpec("gate", {"act": (str, "sigmoid"), "n_heads": (int, 1)}, ("x", "g"), _gate, {"act": GATE_ACTS},
+               shapes=_no_parameters,
+               drawn_by=({"attn_gate": "head_softplus"}, {"attn_gate": "output_sigmoid"},
+                         {"layers": [{"sparse": True}], "shared_expert": True, "shared_gate": True}),
+               features=lambda p: (f"op:gate:{p['act']}",) + (("op:gate:per_head",) if p["n_heads"] > 1 else ())))
+
+
+declare(OpSpec("act", {"fn": (str, "silu")}, ("x",), _same, {"fn": ACTIVATIONS}, shapes=_no_parameters,
+               drawn_by=ALWAYS, features=lambda p: (f"op:act:{p['fn']}",)))
+
+
 def _mul(node, p, w):
     _need(w[0] is not None and w[0] == w[1], node, f"mul of widths {w[0]} and {w[1]}")
     return w[0]
+
+
+declare(OpSpec("mul", {}, ("a", "b"), _mul, shapes=_no_parameters,
+               drawn_by=({"mlp": "swiglu"}, {"mlp": "geglu"}), features=lambda p: ("op:mul",)))
 
 
 def _add(node, p, w):
@@ -196,15 +390,46 @@ def _add(node, p, w):
     return w[0]
 
 
+declare(OpSpec("add", {}, ("*",), _add, shapes=_no_parameters, drawn_by=ALWAYS, features=lambda p: ("op:add",)))
+
+
 def _router(node, p, w):
     _widths(node, "router", w, [p["n_experts"]])
     _need(p["top_k"] <= p["n_experts"], node, f"top_k {p['top_k']} > n_experts {p['n_experts']}")
     return p["n_experts"]
 
 
+declare(OpSpec("router", {"n_experts": (int, ...), "top_k": (int, ...), "renormalize": (bool, True)},
+               ("logits",), _router, shapes=_no_parameters, drawn_by=({"layers": [{"sparse": True}]},),
+               features=lambda p: ("op:router:renorm" if p["renormalize"] else "op:router:no-renorm",)))
+
+
 def _experts(node, p, w):
     _widths(node, "experts", w, [p["hidden"], p["n_experts"]])
     return p["hidden"]
+
+
+def _experts_shapes(p):
+    e, h, i = p["n_experts"], p["hidden"], p["intermediate"]
+    return {"gate_up_proj": (e, 2 * i, h), "down_proj": (e, h, i)}
+
+
+declare(OpSpec("experts", {"n_experts": (int, ...), "hidden": (int, ...), "intermediate": (int, ...),
+                           "act": (str, "silu")}, ("x", "weights"), _experts, {"act": ACTIVATIONS},
+               shapes=_experts_shapes, init={"gate_up_proj": _init_fan_in, "down_proj": _init_fan_in},
+               drawn_by=({"layers": [{"sparse": True}]},), features=lambda p: (f"op:experts:{p['act']}",)))
+
+
+def _lm_head(node, p, w):
+    _widths(node, "lm_head", w, [p["dim"]])
+    return p["vocab"]
+
+
+declare(OpSpec("lm_head", {"dim": (int, ...), "vocab": (int, ...), "tied_to": ((str, type(None)), None)},
+               ("x",), _lm_head,
+               shapes=lambda p: {"weight": (p["vocab"], p["dim"])} if p["tied_to"] is None else {},
+               init={"weight": _init_fan_in}, drawn_by=ALWAYS,
+               features=lambda p: ("op:lm_head:untied" if p["tied_to"] is None else "op:lm_head:tied",)))
 
 
 def _wht_in(node, p, w):
@@ -215,47 +440,24 @@ def _wht_in(node, p, w):
     return d
 
 
+declare(OpSpec("wht_in", {"in_features": (int, ...), "d_pad": (int, ...)}, ("x",), _wht_in,
+               shapes=lambda p: {"scale": (p["d_pad"],)}, init={"scale": _init_positive_scale},
+               drawn_by=NotDrawn("produced only by the T1 wht-scale transform on a linear's input edge; no "
+                                 "decoder and no transformers model contains it"),
+               features=lambda p: ("op:wht_in",)))
+
+
 def _gamma_norm(node, p, w):
     _widths(node, "gamma_norm", w, [p["dim"] * p["groups"]])
     _eps(node, "gamma_norm", p["eps"])
     return w[0]
 
 
-def _lm_head(node, p, w):
-    _widths(node, "lm_head", w, [p["dim"]])
-    return p["vocab"]
-
-
-SPECS: dict[str, OpSpec] = {s.name: s for s in [
-    OpSpec("tokens", {"vocab": (int, ...)}, (), _tokens),
-    OpSpec("embedding", {"vocab": (int, ...), "dim": (int, ...)}, ("ids",), _embedding),
-    OpSpec("scale", {"factor": (float, ...)}, ("x",), _scale),
-    OpSpec("norm", {"kind": (str, "rms"), "dim": (int, ...), "groups": (int, 1), "eps": (float, 1e-6),
-                    "weight_form": (str, "w"), "bias": (bool, False)}, ("x",), _norm,
-           {"kind": ("rms", "layer"), "weight_form": ("w", "1+w")}),
-    OpSpec("linear", {"in_features": (int, ...), "out_features": (int, ...), "bias": (bool, False)},
-           ("x",), _linear),
-    OpSpec("rope", {"n_heads": (int, ...), "head_dim": (int, ...), "rotary_dim": (int, ...),
-                    "style": (str, "half"), "theta": (float, 10000.0)}, ("x",), _rope,
-           {"style": ("half", "interleaved")}),
-    OpSpec("attention", {"n_heads": (int, ...), "n_kv_heads": (int, ...), "head_dim": (int, ...)},
-           ("q", "k", "v"), _attention),
-    OpSpec("head_slice", {"n_heads": (int, ...), "head_dim": (int, ...), "start": (int, 0),
-                          "length": (int, ...)}, ("x",), _head_slice),
-    OpSpec("gate", {"act": (str, "sigmoid"), "n_heads": (int, 1)}, ("x", "g"), _gate,
-           {"act": GATE_ACTS}),
-    OpSpec("act", {"fn": (str, "silu")}, ("x",), _same, {"fn": ACTIVATIONS}),
-    OpSpec("mul", {}, ("a", "b"), _mul),
-    OpSpec("add", {}, ("*",), _add),
-    OpSpec("router", {"n_experts": (int, ...), "top_k": (int, ...), "renormalize": (bool, True)},
-           ("logits",), _router),
-    OpSpec("experts", {"n_experts": (int, ...), "hidden": (int, ...), "intermediate": (int, ...),
-                       "act": (str, "silu")}, ("x", "weights"), _experts, {"act": ACTIVATIONS}),
-    OpSpec("lm_head", {"dim": (int, ...), "vocab": (int, ...), "tied_to": ((str, type(None)), None)},
-           ("x",), _lm_head),
-    OpSpec("wht_in", {"in_features": (int, ...), "d_pad": (int, ...)}, ("x",), _wht_in),
-    OpSpec("gamma_norm", {"dim": (int, ...), "groups": (int, 1), "eps": (float, 1e-6)}, ("x",), _gamma_norm),
-]}
+declare(OpSpec("gamma_norm", {"dim": (int, ...), "groups": (int, 1), "eps": (float, 1e-6)}, ("x",), _gamma_norm,
+               shapes=lambda p: {"gamma": (p["groups"], p["dim"], p["dim"])}, init={"gamma": _init_orthogonal},
+               drawn_by=NotDrawn("produced only by the T5 spectral-PCA transform from a q/k norm; no decoder and "
+                                 "no transformers model contains it"),
+               features=lambda p: ("op:gamma_norm",) + (("op:gamma_norm:per_head",) if p["groups"] > 1 else ())))
 
 
 def spec(op: str, node: str | None = None) -> OpSpec:
@@ -268,25 +470,4 @@ def spec(op: str, node: str | None = None) -> OpSpec:
 
 def parameter_shapes(op: str, p: dict) -> dict[str, tuple[int, ...]]:
     """Shapes of the trainable tensors a node of kind ``op`` owns (empty for weight-free ops)."""
-    if op == "embedding":
-        return {"weight": (p["vocab"], p["dim"])}
-    if op == "norm":
-        shapes = {"weight": (p["dim"],)}
-        if p["bias"]:
-            shapes["bias"] = (p["dim"],)
-        return shapes
-    if op == "linear":
-        shapes = {"weight": (p["out_features"], p["in_features"])}
-        if p["bias"]:
-            shapes["bias"] = (p["out_features"],)
-        return shapes
-    if op == "experts":
-        e, h, i = p["n_experts"], p["hidden"], p["intermediate"]
-        return {"gate_up_proj": (e, 2 * i, h), "down_proj": (e, h, i)}
-    if op == "wht_in":
-        return {"scale": (p["d_pad"],)}
-    if op == "gamma_norm":
-        return {"gamma": (p["groups"], p["dim"], p["dim"])}
-    if op == "lm_head" and p["tied_to"] is None:
-        return {"weight": (p["vocab"], p["dim"])}
-    return {}
+    return spec(op).shapes(p)
