@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
 
+from .axes import AXES
 from .layout import Layout
 
 
@@ -29,6 +30,8 @@ class LayerSpec:
 
 @dataclass(frozen=True)
 class DecoderSpec:
+    """One point of the spec space; each field's valid values, draws and tags: :data:`fuzz.axes.AXES`."""
+
     vocab: int = 64
     hidden: int = 32
     layers: tuple[LayerSpec, ...] = (LayerSpec(),)
@@ -36,15 +39,15 @@ class DecoderSpec:
     n_heads: int = 4
     n_kv_heads: int = 2
     head_dim: int = 8
-    qk_norm: str = "none"  # none | per_head | full
-    rope_style: str = "half"  # half | interleaved
+    qk_norm: str = "none"
+    rope_style: str = "half"
     rotary_dim: int | None = None  # None = head_dim (full rotary)
     rope_theta: float = 10000.0
     qkv_bias: bool = False
     o_bias: bool = False
-    attn_gate: str = "none"  # none | head_softplus | output_sigmoid
+    attn_gate: str = "none"
     # mlp
-    mlp: str = "swiglu"  # swiglu | geglu | gelu
+    mlp: str = "swiglu"
     intermediate: int = 48
     mlp_bias: bool = False
     # moe
@@ -56,12 +59,12 @@ class DecoderSpec:
     shared_intermediate: int = 24
     shared_gate: bool = True
     # norms and residual
-    norm: str = "rms"  # rms | layer
-    norm_weight_form: str = "w"  # w | 1+w
+    norm: str = "rms"
+    norm_weight_form: str = "w"
     norm_bias: bool = False  # LayerNorm bias
     norm_eps: float = 1e-6
-    placement: str = "pre"  # pre | post | sandwich
-    residual: str = "sequential"  # sequential | parallel
+    placement: str = "pre"
+    residual: str = "sequential"
     parallel_shared_norm: bool = True
     # embeddings and multipliers
     tie_embeddings: bool = False
@@ -85,52 +88,17 @@ class DecoderSpec:
         return replace(self, **changes)
 
     def features(self) -> list[str]:
-        """The feature tags this spec switches on (what coverage statistics count)."""
-        f = [f"attn:{_attn_kind(self)}", f"qk_norm:{self.qk_norm}", f"mlp:{self.mlp}",
-             f"norm:{self.norm}", f"norm_form:{self.norm_weight_form}", f"placement:{self.placement}",
-             f"residual:{self.residual}"]
-        if any(l.rope for l in self.layers):
-            rd = self.rotary_dim or self.head_dim
-            f.append(f"rope:{self.rope_style}")
-            if rd < self.head_dim:
-                f.append("rope:partial")
+        """The feature tags this spec switches on (what coverage statistics count): each axis' tags
+        (:data:`fuzz.axes.AXES`) plus the layer list's."""
+        f = [tag for axis in AXES.values() for tag in axis.tags(self)]
         if not all(l.rope for l in self.layers):
             f.append("rope:none-on-some-layers")
-        if self.head_dim * self.n_heads != self.hidden:
-            f.append("head_dim:independent")
-        if self.qkv_bias:
-            f.append("bias:qkv")
-        if self.o_bias:
-            f.append("bias:o")
-        if self.attn_gate != "none":
-            f.append(f"attn_gate:{self.attn_gate}")
-        if self.mlp_bias:
-            f.append("bias:mlp")
         if any(l.sparse for l in self.layers):
             f.append("moe")
-            f.append("moe:renorm" if self.renormalize else "moe:no-renorm")
-            if self.shared_expert:
-                f.append("moe:shared_expert" + ("+gate" if self.shared_gate else ""))
             if not all(l.sparse for l in self.layers):
                 f.append("moe:mixed-dense-sparse")
-        if self.norm == "layer" and self.norm_bias:
-            f.append("norm:layer+bias")
-        if self.residual == "parallel":
-            f.append("parallel:shared_norm" if self.parallel_shared_norm else "parallel:two_norms")
-        f.append("embeddings:tied" if self.tie_embeddings else "embeddings:untied")
-        for name in ("embedding_multiplier", "residual_multiplier", "logit_multiplier"):
-            if getattr(self, name) is not None:
-                f.append(f"multiplier:{name.split('_')[0]}")
-        if any(w & (w - 1) for w in (self.hidden, self.intermediate)):
-            f.append("width:non-pow2")
         f.append(f"layers:{len(self.layers)}")
         return sorted(set(f))
-
-
-def _attn_kind(s: DecoderSpec) -> str:
-    if s.n_kv_heads == s.n_heads:
-        return "mha"
-    return "mqa" if s.n_kv_heads == 1 else "gqa"
 
 
 class _Graph:
@@ -222,16 +190,10 @@ def check(s: DecoderSpec) -> None:
         raise LayoutError("post-norm with a parallel residual is not a known layout")
     if s.n_heads % s.n_kv_heads:
         raise LayoutError(f"n_heads {s.n_heads} is not a multiple of n_kv_heads {s.n_kv_heads}")
-    for name in ("qk_norm", "rope_style", "attn_gate", "mlp", "norm", "norm_weight_form", "placement", "residual"):
-        allowed = _CHOICES[name]
-        if getattr(s, name) not in allowed:
-            raise LayoutError(f"{name}={getattr(s, name)!r} is not one of {allowed}")
-
-
-_CHOICES = {"qk_norm": ("none", "per_head", "full"), "rope_style": ("half", "interleaved"),
-            "attn_gate": ("none", "head_softplus", "output_sigmoid"), "mlp": ("swiglu", "geglu", "gelu"),
-            "norm": ("rms", "layer"), "norm_weight_form": ("w", "1+w"), "placement": ("pre", "post", "sandwich"),
-            "residual": ("sequential", "parallel")}
+    for f in fields(s):  # in field order: the first bad choice is the one reported
+        axis = AXES.get(f.name)
+        if axis is not None and axis.kind == "choice" and getattr(s, f.name) not in axis.choices:
+            raise LayoutError(f"{f.name}={getattr(s, f.name)!r} is not one of {axis.choices}")
 
 
 def build(s: DecoderSpec, name: str | None = None) -> Layout:

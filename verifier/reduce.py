@@ -2,8 +2,9 @@
 
 Beyond hypothesis' own shrinking (which works on the random choices), this works on the layout's
 features: drop a layer, halve the heads or kv heads, drop experts, lower top-k, turn a feature off,
-narrow a width.  A candidate is kept only while ``still_fails(candidate)`` holds, the loop repeats
-until no candidate is kept (a 1-minimal layout with respect to these steps).  Layouts without a
+narrow a width (which features and widths, their simplest values and order: :data:`fuzz.axes.AXES`).
+A candidate is kept only while ``still_fails(candidate)`` holds, the loop repeats until no candidate is
+kept (a 1-minimal layout with respect to these steps).  Layouts without a
 ``DecoderSpec`` in their meta (imported checkpoints) are returned unchanged.
 """
 
@@ -12,18 +13,10 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Callable, Iterator
 
+from fuzz.axes import NARROWED, OFF_ORDER
 from fuzz.decoder import DecoderSpec, LayerSpec, build
 from fuzz.errors import LayoutError
 from fuzz.layout import Layout
-
-_OFF = {  # feature -> its simplest value
-    "qkv_bias": False, "o_bias": False, "mlp_bias": False, "shared_expert": False, "tie_embeddings": False,
-    "embedding_multiplier": None, "residual_multiplier": None, "logit_multiplier": None, "attn_gate": "none",
-    "qk_norm": "none", "norm": "rms", "norm_bias": False, "norm_weight_form": "w", "placement": "pre",
-    "residual": "sequential", "mlp": "swiglu", "rope_style": "half", "rotary_dim": None,
-    "parallel_shared_norm": True, "renormalize": True, "shared_gate": True,
-}
-
 
 def _candidates(s: DecoderSpec) -> Iterator[DecoderSpec]:
     if len(s.layers) > 1:
@@ -34,9 +27,9 @@ def _candidates(s: DecoderSpec) -> Iterator[DecoderSpec]:
             yield replace(s, layers=s.layers[:i] + (replace(layer, sparse=False),) + s.layers[i + 1:])
         if not layer.rope:
             yield replace(s, layers=s.layers[:i] + (LayerSpec(rope=True, sparse=layer.sparse),) + s.layers[i + 1:])
-    for name, value in _OFF.items():
-        if getattr(s, name) != value:
-            yield replace(s, **{name: value})
+    for axis in OFF_ORDER:
+        if getattr(s, axis.name) != axis.off:
+            yield replace(s, **{axis.name: axis.off})
     group = s.n_heads // s.n_kv_heads
     if s.n_kv_heads > 1:
         yield replace(s, n_kv_heads=s.n_kv_heads // 2, n_heads=(s.n_kv_heads // 2) * group)
@@ -47,14 +40,12 @@ def _candidates(s: DecoderSpec) -> Iterator[DecoderSpec]:
         yield replace(s, n_experts=s.n_experts - 1, top_k=min(s.top_k, s.n_experts - 1))
     if s.top_k > 1:
         yield replace(s, top_k=s.top_k - 1)
-    for name, floor in (("hidden", 4), ("head_dim", 2), ("intermediate", 4), ("moe_intermediate", 2),
-                        ("shared_intermediate", 2), ("vocab", 8)):
-        value = getattr(s, name)
-        smaller = max(floor, value // 2)
-        if name == "head_dim":
-            smaller -= smaller % 2
+    for axis in NARROWED:
+        value = getattr(s, axis.name)
+        smaller = max(axis.floor, value // 2)
+        smaller -= smaller % axis.step
         if smaller < value:
-            yield replace(s, **{name: smaller})
+            yield replace(s, **{axis.name: smaller})
 
 
 def reduce_layout(layout: Layout, still_fails: Callable[[Layout], bool], *, max_steps: int = 200) -> tuple[Layout, int]:

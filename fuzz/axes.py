@@ -1,0 +1,190 @@
+"""The decoder-spec axes: one entry per :class:`~fuzz.decoder.DecoderSpec` field, read by everything.
+
+An :class:`Axis` says, for one field, how a value is validated (its ``kind``), what
+:func:`fuzz.strategies.specs` draws (``options``, simplest first: that order is hypothesis' shrink
+order), what the reducer tries (``off``, ``floor``), what :func:`fuzz.strategies.largest_spec` prefers
+(``most``) and which feature tags it switches on (``tags``).  ``decoder.check``, the strategies, the
+reducer (``verifier.reduce``) and ``DecoderSpec.features`` all iterate :data:`AXES`; adding an axis is
+one entry here plus the field and its lowering in ``decoder.build``.
+
+:data:`AXES` is in the strategies' draw order.  Fields that are no axis (:data:`STRUCTURAL`) are drawn
+by rules of their own: the layer list, the expert count and top-k.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
+
+KEEP = object()  # ``off`` of an axis the reducer leaves as it is (no simpler value)
+OWN_RULE = None  # ``options`` of an axis that ``strategies._specs`` draws by a rule of its own
+
+STRUCTURAL = ("layers", "n_experts", "top_k")  # drawn, never pinned; not axes
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# kind -> (is the value valid for the axis, what a valid value is, in words)
+KINDS: dict[str, tuple[Callable[["Axis", Any], bool], Callable[["Axis"], str]]] = {
+    "choice": (lambda a, v: v in a.choices and isinstance(v, str), lambda a: f"one of {a.choices}"),
+    "bool": (lambda a, v: isinstance(v, bool), lambda a: "True or False"),
+    "width": (lambda a, v: _is_int(v) and v >= 1, lambda a: "a positive integer"),
+    "positive_float": (lambda a, v: _is_real(v) and v > 0, lambda a: "a finite number > 0"),
+    "multiplier": (lambda a, v: v is None or _is_real(v) and v != 0, lambda a: "None or a finite non-zero number"),
+    "rotary": (lambda a, v: v is None or _is_int(v) and v >= 2 and v % 2 == 0,
+               lambda a: "None or an even integer >= 2"),
+    "size": (lambda a, v: _is_int(v) and v >= 1, lambda a: "a positive integer"),  # set by a limit, not pinned
+}
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One DecoderSpec field as the fuzzer sees it.
+
+    ``options``: a tuple, or ``options(limits, drawn_so_far)``; ``OWN_RULE`` when ``_specs`` draws it
+    otherwise.  ``choices``: the valid values of a ``choice`` axis (default: ``options``).  ``off``: the
+    value the reducer sets, in ``off_rank`` order (``KEEP``: none).  ``floor``/``step``: the reducer
+    narrows a width to ``max(floor, v // 2)``, rounded down to a multiple of ``step``.  ``most``:
+    largest_spec's preference, most parameters first (default: the kind's rule).  ``single``: a
+    constraint gives one value, not a tuple.  ``tags(spec)``: the feature tags it switches on.
+    """
+
+    name: str
+    kind: str
+    options: tuple | Callable[[dict, dict], Sequence] | None
+    off: Any
+    tags: Callable[[Any], Iterable[str]]
+    choices: tuple = ()
+    off_rank: int | None = None
+    floor: int | None = None
+    step: int = 1
+    most: tuple | None = None
+    single: bool = False
+
+    def __post_init__(self):
+        if self.kind == "choice" and not self.choices:
+            object.__setattr__(self, "choices", tuple(self.options))
+
+    def default_options(self, limits: dict, drawn: dict) -> Sequence:
+        """What the strategies draw from when the axis is not constrained."""
+        return self.options(limits, drawn) if callable(self.options) else self.options
+
+    def is_valid(self, value) -> bool:
+        return KINDS[self.kind][0](self, value)
+
+    def wanted(self) -> str:
+        return KINDS[self.kind][1](self)
+
+    def preference(self) -> tuple:
+        """largest_spec's order of a bool or choice axis, most parameters first."""
+        if self.most is not None:
+            return self.most
+        return (True, False) if self.kind == "bool" else self.choices
+
+
+def _no_tags(s) -> tuple:
+    return ()
+
+
+def _if(tag: str, name: str) -> Callable[[Any], tuple]:
+    return lambda s: (tag,) if getattr(s, name) else ()
+
+
+def _named(prefix: str, name: str) -> Callable[[Any], tuple]:
+    return lambda s: (f"{prefix}:{getattr(s, name)}",)
+
+
+def _non_pow2(name: str) -> Callable[[Any], tuple]:
+    return lambda s: ("width:non-pow2",) if getattr(s, name) & (getattr(s, name) - 1) else ()
+
+
+def _multiplier(name: str) -> Callable[[Any], tuple]:
+    return lambda s: (f"multiplier:{name.split('_')[0]}",) if getattr(s, name) is not None else ()
+
+
+def _any_rope(s) -> bool:
+    return any(l.rope for l in s.layers)
+
+
+def _any_sparse(s) -> bool:
+    return any(l.sparse for l in s.layers)
+
+
+def _attn_kind(s) -> str:
+    if s.n_kv_heads == s.n_heads:
+        return "mha"
+    return "mqa" if s.n_kv_heads == 1 else "gqa"
+
+
+def _axes(*axes: Axis) -> dict[str, Axis]:
+    return {a.name: a for a in axes}
+
+
+AXES: dict[str, Axis] = _axes(
+    # the shape, drawn first (the order strategies._specs interleaves with layers, groups and experts)
+    Axis("hidden", "width", lambda lim, _: range(4, lim["max_hidden"] + 1), KEEP, _non_pow2("hidden"), floor=4),
+    Axis("n_kv_heads", "width", lambda lim, _: range(1, lim["max_kv_heads"] + 1), KEEP, _no_tags),
+    Axis("n_heads", "width", OWN_RULE, KEEP, lambda s: (f"attn:{_attn_kind(s)}",), single=True),
+    Axis("head_dim", "width", lambda lim, _: range(2, lim["max_head_dim"] + 1, 2), KEEP,
+         lambda s: ("head_dim:independent",) if s.head_dim * s.n_heads != s.hidden else (), floor=2, step=2),
+    Axis("rope_style", "choice", ("half", "interleaved"), "half",
+         lambda s: (f"rope:{s.rope_style}",) if _any_rope(s) else (), off_rank=16),
+    Axis("rotary_dim", "rotary", OWN_RULE, None,  # None = head_dim (full rotary)
+         lambda s: ("rope:partial",) if _any_rope(s) and (s.rotary_dim or s.head_dim) < s.head_dim else (),
+         off_rank=17, single=True),
+    # features, in draw order
+    Axis("qk_norm", "choice", ("none", "per_head", "full"), "none", _named("qk_norm", "qk_norm"), off_rank=9,
+         most=("full", "per_head", "none")),
+    Axis("rope_theta", "positive_float", (10000.0, 500.0, 1e6), KEEP, _no_tags),
+    Axis("qkv_bias", "bool", (False, True), False, _if("bias:qkv", "qkv_bias"), off_rank=0),
+    Axis("o_bias", "bool", (False, True), False, _if("bias:o", "o_bias"), off_rank=1),
+    Axis("attn_gate", "choice", ("none", "head_softplus", "output_sigmoid"), "none",
+         lambda s: (f"attn_gate:{s.attn_gate}",) if s.attn_gate != "none" else (), off_rank=8,
+         most=("output_sigmoid", "head_softplus", "none")),
+    Axis("mlp", "choice", ("swiglu", "geglu", "gelu"), "swiglu", _named("mlp", "mlp"), off_rank=15),
+    Axis("intermediate", "width", lambda lim, _: range(4, 2 * lim["max_hidden"] + 1), KEEP,
+         _non_pow2("intermediate"), floor=4),
+    Axis("mlp_bias", "bool", (False, True), False, _if("bias:mlp", "mlp_bias"), off_rank=2),
+    Axis("renormalize", "bool", (True, False), True,
+         lambda s: ("moe:renorm" if s.renormalize else "moe:no-renorm",) if _any_sparse(s) else (), off_rank=19),
+    Axis("moe_intermediate", "width", lambda lim, _: range(2, lim["max_hidden"] + 1), KEEP, _no_tags, floor=2),
+    Axis("shared_expert", "bool", (False, True), False,
+         lambda s: ("moe:shared_expert" + ("+gate" if s.shared_gate else ""),)
+         if _any_sparse(s) and s.shared_expert else (), off_rank=3),
+    Axis("shared_intermediate", "width", lambda lim, _: range(2, lim["max_hidden"] + 1), KEEP, _no_tags, floor=2),
+    Axis("shared_gate", "bool", (True, False), True, _no_tags, off_rank=20),  # tagged with shared_expert
+    Axis("norm", "choice", ("rms", "layer"), "rms", _named("norm", "norm"), off_rank=10, most=("layer", "rms")),
+    Axis("norm_weight_form", "choice", ("w", "1+w"), "w", _named("norm_form", "norm_weight_form"), off_rank=12),
+    Axis("norm_bias", "bool", (False, True), False,  # LayerNorm bias
+         lambda s: ("norm:layer+bias",) if s.norm == "layer" and s.norm_bias else (), off_rank=11),
+    Axis("norm_eps", "positive_float", (1e-6, 1e-5), KEEP, _no_tags),
+    Axis("placement", "choice", ("pre", "sandwich", "post"), "pre", _named("placement", "placement"),
+         choices=("pre", "post", "sandwich"), off_rank=13, most=("sandwich", "pre", "post")),
+    Axis("tie_embeddings", "bool", (False, True), False,
+         lambda s: ("embeddings:tied" if s.tie_embeddings else "embeddings:untied",), off_rank=4, most=(False, True)),
+    Axis("embedding_multiplier", "multiplier", (None, 3.0, 0.5), None, _multiplier("embedding_multiplier"),
+         off_rank=5),
+    Axis("residual_multiplier", "multiplier", (None, 0.25), None, _multiplier("residual_multiplier"), off_rank=6),
+    Axis("logit_multiplier", "multiplier", (None, 0.125), None, _multiplier("logit_multiplier"), off_rank=7),
+    Axis("residual", "choice", lambda lim, drawn: ("sequential",) if drawn["placement"] == "post"
+         else ("sequential", "parallel"), "sequential", _named("residual", "residual"),
+         choices=("sequential", "parallel"), off_rank=14),  # post-norm has no parallel residual
+    Axis("parallel_shared_norm", "bool", (True, False), True,
+         lambda s: ("parallel:shared_norm" if s.parallel_shared_norm else "parallel:two_norms",)
+         if s.residual == "parallel" else (), off_rank=18, most=(False, True)),
+    # set from the ``vocab`` limit, narrowed last by the reducer
+    Axis("vocab", "size", OWN_RULE, KEEP, _no_tags, floor=8),
+)
+
+# the reducer's "turn a feature off" pass, in this order
+OFF_ORDER: tuple[Axis, ...] = tuple(sorted((a for a in AXES.values() if a.off is not KEEP),
+                                           key=lambda a: a.off_rank))
+# the reducer's "narrow a width" pass, in table order
+NARROWED: tuple[Axis, ...] = tuple(a for a in AXES.values() if a.floor is not None)
