@@ -634,3 +634,32 @@ def load_subject(layout: str | Path | None = None, checkpoint: str | Path | None
         model = t(model, Calibration(calib, seed))
         info["transform"] = repr(t)
     return model.eval(), ids, info
+
+
+# ====================================================================== corpus: exporter findings
+PARITY_REPRO = '''"""Self-contained repro of corpus entry {sig}: OpenVINO {stage}/{symptom} (CPU f32 vs PyTorch)"""
+import json
+from pathlib import Path
+
+from fuzz import Layout
+from verifier.corpus import parity_subject
+
+here = Path(__file__).resolve().parent
+meta = json.loads((here / "meta.json").read_text())
+model, ids = parity_subject(Layout.load(here / "layout.json"), meta)
+
+if __name__ == "__main__":
+    from quant.parity import compare
+    report = compare(model, ids, devices=["CPU"], hints=["f32"])
+    print(json.dumps({{"export": report["export"], "rows": report["rows"]}}, indent=1, default=str))
+    assert report["ok"], "OpenVINO CPU f32 does not match PyTorch"
+'''
+
+
+def _register_replayer() -> None:
+    """Parity entries of the corpus (registry ``parity``) are compared again with :func:`compare`."""
+    from verifier.corpus import register_replayer
+    register_replayer("parity", compare, repro=PARITY_REPRO)
+
+
+_register_replayer()

@@ -72,6 +72,7 @@ Hadamard scale ``1 / torch.tensor(n).sqrt()``: a drift of ~3e-8 to 1e-7.
 from __future__ import annotations
 
 import re
+import sys
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
@@ -81,6 +82,7 @@ from torch.overrides import TorchFunctionMode
 
 from fuzz.errors import BadInput, Refusal
 from fuzz.materialize import GraphModel
+from verifier import registry as _registries
 from verifier.transform import Calibration, NamedTransform
 
 FEATURE = "not-a-transformers-family"
@@ -320,3 +322,10 @@ def get(name: str, **options) -> NamedTransform:
     """The peer called ``name`` with ``options`` (``block_size``, ``spinquant_dtype``, ``seed``, ``precision``)."""
     _check_precision(options.get("precision", "transformers"))
     return NamedTransform(name, peer(name), options, registry="quant.peers")
+
+
+# verifier's registry ``peers``: a float64 campaign runs peers with precision="float64" (module docstring),
+# auto-round logs a block per call, and an entry recorded at the default precision is the same finding
+_registries.register("peers", sys.modules[__name__], float64_options={"precision": "float64"},
+                     precision_option="precision", default_precision="transformers",
+                     noisy_loggers={"autoround": "auto_round.logger"}, signature_free_options=("precision",))

@@ -9,15 +9,18 @@ symptom, first divergent op kind, minimal feature set: :func:`verifier.corpus.si
 the reduced layout.  Distinct signatures are reported once each.
 
 A signature that names an existing corpus entry (any status) is reported as *known*, with the entry path.
-Mutants (registry ``verifier.mutants``) are reported as *caught* (kind ``mutant``) and never written.  Only
+Mutants (registry ``mutants``) are reported as *caught* (kind ``mutant``) and never written.  Only
 a new break of a real transform is written to the corpus (atomically, :func:`~verifier.corpus.record_failure`)
 and makes the campaign fail.  Refusals are honest outcomes and are counted; inconclusive and degenerate
 comparisons are counted separately.
 
-Third-party peers (registry ``quant.peers``) run in a float64 campaign with ``precision="float64"``: the
-subject is converted and run float64 everywhere, so the bare conversion (``hf-bridge``) is exact and a
-verdict sees the peer's own arithmetic, not transformers' float32 RMSNorm/RoPE.  A break found that way
-is also known when an entry of the same peer recorded at its default precision has the same signature.
+What a registry declares about its transforms (:func:`verifier.registry.register`) is read here, never
+keyed on a registry's name: ``float64_options`` are added in a float64 campaign (third-party peers,
+registry ``peers``, run with ``precision="float64"``: the subject is converted and run float64 everywhere,
+so the bare conversion ``hf-bridge`` is exact and a verdict sees the peer's own arithmetic, not
+transformers' float32 RMSNorm/RoPE); ``precision_option`` is reported per transform (:data:`PEER_MODE`);
+``noisy_loggers`` are quieted; a break found with ``signature_free_options`` set is also known when an
+entry recorded without them has the same signature.
 
 The summary (JSON + markdown, written atomically) lists the layouts tried, per-feature coverage,
 per-transform outcomes, worst errors, seconds, the peers' precision mode, and new / known / caught failures.
@@ -25,6 +28,7 @@ per-transform outcomes, worst errors, seconds, the peers' precision mode, and ne
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import re
@@ -41,36 +45,41 @@ from fuzz import strategies as S
 from fuzz.errors import BadInput
 from fuzz.layout import Layout, atomic_write_text
 
-from .oracle import FAILING, Verdict, verify
+from . import registry
+from .oracle import Verdict, verify
+from .outcomes import FAILING, Stage, Status
 from .registry import resolve
 from .transform import NamedTransform
 
 PER_EXAMPLE_TIMEOUT = 60.0  # seconds; a transform that hangs longer gets a ``timeout`` verdict
 REDUCE_STEPS = 60  # candidates tried per reduced failure (a count, so a derandomized run reproduces)
+#: What a transform's precision policy (its registry's ``precision_option``) means for a campaign's verdicts.
 PEER_MODE = {"float64": "float64 everywhere (hf-bridge floor 0)",
              "transformers": "transformers' float32 norms/RoPE (a float64 verdict is blind below ~1e-7)",
              "transformers-float32": "transformers' float32 norms/RoPE (float32 campaign)"}
 
 
 def campaign_transform(name: str | NamedTransform, dtype: torch.dtype = torch.float64) -> NamedTransform:
-    """``name`` resolved for a campaign: a peer gets ``precision="float64"`` in a float64 campaign."""
+    """``name`` resolved for a campaign: in a float64 campaign with its registry's ``float64_options`` (a peer
+    gets ``precision="float64"``)."""
     if isinstance(name, NamedTransform):
         return name
     transform = resolve(name)
-    if transform.registry == "quant.peers" and dtype == torch.float64:
-        transform = resolve(name, precision="float64")
+    float64_options = registry.properties(transform).get("float64_options")
+    if float64_options and dtype == torch.float64:
+        transform = resolve(name, **float64_options)
     return transform
 
 
 def _kind(transform: NamedTransform) -> str:
-    return "mutant" if transform.registry == "verifier.mutants" else "finding"
+    return "mutant" if registry.prefix_of(transform.registry) == "mutants" else "finding"
 
 
 def _group_key(verdict: Verdict) -> tuple:
     """Cheap key of a failing verdict: status, first divergent op, and what and where a crash raised."""
     op = (verdict.first_divergent or {}).get("op")
     detail = None
-    if verdict.status == "error":
+    if verdict.status == Status.ERROR:
         m = re.search(r"raised (\w+).*\(at ([^()]*)\)\s*$", verdict.message, re.S)
         detail = m.groups() if m else re.sub(r"\d+(\.\d+)?(e[+-]?\d+)?", "#", verdict.message)[:120]
     return verdict.status, op, detail
@@ -78,7 +87,8 @@ def _group_key(verdict: Verdict) -> tuple:
 
 def _stage(verdict: Verdict) -> str:
     """As the corpus seeds it: a crash of the transform itself is stage ``transform``."""
-    return "transform" if verdict.status == "error" and verdict.message.startswith("transform raised") else "verify"
+    crashed = verdict.status == Status.ERROR and verdict.message.startswith("transform raised")
+    return Stage.TRANSFORM if crashed else Stage.VERIFY
 
 
 def run_campaign(transforms: list[str | NamedTransform], *, profile: str = "dev", max_examples: int | None = None,
@@ -103,12 +113,14 @@ def run_campaign(transforms: list[str | NamedTransform], *, profile: str = "dev"
     phases = [p for p in base.phases if p != Phase.shrink]
 
     bar = _Progress(progress, budget, [t.name for t in resolved])
-    with bar, _third_party_quiet(any(t.registry == "quant.peers" for t in resolved)):
+    noisy = {k: v for t in resolved for k, v in registry.properties(t).get("noisy_loggers", {}).items()}
+    with bar, _third_party_quiet(noisy):
         for transform in resolved:
             t0 = time.perf_counter()
             stats = {"examples": 0, "status": Counter(), "worst_rel_err": 0.0, "kind": _kind(transform)}
-            if transform.registry == "quant.peers":
-                mode = transform.options.get("precision", "transformers")
+            props = registry.properties(transform)
+            if "precision_option" in props:
+                mode = transform.options.get(props["precision_option"], props["default_precision"])
                 stats["precision"] = PEER_MODE[mode if mode == "float64" or dtype == torch.float64
                                                else "transformers-float32"]
             per_transform[transform.name] = stats
@@ -175,7 +187,7 @@ def _classify(transform: NamedTransform, key: tuple, group: dict, known: dict, d
     verdict, layout = group["verdict"], group["layout"]
     record = _transform_record(transform)
     steps = 0
-    if verdict.status != "timeout":  # reducing a hang would cost a timeout per candidate
+    if verdict.status != Status.TIMEOUT:  # reducing a hang would cost a timeout per candidate
 
         def same(candidate: Layout) -> bool:
             try:
@@ -191,8 +203,9 @@ def _classify(transform: NamedTransform, key: tuple, group: dict, known: dict, d
     stage, op = _stage(verdict), (verdict.first_divergent or {}).get("op")
     sig = signature(record, stage, verdict.status, op, layout.features())
     alike = [sig]
-    if record["registry"] == "quant.peers" and "precision" in record["options"]:  # same break, default precision
-        plain = {**record, "options": {k: v for k, v in record["options"].items() if k != "precision"}}
+    free = set(registry.properties(transform).get("signature_free_options", ())) & set(record["options"])
+    if free:  # the same break recorded without those options (a peer at its default precision)
+        plain = {**record, "options": {k: v for k, v in record["options"].items() if k not in free}}
         alike.append(signature(plain, stage, verdict.status, op, layout.features()))
     entry = next((known[s] for s in alike if s in known), None)
     kind = _kind(transform)
@@ -206,17 +219,20 @@ def _classify(transform: NamedTransform, key: tuple, group: dict, known: dict, d
 
 
 @contextmanager
-def _third_party_quiet(peers: bool):
-    """auto-round's INFO/WARNING log lines (one block per peer call) stay out of the campaign's output."""
-    if peers:
-        import auto_round.logger  # noqa: F401  (it sets its level on import: import it first)
-    log = logging.getLogger("autoround")
-    level = log.level
-    log.setLevel(logging.ERROR)
+def _third_party_quiet(loggers: dict[str, str]):
+    """The registries' ``noisy_loggers`` (``{logger: module that configures it}``: auto-round's INFO/WARNING
+    lines, one block per peer call) stay out of the campaign's output, at ERROR, until the end."""
+    saved = []
+    for name, module in loggers.items():
+        importlib.import_module(module)  # it sets its level on import: import it first
+        log = logging.getLogger(name)
+        saved.append((log, log.level))
+        log.setLevel(logging.ERROR)
     try:
         yield
     finally:
-        log.setLevel(level)
+        for log, level in saved:
+            log.setLevel(level)
 
 
 def _known_signatures(corpus) -> dict[str, str]:
@@ -252,7 +268,7 @@ def summary_markdown(summary: dict) -> str:
     for name, st in summary["per_transform"].items():
         s = st["status"]
         failed = sum(s.get(k, 0) for k in FAILING)
-        other = sum(s.values()) - failed - s.get("invariant", 0) - s.get("refused", 0)
+        other = sum(s.values()) - failed - s.get(Status.INVARIANT, 0) - s.get(Status.REFUSED, 0)
         f = st.get("failures", {})
         lines.append(f"| {name} | {st['examples']} | {s.get('invariant', 0)} | {s.get('refused', 0)} | {other} | "
                      f"{failed} | {st['worst_rel_err']:.2e} | {f.get('new', 0)} | {f.get('known', 0)} | "

@@ -40,6 +40,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -47,16 +48,15 @@ from fuzz.errors import BadInput
 from fuzz.layout import Layout, atomic_write_text
 from fuzz.materialize import materialize
 
-from .oracle import FAILING, Verdict, verify
-from .registry import REGISTRIES, available, resolve
+from . import registry
+from .oracle import Verdict, verify
+from .outcomes import CAUGHT, FAILING, NOT_RUN, PARITY_STAGES, Stage, Status  # noqa: F401  (NOT_RUN, CAUGHT: API)
+from .registry import available, resolve
 from .tolerance import DTYPES, default_tolerance
 
-STATUSES = ("open", "fixed", "expected-refusal")
+#: An entry's own status (not a verdict's): a finding still open, fixed since, or a refusal that must stay.
+ENTRY_STATUSES = ("open", "fixed", "expected-refusal")
 KINDS = ("finding", "mutant")
-#: Statuses in which the transform never ran to the end: a mutant there tested nothing.
-NOT_RUN = ("error", "timeout")
-#: A mutant is caught only when it ran and the oracle saw the function break (diverged, non-finite, ...).
-CAUGHT = tuple(s for s in FAILING if s not in NOT_RUN)
 ENTRY_FILES = ("layout.json", "meta.json", "repro.py")
 #: Names at the corpus root that belong to the replay harness, not to the data.
 HARNESS = ("conftest.py", "test_replay.py", "__pycache__")
@@ -116,21 +116,20 @@ class Entry:
 
 def _transform_record(transform) -> dict:
     spec = transform.spec()
-    prefix = {"verifier.reference": "reference", "verifier.mutants": "mutants",
-              "quant.transforms": "quant", "quant.peers": "peers"}.get(spec["registry"], spec["registry"])
+    prefix = registry.prefix_of(spec["registry"]) or spec["registry"]
     options = {k: v for k, v in spec["options"].items() if isinstance(v, (int, float, str, bool, type(None)))}
     return {**spec, "options": options, "registry_name": f"{prefix}:{spec['name']}"}
 
 
 def record_failure(verdict: Verdict, layout: Layout, transform, *, root: str | Path = DEFAULT_ROOT,
-                   stage: str = "verify", kind: str = "finding", status: str = "open",
+                   stage: str = Stage.VERIFY, kind: str = "finding", status: str = "open",
                    note: str = "") -> tuple[Path, bool]:
     """Write the entry for a failure (or an expected refusal); returns ``(path, created)``.
 
     ``created`` is False when an entry with the same signature already exists (deduplicated).
     """
-    if status not in STATUSES:
-        raise BadInput(f"corpus status must be one of {STATUSES}, got {status!r}")
+    if status not in ENTRY_STATUSES:
+        raise BadInput(f"corpus status must be one of {ENTRY_STATUSES}, got {status!r}")
     t = _transform_record(transform)
     fd = verdict.first_divergent or {}
     sig = signature(t, stage, verdict.status, fd.get("op"), layout.features())
@@ -179,28 +178,39 @@ def _write_entry(root: Path, sig: str, meta: dict, layout: Layout, repro: str) -
     return final, True
 
 
-# ------------------------------------------------------------------ exporter findings (OpenVINO parity)
-PARITY_STAGES = ("export", "compile", "execute")
+# ------------------------------------------------------------------ exporter findings (device parity)
+#: The subject of an exporter finding: the model exported and run by OpenVINO CPU f32, against PyTorch.
 PARITY_SUBJECT = {"name": "openvino-cpu-f32", "registry": "parity", "registry_name": "parity:openvino-cpu-f32",
                   "options": {}}
 
-PARITY_REPRO = '''"""Self-contained repro of corpus entry {sig}: OpenVINO {stage}/{symptom} (CPU f32 vs PyTorch)"""
-import json
-from pathlib import Path
 
-from fuzz import Layout
-from verifier.corpus import parity_subject
+@dataclass(frozen=True)
+class Replayer:
+    """How the entries of a non-transform registry (``parity``) are compared again: ``compare(model, ids,
+    devices=[...], hints=[...])`` returns a parity report; ``repro`` is the template of their ``repro.py``
+    (fields ``sig``, ``stage``, ``symptom``)."""
 
-here = Path(__file__).resolve().parent
-meta = json.loads((here / "meta.json").read_text())
-model, ids = parity_subject(Layout.load(here / "layout.json"), meta)
+    compare: Callable[..., dict]
+    repro: str
 
-if __name__ == "__main__":
-    from quant.parity import compare
-    report = compare(model, ids, devices=["CPU"], hints=["f32"])
-    print(json.dumps({{"export": report["export"], "rows": report["rows"]}}, indent=1, default=str))
-    assert report["ok"], "OpenVINO CPU f32 does not match PyTorch"
-'''
+
+_REPLAYERS: dict[str, Replayer] = {}
+
+
+def register_replayer(registry_name: str, compare: Callable[..., dict], *, repro: str) -> None:
+    """Let the owner of the ``registry_name`` entries (``parity``: the device-parity module, loaded with the
+    registries, :func:`verifier.registry.load_plugins`) compare them again and write their repro script."""
+    _REPLAYERS[registry_name] = Replayer(compare, repro)
+
+
+def _replayer(registry_name: str) -> Replayer:
+    registry.load_plugins()
+    if registry_name not in _REPLAYERS:
+        failed = "; ".join(f"{k}: {v}" for k, v in registry.unavailable().items())
+        raise BadInput(f"no replayer for {registry_name!r} entries: the module that registers it "
+                       f"(register_replayer, through the {registry.ENTRY_POINTS!r} entry points) did not load"
+                       + (f" ({failed})" if failed else ""))
+    return _REPLAYERS[registry_name]
 
 
 def parity_subject(layout: Layout, meta: dict):
@@ -238,12 +248,13 @@ def record_parity_failure(report: dict, layout: Layout, *, seed: int, ids_seed: 
             "ids": {"seed": ids_seed, "shape": list(ids_shape)}, "layout_hash": layout.hash(),
             "features": layout.features(), "versions": versions(), "first_seen": dt.date.today().isoformat(),
             "note": note, "replays": []}
-    return _write_entry(Path(root), sig, meta, layout, PARITY_REPRO.format(sig=sig, stage=stage, symptom=symptom))
+    repro = _replayer(PARITY_SUBJECT["registry"]).repro
+    return _write_entry(Path(root), sig, meta, layout, repro.format(sig=sig, stage=stage, symptom=symptom))
 
 
 def _replay_parity(entry: "Entry") -> tuple[bool, str, float | None]:
     """Re-run a parity entry: ``(failing, status, rel_err)``."""
-    from quant.parity import compare
+    compare = _replayer(entry.meta["transform"].get("registry", PARITY_SUBJECT["registry"])).compare
     model, ids = parity_subject(entry.layout, entry.meta)
     failure = parity_failure(compare(model, ids, devices=["CPU"], hints=["f32"]))
     if failure is None:
@@ -275,7 +286,7 @@ class Key:
 #: The schema of ``meta.json`` (unknown keys are kept and ignored).
 META_SCHEMA = {
     "signature": Key((str,), True), "transform": Key((dict,), True), "stage": Key((str,), True),
-    "symptom": Key((str,), True), "kind": Key((str,), True, KINDS), "status": Key((str,), True, STATUSES),
+    "symptom": Key((str,), True), "kind": Key((str,), True, KINDS), "status": Key((str,), True, ENTRY_STATUSES),
     "seed": Key((int,), True), "dtype": Key((str,), True, DTYPES),
     "first_divergent": Key((dict, _NONE)), "message": Key((str, _NONE)), "max_rel_err": Key((int, float, _NONE)),
     "tolerance": Key((dict, int, float, _NONE)), "layout_hash": Key((str,)), "features": Key((list,)),
@@ -333,11 +344,12 @@ def check_meta(meta, known: dict[str, list[str]] | None = None) -> None:
     elif known is not None:
         name = t.get("registry_name", t["name"])
         prefix, _, bare = name.rpartition(":")
-        if prefix and prefix not in REGISTRIES:
-            raise BadInput(f"transform {name!r}: unknown registry {prefix!r} (registries: {', '.join(REGISTRIES)})")
-        if prefix and prefix not in known:
-            raise BadInput(f"transform {name!r}: registry {prefix!r} ({REGISTRIES[prefix]}) does not import here; "
+        failed = registry.unavailable()
+        if prefix and prefix in failed:
+            raise BadInput(f"transform {name!r}: registry {prefix!r} ({failed[prefix]}); "
                            f"available: {', '.join(known)}")
+        if prefix and prefix not in known:
+            raise BadInput(f"transform {name!r}: unknown registry {prefix!r} (registries: {', '.join(known)})")
         if not any(bare in names for reg, names in known.items() if not prefix or reg == prefix):
             listing = "; ".join(f"{reg}: {', '.join(n)}" for reg, n in known.items())
             raise BadInput(f"unknown transform {name!r} (known: {listing})")
@@ -498,14 +510,14 @@ def _run(entry: Entry) -> tuple[str, float | None, str]:
 
 def _judge(meta: dict, status: str) -> tuple[str, bool, str]:
     """``(outcome, regression, reason)`` of a replayed status for an entry of this kind and status."""
-    passed, refused = status in ("invariant", "ok"), status == "refused"
+    passed, refused = status in (Status.INVARIANT, "ok"), status == Status.REFUSED
     failing = status in FAILING or status == "failing"
     if meta["kind"] == "mutant":
         if status in CAUGHT:
             return "still-failing", False, ""
-        why = {"error": "the mutant raised: it never ran, so it tested nothing",
-               "timeout": "the mutant ran out of time: it never finished, so it tested nothing",
-               "refused": "the mutant refused the layout: it never ran, so it tested nothing"}
+        why = {Status.ERROR: "the mutant raised: it never ran, so it tested nothing",
+               Status.TIMEOUT: "the mutant ran out of time: it never finished, so it tested nothing",
+               Status.REFUSED: "the mutant refused the layout: it never ran, so it tested nothing"}
         return "lost-teeth", True, why.get(status, f"the oracle no longer catches the mutant ({status})")
     if not (passed or refused or failing):
         return "unproven", True, f"the replay proved nothing ({status}): the entry no longer tests anything"

@@ -54,28 +54,13 @@ from fuzz.errors import BadInput, Refusal
 from fuzz.layout import Layout
 from fuzz.materialize import GraphModel, Router, materialize
 
+from .outcomes import FAILING, Status  # noqa: F401  (FAILING: re-exported, verifier.FAILING)
 from .tolerance import Tolerance, default_tolerance, relative_error
 from .transform import Calibration, describe
 
-#: Every verdict status (plain strings).  ``invariant`` is the only passing one.
-#:
-#: * ``invariant``    -- same function within the tolerance, and the subject passed its positive control
-#: * ``diverged``     -- the transformed logits differ by more than the tolerance
-#: * ``refused``      -- the transform raised :class:`~fuzz.errors.Refusal` (honest, not a failure)
-#: * ``error``        -- the transform raised, returned something that is not a causal LM of the same
-#:                      vocabulary, or the transformed forward raised
-#: * ``non-finite``   -- the transformed model gives NaN or Inf logits
-#: * ``non-causal``   -- the transformed model lets a position read a later token (the subject does not)
-#: * ``timeout``      -- ``verify(..., timeout=s)`` ran out of time (a hang counts against the transform)
-#: * ``inconclusive`` -- every test position follows a MoE top-k near-tie: nothing left to compare
-#: * ``degenerate``   -- the logits would have matched, but the subject fails its positive control (a
-#:                      weight whose change the test inputs cannot see, or logits equal across positions or
-#:                      vocabulary): the comparison would prove nothing, so no ``invariant`` is given
-STATUSES = ("invariant", "diverged", "refused", "error", "non-finite", "non-causal", "timeout",
-            "inconclusive", "degenerate")
-#: The statuses that mean the transform broke something (a campaign failure, a corpus finding).
-#: ``refused``, ``inconclusive`` and ``degenerate`` are not: they say nothing was proven either way.
-FAILING = ("diverged", "error", "non-finite", "non-causal", "timeout")
+#: Every verdict status (:class:`~verifier.outcomes.Status`, string-valued); ``invariant`` is the only passing one.
+STATUSES = tuple(Status)
+# FAILING (the statuses that mean the transform broke something) is defined once, in verifier.outcomes.
 
 
 @dataclass
@@ -102,11 +87,11 @@ class Verdict:
 
     @property
     def ok(self) -> bool:
-        return self.status == "invariant"
+        return self.status == Status.INVARIANT
 
     @property
     def refused(self) -> bool:
-        return self.status == "refused"
+        return self.status == Status.REFUSED
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -136,7 +121,7 @@ class Verdict:
                 where += f" -> {', '.join(fd['diverging_consumers'])}"
         ties = f"; {self.near_ties_set_aside} near-tie positions set aside" if self.near_ties_set_aside else ""
         ties += f"; note: {self.precision_note}" if self.precision_note else ""
-        msg = f": {self.message}" if self.message and self.status != "invariant" else ""
+        msg = f": {self.message}" if self.message and self.status != Status.INVARIANT else ""
         return f"[{self.status}] {self.transform} on {self.subject}{err}{tol}{where}{ties}{msg}"
 
 
@@ -671,7 +656,7 @@ def verify(transform: Callable[[nn.Module, Calibration], nn.Module], subject, *,
         raise BadInput(f"verify(timeout=...) must be a finite number of seconds > 0 or None, got {timeout!r}")
     tol = tolerance or default_tolerance(dtype)
     tname, texpr = describe(transform)
-    state: dict = {"verdict": Verdict(status="timeout", transform=tname, subject=type(subject).__name__,
+    state: dict = {"verdict": Verdict(status=Status.TIMEOUT, transform=tname, subject=type(subject).__name__,
                                       dtype=str(dtype).removeprefix("torch."), tolerance=tol.to_dict(),
                                       seed=seed, transform_expr=texpr)}
     deadline = _Deadline(timeout)
@@ -680,7 +665,7 @@ def verify(transform: Callable[[nn.Module, Calibration], nn.Module], subject, *,
             return _verify(transform, subject, dtype, seed, batch, seq, calib_batch, tol, deadline, state)
     except _TimedOut as exc:
         verdict = state["verdict"]
-        verdict.status = "timeout"
+        verdict.status = Status.TIMEOUT
         verdict.max_rel_err = verdict.max_abs_err = None
         verdict.message = f"verify ran out of its {timeout:g} s limit during the {exc.args[0]}"
         return verdict
@@ -694,7 +679,7 @@ def _verify(transform, subject, dtype, seed, batch, seq, calib_batch, tol, deadl
     calib_ids = torch.randint(0, vocab, (calib_batch, seq), generator=gen)
     test_ids = torch.randint(0, vocab, (batch, seq), generator=gen)  # disjoint draw from calibration
     all_ids, where = _probes(test_ids, vocab, gen)  # test rows, then one causality probe row per position
-    verdict = Verdict(status="error", transform=state["verdict"].transform, subject=subject_name,
+    verdict = Verdict(status=Status.ERROR, transform=state["verdict"].transform, subject=subject_name,
                       dtype=str(dtype).removeprefix("torch."), tolerance=tol.to_dict(), seed=seed,
                       layout_json=layout.to_json(indent=None) if layout is not None else None,
                       transform_expr=state["verdict"].transform_expr)
@@ -732,10 +717,10 @@ def _verify(transform, subject, dtype, seed, batch, seq, calib_batch, tol, deadl
     try:
         out = transform(work, Calibration(calib_ids, seed))
     except Refusal as exc:
-        verdict.status, verdict.message = "refused", str(exc)
+        verdict.status, verdict.message = Status.REFUSED, str(exc)
         return verdict
     except Exception as exc:
-        verdict.status = "error"
+        verdict.status = Status.ERROR
         frame = traceback.extract_tb(exc.__traceback__)[-1]
         verdict.message = (f"transform raised {type(exc).__name__}: {exc} "
                            f"(at {frame.filename.rsplit('/', 1)[-1]}:{frame.lineno} in {frame.name})")
@@ -761,7 +746,7 @@ def _verify(transform, subject, dtype, seed, batch, seq, calib_batch, tol, deadl
         verdict.message = problem
         return verdict
     if not finite:
-        verdict.status, verdict.message = "non-finite", "the transformed model gives NaN or Inf logits"
+        verdict.status, verdict.message = Status.NON_FINITE, "the transformed model gives NaN or Inf logits"
         return verdict
     new = new_all[:batch]
     mask = mask_all[:batch]
@@ -771,13 +756,13 @@ def _verify(transform, subject, dtype, seed, batch, seq, calib_batch, tol, deadl
     verdict.causality["transformed_max_rel"] = after["max_rel"]
     if after["violation"] is not None:
         c = after["violation"]
-        verdict.status = "non-causal"
+        verdict.status = Status.NON_CAUSAL
         verdict.message = (f"the transformed model is not causal: replacing token {c['token']} changed its logits "
                            f"at position {c['position']} by {c['rel']:.2e} relative (bound {tol.rel:.0e}); "
                            "the subject is causal")
         return verdict
     if verdict.positions_compared == 0:
-        verdict.status = "inconclusive"
+        verdict.status = Status.INCONCLUSIVE
         verdict.message = "every test position follows a MoE top-k near-tie; nothing left to compare"
         return verdict
     rel, abs_ = relative_error(new[mask], ref[mask])
@@ -786,13 +771,13 @@ def _verify(transform, subject, dtype, seed, batch, seq, calib_batch, tol, deadl
         deadline.enter("positive control")
         verdict.control = positive_control(model, test_ids, ref, mask, tol, seed, attached)
         if verdict.control["passed"]:
-            verdict.status = "invariant"
+            verdict.status = Status.INVARIANT
         else:
-            verdict.status = "degenerate"
+            verdict.status = Status.DEGENERATE
             verdict.message = ("the logits match, but the subject fails its positive control, so the match proves "
                                f"nothing: {verdict.control['reason']}")
         return verdict
-    verdict.status = "diverged"
+    verdict.status = Status.DIVERGED
     verdict.message = f"logits differ by {rel:.3e} relative (bound {tol.rel:.0e})"
     deadline.enter("first divergent node")
     with capture(model) as ref_acts:  # the same inputs again, now recording every activation

@@ -2,14 +2,17 @@
 code that refuses), plus named recipes.  ``get(name, **options)`` returns a callable
 ``(model, calib) -> model`` that ``verifier.verify`` accepts; ``names()`` lists them.
 
-Adding a transform = one module and one ``@register("name")`` line.
+Adding a transform = one module and one ``@register("name")`` line.  The library is verifier's registry
+``quant`` (``quant:<name>``): it registers itself on import (:func:`verifier.registry.register`).
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Callable
 
 from fuzz.errors import BadInput
+from verifier import registry as _registries
 from verifier.transform import NamedTransform
 
 _REGISTRY: dict[str, Callable] = {}
@@ -68,3 +71,5 @@ from . import moe  # noqa: E402,F401
 from . import recipes  # noqa: E402,F401
 
 RECIPES = recipes.RECIPES  # the named recipes, in order (defined in :mod:`.recipes`)
+
+_registries.register("quant", sys.modules[__name__])

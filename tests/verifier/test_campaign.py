@@ -1,6 +1,7 @@
 """The campaign runner: the whole budget without shrinking, every distinct failure signature, known vs new
 against the corpus, mutants never recorded, and a per-example timeout."""
 
+import sys
 import time
 
 import pytest
@@ -38,8 +39,10 @@ TWO_WAYS = f"{__name__}:two_ways"  # by registry name, as the command line names
 
 
 @pytest.fixture(autouse=True)
-def registered(monkeypatch):
-    monkeypatch.setitem(registry.REGISTRIES, __name__, __name__)
+def registered():
+    registry.register(__name__, sys.modules[__name__])
+    yield
+    registry.unregister(__name__)
 
 
 def campaign(transforms, corpus, **kw):

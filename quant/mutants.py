@@ -1,0 +1,62 @@
+"""Mutants of the transform library: known-buggy variants of ``quant:norm-absorb``, ``quant:pair-pca`` and
+``quant:spectral-pca``, registered into verifier's ``mutants`` registry (``mutants:<name>``).  Each is a
+real failure mode of rotation/scaling quantizers (most from the seed paper's code), kept so the tests can
+show the oracle has teeth; never use them for anything else.
+
+=====================  ==========================================================  ==========================
+name                   bug                                                         applies when
+=====================  ==========================================================  ==========================
+gproj_omission         norm absorption misses the linear that feeds a gate's       a gate logit projection
+                       logits (the seed code's ``g_proj``: softplus(Wx/s) !=        reads a norm (head gate,
+                       softplus(Wx)/s)                                             shared-expert gate)
+skip_norm_consumer     norm absorption leaves one reader of each norm unscaled     a norm has >= 2 readers
+router_unscaled        norm absorption leaves the MoE router unscaled              MoE
+expert_wrong_axis      fused experts scaled on the output H axis (down_proj)       MoE
+                       instead of gate_up_proj's input axis
+pair_reflection        RoPE pair "rotation" with det -1 (an eigh reflection)        RoPE on plain q/k
+forget_pair_bias       pair rotation applied to weight rows, not to the biases     RoPE and q/k biases
+float32_rotation       rotation angles built in float32 inside a float64 model     plain q/k
+symmetric_gamma        spectral-PCA with Gamma = U^T diag(g) U (the seed code's     an RMS q/k norm
+                       stale form) instead of diag(g) U
+=====================  ==========================================================  ==========================
+
+Loaded with the registries (the ``archfuzz.registries`` entry points, :func:`verifier.registry.load_plugins`).
+"""
+
+from __future__ import annotations
+
+from fuzz.layout import Layout
+from verifier.mutants import register_mutant
+
+
+def _feeds(op: str, port: int | None = None):
+    """A consumer predicate: the linear's output is read by an ``op`` node (at ``port``)."""
+    def pred(layout: Layout, consumer: str) -> bool:
+        return any(layout.op(c) == op and (port is None or p == port) for c, p in layout.consumers(consumer))
+    return pred
+
+
+def _last_reader(layout: Layout, consumer: str) -> bool:
+    return any(readers and readers[-1][0] == consumer
+               for readers in (layout.consumers(n) for n, _ in layout.graph.in_edges(consumer)))
+
+
+_SKIP = {"on_unsupported": "skip"}
+_PLAIN_QK = {"qk_norm": "none", "rope": True}
+
+# name, correct transform, fault injected while it runs (with its parameters), options the mutant fixes,
+# layout constraints (fuzz.strategies.layouts) under which its bug always shows
+register_mutant("gproj_omission", "quant:norm-absorb", "unscaled_consumer", params={"where": _feeds("gate", 1)},
+                fixed=_SKIP, applies={"attn_gate": "head_softplus", "placement": ("pre", "sandwich")})
+register_mutant("skip_norm_consumer", "quant:norm-absorb", "unscaled_consumer", params={"where": _last_reader},
+                fixed=_SKIP, applies={"placement": "pre", "residual": "sequential"})
+register_mutant("router_unscaled", "quant:norm-absorb", "unscaled_consumer", params={"where": _feeds("router")},
+                fixed=_SKIP, applies={"moe": True, "placement": ("pre", "sandwich")})
+register_mutant("expert_wrong_axis", "quant:norm-absorb", "expert_output_axis", fixed=_SKIP,
+                applies={"moe": True, "placement": ("pre", "sandwich")})
+register_mutant("pair_reflection", "quant:pair-pca", "pair_reflection", applies=_PLAIN_QK)
+register_mutant("forget_pair_bias", "quant:pair-pca", "pair_bias_unrotated", applies={**_PLAIN_QK, "qkv_bias": True})
+register_mutant("float32_rotation", "quant:pair-pca", "float32_angles", fixed={"rotation": "random"},
+                applies={**_PLAIN_QK, "max_head_dim": 12})
+register_mutant("symmetric_gamma", "quant:spectral-pca", "symmetric_gamma",
+                applies={"qk_norm": ("per_head", "full"), "norm": "rms"})
