@@ -1,0 +1,143 @@
+"""The converter: a recorded graph (:class:`~fuzz.record.RecordedGraph`) -> layout nodes.
+
+:meth:`Converter.layout` applies the exact rewrites (:mod:`fuzz.importer.rewrites`), then converts each
+recorded node, in recording order, through the importer pattern registered for its recorded op
+(:mod:`fuzz.importer.patterns`), and checks that every source parameter is read by exactly one layout node.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import networkx as nx
+import torch
+from torch import nn
+
+from ..errors import BadInput
+from ..layout import Layout
+from ..record import RecordedGraph
+from . import rewrites
+from .patterns import pattern_for
+
+Entry = tuple[str, str, dict, list[str]]  # (layout node, op, params, inputs): an argument of Layout.from_nodes
+
+
+class Converter:
+    """Rewrites a RecordedGraph into layout nodes; ``parameters`` maps node -> role -> source Parameter."""
+
+    def __init__(self, model: nn.Module, rec: RecordedGraph):
+        self.model, self.rec = model, rec
+        self.g = rec.graph.copy()
+        self.n_tokens = math.prod(rec.meta["input_shape"])
+        self.named = dict(model.named_parameters())
+        self.modules = dict(model.named_modules())
+        self.rotaries = [(p, m) for p, m in self.modules.items()
+                         if isinstance(m._buffers.get("inv_freq"), torch.Tensor)]
+        self.parameters: dict[str, dict[str, nn.Parameter]] = {}
+        self.param_map: dict[str, dict[str, str]] = {}
+        self.tied: dict[str, dict[str, str]] = {}  # tied lm_head -> {"weight": the name it reads the table by}
+        self.thetas: dict[tuple[str, int], float] = {}  # (module path, rotary_dim) -> theta
+
+    # ------------------------------------------------------------------ helpers for the patterns
+    def refuse(self, node: str, why: str) -> BadInput:
+        d = self.g.nodes[node]
+        return BadInput(f"cannot import {d['module_path'] or type(self.model).__name__} ({why}; "
+                        f"recorded node {node!r})")
+
+    def inputs(self, node: str) -> list[str]:
+        return [s for s, _, _ in sorted(self.g.in_edges(node, data="port"), key=lambda e: e[2])]
+
+    def width(self, node: str) -> int:
+        return math.prod(self.g.nodes[node]["shape"]) // self.n_tokens
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self.named[name].shape)
+
+    def rewire(self, node: str, inputs: list[str]) -> None:
+        for src in list(self.g.predecessors(node)):
+            self.g.remove_edge(src, node)
+        for port, src in enumerate(inputs):
+            self.g.add_edge(src, node, port=port)
+
+    # ------------------------------------------------------------------ conversion
+    def layout(self) -> Layout:
+        """The validated layout of the recording (meta: name, source, param_map, aliases, tied, module_paths)."""
+        rewrites.drop_identity_scales(self)
+        rewrites.bypass_views(self)
+        rewrites.fold_gates(self)
+        rewrites.flatten_adds(self)
+        entries = []
+        module_paths = {}  # layout node -> the source module it ran in (for the check's localisation)
+        for node in nx.lexicographical_topological_sort(self.g, key=lambda n: self.g.nodes[n]["index"]):
+            self._check_edges(node)
+            path = self.g.nodes[node]["module_path"] or ""
+            for entry in self._convert(node):
+                entries.append(entry)
+                module_paths[entry[0]] = path
+        self._check_coverage()
+        meta = {"name": type(self.model).__name__, "source": "import", "param_map": self.param_map,
+                "aliases": dict(self.rec.meta.get("aliases", {})), "tied": self.tied,
+                "module_paths": module_paths}
+        return Layout.from_nodes(entries, meta)
+
+    def _check_edges(self, node: str) -> None:
+        for src, _, data in self.g.in_edges(node, data=True):
+            twice = len(data.get("ports", [data["port"]])) > 1
+            if twice and not (self.g.nodes[node]["op"] == "experts" and self.g.nodes[src]["op"] == "router"):
+                raise self.refuse(node, f"{self.g.nodes[node]['op']} reads {src!r} twice")
+
+    def take(self, node: str, roles: dict[str, str]) -> None:
+        """Give ``node`` the parameters ``roles`` (role -> qualified name); every one it reads must be used."""
+        read = set(self.g.nodes[node]["params"])
+        if set(roles.values()) != read:
+            raise self.refuse(node, f"reads parameters {sorted(read)} but only {sorted(roles.values())} "
+                              f"have a role in a {self.g.nodes[node]['op']}")
+        self.param_map[node] = dict(roles)
+        self.parameters[node] = {role: self.named[name] for role, name in roles.items()}
+
+    def no_params(self, node: str) -> None:
+        d = self.g.nodes[node]
+        if d["params"]:
+            call = f" ({d['call']!r})" if d.get("call") not in (None, d["op"]) else ""
+            raise self.refuse(node, f"{d['op']}{call} reads parameters {d['params']}, which the layout's "
+                              f"{d['op']} does not own")
+
+    def _convert(self, node: str) -> list[Entry]:
+        """The layout nodes of one recorded node, by the importer pattern of its recorded op."""
+        op = self.g.nodes[node]["op"]
+        pattern = pattern_for(op)
+        if pattern is None:
+            raise self.refuse(node, f"recorded op {op!r} has no layout counterpart")
+        if pattern.convert is None:
+            raise self.refuse(node, f"{op} is never imported: {pattern.refusal}")
+        ins = self.inputs(node)
+        out = pattern.convert(self, node, ins)
+        return out if isinstance(out, list) else [(node, pattern.op, out, ins)]
+
+    def by_shape(self, node: str, want: dict[str, tuple[int, ...]]) -> None:
+        """Assign the node's parameters to roles by shape (the roles wanted differ in rank)."""
+        read = list(self.g.nodes[node]["params"])
+        roles = {}
+        for role, shape in want.items():
+            hits = [p for p in read if len(self.shape(p)) == len(shape)]
+            if len(hits) != 1 or self.shape(hits[0]) != shape:
+                got = {p: self.shape(p) for p in read}
+                raise self.refuse(node, f"{self.g.nodes[node]['op']} needs a {role} of shape {shape}, "
+                                  f"reads {got}")
+            roles[role] = hits[0]
+        self.take(node, roles)
+
+    def _check_coverage(self) -> None:
+        owners = defaultdict(list)
+        for node, roles in self.param_map.items():
+            for name in roles.values():
+                owners[name].append(node)
+        shared = {n: o for n, o in owners.items() if len(o) > 1}
+        if shared:
+            raise BadInput(f"cannot import {type(self.model).__name__} (parameters read by more than one op: "
+                           f"{shared}; only a tied lm_head may share the embedding table)")
+        unused = sorted(set(self.named) - set(owners))
+        if unused:
+            raise BadInput(f"cannot import {type(self.model).__name__} (parameters the logits do not depend on: "
+                           f"{unused}; an imported model would lose them)")

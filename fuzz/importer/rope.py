@@ -1,0 +1,96 @@
+"""RoPE ``theta`` of an imported model, measured rather than assumed.
+
+The rotary module is found by ownership (the module holding an ``inv_freq`` buffer
+nearest to the attention that applies the rotation); its ``rope_type`` must be ``default``; ``theta``
+comes from its config (``rope_parameters["rope_theta"]`` or ``rope_theta``), else from ``inv_freq``
+itself, and ``inv_freq`` must equal the default table of that theta.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from ..errors import BadInput
+from ..materialize import Rope
+
+if TYPE_CHECKING:
+    from .converter import Converter
+
+
+def rope_theta(conv: Converter, node: str, rotary_dim: int) -> float:
+    """The ``theta`` of the default RoPE that recorded node ``node`` applies with ``rotary_dim`` (see the module
+    docstring); :class:`BadInput` for any other RoPE."""
+    path = conv.g.nodes[node]["module_path"]
+    module = conv.modules.get(path)
+    if isinstance(module, Rope):  # a GraphModel source: the node's own parameter
+        return float(module.p["theta"])
+    found = _rotary_module(conv, path)
+    if found is None:
+        rope_type, theta = _config_rope(getattr(conv.model, "config", None))
+        where = type(conv.model).__name__ + ".config"
+        inv_freq = None
+    else:
+        where, rotary = found
+        config = getattr(rotary, "config", None)
+        rope_type, theta = _config_rope(config if config is not None else getattr(conv.model, "config", None))
+        rope_type = getattr(rotary, "rope_type", None) or rope_type
+        inv_freq = rotary.inv_freq.detach().to("cpu", torch.float64)
+        scaling = getattr(rotary, "attention_scaling", 1.0)
+        if scaling != 1.0:
+            raise BadInput(f"cannot import {where} (RoPE attention_scaling {scaling}; only the default "
+                           f"RoPE has a layout op)")
+    if rope_type not in (None, "default"):
+        raise BadInput(f"cannot import {where} (rope_type {rope_type!r}; only the default RoPE has a layout op)")
+    if inv_freq is None:
+        if theta is None:
+            raise conv.refuse(node, "RoPE theta is unknown: no module holds an inv_freq buffer and the "
+                              "config has no rope_theta")
+        return theta
+    if len(inv_freq) != rotary_dim // 2:
+        raise BadInput(f"cannot import {where} (inv_freq has {len(inv_freq)} frequencies, the rotation at "
+                       f"{path} uses rotary_dim {rotary_dim})")
+    if theta is None:  # recover from the table itself: inv_freq[1] = theta ** (-2 / rotary_dim)
+        theta = float(f"{inv_freq[1].item() ** (-rotary_dim / 2):.6g}") if len(inv_freq) > 1 else 10000.0
+    if not torch.allclose(_default_inv_freq(theta, rotary_dim), inv_freq, rtol=1e-6, atol=0):
+        raise BadInput(f"cannot import {where} (its inv_freq is not the default RoPE table of theta {theta})")
+    return theta
+
+
+def _rotary_module(conv: Converter, path: str) -> tuple[str, nn.Module] | None:
+    """The module holding ``inv_freq`` nearest to ``path``: searched in the subtree of ``path``, then of
+    each ancestor in turn (transformers keeps it beside the layers, e.g. ``model.rotary_emb``)."""
+    parts = path.split(".") if path else []
+    for k in range(len(parts), -1, -1):
+        prefix = ".".join(parts[:k])
+        found = [(p, m) for p, m in conv.rotaries if not prefix or p == prefix or p.startswith(prefix + ".")]
+        if not found:
+            continue
+        tables = {tuple(m.inv_freq.tolist()) for _, m in found}
+        types = {getattr(m, "rope_type", None) for _, m in found}
+        if len(tables) > 1 or len(types) > 1:
+            raise BadInput(f"cannot import {path} (RoPE tables of {[p for p, _ in found]} differ and none is "
+                           f"nearer to it)")
+        return found[0]
+    return None
+
+
+def _config_rope(config) -> tuple[str | None, float | None]:
+    """``(rope_type, rope_theta)`` from a transformers config (``rope_parameters`` or the legacy keys)."""
+    if config is None:
+        return None, None
+    params = getattr(config, "rope_parameters", None)
+    if isinstance(params, dict) and "rope_theta" in params:
+        return params.get("rope_type"), float(params["rope_theta"])
+    theta = getattr(config, "rope_theta", None)
+    scaling = getattr(config, "rope_scaling", None)
+    rope_type = scaling.get("rope_type", scaling.get("type")) if isinstance(scaling, dict) else None
+    return rope_type, float(theta) if isinstance(theta, (int, float)) else None
+
+
+def _default_inv_freq(theta: float, rotary_dim: int) -> torch.Tensor:
+    """transformers' default RoPE table, computed as it does (float32), returned in float64."""
+    exponent = torch.arange(0, rotary_dim, 2, dtype=torch.int64).to(torch.float32) / rotary_dim
+    return (1.0 / (theta ** exponent)).to(torch.float64)
