@@ -147,7 +147,7 @@ def test_transformers_moe_exports_through_batched_mm_and_matches(tmp_path):
 def test_parity_command_writes_json_and_markdown(tmp_path, capsys):
     import json
 
-    from quant.cli import main
+    from archfuzz.cli import main
     path = build(TINY).save(tmp_path / "layout.json")
     out = tmp_path / "run"
     assert main(["parity", "--layout", str(path), "--transform", "quant:norm-absorb", "--hint", "f32",

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from archfuzz.cli import main
 from fuzz import BadInput, DecoderSpec, Layout, build, materialize, strategies
-from quant.cli import main
 from verifier.registry import resolve
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,13 +26,13 @@ def _refuse_work(*args, **kwargs):
 @pytest.fixture
 def no_work(monkeypatch):
     """Every slow entry point of the CLI raises: a bad argument must stop the command before them."""
+    import archfuzz.gate
     import quant.checkpoints
     import quant.parity
     import verifier
     import verifier.campaign
     import verifier.corpus_seed
-    import verifier.gate
-    for module, name in [(verifier.campaign, "run_campaign"), (verifier.gate, "run_gate"), (verifier, "verify"),
+    for module, name in [(verifier.campaign, "run_campaign"), (archfuzz.gate, "run_gate"), (verifier, "verify"),
                          (verifier.corpus_seed, "seed"),
                          (quant.checkpoints, "load_checkpoint"), (quant.parity, "load_subject"),
                          (quant.parity, "compare")]:
@@ -164,7 +164,7 @@ def test_the_first_cases_of_the_issue_in_a_real_process(files):
     """Exit status and stderr as a shell sees them: one line, no traceback."""
     for argv in (["verify", files["GOOD"], "--transform", "reference:permute_heads", "--option", "seed=abc"],
                  ["fuzz", "--max-examples", "-3"], ["replay", "--root", files["FILE"]]):
-        proc = subprocess.run([sys.executable, "-m", "quant.cli", *argv], capture_output=True, text=True,
+        proc = subprocess.run([sys.executable, "-m", "archfuzz", *argv], capture_output=True, text=True,
                               cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
         assert proc.returncode == 2, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr, proc.stderr

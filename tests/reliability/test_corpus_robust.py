@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from quant.cli import main
+from archfuzz.cli import main
 from verifier.corpus import load_entries, replay
 
 REPO = Path(__file__).resolve().parents[2]

@@ -7,10 +7,11 @@ import logging
 
 import pytest
 
+from archfuzz.cli import main
+from archfuzz.cli.fuzz import default_transforms
 from fuzz import build
 from fuzz.errors import BadInput
 from fuzz.families import family_spec
-from quant.cli import default_transforms, main
 from verifier import verify
 from verifier.registry import resolve
 import verifier.campaign as campaign

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from quant import gate_checks
+from archfuzz import gate
+from archfuzz.gate import device_parity, quantize_smoke
 from quant.parity import dppl_bound
-from verifier import gate
 from verifier.corpus import DEFAULT_ROOT
 
 
@@ -22,7 +22,7 @@ def corpus_copy(tmp_path):
 
 
 def test_gate_runs_every_stage_and_fails_on_a_failing_extra_check(corpus_copy, tmp_path, monkeypatch):
-    monkeypatch.setattr(gate, "EXTRA_CHECKS", {"quantize-smoke": lambda checkpoint: gate_checks.quantize_smoke(("bbt-spectral",)),
+    monkeypatch.setattr(gate, "EXTRA_CHECKS", {"quantize-smoke": lambda checkpoint: quantize_smoke.quantize_smoke(("bbt-spectral",)),
                                                "always-fails": lambda checkpoint: {"ok": False, "why": "test"}})
     monkeypatch.setattr(gate, "register_default_checks", lambda: None)
     report = gate.run_gate(out=tmp_path / "out", corpus=corpus_copy, max_examples=1, checkpoint=False, progress=False)
@@ -38,16 +38,16 @@ def test_gate_runs_every_stage_and_fails_on_a_failing_extra_check(corpus_copy, t
 
 
 def test_quantize_smoke_reports_a_crashing_recipe_as_a_failed_row():
-    result = gate_checks.quantize_smoke(("no-such-recipe",))
+    result = quantize_smoke.quantize_smoke(("no-such-recipe",))
     assert not result["ok"] and "unknown recipe" in result["rows"][0]["error"]
 
 
 @pytest.mark.slow
 def test_parity_stage_on_a_synthesized_subject(monkeypatch):
-    layouts = gate_checks.parity_layouts()
+    layouts = device_parity.parity_layouts()
     name = "mqa-interleaved-rope-shared-expert-layernorm"
-    monkeypatch.setattr(gate_checks, "parity_layouts", lambda: {name: layouts[name]})
-    result = gate_checks.parity_checks(checkpoint=False)
+    monkeypatch.setattr(device_parity, "parity_layouts", lambda: {name: layouts[name]})
+    result = device_parity.parity_checks(checkpoint=False)
     row = result["rows"][0]
     assert result["ok"] and row["subject"] == name and row["export"] == "ok", row
     assert row["f32_rel_err"] <= 1e-5 and abs(row["f32_dppl"]) <= dppl_bound(row["ref_ppl"])
@@ -56,7 +56,7 @@ def test_parity_stage_on_a_synthesized_subject(monkeypatch):
 
 def test_every_fixed_parity_subject_builds():
     from fuzz import build, materialize
-    for name, spec in gate_checks.parity_layouts().items():
+    for name, spec in device_parity.parity_layouts().items():
         assert materialize(build(spec), seed=1) is not None, name
 
 

@@ -2,8 +2,8 @@
 
 import json
 
+from archfuzz.cli import main
 from fuzz import DecoderSpec, build
-from quant.cli import main
 from verifier import mutants, verify
 from verifier.corpus import record_failure
 

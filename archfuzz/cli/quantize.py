@@ -1,0 +1,97 @@
+"""``archfuzz quantize``: auto-round on an oracle-proven transformed checkpoint, unfolded, with coverage,
+perplexity and optionally the low-bit OpenVINO artifact (``docs/quantize.md``)."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+from fuzz.errors import BadInput
+from fuzz.layout import atomic_write_text
+
+from . import arguments
+
+
+def register(subparsers) -> None:
+    from quant.quantize import BITS, PRESETS, RECIPES
+    q = subparsers.add_parser("quantize", help="auto-round on an oracle-proven transformed checkpoint, unfolded")
+    q.add_argument("--checkpoint", type=arguments.checkpoint, default=None,
+                   help="transformers dir, .safetensors in one, .gguf; default SmolLM2-135M")
+    q.add_argument("--recipe", required=True, choices=list(RECIPES))
+    q.add_argument("--alpha", type=arguments.float_in(0.0, False, "a scaling exponent"), default=0.5,
+                   help="activation-energy scaling exponent (the paper's 0.5); on SmolLM2 at the cpu preset "
+                        "0.25 was best at W2 and 0 at W4 (docs/findings.md)")
+    q.add_argument("--bits", type=int, default=2, choices=list(BITS))
+    q.add_argument("--group-size", type=arguments.int_at_least(1, "weights per quantization group"), default=64)
+    q.add_argument("--sym", action="store_true", help="symmetric (default asymmetric)")
+    q.add_argument("--preset", default="cpu", choices=list(PRESETS))
+    q.add_argument("--iters", type=arguments.int_at_least(0, "tuning iterations"), default=None, help="0 = RTN")
+    q.add_argument("--nsamples", type=arguments.int_at_least(1, "calibration windows"), default=None)
+    q.add_argument("--seqlen", type=arguments.int_at_least(2, "tokens per calibration window"), default=None)
+    q.add_argument("--batch-size", type=arguments.int_at_least(1, "windows per batch"), default=None)
+    q.add_argument("--lr", type=arguments.float_in(0.0, True, "a learning rate"), default=None,
+                   help="auto-round's sign-SGD learning rate (default: the preset's; cpu 0.01, paper auto-round's 1/iters)")
+    q.add_argument("--seed", type=arguments.seed, default=0, help="seed in [0, 2**32)")
+    q.add_argument("--calib-text", type=arguments.readable_file, default=None,
+                   help="default: Python stdlib docstrings (not wikitext)")
+    q.add_argument("--eval-text", type=arguments.readable_file, default=None,
+                   help="default: Python stdlib docstrings (not wikitext)")
+    q.add_argument("--no-eval", action="store_true")
+    q.add_argument("--lowbit", action="store_true", help="also export OpenVINO IRs (f32, f16 and the weights as "
+                   "u2/u4 codes) to OUT/openvino and measure size, memory, speed and parity")
+    q.add_argument("--lowbit-seq", type=arguments.int_at_least(2, "prefill tokens"), default=128,
+                   help="prefill tokens for the low-bit measurement")
+    q.add_argument("--out", type=arguments.out_dir, required=True)
+    q.set_defaults(func=run, check=check)
+
+
+def check(args) -> None:
+    if args.no_eval and args.eval_text is not None:
+        raise BadInput("--eval-text has no use with --no-eval (nothing is evaluated)")
+
+
+def run(args) -> int:
+    from quant.checkpoints import load_checkpoint
+    from quant.perplexity import perplexity
+    from quant.quantize import QuantConfig, coverage_markdown, preset_settings, quantize, save, text_ids
+    from quant.text import calibration_windows
+    settings = preset_settings(args.preset, iters=args.iters, nsamples=args.nsamples, seqlen=args.seqlen,
+                               batch_size=args.batch_size, lr=args.lr)
+    cfg = QuantConfig(bits=args.bits, group_size=args.group_size, sym=args.sym, seed=args.seed, **settings)
+    cfg.check()
+    if args.lowbit:
+        from quant.lowbit import check_lowbit_request
+        check_lowbit_request(args.recipe, cfg)  # before any work
+    model, tok = load_checkpoint(args.checkpoint)
+    calib_ids, calib_info = text_ids(tok, args.calib_text, "calibration")
+    windows = calibration_windows(calib_ids, cfg.nsamples, cfg.seqlen, cfg.seed)
+    eval_ids = eval_info = fp = None
+    if not args.no_eval:
+        eval_ids, eval_info = text_ids(tok, args.eval_text, "evaluation")
+        fp = perplexity(model, eval_ids)
+        print(f"full precision PPL {fp['ppl']:.3f}", flush=True)
+    report = quantize(model, tok, args.recipe, cfg, windows, alpha=args.alpha,
+                      check_ids=eval_ids[None, :16] if eval_ids is not None else None)
+    report["calibration_text"] = calib_info
+    if eval_ids is not None:
+        report["evaluation_text"] = eval_info
+        report["ppl_full_precision"] = fp
+        report["ppl_quantized"] = perplexity(model, eval_ids)
+    rows = report.pop("coverage_rows")
+    lowbit = None
+    if args.lowbit:
+        from quant.lowbit import grid_codes
+        lowbit = (grid_codes(model, cfg.bits, cfg.group_size), copy.deepcopy(model))  # save() drops scale/zp
+    out = save(model, tok, args.out, report)
+    atomic_write_text(out / "coverage.md", coverage_markdown({**report["coverage"], "rows": rows}))
+    print(json.dumps({k: v for k, v in report.items() if k != "config"}, indent=1, default=str))
+    print(f"plain checkpoint written to {out} (coverage: {out / 'coverage.md'})")
+    if lowbit is not None:
+        from quant.lowbit import artifact_report, write_artifact_report
+        ids = (eval_ids if eval_ids is not None else calib_ids)[None, :args.lowbit_seq]
+        art = artifact_report(lowbit[1], lowbit[0], ids, out / "openvino")
+        _, md = write_artifact_report(art, out / "openvino", f"{args.recipe} W{cfg.bits} g{cfg.group_size}: OpenVINO IRs")
+        print(md.read_text())
+        if not all(r["symptom"] == "ok" for r in art["rows"]):
+            return 1
+    return 0
