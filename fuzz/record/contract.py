@@ -1,0 +1,309 @@
+"""Post-processing of a recording: contract parametric-leaf regions (norm, experts, router), RoPE and eager
+attention into single nodes, keep the logits' ancestors, label the ``lm_head`` and give readable ids."""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from typing import TYPE_CHECKING
+
+import networkx as nx
+import torch
+
+from ..errors import BadInput
+from .calls import _NORM_FNS, _NORMALISING, _numel
+from .graph import _ID, RecordedGraph
+
+if TYPE_CHECKING:
+    from .recorder import _Frame, _Recorder
+
+# RoPE: rearrangements of one activation, and the combiners of the rotated halves
+_REARRANGE = frozenset({"getitem", "neg", "cat", "concat", "concatenate", "stack", "narrow", "select",
+                        "index_select", "chunk", "split", "split_with_sizes", "tensor_split", "unbind",
+                        "flip", "roll"})
+_COMBINE = frozenset({"sub", "cat", "concat", "concatenate", "stack"})
+# eager attention: what may sit between Q K^T and the softmax, and between the softmax and P V
+_SCORE_OPS = frozenset({"softmax", "masked_fill", "add", "sub", "mul", "div", "where", "tanh", "clamp",
+                        "dropout"})
+
+
+
+def _finish(rec: _Recorder, logits_node: str, ids: torch.Tensor, name: str, vocab: int) -> RecordedGraph:
+    g = rec.graph
+    keep = nx.ancestors(g, logits_node) | {logits_node}
+    pruned = g.number_of_nodes() - len(keep)
+    g.remove_nodes_from([n for n in list(g) if n not in keep])
+    merged: dict[str, str] = {}
+    _contract_regions(g, rec, merged)
+    _contract_ropes(g, rec.n_tokens, merged)
+    _contract_eager_attention(g, rec.n_tokens, merged)
+    logits_node = _resolve(merged, logits_node)
+    for n in g:
+        g.nodes[n].pop("region", None)
+    g.nodes["tokens"]["vocab"] = int(vocab)
+    mapping = _readable_ids(g)
+    nx.relabel_nodes(g, mapping, copy=False)
+    logits_node = mapping[logits_node]
+    if not _label_lm_head(g, logits_node):
+        raise BadInput(f"{name}: the logits are not computed by a linear head over hidden states "
+                       f"(they come from {g.nodes[logits_node]['op']} {logits_node!r}): not a causal LM")
+    meta = {"model": name, "input_shape": list(ids.shape), "logits": logits_node, "pruned": pruned,
+            "aliases": dict(sorted(rec.aliases.items()))}
+    return RecordedGraph(g, meta)
+
+
+def _resolve(merged: dict[str, str], node: str) -> str:
+    while node in merged:
+        node = merged[node]
+    return node
+
+
+def _contract(g: nx.DiGraph, nodes: set[str], new: str, attrs: dict, port_order: list[str],
+              merged: dict[str, str]) -> None:
+    """Replace ``nodes`` by one node ``new``; outputs keep their edges.
+
+    Input ports follow ``port_order`` (the producers of the module's arguments, one entry per argument,
+    so a producer passed twice gets two ports), then the other producers read, by first use.
+    """
+    order = sorted(nodes, key=lambda n: g.nodes[n]["index"])
+    shapes: dict[str, list[int]] = {}
+    for n in order:
+        for src, _, d in sorted(g.in_edges(n, data=True), key=lambda e: e[2]["port"]):
+            if src not in nodes:
+                shapes.setdefault(src, d["shape"])
+    argument_order = [s for s in port_order if s in shapes] + [s for s in shapes if s not in port_order]
+    ports: dict[str, list[int]] = defaultdict(list)
+    for port, src in enumerate(argument_order):
+        ports[src].append(port)
+    ext_out: dict[str, dict] = {}
+    for n in order:
+        for _, dst, d in g.out_edges(n, data=True):
+            if dst in nodes:
+                continue
+            if dst in ext_out:
+                both = set(ext_out[dst].get("ports", [ext_out[dst]["port"]])) | set(d.get("ports", [d["port"]]))
+                ext_out[dst].update(port=min(both), ports=sorted(both))
+            else:
+                ext_out[dst] = dict(d)
+    g.remove_nodes_from(order)
+    g.add_node(new, **attrs)
+    for src, numbers in ports.items():
+        g.add_edge(src, new, port=numbers[0], shape=shapes[src], **({"ports": numbers} if len(numbers) > 1 else {}))
+    for dst, d in ext_out.items():
+        g.add_edge(new, dst, **d)
+    for n in order:
+        if n != new:
+            merged[n] = new
+
+
+def _common_path(paths: list[str]) -> str:
+    """The innermost module containing every one of ``paths``."""
+    parts = [p.split(".") if p else [] for p in paths]
+    common = []
+    for level in zip(*parts):
+        if len(set(level)) != 1:
+            break
+        common.append(level[0])
+    return ".".join(common)
+
+
+def _base_attrs(g: nx.DiGraph, nodes, op: str, path: str, shape_node: str) -> dict:
+    params = sorted({p for n in nodes for p in g.nodes[n]["params"]})
+    return {"op": op, "module_path": path, "params": params, "index": min(g.nodes[n]["index"] for n in nodes),
+            "shape": g.nodes[shape_node]["shape"]}
+
+
+def _contract_regions(g: nx.DiGraph, rec: _Recorder, merged: dict[str, str]) -> None:
+    """Contract each parametric-leaf module call that computes a norm, fused experts or a router."""
+    members: dict[int, list[str]] = defaultdict(list)
+    for n, d in g.nodes(data=True):
+        if d.get("region") is not None:
+            members[d["region"]].append(n)
+    for call in sorted(members):
+        frame = rec.regions[call]
+        nodes = sorted(members[call], key=lambda n: g.nodes[n]["index"])
+        found = _classify_region(g, nodes, frame, rec.own[id(frame.module)], rec.n_tokens)
+        if found is None:
+            continue
+        op, attrs = found
+        outs = [_resolve(merged, o) for o in frame.outputs]
+        shape_node = next((o for o in outs if o in nodes), nodes[-1])
+        new = nodes[0]
+        full = {**_base_attrs(g, nodes, op, frame.path, shape_node), **attrs}
+        _contract(g, set(nodes), new, full, [_resolve(merged, i) for i in frame.inputs], merged)
+
+
+def _classify_region(g, nodes, frame: _Frame, own: dict, n_tokens: int) -> tuple[str, dict] | None:
+    read = {p for n in nodes for p in g.nodes[n]["params"]}
+    if not read or not read <= set(own) or not frame.in_shapes:
+        return None
+    fns = {g.nodes[n].get("call") for n in nodes}
+    x_shape = frame.in_shapes[0]
+    shapes = {p: own[p] for p in read}
+    if any(len(s) == 3 for s in shapes.values()):
+        hidden = int(x_shape[-1])
+        dims = [d for s in shapes.values() if len(s) == 3 for d in s[1:] if d != hidden]
+        acts = [g.nodes[n]["fn"] for n in nodes if g.nodes[n]["op"] == "act"]
+        return "experts", {"n_experts": int(next(s[0] for s in shapes.values() if len(s) == 3)), "hidden": hidden,
+                           "intermediate": int(min(dims)) if dims else hidden, "act": acts[0] if acts else None}
+    if all(len(s) == 1 for s in shapes.values()) and fns & _NORMALISING:
+        scaled = any(g.nodes[n]["params"] and g.nodes[n].get("call") in {"mul"} | _NORM_FNS for n in nodes)
+        if not scaled:
+            return None
+        fused = [g.nodes[n] for n in nodes if g.nodes[n]["op"] == "norm"]
+        dim = int(next(iter(shapes.values()))[0])
+        if fused:
+            kind, eps = fused[0]["kind"], fused[0]["eps"]
+        else:
+            kind = "layer" if "sub" in fns and "mean" in fns or fns & {"var", "std", "var_mean"} else "rms"
+            small = [g.nodes[n]["scalar"] for n in nodes if g.nodes[n].get("call") == "add"
+                     and isinstance(g.nodes[n].get("scalar"), float) and 0 < g.nodes[n]["scalar"] < 0.1]
+            eps = small[0] if small else None
+        one_plus = any(fn == "add" and s == 1 for fn, s in frame.param_ops)
+        return "norm", {"kind": kind, "dim": dim, "groups": max(1, _numel(x_shape) // (n_tokens * dim)),
+                        "eps": eps, "weight_form": "1+w" if one_plus else "w", "bias": len(read) > 1}
+    linears = [g.nodes[n] for n in nodes if g.nodes[n]["op"] == "linear"]
+    topk = [g.nodes[n] for n in nodes if g.nodes[n].get("call") == "topk"]
+    if len(linears) == 1 and topk:
+        return "router", {"in_features": linears[0]["in_features"], "n_experts": linears[0]["out_features"],
+                          "top_k": topk[0]["k"], "renormalize": "sum" in fns and "div" in fns,
+                          "bias": linears[0]["bias"]}
+    return None
+
+
+def _is_rearrange(d: dict) -> bool:
+    return d["op"] == "opaque" and d.get("call") in _REARRANGE and not d["params"]
+
+
+def _contract_ropes(g: nx.DiGraph, n_tokens: int, merged: dict[str, str]) -> None:
+    """Contract ``x * cos + rotate(x) * sin`` (any pairing, partial rotary included) into ``rope`` nodes.
+
+    Seeds are products of one activation with a constant table; the rearrangements (slices, negation,
+    concatenation) feeding them are pulled in, then the adds / concatenations combining them.  A
+    cluster is kept when it reads exactly one producer, holds two or more seeds and has a single exit.
+    """
+    seeds = {n for n, d in g.nodes(data=True)
+             if d["op"] == "opaque" and d.get("call") == "mul" and "const_shape" in d and g.in_degree(n) == 1}
+    if not seeds:
+        return
+    cand = set(seeds)
+    sources = set()
+    stack = [p for s in seeds for p in g.predecessors(s)]
+    while stack:
+        p = stack.pop()
+        if p in cand:
+            continue
+        if _is_rearrange(g.nodes[p]):
+            cand.add(p)
+            stack.extend(g.predecessors(p))
+        else:
+            sources.add(p)
+    changed = True
+    while changed:
+        changed = False
+        for c in sorted({s for n in cand for s in g.successors(n)} - cand, key=lambda n: g.nodes[n]["index"]):
+            d = g.nodes[c]
+            if not (d["op"] == "add" and not d["params"] or d["op"] == "opaque" and d.get("call") in _COMBINE):
+                continue
+            extra = set(g.predecessors(c)) - cand
+            if all(_is_rearrange(g.nodes[p]) and set(g.predecessors(p)) <= cand | sources for p in extra):
+                cand |= extra | {c}
+                changed = True
+    for comp in sorted(nx.connected_components(g.subgraph(cand).to_undirected()),
+                       key=lambda c: min(g.nodes[n]["index"] for n in c)):
+        while True:  # a lone entry slice (e.g. q out of a fused projection) is the rotated input, not RoPE
+            entries = [n for n in comp if any(p not in comp for p in g.predecessors(n))]
+            if len(entries) != 1 or entries[0] in seeds or len(comp) <= 1:
+                break
+            comp = comp - {entries[0]}
+        ext = {p for n in comp for p in g.predecessors(n)} - comp
+        exits = [n for n in comp if any(s not in comp for s in g.successors(n))]
+        n_seeds = len(comp & seeds)
+        if len(ext) != 1 or len(exits) != 1 or n_seeds < 2:
+            continue
+        exit_ = exits[0]
+        d = g.nodes[exit_]
+        if not (d["op"] == "add" or d.get("call") in _COMBINE):
+            continue
+        shape = d["shape"]
+        head_dim = int(shape[-1])
+        rotary = max(int(g.nodes[s]["const_shape"][-1]) for s in comp & seeds)
+        interleaved = any(g.nodes[n].get("call") == "stack" or g.nodes[n].get("strided") for n in comp)
+        path = _common_path([g.nodes[n]["module_path"] for n in comp])
+        attrs = {**_base_attrs(g, comp, "rope", path, exit_), "n_heads": _numel(shape) // (n_tokens * head_dim),
+                 "head_dim": head_dim, "rotary_dim": rotary, "style": "interleaved" if interleaved else "half"}
+        first = min(comp, key=lambda n: g.nodes[n]["index"])
+        _contract(g, set(comp), first, attrs, list(ext), merged)
+
+
+def _contract_eager_attention(g: nx.DiGraph, n_tokens: int, merged: dict[str, str]) -> None:
+    """Contract ``softmax(Q K^T ...) V`` written with matmuls into ``attention`` nodes (ports q, k, v)."""
+    for pv in [n for n in sorted(g, key=lambda n: g.nodes[n]["index"])
+               if g.nodes[n].get("call") in ("matmul", "bmm") and g.nodes[n]["op"] == "opaque"]:
+        if pv not in g or g.in_degree(pv) != 2:
+            continue
+        (p_node, v_node) = [s for s, _, _ in sorted(g.in_edges(pv, data="port"), key=lambda e: e[2])]
+        chain, cur, softmax = [], p_node, False
+        while True:
+            d = g.nodes[cur]
+            if d["op"] == "opaque" and d.get("call") in ("matmul", "bmm") and g.in_degree(cur) == 2:
+                break
+            ok = g.in_degree(cur) == 1 and not d["params"] and (
+                d["op"] == "scale" or d["op"] == "act" and d["fn"] == "tanh"
+                or d["op"] == "opaque" and d.get("call") in _SCORE_OPS)
+            if not ok:
+                chain = None
+                break
+            softmax |= d.get("call") == "softmax"
+            chain.append(cur)
+            cur = next(iter(g.predecessors(cur)))
+        if chain is None or not softmax:
+            continue
+        qk = cur
+        cluster = {qk, pv, *chain}
+        if any(s not in cluster for n in cluster - {pv} for s in g.successors(n)):
+            continue
+        (q_node, k_node) = [s for s, _, _ in sorted(g.in_edges(qk, data="port"), key=lambda e: e[2])]
+        q_shape = g.edges[q_node, qk]["shape"]
+        head_dim = int(q_shape[-1])
+        path = _common_path([g.nodes[n]["module_path"] for n in cluster])
+        attrs = {**_base_attrs(g, cluster, "attention", path, pv), "n_heads": int(q_shape[-3]),
+                 "n_kv_heads": _numel(g.nodes[k_node]["shape"]) // (n_tokens * head_dim), "head_dim": head_dim}
+        _contract(g, cluster, qk, attrs, [q_node, k_node, v_node], merged)
+
+
+def _label_lm_head(g: nx.DiGraph, logits: str) -> bool:
+    """The linear producing the logits (through weight-free single-input ops) becomes the ``lm_head``."""
+    cur = logits
+    while g.nodes[cur]["op"] != "linear":
+        if g.in_degree(cur) != 1 or g.nodes[cur]["params"]:
+            return False
+        cur = next(iter(g.predecessors(cur)))
+    d = g.nodes[cur]
+    tied = [n for n, e in g.nodes(data=True) if e["op"] == "embedding" and set(e["params"]) & set(d["params"])]
+    d.update(op="lm_head", dim=d.pop("in_features"), vocab=d.pop("out_features"), tied_to=tied[0] if tied else None)
+    return True
+
+
+def _readable_ids(g: nx.DiGraph) -> dict[str, str]:
+    """Node ids from the module path (alone when the module made one node), plus the op when it made more."""
+    order = sorted(g, key=lambda n: g.nodes[n]["index"])
+    per_path = defaultdict(int)
+    for n in order:
+        per_path[g.nodes[n]["module_path"]] += 1
+    mapping, used = {"tokens": "tokens"}, {"tokens"}
+    for n in order:
+        if n == "tokens":
+            continue
+        d = g.nodes[n]
+        base = re.sub(r"\W", "_", d["module_path"])
+        kind = d["op"] if d["op"] != "opaque" else re.sub(r"\W", "_", str(d.get("call")))
+        name = base if base and per_path[d["module_path"]] == 1 else f"{base}__{kind}" if base else kind
+        if not _ID.match(name):
+            name = f"m_{name}"
+        candidate, k = name, 1
+        while candidate in used:
+            candidate, k = f"{name}_{k}", k + 1
+        mapping[n] = candidate
+        used.add(candidate)
+    return mapping

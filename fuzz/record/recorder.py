@@ -1,0 +1,372 @@
+"""The recorder: one forward pass under a :class:`~torch.overrides.TorchFunctionMode` that grows the
+op-level graph (every torch call seen, views passed through, module calls kept on a stack)."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import networkx as nx
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from ..errors import BadInput
+from .calls import (_ACTS, _NORM_FNS, _RESHAPE, _SELECT, _arg, _canon, _key_repr, _numel, _scalar, _storage_key,
+                    _strided, _tensors)
+from .contract import _finish
+from .graph import RecordedGraph
+
+DEFAULT_SEQ_LEN = 8
+
+
+def record(model: nn.Module, input_ids: torch.Tensor | None = None) -> RecordedGraph:
+    """Run ``model`` once on ``input_ids`` (default: 8 fixed ids) and return its recorded dataflow.
+
+    ``model`` must be a causal LM: called as ``model(input_ids=...)`` (or positionally) it returns an
+    object with ``.logits`` (or a mapping with ``"logits"``, or the logits tensor itself) of shape
+    ``(*input_ids.shape, vocab)`` that depends on the ids.  Otherwise :class:`BadInput` is raised.
+    The model runs in eval mode under ``torch.no_grad()``; its training flags are restored afterwards.
+    """
+    if not isinstance(model, nn.Module):
+        raise BadInput(f"record expects a torch.nn.Module, got {type(model).__name__}")
+    ids = _input_ids(model, input_ids)
+    name = type(model).__name__
+    training = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        rec, out = _run(model, ids)
+    finally:
+        for m, flag in training.items():
+            m.training = flag
+    logits = _logits(out, ids, name)
+    producer = rec.producer(logits)
+    if producer is None:
+        raise BadInput(f"{name}: the logits do not depend on the input ids (not a causal LM)")
+    return _finish(rec, producer, ids, name, logits.shape[-1])
+
+
+def _input_ids(model: nn.Module, input_ids) -> torch.Tensor:
+    if input_ids is None:
+        vocab = 2
+        get = getattr(model, "get_input_embeddings", None)
+        emb = get() if callable(get) else None
+        weight = getattr(emb, "weight", None)
+        if isinstance(weight, torch.Tensor) and weight.dim() == 2:
+            vocab = weight.shape[0]
+        ids = (torch.arange(DEFAULT_SEQ_LEN) * 7919 + 11) % vocab
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        return ids.unsqueeze(0).to(device)
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.int64, torch.int32) \
+            or input_ids.dim() not in (1, 2) or input_ids.numel() == 0:
+        got = f"{tuple(input_ids.shape)} {input_ids.dtype}" if isinstance(input_ids, torch.Tensor) \
+            else type(input_ids).__name__
+        raise BadInput(f"input_ids must be a non-empty (batch, seq) or (seq,) integer tensor, got {got}")
+    return input_ids.unsqueeze(0) if input_ids.dim() == 1 else input_ids
+
+
+def _run(model: nn.Module, ids: torch.Tensor):
+    """Call the model on ``ids`` under a fresh recorder per calling convention; BadInput if none runs."""
+    name = type(model).__name__
+    attempts = [((), {"input_ids": ids, "use_cache": False}), ((), {"input_ids": ids}), ((ids,), {})]
+    error: BaseException | None = None
+    for args, kwargs in attempts:
+        rec = _Recorder(model, ids)
+        try:
+            with torch.no_grad(), rec.hooks(), rec:
+                out = model(*args, **kwargs)
+            return rec, out
+        except _RecorderBug:
+            raise
+        except TypeError as exc:  # the calling convention does not fit: try the next one
+            error = exc
+        except (ValueError, RuntimeError, IndexError, KeyError, AttributeError) as exc:
+            raise BadInput(f"{name} does not run as a causal LM on integer token ids "
+                           f"{tuple(ids.shape)}: {type(exc).__name__}: {exc}") from exc
+    raise BadInput(f"{name} takes no integer token ids (tried model(input_ids=...) and model(ids)): {error}")
+
+
+def _logits(out, ids: torch.Tensor, name: str) -> torch.Tensor:
+    logits = getattr(out, "logits", None)
+    if logits is None and isinstance(out, dict):
+        logits = out.get("logits")
+    if logits is None and isinstance(out, torch.Tensor):
+        logits = out
+    if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
+        raise BadInput(f"{name} output has no logits (got {type(out).__name__}): not a causal LM")
+    if logits.dim() != ids.dim() + 1 or tuple(logits.shape[:-1]) != tuple(ids.shape):
+        raise BadInput(f"{name} logits have shape {tuple(logits.shape)}, expected (*{tuple(ids.shape)}, vocab)")
+    return logits
+
+
+class _RecorderBug(Exception):
+    """An internal error of the recorder's bookkeeping (never turned into BadInput)."""
+
+
+@dataclass
+class _Frame:
+    """One module call on the stack; ``leaf`` frames are the parametric-leaf regions."""
+
+    module: nn.Module
+    path: str
+    leaf: bool
+    call: int
+    inputs: list[str] = field(default_factory=list)  # producer of each tensor passed in, in order
+    in_shapes: list[list[int]] = field(default_factory=list)
+    param_ops: list[tuple[str, float | None]] = field(default_factory=list)  # ops on parameters alone
+    outputs: list[str] = field(default_factory=list)
+
+
+class _Recorder(TorchFunctionMode):
+    """Sees every torch call of one forward pass and grows the op-level graph."""
+
+    def __init__(self, model: nn.Module, ids: torch.Tensor):
+        super().__init__()
+        self.model = model
+        self.n_tokens = ids.numel()
+        self.graph = nx.DiGraph()
+        self._act: dict[int, tuple[torch.Tensor, str]] = {}  # id -> (tensor, producer node)
+        self._par: dict[int, tuple[torch.Tensor, frozenset[str]]] = {}  # id -> (tensor, parameter names)
+        self._storage: dict[int, set[int]] = defaultdict(set)  # storage pointer -> ids of activations on it
+        self.frames: list[_Frame] = []
+        self.regions: dict[int, _Frame] = {}
+        self._count = 0
+        self._calls = 0
+        self.paths = {}
+        for path, m in model.named_modules(remove_duplicate=False):
+            self.paths.setdefault(id(m), path)
+        self.canonical: dict[int, str] = {id(p): n for n, p in model.named_parameters()}
+        self.aliases = {n: self.canonical[id(p)] for n, p in model.named_parameters(remove_duplicate=False)
+                        if n != self.canonical[id(p)]}
+        self.owners: dict[str, list[str]] = defaultdict(list)
+        self.own: dict[int, dict[str, tuple[int, ...]]] = {}  # module id -> own parameters (canonical -> shape)
+        for m in model.modules():
+            own = {self.canonical[id(p)]: tuple(p.shape) for p in m._parameters.values() if p is not None}
+            self.own[id(m)] = own
+            for pname in own:
+                self.owners[pname].append(self.paths[id(m)])
+        self.leaves = {id(m) for m in model.modules() if self.own[id(m)]
+                       and not any(self.own[id(c)] for c in m.modules() if c is not m)}
+        for p in model.parameters():
+            self._par[id(p)] = (p, frozenset({self.canonical[id(p)]}))
+        self.graph.add_node("tokens", op="tokens", module_path="", params=[], index=0, shape=list(ids.shape))
+        self._set_act(ids, "tokens")
+
+    # ------------------------------------------------------------------ tensor bookkeeping
+    def producer(self, t: torch.Tensor) -> str | None:
+        entry = self._act.get(id(t))
+        return entry[1] if entry is not None and entry[0] is t else None
+
+    def _params_of(self, t: torch.Tensor) -> frozenset[str]:
+        entry = self._par.get(id(t))
+        return entry[1] if entry is not None and entry[0] is t else frozenset()
+
+    def _set_act(self, t: torch.Tensor, node: str) -> None:
+        self._act[id(t)] = (t, node)
+        key = _storage_key(t)
+        if key is not None:
+            self._storage[key].add(id(t))
+
+    def _mutated(self, t: torch.Tensor, node: str) -> None:
+        """An in-place op wrote ``t``: it and every activation sharing its storage now come from ``node``."""
+        key = _storage_key(t)
+        for other in list(self._storage.get(key, ())) if key is not None else ():
+            entry = self._act.get(other)
+            if entry is not None:
+                self._act[other] = (entry[0], node)
+        self._set_act(t, node)
+
+    # ------------------------------------------------------------------ module stack
+    def hooks(self):
+        """Context manager registering the pre/post hooks that keep the module call stack."""
+        recorder = self
+
+        class _Hooks:
+            def __enter__(self):
+                self.handles = []
+                for m in recorder.model.modules():
+                    self.handles.append(m.register_forward_pre_hook(recorder._enter, with_kwargs=True))
+                    self.handles.append(m.register_forward_hook(recorder._leave, always_call=True))
+                return self
+
+            def __exit__(self, *exc):
+                for h in self.handles:
+                    h.remove()
+                recorder.frames.clear()
+                return False
+
+        return _Hooks()
+
+    def _enter(self, module, args, kwargs):
+        self._calls += 1
+        frame = _Frame(module, self.paths.get(id(module), ""), id(module) in self.leaves, self._calls)
+        for t in _tensors((args, kwargs)):
+            node = self.producer(t)
+            if node is not None:
+                frame.in_shapes.append(list(t.shape))
+                frame.inputs.append(node)
+        if frame.leaf:
+            self.regions[frame.call] = frame
+        self.frames.append(frame)
+
+    def _leave(self, module, args, output):
+        while self.frames:
+            frame = self.frames.pop()
+            if frame.module is module:
+                frame.outputs = [n for n in (self.producer(t) for t in _tensors(output)) if n is not None]
+                break
+
+    def _region(self) -> _Frame | None:
+        for frame in reversed(self.frames):
+            if frame.leaf:
+                return frame
+        return None
+
+    def _module_path(self, params: frozenset[str]) -> str:
+        """The executing module, or the module owning the parameters read when it runs inside it."""
+        here = self.frames[-1].path if self.frames else ""
+        owners = {o for p in params for o in self.owners[p]}
+        if not owners or here in owners:
+            return here
+        inside = sorted(o for o in owners if here == "" or o.startswith(here + "."))
+        return inside[0] if len(inside) == 1 else here
+
+    # ------------------------------------------------------------------ the mode
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        try:
+            self._on_op(func, args, kwargs, out)
+        except Exception as exc:  # our bookkeeping, not the model: never reported as BadInput
+            raise _RecorderBug(f"recorder failed on {func}: {type(exc).__name__}: {exc}") from exc
+        return out
+
+    def _on_op(self, func, args, kwargs, out) -> None:
+        name, inplace, reflected = _canon(func)
+        if name == "__get__" and not isinstance(out, torch.Tensor):
+            return
+        acts: list[tuple[torch.Tensor, str]] = []
+        params: set[str] = set()
+        consts: list[torch.Tensor] = []
+        for t in _tensors((args, kwargs)):
+            node = self.producer(t)
+            if node is not None:
+                acts.append((t, node))
+            elif p := self._params_of(t):
+                params |= p
+            else:
+                consts.append(t)
+        first = args[0] if args else None
+        outs = [first] if inplace and isinstance(first, torch.Tensor) else list(_tensors(out))
+        if not outs:
+            return
+        if not acts:
+            if params:
+                for t in outs:
+                    self._par[id(t)] = (t, frozenset(params))
+                region = self._region()
+                if region is not None:
+                    region.param_ops.append((name, _scalar(name, args, kwargs)))
+            return
+        if len(acts) == 1 and self._passes_through(name, args, kwargs, acts[0][0], outs):
+            for t in outs:
+                if inplace:
+                    self._mutated(t, acts[0][1])
+                else:
+                    self._set_act(t, acts[0][1])
+            return
+        op, attrs = self._classify(name, args, kwargs, acts, params, consts, outs, reflected)
+        frozen = frozenset(params)
+        path = self._module_path(frozen)
+        region = self._region()
+        for i, t in enumerate(outs):
+            self._count += 1
+            node = f"n{self._count}"
+            extra = {"output": i} if len(outs) > 1 else {}
+            self.graph.add_node(node, op=op, call=name, module_path=path, params=sorted(params), index=self._count,
+                                shape=list(t.shape), region=region.call if region else None, **attrs, **extra)
+            for port, (src_t, src) in enumerate(acts):
+                if self.graph.has_edge(src, node):
+                    self.graph.edges[src, node].setdefault("ports", [self.graph.edges[src, node]["port"]])
+                    self.graph.edges[src, node]["ports"].append(port)
+                else:
+                    self.graph.add_edge(src, node, port=port, shape=list(src_t.shape))
+            if inplace:
+                self._mutated(t, node)
+            else:
+                self._set_act(t, node)
+
+    def _passes_through(self, name, args, kwargs, x: torch.Tensor, outs) -> bool:
+        if name in _RESHAPE:
+            return True
+        if name == "dropout":
+            p = args[1] if len(args) > 1 else kwargs.get("p", 0.5)
+            training = args[2] if len(args) > 2 else kwargs.get("training", True)
+            return p == 0 or not training
+        if name in _SELECT:
+            width = x.shape[-1] if x.dim() else None
+            return all(t.dim() and t.shape[-1] == width for t in outs)
+        return False
+
+    def _classify(self, name, args, kwargs, acts, params, consts, outs, reflected) -> tuple[str, dict]:
+        x, out = acts[0][0], outs[0]
+        scalar = _scalar(name, args, kwargs)
+        if name == "embedding" and params and len(acts) == 1:
+            w = _arg(args, kwargs, 1, "weight")
+            return "embedding", {"vocab": int(w.shape[0]), "dim": int(w.shape[1])}
+        if name == "linear" and params and len(acts) == 1:
+            bias = _arg(args, kwargs, 2, "bias")
+            return "linear", {"in_features": int(x.shape[-1]), "out_features": int(out.shape[-1]),
+                              "bias": bias is not None}
+        if name in ("matmul", "mm") and params and len(acts) == 1 and acts[0][0] is args[0]:
+            return "linear", {"in_features": int(x.shape[-1]), "out_features": int(out.shape[-1]), "bias": False}
+        if name == "addmm" and params and len(acts) == 1 and len(args) > 1 and acts[0][0] is args[1]:
+            return "linear", {"in_features": int(x.shape[-1]), "out_features": int(out.shape[-1]), "bias": True}
+        if name == "scaled_dot_product_attention" and len(acts) >= 3:
+            (q, _), (_, k_node), _ = acts[:3]
+            head_dim = int(q.shape[-1])
+            mask = _arg(args, kwargs, 3, "attn_mask")
+            return "attention", {"n_heads": int(q.shape[-3]), "n_kv_heads": self._heads(k_node, head_dim),
+                                 "head_dim": head_dim, "masked": mask is not None,
+                                 "causal": bool(_arg(args, kwargs, 5, "is_causal") or False)}
+        if name in _NORM_FNS:
+            shape = _arg(args, kwargs, 1, "normalized_shape")
+            eps = _arg(args, kwargs, 4 if name == "layer_norm" else 3, "eps")
+            return "norm", {"kind": "layer" if name == "layer_norm" else "rms",
+                            "dim": int(shape[-1]) if shape else int(x.shape[-1]),
+                            "eps": float(eps) if eps is not None else None}
+        if name in _ACTS and len(acts) == 1:
+            fn = _ACTS[name]
+            if fn == "gelu" and kwargs.get("approximate", args[1] if len(args) > 1 else "none") == "tanh":
+                fn = "gelu_tanh"
+            return "act", {"fn": fn}
+        if name == "add" and (len(acts) >= 2 or params) and not consts and scalar is None:
+            return "add", {}
+        if name == "mul" and not consts and scalar is None and (len(acts) >= 2 or params):
+            return "mul", {}
+        if name in ("mul", "div") and len(acts) == 1 and not params and not (reflected and name == "div"):
+            factor = scalar
+            if factor is None and len(consts) == 1 and consts[0].numel() == 1:
+                factor = float(consts[0].item())
+            elif factor is None and consts:
+                return "opaque", {"const_shape": list(consts[0].shape)}
+            if factor is not None and (name == "mul" or factor != 0):
+                return "scale", {"factor": factor if name == "mul" else 1.0 / factor}
+        attrs: dict[str, Any] = {}
+        if scalar is not None:
+            attrs["scalar"] = scalar if math.isfinite(scalar) else str(scalar)
+        if reflected:
+            attrs["reflected"] = True
+        if name == "topk":
+            attrs["k"] = int(_arg(args, kwargs, 1, "k"))
+        if name == "getitem" and len(args) > 1:
+            attrs["key"] = _key_repr(args[1])
+            attrs["strided"] = _strided(args[1])
+        return "opaque", attrs
+
+    def _heads(self, node: str, head_dim: int) -> int:
+        """How many heads of ``head_dim`` the output of ``node`` holds per token."""
+        return _numel(self.graph.nodes[node]["shape"]) // (self.n_tokens * head_dim)
+
