@@ -2,8 +2,9 @@
 
     python -m benchmarks.teeth [--budget 100] [--seeds 5]
 
-For each known-buggy transform (verifier/mutants.py) and each hypothesis seed, draw layouts from the
-whole space (no constraints) and count the examples until the first ``diverged`` verdict.
+For each known-buggy transform (the ``mutants`` registry: verifier/mutants.py, quant/mutants.py) and each
+hypothesis seed, draw layouts from the whole space (no constraints) and count the examples until the first
+``diverged`` verdict.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from hypothesis import given, seed, settings
 
 from fuzz import strategies as S
 from verifier import mutants, verify
+from verifier.outcomes import Status
 
 
 def examples_to_catch(name: str, budget: int, hseed: int) -> int | None:
@@ -25,7 +27,7 @@ def examples_to_catch(name: str, budget: int, hseed: int) -> int | None:
     @given(layout=S.layouts(), weight_seed=S.seeds())
     def search(layout, weight_seed):
         count[0] += 1
-        if not first and verify(mutants.get(name), layout, seed=weight_seed % 97).status == "diverged":
+        if not first and verify(mutants.get(name), layout, seed=weight_seed % 97).status == Status.DIVERGED:
             first.append(count[0])
 
     search()

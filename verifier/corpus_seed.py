@@ -5,7 +5,7 @@ and with the refusals the transform library must keep making.
 
 Each mutant's minimal failing layout is found by hypothesis (``find`` shrinks it) under the mutant's
 applicability constraints, reduced further by :func:`verifier.reduce.reduce_layout`, and recorded with
-``kind = "mutant"``, only when it ran and the oracle caught it (``verifier.corpus.CAUGHT``).  Each
+``kind = "mutant"``, only when it ran and the oracle caught it (``verifier.outcomes.CAUGHT``).  Each
 expected refusal is a small layout on which a real transform must refuse (status ``expected-refusal``):
 silently transforming it later would be a regression.
 """
@@ -19,8 +19,9 @@ from hypothesis import HealthCheck, find, settings
 from fuzz import DecoderSpec, LayerSpec, build, strategies as S
 
 from . import mutants
-from .corpus import CAUGHT, DEFAULT_ROOT, record_failure
+from .corpus import DEFAULT_ROOT, record_failure
 from .oracle import verify
+from .outcomes import CAUGHT, Stage, Status
 from .reduce import reduce_layout
 from .registry import resolve
 
@@ -41,14 +42,14 @@ def seed_mutants(root: Path, names: list[str] | None = None) -> list[tuple[str, 
         constraints = mutants.APPLIES.get(name, {})
 
         def fails(layout, transform=transform):
-            return verify(transform, layout).status == "diverged"
+            return verify(transform, layout).status == Status.DIVERGED
 
         layout = find(S.layouts(**constraints), fails,
                       settings=settings(max_examples=200, database=None, derandomize=True, deadline=None,
                                         suppress_health_check=list(HealthCheck)))
         first = verify(transform, layout)
         op = (first.first_divergent or {}).get("op")
-        layout, _ = reduce_layout(layout, lambda c: (v := verify(transform, c)).status == "diverged"
+        layout, _ = reduce_layout(layout, lambda c: (v := verify(transform, c)).status == Status.DIVERGED
                                   and (v.first_divergent or {}).get("op") == op)
         verdict = verify(transform, layout)
         if verdict.status not in CAUGHT:  # never record a mutant that did not run and break the function
@@ -67,7 +68,7 @@ def seed_refusals(root: Path) -> list[tuple[str, Path, bool]]:
         verdict = verify(transform, layout)
         if not verdict.refused:
             raise AssertionError(f"{name} was expected to refuse on {why}: {verdict}")
-        path, created = record_failure(verdict, layout, transform, root=root, stage="transform",
+        path, created = record_failure(verdict, layout, transform, root=root, stage=Stage.TRANSFORM,
                                        status="expected-refusal", note=why)
         out.append((name, path, created))
     return out
@@ -94,9 +95,9 @@ def seed_peers(root: Path) -> list[tuple[str, Path, bool]]:
         transform = resolve(name)
         layout = build(family_spec(family, **dims))
         verdict = verify(transform, layout, dtype=torch.float32)
-        if verdict.status not in ("diverged", "error"):
+        if verdict.status not in (Status.DIVERGED, Status.ERROR):
             continue  # fixed upstream: nothing to record
-        stage = "transform" if verdict.status == "error" else "verify"
+        stage = Stage.TRANSFORM if verdict.status == Status.ERROR else Stage.VERIFY
         path, created = record_failure(verdict, layout, transform, root=root, stage=stage, note=why)
         out.append((name, path, created))
     return out

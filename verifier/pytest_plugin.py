@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from .oracle import FAILING, Verdict, verify
+from .oracle import Verdict, verify
+from .outcomes import FAILING
 
 
 def assert_invariant(transform, subject, *, allow_refusal: bool = True, dtype: torch.dtype = torch.float64,
@@ -12,7 +13,7 @@ def assert_invariant(transform, subject, *, allow_refusal: bool = True, dtype: t
     """Fail (with the verdict and a repro script) unless ``transform`` preserves ``subject``'s function.
 
     A documented refusal passes when ``allow_refusal`` (the transform said honestly that it cannot
-    apply); every other status fails: the failures of the transform (``verifier.oracle.FAILING``: a
+    apply); every other status fails: the failures of the transform (``verifier.outcomes.FAILING``: a
     divergence, an error, NaN, a non-causal result, a timeout) and the verdicts that prove nothing (an
     inconclusive comparison, a degenerate subject that fails its positive control).  Only the former are
     recorded in ``ARCHFUZZ_CORPUS``.  Under hypothesis the worst error is fed to ``target()`` so a

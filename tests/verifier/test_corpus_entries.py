@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from fuzz import DecoderSpec, LayerSpec, build
 from verifier import mutants, reference, verify
@@ -142,3 +143,42 @@ def test_replay_judgement(kind, status, replayed, outcome, regression):
     from verifier.corpus import _judge
     got = _judge({"kind": kind, "status": status}, replayed)
     assert got[:2] == (outcome, regression) and (got[2] != "") == regression, got
+
+
+# ------------------------------------------------------------------ registries filled by their owners
+def test_registry_names_on_disk_come_from_the_registries_their_owners_registered():
+    """The prefix of an entry's ``registry_name`` is the registry's, found from the transform's module (no
+    table of module names in verifier): the same strings the corpus holds on disk."""
+    from verifier.corpus import _transform_record
+    from verifier.registry import prefixes, resolve
+    assert prefixes()[:4] == ["reference", "mutants", "quant", "peers"]  # lookup order, as before
+    for name, module in [("reference:permute_hidden", "verifier.reference"), ("mutants:pair_reflection",
+                         "verifier.mutants"), ("quant:norm-absorb", "quant.transforms"), ("peers:hf-bridge",
+                                                                                        "quant.peers")]:
+        record = _transform_record(resolve(name))
+        assert record["registry_name"] == name and record["registry"] == module
+
+
+def test_an_unknown_registry_says_where_registries_come_from():
+    from fuzz.errors import BadInput
+    from verifier.registry import resolve
+    with pytest.raises(BadInput, match="unknown registry 'nowhere'.*archfuzz.registries"):
+        resolve("nowhere:x")
+
+
+def test_a_registry_declares_its_properties_and_the_campaign_reads_them():
+    from verifier.campaign import campaign_transform
+    from verifier.registry import properties, resolve
+    peer = resolve("peers:hf-bridge")
+    assert properties(peer)["float64_options"] == {"precision": "float64"}
+    assert campaign_transform("peers:hf-bridge").options == {"precision": "float64"}
+    assert campaign_transform("peers:hf-bridge", torch.float32).options == {}
+    assert dict(properties(resolve("quant:norm-absorb"))) == {}
+    assert campaign_transform("quant:norm-absorb").options == {}
+
+
+def test_parity_entries_are_compared_through_the_hook_the_parity_module_registers():
+    from quant.parity import compare
+    from verifier.corpus import _replayer
+    hook = _replayer("parity")
+    assert hook.compare is compare and "from verifier.corpus import parity_subject" in hook.repro

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from fuzz import DecoderSpec, LayerSpec, build, strategies as S
 from fuzz.decoder import DecoderSpec as Spec
+from fuzz.errors import BadInput
 from verifier import mutants, verify
 
 
@@ -158,3 +159,24 @@ def test_faults_come_through_the_private_hook_only():
                 "permute_bias", "respect_groups"}
     for fn in [T.get(n).fn for n in T.names()] + [reference.get(n).fn for n in reference.names()]:
         assert not switches & set(inspect.signature(fn).parameters), fn
+
+
+def test_the_mutants_of_quant_transforms_are_registered_by_quant():
+    """quant/mutants.py fills verifier's ``mutants`` registry: names, registry strings and the fault each
+    bends are what the corpus entries record (``mutants:<name>``, registry ``verifier.mutants``)."""
+    import quant.mutants  # noqa: F401  (already loaded through the entry points; importing again is a no-op)
+    from verifier.registry import prefix_of, resolve
+    quant_made = {"gproj_omission", "skip_norm_consumer", "router_unscaled", "expert_wrong_axis", "pair_reflection",
+                  "forget_pair_bias", "float32_rotation", "symmetric_gamma"}
+    assert quant_made | {"forget_writer_bias", "cross_group_heads"} == set(mutants.names())
+    for name in mutants.names():
+        m = mutants.mutant(name)
+        assert m.base.startswith("quant:" if name in quant_made else "reference:"), m
+        t = resolve(f"mutants:{name}")
+        assert t.registry == "verifier.mutants" and prefix_of(t.registry) == "mutants"
+        assert mutants.MUTANTS[name][0] == ("quant.transforms" if name in quant_made else "verifier.reference")
+    assert mutants.MUTANTS["float32_rotation"][2] == {"rotation": "random"}
+    with pytest.raises(ValueError, match="unknown fault"):
+        mutants.register_mutant("no_such", "quant:pair-pca", "no_such_fault")
+    with pytest.raises(BadInput, match="unknown mutant"):
+        mutants.get("no_such")
