@@ -85,7 +85,7 @@ ACT = {"silu": F.silu, "gelu": F.gelu, "gelu_tanh": lambda x: F.gelu(x, approxim
 
 
 MODULES: dict[str, type["Node"]] = {}  # op name -> its torch module, filled by @torch_impl
-_register_module = registrar(MODULES, "torch implementation")
+_register_module = registrar(MODULES, "a torch implementation")
 
 
 def torch_impl(op: str):

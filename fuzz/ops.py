@@ -135,18 +135,18 @@ def declare(op_spec: OpSpec) -> OpSpec:
 
 
 def registrar(registry: dict[str, Any], piece: str) -> Callable[[str], Callable[[Any], Any]]:
-    """A decorator factory filling ``registry`` (op name -> ``piece``, e.g. "torch implementation") for the
+    """A decorator factory filling ``registry`` (op name -> ``piece``, e.g. "a torch implementation") for the
     ops of :data:`SPECS`: an unknown op name or a second registration for the same op is an error."""
 
     def register(op: str) -> Callable[[Any], Any]:
         if op not in SPECS:
-            raise ValueError(f"cannot register a {piece} for unknown op {op!r}; known: {sorted(SPECS)}")
+            raise ValueError(f"cannot register {piece} for unknown op {op!r}; known: {sorted(SPECS)}")
         if op in registry:
-            raise ValueError(f"op {op!r} already has a {piece} ({registry[op]!r}): register one per op")
+            raise ValueError(f"op {op!r} already has {piece} ({registry[op]!r}): register one per op")
 
         def decorate(obj):
             if op in registry:
-                raise ValueError(f"op {op!r} already has a {piece} ({registry[op]!r}): register one per op")
+                raise ValueError(f"op {op!r} already has {piece} ({registry[op]!r}): register one per op")
             registry[op] = obj
             return obj
 

@@ -57,7 +57,7 @@ class ImportPattern:
 
 
 IMPORT_PATTERNS: dict[str, ImportPattern] = {}  # layout op -> its pattern
-_register = registrar(IMPORT_PATTERNS, "importer pattern")
+_register = registrar(IMPORT_PATTERNS, "an importer pattern")
 
 
 def import_pattern(op: str, *, recorded: str | None = None):
