@@ -13,7 +13,7 @@ from hypothesis import event, given
 from hypothesis import strategies as st
 
 from fuzz import BadInput, LayerSpec, Layout, build, materialize
-from fuzz.families import (FAMILIES, check_family, families_of, family_cases, family_of, family_spec,
+from fuzz.families import (FAMILIES, check_family, families_of, family, family_cases, family_of, family_spec,
                            to_transformers)
 
 TIGHT = 1e-10  # transformers numerics: float64 rounding only
@@ -187,3 +187,35 @@ def test_config_limits_are_reasons_not_crashes():
     assert tight <= TIGHT
     with pytest.raises(BadInput, match="partial_rotary_factor"):
         check_family(family_spec("phi3", head_dim=44, rotary_dim=30), "phi3")
+
+
+def test_each_family_is_one_registered_module():
+    """A family is declared in its own module (``FAMILY``, named after the module) and listed once in the
+    registry; a family module the registry does not list is an error, not a silently missing family."""
+    import importlib
+    import pkgutil
+
+    import fuzz.families as package
+    from fuzz.families.registry import _MODULES
+
+    shared = {"base", "registry", "membership", "bridge", "draws"}
+    modules = {m.name for m in pkgutil.iter_modules(package.__path__)} - shared
+    assert sorted(modules) == sorted(_MODULES) and len(set(_MODULES)) == len(_MODULES)
+    assert FAMILIES == list(_MODULES)
+    for name in _MODULES:
+        declared = importlib.import_module(f"fuzz.families.{name}").FAMILY
+        assert declared.name == name and declared is family(name)
+        assert getattr(package, name) is declared.preset  # the preset stays importable as fuzz.families.<name>
+
+
+@given(st.data())
+def test_drawn_knobs_are_the_family_knobs(data):
+    """What a family's ``draw_knobs`` draws is exactly what its preset accepts and its ``knobs`` reads back."""
+    name = data.draw(st.sampled_from(FAMILIES))
+    fam = family(name)
+    dims = dict(n_layers=2, vocab=16, hidden=24, n_kv_heads=2, n_heads=4, head_dim=6, intermediate=8,
+                rope_theta=1e6, norm_eps=1e-5, tie_embeddings=False)
+    knobs = fam.draw_knobs(data.draw, dims)
+    spec = fam.preset(**dims, **knobs)
+    assert set(knobs) <= set(fam.knobs(spec))
+    assert build(fam.preset(**fam.knobs(spec))) == build(spec)
