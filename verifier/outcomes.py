@@ -60,3 +60,16 @@ class Stage(StrEnum):
 
 #: The stages of device parity (an exporter finding in the corpus carries one of these).
 PARITY_STAGES = (Stage.EXPORT, Stage.COMPILE, Stage.EXECUTE)
+
+
+class Symptom(StrEnum):
+    """How a device-parity step ended (``quant.parity``): ``ok``; the child raised (``exception``), was killed
+    by SIGSEGV (``segfault``) or another signal or exited without a result (``crash``), ran out of time
+    (``timeout``); or it ran and the numbers are wrong (``inconsistency``, stage ``execute``)."""
+
+    OK = "ok"
+    EXCEPTION = "exception"
+    SEGFAULT = "segfault"
+    CRASH = "crash"
+    TIMEOUT = "timeout"
+    INCONSISTENCY = "inconsistency"
