@@ -2,9 +2,10 @@
 
 Every node is its own ``nn.Module`` under ``model.nodes[<node id>]``, so forward hooks see every
 intermediate activation (the oracle names the first divergent node this way) and transforms edit
-parameters by node id.  Weights are drawn per node from ``(seed, node id)``, so a node keeps its
-weights when the shrinker removes other nodes; they are never trivial (norm weights, biases and gates
-random), or scaling bugs would hide behind ones and zeros.
+parameters by node id.  Each op's module registers against the op with ``@torch_impl(op)``
+(:data:`MODULES`).  Weights are drawn per node from ``(seed, node id)`` by the op's own initialisers
+(:class:`~fuzz.ops.OpSpec`), so a node keeps its weights when the shrinker removes other nodes; they are
+never trivial (norm weights, biases and gates random), or scaling bugs would hide behind ones and zeros.
 
 ``numerics="exact"`` computes everything in the model dtype (the oracle's float64 ground truth).
 ``numerics="transformers"`` reproduces transformers' own precision policy (RMSNorm and the router

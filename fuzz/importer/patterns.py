@@ -100,7 +100,7 @@ def _embedding(conv: Converter, node: str, ins: list[str]) -> dict:
 def _linear(conv: Converter, node: str, ins: list[str]) -> dict:
     d = conv.g.nodes[node]
     fan_in, fan_out, bias = d["in_features"], d["out_features"], d["bias"]
-    call = conv.g.nodes[node].get("call")
+    call = d.get("call")
     if call != "linear":
         raise conv.refuse(node, f"linear via {call!r} reads its weight as (in, out); the layout's linear "
                           f"is F.linear with an (out, in) weight")
