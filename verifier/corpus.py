@@ -344,12 +344,10 @@ def check_meta(meta, known: dict[str, list[str]] | None = None) -> None:
     elif known is not None:
         name = t.get("registry_name", t["name"])
         prefix, _, bare = name.rpartition(":")
-        failed = registry.unavailable()
-        if prefix and prefix in failed:
-            raise BadInput(f"transform {name!r}: registry {prefix!r} ({failed[prefix]}); "
-                           f"available: {', '.join(known)}")
         if prefix and prefix not in known:
-            raise BadInput(f"transform {name!r}: unknown registry {prefix!r} (registries: {', '.join(known)})")
+            failed = "".join(f"; {ep}: {why}" for ep, why in registry.unavailable().items())
+            raise BadInput(f"transform {name!r}: unknown registry {prefix!r} (registries: {', '.join(known)}"
+                           f"{failed})")
         if not any(bare in names for reg, names in known.items() if not prefix or reg == prefix):
             listing = "; ".join(f"{reg}: {', '.join(n)}" for reg, n in known.items())
             raise BadInput(f"unknown transform {name!r} (known: {listing})")

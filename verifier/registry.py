@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import threading
 from dataclasses import dataclass, field
 from types import MappingProxyType, ModuleType
 from typing import Any, Mapping
@@ -49,9 +50,10 @@ class Registry:
 
 
 _REGISTRIES: dict[str, Registry] = {}
-_FAILED: dict[str, str] = {}  # entry point -> why it did not import
+_FAILED: dict[str, str] = {}  # entry point name -> why its module did not import
 _ORDER: list[str] = []  # modules in lookup order: verifier's own, then the entry points by name
 _loaded = False
+_LOADING = threading.RLock()  # one loader; a registering module that looks something up re-enters
 
 
 def register(prefix: str, module_or_registry: Any, **properties) -> None:
@@ -81,18 +83,19 @@ def unregister(prefix: str) -> None:
 def load_plugins() -> None:
     """Register verifier's own registries and import every :data:`ENTRY_POINTS` module (once)."""
     global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    for prefix, module in _OWN.items():
-        register(prefix, importlib.import_module(module))
-    _ORDER.extend(_OWN.values())
-    for ep in _entry_points():
-        _ORDER.append(ep.value)
-        try:
-            ep.load()
-        except ImportError as exc:
-            _FAILED[ep.name] = f"{ep.value} does not import here ({type(exc).__name__}: {exc})"
+    with _LOADING:
+        if _loaded:
+            return
+        _loaded = True
+        for prefix, module in _OWN.items():
+            register(prefix, importlib.import_module(module))
+        _ORDER.extend(_OWN.values())
+        for ep in _entry_points():
+            _ORDER.append(ep.value)
+            try:
+                ep.load()
+            except ImportError as exc:
+                _FAILED[ep.name] = f"{ep.value} does not import here ({type(exc).__name__}: {exc})"
 
 
 def _entry_points() -> list[importlib.metadata.EntryPoint]:
@@ -127,10 +130,10 @@ def prefixes() -> list[str]:
 def _registry(prefix: str) -> Registry:
     load_plugins()
     if prefix not in _REGISTRIES:
-        why = f" ({_FAILED[prefix]})" if prefix in _FAILED else ""
-        raise BadInput(f"unknown registry {prefix!r}{why}; registries: {sorted(_REGISTRIES)} (an upper layer "
+        failed = "".join(f"; {name}: {why}" for name, why in _FAILED.items())
+        raise BadInput(f"unknown registry {prefix!r}; registries: {sorted(_REGISTRIES)} (an upper layer "
                        f"registers its registries through the {ENTRY_POINTS!r} entry points: is archfuzz "
-                       f"installed, pip install -e .?)")
+                       f"installed, pip install -e .?){failed}")
     return _REGISTRIES[prefix]
 
 
