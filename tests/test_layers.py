@@ -2,10 +2,9 @@
 
 Layers, lowest first: ``fuzz`` (IR, ops and their math, materializer, recorder, importer) <- ``verifier``
 (oracle, tolerance, reducer, corpus) <- ``quant`` (transforms, quantization, parity, low-bit) <- the
-application (``benchmarks``; today also ``quant/cli.py``, ``verifier/gate.py`` and the campaign's
-orchestration, which still sit inside the packages).
+application (``archfuzz``: the CLI, one module per command, and the release gate; ``benchmarks``).
 
-Every module under ``fuzz/``, ``verifier/`` and ``quant/`` is read with :mod:`ast` (nothing is imported):
+Every module under ``fuzz/``, ``verifier/``, ``quant/`` and ``archfuzz/`` is read with :mod:`ast` (nothing is imported):
 
 * every ``import`` / ``from ... import``, at module level or inside a function or class (relative imports
   resolved against the module's package);
@@ -14,9 +13,9 @@ Every module under ``fuzz/``, ``verifier/`` and ``quant/`` is read with :mod:`as
   package is a layer and that resolves to a module file in the checkout;
 * ``import``/``from ... import`` lines inside string constants (generated repro scripts).
 
-An edge from a module to a module of a higher layer fails unless it is in :data:`ALLOWED`, the upward edges
-that existed when this test was written, each with what has to move.  A vanished allowlisted edge fails
-too, so the list only shrinks: delete its entry when you remove the dependency.
+An edge from a module to a module of a higher layer fails.  Where a lower layer needs what an upper one
+provides (quant's transform registries, its mutants, the parity replayer), the upper layer registers it:
+``[project.entry-points."archfuzz.registries"]`` in ``pyproject.toml``, loaded by ``verifier.registry``.
 
 Test files inside the packages (``fuzz/test_properties.py``, ``fuzz/test_export_properties.py``: ``pytest
 fuzz/`` is the design card's entry point) are tests, the top of the house, and are not checked.
@@ -29,43 +28,11 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-LAYERS = {"fuzz": 0, "verifier": 1, "quant": 2, "benchmarks": 3}
-CHECKED = ("fuzz", "verifier", "quant")
+LAYERS = {"fuzz": 0, "verifier": 1, "quant": 2, "archfuzz": 3, "benchmarks": 3}
+CHECKED = ("fuzz", "verifier", "quant", "archfuzz")
 _DOTTED = re.compile(r"(?:%s)(?:\.[A-Za-z_][A-Za-z0-9_]*)*" % "|".join(LAYERS))
 _IMPORT_CALLS = {"import_module", "__import__"}
 _CODE_IMPORT = re.compile(r"^\s*(?:from\s+(%s)\s+import|import\s+(%s))\b" % ((_DOTTED.pattern,) * 2), re.M)
-
-_GATE = "move the release gate's orchestration (verifier/gate.py) up into the application layer"
-_REGISTRY = ("the quant layer registers its transform registries (quant.transforms, quant.peers) with verifier's "
-             "registry instead of verifier naming them")
-_MUTANTS = ("mutants of quant transforms move up to quant (or register themselves from quant) instead of "
-            "verifier.mutants naming quant.transforms")
-_CORPUS_PREFIX = ("the registry prefix map comes from the registry filled by its owners (quant registers "
-                  "'quant'/'peers')")
-_CORPUS_PARITY = ("parity findings are recorded/replayed through a hook quant.parity registers (or the parity "
-                  "corpus code moves up to quant)")
-_CAMPAIGN = ("the campaign's peer special cases (float64 skip, quiet third-party logs, default precision) become "
-             "properties the quant.peers registry declares, or the orchestration moves up to the application")
-
-# (module, upper module it depends on) -> "to be removed by issue 13: <what has to move>"
-ALLOWED: dict[tuple[str, str], str] = {
-    # verifier/gate.py: the release gate runs quant's stages and loads quant's checkpoint
-    ("verifier.gate", "quant.gate_checks"): f"to be removed by issue 13: {_GATE}",
-    ("verifier.gate", "quant.transforms"): f"to be removed by issue 13: {_GATE}",
-    ("verifier.gate", "quant.checkpoints"): f"to be removed by issue 13: {_GATE}",
-    # verifier/registry.py: REGISTRIES names the quant registries as strings
-    ("verifier.registry", "quant.transforms"): f"to be removed by issue 13: {_REGISTRY}",
-    ("verifier.registry", "quant.peers"): f"to be removed by issue 13: {_REGISTRY}",
-    # verifier/mutants.py: the mutant table names the registry of the correct transform
-    ("verifier.mutants", "quant.transforms"): f"to be removed by issue 13: {_MUTANTS}",
-    # verifier/corpus.py: registry prefix map, and parity findings compared with quant.parity
-    ("verifier.corpus", "quant.transforms"): f"to be removed by issue 13: {_CORPUS_PREFIX}",
-    ("verifier.corpus", "quant.peers"): f"to be removed by issue 13: {_CORPUS_PREFIX}",
-    ("verifier.corpus", "quant.parity"): f"to be removed by issue 13: {_CORPUS_PARITY}",
-    # verifier/campaign.py: special cases keyed on the string "quant.peers"
-    ("verifier.campaign", "quant.peers"): f"to be removed by issue 13: {_CAMPAIGN}",
-}
-
 
 def _module_name(path: Path) -> str:
     parts = list(path.relative_to(ROOT).with_suffix("").parts)
@@ -175,21 +142,7 @@ def f():
 
 
 def test_no_lower_layer_depends_on_an_upper_one():
-    new = {k: v for k, v in upward_edges().items() if k not in ALLOWED}
+    new = upward_edges()
     assert not new, ("upward dependencies (a lower layer must never import or name an upper one; move the code "
                      "or let the upper layer register itself):\n"
                      + "\n".join(f"  {a} -> {b}: {', '.join(w)}" for (a, b), w in sorted(new.items())))
-
-
-def test_the_allowlist_only_shrinks():
-    edges = upward_edges()
-    gone = sorted(k for k in ALLOWED if k not in edges)
-    assert not gone, ("these allowlisted upward dependencies are gone: delete their entries from ALLOWED in "
-                      "tests/test_layers.py:\n" + "\n".join(f"  {a} -> {b}" for a, b in gone))
-
-
-def test_every_allowlist_entry_is_upward_and_says_what_has_to_move():
-    for (module, target), reason in ALLOWED.items():
-        assert _layer(module) is not None and _layer(target) is not None and _layer(target) > _layer(module), \
-            (module, target)
-        assert reason.startswith("to be removed by issue 13: ") and len(reason) > 40, (module, target)
