@@ -38,7 +38,6 @@ import random
 import re
 import time
 from collections import Counter, defaultdict
-from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # auto-round's per-layer progress bars
 
@@ -47,7 +46,7 @@ from hypothesis import HealthCheck, Phase, given, seed as hseed, settings, strat
 
 from fuzz.decoder import DecoderSpec, build
 from fuzz.families import FAMILIES, FamilyCase, family, family_cases, family_of, to_transformers
-from fuzz.layout import atomic_write_text
+from fuzz.layout import write_report
 from fuzz.materialize import materialize
 from quant import peers as P
 from verifier import verify
@@ -288,10 +287,8 @@ def main(argv: list[str] | None = None) -> dict:
               "cases": cases, "records": records}
     mark_bridge_floor(records)
     report["summary"] = summarise(records, cases, peers, modes)
-    out = Path(args.out)
-    atomic_write_text(out / "peers.json", json.dumps(report, indent=1, sort_keys=True, default=str))
     md = markdown(report)
-    atomic_write_text(out / "peers.md", md)
+    write_report(args.out, "peers", report, md)
     print(md)
     return report
 

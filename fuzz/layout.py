@@ -295,3 +295,11 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
             os.unlink(tmp)
         raise
     return p
+
+
+def write_report(out_dir: str | os.PathLike, stem: str, report: dict, markdown: str) -> tuple[Path, Path]:
+    """``<stem>.json`` (sorted keys, one-space indent, anything else as ``str``) and ``<stem>.md`` in
+    ``out_dir``, each written atomically; returns both paths."""
+    out = Path(out_dir)
+    js = atomic_write_text(out / f"{stem}.json", json.dumps(report, indent=1, sort_keys=True, default=str))
+    return js, atomic_write_text(out / f"{stem}.md", markdown)

@@ -24,7 +24,6 @@ float32 model (logits relative error, top-1 agreement, dPPL).
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,13 +211,13 @@ def artifact_report(model: nn.Module, codes: dict[str, Codes], ids: torch.Tensor
     throughput and parity against PyTorch on ``ids`` (batch 1)."""
     import openvino as ov
 
-    from quant.parity import ExportWrapper, _as_float32, _export_job, perplexity_of, run_in_child
+    from quant.parity import ExportWrapper, as_float32, export_job, perplexity_of, run_in_child
 
     if ids.dim() != 2 or ids.shape[0] != 1:
         raise BadInput(f"ids must be (1, seq), got {tuple(ids.shape)}")
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
-    model = _as_float32(model).eval()
+    model = as_float32(model).eval()
     with torch.no_grad():
         ref = ExportWrapper(model)(ids).float()
     ref_ppl = perplexity_of(ref, ids)
@@ -231,7 +230,7 @@ def artifact_report(model: nn.Module, codes: dict[str, Codes], ids: torch.Tensor
         pt = work / "model.pt"  # transient hand-over to the export child (deleted right after)
         torch.save(ExportWrapper(model), pt)
         f32 = work / phase / "f32" / "model.xml"
-        exported = run_in_child(_export_job, str(pt), str(work / f"{phase}.npy"), str(f32), stage="export",
+        exported = run_in_child(export_job, str(pt), str(work / f"{phase}.npy"), str(f32), stage="export",
                                 timeout=timeout, log=work / f"export-{phase}.log")
         pt.unlink()
         if not exported.ok:
@@ -293,9 +292,6 @@ def artifact_markdown(report: dict, title: str) -> str:
 
 
 def write_artifact_report(report: dict, out: str | Path, title: str) -> tuple[Path, Path]:
-    from fuzz.layout import atomic_write_text
-    out = Path(out)
-    js = atomic_write_text(out / "lowbit.json", json.dumps(report, indent=1, default=str))
-    md = atomic_write_text(out / "lowbit.md", artifact_markdown(report, title))
-    return js, md
+    from fuzz.layout import write_report
+    return write_report(out, "lowbit", report, artifact_markdown(report, title))
 

@@ -43,7 +43,7 @@ from hypothesis import Phase, given, seed as hypothesis_seed, settings
 import fuzz.profiles  # noqa: F401
 from fuzz import strategies as S
 from fuzz.errors import BadInput
-from fuzz.layout import Layout, atomic_write_text
+from fuzz.layout import Layout, write_report
 
 from . import registry
 from .oracle import Verdict, verify
@@ -244,6 +244,16 @@ def _known_signatures(corpus) -> dict[str, str]:
     return {e.meta.get("signature", e.name): str(e.path) for e in entries}
 
 
+def record_reduced(transform: NamedTransform, verdict: Verdict, root, dtype: torch.dtype = torch.float64, *,
+                   reduce_steps: int = REDUCE_STEPS, timeout: float | None = None) -> tuple[str, bool]:
+    """Reduce a failing verdict's layout while its failure reproduces and write it to the corpus at ``root``
+    (what a campaign does for one group); returns ``(path, created)``."""
+    layout = Layout.from_json(verdict.layout_json)
+    group = {"verdict": verdict, "layout": layout, "count": 1}
+    failure = _classify(transform, _group_key(verdict), group, {}, dtype, reduce_steps, timeout)
+    return _record(transform, failure, root)
+
+
 def _record(transform: NamedTransform, failure: dict, root) -> tuple[str, bool]:
     from .corpus import record_failure
     path, created = record_failure(failure["_verdict"], failure["_layout"], transform, root=root,
@@ -289,10 +299,7 @@ def summary_markdown(summary: dict) -> str:
 
 
 def write_summary(summary: dict, out_dir: str | Path) -> tuple[Path, Path]:
-    out = Path(out_dir)
-    js = atomic_write_text(out / "summary.json", json.dumps(summary, indent=1, sort_keys=True, default=str))
-    md = atomic_write_text(out / "summary.md", summary_markdown(summary))
-    return js, md
+    return write_report(out_dir, "summary", summary, summary_markdown(summary))
 
 
 class _Progress:

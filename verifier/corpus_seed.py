@@ -16,7 +16,7 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, find, settings
 
-from fuzz import DecoderSpec, LayerSpec, build, strategies as S
+from fuzz import DecoderSpec, build, strategies as S
 
 from . import mutants
 from .corpus import DEFAULT_ROOT, record_failure

@@ -49,6 +49,6 @@ def _record(transform, verdict: Verdict, dtype) -> str:
     if key in _RECORDED:
         return ""
     _RECORDED.add(key)
-    from .campaign import _to_corpus
-    path, created = _to_corpus(transform, verdict, root, dtype)
+    from .campaign import record_reduced
+    path, created = record_reduced(transform, verdict, root, dtype)
     return f"\n--- corpus: {'new entry' if created else 'known'} {path}"

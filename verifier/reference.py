@@ -25,7 +25,6 @@ from torch import nn
 
 from fuzz.dataflow import residual_basis
 from fuzz.errors import BadInput, Refusal
-from fuzz.layout import Layout
 from fuzz.materialize import GraphModel
 
 from ._faults import fault

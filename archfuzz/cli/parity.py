@@ -56,8 +56,8 @@ def check(args) -> None:
         raise BadInput("--max-param-bytes applies to --layout (a checkpoint is imported, not materialized)")
     checks.unique("--device", args.device)
     if args.device:
-        from quant.parity import _devices
-        known = sorted(_devices())
+        from quant.parity import available_devices
+        known = sorted(available_devices())
         for dev in args.device:
             if dev not in known:
                 raise BadInput(f"--device {dev!r} is not a device OpenVINO reports here; devices: {known}")

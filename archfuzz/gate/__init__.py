@@ -18,12 +18,11 @@ says what ran, coverage per feature, worst errors and new findings.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Callable
 
-from fuzz.layout import atomic_write_text
+from fuzz.layout import write_report
 from verifier.campaign import run_campaign
 from verifier.corpus import DEFAULT_ROOT, load_entries, replay
 from verifier.registry import available
@@ -83,9 +82,7 @@ def run_gate(*, out: str | Path, corpus: str | Path = DEFAULT_ROOT, max_examples
         report["stages"][name] = {**check(checkpoint), "seconds": round(time.perf_counter() - t0, 1)}
     report["ok"] = all(stage["ok"] for stage in report["stages"].values())
     report["seconds"] = round(time.perf_counter() - started, 1)
-    out = Path(out)
-    atomic_write_text(out / "gate.json", json.dumps(report, indent=1, sort_keys=True, default=str))
-    atomic_write_text(out / "gate.md", gate_markdown(report))
+    write_report(out, "gate", report, gate_markdown(report))
     return report
 
 

@@ -47,21 +47,10 @@ new module plus one name there), :mod:`.membership`, :mod:`.bridge` (:func:`to_t
 from .base import Family
 from .bridge import to_transformers
 from .draws import FamilyCase, family_cases, family_layouts, family_specs
-from .gemma import gemma
-from .granite import granite
-from .llama import llama
 from .membership import check_family, families_of, family_of
-from .mixtral import mixtral
-from .phi3 import phi3
-from .qwen2 import qwen2
-from .qwen2_moe import qwen2_moe
-from .qwen3 import qwen3
-from .qwen3_moe import qwen3_moe
 from .registry import FAMILIES, family, family_spec
-from .stablelm import stablelm
 
-# the preset functions (llama, ..., stablelm) are re-exported under their family's name: as attributes of
-# this package they shadow the family modules, which the registry loads by module name
+# a family's preset is ``family_spec(name, ...)`` (or ``family(name).preset``); ``fuzz.families.llama`` is the
+# family's module
 __all__ = ["FAMILIES", "Family", "FamilyCase", "check_family", "families_of", "family", "family_cases",
-           "family_layouts", "family_of", "family_spec", "family_specs", "to_transformers", "gemma", "granite",
-           "llama", "mixtral", "phi3", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "stablelm"]
+           "family_layouts", "family_of", "family_spec", "family_specs", "to_transformers"]

@@ -49,15 +49,15 @@ compile and execute on a device), :mod:`.comparison` (the reference, the figures
 
 from __future__ import annotations
 
-from .comparison import GATE, TIE_MARGIN, _as_float32, compare, dppl_bound, perplexity_of
+from .comparison import GATE, TIE_MARGIN, as_float32, compare, dppl_bound, perplexity_of
 from .device import HINT_CHOICES, HINTS, compile_config
-from .export import ExportWrapper, _devices, _export_job, export_ir
+from .export import ExportWrapper, available_devices, export_job, export_ir
 from .report import parity_markdown, write_report
 from .runner import STAGES, SYMPTOMS, TIMEOUT, ChildResult, enter_stage, run_in_child
 from .subjects import load_subject
 from .corpus import PARITY_REPRO  # noqa: E402  (after compare: registers the corpus replay hook)
 
-# _as_float32 / _export_job (quant.lowbit) and _devices (the parity command) are imported from here too.
-__all__ = ["GATE", "TIE_MARGIN", "dppl_bound", "perplexity_of", "compare", "HINTS", "HINT_CHOICES", "compile_config",
-           "ExportWrapper", "export_ir", "parity_markdown", "write_report", "STAGES", "SYMPTOMS", "TIMEOUT",
-           "ChildResult", "enter_stage", "run_in_child", "load_subject", "PARITY_REPRO"]
+__all__ = ["GATE", "TIE_MARGIN", "dppl_bound", "perplexity_of", "as_float32", "compare", "HINTS", "HINT_CHOICES",
+           "compile_config", "ExportWrapper", "export_ir", "export_job", "available_devices", "parity_markdown",
+           "write_report", "STAGES", "SYMPTOMS", "TIMEOUT", "ChildResult", "enter_stage", "run_in_child",
+           "load_subject", "PARITY_REPRO"]

@@ -21,7 +21,7 @@ from fuzz.materialize import GraphModel
 from verifier.outcomes import Stage, Symptom
 
 from .device import HINTS, _run_job, compile_config
-from .export import ExportWrapper, _export_job
+from .export import ExportWrapper, export_job
 from .runner import TIMEOUT, run_in_child
 
 GATE = {"device": "CPU", "hint": "f32", "rel_err": 1e-5, "dppl": 0.01, "dppl_rel": 1e-4}
@@ -70,7 +70,7 @@ def _figures(out: torch.Tensor, ref: torch.Tensor, ids: torch.Tensor, mask: torc
             "top1": (a.argmax(-1) == b.argmax(-1)).double().mean().item(), "ppl": ppl, "dppl": ppl - ref_ppl}
 
 
-def _as_float32(model: nn.Module) -> nn.Module:
+def as_float32(model: nn.Module) -> nn.Module:
     param = next(model.parameters(), None)
     return model if param is None or param.dtype == torch.float32 else copy.deepcopy(model).float()
 
@@ -98,7 +98,7 @@ def compare(model: nn.Module, ids: torch.Tensor, *, devices: list[str] | None = 
     for hint in hints:
         compile_config("CPU", hint)  # unknown hints are bad input before anything runs
     ids = ids.long()
-    model = _as_float32(model).eval()
+    model = as_float32(model).eval()
     started = time.perf_counter()
     t0 = time.perf_counter()
     ref, mask = _reference(model, ids, tie_margin)
@@ -121,7 +121,7 @@ def compare(model: nn.Module, ids: torch.Tensor, *, devices: list[str] | None = 
         model_path, ids_path, xml = work / "model.pt", work / "ids.npy", work / "ir" / "model.xml"
         torch.save(ExportWrapper(model), model_path)
         np.save(ids_path, ids.numpy())
-        exported = run_in_child(_export_job, str(model_path), str(ids_path), str(xml), stage=Stage.EXPORT,
+        exported = run_in_child(export_job, str(model_path), str(ids_path), str(xml), stage=Stage.EXPORT,
                                 timeout=timeout, log=work / "export.log")
         model_path.unlink()  # the IR is what the other children read
         if tmp is not None:

@@ -1,6 +1,6 @@
 """Export: :class:`ExportWrapper` (token ids in, logits out, each node through its ``export_forward``) and
 :func:`export_ir` (``torch.export`` -> ``openvino.convert_model`` -> ``openvino.save_model`` with float32
-weights), run in a child by :func:`_export_job`."""
+weights), run in a child by :func:`export_job`."""
 
 from __future__ import annotations
 
@@ -93,7 +93,7 @@ def export_ir(model: nn.Module, ids: torch.Tensor, path: str | Path) -> dict:
     return figures
 
 
-def _devices() -> dict:
+def available_devices() -> dict:
     """``{device: {"name", "capabilities"}}`` for every device OpenVINO reports."""
     import openvino as ov
 
@@ -110,7 +110,7 @@ def _devices() -> dict:
     return out
 
 
-def _export_job(model_path: str, ids_path: str, xml_path: str) -> dict:
+def export_job(model_path: str, ids_path: str, xml_path: str) -> dict:
     """Child: load the pickled wrapper, export it, and list OpenVINO's devices."""
     import openvino as ov
 
@@ -118,7 +118,7 @@ def _export_job(model_path: str, ids_path: str, xml_path: str) -> dict:
     wrapper = torch.load(model_path, weights_only=False)
     ids = torch.from_numpy(np.load(ids_path))
     figures = export_ir(wrapper, ids, xml_path)
-    figures["devices"] = _devices()
+    figures["devices"] = available_devices()
     figures["openvino"] = ov.__version__
     return figures
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from verifier.outcomes import Symptom
@@ -55,10 +54,7 @@ def parity_markdown(report: dict) -> str:
 
 def write_report(report: dict, out_dir: str | Path) -> tuple[Path, Path]:
     """``parity.json`` and ``parity.md`` in ``out_dir``, each written atomically."""
-    from fuzz.layout import atomic_write_text
+    from fuzz.layout import write_report as write_pair
 
-    out = Path(out_dir)
-    js = atomic_write_text(out / "parity.json", json.dumps(report, indent=1, sort_keys=True, default=str))
-    md = atomic_write_text(out / "parity.md", parity_markdown(report))
-    return js, md
+    return write_pair(out_dir, "parity", report, parity_markdown(report))
 

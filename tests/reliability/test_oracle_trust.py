@@ -147,6 +147,30 @@ def test_assert_invariant_fails_on_a_degenerate_subject_without_recording_a_find
     assert not any(tmp_path.iterdir())
 
 
+def test_assert_invariant_records_a_reduced_finding_once_in_the_corpus_it_is_given(tmp_path, monkeypatch):
+    """``ARCHFUZZ_CORPUS=DIR``: a failing property writes its reduced layout there, and a second failure with
+    the same signature is reported as known (no second entry)."""
+    from verifier import assert_invariant
+    from verifier import pytest_plugin
+    from verifier.corpus import load_entries
+    monkeypatch.setenv("ARCHFUZZ_CORPUS", str(tmp_path))
+    monkeypatch.setattr(pytest_plugin, "_RECORDED", set())
+    layout = build(SPEC.with_(qkv_bias=True))
+    with pytest.raises(AssertionError, match="corpus: new entry") as first:
+        assert_invariant(mutants.get("forget_pair_bias"), layout)
+    entries, bad = load_entries(tmp_path)
+    assert not bad and len(entries) == 1
+    meta = entries[0].meta
+    assert meta["transform"]["name"] == "forget_pair_bias" and meta["status"] == "open"
+    reduced = Layout.from_json((entries[0].path / "layout.json").read_text())
+    assert len(reduced.order) <= len(layout.order) and "bias:qkv" in reduced.features()
+    assert str(entries[0].path) in str(first.value)
+    monkeypatch.setattr(pytest_plugin, "_RECORDED", set())
+    with pytest.raises(AssertionError, match="corpus: known"):
+        assert_invariant(mutants.get("forget_pair_bias"), layout)
+    assert len(load_entries(tmp_path)[0]) == 1
+
+
 # ------------------------------------------------------------------------------ causality
 class PrefixLM(nn.Module):
     """The first 4 positions see each other (a prefix-LM); after them, a causal running mean."""
