@@ -17,6 +17,7 @@ transformers classes; it is a test mode, not an oracle mode.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import os
 
@@ -200,9 +201,22 @@ class Rope(Node):
         return torch.cat((rot, rest), dim=-1).reshape(b, t, -1)
 
 
+@functools.lru_cache(maxsize=64)
+def attention_mask(t: int, window: int | None, device: str = "cpu") -> torch.Tensor:
+    """``(t, t)`` bool, True where query ``i`` may read key ``j``: ``j <= i`` and, with a ``window``,
+    ``i - j < window`` (transformers' ``kv_idx > q_idx - sliding_window``).  Built once per length."""
+    i = torch.arange(t, device=device)
+    dist = i[:, None] - i[None, :]
+    keep = dist >= 0
+    if window is not None:
+        keep = keep & (dist < window)
+    return keep
+
+
 @torch_impl("attention")
 class Attention(Node):
-    """Causal softmax attention, ``scaling = head_dim ** -0.5``, K/V repeated across GQA groups."""
+    """Causal softmax attention, ``scaling = head_dim ** -0.5``, K/V repeated across GQA groups; a
+    ``window`` masks the keys at distance ``>= window`` (sliding-window attention)."""
 
     def forward(self, q, k, v):
         p = self.p
@@ -212,7 +226,10 @@ class Attention(Node):
         k = k.reshape(b, t, kv, d).transpose(1, 2).repeat_interleave(h // kv, dim=1)
         v = v.reshape(b, t, kv, d).transpose(1, 2).repeat_interleave(h // kv, dim=1)
         scores = (q @ k.transpose(-1, -2)) * d ** -0.5
-        mask = torch.ones(t, t, dtype=torch.bool, device=q.device).tril()
+        if not isinstance(t, int) or torch.compiler.is_compiling() or torch._guards.detect_fake_mode() is not None:
+            mask = attention_mask.__wrapped__(t, p["window"], q.device)  # traced: no cache, no device string
+        else:
+            mask = attention_mask(t, p["window"], str(q.device))
         scores = scores.masked_fill(~mask, float("-inf"))
         out = torch.softmax(scores, dim=-1) @ v
         return out.transpose(1, 2).reshape(b, t, h * d)

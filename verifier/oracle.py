@@ -177,6 +177,24 @@ def _subject(subject, dtype: torch.dtype, seed: int) -> tuple[nn.Module, Layout 
     raise BadInput(f"verify() takes a fuzz.Layout or a torch.nn.Module as subject, got {type(subject).__name__}")
 
 
+WINDOW_MARGIN = 9  # verify at > 2 W + 8 tokens, W the largest sliding window: past W a dropped window shows
+
+
+def window_length(model: nn.Module, layout: Layout | None, seq: int) -> int:
+    """The test length for a subject with sliding windows: ``max(seq, 2 W + 9)``, ``W`` the largest
+    ``window`` of the layout's attention nodes, or of a module's config ``sliding_window`` (capped by its
+    ``max_position_embeddings``).  Below ``W`` tokens a window masks nothing, so a transform that drops
+    or changes it would be invisible at the default length."""
+    windows = [layout.params(n)["window"] for n in layout.of_op("attention")] if layout is not None else []
+    config = getattr(model, "config", None)
+    span = getattr(config, "sliding_window", None)
+    if isinstance(span, int) and not isinstance(span, bool) and span > 0:
+        cap = getattr(config, "max_position_embeddings", None)
+        windows.append(min(span, max((cap - WINDOW_MARGIN) // 2, 1)) if isinstance(cap, int) else span)
+    largest = max((w for w in windows if w is not None), default=None)
+    return seq if largest is None else max(seq, 2 * largest + WINDOW_MARGIN)
+
+
 def _probes(test_ids: torch.Tensor, vocab: int, gen: torch.Generator) -> tuple[torch.Tensor, list[tuple[int, int]]]:
     """Causality probes: for each ``t`` in ``{1, 2, seq // 2, seq - 1}``, a copy of test row ``i mod batch``
     with token ``t`` replaced by another token.  Returns the test rows followed by the probe rows, and
@@ -674,6 +692,7 @@ def verify(transform: Callable[[nn.Module, Calibration], nn.Module], subject, *,
 def _verify(transform, subject, dtype, seed, batch, seq, calib_batch, tol, deadline, state) -> Verdict:
     deadline.enter("subject materialization")
     model, layout, subject_name = _subject(subject, dtype, seed)
+    seq = window_length(model, layout, seq)  # longer than every sliding window, or a dropped one hides
     vocab = _vocab(model)
     gen = torch.Generator().manual_seed(seed)
     calib_ids = torch.randint(0, vocab, (calib_batch, seq), generator=gen)
