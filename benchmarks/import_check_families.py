@@ -90,7 +90,7 @@ def outcome(model: torch.nn.Module) -> dict:
         return {"outcome": "refused", "message": str(exc), "seconds": round(time.perf_counter() - t0, 2)}
     return {"outcome": f"accepted {checked['floor']}", "max_rel_err": min(checked["max_rel_err"].values()),
             "bound": checked["bound"], "lengths": checked["lengths"], "downcasts": checked["downcasts"],
-            **({"windows": windows} if any(w is not None for w in windows) else {}),
+            **({"windows": windows} if any(w is not None for w in windows) else {}), "padded": checked.get("padded"),
             "seconds": round(time.perf_counter() - t0, 2)}
 
 
