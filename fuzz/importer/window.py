@@ -57,36 +57,46 @@ def _counterparts(layout: Layout, nodes: list[str]) -> dict[str, tuple[str, str]
     return found
 
 
-def _profile(model: nn.Module, graph_model: GraphModel, x: torch.Tensor, node: str, where: tuple[str, str],
-             policy: str) -> torch.Tensor | None:
-    """Per-position relative error ``(seq,)`` of ``node``'s output against its source counterpart."""
-    kind, path = where
+def _profiles(model: nn.Module, graph_model: GraphModel, x: torch.Tensor, where: dict[str, tuple[str, str]],
+              policy: str) -> dict[str, torch.Tensor]:
+    """node -> per-position relative error ``(seq,)`` of its output against its source counterpart; one
+    forward of each model (nodes without a comparable counterpart are left out)."""
     modules = dict(model.named_modules())
-    if path not in modules:
-        return None
-    seen: list[torch.Tensor] = []
-    got: list[torch.Tensor] = []
+    seen: dict[str, torch.Tensor] = {}
+    got: dict[str, torch.Tensor] = {}
 
-    def source_hook(module, args, kwargs, out):
-        obj = out if kind == "out" else (args, kwargs)
-        t = next((t for t in _tensors(obj) if t.is_floating_point()), None)
-        if t is not None and not seen:
-            seen.append(t.detach().clone())
+    def source_hook(path, kind):
+        def hook(module, args, kwargs, out):
+            obj = out if kind == "out" else (args, kwargs)
+            t = next((t for t in _tensors(obj) if t.is_floating_point()), None)
+            if t is not None:
+                seen.setdefault(f"{kind}:{path}", t.detach().clone())
+        return hook
 
-    handles = [modules[path].register_forward_hook(source_hook, with_kwargs=True),
-               graph_model.nodes[node].register_forward_hook(lambda m, a, out: got.append(out.detach().clone()))]
+    def graph_hook(node):
+        def hook(module, args, out):
+            got[node] = out.detach().clone()
+        return hook
+
+    handles = [modules[path].register_forward_hook(source_hook(path, kind), with_kwargs=True)
+               for kind, path in set(where.values()) if path in modules]
+    handles += [graph_model.nodes[n].register_forward_hook(graph_hook(n)) for n in where]
     try:
         checked_source_logits(model, x)
         graph_logits(graph_model, x, policy)
     finally:
         for h in handles:
             h.remove()
-    if not seen or not got or seen[0].numel() != got[0].numel():
-        return None
     b, t = x.shape
-    ref, out = seen[0].double().reshape(b, t, -1), got[0].double().reshape(b, t, -1)
-    scale = ref.abs().max().clamp_min(torch.finfo(torch.float64).tiny)
-    return (out - ref).abs().amax(dim=(0, 2)) / scale
+    out = {}
+    for node, (kind, path) in where.items():
+        ref, mine = seen.get(f"{kind}:{path}"), got.get(node)
+        if ref is None or mine is None or ref.numel() != mine.numel():
+            continue
+        ref, mine = ref.double().reshape(b, t, -1), mine.double().reshape(b, t, -1)
+        scale = ref.abs().max().clamp_min(torch.finfo(torch.float64).tiny)
+        out[node] = (mine - ref).abs().amax(dim=(0, 2)) / scale
+    return out
 
 
 def with_windows(layout: Layout, windows: dict[str, int | None]) -> Layout:
@@ -119,25 +129,23 @@ def measure_windows(model: nn.Module, graph_model: GraphModel, rebuild, policy: 
     if device is not None:
         x = x.to(device)
     found: dict[str, int] = {}
-    for node in attention:
-        if node not in where:
+    try:
+        errors = _profiles(model, graph_model, x, where, policy)
+    except BadInput:
+        return graph_model, {}
+    for node in attention:  # in execution order: a later node reads what the earlier ones compute
+        e = errors.get(node)
+        if e is None or bool((e <= AGREE).all()):
             continue
-        try:
-            errors = _profile(model, graph_model, x, node, where[node], policy)
-        except BadInput:
-            break
-        if errors is None or bool((errors <= AGREE).all()):
-            continue
-        over = (~(errors <= AGREE)).nonzero()
-        start = int(over[0, 0])
+        start = int((~(e <= AGREE)).nonzero()[0, 0])
         if start < 1:  # differs where every key is visible: not a window (the check will say where)
             break
         candidate = rebuild(with_windows(graph_model.layout, {node: start}))
         try:
-            again = _profile(model, candidate, x, node, where[node], policy)
+            again = _profiles(model, candidate, x, where, policy)
         except BadInput:
             break
-        if again is None or not bool((again <= AGREE).all()):
+        if node not in again or not bool((again[node] <= AGREE).all()):
             break  # a limited span that is no sliding window (chunked attention): left to the check's refusal
-        graph_model, found[node] = candidate, start
+        graph_model, found[node], errors = candidate, start, again
     return graph_model, found
