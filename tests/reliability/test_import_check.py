@@ -159,6 +159,7 @@ def test_quantize_import_path_is_checked():
     from quant.quantize import gate, prepare
     windowed = gate(families.from_config(MISTRAL), "bbt-absorb")  # its window measured, checked and proven
     assert windowed.ok and [2, 24] in windowed.import_check["lengths"], windowed
+    assert windowed.positions_compared == 2 * 8 + 9  # proven past the window, not at the gate's 8 tokens
     hf = families.from_config("glm4_moe")
     calib = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(3))
     with pytest.raises(BadInput, match=r"first divergent node 'model_layers_1_mlp_experts'"):
