@@ -26,6 +26,9 @@ def _rope_qk_plain(s: Spec) -> bool:
 # mutant -> (constraints that make the bug applicable, extra predicate on the spec)
 APPLIES = {name: (c, lambda s: True) for name, c in mutants.APPLIES.items() if name != "float32_rotation"}
 APPLIES["cross_group_heads"] = (mutants.APPLIES["cross_group_heads"], lambda s: s.n_kv_heads > 1)
+# top-1 renormalised routing weighs the chosen expert 1 whatever the logits: an unscaled router shows only when
+# it flips an argmax, which a tiny layout's test tokens need not do (seen once the window axis moved the draws)
+APPLIES["router_unscaled"] = (mutants.APPLIES["router_unscaled"], lambda s: not (s.top_k == 1 and s.renormalize))
 # a window shows only on a sliding layer (the draws may make every layer a full-attention one)
 APPLIES["window_dropped"] = (mutants.APPLIES["window_dropped"], lambda s: any(l.sliding for l in s.layers))
 
