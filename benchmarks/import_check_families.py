@@ -83,11 +83,14 @@ def outcome(model: torch.nn.Module) -> dict:
     from fuzz.importer import import_model
     t0 = time.perf_counter()
     try:
-        checked = import_model(model).layout.meta["import_check"]
+        layout = import_model(model).layout
+        checked = layout.meta["import_check"]
+        windows = [layout.params(n)["window"] for n in layout.of_op("attention")]
     except BadInput as exc:
         return {"outcome": "refused", "message": str(exc), "seconds": round(time.perf_counter() - t0, 2)}
     return {"outcome": f"accepted {checked['floor']}", "max_rel_err": min(checked["max_rel_err"].values()),
             "bound": checked["bound"], "lengths": checked["lengths"], "downcasts": checked["downcasts"],
+            **({"windows": windows} if any(w is not None for w in windows) else {}), "padded": checked.get("padded"),
             "seconds": round(time.perf_counter() - t0, 2)}
 
 
@@ -98,7 +101,8 @@ def _cell(r: dict) -> str:
         at = msg.split(" at (", 1)[-1].split(")")[0] if " at (" in msg else "?"
         window = " **sliding window (measured)**" if "sliding window" in msg else ""
         return f"refused at ({at}) ids: {first}{window}"
-    return f"{r['outcome']}: {r['max_rel_err']:.2e} (bound {r['bound']:.2e}, downcasts {r['downcasts']})"
+    windows = f", measured windows {r['windows']}" if r.get("windows") else ""
+    return f"{r['outcome']}: {r['max_rel_err']:.2e} (bound {r['bound']:.2e}, downcasts {r['downcasts']}{windows})"
 
 
 def main() -> None:

@@ -41,6 +41,7 @@ KINDS: dict[str, tuple[Callable[["Axis", Any], bool], Callable[["Axis"], str]]] 
     "rotary": (lambda a, v: v is None or _is_int(v) and v >= 2 and v % 2 == 0,
                lambda a: "None or an even integer >= 2"),
     "size": (lambda a, v: _is_int(v) and v >= 1, lambda a: "a positive integer"),  # set by a limit, not pinned
+    "window": (lambda a, v: v is None or _is_int(v) and v >= 1, lambda a: "None or an integer >= 1"),
 }
 
 
@@ -117,6 +118,14 @@ def _any_sparse(s) -> bool:
     return any(l.sparse for l in s.layers)
 
 
+def _window_tags(s) -> tuple:
+    """``attn:sliding_window`` when some layer attends over a window; ``+global`` when others do not."""
+    if s.sliding_window is None or not any(l.sliding for l in s.layers):
+        return ()
+    return ("attn:sliding_window",) + (("attn:sliding_window+global",) if not all(l.sliding for l in s.layers)
+                                       else ())
+
+
 def _attn_kind(s) -> str:
     if s.n_kv_heads == s.n_heads:
         return "mha"
@@ -179,6 +188,9 @@ AXES: dict[str, Axis] = _axes(
     Axis("parallel_shared_norm", "bool", (True, False), True,
          lambda s: ("parallel:shared_norm" if s.parallel_shared_norm else "parallel:two_norms",)
          if s.residual == "parallel" else (), off_rank=18, most=(False, True)),
+    # sliding-window attention on the layers whose ``LayerSpec.sliding`` is set (Mistral: every layer;
+    # Gemma2 / Qwen2 ``max_window_layers``: some); small windows keep the oracle's length 2 W + 9 short
+    Axis("sliding_window", "window", (None, 4, 2), None, _window_tags, off_rank=21),
     # set from the ``vocab`` limit, narrowed last by the reducer
     Axis("vocab", "size", OWN_RULE, KEEP, _no_tags, floor=8),
 )

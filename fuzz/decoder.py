@@ -26,6 +26,7 @@ from .layout import Layout
 class LayerSpec:
     rope: bool = True  # RoPE on this layer (off = NoPE layer)
     sparse: bool = False  # MoE MLP instead of the dense MLP
+    sliding: bool = True  # with DecoderSpec.sliding_window set: a sliding-window layer (False = full attention)
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class DecoderSpec:
     qkv_bias: bool = False
     o_bias: bool = False
     attn_gate: str = "none"
+    sliding_window: int | None = None  # keys at distance >= W masked on the layers with LayerSpec.sliding
     # mlp
     mlp: str = "swiglu"
     intermediate: int = 48
@@ -140,7 +142,9 @@ def _attention(g: _Graph, s: DecoderSpec, p: str, x: str, layer: LayerSpec) -> s
                   theta=s.rope_theta)
         k = g.add(f"{p}k_rope", "rope", [k], n_heads=kv, head_dim=d, rotary_dim=r, style=s.rope_style,
                   theta=s.rope_theta)
-    a = g.add(f"{p}attn", "attention", [q, k, v], n_heads=h, n_kv_heads=kv, head_dim=d)
+    window = s.sliding_window if layer.sliding else None
+    a = g.add(f"{p}attn", "attention", [q, k, v], n_heads=h, n_kv_heads=kv, head_dim=d,
+              **({"window": window} if window is not None else {}))
     if fused_gate:
         a = g.add(f"{p}attn_gate", "gate", [a, gate_src], act="sigmoid", n_heads=h)
     elif s.attn_gate == "head_softplus":  # Laguna: a per-head gate computed from the normed input

@@ -17,6 +17,7 @@ transformers classes; it is a test mode, not an oracle mode.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import os
 
@@ -200,11 +201,26 @@ class Rope(Node):
         return torch.cat((rot, rest), dim=-1).reshape(b, t, -1)
 
 
+@functools.lru_cache(maxsize=64)
+def attention_mask(t: int, window: int | None, device: str = "cpu") -> torch.Tensor:
+    """``(t, t)`` bool, True where query ``i`` may read key ``j``: ``j <= i`` and, with a ``window``,
+    ``i - j < window`` (transformers' ``kv_idx > q_idx - sliding_window``).  Built once per length."""
+    i = torch.arange(t, device=device)
+    dist = i[:, None] - i[None, :]
+    keep = dist >= 0
+    if window is not None:
+        keep = keep & (dist < window)
+    return keep
+
+
 @torch_impl("attention")
 class Attention(Node):
-    """Causal softmax attention, ``scaling = head_dim ** -0.5``, K/V repeated across GQA groups."""
+    """Causal softmax attention, ``scaling = head_dim ** -0.5``, K/V repeated across GQA groups; a
+    ``window`` masks the keys at distance ``>= window`` (sliding-window attention)."""
 
-    def forward(self, q, k, v):
+    def forward(self, q, k, v, padding: torch.Tensor | None = None):
+        """``padding``: ``(batch, seq)`` bool, False at padded positions (their keys are masked; a query
+        that sees no key attends to itself, so padded positions stay finite)."""
         p = self.p
         b, t, _ = q.shape
         h, kv, d = p["n_heads"], p["n_kv_heads"], p["head_dim"]
@@ -212,7 +228,13 @@ class Attention(Node):
         k = k.reshape(b, t, kv, d).transpose(1, 2).repeat_interleave(h // kv, dim=1)
         v = v.reshape(b, t, kv, d).transpose(1, 2).repeat_interleave(h // kv, dim=1)
         scores = (q @ k.transpose(-1, -2)) * d ** -0.5
-        mask = torch.ones(t, t, dtype=torch.bool, device=q.device).tril()
+        if not isinstance(t, int) or torch.compiler.is_compiling() or torch._guards.detect_fake_mode() is not None:
+            mask = attention_mask.__wrapped__(t, p["window"], q.device)  # traced: no cache, no device string
+        else:
+            mask = attention_mask(t, p["window"], str(q.device))
+        if padding is not None:
+            mask = mask[None, None] & padding[:, None, None, :]
+            mask = mask | (~mask.any(-1, keepdim=True) & torch.eye(t, dtype=torch.bool, device=q.device))
         scores = scores.masked_fill(~mask, float("-inf"))
         out = torch.softmax(scores, dim=-1) @ v
         return out.transpose(1, 2).reshape(b, t, h * d)
@@ -338,6 +360,17 @@ class LMHead(Node):
         return F.linear(x, self.weight)
 
 
+def padding_mask(attention_mask: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """``(batch, seq)`` bool (True = a token) of a transformers-style ``attention_mask`` of 0 / 1 (or bool)."""
+    if not torch.is_tensor(attention_mask) or tuple(attention_mask.shape) != tuple(input_ids.shape):
+        raise BadInput(f"attention_mask must be a (batch, seq) tensor of the input_ids' shape "
+                       f"{tuple(input_ids.shape)}, got {tuple(getattr(attention_mask, 'shape', ()))}")
+    if attention_mask.dtype != torch.bool and attention_mask.numel() and \
+            not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+        raise BadInput("attention_mask holds 1 (token) and 0 (padding) only")
+    return attention_mask.to(device=input_ids.device, dtype=torch.bool)
+
+
 class GraphModel(nn.Module):
     """A causal LM executing a :class:`Layout`: ``(batch, seq)`` token ids in, ``(batch, seq, vocab)`` logits out."""
 
@@ -362,6 +395,7 @@ class GraphModel(nn.Module):
         # (node, its inputs, the inputs whose last reader it is: freed right after it runs)
         self._plan = [(n, layout.inputs(n), [s for s in layout.inputs(n) if last_use[s] == i])
                       for i, n in enumerate(layout.order)]
+        self._attention = frozenset(layout.of_op("attention"))  # the nodes an attention_mask reaches
 
     def _matches_layout(self) -> bool:
         """True while every node module is exactly what the layout says (class, parameter names, shapes)."""
@@ -417,17 +451,25 @@ class GraphModel(nn.Module):
                     param.copy_(value.to(param.dtype))
         return self
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits ``(batch, seq, vocab)``.  ``attention_mask`` (``(batch, seq)``, 1 = token, 0 = padding, as
+        transformers takes it; ``None`` = no padding): the keys at padded positions are masked in every
+        attention; positions stay ``0 .. seq-1`` (transformers' default ``position_ids`` without a cache), and
+        the logits at padded positions are meaningless (finite)."""
         if input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32):
             raise BadInput(f"input_ids must be a (batch, seq) integer tensor, got {tuple(input_ids.shape)} "
                            f"{input_ids.dtype}")
         vocab = self.layout.params(self.layout.source)["vocab"]
         if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= vocab):
             raise BadInput(f"token ids must lie in [0, {vocab})")
+        pad = None if attention_mask is None else padding_mask(attention_mask, input_ids)
         values: dict[str, torch.Tensor] = {}
         for node, inputs, done in self._plan:
             args = [values[i] for i in inputs] if inputs else [input_ids]
-            values[node] = self.nodes[node](*args)
+            if pad is not None and node in self._attention:
+                values[node] = self.nodes[node](*args, padding=pad)
+            else:
+                values[node] = self.nodes[node](*args)
             for i in done:  # keep only live activations: memory grows with the width, not the depth
                 del values[i]
         return values[self.layout.sink]

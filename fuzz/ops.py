@@ -24,7 +24,9 @@ norm           per group of ``dim`` channels: RMSNorm ``g * u / rms(u)`` or Laye
 linear         ``x W^T (+ b)``
 rope           rotary embedding per head on the first ``rotary_dim`` channels, pairs ``(i, i + r/2)``
                (``half``, Llama ``rotate_half``) or ``(2i, 2i+1)`` (``interleaved``, GPT-J)
-attention      causal softmax attention; ports q, k, v; GQA when ``n_kv_heads < n_heads``
+attention      causal softmax attention; ports q, k, v; GQA when ``n_kv_heads < n_heads``; ``window``
+               (``None`` = full causal): query ``i`` sees keys ``j`` with ``0 <= i - j < window`` (keys at
+               distance ``>= window`` masked: transformers' ``sliding_window`` convention)
 head_slice     per head, channels ``[start, start + length)`` of a ``(heads, head_dim)`` view
 gate           ``x * act(g)``; ``g`` elementwise (same width), per head (width ``n_heads``) or per token
                (width 1)
@@ -331,15 +333,20 @@ def _attention(node, p, w):
     h, kv, d = p["n_heads"], p["n_kv_heads"], p["head_dim"]
     _need(h % kv == 0, node, f"n_heads {h} is not a multiple of n_kv_heads {kv}")
     _widths(node, "attention", w, [h * d, kv * d, kv * d])
+    win = p["window"]
+    _need(win is None or isinstance(win, int) and not isinstance(win, bool) and win >= 1, node,
+          f"attention.window must be None (full causal) or an integer >= 1, got {win!r}")
     return h * d
 
 
 def _attention_features(p):
     h, kv = p["n_heads"], p["n_kv_heads"]
-    return ("op:attention:" + ("mha" if kv == h else "mqa" if kv == 1 else "gqa"),)
+    kind = ("op:attention:" + ("mha" if kv == h else "mqa" if kv == 1 else "gqa"),)
+    return kind + (("op:attention:window",) if p["window"] is not None else ())
 
 
-declare(OpSpec("attention", {"n_heads": (int, ...), "n_kv_heads": (int, ...), "head_dim": (int, ...)},
+declare(OpSpec("attention", {"n_heads": (int, ...), "n_kv_heads": (int, ...), "head_dim": (int, ...),
+                             "window": ((int, type(None)), None)},
                ("q", "k", "v"), _attention, shapes=_no_parameters, drawn_by=ALWAYS, features=_attention_features))
 
 

@@ -18,7 +18,7 @@ failure in the middle of a campaign.  ``layers``, ``n_experts`` and ``top_k`` ar
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import fields, replace
 
 from hypothesis import event
 from hypothesis import strategies as st
@@ -178,6 +178,9 @@ def _specs(draw, **constraints) -> DecoderSpec:
     for rest in AXES.values():  # the features, in table order
         if rest.name not in values and rest.options is not OWN_RULE:
             axis(rest.name)
+    if values.get("sliding_window") is not None and n_layers > 1:  # local / global layers (Gemma2 style)
+        sliding = [draw(st.booleans().map(lambda x: not x)) for _ in range(n_layers)]
+        values["layers"] = tuple(replace(l, sliding=w) for l, w in zip(values["layers"], sliding))
     return DecoderSpec(**values)
 
 

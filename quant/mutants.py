@@ -18,6 +18,8 @@ forget_pair_bias       pair rotation applied to weight rows, not to the biases  
 float32_rotation       rotation angles built in float32 inside a float64 model     plain q/k
 symmetric_gamma        spectral-PCA with Gamma = U^T diag(g) U (the seed code's     an RMS q/k norm
                        stale form) instead of diag(g) U
+window_dropped         wht-scale's rebuilt layout keeps each attention's heads      a sliding-window layer
+                       but not its sliding window (full causal attention)
 =====================  ==========================================================  ==========================
 
 Loaded with the registries (the ``archfuzz.registries`` entry points, :func:`verifier.registry.load_plugins`).
@@ -60,3 +62,4 @@ register_mutant("float32_rotation", "quant:pair-pca", "float32_angles", fixed={"
                 applies={**_PLAIN_QK, "max_head_dim": 12})
 register_mutant("symmetric_gamma", "quant:spectral-pca", "symmetric_gamma",
                 applies={"qk_norm": ("per_head", "full"), "norm": "rms"})
+register_mutant("window_dropped", "quant:wht-scale", "window_dropped", applies={"sliding_window": (4, 2)})

@@ -177,6 +177,24 @@ def _subject(subject, dtype: torch.dtype, seed: int) -> tuple[nn.Module, Layout 
     raise BadInput(f"verify() takes a fuzz.Layout or a torch.nn.Module as subject, got {type(subject).__name__}")
 
 
+WINDOW_MARGIN = 9  # verify at > 2 W + 8 tokens, W the largest sliding window: past W a dropped window shows
+
+
+def window_length(model: nn.Module, layout: Layout | None, seq: int) -> int:
+    """The test length for a subject with sliding windows: ``max(seq, 2 W + 9)``, ``W`` the largest
+    ``window`` of the layout's attention nodes, or of a module's config ``sliding_window`` (capped by its
+    ``max_position_embeddings``).  Below ``W`` tokens a window masks nothing, so a transform that drops
+    or changes it would be invisible at the default length."""
+    windows = [layout.params(n)["window"] for n in layout.of_op("attention")] if layout is not None else []
+    config = getattr(model, "config", None)
+    span = getattr(config, "sliding_window", None)
+    if isinstance(span, int) and not isinstance(span, bool) and span > 0:
+        cap = getattr(config, "max_position_embeddings", None)
+        windows.append(min(span, max((cap - WINDOW_MARGIN) // 2, 1)) if isinstance(cap, int) else span)
+    largest = max((w for w in windows if w is not None), default=None)
+    return seq if largest is None else max(seq, 2 * largest + WINDOW_MARGIN)
+
+
 def _probes(test_ids: torch.Tensor, vocab: int, gen: torch.Generator) -> tuple[torch.Tensor, list[tuple[int, int]]]:
     """Causality probes: for each ``t`` in ``{1, 2, seq // 2, seq - 1}``, a copy of test row ``i mod batch``
     with token ``t`` replaced by another token.  Returns the test rows followed by the probe rows, and
@@ -622,6 +640,35 @@ class _Deadline:
 
 
 # ---------------------------------------------------------------------------------------------- verify
+def _padded_batch(model: nn.Module, out: nn.Module, ids: torch.Tensor, padding: int, tol: Tolerance) -> dict:
+    """The test ids with every other row (1, 3, ...) left-padded by ``padding`` tokens (``attention_mask`` 0):
+    subject and transformed model, each called ``model(ids, attention_mask=mask)``, compared at the non-padded
+    positions that no MoE near-tie can have flipped.  ``problem``: why it could not run (else ``""``)."""
+    seq = ids.shape[1]
+    if padding >= seq:
+        return {"problem": f"padding={padding} leaves no token in a row of {seq}", "max_rel_err": None}
+    mask = torch.ones_like(ids)
+    mask[1::2, :padding] = 0
+    got = []
+    for module, what in ((model, "the subject"), (out, "the transformed model")):
+        try:
+            with topk_recorder(module) as tops, torch.no_grad():
+                y = module(ids.clone(), attention_mask=mask)
+            y = getattr(y, "logits", y)
+            y = y[0] if isinstance(y, (tuple, list)) else y
+        except Exception as exc:
+            return {"problem": f"{what} does not run on a padded batch (attention_mask): {type(exc).__name__}: {exc}",
+                    "max_rel_err": None}
+        if not torch.is_tensor(y) or tuple(y.shape[:2]) != tuple(ids.shape):
+            return {"problem": f"{what} gives no (batch, seq, vocab) logits on a padded batch", "max_rel_err": None}
+        got.append((y.detach(), comparable_positions(module, ids, tol.tie_margin, tops.margins)))
+    (ref, ok_ref), (new, ok_new) = got
+    keep = mask.bool() & ok_ref & ok_new
+    rel, _ = relative_error(new[keep], ref[keep]) if keep.any() else (0.0, 0.0)
+    return {"problem": "", "padding": padding, "rows_padded": int((mask == 0).any(1).sum()),
+            "positions_compared": int(keep.sum()), "max_rel_err": rel}
+
+
 def _check_logits(logits: torch.Tensor, ids: torch.Tensor, vocab: int) -> str:
     """Why ``logits`` (of the transformed model) cannot be compared with the subject's, or ''."""
     want = (*ids.shape, vocab)
@@ -638,7 +685,8 @@ def _check_logits(logits: torch.Tensor, ids: torch.Tensor, vocab: int) -> str:
 
 def verify(transform: Callable[[nn.Module, Calibration], nn.Module], subject, *,
            dtype: torch.dtype = torch.float64, seed: int = 0, batch: int = 4, seq: int = 12,
-           calib_batch: int = 4, tolerance: Tolerance | None = None, timeout: float | None = None) -> Verdict:
+           calib_batch: int = 4, tolerance: Tolerance | None = None, timeout: float | None = None,
+           padding: int = 0) -> Verdict:
     """Decide whether ``transform`` preserves the function of ``subject`` (a Layout or a causal-LM module).
 
     Bad input (a malformed subject, a module that is not a causal LM: non-causal at any probed position,
@@ -646,8 +694,12 @@ def verify(transform: Callable[[nn.Module, Calibration], nn.Module], subject, *,
     transform is reported in the verdict (see ``STATUSES``).  ``invariant`` needs the subject's positive
     control (:func:`positive_control`) to pass, ``degenerate`` otherwise.  ``timeout`` (seconds) bounds the
     whole call (see :class:`_Deadline` for what it can interrupt); running out gives status ``timeout``
-    naming the phase.
+    naming the phase.  ``padding > 0``: once the logits match, the test rows run again with every other row
+    left-padded by ``padding`` tokens (an ``attention_mask``, transformers' convention) through the subject
+    and the transformed model, compared at the non-padded positions only (:func:`_padded_batch`).
     """
+    if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
+        raise BadInput(f"verify(padding=...) must be an integer >= 0, got {padding!r}")
     for key, value in (("batch", batch), ("seq", seq), ("calib_batch", calib_batch)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise BadInput(f"verify({key}=...) must be an integer >= 1, got {value!r}")
@@ -662,7 +714,7 @@ def verify(transform: Callable[[nn.Module, Calibration], nn.Module], subject, *,
     deadline = _Deadline(timeout)
     try:
         with deadline:
-            return _verify(transform, subject, dtype, seed, batch, seq, calib_batch, tol, deadline, state)
+            return _verify(transform, subject, dtype, seed, batch, seq, calib_batch, tol, deadline, state, padding)
     except _TimedOut as exc:
         verdict = state["verdict"]
         verdict.status = Status.TIMEOUT
@@ -671,9 +723,10 @@ def verify(transform: Callable[[nn.Module, Calibration], nn.Module], subject, *,
         return verdict
 
 
-def _verify(transform, subject, dtype, seed, batch, seq, calib_batch, tol, deadline, state) -> Verdict:
+def _verify(transform, subject, dtype, seed, batch, seq, calib_batch, tol, deadline, state, padding=0) -> Verdict:
     deadline.enter("subject materialization")
     model, layout, subject_name = _subject(subject, dtype, seed)
+    seq = window_length(model, layout, seq)  # longer than every sliding window, or a dropped one hides
     vocab = _vocab(model)
     gen = torch.Generator().manual_seed(seed)
     calib_ids = torch.randint(0, vocab, (calib_batch, seq), generator=gen)
@@ -770,6 +823,20 @@ def _verify(transform, subject, dtype, seed, batch, seq, calib_batch, tol, deadl
     if rel <= tol.rel:
         deadline.enter("positive control")
         verdict.control = positive_control(model, test_ids, ref, mask, tol, seed, attached)
+        if verdict.control["passed"] and padding:
+            deadline.enter("padded batch")
+            padded = _padded_batch(model, out, test_ids, padding, tol)
+            verdict.control["padded"] = padded
+            if padded["problem"]:
+                verdict.status, verdict.message = Status.ERROR, padded["problem"]
+                return verdict
+            if not padded["max_rel_err"] <= tol.rel:
+                verdict.status = Status.DIVERGED
+                verdict.max_rel_err = padded["max_rel_err"]
+                verdict.message = (f"on a left-padded batch (attention_mask, {padding} padding tokens in every other "
+                                   f"row) the logits at the non-padded positions differ by "
+                                   f"{padded['max_rel_err']:.3e} relative (bound {tol.rel:.0e})")
+                return verdict
         if verdict.control["passed"]:
             verdict.status = Status.INVARIANT
         else:

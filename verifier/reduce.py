@@ -26,7 +26,7 @@ def _candidates(s: DecoderSpec) -> Iterator[DecoderSpec]:
         if layer.sparse:
             yield replace(s, layers=s.layers[:i] + (replace(layer, sparse=False),) + s.layers[i + 1:])
         if not layer.rope:
-            yield replace(s, layers=s.layers[:i] + (LayerSpec(rope=True, sparse=layer.sparse),) + s.layers[i + 1:])
+            yield replace(s, layers=s.layers[:i] + (replace(layer, rope=True),) + s.layers[i + 1:])
     for axis in OFF_ORDER:
         if getattr(s, axis.name) != axis.off:
             yield replace(s, **{axis.name: axis.off})

@@ -29,9 +29,13 @@ mixtral    MixtralForCausalLM            all layers sparse, top-k always renorma
 granite    GraniteForCausalLM            Llama plus embedding / residual / logit multipliers
 gemma      GemmaForCausalLM              ``1 + w`` RMSNorm, GeGLU (tanh), embeddings scaled by sqrt(hidden)
 qwen2_moe  Qwen2MoeForCausalLM           q/k/v bias, experts plus a sigmoid-gated shared expert
+mistral    MistralForCausalLM            Llama without biases, ``sliding_window`` on every layer
 phi3       Phi3ForCausalLM               fused qkv / gate_up weights, partial rotary
 stablelm   StableLmForCausalLM           LayerNorm with bias, partial rotary, parallel residual, qkv bias
 =========  ============================  =====================================================================
+
+Sliding windows: ``qwen2`` takes ``sliding_window`` and ``max_window_layers`` (layers from it on slide),
+``mixtral`` and ``phi3`` take ``sliding_window`` (every layer).
 
 Not registered: OLMo2 (q/k norm over the full width, but norms only *after* each branch with no
 pre-norm, a placement :class:`DecoderSpec` has no value for) and Cohere (its RoPE and LayerNorm follow

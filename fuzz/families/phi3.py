@@ -6,19 +6,22 @@ from ..decoder import DecoderSpec
 from .base import Family, base_dims, base_fields, draw_rotary, hf_common, partial_rotary, rotary_supported
 
 
-def phi3(*, rotary_dim: int | None = None, **dims) -> DecoderSpec:
-    """Phi-3: Llama without biases, fused qkv / gate_up weights, optional partial rotary."""
+def phi3(*, rotary_dim: int | None = None, sliding_window: int | None = None, **dims) -> DecoderSpec:
+    """Phi-3: Llama without biases, fused qkv / gate_up weights, optional partial rotary and sliding window."""
     base = base_fields(dims, norm_eps=1e-5)
-    return DecoderSpec(**base, rotary_dim=None if rotary_dim == base["head_dim"] else rotary_dim)
+    return DecoderSpec(**base, rotary_dim=None if rotary_dim == base["head_dim"] else rotary_dim,
+                       sliding_window=sliding_window)
 
 
 def knobs(s: DecoderSpec) -> dict:
-    return dict(base_dims(s), rotary_dim=s.rotary_dim)
+    return dict(base_dims(s), rotary_dim=s.rotary_dim,
+                sliding_window=s.sliding_window if any(l.sliding for l in s.layers) else None)
 
 
 def hf_config(s: DecoderSpec) -> dict:
     c = hf_common(s)
     c["rope_parameters"].update(partial_rotary(s))
+    c["sliding_window"] = knobs(s)["sliding_window"]
     return c
 
 

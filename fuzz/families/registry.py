@@ -9,7 +9,8 @@ from ..errors import BadInput
 from .base import Family
 
 # each module declares ``FAMILY``; the first member wins (a Granite layout without multipliers is a Llama)
-_MODULES = ("llama", "qwen2", "qwen3", "qwen3_moe", "mixtral", "granite", "gemma", "qwen2_moe", "phi3", "stablelm")
+_MODULES = ("llama", "qwen2", "qwen3", "qwen3_moe", "mixtral", "granite", "gemma", "qwen2_moe", "mistral", "phi3",
+            "stablelm")
 
 _REGISTRY: dict[str, Family] = {f.name: f for f in (importlib.import_module(f"{__package__}.{m}").FAMILY
                                                     for m in _MODULES)}

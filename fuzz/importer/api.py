@@ -11,6 +11,7 @@ from ..materialize import NUMERICS, GraphModel
 from ..record import _input_ids, record
 from .check import check_import
 from .converter import Converter
+from .window import measure_windows
 
 
 def import_model(model: nn.Module, input_ids: torch.Tensor | None = None, *, check: bool = True,
@@ -23,7 +24,8 @@ def import_model(model: nn.Module, input_ids: torch.Tensor | None = None, *, che
     reproduces the source under either policy.  The layout meta holds ``name`` (the source class),
     ``source="import"``, ``param_map`` (node -> role -> qualified parameter name, every source parameter
     once), ``aliases`` and ``tied`` (further names, for :func:`export_weights`), ``module_paths`` (node ->
-    the source module it ran in) and ``import_check`` (what :func:`check_import` measured; ``None`` when
+    the source module it ran in), the attention nodes' sliding ``window`` measured against the source
+    (:mod:`fuzz.importer.window`) and ``import_check`` (what :func:`check_import` measured; ``None`` when
     ``check=False``: only for tests and for inspecting a refused model, never for a proof).
     """
     if numerics not in NUMERICS:
@@ -35,6 +37,9 @@ def import_model(model: nn.Module, input_ids: torch.Tensor | None = None, *, che
     converter = Converter(model, rec)
     layout = converter.layout()
     graph_model = _build(layout, converter.parameters, numerics)
+    # sliding windows are measured (the recorder sees no mask): each attention node against its source
+    graph_model, _ = measure_windows(model, graph_model, lambda lay: _build(lay, converter.parameters, numerics))
+    layout = graph_model.layout
     layout.meta["import_check"] = check_import(model, graph_model, ids) if check else None
     return graph_model.eval()
 

@@ -20,7 +20,9 @@ and under the other one too unless the first is exact; the better one is kept.  
 
 The GraphModel's ``layout.meta["import_check"]`` records it: ``lengths``, ``batch``, ``max_rel_err`` per
 policy run, ``numerics`` (the better one), ``bound``, ``floor`` (``"exact"`` | ``"float32"``), ``downcasts``
-(their count and the torch calls), ``spans`` (the config fields read).  A refusal (:class:`BadInput`)
+(their count and the torch calls), ``spans`` (the config fields read), ``padded`` (:func:`check_padding`: one
+left-padded batch through the source's own ``attention_mask`` handling, compared at the non-padded positions
+within the same bound).  A refusal (:class:`BadInput`)
 names the length at which the logits part and where the graph parts from the source
 (:mod:`fuzz.importer.divergence`).
 """
@@ -39,7 +41,7 @@ from ..errors import BadInput
 from ..materialize import GraphModel
 from ..record import _tensors
 from .divergence import first_divergent, limited_span
-from .logits import checked_source_logits, graph_logits, relative_error
+from .logits import checked_source_logits, graph_logits, numerics_policy, relative_error
 
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-4}
 FLOAT32_EPS = torch.finfo(torch.float32).eps  # 2^-23 = 1.19e-7
@@ -148,10 +150,61 @@ def check_import(model: nn.Module, graph_model: GraphModel, ids: torch.Tensor) -
                "downcast_calls": dict(sorted(counter.downcasts.items())), "float32_ops": counter.float32_ops,
                "spans": spans, "max_positions": cap}
     if worst[best] <= tol:
-        return {**record_, "floor": "exact", "bound": tol}
+        return {**record_, "floor": "exact", "bound": tol,
+                "padded": check_padding(model, graph_model, best, tol, lengths[0], vocab)}
     if computes_float32 and worst[best] <= floor_bound:
-        return {**record_, "floor": "float32", "bound": floor_bound}
+        return {**record_, "floor": "float32", "bound": floor_bound,
+                "padded": check_padding(model, graph_model, best, floor_bound, lengths[0], vocab)}
     refuse_import(model, graph_model, batches, rows, best, bound, computes_float32)
+
+
+PAD = 7  # left-padding tokens of the second row of the padded batch
+
+
+def check_padding(model: nn.Module, graph_model: GraphModel, policy: str, bound: float, length: int,
+                  vocab: int) -> dict | None:
+    """One left-padded batch (2 rows of ``length`` ids, the second padded by ``PAD``) through the source's own
+    ``attention_mask`` handling and ``GraphModel.forward(ids, attention_mask)``: the logits must agree at every
+    non-padded position within ``bound`` (else :class:`BadInput`).  ``None`` when the source takes no
+    ``attention_mask`` (not a transformers model) or the batch is too short to pad."""
+    if length <= PAD + 1:
+        return None
+    ids = torch.randint(0, vocab, (CHECK_BATCH, length), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[1, :PAD] = 0
+    ids, mask = ids.to(graph_model_device(graph_model)), mask.to(graph_model_device(graph_model))
+    try:
+        want = masked_source_logits(model, ids, mask)
+    except TypeError:
+        return None
+    with numerics_policy(graph_model, policy), torch.no_grad():
+        got = graph_model(ids, attention_mask=mask)
+    keep = mask.bool()
+    err = relative_error(got[keep], want[keep])
+    record_ = {"shape": list(ids.shape), "left_padding": PAD, "max_rel_err": err}
+    if not err <= bound:
+        raise BadInput(f"{type(model).__name__}: the import is not exact on a padded batch: the source's own "
+                       f"attention_mask handling (left padding of {PAD} tokens in a {tuple(ids.shape)} batch) and "
+                       f"the graph's padding mask differ by {err:.3g} > {bound:.3g} at the non-padded positions "
+                       "(a padding mask the layout's attention cannot express)")
+    return record_
+
+
+def graph_model_device(graph_model: GraphModel) -> torch.device:
+    return next((p.device for p in graph_model.parameters()), torch.device("cpu"))
+
+
+def masked_source_logits(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The source's logits on a padded batch (transformers' ``attention_mask``); TypeError if it takes none."""
+    training = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(input_ids=ids, attention_mask=mask, use_cache=False)
+    finally:
+        for m, flag in training.items():
+            m.training = flag
+    return out.logits if hasattr(out, "logits") else out[0] if isinstance(out, (tuple, list)) else out
 
 
 def refuse_import(model, graph_model, batches, rows, best, bound, computes_float32) -> None:

@@ -15,7 +15,8 @@ Conversion rules (recorded op -> layout op):
 * ``rope``: ``theta`` is recovered from the model (below); any RoPE but the default one is refused;
 * ``attention``: must be causal with ``head_dim ** -0.5`` scaling and no soft-cap (the recorder sees
   neither, so the attention module's ``scaling`` / ``attn_logit_softcapping`` / ``is_causal`` attributes
-  are consulted); a sliding window or chunked attention is found by the check, by measurement;
+  are consulted); a sliding window is measured after conversion (:mod:`fuzz.importer.window`: the
+  attention's ``window``), a chunked span is refused by the check, by measurement;
 * ``router`` (it reads its own weight): split into a ``linear`` ``<router id>_proj`` and a ``router``;
 * ``experts``: ``gate_up_proj (E, 2I, H)`` and ``down_proj (E, H, I)`` told apart by shape; the
   transposed ``(E, in, out)`` layout is refused;

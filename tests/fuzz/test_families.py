@@ -22,16 +22,18 @@ LOOSE = 1e-5  # exact numerics: transformers' float32 RMSNorm / RoPE / router up
 # One instance per family that switches on its distinctive features (so family_of names it first).
 INSTANCES = {
     "llama": dict(attention_bias=True, mlp_bias=True, tie_embeddings=True, n_kv_heads=4),
-    "qwen2": dict(hidden=24, head_dim=10, n_kv_heads=1, tie_embeddings=True),
+    "qwen2": dict(hidden=24, head_dim=10, n_kv_heads=1, tie_embeddings=True, n_layers=2, sliding_window=3,
+                  max_window_layers=1),
     "qwen3": dict(attention_bias=True, n_heads=6, n_kv_heads=2, head_dim=6),
     "qwen3_moe": dict(n_layers=3, decoder_sparse_step=1, mlp_only_layers=(1,), n_experts=4, top_k=2,
                       norm_topk_prob=True),
-    "mixtral": dict(n_experts=3, top_k=2, intermediate=20, tie_embeddings=True),
+    "mixtral": dict(n_experts=3, top_k=2, intermediate=20, tie_embeddings=True, sliding_window=6),
     "granite": dict(embedding_multiplier=12.0, residual_multiplier=0.22, logit_multiplier=1 / 3,
                     attention_bias=True),
     "gemma": dict(head_dim=12, n_kv_heads=1),
     "qwen2_moe": dict(n_layers=2, decoder_sparse_step=2, top_k=1, shared_intermediate=12),
-    "phi3": dict(rotary_dim=4, head_dim=8),
+    "phi3": dict(rotary_dim=4, head_dim=8, sliding_window=5),
+    "mistral": dict(sliding_window=3, n_layers=2),
     "stablelm": dict(rotary_dim=2, use_qkv_bias=True, use_parallel_residual=True, hidden=32, n_heads=4),
 }
 

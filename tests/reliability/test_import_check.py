@@ -14,6 +14,7 @@ import torch
 from benchmarks import import_check_families as families
 from fuzz.errors import BadInput
 from fuzz.importer import import_model
+from fuzz.importer.logits import graph_logits, relative_error
 
 MISTRAL = "mistral (sliding_window=8)"
 
@@ -28,8 +29,33 @@ def _calibration(vocab=64):
     return Calibration(torch.randint(0, vocab, (2, 16), generator=torch.Generator().manual_seed(1)), 0)
 
 
-def test_mistral_sliding_window_is_refused_naming_the_module():
-    """The window (8) is dropped by the layout; at 8 recording tokens nothing shows, at 24 it does."""
+def _windows(gm) -> list:
+    return [gm.layout.params(n)["window"] for n in gm.layout.of_op("attention")]
+
+
+def _without_window_measurement(monkeypatch):
+    """An importer that misses the window (as before windows were measured): the check must still refuse."""
+    import fuzz.importer.api as api
+    monkeypatch.setattr(api, "measure_windows", lambda model, gm, rebuild, **kw: (gm, {}))
+
+
+@pytest.mark.parametrize("name", [MISTRAL, "mixtral (sliding_window=8)", "phi3 (sliding_window=8)",
+                                  "starcoder2 (sliding_window=8)"])
+def test_a_sliding_window_is_measured_and_imported_exactly(name):
+    """The window (8) is measured against the source (no module attribute read) and checked past 2 W + 8."""
+    hf = families.from_config(name)
+    gm = import_model(hf)
+    assert _windows(gm) == [8, 8]
+    check = gm.layout.meta["import_check"]
+    assert check["floor"] == "exact" and [2, 24] in check["lengths"], check
+    ids = torch.randint(0, 64, (2, 40), generator=torch.Generator().manual_seed(4))
+    assert relative_error(graph_logits(gm, ids, check["numerics"]), _logits(hf, ids)) <= 1e-10
+
+
+def test_mistral_without_its_window_is_refused_naming_the_module(monkeypatch):
+    """The check's teeth: a graph that drops the window (8) is refused; at 8 recording tokens nothing shows,
+    at 24 it does."""
+    _without_window_measurement(monkeypatch)
     hf = families.from_config(MISTRAL)
     with pytest.raises(BadInput) as err:
         import_model(hf)
@@ -40,10 +66,13 @@ def test_mistral_sliding_window_is_refused_naming_the_module():
     assert "sliding window: measured" in msg, msg
 
 
-def test_a_window_in_one_layer_only_is_measured_at_that_layer():
-    """Qwen2 with the window in layer 1 only: layer 0 sees every token, so the logits' dependence on the first
-    token does not show the window; the attention node's position profile does (it agrees up to 8)."""
+def test_a_window_in_one_layer_only_is_measured_at_that_layer(monkeypatch):
+    """Qwen2 with the window in layer 1 only (max_window_layers=1): imported with a window there only; without
+    the measurement the check refuses it at that layer (the logits' dependence on the first token does not show
+    the window; the attention node's position profile does: it agrees up to 8)."""
     hf = families.from_config("qwen2 (sliding_window=8 in layer 1 of 2)")
+    assert _windows(import_model(hf)) == [None, 8]
+    _without_window_measurement(monkeypatch)
     with pytest.raises(BadInput, match=r"first divergent node 'model_layers_1_self_attn__attention' \(attention\) in "
                                        r"module model\.layers\.1\.self_attn: .* sliding window: measured, this "
                                        r"attention agrees with its source at positions 0\.\.7 and differs from "
@@ -51,14 +80,37 @@ def test_a_window_in_one_layer_only_is_measured_at_that_layer():
         import_model(hf)
 
 
-def test_a_window_longer_than_the_default_lengths_is_found_from_the_config():
-    """sliding_window=70 (> 64): the check reads the span from the config and runs at 2 * 70 + 8 tokens."""
+def test_a_window_longer_than_the_default_lengths_is_found_from_the_config(monkeypatch):
+    """sliding_window=70 (> 64): the check reads the span from the config and runs at 2 * 70 + 8 tokens; the
+    window is measured there."""
     import transformers as tf
     cfg = tf.MistralConfig(**{**families.DIMS, "max_position_embeddings": 256}, sliding_window=70)
     hf = families.randomize(tf.MistralForCausalLM._from_config(cfg, dtype=torch.float64))
+    gm = import_model(hf)
+    assert _windows(gm) == [70, 70] and [2, 148] in gm.layout.meta["import_check"]["lengths"]
+    _without_window_measurement(monkeypatch)
     with pytest.raises(BadInput, match=r"at \(2, 148\) token ids.*in module model\.layers\.0\.self_attn.*"
                                        r"sliding window"):
         import_model(hf)
+
+
+@pytest.mark.parametrize("recipe", ["bbt-spectral", "wht-scale", "wht-scale-roundtrip"])
+def test_the_transformers_host_path_preserves_a_windowed_model(recipe):
+    """These recipes used to return a model computing another function (0.23) on Mistral with a window: now
+    the float64 proof on the imported graph (verified past 2 W + 8 tokens) holds, and the host path's result
+    agrees with the model to its float32 RoPE tables (the source computes them in float32)."""
+    import quant.transforms as T
+    from verifier import verify
+    hf = families.from_config(MISTRAL)
+    gm = import_model(hf, numerics="transformers")
+    verdict = verify(T.get(recipe), gm)
+    assert verdict.ok and verdict.positions_compared >= 4 * 25, verdict
+    ids = torch.randint(0, 64, (1, 32), generator=torch.Generator().manual_seed(2))
+    before = _logits(hf, ids)
+    out = T.get(recipe, host="transformers")(hf, _calibration())
+    with torch.no_grad():
+        after = out(ids) if not hasattr(out, "config") else _logits(out, ids)
+    assert relative_error(after, before) < 1e-5
 
 
 @pytest.mark.parametrize("name", ["cohere", "helium", "ernie4_5"])
@@ -77,7 +129,7 @@ def test_a_float32_floor_family_is_accepted_and_labelled(name):
     assert ((got - want).abs().max() / want.abs().max()).item() <= check["bound"]
 
 
-@pytest.mark.parametrize("name", ["glm4_moe", "mpt", MISTRAL])
+@pytest.mark.parametrize("name", ["glm4_moe", "mpt"])
 def test_the_transformers_host_path_refuses_instead_of_transforming_something_else(name):
     """bbt-spectral on the host path used to return a GraphModel computing another function."""
     import quant.transforms as T
@@ -105,8 +157,9 @@ def test_mixed_dtype_parameters_are_refused_not_a_traceback():
 def test_quantize_import_path_is_checked():
     """archfuzz quantize's oracle gate and its T1 preparation import through the check (no quantization)."""
     from quant.quantize import gate, prepare
-    with pytest.raises(BadInput, match=r"sliding window"):
-        gate(families.from_config(MISTRAL), "bbt-absorb")
+    windowed = gate(families.from_config(MISTRAL), "bbt-absorb")  # its window measured, checked and proven
+    assert windowed.ok and [2, 24] in windowed.import_check["lengths"], windowed
+    assert windowed.positions_compared == 2 * 8 + 9  # proven past the window, not at the gate's 8 tokens
     hf = families.from_config("glm4_moe")
     calib = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(3))
     with pytest.raises(BadInput, match=r"first divergent node 'model_layers_1_mlp_experts'"):

@@ -26,6 +26,11 @@ def _rope_qk_plain(s: Spec) -> bool:
 # mutant -> (constraints that make the bug applicable, extra predicate on the spec)
 APPLIES = {name: (c, lambda s: True) for name, c in mutants.APPLIES.items() if name != "float32_rotation"}
 APPLIES["cross_group_heads"] = (mutants.APPLIES["cross_group_heads"], lambda s: s.n_kv_heads > 1)
+# top-1 renormalised routing weighs the chosen expert 1 whatever the logits: an unscaled router shows only when
+# it flips an argmax, which a tiny layout's test tokens need not do (seen once the window axis moved the draws)
+APPLIES["router_unscaled"] = (mutants.APPLIES["router_unscaled"], lambda s: not (s.top_k == 1 and s.renormalize))
+# a window shows only on a sliding layer (the draws may make every layer a full-attention one)
+APPLIES["window_dropped"] = (mutants.APPLIES["window_dropped"], lambda s: any(l.sliding for l in s.layers))
 
 
 @pytest.mark.parametrize("name", sorted(APPLIES))
@@ -69,6 +74,18 @@ def examples_to_catch(name: str, budget: int = 25) -> int | None:
 def test_each_mutant_is_found_within_the_default_budget(name):
     needed = examples_to_catch(name)
     assert needed is not None and needed <= 25, f"{name}: not caught in 25 unconstrained examples"
+
+
+def test_window_dropped_is_caught_past_the_window_and_named_at_the_attention():
+    """The oracle runs past 2 W + 8 tokens on a windowed layout, so a dropped window shows (at the default 12
+    tokens a window of 8 masks nothing past position 8 on 4 positions only; at 2 W + 9 on most of them)."""
+    from verifier.oracle import window_length
+    layout = build(DecoderSpec(layers=(LayerSpec(), LayerSpec(sliding=False)), sliding_window=8))
+    assert window_length(None, layout, 12) == 25
+    verdict = verify(mutants.get("window_dropped"), layout)
+    assert verdict.status == "diverged", verdict
+    assert verdict.first_divergent["op"] == "attention" and verdict.first_divergent["node"] == "l0_attn", verdict
+    assert verify(mutants.get("window_dropped"), build(DecoderSpec(sliding_window=None))).status == "invariant"
 
 
 def test_gproj_omission_names_the_norm_and_the_skipped_gate_projection():
@@ -167,7 +184,7 @@ def test_the_mutants_of_quant_transforms_are_registered_by_quant():
     import quant.mutants  # noqa: F401  (already loaded through the entry points; importing again is a no-op)
     from verifier.registry import prefix_of, resolve
     quant_made = {"gproj_omission", "skip_norm_consumer", "router_unscaled", "expert_wrong_axis", "pair_reflection",
-                  "forget_pair_bias", "float32_rotation", "symmetric_gamma"}
+                  "forget_pair_bias", "float32_rotation", "symmetric_gamma", "window_dropped"}
     assert quant_made | {"forget_writer_bias", "cross_group_heads"} == set(mutants.names())
     for name in mutants.names():
         m = mutants.mutant(name)

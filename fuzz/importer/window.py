@@ -1,0 +1,151 @@
+"""Sliding windows, measured: each attention node's window ``W`` comes from what the source computes.
+
+The recorder sees no mask (it records ``softmax(Q K^T) V`` and the mask is an input), and a module
+attribute need not exist or say what the mask does (Mistral's attention has none; Qwen2 reads
+``max_window_layers`` and ``layer_types`` elsewhere).  So the window is measured: both models run on one
+row of ``L`` token ids (``L`` the longest length of the import check, :func:`~fuzz.importer.check.check_lengths`,
+which covers ``2 W + 8`` for every span the config names), each attention node's output is compared, position
+by position, with its source counterpart (the input of ``o_proj``, as in
+:func:`~fuzz.importer.divergence.first_divergent`).  A node that agrees at positions ``0 .. S-1`` and not at
+``S`` reads fewer keys from ``S`` on: with a sliding window ``W`` query ``i`` reads keys ``i - W + 1 .. i``,
+so the first position missing a key is ``S = W``.  The node gets ``window = S`` and is measured again; a
+window that does not make it agree at every position (a chunked span, a different score) is dropped, and
+the import check refuses the model naming the module.  Nodes are fixed in execution order (a later node
+reads what the earlier ones compute).  Nothing here decides an import: :func:`check_import` still runs the
+result at every length against the source.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import BadInput
+from ..layout import Layout
+from ..materialize import GraphModel
+from ..record import _tensors
+from .check import check_lengths
+from .divergence import _ancestors, _inside
+from .logits import checked_source_logits, graph_logits
+
+AGREE = 1e-5  # per-position relative error under which an attention output agrees with its source
+#: (float32 sources agree to ~1e-7; a missing key moves the output by ~ its attention weight, 1 / W)
+
+
+def _counterparts(layout: Layout, nodes: list[str]) -> dict[str, tuple[str, str]]:
+    """node -> ``("out" | "in", module path)``: the deepest source module whose output is the node's output
+    (the node runs last in it) or whose input is the node's output (a reader of the node runs first in it)."""
+    paths = layout.meta.get("module_paths", {})
+    order = [n for n in layout.order if n in paths]
+    first_in: dict[str, str] = {}
+    last_in: dict[str, str] = {}
+    for n in order:
+        for module in _ancestors(paths[n]):
+            first_in.setdefault(module, n)
+            last_in[module] = n
+    found = {}
+    for n in nodes:
+        if n not in paths:
+            continue
+        refs = [("out", m) for m in _ancestors(paths[n]) if last_in.get(m) == n]
+        for reader, _ in layout.consumers(n):
+            if reader in paths:
+                refs += [("in", m) for m in _ancestors(paths[reader])
+                         if first_in.get(m) == reader and not _inside(paths[n], m)]
+        if refs:
+            found[n] = refs[0]
+    return found
+
+
+def _profiles(model: nn.Module, graph_model: GraphModel, x: torch.Tensor, where: dict[str, tuple[str, str]],
+              policy: str) -> dict[str, torch.Tensor]:
+    """node -> per-position relative error ``(seq,)`` of its output against its source counterpart; one
+    forward of each model (nodes without a comparable counterpart are left out)."""
+    modules = dict(model.named_modules())
+    seen: dict[str, torch.Tensor] = {}
+    got: dict[str, torch.Tensor] = {}
+
+    def source_hook(path, kind):
+        def hook(module, args, kwargs, out):
+            obj = out if kind == "out" else (args, kwargs)
+            t = next((t for t in _tensors(obj) if t.is_floating_point()), None)
+            if t is not None:
+                seen.setdefault(f"{kind}:{path}", t.detach().clone())
+        return hook
+
+    def graph_hook(node):
+        def hook(module, args, out):
+            got[node] = out.detach().clone()
+        return hook
+
+    handles = [modules[path].register_forward_hook(source_hook(path, kind), with_kwargs=True)
+               for kind, path in set(where.values()) if path in modules]
+    handles += [graph_model.nodes[n].register_forward_hook(graph_hook(n)) for n in where]
+    try:
+        checked_source_logits(model, x)
+        graph_logits(graph_model, x, policy)
+    finally:
+        for h in handles:
+            h.remove()
+    b, t = x.shape
+    out = {}
+    for node, (kind, path) in where.items():
+        ref, mine = seen.get(f"{kind}:{path}"), got.get(node)
+        if ref is None or mine is None or ref.numel() != mine.numel():
+            continue
+        ref, mine = ref.double().reshape(b, t, -1), mine.double().reshape(b, t, -1)
+        scale = ref.abs().max().clamp_min(torch.finfo(torch.float64).tiny)
+        out[node] = (mine - ref).abs().amax(dim=(0, 2)) / scale
+    return out
+
+
+def with_windows(layout: Layout, windows: dict[str, int | None]) -> Layout:
+    """``layout`` with the given attention nodes' ``window`` set (meta kept)."""
+    nodes = []
+    for n in layout.order:
+        params = dict(layout.params(n))
+        if n in windows:
+            params["window"] = windows[n]
+        nodes.append((n, layout.op(n), params, list(layout.inputs(n))))
+    return Layout.from_nodes(nodes, dict(layout.meta))
+
+
+def measure_windows(model: nn.Module, graph_model: GraphModel, rebuild, policy: str | None = None,
+                    seed: int = 0) -> tuple[GraphModel, dict[str, int]]:
+    """``(graph_model, {attention node: W})``: the graph with every measured window set (see the module
+    docstring); ``rebuild(layout) -> GraphModel`` makes the graph of a changed layout (same parameters)."""
+    policy = policy or graph_model.numerics
+    layout = graph_model.layout
+    attention = layout.of_op("attention")
+    where = _counterparts(layout, attention)
+    if not where:
+        return graph_model, {}
+    length = max(check_lengths(model)[0])
+    if length < 2:
+        return graph_model, {}
+    vocab = layout.params(layout.source)["vocab"]
+    x = torch.randint(0, vocab, (1, length), generator=torch.Generator().manual_seed(seed))
+    device = next((p.device for p in graph_model.parameters()), None)
+    if device is not None:
+        x = x.to(device)
+    found: dict[str, int] = {}
+    try:
+        errors = _profiles(model, graph_model, x, where, policy)
+    except BadInput:
+        return graph_model, {}
+    for node in attention:  # in execution order: a later node reads what the earlier ones compute
+        e = errors.get(node)
+        if e is None or bool((e <= AGREE).all()):
+            continue
+        start = int((~(e <= AGREE)).nonzero()[0, 0])
+        if start < 1:  # differs where every key is visible: not a window (the check will say where)
+            break
+        candidate = rebuild(with_windows(graph_model.layout, {node: start}))
+        try:
+            again = _profiles(model, candidate, x, where, policy)
+        except BadInput:
+            break
+        if node not in again or not bool((again[node] <= AGREE).all()):
+            break  # a limited span that is no sliding window (chunked attention): left to the check's refusal
+        graph_model, found[node], errors = candidate, start, again
+    return graph_model, found
