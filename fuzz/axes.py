@@ -113,6 +113,11 @@ def _any_rope(s) -> bool:
     return any(l.rope for l in s.layers)
 
 
+def _scaled(s) -> bool:
+    """The spec's RoPE is scaled (dynamic NTK needs rotary_dim > 2: plain RoPE below, as in decoder.build)."""
+    return s.rope_scaling != "none" and not (s.rope_scaling == "dynamic" and (s.rotary_dim or s.head_dim) <= 2)
+
+
 def _any_sparse(s) -> bool:
     return any(l.sparse for l in s.layers)
 
@@ -144,7 +149,7 @@ AXES: dict[str, Axis] = _axes(
          most=("full", "per_head", "none")),
     Axis("rope_theta", "positive_float", (10000.0, 500.0, 1e6), KEEP, _no_tags),
     Axis("rope_scaling", "choice", ("none", "linear", "llama3", "yarn", "dynamic", "longrope"), "none",
-         lambda s: (f"rope:scaled:{s.rope_scaling}",) if _any_rope(s) and s.rope_scaling != "none" else (),
+         lambda s: (f"rope:scaled:{s.rope_scaling}",) if _any_rope(s) and _scaled(s) else (),
          off_rank=21, most=("longrope", "yarn", "llama3", "dynamic", "linear", "none")),
     Axis("qkv_bias", "bool", (False, True), False, _if("bias:qkv", "qkv_bias"), off_rank=0),
     Axis("o_bias", "bool", (False, True), False, _if("bias:o", "o_bias"), off_rank=1),

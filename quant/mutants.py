@@ -18,6 +18,9 @@ forget_pair_bias       pair rotation applied to weight rows, not to the biases  
 float32_rotation       rotation angles built in float32 inside a float64 model     plain q/k
 symmetric_gamma        spectral-PCA with Gamma = U^T diag(g) U (the seed code's     an RMS q/k norm
                        stale form) instead of diag(g) U
+rope_scaling_dropped   a layout rewrite (wht-scale's) re-emits RoPE from theta,     scaled RoPE
+                       dropping linear / llama3 / yarn / dynamic / longrope
+                       scaling and the attention factor
 =====================  ==========================================================  ==========================
 
 Loaded with the registries (the ``archfuzz.registries`` entry points, :func:`verifier.registry.load_plugins`).
@@ -60,3 +63,5 @@ register_mutant("float32_rotation", "quant:pair-pca", "float32_angles", fixed={"
                 applies={**_PLAIN_QK, "max_head_dim": 12})
 register_mutant("symmetric_gamma", "quant:spectral-pca", "symmetric_gamma",
                 applies={"qk_norm": ("per_head", "full"), "norm": "rms"})
+register_mutant("rope_scaling_dropped", "quant:wht-scale", "rope_unscaled",
+                applies={"rope": True, "rope_scaling": ("linear", "llama3", "yarn", "dynamic", "longrope")})

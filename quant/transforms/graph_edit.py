@@ -17,6 +17,7 @@ from torch import nn
 from fuzz.errors import Refusal
 from fuzz.layout import Layout
 from fuzz.materialize import GraphModel
+from verifier._faults import fault
 
 
 def require_graph_model(transform: str, model: nn.Module) -> GraphModel:
@@ -44,6 +45,8 @@ class LayoutEdit:
             if node in self.replace:
                 op, params = self.replace[node]
             params = {**params, **self.params.get(node, {})}
+            if op == "rope" and fault("rope_unscaled") is not None:  # the mutant: RoPE rebuilt from theta
+                params = {k: params[k] for k in ("n_heads", "head_dim", "rotary_dim", "style", "theta")}
             inputs = list(layout.inputs(node))
             for port, src in enumerate(inputs):
                 if (node, port) in self.insert:

@@ -26,6 +26,9 @@ def _rope_qk_plain(s: Spec) -> bool:
 # mutant -> (constraints that make the bug applicable, extra predicate on the spec)
 APPLIES = {name: (c, lambda s: True) for name, c in mutants.APPLIES.items() if name != "float32_rotation"}
 APPLIES["cross_group_heads"] = (mutants.APPLIES["cross_group_heads"], lambda s: s.n_kv_heads > 1)
+# dynamic NTK RoPE needs rotary_dim > 2 (decoder.build emits plain RoPE below it: nothing to drop)
+APPLIES["rope_scaling_dropped"] = (mutants.APPLIES["rope_scaling_dropped"],
+                                   lambda s: s.rope_scaling != "dynamic" or (s.rotary_dim or s.head_dim) > 2)
 
 
 @pytest.mark.parametrize("name", sorted(APPLIES))
