@@ -96,6 +96,8 @@ class DecoderSpec:
         f = [tag for axis in AXES.values() for tag in axis.tags(self)]
         if not all(l.rope for l in self.layers):
             f.append("rope:none-on-some-layers")
+        if any(l.rope and l.rope_theta is not None and l.rope_theta != self.rope_theta for l in self.layers):
+            f.append("rope:per-layer-theta")
         if any(l.sparse for l in self.layers):
             f.append("moe")
             if not all(l.sparse for l in self.layers):
