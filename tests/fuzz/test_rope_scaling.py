@@ -156,3 +156,67 @@ def test_dropping_the_scaling_in_a_rewrite_is_caught(kind):
     layout = build(DecoderSpec(rope_scaling=kind, layers=(LayerSpec(), LayerSpec())))
     verdict = verify(mutants.get("rope_scaling_dropped"), layout)
     assert verdict.status == "diverged", str(verdict)
+
+
+def _gemma3(full_rope: dict | None = None) -> tf.Gemma3ForCausalLM:
+    cfg = tf.Gemma3TextConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=2, head_dim=8, query_pre_attn_scalar=8,
+                              max_position_embeddings=64, sliding_window=4096,
+                              layer_types=["sliding_attention", "full_attention"], pad_token_id=None,
+                              bos_token_id=None, eos_token_id=None)
+    if full_rope:
+        cfg.rope_parameters["full_attention"].update(full_rope)
+    return randomize(tf.Gemma3ForCausalLM._from_config(cfg, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("full_rope", [None, {"rope_type": "linear", "factor": 8.0}])
+def test_gemma3_local_and_global_layers_import_with_their_own_theta(full_rope):
+    hf = _gemma3(full_rope)
+    gm = import_model(hf, IDS, numerics="transformers")
+    assert gm.layout.meta["import_check"]["max_rel_err"]["transformers"] <= 1e-10
+    by_layer = {n.split("_self_attn")[0]: gm.layout.params(n) for n in gm.layout.of_op("rope")}
+    local = hf.config.rope_parameters["sliding_attention"]["rope_theta"]
+    glob = hf.config.rope_parameters["full_attention"]["rope_theta"]
+    assert local != glob
+    assert by_layer["model_layers_0"]["theta"] == local and by_layer["model_layers_0"]["scaling"] == "none"
+    assert by_layer["model_layers_1"]["theta"] == glob
+    assert by_layer["model_layers_1"]["scaling"] == ("linear" if full_rope else "none")
+
+
+def test_a_per_layer_table_that_is_not_its_theta_is_refused():
+    hf = _gemma3()
+    with torch.no_grad():
+        hf.model.rotary_emb.sliding_attention_inv_freq[1:] *= 1.5
+    with pytest.raises(BadInput, match=r"model\.rotary_emb \(its sliding_attention_inv_freq is not the default"):
+        import_model(hf, IDS)
+
+
+def test_per_layer_theta_is_lowered_tagged_and_preserved():
+    from quant import transforms
+
+    spec = DecoderSpec(layers=(LayerSpec(), LayerSpec(rope_theta=1e6)), rope_scaling="llama3")
+    layout = build(spec)
+    assert "rope:per-layer-theta" in spec.features()
+    assert [layout.params(n)["theta"] for n in sorted(layout.of_op("rope"))] == [10000.0, 10000.0, 1e6, 1e6]
+    assert DecoderSpec.from_dict(spec.to_dict()) == spec
+    assert layout.params("l0_q_rope")["inv_freq"] != layout.params("l1_q_rope")["inv_freq"]
+    for name in ("pair-pca", "bbt-spectral"):
+        verdict = verify(transforms.get(name), layout)
+        assert verdict.status in ("invariant", "refused"), (name, str(verdict))
+
+
+def test_the_strategies_draw_per_layer_theta_and_every_scaling():
+    from hypothesis import given, settings
+
+    from fuzz import strategies
+
+    seen = set()
+
+    @settings(max_examples=80, derandomize=True, database=None, deadline=None)
+    @given(strategies.specs(rope=True, max_layers=2))
+    def draw(spec):
+        seen.update(t for t in spec.features() if t.startswith("rope:"))
+
+    draw()
+    assert "rope:per-layer-theta" in seen
+    assert {f"rope:scaled:{k}" for k in ("linear", "llama3", "yarn", "dynamic", "longrope")} <= seen
