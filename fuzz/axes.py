@@ -114,6 +114,11 @@ def _any_rope(s) -> bool:
     return any(l.rope for l in s.layers)
 
 
+def _scaled(s) -> bool:
+    """The spec's RoPE is scaled (dynamic NTK needs rotary_dim > 2: plain RoPE below, as in decoder.build)."""
+    return s.rope_scaling != "none" and not (s.rope_scaling == "dynamic" and (s.rotary_dim or s.head_dim) <= 2)
+
+
 def _any_sparse(s) -> bool:
     return any(l.sparse for l in s.layers)
 
@@ -152,6 +157,9 @@ AXES: dict[str, Axis] = _axes(
     Axis("qk_norm", "choice", ("none", "per_head", "full"), "none", _named("qk_norm", "qk_norm"), off_rank=9,
          most=("full", "per_head", "none")),
     Axis("rope_theta", "positive_float", (10000.0, 500.0, 1e6), KEEP, _no_tags),
+    Axis("rope_scaling", "choice", ("none", "linear", "llama3", "yarn", "dynamic", "longrope"), "none",
+         lambda s: (f"rope:scaled:{s.rope_scaling}",) if _any_rope(s) and _scaled(s) else (),
+         off_rank=21, most=("longrope", "yarn", "llama3", "dynamic", "linear", "none")),
     Axis("qkv_bias", "bool", (False, True), False, _if("bias:qkv", "qkv_bias"), off_rank=0),
     Axis("o_bias", "bool", (False, True), False, _if("bias:o", "o_bias"), off_rank=1),
     Axis("attn_gate", "choice", ("none", "head_softplus", "output_sigmoid"), "none",
@@ -190,7 +198,7 @@ AXES: dict[str, Axis] = _axes(
          if s.residual == "parallel" else (), off_rank=18, most=(False, True)),
     # sliding-window attention on the layers whose ``LayerSpec.sliding`` is set (Mistral: every layer;
     # Gemma2 / Qwen2 ``max_window_layers``: some); small windows keep the oracle's length 2 W + 9 short
-    Axis("sliding_window", "window", (None, 4, 2), None, _window_tags, off_rank=21),
+    Axis("sliding_window", "window", (None, 4, 2), None, _window_tags, off_rank=22),
     # set from the ``vocab`` limit, narrowed last by the reducer
     Axis("vocab", "size", OWN_RULE, KEEP, _no_tags, floor=8),
 )

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 
 from .axes import AXES
+from .rope_scaling import recipe_table
 from .layout import Layout
 
 
@@ -27,6 +28,7 @@ class LayerSpec:
     rope: bool = True  # RoPE on this layer (off = NoPE layer)
     sparse: bool = False  # MoE MLP instead of the dense MLP
     sliding: bool = True  # with DecoderSpec.sliding_window set: a sliding-window layer (False = full attention)
+    rope_theta: float | None = None  # this layer's RoPE theta (None = the spec's; Gemma3 local layers)
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ class DecoderSpec:
     rope_style: str = "half"
     rotary_dim: int | None = None  # None = head_dim (full rotary)
     rope_theta: float = 10000.0
+    rope_scaling: str = "none"  # scaled RoPE recipe (fuzz.rope_scaling): none/linear/llama3/yarn/dynamic/longrope
     qkv_bias: bool = False
     o_bias: bool = False
     attn_gate: str = "none"
@@ -95,6 +98,8 @@ class DecoderSpec:
         f = [tag for axis in AXES.values() for tag in axis.tags(self)]
         if not all(l.rope for l in self.layers):
             f.append("rope:none-on-some-layers")
+        if any(l.rope and l.rope_theta is not None and l.rope_theta != self.rope_theta for l in self.layers):
+            f.append("rope:per-layer-theta")
         if any(l.sparse for l in self.layers):
             f.append("moe")
             if not all(l.sparse for l in self.layers):
@@ -119,6 +124,32 @@ def _norm(g: _Graph, s: DecoderSpec, node: str, x: str, dim: int, groups: int = 
                  weight_form=s.norm_weight_form, bias=s.norm == "layer" and s.norm_bias)
 
 
+# the synthesized scaled-RoPE recipes: transformers' formulas at lengths the oracle reaches (seq 12 > 8)
+ROPE_RECIPE = {"factor": 4.0, "original_max_positions": 16, "max_positions": 8}
+
+
+def _rope_params(s: DecoderSpec, layer: LayerSpec, r: int) -> dict:
+    """The rope node's parameters: style, the layer's theta and the spec's scaling (fuzz.rope_scaling)."""
+    theta = s.rope_theta if layer.rope_theta is None else layer.rope_theta
+    out = {"style": s.rope_style, "theta": theta}
+    kind = s.rope_scaling
+    if kind == "none" or kind == "dynamic" and r <= 2:  # NTK needs rotary_dim > 2: plain RoPE there
+        return out
+    out["scaling"] = kind
+    if kind == "dynamic":
+        return {**out, "factor": 2.0, "max_positions": ROPE_RECIPE["max_positions"]}
+    short = [1.0 + 0.5 * i for i in range(r // 2)] if kind == "longrope" else None
+    inv, af = recipe_table(kind, theta, r, factor=ROPE_RECIPE["factor"],
+                           original_max_positions=ROPE_RECIPE["original_max_positions"], short_factor=short)
+    out.update(inv_freq=inv, attention_factor=af)
+    if kind == "longrope":
+        long, _ = recipe_table(kind, theta, r, factor=ROPE_RECIPE["factor"],
+                               original_max_positions=ROPE_RECIPE["original_max_positions"],
+                               short_factor=[2.0 + i for i in range(r // 2)])
+        out.update(long_inv_freq=long, max_positions=ROPE_RECIPE["max_positions"])
+    return out
+
+
 def _attention(g: _Graph, s: DecoderSpec, p: str, x: str, layer: LayerSpec) -> str:
     h, kv, d = s.n_heads, s.n_kv_heads, s.head_dim
     fused_gate = s.attn_gate == "output_sigmoid"
@@ -138,10 +169,9 @@ def _attention(g: _Graph, s: DecoderSpec, p: str, x: str, layer: LayerSpec) -> s
         k = _norm(g, s, f"{p}k_norm", k, kv * d)
     if layer.rope:
         r = s.rotary_dim or d
-        q = g.add(f"{p}q_rope", "rope", [q], n_heads=h, head_dim=d, rotary_dim=r, style=s.rope_style,
-                  theta=s.rope_theta)
-        k = g.add(f"{p}k_rope", "rope", [k], n_heads=kv, head_dim=d, rotary_dim=r, style=s.rope_style,
-                  theta=s.rope_theta)
+        rp = _rope_params(s, layer, r)
+        q = g.add(f"{p}q_rope", "rope", [q], n_heads=h, head_dim=d, rotary_dim=r, **rp)
+        k = g.add(f"{p}k_rope", "rope", [k], n_heads=kv, head_dim=d, rotary_dim=r, **rp)
     window = s.sliding_window if layer.sliding else None
     a = g.add(f"{p}attn", "attention", [q, k, v], n_heads=h, n_kv_heads=kv, head_dim=d,
               **({"window": window} if window is not None else {}))

@@ -29,6 +29,7 @@ from .errors import BadInput
 from .hadamard import online_input
 from .layout import Layout
 from .ops import parameter_shapes, registrar, spec
+from .rope_scaling import inv_freq_at
 
 NUMERICS = ("exact", "transformers")
 
@@ -166,16 +167,18 @@ class Linear(Node):
 
 def rope_tables(p: dict, seq: int, dtype: torch.dtype, numerics: str) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin of shape ``(seq, rotary_dim)`` laid out for the node's pairing style."""
-    r = p["rotary_dim"]
     table_dtype = torch.float32 if numerics == "transformers" else torch.float64
-    exponent = torch.arange(0, r, 2, dtype=torch.int64).to(table_dtype) / r
-    inv_freq = 1.0 / (p["theta"] ** exponent)
+    inv_freq = inv_freq_at(p, seq, table_dtype)  # the default table of theta unless the node is scaled
     freqs = torch.arange(seq, dtype=table_dtype)[:, None] * inv_freq[None, :]
     if p["style"] == "half":
         emb = torch.cat((freqs, freqs), dim=-1)
     else:
         emb = freqs.repeat_interleave(2, dim=-1)
-    return emb.cos().to(dtype), emb.sin().to(dtype)
+    cos, sin = emb.cos(), emb.sin()
+    factor = p.get("attention_factor", 1.0)
+    if factor != 1.0:  # YaRN / LongRoPE: cos and sin scaled in the table's dtype, as transformers does
+        cos, sin = cos * factor, sin * factor
+    return cos.to(dtype), sin.to(dtype)
 
 
 def rotate_pairs(x: torch.Tensor, style: str) -> torch.Tensor:

@@ -23,7 +23,9 @@ norm           per group of ``dim`` channels: RMSNorm ``g * u / rms(u)`` or Laye
                is a per-head norm (one weight shared by the heads, Qwen3 ``q_norm``)
 linear         ``x W^T (+ b)``
 rope           rotary embedding per head on the first ``rotary_dim`` channels, pairs ``(i, i + r/2)``
-               (``half``, Llama ``rotate_half``) or ``(2i, 2i+1)`` (``interleaved``, GPT-J)
+               (``half``, Llama ``rotate_half``) or ``(2i, 2i+1)`` (``interleaved``, GPT-J); scaled RoPE
+               (``scaling``: linear / llama3 / yarn with their ``inv_freq`` table, ``dynamic`` NTK theta
+               past ``max_positions``, ``longrope`` short/long tables) and cos/sin times ``attention_factor``
 attention      causal softmax attention; ports q, k, v; GQA when ``n_kv_heads < n_heads``; ``window``
                (``None`` = full causal): query ``i`` sees keys ``j`` with ``0 <= i - j < window`` (keys at
                distance ``>= window`` masked: transformers' ``sliding_window`` convention)
@@ -161,6 +163,8 @@ def _coerce(op: str, node: str, key: str, typ, value):
     """Type-check one parameter; ints are accepted for floats, bools never for numbers."""
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if typ is tuple and isinstance(value, (list, tuple)):  # a table parameter read back from JSON
+        return _tuple_of_floats(value)
     if isinstance(value, bool) and typ in (int, float) or not isinstance(value, typ):
         raise LayoutError(f"{op}.{key} must be {getattr(typ, '__name__', typ)}, got {value!r}", node)
     return value
@@ -318,15 +322,56 @@ def _rope(node, p, w):
     _need(r <= p["head_dim"], node, f"rotary_dim {r} exceeds head_dim {p['head_dim']}")
     _finite(node, "rope", "theta", p["theta"], "a finite number > 0 (the base of the rotary frequencies)",
             p["theta"] > 0)
+    _rope_scaling(node, p)
     return w[0]
 
 
+ROPE_SCALINGS = ("none", "linear", "dynamic", "yarn", "llama3", "longrope")
+
+
+def _rope_scaling(node, p):
+    """The scaled-RoPE parameters (transformers' ``rope_type``): ``inv_freq`` (the table, ``()`` = the default
+    table of ``theta``), ``attention_factor`` (cos and sin multiplied by it), ``factor`` / ``max_positions``
+    (``dynamic``: NTK theta growing past ``max_positions``), ``long_inv_freq`` (``longrope``: the table past
+    ``max_positions``)."""
+    r, kind = p["rotary_dim"], p["scaling"]
+    for key in ("inv_freq", "long_inv_freq"):
+        table = p[key]
+        _need(all(isinstance(v, float) and math.isfinite(v) and v > 0 for v in table), node,
+              f"rope.{key} must hold finite numbers > 0")
+        _need(not table or len(table) == r // 2, node, f"rope.{key} has {len(table)} frequencies, rotary_dim {r} "
+              f"needs {r // 2}")
+    _finite(node, "rope", "attention_factor", p["attention_factor"], "a finite number in [1e-3, 1e3] (the YaRN / "
+            "LongRoPE cos/sin scale)", 1e-3 <= p["attention_factor"] <= 1e3)
+    _finite(node, "rope", "factor", p["factor"], "a finite number in [1, 1e6] (the dynamic NTK factor)",
+            1 <= p["factor"] <= 1e6)
+    _need(kind == "longrope" or not p["long_inv_freq"], node, "rope.long_inv_freq needs scaling 'longrope'")
+    _need(kind != "longrope" or len(p["long_inv_freq"]) == r // 2, node,
+          f"rope scaling 'longrope' needs long_inv_freq ({r // 2} frequencies)")
+    _need(kind != "dynamic" or (r > 2 and not p["inv_freq"]), node,
+          "rope scaling 'dynamic' computes its table from theta (no inv_freq) and needs rotary_dim > 2")
+
+
+def _tuple_of_floats(v):
+    return tuple(float(x) if isinstance(x, int) and not isinstance(x, bool) else x for x in v)
+
+
+def _rope_features(p):
+    tags = (f"op:rope:{p['style']}",) + (("op:rope:partial",) if p["rotary_dim"] < p["head_dim"] else ())
+    if p["scaling"] != "none":
+        tags += (f"op:rope:scaled:{p['scaling']}",)
+    if p["attention_factor"] != 1.0:
+        tags += ("op:rope:attention_factor",)
+    return tags
+
+
 declare(OpSpec("rope", {"n_heads": (int, ...), "head_dim": (int, ...), "rotary_dim": (int, ...),
-                        "style": (str, "half"), "theta": (float, 10000.0)}, ("x",), _rope,
-               {"style": ("half", "interleaved")}, shapes=_no_parameters,
-               drawn_by=({"layers": [{"rope": True}]},),
-               features=lambda p: (f"op:rope:{p['style']}",) + (("op:rope:partial",)
-                                                                 if p["rotary_dim"] < p["head_dim"] else ())))
+                        "style": (str, "half"), "theta": (float, 10000.0),
+                        # scaled RoPE (defaults: the plain table of theta, as before)
+                        "scaling": (str, "none"), "inv_freq": (tuple, ()), "attention_factor": (float, 1.0),
+                        "factor": (float, 1.0), "max_positions": (int, 2048), "long_inv_freq": (tuple, ())},
+               ("x",), _rope, {"style": ("half", "interleaved"), "scaling": ROPE_SCALINGS}, shapes=_no_parameters,
+               drawn_by=({"layers": [{"rope": True}]},), features=_rope_features))
 
 
 def _attention(node, p, w):

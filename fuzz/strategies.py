@@ -173,7 +173,10 @@ def _specs(draw, **constraints) -> DecoderSpec:
     layer_sparse = [True if moe else False if moe is False else draw(st.booleans()) for _ in range(n_layers)]
     values["n_experts"] = draw(st.integers(2, max(2, lim["max_experts"])))
     values["top_k"] = draw(st.integers(1, values["n_experts"]))
-    values["layers"] = tuple(LayerSpec(rope=r, sparse=s) for r, s in zip(layer_rope, layer_sparse))
+    # per-layer RoPE theta (Gemma3: local layers keep the spec's theta, global ones their own)
+    layer_theta = [draw(st.sampled_from((None, 1e6))) if r and n_layers > 1 else None for r in layer_rope]
+    values["layers"] = tuple(LayerSpec(rope=r, sparse=s, rope_theta=t)
+                             for r, s, t in zip(layer_rope, layer_sparse, layer_theta))
 
     for rest in AXES.values():  # the features, in table order
         if rest.name not in values and rest.options is not OWN_RULE:

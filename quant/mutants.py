@@ -20,6 +20,9 @@ symmetric_gamma        spectral-PCA with Gamma = U^T diag(g) U (the seed code's 
                        stale form) instead of diag(g) U
 window_dropped         wht-scale's rebuilt layout keeps each attention's heads      a sliding-window layer
                        but not its sliding window (full causal attention)
+rope_scaling_dropped   a layout rewrite (wht-scale's) re-emits RoPE from theta,     scaled RoPE
+                       dropping linear / llama3 / yarn / dynamic / longrope
+                       scaling and the attention factor
 =====================  ==========================================================  ==========================
 
 Loaded with the registries (the ``archfuzz.registries`` entry points, :func:`verifier.registry.load_plugins`).
@@ -63,3 +66,5 @@ register_mutant("float32_rotation", "quant:pair-pca", "float32_angles", fixed={"
 register_mutant("symmetric_gamma", "quant:spectral-pca", "symmetric_gamma",
                 applies={"qk_norm": ("per_head", "full"), "norm": "rms"})
 register_mutant("window_dropped", "quant:wht-scale", "window_dropped", applies={"sliding_window": (4, 2)})
+register_mutant("rope_scaling_dropped", "quant:wht-scale", "rope_unscaled",
+                applies={"rope": True, "rope_scaling": ("linear", "llama3", "yarn", "dynamic", "longrope")})

@@ -31,6 +31,8 @@ FAULTS = {
     "float32_angles": "pair-pca's random rotation angles are rounded to float32",
     "symmetric_gamma": "spectral-pca builds Gamma = B^T diag(g) B instead of diag(g) B",
     "writer_bias_unpermuted": "permute_hidden permutes the residual writers' weight rows but not their biases",
+    "rope_unscaled": "a layout rewrite (quant.transforms.graph_edit) re-emits every RoPE node from its theta alone, "
+                     "dropping its scaling (inv_freq table, attention_factor, NTK / long tables)",
     "heads_across_groups": "permute_heads moves query heads across GQA groups and leaves the kv heads in place",
     "window_dropped": "a layout edit (graph_edit.LayoutEdit.apply) rebuilds attention nodes without their sliding window",
 }

@@ -37,7 +37,7 @@ class Converter:
         self.parameters: dict[str, dict[str, nn.Parameter]] = {}
         self.param_map: dict[str, dict[str, str]] = {}
         self.tied: dict[str, dict[str, str]] = {}  # tied lm_head -> {"weight": the name it reads the table by}
-        self.thetas: dict[tuple[str, int], float] = {}  # (module path, rotary_dim) -> theta
+        self.thetas: dict[tuple[str, int], dict] = {}  # (module path, rotary_dim) -> rope theta and scaling
 
     # ------------------------------------------------------------------ helpers for the patterns
     def refuse(self, node: str, why: str) -> BadInput:

@@ -12,7 +12,8 @@ Conversion rules (recorded op -> layout op):
   parameter roles by shape (the 2-D one is the weight, the 1-D one the bias);
 * ``norm``: kind / dim / groups / eps / weight_form / bias; a LayerNorm's weight and bias are told
   apart by feeding the norm module a constant row (it normalises to zero, so the output is the bias);
-* ``rope``: ``theta`` is recovered from the model (below); any RoPE but the default one is refused;
+* ``rope``: ``theta`` and the scaling (linear / dynamic / yarn / llama3 / longrope) are measured from the
+  model (:mod:`fuzz.importer.rope`); any other RoPE is refused;
 * ``attention``: must be causal with ``head_dim ** -0.5`` scaling and no soft-cap (the recorder sees
   neither, so the attention module's ``scaling`` / ``attn_logit_softcapping`` / ``is_causal`` attributes
   are consulted); a sliding window is measured after conversion (:mod:`fuzz.importer.window`: the
@@ -38,7 +39,7 @@ from typing import TYPE_CHECKING, Callable
 import torch
 
 from ..ops import ACTIVATIONS, registrar
-from .rope import rope_theta
+from .rope import rope_params
 
 if TYPE_CHECKING:
     from .converter import Converter, Entry
@@ -232,8 +233,8 @@ def _rope(conv: Converter, node: str, ins: list[str]) -> dict:
     p = {k: d[k] for k in ("n_heads", "head_dim", "rotary_dim", "style")}
     key = (d["module_path"], d["rotary_dim"])
     if key not in conv.thetas:
-        conv.thetas[key] = rope_theta(conv, node, d["rotary_dim"])
-    return {**p, "theta": conv.thetas[key]}
+        conv.thetas[key] = rope_params(conv, node, d["rotary_dim"])
+    return {**p, **conv.thetas[key]}
 
 
 @import_pattern("attention")

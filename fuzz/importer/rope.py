@@ -1,4 +1,6 @@
-"""RoPE ``theta`` of an imported model, measured rather than assumed.
+"""RoPE ``theta`` and scaling of an imported model, measured rather than assumed.
+
+Scaled RoPE (``linear``, ``dynamic``, ``yarn``, ``llama3``, ``longrope``): :func:`rope_params`.
 
 The rotary module is found by ownership (the module holding an ``inv_freq`` buffer
 nearest to the attention that applies the rotation); its ``rope_type`` must be ``default``; ``theta``
@@ -18,6 +20,103 @@ from ..materialize import Rope
 
 if TYPE_CHECKING:
     from .converter import Converter
+
+
+SCALED = ("linear", "dynamic", "yarn", "llama3", "longrope")
+
+
+def rope_params(conv: Converter, node: str, rotary_dim: int) -> dict:
+    """The rope node's theta and scaling (:mod:`fuzz.rope_scaling`) measured from the rotary module: the
+    default RoPE as :func:`rope_theta`; a scaled one (``rope_type`` in :data:`SCALED`) keeps the module's own
+    ``inv_freq`` buffer (the table its forward reads) and ``attention_scaling``; ``dynamic`` its theta, factor
+    and ``max_position_embeddings``; ``longrope`` the long table transformers' own recipe builds.  The import
+    check decides whether that is the model's function; any other ``rope_type`` is refused by name."""
+    path = conv.g.nodes[node]["module_path"]
+    module = conv.modules.get(path)
+    if isinstance(module, Rope):  # a GraphModel source: the node's own parameters
+        return {k: v for k, v in module.p.items() if k not in ("n_heads", "head_dim", "rotary_dim", "style")}
+    found = _rotary_module(conv, path)
+    if found is None:
+        typed = _layer_type_rope(conv, node, path, rotary_dim)
+        if typed is not None:
+            return typed
+    rope_type = getattr(found[1], "rope_type", None) if found is not None else None
+    if rope_type not in SCALED:
+        return {"theta": rope_theta(conv, node, rotary_dim)}
+    where, rotary = found
+    config = getattr(rotary, "config", None) or getattr(conv.model, "config", None)
+    params = getattr(config, "rope_parameters", None)
+    if not isinstance(params, dict) or "rope_theta" not in params:
+        raise BadInput(f"cannot import {where} (rope_type {rope_type!r} without rope_parameters['rope_theta'])")
+    theta = float(params["rope_theta"])
+    inv_freq = rotary.inv_freq.detach().to("cpu", torch.float64)
+    if len(inv_freq) != rotary_dim // 2:
+        raise BadInput(f"cannot import {where} (inv_freq has {len(inv_freq)} frequencies, the rotation at "
+                       f"{path} uses rotary_dim {rotary_dim})")
+    scaling = float(getattr(rotary, "attention_scaling", 1.0))
+    out = {"theta": theta, "scaling": rope_type, "attention_factor": scaling}
+    if rope_type == "dynamic":
+        if scaling != 1.0:
+            raise BadInput(f"cannot import {where} (dynamic RoPE with attention_scaling {scaling})")
+        if not torch.equal(_default_inv_freq(theta, rotary_dim), inv_freq):
+            raise BadInput(f"cannot import {where} (its dynamic RoPE inv_freq is not the table of theta {theta}: "
+                           f"a forward past max_position_embeddings left it grown)")
+        return {**out, "factor": float(params["factor"]), "max_positions": int(rotary.original_max_seq_len)}
+    out["inv_freq"] = tuple(inv_freq.tolist())
+    if rope_type == "longrope":
+        from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+        limit = int(params["original_max_position_embeddings"])
+        original = getattr(rotary, "original_inv_freq", None)
+        if original is None or not torch.equal(original.detach().to("cpu", torch.float64), inv_freq):
+            raise BadInput(f"cannot import {where} (its longrope inv_freq is not its short table: a forward past "
+                           f"original_max_position_embeddings {limit} left the long one in place)")
+        long = getattr(rotary, "long_inv_freq", None)
+        if long is None:  # what the model's first long forward computes
+            long, _ = ROPE_INIT_FUNCTIONS["longrope"](rotary.config, "cpu", seq_len=limit + 1)
+        out.update(long_inv_freq=tuple(long.detach().to("cpu", torch.float64).tolist()), max_positions=limit)
+    return out
+
+
+def _layer_type_rope(conv: Converter, node: str, path: str, rotary_dim: int) -> dict | None:
+    """Per-layer RoPE (Gemma3 and kin: one rotary module holding ``{layer_type}_inv_freq`` per layer type,
+    e.g. local layers at ``rope_local_base_freq``): the table of the ``layer_type`` of the nearest module
+    above ``path`` that names one; ``None`` when the model has no such rotary module."""
+    rotaries = [(p, m) for p, m in conv.modules.items() if isinstance(getattr(m, "layer_types", None), (list, tuple))
+                and any(isinstance(m._buffers.get(f"{t}_inv_freq"), torch.Tensor) for t in m.layer_types)]
+    if not rotaries:
+        return None
+    if len(rotaries) > 1:
+        raise BadInput(f"cannot import {path} (per-layer-type RoPE in {[p for p, _ in rotaries]}: which one applies "
+                       f"is not known)")
+    where, rotary = rotaries[0]
+    parts = path.split(".") if path else []
+    layer_type = next((getattr(conv.modules.get(".".join(parts[:k])), "layer_type", None)
+                       for k in range(len(parts), 0, -1)
+                       if isinstance(getattr(conv.modules.get(".".join(parts[:k])), "layer_type", None), str)), None)
+    if layer_type is None or not isinstance(rotary._buffers.get(f"{layer_type}_inv_freq"), torch.Tensor):
+        raise conv.refuse(node, f"per-layer RoPE of {where}: the layer type of {path} is not known "
+                          f"(no layer_type attribute naming one of {list(rotary.layer_types)})")
+    rope_type = rotary.rope_type.get(layer_type) if isinstance(rotary.rope_type, dict) else rotary.rope_type
+    params = getattr(getattr(rotary, "config", None) or conv.model.config, "rope_parameters", None)
+    params = params.get(layer_type) if isinstance(params, dict) else None
+    if not isinstance(params, dict) or "rope_theta" not in params:
+        raise BadInput(f"cannot import {where} (no rope_parameters[{layer_type!r}]['rope_theta'])")
+    theta = float(params["rope_theta"])
+    inv_freq = rotary._buffers[f"{layer_type}_inv_freq"].detach().to("cpu", torch.float64)
+    scaling = float(getattr(rotary, f"{layer_type}_attention_scaling", 1.0))
+    if len(inv_freq) != rotary_dim // 2:
+        raise BadInput(f"cannot import {where} ({layer_type}_inv_freq has {len(inv_freq)} frequencies, the rotation "
+                       f"at {path} uses rotary_dim {rotary_dim})")
+    if rope_type in (None, "default"):
+        if scaling != 1.0 or not torch.allclose(_default_inv_freq(theta, rotary_dim), inv_freq, rtol=1e-6, atol=0):
+            raise BadInput(f"cannot import {where} (its {layer_type}_inv_freq is not the default RoPE table of "
+                           f"theta {theta})")
+        return {"theta": theta}
+    if rope_type not in ("linear", "yarn", "llama3"):  # the length-dependent ones keep per-type caches
+        raise BadInput(f"cannot import {where} (rope_type {rope_type!r} for layer type {layer_type!r}; per-layer "
+                       f"RoPE takes the default and the static scaled types linear, yarn, llama3)")
+    return {"theta": theta, "scaling": rope_type, "attention_factor": scaling, "inv_freq": tuple(inv_freq.tolist())}
 
 
 def rope_theta(conv: Converter, node: str, rotary_dim: int) -> float:
@@ -43,7 +142,8 @@ def rope_theta(conv: Converter, node: str, rotary_dim: int) -> float:
             raise BadInput(f"cannot import {where} (RoPE attention_scaling {scaling}; only the default "
                            f"RoPE has a layout op)")
     if rope_type not in (None, "default"):
-        raise BadInput(f"cannot import {where} (rope_type {rope_type!r}; only the default RoPE has a layout op)")
+        raise BadInput(f"cannot import {where} (rope_type {rope_type!r}; only the default RoPE and the scaled "
+                       f"types {SCALED} have a layout op)")
     if inv_freq is None:
         if theta is None:
             raise conv.refuse(node, "RoPE theta is unknown: no module holds an inv_freq buffer and the "

@@ -133,6 +133,18 @@ def _contract_regions(g: nx.DiGraph, rec: _Recorder, merged: dict[str, str]) -> 
         _contract(g, set(nodes), new, full, [_resolve(merged, i) for i in frame.inputs], merged)
 
 
+def _expert_intermediate(shapes, hidden: int, dims: list) -> int:
+    """I of fused experts ``gate_up (E, 2I, H)`` / ``down (E, H, I)``: the I both shapes agree on (so that
+    I == H is not read as 2I), else the smallest non-hidden dim."""
+    agreed = None
+    for s in (s for s in shapes if len(s) == 3):
+        c = ({int(s[2])} if s[1] == hidden else set()) | ({int(s[1]) // 2} if s[2] == hidden and s[1] % 2 == 0 else set())
+        agreed = c if agreed is None else agreed & c
+    if agreed:
+        return min(agreed)
+    return int(min(dims)) if dims else hidden
+
+
 def _classify_region(g, nodes, frame: _Frame, own: dict, n_tokens: int) -> tuple[str, dict] | None:
     read = {p for n in nodes for p in g.nodes[n]["params"]}
     if not read or not read <= set(own) or not frame.in_shapes:
@@ -145,7 +157,8 @@ def _classify_region(g, nodes, frame: _Frame, own: dict, n_tokens: int) -> tuple
         dims = [d for s in shapes.values() if len(s) == 3 for d in s[1:] if d != hidden]
         acts = [g.nodes[n]["fn"] for n in nodes if g.nodes[n]["op"] == "act"]
         return "experts", {"n_experts": int(next(s[0] for s in shapes.values() if len(s) == 3)), "hidden": hidden,
-                           "intermediate": int(min(dims)) if dims else hidden, "act": acts[0] if acts else None}
+                           "intermediate": _expert_intermediate(shapes.values(), hidden, dims),
+                           "act": acts[0] if acts else None}
     if all(len(s) == 1 for s in shapes.values()) and fns & _NORMALISING:
         scaled = any(g.nodes[n]["params"] and g.nodes[n].get("call") in {"mul"} | _NORM_FNS for n in nodes)
         if not scaled:

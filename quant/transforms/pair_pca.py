@@ -11,6 +11,10 @@ a reflection (what ``eigh`` may return) does not commute with ``R_t``.  It is ap
 of ``W_k`` and ``W_q`` and to their biases.  Calibrated ``U``: eigenvectors of the pooled 2x2 second
 moment of the pair over the kv head and its query heads.  On a layer without RoPE any pairing works.
 
+Any frequencies: scaled RoPE (linear, llama3, yarn, dynamic, longrope tables, ``attention_factor`` on cos/sin)
+rotates each pair by ``attention_factor * R_t`` with its own angle, which still commutes with ``U``; equal
+frequencies (two pairs with the same angle) do not matter because ``U`` never mixes pairs.
+
 Refusals: a q/k norm between projection and RoPE (feature ``qk-norm``; a pair-non-uniform ``g`` breaks
 the commutation, use spectral-pca), q and k rotated by different RoPE (``rope-mismatch``).
 """
@@ -59,7 +63,7 @@ def qk_chains(layout: Layout, attention: str, transform: str = NAME) -> tuple[He
         raise Refusal(transform, "RoPE on only one of q and k", op="attention", path=attention, feature="rope-mismatch")
     if q.rope is not None:
         pq, pk = layout.params(q.rope), layout.params(k.rope)
-        if any(pq[key] != pk[key] for key in ("head_dim", "rotary_dim", "style", "theta")):
+        if any(pq[key] != pk[key] for key in pq if key != "n_heads"):  # theta, scaling, tables, factors
             raise Refusal(transform, "q and k are rotated by different RoPE", op="attention", path=attention,
                           feature="rope-mismatch")
     return q, k

@@ -322,9 +322,10 @@ def test_transposed_experts_are_refused():
 
 
 def test_non_default_rope_is_refused_naming_the_rotary_module():
-    cfg = tf.LlamaConfig(rope_parameters={"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0}, **TINY)
+    cfg = tf.LlamaConfig(rope_parameters={"rope_type": "proportional", "rope_theta": 10000.0,
+                                          "partial_rotary_factor": 0.5}, **TINY)
     hf = _randomized(tf.LlamaForCausalLM._from_config(cfg, dtype=torch.float64))
-    with pytest.raises(BadInput, match=r"cannot import model\.rotary_emb \(rope_type 'linear'"):
+    with pytest.raises(BadInput, match=r"cannot import model\.rotary_emb \(rope_type 'proportional'"):
         import_model(hf, IDS)
 
 

@@ -31,6 +31,9 @@ APPLIES["cross_group_heads"] = (mutants.APPLIES["cross_group_heads"], lambda s: 
 APPLIES["router_unscaled"] = (mutants.APPLIES["router_unscaled"], lambda s: not (s.top_k == 1 and s.renormalize))
 # a window shows only on a sliding layer (the draws may make every layer a full-attention one)
 APPLIES["window_dropped"] = (mutants.APPLIES["window_dropped"], lambda s: any(l.sliding for l in s.layers))
+# dynamic NTK RoPE needs rotary_dim > 2 (decoder.build emits plain RoPE below it: nothing to drop)
+APPLIES["rope_scaling_dropped"] = (mutants.APPLIES["rope_scaling_dropped"],
+                                   lambda s: s.rope_scaling != "dynamic" or (s.rotary_dim or s.head_dim) > 2)
 
 
 @pytest.mark.parametrize("name", sorted(APPLIES))
@@ -184,7 +187,7 @@ def test_the_mutants_of_quant_transforms_are_registered_by_quant():
     import quant.mutants  # noqa: F401  (already loaded through the entry points; importing again is a no-op)
     from verifier.registry import prefix_of, resolve
     quant_made = {"gproj_omission", "skip_norm_consumer", "router_unscaled", "expert_wrong_axis", "pair_reflection",
-                  "forget_pair_bias", "float32_rotation", "symmetric_gamma", "window_dropped"}
+                  "forget_pair_bias", "float32_rotation", "symmetric_gamma", "window_dropped", "rope_scaling_dropped"}
     assert quant_made | {"forget_writer_bias", "cross_group_heads"} == set(mutants.names())
     for name in mutants.names():
         m = mutants.mutant(name)
