@@ -32,6 +32,9 @@ FAULTS = {
     "symmetric_gamma": "spectral-pca builds Gamma = B^T diag(g) B instead of diag(g) B",
     "writer_bias_unpermuted": "permute_hidden permutes the residual writers' weight rows but not their biases",
     "heads_across_groups": "permute_heads moves query heads across GQA groups and leaves the kv heads in place",
+    "alibi_unpermuted": "permute_heads permutes the heads but not the attention's ALiBi slopes",
+    "sinks_unpermuted": "permute_heads permutes the heads but not the attention's sink logits",
+    "softcap_scale_outside": "fold_attn_scale moves the folded factor across the soft-cap (rescales the cap too)",
 }
 
 _ACTIVE: ContextVar[Mapping[str, Mapping[str, Any]]] = ContextVar("archfuzz_faults", default=MappingProxyType({}))

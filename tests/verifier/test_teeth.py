@@ -26,6 +26,8 @@ def _rope_qk_plain(s: Spec) -> bool:
 # mutant -> (constraints that make the bug applicable, extra predicate on the spec)
 APPLIES = {name: (c, lambda s: True) for name, c in mutants.APPLIES.items() if name != "float32_rotation"}
 APPLIES["cross_group_heads"] = (mutants.APPLIES["cross_group_heads"], lambda s: s.n_kv_heads > 1)
+APPLIES["alibi_unpermuted"] = (mutants.APPLIES["alibi_unpermuted"], lambda s: s.n_heads > 1)
+APPLIES["sinks_unpermuted"] = (mutants.APPLIES["sinks_unpermuted"], lambda s: s.n_heads > 1)
 
 
 @pytest.mark.parametrize("name", sorted(APPLIES))
@@ -168,7 +170,8 @@ def test_the_mutants_of_quant_transforms_are_registered_by_quant():
     from verifier.registry import prefix_of, resolve
     quant_made = {"gproj_omission", "skip_norm_consumer", "router_unscaled", "expert_wrong_axis", "pair_reflection",
                   "forget_pair_bias", "float32_rotation", "symmetric_gamma"}
-    assert quant_made | {"forget_writer_bias", "cross_group_heads"} == set(mutants.names())
+    assert quant_made | {"forget_writer_bias", "cross_group_heads", "alibi_unpermuted", "sinks_unpermuted",
+                         "softcap_scale_outside"} == set(mutants.names())
     for name in mutants.names():
         m = mutants.mutant(name)
         assert m.base.startswith("quant:" if name in quant_made else "reference:"), m
