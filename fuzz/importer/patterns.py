@@ -293,6 +293,12 @@ def _check_attention(conv: Converter, node: str) -> None:
     if d.get("causal") is False and d.get("masked") is False and not one_query \
             or getattr(module, "is_causal", True) is False:
         raise conv.refuse(node, "attention is neither causal nor masked (bidirectional)")
+    if _uses_alibi(conv):
+        raise conv.refuse(node, "ALiBi position bias on the attention scores: the layout's attention has ALiBi "
+                          "slopes, but the importer does not measure them from a recording yet")
+    if any(isinstance(getattr(module, name, None), torch.nn.Parameter) for name in ("sinks", "s_aux")):
+        raise conv.refuse(node, "attention sinks (a learned per-head logit in the softmax denominator): the "
+                          "layout's attention has sinks, but the importer does not read them from a recording yet")
     if getattr(module, "attn_logit_softcapping", None) is not None and "score_chain" not in d:
         raise conv.refuse(node, "attention logits are soft-capped and the recorded attention shows no soft-cap")
 
@@ -301,6 +307,17 @@ def _check_attention(conv: Converter, node: str) -> None:
 def _softcap(conv: Converter, node: str, ins: list[str]) -> dict:
     conv.no_params(node)
     return {"cap": float(conv.g.nodes[node]["cap"])}
+
+
+def _uses_alibi(conv: Converter) -> bool:
+    """Whether the source's config switches ALiBi on (BLOOM always; MPT ``attn_config.alibi``; Falcon ``alibi``):
+    only to name the refusal, the import check would refuse the import anyway."""
+    cfg = getattr(conv.model, "config", None)
+    if cfg is None:
+        return False
+    attn_cfg = getattr(cfg, "attn_config", None)
+    return (getattr(cfg, "model_type", None) == "bloom" or getattr(cfg, "alibi", False) is True
+            or getattr(attn_cfg, "alibi", False) is True)
 
 
 @import_pattern("gate")  # recorded as mul(x, act(g)), folded by rewrites.fold_gates
