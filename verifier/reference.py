@@ -137,6 +137,8 @@ def permute_heads(model: nn.Module, calib: Calibration, seed: int = 0) -> nn.Mod
             q_order = torch.cat([kv_order[j] * g + _perm(g, gen) for j in range(kv)])
             if fault("heads_across_groups") is not None:  # the mutant's bug: query heads cross groups, kv heads stay
                 kv_order, q_order = torch.arange(kv), _perm(h, gen)
+                if torch.equal(q_order // g, torch.arange(h) // g):  # stayed inside the groups: no bug shown
+                    q_order = torch.roll(q_order, g)
             q_src, k_src, v_src = layout.inputs(attn)
             done: set[str] = set()
             _permute_producer(m, q_src, q_order, done, attn)

@@ -191,6 +191,24 @@ def test_alibi_models_are_refused_naming_alibi():
         import_model(model)
 
 
+@pytest.mark.parametrize("kw", [dict(alibi=True), dict(attn_sinks=True)], ids=["alibi", "sinks"])
+def test_a_graph_model_with_alibi_or_sinks_is_refused_not_mis_imported(kw):
+    with pytest.raises(BadInput, match=r"cannot import nodes\.l0_attn"):
+        import_model(materialize(build(DecoderSpec(**kw)), seed=1))
+
+
+def test_a_graph_model_with_scale_and_soft_caps_imports_to_itself_exactly():
+    layout = build(DecoderSpec(attn_scale=0.2, attn_softcap=2.0, final_softcap=4.0))
+    gm = materialize(layout, seed=1)
+    back = import_model(gm)
+    (a,) = back.layout.of_op("attention")
+    assert (back.layout.params(a)["scale"], back.layout.params(a)["softcap"]) == (0.2, 2.0)
+    assert [back.layout.params(n)["cap"] for n in back.layout.of_op("softcap")] == [4.0]
+    ids = torch.randint(0, 64, (2, 11), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.equal(back(ids), gm(ids))
+
+
 def test_an_imported_soft_capped_layout_round_trips_through_its_json():
     layout = import_model(_gemma2(attn_logit_softcapping=3.0, final_logit_softcapping=5.0)).layout
     again = Layout.from_json(layout.to_json())
