@@ -42,6 +42,7 @@ KINDS: dict[str, tuple[Callable[["Axis", Any], bool], Callable[["Axis"], str]]] 
                lambda a: "None or an even integer >= 2"),
     "size": (lambda a, v: _is_int(v) and v >= 1, lambda a: "a positive integer"),  # set by a limit, not pinned
     "window": (lambda a, v: v is None or _is_int(v) and v >= 1, lambda a: "None or an integer >= 1"),
+    "cap": (lambda a, v: v is None or _is_real(v) and v > 0, lambda a: "None or a finite number > 0"),
 }
 
 
@@ -196,9 +197,18 @@ AXES: dict[str, Axis] = _axes(
     Axis("parallel_shared_norm", "bool", (True, False), True,
          lambda s: ("parallel:shared_norm" if s.parallel_shared_norm else "parallel:two_norms",)
          if s.residual == "parallel" else (), off_rank=18, most=(False, True)),
+    # attention scores (Gemma2 / Granite scale, Gemma2 soft-caps, BLOOM / MPT ALiBi, GPT-OSS sinks)
+    Axis("attn_scale", "cap", (None, 0.2), None, lambda s: ("attn:scale",) if s.attn_scale is not None else (),
+         off_rank=22),
+    Axis("attn_softcap", "cap", (None, 2.0), None, lambda s: ("attn:softcap",) if s.attn_softcap is not None else (),
+         off_rank=23),
+    Axis("final_softcap", "cap", (None, 4.0), None, lambda s: ("logits:softcap",) if s.final_softcap is not None
+         else (), off_rank=24),
+    Axis("alibi", "bool", (False, True), False, _if("attn:alibi", "alibi"), off_rank=25),
+    Axis("attn_sinks", "bool", (False, True), False, _if("attn:sinks", "attn_sinks"), off_rank=26),
     # sliding-window attention on the layers whose ``LayerSpec.sliding`` is set (Mistral: every layer;
     # Gemma2 / Qwen2 ``max_window_layers``: some); small windows keep the oracle's length 2 W + 9 short
-    Axis("sliding_window", "window", (None, 4, 2), None, _window_tags, off_rank=22),
+    Axis("sliding_window", "window", (None, 4, 2), None, _window_tags, off_rank=27),
     # set from the ``vocab`` limit, narrowed last by the reducer
     Axis("vocab", "size", OWN_RULE, KEEP, _no_tags, floor=8),
 )

@@ -76,6 +76,12 @@ class DecoderSpec:
     embedding_multiplier: float | None = None
     residual_multiplier: float | None = None
     logit_multiplier: float | None = None
+    # attention scores and final logits
+    attn_scale: float | None = None  # None = head_dim ** -0.5
+    attn_softcap: float | None = None  # cap * tanh(s / cap) on the scores
+    final_softcap: float | None = None  # cap * tanh(z / cap) on the logits
+    alibi: bool = False  # per-head linear position bias on the scores
+    attn_sinks: bool = False  # a learned per-head logit in the softmax denominator
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -173,7 +179,7 @@ def _attention(g: _Graph, s: DecoderSpec, p: str, x: str, layer: LayerSpec) -> s
         q = g.add(f"{p}q_rope", "rope", [q], n_heads=h, head_dim=d, rotary_dim=r, **rp)
         k = g.add(f"{p}k_rope", "rope", [k], n_heads=kv, head_dim=d, rotary_dim=r, **rp)
     window = s.sliding_window if layer.sliding else None
-    a = g.add(f"{p}attn", "attention", [q, k, v], n_heads=h, n_kv_heads=kv, head_dim=d,
+    a = g.add(f"{p}attn", "attention", [q, k, v], n_heads=h, n_kv_heads=kv, head_dim=d, **_score_params(s),
               **({"window": window} if window is not None else {}))
     if fused_gate:
         a = g.add(f"{p}attn_gate", "gate", [a, gate_src], act="sigmoid", n_heads=h)
@@ -181,6 +187,20 @@ def _attention(g: _Graph, s: DecoderSpec, p: str, x: str, layer: LayerSpec) -> s
         gl = g.add(f"{p}g_proj", "linear", [x], in_features=s.hidden, out_features=h, bias=False)
         a = g.add(f"{p}attn_gate", "gate", [a, gl], act="softplus", n_heads=h)
     return g.add(f"{p}o_proj", "linear", [a], in_features=h * d, out_features=s.hidden, bias=s.o_bias)
+
+
+def _score_params(s: DecoderSpec) -> dict:
+    """The attention op's score modifiers, only those switched on (a default layout keeps its old params)."""
+    out = {}
+    if s.attn_scale is not None:
+        out["scale"] = float(s.attn_scale)
+    if s.attn_softcap is not None:
+        out["softcap"] = float(s.attn_softcap)
+    if s.alibi:
+        out["alibi"] = True
+    if s.attn_sinks:
+        out["sinks"] = True
+    return out
 
 
 def _glu_or_gelu(g: _Graph, s: DecoderSpec, p: str, x: str, inter: int, bias: bool) -> str:
@@ -272,7 +292,9 @@ def build(s: DecoderSpec, name: str | None = None) -> Layout:
     out = g.add("lm_head", "lm_head", [h], dim=s.hidden, vocab=s.vocab,
                 tied_to="embed" if s.tie_embeddings else None)
     if s.logit_multiplier is not None:
-        g.add("logit_scale", "scale", [out], factor=s.logit_multiplier)
+        out = g.add("logit_scale", "scale", [out], factor=s.logit_multiplier)
+    if s.final_softcap is not None:
+        g.add("logit_softcap", "softcap", [out], cap=float(s.final_softcap))
     meta = {"spec": s.to_dict(), "features": s.features()}
     if name:
         meta["name"] = name

@@ -218,8 +218,9 @@ def attention_mask(t: int, window: int | None, device: str = "cpu") -> torch.Ten
 
 @torch_impl("attention")
 class Attention(Node):
-    """Causal softmax attention, ``scaling = head_dim ** -0.5``, K/V repeated across GQA groups; a
-    ``window`` masks the keys at distance ``>= window`` (sliding-window attention)."""
+    """Causal softmax attention, ``scaling = head_dim ** -0.5`` unless ``scale`` says otherwise, K/V repeated
+    across GQA groups; a ``window`` masks the keys at distance ``>= window`` (sliding-window attention);
+    optional soft-cap, ALiBi bias and sinks (:meth:`modify_scores`, :meth:`sink_softmax`)."""
 
     def forward(self, q, k, v, padding: torch.Tensor | None = None):
         """``padding``: ``(batch, seq)`` bool, False at padded positions (their keys are masked; a query
@@ -230,7 +231,9 @@ class Attention(Node):
         q = q.reshape(b, t, h, d).transpose(1, 2)
         k = k.reshape(b, t, kv, d).transpose(1, 2).repeat_interleave(h // kv, dim=1)
         v = v.reshape(b, t, kv, d).transpose(1, 2).repeat_interleave(h // kv, dim=1)
-        scores = (q @ k.transpose(-1, -2)) * d ** -0.5
+        scores = (q @ k.transpose(-1, -2)) * (d ** -0.5 if p.get("scale") is None else p["scale"])
+        if p.get("softcap") is not None or p.get("alibi"):
+            scores = self.modify_scores(scores)
         if not isinstance(t, int) or torch.compiler.is_compiling() or torch._guards.detect_fake_mode() is not None:
             mask = attention_mask.__wrapped__(t, p["window"], q.device)  # traced: no cache, no device string
         else:
@@ -239,8 +242,38 @@ class Attention(Node):
             mask = mask[None, None] & padding[:, None, None, :]
             mask = mask | (~mask.any(-1, keepdim=True) & torch.eye(t, dtype=torch.bool, device=q.device))
         scores = scores.masked_fill(~mask, float("-inf"))
-        out = torch.softmax(scores, dim=-1) @ v
+        probs = self.sink_softmax(scores) if p.get("sinks") else torch.softmax(scores, dim=-1)
+        out = probs @ v
         return out.transpose(1, 2).reshape(b, t, h * d)
+
+    def modify_scores(self, scores):
+        """Soft-cap ``cap * tanh(s / cap)`` (Gemma2), then the ALiBi bias ``slope_h * (j - i)`` (BLOOM, MPT)."""
+        p = self.p
+        if p.get("softcap") is not None:
+            scores = torch.tanh(scores / p["softcap"]) * p["softcap"]
+        if p.get("alibi"):
+            t = scores.shape[-1]
+            pos = torch.arange(t, device=scores.device)
+            rel = (pos[None, :] - pos[:, None]).to(scores.dtype)  # j - i, one table per forward
+            scores = scores + self.alibi_slopes.to(scores.dtype)[:, None, None] * rel
+        return scores
+
+    def sink_softmax(self, scores):
+        """GPT-OSS sinks: a per-head logit joins each row's softmax and is dropped after it (it takes mass,
+        adds no value)."""
+        b, h, t, _ = scores.shape
+        sink = self.sinks.to(scores.dtype).reshape(1, h, 1, 1).expand(b, h, t, 1)
+        combined = torch.cat([scores, sink], dim=-1)
+        combined = combined - combined.max(dim=-1, keepdim=True).values
+        return torch.softmax(combined, dim=-1)[..., :-1]
+
+
+@torch_impl("softcap")
+class Softcap(Node):
+    """``cap * tanh(x / cap)`` (Gemma2's final-logit soft-cap)."""
+
+    def forward(self, x):
+        return torch.tanh(x / self.p["cap"]) * self.p["cap"]
 
 
 @torch_impl("head_slice")

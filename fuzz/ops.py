@@ -28,7 +28,12 @@ rope           rotary embedding per head on the first ``rotary_dim`` channels, p
                past ``max_positions``, ``longrope`` short/long tables) and cos/sin times ``attention_factor``
 attention      causal softmax attention; ports q, k, v; GQA when ``n_kv_heads < n_heads``; ``window``
                (``None`` = full causal): query ``i`` sees keys ``j`` with ``0 <= i - j < window`` (keys at
-               distance ``>= window`` masked: transformers' ``sliding_window`` convention)
+               distance ``>= window`` masked: transformers' ``sliding_window`` convention); scores
+               ``s = scale q.k`` (``scale`` None = ``head_dim ** -0.5``; Gemma2 ``query_pre_attn_scalar``,
+               Granite ``attention_multiplier``), then ``softcap * tanh(s / softcap)`` (Gemma2), then
+               ``+ alibi_slopes[h] * (j - i)`` (``alibi``: BLOOM / MPT / Falcon); ``sinks``: a learned
+               per-head logit in the softmax denominator only (GPT-OSS)
+softcap        ``cap * tanh(x / cap)`` (Gemma2's final-logit soft-cap)
 head_slice     per head, channels ``[start, start + length)`` of a ``(heads, head_dim)`` view
 gate           ``x * act(g)``; ``g`` elementwise (same width), per head (width ``n_heads``) or per token
                (width 1)
@@ -161,7 +166,7 @@ def registrar(registry: dict[str, Any], piece: str) -> Callable[[str], Callable[
 
 def _coerce(op: str, node: str, key: str, typ, value):
     """Type-check one parameter; ints are accepted for floats, bools never for numbers."""
-    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+    if (typ is float or typ == (float, type(None))) and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if typ is tuple and isinstance(value, (list, tuple)):  # a table parameter read back from JSON
         return _tuple_of_floats(value)
@@ -390,9 +395,71 @@ def _attention_features(p):
     return kind + (("op:attention:window",) if p["window"] is not None else ())
 
 
+def _attention_checked(node, p, w):
+    out = _attention(node, p, w)
+    _score_params(node, p)
+    return out
+
+
+def _score_params(node, p):
+    """The score modifiers: ``scale`` (None = ``head_dim ** -0.5``), ``softcap``, ``alibi``, ``sinks``."""
+    lo, hi = FACTOR_RANGE
+    if p["scale"] is not None:
+        _finite(node, "attention", "scale", p["scale"], f"None (head_dim ** -0.5) or finite with {lo:g} <= scale "
+                f"<= {hi:g}", lo <= p["scale"] <= hi)
+    if p["softcap"] is not None:
+        _finite(node, "attention", "softcap", p["softcap"], f"None (no soft-cap) or finite with {lo:g} <= softcap "
+                f"<= {hi:g}", lo <= p["softcap"] <= hi)
+
+
+def _attention_shapes(p):
+    """Per query head: the ALiBi slopes and the sink logits (GPT-OSS), when switched on."""
+    shapes = {}
+    if p["alibi"]:
+        shapes["alibi_slopes"] = (p["n_heads"],)
+    if p["sinks"]:
+        shapes["sinks"] = (p["n_heads"],)
+    return shapes
+
+
+def _init_alibi_slopes(z, p):
+    """BLOOM's geometric slopes ``2 ** (-8 (i + 1) / n)`` (for ``n`` a power of two), each times
+    ``exp(0.1 z)``: positive, distinct per head, so a head permutation that forgets them shows."""
+    n = z.shape[-1]
+    base = torch.tensor([2.0 ** (-8.0 * (i + 1) / n) for i in range(n)], dtype=z.dtype)
+    return base * torch.exp(0.1 * z)
+
+
+def _attention_features_all(p):
+    tags = _attention_features(p)
+    if p["scale"] is not None:
+        tags += ("op:attention:scale",)
+    if p["softcap"] is not None:
+        tags += ("op:attention:softcap",)
+    if p["alibi"]:
+        tags += ("op:attention:alibi",)
+    if p["sinks"]:
+        tags += ("op:attention:sinks",)
+    return tags
+
+
+_OPT_FLOAT = (float, type(None))
 declare(OpSpec("attention", {"n_heads": (int, ...), "n_kv_heads": (int, ...), "head_dim": (int, ...),
-                             "window": ((int, type(None)), None)},
-               ("q", "k", "v"), _attention, shapes=_no_parameters, drawn_by=ALWAYS, features=_attention_features))
+                             "window": ((int, type(None)), None), "scale": (_OPT_FLOAT, None),
+                             "softcap": (_OPT_FLOAT, None), "alibi": (bool, False), "sinks": (bool, False)},
+               ("q", "k", "v"), _attention_checked, shapes=_attention_shapes,
+               init={"alibi_slopes": _init_alibi_slopes, "sinks": _init_unit}, drawn_by=ALWAYS,
+               features=_attention_features_all))
+
+
+def _softcap(node, p, w):
+    lo, hi = FACTOR_RANGE
+    _finite(node, "softcap", "cap", p["cap"], f"finite with {lo:g} <= cap <= {hi:g}", lo <= p["cap"] <= hi)
+    return _same(node, p, w)
+
+
+declare(OpSpec("softcap", {"cap": (float, ...)}, ("x",), _softcap, shapes=_no_parameters,
+               drawn_by=({"final_softcap": 4.0},), features=lambda p: ("op:softcap",)))
 
 
 def _head_slice(node, p, w):

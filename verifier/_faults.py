@@ -35,6 +35,9 @@ FAULTS = {
                      "dropping its scaling (inv_freq table, attention_factor, NTK / long tables)",
     "heads_across_groups": "permute_heads moves query heads across GQA groups and leaves the kv heads in place",
     "window_dropped": "a layout edit (graph_edit.LayoutEdit.apply) rebuilds attention nodes without their sliding window",
+    "alibi_unpermuted": "permute_heads permutes the heads but not the attention's ALiBi slopes",
+    "sinks_unpermuted": "permute_heads permutes the heads but not the attention's sink logits",
+    "softcap_scale_outside": "fold_attn_scale moves the folded factor across the soft-cap (rescales the cap too)",
 }
 
 _ACTIVE: ContextVar[Mapping[str, Mapping[str, Any]]] = ContextVar("archfuzz_faults", default=MappingProxyType({}))

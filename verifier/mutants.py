@@ -13,6 +13,10 @@ name                   bug                                                      
 =====================  ==========================================================  ==========================
 forget_writer_bias     residual permutation that leaves writer biases unpermuted   o / down biases
 cross_group_heads      query heads permuted across GQA groups                      n_kv_heads > 1
+alibi_unpermuted       heads permuted, ALiBi slopes left in place                  ALiBi, n_heads > 1
+sinks_unpermuted       heads permuted, sink logits left in place                   sinks, n_heads > 1
+softcap_scale_outside  the folded score scale also rescales the soft-cap: a         an attention soft-cap
+                       factor moved from inside tanh to outside
 =====================  ==========================================================  ==========================
 
 ``MUTANTS`` (name -> (registry module of the correct transform, its name, the options the mutant fixes)),
@@ -108,3 +112,9 @@ register_mutant("forget_writer_bias", "reference:permute_hidden", "writer_bias_u
                 applies={"o_bias": True})
 register_mutant("cross_group_heads", "reference:permute_heads", "heads_across_groups",
                 applies={"max_kv_heads": 3})  # and n_kv_heads > 1 (checked on the spec)
+register_mutant("alibi_unpermuted", "reference:permute_heads", "alibi_unpermuted",
+                applies={"alibi": True})  # and n_heads > 1 (checked on the spec)
+register_mutant("sinks_unpermuted", "reference:permute_heads", "sinks_unpermuted",
+                applies={"attn_sinks": True})  # and n_heads > 1 (checked on the spec)
+register_mutant("softcap_scale_outside", "reference:fold_attn_scale", "softcap_scale_outside",
+                applies={"attn_softcap": 2.0})

@@ -12,6 +12,8 @@ correct baselines that the known-buggy variants in the tests are measured agains
   carried through everything per-head between the projections and ``o_proj`` (RoPE and per-head norms
   are uniform across heads; a full-width q/k norm gets its weight blocks permuted; per-head gates and
   the fused ``[q | gate]`` rows of ``q_proj`` follow the query heads).
+* ``fold_attn_scale`` -- the attention score scale folded into the query path (``scale`` becomes 1):
+  exact through soft-caps, ALiBi and sinks, which read the same scores.
 * ``identity``        -- returns the model unchanged (the oracle's own zero).
 
 Each refuses (:class:`~fuzz.errors.Refusal`) with the node and op when the dataflow is not what its
@@ -23,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fuzz.dataflow import residual_basis
+from fuzz.dataflow import head_chain, residual_basis
 from fuzz.errors import BadInput, Refusal
 from fuzz.materialize import GraphModel
 
@@ -134,13 +136,25 @@ def permute_heads(model: nn.Module, calib: Calibration, seed: int = 0) -> nn.Mod
             q_order = torch.cat([kv_order[j] * g + _perm(g, gen) for j in range(kv)])
             if fault("heads_across_groups") is not None:  # the mutant's bug: query heads cross groups, kv heads stay
                 kv_order, q_order = torch.arange(kv), _perm(h, gen)
+                if torch.equal(q_order // g, torch.arange(h) // g):  # stayed inside the groups: no bug shown
+                    q_order = torch.roll(q_order, g)
             q_src, k_src, v_src = layout.inputs(attn)
             done: set[str] = set()
             _permute_producer(m, q_src, q_order, done, attn)
             _permute_producer(m, k_src, kv_order, done, attn)
             _permute_producer(m, v_src, kv_order, done, attn)
             _permute_consumers(m, attn, q_order, done)
+            _permute_head_params(m, attn, q_order)
     return m
+
+
+def _permute_head_params(m: GraphModel, attn: str, q_order: torch.Tensor) -> None:
+    """The attention's own per-query-head tensors (ALiBi slopes, sinks) follow the query heads."""
+    mod = m.nodes[attn]
+    for name, forget in (("alibi_slopes", "alibi_unpermuted"), ("sinks", "sinks_unpermuted")):
+        param = mod._parameters.get(name)
+        if param is not None and fault(forget) is None:  # the faults: mutants only (verifier._faults)
+            param.copy_(param[q_order])
 
 
 def _permute_consumers(m: GraphModel, node: str, order: torch.Tensor, done: set) -> None:
@@ -162,12 +176,63 @@ def _permute_consumers(m: GraphModel, node: str, order: torch.Tensor, done: set)
                           path=consumer, feature="unsupported-attention-consumer")
 
 
+# ------------------------------------------------------------------------------------ fold_attn_scale
+def fold_attn_scale(model: nn.Module, calib: Calibration, seed: int = 0) -> nn.Module:
+    """Fold each attention's score scale ``a`` (``scale``, or ``head_dim ** -0.5``) into its query path and
+    set ``scale = 1``: ``s = (a q) . k`` is the same score, so a soft-cap ``c tanh(s / c)``, an ALiBi bias
+    and sinks see exactly what they saw.  The factor goes where the query path is last linear in it: the
+    q/k norm's weight (and bias; ``1 + w`` becomes ``a (1 + w) - 1``), a matrix-Gamma norm's ``Gamma``, or
+    the query rows of the projection (and their bias; only the query rows of a fused ``[q | gate]``).
+    Deterministic: ``seed`` is accepted like every reference transform's and unused."""
+    m = _graph_model("fold_attn_scale", model)
+    layout = m.layout
+    scale_cap = fault("softcap_scale_outside") is not None  # the mutant's bug: the cap follows the factor
+    changes: dict[str, dict] = {}
+    with torch.no_grad():
+        for attn in layout.of_op("attention"):
+            p = layout.params(attn)
+            a = p["head_dim"] ** -0.5 if p["scale"] is None else p["scale"]
+            chain = head_chain(layout, attn, 0, "fold_attn_scale")
+            if chain.norm is not None:
+                mod = m.nodes[chain.norm]
+                if layout.op(chain.norm) == "gamma_norm":
+                    mod.gamma.mul_(a)
+                else:
+                    if mod.p["weight_form"] == "1+w":
+                        mod.weight.copy_(a * (1.0 + mod.weight) - 1.0)
+                    else:
+                        mod.weight.mul_(a)
+                    if mod.p["bias"]:
+                        mod.bias.mul_(a)
+            else:
+                mod = m.nodes[chain.projection]
+                rows = (torch.arange(p["n_heads"])[:, None] * chain.head_block + chain.offset
+                        + torch.arange(p["head_dim"])[None, :]).flatten()
+                mod.weight[rows] *= a
+                if mod.p["bias"]:
+                    mod.bias[rows] *= a
+            changes[attn] = {"scale": 1.0}
+            if scale_cap and p["softcap"] is not None:
+                changes[attn]["softcap"] = p["softcap"] * a
+    data = layout.to_dict()
+    for node in data["nodes"]:
+        node.update(changes.get(node["id"], {}))
+    data["meta"] = {**{k: v for k, v in layout.meta.items() if k != "spec"}, "derived_from": layout.hash()}
+    new = GraphModel(Layout.from_dict(data), dtype=m.dtype, numerics=m.numerics)
+    new.load_state_dict(m.state_dict())
+    return new.train(m.training)
+
+
 # ------------------------------------------------------------------------------------ registry
 def identity(model: nn.Module, calib: Calibration) -> nn.Module:
     return model
 
 
 REFERENCE = {"identity": identity, "permute_hidden": permute_hidden, "permute_heads": permute_heads}
+# resolvable by name (``reference:fold_attn_scale``, the base of the ``softcap_scale_outside`` mutant) but not
+# in :func:`names`: it rebuilds the model, which would slow the campaign rotation and ``bench_verify``; its
+# property over the layout space is ``tests/fuzz/test_attention_scores.py``
+EXTRA = {"fold_attn_scale": fold_attn_scale}
 
 
 def names() -> list[str]:
@@ -176,6 +241,6 @@ def names() -> list[str]:
 
 def get(name: str, **options) -> NamedTransform:
     """A reference transform by name; unknown names list what is available."""
-    if name not in REFERENCE:
-        raise BadInput(f"unknown reference transform {name!r}; available: {names()}")
-    return NamedTransform(name, REFERENCE[name], options, registry="verifier.reference")
+    if name not in REFERENCE and name not in EXTRA:
+        raise BadInput(f"unknown reference transform {name!r}; available: {names() + sorted(EXTRA)}")
+    return NamedTransform(name, {**REFERENCE, **EXTRA}[name], options, registry="verifier.reference")

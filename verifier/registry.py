@@ -158,7 +158,7 @@ def resolve(name: str, **options) -> NamedTransform:
     prefix, _, bare = name.rpartition(":")
     found = [_registry(prefix)] if prefix else registries()
     for reg in found:
-        if bare in reg.source.names():
+        if bare in reg.source.names() or bare in getattr(reg.source, "EXTRA", {}):  # EXTRA: resolvable, unlisted
             transform = reg.source.get(bare, **options)
             _check(reg.prefix, bare, transform, options)
             return transform

@@ -66,6 +66,7 @@ class Converter:
         rewrites.drop_identity_scales(self)
         rewrites.bypass_views(self)
         rewrites.fold_gates(self)
+        rewrites.fold_softcaps(self)
         rewrites.flatten_adds(self)
         entries = []
         module_paths = {}  # layout node -> the source module it ran in (for the check's localisation)

@@ -14,10 +14,11 @@ Conversion rules (recorded op -> layout op):
   apart by feeding the norm module a constant row (it normalises to zero, so the output is the bias);
 * ``rope``: ``theta`` and the scaling (linear / dynamic / yarn / llama3 / longrope) are measured from the
   model (:mod:`fuzz.importer.rope`); any other RoPE is refused;
-* ``attention``: must be causal with ``head_dim ** -0.5`` scaling and no soft-cap (the recorder sees
-  neither, so the attention module's ``scaling`` / ``attn_logit_softcapping`` / ``is_causal`` attributes
-  are consulted); a sliding window is measured after conversion (:mod:`fuzz.importer.window`: the
-  attention's ``window``), a chunked span is refused by the check, by measurement;
+* ``attention``: must be causal; its scale and soft-cap are read from the recording (sdpa's ``scale``
+  argument, or the eager score chain ``Q K^T * a [/ c, tanh, * c]``), never from config attributes; a
+  sliding window is measured after conversion (:mod:`fuzz.importer.window`: the attention's ``window``), a
+  chunked span is refused by the check, by measurement;
+* ``softcap``: ``scale(1 / c) -> tanh -> scale(c)`` (Gemma2's final-logit soft-cap);
 * ``router`` (it reads its own weight): split into a ``linear`` ``<router id>_proj`` and a ``router``;
 * ``experts``: ``gate_up_proj (E, 2I, H)`` and ``down_proj (E, H, I)`` told apart by shape; the
   transposed ``(E, in, out)`` layout is refused;
@@ -241,7 +242,46 @@ def _rope(conv: Converter, node: str, ins: list[str]) -> dict:
 def _attention(conv: Converter, node: str, ins: list[str]) -> dict:
     conv.no_params(node)
     _check_attention(conv, node)
-    return {k: conv.g.nodes[node][k] for k in ("n_heads", "n_kv_heads", "head_dim")}
+    p = {k: conv.g.nodes[node][k] for k in ("n_heads", "n_kv_heads", "head_dim")}
+    return {**p, **_score_modifiers(conv, node)}
+
+
+def _score_modifiers(conv: Converter, node: str) -> dict:
+    """The scale and soft-cap the recording shows: sdpa's ``scale`` argument, or the eager score chain
+    ``Q K^T * a [/ c, tanh, * c] (+ mask) -> softmax`` (a product of scales before the soft-cap is the scale;
+    the scale right before ``tanh`` must be ``1 / c`` with ``c`` the one right after).  Anything else
+    between the scores and the softmax is refused; a mask is left to the import check, which measures it.
+    Only the modifiers that differ from the defaults are returned (``head_dim ** -0.5``, no soft-cap)."""
+    d = conv.g.nodes[node]
+    head = d["head_dim"] ** -0.5
+    if "score_chain" not in d:  # sdpa: the scale is an argument (None = head_dim ** -0.5), no soft-cap
+        scale = d.get("sdpa_scale")
+        return {} if scale is None or scale == head else {"scale": float(scale)}
+    chain = d["score_chain"]
+    pre = [i for i, step in enumerate(chain) if step[0] in ("tanh", "softmax")]
+    first = pre[0] if pre else len(chain)
+    factors = [step[1] for step in chain[:first] if step[0] == "scale"]
+    out: dict = {}
+    if chain[first:first + 1] == [["tanh"]]:
+        after = chain[first + 1:first + 2]
+        if not factors or not after or after[0][0] != "scale" or not math.isclose(
+                factors[-1] * after[0][1], 1.0, rel_tol=1e-12):
+            raise conv.refuse(node, f"attention scores go through tanh other than a soft-cap c * tanh(s / c) "
+                              f"(score chain {chain})")
+        out["softcap"] = float(after[0][1])
+        factors = factors[:-1]
+        rest = chain[first + 2:]
+    else:
+        rest = chain[first:]
+    if any(step[0] in ("scale", "tanh") for step in rest):
+        raise conv.refuse(node, f"attention scores are scaled or soft-capped after the mask or the softmax "
+                          f"(score chain {chain})")
+    scale = math.prod(factors) if factors else 1.0
+    if not factors:
+        raise conv.refuse(node, f"attention scores are never scaled (score chain {chain})")
+    if not math.isclose(scale, head, rel_tol=1e-15):
+        out["scale"] = float(scale)
+    return out
 
 
 def _check_attention(conv: Converter, node: str) -> None:
@@ -255,11 +295,31 @@ def _check_attention(conv: Converter, node: str) -> None:
     if d.get("causal") is False and d.get("masked") is False and not one_query \
             or getattr(module, "is_causal", True) is False:
         raise conv.refuse(node, "attention is neither causal nor masked (bidirectional)")
-    scaling = getattr(module, "scaling", None)
-    if isinstance(scaling, float) and not math.isclose(scaling, d["head_dim"] ** -0.5, rel_tol=1e-12):
-        raise conv.refuse(node, f"attention scaling {scaling} is not head_dim ** -0.5")
-    if getattr(module, "attn_logit_softcapping", None) is not None:
-        raise conv.refuse(node, "attention logits are soft-capped")
+    if _uses_alibi(conv):
+        raise conv.refuse(node, "ALiBi position bias on the attention scores: the layout's attention has ALiBi "
+                          "slopes, but the importer does not measure them from a recording yet")
+    if any(isinstance(getattr(module, name, None), torch.nn.Parameter) for name in ("sinks", "s_aux")):
+        raise conv.refuse(node, "attention sinks (a learned per-head logit in the softmax denominator): the "
+                          "layout's attention has sinks, but the importer does not read them from a recording yet")
+    if getattr(module, "attn_logit_softcapping", None) is not None and "score_chain" not in d:
+        raise conv.refuse(node, "attention logits are soft-capped and the recorded attention shows no soft-cap")
+
+
+@import_pattern("softcap")  # recorded as scale(1 / c) -> tanh -> scale(c), folded by rewrites.fold_softcaps
+def _softcap(conv: Converter, node: str, ins: list[str]) -> dict:
+    conv.no_params(node)
+    return {"cap": float(conv.g.nodes[node]["cap"])}
+
+
+def _uses_alibi(conv: Converter) -> bool:
+    """Whether the source's config switches ALiBi on (BLOOM always; MPT ``attn_config.alibi``; Falcon ``alibi``):
+    only to name the refusal, the import check would refuse the import anyway."""
+    cfg = getattr(conv.model, "config", None)
+    if cfg is None:
+        return False
+    attn_cfg = getattr(cfg, "attn_config", None)
+    return (getattr(cfg, "model_type", None) == "bloom" or getattr(cfg, "alibi", False) is True
+            or getattr(attn_cfg, "alibi", False) is True)
 
 
 @import_pattern("gate")  # recorded as mul(x, act(g)), folded by rewrites.fold_gates

@@ -4,6 +4,7 @@ bit for bit (``x * 1.0`` dropped, a view that only adds an axis bypassed, ``x * 
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 from ..ops import GATE_ACTS
@@ -95,3 +96,23 @@ def flatten_adds(conv: Converter) -> None:
             changed = True
             break
 
+
+def fold_softcaps(conv: Converter) -> None:
+    """``tanh(x * (1 / c)) * c`` (Gemma2's final-logit soft-cap) -> a ``softcap`` node with ``cap = c``, when
+    the two scales are exact reciprocals and each is read only there."""
+    for node in [n for n, d in conv.g.nodes(data=True) if d["op"] == "act" and d.get("fn") == "tanh"]:
+        if conv.g.in_degree(node) != 1 or conv.g.out_degree(node) != 1 or conv.g.nodes[node]["params"]:
+            continue
+        (pre,) = conv.inputs(node)
+        (post,) = list(conv.g.successors(node))
+        a, b = conv.g.nodes[pre], conv.g.nodes[post]
+        if not (a["op"] == "scale" and b["op"] == "scale" and conv.g.out_degree(pre) == 1
+                and conv.g.in_degree(pre) == 1 and b["factor"] > 0
+                and math.isclose(a["factor"] * b["factor"], 1.0, rel_tol=1e-12)):
+            continue
+        (src,) = conv.inputs(pre)
+        conv.g.nodes[post].update(op="softcap", cap=float(b["factor"]))
+        conv.g.nodes[post].pop("factor")
+        conv.g.remove_node(node)
+        conv.g.remove_node(pre)
+        conv.rewire(post, [src])

@@ -281,8 +281,26 @@ def _contract_eager_attention(g: nx.DiGraph, n_tokens: int, merged: dict[str, st
         head_dim = int(q_shape[-1])
         path = _common_path([g.nodes[n]["module_path"] for n in cluster])
         attrs = {**_base_attrs(g, cluster, "attention", path, pv), "n_heads": int(q_shape[-3]),
-                 "n_kv_heads": _numel(g.nodes[k_node]["shape"]) // (n_tokens * head_dim), "head_dim": head_dim}
+                 "n_kv_heads": _numel(g.nodes[k_node]["shape"]) // (n_tokens * head_dim), "head_dim": head_dim,
+                 "score_chain": _score_chain(g, chain)}
         _contract(g, cluster, qk, attrs, [q_node, k_node, v_node], merged)
+
+
+def _score_chain(g: nx.DiGraph, chain: list[str]) -> list[list]:
+    """What the eager attention does between ``Q K^T`` and ``P V``, in order: ``["scale", factor]``,
+    ``["tanh"]``, ``["softmax"]`` or ``["call", name]`` (the importer reads the scale and soft-cap from it)."""
+    out = []
+    for n in reversed(chain):
+        d = g.nodes[n]
+        if d["op"] == "scale":
+            out.append(["scale", float(d["factor"])])
+        elif d["op"] == "act":
+            out.append(["tanh"])
+        elif d.get("call") == "softmax":
+            out.append(["softmax"])
+        else:
+            out.append(["call", str(d.get("call"))])
+    return out
 
 
 def _label_lm_head(g: nx.DiGraph, logits: str) -> bool:

@@ -330,7 +330,8 @@ class _Recorder(TorchFunctionMode):
             mask = _arg(args, kwargs, 3, "attn_mask")
             return "attention", {"n_heads": int(q.shape[-3]), "n_kv_heads": self._heads(k_node, head_dim),
                                  "head_dim": head_dim, "masked": mask is not None,
-                                 "causal": bool(_arg(args, kwargs, 5, "is_causal") or False)}
+                                 "causal": bool(_arg(args, kwargs, 5, "is_causal") or False),
+                                 "sdpa_scale": _sdpa_scale(_arg(args, kwargs, 6, "scale"))}
         if name in _NORM_FNS:
             shape = _arg(args, kwargs, 1, "normalized_shape")
             eps = _arg(args, kwargs, 4 if name == "layer_norm" else 3, "eps")
@@ -370,3 +371,9 @@ class _Recorder(TorchFunctionMode):
         """How many heads of ``head_dim`` the output of ``node`` holds per token."""
         return _numel(self.graph.nodes[node]["shape"]) // (self.n_tokens * head_dim)
 
+
+def _sdpa_scale(value) -> float | None:
+    """The ``scale`` sdpa was called with (None: its default ``head_dim ** -0.5``); a tensor is read as a float."""
+    if value is None:
+        return None
+    return float(value.item() if isinstance(value, torch.Tensor) else value)

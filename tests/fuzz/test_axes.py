@@ -24,10 +24,11 @@ SPEC_FIELDS = [f.name for f in fields(DecoderSpec)]
 RICH = DecoderSpec(layers=(LayerSpec(rope=True, sparse=True),), norm="layer", residual="parallel")
 ALL_ON = RICH.with_(qkv_bias=True, o_bias=True, mlp_bias=True, shared_expert=True, norm_bias=True, rotary_dim=4,
                    attn_gate="head_softplus", embedding_multiplier=2.0, residual_multiplier=2.0, logit_multiplier=2.0,
-                   sliding_window=4, rope_scaling="yarn")
+                   sliding_window=4, rope_scaling="yarn", attn_scale=0.2, attn_softcap=2.0, final_softcap=4.0,
+                   alibi=True, attn_sinks=True)
 # one invalid value per kind (a constraint check_constraints must refuse)
 INVALID = {"choice": "no-such-choice", "bool": 1, "width": 0, "positive_float": -1.0, "multiplier": 0,
-           "rotary": 3, "window": 0}
+           "rotary": 3, "window": 0, "cap": -1.0}
 
 
 def test_every_field_is_an_axis_or_structural():

@@ -34,7 +34,8 @@ _SPECTRAL = Layout.from_nodes([
 # Every optional parameter switched on (biases, LayerNorm, per-head norms, a shared expert, a tied head).
 _RICH = DecoderSpec(layers=(LayerSpec(sparse=True), LayerSpec()), norm="layer", norm_bias=True, qkv_bias=True,
                     o_bias=True, mlp_bias=True, qk_norm="per_head", shared_expert=True, tie_embeddings=True,
-                    attn_gate="output_sigmoid")
+                    attn_gate="output_sigmoid", attn_scale=0.2, attn_softcap=2.0, final_softcap=4.0, alibi=True,
+                    attn_sinks=True)
 
 
 def _switched_on(switch: dict) -> DecoderSpec:

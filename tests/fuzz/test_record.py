@@ -235,9 +235,10 @@ def _layout_id(module_path: str) -> str:
     return node
 
 
-@given(strategies.layouts())
+@given(strategies.layouts(alibi=False, attn_sinks=False))
 def test_recorded_materialized_layouts_match_their_layout(layout):
-    """Any synthesized decoder: the recorded norms, their consumers, RoPE, attention and experts are the layout's."""
+    """Any synthesized decoder: the recorded norms, their consumers, RoPE, attention and experts are the layout's
+    (ALiBi and sinks excepted: their attention is not contracted, the import refuses it)."""
     vocab = layout.params(layout.source)["vocab"]
     rec = record(materialize(layout, seed=1), torch.arange(6).unsqueeze(0) % vocab)
     consumers = rec.norm_consumers()

@@ -34,6 +34,8 @@ APPLIES["window_dropped"] = (mutants.APPLIES["window_dropped"], lambda s: any(l.
 # dynamic NTK RoPE needs rotary_dim > 2 (decoder.build emits plain RoPE below it: nothing to drop)
 APPLIES["rope_scaling_dropped"] = (mutants.APPLIES["rope_scaling_dropped"],
                                    lambda s: s.rope_scaling != "dynamic" or (s.rotary_dim or s.head_dim) > 2)
+APPLIES["alibi_unpermuted"] = (mutants.APPLIES["alibi_unpermuted"], lambda s: s.n_heads > 1)
+APPLIES["sinks_unpermuted"] = (mutants.APPLIES["sinks_unpermuted"], lambda s: s.n_heads > 1)
 
 
 @pytest.mark.parametrize("name", sorted(APPLIES))
@@ -188,7 +190,8 @@ def test_the_mutants_of_quant_transforms_are_registered_by_quant():
     from verifier.registry import prefix_of, resolve
     quant_made = {"gproj_omission", "skip_norm_consumer", "router_unscaled", "expert_wrong_axis", "pair_reflection",
                   "forget_pair_bias", "float32_rotation", "symmetric_gamma", "window_dropped", "rope_scaling_dropped"}
-    assert quant_made | {"forget_writer_bias", "cross_group_heads"} == set(mutants.names())
+    assert quant_made | {"forget_writer_bias", "cross_group_heads", "alibi_unpermuted", "sinks_unpermuted",
+                         "softcap_scale_outside"} == set(mutants.names())
     for name in mutants.names():
         m = mutants.mutant(name)
         assert m.base.startswith("quant:" if name in quant_made else "reference:"), m
