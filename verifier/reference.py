@@ -27,6 +27,7 @@ from torch import nn
 
 from fuzz.dataflow import head_chain, residual_basis
 from fuzz.errors import BadInput, Refusal
+from fuzz.layout import Layout
 from fuzz.materialize import GraphModel
 
 from ._faults import fault
