@@ -148,7 +148,9 @@ AXES: dict[str, Axis] = _axes(
     Axis("attn_gate", "choice", ("none", "head_softplus", "output_sigmoid"), "none",
          lambda s: (f"attn_gate:{s.attn_gate}",) if s.attn_gate != "none" else (), off_rank=8,
          most=("output_sigmoid", "head_softplus", "none")),
-    Axis("mlp", "choice", ("swiglu", "geglu", "gelu"), "swiglu", _named("mlp", "mlp"), off_rank=15),
+    # swiglu / geglu: GLU; any other value: a plain MLP ``down(act(up x))`` with that act fn
+    Axis("mlp", "choice", ("swiglu", "geglu", "gelu", "gelu_tanh", "relu", "relu2", "quick_gelu", "fast_gelu",
+                           "silu"), "swiglu", _named("mlp", "mlp"), off_rank=15),
     Axis("intermediate", "width", lambda lim, _: range(4, 2 * lim["max_hidden"] + 1), KEEP,
          _non_pow2("intermediate"), floor=4),
     Axis("mlp_bias", "bool", (False, True), False, _if("bias:mlp", "mlp_bias"), off_rank=2),

@@ -124,3 +124,31 @@ def glu_chains(layout: Layout) -> list[GLU]:
                 out.append(GLU(up=up, gate=gate, mul=mul, down=readers[0][0]))
                 break
     return out
+
+
+@dataclass(frozen=True)
+class PlainMLP:
+    """``down(act(up x))`` with ``act`` positively homogeneous of degree ``degree`` (relu: 1, relu2: 2)."""
+
+    up: str
+    act: str
+    down: str
+    degree: int
+
+
+def homogeneous_mlp_chains(layout: Layout, degrees: dict[str, int] | None = None) -> list[PlainMLP]:
+    """Plain (non-GLU) MLPs whose activation is positively homogeneous (:data:`fuzz.ops.HOMOGENEOUS_DEGREE`):
+    ``down(act(up x / s))`` = ``down(act(up x)) / s^k`` per channel, so a scale moves from up to down."""
+    from .ops import HOMOGENEOUS_DEGREE
+
+    degrees = HOMOGENEOUS_DEGREE if degrees is None else degrees
+    out = []
+    for act in layout.of_op("act"):
+        degree = degrees.get(layout.params(act)["fn"])
+        up = layout.inputs(act)[0]
+        readers = layout.consumers(act)
+        if (degree is None or layout.op(up) != "linear" or len(layout.consumers(up)) != 1 or len(readers) != 1
+                or layout.op(readers[0][0]) != "linear"):
+            continue
+        out.append(PlainMLP(up=up, act=act, down=readers[0][0], degree=degree))
+    return out

@@ -82,7 +82,11 @@ def draw_parameter(seed: int, node: str, op: str, params: dict, name: str, shape
     return initialiser(z, params)
 
 
-ACT = {"silu": F.silu, "gelu": F.gelu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"), "relu": F.relu}
+ACT = {"silu": F.silu, "gelu": F.gelu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"), "relu": F.relu,
+       # transformers' ReLUSquaredActivation, QuickGELUActivation and FastGELUActivation, as they write them
+       "relu2": lambda x: torch.square(F.relu(x)),
+       "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
+       "fast_gelu": lambda x: 0.5 * x * (1.0 + torch.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x)))}
 
 
 MODULES: dict[str, type["Node"]] = {}  # op name -> its torch module, filled by @torch_impl

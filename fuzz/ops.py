@@ -28,7 +28,9 @@ attention      causal softmax attention; ports q, k, v; GQA when ``n_kv_heads < 
 head_slice     per head, channels ``[start, start + length)`` of a ``(heads, head_dim)`` view
 gate           ``x * act(g)``; ``g`` elementwise (same width), per head (width ``n_heads``) or per token
                (width 1)
-act            silu / gelu / gelu_tanh / relu
+act            silu / gelu / gelu_tanh / relu / relu2 (``relu(x)^2``, Nemotron, Primer) / quick_gelu
+               (``x sigmoid(1.702 x)``) / fast_gelu (transformers ``gelu_fast``: ``0.5 x (1 + tanh(0.7978845608
+               x (1 + 0.044715 x^2)))``); ``gelu_new`` / ``gelu_pytorch_tanh`` are ``gelu_tanh``
 mul            ``a * b`` (the GLU product)
 add            sum of the inputs (residual adds)
 router         softmax over expert logits, top-k, optional renormalisation; dense ``(.., E)`` weights
@@ -53,7 +55,14 @@ import torch
 
 from .errors import LayoutError
 
-ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu")
+ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu", "relu2", "quick_gelu", "fast_gelu")
+# transformers ACT2FN name -> act fn computing the same function (``gelu_new`` is the tanh GELU written out;
+# ``gelu_fast`` uses the truncated constant 0.7978845608, hence its own fn ``fast_gelu``)
+HF_ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_python": "gelu", "relu": "relu",
+                  "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu_python_tanh": "gelu_tanh",
+                  "relu2": "relu2", "quick_gelu": "quick_gelu", "gelu_fast": "fast_gelu"}
+# act fns positively homogeneous of degree k (``act(s x) = s^k act(x)`` for ``s > 0``): a scale moves across them
+HOMOGENEOUS_DEGREE = {"relu": 1, "relu2": 2}
 GATE_ACTS = ("sigmoid", "softplus")
 
 ALWAYS = "always"  # drawn_by: the layout of the default DecoderSpec contains the op

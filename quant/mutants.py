@@ -18,6 +18,9 @@ forget_pair_bias       pair rotation applied to weight rows, not to the biases  
 float32_rotation       rotation angles built in float32 inside a float64 model     plain q/k
 symmetric_gamma        spectral-PCA with Gamma = U^T diag(g) U (the seed code's     an RMS q/k norm
                        stale form) instead of diag(g) U
+assumed_homogeneous    up-down moves s from up to down across every plain MLP's    a dense plain MLP whose
+                       act as if it were relu (gelu, silu, quick_gelu: not          act is not relu
+                       homogeneous; relu2: s^2, not s)
 =====================  ==========================================================  ==========================
 
 Loaded with the registries (the ``archfuzz.registries`` entry points, :func:`verifier.registry.load_plugins`).
@@ -60,3 +63,5 @@ register_mutant("float32_rotation", "quant:pair-pca", "float32_angles", fixed={"
                 applies={**_PLAIN_QK, "max_head_dim": 12})
 register_mutant("symmetric_gamma", "quant:spectral-pca", "symmetric_gamma",
                 applies={"qk_norm": ("per_head", "full"), "norm": "rms"})
+register_mutant("assumed_homogeneous", "quant:up-down", "homogeneity_assumed",
+                applies={"mlp": ("gelu", "gelu_tanh", "relu2", "quick_gelu", "fast_gelu", "silu"), "moe": False})

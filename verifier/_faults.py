@@ -32,6 +32,7 @@ FAULTS = {
     "symmetric_gamma": "spectral-pca builds Gamma = B^T diag(g) B instead of diag(g) B",
     "writer_bias_unpermuted": "permute_hidden permutes the residual writers' weight rows but not their biases",
     "heads_across_groups": "permute_heads moves query heads across GQA groups and leaves the kv heads in place",
+    "homogeneity_assumed": "up-down moves s across every plain MLP's act as if it were relu (degree-1 homogeneous)",
 }
 
 _ACTIVE: ContextVar[Mapping[str, Mapping[str, Any]]] = ContextVar("archfuzz_faults", default=MappingProxyType({}))

@@ -276,6 +276,9 @@ def _scale(conv: Converter, node: str, ins: list[str]) -> dict:
 def _act(conv: Converter, node: str, ins: list[str]) -> dict:
     d = conv.g.nodes[node]
     conv.no_params(node)
+    if str(d["fn"]).startswith("unknown:"):  # a parameter-free module that is none of them (contract.py)
+        raise conv.refuse(node, f"activation module {d['fn'][8:]} computes none of the act op's functions "
+                                f"{ACTIVATIONS}")
     if d["fn"] not in ACTIVATIONS:
         raise conv.refuse(node, f"activation {d['fn']!r} is none of {ACTIVATIONS}")
     return {"fn": d["fn"]}

@@ -117,6 +117,7 @@ class _Frame:
     in_shapes: list[list[int]] = field(default_factory=list)
     param_ops: list[tuple[str, float | None]] = field(default_factory=list)  # ops on parameters alone
     outputs: list[str] = field(default_factory=list)
+    activation: bool = False  # a parameter-free leaf module outside any region: maybe an activation module
 
 
 class _Recorder(TorchFunctionMode):
@@ -149,6 +150,10 @@ class _Recorder(TorchFunctionMode):
                 self.owners[pname].append(self.paths[id(m)])
         self.leaves = {id(m) for m in model.modules() if self.own[id(m)]
                        and not any(self.own[id(c)] for c in m.modules() if c is not m)}
+        # parameter-free leaf modules (transformers' ACT2FN activations among them): regions that
+        # contract.py identifies by probing the module against the act op's functions
+        self.free_leaves = {id(m) for m in model.modules() if not any(True for _ in m.parameters())
+                            and not any(True for _ in m.children())}
         for p in model.parameters():
             self._par[id(p)] = (p, frozenset({self.canonical[id(p)]}))
         self.graph.add_node("tokens", op="tokens", module_path="", params=[], index=0, shape=list(ids.shape))
@@ -207,6 +212,8 @@ class _Recorder(TorchFunctionMode):
             if node is not None:
                 frame.in_shapes.append(list(t.shape))
                 frame.inputs.append(node)
+        if not frame.leaf and id(module) in self.free_leaves and self._region() is None:
+            frame.leaf = frame.activation = True
         if frame.leaf:
             self.regions[frame.call] = frame
         self.frames.append(frame)
