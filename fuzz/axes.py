@@ -140,8 +140,8 @@ AXES: dict[str, Axis] = _axes(
          lambda s: ("rope:partial",) if _any_rope(s) and (s.rotary_dim or s.head_dim) < s.head_dim else (),
          off_rank=17, single=True),
     # features, in draw order
-    Axis("qk_norm", "choice", ("none", "per_head", "full"), "none", _named("qk_norm", "qk_norm"), off_rank=9,
-         most=("full", "per_head", "none")),
+    Axis("qk_norm", "choice", ("none", "per_head", "full", "per_head_own"), "none", _named("qk_norm", "qk_norm"),
+         off_rank=9, most=("full", "per_head_own", "per_head", "none")),  # per_head_own: a weight per head (Cohere)
     Axis("rope_theta", "positive_float", (10000.0, 500.0, 1e6), KEEP, _no_tags),
     Axis("qkv_bias", "bool", (False, True), False, _if("bias:qkv", "qkv_bias"), off_rank=0),
     Axis("o_bias", "bool", (False, True), False, _if("bias:o", "o_bias"), off_rank=1),

@@ -131,6 +131,11 @@ def _attention(g: _Graph, s: DecoderSpec, p: str, x: str, layer: LayerSpec) -> s
     if s.qk_norm == "per_head":
         q = _norm(g, s, f"{p}q_norm", q, d, h)
         k = _norm(g, s, f"{p}k_norm", k, d, kv)
+    elif s.qk_norm == "per_head_own":  # Cohere use_qk_norm: per head, each head its own weight (and bias)
+        q = g.add(f"{p}q_norm", "norm", [q], kind=s.norm, dim=d, groups=h, eps=s.norm_eps, group_weights=h > 1,
+                  weight_form=s.norm_weight_form, bias=s.norm == "layer" and s.norm_bias)
+        k = g.add(f"{p}k_norm", "norm", [k], kind=s.norm, dim=d, groups=kv, eps=s.norm_eps, group_weights=kv > 1,
+                  weight_form=s.norm_weight_form, bias=s.norm == "layer" and s.norm_bias)
     elif s.qk_norm == "full":
         q = _norm(g, s, f"{p}q_norm", q, h * d)
         k = _norm(g, s, f"{p}k_norm", k, kv * d)

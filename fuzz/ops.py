@@ -20,7 +20,8 @@ embedding      ``E[ids]``, ``E: (vocab, dim)``
 scale          ``factor * x`` (embedding / residual / logit multipliers)
 norm           per group of ``dim`` channels: RMSNorm ``g * u / rms(u)`` or LayerNorm
                ``g * (u - mean) / std + b``; ``g = w`` or ``g = 1 + w`` (``weight_form``); ``groups > 1``
-               is a per-head norm (one weight shared by the heads, Qwen3 ``q_norm``)
+               is a per-head norm (one weight shared by the heads, Qwen3 ``q_norm``); ``group_weights``: each
+               group its own weight (and bias), ``(groups, dim)`` (Cohere ``use_qk_norm`` LayerNorm per head)
 linear         ``x W^T (+ b)``
 rope           rotary embedding per head on the first ``rotary_dim`` channels, pairs ``(i, i + r/2)``
                (``half``, Llama ``rotate_half``) or ``(2i, 2i+1)`` (``interleaved``, GPT-J)
@@ -287,6 +288,7 @@ declare(OpSpec("scale", {"factor": (float, ...)}, ("x",), _scale, shapes=_no_par
 def _norm(node, p, w):
     _widths(node, "norm", w, [p["dim"] * p["groups"]])
     _need(p["bias"] is False or p["kind"] == "layer", node, "only LayerNorm has a bias")
+    _need(not p["group_weights"] or p["groups"] > 1, node, "group_weights needs groups > 1 (one weight per group)")
     _eps(node, "norm", p["eps"])
     return w[0]
 
@@ -297,13 +299,19 @@ def _norm_features(p):
         tags.append("op:norm:bias")
     if p["groups"] > 1:
         tags.append("op:norm:per_head")
+    if p["group_weights"]:
+        tags.append("op:norm:group_weights")
     return tuple(tags)
 
 
+def _norm_shapes(p):
+    shape = (p["groups"], p["dim"]) if p["group_weights"] else (p["dim"],)
+    return {"weight": shape, **({"bias": shape} if p["bias"] else {})}
+
+
 declare(OpSpec("norm", {"kind": (str, "rms"), "dim": (int, ...), "groups": (int, 1), "eps": (float, 1e-6),
-                        "weight_form": (str, "w"), "bias": (bool, False)}, ("x",), _norm,
-               {"kind": ("rms", "layer"), "weight_form": ("w", "1+w")},
-               shapes=lambda p: {"weight": (p["dim"],), **({"bias": (p["dim"],)} if p["bias"] else {})},
+                        "weight_form": (str, "w"), "bias": (bool, False), "group_weights": (bool, False)}, ("x",),
+               _norm, {"kind": ("rms", "layer"), "weight_form": ("w", "1+w")}, shapes=_norm_shapes,
                init={"weight": _init_norm_weight, "bias": _init_small}, drawn_by=ALWAYS, features=_norm_features))
 
 

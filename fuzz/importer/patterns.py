@@ -136,11 +136,13 @@ def _norm(conv: Converter, node: str, ins: list[str]) -> dict:
     if d["eps"] is None:
         raise conv.refuse(node, "norm with no recognisable eps")
     dim, read = d["dim"], d["params"]
-    if any(conv.shape(p) != (dim,) for p in read) or len(read) != 1 + d["bias"]:
+    own = (d["groups"], dim) if d.get("group_weights") else (dim,)  # group_weights: a weight row per head
+    if any(conv.shape(p) != own for p in read) or len(read) != 1 + d["bias"]:
         raise conv.refuse(node, f"norm of dim {dim} reads {[(p, conv.shape(p)) for p in read]}")
     roles = {"weight": read[0]} if not d["bias"] else _norm_roles(conv, node, read)
     conv.take(node, roles)
-    return {k: d[k] for k in ("kind", "dim", "groups", "weight_form", "bias")} | {"eps": float(d["eps"])}
+    return {k: d[k] for k in ("kind", "dim", "groups", "weight_form", "bias")} | {"eps": float(d["eps"])} \
+        | ({"group_weights": True} if d.get("group_weights") else {})
 
 
 def _norm_roles(conv: Converter, node: str, read: list[str]) -> dict[str, str]:

@@ -197,12 +197,14 @@ def _classify_region(g, nodes, frame: _Frame, own: dict, n_tokens: int) -> tuple
         acts = [g.nodes[n]["fn"] for n in nodes if g.nodes[n]["op"] == "act"]
         return "experts", {"n_experts": int(next(s[0] for s in shapes.values() if len(s) == 3)), "hidden": hidden,
                            "intermediate": int(min(dims)) if dims else hidden, "act": acts[0] if acts else None}
-    if all(len(s) == 1 for s in shapes.values()) and fns & _NORMALISING:
+    group_weights = len(set(shapes.values())) == 1 and all(len(s) == 2 for s in shapes.values()) \
+        and _numel(x_shape) == n_tokens * _numel(next(iter(shapes.values())))  # (heads, head_dim): Cohere q_norm
+    if (group_weights or all(len(s) == 1 for s in shapes.values())) and fns & _NORMALISING:
         scaled = any(g.nodes[n]["params"] and g.nodes[n].get("call") in {"mul"} | _NORM_FNS for n in nodes)
         if not scaled:
             return None
         fused = [g.nodes[n] for n in nodes if g.nodes[n]["op"] == "norm"]
-        dim = int(next(iter(shapes.values()))[0])
+        dim = int(next(iter(shapes.values()))[-1])
         if fused:
             kind, eps = fused[0]["kind"], fused[0]["eps"]
         else:
@@ -212,7 +214,8 @@ def _classify_region(g, nodes, frame: _Frame, own: dict, n_tokens: int) -> tuple
             eps = small[0] if small else None
         one_plus = any(fn == "add" and s == 1 for fn, s in frame.param_ops)
         return "norm", {"kind": kind, "dim": dim, "groups": max(1, _numel(x_shape) // (n_tokens * dim)),
-                        "eps": eps, "weight_form": "1+w" if one_plus else "w", "bias": len(read) > 1}
+                        "eps": eps, "weight_form": "1+w" if one_plus else "w", "bias": len(read) > 1,
+                        **({"group_weights": True} if group_weights else {})}
     linears = [g.nodes[n] for n in nodes if g.nodes[n]["op"] == "linear"]
     topk = [g.nodes[n] for n in nodes if g.nodes[n].get("call") == "topk"]
     if len(linears) == 1 and topk:
