@@ -73,6 +73,7 @@ def head_chain(layout: Layout, attention: str, port: int, transform: str) -> Hea
     node = layout.inputs(attention)[port]
     norm = rope = None
     offset = 0
+    sliced = False
     head_block = p["head_dim"]
     while True:
         op = layout.op(node)
@@ -85,9 +86,16 @@ def head_chain(layout: Layout, attention: str, port: int, transform: str) -> Hea
             rope = node
         elif op in ("norm", "gamma_norm") and norm is None:
             norm = node
+        elif op == "head_slice" and sliced:  # a slice of a slice (a fused gate inside fused qkv rows)
+            raise Refusal(transform, "q/k/v are row slices of one fused qkv projection", op=op, path=node,
+                          feature="fused-qkv")
         elif op == "head_slice" and layout.params(node)["n_heads"] == n_heads:
+            sliced = True
             offset = layout.params(node)["start"]
             head_block = layout.params(node)["head_dim"]
+        elif op == "head_slice" and layout.params(node)["n_heads"] == 1:  # a slice of one fused qkv linear
+            raise Refusal(transform, "q/k/v are row slices of one fused qkv projection", op=op, path=node,
+                          feature="fused-qkv")
         else:
             raise Refusal(transform, f"unexpected {op} between the projection and attention", op=op, path=node,
                           feature=f"qk-{op}")

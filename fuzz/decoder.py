@@ -46,6 +46,7 @@ class DecoderSpec:
     qkv_bias: bool = False
     o_bias: bool = False
     attn_gate: str = "none"
+    fused_qkv: bool = False  # one qkv_proj linear, q / k / v its row slices (Phi3 qkv_proj, GPT-NeoX query_key_value)
     # mlp
     mlp: str = "swiglu"
     intermediate: int = 48
@@ -120,10 +121,17 @@ def _norm(g: _Graph, s: DecoderSpec, node: str, x: str, dim: int, groups: int = 
 def _attention(g: _Graph, s: DecoderSpec, p: str, x: str, layer: LayerSpec) -> str:
     h, kv, d = s.n_heads, s.n_kv_heads, s.head_dim
     fused_gate = s.attn_gate == "output_sigmoid"
-    q = g.add(f"{p}q_proj", "linear", [x], in_features=s.hidden, out_features=h * d * (2 if fused_gate else 1),
-              bias=s.qkv_bias)
-    k = g.add(f"{p}k_proj", "linear", [x], in_features=s.hidden, out_features=kv * d, bias=s.qkv_bias)
-    v = g.add(f"{p}v_proj", "linear", [x], in_features=s.hidden, out_features=kv * d, bias=s.qkv_bias)
+    if s.fused_qkv:  # rows [q (h d, or h 2d with a fused gate) | k (kv d) | v (kv d)], read as whole-width slices
+        qw = h * d * (2 if fused_gate else 1)
+        width = qw + 2 * kv * d
+        qkv = g.add(f"{p}qkv_proj", "linear", [x], in_features=s.hidden, out_features=width, bias=s.qkv_bias)
+        q, k, v = (g.add(f"{p}{name}_slice", "head_slice", [qkv], n_heads=1, head_dim=width, start=start, length=n)
+                   for name, start, n in (("q", 0, qw), ("k", qw, kv * d), ("v", qw + kv * d, kv * d)))
+    else:
+        q = g.add(f"{p}q_proj", "linear", [x], in_features=s.hidden,
+                  out_features=h * d * (2 if fused_gate else 1), bias=s.qkv_bias)
+        k = g.add(f"{p}k_proj", "linear", [x], in_features=s.hidden, out_features=kv * d, bias=s.qkv_bias)
+        v = g.add(f"{p}v_proj", "linear", [x], in_features=s.hidden, out_features=kv * d, bias=s.qkv_bias)
     gate_src = None
     if fused_gate:  # Qwen3-Next: q_proj rows are [q | gate] per head
         gate_src = g.add(f"{p}q_gate", "head_slice", [q], n_heads=h, head_dim=2 * d, start=d, length=d)
@@ -193,6 +201,7 @@ def check(s: DecoderSpec) -> None:
         raise LayoutError("a decoder has at least one layer")
     if s.placement == "post" and s.residual == "parallel":
         raise LayoutError("post-norm with a parallel residual is not a known layout")
+
     if s.n_heads % s.n_kv_heads:
         raise LayoutError(f"n_heads {s.n_heads} is not a multiple of n_kv_heads {s.n_kv_heads}")
     for f in fields(s):  # in field order: the first bad choice is the one reported
