@@ -149,6 +149,8 @@ AXES: dict[str, Axis] = _axes(
          lambda s: (f"attn_gate:{s.attn_gate}",) if s.attn_gate != "none" else (), off_rank=8,
          most=("output_sigmoid", "head_softplus", "none")),
     # swiglu / geglu: GLU; any other value: a plain MLP ``down(act(up x))`` with that act fn
+    Axis("position_embedding", "bool", (False, True), False, _if("embeddings:positions", "position_embedding"),
+         off_rank=22),
     Axis("fused_qkv", "bool", (False, True), False, _if("attn:fused_qkv", "fused_qkv"), off_rank=21),
     Axis("mlp", "choice", ("swiglu", "geglu", "gelu", "gelu_tanh", "relu", "relu2", "quick_gelu", "fast_gelu",
                            "silu"), "swiglu", _named("mlp", "mlp"), off_rank=15),

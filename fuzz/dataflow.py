@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from .errors import Refusal
 from .layout import Layout
 
-BASIS_OPS = frozenset({"scale", "add", "norm", "gate"})  # ops whose output stays in their input's basis
+# ops whose output stays in their input's basis (a position_embedding: when its table is rotated with the stream)
+BASIS_OPS = frozenset({"scale", "add", "norm", "gate", "position_embedding"})
 
 
 def residual_basis(layout: Layout, transform: str) -> set[str]:

@@ -46,6 +46,7 @@ class DecoderSpec:
     qkv_bias: bool = False
     o_bias: bool = False
     attn_gate: str = "none"
+    position_embedding: bool = False  # learned absolute positions added to the token embedding (GPT-2)
     fused_qkv: bool = False  # one qkv_proj linear, q / k / v its row slices (Phi3 qkv_proj, GPT-NeoX query_key_value)
     # mlp
     mlp: str = "swiglu"
@@ -210,12 +211,17 @@ def check(s: DecoderSpec) -> None:
             raise LayoutError(f"{f.name}={getattr(s, f.name)!r} is not one of {axis.choices}")
 
 
+MAX_POSITIONS = 256  # rows of a synthesized learned position table (the longest sequence such a layout runs)
+
+
 def build(s: DecoderSpec, name: str | None = None) -> Layout:
     """Lower a spec to its op graph; raises :class:`~fuzz.errors.LayoutError` if it is not a valid model."""
     check(s)
     g = _Graph()
     ids = g.add("tokens", "tokens", [], vocab=s.vocab)
     h = g.add("embed", "embedding", [ids], vocab=s.vocab, dim=s.hidden)
+    if s.position_embedding:
+        h = g.add("embed_positions", "position_embedding", [h], max_pos=MAX_POSITIONS, dim=s.hidden)
     if s.embedding_multiplier is not None:
         h = g.add("embed_scale", "scale", [h], factor=s.embedding_multiplier)
     for i, layer in enumerate(s.layers):

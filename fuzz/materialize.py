@@ -161,6 +161,18 @@ class Norm(Node):
         return out.reshape(shape)
 
 
+@torch_impl("position_embedding")
+class PositionEmbedding(Node):
+    """``x + P[start : start + seq]``: learned absolute positions (rows from ``start``, OPT's offset 2)."""
+
+    def forward(self, x):
+        seq, start = x.shape[-2], self.p["start"]
+        if start + seq > self.p["max_pos"]:
+            raise ValueError(f"{self.node_id}: {seq} positions from row {start} exceed the {self.p['max_pos']}-row "
+                             "position table")
+        return x + self.weight[start:start + seq]
+
+
 @torch_impl("linear")
 class Linear(Node):
     def forward(self, x):

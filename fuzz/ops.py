@@ -17,6 +17,8 @@ op             meaning
 =============  ==========================================================================================
 tokens         the input token ids (the single source)
 embedding      ``E[ids]``, ``E: (vocab, dim)``
+position_embedding  ``x + P[start : start + seq]``, ``P: (max_pos, dim)``: learned absolute positions added to
+               the token embedding (GPT-2, GPT-Neo, GPT-BigCode; OPT reads from row ``start = 2``)
 scale          ``factor * x`` (embedding / residual / logit multipliers)
 norm           per group of ``dim`` channels: RMSNorm ``g * u / rms(u)`` or LayerNorm
                ``g * (u - mean) / std + b``; ``g = w`` or ``g = 1 + w`` (``weight_form``); ``groups > 1``
@@ -265,6 +267,19 @@ def _embedding(node, p, w):
 declare(OpSpec("embedding", {"vocab": (int, ...), "dim": (int, ...)}, ("ids",), _embedding,
                shapes=lambda p: {"weight": (p["vocab"], p["dim"])}, init={"weight": _init_unit},
                drawn_by=ALWAYS, features=lambda p: ("op:embedding",)))
+
+
+def _position_embedding(node, p, w):
+    _widths(node, "position_embedding", w, [p["dim"]])
+    _need(p["start"] < p["max_pos"], node, f"start {p['start']} leaves no row of the {p['max_pos']}-row table")
+    return p["dim"]
+
+
+declare(OpSpec("position_embedding", {"max_pos": (int, ...), "dim": (int, ...), "start": (int, 0)}, ("x",),
+               _position_embedding, shapes=lambda p: {"weight": (p["max_pos"], p["dim"])},
+               init={"weight": _init_unit}, drawn_by=({"position_embedding": True},),
+               features=lambda p: ("op:position_embedding",) + (("op:position_embedding:offset",)
+                                                                 if p["start"] else ())))
 
 
 def _same(node, p, w):

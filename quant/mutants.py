@@ -18,6 +18,8 @@ forget_pair_bias       pair rotation applied to weight rows, not to the biases  
 float32_rotation       rotation angles built in float32 inside a float64 model     plain q/k
 symmetric_gamma        spectral-PCA with Gamma = U^T diag(g) U (the seed code's     an RMS q/k norm
                        stale form) instead of diag(g) U
+position_unrotated     residual rotation of the token embedding only (the learned    learned positions, RMS,
+                       position table left in the old basis)                       pre-norm, untied
 shared_head_gamma      spectral-PCA builds every head's Gamma from head 0's q/k     a q/k RMS norm with a
                        norm weight (code written for Qwen3's shared q_norm)         weight per head (Cohere)
 assumed_homogeneous    up-down moves s from up to down across every plain MLP's    a dense plain MLP whose
@@ -69,3 +71,5 @@ register_mutant("assumed_homogeneous", "quant:up-down", "homogeneity_assumed",
                 applies={"mlp": ("gelu", "gelu_tanh", "relu2", "quick_gelu", "fast_gelu", "silu"), "moe": False})
 register_mutant("shared_head_gamma", "quant:spectral-pca", "shared_head_gamma",
                 applies={"qk_norm": "per_head_own", "norm": "rms"})
+register_mutant("position_unrotated", "quant:residual-rotation", "position_table_unrotated",
+                applies={"position_embedding": True, "norm": "rms", "placement": "pre", "tie_embeddings": False})

@@ -32,6 +32,8 @@ FAULTS = {
     "symmetric_gamma": "spectral-pca builds Gamma = B^T diag(g) B instead of diag(g) B",
     "writer_bias_unpermuted": "permute_hidden permutes the residual writers' weight rows but not their biases",
     "heads_across_groups": "permute_heads moves query heads across GQA groups and leaves the kv heads in place",
+    "position_table_unpermuted": "permute_hidden permutes the token embedding's columns but not the position table's",
+    "position_table_unrotated": "residual-rotation rotates the token embedding but not the learned position table",
     "shared_head_gamma": "spectral-pca takes head 0's q/k norm weight for every head of a norm with group_weights",
     "homogeneity_assumed": "up-down moves s across every plain MLP's act as if it were relu (degree-1 homogeneous)",
 }

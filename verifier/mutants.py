@@ -13,6 +13,8 @@ name                   bug                                                      
 =====================  ==========================================================  ==========================
 forget_writer_bias     residual permutation that leaves writer biases unpermuted   o / down biases
 cross_group_heads      query heads permuted across GQA groups                      n_kv_heads > 1
+position_unpermuted    residual permutation of the token embedding, not of the     learned positions
+                       learned position table
 =====================  ==========================================================  ==========================
 
 ``MUTANTS`` (name -> (registry module of the correct transform, its name, the options the mutant fixes)),
@@ -106,5 +108,7 @@ def __getattr__(attr: str):
 # mutants of verifier's reference transforms
 register_mutant("forget_writer_bias", "reference:permute_hidden", "writer_bias_unpermuted",
                 applies={"o_bias": True})
+register_mutant("position_unpermuted", "reference:permute_hidden", "position_table_unpermuted",
+                applies={"position_embedding": True})
 register_mutant("cross_group_heads", "reference:permute_heads", "heads_across_groups",
                 applies={"max_kv_heads": 3})  # and n_kv_heads > 1 (checked on the spec)

@@ -58,7 +58,7 @@ def permute_hidden(model: nn.Module, calib: Calibration, seed: int = 0) -> nn.Mo
         for node in layout.order:
             op, mod, ins = layout.op(node), m.nodes[node], layout.inputs(node)
             reads = [i in basis for i in ins]
-            if op == "embedding":
+            if op == "embedding" or op == "position_embedding" and fault("position_table_unpermuted") is None:
                 mod.weight.copy_(mod.weight[:, p])
             elif op == "norm" and node in basis:
                 mod.weight.copy_(mod.weight[p])

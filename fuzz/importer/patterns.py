@@ -96,6 +96,16 @@ def _embedding(conv: Converter, node: str, ins: list[str]) -> dict:
     return {"vocab": d["vocab"], "dim": d["dim"]}
 
 
+@import_pattern("position_embedding")
+def _position_embedding(conv: Converter, node: str, ins: list[str]) -> dict:
+    """``x + P[start : start + seq]`` (recorder: an add of a constant-ids lookup ``start + arange(seq)``)."""
+    d = conv.g.nodes[node]
+    if [conv.g.nodes[i]["op"] for i in ins] != ["embedding"]:
+        raise conv.refuse(node, "learned positions are not added to the token embedding")
+    conv.by_shape(node, {"weight": (d["max_pos"], d["dim"])})
+    return {"max_pos": d["max_pos"], "dim": d["dim"], "start": d["start"]}
+
+
 @import_pattern("linear")
 def _linear(conv: Converter, node: str, ins: list[str]) -> dict:
     d = conv.g.nodes[node]

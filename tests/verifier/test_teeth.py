@@ -172,8 +172,9 @@ def test_the_mutants_of_quant_transforms_are_registered_by_quant():
     import quant.mutants  # noqa: F401  (already loaded through the entry points; importing again is a no-op)
     from verifier.registry import prefix_of, resolve
     quant_made = {"gproj_omission", "skip_norm_consumer", "router_unscaled", "expert_wrong_axis", "pair_reflection",
-                  "forget_pair_bias", "float32_rotation", "symmetric_gamma", "assumed_homogeneous", "shared_head_gamma"}
-    assert quant_made | {"forget_writer_bias", "cross_group_heads"} == set(mutants.names())
+                  "forget_pair_bias", "float32_rotation", "symmetric_gamma", "assumed_homogeneous", "shared_head_gamma",
+                  "position_unrotated"}
+    assert quant_made | {"forget_writer_bias", "cross_group_heads", "position_unpermuted"} == set(mutants.names())
     for name in mutants.names():
         m = mutants.mutant(name)
         assert m.base.startswith("quant:" if name in quant_made else "reference:"), m
