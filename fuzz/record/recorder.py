@@ -290,6 +290,8 @@ class _Recorder(TorchFunctionMode):
         op, attrs = self._classify(name, args, kwargs, acts, params, consts, outs, reflected)
         frozen = frozenset(params)
         path = self._module_path(frozen)
+        if op == "position_embedding":  # the add runs in the model, not in the table's module (whose output is P)
+            path = self.frames[-1].path if self.frames else ""
         region = self._region()
         for i, t in enumerate(outs):
             self._count += 1

@@ -60,3 +60,5 @@ def test_opt_positions_start_at_its_offset_of_two():
     g = record(tf.OPTForCausalLM(cfg).double()).graph
     pos = [d for _, d in g.nodes(data=True) if d["op"] == "position_embedding"]
     assert [(d["max_pos"], d["start"]) for d in pos] == [(66, 2)]
+    # the add runs in the decoder: the table's own module outputs P alone and is no counterpart of x + P
+    assert [d["module_path"] for d in pos] == ["model.decoder"]
