@@ -170,7 +170,8 @@ class PositionEmbedding(Node):
         if start + seq > self.p["max_pos"]:
             raise ValueError(f"{self.node_id}: {seq} positions from row {start} exceed the {self.p['max_pos']}-row "
                              "position table")
-        return x + self.weight[start:start + seq]
+        positions = torch.arange(start, start + seq, device=x.device)  # a lookup, as transformers writes it
+        return x + F.embedding(positions, self.weight)
 
 
 @torch_impl("linear")

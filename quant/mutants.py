@@ -49,7 +49,7 @@ def _last_reader(layout: Layout, consumer: str) -> bool:
 
 
 _SKIP = {"on_unsupported": "skip"}
-_PLAIN_QK = {"qk_norm": "none", "rope": True}
+_PLAIN_QK = {"qk_norm": "none", "rope": True, "fused_qkv": False}  # pair-pca refuses fused qkv rows (fused-qkv)
 
 # name, correct transform, fault injected while it runs (with its parameters), options the mutant fixes,
 # layout constraints (fuzz.strategies.layouts) under which its bug always shows
@@ -66,10 +66,10 @@ register_mutant("forget_pair_bias", "quant:pair-pca", "pair_bias_unrotated", app
 register_mutant("float32_rotation", "quant:pair-pca", "float32_angles", fixed={"rotation": "random"},
                 applies={**_PLAIN_QK, "max_head_dim": 12})
 register_mutant("symmetric_gamma", "quant:spectral-pca", "symmetric_gamma",
-                applies={"qk_norm": ("per_head", "full"), "norm": "rms"})
+                applies={"qk_norm": ("per_head", "full"), "norm": "rms", "fused_qkv": False})
 register_mutant("assumed_homogeneous", "quant:up-down", "homogeneity_assumed",
                 applies={"mlp": ("gelu", "gelu_tanh", "relu2", "quick_gelu", "fast_gelu", "silu"), "moe": False})
 register_mutant("shared_head_gamma", "quant:spectral-pca", "shared_head_gamma",
-                applies={"qk_norm": "per_head_own", "norm": "rms"})
+                applies={"qk_norm": "per_head_own", "norm": "rms", "fused_qkv": False})
 register_mutant("position_unrotated", "quant:residual-rotation", "position_table_unrotated",
                 applies={"position_embedding": True, "norm": "rms", "placement": "pre", "tie_embeddings": False})

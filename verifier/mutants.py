@@ -111,4 +111,4 @@ register_mutant("forget_writer_bias", "reference:permute_hidden", "writer_bias_u
 register_mutant("position_unpermuted", "reference:permute_hidden", "position_table_unpermuted",
                 applies={"position_embedding": True})
 register_mutant("cross_group_heads", "reference:permute_heads", "heads_across_groups",
-                applies={"max_kv_heads": 3})  # and n_kv_heads > 1 (checked on the spec)
+                applies={"max_kv_heads": 3, "fused_qkv": False})  # and n_kv_heads > 1 (checked on the spec)

@@ -215,7 +215,7 @@ def _classify_region(g, nodes, frame: _Frame, own: dict, n_tokens: int) -> tuple
         one_plus = any(fn == "add" and s == 1 for fn, s in frame.param_ops)
         return "norm", {"kind": kind, "dim": dim, "groups": max(1, _numel(x_shape) // (n_tokens * dim)),
                         "eps": eps, "weight_form": "1+w" if one_plus else "w", "bias": len(read) > 1,
-                        **({"group_weights": True} if group_weights else {})}
+                        "group_weights": group_weights}
     linears = [g.nodes[n] for n in nodes if g.nodes[n]["op"] == "linear"]
     topk = [g.nodes[n] for n in nodes if g.nodes[n].get("call") == "topk"]
     if len(linears) == 1 and topk:

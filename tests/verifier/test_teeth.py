@@ -29,7 +29,10 @@ APPLIES["cross_group_heads"] = (mutants.APPLIES["cross_group_heads"], lambda s: 
 APPLIES["shared_head_gamma"] = (mutants.APPLIES["shared_head_gamma"], lambda s: s.n_heads > 1)  # a weight per head
 # mutants whose bug needs a feature combination rarer than the ci budget draws (caught wherever it applies,
 # above): the search is given this many unconstrained examples instead
-BUDGET = {"shared_head_gamma": 100}  # qk_norm=per_head_own (1 in 4) x RMS (1 in 2) x two or more heads
+BUDGET = {"shared_head_gamma": 100,  # qk_norm=per_head_own (1 in 4) x RMS (1 in 2) x two or more heads
+          "forget_pair_bias": 200}  # q/k biases x plain q/k x RoPE, now also x unfused qkv (issue 14's fused_qkv axis)
+# top-1 renormalised routing weighs the chosen expert 1: an unscaled router shows only where the argmax flips
+APPLIES["router_unscaled"] = (mutants.APPLIES["router_unscaled"], lambda s: not (s.top_k == 1 and s.renormalize))
 
 
 @pytest.mark.parametrize("name", sorted(APPLIES))
@@ -41,7 +44,7 @@ def test_mutant_is_caught_wherever_it_applies(name, data):
     verdict = verify(mutants.get(name, seed=seed % 1000), layout, seed=seed % 97)
     if not predicate(_spec(layout)):
         return
-    assert verdict.status == "diverged", f"{name} escaped the oracle: {verdict}"
+    assert verdict.status == "diverged", f"{name} escaped the oracle: {verdict} on {_spec(layout)}"
     assert verdict.first_divergent is not None, verdict
 
 
