@@ -155,8 +155,8 @@ AXES: dict[str, Axis] = _axes(
          lambda s: ("rope:partial",) if _any_rope(s) and (s.rotary_dim or s.head_dim) < s.head_dim else (),
          off_rank=17, single=True),
     # features, in draw order
-    Axis("qk_norm", "choice", ("none", "per_head", "full"), "none", _named("qk_norm", "qk_norm"), off_rank=9,
-         most=("full", "per_head", "none")),
+    Axis("qk_norm", "choice", ("none", "per_head", "full", "per_head_own"), "none", _named("qk_norm", "qk_norm"),
+         off_rank=9, most=("full", "per_head_own", "per_head", "none")),  # per_head_own: a weight per head (Cohere)
     Axis("rope_theta", "positive_float", (10000.0, 500.0, 1e6), KEEP, _no_tags),
     Axis("rope_scaling", "choice", ("none", "linear", "llama3", "yarn", "dynamic", "longrope"), "none",
          lambda s: (f"rope:scaled:{s.rope_scaling}",) if _any_rope(s) and _scaled(s) else (),
@@ -166,7 +166,12 @@ AXES: dict[str, Axis] = _axes(
     Axis("attn_gate", "choice", ("none", "head_softplus", "output_sigmoid"), "none",
          lambda s: (f"attn_gate:{s.attn_gate}",) if s.attn_gate != "none" else (), off_rank=8,
          most=("output_sigmoid", "head_softplus", "none")),
-    Axis("mlp", "choice", ("swiglu", "geglu", "gelu"), "swiglu", _named("mlp", "mlp"), off_rank=15),
+    # swiglu / geglu: GLU; any other value: a plain MLP ``down(act(up x))`` with that act fn
+    Axis("position_embedding", "bool", (False, True), False, _if("embeddings:positions", "position_embedding"),
+         off_rank=28),
+    Axis("fused_qkv", "bool", (False, True), False, _if("attn:fused_qkv", "fused_qkv"), off_rank=29),
+    Axis("mlp", "choice", ("swiglu", "geglu", "gelu", "gelu_tanh", "relu", "relu2", "quick_gelu", "fast_gelu",
+                           "silu"), "swiglu", _named("mlp", "mlp"), off_rank=15),
     Axis("intermediate", "width", lambda lim, _: range(4, 2 * lim["max_hidden"] + 1), KEEP,
          _non_pow2("intermediate"), floor=4),
     Axis("mlp_bias", "bool", (False, True), False, _if("bias:mlp", "mlp_bias"), off_rank=2),

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from .errors import Refusal
 from .layout import Layout
 
-BASIS_OPS = frozenset({"scale", "add", "norm", "gate"})  # ops whose output stays in their input's basis
+# ops whose output stays in their input's basis (a position_embedding: when its table is rotated with the stream)
+BASIS_OPS = frozenset({"scale", "add", "norm", "gate", "position_embedding"})
 
 
 def residual_basis(layout: Layout, transform: str) -> set[str]:
@@ -73,6 +74,7 @@ def head_chain(layout: Layout, attention: str, port: int, transform: str) -> Hea
     node = layout.inputs(attention)[port]
     norm = rope = None
     offset = 0
+    sliced = False
     head_block = p["head_dim"]
     while True:
         op = layout.op(node)
@@ -85,9 +87,16 @@ def head_chain(layout: Layout, attention: str, port: int, transform: str) -> Hea
             rope = node
         elif op in ("norm", "gamma_norm") and norm is None:
             norm = node
+        elif op == "head_slice" and sliced:  # a slice of a slice (a fused gate inside fused qkv rows)
+            raise Refusal(transform, "q/k/v are row slices of one fused qkv projection", op=op, path=node,
+                          feature="fused-qkv")
         elif op == "head_slice" and layout.params(node)["n_heads"] == n_heads:
+            sliced = True
             offset = layout.params(node)["start"]
             head_block = layout.params(node)["head_dim"]
+        elif op == "head_slice" and layout.params(node)["n_heads"] == 1:  # a slice of one fused qkv linear
+            raise Refusal(transform, "q/k/v are row slices of one fused qkv projection", op=op, path=node,
+                          feature="fused-qkv")
         else:
             raise Refusal(transform, f"unexpected {op} between the projection and attention", op=op, path=node,
                           feature=f"qk-{op}")
@@ -123,4 +132,32 @@ def glu_chains(layout: Layout) -> list[GLU]:
                     and layout.op(readers[0][0]) == "linear"):
                 out.append(GLU(up=up, gate=gate, mul=mul, down=readers[0][0]))
                 break
+    return out
+
+
+@dataclass(frozen=True)
+class PlainMLP:
+    """``down(act(up x))`` with ``act`` positively homogeneous of degree ``degree`` (relu: 1, relu2: 2)."""
+
+    up: str
+    act: str
+    down: str
+    degree: int
+
+
+def homogeneous_mlp_chains(layout: Layout, degrees: dict[str, int] | None = None) -> list[PlainMLP]:
+    """Plain (non-GLU) MLPs whose activation is positively homogeneous (:data:`fuzz.ops.HOMOGENEOUS_DEGREE`):
+    ``down(act(up x / s))`` = ``down(act(up x)) / s^k`` per channel, so a scale moves from up to down."""
+    from .ops import HOMOGENEOUS_DEGREE
+
+    degrees = HOMOGENEOUS_DEGREE if degrees is None else degrees
+    out = []
+    for act in layout.of_op("act"):
+        degree = degrees.get(layout.params(act)["fn"])
+        up = layout.inputs(act)[0]
+        readers = layout.consumers(act)
+        if (degree is None or layout.op(up) != "linear" or len(layout.consumers(up)) != 1 or len(readers) != 1
+                or layout.op(readers[0][0]) != "linear"):
+            continue
+        out.append(PlainMLP(up=up, act=act, down=readers[0][0], degree=degree))
     return out

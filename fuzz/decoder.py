@@ -51,6 +51,8 @@ class DecoderSpec:
     o_bias: bool = False
     attn_gate: str = "none"
     sliding_window: int | None = None  # keys at distance >= W masked on the layers with LayerSpec.sliding
+    position_embedding: bool = False  # learned absolute positions added to the token embedding (GPT-2)
+    fused_qkv: bool = False  # one qkv_proj linear, q / k / v its row slices (Phi3 qkv_proj, GPT-NeoX query_key_value)
     # mlp
     mlp: str = "swiglu"
     intermediate: int = 48
@@ -159,10 +161,17 @@ def _rope_params(s: DecoderSpec, layer: LayerSpec, r: int) -> dict:
 def _attention(g: _Graph, s: DecoderSpec, p: str, x: str, layer: LayerSpec) -> str:
     h, kv, d = s.n_heads, s.n_kv_heads, s.head_dim
     fused_gate = s.attn_gate == "output_sigmoid"
-    q = g.add(f"{p}q_proj", "linear", [x], in_features=s.hidden, out_features=h * d * (2 if fused_gate else 1),
-              bias=s.qkv_bias)
-    k = g.add(f"{p}k_proj", "linear", [x], in_features=s.hidden, out_features=kv * d, bias=s.qkv_bias)
-    v = g.add(f"{p}v_proj", "linear", [x], in_features=s.hidden, out_features=kv * d, bias=s.qkv_bias)
+    if s.fused_qkv:  # rows [q (h d, or h 2d with a fused gate) | k (kv d) | v (kv d)], read as whole-width slices
+        qw = h * d * (2 if fused_gate else 1)
+        width = qw + 2 * kv * d
+        qkv = g.add(f"{p}qkv_proj", "linear", [x], in_features=s.hidden, out_features=width, bias=s.qkv_bias)
+        q, k, v = (g.add(f"{p}{name}_slice", "head_slice", [qkv], n_heads=1, head_dim=width, start=start, length=n)
+                   for name, start, n in (("q", 0, qw), ("k", qw, kv * d), ("v", qw + kv * d, kv * d)))
+    else:
+        q = g.add(f"{p}q_proj", "linear", [x], in_features=s.hidden,
+                  out_features=h * d * (2 if fused_gate else 1), bias=s.qkv_bias)
+        k = g.add(f"{p}k_proj", "linear", [x], in_features=s.hidden, out_features=kv * d, bias=s.qkv_bias)
+        v = g.add(f"{p}v_proj", "linear", [x], in_features=s.hidden, out_features=kv * d, bias=s.qkv_bias)
     gate_src = None
     if fused_gate:  # Qwen3-Next: q_proj rows are [q | gate] per head
         gate_src = g.add(f"{p}q_gate", "head_slice", [q], n_heads=h, head_dim=2 * d, start=d, length=d)
@@ -170,6 +179,11 @@ def _attention(g: _Graph, s: DecoderSpec, p: str, x: str, layer: LayerSpec) -> s
     if s.qk_norm == "per_head":
         q = _norm(g, s, f"{p}q_norm", q, d, h)
         k = _norm(g, s, f"{p}k_norm", k, d, kv)
+    elif s.qk_norm == "per_head_own":  # Cohere use_qk_norm: per head, each head its own weight (and bias)
+        q = g.add(f"{p}q_norm", "norm", [q], kind=s.norm, dim=d, groups=h, eps=s.norm_eps, group_weights=h > 1,
+                  weight_form=s.norm_weight_form, bias=s.norm == "layer" and s.norm_bias)
+        k = g.add(f"{p}k_norm", "norm", [k], kind=s.norm, dim=d, groups=kv, eps=s.norm_eps, group_weights=kv > 1,
+                  weight_form=s.norm_weight_form, bias=s.norm == "layer" and s.norm_bias)
     elif s.qk_norm == "full":
         q = _norm(g, s, f"{p}q_norm", q, h * d)
         k = _norm(g, s, f"{p}k_norm", k, kv * d)
@@ -204,9 +218,9 @@ def _score_params(s: DecoderSpec) -> dict:
 
 
 def _glu_or_gelu(g: _Graph, s: DecoderSpec, p: str, x: str, inter: int, bias: bool) -> str:
-    if s.mlp == "gelu":
+    if s.mlp not in ("swiglu", "geglu"):  # a plain MLP: act is named by the mlp axis (gelu, relu2, ...)
         up = g.add(f"{p}up_proj", "linear", [x], in_features=s.hidden, out_features=inter, bias=bias)
-        a = g.add(f"{p}act", "act", [up], fn="gelu")
+        a = g.add(f"{p}act", "act", [up], fn=s.mlp)
     else:
         gate = g.add(f"{p}gate_proj", "linear", [x], in_features=s.hidden, out_features=inter, bias=bias)
         up = g.add(f"{p}up_proj", "linear", [x], in_features=s.hidden, out_features=inter, bias=bias)
@@ -242,6 +256,7 @@ def check(s: DecoderSpec) -> None:
         raise LayoutError("a decoder has at least one layer")
     if s.placement == "post" and s.residual == "parallel":
         raise LayoutError("post-norm with a parallel residual is not a known layout")
+
     if s.n_heads % s.n_kv_heads:
         raise LayoutError(f"n_heads {s.n_heads} is not a multiple of n_kv_heads {s.n_kv_heads}")
     for f in fields(s):  # in field order: the first bad choice is the one reported
@@ -250,12 +265,17 @@ def check(s: DecoderSpec) -> None:
             raise LayoutError(f"{f.name}={getattr(s, f.name)!r} is not one of {axis.choices}")
 
 
+MAX_POSITIONS = 256  # rows of a synthesized learned position table (the longest sequence such a layout runs)
+
+
 def build(s: DecoderSpec, name: str | None = None) -> Layout:
     """Lower a spec to its op graph; raises :class:`~fuzz.errors.LayoutError` if it is not a valid model."""
     check(s)
     g = _Graph()
     ids = g.add("tokens", "tokens", [], vocab=s.vocab)
     h = g.add("embed", "embedding", [ids], vocab=s.vocab, dim=s.hidden)
+    if s.position_embedding:
+        h = g.add("embed_positions", "position_embedding", [h], max_pos=MAX_POSITIONS, dim=s.hidden)
     if s.embedding_multiplier is not None:
         h = g.add("embed_scale", "scale", [h], factor=s.embedding_multiplier)
     for i, layer in enumerate(s.layers):

@@ -84,7 +84,11 @@ def draw_parameter(seed: int, node: str, op: str, params: dict, name: str, shape
     return initialiser(z, params)
 
 
-ACT = {"silu": F.silu, "gelu": F.gelu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"), "relu": F.relu}
+ACT = {"silu": F.silu, "gelu": F.gelu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"), "relu": F.relu,
+       # transformers' ReLUSquaredActivation, QuickGELUActivation and FastGELUActivation, as they write them
+       "relu2": lambda x: torch.square(F.relu(x)),
+       "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
+       "fast_gelu": lambda x: 0.5 * x * (1.0 + torch.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x)))}
 
 
 MODULES: dict[str, type["Node"]] = {}  # op name -> its torch module, filled by @torch_impl
@@ -157,6 +161,19 @@ class Norm(Node):
         if p["bias"]:
             out = out + self.bias
         return out.reshape(shape)
+
+
+@torch_impl("position_embedding")
+class PositionEmbedding(Node):
+    """``x + P[start : start + seq]``: learned absolute positions (rows from ``start``, OPT's offset 2)."""
+
+    def forward(self, x):
+        seq, start = x.shape[-2], self.p["start"]
+        if start + seq > self.p["max_pos"]:
+            raise ValueError(f"{self.node_id}: {seq} positions from row {start} exceed the {self.p['max_pos']}-row "
+                             "position table")
+        positions = torch.arange(start, start + seq, device=x.device)  # a lookup, as transformers writes it
+        return x + F.embedding(positions, self.weight)
 
 
 @torch_impl("linear")

@@ -17,10 +17,13 @@ op             meaning
 =============  ==========================================================================================
 tokens         the input token ids (the single source)
 embedding      ``E[ids]``, ``E: (vocab, dim)``
+position_embedding  ``x + P[start : start + seq]``, ``P: (max_pos, dim)``: learned absolute positions added to
+               the token embedding (GPT-2, GPT-Neo, GPT-BigCode; OPT reads from row ``start = 2``)
 scale          ``factor * x`` (embedding / residual / logit multipliers)
 norm           per group of ``dim`` channels: RMSNorm ``g * u / rms(u)`` or LayerNorm
                ``g * (u - mean) / std + b``; ``g = w`` or ``g = 1 + w`` (``weight_form``); ``groups > 1``
-               is a per-head norm (one weight shared by the heads, Qwen3 ``q_norm``)
+               is a per-head norm (one weight shared by the heads, Qwen3 ``q_norm``); ``group_weights``: each
+               group its own weight (and bias), ``(groups, dim)`` (Cohere ``use_qk_norm`` LayerNorm per head)
 linear         ``x W^T (+ b)``
 rope           rotary embedding per head on the first ``rotary_dim`` channels, pairs ``(i, i + r/2)``
                (``half``, Llama ``rotate_half``) or ``(2i, 2i+1)`` (``interleaved``, GPT-J); scaled RoPE
@@ -37,7 +40,9 @@ softcap        ``cap * tanh(x / cap)`` (Gemma2's final-logit soft-cap)
 head_slice     per head, channels ``[start, start + length)`` of a ``(heads, head_dim)`` view
 gate           ``x * act(g)``; ``g`` elementwise (same width), per head (width ``n_heads``) or per token
                (width 1)
-act            silu / gelu / gelu_tanh / relu
+act            silu / gelu / gelu_tanh / relu / relu2 (``relu(x)^2``, Nemotron, Primer) / quick_gelu
+               (``x sigmoid(1.702 x)``) / fast_gelu (transformers ``gelu_fast``: ``0.5 x (1 + tanh(0.7978845608
+               x (1 + 0.044715 x^2)))``); ``gelu_new`` / ``gelu_pytorch_tanh`` are ``gelu_tanh``
 mul            ``a * b`` (the GLU product)
 add            sum of the inputs (residual adds)
 router         softmax over expert logits, top-k, optional renormalisation; dense ``(.., E)`` weights
@@ -62,7 +67,14 @@ import torch
 
 from .errors import LayoutError
 
-ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu")
+ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu", "relu2", "quick_gelu", "fast_gelu")
+# transformers ACT2FN name -> act fn computing the same function (``gelu_new`` is the tanh GELU written out;
+# ``gelu_fast`` uses the truncated constant 0.7978845608, hence its own fn ``fast_gelu``)
+HF_ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_python": "gelu", "relu": "relu",
+                  "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu_python_tanh": "gelu_tanh",
+                  "relu2": "relu2", "quick_gelu": "quick_gelu", "gelu_fast": "fast_gelu"}
+# act fns positively homogeneous of degree k (``act(s x) = s^k act(x)`` for ``s > 0``): a scale moves across them
+HOMOGENEOUS_DEGREE = {"relu": 1, "relu2": 2}
 GATE_ACTS = ("sigmoid", "softplus")
 
 ALWAYS = "always"  # drawn_by: the layout of the default DecoderSpec contains the op
@@ -268,6 +280,19 @@ declare(OpSpec("embedding", {"vocab": (int, ...), "dim": (int, ...)}, ("ids",), 
                drawn_by=ALWAYS, features=lambda p: ("op:embedding",)))
 
 
+def _position_embedding(node, p, w):
+    _widths(node, "position_embedding", w, [p["dim"]])
+    _need(p["start"] < p["max_pos"], node, f"start {p['start']} leaves no row of the {p['max_pos']}-row table")
+    return p["dim"]
+
+
+declare(OpSpec("position_embedding", {"max_pos": (int, ...), "dim": (int, ...), "start": (int, 0)}, ("x",),
+               _position_embedding, shapes=lambda p: {"weight": (p["max_pos"], p["dim"])},
+               init={"weight": _init_unit}, drawn_by=({"position_embedding": True},),
+               features=lambda p: ("op:position_embedding",) + (("op:position_embedding:offset",)
+                                                                 if p["start"] else ())))
+
+
 def _same(node, p, w):
     _need(w[0] is not None, node, "reads token ids where an activation is expected")
     return w[0]
@@ -289,6 +314,7 @@ declare(OpSpec("scale", {"factor": (float, ...)}, ("x",), _scale, shapes=_no_par
 def _norm(node, p, w):
     _widths(node, "norm", w, [p["dim"] * p["groups"]])
     _need(p["bias"] is False or p["kind"] == "layer", node, "only LayerNorm has a bias")
+    _need(not p["group_weights"] or p["groups"] > 1, node, "group_weights needs groups > 1 (one weight per group)")
     _eps(node, "norm", p["eps"])
     return w[0]
 
@@ -299,13 +325,19 @@ def _norm_features(p):
         tags.append("op:norm:bias")
     if p["groups"] > 1:
         tags.append("op:norm:per_head")
+    if p["group_weights"]:
+        tags.append("op:norm:group_weights")
     return tuple(tags)
 
 
+def _norm_shapes(p):
+    shape = (p["groups"], p["dim"]) if p["group_weights"] else (p["dim"],)
+    return {"weight": shape, **({"bias": shape} if p["bias"] else {})}
+
+
 declare(OpSpec("norm", {"kind": (str, "rms"), "dim": (int, ...), "groups": (int, 1), "eps": (float, 1e-6),
-                        "weight_form": (str, "w"), "bias": (bool, False)}, ("x",), _norm,
-               {"kind": ("rms", "layer"), "weight_form": ("w", "1+w")},
-               shapes=lambda p: {"weight": (p["dim"],), **({"bias": (p["dim"],)} if p["bias"] else {})},
+                        "weight_form": (str, "w"), "bias": (bool, False), "group_weights": (bool, False)}, ("x",),
+               _norm, {"kind": ("rms", "layer"), "weight_form": ("w", "1+w")}, shapes=_norm_shapes,
                init={"weight": _init_norm_weight, "bias": _init_small}, drawn_by=ALWAYS, features=_norm_features))
 
 

@@ -23,6 +23,13 @@ window_dropped         wht-scale's rebuilt layout keeps each attention's heads  
 rope_scaling_dropped   a layout rewrite (wht-scale's) re-emits RoPE from theta,     scaled RoPE
                        dropping linear / llama3 / yarn / dynamic / longrope
                        scaling and the attention factor
+position_unrotated     residual rotation of the token embedding only (the learned    learned positions, RMS,
+                       position table left in the old basis)                       pre-norm, untied
+shared_head_gamma      spectral-PCA builds every head's Gamma from head 0's q/k     a q/k RMS norm with a
+                       norm weight (code written for Qwen3's shared q_norm)         weight per head (Cohere)
+assumed_homogeneous    up-down moves s from up to down across every plain MLP's    a dense plain MLP whose
+                       act as if it were relu (gelu, silu, quick_gelu: not          act is not relu
+                       homogeneous; relu2: s^2, not s)
 =====================  ==========================================================  ==========================
 
 Loaded with the registries (the ``archfuzz.registries`` entry points, :func:`verifier.registry.load_plugins`).
@@ -47,7 +54,7 @@ def _last_reader(layout: Layout, consumer: str) -> bool:
 
 
 _SKIP = {"on_unsupported": "skip"}
-_PLAIN_QK = {"qk_norm": "none", "rope": True}
+_PLAIN_QK = {"qk_norm": "none", "rope": True, "fused_qkv": False}  # pair-pca refuses fused qkv rows (fused-qkv)
 
 # name, correct transform, fault injected while it runs (with its parameters), options the mutant fixes,
 # layout constraints (fuzz.strategies.layouts) under which its bug always shows
@@ -64,7 +71,13 @@ register_mutant("forget_pair_bias", "quant:pair-pca", "pair_bias_unrotated", app
 register_mutant("float32_rotation", "quant:pair-pca", "float32_angles", fixed={"rotation": "random"},
                 applies={**_PLAIN_QK, "max_head_dim": 12})
 register_mutant("symmetric_gamma", "quant:spectral-pca", "symmetric_gamma",
-                applies={"qk_norm": ("per_head", "full"), "norm": "rms"})
+                applies={"qk_norm": ("per_head", "full"), "norm": "rms", "fused_qkv": False})
 register_mutant("window_dropped", "quant:wht-scale", "window_dropped", applies={"sliding_window": (4, 2)})
 register_mutant("rope_scaling_dropped", "quant:wht-scale", "rope_unscaled",
                 applies={"rope": True, "rope_scaling": ("linear", "llama3", "yarn", "dynamic", "longrope")})
+register_mutant("assumed_homogeneous", "quant:up-down", "homogeneity_assumed",
+                applies={"mlp": ("gelu", "gelu_tanh", "relu2", "quick_gelu", "fast_gelu", "silu"), "moe": False})
+register_mutant("shared_head_gamma", "quant:spectral-pca", "shared_head_gamma",
+                applies={"qk_norm": "per_head_own", "norm": "rms", "fused_qkv": False})
+register_mutant("position_unrotated", "quant:residual-rotation", "position_table_unrotated",
+                applies={"position_embedding": True, "norm": "rms", "placement": "pre", "tie_embeddings": False})

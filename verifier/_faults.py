@@ -38,6 +38,10 @@ FAULTS = {
     "alibi_unpermuted": "permute_heads permutes the heads but not the attention's ALiBi slopes",
     "sinks_unpermuted": "permute_heads permutes the heads but not the attention's sink logits",
     "softcap_scale_outside": "fold_attn_scale moves the folded factor across the soft-cap (rescales the cap too)",
+    "position_table_unpermuted": "permute_hidden permutes the token embedding's columns but not the position table's",
+    "position_table_unrotated": "residual-rotation rotates the token embedding but not the learned position table",
+    "shared_head_gamma": "spectral-pca takes head 0's q/k norm weight for every head of a norm with group_weights",
+    "homogeneity_assumed": "up-down moves s across every plain MLP's act as if it were relu (degree-1 homogeneous)",
 }
 
 _ACTIVE: ContextVar[Mapping[str, Mapping[str, Any]]] = ContextVar("archfuzz_faults", default=MappingProxyType({}))

@@ -17,6 +17,8 @@ alibi_unpermuted       heads permuted, ALiBi slopes left in place               
 sinks_unpermuted       heads permuted, sink logits left in place                   sinks, n_heads > 1
 softcap_scale_outside  the folded score scale also rescales the soft-cap: a         an attention soft-cap
                        factor moved from inside tanh to outside
+position_unpermuted    residual permutation of the token embedding, not of the     learned positions
+                       learned position table
 =====================  ==========================================================  ==========================
 
 ``MUTANTS`` (name -> (registry module of the correct transform, its name, the options the mutant fixes)),
@@ -110,8 +112,10 @@ def __getattr__(attr: str):
 # mutants of verifier's reference transforms
 register_mutant("forget_writer_bias", "reference:permute_hidden", "writer_bias_unpermuted",
                 applies={"o_bias": True})
+register_mutant("position_unpermuted", "reference:permute_hidden", "position_table_unpermuted",
+                applies={"position_embedding": True})
 register_mutant("cross_group_heads", "reference:permute_heads", "heads_across_groups",
-                applies={"max_kv_heads": 3})  # and n_kv_heads > 1 (checked on the spec)
+                applies={"max_kv_heads": 3, "fused_qkv": False})  # and n_kv_heads > 1 (checked on the spec)
 register_mutant("alibi_unpermuted", "reference:permute_heads", "alibi_unpermuted",
                 applies={"alibi": True})  # and n_heads > 1 (checked on the spec)
 register_mutant("sinks_unpermuted", "reference:permute_heads", "sinks_unpermuted",

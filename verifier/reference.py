@@ -60,7 +60,7 @@ def permute_hidden(model: nn.Module, calib: Calibration, seed: int = 0) -> nn.Mo
         for node in layout.order:
             op, mod, ins = layout.op(node), m.nodes[node], layout.inputs(node)
             reads = [i in basis for i in ins]
-            if op == "embedding":
+            if op == "embedding" or op == "position_embedding" and fault("position_table_unpermuted") is None:
                 mod.weight.copy_(mod.weight[:, p])
             elif op == "norm" and node in basis:
                 mod.weight.copy_(mod.weight[p])
@@ -116,6 +116,13 @@ def _permute_producer(m: GraphModel, node: str, order: torch.Tensor, done: set, 
         mod.weight.copy_(_rows_by_blocks(mod.weight, order, block))
         if mod.p["bias"]:
             mod.bias.copy_(_rows_by_blocks(mod.bias, order, block))
+    elif op == "norm" and mod.p["group_weights"]:  # each head its own weight rows: they move with their head
+        if mod.p["groups"] != n:
+            raise Refusal("permute_heads", f"norm has {mod.p['groups']} weight groups, expected {n} heads", op=op,
+                          path=node, feature="norm-group-weights")
+        mod.weight.copy_(mod.weight[order])
+        if mod.p["bias"]:
+            mod.bias.copy_(mod.bias[order])
     elif op not in ("rope", "norm", "head_slice"):
         raise Refusal("permute_heads", f"{op} between a projection and {attn} is not per-head uniform",
                       op=op, path=node, feature="non-per-head-op")

@@ -99,6 +99,16 @@ def _embedding(conv: Converter, node: str, ins: list[str]) -> dict:
     return {"vocab": d["vocab"], "dim": d["dim"]}
 
 
+@import_pattern("position_embedding")
+def _position_embedding(conv: Converter, node: str, ins: list[str]) -> dict:
+    """``x + P[start : start + seq]`` (recorder: an add of a constant-ids lookup ``start + arange(seq)``)."""
+    d = conv.g.nodes[node]
+    if [conv.g.nodes[i]["op"] for i in ins] != ["embedding"]:
+        raise conv.refuse(node, "learned positions are not added to the token embedding")
+    conv.by_shape(node, {"weight": (d["max_pos"], d["dim"])})
+    return {"max_pos": d["max_pos"], "dim": d["dim"], "start": d["start"]}
+
+
 @import_pattern("linear")
 def _linear(conv: Converter, node: str, ins: list[str]) -> dict:
     d = conv.g.nodes[node]
@@ -139,11 +149,13 @@ def _norm(conv: Converter, node: str, ins: list[str]) -> dict:
     if d["eps"] is None:
         raise conv.refuse(node, "norm with no recognisable eps")
     dim, read = d["dim"], d["params"]
-    if any(conv.shape(p) != (dim,) for p in read) or len(read) != 1 + d["bias"]:
+    own = (d["groups"], dim) if d.get("group_weights") else (dim,)  # group_weights: a weight row per head
+    if any(conv.shape(p) != own for p in read) or len(read) != 1 + d["bias"]:
         raise conv.refuse(node, f"norm of dim {dim} reads {[(p, conv.shape(p)) for p in read]}")
     roles = {"weight": read[0]} if not d["bias"] else _norm_roles(conv, node, read)
     conv.take(node, roles)
-    return {k: d[k] for k in ("kind", "dim", "groups", "weight_form", "bias")} | {"eps": float(d["eps"])}
+    return {k: d[k] for k in ("kind", "dim", "groups", "weight_form", "bias")} | {"eps": float(d["eps"])} \
+        | ({"group_weights": True} if d.get("group_weights") else {})
 
 
 def _norm_roles(conv: Converter, node: str, read: list[str]) -> dict[str, str]:
@@ -338,6 +350,9 @@ def _scale(conv: Converter, node: str, ins: list[str]) -> dict:
 def _act(conv: Converter, node: str, ins: list[str]) -> dict:
     d = conv.g.nodes[node]
     conv.no_params(node)
+    if str(d["fn"]).startswith("unknown:"):  # a parameter-free module that is none of them (contract.py)
+        raise conv.refuse(node, f"activation module {d['fn'][8:]} computes none of the act op's functions "
+                                f"{ACTIVATIONS}")
     if d["fn"] not in ACTIVATIONS:
         raise conv.refuse(node, f"activation {d['fn']!r} is none of {ACTIVATIONS}")
     return {"fn": d["fn"]}

@@ -122,6 +122,9 @@ def _contract_regions(g: nx.DiGraph, rec: _Recorder, merged: dict[str, str]) -> 
     for call in sorted(members):
         frame = rec.regions[call]
         nodes = sorted(members[call], key=lambda n: g.nodes[n]["index"])
+        if frame.activation:
+            _contract_activation(g, nodes, frame, merged)
+            continue
         found = _classify_region(g, nodes, frame, rec.own[id(frame.module)], rec.n_tokens)
         if found is None:
             continue
@@ -143,6 +146,52 @@ def _expert_intermediate(shapes, hidden: int, dims: list) -> int:
     if agreed:
         return min(agreed)
     return int(min(dims)) if dims else hidden
+_TAILS = torch.logspace(-8, 6, 281, dtype=torch.float64)  # tiny and huge inputs: a clip (gelu_10) shows there
+ACT_PROBE = torch.cat([torch.linspace(-8.0, 8.0, 4097, dtype=torch.float64), _TAILS, -_TAILS])
+
+
+def identify_activation(module) -> str | None:
+    """The :data:`fuzz.ops.ACTIVATIONS` fn that ``module`` computes, elementwise in float64 to a few ulps on a
+    probe over ``[-8, 8]`` and ``+-[1e-8, 1e6]``; None when it computes none of them (or does not run on a float64 vector)."""
+    from ..materialize import ACT
+    from ..ops import ACTIVATIONS
+
+    try:
+        with torch.no_grad():
+            y = module(ACT_PROBE.clone())
+    except Exception:  # not an elementwise tensor -> tensor module
+        return None
+    if not isinstance(y, torch.Tensor) or y.shape != ACT_PROBE.shape or y.dtype != torch.float64:
+        return None
+    bound = 32 * torch.finfo(torch.float64).eps * (1 + y.abs())
+    errors = {fn: float((ACT[fn](ACT_PROBE) - y).abs().max()) for fn in ACTIVATIONS
+              if bool(((ACT[fn](ACT_PROBE) - y).abs() <= bound).all())}
+    return min(errors, key=errors.get) if errors else None
+
+
+def _contract_activation(g: nx.DiGraph, nodes: list[str], frame: _Frame, merged: dict[str, str]) -> None:
+    """Contract the weight-free call of a parameter-free leaf module computing an elementwise activation
+    (``relu(x) ** 2``, ``x * sigmoid(1.702 x)``, the tanh GELU written out) into one ``act`` node; the fn is
+    found by probing the module (:func:`identify_activation`).  A module computing none of them, recorded as
+    opaque ops, becomes an ``act`` named after its class, which the importer refuses by that name."""
+    inputs = [_resolve(merged, i) for i in frame.inputs]
+    outputs = [_resolve(merged, o) for o in frame.outputs]
+    if len(inputs) != 1 or len(outputs) != 1 or outputs[0] not in nodes:
+        return
+    out = outputs[0]
+    if any(g.nodes[n]["params"] for n in nodes) or list(g.nodes[out]["shape"]) != list(frame.in_shapes[0]):
+        return
+    if any(s not in nodes for n in nodes if n != out for s in g.successors(n)):
+        return
+    fn = identify_activation(frame.module)
+    if fn is None:
+        if not any(g.nodes[n]["op"] == "opaque" for n in nodes):
+            return  # importable as recorded (scales, adds ...): nothing to name
+        fn = f"unknown:{type(frame.module).__name__}"
+    elif len(nodes) == 1 and g.nodes[nodes[0]]["op"] == "act" and g.nodes[nodes[0]]["fn"] == fn:
+        return  # already the act op (nn.SiLU, GELUActivation)
+    attrs = {**_base_attrs(g, nodes, "act", frame.path, out), "fn": fn, "call": type(frame.module).__name__}
+    _contract(g, set(nodes), nodes[0], attrs, inputs, merged)
 
 
 def _classify_region(g, nodes, frame: _Frame, own: dict, n_tokens: int) -> tuple[str, dict] | None:
@@ -159,12 +208,14 @@ def _classify_region(g, nodes, frame: _Frame, own: dict, n_tokens: int) -> tuple
         return "experts", {"n_experts": int(next(s[0] for s in shapes.values() if len(s) == 3)), "hidden": hidden,
                            "intermediate": _expert_intermediate(shapes.values(), hidden, dims),
                            "act": acts[0] if acts else None}
-    if all(len(s) == 1 for s in shapes.values()) and fns & _NORMALISING:
+    group_weights = len(set(shapes.values())) == 1 and all(len(s) == 2 for s in shapes.values()) \
+        and _numel(x_shape) == n_tokens * _numel(next(iter(shapes.values())))  # (heads, head_dim): Cohere q_norm
+    if (group_weights or all(len(s) == 1 for s in shapes.values())) and fns & _NORMALISING:
         scaled = any(g.nodes[n]["params"] and g.nodes[n].get("call") in {"mul"} | _NORM_FNS for n in nodes)
         if not scaled:
             return None
         fused = [g.nodes[n] for n in nodes if g.nodes[n]["op"] == "norm"]
-        dim = int(next(iter(shapes.values()))[0])
+        dim = int(next(iter(shapes.values()))[-1])
         if fused:
             kind, eps = fused[0]["kind"], fused[0]["eps"]
         else:
@@ -174,7 +225,8 @@ def _classify_region(g, nodes, frame: _Frame, own: dict, n_tokens: int) -> tuple
             eps = small[0] if small else None
         one_plus = any(fn == "add" and s == 1 for fn, s in frame.param_ops)
         return "norm", {"kind": kind, "dim": dim, "groups": max(1, _numel(x_shape) // (n_tokens * dim)),
-                        "eps": eps, "weight_form": "1+w" if one_plus else "w", "bias": len(read) > 1}
+                        "eps": eps, "weight_form": "1+w" if one_plus else "w", "bias": len(read) > 1,
+                        "group_weights": group_weights}
     linears = [g.nodes[n] for n in nodes if g.nodes[n]["op"] == "linear"]
     topk = [g.nodes[n] for n in nodes if g.nodes[n].get("call") == "topk"]
     if len(linears) == 1 and topk:

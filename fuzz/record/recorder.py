@@ -117,6 +117,7 @@ class _Frame:
     in_shapes: list[list[int]] = field(default_factory=list)
     param_ops: list[tuple[str, float | None]] = field(default_factory=list)  # ops on parameters alone
     outputs: list[str] = field(default_factory=list)
+    activation: bool = False  # a parameter-free leaf module outside any region: maybe an activation module
 
 
 class _Recorder(TorchFunctionMode):
@@ -129,6 +130,7 @@ class _Recorder(TorchFunctionMode):
         self.graph = nx.DiGraph()
         self._act: dict[int, tuple[torch.Tensor, str]] = {}  # id -> (tensor, producer node)
         self._par: dict[int, tuple[torch.Tensor, frozenset[str]]] = {}  # id -> (tensor, parameter names)
+        self._lookups: dict[int, tuple[torch.Tensor, Any]] = {}  # id -> (table rows looked up, the constant ids)
         self._storage: dict[int, set[int]] = defaultdict(set)  # storage pointer -> ids of activations on it
         self.frames: list[_Frame] = []
         self.regions: dict[int, _Frame] = {}
@@ -149,6 +151,10 @@ class _Recorder(TorchFunctionMode):
                 self.owners[pname].append(self.paths[id(m)])
         self.leaves = {id(m) for m in model.modules() if self.own[id(m)]
                        and not any(self.own[id(c)] for c in m.modules() if c is not m)}
+        # parameter-free leaf modules (transformers' ACT2FN activations among them): regions that
+        # contract.py identifies by probing the module against the act op's functions
+        self.free_leaves = {id(m) for m in model.modules() if not any(True for _ in m.parameters())
+                            and not any(True for _ in m.children())}
         for p in model.parameters():
             self._par[id(p)] = (p, frozenset({self.canonical[id(p)]}))
         self.graph.add_node("tokens", op="tokens", module_path="", params=[], index=0, shape=list(ids.shape))
@@ -207,6 +213,8 @@ class _Recorder(TorchFunctionMode):
             if node is not None:
                 frame.in_shapes.append(list(t.shape))
                 frame.inputs.append(node)
+        if not frame.leaf and id(module) in self.free_leaves and self._region() is None:
+            frame.leaf = frame.activation = True
         if frame.leaf:
             self.regions[frame.call] = frame
         self.frames.append(frame)
@@ -266,6 +274,8 @@ class _Recorder(TorchFunctionMode):
             if params:
                 for t in outs:
                     self._par[id(t)] = (t, frozenset(params))
+                if name == "embedding" and len(outs) == 1:  # a lookup by constant ids: positions (GPT-2 wpe)
+                    self._lookups[id(outs[0])] = (outs[0], _arg(args, kwargs, 0, "input"))
                 region = self._region()
                 if region is not None:
                     region.param_ops.append((name, _scalar(name, args, kwargs)))
@@ -280,6 +290,8 @@ class _Recorder(TorchFunctionMode):
         op, attrs = self._classify(name, args, kwargs, acts, params, consts, outs, reflected)
         frozen = frozenset(params)
         path = self._module_path(frozen)
+        if op == "position_embedding":  # the add runs in the model, not in the table's module (whose output is P)
+            path = self.frames[-1].path if self.frames else ""
         region = self._region()
         for i, t in enumerate(outs):
             self._count += 1
@@ -343,6 +355,10 @@ class _Recorder(TorchFunctionMode):
             if fn == "gelu" and kwargs.get("approximate", args[1] if len(args) > 1 else "none") == "tanh":
                 fn = "gelu_tanh"
             return "act", {"fn": fn}
+        if name == "add" and len(acts) == 1 and params and not consts and scalar is None:
+            found = self._position_lookup(args, kwargs, x)
+            if found is not None:
+                return "position_embedding", found
         if name == "add" and (len(acts) >= 2 or params) and not consts and scalar is None:
             return "add", {}
         if name == "mul" and not consts and scalar is None and (len(acts) >= 2 or params):
@@ -366,6 +382,26 @@ class _Recorder(TorchFunctionMode):
             attrs["key"] = _key_repr(args[1])
             attrs["strided"] = _strided(args[1])
         return "opaque", attrs
+
+    def _position_lookup(self, args, kwargs, x: torch.Tensor) -> dict | None:
+        """``x + P[ids]`` with constant ids ``start + arange(seq)`` in every row: a learned position table."""
+        for t in _tensors((args, kwargs)):
+            entry = self._lookups.get(id(t))
+            if entry is None or entry[0] is not t or not isinstance(entry[1], torch.Tensor):
+                continue
+            ids, table = entry[1], self._params_of(t)
+            if len(table) != 1 or ids.dtype not in (torch.int64, torch.int32) or ids.dim() == 0:
+                return None
+            seq = x.shape[-2] if x.dim() >= 2 else 0
+            rows = ids.reshape(-1, ids.shape[-1])
+            if ids.shape[-1] != seq or t.shape[-2:] != x.shape[-2:]:
+                return None
+            start = int(rows[0, 0])
+            if not bool((rows == start + torch.arange(seq, device=rows.device)).all()):
+                return None
+            weight = next(p for p in self.model.parameters() if self.canonical[id(p)] in table)
+            return {"max_pos": int(weight.shape[0]), "dim": int(weight.shape[1]), "start": start}
+        return None
 
     def _heads(self, node: str, head_dim: int) -> int:
         """How many heads of ``head_dim`` the output of ``node`` holds per token."""

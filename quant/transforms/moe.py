@@ -14,7 +14,12 @@ channel,
 and for fused experts, per expert ``e``: rows ``I..2I`` of ``gate_up_proj[e]`` divided by ``s_e``,
 columns of ``down_proj[e]`` multiplied by ``s_e``.  ``s`` comes from the energy of the intermediate
 (``down``'s input; per expert, over the tokens routed to it).  A GELU MLP (``down(act(up x))``) is not
-linear in ``up x`` and is left alone.
+linear in ``up x``; when ``act`` is positively homogeneous of degree ``k`` (relu: 1, relu2 = relu^2: 2),
+``act(u / s) = act(u) / s^k`` for ``s > 0``, so
+
+    W_up' = diag(1/s) W_up,  b_up' = b_up / s,  W_down' = W_down diag(s^k)
+
+is exact; any other activation (gelu, silu, quick_gelu, ...) is left alone.
 """
 
 from __future__ import annotations
@@ -24,9 +29,11 @@ from typing import Literal
 import torch
 from torch import nn
 
-from fuzz.dataflow import glu_chains
+from fuzz.dataflow import glu_chains, homogeneous_mlp_chains
 from fuzz.errors import Refusal
+from fuzz.ops import ACTIVATIONS
 from fuzz.materialize import GraphModel
+from verifier._faults import fault
 from verifier.transform import Calibration
 
 from . import register
@@ -47,8 +54,12 @@ def up_down(model: nn.Module, calib: Calibration, alpha: float = 0.5, experts: b
     m = require_graph_model(UP_DOWN, model)
     layout = m.layout
     glus = [g for g in glu_chains(layout) if reading is None or layout.inputs(g.up)[0] in reading] if dense else []
+    degrees = {fn: 1 for fn in ACTIVATIONS} if fault("homogeneity_assumed") is not None else None  # mutants only
+    plain = [c for c in homogeneous_mlp_chains(layout, degrees)
+             if reading is None or layout.inputs(c.up)[0] in reading] if dense else []
     expert_nodes = layout.of_op("experts") if experts else []
-    stats = collect(m, calib, energy=[g.mul for g in glus], expert_energy=expert_nodes) if scales == "energy" else {}
+    stats = collect(m, calib, energy=[g.mul for g in glus] + [c.act for c in plain],
+                    expert_energy=expert_nodes) if scales == "energy" else {}
     gen = torch.Generator().manual_seed(seed)
 
     def scale(energy: torch.Tensor | None, n: int) -> torch.Tensor:
@@ -66,6 +77,14 @@ def up_down(model: nn.Module, calib: Calibration, alpha: float = 0.5, experts: b
                 up.bias.div_(s)
             down.weight.mul_(s[None, :])
             log.append({"transform": UP_DOWN, "node": g.mul, "up": g.up, "down": g.down})
+        for c in plain:  # down(act(up x)), act homogeneous of degree k: 1/s into up, s^k into down
+            up, down = m.nodes[c.up], m.nodes[c.down]
+            s = scale(stats.get("energy", {}).get(c.act), up.p["out_features"])
+            up.weight.div_(s[:, None])
+            if up.p["bias"]:
+                up.bias.div_(s)
+            down.weight.mul_(s.pow(c.degree)[None, :])
+            log.append({"transform": UP_DOWN, "node": c.act, "up": c.up, "down": c.down, "degree": c.degree})
         for node in expert_nodes:
             mod = m.nodes[node]
             inter = mod.p["intermediate"]

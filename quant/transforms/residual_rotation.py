@@ -28,6 +28,7 @@ from fuzz.errors import Refusal
 from fuzz.hadamard import orthogonal
 from fuzz.layout import Layout
 from fuzz.materialize import GraphModel
+from verifier._faults import fault
 from verifier.transform import Calibration
 
 from . import register
@@ -97,6 +98,8 @@ def residual_rotation(model: nn.Module, calib: Calibration, seed: int = 0, untie
             op, mod = layout.op(node), m.nodes[node]
             reads = bool(layout.inputs(node)) and layout.inputs(node)[0] in basis
             if op == "embedding":
+                mod.weight.copy_(mod.weight @ q)
+            elif op == "position_embedding" and fault("position_table_unrotated") is None:  # the table: P Q
                 mod.weight.copy_(mod.weight @ q)
             elif op in _LINEAR_READERS and reads and not (op == "lm_head" and mod.p["tied_to"] is not None):
                 mod.weight.copy_(mod.weight @ q)

@@ -169,7 +169,12 @@ def _norm_gamma(module: nn.Module) -> torch.Tensor:
     if hasattr(module, "gamma"):
         return module.gamma.detach().double()
     w = module.weight.detach().double()
-    return w if module.p["weight_form"] == "w" else 1.0 + w
+    w = w if module.p["weight_form"] == "w" else 1.0 + w
+    if w.dim() == 2:  # group_weights: each head its own g, Gamma_h = diag(g_h) U_h
+        if fault("shared_head_gamma") is not None:  # the mutant: head 0's g taken for every head
+            w = w[:1].expand_as(w)
+        return torch.diag_embed(w)
+    return w
 
 
 @register(NAME)

@@ -23,9 +23,9 @@ SPEC_FIELDS = [f.name for f in fields(DecoderSpec)]
 # a spec where every tag-gated axis is visible: sparse and rope layers, parallel residual, LayerNorm
 RICH = DecoderSpec(layers=(LayerSpec(rope=True, sparse=True),), norm="layer", residual="parallel")
 ALL_ON = RICH.with_(qkv_bias=True, o_bias=True, mlp_bias=True, shared_expert=True, norm_bias=True, rotary_dim=4,
-                   attn_gate="head_softplus", embedding_multiplier=2.0, residual_multiplier=2.0, logit_multiplier=2.0,
-                   sliding_window=4, rope_scaling="yarn", attn_scale=0.2, attn_softcap=2.0, final_softcap=4.0,
-                   alibi=True, attn_sinks=True)
+                   fused_qkv=True, position_embedding=True, attn_gate="head_softplus", embedding_multiplier=2.0,
+                   residual_multiplier=2.0, logit_multiplier=2.0, sliding_window=4, rope_scaling="yarn", attn_scale=0.2,
+                   attn_softcap=2.0, final_softcap=4.0, alibi=True, attn_sinks=True)
 # one invalid value per kind (a constraint check_constraints must refuse)
 INVALID = {"choice": "no-such-choice", "bool": 1, "width": 0, "positive_float": -1.0, "multiplier": 0,
            "rotary": 3, "window": 0, "cap": -1.0}
