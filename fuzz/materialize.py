@@ -266,14 +266,22 @@ class Add(Node):
 class Router(Node):
     """softmax -> top-k -> optional renormalisation, scattered back to a dense ``(.., E)`` tensor.
 
+    Sigmoid routers (``score="sigmoid"``) choose on ``sigmoid(logits) + e_score_correction_bias`` (when
+    ``correction_bias``), restricted to the best ``topk_group`` of ``n_group`` groups (a group scored by
+    the sum of its top-2 choice scores), and weigh by the uncorrected scores; ``scaling`` multiplies the
+    (renormalised) weights.  Every shape is static (``topk`` / ``scatter``), so the module exports as is.
+
     ``last_margin`` keeps, per token, the gap between the k-th and (k+1)-th probability of the last
-    forward: the oracle sets aside inputs whose margin is below its tolerance (a near-tie may flip).
+    forward: the oracle sets aside inputs whose margin is below its tolerance (a near-tie may flip).  With
+    groups it is the smaller of that gap and the gap between the kept and the best dropped group.
     """
 
     last_margin: torch.Tensor | None = None
 
     def forward(self, logits):
         p = self.p
+        if p["score"] != "softmax" or p["correction_bias"] or p["n_group"] > 1 or p["scaling"] != 1.0:
+            return self._general(logits)
         dtype = logits.dtype
         probs = torch.softmax(logits.to(torch.float32) if self.numerics == "transformers" else logits, dim=-1)
         k = p["top_k"]
@@ -283,6 +291,34 @@ class Router(Node):
         if p["renormalize"]:
             top = top / top.sum(dim=-1, keepdim=True)
         return torch.zeros_like(probs).scatter(-1, idx, top).to(dtype)
+
+    def _general(self, logits):
+        p = self.p
+        dtype = logits.dtype
+        x = logits.to(torch.float32) if self.numerics == "transformers" else logits
+        scores = torch.softmax(x, dim=-1) if p["score"] == "softmax" else torch.sigmoid(x)
+        choice = scores + self.e_score_correction_bias.to(scores.dtype) if p["correction_bias"] else scores
+        e, k, g, tg = p["n_experts"], p["top_k"], p["n_group"], p["topk_group"]
+        margins = []
+        if g > 1:
+            grouped = choice.unflatten(-1, (g, e // g))
+            group_scores = grouped.topk(2, dim=-1)[0].sum(dim=-1)
+            gtop, gidx = torch.topk(group_scores, min(tg + 1, g), dim=-1)
+            if tg < g:
+                margins.append(gtop[..., tg - 1] - gtop[..., tg])
+            keep = torch.zeros_like(group_scores, dtype=torch.bool).scatter(-1, gidx[..., :tg], True)
+            choice = choice.masked_fill(~keep.repeat_interleave(e // g, dim=-1), float("-inf"))
+        ctop, idx = torch.topk(choice, min(k + 1, e), dim=-1)
+        if k < e:
+            gap = ctop[..., k - 1] - ctop[..., k]
+            margins.append(torch.where(torch.isfinite(gap), gap, torch.full_like(gap, float("inf"))))
+        self.last_margin = torch.stack(margins).amin(dim=0).detach() if margins else None
+        idx = idx[..., :k]
+        top = scores.gather(-1, idx)
+        if p["renormalize"]:
+            top = top / top.sum(dim=-1, keepdim=True)
+        top = top * p["scaling"]
+        return torch.zeros_like(scores).scatter(-1, idx, top).to(dtype)
 
 
 @torch_impl("experts")
