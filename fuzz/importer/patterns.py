@@ -186,7 +186,107 @@ def _router(conv: Converter, node: str, ins: list[str]) -> list[Entry]:
     conv.parameters[proj] = conv.parameters.pop(node)
     linear = {"in_features": d["in_features"], "out_features": d["n_experts"], "bias": d["bias"]}
     router = {"n_experts": d["n_experts"], "top_k": d["top_k"], "renormalize": d["renormalize"]}
+    measured = measure_router(conv, node, conv.parameters[proj], router)
+    if measured is not None:
+        router, bias = measured
+        if bias is not None:  # a buffer in the source (never trained): the layout's router owns a copy
+            conv.parameters[node] = {"e_score_correction_bias": torch.nn.Parameter(bias, requires_grad=False)}
     return [(proj, "linear", linear, ins), (node, "router", router, [proj])]
+
+
+_ROUTER_PROBE_TOKENS = 96
+_ROUTER_TIE = 1e-3  # probe tokens whose candidate choice margin is below this are not compared
+_ROUTER_MATCH = 1e-4  # relative agreement of the dense routing weights (the source may route in float32)
+
+
+def _module_routing(module, x: torch.Tensor, n_experts: int) -> tuple[torch.Tensor, int] | None:
+    """The dense ``(T, E)`` routing weights a router module returns for ``x (T, H)`` and its top-k: from its
+    outputs, the integer ``(T, k)`` indices and the float ``(T, k)`` weights; None when the module cannot be
+    run that way."""
+    for inp in (x, x[None]):
+        try:
+            with torch.no_grad():
+                out = module(inp)
+        except Exception:  # noqa: BLE001 - any failure means "cannot probe this way"
+            continue
+        outs = [o for o in (out if isinstance(out, (tuple, list)) else (out,)) if isinstance(o, torch.Tensor)]
+        outs = [o.reshape(x.shape[0], -1) for o in outs if o.numel() % x.shape[0] == 0 and o.numel()]
+        idx = [o for o in outs if not o.is_floating_point()]
+        val = [o for o in outs if o.is_floating_point()]
+        if len(idx) == 1 and any(v.shape == idx[0].shape for v in val):
+            w = next(v for v in val if v.shape == idx[0].shape)
+            return torch.zeros(x.shape[0], n_experts, dtype=torch.float64).scatter(
+                -1, idx[0].long(), w.double()), idx[0].shape[-1]
+    return None
+
+
+def _router_candidates(module, d: dict, bias: torch.Tensor | None):
+    """Router parameter sets to test against the module: score, correction bias, groups, renormalisation
+    (the module's ``n_group`` / ``topk_group`` attributes first when it has them)."""
+    e, k = d["n_experts"], d["top_k"]
+    groups = [(g, tg) for g in range(1, e + 1) if e % g == 0 and (g == 1 or e // g >= 2)
+              for tg in range(1, g + 1) if k <= tg * (e // g)]
+    named = (getattr(module, "num_group", getattr(module, "n_group", None)), getattr(module, "topk_group", None))
+    groups.sort(key=lambda gt: (gt != named, gt[0] > 1, -gt[1]))
+    for score in ("softmax", "sigmoid"):
+        for corrected in ((False, True) if bias is not None else (False,)):
+            for g, tg in groups:
+                for renorm in (d["renormalize"], not d["renormalize"]):
+                    yield {"n_experts": e, "top_k": k, "renormalize": renorm, "score": score,
+                           "correction_bias": corrected, "n_group": g, "topk_group": tg, "scaling": 1.0}
+
+
+def measure_router(conv: Converter, node: str, proj: dict, base: dict):
+    """``(router params, correction bias or None)`` that reproduce the source router module on random probe
+    tokens (score function, correction bias, group-limited top-k, renormalisation and the routed scaling
+    factor, all measured); None when the module cannot be probed (the import check still decides)."""
+    from ..materialize import MODULES
+    from ..ops import spec
+
+    d = conv.g.nodes[node]
+    module = conv.modules.get(d["module_path"])
+    weight = proj["weight"]
+    if module is None:
+        return None
+    gen = torch.Generator().manual_seed(0)
+    x = 2.0 * torch.randn(_ROUTER_PROBE_TOKENS, d["in_features"], generator=gen, dtype=torch.float64)
+    measured = _module_routing(module, x.to(weight.dtype), d["n_experts"])
+    if measured is None:
+        return None
+    want, top_k = measured  # the recorded first topk may be a group score's (top-2 per group)
+    if not 1 <= top_k <= d["n_experts"]:
+        return None
+    base = {**base, "top_k": top_k}
+    buffers = [b for b in module._buffers.values() if isinstance(b, torch.Tensor) and b.shape == (d["n_experts"],)
+               and b.is_floating_point()]
+    bias = buffers[0].detach().to(torch.float64).clone() if len(buffers) == 1 else None
+    with torch.no_grad():
+        logits = torch.nn.functional.linear(x, weight.detach().double(),
+                                            proj["bias"].detach().double() if "bias" in proj else None)
+    for cand in _router_candidates(module, base, bias):
+        params = spec("router").normalise(node, cand)
+        router = MODULES["router"](node, params, "exact")
+        if params["correction_bias"]:
+            router.register_buffer("e_score_correction_bias", bias)
+        with torch.no_grad():
+            got = router(logits)
+        ok = torch.ones(x.shape[0], dtype=torch.bool) if router.last_margin is None \
+            else router.last_margin > _ROUTER_TIE
+        if ok.sum() < x.shape[0] // 2 or not torch.equal(got[ok] != 0, want[ok] != 0):
+            continue
+        ratio = want[ok].sum(-1) / got[ok].sum(-1)
+        scaling = float(ratio.median())
+        named = getattr(module, "routed_scaling_factor", None)
+        if isinstance(named, (int, float)) and math.isclose(float(named), scaling, rel_tol=_ROUTER_MATCH):
+            scaling = float(named)
+        if not (scaling > 0 and torch.allclose(got[ok] * scaling, want[ok], rtol=_ROUTER_MATCH,
+                                                atol=_ROUTER_MATCH * float(want.abs().max()))):
+            continue
+        params = {**params, "scaling": scaling}
+        return params, (bias if params["correction_bias"] else None)
+    raise conv.refuse(node, "router: no softmax / sigmoid router (with or without a correction bias, "
+                      "group-limited top-k and renormalisation, times a routed scaling factor) reproduces "
+                      f"module {d['module_path']} on {x.shape[0]} probe tokens")
 
 
 @import_pattern("experts")

@@ -15,10 +15,14 @@ and for fused experts, per expert ``e``: rows ``I..2I`` of ``gate_up_proj[e]`` d
 columns of ``down_proj[e]`` multiplied by ``s_e``.  ``s`` comes from the energy of the intermediate
 (``down``'s input; per expert, over the tokens routed to it).  A GELU MLP (``down(act(up x))``) is not
 linear in ``up x`` and is left alone.
+
+Routers: a correction bias (``e_score_correction_bias``, DeepSeek-V3 / GLM-4-MoE) moves only the choice
+and is not on the residual stream: nothing here touches it, nor the routed scaling factor.
 """
 
 from __future__ import annotations
 
+import types
 from typing import Literal
 
 import torch
@@ -27,6 +31,7 @@ from torch import nn
 from fuzz.dataflow import glu_chains
 from fuzz.errors import Refusal
 from fuzz.materialize import GraphModel
+from verifier._faults import fault
 from verifier.transform import Calibration
 
 from . import register
@@ -97,4 +102,22 @@ def moe_absorb(model: nn.Module, calib: Calibration, alpha: float = 0.5, scales:
         raise Refusal(MOE, "the experts do not read a norm (post-norm layout)", op="experts",
                       path=layout.of_op("experts")[0], feature="norm-feeds-residual")
     m = norm_absorb(m, calib, alpha=alpha, scales=scales, seed=seed, norms=moe_norms)
-    return up_down(m, calib, alpha=alpha, scales=scales, seed=seed, reading=moe_norms)
+    m = up_down(m, calib, alpha=alpha, scales=scales, seed=seed, reading=moe_norms)
+    if fault("router_bias_in_weights") is not None:  # mutant: the correction bias leaks into the weights
+        for node in layout.of_op("router"):
+            if layout.params(node)["correction_bias"]:
+                mod = m.nodes[node]
+                mod.forward = types.MethodType(_weigh_by_corrected_scores, mod)
+    return m
+
+
+def _weigh_by_corrected_scores(self, logits):
+    """The mutant's router (``router_bias_in_weights``): the experts chosen as before, but weighed by
+    ``score + e_score_correction_bias`` instead of the score alone."""
+    chosen = type(self).forward(self, logits) != 0
+    p = self.p
+    scores = torch.softmax(logits, dim=-1) if p["score"] == "softmax" else torch.sigmoid(logits)
+    w = torch.where(chosen, scores + self.e_score_correction_bias, torch.zeros_like(scores))
+    if p["renormalize"]:
+        w = w / w.sum(dim=-1, keepdim=True)
+    return w * p["scaling"]
