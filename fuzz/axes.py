@@ -173,6 +173,9 @@ AXES: dict[str, Axis] = _axes(
          off_rank=21, most=("grouped", "sigmoid_bias", "sigmoid", "softmax")),
     Axis("routed_scaling", "positive_float", (1.0, 2.5), 1.0,
          lambda s: ("moe:routed_scaling",) if _any_sparse(s) and s.routed_scaling != 1.0 else (), off_rank=22),
+    Axis("expert_form", "choice", ("plain", "bias", "transposed", "interleaved", "clamped", "gpt_oss"), "plain",
+         lambda s: (f"moe:experts:{s.expert_form}",) if _any_sparse(s) and s.expert_form != "plain" else (),
+         off_rank=23, most=("gpt_oss", "bias", "clamped", "transposed", "interleaved", "plain")),
     Axis("norm", "choice", ("rms", "layer"), "rms", _named("norm", "norm"), off_rank=10, most=("layer", "rms")),
     Axis("norm_weight_form", "choice", ("w", "1+w"), "w", _named("norm_form", "norm_weight_form"), off_rank=12),
     Axis("norm_bias", "bool", (False, True), False,  # LayerNorm bias

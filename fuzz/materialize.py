@@ -323,10 +323,59 @@ class Router(Node):
 
 @torch_impl("experts")
 class Experts(Node):
-    """Fused experts: ``sum_e w_e * down_e(act(gate_e x) * up_e x)``, gate rows first in gate_up_proj."""
+    """Fused experts: ``sum_e w_e * down_e(act(gate_e x) * up_e x)``, gate rows first in gate_up_proj.
+
+    The variants (``transposed``, ``interleaved``, ``bias``, ``act="clamped_swiglu"``) run through
+    :meth:`intermediate` / :meth:`output`; transforms reach the weights through the canonical views
+    :meth:`w_in` ``(E, 2I, H)``, :meth:`w_out` ``(E, H, I)`` and :meth:`up_rows`, whatever the storage.
+    """
+
+    def _plain(self) -> bool:
+        p = self.p
+        return not (p["transposed"] or p["interleaved"] or p["bias"] or p["act"] == "clamped_swiglu")
+
+    def w_in(self) -> torch.Tensor:
+        """``gate_up_proj`` as ``(E, 2I, H)`` (a view: in-place edits reach the parameter)."""
+        return self.gate_up_proj.transpose(1, 2) if self.p["transposed"] else self.gate_up_proj
+
+    def w_out(self) -> torch.Tensor:
+        """``down_proj`` as ``(E, H, I)`` (a view)."""
+        return self.down_proj.transpose(1, 2) if self.p["transposed"] else self.down_proj
+
+    def up_rows(self, e: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The ``up`` rows ``(I, H)`` of expert ``e`` and their bias ``(I,)`` (views; bias None without)."""
+        i = self.p["intermediate"]
+        rows = slice(1, None, 2) if self.p["interleaved"] else slice(i, None)
+        bias = self.gate_up_proj_bias[e, rows] if self.p["bias"] else None
+        return self.w_in()[e, rows], bias
+
+    def intermediate(self, x: torch.Tensor, e) -> torch.Tensor:
+        """``down_e``'s input for the rows ``x`` (expert ``e``; ``e`` may be a slice over experts with
+        ``x (..., H)`` broadcast by einsum)."""
+        p = self.p
+        w = self.w_in()[e]
+        gu = F.linear(x, w) if w.dim() == 2 else torch.einsum("...d,efd->...ef", x, w)
+        if p["bias"]:
+            gu = gu + self.gate_up_proj_bias[e]
+        if p["interleaved"]:
+            gate, up = gu[..., 0::2], gu[..., 1::2]
+        else:
+            gate, up = gu.chunk(2, dim=-1)
+        if p["act"] == "clamped_swiglu":
+            gate = gate.clamp(max=p["limit"])
+            up = up.clamp(-p["limit"], p["limit"])
+            return (up + 1) * (gate * torch.sigmoid(gate * p["alpha"]))
+        return ACT[p["act"]](gate) * up
+
+    def output(self, mid: torch.Tensor, e) -> torch.Tensor:
+        """``down_e(mid)`` (+ its bias)."""
+        w = self.w_out()[e]
+        y = F.linear(mid, w) if w.dim() == 2 else torch.einsum("...ei,edi->...ed", mid, w)
+        return y + self.down_proj_bias[e] if self.p["bias"] else y
 
     def forward(self, x, weights):
-        act = ACT[self.p["act"]]
+        plain = self._plain()
+        act = ACT.get(self.p["act"])
         out = torch.zeros_like(x)
         flat_x = x.reshape(-1, x.shape[-1])
         flat_w = weights.reshape(-1, weights.shape[-1])
@@ -335,14 +384,20 @@ class Experts(Node):
             rows = torch.nonzero(flat_w[:, e]).flatten()
             if rows.numel() == 0:
                 continue
-            gate, up = F.linear(flat_x[rows], self.gate_up_proj[e]).chunk(2, dim=-1)
-            y = F.linear(act(gate) * up, self.down_proj[e]) * flat_w[rows, e, None]
+            if plain:
+                gate, up = F.linear(flat_x[rows], self.gate_up_proj[e]).chunk(2, dim=-1)
+                y = F.linear(act(gate) * up, self.down_proj[e]) * flat_w[rows, e, None]
+            else:
+                y = self.output(self.intermediate(flat_x[rows], e), e) * flat_w[rows, e, None]
             flat_out.index_add_(0, rows, y)
         return out
 
     def export_forward(self, x, weights):
         """Every expert on every token, no data-dependent shapes: ``sum_e w_e * down_e(act(gate_e x) * up_e x)``
         with ``w_e = 0`` for the experts not routed to (the same sum as :meth:`forward`)."""
+        if not self._plain():
+            y = self.output(self.intermediate(x, slice(None)), slice(None))
+            return (y * weights[..., None]).sum(dim=-2)
         act = ACT[self.p["act"]]
         gate, up = torch.einsum("...d,efd->...ef", x, self.gate_up_proj).chunk(2, dim=-1)
         y = torch.einsum("...ei,edi->...ed", act(gate) * up, self.down_proj)

@@ -14,7 +14,10 @@ channel,
 and for fused experts, per expert ``e``: rows ``I..2I`` of ``gate_up_proj[e]`` divided by ``s_e``,
 columns of ``down_proj[e]`` multiplied by ``s_e``.  ``s`` comes from the energy of the intermediate
 (``down``'s input; per expert, over the tokens routed to it).  A GELU MLP (``down(act(up x))``) is not
-linear in ``up x`` and is left alone.
+linear in ``up x`` and is left alone, and so are the clamped SwiGLU experts of GPT-OSS (``clamp(up)`` and
+``up + 1`` are not linear in ``up``; logged as skipped).  Expert biases: ``gate_up_proj_bias``' up part is
+divided by ``s`` with its rows, ``down_proj_bias`` is untouched (it is added after ``down``).  Transposed
+or interleaved storage is reached through the canonical views of :class:`fuzz.materialize.Experts`.
 
 Routers: a correction bias (``e_score_correction_bias``, DeepSeek-V3 / GLM-4-MoE) moves only the choice
 and is not on the residual stream: nothing here touches it, nor the routed scaling factor.
@@ -74,13 +77,20 @@ def up_down(model: nn.Module, calib: Calibration, alpha: float = 0.5, experts: b
         for node in expert_nodes:
             mod = m.nodes[node]
             inter = mod.p["intermediate"]
+            if mod.p["act"] == "clamped_swiglu":  # clamp(up) and (up + 1) are not linear in up: left alone
+                log.append({"transform": UP_DOWN, "node": node, "skipped": "clamped-swiglu",
+                            "why": "the clamped SwiGLU (GPT-OSS) clamps up and adds 1: not linear in up"})
+                continue
             for e in range(mod.p["n_experts"]):
                 energy = stats["expert_energy"][node][e] if scales == "energy" else None
                 if scales == "energy" and not energy.any():
                     continue  # no calibration token reached this expert: leave it as it is
                 s = scale(energy, inter)
-                mod.gate_up_proj[e, inter:].div_(s[:, None])
-                mod.down_proj[e].mul_(s[None, :])
+                up, up_bias = mod.up_rows(e)  # views: up rows whatever the storage (interleaved, transposed)
+                up.div_(s[:, None])
+                if up_bias is not None and fault("expert_up_bias_unscaled") is None:  # the mutant forgets it
+                    up_bias.div_(s)
+                mod.w_out()[e].mul_(s[None, :])
             log.append({"transform": UP_DOWN, "node": node, "experts": mod.p["n_experts"]})
     m.transform_log = getattr(m, "transform_log", []) + log
     return m

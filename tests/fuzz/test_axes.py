@@ -24,7 +24,7 @@ SPEC_FIELDS = [f.name for f in fields(DecoderSpec)]
 RICH = DecoderSpec(layers=(LayerSpec(rope=True, sparse=True),), norm="layer", residual="parallel")
 ALL_ON = RICH.with_(qkv_bias=True, o_bias=True, mlp_bias=True, shared_expert=True, norm_bias=True, rotary_dim=4,
                    attn_gate="head_softplus", embedding_multiplier=2.0, residual_multiplier=2.0, logit_multiplier=2.0)
-ALL_ON = ALL_ON.with_(router="grouped", routed_scaling=2.5)  # MoE router variants
+ALL_ON = ALL_ON.with_(router="grouped", routed_scaling=2.5, expert_form="gpt_oss")  # MoE router variants
 # one invalid value per kind (a constraint check_constraints must refuse)
 INVALID = {"choice": "no-such-choice", "bool": 1, "width": 0, "positive_float": -1.0, "multiplier": 0,
            "rotary": 3}
