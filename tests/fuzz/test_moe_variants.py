@@ -134,3 +134,33 @@ def test_a_router_no_candidate_reproduces_is_refused_naming_the_module():
     gate.forward = squared
     with pytest.raises(BadInput, match=r"model\.layers\.1\.mlp\.gate.*router: no softmax / sigmoid router"):
         import_model(model)
+
+
+def _gpt_oss_moe_in_qwen3_moe(limit=1.5):
+    """A tiny Qwen3-MoE whose MoE blocks run GPT-OSS' router (bias, top-k then softmax) and experts
+    (transposed, interleaved gate/up, biases, clamped SwiGLU): GPT-OSS' MoE without its attention."""
+    tf = pytest.importorskip("transformers")
+    from transformers.models.gpt_oss.modeling_gpt_oss import GptOssExperts, GptOssTopKRouter
+    from benchmarks.import_check_families import DIMS, randomize
+    cfg = tf.Qwen3MoeConfig(**DIMS, moe_intermediate_size=16, num_experts_per_tok=2, num_experts=4)
+    model = tf.Qwen3MoeForCausalLM._from_config(cfg, dtype=torch.float64, experts_implementation="eager")
+    oss = tf.GptOssConfig(hidden_size=32, intermediate_size=16, num_local_experts=4, num_experts_per_tok=2,
+                          swiglu_limit=limit)
+    for layer in model.model.layers:
+        layer.mlp.experts, layer.mlp.gate = GptOssExperts(oss), GptOssTopKRouter(oss)
+    return randomize(model.to(torch.float64))
+
+
+def test_gpt_oss_experts_and_router_import_and_stay_invariant():
+    from fuzz.importer import import_model
+    from quant import transforms
+    from verifier import verify
+    gm = import_model(_gpt_oss_moe_in_qwen3_moe())  # checked against the model
+    p = gm.layout.params("model_layers_0_mlp_experts")
+    assert (p["act"], p["bias"], p["transposed"], p["interleaved"], p["limit"]) == \
+        ("clamped_swiglu", True, True, True, 1.5)
+    r = gm.layout.params("model_layers_0_mlp_gate")
+    assert (r["score"], r["renormalize"]) == ("softmax", True)  # top-k then softmax == softmax, top-k, renorm
+    assert gm.layout.params("model_layers_0_mlp_gate_proj")["bias"]
+    v = verify(transforms.get("bbt-absorb"), gm)
+    assert v.status == "invariant", v
