@@ -46,6 +46,8 @@ if TYPE_CHECKING:
     from .converter import Converter, Entry
 
 _SLICES = frozenset({"getitem", "chunk", "split", "split_with_sizes", "tensor_split"})
+_ROUTING_CALLS = frozenset({"softmax", "topk", "max", "sort", "argmax", "gather", "scatter", "scatter_",
+                            "one_hot"})
 
 
 @dataclass(frozen=True)
@@ -473,6 +475,10 @@ def _head_slice(conv: Converter, node: str, ins: list[str]) -> dict:
     """A slice of the last axis of a ``(.., heads, head_dim)`` view: ``x[..., a:b]``, a chunk or a split.
     Any other opaque call is refused."""
     d = conv.g.nodes[node]
+    if d.get("call") in _ROUTING_CALLS:
+        raise conv.refuse(node, f"opaque op {d.get('call')!r}: a MoE router whose softmax / top-k / max was not "
+                          f"contracted into a router (one written across modules, e.g. a correction bias held by a "
+                          f"child module, or a sparsemixer router); not in the layout's router vocabulary")
     if d.get("call") not in _SLICES:
         raise conv.refuse(node, f"opaque op {d.get('call')!r}")
     conv.no_params(node)
