@@ -219,7 +219,8 @@ def _module_routing(module, x: torch.Tensor, n_experts: int) -> tuple[torch.Tens
         idx = [o for o in outs if not o.is_floating_point()]
         val = [o for o in outs if o.is_floating_point()]
         if len(idx) == 1 and any(v.shape == idx[0].shape for v in val):
-            w = next(v for v in val if v.shape == idx[0].shape)
+            # the last one: with top_k == n_experts the logits (returned first) have the weights' shape too
+            w = [v for v in val if v.shape == idx[0].shape][-1]
             return torch.zeros(x.shape[0], n_experts, dtype=torch.float64).scatter(
                 -1, idx[0].long(), w.double()), idx[0].shape[-1]
     return None
@@ -282,8 +283,10 @@ def measure_router(conv: Converter, node: str, proj: dict, base: dict):
         ratio = want[ok].sum(-1) / got[ok].sum(-1)
         scaling = float(ratio.median())
         named = getattr(module, "routed_scaling_factor", None)
-        if isinstance(named, (int, float)) and math.isclose(float(named), scaling, rel_tol=_ROUTER_MATCH):
-            scaling = float(named)
+        for exact in ((float(named),) if isinstance(named, (int, float)) and named > 0 else ()) + (1.0,):
+            if math.isclose(exact, scaling, rel_tol=_ROUTER_MATCH):  # the factor as written, not re-measured
+                scaling = exact
+                break
         if not (scaling > 0 and torch.allclose(got[ok] * scaling, want[ok], rtol=_ROUTER_MATCH,
                                                 atol=_ROUTER_MATCH * float(want.abs().max()))):
             continue
