@@ -354,8 +354,12 @@ _EXPERT_MATCH = 1e-6  # relative agreement with the experts module on the probe 
 
 def _expert_candidates(module, recorded_act: str | None):
     acts = [a for a in (recorded_act,) if a in ACTIVATIONS] + [a for a in ACTIVATIONS if a != recorded_act]
+    if recorded_act == "clamped_swiglu":
+        acts = []
     clamp = {}
-    limit, alpha = getattr(module, "limit", None), getattr(module, "alpha", None)
+    own = getattr(module, "p", None)  # a GraphModel's experts keep them in their layout params
+    limit, alpha = (own.get("limit"), own.get("alpha")) if isinstance(own, dict) else \
+        (getattr(module, "limit", None), getattr(module, "alpha", None))
     if isinstance(limit, (int, float)) and isinstance(alpha, (int, float)) and limit > 0 and alpha > 0:
         clamp = {"limit": float(limit), "alpha": float(alpha)}
     for act in acts + (["clamped_swiglu"] if clamp else []):
