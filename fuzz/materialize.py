@@ -307,7 +307,8 @@ class Router(Node):
             if tg < g:
                 margins.append(gtop[..., tg - 1] - gtop[..., tg])
             keep = torch.zeros_like(group_scores, dtype=torch.bool).scatter(-1, gidx[..., :tg], True)
-            choice = choice.masked_fill(~keep.repeat_interleave(e // g, dim=-1), float("-inf"))
+            keep = keep[..., None].expand(*keep.shape, e // g).reshape(choice.shape)  # per expert
+            choice = choice.masked_fill(~keep, float("-inf"))
         ctop, idx = torch.topk(choice, min(k + 1, e), dim=-1)
         if k < e:
             gap = ctop[..., k - 1] - ctop[..., k]
