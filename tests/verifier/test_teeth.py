@@ -175,7 +175,8 @@ def test_the_mutants_of_quant_transforms_are_registered_by_quant():
     import quant.mutants  # noqa: F401  (already loaded through the entry points; importing again is a no-op)
     from verifier.registry import prefix_of, resolve
     quant_made = {"gproj_omission", "skip_norm_consumer", "router_unscaled", "expert_wrong_axis", "pair_reflection",
-                  "forget_pair_bias", "float32_rotation", "symmetric_gamma"}
+                  "forget_pair_bias", "float32_rotation", "symmetric_gamma", "corrected_weights",
+                  "expert_bias_unscaled"}
     assert quant_made | {"forget_writer_bias", "cross_group_heads"} == set(mutants.names())
     for name in mutants.names():
         m = mutants.mutant(name)
