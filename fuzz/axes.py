@@ -130,6 +130,13 @@ def _window_tags(s) -> tuple:
         return ()
     return ("attn:sliding_window",) + (("attn:sliding_window+global",) if not all(l.sliding for l in s.layers)
                                        else ())
+def _router_tags(s) -> tuple:
+    """``moe:router:<kind>`` of a spec with MoE layers; ``grouped`` only where the expert count splits."""
+    if not _any_sparse(s) or s.router == "softmax":
+        return ()
+    from .decoder import router_groups  # decoder imports this module
+    kind = "sigmoid_bias" if s.router == "grouped" and router_groups(s)[0] == 1 else s.router
+    return (f"moe:router:{kind}",)
 
 
 def _attn_kind(s) -> str:
@@ -183,6 +190,13 @@ AXES: dict[str, Axis] = _axes(
          if _any_sparse(s) and s.shared_expert else (), off_rank=3),
     Axis("shared_intermediate", "width", lambda lim, _: range(2, lim["max_hidden"] + 1), KEEP, _no_tags, floor=2),
     Axis("shared_gate", "bool", (True, False), True, _no_tags, off_rank=20),  # tagged with shared_expert
+    Axis("router", "choice", ("softmax", "sigmoid", "sigmoid_bias", "grouped"), "softmax", _router_tags,
+         off_rank=30, most=("grouped", "sigmoid_bias", "sigmoid", "softmax")),
+    Axis("routed_scaling", "positive_float", (1.0, 2.5), 1.0,
+         lambda s: ("moe:routed_scaling",) if _any_sparse(s) and s.routed_scaling != 1.0 else (), off_rank=31),
+    Axis("expert_form", "choice", ("plain", "bias", "transposed", "interleaved", "clamped", "gpt_oss"), "plain",
+         lambda s: (f"moe:experts:{s.expert_form}",) if _any_sparse(s) and s.expert_form != "plain" else (),
+         off_rank=32, most=("gpt_oss", "bias", "clamped", "transposed", "interleaved", "plain")),
     Axis("norm", "choice", ("rms", "layer"), "rms", _named("norm", "norm"), off_rank=10, most=("layer", "rms")),
     Axis("norm_weight_form", "choice", ("w", "1+w"), "w", _named("norm_form", "norm_weight_form"), off_rank=12),
     Axis("norm_bias", "bool", (False, True), False,  # LayerNorm bias

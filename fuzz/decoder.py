@@ -65,6 +65,9 @@ class DecoderSpec:
     shared_expert: bool = False
     shared_intermediate: int = 24
     shared_gate: bool = True
+    router: str = "softmax"  # softmax | sigmoid | sigmoid_bias | grouped (see router_params)
+    routed_scaling: float = 1.0  # routed_scaling_factor on the routing weights
+    expert_form: str = "plain"  # plain | bias | transposed | interleaved | clamped | gpt_oss (see expert_params)
     # norms and residual
     norm: str = "rms"
     norm_weight_form: str = "w"
@@ -229,11 +232,43 @@ def _glu_or_gelu(g: _Graph, s: DecoderSpec, p: str, x: str, inter: int, bias: bo
     return g.add(f"{p}down_proj", "linear", [a], in_features=inter, out_features=s.hidden, bias=bias)
 
 
+def router_groups(s: DecoderSpec) -> tuple[int, int]:
+    """``(n_group, topk_group)`` of a ``router="grouped"`` spec: two groups, the best one kept when top-k fits
+    in one group (else both, which still scores and orders the groups); ``(1, 1)`` when ``n_experts`` cannot
+    be split into two groups of two or more (the tags then say no group-limited routing)."""
+    if s.router != "grouped" or s.n_experts % 2 or s.n_experts < 4:
+        return 1, 1
+    return 2, 1 if s.top_k <= s.n_experts // 2 else 2
+
+
+def router_params(s: DecoderSpec) -> dict:
+    """The ``router`` op parameters of spec ``s`` (DeepSeek-V3 style for the sigmoid kinds)."""
+    n_group, topk_group = router_groups(s)
+    return dict(n_experts=s.n_experts, top_k=s.top_k, renormalize=s.renormalize,
+                score="softmax" if s.router == "softmax" else "sigmoid",
+                correction_bias=s.router in ("sigmoid_bias", "grouped"), n_group=n_group, topk_group=topk_group,
+                scaling=float(s.routed_scaling))
+
+
+EXPERT_FORMS = {  # expert_form -> experts op parameters (GPT-OSS: all four at once)
+    "plain": {}, "bias": {"bias": True}, "transposed": {"transposed": True}, "interleaved": {"interleaved": True},
+    "clamped": {"act": "clamped_swiglu"},
+    "gpt_oss": {"bias": True, "transposed": True, "interleaved": True, "act": "clamped_swiglu"},
+}
+
+
+def expert_params(s: DecoderSpec) -> dict:
+    """The ``experts`` op parameters of spec ``s``.  The clamp limit is 1.5 (GPT-OSS: 7.0) so that the
+    clamp is active on a fuzzed layout's small activations."""
+    form = EXPERT_FORMS[s.expert_form]
+    return {"n_experts": s.n_experts, "hidden": s.hidden, "intermediate": s.moe_intermediate, "act": "silu",
+            **form, **({"limit": 1.5} if form.get("act") == "clamped_swiglu" else {})}
+
+
 def _moe(g: _Graph, s: DecoderSpec, p: str, x: str) -> str:
     logits = g.add(f"{p}router_proj", "linear", [x], in_features=s.hidden, out_features=s.n_experts, bias=False)
-    w = g.add(f"{p}router", "router", [logits], n_experts=s.n_experts, top_k=s.top_k, renormalize=s.renormalize)
-    out = g.add(f"{p}experts", "experts", [x, w], n_experts=s.n_experts, hidden=s.hidden,
-                intermediate=s.moe_intermediate, act="silu")
+    w = g.add(f"{p}router", "router", [logits], **router_params(s))
+    out = g.add(f"{p}experts", "experts", [x, w], **expert_params(s))
     if s.shared_expert:
         sh = _glu_or_gelu(g, s.with_(mlp="swiglu"), f"{p}shared_expert_", x, s.shared_intermediate, False)
         if s.shared_gate:

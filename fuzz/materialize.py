@@ -341,14 +341,22 @@ class Add(Node):
 class Router(Node):
     """softmax -> top-k -> optional renormalisation, scattered back to a dense ``(.., E)`` tensor.
 
+    Sigmoid routers (``score="sigmoid"``) choose on ``sigmoid(logits) + e_score_correction_bias`` (when
+    ``correction_bias``), restricted to the best ``topk_group`` of ``n_group`` groups (a group scored by
+    the sum of its top-2 choice scores), and weigh by the uncorrected scores; ``scaling`` multiplies the
+    (renormalised) weights.  Every shape is static (``topk`` / ``scatter``), so the module exports as is.
+
     ``last_margin`` keeps, per token, the gap between the k-th and (k+1)-th probability of the last
-    forward: the oracle sets aside inputs whose margin is below its tolerance (a near-tie may flip).
+    forward: the oracle sets aside inputs whose margin is below its tolerance (a near-tie may flip).  With
+    groups it is the smaller of that gap and the gap between the kept and the best dropped group.
     """
 
     last_margin: torch.Tensor | None = None
 
     def forward(self, logits):
         p = self.p
+        if p["score"] != "softmax" or p["correction_bias"] or p["n_group"] > 1 or p["scaling"] != 1.0:
+            return self._general(logits)
         dtype = logits.dtype
         probs = torch.softmax(logits.to(torch.float32) if self.numerics == "transformers" else logits, dim=-1)
         k = p["top_k"]
@@ -359,13 +367,91 @@ class Router(Node):
             top = top / top.sum(dim=-1, keepdim=True)
         return torch.zeros_like(probs).scatter(-1, idx, top).to(dtype)
 
+    def _general(self, logits):
+        p = self.p
+        dtype = logits.dtype
+        x = logits.to(torch.float32) if self.numerics == "transformers" else logits
+        scores = torch.softmax(x, dim=-1) if p["score"] == "softmax" else torch.sigmoid(x)
+        choice = scores + self.e_score_correction_bias.to(scores.dtype) if p["correction_bias"] else scores
+        e, k, g, tg = p["n_experts"], p["top_k"], p["n_group"], p["topk_group"]
+        margins = []
+        if g > 1:
+            grouped = choice.unflatten(-1, (g, e // g))
+            group_scores = grouped.topk(2, dim=-1)[0].sum(dim=-1)
+            gtop, gidx = torch.topk(group_scores, min(tg + 1, g), dim=-1)
+            if tg < g:
+                margins.append(gtop[..., tg - 1] - gtop[..., tg])
+            keep = torch.zeros_like(group_scores, dtype=torch.bool).scatter(-1, gidx[..., :tg], True)
+            keep = keep[..., None].expand(*keep.shape, e // g).reshape(choice.shape)  # per expert
+            choice = choice.masked_fill(~keep, float("-inf"))
+        ctop, idx = torch.topk(choice, min(k + 1, e), dim=-1)
+        if k < e:
+            gap = ctop[..., k - 1] - ctop[..., k]
+            margins.append(torch.where(torch.isfinite(gap), gap, torch.full_like(gap, float("inf"))))
+        self.last_margin = torch.stack(margins).amin(dim=0).detach() if margins else None
+        idx = idx[..., :k]
+        top = scores.gather(-1, idx)
+        if p["renormalize"]:
+            top = top / top.sum(dim=-1, keepdim=True)
+        top = top * p["scaling"]
+        return torch.zeros_like(scores).scatter(-1, idx, top).to(dtype)
+
 
 @torch_impl("experts")
 class Experts(Node):
-    """Fused experts: ``sum_e w_e * down_e(act(gate_e x) * up_e x)``, gate rows first in gate_up_proj."""
+    """Fused experts: ``sum_e w_e * down_e(act(gate_e x) * up_e x)``, gate rows first in gate_up_proj.
+
+    The variants (``transposed``, ``interleaved``, ``bias``, ``act="clamped_swiglu"``) run through
+    :meth:`intermediate` / :meth:`output`; transforms reach the weights through the canonical views
+    :meth:`w_in` ``(E, 2I, H)``, :meth:`w_out` ``(E, H, I)`` and :meth:`up_rows`, whatever the storage.
+    """
+
+    def _plain(self) -> bool:
+        p = self.p
+        return not (p["transposed"] or p["interleaved"] or p["bias"] or p["act"] == "clamped_swiglu")
+
+    def w_in(self) -> torch.Tensor:
+        """``gate_up_proj`` as ``(E, 2I, H)`` (a view: in-place edits reach the parameter)."""
+        return self.gate_up_proj.transpose(1, 2) if self.p["transposed"] else self.gate_up_proj
+
+    def w_out(self) -> torch.Tensor:
+        """``down_proj`` as ``(E, H, I)`` (a view)."""
+        return self.down_proj.transpose(1, 2) if self.p["transposed"] else self.down_proj
+
+    def up_rows(self, e: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The ``up`` rows ``(I, H)`` of expert ``e`` and their bias ``(I,)`` (views; bias None without)."""
+        i = self.p["intermediate"]
+        rows = slice(1, None, 2) if self.p["interleaved"] else slice(i, None)
+        bias = self.gate_up_proj_bias[e, rows] if self.p["bias"] else None
+        return self.w_in()[e, rows], bias
+
+    def intermediate(self, x: torch.Tensor, e) -> torch.Tensor:
+        """``down_e``'s input for the rows ``x`` (expert ``e``; ``e`` may be a slice over experts with
+        ``x (..., H)`` broadcast by einsum)."""
+        p = self.p
+        w = self.w_in()[e]
+        gu = F.linear(x, w) if w.dim() == 2 else torch.einsum("...d,efd->...ef", x, w)
+        if p["bias"]:
+            gu = gu + self.gate_up_proj_bias[e]
+        if p["interleaved"]:
+            gate, up = gu[..., 0::2], gu[..., 1::2]
+        else:
+            gate, up = gu.chunk(2, dim=-1)
+        if p["act"] == "clamped_swiglu":
+            gate = gate.clamp(max=p["limit"])
+            up = up.clamp(-p["limit"], p["limit"])
+            return (up + 1) * (gate * torch.sigmoid(gate * p["alpha"]))
+        return ACT[p["act"]](gate) * up
+
+    def output(self, mid: torch.Tensor, e) -> torch.Tensor:
+        """``down_e(mid)`` (+ its bias)."""
+        w = self.w_out()[e]
+        y = F.linear(mid, w) if w.dim() == 2 else torch.einsum("...ei,edi->...ed", mid, w)
+        return y + self.down_proj_bias[e] if self.p["bias"] else y
 
     def forward(self, x, weights):
-        act = ACT[self.p["act"]]
+        plain = self._plain()
+        act = ACT.get(self.p["act"])
         out = torch.zeros_like(x)
         flat_x = x.reshape(-1, x.shape[-1])
         flat_w = weights.reshape(-1, weights.shape[-1])
@@ -374,14 +460,20 @@ class Experts(Node):
             rows = torch.nonzero(flat_w[:, e]).flatten()
             if rows.numel() == 0:
                 continue
-            gate, up = F.linear(flat_x[rows], self.gate_up_proj[e]).chunk(2, dim=-1)
-            y = F.linear(act(gate) * up, self.down_proj[e]) * flat_w[rows, e, None]
+            if plain:
+                gate, up = F.linear(flat_x[rows], self.gate_up_proj[e]).chunk(2, dim=-1)
+                y = F.linear(act(gate) * up, self.down_proj[e]) * flat_w[rows, e, None]
+            else:
+                y = self.output(self.intermediate(flat_x[rows], e), e) * flat_w[rows, e, None]
             flat_out.index_add_(0, rows, y)
         return out
 
     def export_forward(self, x, weights):
         """Every expert on every token, no data-dependent shapes: ``sum_e w_e * down_e(act(gate_e x) * up_e x)``
         with ``w_e = 0`` for the experts not routed to (the same sum as :meth:`forward`)."""
+        if not self._plain():
+            y = self.output(self.intermediate(x, slice(None)), slice(None))
+            return (y * weights[..., None]).sum(dim=-2)
         act = ACT[self.p["act"]]
         gate, up = torch.einsum("...d,efd->...ef", x, self.gate_up_proj).chunk(2, dim=-1)
         y = torch.einsum("...ei,edi->...ed", act(gate) * up, self.down_proj)

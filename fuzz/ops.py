@@ -46,9 +46,17 @@ act            silu / gelu / gelu_tanh / relu / relu2 (``relu(x)^2``, Nemotron, 
 mul            ``a * b`` (the GLU product)
 add            sum of the inputs (residual adds)
 router         softmax over expert logits, top-k, optional renormalisation; dense ``(.., E)`` weights
-               with zeros off the top-k
+               with zeros off the top-k.  ``score="sigmoid"``: sigmoid scores (DeepSeek-V3);
+               ``correction_bias``: ``e_score_correction_bias (E,)`` added to the scores for the choice
+               only, never to the weights; ``n_group``/``topk_group``: group-limited top-k (a group
+               scored by the sum of its top-2 selection scores, the best ``topk_group`` groups kept);
+               ``scaling``: the routed scaling factor on the (renormalised) weights
 experts        fused experts ``gate_up_proj (E, 2I, H)`` gate first, ``down_proj (E, H, I)``; ports x,
-               routing weights; ``sum_e w_e * down_e(act(gate_e x) * up_e x)``
+               routing weights; ``sum_e w_e * down_e(act(gate_e x) * up_e x)``.  ``transposed``: stored
+               ``(E, H, 2I)`` / ``(E, I, H)`` and read as ``x @ W``; ``interleaved``: gate rows ``0::2``,
+               up rows ``1::2``; ``bias``: ``gate_up_proj_bias (E, 2I)``, ``down_proj_bias (E, H)``;
+               ``act="clamped_swiglu"`` (GPT-OSS): ``(clamp(up, -limit, limit) + 1) * g * sigmoid(alpha g)``
+               with ``g = clamp(gate, max=limit)``
 lm_head        ``x W^T`` with ``W: (vocab, dim)``; ``tied_to`` names the embedding whose table it reads
 wht_in         the online input of a spectrally transformed linear: ``fwht([x, 0]) / scale`` (zero-pad to
                ``d_pad``, orthonormal Walsh-Hadamard, divide by the per-coordinate scale)
@@ -546,29 +554,88 @@ declare(OpSpec("add", {}, ("*",), _add, shapes=_no_parameters, drawn_by=ALWAYS, 
 
 def _router(node, p, w):
     _widths(node, "router", w, [p["n_experts"]])
-    _need(p["top_k"] <= p["n_experts"], node, f"top_k {p['top_k']} > n_experts {p['n_experts']}")
-    return p["n_experts"]
+    e, g, tg = p["n_experts"], p["n_group"], p["topk_group"]
+    _need(p["top_k"] <= e, node, f"top_k {p['top_k']} > n_experts {e}")
+    _need(e % g == 0, node, f"n_experts {e} is not a multiple of n_group {g}")
+    _need(tg <= g, node, f"topk_group {tg} > n_group {g}")
+    _need(g == 1 or e // g >= 2, node, f"group-limited routing scores a group by its top-2 experts: "
+          f"n_experts / n_group = {e // g} < 2")
+    _need(p["top_k"] <= tg * (e // g), node, f"top_k {p['top_k']} > the {tg * (e // g)} experts of "
+          f"topk_group {tg} groups")
+    lo, hi = FACTOR_RANGE
+    _finite(node, "router", "scaling", p["scaling"], f"finite with {lo:g} <= scaling <= {hi:g} (the routed "
+            "scaling factor)", lo <= p["scaling"] <= hi)
+    return e
 
 
-declare(OpSpec("router", {"n_experts": (int, ...), "top_k": (int, ...), "renormalize": (bool, True)},
-               ("logits",), _router, shapes=_no_parameters, drawn_by=({"layers": [{"sparse": True}]},),
-               features=lambda p: ("op:router:renorm" if p["renormalize"] else "op:router:no-renorm",)))
+def _router_features(p):
+    tags = ["op:router:renorm" if p["renormalize"] else "op:router:no-renorm"]
+    if p["score"] != "softmax":
+        tags.append(f"op:router:{p['score']}")
+    if p["correction_bias"]:
+        tags.append("op:router:correction_bias")
+    if p["n_group"] > 1:
+        tags.append("op:router:group_limited")
+    if p["scaling"] != 1.0:
+        tags.append("op:router:scaled")
+    return tuple(tags)
+
+
+def _init_correction_bias(z, p):
+    """``0.3 z``: large enough against sigmoid scores (0..1) to change which experts are chosen."""
+    return 0.3 * z
+
+
+declare(OpSpec("router", {"n_experts": (int, ...), "top_k": (int, ...), "renormalize": (bool, True),
+                          "score": (str, "softmax"), "correction_bias": (bool, False), "n_group": (int, 1),
+                          "topk_group": (int, 1), "scaling": (float, 1.0)},
+               ("logits",), _router, {"score": ("softmax", "sigmoid")},
+               shapes=lambda p: {"e_score_correction_bias": (p["n_experts"],)} if p["correction_bias"] else {},
+               init={"e_score_correction_bias": _init_correction_bias},
+               drawn_by=({"layers": [{"sparse": True}]}, {"layers": [{"sparse": True}], "router": "grouped",
+                                                          "routed_scaling": 2.5}), features=_router_features))
 
 
 def _experts(node, p, w):
     _widths(node, "experts", w, [p["hidden"], p["n_experts"]])
+    if p["act"] == "clamped_swiglu":
+        _finite(node, "experts", "limit", p["limit"], "a finite number > 0 (the clamp of the gate and up)",
+                p["limit"] > 0)
+        _finite(node, "experts", "alpha", p["alpha"], "a finite number > 0 (sigmoid(alpha * gate))", p["alpha"] > 0)
     return p["hidden"]
 
 
 def _experts_shapes(p):
     e, h, i = p["n_experts"], p["hidden"], p["intermediate"]
-    return {"gate_up_proj": (e, 2 * i, h), "down_proj": (e, h, i)}
+    shapes = {"gate_up_proj": (e, h, 2 * i), "down_proj": (e, i, h)} if p["transposed"] else \
+        {"gate_up_proj": (e, 2 * i, h), "down_proj": (e, h, i)}
+    if p["bias"]:
+        shapes.update(gate_up_proj_bias=(e, 2 * i), down_proj_bias=(e, h))
+    return shapes
 
+
+def _experts_features(p):
+    tags = [f"op:experts:{p['act']}"]
+    tags += [f"op:experts:{k}" for k in ("bias", "transposed", "interleaved") if p[k]]
+    return tuple(tags)
+
+
+def _init_expert(z, p):
+    """``z / sqrt(fan_in)``; the fan-in is the last axis, or the middle one of transposed ``(E, in, out)``."""
+    return z / math.sqrt(z.shape[-2] if p["transposed"] else z.shape[-1])
+
+
+# the experts' own GLUs: ``act(gate) * up``, or GPT-OSS' clamped SwiGLU
+EXPERT_ACTS = ACTIVATIONS + ("clamped_swiglu",)
 
 declare(OpSpec("experts", {"n_experts": (int, ...), "hidden": (int, ...), "intermediate": (int, ...),
-                           "act": (str, "silu")}, ("x", "weights"), _experts, {"act": ACTIVATIONS},
-               shapes=_experts_shapes, init={"gate_up_proj": _init_fan_in, "down_proj": _init_fan_in},
-               drawn_by=({"layers": [{"sparse": True}]},), features=lambda p: (f"op:experts:{p['act']}",)))
+                           "act": (str, "silu"), "bias": (bool, False), "transposed": (bool, False),
+                           "interleaved": (bool, False), "limit": (float, 7.0), "alpha": (float, 1.702)},
+               ("x", "weights"), _experts, {"act": EXPERT_ACTS},
+               shapes=_experts_shapes, init={"gate_up_proj": _init_expert, "down_proj": _init_expert,
+                                             "gate_up_proj_bias": _init_small, "down_proj_bias": _init_small},
+               drawn_by=({"layers": [{"sparse": True}]}, {"layers": [{"sparse": True}], "expert_form": "gpt_oss"}),
+               features=_experts_features))
 
 
 def _lm_head(node, p, w):

@@ -1,5 +1,5 @@
-"""Mutants of the transform library: known-buggy variants of ``quant:norm-absorb``, ``quant:pair-pca`` and
-``quant:spectral-pca``, registered into verifier's ``mutants`` registry (``mutants:<name>``).  Each is a
+"""Mutants of the transform library: known-buggy variants of ``quant:norm-absorb``, ``quant:moe-absorb``,
+``quant:pair-pca`` and ``quant:spectral-pca``, registered into verifier's ``mutants`` registry (``mutants:<name>``).  Each is a
 real failure mode of rotation/scaling quantizers (most from the seed paper's code), kept so the tests can
 show the oracle has teeth; never use them for anything else.
 
@@ -13,6 +13,11 @@ skip_norm_consumer     norm absorption leaves one reader of each norm unscaled  
 router_unscaled        norm absorption leaves the MoE router unscaled              MoE
 expert_wrong_axis      fused experts scaled on the output H axis (down_proj)       MoE
                        instead of gate_up_proj's input axis
+corrected_weights      a router's e_score_correction_bias (DeepSeek-V3) used in    a sigmoid router with a
+                       the routing weights, not only in the choice of experts      correction bias (and
+                                                                                   not renormalised top-1)
+expert_bias_unscaled   up-down scales the experts' up rows but not the up part of  expert biases
+                       gate_up_proj_bias (GPT-OSS)
 pair_reflection        RoPE pair "rotation" with det -1 (an eigh reflection)        RoPE on plain q/k
 forget_pair_bias       pair rotation applied to weight rows, not to the biases     RoPE and q/k biases
 float32_rotation       rotation angles built in float32 inside a float64 model     plain q/k
@@ -66,6 +71,10 @@ register_mutant("router_unscaled", "quant:norm-absorb", "unscaled_consumer", par
                 fixed=_SKIP, applies={"moe": True, "placement": ("pre", "sandwich")})
 register_mutant("expert_wrong_axis", "quant:norm-absorb", "expert_output_axis", fixed=_SKIP,
                 applies={"moe": True, "placement": ("pre", "sandwich")})
+register_mutant("corrected_weights", "quant:moe-absorb", "router_bias_in_weights",
+                applies={"moe": True, "placement": ("pre", "sandwich"), "router": ("sigmoid_bias", "grouped")})
+register_mutant("expert_bias_unscaled", "quant:up-down", "expert_up_bias_unscaled",
+                applies={"moe": True, "expert_form": "bias"})
 register_mutant("pair_reflection", "quant:pair-pca", "pair_reflection", applies=_PLAIN_QK)
 register_mutant("forget_pair_bias", "quant:pair-pca", "pair_bias_unrotated", applies={**_PLAIN_QK, "qkv_bias": True})
 register_mutant("float32_rotation", "quant:pair-pca", "float32_angles", fixed={"rotation": "random"},

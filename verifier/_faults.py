@@ -26,6 +26,9 @@ from typing import Any, Iterator, Mapping
 FAULTS = {
     "unscaled_consumer": "norm-absorb leaves the norm readers for which where(layout, consumer) holds unscaled",
     "expert_output_axis": "norm-absorb scales fused experts on down_proj's output H axis, not gate_up_proj's input",
+    "router_bias_in_weights": "moe-absorb leaves each router weighing its experts by score + e_score_correction_bias "
+                              "(the bias must only choose them)",
+    "expert_up_bias_unscaled": "up-down divides the experts' up rows by s but not the up part of gate_up_proj_bias",
     "pair_reflection": "pair-pca keeps each 2x2 U a reflection (det -1) instead of a rotation",
     "pair_bias_unrotated": "pair-pca rotates the q/k weight rows of each RoPE pair but not their biases",
     "float32_angles": "pair-pca's random rotation angles are rounded to float32",

@@ -421,6 +421,10 @@ def _units(model: nn.Module) -> list[_Unit]:
                 exempt = ("router projection: it acts through the discrete top-k choice (and weights that "
                           "top-1 renormalisation or a saturated softmax make constant); a dead router makes "
                           "every position a near-tie, which is set aside (inconclusive), never invariant")
+        if graph and layout.op(name) == "router":  # its own parameter (a correction bias) acts only on the choice
+            exempt = ("router correction bias: it only moves the discrete top-k choice, never the weights; a "
+                      "step that flips no choice (or any step, when top_k = n_experts) leaves the function "
+                      "unchanged")
         units.append(_Unit(name, params, exempt))
     return units
 

@@ -75,9 +75,11 @@ def permute_hidden(model: nn.Module, calib: Calibration, seed: int = 0) -> nn.Mo
                         mod.bias.copy_(mod.bias[p])
             elif op == "experts":
                 if reads[0]:
-                    mod.gate_up_proj.copy_(mod.gate_up_proj[:, :, p])
+                    mod.w_in().copy_(mod.w_in()[:, :, p])
                 if node in basis:
-                    mod.down_proj.copy_(mod.down_proj[:, p, :])
+                    mod.w_out().copy_(mod.w_out()[:, p, :])
+                    if mod.p["bias"] and permute_bias:
+                        mod.down_proj_bias.copy_(mod.down_proj_bias[:, p])
                 elif not reads[0]:
                     continue
             elif op == "lm_head":

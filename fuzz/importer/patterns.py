@@ -20,8 +20,11 @@ Conversion rules (recorded op -> layout op):
   chunked span is refused by the check, by measurement;
 * ``softcap``: ``scale(1 / c) -> tanh -> scale(c)`` (Gemma2's final-logit soft-cap);
 * ``router`` (it reads its own weight): split into a ``linear`` ``<router id>_proj`` and a ``router``;
-* ``experts``: ``gate_up_proj (E, 2I, H)`` and ``down_proj (E, H, I)`` told apart by shape; the
-  transposed ``(E, in, out)`` layout is refused;
+* ``experts``: ``gate_up_proj (E, 2I, H)`` and ``down_proj (E, H, I)`` (or transposed ``(E, in, out)``) and
+  the biases ``(E, 2I)`` / ``(E, H)`` told apart by shape; interleaved gate/up and the GLU (an activation
+  or GPT-OSS' clamped SwiGLU) measured against the module;
+* ``router``: its score function, correction bias, group-limited top-k, renormalisation and routed
+  scaling factor measured against the module (:func:`measure_router`);
 * ``x * sigmoid(g)`` / ``x * softplus(g)`` -> ``gate``; a last-axis slice (``x[..., a:b]``, ``chunk``,
   ``split``) of a fused projection -> ``head_slice``;
 * exact rewrites first (:mod:`fuzz.importer.rewrites`): ``scale`` by 1.0 is dropped, ``(a + b) + c``
@@ -46,6 +49,8 @@ if TYPE_CHECKING:
     from .converter import Converter, Entry
 
 _SLICES = frozenset({"getitem", "chunk", "split", "split_with_sizes", "tensor_split"})
+_ROUTING_CALLS = frozenset({"softmax", "topk", "max", "sort", "argmax", "gather", "scatter", "scatter_",
+                            "one_hot"})
 
 
 @dataclass(frozen=True)
@@ -201,39 +206,220 @@ def _router(conv: Converter, node: str, ins: list[str]) -> list[Entry]:
     conv.parameters[proj] = conv.parameters.pop(node)
     linear = {"in_features": d["in_features"], "out_features": d["n_experts"], "bias": d["bias"]}
     router = {"n_experts": d["n_experts"], "top_k": d["top_k"], "renormalize": d["renormalize"]}
+    measured = measure_router(conv, node, conv.parameters[proj], router)
+    if measured is not None:
+        router, bias = measured
+        if bias is not None:  # a buffer in the source (never trained): the layout's router owns a copy
+            conv.parameters[node] = {"e_score_correction_bias": torch.nn.Parameter(bias, requires_grad=False)}
     return [(proj, "linear", linear, ins), (node, "router", router, [proj])]
+
+
+_ROUTER_PROBE_TOKENS = 96
+_ROUTER_TIE = 1e-3  # probe tokens whose candidate choice margin is below this are not compared
+_ROUTER_MATCH = 1e-4  # relative agreement of the dense routing weights (the source may route in float32)
+
+
+def _module_routing(module, x: torch.Tensor, n_experts: int) -> tuple[torch.Tensor, int] | None:
+    """The dense ``(T, E)`` routing weights a router module returns for ``x (T, H)`` and its top-k: from its
+    outputs, the integer ``(T, k)`` indices and the float ``(T, k)`` weights; None when the module cannot be
+    run that way."""
+    for inp in (x, x[None]):
+        try:
+            with torch.no_grad():
+                out = module(inp)
+        except Exception:  # noqa: BLE001 - any failure means "cannot probe this way"
+            continue
+        outs = [o for o in (out if isinstance(out, (tuple, list)) else (out,)) if isinstance(o, torch.Tensor)]
+        outs = [o.reshape(x.shape[0], -1) for o in outs if o.numel() % x.shape[0] == 0 and o.numel()]
+        idx = [o for o in outs if not o.is_floating_point()]
+        val = [o for o in outs if o.is_floating_point()]
+        if len(idx) == 1 and any(v.shape == idx[0].shape for v in val):
+            # the last one: with top_k == n_experts the logits (returned first) have the weights' shape too
+            w = [v for v in val if v.shape == idx[0].shape][-1]
+            return torch.zeros(x.shape[0], n_experts, dtype=torch.float64).scatter(
+                -1, idx[0].long(), w.double()), idx[0].shape[-1]
+    return None
+
+
+def _router_candidates(module, d: dict, bias: torch.Tensor | None):
+    """Router parameter sets to test against the module: score, correction bias, groups, renormalisation
+    (the module's ``n_group`` / ``topk_group`` attributes first when it has them)."""
+    e, k = d["n_experts"], d["top_k"]
+    groups = [(g, tg) for g in range(1, e + 1) if e % g == 0 and (g == 1 or e // g >= 2)
+              for tg in range(1, g + 1) if k <= tg * (e // g)]
+    named = (getattr(module, "num_group", getattr(module, "n_group", None)), getattr(module, "topk_group", None))
+    groups.sort(key=lambda gt: (gt != named, gt[0] > 1, -gt[1]))
+    for score in ("softmax", "sigmoid"):
+        for corrected in ((False, True) if bias is not None else (False,)):
+            for g, tg in groups:
+                for renorm in (d["renormalize"], not d["renormalize"]):
+                    yield {"n_experts": e, "top_k": k, "renormalize": renorm, "score": score,
+                           "correction_bias": corrected, "n_group": g, "topk_group": tg, "scaling": 1.0}
+
+
+def measure_router(conv: Converter, node: str, proj: dict, base: dict):
+    """``(router params, correction bias or None)`` that reproduce the source router module on random probe
+    tokens (score function, correction bias, group-limited top-k, renormalisation and the routed scaling
+    factor, all measured); None when the module cannot be probed (the import check still decides)."""
+    from ..materialize import MODULES
+    from ..ops import spec
+
+    d = conv.g.nodes[node]
+    module = conv.modules.get(d["module_path"])
+    weight = proj["weight"]
+    if module is None:
+        return None
+    gen = torch.Generator().manual_seed(0)
+    x = 2.0 * torch.randn(_ROUTER_PROBE_TOKENS, d["in_features"], generator=gen, dtype=torch.float64)
+    measured = _module_routing(module, x.to(weight.dtype), d["n_experts"])
+    if measured is None:
+        return None
+    want, top_k = measured  # the recorded first topk may be a group score's (top-2 per group)
+    if not 1 <= top_k <= d["n_experts"]:
+        return None
+    base = {**base, "top_k": top_k}
+    buffers = [b for b in module._buffers.values() if isinstance(b, torch.Tensor) and b.shape == (d["n_experts"],)
+               and b.is_floating_point()]
+    bias = buffers[0].detach().to(torch.float64).clone() if len(buffers) == 1 else None
+    with torch.no_grad():
+        logits = torch.nn.functional.linear(x, weight.detach().double(),
+                                            proj["bias"].detach().double() if "bias" in proj else None)
+    for cand in _router_candidates(module, base, bias):
+        params = spec("router").normalise(node, cand)
+        router = MODULES["router"](node, params, "exact")
+        if params["correction_bias"]:
+            router.register_buffer("e_score_correction_bias", bias)
+        with torch.no_grad():
+            got = router(logits)
+        ok = torch.ones(x.shape[0], dtype=torch.bool) if router.last_margin is None \
+            else router.last_margin > _ROUTER_TIE
+        if ok.sum() < x.shape[0] // 2 or not torch.equal(got[ok] != 0, want[ok] != 0):
+            continue
+        ratio = want[ok].sum(-1) / got[ok].sum(-1)
+        scaling = float(ratio.median())
+        named = getattr(module, "routed_scaling_factor", None)
+        for exact in ((float(named),) if isinstance(named, (int, float)) and named > 0 else ()) + (1.0,):
+            if math.isclose(exact, scaling, rel_tol=_ROUTER_MATCH):  # the factor as written, not re-measured
+                scaling = exact
+                break
+        if not (scaling > 0 and torch.allclose(got[ok] * scaling, want[ok], rtol=_ROUTER_MATCH,
+                                                atol=_ROUTER_MATCH * float(want.abs().max()))):
+            continue
+        params = {**params, "scaling": scaling}
+        return params, (bias if params["correction_bias"] else None)
+    raise conv.refuse(node, "router: no softmax / sigmoid router (with or without a correction bias, "
+                      "group-limited top-k and renormalisation, times a routed scaling factor) reproduces "
+                      f"module {d['module_path']} on {x.shape[0]} probe tokens")
 
 
 @import_pattern("experts")
 def _experts(conv: Converter, node: str, ins: list[str]) -> dict:
-    """Roles of the two 3-D parameters from the shapes the dataflow implies: ``x`` (width H) is
-    multiplied by ``gate_up_proj[e] (2I, H)``, the product of width I by ``down_proj[e] (H, I)``."""
+    """Roles of the 3-D parameters from the shapes the dataflow implies: ``x`` (width H) is multiplied by
+    ``gate_up_proj[e] (2I, H)`` (or, transposed, ``(H, 2I)``), the product of width I by ``down_proj[e]
+    (H, I)`` (transposed ``(I, H)``); 2-D biases ``(E, 2I)`` and ``(E, H)``.  Whether gate and up are
+    interleaved and which GLU the experts compute (plain ``act(gate) * up`` or GPT-OSS' clamped SwiGLU)
+    are measured against the experts module (:func:`measure_experts`)."""
     d = conv.g.nodes[node]
     if len(ins) != 2 or conv.g.nodes[ins[1]]["op"] != "router":
         raise conv.refuse(node, f"experts read {ins}; expected the hidden states and a router")
-    if d.get("act") not in ACTIVATIONS:
-        raise conv.refuse(node, f"experts activation {d.get('act')!r} is none of {ACTIVATIONS}")
     read = d["params"]
-    shapes = [conv.shape(p) for p in read]
+    shapes = {p: conv.shape(p) for p in read}
     hidden = conv.width(ins[0])
-    if len(read) != 2 or any(len(s) != 3 for s in shapes):
-        raise conv.refuse(node, f"experts read {dict(zip(read, shapes))}; expected two 3-D tensors")
+    mats = [p for p in read if len(shapes[p]) == 3]
+    vecs = [p for p in read if len(shapes[p]) == 2]
+    if len(mats) != 2 or len(vecs) not in (0, 2) or len(read) != len(mats) + len(vecs):
+        raise conv.refuse(node, f"experts read {shapes}; expected two 3-D tensors (and two 2-D biases)")
 
-    def fits(gu, dn, transposed=False):
+    def fits(gu, dn, transposed):
         if transposed:
             gu, dn = (gu[0], gu[2], gu[1]), (dn[0], dn[2], dn[1])
         return gu[0] == dn[0] and gu[2] == hidden and dn[1] == hidden and gu[1] == 2 * dn[2]
 
-    for gate_up, down in ((0, 1), (1, 0)):
-        if fits(shapes[gate_up], shapes[down]):
-            conv.take(node, {"gate_up_proj": read[gate_up], "down_proj": read[down]})
-            e, _, inter = shapes[down]
-            return {"n_experts": e, "hidden": hidden, "intermediate": inter, "act": d["act"]}
-    if any(fits(shapes[a], shapes[b], transposed=True) for a, b in ((0, 1), (1, 0))):
-        raise conv.refuse(node, f"experts store transposed (E, in, out) weights {dict(zip(read, shapes))}; "
-                          f"the layout needs gate_up_proj (E, 2I, H) and down_proj (E, H, I)")
-    raise conv.refuse(node, f"experts weights {dict(zip(read, shapes))} are not gate_up_proj (E, 2I, {hidden}) "
-                      f"and down_proj (E, {hidden}, I)")
+    found = [(gu, dn, t) for t in (False, True) for gu, dn in (mats, mats[::-1]) if fits(shapes[gu], shapes[dn], t)]
+    if len(found) != 1:
+        raise conv.refuse(node, f"experts weights {shapes} are not gate_up_proj (E, 2I, {hidden}) and down_proj "
+                          f"(E, {hidden}, I), nor their transposed (E, in, out) forms")
+    gate_up, down, transposed = found[0]
+    e = shapes[gate_up][0]
+    inter = shapes[gate_up][2 if transposed else 1] // 2
+    roles = {"gate_up_proj": gate_up, "down_proj": down}
+    bias_options = [{}]
+    if vecs:
+        bias_options = [{"gate_up_proj_bias": a, "down_proj_bias": b} for a, b in (vecs, vecs[::-1])
+                        if shapes[a] == (e, 2 * inter) and shapes[b] == (e, hidden)]
+        if not bias_options:
+            raise conv.refuse(node, f"experts biases {({v: shapes[v] for v in vecs})} are not gate_up_proj_bias "
+                              f"({e}, {2 * inter}) and down_proj_bias ({e}, {hidden})")
+    base = {"n_experts": e, "hidden": hidden, "intermediate": inter, "transposed": transposed, "bias": bool(vecs)}
+    measured = measure_experts(conv, node, base, roles, bias_options)
+    if measured is None:  # the module cannot be probed: only the plain form is imported
+        if vecs or transposed or d.get("act") not in ACTIVATIONS:
+            raise conv.refuse(node, f"experts with {'biases, ' if vecs else ''}"
+                              f"{'transposed storage, ' if transposed else ''}activation {d.get('act')!r}: "
+                              f"the module could not be probed to tell its gate/up layout and GLU")
+        conv.take(node, roles)
+        return {**base, "act": d["act"]}
+    params, roles = measured
+    conv.take(node, roles)
+    return params
+
+
+_EXPERT_MATCH = 1e-6  # relative agreement with the experts module on the probe (a variant misses by O(1))
+
+
+def _expert_candidates(module, recorded_act: str | None):
+    acts = [a for a in (recorded_act,) if a in ACTIVATIONS] + [a for a in ACTIVATIONS if a != recorded_act]
+    if recorded_act == "clamped_swiglu":
+        acts = []
+    clamp = {}
+    own = getattr(module, "p", None)  # a GraphModel's experts keep them in their layout params
+    limit, alpha = (own.get("limit"), own.get("alpha")) if isinstance(own, dict) else \
+        (getattr(module, "limit", None), getattr(module, "alpha", None))
+    if isinstance(limit, (int, float)) and isinstance(alpha, (int, float)) and limit > 0 and alpha > 0:
+        clamp = {"limit": float(limit), "alpha": float(alpha)}
+    for act in acts + (["clamped_swiglu"] if clamp else []):
+        for interleaved in (False, True):
+            yield {"act": act, "interleaved": interleaved, **(clamp if act == "clamped_swiglu" else {})}
+
+
+def measure_experts(conv: Converter, node: str, base: dict, roles: dict, bias_options: list[dict]):
+    """``(params, roles)`` of the experts variant (activation or clamped SwiGLU, interleaved or not, which
+    2-D tensor is which bias) that reproduces the source experts module on probe tokens routed to every
+    expert; None when the module cannot be called as ``experts(x, top_k_index, top_k_weights)``."""
+    from ..materialize import MODULES
+    from ..ops import spec
+
+    d = conv.g.nodes[node]
+    module = conv.modules.get(d["module_path"])
+    if module is None:
+        return None
+    e, h = base["n_experts"], base["hidden"]
+    some = conv.named[roles["gate_up_proj"]]
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(8 * e, h, generator=gen, dtype=torch.float64)
+    idx = torch.arange(8 * e)[:, None] % e
+    w = 0.5 + torch.rand(8 * e, 1, generator=gen, dtype=torch.float64)
+    try:
+        with torch.no_grad():
+            want = module(x.to(some.dtype), idx, w.to(some.dtype))
+    except Exception:  # noqa: BLE001 - a module with another calling convention
+        return None
+    if not isinstance(want, torch.Tensor) or want.shape != x.shape:
+        return None
+    want = want.double()
+    dense = torch.zeros(8 * e, e, dtype=torch.float64).scatter(-1, idx, w)
+    for biases in bias_options:
+        for cand in _expert_candidates(module, d.get("act")):
+            params = spec("experts").normalise(node, {**base, **cand})
+            mod = MODULES["experts"](node, params, "exact")
+            for role, name in {**roles, **biases}.items():
+                mod.register_buffer(role, conv.named[name].detach().double())
+            with torch.no_grad():
+                got = mod(x, dense)
+            if torch.allclose(got, want, rtol=_EXPERT_MATCH, atol=_EXPERT_MATCH * float(want.abs().max())):
+                return params, {**roles, **biases}
+    raise conv.refuse(node, f"experts: no GLU of {ACTIVATIONS} or clamped SwiGLU, gate/up split or interleaved, "
+                      f"reproduces module {d['module_path']} on {x.shape[0]} probe tokens")
 
 # ------------------------------------------------------------------ ops without parameters
 
@@ -373,6 +559,10 @@ def _head_slice(conv: Converter, node: str, ins: list[str]) -> dict:
     """A slice of the last axis of a ``(.., heads, head_dim)`` view: ``x[..., a:b]``, a chunk or a split.
     Any other opaque call is refused."""
     d = conv.g.nodes[node]
+    if d.get("call") in _ROUTING_CALLS:
+        raise conv.refuse(node, f"opaque op {d.get('call')!r}: a MoE router whose softmax / top-k / max was not "
+                          f"contracted into a router (one written across modules, e.g. a correction bias held by a "
+                          f"child module, or a sparsemixer router); not in the layout's router vocabulary")
     if d.get("call") not in _SLICES:
         raise conv.refuse(node, f"opaque op {d.get('call')!r}")
     conv.no_params(node)

@@ -205,6 +205,8 @@ def _classify_region(g, nodes, frame: _Frame, own: dict, n_tokens: int) -> tuple
         hidden = int(x_shape[-1])
         dims = [d for s in shapes.values() if len(s) == 3 for d in s[1:] if d != hidden]
         acts = [g.nodes[n]["fn"] for n in nodes if g.nodes[n]["op"] == "act"]
+        if acts and acts[0] == "sigmoid" and "clamp" in fns:  # GPT-OSS: g * sigmoid(alpha g), clamped
+            acts = ["clamped_swiglu"]
         return "experts", {"n_experts": int(next(s[0] for s in shapes.values() if len(s) == 3)), "hidden": hidden,
                            "intermediate": _expert_intermediate(shapes.values(), hidden, dims),
                            "act": acts[0] if acts else None}

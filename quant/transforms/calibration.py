@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from fuzz.hadamard import fwht, next_pow2
-from fuzz.materialize import ACT, GraphModel
+from fuzz.materialize import GraphModel
 from verifier.transform import Calibration
 
 
@@ -79,8 +79,7 @@ def collect(model: GraphModel, calib: Calibration, *, energy=(), wht_energy=(), 
             for e in range(m.p["n_experts"]):
                 routed = w[:, e] != 0
                 if routed.any():
-                    gu = F.linear(x[routed], m.gate_up_proj[e].double())
-                    mid = ACT[m.p["act"]](gu[:, :inter]) * gu[:, inter:]
+                    mid = m.intermediate(x[routed].to(m.gate_up_proj.dtype), e).double()
                     e_sum[e] = mid.pow(2).sum(0)
                     e_cnt[e] = routed.sum()
             add("expert_energy", node, e_sum, 0)

@@ -19,11 +19,18 @@ linear in ``up x``; when ``act`` is positively homogeneous of degree ``k`` (relu
 
     W_up' = diag(1/s) W_up,  b_up' = b_up / s,  W_down' = W_down diag(s^k)
 
-is exact; any other activation (gelu, silu, quick_gelu, ...) is left alone.
+is exact; any other activation (gelu, silu, quick_gelu, ...) is left alone, and so are the clamped SwiGLU
+experts of GPT-OSS (``clamp(up)`` and ``up + 1`` are not linear in ``up``; logged as skipped).  Expert biases: ``gate_up_proj_bias``' up part is
+divided by ``s`` with its rows, ``down_proj_bias`` is untouched (it is added after ``down``).  Transposed
+or interleaved storage is reached through the canonical views of :class:`fuzz.materialize.Experts`.
+
+Routers: a correction bias (``e_score_correction_bias``, DeepSeek-V3 / GLM-4-MoE) moves only the choice
+and is not on the residual stream: nothing here touches it, nor the routed scaling factor.
 """
 
 from __future__ import annotations
 
+import types
 from typing import Literal
 
 import torch
@@ -88,13 +95,20 @@ def up_down(model: nn.Module, calib: Calibration, alpha: float = 0.5, experts: b
         for node in expert_nodes:
             mod = m.nodes[node]
             inter = mod.p["intermediate"]
+            if mod.p["act"] == "clamped_swiglu":  # clamp(up) and (up + 1) are not linear in up: left alone
+                log.append({"transform": UP_DOWN, "node": node, "skipped": "clamped-swiglu",
+                            "why": "the clamped SwiGLU (GPT-OSS) clamps up and adds 1: not linear in up"})
+                continue
             for e in range(mod.p["n_experts"]):
                 energy = stats["expert_energy"][node][e] if scales == "energy" else None
                 if scales == "energy" and not energy.any():
                     continue  # no calibration token reached this expert: leave it as it is
                 s = scale(energy, inter)
-                mod.gate_up_proj[e, inter:].div_(s[:, None])
-                mod.down_proj[e].mul_(s[None, :])
+                up, up_bias = mod.up_rows(e)  # views: up rows whatever the storage (interleaved, transposed)
+                up.div_(s[:, None])
+                if up_bias is not None and fault("expert_up_bias_unscaled") is None:  # the mutant forgets it
+                    up_bias.div_(s)
+                mod.w_out()[e].mul_(s[None, :])
             log.append({"transform": UP_DOWN, "node": node, "experts": mod.p["n_experts"]})
     m.transform_log = getattr(m, "transform_log", []) + log
     return m
@@ -116,4 +130,22 @@ def moe_absorb(model: nn.Module, calib: Calibration, alpha: float = 0.5, scales:
         raise Refusal(MOE, "the experts do not read a norm (post-norm layout)", op="experts",
                       path=layout.of_op("experts")[0], feature="norm-feeds-residual")
     m = norm_absorb(m, calib, alpha=alpha, scales=scales, seed=seed, norms=moe_norms)
-    return up_down(m, calib, alpha=alpha, scales=scales, seed=seed, reading=moe_norms)
+    m = up_down(m, calib, alpha=alpha, scales=scales, seed=seed, reading=moe_norms)
+    if fault("router_bias_in_weights") is not None:  # mutant: the correction bias leaks into the weights
+        for node in layout.of_op("router"):
+            if layout.params(node)["correction_bias"]:
+                mod = m.nodes[node]
+                mod.forward = types.MethodType(_weigh_by_corrected_scores, mod)
+    return m
+
+
+def _weigh_by_corrected_scores(self, logits):
+    """The mutant's router (``router_bias_in_weights``): the experts chosen as before, but weighed by
+    ``score + e_score_correction_bias`` instead of the score alone."""
+    chosen = type(self).forward(self, logits) != 0
+    p = self.p
+    scores = torch.softmax(logits, dim=-1) if p["score"] == "softmax" else torch.sigmoid(logits)
+    w = torch.where(chosen, scores + self.e_score_correction_bias, torch.zeros_like(scores))
+    if p["renormalize"]:
+        w = w / w.sum(dim=-1, keepdim=True)
+    return w * p["scaling"]

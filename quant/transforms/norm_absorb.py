@@ -67,9 +67,9 @@ def scale_consumer(model: GraphModel, consumer: str, s: torch.Tensor) -> None:
     mod = model.nodes[consumer]
     if model.layout.op(consumer) == "experts":
         if fault("expert_output_axis") is not None:  # mutant: the output-side H axis (down_proj), not the input
-            mod.down_proj.mul_(s[None, :, None])
-        else:
-            mod.gate_up_proj.mul_(s[None, None, :])
+            mod.w_out().mul_(s[None, :, None])
+        else:  # the H axis whatever the storage (transposed experts: gate_up_proj (E, H, 2I)); biases unscaled
+            mod.w_in().mul_(s[None, None, :])
     else:
         mod.weight.mul_(s[None, :])
 

@@ -69,7 +69,7 @@ def check(layout: Layout, untie: bool) -> set[str]:
 def _scale_reader(model: GraphModel, node: str, g: torch.Tensor) -> None:
     mod = model.nodes[node]
     if model.layout.op(node) == "experts":
-        mod.gate_up_proj.mul_(g[None, None, :])
+        mod.w_in().mul_(g[None, None, :])
     else:
         mod.weight.mul_(g[None, :])
 
@@ -103,13 +103,15 @@ def residual_rotation(model: nn.Module, calib: Calibration, seed: int = 0, untie
                 mod.weight.copy_(mod.weight @ q)
             elif op in _LINEAR_READERS and reads and not (op == "lm_head" and mod.p["tied_to"] is not None):
                 mod.weight.copy_(mod.weight @ q)
-            elif op == "experts" and reads:
-                mod.gate_up_proj.copy_(mod.gate_up_proj @ q)
+            elif op == "experts" and reads:  # canonical (E, 2I, H) view, whatever the storage
+                mod.w_in().copy_(mod.w_in() @ q)
             if op == "linear" and node in basis:
                 mod.weight.copy_(q.T @ mod.weight)
                 if mod.p["bias"]:
                     mod.bias.copy_(mod.bias @ q)
             elif op == "experts" and node in basis:
-                mod.down_proj.copy_(q.T @ mod.down_proj)
+                mod.w_out().copy_(q.T @ mod.w_out())
+                if mod.p["bias"]:  # down_proj_bias (E, H) is written to the stream
+                    mod.down_proj_bias.copy_(mod.down_proj_bias @ q)
     m.transform_log = getattr(m, "transform_log", []) + [{"transform": NAME, "width": hidden, "matrix": kind}]
     return m

@@ -26,6 +26,7 @@ from benchmarks.import_check_families import randomize
 from fuzz.families import FAMILIES, family_cases, to_transformers
 from fuzz.importer import CHECK_LENGTHS, check_lengths, export_weights, import_model
 from fuzz.layout import Layout
+from fuzz.ops import spec
 
 TINY = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=64, pad_token_id=None, bos_token_id=None,
@@ -135,9 +136,11 @@ def test_structure_of_imported_moe_qk_norm_and_fused_models():
         (proj,) = moe.inputs(router)
         assert proj == f"{router}_proj" and moe.op(proj) == "linear"
         assert moe.params(proj) == {"in_features": 32, "out_features": 4, "bias": False}
-        assert moe.params(router) == {"n_experts": 4, "top_k": 2, "renormalize": True}
+        assert moe.params(router) == spec("router").normalise(router, {"n_experts": 4, "top_k": 2,
+                                                                        "renormalize": True})
         (experts,) = [c for c, _ in moe.consumers(router)]
-        assert moe.params(experts) == {"n_experts": 4, "hidden": 32, "intermediate": 16, "act": "silu"}
+        assert moe.params(experts) == spec("experts").normalise(experts, {"n_experts": 4, "hidden": 32,
+                                                                          "intermediate": 16, "act": "silu"})
         roles = moe.meta["param_map"][experts]
         assert roles["gate_up_proj"].endswith(".mlp.experts.gate_up_proj")
         assert roles["down_proj"].endswith(".mlp.experts.down_proj")
@@ -160,7 +163,8 @@ def test_experts_intermediate_comes_from_the_weights():
     hf = _randomized(tf.MixtralForCausalLM._from_config(cfg, dtype=torch.float64, experts_implementation="eager"))
     gm = import_model(hf, IDS, numerics="transformers")
     for experts in gm.layout.of_op("experts"):
-        assert gm.layout.params(experts) == {"n_experts": 3, "hidden": 32, "intermediate": 32, "act": "silu"}
+        assert gm.layout.params(experts) == spec("experts").normalise(experts, {"n_experts": 3, "hidden": 32,
+                                                                                "intermediate": 32, "act": "silu"})
         roles = gm.layout.meta["param_map"][experts]
         assert tuple(hf.get_parameter(roles["gate_up_proj"]).shape) == (3, 64, 32)
 
@@ -312,13 +316,15 @@ def test_gpt2_learned_positions_import_and_conv1d_is_refused():
         import_model(gpt2, IDS)
 
 
-def test_transposed_experts_are_refused():
+def test_transposed_experts_are_imported_as_stored():
     hf = _build("qwen3_moe")
     for layer in hf.model.layers:
         layer.mlp.experts = _TransposedExperts(4, 32, 16)
-    with pytest.raises(BadInput, match=r"cannot import model\.layers\.0\.mlp\.experts \(experts store transposed "
-                                       r"\(E, in, out\) weights"):
-        import_model(hf, IDS)
+    gm = import_model(hf, IDS)  # checked against the model
+    for experts in gm.layout.of_op("experts"):
+        p = gm.layout.params(experts)
+        assert (p["transposed"], p["interleaved"], p["bias"], p["act"]) == (True, False, False, "silu")
+        assert gm.nodes[experts].gate_up_proj.shape == (4, 32, 32)
 
 
 def test_non_default_rope_is_refused_naming_the_rotary_module():

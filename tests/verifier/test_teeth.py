@@ -40,7 +40,10 @@ APPLIES["shared_head_gamma"] = (mutants.APPLIES["shared_head_gamma"], lambda s: 
 # mutants whose bug needs a feature combination rarer than the ci budget draws (caught wherever it applies,
 # above): the search is given this many unconstrained examples instead
 BUDGET = {"shared_head_gamma": 100,  # qk_norm=per_head_own (1 in 4) x RMS (1 in 2) x two or more heads
+          "expert_bias_unscaled": 80,  # MoE x expert biases
           "forget_pair_bias": 200}  # q/k biases x plain q/k x RoPE, now also x unfused qkv (issue 14's fused_qkv axis)
+# a renormalised top-1 weight is 1 whatever the scores: the leaked correction bias cannot show there
+APPLIES["corrected_weights"] = (mutants.APPLIES["corrected_weights"], lambda s: not (s.renormalize and s.top_k == 1))
 
 
 @pytest.mark.parametrize("name", sorted(APPLIES))
@@ -196,7 +199,8 @@ def test_the_mutants_of_quant_transforms_are_registered_by_quant():
     from verifier.registry import prefix_of, resolve
     quant_made = {"gproj_omission", "skip_norm_consumer", "router_unscaled", "expert_wrong_axis", "pair_reflection",
                   "forget_pair_bias", "float32_rotation", "symmetric_gamma", "window_dropped", "rope_scaling_dropped",
-                  "assumed_homogeneous", "shared_head_gamma", "position_unrotated"}
+                  "assumed_homogeneous", "shared_head_gamma", "position_unrotated", "corrected_weights",
+                  "expert_bias_unscaled"}
     assert quant_made | {"forget_writer_bias", "cross_group_heads", "alibi_unpermuted", "sinks_unpermuted",
                          "softcap_scale_outside", "position_unpermuted"} == set(mutants.names())
     for name in mutants.names():
