@@ -208,6 +208,12 @@ def refused_module(message: str) -> str | None:
     return None
 
 
+def T_RECIPES() -> tuple[str, ...]:
+    """The recipes each imported class is verified with (:data:`quant.transforms.RECIPES`)."""
+    import quant.transforms as T
+    return tuple(T.RECIPES)
+
+
 def _recipe_verdicts(graph) -> dict:
     import torch
     import quant.transforms as T
