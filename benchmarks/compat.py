@@ -68,6 +68,7 @@ TINY = dict(
     moe_topk=2, top_k=2, moe_k=2, moe_intermediate_size=16, expert_intermediate_size=16, n_shared_experts=1,
     shared_expert_intermediate_size=16, n_group=1, topk_group=1, first_k_dense_replace=1,
     # MLA and low-rank projections
+    rotary_dim=4,  # GPT-J / CodeGen: a partial rotary width that fits head_dim 8
     q_lora_rank=16, kv_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim=4, v_head_dim=8,
     # windows and chunks: short, so the check's 2 W + 8 sees them
     sliding_window=8, attention_chunk_size=8,
