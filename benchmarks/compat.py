@@ -308,8 +308,13 @@ def run_isolated(name: str, timeout: float, recipes: bool = True) -> dict:
     if proc.is_alive():
         proc.kill()
         proc.join()
+    if row is None and recv.poll(0):  # finished just past the limit: its row is in the pipe
+        try:
+            row = recv.recv()
+        except EOFError:
+            row = None
     if row is None:
-        if proc.exitcode is None or proc.exitcode == -9:
+        if proc.exitcode in (None, 0, -9):
             return {"class": name, "kind": "unbuildable", "outcome": "timeout",
                     "reason": f"no row within {timeout:g} s"}
         return {"class": name, "kind": "unbuildable", "outcome": "crash",
@@ -524,7 +529,8 @@ def main(argv=None) -> int:
 
 def r_needs(row: dict, args) -> bool:
     """A kept row is rerun when it lacks what this run asks for (recipe verdicts) or did not finish."""
-    return row.get("outcome") in ("timeout",) or (not args.no_recipes and row.get("outcome") == "imported"
+    harness = row.get("outcome") == "crash" and str(row.get("reason", "")).startswith(("child exited", "harness"))
+    return row.get("outcome") in ("timeout",) or harness or (not args.no_recipes and row.get("outcome") == "imported"
                                                  and "recipes" not in row)
 
 
