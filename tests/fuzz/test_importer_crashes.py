@@ -75,3 +75,18 @@ def test_a_recorder_failure_is_a_refusal_naming_the_model_and_the_stage(monkeypa
         import_model(_llama())
     _assert_named_refusal(info.value, "LlamaForCausalLM")
     assert "recording its forward" in str(info.value)
+
+
+# ------------------------------------------------------------------ the families that crashed the importer
+
+def _tiny(name: str) -> torch.nn.Module:
+    from benchmarks.compat import build  # the matrix's own tiny instance (config defaults, shrunk)
+    return build(name)
+
+
+def test_olmo_non_parametric_layer_norm_is_refused_by_name_not_a_key_error():
+    """OLMo's LayerNorm has neither weight nor bias: the norm pattern raised KeyError('bias')."""
+    with pytest.raises(Exception) as info:
+        import_model(_tiny("OlmoForCausalLM"))
+    _assert_named_refusal(info.value, "model.layers.0.input_layernorm")
+    assert "no weight and no bias" in str(info.value) and "KeyError" not in str(info.value)
