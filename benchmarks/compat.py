@@ -43,11 +43,12 @@ from collections import Counter
 from pathlib import Path
 
 SCHEMA_VERSION = 1
-KINDS = ("decoder", "hybrid", "state-space", "linear-attention", "not-causal-lm", "unbuildable")
+KINDS = ("decoder", "hybrid", "state-space", "linear-attention", "not-causal-lm", "unbuildable", "unknown")
 KIND_TITLES = {"decoder": "Decoder-only attention", "hybrid": "Hybrid (attention + state-space / linear)",
                "state-space": "State-space", "linear-attention": "Linear attention / recurrent",
                "not-causal-lm": "Encoder-decoder or not a plain causal LM",
-               "unbuildable": "Not buildable as a tiny instance from its config defaults"}
+               "unbuildable": "Not buildable as a tiny instance from its config defaults",
+               "unknown": "Not classified (no row within the time limit: rerun with a longer --timeout)"}
 OUTCOMES = ("imported", "refused", "crash", "timeout", "unbuildable")
 MARK_START, MARK_END = "<!-- compat:start -->", "<!-- compat:end -->"
 ROOT = Path(__file__).resolve().parent.parent
@@ -285,7 +286,7 @@ def _child(name: str, recipes: bool, conn) -> None:
     try:
         row = run_class(name, recipes)
     except BaseException as exc:  # noqa: BLE001
-        row = {"class": name, "kind": "unbuildable", "outcome": "crash", "reason": f"harness: {type(exc).__name__}",
+        row = {"class": name, "kind": "unknown", "outcome": "crash", "reason": f"harness: {type(exc).__name__}",
                "message": str(exc)[:600]}
     conn.send(row)
     conn.close()
@@ -315,9 +316,9 @@ def run_isolated(name: str, timeout: float, recipes: bool = True) -> dict:
             row = None
     if row is None:
         if proc.exitcode in (None, 0, -9):
-            return {"class": name, "kind": "unbuildable", "outcome": "timeout",
+            return {"class": name, "kind": "unknown", "outcome": "timeout",
                     "reason": f"no row within {timeout:g} s"}
-        return {"class": name, "kind": "unbuildable", "outcome": "crash",
+        return {"class": name, "kind": "unknown", "outcome": "crash",
                 "reason": f"child exited with {proc.exitcode}"}
     return row
 
@@ -335,7 +336,7 @@ def load(path: Path) -> dict:
 def summary(rows: list[dict]) -> dict:
     """Counts per kind and outcome, and the refusal reasons ranked by how many classes they block."""
     by_kind = {k: dict(Counter(r["outcome"] for r in rows if r["kind"] == k)) for k in KINDS}
-    reasons = Counter(r["reason"] for r in rows if r["outcome"] in ("refused", "crash", "timeout"))
+    reasons = Counter(r["reason"] for r in rows if r["outcome"] in ("refused", "crash"))
     recipe_status: dict = {}
     for r in rows:
         for recipe, v in r.get("recipes", {}).items():
@@ -354,6 +355,8 @@ def write_json(path: Path, rows: dict, meta: dict) -> None:
     from fuzz.layout import atomic_write_text
     ordered = [rows[k] for k in sorted(rows)]
     for r in ordered:  # reasons re-derived from the message: a better reason_key needs no rerun
+        if r.get("outcome") in ("timeout", "crash") and "model_type" not in r:
+            r["kind"] = "unknown"  # never classified (rows of earlier runs said "unbuildable")
         if r.get("outcome") == "refused" and r.get("message"):
             r["reason"], r["module"] = reason_key(r["message"]), refused_module(r["message"])
     data = {"schema": SCHEMA_VERSION, **meta, "summary": summary(ordered), "rows": ordered}
