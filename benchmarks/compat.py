@@ -135,7 +135,8 @@ def build(name: str, seed: int = 0):
     return randomize(model.to(torch.float64), seed)
 
 
-_SSM = re.compile(r"mamba|ssm|s4|s6|hyena|recurrent|rglru|conv1d|shortconv|mixer(?!.*attn)", re.IGNORECASE)
+# class names are CamelCase: "SSM"/"Ssm" as a word part (not "SeedOssMLP"), Mamba, S4/S6, Hyena, recurrences
+_SSM = re.compile(r"(?i:mamba|hyena|recurrent|rglru|shortconv|conv1d)|SSM|Ssm(?=[A-Z]|$)|S[46](?=[A-Z]|$)")
 _LINEAR = re.compile(r"rwkv|deltanet|delta_net|linearattention|linear_attn|lightning|retention|xlstm|mlstm|slstm|"
                      r"gla\b|kda|gated_delta", re.IGNORECASE)
 _ATTN = re.compile(r"attention|attn|selfattn", re.IGNORECASE)
