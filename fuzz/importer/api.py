@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import BadInput
+from ..errors import ArchfuzzError, BadInput
 from ..layout import Layout
 from ..materialize import NUMERICS, GraphModel
 from ..record import _input_ids, record
@@ -33,15 +33,31 @@ def import_model(model: nn.Module, input_ids: torch.Tensor | None = None, *, che
     if not isinstance(model, nn.Module):
         raise BadInput(f"import_model expects a torch.nn.Module, got {type(model).__name__}")
     ids = _input_ids(model, input_ids)
-    rec = record(model, ids)
-    converter = Converter(model, rec)
-    layout = converter.layout()
-    graph_model = _build(layout, converter.parameters, numerics)
-    # sliding windows are measured (the recorder sees no mask): each attention node against its source
-    graph_model, _ = measure_windows(model, graph_model, lambda lay: _build(lay, converter.parameters, numerics))
-    layout = graph_model.layout
+    graph_model, layout = _imported(model, ids, numerics)
     layout.meta["import_check"] = check_import(model, graph_model, ids) if check else None
     return graph_model.eval()
+
+
+def _imported(model: nn.Module, ids: torch.Tensor, numerics: str) -> tuple[GraphModel, Layout]:
+    """Record, convert and build; any failure on a model the importer was not written for is a refusal
+    (:class:`BadInput` naming the stage, and the module where the converter knows it), never a crash."""
+    stage = "recording its forward"
+    try:
+        rec = record(model, ids)
+        stage = "rewriting its recorded graph"
+        converter = Converter(model, rec)
+        layout = converter.layout()
+        stage = "building the GraphModel of its layout"
+        graph_model = _build(layout, converter.parameters, numerics)
+        stage = "measuring its attention windows"
+        # sliding windows are measured (the recorder sees no mask): each attention node against its source
+        graph_model, _ = measure_windows(model, graph_model, lambda lay: _build(lay, converter.parameters, numerics))
+        return graph_model, graph_model.layout
+    except ArchfuzzError:
+        raise
+    except Exception as exc:  # noqa: BLE001  (an importer limitation: refused by name)
+        raise BadInput(f"cannot import {type(model).__name__} (an unsupported feature while {stage}: "
+                       f"{type(exc).__name__}: {exc})") from exc
 
 
 def export_weights(graph_model: GraphModel) -> dict[str, torch.Tensor]:

@@ -14,7 +14,7 @@ import networkx as nx
 import torch
 from torch import nn
 
-from ..errors import BadInput
+from ..errors import ArchfuzzError, BadInput, LayoutError
 from ..layout import Layout
 from ..record import RecordedGraph
 from . import rewrites
@@ -73,14 +73,40 @@ class Converter:
         for node in nx.lexicographical_topological_sort(self.g, key=lambda n: self.g.nodes[n]["index"]):
             self._check_edges(node)
             path = self.g.nodes[node]["module_path"] or ""
-            for entry in self._convert(node):
+            for entry in self._convert_refusing(node):
                 entries.append(entry)
                 module_paths[entry[0]] = path
         self._check_coverage()
         meta = {"name": type(self.model).__name__, "source": "import", "param_map": self.param_map,
                 "aliases": dict(self.rec.meta.get("aliases", {})), "tied": self.tied,
                 "module_paths": module_paths}
-        return Layout.from_nodes(entries, meta)
+        return self._validated(entries, meta, module_paths)
+
+    def _convert_refusing(self, node: str) -> list[Entry]:
+        """:meth:`_convert`, where a pattern that fails on a node it was not written for (a KeyError, an
+        AttributeError, ...: a recorded shape or call it does not expect) is a refusal naming the module and
+        the recorded op, never a crash."""
+        try:
+            return self._convert(node)
+        except ArchfuzzError:
+            raise
+        except Exception as exc:  # noqa: BLE001  (an importer limitation: refused by name)
+            d = self.g.nodes[node]
+            call = f" ({d['call']!r})" if d.get("call") not in (None, d["op"]) else ""
+            raise self.refuse(node, f"the {d['op']}{call} import pattern does not handle this node: "
+                              f"{type(exc).__name__}: {exc}") from exc
+
+    def _validated(self, entries: list[Entry], meta: dict, module_paths: dict[str, str]) -> Layout:
+        """The layout of ``entries``; one that breaks a layout constraint (:class:`LayoutError` on a node)
+        is refused naming the source module that node came from and the op, not reported as a bad layout."""
+        try:
+            return Layout.from_nodes(entries, meta)
+        except LayoutError as exc:
+            node = exc.node
+            op = next((e[1] for e in entries if e[0] == node), None)
+            where = module_paths.get(node) or type(self.model).__name__ if node else type(self.model).__name__
+            raise BadInput(f"cannot import {where} (the {op or 'layout'} node it converts to breaks a layout "
+                           f"constraint: {exc})") from exc
 
     def _check_edges(self, node: str) -> None:
         for src, _, data in self.g.in_edges(node, data=True):

@@ -154,8 +154,11 @@ def _norm(conv: Converter, node: str, ins: list[str]) -> dict:
     if d["eps"] is None:
         raise conv.refuse(node, "norm with no recognisable eps")
     dim, read = d["dim"], d["params"]
+    if not read and "bias" not in d:  # OLMo's LayerNorm: F.layer_norm with neither weight nor bias
+        raise conv.refuse(node, f"a {d.get('kind', '')} norm with no weight and no bias (non-parametric "
+                          f"{d.get('call', 'norm')}): the layout's norm owns a weight")
     own = (d["groups"], dim) if d.get("group_weights") else (dim,)  # group_weights: a weight row per head
-    if any(conv.shape(p) != own for p in read) or len(read) != 1 + d["bias"]:
+    if any(conv.shape(p) != own for p in read) or len(read) != 1 + d.get("bias", False):
         raise conv.refuse(node, f"norm of dim {dim} reads {[(p, conv.shape(p)) for p in read]}")
     roles = {"weight": read[0]} if not d["bias"] else _norm_roles(conv, node, read)
     conv.take(node, roles)

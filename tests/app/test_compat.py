@@ -1,0 +1,82 @@
+"""The compatibility matrix (``python -m benchmarks.compat``) on a handful of classes: every row has the
+schema the docs and the README are generated from, and every row is either imported within the import
+check's bound or refused with a reason that names a source module of the model (issue 14)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from benchmarks import compat
+from fuzz.importer.check import FLOAT32_EPS, FLOAT32_FACTOR, TOLERANCE
+
+# an import (with recipes), a sliding window the check measures, learned positions, a state-space model
+CLASSES = ("LlamaForCausalLM", "MistralForCausalLM", "GPTNeoForCausalLM", "MambaForCausalLM")
+COMMON = {"class": str, "kind": str, "outcome": str}
+IMPORTED = {"floor": str, "bound": float, "max_rel_err": float, "lengths": list}
+REFUSED = {"reason": str, "message": str, "module": str, "error_type": str}
+
+
+@pytest.fixture(scope="module")
+def rows() -> dict[str, dict]:
+    return {name: compat.run_class(name, recipes=name == "LlamaForCausalLM") for name in CLASSES}
+
+
+def _has(row: dict, schema: dict) -> None:
+    for key, typ in schema.items():
+        assert isinstance(row.get(key), typ), f"{row['class']}: {key}={row.get(key)!r} is not {typ.__name__}"
+
+
+def test_every_row_is_imported_within_the_bound_or_refused_naming_a_module(rows):
+    for name, row in rows.items():
+        _has(row, COMMON)
+        assert row["class"] == name and row["kind"] in compat.KINDS and row["outcome"] in compat.OUTCOMES
+        assert row["outcome"] in ("imported", "refused"), row  # no crash, no timeout, all buildable
+        if row["outcome"] == "imported":
+            _has(row, IMPORTED)
+            n_attn = 2  # two attention layers
+            bound = TOLERANCE[torch.float64] if row["floor"] == "exact" else \
+                FLOAT32_FACTOR * FLOAT32_EPS * math.sqrt(n_attn)
+            assert row["bound"] <= bound * 1.01 and row["max_rel_err"] <= row["bound"], row
+            assert {24, 64} <= {length for _, length in row["lengths"]}
+        else:
+            _has(row, REFUSED)
+            assert row["reason"].strip() and row["error_type"] in ("BadInput", "Refusal")
+            built = compat.build(name)  # the module the refusal names is one of the model's own
+            assert row["module"] in dict(built.named_modules()) or row["module"] == name, row
+
+
+def test_the_kinds_and_outcomes_of_known_classes(rows):
+    assert rows["LlamaForCausalLM"]["kind"] == "decoder" and rows["LlamaForCausalLM"]["outcome"] == "imported"
+    assert rows["MambaForCausalLM"]["kind"] == "state-space"
+    assert "sliding window" in rows["MistralForCausalLM"]["reason"]  # measured, never imported as full attention
+    recipes = rows["LlamaForCausalLM"]["recipes"]
+    assert list(recipes) == list(compat.T_RECIPES())
+    for verdict in recipes.values():
+        assert verdict["status"] in ("invariant", "refused"), verdict
+        if verdict["status"] == "invariant":
+            assert verdict["max_rel_err"] <= 1e-12
+
+
+def test_outputs_are_sorted_atomic_and_regenerate_the_readme_block(rows, tmp_path):
+    path, md, readme = tmp_path / "data" / "compat.json", tmp_path / "compat.md", tmp_path / "README.md"
+    readme.write_text("# x\n\nbefore\n")
+    by_name = dict(reversed(list(rows.items())))
+    compat.write_json(path, by_name, {"transformers": "t", "torch": "p", "recipes": [], "total_seconds": 1})
+    data = json.loads(path.read_text())
+    assert [r["class"] for r in data["rows"]] == sorted(CLASSES)
+    assert "seconds" not in json.dumps(data["rows"])  # diff-friendly: no timings in rows
+    s = data["summary"]
+    assert s["classes"] == len(CLASSES) and sum(sum(c.values()) for c in s["by_kind"].values()) == len(CLASSES)
+    assert sum(r["classes"] for r in s["reasons"]) == sum(r["outcome"] != "imported" for r in rows.values())
+    compat.write_outputs(path, md, readme)
+    compat.write_outputs(path, md, readme)  # twice: the block is replaced, not appended
+    text = readme.read_text()
+    assert text.count(compat.MARK_START) == 1 and text.count(compat.MARK_END) == 1 and "before" in text
+    assert "Supported architectures" in text
+    table = md.read_text()
+    for name in CLASSES:
+        assert f"`{name}`" in table
