@@ -18,7 +18,8 @@ def test_fuzz_writes_summary_and_reports_a_caught_mutant(tmp_path):
     out, corpus = tmp_path / "run", tmp_path / "corpus"
     code = main(["fuzz", "--profile", "ci", "--max-examples", "6", "--quiet", "--out", str(out),
                  "--transform", "reference:permute_heads", "--transform", "mutants:pair_reflection",
-                 "--corpus", str(corpus), "--require", "qk_norm='none'", "--require", "rope=True"])
+                 "--corpus", str(corpus), "--require", "qk_norm='none'", "--require", "rope=True",
+                 "--require", "fused_qkv=False"])  # permute_heads refuses a fused qkv linear (its row slices)
     assert code == 0  # the mutant fails as expected: caught, not a finding
     summary = json.loads((out / "summary.json").read_text())
     assert summary["per_transform"]["permute_heads"]["status"] == {"invariant": 6}

@@ -41,6 +41,7 @@ APPLIES["shared_head_gamma"] = (mutants.APPLIES["shared_head_gamma"], lambda s: 
 # above): the search is given this many unconstrained examples instead
 BUDGET = {"shared_head_gamma": 100,  # qk_norm=per_head_own (1 in 4) x RMS (1 in 2) x two or more heads
           "expert_bias_unscaled": 80,  # MoE x expert biases
+          "position_unrotated": 200,  # learned positions x RMS x pre-norm x untied x no other refusal (161 measured)
           "forget_pair_bias": 200}  # q/k biases x plain q/k x RoPE, now also x unfused qkv (issue 14's fused_qkv axis)
 # a renormalised top-1 weight is 1 whatever the scores: the leaked correction bias cannot show there
 APPLIES["corrected_weights"] = (mutants.APPLIES["corrected_weights"], lambda s: not (s.renormalize and s.top_k == 1))
