@@ -22,8 +22,8 @@ The GraphModel's ``layout.meta["import_check"]`` records it: ``lengths``, ``batc
 policy run, ``numerics`` (the better one), ``bound``, ``floor`` (``"exact"`` | ``"float32"``), ``downcasts``
 (their count and the torch calls), ``spans`` (the config fields read), ``padded`` (:func:`check_padding`: one
 left-padded batch through the source's own ``attention_mask`` handling, compared at the non-padded positions
-within the same bound).  A refusal (:class:`BadInput`)
-names the length at which the logits part and where the graph parts from the source
+within the same bound; ``source_nonfinite`` when the source's NaN padded rows had to be set aside).
+A refusal (:class:`BadInput`) names the length at which the logits part and where the graph parts from the source
 (:mod:`fuzz.importer.divergence`).
 """
 
@@ -166,28 +166,86 @@ def check_padding(model: nn.Module, graph_model: GraphModel, policy: str, bound:
     """One left-padded batch (2 rows of ``length`` ids, the second padded by ``PAD``) through the source's own
     ``attention_mask`` handling and ``GraphModel.forward(ids, attention_mask)``: the logits must agree at every
     non-padded position within ``bound`` (else :class:`BadInput`).  ``None`` when the source takes no
-    ``attention_mask`` (not a transformers model) or the batch is too short to pad."""
+    ``attention_mask`` (not a transformers model) or the batch is too short to pad.
+
+    A padded query of a left-padded row sees padded keys only: a fully masked softmax row.  Some sources make
+    it NaN (transformers' eager attention of a float64 model, Gemma2's among them: the mask's float64 minimum
+    overflows to ``-inf`` in the float32 softmax), and the NaN reaches the row's real tokens through their
+    zero attention weights on the padded keys (``0 * NaN``).  Then (:func:`padded_source_logits`) the source
+    runs again with the non-finite values of its padded positions set to 0 at every module output: the real
+    tokens read them with weight 0 only, so their logits are the source's own unless the source's mask lets
+    them read padded keys, which the comparison then shows.  Recorded as ``source_nonfinite``; a source that
+    stays non-finite at a real token is refused as such."""
     if length <= PAD + 1:
         return None
     ids = torch.randint(0, vocab, (CHECK_BATCH, length), generator=torch.Generator().manual_seed(1))
     mask = torch.ones_like(ids)
     mask[1, :PAD] = 0
     ids, mask = ids.to(graph_model_device(graph_model)), mask.to(graph_model_device(graph_model))
+    keep = mask.bool()
     try:
         want = masked_source_logits(model, ids, mask)
     except TypeError:
         return None
+    name = type(model).__name__
+    batch = f"left padding of {PAD} tokens in a {tuple(ids.shape)} batch"
+    record_ = {"shape": list(ids.shape), "left_padding": PAD}
+    if not bool(torch.isfinite(want[keep]).all()):
+        want, zeroed = padded_source_logits(model, ids, mask)
+        record_["source_nonfinite"] = {"modules": zeroed[:4], "count": len(zeroed)}
+        bad = int((~torch.isfinite(want[keep])).any(-1).sum()) if want.dim() == 3 else None
+        if bad is None or bad:
+            raise BadInput(f"{name}: the source itself is not finite on a padded batch: its own attention_mask "
+                           f"handling ({batch}) yields non-finite logits at {bad if bad else 'some'} of "
+                           f"{int(keep.sum())} non-padded positions, even with the non-finite values of its "
+                           f"padded positions set to 0 at every module output ({', '.join(zeroed[:4]) or 'none'}"
+                           f"{', ...' if len(zeroed) > 4 else ''}); its padding cannot be checked")
     with numerics_policy(graph_model, policy), torch.no_grad():
         got = graph_model(ids, attention_mask=mask)
-    keep = mask.bool()
     err = relative_error(got[keep], want[keep])
-    record_ = {"shape": list(ids.shape), "left_padding": PAD, "max_rel_err": err}
+    record_["max_rel_err"] = err
     if not err <= bound:
-        raise BadInput(f"{type(model).__name__}: the import is not exact on a padded batch: the source's own "
-                       f"attention_mask handling (left padding of {PAD} tokens in a {tuple(ids.shape)} batch) and "
-                       f"the graph's padding mask differ by {err:.3g} > {bound:.3g} at the non-padded positions "
+        graph = "" if bool(torch.isfinite(got[keep]).all()) else "; the graph's logits are not finite there"
+        raise BadInput(f"{name}: the import is not exact on a padded batch: the source's own "
+                       f"attention_mask handling ({batch}) and the graph's padding mask differ by {err:.3g} > "
+                       f"{bound:.3g} at the non-padded positions{graph} "
                        "(a padding mask the layout's attention cannot express)")
     return record_
+
+
+def padded_source_logits(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, list]:
+    """The source's logits on the padded batch with every non-finite value at a padded position of a module's
+    ``(batch, seq, ...)`` output set to 0, and the names of the modules whose outputs had one (their order
+    of completion: the first is where the padded positions turn non-finite)."""
+    padded = ~mask.bool()
+    zeroed: list[str] = []
+
+    def clean(t, name):
+        if not (torch.is_tensor(t) and t.is_floating_point() and t.dim() >= 3 and t.shape[:2] == padded.shape):
+            return t
+        bad = ~torch.isfinite(t) & padded.reshape(*padded.shape, *(1,) * (t.dim() - 2))
+        if not bool(bad.any()):
+            return t
+        if name not in zeroed:
+            zeroed.append(name)
+        return t.masked_fill(bad, 0)
+
+    def hook(module, args, out, name):
+        if not isinstance(out, (tuple, list)):
+            return clean(out, name)
+        items = [clean(t, name) for t in out]
+        if all(a is b for a, b in zip(items, out)):
+            return None
+        return type(out)(*items) if hasattr(out, "_fields") else type(out)(items)
+
+    handles = [m.register_forward_hook(lambda mod, a, o, n=n: hook(mod, a, o, n))
+               for n, m in model.named_modules() if m is not model]
+    try:
+        want = masked_source_logits(model, ids, mask)
+    finally:
+        for h in handles:
+            h.remove()
+    return want, zeroed
 
 
 def graph_model_device(graph_model: GraphModel) -> torch.device:

@@ -185,6 +185,46 @@ def test_gemma2_imports_with_its_measured_scale_and_soft_caps():
         assert torch.allclose(gm(ids), model(ids).logits, rtol=0, atol=1e-5 * model(ids).logits.abs().max())
 
 
+
+def test_gemma2_padded_check_sets_aside_the_sources_nan_padded_rows_and_still_refuses_ignored_padding(monkeypatch):
+    """transformers' eager attention of a float64 model adds the float64 minimum as its mask and softmaxes in
+    float32, where it is -inf: a left-padded row's padded queries (all keys masked) are NaN, and reach its real
+    tokens through their zero weights on the padded keys.  The check zeroes those padded values and compares
+    the real tokens within the same bound; a graph that ignores the padding is still refused."""
+    from fuzz.importer import check
+    from fuzz.materialize import GraphModel
+    model = _gemma2(query_pre_attn_scalar=20, attn_logit_softcapping=3.0, final_logit_softcapping=5.0)
+    gm = import_model(model)
+    record = gm.layout.meta["import_check"]
+    padded = record["padded"]
+    assert padded["max_rel_err"] <= record["bound"], padded
+    assert padded["source_nonfinite"]["modules"][0].startswith("model.layers.0."), padded
+    ids = torch.randint(0, 64, (2, 24), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[1, :check.PAD] = 0
+    with torch.no_grad():
+        assert torch.isnan(model(input_ids=ids, attention_mask=mask).logits[1, check.PAD:]).all()  # the source's
+        assert torch.isfinite(gm(ids, attention_mask=mask)).all()
+    forward = GraphModel.forward
+    monkeypatch.setattr(GraphModel, "forward", lambda self, ids, attention_mask=None: forward(self, ids))
+    with pytest.raises(BadInput, match=r"not exact on a padded batch.*left padding of 7 tokens"):
+        import_model(model)
+
+
+def test_a_source_not_finite_at_the_real_tokens_of_a_padded_batch_is_refused_as_such(monkeypatch):
+    from fuzz.importer import check
+    masked = check.masked_source_logits
+
+    def nan_at_a_real_token(model, ids, mask):
+        out = masked(model, ids, mask).clone()
+        if not bool(mask.all()):
+            out[1, -1, 0] = float("nan")
+        return out
+
+    monkeypatch.setattr(check, "masked_source_logits", nan_at_a_real_token)
+    with pytest.raises(BadInput, match=r"source itself is not finite on a padded batch.* at 1 of 41 non-padded"):
+        import_model(_gemma2(attn_logit_softcapping=3.0, final_logit_softcapping=5.0))
+
 def test_granite_scale_is_what_the_attention_computes_not_what_the_config_says():
     cfg = tf.GraniteConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                            num_attention_heads=4, num_key_value_heads=2, attention_multiplier=0.0625,
