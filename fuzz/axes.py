@@ -52,7 +52,8 @@ class Axis:
 
     ``options``: a tuple, or ``options(limits, drawn_so_far)``; ``OWN_RULE`` when ``_specs`` draws it
     otherwise.  ``choices``: the valid values of a ``choice`` axis (default: ``options``).  ``off``: the
-    value the reducer sets, in ``off_rank`` order (``KEEP``: none).  ``floor``/``step``: the reducer
+    value the reducer sets, ``off_rank`` order first (the reducer's order before issue 14), then the
+    unranked axes in table order (``KEEP``: none).  ``floor``/``step``: the reducer
     narrows a width to ``max(floor, v // 2)``, rounded down to a multiple of ``step``.  ``most``:
     largest_spec's preference, most parameters first (default: the kind's rule).  ``single``: a
     constraint gives one value, not a tuple.  ``tags(spec)``: the feature tags it switches on.
@@ -167,16 +168,15 @@ AXES: dict[str, Axis] = _axes(
     Axis("rope_theta", "positive_float", (10000.0, 500.0, 1e6), KEEP, _no_tags),
     Axis("rope_scaling", "choice", ("none", "linear", "llama3", "yarn", "dynamic", "longrope"), "none",
          lambda s: (f"rope:scaled:{s.rope_scaling}",) if _any_rope(s) and _scaled(s) else (),
-         off_rank=21, most=("longrope", "yarn", "llama3", "dynamic", "linear", "none")),
+         most=("longrope", "yarn", "llama3", "dynamic", "linear", "none")),
     Axis("qkv_bias", "bool", (False, True), False, _if("bias:qkv", "qkv_bias"), off_rank=0),
     Axis("o_bias", "bool", (False, True), False, _if("bias:o", "o_bias"), off_rank=1),
     Axis("attn_gate", "choice", ("none", "head_softplus", "output_sigmoid"), "none",
          lambda s: (f"attn_gate:{s.attn_gate}",) if s.attn_gate != "none" else (), off_rank=8,
          most=("output_sigmoid", "head_softplus", "none")),
     # swiglu / geglu: GLU; any other value: a plain MLP ``down(act(up x))`` with that act fn
-    Axis("position_embedding", "bool", (False, True), False, _if("embeddings:positions", "position_embedding"),
-         off_rank=28),
-    Axis("fused_qkv", "bool", (False, True), False, _if("attn:fused_qkv", "fused_qkv"), off_rank=29),
+    Axis("position_embedding", "bool", (False, True), False, _if("embeddings:positions", "position_embedding")),
+    Axis("fused_qkv", "bool", (False, True), False, _if("attn:fused_qkv", "fused_qkv")),
     Axis("mlp", "choice", ("swiglu", "geglu", "gelu", "gelu_tanh", "relu", "relu2", "quick_gelu", "fast_gelu",
                            "silu"), "swiglu", _named("mlp", "mlp"), off_rank=15),
     Axis("intermediate", "width", lambda lim, _: range(4, 2 * lim["max_hidden"] + 1), KEEP,
@@ -191,12 +191,12 @@ AXES: dict[str, Axis] = _axes(
     Axis("shared_intermediate", "width", lambda lim, _: range(2, lim["max_hidden"] + 1), KEEP, _no_tags, floor=2),
     Axis("shared_gate", "bool", (True, False), True, _no_tags, off_rank=20),  # tagged with shared_expert
     Axis("router", "choice", ("softmax", "sigmoid", "sigmoid_bias", "grouped"), "softmax", _router_tags,
-         off_rank=30, most=("grouped", "sigmoid_bias", "sigmoid", "softmax")),
+         most=("grouped", "sigmoid_bias", "sigmoid", "softmax")),
     Axis("routed_scaling", "positive_float", (1.0, 2.5), 1.0,
-         lambda s: ("moe:routed_scaling",) if _any_sparse(s) and s.routed_scaling != 1.0 else (), off_rank=31),
+         lambda s: ("moe:routed_scaling",) if _any_sparse(s) and s.routed_scaling != 1.0 else ()),
     Axis("expert_form", "choice", ("plain", "bias", "transposed", "interleaved", "clamped", "gpt_oss"), "plain",
          lambda s: (f"moe:experts:{s.expert_form}",) if _any_sparse(s) and s.expert_form != "plain" else (),
-         off_rank=32, most=("gpt_oss", "bias", "clamped", "transposed", "interleaved", "plain")),
+         most=("gpt_oss", "bias", "clamped", "transposed", "interleaved", "plain")),
     Axis("norm", "choice", ("rms", "layer"), "rms", _named("norm", "norm"), off_rank=10, most=("layer", "rms")),
     Axis("norm_weight_form", "choice", ("w", "1+w"), "w", _named("norm_form", "norm_weight_form"), off_rank=12),
     Axis("norm_bias", "bool", (False, True), False,  # LayerNorm bias
@@ -217,23 +217,22 @@ AXES: dict[str, Axis] = _axes(
          lambda s: ("parallel:shared_norm" if s.parallel_shared_norm else "parallel:two_norms",)
          if s.residual == "parallel" else (), off_rank=18, most=(False, True)),
     # attention scores (Gemma2 / Granite scale, Gemma2 soft-caps, BLOOM / MPT ALiBi, GPT-OSS sinks)
-    Axis("attn_scale", "cap", (None, 0.2), None, lambda s: ("attn:scale",) if s.attn_scale is not None else (),
-         off_rank=22),
-    Axis("attn_softcap", "cap", (None, 2.0), None, lambda s: ("attn:softcap",) if s.attn_softcap is not None else (),
-         off_rank=23),
+    Axis("attn_scale", "cap", (None, 0.2), None, lambda s: ("attn:scale",) if s.attn_scale is not None else ()),
+    Axis("attn_softcap", "cap", (None, 2.0), None, lambda s: ("attn:softcap",) if s.attn_softcap is not None else ()),
     Axis("final_softcap", "cap", (None, 4.0), None, lambda s: ("logits:softcap",) if s.final_softcap is not None
-         else (), off_rank=24),
-    Axis("alibi", "bool", (False, True), False, _if("attn:alibi", "alibi"), off_rank=25),
-    Axis("attn_sinks", "bool", (False, True), False, _if("attn:sinks", "attn_sinks"), off_rank=26),
+         else ()),
+    Axis("alibi", "bool", (False, True), False, _if("attn:alibi", "alibi")),
+    Axis("attn_sinks", "bool", (False, True), False, _if("attn:sinks", "attn_sinks")),
     # sliding-window attention on the layers whose ``LayerSpec.sliding`` is set (Mistral: every layer;
     # Gemma2 / Qwen2 ``max_window_layers``: some); small windows keep the oracle's length 2 W + 9 short
-    Axis("sliding_window", "window", (None, 4, 2), None, _window_tags, off_rank=27),
+    Axis("sliding_window", "window", (None, 4, 2), None, _window_tags),
     # set from the ``vocab`` limit, narrowed last by the reducer
     Axis("vocab", "size", OWN_RULE, KEEP, _no_tags, floor=8),
 )
 
 # the reducer's "turn a feature off" pass, in this order
-OFF_ORDER: tuple[Axis, ...] = tuple(sorted((a for a in AXES.values() if a.off is not KEEP),
-                                           key=lambda a: a.off_rank))
+OFF_ORDER: tuple[Axis, ...] = tuple(a for _, a in sorted(
+    ((a.off_rank if a.off_rank is not None else len(AXES) + i, a) for i, a in enumerate(AXES.values())
+     if a.off is not KEEP), key=lambda pair: pair[0]))
 # the reducer's "narrow a width" pass, in table order
 NARROWED: tuple[Axis, ...] = tuple(a for a in AXES.values() if a.floor is not None)

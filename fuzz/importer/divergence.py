@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..layout import Layout
 from ..materialize import GraphModel
 from ..record import _tensors
 from .logits import checked_source_logits, graph_logits, relative_error
@@ -27,6 +28,21 @@ def _ancestors(path: str) -> list[str]:
     return [".".join(parts[:k]) for k in range(len(parts), -1, -1)]
 
 
+def module_spans(layout: Layout) -> tuple[dict[str, str], list[str], dict[str, str], dict[str, str]]:
+    """``(paths, order, first_in, last_in)``: each node's source module (``meta["module_paths"]``), the nodes
+    that have one in execution order, and per source module (and each of its ancestors) the first and the
+    last of them that ran inside it."""
+    paths = layout.meta.get("module_paths", {})
+    order = [n for n in layout.order if n in paths]
+    first_in: dict[str, str] = {}
+    last_in: dict[str, str] = {}
+    for n in order:
+        for module in _ancestors(paths[n]):
+            first_in.setdefault(module, n)
+            last_in[module] = n
+    return paths, order, first_in, last_in
+
+
 def first_divergent(model: nn.Module, graph_model: GraphModel, x: torch.Tensor, policy: str, bound: float) -> str:
     """The first node, in execution order, whose output differs from its source counterpart beyond ``bound``.
 
@@ -37,14 +53,7 @@ def first_divergent(model: nn.Module, graph_model: GraphModel, x: torch.Tensor, 
     format is its own).  Hooks on both models, one forward each.
     """
     layout = graph_model.layout
-    paths = layout.meta.get("module_paths", {})
-    order = [n for n in layout.order if n in paths]
-    first_in: dict[str, str] = {}
-    last_in: dict[str, str] = {}
-    for n in order:
-        for module in _ancestors(paths[n]):
-            first_in.setdefault(module, n)
-            last_in[module] = n
+    paths, order, first_in, last_in = module_spans(layout)
     wanted = set(first_in)
     seen_in: dict[str, torch.Tensor | None] = {}
     seen_out: dict[str, torch.Tensor | None] = {}

@@ -25,7 +25,7 @@ from ..layout import Layout
 from ..materialize import GraphModel
 from ..record import _tensors
 from .check import check_lengths
-from .divergence import _ancestors, _inside
+from .divergence import _ancestors, _inside, module_spans
 from .logits import checked_source_logits, graph_logits
 
 AGREE = 1e-5  # per-position relative error under which an attention output agrees with its source
@@ -35,14 +35,7 @@ AGREE = 1e-5  # per-position relative error under which an attention output agre
 def _counterparts(layout: Layout, nodes: list[str]) -> dict[str, tuple[str, str]]:
     """node -> ``("out" | "in", module path)``: the deepest source module whose output is the node's output
     (the node runs last in it) or whose input is the node's output (a reader of the node runs first in it)."""
-    paths = layout.meta.get("module_paths", {})
-    order = [n for n in layout.order if n in paths]
-    first_in: dict[str, str] = {}
-    last_in: dict[str, str] = {}
-    for n in order:
-        for module in _ancestors(paths[n]):
-            first_in.setdefault(module, n)
-            last_in[module] = n
+    paths, _, first_in, last_in = module_spans(layout)
     found = {}
     for n in nodes:
         if n not in paths:
