@@ -109,11 +109,11 @@ def main() -> None:
             old_s, old_v = one_verdict(old_verify, base, model)
         if old_verify is not None:
             base["verdict"] += old_s
-            base_statuses[old_v.status] = base_statuses.get(old_v.status, 0) + 1
+            base_statuses[str(old_v.status)] = base_statuses.get(str(old_v.status), 0) + 1
         stages["synthesize"] += t1 - t0
         stages["materialize"] += t2 - t1
         stages["verdict"] += new_s
-        statuses[verdict.status] = statuses.get(verdict.status, 0) + 1
+        statuses[str(verdict.status)] = statuses.get(str(verdict.status), 0) + 1
         count[0] += 1
         assert verdict.ok or verdict.refused, verdict
 
