@@ -426,23 +426,7 @@ def _attention(node, p, w):
     win = p["window"]
     _need(win is None or isinstance(win, int) and not isinstance(win, bool) and win >= 1, node,
           f"attention.window must be None (full causal) or an integer >= 1, got {win!r}")
-    return h * d
-
-
-def _attention_features(p):
-    h, kv = p["n_heads"], p["n_kv_heads"]
-    kind = ("op:attention:" + ("mha" if kv == h else "mqa" if kv == 1 else "gqa"),)
-    return kind + (("op:attention:window",) if p["window"] is not None else ())
-
-
-def _attention_checked(node, p, w):
-    out = _attention(node, p, w)
-    _score_params(node, p)
-    return out
-
-
-def _score_params(node, p):
-    """The score modifiers: ``scale`` (None = ``head_dim ** -0.5``), ``softcap``, ``alibi``, ``sinks``."""
+    # the score modifiers: ``scale`` (None = ``head_dim ** -0.5``), ``softcap``; ``alibi``, ``sinks`` are flags
     lo, hi = FACTOR_RANGE
     if p["scale"] is not None:
         _finite(node, "attention", "scale", p["scale"], f"None (head_dim ** -0.5) or finite with {lo:g} <= scale "
@@ -450,6 +434,23 @@ def _score_params(node, p):
     if p["softcap"] is not None:
         _finite(node, "attention", "softcap", p["softcap"], f"None (no soft-cap) or finite with {lo:g} <= softcap "
                 f"<= {hi:g}", lo <= p["softcap"] <= hi)
+    return h * d
+
+
+def _attention_features(p):
+    h, kv = p["n_heads"], p["n_kv_heads"]
+    tags = ("op:attention:" + ("mha" if kv == h else "mqa" if kv == 1 else "gqa"),)
+    if p["window"] is not None:
+        tags += ("op:attention:window",)
+    if p["scale"] is not None:
+        tags += ("op:attention:scale",)
+    if p["softcap"] is not None:
+        tags += ("op:attention:softcap",)
+    if p["alibi"]:
+        tags += ("op:attention:alibi",)
+    if p["sinks"]:
+        tags += ("op:attention:sinks",)
+    return tags
 
 
 def _attention_shapes(p):
@@ -470,26 +471,13 @@ def _init_alibi_slopes(z, p):
     return base * torch.exp(0.1 * z)
 
 
-def _attention_features_all(p):
-    tags = _attention_features(p)
-    if p["scale"] is not None:
-        tags += ("op:attention:scale",)
-    if p["softcap"] is not None:
-        tags += ("op:attention:softcap",)
-    if p["alibi"]:
-        tags += ("op:attention:alibi",)
-    if p["sinks"]:
-        tags += ("op:attention:sinks",)
-    return tags
-
-
 _OPT_FLOAT = (float, type(None))
 declare(OpSpec("attention", {"n_heads": (int, ...), "n_kv_heads": (int, ...), "head_dim": (int, ...),
                              "window": ((int, type(None)), None), "scale": (_OPT_FLOAT, None),
                              "softcap": (_OPT_FLOAT, None), "alibi": (bool, False), "sinks": (bool, False)},
-               ("q", "k", "v"), _attention_checked, shapes=_attention_shapes,
+               ("q", "k", "v"), _attention, shapes=_attention_shapes,
                init={"alibi_slopes": _init_alibi_slopes, "sinks": _init_unit}, drawn_by=ALWAYS,
-               features=_attention_features_all))
+               features=_attention_features))
 
 
 def _softcap(node, p, w):
