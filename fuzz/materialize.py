@@ -242,6 +242,13 @@ class Attention(Node):
     def forward(self, q, k, v, padding: torch.Tensor | None = None):
         """``padding``: ``(batch, seq)`` bool, False at padded positions (their keys are masked; a query
         that sees no key attends to itself, so padded positions stay finite)."""
+        return self._attend(q, k, v, attention_mask(q.shape[1], self.p["window"], str(q.device)), padding)
+
+    def export_forward(self, q, k, v):
+        """:meth:`forward` with the mask built inside the traced graph (the cached one belongs to no trace)."""
+        return self._attend(q, k, v, attention_mask.__wrapped__(q.shape[1], self.p["window"], q.device))
+
+    def _attend(self, q, k, v, mask: torch.Tensor, padding: torch.Tensor | None = None):
         p = self.p
         b, t, _ = q.shape
         h, kv, d = p["n_heads"], p["n_kv_heads"], p["head_dim"]
@@ -251,10 +258,6 @@ class Attention(Node):
         scores = (q @ k.transpose(-1, -2)) * (d ** -0.5 if p.get("scale") is None else p["scale"])
         if p.get("softcap") is not None or p.get("alibi"):
             scores = self.modify_scores(scores)
-        if not isinstance(t, int) or torch.compiler.is_compiling() or torch._guards.detect_fake_mode() is not None:
-            mask = attention_mask.__wrapped__(t, p["window"], q.device)  # traced: no cache, no device string
-        else:
-            mask = attention_mask(t, p["window"], str(q.device))
         if padding is not None:
             mask = mask[None, None] & padding[:, None, None, :]
             mask = mask | (~mask.any(-1, keepdim=True) & torch.eye(t, dtype=torch.bool, device=q.device))
@@ -406,10 +409,6 @@ class Experts(Node):
     :meth:`w_in` ``(E, 2I, H)``, :meth:`w_out` ``(E, H, I)`` and :meth:`up_rows`, whatever the storage.
     """
 
-    def _plain(self) -> bool:
-        p = self.p
-        return not (p["transposed"] or p["interleaved"] or p["bias"] or p["act"] == "clamped_swiglu")
-
     def w_in(self) -> torch.Tensor:
         """``gate_up_proj`` as ``(E, 2I, H)`` (a view: in-place edits reach the parameter)."""
         return self.gate_up_proj.transpose(1, 2) if self.p["transposed"] else self.gate_up_proj
@@ -450,8 +449,6 @@ class Experts(Node):
         return y + self.down_proj_bias[e] if self.p["bias"] else y
 
     def forward(self, x, weights):
-        plain = self._plain()
-        act = ACT.get(self.p["act"])
         out = torch.zeros_like(x)
         flat_x = x.reshape(-1, x.shape[-1])
         flat_w = weights.reshape(-1, weights.shape[-1])
@@ -460,23 +457,14 @@ class Experts(Node):
             rows = torch.nonzero(flat_w[:, e]).flatten()
             if rows.numel() == 0:
                 continue
-            if plain:
-                gate, up = F.linear(flat_x[rows], self.gate_up_proj[e]).chunk(2, dim=-1)
-                y = F.linear(act(gate) * up, self.down_proj[e]) * flat_w[rows, e, None]
-            else:
-                y = self.output(self.intermediate(flat_x[rows], e), e) * flat_w[rows, e, None]
+            y = self.output(self.intermediate(flat_x[rows], e), e) * flat_w[rows, e, None]
             flat_out.index_add_(0, rows, y)
         return out
 
     def export_forward(self, x, weights):
         """Every expert on every token, no data-dependent shapes: ``sum_e w_e * down_e(act(gate_e x) * up_e x)``
         with ``w_e = 0`` for the experts not routed to (the same sum as :meth:`forward`)."""
-        if not self._plain():
-            y = self.output(self.intermediate(x, slice(None)), slice(None))
-            return (y * weights[..., None]).sum(dim=-2)
-        act = ACT[self.p["act"]]
-        gate, up = torch.einsum("...d,efd->...ef", x, self.gate_up_proj).chunk(2, dim=-1)
-        y = torch.einsum("...ei,edi->...ed", act(gate) * up, self.down_proj)
+        y = self.output(self.intermediate(x, slice(None)), slice(None))
         return (y * weights[..., None]).sum(dim=-2)
 
 
