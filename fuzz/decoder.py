@@ -16,7 +16,7 @@ Block wiring, with ``h`` the residual stream:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 
 from .axes import AXES
 from .rope_scaling import recipe_table
@@ -130,9 +130,9 @@ class _Graph:
         return node
 
 
-def _norm(g: _Graph, s: DecoderSpec, node: str, x: str, dim: int, groups: int = 1) -> str:
+def _norm(g: _Graph, s: DecoderSpec, node: str, x: str, dim: int, groups: int = 1, group_weights: bool = False) -> str:
     return g.add(node, "norm", [x], kind=s.norm, dim=dim, groups=groups, eps=s.norm_eps,
-                 weight_form=s.norm_weight_form, bias=s.norm == "layer" and s.norm_bias)
+                 weight_form=s.norm_weight_form, bias=s.norm == "layer" and s.norm_bias, group_weights=group_weights)
 
 
 # the synthesized scaled-RoPE recipes: transformers' formulas at lengths the oracle reaches (seq 12 > 8)
@@ -183,10 +183,8 @@ def _attention(g: _Graph, s: DecoderSpec, p: str, x: str, layer: LayerSpec) -> s
         q = _norm(g, s, f"{p}q_norm", q, d, h)
         k = _norm(g, s, f"{p}k_norm", k, d, kv)
     elif s.qk_norm == "per_head_own":  # Cohere use_qk_norm: per head, each head its own weight (and bias)
-        q = g.add(f"{p}q_norm", "norm", [q], kind=s.norm, dim=d, groups=h, eps=s.norm_eps, group_weights=h > 1,
-                  weight_form=s.norm_weight_form, bias=s.norm == "layer" and s.norm_bias)
-        k = g.add(f"{p}k_norm", "norm", [k], kind=s.norm, dim=d, groups=kv, eps=s.norm_eps, group_weights=kv > 1,
-                  weight_form=s.norm_weight_form, bias=s.norm == "layer" and s.norm_bias)
+        q = _norm(g, s, f"{p}q_norm", q, d, h, group_weights=h > 1)
+        k = _norm(g, s, f"{p}k_norm", k, d, kv, group_weights=kv > 1)
     elif s.qk_norm == "full":
         q = _norm(g, s, f"{p}q_norm", q, h * d)
         k = _norm(g, s, f"{p}k_norm", k, kv * d)
