@@ -39,7 +39,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..errors import BadInput
 from ..materialize import GraphModel
-from ..record import _tensors
+from ..record import _tensors, device_of, evaluating
 from .divergence import first_divergent, limited_span
 from .logits import checked_source_logits, graph_logits, numerics_policy, relative_error
 
@@ -181,7 +181,8 @@ def check_padding(model: nn.Module, graph_model: GraphModel, policy: str, bound:
     ids = torch.randint(0, vocab, (CHECK_BATCH, length), generator=torch.Generator().manual_seed(1))
     mask = torch.ones_like(ids)
     mask[1, :PAD] = 0
-    ids, mask = ids.to(graph_model_device(graph_model)), mask.to(graph_model_device(graph_model))
+    device = device_of(graph_model)
+    ids, mask = ids.to(device), mask.to(device)
     keep = mask.bool()
     try:
         want = masked_source_logits(model, ids, mask)
@@ -248,20 +249,10 @@ def padded_source_logits(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor
     return want, zeroed
 
 
-def graph_model_device(graph_model: GraphModel) -> torch.device:
-    return next((p.device for p in graph_model.parameters()), torch.device("cpu"))
-
-
 def masked_source_logits(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """The source's logits on a padded batch (transformers' ``attention_mask``); TypeError if it takes none."""
-    training = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = model(input_ids=ids, attention_mask=mask, use_cache=False)
-    finally:
-        for m, flag in training.items():
-            m.training = flag
+    with evaluating(model):
+        out = model(input_ids=ids, attention_mask=mask, use_cache=False)
     return out.logits if hasattr(out, "logits") else out[0] if isinstance(out, (tuple, list)) else out
 
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from ..errors import BadInput
 from ..materialize import GraphModel
-from ..record import _logits
+from ..record import _logits, evaluating
 
 
 @contextlib.contextmanager
@@ -29,20 +29,14 @@ def numerics_policy(model: GraphModel, numerics: str):
 
 def source_logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     """The source model's logits on ``ids`` (eval mode, no grad; training flags restored)."""
-    training = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        with torch.no_grad():
+    with evaluating(model):
+        try:
+            out = model(input_ids=ids, use_cache=False)
+        except TypeError:  # not a transformers model: the calling conventions record() accepts
             try:
-                out = model(input_ids=ids, use_cache=False)
-            except TypeError:  # not a transformers model: the calling conventions record() accepts
-                try:
-                    out = model(input_ids=ids)
-                except TypeError:
-                    out = model(ids)
-    finally:
-        for m, flag in training.items():
-            m.training = flag
+                out = model(input_ids=ids)
+            except TypeError:
+                out = model(ids)
     return _logits(out, ids, type(model).__name__)
 
 

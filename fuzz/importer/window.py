@@ -23,7 +23,7 @@ from torch import nn
 from ..errors import BadInput
 from ..layout import Layout
 from ..materialize import GraphModel
-from ..record import _tensors
+from ..record import _tensors, device_of
 from .check import check_lengths
 from .divergence import _ancestors, _inside, module_spans
 from .logits import checked_source_logits, graph_logits
@@ -118,9 +118,7 @@ def measure_windows(model: nn.Module, graph_model: GraphModel, rebuild, policy: 
         return graph_model, {}
     vocab = layout.params(layout.source)["vocab"]
     x = torch.randint(0, vocab, (1, length), generator=torch.Generator().manual_seed(seed))
-    device = next((p.device for p in graph_model.parameters()), None)
-    if device is not None:
-        x = x.to(device)
+    x = x.to(device_of(graph_model))
     found: dict[str, int] = {}
     try:
         errors = _profiles(model, graph_model, x, where, policy)

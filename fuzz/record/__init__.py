@@ -34,6 +34,6 @@ torch-function mode and :func:`record`), :mod:`.contract` (the contractions afte
 
 from .calls import _tensors  # _tensors, _input_ids and _logits: shared with fuzz.importer
 from .graph import FORMAT, Consumer, RecordedGraph
-from .recorder import DEFAULT_SEQ_LEN, _input_ids, _logits, record
+from .recorder import DEFAULT_SEQ_LEN, _input_ids, _logits, device_of, evaluating, record
 
-__all__ = ["FORMAT", "DEFAULT_SEQ_LEN", "Consumer", "RecordedGraph", "record"]
+__all__ = ["FORMAT", "DEFAULT_SEQ_LEN", "Consumer", "RecordedGraph", "device_of", "evaluating", "record"]

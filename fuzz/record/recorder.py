@@ -3,6 +3,7 @@ op-level graph (every torch call seen, views passed through, module calls kept o
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -34,18 +35,31 @@ def record(model: nn.Module, input_ids: torch.Tensor | None = None) -> RecordedG
         raise BadInput(f"record expects a torch.nn.Module, got {type(model).__name__}")
     ids = _input_ids(model, input_ids)
     name = type(model).__name__
-    training = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
+    with evaluating(model):
         rec, out = _run(model, ids)
-    finally:
-        for m, flag in training.items():
-            m.training = flag
     logits = _logits(out, ids, name)
     producer = rec.producer(logits)
     if producer is None:
         raise BadInput(f"{name}: the logits do not depend on the input ids (not a causal LM)")
     return _finish(rec, producer, ids, name, logits.shape[-1])
+
+
+@contextlib.contextmanager
+def evaluating(model: nn.Module):
+    """``model`` in eval mode under ``torch.no_grad()`` for the block; every module's training flag restored."""
+    training = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        for m, flag in training.items():
+            m.training = flag
+
+
+def device_of(model: nn.Module) -> torch.device:
+    """The device of ``model``'s first parameter (CPU for a model without any)."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
 def _input_ids(model: nn.Module, input_ids) -> torch.Tensor:
@@ -57,8 +71,7 @@ def _input_ids(model: nn.Module, input_ids) -> torch.Tensor:
         if isinstance(weight, torch.Tensor) and weight.dim() == 2:
             vocab = weight.shape[0]
         ids = (torch.arange(DEFAULT_SEQ_LEN) * 7919 + 11) % vocab
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        return ids.unsqueeze(0).to(device)
+        return ids.unsqueeze(0).to(device_of(model))
     if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.int64, torch.int32) \
             or input_ids.dim() not in (1, 2) or input_ids.numel() == 0:
         got = f"{tuple(input_ids.shape)} {input_ids.dtype}" if isinstance(input_ids, torch.Tensor) \
