@@ -42,7 +42,8 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from ..ops import ACTIVATIONS, registrar
+from ..materialize import MODULES
+from ..ops import ACTIVATIONS, registrar, spec
 from .rope import rope_params
 
 if TYPE_CHECKING:
@@ -264,9 +265,6 @@ def measure_router(conv: Converter, node: str, proj: dict, base: dict):
     """``(router params, correction bias or None)`` that reproduce the source router module on random probe
     tokens (score function, correction bias, group-limited top-k, renormalisation and the routed scaling
     factor, all measured); None when the module cannot be probed (the import check still decides)."""
-    from ..materialize import MODULES
-    from ..ops import spec
-
     d = conv.g.nodes[node]
     module = conv.modules.get(d["module_path"])
     weight = proj["weight"]
@@ -389,9 +387,6 @@ def measure_experts(conv: Converter, node: str, base: dict, roles: dict, bias_op
     """``(params, roles)`` of the experts variant (activation or clamped SwiGLU, interleaved or not, which
     2-D tensor is which bias) that reproduces the source experts module on probe tokens routed to every
     expert; None when the module cannot be called as ``experts(x, top_k_index, top_k_weights)``."""
-    from ..materialize import MODULES
-    from ..ops import spec
-
     d = conv.g.nodes[node]
     module = conv.modules.get(d["module_path"])
     if module is None:
@@ -423,9 +418,6 @@ def measure_experts(conv: Converter, node: str, base: dict, roles: dict, bias_op
                 return params, {**roles, **biases}
     raise conv.refuse(node, f"experts: no GLU of {ACTIVATIONS} or clamped SwiGLU, gate/up split or interleaved, "
                       f"reproduces module {d['module_path']} on {x.shape[0]} probe tokens")
-
-# ------------------------------------------------------------------ ops without parameters
-
 
 # ====================================================================== ops without parameters
 @import_pattern("rope")
