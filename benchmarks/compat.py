@@ -123,16 +123,10 @@ def tiny_config(cls):
 
 def build(name: str, seed: int = 0):
     """A tiny float64 instance of the transformers class ``name`` with random weights."""
-    import torch
     import transformers as tf
-    from benchmarks.import_check_families import randomize
+    from benchmarks.import_check_families import instantiate
     cls = getattr(tf, name)
-    cfg = tiny_config(cls)
-    try:  # fused experts: the eager loop (what the recorder contracts)
-        model = cls._from_config(cfg, dtype=torch.float64, experts_implementation="eager")
-    except (TypeError, ValueError):
-        model = cls._from_config(cfg, dtype=torch.float64)
-    return randomize(model.to(torch.float64), seed)
+    return instantiate(cls, tiny_config(cls), seed)
 
 
 # class names are CamelCase: "SSM"/"Ssm" as a word part (not "SeedOssMLP"), Mamba, S4/S6, Hyena, recurrences

@@ -59,12 +59,17 @@ def from_config(name: str, seed: int = 0) -> torch.nn.Module:
     import transformers as tf
     prefix, extra = CONFIG_FAMILIES.get(name, (name, {}))
     cfg_cls, cls = getattr(tf, f"{prefix}Config"), getattr(tf, f"{prefix}ForCausalLM")
-    cfg = cfg_cls(**({} if prefix == "Mpt" else DIMS), **extra)
-    try:  # fused experts: the eager loop (what the recorder contracts)
+    return instantiate(cls, cfg_cls(**({} if prefix == "Mpt" else DIMS), **extra), seed)
+
+
+def instantiate(cls, cfg, seed: int = 0) -> torch.nn.Module:
+    """``cls`` built from ``cfg`` in float64 with :func:`randomize` weights (fused experts as the eager loop,
+    what the recorder contracts; routers the class keeps in float32 made float64 too)."""
+    try:
         model = cls._from_config(cfg, dtype=torch.float64, experts_implementation="eager")
     except (TypeError, ValueError):
         model = cls._from_config(cfg, dtype=torch.float64)
-    return randomize(model.to(torch.float64), seed)  # routers kept in float32 by the class: float64 too
+    return randomize(model.to(torch.float64), seed)
 
 
 def from_registry(family: str) -> torch.nn.Module:
