@@ -196,7 +196,9 @@ def _norm_roles(conv: Converter, node: str, read: list[str]) -> dict[str, str]:
 
 @import_pattern("router")
 def _router(conv: Converter, node: str, ins: list[str]) -> list[Entry]:
-    """A recorded router reads its own weight: a ``linear`` producing the logits, then the ``router``."""
+    """A recorded router reads its own weight: a ``linear`` producing the logits, then the ``router``.  The
+    other parameters it reads (E numbers: a correction bias held by a child module or passed in by the
+    parent) are the router's ``e_score_correction_bias`` when the measurement finds one."""
     d = conv.g.nodes[node]
     for dst in conv.g.successors(node):
         if conv.g.nodes[dst]["op"] != "experts":
@@ -204,17 +206,31 @@ def _router(conv: Converter, node: str, ins: list[str]) -> list[Entry]:
     proj = f"{node}_proj"
     while proj in conv.g:
         proj += "_"
+    proj_params = d.get("proj_params") or d["params"]
+    extra = [p for p in d["params"] if p not in proj_params]
     want = {"weight": (d["n_experts"], d["in_features"]), **({"bias": (d["n_experts"],)} if d["bias"] else {})}
+    d["params"] = list(proj_params)  # the projection's; the others are measured below
     conv.by_shape(node, want)
     conv.param_map[proj] = conv.param_map.pop(node)
     conv.parameters[proj] = conv.parameters.pop(node)
     linear = {"in_features": d["in_features"], "out_features": d["n_experts"], "bias": d["bias"]}
     router = {"n_experts": d["n_experts"], "top_k": d["top_k"], "renormalize": d["renormalize"]}
-    measured = measure_router(conv, node, conv.parameters[proj], router)
+    measured = measure_router(conv, node, conv.parameters[proj], router, extra)
+    if measured is None and extra:
+        raise conv.refuse(node, f"router reading {extra} besides its projection (a correction bias?) could not "
+                          f"be probed to tell how it routes")
     if measured is not None:
         router, bias = measured
-        if bias is not None:  # a buffer in the source (never trained): the layout's router owns a copy
-            conv.parameters[node] = {"e_score_correction_bias": torch.nn.Parameter(bias, requires_grad=False)}
+        if bias is not None and bias[0] is not None:  # a source parameter: the layout's router reads it
+            if extra != [bias[0]]:
+                raise conv.refuse(node, f"router reads {extra}; only {bias[0]} is its correction bias")
+            conv.param_map[node] = {"e_score_correction_bias": bias[0]}
+            conv.parameters[node] = {"e_score_correction_bias": conv.named[bias[0]]}
+        elif bias is not None:  # a buffer in the source (never trained): the layout's router owns a copy
+            conv.parameters[node] = {"e_score_correction_bias": torch.nn.Parameter(bias[1], requires_grad=False)}
+        elif extra:
+            raise conv.refuse(node, f"router reads {extra} besides its projection, which the measured router "
+                              f"does not use")
     return [(proj, "linear", linear, ins), (node, "router", router, [proj])]
 
 
@@ -223,14 +239,41 @@ _ROUTER_TIE = 1e-3  # probe tokens whose candidate choice margin is below this a
 _ROUTER_MATCH = 1e-4  # relative agreement of the dense routing weights (the source may route in float32)
 
 
-def _module_routing(module, x: torch.Tensor, n_experts: int) -> tuple[torch.Tensor, int] | None:
+def _call_arguments(conv: Converter, template: list | None, x: torch.Tensor) -> list | None:
+    """The positional arguments of the module's recorded call (:meth:`_Recorder._call_template`) with the
+    probe ``x`` as its activation; None when the call cannot be rebuilt."""
+    if template is None:
+        return [x]
+    buffers = dict(conv.model.named_buffers())
+    args = []
+    for entry in template:
+        if "act" in entry:
+            if entry["act"] != 0:
+                return None
+            args.append(x)
+        elif "param" in entry and entry["param"] in conv.named:
+            args.append(conv.named[entry["param"]])
+        elif "buffer" in entry and entry["buffer"] in buffers:
+            args.append(buffers[entry["buffer"]])
+        elif "value" in entry:
+            args.append(entry["value"])
+        else:
+            return None
+    return args
+
+
+def _module_routing(module, x: torch.Tensor, n_experts: int,
+                    call=lambda inp: [inp]) -> tuple[torch.Tensor, int] | None:
     """The dense ``(T, E)`` routing weights a router module returns for ``x (T, H)`` and its top-k: from its
     outputs, the integer ``(T, k)`` indices and the float ``(T, k)`` weights; None when the module cannot be
-    run that way."""
+    run that way.  ``call(inp)``: the module's positional arguments for the input ``inp``."""
     for inp in (x, x[None]):
+        args = call(inp)
+        if args is None:
+            return None
         try:
             with torch.no_grad():
-                out = module(inp)
+                out = module(*args)
         except Exception:  # noqa: BLE001 - any failure means "cannot probe this way"
             continue
         outs = [o for o in (out if isinstance(out, (tuple, list)) else (out,)) if isinstance(o, torch.Tensor)]
@@ -245,8 +288,9 @@ def _module_routing(module, x: torch.Tensor, n_experts: int) -> tuple[torch.Tens
     return None
 
 
-def _router_candidates(module, d: dict, bias: torch.Tensor | None):
-    """Router parameter sets to test against the module: score, correction bias, groups, renormalisation
+def _router_candidates(module, d: dict, n_read: int, n_biases: int):
+    """Router parameter sets to test against the module: score, correction bias (which of ``n_biases``
+    candidates; the ``n_read`` first ones, which the router reads, before none), groups, renormalisation
     (the module's ``n_group`` / ``topk_group`` attributes first when it has them)."""
     e, k = d["n_experts"], d["top_k"]
     groups = [(g, tg) for g in range(1, e + 1) if e % g == 0 and (g == 1 or e // g >= 2)
@@ -254,17 +298,43 @@ def _router_candidates(module, d: dict, bias: torch.Tensor | None):
     named = (getattr(module, "num_group", getattr(module, "n_group", None)), getattr(module, "topk_group", None))
     groups.sort(key=lambda gt: (gt != named, gt[0] > 1, -gt[1]))
     for score in ("softmax", "sigmoid"):
-        for corrected in ((False, True) if bias is not None else (False,)):
+        for corrected in list(range(n_read)) + [None] + list(range(n_read, n_biases)):
             for g, tg in groups:
                 for renorm in (d["renormalize"], not d["renormalize"]):
-                    yield {"n_experts": e, "top_k": k, "renormalize": renorm, "score": score,
-                           "correction_bias": corrected, "n_group": g, "topk_group": tg, "scaling": 1.0}
+                    yield corrected, {"n_experts": e, "top_k": k, "renormalize": renorm, "score": score,
+                                      "correction_bias": corrected is not None, "n_group": g, "topk_group": tg,
+                                      "scaling": 1.0}
 
 
-def measure_router(conv: Converter, node: str, proj: dict, base: dict):
+def _bias_candidates(conv: Converter, module, template: list | None, extra: list[str], e: int):
+    """``(candidates, n_read)``: ``(parameter name or None, tensor (E,))`` the router may add to its choice
+    scores: the parameters of E numbers it reads besides its projection (recorded) and the parameters /
+    buffers of E numbers passed to it (``n_read`` of them: what the router reads), then its own buffers of
+    E numbers."""
+    buffers = dict(conv.model.named_buffers())
+    found: list[tuple[str | None, torch.Tensor]] = [(p, conv.named[p]) for p in extra]
+    for entry in template or []:
+        if "param" in entry and entry["param"] in conv.named and entry["param"] not in extra:
+            found.append((entry["param"], conv.named[entry["param"]]))
+        elif "buffer" in entry and entry["buffer"] in buffers:
+            found.append((None, buffers[entry["buffer"]]))
+    n_found = len(found)
+    found += [(None, b) for b in module._buffers.values() if isinstance(b, torch.Tensor)]
+    out, seen, n_read = [], set(), 0
+    for i, (name, t) in enumerate(found):
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel() == e and id(t) not in seen:
+            seen.add(id(t))
+            out.append((name, t.detach().to(torch.float64).reshape(e).clone()))
+            n_read += i < n_found
+    return out, n_read
+
+
+def measure_router(conv: Converter, node: str, proj: dict, base: dict, extra: list[str] = ()):
     """``(router params, correction bias or None)`` that reproduce the source router module on random probe
     tokens (score function, correction bias, group-limited top-k, renormalisation and the routed scaling
-    factor, all measured); None when the module cannot be probed (the import check still decides)."""
+    factor, all measured); None when the module cannot be probed (the import check still decides).  The
+    module is called as it was in the recording (a correction bias passed in by its parent included); the
+    correction bias is ``(source parameter name or None for a buffer, tensor (E,))``."""
     d = conv.g.nodes[node]
     module = conv.modules.get(d["module_path"])
     weight = proj["weight"]
@@ -272,24 +342,24 @@ def measure_router(conv: Converter, node: str, proj: dict, base: dict):
         return None
     gen = torch.Generator().manual_seed(0)
     x = 2.0 * torch.randn(_ROUTER_PROBE_TOKENS, d["in_features"], generator=gen, dtype=torch.float64)
-    measured = _module_routing(module, x.to(weight.dtype), d["n_experts"])
+    template = d.get("call_args")
+    measured = _module_routing(module, x.to(weight.dtype), d["n_experts"],
+                               lambda inp: _call_arguments(conv, template, inp))
     if measured is None:
         return None
     want, top_k = measured  # the recorded first topk may be a group score's (top-2 per group)
     if not 1 <= top_k <= d["n_experts"]:
         return None
     base = {**base, "top_k": top_k}
-    buffers = [b for b in module._buffers.values() if isinstance(b, torch.Tensor) and b.shape == (d["n_experts"],)
-               and b.is_floating_point()]
-    bias = buffers[0].detach().to(torch.float64).clone() if len(buffers) == 1 else None
+    biases, n_read = _bias_candidates(conv, module, template, list(extra), d["n_experts"])
     with torch.no_grad():
         logits = torch.nn.functional.linear(x, weight.detach().double(),
                                             proj["bias"].detach().double() if "bias" in proj else None)
-    for cand in _router_candidates(module, base, bias):
+    for which, cand in _router_candidates(module, base, n_read, len(biases)):
         params = spec("router").normalise(node, cand)
         router = MODULES["router"](node, params, "exact")
         if params["correction_bias"]:
-            router.register_buffer("e_score_correction_bias", bias)
+            router.register_buffer("e_score_correction_bias", biases[which][1])
         with torch.no_grad():
             got = router(logits)
         ok = torch.ones(x.shape[0], dtype=torch.bool) if router.last_margin is None \
@@ -298,8 +368,9 @@ def measure_router(conv: Converter, node: str, proj: dict, base: dict):
             continue
         ratio = want[ok].sum(-1) / got[ok].sum(-1)
         scaling = float(ratio.median())
-        named = getattr(module, "routed_scaling_factor", None)
-        for exact in ((float(named),) if isinstance(named, (int, float)) and named > 0 else ()) + (1.0,):
+        named = [getattr(module, a, None) for a in ("routed_scaling_factor", "route_scale")]
+        named = tuple(float(v) for v in named if isinstance(v, (int, float)) and v > 0)
+        for exact in named + (1.0,):
             if math.isclose(exact, scaling, rel_tol=_ROUTER_MATCH):  # the factor as written, not re-measured
                 scaling = exact
                 break
@@ -307,7 +378,7 @@ def measure_router(conv: Converter, node: str, proj: dict, base: dict):
                                                 atol=_ROUTER_MATCH * float(want.abs().max()))):
             continue
         params = {**params, "scaling": scaling}
-        return params, (bias if params["correction_bias"] else None)
+        return params, (biases[which] if params["correction_bias"] else None)
     raise conv.refuse(node, "router: no softmax / sigmoid router (with or without a correction bias, "
                       "group-limited top-k and renormalisation, times a routed scaling factor) reproduces "
                       f"module {d['module_path']} on {x.shape[0]} probe tokens")
