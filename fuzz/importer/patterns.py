@@ -620,15 +620,44 @@ def _elementwise(conv: Converter, node: str, ins: list[str]) -> dict:
     return {}
 
 
+def _routing_refusal(conv: Converter, node: str) -> str:
+    """Why an uncontracted routing op (softmax / top-k / max) is refused, named from the dataflow: routed
+    attention heads (what it routes reaches an attention's query before any residual add: JetMoE's mixture
+    of attention heads), a sparsemixer router (a ``max`` whose threshold masks the scores: Phimoe), or a
+    router the contraction did not recognise."""
+    call = conv.g.nodes[node].get("call")
+    # from the op and its siblings (the other outputs of the router's logits: top-k values and indices)
+    seen, stack = set(), list(conv.g.successors(node)) + [s for p in conv.g.predecessors(node)
+                                                        for s in conv.g.successors(p) if s != node]
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        op = conv.g.nodes[n]["op"]
+        if op == "attention":
+            return (f"opaque op {call!r}: mixture of attention heads (a router choosing per-token attention experts "
+                    f"whose output reaches the attention, JetMoE MoA); not in the layout's vocabulary")
+        if op in ("add", "norm", "lm_head"):
+            continue  # past the block: a residual add or a norm
+        stack.extend(conv.g.successors(n))
+    calls = {conv.g.nodes[n].get("call") for n in seen}
+    if call == "max" and "masked_fill" in calls:
+        return (f"opaque op {call!r}: a sparsemixer router (Phimoe: the top expert's softmax over the scores within a "
+                f"relative threshold of the max, masked_fill -inf elsewhere, then the same for the second choice); "
+                f"not in the layout's router vocabulary")
+    return (f"opaque op {call!r}: a MoE router whose softmax / top-k / max was not contracted into a router (its "
+            f"projection, scores and choice did not form one router feeding fused experts); not in the layout's "
+            f"router vocabulary")
+
+
 @import_pattern("head_slice", recorded="opaque")
 def _head_slice(conv: Converter, node: str, ins: list[str]) -> dict:
     """A slice of the last axis of a ``(.., heads, head_dim)`` view: ``x[..., a:b]``, a chunk or a split.
     Any other opaque call is refused."""
     d = conv.g.nodes[node]
     if d.get("call") in _ROUTING_CALLS:
-        raise conv.refuse(node, f"opaque op {d.get('call')!r}: a MoE router whose softmax / top-k / max was not "
-                          f"contracted into a router (one written across modules, e.g. a correction bias held by a "
-                          f"child module, or a sparsemixer router); not in the layout's router vocabulary")
+        raise conv.refuse(node, _routing_refusal(conv, node))
     if d.get("call") not in _SLICES:
         raise conv.refuse(node, f"opaque op {d.get('call')!r}")
     conv.no_params(node)

@@ -73,3 +73,17 @@ def test_ernie4_5_moe_router_reads_the_correction_bias_of_its_child_module():
     assert (p["score"], p["correction_bias"], p["renormalize"]) == ("softmax", True, True)
     assert gm.layout.meta["param_map"][node] == \
         {"e_score_correction_bias": "model.layers.1.mlp.gate.moe_statics.e_score_correction_bias"}
+
+
+def test_jetmoe_mixture_of_attention_heads_is_refused_by_name():
+    from fuzz.errors import BadInput
+    from fuzz.importer import import_model
+    with pytest.raises(BadInput, match=r"model\.layers\.0\.self_attention\.experts\.router.*mixture of attention heads"):
+        import_model(_tiny("JetMoeForCausalLM"))
+
+
+def test_phimoe_sparsemixer_router_is_refused_by_name():
+    from fuzz.errors import BadInput
+    from fuzz.importer import import_model
+    with pytest.raises(BadInput, match=r"model\.layers\.0\.mlp\.router.*sparsemixer router"):
+        import_model(_tiny("PhimoeForCausalLM"))
