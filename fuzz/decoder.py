@@ -219,7 +219,11 @@ def _score_params(s: DecoderSpec) -> dict:
 
 
 def _glu_or_gelu(g: _Graph, s: DecoderSpec, p: str, x: str, inter: int, bias: bool) -> str:
-    if s.mlp not in ("swiglu", "geglu"):  # a plain MLP: act is named by the mlp axis (gelu, relu2, ...)
+    if s.mlp == "clamped_swiglu":  # MiniMax-M3's dense MLP: the clamped SwiGLU of GPT-OSS' experts
+        gate = g.add(f"{p}gate_proj", "linear", [x], in_features=s.hidden, out_features=inter, bias=bias)
+        up = g.add(f"{p}up_proj", "linear", [x], in_features=s.hidden, out_features=inter, bias=bias)
+        a = g.add(f"{p}glu", "clamped_glu", [gate, up], limit=1.5)
+    elif s.mlp not in ("swiglu", "geglu"):  # a plain MLP: act is named by the mlp axis (gelu, relu2, ...)
         up = g.add(f"{p}up_proj", "linear", [x], in_features=s.hidden, out_features=inter, bias=bias)
         a = g.add(f"{p}act", "act", [up], fn=s.mlp)
     else:

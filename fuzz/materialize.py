@@ -331,6 +331,18 @@ class Mul(Node):
         return a * b
 
 
+@torch_impl("clamped_glu")
+class ClampedGlu(Node):
+    """``(clamp(up, -limit, limit) + 1) * g * sigmoid(alpha g)``, ``g = clamp(gate, max=limit)`` (transformers'
+    order of operations: the same rounding as the source)."""
+
+    def forward(self, gate, up):
+        limit = self.p["limit"]
+        gate = gate.clamp(max=limit)
+        up = up.clamp(min=-limit, max=limit)
+        return (up + 1.0) * (gate * torch.sigmoid(gate * self.p["alpha"]))
+
+
 @torch_impl("add")
 class Add(Node):
     def forward(self, *xs):

@@ -44,6 +44,9 @@ act            silu / gelu / gelu_tanh / relu / relu2 (``relu(x)^2``, Nemotron, 
                (``x sigmoid(1.702 x)``) / fast_gelu (transformers ``gelu_fast``: ``0.5 x (1 + tanh(0.7978845608
                x (1 + 0.044715 x^2)))``); ``gelu_new`` / ``gelu_pytorch_tanh`` are ``gelu_tanh``
 mul            ``a * b`` (the GLU product)
+clamped_glu    the clamped SwiGLU of a dense MLP (MiniMax-M3's dense and shared-expert MLPs; GPT-OSS' expert
+               GLU): ports gate, up; ``(clamp(up, -limit, limit) + 1) * g * sigmoid(alpha g)`` with
+               ``g = clamp(gate, max=limit)``
 add            sum of the inputs (residual adds)
 router         softmax over expert logits, top-k, optional renormalisation; dense ``(.., E)`` weights
                with zeros off the top-k.  ``score="sigmoid"``: sigmoid scores (DeepSeek-V3);
@@ -529,6 +532,19 @@ def _mul(node, p, w):
 
 declare(OpSpec("mul", {}, ("a", "b"), _mul, shapes=_no_parameters,
                drawn_by=({"mlp": "swiglu"}, {"mlp": "geglu"}), features=lambda p: ("op:mul",)))
+
+
+def _clamped_glu(node, p, w):
+    _need(w[0] is not None and w[0] == w[1], node, f"clamped_glu of widths {w[0]} and {w[1]}")
+    _finite(node, "clamped_glu", "limit", p["limit"], "a finite number > 0 (the clamp of the gate and up)",
+            p["limit"] > 0)
+    _finite(node, "clamped_glu", "alpha", p["alpha"], "a finite number > 0 (sigmoid(alpha * gate))", p["alpha"] > 0)
+    return w[0]
+
+
+declare(OpSpec("clamped_glu", {"limit": (float, 7.0), "alpha": (float, 1.702)}, ("gate", "up"), _clamped_glu,
+               shapes=_no_parameters, drawn_by=({"mlp": "clamped_swiglu"},),
+               features=lambda p: ("op:clamped_glu",)))
 
 
 def _add(node, p, w):

@@ -65,6 +65,7 @@ class Converter:
         """The validated layout of the recording (meta: name, source, param_map, aliases, tied, module_paths)."""
         rewrites.drop_identity_scales(self)
         rewrites.bypass_views(self)
+        rewrites.fold_clamped_glus(self)
         rewrites.fold_gates(self)
         rewrites.fold_softcaps(self)
         rewrites.flatten_adds(self)

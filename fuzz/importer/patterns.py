@@ -446,7 +446,8 @@ def _expert_candidates(module, recorded_act: str | None):
     clamp = {}
     own = getattr(module, "p", None)  # a GraphModel's experts keep them in their layout params
     limit, alpha = (own.get("limit"), own.get("alpha")) if isinstance(own, dict) else \
-        (getattr(module, "limit", None), getattr(module, "alpha", None))
+        (getattr(module, "limit", getattr(module, "swiglu_limit", None)),
+         getattr(module, "alpha", getattr(module, "swiglu_alpha", None)))  # GPT-OSS, MiniMax-M3 (then measured)
     if isinstance(limit, (int, float)) and isinstance(alpha, (int, float)) and limit > 0 and alpha > 0:
         clamp = {"limit": float(limit), "alpha": float(alpha)}
     for act in acts + (["clamped_swiglu"] if clamp else []):
@@ -608,6 +609,16 @@ def _act(conv: Converter, node: str, ins: list[str]) -> dict:
     if d["fn"] not in ACTIVATIONS:
         raise conv.refuse(node, f"activation {d['fn']!r} is none of {ACTIVATIONS}")
     return {"fn": d["fn"]}
+
+
+@import_pattern("clamped_glu")
+def _clamped_glu(conv: Converter, node: str, ins: list[str]) -> dict:
+    """Folded by :func:`~fuzz.importer.rewrites.fold_clamped_glus`: limit and alpha as recorded."""
+    conv.no_params(node)
+    d = conv.g.nodes[node]
+    if conv.width(ins[0]) != conv.width(ins[1]):
+        raise conv.refuse(node, f"clamped SwiGLU of gate and up widths {conv.width(ins[0])}, {conv.width(ins[1])}")
+    return {"limit": d["limit"], "alpha": d["alpha"]}
 
 
 @import_pattern("add")

@@ -422,6 +422,10 @@ class _Recorder(TorchFunctionMode):
             attrs["reflected"] = True
         if name == "topk":
             attrs["k"] = int(_arg(args, kwargs, 1, "k"))
+        if name in ("clamp", "clip"):  # numeric bounds (None where open): the clamped SwiGLU reads them
+            bounds = [_arg(args, kwargs, 1, "min"), _arg(args, kwargs, 2, "max")]
+            if all(b is None or isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds):
+                attrs["bounds"] = [None if b is None else float(b) for b in bounds]
         if name == "getitem" and len(args) > 1:
             attrs["key"] = _key_repr(args[1])
             attrs["strided"] = _strided(args[1])
