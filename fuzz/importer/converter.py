@@ -37,6 +37,7 @@ class Converter:
         self.parameters: dict[str, dict[str, nn.Parameter]] = {}
         self.param_map: dict[str, dict[str, str]] = {}
         self.tied: dict[str, dict[str, str]] = {}  # tied lm_head -> {"weight": the name it reads the table by}
+        self.reshaped: dict[str, list[int]] = {}  # source parameter -> its shape, where the layout reads a view
         self.thetas: dict[tuple[str, int], dict] = {}  # (module path, rotary_dim) -> rope theta and scaling
 
     # ------------------------------------------------------------------ helpers for the patterns
@@ -79,7 +80,7 @@ class Converter:
                 module_paths[entry[0]] = path
         self._check_coverage()
         meta = {"name": type(self.model).__name__, "source": "import", "param_map": self.param_map,
-                "aliases": dict(self.rec.meta.get("aliases", {})), "tied": self.tied,
+                "aliases": dict(self.rec.meta.get("aliases", {})), "tied": self.tied, "reshaped": self.reshaped,
                 "module_paths": module_paths}
         return self._validated(entries, meta, module_paths)
 

@@ -214,18 +214,26 @@ def _router(conv: Converter, node: str, ins: list[str]) -> list[Entry]:
     conv.param_map[proj] = conv.param_map.pop(node)
     conv.parameters[proj] = conv.parameters.pop(node)
     linear = {"in_features": d["in_features"], "out_features": d["n_experts"], "bias": d["bias"]}
-    router = {"n_experts": d["n_experts"], "top_k": d["top_k"], "renormalize": d["renormalize"]}
+    router = {"n_experts": d["n_experts"], "top_k": d["top_k"], "renormalize": d["renormalize"],
+              **({"sparsemixer": True} if d.get("sparsemixer") else {})}
     measured = measure_router(conv, node, conv.parameters[proj], router, extra)
     if measured is None and extra:
         raise conv.refuse(node, f"router reading {extra} besides its projection (a correction bias?) could not "
                           f"be probed to tell how it routes")
+    if measured is None and router.pop("sparsemixer", False):
+        raise conv.refuse(node, "a sparsemixer router (max / masked_fill / softmax) whose module could not be probed "
+                          "to measure its threshold")
     if measured is not None:
         router, bias = measured
         if bias is not None and bias[0] is not None:  # a source parameter: the layout's router reads it
             if extra != [bias[0]]:
                 raise conv.refuse(node, f"router reads {extra}; only {bias[0]} is its correction bias")
             conv.param_map[node] = {"e_score_correction_bias": bias[0]}
-            conv.parameters[node] = {"e_score_correction_bias": conv.named[bias[0]]}
+            source = conv.named[bias[0]]
+            if tuple(source.shape) != (d["n_experts"],):  # Ernie 4.5: (1, E); the layout's is (E,), same storage
+                conv.reshaped[bias[0]] = list(source.shape)
+                source = torch.nn.Parameter(source.detach().view(d["n_experts"]), requires_grad=False)
+            conv.parameters[node] = {"e_score_correction_bias": source}
         elif bias is not None:  # a buffer in the source (never trained): the layout's router owns a copy
             conv.parameters[node] = {"e_score_correction_bias": torch.nn.Parameter(bias[1], requires_grad=False)}
         elif extra:
@@ -297,6 +305,12 @@ def _router_candidates(module, d: dict, n_read: int, n_biases: int):
               for tg in range(1, g + 1) if k <= tg * (e // g)]
     named = (getattr(module, "num_group", getattr(module, "n_group", None)), getattr(module, "topk_group", None))
     groups.sort(key=lambda gt: (gt != named, gt[0] > 1, -gt[1]))
+    eps = [getattr(module, a, None) for a in ("router_jitter_noise", "jitter_eps")]
+    eps = [float(v) for v in eps if isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0]
+    if k == 2 and d.get("sparsemixer"):  # recorded max / masked_fill / softmax: Phimoe's sparsemixer first
+        for jitter in eps or [0.01]:
+            yield None, {"n_experts": e, "top_k": 2, "renormalize": False, "score": "sparsemixer",
+                         "jitter_eps": jitter, "scaling": 1.0}
     for score in ("softmax", "sigmoid"):
         for corrected in list(range(n_read)) + [None] + list(range(n_read, n_biases)):
             for g, tg in groups:

@@ -234,6 +234,10 @@ def _classify_region(g, nodes, frame: _Frame, own: dict, n_tokens: int) -> tuple
                         "group_weights": group_weights}
     linears = [g.nodes[n] for n in nodes if g.nodes[n]["op"] == "linear"]
     topk = [g.nodes[n] for n in nodes if g.nodes[n].get("call") == "topk"]
+    if len(linears) == 1 and not topk and {"max", "masked_fill", "softmax"} <= fns:  # sparsemixer (Phimoe)
+        return "router", {"in_features": linears[0]["in_features"], "n_experts": linears[0]["out_features"],
+                          "top_k": 2, "renormalize": False, "bias": linears[0]["bias"],
+                          "proj_params": list(linears[0]["params"]), "sparsemixer": True}
     if len(linears) == 1 and topk:
         return "router", {"in_features": linears[0]["in_features"], "n_experts": linears[0]["out_features"],
                           "top_k": topk[0]["k"], "renormalize": "sum" in fns and "div" in fns,

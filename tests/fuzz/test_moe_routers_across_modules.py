@@ -87,3 +87,22 @@ def test_phimoe_sparsemixer_router_is_refused_by_name():
     from fuzz.importer import import_model
     with pytest.raises(BadInput, match=r"model\.layers\.0\.mlp\.router.*sparsemixer router"):
         import_model(_tiny("PhimoeForCausalLM"))
+
+
+def test_ernie4_5_moe_correction_bias_of_shape_1_by_e_survives_rebuilds_and_exports():
+    """The layout's router reads Ernie's ``(1, E)`` bias as an ``(E,)`` view of the same storage: transforms
+    that rebuild the graph find it, and ``export_weights`` gives it back in the source shape."""
+    from fuzz.importer import export_weights, import_model
+    from quant import transforms
+    from verifier import verify
+    model = _tiny("Ernie4_5_MoeForCausalLM")
+    gm = import_model(model)
+    node = _router(gm, "model.layers.1.mlp.gate")
+    src = model.model.layers[1].mlp.gate.moe_statics.e_score_correction_bias
+    assert gm.nodes[node].e_score_correction_bias.data_ptr() == src.data_ptr()
+    fresh = _tiny("Ernie4_5_MoeForCausalLM", seed=1)
+    fresh.load_state_dict(export_weights(gm), strict=True)
+    assert torch.equal(fresh.model.layers[1].mlp.gate.moe_statics.e_score_correction_bias, src)
+    for recipe in ("bbt-spectral", "residual-hadamard"):
+        v = verify(transforms.get(recipe), gm)
+        assert v.status in ("invariant", "refused"), (recipe, v)
