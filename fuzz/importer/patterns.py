@@ -23,12 +23,17 @@ Conversion rules (recorded op -> layout op):
 * ``experts``: ``gate_up_proj (E, 2I, H)`` and ``down_proj (E, H, I)`` (or transposed ``(E, in, out)``) and
   the biases ``(E, 2I)`` / ``(E, H)`` told apart by shape; interleaved gate/up and the GLU (an activation
   or GPT-OSS' clamped SwiGLU) measured against the module;
-* ``router``: its score function, correction bias, group-limited top-k, renormalisation and routed
-  scaling factor measured against the module (:func:`measure_router`);
+* ``router``: its score function (softmax, sigmoid, Phimoe's sparsemixer and its threshold), correction
+  bias, group-limited top-k, renormalisation and routed scaling factor measured against the module
+  (:func:`measure_router`), called as in the recording (a correction bias its parent passes in included); a
+  correction bias read besides the projection (a child module's parameter, the parent's) is the router's;
+* the clamped SwiGLU written out (``clamp`` / ``sigmoid(alpha g)`` / ``up + 1``) -> ``clamped_glu``;
+* a routing op left uncontracted is refused by the feature the dataflow shows (mixture of attention heads,
+  sparsemixer, an unrecognised router);
 * ``x * sigmoid(g)`` / ``x * softplus(g)`` -> ``gate``; a last-axis slice (``x[..., a:b]``, ``chunk``,
   ``split``) of a fused projection -> ``head_slice``;
 * exact rewrites first (:mod:`fuzz.importer.rewrites`): ``scale`` by 1.0 is dropped, ``(a + b) + c``
-  becomes one three-input ``add``.
+  becomes one three-input ``add``, the written-out clamped SwiGLU one ``clamped_glu``.
 
 Anything else (an ``opaque`` node, a parameter read by an op that owns none) raises
 :class:`~fuzz.errors.BadInput` naming the module path, the torch call and the recorded node.
