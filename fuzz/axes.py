@@ -178,20 +178,21 @@ AXES: dict[str, Axis] = _axes(
     Axis("position_embedding", "bool", (False, True), False, _if("embeddings:positions", "position_embedding")),
     Axis("fused_qkv", "bool", (False, True), False, _if("attn:fused_qkv", "fused_qkv")),
     Axis("mlp", "choice", ("swiglu", "geglu", "gelu", "gelu_tanh", "relu", "relu2", "quick_gelu", "fast_gelu",
-                           "silu"), "swiglu", _named("mlp", "mlp"), off_rank=15),
+                           "silu", "clamped_swiglu"), "swiglu", _named("mlp", "mlp"), off_rank=15),
     Axis("intermediate", "width", lambda lim, _: range(4, 2 * lim["max_hidden"] + 1), KEEP,
          _non_pow2("intermediate"), floor=4),
     Axis("mlp_bias", "bool", (False, True), False, _if("bias:mlp", "mlp_bias"), off_rank=2),
     Axis("renormalize", "bool", (True, False), True,
-         lambda s: ("moe:renorm" if s.renormalize else "moe:no-renorm",) if _any_sparse(s) else (), off_rank=19),
+         lambda s: ("moe:renorm" if s.renormalize else "moe:no-renorm",)
+         if _any_sparse(s) and s.router != "sparsemixer" else (), off_rank=19),  # sparsemixer: never renormalised
     Axis("moe_intermediate", "width", lambda lim, _: range(2, lim["max_hidden"] + 1), KEEP, _no_tags, floor=2),
     Axis("shared_expert", "bool", (False, True), False,
          lambda s: ("moe:shared_expert" + ("+gate" if s.shared_gate else ""),)
          if _any_sparse(s) and s.shared_expert else (), off_rank=3),
     Axis("shared_intermediate", "width", lambda lim, _: range(2, lim["max_hidden"] + 1), KEEP, _no_tags, floor=2),
     Axis("shared_gate", "bool", (True, False), True, _no_tags, off_rank=20),  # tagged with shared_expert
-    Axis("router", "choice", ("softmax", "sigmoid", "sigmoid_bias", "grouped"), "softmax", _router_tags,
-         most=("grouped", "sigmoid_bias", "sigmoid", "softmax")),
+    Axis("router", "choice", ("softmax", "sigmoid", "sigmoid_bias", "grouped", "sparsemixer"), "softmax", _router_tags,
+         most=("grouped", "sigmoid_bias", "sparsemixer", "sigmoid", "softmax")),
     Axis("routed_scaling", "positive_float", (1.0, 2.5), 1.0,
          lambda s: ("moe:routed_scaling",) if _any_sparse(s) and s.routed_scaling != 1.0 else ()),
     Axis("expert_form", "choice", ("plain", "bias", "transposed", "interleaved", "clamped", "gpt_oss"), "plain",

@@ -135,6 +135,19 @@ def glu_chains(layout: Layout) -> list[GLU]:
     return out
 
 
+def clamped_glu_chains(layout: Layout) -> list[GLU]:
+    """Dense ``down(clamped_glu(gate x, up x))`` (MiniMax-M3): not linear in ``up x`` (``clamp(up) + 1``), so
+    no scale moves from up to down; listed for the transforms that must leave them alone (and say so)."""
+    out = []
+    for node in layout.of_op("clamped_glu"):
+        gate, up = layout.inputs(node)
+        readers = layout.consumers(node)
+        if (layout.op(gate) == "linear" and layout.op(up) == "linear" and len(layout.consumers(up)) == 1
+                and len(readers) == 1 and layout.op(readers[0][0]) == "linear"):
+            out.append(GLU(up=up, gate=gate, mul=node, down=readers[0][0]))
+    return out
+
+
 @dataclass(frozen=True)
 class PlainMLP:
     """``down(act(up x))`` with ``act`` positively homogeneous of degree ``degree`` (relu: 1, relu2: 2)."""

@@ -65,7 +65,7 @@ class DecoderSpec:
     shared_expert: bool = False
     shared_intermediate: int = 24
     shared_gate: bool = True
-    router: str = "softmax"  # softmax | sigmoid | sigmoid_bias | grouped (see router_params)
+    router: str = "softmax"  # softmax | sigmoid | sigmoid_bias | grouped | sparsemixer (see router_params)
     routed_scaling: float = 1.0  # routed_scaling_factor on the routing weights
     expert_form: str = "plain"  # plain | bias | transposed | interleaved | clamped | gpt_oss (see expert_params)
     # norms and residual
@@ -219,7 +219,11 @@ def _score_params(s: DecoderSpec) -> dict:
 
 
 def _glu_or_gelu(g: _Graph, s: DecoderSpec, p: str, x: str, inter: int, bias: bool) -> str:
-    if s.mlp not in ("swiglu", "geglu"):  # a plain MLP: act is named by the mlp axis (gelu, relu2, ...)
+    if s.mlp == "clamped_swiglu":  # MiniMax-M3's dense MLP: the clamped SwiGLU of GPT-OSS' experts
+        gate = g.add(f"{p}gate_proj", "linear", [x], in_features=s.hidden, out_features=inter, bias=bias)
+        up = g.add(f"{p}up_proj", "linear", [x], in_features=s.hidden, out_features=inter, bias=bias)
+        a = g.add(f"{p}glu", "clamped_glu", [gate, up], limit=1.5)
+    elif s.mlp not in ("swiglu", "geglu"):  # a plain MLP: act is named by the mlp axis (gelu, relu2, ...)
         up = g.add(f"{p}up_proj", "linear", [x], in_features=s.hidden, out_features=inter, bias=bias)
         a = g.add(f"{p}act", "act", [up], fn=s.mlp)
     else:
@@ -242,6 +246,9 @@ def router_groups(s: DecoderSpec) -> tuple[int, int]:
 def router_params(s: DecoderSpec) -> dict:
     """The ``router`` op parameters of spec ``s`` (DeepSeek-V3 style for the sigmoid kinds)."""
     n_group, topk_group = router_groups(s)
+    if s.router == "sparsemixer":  # Phimoe: always top-2 (needs n_experts >= 2, which every spec has)
+        return dict(n_experts=s.n_experts, top_k=2, renormalize=False, score="sparsemixer",
+                    scaling=float(s.routed_scaling), jitter_eps=0.01)
     return dict(n_experts=s.n_experts, top_k=s.top_k, renormalize=s.renormalize,
                 score="softmax" if s.router == "softmax" else "sigmoid",
                 correction_bias=s.router in ("sigmoid_bias", "grouped"), n_group=n_group, topk_group=topk_group,

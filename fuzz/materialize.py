@@ -331,6 +331,18 @@ class Mul(Node):
         return a * b
 
 
+@torch_impl("clamped_glu")
+class ClampedGlu(Node):
+    """``(clamp(up, -limit, limit) + 1) * g * sigmoid(alpha g)``, ``g = clamp(gate, max=limit)`` (transformers'
+    order of operations: the same rounding as the source)."""
+
+    def forward(self, gate, up):
+        limit = self.p["limit"]
+        gate = gate.clamp(max=limit)
+        up = up.clamp(min=-limit, max=limit)
+        return (up + 1.0) * (gate * torch.sigmoid(gate * self.p["alpha"]))
+
+
 @torch_impl("add")
 class Add(Node):
     def forward(self, *xs):
@@ -358,6 +370,8 @@ class Router(Node):
 
     def forward(self, logits):
         p = self.p
+        if p["score"] == "sparsemixer":
+            return self._sparsemixer(logits)
         if p["score"] != "softmax" or p["correction_bias"] or p["n_group"] > 1 or p["scaling"] != 1.0:
             return self._general(logits)
         dtype = logits.dtype
@@ -369,6 +383,30 @@ class Router(Node):
         if p["renormalize"]:
             top = top / top.sum(dim=-1, keepdim=True)
         return torch.zeros_like(probs).scatter(-1, idx, top).to(dtype)
+
+    def _sparsemixer(self, logits):
+        """Phimoe's sparsemixer in eval (transformers' order of operations): the max expert, weighed by the
+        softmax over the scores within ``2 jitter_eps`` (relative) of the max; then the same with the first
+        choice masked out.  ``last_margin``: the smallest of the two choices' gaps and of each score's distance
+        to a threshold (a score on it may flip in or out of a softmax)."""
+        eps2 = 2 * self.p["jitter_eps"]
+        margins = []
+
+        def pick(masked):
+            top, idx = masked.max(dim=-1, keepdim=True)
+            rel = (top - logits) / logits.abs().clamp(min=top)
+            gate = torch.softmax(masked.masked_fill(rel > eps2, float("-inf")), dim=-1).gather(-1, idx)
+            near = (rel - eps2).abs().masked_fill(~torch.isfinite(masked), float("inf"))
+            second = masked.scatter(-1, idx, float("-inf")).amax(dim=-1)
+            gap = top[..., 0] - second
+            margins.extend([near.amin(dim=-1), torch.where(torch.isfinite(gap), gap, torch.full_like(gap, float("inf")))])
+            return idx, gate
+
+        idx1, w1 = pick(logits)
+        idx2, w2 = pick(logits.scatter(-1, idx1, float("-inf")))
+        self.last_margin = torch.stack(margins).amin(dim=0).detach()
+        dense = torch.zeros_like(logits).scatter(-1, idx1, w1).scatter(-1, idx2, w2)
+        return dense * self.p["scaling"] if self.p["scaling"] != 1.0 else dense
 
     def _general(self, logits):
         p = self.p

@@ -44,13 +44,19 @@ act            silu / gelu / gelu_tanh / relu / relu2 (``relu(x)^2``, Nemotron, 
                (``x sigmoid(1.702 x)``) / fast_gelu (transformers ``gelu_fast``: ``0.5 x (1 + tanh(0.7978845608
                x (1 + 0.044715 x^2)))``); ``gelu_new`` / ``gelu_pytorch_tanh`` are ``gelu_tanh``
 mul            ``a * b`` (the GLU product)
+clamped_glu    the clamped SwiGLU of a dense MLP (MiniMax-M3's dense and shared-expert MLPs; GPT-OSS' expert
+               GLU): ports gate, up; ``(clamp(up, -limit, limit) + 1) * g * sigmoid(alpha g)`` with
+               ``g = clamp(gate, max=limit)``
 add            sum of the inputs (residual adds)
 router         softmax over expert logits, top-k, optional renormalisation; dense ``(.., E)`` weights
                with zeros off the top-k.  ``score="sigmoid"``: sigmoid scores (DeepSeek-V3);
                ``correction_bias``: ``e_score_correction_bias (E,)`` added to the scores for the choice
                only, never to the weights; ``n_group``/``topk_group``: group-limited top-k (a group
                scored by the sum of its top-2 selection scores, the best ``topk_group`` groups kept);
-               ``scaling``: the routed scaling factor on the (renormalised) weights
+               ``scaling``: the routed scaling factor on the (renormalised) weights.  ``score="sparsemixer"``
+               (Phimoe, eval): top-2 by the max, each weight the softmax over the scores within a relative
+               ``2 jitter_eps`` of that max (``(m - s_j) / max(|s_j|, m) <= 2 jitter_eps``), the first
+               choice masked out for the second
 experts        fused experts ``gate_up_proj (E, 2I, H)`` gate first, ``down_proj (E, H, I)``; ports x,
                routing weights; ``sum_e w_e * down_e(act(gate_e x) * up_e x)``.  ``transposed``: stored
                ``(E, H, 2I)`` / ``(E, I, H)`` and read as ``x @ W``; ``interleaved``: gate rows ``0::2``,
@@ -531,6 +537,19 @@ declare(OpSpec("mul", {}, ("a", "b"), _mul, shapes=_no_parameters,
                drawn_by=({"mlp": "swiglu"}, {"mlp": "geglu"}), features=lambda p: ("op:mul",)))
 
 
+def _clamped_glu(node, p, w):
+    _need(w[0] is not None and w[0] == w[1], node, f"clamped_glu of widths {w[0]} and {w[1]}")
+    _finite(node, "clamped_glu", "limit", p["limit"], "a finite number > 0 (the clamp of the gate and up)",
+            p["limit"] > 0)
+    _finite(node, "clamped_glu", "alpha", p["alpha"], "a finite number > 0 (sigmoid(alpha * gate))", p["alpha"] > 0)
+    return w[0]
+
+
+declare(OpSpec("clamped_glu", {"limit": (float, 7.0), "alpha": (float, 1.702)}, ("gate", "up"), _clamped_glu,
+               shapes=_no_parameters, drawn_by=({"mlp": "clamped_swiglu"},),
+               features=lambda p: ("op:clamped_glu",)))
+
+
 def _add(node, p, w):
     _need(len(w) >= 2, node, f"add needs at least two inputs, got {len(w)}")
     _need(len(set(w)) == 1 and w[0] is not None, node, f"add of unequal widths {w}")
@@ -553,6 +572,11 @@ def _router(node, p, w):
     lo, hi = FACTOR_RANGE
     _finite(node, "router", "scaling", p["scaling"], f"finite with {lo:g} <= scaling <= {hi:g} (the routed "
             "scaling factor)", lo <= p["scaling"] <= hi)
+    if p["score"] == "sparsemixer":
+        _need(p["top_k"] == 2 and not p["correction_bias"] and g == 1, node,
+              "a sparsemixer router chooses exactly 2 experts, with no correction bias and no groups")
+        _finite(node, "router", "jitter_eps", p["jitter_eps"], "a finite number >= 0 (the sparsemixer threshold)",
+                p["jitter_eps"] >= 0)
     return e
 
 
@@ -576,12 +600,13 @@ def _init_correction_bias(z, p):
 
 declare(OpSpec("router", {"n_experts": (int, ...), "top_k": (int, ...), "renormalize": (bool, True),
                           "score": (str, "softmax"), "correction_bias": (bool, False), "n_group": (int, 1),
-                          "topk_group": (int, 1), "scaling": (float, 1.0)},
-               ("logits",), _router, {"score": ("softmax", "sigmoid")},
+                          "topk_group": (int, 1), "scaling": (float, 1.0), "jitter_eps": (float, 0.01)},
+               ("logits",), _router, {"score": ("softmax", "sigmoid", "sparsemixer")},
                shapes=lambda p: {"e_score_correction_bias": (p["n_experts"],)} if p["correction_bias"] else {},
                init={"e_score_correction_bias": _init_correction_bias},
                drawn_by=({"layers": [{"sparse": True}]}, {"layers": [{"sparse": True}], "router": "grouped",
-                                                          "routed_scaling": 2.5}), features=_router_features))
+                                                          "routed_scaling": 2.5},
+                         {"layers": [{"sparse": True}], "router": "sparsemixer"}), features=_router_features))
 
 
 def _experts(node, p, w):

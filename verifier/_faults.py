@@ -45,6 +45,10 @@ FAULTS = {
     "position_table_unrotated": "residual-rotation rotates the token embedding but not the learned position table",
     "shared_head_gamma": "spectral-pca takes head 0's q/k norm weight for every head of a norm with group_weights",
     "homogeneity_assumed": "up-down moves s across every plain MLP's act as if it were relu (degree-1 homogeneous)",
+    "sparsemixer_dropped": "a layout edit (graph_edit.LayoutEdit.apply) re-emits a sparsemixer router (Phimoe) as the "
+                           "plain softmax top-2 router",
+    "clamped_glu_as_linear": "up-down scales a dense clamped SwiGLU's up rows and down columns as if the GLU were "
+                             "linear in up (clamp(up) + 1 is not)",
 }
 
 _ACTIVE: ContextVar[Mapping[str, Mapping[str, Any]]] = ContextVar("archfuzz_faults", default=MappingProxyType({}))

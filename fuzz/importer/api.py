@@ -23,7 +23,8 @@ def import_model(model: nn.Module, input_ids: torch.Tensor | None = None, *, che
     transformers' float32 RMSNorm / RoPE tables / router softmax); the check passes when the GraphModel
     reproduces the source under either policy.  The layout meta holds ``name`` (the source class),
     ``source="import"``, ``param_map`` (node -> role -> qualified parameter name, every source parameter
-    once), ``aliases`` and ``tied`` (further names, for :func:`export_weights`), ``module_paths`` (node ->
+    once), ``aliases`` and ``tied`` (further names, for :func:`export_weights`), ``reshaped`` (source parameter
+    -> its shape, where the layout reads it as a view of another shape), ``module_paths`` (node ->
     the source module it ran in), the attention nodes' sliding ``window`` measured against the source
     (:mod:`fuzz.importer.window`) and ``import_check`` (what :func:`check_import` measured; ``None`` when
     ``check=False``: only for tests and for inspecting a refused model, never for a proof).
@@ -85,6 +86,8 @@ def export_weights(graph_model: GraphModel) -> dict[str, torch.Tensor]:
         return param.detach()
 
     out = {name: tensor(node, role, name) for node, roles in param_map.items() for role, name in roles.items()}
+    for name, shape in layout.meta.get("reshaped", {}).items():  # read as a view of another shape (Ernie's (1, E))
+        out[name] = out[name].reshape(shape)
     for alias, canonical in layout.meta.get("aliases", {}).items():
         out[alias] = out[canonical]
     for node, roles in layout.meta.get("tied", {}).items():

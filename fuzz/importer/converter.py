@@ -37,6 +37,7 @@ class Converter:
         self.parameters: dict[str, dict[str, nn.Parameter]] = {}
         self.param_map: dict[str, dict[str, str]] = {}
         self.tied: dict[str, dict[str, str]] = {}  # tied lm_head -> {"weight": the name it reads the table by}
+        self.reshaped: dict[str, list[int]] = {}  # source parameter -> its shape, where the layout reads a view
         self.thetas: dict[tuple[str, int], dict] = {}  # (module path, rotary_dim) -> rope theta and scaling
 
     # ------------------------------------------------------------------ helpers for the patterns
@@ -65,6 +66,7 @@ class Converter:
         """The validated layout of the recording (meta: name, source, param_map, aliases, tied, module_paths)."""
         rewrites.drop_identity_scales(self)
         rewrites.bypass_views(self)
+        rewrites.fold_clamped_glus(self)
         rewrites.fold_gates(self)
         rewrites.fold_softcaps(self)
         rewrites.flatten_adds(self)
@@ -78,7 +80,7 @@ class Converter:
                 module_paths[entry[0]] = path
         self._check_coverage()
         meta = {"name": type(self.model).__name__, "source": "import", "param_map": self.param_map,
-                "aliases": dict(self.rec.meta.get("aliases", {})), "tied": self.tied,
+                "aliases": dict(self.rec.meta.get("aliases", {})), "tied": self.tied, "reshaped": self.reshaped,
                 "module_paths": module_paths}
         return self._validated(entries, meta, module_paths)
 

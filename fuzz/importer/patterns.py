@@ -23,12 +23,17 @@ Conversion rules (recorded op -> layout op):
 * ``experts``: ``gate_up_proj (E, 2I, H)`` and ``down_proj (E, H, I)`` (or transposed ``(E, in, out)``) and
   the biases ``(E, 2I)`` / ``(E, H)`` told apart by shape; interleaved gate/up and the GLU (an activation
   or GPT-OSS' clamped SwiGLU) measured against the module;
-* ``router``: its score function, correction bias, group-limited top-k, renormalisation and routed
-  scaling factor measured against the module (:func:`measure_router`);
+* ``router``: its score function (softmax, sigmoid, Phimoe's sparsemixer and its threshold), correction
+  bias, group-limited top-k, renormalisation and routed scaling factor measured against the module
+  (:func:`measure_router`), called as in the recording (a correction bias its parent passes in included); a
+  correction bias read besides the projection (a child module's parameter, the parent's) is the router's;
+* the clamped SwiGLU written out (``clamp`` / ``sigmoid(alpha g)`` / ``up + 1``) -> ``clamped_glu``;
+* a routing op left uncontracted is refused by the feature the dataflow shows (mixture of attention heads,
+  sparsemixer, an unrecognised router);
 * ``x * sigmoid(g)`` / ``x * softplus(g)`` -> ``gate``; a last-axis slice (``x[..., a:b]``, ``chunk``,
   ``split``) of a fused projection -> ``head_slice``;
 * exact rewrites first (:mod:`fuzz.importer.rewrites`): ``scale`` by 1.0 is dropped, ``(a + b) + c``
-  becomes one three-input ``add``.
+  becomes one three-input ``add``, the written-out clamped SwiGLU one ``clamped_glu``.
 
 Anything else (an ``opaque`` node, a parameter read by an op that owns none) raises
 :class:`~fuzz.errors.BadInput` naming the module path, the torch call and the recorded node.
@@ -196,7 +201,9 @@ def _norm_roles(conv: Converter, node: str, read: list[str]) -> dict[str, str]:
 
 @import_pattern("router")
 def _router(conv: Converter, node: str, ins: list[str]) -> list[Entry]:
-    """A recorded router reads its own weight: a ``linear`` producing the logits, then the ``router``."""
+    """A recorded router reads its own weight: a ``linear`` producing the logits, then the ``router``.  The
+    other parameters it reads (E numbers: a correction bias held by a child module or passed in by the
+    parent) are the router's ``e_score_correction_bias`` when the measurement finds one."""
     d = conv.g.nodes[node]
     for dst in conv.g.successors(node):
         if conv.g.nodes[dst]["op"] != "experts":
@@ -204,17 +211,39 @@ def _router(conv: Converter, node: str, ins: list[str]) -> list[Entry]:
     proj = f"{node}_proj"
     while proj in conv.g:
         proj += "_"
+    proj_params = d.get("proj_params") or d["params"]
+    extra = [p for p in d["params"] if p not in proj_params]
     want = {"weight": (d["n_experts"], d["in_features"]), **({"bias": (d["n_experts"],)} if d["bias"] else {})}
+    d["params"] = list(proj_params)  # the projection's; the others are measured below
     conv.by_shape(node, want)
     conv.param_map[proj] = conv.param_map.pop(node)
     conv.parameters[proj] = conv.parameters.pop(node)
     linear = {"in_features": d["in_features"], "out_features": d["n_experts"], "bias": d["bias"]}
-    router = {"n_experts": d["n_experts"], "top_k": d["top_k"], "renormalize": d["renormalize"]}
-    measured = measure_router(conv, node, conv.parameters[proj], router)
+    router = {"n_experts": d["n_experts"], "top_k": d["top_k"], "renormalize": d["renormalize"],
+              **({"sparsemixer": True} if d.get("sparsemixer") else {})}
+    measured = measure_router(conv, node, conv.parameters[proj], router, extra)
+    if measured is None and extra:
+        raise conv.refuse(node, f"router reading {extra} besides its projection (a correction bias?) could not "
+                          f"be probed to tell how it routes")
+    if measured is None and router.pop("sparsemixer", False):
+        raise conv.refuse(node, "a sparsemixer router (max / masked_fill / softmax) whose module could not be probed "
+                          "to measure its threshold")
     if measured is not None:
         router, bias = measured
-        if bias is not None:  # a buffer in the source (never trained): the layout's router owns a copy
-            conv.parameters[node] = {"e_score_correction_bias": torch.nn.Parameter(bias, requires_grad=False)}
+        if bias is not None and bias[0] is not None:  # a source parameter: the layout's router reads it
+            if extra != [bias[0]]:
+                raise conv.refuse(node, f"router reads {extra}; only {bias[0]} is its correction bias")
+            conv.param_map[node] = {"e_score_correction_bias": bias[0]}
+            source = conv.named[bias[0]]
+            if tuple(source.shape) != (d["n_experts"],):  # Ernie 4.5: (1, E); the layout's is (E,), same storage
+                conv.reshaped[bias[0]] = list(source.shape)
+                source = torch.nn.Parameter(source.detach().view(d["n_experts"]), requires_grad=False)
+            conv.parameters[node] = {"e_score_correction_bias": source}
+        elif bias is not None:  # a buffer in the source (never trained): the layout's router owns a copy
+            conv.parameters[node] = {"e_score_correction_bias": torch.nn.Parameter(bias[1], requires_grad=False)}
+        elif extra:
+            raise conv.refuse(node, f"router reads {extra} besides its projection, which the measured router "
+                              f"does not use")
     return [(proj, "linear", linear, ins), (node, "router", router, [proj])]
 
 
@@ -223,14 +252,41 @@ _ROUTER_TIE = 1e-3  # probe tokens whose candidate choice margin is below this a
 _ROUTER_MATCH = 1e-4  # relative agreement of the dense routing weights (the source may route in float32)
 
 
-def _module_routing(module, x: torch.Tensor, n_experts: int) -> tuple[torch.Tensor, int] | None:
+def _call_arguments(conv: Converter, template: list | None, x: torch.Tensor) -> list | None:
+    """The positional arguments of the module's recorded call (:meth:`_Recorder._call_template`) with the
+    probe ``x`` as its activation; None when the call cannot be rebuilt."""
+    if template is None:
+        return [x]
+    buffers = dict(conv.model.named_buffers())
+    args = []
+    for entry in template:
+        if "act" in entry:
+            if entry["act"] != 0:
+                return None
+            args.append(x)
+        elif "param" in entry and entry["param"] in conv.named:
+            args.append(conv.named[entry["param"]])
+        elif "buffer" in entry and entry["buffer"] in buffers:
+            args.append(buffers[entry["buffer"]])
+        elif "value" in entry:
+            args.append(entry["value"])
+        else:
+            return None
+    return args
+
+
+def _module_routing(module, x: torch.Tensor, n_experts: int,
+                    call=lambda inp: [inp]) -> tuple[torch.Tensor, int] | None:
     """The dense ``(T, E)`` routing weights a router module returns for ``x (T, H)`` and its top-k: from its
     outputs, the integer ``(T, k)`` indices and the float ``(T, k)`` weights; None when the module cannot be
-    run that way."""
+    run that way.  ``call(inp)``: the module's positional arguments for the input ``inp``."""
     for inp in (x, x[None]):
+        args = call(inp)
+        if args is None:
+            return None
         try:
             with torch.no_grad():
-                out = module(inp)
+                out = module(*args)
         except Exception:  # noqa: BLE001 - any failure means "cannot probe this way"
             continue
         outs = [o for o in (out if isinstance(out, (tuple, list)) else (out,)) if isinstance(o, torch.Tensor)]
@@ -245,26 +301,59 @@ def _module_routing(module, x: torch.Tensor, n_experts: int) -> tuple[torch.Tens
     return None
 
 
-def _router_candidates(module, d: dict, bias: torch.Tensor | None):
-    """Router parameter sets to test against the module: score, correction bias, groups, renormalisation
+def _router_candidates(module, d: dict, n_read: int, n_biases: int):
+    """Router parameter sets to test against the module: score, correction bias (which of ``n_biases``
+    candidates; the ``n_read`` first ones, which the router reads, before none), groups, renormalisation
     (the module's ``n_group`` / ``topk_group`` attributes first when it has them)."""
     e, k = d["n_experts"], d["top_k"]
     groups = [(g, tg) for g in range(1, e + 1) if e % g == 0 and (g == 1 or e // g >= 2)
               for tg in range(1, g + 1) if k <= tg * (e // g)]
     named = (getattr(module, "num_group", getattr(module, "n_group", None)), getattr(module, "topk_group", None))
     groups.sort(key=lambda gt: (gt != named, gt[0] > 1, -gt[1]))
+    eps = [getattr(module, a, None) for a in ("router_jitter_noise", "jitter_eps")]
+    eps = [float(v) for v in eps if isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0]
+    if k == 2 and d.get("sparsemixer"):  # recorded max / masked_fill / softmax: Phimoe's sparsemixer first
+        for jitter in eps or [0.01]:
+            yield None, {"n_experts": e, "top_k": 2, "renormalize": False, "score": "sparsemixer",
+                         "jitter_eps": jitter, "scaling": 1.0}
     for score in ("softmax", "sigmoid"):
-        for corrected in ((False, True) if bias is not None else (False,)):
+        for corrected in list(range(n_read)) + [None] + list(range(n_read, n_biases)):
             for g, tg in groups:
                 for renorm in (d["renormalize"], not d["renormalize"]):
-                    yield {"n_experts": e, "top_k": k, "renormalize": renorm, "score": score,
-                           "correction_bias": corrected, "n_group": g, "topk_group": tg, "scaling": 1.0}
+                    yield corrected, {"n_experts": e, "top_k": k, "renormalize": renorm, "score": score,
+                                      "correction_bias": corrected is not None, "n_group": g, "topk_group": tg,
+                                      "scaling": 1.0}
 
 
-def measure_router(conv: Converter, node: str, proj: dict, base: dict):
+def _bias_candidates(conv: Converter, module, template: list | None, extra: list[str], e: int):
+    """``(candidates, n_read)``: ``(parameter name or None, tensor (E,))`` the router may add to its choice
+    scores: the parameters of E numbers it reads besides its projection (recorded) and the parameters /
+    buffers of E numbers passed to it (``n_read`` of them: what the router reads), then its own buffers of
+    E numbers."""
+    buffers = dict(conv.model.named_buffers())
+    found: list[tuple[str | None, torch.Tensor]] = [(p, conv.named[p]) for p in extra]
+    for entry in template or []:
+        if "param" in entry and entry["param"] in conv.named and entry["param"] not in extra:
+            found.append((entry["param"], conv.named[entry["param"]]))
+        elif "buffer" in entry and entry["buffer"] in buffers:
+            found.append((None, buffers[entry["buffer"]]))
+    n_found = len(found)
+    found += [(None, b) for b in module._buffers.values() if isinstance(b, torch.Tensor)]
+    out, seen, n_read = [], set(), 0
+    for i, (name, t) in enumerate(found):
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel() == e and id(t) not in seen:
+            seen.add(id(t))
+            out.append((name, t.detach().to(torch.float64).reshape(e).clone()))
+            n_read += i < n_found
+    return out, n_read
+
+
+def measure_router(conv: Converter, node: str, proj: dict, base: dict, extra: list[str] = ()):
     """``(router params, correction bias or None)`` that reproduce the source router module on random probe
     tokens (score function, correction bias, group-limited top-k, renormalisation and the routed scaling
-    factor, all measured); None when the module cannot be probed (the import check still decides)."""
+    factor, all measured); None when the module cannot be probed (the import check still decides).  The
+    module is called as it was in the recording (a correction bias passed in by its parent included); the
+    correction bias is ``(source parameter name or None for a buffer, tensor (E,))``."""
     d = conv.g.nodes[node]
     module = conv.modules.get(d["module_path"])
     weight = proj["weight"]
@@ -272,24 +361,24 @@ def measure_router(conv: Converter, node: str, proj: dict, base: dict):
         return None
     gen = torch.Generator().manual_seed(0)
     x = 2.0 * torch.randn(_ROUTER_PROBE_TOKENS, d["in_features"], generator=gen, dtype=torch.float64)
-    measured = _module_routing(module, x.to(weight.dtype), d["n_experts"])
+    template = d.get("call_args")
+    measured = _module_routing(module, x.to(weight.dtype), d["n_experts"],
+                               lambda inp: _call_arguments(conv, template, inp))
     if measured is None:
         return None
     want, top_k = measured  # the recorded first topk may be a group score's (top-2 per group)
     if not 1 <= top_k <= d["n_experts"]:
         return None
     base = {**base, "top_k": top_k}
-    buffers = [b for b in module._buffers.values() if isinstance(b, torch.Tensor) and b.shape == (d["n_experts"],)
-               and b.is_floating_point()]
-    bias = buffers[0].detach().to(torch.float64).clone() if len(buffers) == 1 else None
+    biases, n_read = _bias_candidates(conv, module, template, list(extra), d["n_experts"])
     with torch.no_grad():
         logits = torch.nn.functional.linear(x, weight.detach().double(),
                                             proj["bias"].detach().double() if "bias" in proj else None)
-    for cand in _router_candidates(module, base, bias):
+    for which, cand in _router_candidates(module, base, n_read, len(biases)):
         params = spec("router").normalise(node, cand)
         router = MODULES["router"](node, params, "exact")
         if params["correction_bias"]:
-            router.register_buffer("e_score_correction_bias", bias)
+            router.register_buffer("e_score_correction_bias", biases[which][1])
         with torch.no_grad():
             got = router(logits)
         ok = torch.ones(x.shape[0], dtype=torch.bool) if router.last_margin is None \
@@ -298,8 +387,9 @@ def measure_router(conv: Converter, node: str, proj: dict, base: dict):
             continue
         ratio = want[ok].sum(-1) / got[ok].sum(-1)
         scaling = float(ratio.median())
-        named = getattr(module, "routed_scaling_factor", None)
-        for exact in ((float(named),) if isinstance(named, (int, float)) and named > 0 else ()) + (1.0,):
+        named = [getattr(module, a, None) for a in ("routed_scaling_factor", "route_scale")]
+        named = tuple(float(v) for v in named if isinstance(v, (int, float)) and v > 0)
+        for exact in named + (1.0,):
             if math.isclose(exact, scaling, rel_tol=_ROUTER_MATCH):  # the factor as written, not re-measured
                 scaling = exact
                 break
@@ -307,7 +397,7 @@ def measure_router(conv: Converter, node: str, proj: dict, base: dict):
                                                 atol=_ROUTER_MATCH * float(want.abs().max()))):
             continue
         params = {**params, "scaling": scaling}
-        return params, (bias if params["correction_bias"] else None)
+        return params, (biases[which] if params["correction_bias"] else None)
     raise conv.refuse(node, "router: no softmax / sigmoid router (with or without a correction bias, "
                       "group-limited top-k and renormalisation, times a routed scaling factor) reproduces "
                       f"module {d['module_path']} on {x.shape[0]} probe tokens")
@@ -375,7 +465,8 @@ def _expert_candidates(module, recorded_act: str | None):
     clamp = {}
     own = getattr(module, "p", None)  # a GraphModel's experts keep them in their layout params
     limit, alpha = (own.get("limit"), own.get("alpha")) if isinstance(own, dict) else \
-        (getattr(module, "limit", None), getattr(module, "alpha", None))
+        (getattr(module, "limit", getattr(module, "swiglu_limit", None)),
+         getattr(module, "alpha", getattr(module, "swiglu_alpha", None)))  # GPT-OSS, MiniMax-M3 (then measured)
     if isinstance(limit, (int, float)) and isinstance(alpha, (int, float)) and limit > 0 and alpha > 0:
         clamp = {"limit": float(limit), "alpha": float(alpha)}
     for act in acts + (["clamped_swiglu"] if clamp else []):
@@ -539,6 +630,16 @@ def _act(conv: Converter, node: str, ins: list[str]) -> dict:
     return {"fn": d["fn"]}
 
 
+@import_pattern("clamped_glu")
+def _clamped_glu(conv: Converter, node: str, ins: list[str]) -> dict:
+    """Folded by :func:`~fuzz.importer.rewrites.fold_clamped_glus`: limit and alpha as recorded."""
+    conv.no_params(node)
+    d = conv.g.nodes[node]
+    if conv.width(ins[0]) != conv.width(ins[1]):
+        raise conv.refuse(node, f"clamped SwiGLU of gate and up widths {conv.width(ins[0])}, {conv.width(ins[1])}")
+    return {"limit": d["limit"], "alpha": d["alpha"]}
+
+
 @import_pattern("add")
 @import_pattern("mul")
 def _elementwise(conv: Converter, node: str, ins: list[str]) -> dict:
@@ -549,15 +650,44 @@ def _elementwise(conv: Converter, node: str, ins: list[str]) -> dict:
     return {}
 
 
+def _routing_refusal(conv: Converter, node: str) -> str:
+    """Why an uncontracted routing op (softmax / top-k / max) is refused, named from the dataflow: routed
+    attention heads (what it routes reaches an attention's query before any residual add: JetMoE's mixture
+    of attention heads), a sparsemixer router (a ``max`` whose threshold masks the scores: Phimoe), or a
+    router the contraction did not recognise."""
+    call = conv.g.nodes[node].get("call")
+    # from the op and its siblings (the other outputs of the router's logits: top-k values and indices)
+    seen, stack = set(), list(conv.g.successors(node)) + [s for p in conv.g.predecessors(node)
+                                                        for s in conv.g.successors(p) if s != node]
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        op = conv.g.nodes[n]["op"]
+        if op == "attention":
+            return (f"opaque op {call!r}: mixture of attention heads (a router choosing per-token attention experts "
+                    f"whose output reaches the attention, JetMoE MoA); not in the layout's vocabulary")
+        if op in ("add", "norm", "lm_head"):
+            continue  # past the block: a residual add or a norm
+        stack.extend(conv.g.successors(n))
+    calls = {conv.g.nodes[n].get("call") for n in seen}
+    if call == "max" and "masked_fill" in calls:
+        return (f"opaque op {call!r}: a sparsemixer router (Phimoe: the top expert's softmax over the scores within a "
+                f"relative threshold of the max, masked_fill -inf elsewhere, then the same for the second choice); "
+                f"not in the layout's router vocabulary")
+    return (f"opaque op {call!r}: a MoE router whose softmax / top-k / max was not contracted into a router (its "
+            f"projection, scores and choice did not form one router feeding fused experts); not in the layout's "
+            f"router vocabulary")
+
+
 @import_pattern("head_slice", recorded="opaque")
 def _head_slice(conv: Converter, node: str, ins: list[str]) -> dict:
     """A slice of the last axis of a ``(.., heads, head_dim)`` view: ``x[..., a:b]``, a chunk or a split.
     Any other opaque call is refused."""
     d = conv.g.nodes[node]
     if d.get("call") in _ROUTING_CALLS:
-        raise conv.refuse(node, f"opaque op {d.get('call')!r}: a MoE router whose softmax / top-k / max was not "
-                          f"contracted into a router (one written across modules, e.g. a correction bias held by a "
-                          f"child module, or a sparsemixer router); not in the layout's router vocabulary")
+        raise conv.refuse(node, _routing_refusal(conv, node))
     if d.get("call") not in _SLICES:
         raise conv.refuse(node, f"opaque op {d.get('call')!r}")
     conv.no_params(node)

@@ -1,6 +1,7 @@
 """Exact rewrites of a recorded graph before conversion: each leaves the function it computes unchanged,
 bit for bit (``x * 1.0`` dropped, a view that only adds an axis bypassed, ``x * act(g)`` folded into a
-``gate``, ``(a + b) + c`` flattened into one three-input ``add``, which sums left to right as before)."""
+``gate``, ``(a + b) + c`` flattened into one three-input ``add``, which sums left to right as before, the
+clamped SwiGLU written out folded into a ``clamped_glu``)."""
 
 from __future__ import annotations
 
@@ -116,3 +117,57 @@ def fold_softcaps(conv: Converter) -> None:
         conv.g.remove_node(node)
         conv.g.remove_node(pre)
         conv.rewire(post, [src])
+
+
+def _only(conv: Converter, node: str, readers: int) -> bool:
+    d = conv.g.nodes[node]
+    return not d["params"] and conv.g.in_degree(node) == 1 and conv.g.out_degree(node) == readers
+
+
+def fold_clamped_glus(conv: Converter) -> None:
+    """``(clamp(up, -l, l) + 1) * (g * sigmoid(g * alpha))`` with ``g = clamp(gate, max=l)`` (MiniMax-M3's dense
+    MLP, written out op by op) -> a ``clamped_glu`` node reading ``gate`` and ``up``, when every intermediate is
+    read only inside the pattern.  Runs before :func:`fold_gates` (which would read ``g * sigmoid(..)`` as a
+    gate)."""
+    def one(node):
+        a, b = conv.inputs(node)
+        for plus, glu in ((a, b), (b, a)):
+            p, q = conv.g.nodes[plus], conv.g.nodes[glu]
+            if not (p["op"] == "opaque" and p.get("call") == "add" and p.get("scalar") == 1.0 and _only(conv, plus, 1)
+                    and q["op"] == "mul" and not q["params"] and conv.g.out_degree(glu) == 1):
+                continue
+            (up_c,) = conv.inputs(plus)
+            u = conv.g.nodes[up_c]
+            if not (u.get("call") == "clamp" and _only(conv, up_c, 1) and u.get("bounds") is not None):
+                continue
+            lo, limit = u["bounds"]
+            if limit is None or lo != -limit or not limit > 0:
+                continue
+            glu_ins = conv.inputs(glu)
+            if len(glu_ins) != 2:
+                continue
+            for sig, gate_c in (glu_ins, glu_ins[::-1]):
+                s_, g_ = conv.g.nodes[sig], conv.g.nodes[gate_c]
+                if not (s_["op"] == "act" and s_["fn"] == "sigmoid" and _only(conv, sig, 1)
+                        and g_.get("call") == "clamp" and g_.get("bounds") == [None, limit] and _only(conv, gate_c, 2)):
+                    continue
+                (sc,) = conv.inputs(sig)
+                c = conv.g.nodes[sc]
+                if not (c["op"] == "scale" and _only(conv, sc, 1) and conv.inputs(sc) == [gate_c]):
+                    continue
+                return plus, glu, up_c, gate_c, sig, sc, float(limit), float(c["factor"])
+        return None
+
+    for node in [n for n, d in conv.g.nodes(data=True) if d["op"] == "mul" and not d["params"]]:
+        if node not in conv.g or conv.g.in_degree(node) != 2:
+            continue
+        found = one(node)
+        if found is None:
+            continue
+        plus, glu, up_c, gate_c, sig, sc, limit, alpha = found
+        (gate,), (up,) = conv.inputs(gate_c), conv.inputs(up_c)
+        if gate == up:
+            continue
+        conv.g.remove_nodes_from([plus, glu, up_c, gate_c, sig, sc])
+        conv.g.nodes[node].update(op="clamped_glu", limit=limit, alpha=alpha)
+        conv.rewire(node, [gate, up])

@@ -32,25 +32,35 @@ AGREE = 1e-5  # per-position relative error under which an attention output agre
 #: (float32 sources agree to ~1e-7; a missing key moves the output by ~ its attention weight, 1 / W)
 
 
-def _counterparts(layout: Layout, nodes: list[str]) -> dict[str, tuple[str, str]]:
-    """node -> ``("out" | "in", module path)``: the deepest source module whose output is the node's output
-    (the node runs last in it) or whose input is the node's output (a reader of the node runs first in it)."""
+def _counterparts(layout: Layout, nodes: list[str]) -> dict[str, tuple[str, str, str]]:
+    """node -> ``("out" | "in", module path, probed node)``: the deepest source module whose output is the
+    probed node's output (it runs last in it) or whose input is the probed node's output (a reader of it
+    runs first in it).  The probed node is the node itself, or, when an output gate multiplies it (``x *
+    sigmoid(g)`` per token, head or channel: Afmoe, Qwen3-Next), the gate: a factor that is never zero
+    keeps the positions where the node differs."""
     paths, _, first_in, last_in = module_spans(layout)
     found = {}
     for n in nodes:
-        if n not in paths:
-            continue
-        refs = [("out", m) for m in _ancestors(paths[n]) if last_in.get(m) == n]
-        for reader, _ in layout.consumers(n):
-            if reader in paths:
-                refs += [("in", m) for m in _ancestors(paths[reader])
-                         if first_in.get(m) == reader and not _inside(paths[n], m)]
-        if refs:
-            found[n] = refs[0]
+        probe = n
+        while True:
+            if probe not in paths:
+                break
+            refs = [("out", m) for m in _ancestors(paths[probe]) if last_in.get(m) == probe]
+            for reader, _ in layout.consumers(probe):
+                if reader in paths:
+                    refs += [("in", m) for m in _ancestors(paths[reader])
+                             if first_in.get(m) == reader and not _inside(paths[probe], m)]
+            if refs:
+                found[n] = (*refs[0], probe)
+                break
+            readers = layout.consumers(probe)
+            if len(readers) != 1 or layout.op(readers[0][0]) != "gate" or readers[0][1] != 0:
+                break
+            probe = readers[0][0]
     return found
 
 
-def _profiles(model: nn.Module, graph_model: GraphModel, x: torch.Tensor, where: dict[str, tuple[str, str]],
+def _profiles(model: nn.Module, graph_model: GraphModel, x: torch.Tensor, where: dict[str, tuple[str, str, str]],
               policy: str) -> dict[str, torch.Tensor]:
     """node -> per-position relative error ``(seq,)`` of its output against its source counterpart; one
     forward of each model (nodes without a comparable counterpart are left out)."""
@@ -72,8 +82,8 @@ def _profiles(model: nn.Module, graph_model: GraphModel, x: torch.Tensor, where:
         return hook
 
     handles = [modules[path].register_forward_hook(source_hook(path, kind), with_kwargs=True)
-               for kind, path in set(where.values()) if path in modules]
-    handles += [graph_model.nodes[n].register_forward_hook(graph_hook(n)) for n in where]
+               for kind, path in {w[:2] for w in where.values()} if path in modules]
+    handles += [graph_model.nodes[probe].register_forward_hook(graph_hook(n)) for n, (_, _, probe) in where.items()]
     try:
         checked_source_logits(model, x)
         graph_logits(graph_model, x, policy)
@@ -82,7 +92,7 @@ def _profiles(model: nn.Module, graph_model: GraphModel, x: torch.Tensor, where:
             h.remove()
     b, t = x.shape
     out = {}
-    for node, (kind, path) in where.items():
+    for node, (kind, path, _) in where.items():
         ref, mine = seen.get(f"{kind}:{path}"), got.get(node)
         if ref is None or mine is None or ref.numel() != mine.numel():
             continue

@@ -15,7 +15,10 @@ Recognition, bottom-up and name-free:
   ``opaque`` for everything else (op-level nodes keep the torch function's name in ``call``);
 * module level: a *parametric leaf* (a module owning parameters, none of its descendants owning any)
   is one node when its computation is a norm (it normalises and multiplies by its own 1-D
-  parameters), fused experts (3-D parameters) or a top-k router (a linear then ``topk``);
+  parameters), fused experts (3-D parameters) or a top-k router (a linear then ``topk``, or Phimoe's
+  sparsemixer: ``max`` / ``masked_fill`` / ``softmax``); a top-k router written across modules (a child
+  ``nn.Linear``, a correction bias in a child or passed in by the parent) is one node from the dataflow:
+  the nodes on the paths from its projection to the experts reading its choice;
 * patterns: RoPE (an activation times constant tables plus its rotated copy times constant tables)
   and eager attention (``softmax(Q K^T) V``) are contracted to ``rope`` / ``attention`` nodes;
 * the linear producing the logits is the ``lm_head``; it is ``tied_to`` the embedding when both read

@@ -35,6 +35,7 @@ def _finish(rec: _Recorder, logits_node: str, ids: torch.Tensor, name: str, voca
     g.remove_nodes_from([n for n in list(g) if n not in keep])
     merged: dict[str, str] = {}
     _contract_regions(g, rec, merged)
+    _contract_routers(g, rec, merged)
     _contract_ropes(g, rec.n_tokens, merged)
     _contract_eager_attention(g, rec.n_tokens, merged)
     logits_node = _resolve(merged, logits_node)
@@ -133,6 +134,8 @@ def _contract_regions(g: nx.DiGraph, rec: _Recorder, merged: dict[str, str]) -> 
         shape_node = next((o for o in outs if o in nodes), nodes[-1])
         new = nodes[0]
         full = {**_base_attrs(g, nodes, op, frame.path, shape_node), **attrs}
+        if op == "router":
+            full["call_args"] = frame.call_args
         _contract(g, set(nodes), new, full, [_resolve(merged, i) for i in frame.inputs], merged)
 
 
@@ -231,11 +234,102 @@ def _classify_region(g, nodes, frame: _Frame, own: dict, n_tokens: int) -> tuple
                         "group_weights": group_weights}
     linears = [g.nodes[n] for n in nodes if g.nodes[n]["op"] == "linear"]
     topk = [g.nodes[n] for n in nodes if g.nodes[n].get("call") == "topk"]
+    if len(linears) == 1 and not topk and {"max", "masked_fill", "softmax"} <= fns:  # sparsemixer (Phimoe)
+        return "router", {"in_features": linears[0]["in_features"], "n_experts": linears[0]["out_features"],
+                          "top_k": 2, "renormalize": False, "bias": linears[0]["bias"],
+                          "proj_params": list(linears[0]["params"]), "sparsemixer": True}
     if len(linears) == 1 and topk:
         return "router", {"in_features": linears[0]["in_features"], "n_experts": linears[0]["out_features"],
                           "top_k": topk[0]["k"], "renormalize": "sum" in fns and "div" in fns,
-                          "bias": linears[0]["bias"]}
+                          "bias": linears[0]["bias"], "proj_params": list(linears[0]["params"])}
     return None
+
+
+# what a router may compute between its projection and the experts (scores, choice, gather, renormalisation)
+_ROUTER_OPS = frozenset({"softmax", "sigmoid", "topk", "gather", "sum", "div", "add", "mul", "clamp", "max",
+                         "scatter", "to", "float", "sort", "take_along_dim"})
+
+
+def _contract_routers(g: nx.DiGraph, rec: _Recorder, merged: dict[str, str]) -> None:
+    """Contract a top-k router written across modules (a parametric leaf did not hold it whole: the
+    projection is a child ``nn.Linear``, or a correction bias lives in a child module or is passed in by
+    the parent) into one ``router`` node, from the dataflow: the nodes on the paths from the projection
+    (the ``linear`` of width E feeding a ``topk``) to the experts node reading the choice.  Kept when
+    those nodes read nothing else than the projection's input, parameters of E numbers (a correction
+    bias) and constants, compute only score / choice / renormalisation ops, and feed nothing but the
+    experts; the router's module is the innermost one holding all of them."""
+    pshape = {name: shape for own in rec.own.values() for name, shape in own.items()}
+    for top in sorted((n for n, d in g.nodes(data=True) if d["op"] == "opaque" and d.get("call") == "topk"),
+                      key=lambda n: g.nodes[n]["index"]):
+        if top not in g:
+            continue
+        found = _router_cluster(g, top, pshape)
+        if found is None:
+            continue
+        proj, cluster = found
+        lin = g.nodes[proj]
+        e = int(lin["out_features"])
+        tops = sorted((n for n in cluster if g.nodes[n].get("call") == "topk"), key=lambda n: g.nodes[n]["index"])
+        calls = {g.nodes[n].get("call") for n in cluster}
+        path = _common_path([g.nodes[n]["module_path"] for n in cluster])
+        exits = [n for n in cluster if any(s not in cluster for s in g.successors(n))]
+        attrs = {**_base_attrs(g, cluster, "router", path, max(exits, key=lambda n: g.nodes[n]["index"])),
+                 "in_features": lin["in_features"], "n_experts": e, "top_k": g.nodes[tops[0]]["k"],
+                 "renormalize": "sum" in calls and "div" in calls, "bias": lin["bias"],
+                 "proj_params": list(lin["params"]), "call_args": rec.call_args.get(path)}
+        _contract(g, cluster, proj, attrs, [next(iter(g.predecessors(proj)))], merged)
+
+
+def _router_cluster(g: nx.DiGraph, top: str, pshape: dict) -> tuple[str, set[str]] | None:
+    """``(projection, nodes)`` of the router whose ``topk`` is ``top`` (see :func:`_contract_routers`)."""
+    width = [d["shape"][-1] for _, _, d in g.in_edges(top, data=True)]
+    if len(width) != 1:
+        return None
+    e = int(width[0])
+    proj, seen, stack = None, set(), list(g.predecessors(top))
+    while stack:  # back from the choice to the projection, through weight-free score ops
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        d = g.nodes[n]
+        if d["op"] == "linear" and int(d["out_features"]) == e and g.in_degree(n) == 1:
+            if proj not in (None, n):
+                return None
+            proj = n
+            continue
+        if not _router_step(g, n, e, pshape):
+            return None
+        stack.extend(g.predecessors(n))
+    if proj is None:
+        return None
+    experts = sorted((s for s in nx.descendants(g, top) if g.nodes[s]["op"] == "experts"),
+                     key=lambda n: g.nodes[n]["index"])
+    if not experts:
+        return None
+    cluster = (nx.descendants(g, proj) & nx.ancestors(g, experts[0])) | {proj}
+    x = next(iter(g.predecessors(proj)))
+    for n in cluster - {proj}:
+        if not _router_step(g, n, e, pshape) or any(p not in cluster for p in g.predecessors(n)):
+            return None
+    if any(s not in cluster and s != experts[0] for n in cluster for s in g.successors(n)):
+        return None
+    if x in cluster:
+        return None
+    return proj, cluster
+
+
+def _router_step(g: nx.DiGraph, n: str, e: int, pshape: dict) -> bool:
+    """A node a router may hold after its projection: a weight-free score / choice op, or one reading
+    parameters of E numbers (a correction bias)."""
+    d = g.nodes[n]
+    if d["op"] not in ("opaque", "act", "scale", "add", "mul"):
+        return False
+    if d["op"] == "act" and d.get("fn") not in ("sigmoid",):
+        return False
+    if d["op"] == "opaque" and d.get("call") not in _ROUTER_OPS:
+        return False
+    return all(p in pshape and _numel(pshape[p]) == e for p in d["params"])
 
 
 def _is_rearrange(d: dict) -> bool:

@@ -130,6 +130,7 @@ class _Frame:
     in_shapes: list[list[int]] = field(default_factory=list)
     param_ops: list[tuple[str, float | None]] = field(default_factory=list)  # ops on parameters alone
     outputs: list[str] = field(default_factory=list)
+    call_args: list | None = None  # the call's positional arguments (:func:`_call_template`)
     activation: bool = False  # a parameter-free leaf module outside any region: maybe an activation module
 
 
@@ -170,6 +171,8 @@ class _Recorder(TorchFunctionMode):
                             and not any(True for _ in m.children())}
         for p in model.parameters():
             self._par[id(p)] = (p, frozenset({self.canonical[id(p)]}))
+        self.buffer_names = {id(b): n for n, b in model.named_buffers()}
+        self.call_args: dict[str, list | None] = {}  # module path -> its first call's arguments
         self.graph.add_node("tokens", op="tokens", module_path="", params=[], index=0, shape=list(ids.shape))
         self._set_act(ids, "tokens")
 
@@ -226,11 +229,39 @@ class _Recorder(TorchFunctionMode):
             if node is not None:
                 frame.in_shapes.append(list(t.shape))
                 frame.inputs.append(node)
+        frame.call_args = self._call_template(args, kwargs)
+        self.call_args.setdefault(frame.path, frame.call_args)
         if not frame.leaf and id(module) in self.free_leaves and self._region() is None:
             frame.leaf = frame.activation = True
         if frame.leaf:
             self.regions[frame.call] = frame
         self.frames.append(frame)
+
+    def _call_template(self, args, kwargs) -> list | None:
+        """How the module was called, JSON-able, to call it again on probe inputs: one entry per positional
+        argument, ``{"act": i}`` for the i-th activation passed, ``{"param": name}`` / ``{"buffer": name}``
+        for a parameter / buffer of the model passed as an argument (a correction bias held by the parent),
+        ``{"value": v}`` for a number, string or None; None when an argument is none of these or a keyword
+        argument is a tensor."""
+        if any(isinstance(v, torch.Tensor) for v in _tensors(kwargs)):
+            return None
+        out, n_act = [], 0
+        for a in args:
+            if isinstance(a, torch.Tensor):
+                if self.producer(a) is not None:
+                    out.append({"act": n_act})
+                    n_act += 1
+                elif self._params_of(a) and len(self._params_of(a)) == 1 and id(a) in self.canonical:
+                    out.append({"param": self.canonical[id(a)]})
+                elif id(a) in self.buffer_names:
+                    out.append({"buffer": self.buffer_names[id(a)]})
+                else:
+                    return None
+            elif a is None or isinstance(a, (bool, int, float, str)):
+                out.append({"value": a})
+            else:
+                return None
+        return out
 
     def _leave(self, module, args, output):
         while self.frames:
@@ -391,6 +422,10 @@ class _Recorder(TorchFunctionMode):
             attrs["reflected"] = True
         if name == "topk":
             attrs["k"] = int(_arg(args, kwargs, 1, "k"))
+        if name in ("clamp", "clip"):  # numeric bounds (None where open): the clamped SwiGLU reads them
+            bounds = [_arg(args, kwargs, 1, "min"), _arg(args, kwargs, 2, "max")]
+            if all(b is None or isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds):
+                attrs["bounds"] = [None if b is None else float(b) for b in bounds]
         if name == "getitem" and len(args) > 1:
             attrs["key"] = _key_repr(args[1])
             attrs["strided"] = _strided(args[1])

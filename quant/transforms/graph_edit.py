@@ -47,6 +47,8 @@ class LayoutEdit:
             params = {**params, **self.params.get(node, {})}
             if op == "attention" and fault("window_dropped") is not None:  # mutant only (verifier._faults)
                 params["window"] = None
+            if op == "router" and params.get("score") == "sparsemixer" and fault("sparsemixer_dropped") is not None:
+                params = {**params, "score": "softmax"}  # the mutant: re-emitted as the plain top-2 router
             if op == "rope" and fault("rope_unscaled") is not None:  # the mutant: RoPE rebuilt from theta
                 params = {k: params[k] for k in ("n_heads", "head_dim", "rotary_dim", "style", "theta")}
             inputs = list(layout.inputs(node))

@@ -20,7 +20,8 @@ linear in ``up x``; when ``act`` is positively homogeneous of degree ``k`` (relu
     W_up' = diag(1/s) W_up,  b_up' = b_up / s,  W_down' = W_down diag(s^k)
 
 is exact; any other activation (gelu, silu, quick_gelu, ...) is left alone, and so are the clamped SwiGLU
-experts of GPT-OSS (``clamp(up)`` and ``up + 1`` are not linear in ``up``; logged as skipped).  Expert biases: ``gate_up_proj_bias``' up part is
+experts of GPT-OSS and the dense clamped SwiGLUs (``clamped_glu``, MiniMax-M3) (``clamp(up)`` and ``up + 1`` are
+not linear in ``up``; logged as skipped).  Expert biases: ``gate_up_proj_bias``' up part is
 divided by ``s`` with its rows, ``down_proj_bias`` is untouched (it is added after ``down``).  Transposed
 or interleaved storage is reached through the canonical views of :class:`fuzz.materialize.Experts`.
 
@@ -36,7 +37,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from fuzz.dataflow import glu_chains, homogeneous_mlp_chains
+from fuzz.dataflow import clamped_glu_chains, glu_chains, homogeneous_mlp_chains
 from fuzz.errors import Refusal
 from fuzz.ops import ACTIVATIONS
 from fuzz.materialize import GraphModel
@@ -61,6 +62,10 @@ def up_down(model: nn.Module, calib: Calibration, alpha: float = 0.5, experts: b
     m = require_graph_model(UP_DOWN, model)
     layout = m.layout
     glus = [g for g in glu_chains(layout) if reading is None or layout.inputs(g.up)[0] in reading] if dense else []
+    clamped = [g for g in clamped_glu_chains(layout)
+               if reading is None or layout.inputs(g.up)[0] in reading] if dense else []
+    if fault("clamped_glu_as_linear") is not None:  # mutants only: the clamped SwiGLU taken for a GLU
+        glus, clamped = glus + clamped, []
     degrees = {fn: 1 for fn in ACTIVATIONS} if fault("homogeneity_assumed") is not None else None  # mutants only
     plain = [c for c in homogeneous_mlp_chains(layout, degrees)
              if reading is None or layout.inputs(c.up)[0] in reading] if dense else []
@@ -74,7 +79,8 @@ def up_down(model: nn.Module, calib: Calibration, alpha: float = 0.5, experts: b
             return energy_scales(energy, alpha).to(m.dtype)
         return torch.exp(0.5 * torch.randn(n, generator=gen, dtype=torch.float64)).to(m.dtype)
 
-    log = []
+    log = [{"transform": UP_DOWN, "node": g.mul, "skipped": "clamped-swiglu",
+            "why": "the clamped SwiGLU clamps up and adds 1: not linear in up"} for g in clamped]
     with torch.no_grad():
         for g in glus:
             up, down = m.nodes[g.up], m.nodes[g.down]

@@ -23,7 +23,7 @@ from verifier import Calibration, verify
 TINY = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=64, pad_token_id=None, bos_token_id=None,
             eos_token_id=None)
-PLAIN = [m for m in AXES["mlp"].choices if m not in ("swiglu", "geglu")]
+PLAIN = [m for m in AXES["mlp"].choices if m not in ("swiglu", "geglu", "clamped_swiglu")]  # clamped: test_clamped_glu
 
 
 @pytest.mark.parametrize("hf_name", sorted(HF_ACTIVATIONS))

@@ -41,6 +41,8 @@ APPLIES["shared_head_gamma"] = (mutants.APPLIES["shared_head_gamma"], lambda s: 
 # above): the search is given this many unconstrained examples instead
 BUDGET = {"shared_head_gamma": 100,  # qk_norm=per_head_own (1 in 4) x RMS (1 in 2) x two or more heads
           "expert_bias_unscaled": 80,  # MoE x expert biases
+          "sparsemixer_dropped": 80,  # MoE x router=sparsemixer (1 in 5) (36 measured)
+          "clamped_glu_as_linear": 80,  # mlp=clamped_swiglu (1 in 10) x a dense layer (49 measured)
           "position_unrotated": 200,  # learned positions x RMS x pre-norm x untied x no other refusal (161 measured)
           "forget_pair_bias": 200}  # q/k biases x plain q/k x RoPE, now also x unfused qkv (issue 14's fused_qkv axis)
 # a renormalised top-1 weight is 1 whatever the scores: the leaked correction bias cannot show there
@@ -201,7 +203,8 @@ def test_the_mutants_of_quant_transforms_are_registered_by_quant():
     quant_made = {"gproj_omission", "skip_norm_consumer", "router_unscaled", "expert_wrong_axis", "pair_reflection",
                   "forget_pair_bias", "float32_rotation", "symmetric_gamma", "window_dropped", "rope_scaling_dropped",
                   "assumed_homogeneous", "shared_head_gamma", "position_unrotated", "corrected_weights",
-                  "expert_bias_unscaled"}
+                  "expert_bias_unscaled", "clamped_glu_as_linear",
+                  "sparsemixer_dropped"}
     assert quant_made | {"forget_writer_bias", "cross_group_heads", "alibi_unpermuted", "sinks_unpermuted",
                          "softcap_scale_outside", "position_unpermuted"} == set(mutants.names())
     for name in mutants.names():
