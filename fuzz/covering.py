@@ -147,3 +147,14 @@ def covering_examples(n: int, seed: int = 0, **constraints) -> list[tuple[Layout
     """:func:`covering_specs` built, each with a weight seed (drawn from ``seed``), for ``@example``."""
     rng = random.Random(seed)
     return [(build(spec), rng.randrange(2**31)) for spec in covering_specs(n, seed, **constraints)]
+
+
+def with_covering_examples(test, budget: int, seed: int = 0, **constraints):
+    """``test``, a hypothesis test of ``layout`` and ``weight_seed``, with the first ``budget`` covering
+    examples as its explicit examples (run in covering order); returns ``(test, drawn)``: ``drawn`` is
+    what is left of ``budget`` for hypothesis to draw (its ``max_examples``; no generate phase at 0)."""
+    from hypothesis import example
+    rows = covering_examples(budget, seed, **constraints)
+    for layout, weight_seed in reversed(rows):  # hypothesis runs the last one added first
+        test = example(layout=layout, weight_seed=weight_seed)(test)
+    return test, budget - len(rows)

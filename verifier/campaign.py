@@ -42,7 +42,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from hypothesis import Phase, example, given, seed as hypothesis_seed, settings
+from hypothesis import Phase, given, seed as hypothesis_seed, settings
 
 import fuzz.profiles  # noqa: F401
 from fuzz import covering, strategies as S
@@ -114,8 +114,8 @@ def run_campaign(transforms: list[str | NamedTransform], *, profile: str = "dev"
     features: Counter = Counter()
     layouts_seen: set[str] = set()
     tags_seen: list[frozenset[str]] = []
-    explicit = covering.covering_examples(budget, seed or 0, **constraints) if cover else []
-    drawn = budget - len(explicit)
+    explicit = len(covering.covering_specs(budget, seed or 0, **constraints)) if cover else 0
+    drawn = budget - explicit
     per_transform: dict[str, dict] = {}
     failures: list[dict] = []
     started = time.perf_counter()
@@ -158,8 +158,8 @@ def run_campaign(transforms: list[str | NamedTransform], *, profile: str = "dev"
                     group = groups.setdefault(_group_key(verdict), {"verdict": verdict, "layout": layout, "count": 0})
                     group["count"] += 1
 
-            for row, weight_seed in reversed(explicit):  # hypothesis runs the last one added first
-                prop = example(layout=row, weight_seed=weight_seed)(prop)
+            if cover:
+                prop, _ = covering.with_covering_examples(prop, budget, seed or 0, **constraints)
             if seed is not None:
                 prop = hypothesis_seed(seed)(prop)
             prop()
@@ -183,7 +183,7 @@ def run_campaign(transforms: list[str | NamedTransform], *, profile: str = "dev"
         "profile": profile, "max_examples": budget, "seed": seed, "dtype": str(dtype).removeprefix("torch."),
         "constraints": constraints, "transforms": [t.name for t in resolved],
         "per_example_timeout": per_example_timeout, "corpus": None if corpus is None else str(corpus),
-        "layouts_tried": len(layouts_seen), "covering_examples": len(explicit),
+        "layouts_tried": len(layouts_seen), "covering_examples": explicit,
         "features": dict(sorted(features.items())), "interactions": _interactions(constraints, tags_seen),
         "per_transform": per_transform, "failures": [_public(f) for f in failures],
         "new_findings": len(new), "known_failures": sum(f["outcome"] == "known" for f in failures),
