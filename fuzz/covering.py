@@ -37,6 +37,7 @@ TRIPLES: tuple[tuple[tuple[str, ...], ...], ...] = (
     (("moe", "moe:shared_expert", "moe:mixed-dense-sparse"), ("embeddings:tied", "embeddings:untied"),
      ("placement:pre", "placement:sandwich", "placement:post")),
 )
+TRIPLE_WEIGHT = 10  # a risky triple counts as this many pairs when covering examples are chosen
 POOL = 3000  # uniform draws that define what is possible (space) and what covering examples choose from
 
 
@@ -116,7 +117,8 @@ def space(**constraints) -> Space:
 def covering_specs(n: int, seed: int = 0, **constraints) -> list[DecoderSpec]:
     """At most ``n`` specs that together reach the interactions of :func:`space` in few layouts: greedily,
     each the draw of a seeded pool (:data:`POOL` uniform draws under ``constraints``) that adds the most
-    interactions not yet reached.  Stops early when the pool has nothing new to add."""
+    interactions not yet reached (a risky triple weighs :data:`TRIPLE_WEIGHT` pairs).  Stops early when the
+    pool has nothing new to add."""
     return list(_covering(seed, _key(constraints))[:n])
 
 
@@ -125,16 +127,19 @@ def _covering(seed: int, key: tuple) -> tuple[DecoderSpec, ...]:
     """The greedy order until the pool adds nothing (its first ``n`` are the greedy choice of ``n``)."""
     universe = space(**dict(key))
     pool = _pool(seed, key)
-    index = {i: k for k, i in enumerate(sorted(universe.pairs | universe.triples))}
+    order = sorted(universe.pairs) + sorted(universe.triples)  # a mask's high bits are its triples
+    index = {i: k for k, i in enumerate(order)}
     masks = []
     for _, t in pool:
         bits = np.zeros(len(index), dtype=bool)
         bits[[index[i] for i in interactions(t, universe.always) if i in index]] = True
-        masks.append(int.from_bytes(np.packbits(bits).tobytes(), "big"))
-    uncovered = int.from_bytes(np.packbits(np.ones(len(index), dtype=bool)).tobytes(), "big")
+        masks.append(int.from_bytes(np.packbits(bits[::-1]).tobytes(), "big") >> (-len(index) % 8))
+    uncovered = (1 << len(index)) - 1
+    n_pairs = len(universe.pairs)
     chosen = []
     while True:
-        gains = [(m & uncovered).bit_count() for m in masks]
+        gains = [(new := m & uncovered).bit_count() + (TRIPLE_WEIGHT - 1) * (new >> n_pairs).bit_count()
+                 for m in masks]
         best = max(range(len(pool)), key=gains.__getitem__)
         if gains[best] == 0:
             break
