@@ -16,8 +16,9 @@ database, no shrinking):
 
 * ``before``: hypothesis draws every example (``strategies.layouts()``, what a campaign did before issue 18);
 * ``after``: the budget starts with the covering examples of that seed
-  (:func:`fuzz.covering.with_covering_examples`, as :func:`verifier.campaign.run_campaign` runs them) and
-  hypothesis draws the rest.
+  (:func:`fuzz.covering.with_covering_examples`, as :func:`verifier.campaign.run_campaign` runs them:
+  :data:`fuzz.covering.SHARE` of the budget) and hypothesis draws the rest;
+* ``covering-only``: covering examples for the whole budget (what the share gives up).
 
 One trace per strategy and seed, not one run per mutant: each example's tags are recorded and the nudge
 is verified once on it.  An interaction mutant is first caught at the first example whose tags hold the
@@ -33,6 +34,7 @@ import argparse
 import json
 import random
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -45,7 +47,8 @@ from verifier import mutants, verify
 from verifier.outcomes import Status
 from verifier.transform import NamedTransform
 
-STRATEGIES = ("before", "after")
+STRATEGIES = ("before", "after", "covering-only")
+SHARES = {"after": covering.SHARE, "covering-only": 1.0}
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -65,8 +68,8 @@ def run(strategy: str, budget: int, hseed: int, visit) -> None:
 
     phases = [Phase.explicit, Phase.generate]
     drawn = budget
-    if strategy == "after":
-        test, drawn = covering.with_covering_examples(test, budget, hseed)
+    if strategy in SHARES:
+        test, drawn = covering.with_covering_examples(test, budget, hseed, share=SHARES[strategy])
         if not drawn:
             phases = [Phase.explicit]
     elif strategy != "before":
@@ -265,7 +268,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.check:
         report["check"] = check(results, args.budget, seeds, args.check)
     report["seconds"] = round(time.perf_counter() - started, 1)
-    command = "python -m benchmarks.interaction_teeth " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
+    command = "python -m benchmarks.interaction_teeth " + " ".join(sys.argv[1:] if argv is None else argv)
     atomic_write_text(Path(args.out), json.dumps(report, sort_keys=True, default=str, separators=(",", ":")))
     atomic_write_text(Path(args.md), markdown(report, command.strip()))
     for name, st in report["strategies"].items():

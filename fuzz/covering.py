@@ -7,8 +7,8 @@ product of their probabilities: tens to hundreds of examples for the rarer pairs
 with *covering examples*: layouts chosen greedily (each covers the most pairs not yet covered, AETG
 style) from a pool drawn by the same rule as :func:`fuzz.strategies.specs` (:func:`~fuzz.strategies.
 spec_from` with a seeded uniform :class:`~fuzz.strategies.Picked`), run as hypothesis' explicit examples
-(``@example``), before hypothesis draws the rest of the budget.  The draws themselves, their shrinking
-toward fewer features and the derandomized profiles are untouched.
+(``@example``) for :data:`SHARE` of the budget, before hypothesis draws the rest.  The draws themselves,
+their shrinking toward fewer features and the derandomized profiles are untouched.
 
 An *interaction* is a pair of feature tags (the tags ``strategies.layouts`` reports with ``event``:
 :func:`tags`) both present in one layout, or a triple from :data:`TRIPLES`, the riskiest axes
@@ -38,6 +38,10 @@ TRIPLES: tuple[tuple[tuple[str, ...], ...], ...] = (
      ("placement:pre", "placement:sandwich", "placement:post")),
 )
 TRIPLE_WEIGHT = 10  # a risky triple counts as this many pairs when covering examples are chosen
+#: the share of a budget given to covering examples; hypothesis draws the rest, so layouts with fewer
+#: features (dense only, no RoPE, ...) still come: covering examples favour feature-rich layouts, and a
+#: feature that crashes a transform would otherwise mask every bug of the layouts without it
+SHARE = 0.6
 POOL = 3000  # uniform draws that define what is possible (space) and what covering examples choose from
 
 
@@ -154,12 +158,18 @@ def covering_examples(n: int, seed: int = 0, **constraints) -> list[tuple[Layout
     return [(build(spec), rng.randrange(2**31)) for spec in covering_specs(n, seed, **constraints)]
 
 
-def with_covering_examples(test, budget: int, seed: int = 0, **constraints):
-    """``test``, a hypothesis test of ``layout`` and ``weight_seed``, with the first ``budget`` covering
-    examples as its explicit examples (run in covering order); returns ``(test, drawn)``: ``drawn`` is
-    what is left of ``budget`` for hypothesis to draw (its ``max_examples``; no generate phase at 0)."""
+def covering_share(budget: int, share: float = SHARE) -> int:
+    """How many of ``budget`` examples are covering examples: ``share`` of it, rounded down."""
+    return int(budget * share)
+
+
+def with_covering_examples(test, budget: int, seed: int = 0, share: float = SHARE, **constraints):
+    """``test``, a hypothesis test of ``layout`` and ``weight_seed``, with the first
+    :func:`covering_share` of ``budget`` covering examples as its explicit examples (run in covering
+    order); returns ``(test, drawn)``: ``drawn`` is what is left of ``budget`` for hypothesis to draw
+    (its ``max_examples``; no generate phase at 0)."""
     from hypothesis import example
-    rows = covering_examples(budget, seed, **constraints)
+    rows = covering_examples(covering_share(budget, share), seed, **constraints)
     for layout, weight_seed in reversed(rows):  # hypothesis runs the last one added first
         test = example(layout=layout, weight_seed=weight_seed)(test)
     return test, budget - len(rows)

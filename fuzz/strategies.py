@@ -184,8 +184,8 @@ class Picked:
 
 def spec_from(pick, constraints: dict) -> DecoderSpec:
     """The drawing rule of :func:`specs`: every choice goes through ``pick`` (``integer(lo, hi)``,
-    ``even(lo, hi)``, ``choice(options)``, ``flag(shrink_to)``), hypothesis' draws or a :class:`Picked` random source; the
-    constraints are assumed checked."""
+    ``even(lo, hi)``, ``choice(options)``, ``flag(shrink_to)``), hypothesis' draws or a :class:`Picked`
+    random source; the constraints are assumed checked."""
     lim = {**_LIMITS, **{k: v for k, v in constraints.items() if k in _LIMITS}}
     c = {k: v for k, v in constraints.items() if k in _FIELDS}
     values: dict = {"vocab": lim["vocab"]}

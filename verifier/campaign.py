@@ -23,7 +23,8 @@ transformers' float32 RMSNorm/RoPE); ``precision_option`` is reported per transf
 entry recorded without them has the same signature.
 
 Each transform's budget starts with covering examples (:mod:`fuzz.covering`: layouts chosen so that few
-reach every pair of feature values, run as hypothesis' explicit examples) and hypothesis draws the rest.
+reach every pair of feature values, run as hypothesis' explicit examples; 60% of the budget) and
+hypothesis draws the rest.
 
 The summary (JSON + markdown, written atomically) lists the layouts tried, per-feature coverage, pair
 coverage (pairs of feature tags seen / possible, and the riskiest triples),
@@ -103,8 +104,9 @@ def run_campaign(transforms: list[str | NamedTransform], *, profile: str = "dev"
     """Run the campaign and return its summary dict (see the module docstring).
 
     ``corpus``: the entries that make a failure *known*, and where new ones are written (``record``).
-    ``cover``: the budget starts with covering examples (:func:`fuzz.covering.covering_examples`, seeded by
-    ``seed`` or 0) and hypothesis draws the rest; False: hypothesis draws the whole budget.
+    ``cover``: the budget starts with covering examples (:func:`fuzz.covering.with_covering_examples`, seeded
+    by ``seed`` or 0; :data:`fuzz.covering.SHARE` of it) and hypothesis draws the rest; False: hypothesis
+    draws the whole budget.
     """
     constraints = constraints or {}
     base = settings.get_profile(profile)
@@ -114,7 +116,8 @@ def run_campaign(transforms: list[str | NamedTransform], *, profile: str = "dev"
     features: Counter = Counter()
     layouts_seen: set[str] = set()
     tags_seen: list[frozenset[str]] = []
-    explicit = len(covering.covering_specs(budget, seed or 0, **constraints)) if cover else 0
+    explicit = covering.covering_share(budget) if cover else 0
+    explicit = len(covering.covering_specs(explicit, seed or 0, **constraints)) if explicit else 0
     drawn = budget - explicit
     per_transform: dict[str, dict] = {}
     failures: list[dict] = []
