@@ -128,8 +128,8 @@ def measure(strategy: str, budget: int, seeds: list[int], progress: bool = True)
 
 
 def summarize(results: dict[str, dict], budget: int, seeds: list[int], ci_budget: int = 25) -> dict:
-    """Per strategy: per interaction the examples to first catch on each seed (None: not within the
-    budget), and the figures the targets name."""
+    """Per strategy: per interaction (``interactions``, the same order) the examples to first catch on each
+    seed, and the figures the targets name."""
     universe = covering.space()
     inters = set(universe.pairs | universe.triples)
     for r in results.values():
@@ -140,7 +140,7 @@ def summarize(results: dict[str, dict], budget: int, seeds: list[int], ci_budget
            "always_present_tags": sorted(universe.always),
            "pairs": sum(len(i) == 2 for i in inters), "triples": sum(len(i) == 3 for i in inters),
            "beyond_pool": sorted(_name(i) for i in inters if i not in universe.pairs | universe.triples),
-           "strategies": {}}
+           "interactions": [_name(i) for i in inters], "strategies": {}}
     for strategy, r in results.items():
         per = {i: [r["firsts"][s].get(i) for s in seeds] for i in inters}
         stats = {}
@@ -157,12 +157,13 @@ def summarize(results: dict[str, dict], budget: int, seeds: list[int], ci_budget
                 "median_examples": statistics.median(flat) if flat else None,
                 "median_of_interaction_medians": statistics.median(per_inter_median) if flat else None,
                 "worst_examples": max(flat) if flat else None,
-                "caught_within_ci_budget": round(sum(x <= ci_budget for x in flat) / n_runs, 4) if n_runs else None,
+                "caught_within_ci_budget": round(sum(x is not None and x <= ci_budget for v in rows.values() for x in v)
+                                                 / n_runs, 4) if n_runs else None,
                 "slowest": [[_name(i), v] for i, v in sorted(rows.items(), key=lambda kv: (
                     -sum(budget + 1 if x is None else x for x in kv[1]), kv[0]))[:15]],
             }
-        stats["per_interaction"] = {_name(i): " ".join("-" if x is None else str(x) for x in v)
-                                    for i, v in per.items()}
+        # aligned with report["interactions"]: the examples to first catch per seed ("-": not within budget)
+        stats["first_catch"] = [" ".join("-" if x is None else str(x) for x in per[i]) for i in inters]
         stats["nudge_caught"] = [sum(c for _, c in r["traces"][s]) for s in seeds]
         stats["examples"] = [len(r["traces"][s]) for s in seeds]
         stats["seconds_per_seed"] = [r["seconds"][s] for s in seeds]
@@ -239,9 +240,9 @@ def markdown(report: dict, command: str) -> str:
         lines += [f"| {p} | {' '.join('-' if x is None else str(x) for x in v)} |" for p, v in st["pairs"]["slowest"]]
     lines += ["", "## Risky triples", "", "| triple | " + " | ".join(report["strategies"]) + " |",
               "|---|" + "---|" * len(report["strategies"])]
-    triples = [k for k in next(iter(report["strategies"].values()))["per_interaction"] if k.count("&") == 2]
-    for t in triples:
-        lines.append(f"| {t} | " + " | ".join(st["per_interaction"][t] for st in report["strategies"].values()) + " |")
+    for k, name in enumerate(report["interactions"]):
+        if name.count("&") == 2:
+            lines.append(f"| {name} | " + " | ".join(st["first_catch"][k] for st in report["strategies"].values()) + " |")
     if report.get("check"):
         lines += ["", "Cross-check (real mutants re-run through hypothesis vs the trace): "
                   f"{sum(c['equal'] for c in report['check'])} / {len(report['check'])} equal."]
