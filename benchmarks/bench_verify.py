@@ -1,7 +1,7 @@
 """Verified layouts per second: synthesize + materialize + reference transform + float64 verdict.
 
     python -m benchmarks.bench_verify [--examples 300] [--max-hidden 128] [--max-layers 2] [--json out.json]
-                                      [--baseline 3fbf478 | --baseline none]
+                                      [--baseline 3fbf478 | --baseline none] [--against COMMIT --rounds 3]
 
 Small layouts (hidden <= 128, <= 2 layers) drawn by the synthesizer under a fixed seed; each is
 verified with one reference transform (round-robin over the registry).  Stages are timed inside one
@@ -19,14 +19,26 @@ probes) loads that commit's ``verifier/oracle.py`` from git into this process, a
 verified by it on the same model with the same transform, the two calls alternating which goes first.
 The table then shows the baseline's verdict time next to today's and their ratio, measured in one run on
 the same machine state (a shared machine moves absolute figures, not the ratio much).
+
+Whole pipeline against an older tree: ``--against COMMIT [--rounds 3]`` checks COMMIT out into a temporary
+detached worktree and runs this benchmark (``--baseline none``) there and here as child processes, alternating
+which goes first each round, and reports both rates per round (layouts per wall second and per CPU second of
+the child: on a shared machine the CPU figure is the steadier one) and the median ratios today / COMMIT.  Each tree
+draws from its own synthesizer under the same seed, so where the layout space grew the two sets of layouts
+differ: the figure is what a user of each version gets per second, not a same-layout comparison (the
+``--baseline`` mode is that, for the oracle).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import types
 from pathlib import Path
@@ -60,6 +72,53 @@ def baseline_verify(commit: str):
     return module.verify
 
 
+def _child_rate(tree: Path, args) -> dict:
+    """This benchmark run as a child process in ``tree`` (``--baseline none``): its layouts per wall second
+    and per CPU second of the child (user + system; steadier than wall time on a shared machine)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "bench.json"
+        env = dict(os.environ, PYTHONPATH=str(tree), OMP_NUM_THREADS="1")
+        subprocess.run([sys.executable, "-m", "benchmarks.bench_verify", "--examples", str(args.examples),
+                        "--max-hidden", str(args.max_hidden), "--max-layers", str(args.max_layers),
+                        "--baseline", "none", "--json", str(out)], cwd=tree, env=env, check=True,
+                       stdout=subprocess.DEVNULL)
+        result = json.loads(out.read_text())
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"wall": result["layouts_per_s"], "cpu": round(result["examples"] / cpu, 1)}
+
+
+def against(args) -> dict:
+    """Both trees' whole-pipeline rates, alternating order per round (see the module docstring)."""
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", args.against], check=True,
+                            capture_output=True, text=True).stdout.strip()
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], check=True,
+                          capture_output=True, text=True).stdout.strip()
+    with tempfile.TemporaryDirectory() as tmp:
+        old_tree = Path(tmp) / "tree"
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(old_tree), commit],
+                       check=True)
+        try:
+            rounds = []
+            for i in range(args.rounds):
+                order = [("old", old_tree), ("new", ROOT)] if i % 2 == 0 else [("new", ROOT), ("old", old_tree)]
+                rates = {name: _child_rate(tree, args) for name, tree in order}
+                rounds.append(rates)
+                print(f"round {i + 1}: {commit} {rates['old']}, today ({head}) {rates['new']} (layouts/s)")
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old_tree)], check=False)
+    ratios = {clock: round(statistics.median(r["new"][clock] / r["old"][clock] for r in rounds), 3)
+              for clock in ("wall", "cpu")}
+    print(f"| round | {commit} per wall s | today per wall s | {commit} per CPU s | today per CPU s |\n"
+          "|---|---:|---:|---:|---:|")
+    for i, r in enumerate(rounds, 1):
+        print(f"| {i} | {r['old']['wall']} | {r['new']['wall']} | {r['old']['cpu']} | {r['new']['cpu']} |")
+    print(f"median ratio today / {commit}: wall {ratios['wall']:.2f}, CPU {ratios['cpu']:.2f} (>= 1: no slower)")
+    return {"against": commit, "head": head, "examples": args.examples, "max_hidden": args.max_hidden,
+            "max_layers": args.max_layers, "rounds": rounds, "median_ratio": ratios}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--examples", type=int, default=300)
@@ -67,7 +126,14 @@ def main() -> None:
     ap.add_argument("--max-layers", type=int, default=2)
     ap.add_argument("--json", default=None)
     ap.add_argument("--baseline", default="3fbf478", help="commit whose oracle runs side by side; 'none' to skip")
+    ap.add_argument("--against", default=None, help="commit whose whole pipeline runs beside today's (child processes)")
+    ap.add_argument("--rounds", type=int, default=3, help="with --against: alternating rounds (default 3)")
     args = ap.parse_args()
+    if args.against:
+        result = against(args)
+        if args.json:
+            atomic_write_text(args.json, json.dumps(result, indent=1))
+        return
     old_verify = None if args.baseline == "none" else baseline_verify(args.baseline)
     torch.set_num_threads(1)  # tiny matmuls: threading costs more than it saves
 

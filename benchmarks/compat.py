@@ -118,7 +118,11 @@ def tiny_config(cls):
     kw.update({k: v for k, v in NO_TOKENS.items() if k in have})
     if "rope_parameters" in have and isinstance(have["rope_parameters"], dict):
         kw["rope_parameters"] = dict(have["rope_parameters"])
-    return cfg_cls(**kw)
+    cfg = cfg_cls(**kw)
+    heads = kw.get("num_attention_heads")
+    if "head_dim" in have and getattr(cfg, "head_dim", 0) is None and heads and kw.get("hidden_size"):
+        cfg.head_dim = kw["hidden_size"] // heads  # families that read config.head_dim and leave it None
+    return cfg
 
 
 def build(name: str, seed: int = 0):

@@ -524,10 +524,10 @@ class GraphModel(nn.Module):
             tied = layout.params(node)["tied_to"]
             if tied is not None:
                 self.nodes[node].weight = self.nodes[tied].weight
-        last_use = {src: i for i, n in enumerate(layout.order) for src in layout.inputs(n)}
+        inputs = {n: layout.inputs(n) for n in layout.order}
+        last_use = {src: i for i, n in enumerate(layout.order) for src in inputs[n]}
         # (node, its inputs, the inputs whose last reader it is: freed right after it runs)
-        self._plan = [(n, layout.inputs(n), [s for s in layout.inputs(n) if last_use[s] == i])
-                      for i, n in enumerate(layout.order)]
+        self._plan = [(n, inputs[n], [s for s in inputs[n] if last_use[s] == i]) for i, n in enumerate(layout.order)]
         self._attention = frozenset(layout.of_op("attention"))  # the nodes an attention_mask reaches
 
     def _matches_layout(self) -> bool:
