@@ -23,7 +23,7 @@ from dataclasses import fields, replace
 from hypothesis import event
 from hypothesis import strategies as st
 
-from .axes import AXES, OWN_RULE, Axis, _is_int
+from .axes import AXES, OWN_RULE, _is_int
 from .decoder import DecoderSpec, LayerSpec, build
 from .errors import BadInput
 from .layout import Layout
@@ -31,15 +31,6 @@ from .layout import Layout
 _LIMITS = {"max_layers": 2, "max_hidden": 48, "max_kv_heads": 3, "max_group": 3, "max_head_dim": 12,
            "max_experts": 4, "vocab": 48, "moe": None, "rope": None}
 _FIELDS = {f.name for f in fields(DecoderSpec)}
-
-
-def _draw(draw, constraints: dict, limits: dict, drawn: dict, axis: Axis):
-    """Draw ``axis``: a pinned value, one of a tuple of allowed values, or one of its default options."""
-    if axis.name in constraints:
-        options = _options(constraints, axis.name)
-    else:
-        options = axis.default_options(limits, drawn)
-    return draw(st.sampled_from(tuple(options)))
 
 
 # inclusive ranges of the size limits: the draws enumerate widths, so these keep one draw cheap; what a
@@ -146,35 +137,86 @@ def specs(**constraints) -> st.SearchStrategy[DecoderSpec]:
 
 @st.composite
 def _specs(draw, **constraints) -> DecoderSpec:
+    return spec_from(_Drawn(draw), constraints)
+
+
+class _Drawn:
+    """The choices of :func:`spec_from` drawn by hypothesis (each from a strategy that shrinks toward the
+    simplest value)."""
+
+    def __init__(self, draw):
+        self.draw = draw
+
+    def integer(self, lo: int, hi: int) -> int:
+        return self.draw(st.integers(lo, hi))
+
+    def even(self, lo: int, hi: int) -> int:
+        """``2 * integer(lo, hi)``."""
+        return self.draw(st.integers(lo, hi).map(lambda x: 2 * x))
+
+    def choice(self, options: tuple):
+        return self.draw(st.sampled_from(options))
+
+    def flag(self, shrink_to: bool = False) -> bool:
+        """A boolean that shrinks toward ``shrink_to``."""
+        return self.draw(st.booleans() if not shrink_to else st.booleans().map(lambda x: not x))
+
+
+class Picked:
+    """The choices of :func:`spec_from` made uniformly by a :class:`random.Random` (the pool that
+    :mod:`fuzz.covering` builds its covering examples from)."""
+
+    def __init__(self, rng):
+        self.rng = rng
+
+    def integer(self, lo: int, hi: int) -> int:
+        return self.rng.randint(lo, hi)
+
+    def even(self, lo: int, hi: int) -> int:
+        return 2 * self.rng.randint(lo, hi)
+
+    def choice(self, options: tuple):
+        return self.rng.choice(options)
+
+    def flag(self, shrink_to: bool = False) -> bool:
+        return self.rng.random() < 0.5
+
+
+def spec_from(pick, constraints: dict) -> DecoderSpec:
+    """The drawing rule of :func:`specs`: every choice goes through ``pick`` (``integer(lo, hi)``,
+    ``even(lo, hi)``, ``choice(options)``, ``flag(shrink_to)``), hypothesis' draws or a :class:`Picked`
+    random source; the constraints are assumed checked."""
     lim = {**_LIMITS, **{k: v for k, v in constraints.items() if k in _LIMITS}}
     c = {k: v for k, v in constraints.items() if k in _FIELDS}
     values: dict = {"vocab": lim["vocab"]}
 
     def axis(name: str):
-        values[name] = _draw(draw, c, lim, values, AXES[name])
+        a = AXES[name]
+        options = _options(c, name) if name in c else a.default_options(lim, values)
+        values[name] = pick.choice(tuple(options))
         return values[name]
 
-    n_layers = draw(st.integers(1, lim["max_layers"]))
+    n_layers = pick.integer(1, lim["max_layers"])
     axis("hidden")
     kv = axis("n_kv_heads")
-    group = draw(st.integers(1, lim["max_group"]))
+    group = pick.integer(1, lim["max_group"])
     values["n_heads"] = c.get("n_heads", kv * group)
     head_dim = axis("head_dim")
 
     want_rope = lim["rope"]
-    layer_rope = [True if want_rope else False if want_rope is False else draw(st.booleans().map(lambda x: not x))
+    layer_rope = [True if want_rope else False if want_rope is False else pick.flag(shrink_to=True)
                   for _ in range(n_layers)]
     axis("rope_style")
-    partial = draw(st.booleans()) if "rotary_dim" not in c else False
-    values["rotary_dim"] = c.get("rotary_dim", draw(st.integers(1, head_dim // 2 - 1).map(lambda x: 2 * x))
+    partial = pick.flag() if "rotary_dim" not in c else False
+    values["rotary_dim"] = c.get("rotary_dim", pick.even(1, head_dim // 2 - 1)
                                  if partial and head_dim >= 4 else None)
 
     moe = lim["moe"]
-    layer_sparse = [True if moe else False if moe is False else draw(st.booleans()) for _ in range(n_layers)]
-    values["n_experts"] = draw(st.integers(2, max(2, lim["max_experts"])))
-    values["top_k"] = draw(st.integers(1, values["n_experts"]))
+    layer_sparse = [True if moe else False if moe is False else pick.flag() for _ in range(n_layers)]
+    values["n_experts"] = pick.integer(2, max(2, lim["max_experts"]))
+    values["top_k"] = pick.integer(1, values["n_experts"])
     # per-layer RoPE theta (Gemma3: local layers keep the spec's theta, global ones their own)
-    layer_theta = [draw(st.sampled_from((None, 1e6))) if r and n_layers > 1 else None for r in layer_rope]
+    layer_theta = [pick.choice((None, 1e6)) if r and n_layers > 1 else None for r in layer_rope]
     values["layers"] = tuple(LayerSpec(rope=r, sparse=s, rope_theta=t)
                              for r, s, t in zip(layer_rope, layer_sparse, layer_theta))
 
@@ -182,7 +224,7 @@ def _specs(draw, **constraints) -> DecoderSpec:
         if rest.name not in values and rest.options is not OWN_RULE:
             axis(rest.name)
     if values.get("sliding_window") is not None and n_layers > 1:  # local / global layers (Gemma2 style)
-        sliding = [draw(st.booleans().map(lambda x: not x)) for _ in range(n_layers)]
+        sliding = [pick.flag(shrink_to=True) for _ in range(n_layers)]
         values["layers"] = tuple(replace(l, sliding=w) for l, w in zip(values["layers"], sliding))
     return DecoderSpec(**values)
 

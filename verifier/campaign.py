@@ -22,7 +22,12 @@ transformers' float32 RMSNorm/RoPE); ``precision_option`` is reported per transf
 ``noisy_loggers`` are quieted; a break found with ``signature_free_options`` set is also known when an
 entry recorded without them has the same signature.
 
-The summary (JSON + markdown, written atomically) lists the layouts tried, per-feature coverage,
+Each transform's budget starts with covering examples (:mod:`fuzz.covering`: layouts chosen so that few
+reach every pair of feature values, run as hypothesis' explicit examples; 60% of the budget) and
+hypothesis draws the rest.
+
+The summary (JSON + markdown, written atomically) lists the layouts tried, per-feature coverage, pair
+coverage (pairs of feature tags seen / possible, and the riskiest triples),
 per-transform outcomes, worst errors, seconds, the peers' precision mode, and new / known / caught failures.
 """
 
@@ -41,7 +46,7 @@ import torch
 from hypothesis import Phase, given, seed as hypothesis_seed, settings
 
 import fuzz.profiles  # noqa: F401
-from fuzz import strategies as S
+from fuzz import covering, strategies as S
 from fuzz.errors import BadInput
 from fuzz.layout import Layout, write_report
 
@@ -95,10 +100,13 @@ def run_campaign(transforms: list[str | NamedTransform], *, profile: str = "dev"
                  seed: int | None = None, constraints: dict | None = None, progress: bool = True,
                  dtype: torch.dtype = torch.float64, corpus: str | Path | None = None, record: bool = True,
                  per_example_timeout: float | None = PER_EXAMPLE_TIMEOUT,
-                 reduce_steps: int = REDUCE_STEPS) -> dict:
+                 reduce_steps: int = REDUCE_STEPS, cover: bool = True) -> dict:
     """Run the campaign and return its summary dict (see the module docstring).
 
     ``corpus``: the entries that make a failure *known*, and where new ones are written (``record``).
+    ``cover``: the budget starts with covering examples (:func:`fuzz.covering.with_covering_examples`, seeded
+    by ``seed`` or 0; :data:`fuzz.covering.SHARE` of it) and hypothesis draws the rest; False: hypothesis
+    draws the whole budget.
     """
     constraints = constraints or {}
     base = settings.get_profile(profile)
@@ -107,10 +115,14 @@ def run_campaign(transforms: list[str | NamedTransform], *, profile: str = "dev"
     known = _known_signatures(corpus)
     features: Counter = Counter()
     layouts_seen: set[str] = set()
+    tags_seen: list[frozenset[str]] = []
+    explicit = covering.covering_share(budget) if cover else 0
+    explicit = len(covering.covering_specs(explicit, seed or 0, **constraints)) if explicit else 0
+    drawn = budget - explicit
     per_transform: dict[str, dict] = {}
     failures: list[dict] = []
     started = time.perf_counter()
-    phases = [p for p in base.phases if p != Phase.shrink]
+    phases = [p for p in base.phases if p != Phase.shrink and (drawn or p not in (Phase.generate, Phase.target))]
 
     bar = _Progress(progress, budget, [t.name for t in resolved])
     noisy = {k: v for t in resolved for k, v in registry.properties(t).get("noisy_loggers", {}).items()}
@@ -126,13 +138,14 @@ def run_campaign(transforms: list[str | NamedTransform], *, profile: str = "dev"
             per_transform[transform.name] = stats
             groups: dict[tuple, dict] = {}
 
-            @settings(base, max_examples=budget, phases=phases)
+            @settings(base, max_examples=max(drawn, 1), phases=phases)
             @given(layout=S.layouts(**constraints), weight_seed=S.seeds())
             def prop(layout, weight_seed):
                 stats["examples"] += 1
                 if layout.hash() not in layouts_seen:
                     layouts_seen.add(layout.hash())
                     features.update(layout.features())
+                    tags_seen.append(covering.tags(layout))
                 bar.advance(transform.name)
                 try:
                     verdict = verify(transform, layout, seed=weight_seed % 1000, dtype=dtype,
@@ -148,6 +161,8 @@ def run_campaign(transforms: list[str | NamedTransform], *, profile: str = "dev"
                     group = groups.setdefault(_group_key(verdict), {"verdict": verdict, "layout": layout, "count": 0})
                     group["count"] += 1
 
+            if cover:
+                prop, _ = covering.with_covering_examples(prop, budget, seed or 0, **constraints)
             if seed is not None:
                 prop = hypothesis_seed(seed)(prop)
             prop()
@@ -171,12 +186,21 @@ def run_campaign(transforms: list[str | NamedTransform], *, profile: str = "dev"
         "profile": profile, "max_examples": budget, "seed": seed, "dtype": str(dtype).removeprefix("torch."),
         "constraints": constraints, "transforms": [t.name for t in resolved],
         "per_example_timeout": per_example_timeout, "corpus": None if corpus is None else str(corpus),
-        "layouts_tried": len(layouts_seen), "features": dict(sorted(features.items())),
+        "layouts_tried": len(layouts_seen), "covering_examples": explicit,
+        "features": dict(sorted(features.items())), "interactions": _interactions(constraints, tags_seen),
         "per_transform": per_transform, "failures": [_public(f) for f in failures],
         "new_findings": len(new), "known_failures": sum(f["outcome"] == "known" for f in failures),
         "mutants_caught": sum(f["outcome"] == "caught" for f in failures),
         "seconds": round(time.perf_counter() - started, 2), "ok": not new,
     }
+
+
+def _interactions(constraints: dict, seen: list[frozenset[str]]) -> dict:
+    """Pair (and risky-triple) coverage of the distinct layouts tried (:meth:`fuzz.covering.Space.reached`);
+    the possible pairs never seen: their count and the first few."""
+    reached = covering.space(**constraints).reached(seen)
+    missing = reached.pop("pairs_missing")
+    return {**reached, "pairs_missing": len(missing), "pairs_missing_first": [list(p) for p in missing[:20]]}
 
 
 def _classify(transform: NamedTransform, key: tuple, group: dict, known: dict, dtype, reduce_steps: int,
@@ -283,6 +307,14 @@ def summary_markdown(summary: dict) -> str:
         lines.append(f"| {name} | {st['examples']} | {s.get('invariant', 0)} | {s.get('refused', 0)} | {other} | "
                      f"{failed} | {st['worst_rel_err']:.2e} | {f.get('new', 0)} | {f.get('known', 0)} | "
                      f"{f.get('caught', 0)} | {st.get('seconds', '')} | {st.get('precision', '')} |")
+    inter = summary["interactions"]
+    share = inter["pairs_seen"] / inter["pairs_possible"] if inter["pairs_possible"] else 1.0
+    lines += ["", f"Pair coverage: {inter['pairs_seen']} / {inter['pairs_possible']} pairs of feature tags "
+              f"({share:.1%}); risky triples {inter['triples_seen']} / {inter['triples_possible']}; "
+              f"{summary['covering_examples']} covering example(s) per transform"]
+    if inter["pairs_missing"]:
+        first = ", ".join("+".join(p) for p in inter["pairs_missing_first"][:5])
+        lines += ["", f"Pairs never seen: {inter['pairs_missing']} (first: {first})"]
     lines += ["", "| feature | layouts |", "|---|---:|"]
     lines += [f"| {f} | {n} |" for f, n in summary["features"].items()]
     for f in summary["failures"]:

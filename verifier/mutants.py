@@ -21,6 +21,11 @@ position_unpermuted    residual permutation of the token embedding, not of the  
                        learned position table
 =====================  ==========================================================  ==========================
 
+Interaction mutants (:func:`interaction_mutant`, named ``interaction:<tag>&<tag>[&<tag>]``) are the identity
+except on a layout whose feature tags (:func:`fuzz.covering.tags`) hold all of theirs: there they nudge the
+output head by 1e-6 relative.  One per pair of feature values: they measure how soon the search reaches a
+combination (``benchmarks/interaction_teeth.py``); :func:`names` does not list them, :func:`get` builds them.
+
 ``MUTANTS`` (name -> (registry module of the correct transform, its name, the options the mutant fixes)),
 ``FAULTS`` (name -> (fault, its parameters)) and ``APPLIES`` (name -> layout constraints under which the
 bug always shows, for :func:`fuzz.strategies.layouts`) are read-only views over every registered mutant.
@@ -84,9 +89,41 @@ def names() -> list[str]:
     return sorted(_all())
 
 
+INTERACTION = "interaction:"
+NUDGE = 1e-6  # relative nudge of an interaction mutant
+
+
+def nudge_head(model) -> None:
+    """Nudge the output head's weight (the tied embedding where tied) by :data:`NUDGE` relative, in a
+    +/- pattern over its elements (a uniform scale could hide behind a norm or a soft-cap's slope)."""
+    import torch
+    head = model.nodes[model.layout.of_op("lm_head")[0]].weight
+    with torch.no_grad():
+        sign = torch.ones(head.numel(), dtype=head.dtype)
+        sign[1::2] = -1
+        head.mul_(1 + NUDGE * sign.reshape(head.shape))
+
+
+def interaction_mutant(*tags: str) -> NamedTransform:
+    """The identity, except that where the layout carries every one of ``tags`` the head is nudged
+    (:func:`nudge_head`): a bug that only a combination of feature values shows."""
+    from fuzz.covering import tags as layout_tags
+    want = frozenset(tags)
+    if not want or any("&" in t for t in want):
+        raise BadInput(f"interaction mutant: give feature tags without '&', got {tags!r}")
+
+    def run(model, calib):
+        if want <= layout_tags(model.layout):
+            nudge_head(model)
+        return model
+    return NamedTransform(INTERACTION + "&".join(tags), run, {}, registry=__name__)
+
+
 def get(name: str, **options) -> NamedTransform:
     """The mutant ``name``; ``options`` (e.g. ``seed``) are passed to the underlying transform."""
     from .registry import resolve
+    if name.startswith(INTERACTION) and not options:
+        return interaction_mutant(*name.removeprefix(INTERACTION).split("&"))
     m = mutant(name)
     correct = resolve(m.base)
 

@@ -1,14 +1,17 @@
 """The campaign runner: the whole budget without shrinking, every distinct failure signature, known vs new
 against the corpus, mutants never recorded, and a per-example timeout."""
 
+import itertools
 import sys
 import time
 
 import pytest
 
+from fuzz import covering
+from fuzz.layout import Layout
 from fuzz.materialize import Router
 from verifier import mutants, registry
-from verifier.campaign import run_campaign
+from verifier.campaign import run_campaign, summary_markdown
 from verifier.transform import NamedTransform
 
 PRE = {"placement": "pre", "residual": "sequential"}  # where skip_norm_consumer's bug always shows
@@ -109,3 +112,44 @@ def test_a_hanging_transform_gets_a_timeout_verdict_per_example(tmp_path):
     assert s["per_transform"]["sleepy"]["status"] == {"timeout": 2}
     assert [f["status"] for f in s["failures"]] == ["timeout"] and s["failures"][0]["outcome"] == "new"
     assert s["per_example_timeout"] == 0.5 and not s["ok"]
+
+
+SEEN_TAGS: list = []
+
+
+def record_tags(model, calib):
+    SEEN_TAGS.append(covering.tags(model.layout))
+    return model
+
+
+def test_the_summary_counts_the_pairs_of_feature_tags_its_layouts_reached():
+    SEEN_TAGS.clear()
+    recorder = NamedTransform("record_tags", record_tags, {}, registry=__name__)
+    s = run_campaign([recorder], profile="ci", max_examples=6, progress=False, cover=False, constraints=PRE)
+    space = covering.space(**PRE)
+    pairs = {p for t in SEEN_TAGS for p in itertools.combinations(sorted(t - space.always), 2)}
+    inter = s["interactions"]
+    assert len(SEEN_TAGS) == 6 and s["covering_examples"] == 0
+    assert inter["pairs_seen"] == len(pairs) > 0
+    assert inter["pairs_possible"] == len(space.pairs | pairs) > inter["pairs_seen"]
+    assert inter["pairs_missing"] == inter["pairs_possible"] - inter["pairs_seen"]
+    assert f"Pair coverage: {inter['pairs_seen']} / {inter['pairs_possible']} pairs" in summary_markdown(s)
+
+
+def test_covering_examples_start_the_budget_and_reach_more_pairs_than_the_draws_alone():
+    drawn = run_campaign(["reference:permute_hidden"], profile="ci", max_examples=10, progress=False, cover=False)
+    covered = run_campaign(["reference:permute_hidden"], profile="ci", max_examples=10, progress=False)
+    assert covered["covering_examples"] == 6 and covered["per_transform"]["permute_hidden"]["examples"] == 10
+    assert covered["interactions"]["pairs_seen"] > 1.2 * drawn["interactions"]["pairs_seen"]
+
+
+def test_a_pair_conditional_mutant_is_caught_by_the_ci_profile():
+    # a pair the ci profile's 25 draws never combine (measured: benchmarks.interaction_teeth --ci)
+    pair = ("embeddings:tied", "moe:shared_expert+gate")
+    bug = mutants.interaction_mutant(*pair)
+    caught = run_campaign([bug], profile="ci", progress=False)
+    [failure] = caught["failures"]
+    assert failure["outcome"] == "caught" and failure["status"] == "diverged"
+    assert set(pair) <= set(covering.tags(Layout.from_dict(failure["minimal_layout"])))
+    missed = run_campaign([bug], profile="ci", progress=False, cover=False)
+    assert missed["failures"] == [] and missed["per_transform"][bug.name]["status"] == {"invariant": 25}

@@ -218,3 +218,26 @@ def test_the_mutants_of_quant_transforms_are_registered_by_quant():
         mutants.register_mutant("no_such", "quant:pair-pca", "no_such_fault")
     with pytest.raises(BadInput, match="unknown mutant"):
         mutants.get("no_such")
+
+
+def test_an_interaction_mutant_breaks_only_where_the_layout_carries_its_whole_combination():
+    bug = mutants.get("interaction:qk_norm:full&rope:interleaved")
+    assert bug.name == "interaction:qk_norm:full&rope:interleaved" and bug.registry == mutants.__name__
+    both = verify(bug, build(DecoderSpec(qk_norm="full", rope_style="interleaved")))
+    assert both.status == "diverged" and 1e-8 < both.max_rel_err < 1e-4
+    assert verify(bug, build(DecoderSpec(qk_norm="full"))).status == "invariant"  # half RoPE
+    assert verify(bug, build(DecoderSpec(rope_style="interleaved"))).status == "invariant"  # no q/k norm
+    with pytest.raises(BadInput):
+        mutants.interaction_mutant("a&b")
+
+
+@pytest.mark.parametrize("strategy", ["before", "after"])
+def test_interaction_teeth_trace_agrees_with_running_the_real_mutant(strategy):
+    from benchmarks import interaction_teeth as T
+    examples = T.trace(strategy, 12, 1)
+    firsts = T.first_catches(examples, frozenset({"op:add", "op:embedding", "op:tokens"}))
+    assert len(examples) == 12 and all(caught for _, caught in examples)  # the nudge is caught on every layout
+    reached = sorted(i for i in firsts if len(i) == 2 and firsts[i] > 1)
+    missed = ("embeddings:tied", "moe:shared_expert+gate") if strategy == "before" else None
+    for pair in [reached[0], reached[-1]] + ([missed] if missed and missed not in firsts else []):
+        assert T.first_catch(mutants.interaction_mutant(*pair), strategy, 12, 1) == firsts.get(pair)
