@@ -549,6 +549,12 @@ def _elementwise(conv: Converter, node: str, ins: list[str]) -> dict:
     return {}
 
 
+@import_pattern("head_concat")  # a last-axis cat (or slice copies into an empty tensor), rewrites.fold_head_concats
+def _head_concat(conv: Converter, node: str, ins: list[str]) -> dict:
+    conv.no_params(node)
+    return {k: conv.g.nodes[node][k] for k in ("n_heads", "a_dim", "b_dim", "shared_b")}
+
+
 @import_pattern("head_slice", recorded="opaque")
 def _head_slice(conv: Converter, node: str, ins: list[str]) -> dict:
     """A slice of the last axis of a ``(.., heads, head_dim)`` view: ``x[..., a:b]``, a chunk or a split.

@@ -278,6 +278,7 @@ def _contract_ropes(g: nx.DiGraph, n_tokens: int, merged: dict[str, str]) -> Non
                 changed = True
     for comp in sorted(nx.connected_components(g.subgraph(cand).to_undirected()),
                        key=lambda c: min(g.nodes[n]["index"] for n in c)):
+        comp = _without_leading_pass(g, comp, seeds)
         while True:  # a lone entry slice (e.g. q out of a fused projection) is the rotated input, not RoPE
             entries = [n for n in comp if any(p not in comp for p in g.predecessors(n))]
             if len(entries) != 1 or entries[0] in seeds or len(comp) <= 1:
@@ -294,13 +295,41 @@ def _contract_ropes(g: nx.DiGraph, n_tokens: int, merged: dict[str, str]) -> Non
             continue
         shape = d["shape"]
         head_dim = int(shape[-1])
-        rotary = max(int(g.nodes[s]["const_shape"][-1]) for s in comp & seeds)
+        rotary = max(_seed_rotary(g, s) for s in comp & seeds)
         interleaved = any(g.nodes[n].get("call") == "stack" or g.nodes[n].get("strided") for n in comp)
         path = _common_path([g.nodes[n]["module_path"] for n in comp])
         attrs = {**_base_attrs(g, comp, "rope", path, exit_), "n_heads": _numel(shape) // (n_tokens * head_dim),
                  "head_dim": head_dim, "rotary_dim": rotary, "style": "interleaved" if interleaved else "half"}
         first = min(comp, key=lambda n: g.nodes[n]["index"])
         _contract(g, set(comp), first, attrs, list(ext), merged)
+
+
+def _seed_rotary(g: nx.DiGraph, seed: str) -> int:
+    """The rotary width a ``x * cos`` seed stands for: the table's width, twice that when ``x`` is a strided
+    half of the pairs (DeepSeek-V3's ``x[..., 0::2] * cos[..., :r/2]``, ``apply_rotary_pos_emb_interleave``)."""
+    width = int(g.nodes[seed]["const_shape"][-1])
+    (src,) = g.predecessors(seed)
+    return 2 * width if g.nodes[src].get("strided") and int(g.nodes[src]["shape"][-1]) == width else width
+
+
+def _without_leading_pass(g: nx.DiGraph, comp: set, seeds: set) -> set:
+    """A cluster whose exit concatenates a pass-through part *before* the rotated part (MLA:
+    ``cat(q_nope, rope(q_pe))``) is no RoPE on the first channels: the concatenation and the pass-through
+    branch leave the cluster (they import as a ``head_slice`` and a ``head_concat``), the rotated part stays."""
+    sub = g.subgraph(comp)
+    rotated = set()
+    for s in comp & seeds:
+        rotated |= nx.ancestors(sub, s) | nx.descendants(sub, s) | {s}
+    passing = comp - rotated
+    exits = [n for n in comp if any(s not in comp for s in g.successors(n))]
+    if not passing or len(exits) != 1 or g.nodes[exits[0]].get("call") not in _COMBINE:
+        return comp
+    exit_ = exits[0]
+    ins = [s for s, _, _ in sorted(g.in_edges(exit_, data="port"), key=lambda e: e[2])]
+    if len(ins) != 2 or ins[0] not in passing or ins[1] not in rotated:
+        return comp
+    branch = {ins[0]} | (nx.ancestors(sub, ins[0]) & passing)  # not an empty tail slice of the rotation itself
+    return comp - branch - {exit_}
 
 
 def _contract_eager_attention(g: nx.DiGraph, n_tokens: int, merged: dict[str, str]) -> None:

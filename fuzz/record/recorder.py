@@ -391,6 +391,10 @@ class _Recorder(TorchFunctionMode):
             attrs["reflected"] = True
         if name == "topk":
             attrs["k"] = int(_arg(args, kwargs, 1, "k"))
+        if name in ("cat", "concat", "concatenate"):  # the axis, counted from the end (-1: the last)
+            dim = _arg(args, kwargs, 1, "dim")
+            dim = 0 if dim is None else int(dim)
+            attrs["dim"] = dim - out.dim() if dim >= 0 else dim
         if name == "getitem" and len(args) > 1:
             attrs["key"] = _key_repr(args[1])
             attrs["strided"] = _strided(args[1])
