@@ -564,6 +564,10 @@ def _head_slice(conv: Converter, node: str, ins: list[str]) -> dict:
         raise conv.refuse(node, f"opaque op {d.get('call')!r}: a MoE router whose softmax / top-k / max was not "
                           f"contracted into a router (one written across modules, e.g. a correction bias held by a "
                           f"child module, or a sparsemixer router); not in the layout's router vocabulary")
+    if d.get("call") == "mul" and d.get("const_shape", [0])[-1] == 1:
+        raise conv.refuse(node, "a position-dependent scale of the activations (a constant factor per position, "
+                          "e.g. Llama-4 / Mistral4 attention temperature tuning, llama_4_scaling_beta): the layout "
+                          "has no such op")
     if d.get("call") not in _SLICES:
         raise conv.refuse(node, f"opaque op {d.get('call')!r}")
     conv.no_params(node)

@@ -36,6 +36,7 @@ def _finish(rec: _Recorder, logits_node: str, ids: torch.Tensor, name: str, voca
     merged: dict[str, str] = {}
     _contract_regions(g, rec, merged)
     _contract_ropes(g, rec.n_tokens, merged)
+    _contract_complex_ropes(g, rec.n_tokens, merged)
     _contract_eager_attention(g, rec.n_tokens, merged)
     logits_node = _resolve(merged, logits_node)
     for n in g:
@@ -250,7 +251,8 @@ def _contract_ropes(g: nx.DiGraph, n_tokens: int, merged: dict[str, str]) -> Non
     cluster is kept when it reads exactly one producer, holds two or more seeds and has a single exit.
     """
     seeds = {n for n, d in g.nodes(data=True)
-             if d["op"] == "opaque" and d.get("call") == "mul" and "const_shape" in d and g.in_degree(n) == 1}
+             if d["op"] == "opaque" and d.get("call") == "mul" and "const_shape" in d and g.in_degree(n) == 1
+             and not _per_position_factor(g, n)}
     if not seeds:
         return
     cand = set(seeds)
@@ -302,6 +304,41 @@ def _contract_ropes(g: nx.DiGraph, n_tokens: int, merged: dict[str, str]) -> Non
                  "head_dim": head_dim, "rotary_dim": rotary, "style": "interleaved" if interleaved else "half"}
         first = min(comp, key=lambda n: g.nodes[n]["index"])
         _contract(g, set(comp), first, attrs, list(ext), merged)
+
+
+def _per_position_factor(g: nx.DiGraph, node: str) -> bool:
+    """``x * c`` with ``c`` one number per position (last axis 1) over a wider ``x``: a position-dependent scale
+    (Mistral4 / Llama-4 attention temperature tuning), not a cos / sin table."""
+    d = g.nodes[node]
+    (src,) = g.predecessors(node)
+    return int(d["const_shape"][-1]) == 1 and int(g.edges[src, node]["shape"][-1]) > 1
+
+
+def _contract_complex_ropes(g: nx.DiGraph, n_tokens: int, merged: dict[str, str]) -> None:
+    """Contract ``view_as_real(view_as_complex(x.reshape(.., r / 2, 2)) * freqs_cis)`` (DeepSeek-V2's
+    ``apply_rotary_emb``: each interleaved pair ``(x_2i, x_2i+1)`` a complex number times ``e^(i m theta_i)``)
+    into an interleaved ``rope`` node of ``rotary_dim = 2 * width(freqs_cis)`` on the whole head."""
+    for a in [n for n, d in g.nodes(data=True) if d["op"] == "opaque" and d.get("call") == "view_as_complex"]:
+        if a not in g or g.in_degree(a) != 1 or g.out_degree(a) != 1 or g.nodes[a]["params"]:
+            continue
+        (m,) = g.successors(a)
+        dm = g.nodes[m]
+        if not (dm["op"] == "opaque" and dm.get("call") == "mul" and "const_shape" in dm and g.in_degree(m) == 1
+                and g.out_degree(m) == 1 and not dm["params"]):
+            continue
+        (r,) = g.successors(m)
+        dr = g.nodes[r]
+        if dr["op"] != "opaque" or dr.get("call") != "view_as_real" or dr["params"] or dr["shape"][-1] != 2:
+            continue
+        rotary = 2 * int(dm["const_shape"][-1])
+        head_dim = 2 * int(dr["shape"][-2])
+        if rotary != head_dim:
+            continue
+        comp = {a, m, r}
+        path = _common_path([g.nodes[n]["module_path"] for n in comp])
+        attrs = {**_base_attrs(g, comp, "rope", path, r), "n_heads": _numel(dr["shape"]) // (n_tokens * head_dim),
+                 "head_dim": head_dim, "rotary_dim": rotary, "style": "interleaved"}
+        _contract(g, comp, a, attrs, list(g.predecessors(a)), merged)
 
 
 def _seed_rotary(g: nx.DiGraph, seed: str) -> int:

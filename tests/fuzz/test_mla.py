@@ -16,7 +16,7 @@ from benchmarks.import_check_families import instantiate
 from fuzz import DecoderSpec, LayerSpec, build, materialize
 from fuzz import strategies as S
 from fuzz.decoder import mla_dims
-from fuzz.errors import LayoutError
+from fuzz.errors import BadInput, LayoutError
 from fuzz.importer import import_model
 from fuzz.materialize import rope_tables, rotate_pairs
 from verifier import mutants, reference, verify
@@ -93,7 +93,10 @@ def test_a_materialized_mla_layout_imports_back_exactly(spec):
     assert ops(graph.layout) == ops(layout)
 
 
-MLA_CLASSES = ["DeepseekV3ForCausalLM", "Glm4MoeLiteForCausalLM", "YoutuForCausalLM", "AXK1ForCausalLM"]
+# DeepSeek-V3's attention (and the classes sharing its code), DeepSeek-V2's complex RoPE (view_as_complex on the
+# interleaved pairs), MiniCPM3's MLA (half-split RoPE)
+MLA_CLASSES = ["DeepseekV3ForCausalLM", "Glm4MoeLiteForCausalLM", "YoutuForCausalLM", "AXK1ForCausalLM",
+               "DeepseekV2ForCausalLM", "MiniCPM3ForCausalLM"]
 
 
 @pytest.mark.parametrize("name", MLA_CLASSES)
@@ -114,6 +117,14 @@ def test_deepseek_v3_attention_imports_exactly(name):
     assert sorted(p["n_heads"] for p in ropes[:2]) == [1, cfg.num_attention_heads]  # k_pe: one shared head
     shared = [n for n in layout.of_op("head_concat") if layout.params(n)["shared_b"]]
     assert len(shared) == cfg.num_hidden_layers
+
+
+def test_mistral4_position_dependent_query_scale_is_refused_by_name():
+    """Mistral4's MLA multiplies the queries by ``1 + beta log(1 + floor(pos / original_max))`` (Llama-4 attention
+    temperature tuning): 1 at the check lengths, not beyond; no layout op computes it, so it is refused, named."""
+    cls = tf.Mistral4ForCausalLM
+    with pytest.raises(BadInput, match=r"self_attn \(a position-dependent scale of the activations .*Mistral4"):
+        import_model(instantiate(cls, tiny_config(cls)))
 
 
 @pytest.mark.parametrize("transform", ["pair-pca", "spectral-pca", "reference:permute_heads"])
