@@ -27,6 +27,9 @@ Conversion rules (recorded op -> layout op):
   scaling factor measured against the module (:func:`measure_router`);
 * ``x * sigmoid(g)`` / ``x * softplus(g)`` -> ``gate``; a last-axis slice (``x[..., a:b]``, ``chunk``,
   ``split``) of a fused projection -> ``head_slice``;
+* a two-input last-axis ``cat`` (or slice copies into a ``new_empty`` tensor, DeepSeek-V3's ``expand_kv``) ->
+  ``head_concat`` (``shared_b`` when the second input is one head the source expanded: MLA's ``k_pe``);
+  a per-position factor (Mistral4's Llama-4 attention temperature tuning) is refused by name;
 * exact rewrites first (:mod:`fuzz.importer.rewrites`): ``scale`` by 1.0 is dropped, ``(a + b) + c``
   becomes one three-input ``add``.
 
