@@ -39,6 +39,9 @@ mla_latent_unscaled    norm absorption divides an MLA latent norm's gamma       
                        (kv_a_layernorm, q_a_layernorm) by s but leaves its reader  (``mla``)
                        (kv_b_proj, q_b_proj) unscaled: an absorber that only knows
                        the residual-stream readers (q/k/v, gates, MLP)
+kpe_per_head           pair-PCA on MLA rotates each query head's RoPE rows by its   multi-head latent attention
+                       own U as if k_pe were per head; the one shared k_pe gets    (``mla``), two or more
+                       head 0's                                                    heads
 =====================  ==========================================================  ==========================
 
 Loaded with the registries (the ``archfuzz.registries`` entry points, :func:`verifier.registry.load_plugins`).
@@ -101,5 +104,6 @@ register_mutant("shared_head_gamma", "quant:spectral-pca", "shared_head_gamma",
                 applies={"qk_norm": "per_head_own", "norm": "rms", "fused_qkv": False})
 register_mutant("mla_latent_unscaled", "quant:norm-absorb", "unscaled_consumer",
                 params={"where": _reads_latent_norm}, fixed=_SKIP, applies={"mla": ("q_lora", "q_direct")})
+register_mutant("kpe_per_head", "quant:pair-pca", "kpe_per_head", applies={"mla": ("q_lora", "q_direct")})
 register_mutant("position_unrotated", "quant:residual-rotation", "position_table_unrotated",
                 applies={"position_embedding": True, "norm": "rms", "placement": "pre", "tie_embeddings": False})

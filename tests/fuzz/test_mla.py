@@ -20,6 +20,7 @@ from fuzz.errors import BadInput, LayoutError
 from fuzz.importer import import_model
 from fuzz.materialize import rope_tables, rotate_pairs
 from verifier import mutants, reference, verify
+from verifier.transform import Calibration
 import quant.transforms as transforms
 
 MLA = DecoderSpec(mla="q_lora", hidden=24, n_heads=3, n_kv_heads=1, head_dim=4, rotary_dim=2)
@@ -127,14 +128,15 @@ def test_mistral4_position_dependent_query_scale_is_refused_by_name():
         import_model(instantiate(cls, tiny_config(cls)))
 
 
-@pytest.mark.parametrize("transform", ["pair-pca", "spectral-pca", "reference:permute_heads"])
+@pytest.mark.parametrize("transform", ["spectral-pca", "reference:permute_heads"])
 def test_head_space_transforms_refuse_mla_by_name(transform):
     t = reference.get("permute_heads", seed=1) if transform.startswith("reference") else transforms.get(transform)
     verdict = verify(t, build(MLA), seed=1)
     assert verdict.status == "refused" and "multi-head latent attention (MLA" in str(verdict), verdict
 
 
-@pytest.mark.parametrize("name", ["norm-absorb", "residual-rotation", "wht-scale", "bbt-absorb", "bbt-spectral-pca"])
+@pytest.mark.parametrize("name", ["norm-absorb", "residual-rotation", "wht-scale", "bbt-absorb", "bbt-spectral-pca",
+                                  "pair-pca", "bbt-pair-pca"])
 def test_residual_stream_transforms_preserve_mla(name):
     for spec in (MLA, MLA.with_(mla="q_direct", rope_style="interleaved", layers=(LayerSpec(), LayerSpec(rope=False)))):
         verdict = verify(transforms.get(name), build(spec), seed=2)
@@ -146,3 +148,25 @@ def test_mla_latent_unscaled_is_caught_at_the_latent_norm():
     assert verdict.status == "diverged", verdict
     assert verdict.first_divergent["node"] in ("l0_kv_a_layernorm", "l0_q_a_layernorm"), verdict
     assert verify(mutants.get("mla_latent_unscaled", seed=1), build(DecoderSpec()), seed=1).status == "invariant"
+
+
+@pytest.mark.parametrize("rotation", ["pca", "random"])
+def test_pair_pca_rotates_the_shared_k_pe_once_for_every_head(rotation):
+    """One U per RoPE pair on k_pe's rows of kv_a_proj_with_mqa and on every head's q_pe rows; the nope rows stay."""
+    layout = build(MLA)
+    before = materialize(layout, seed=2)
+    calib = Calibration(torch.randint(0, MLA.vocab, (2, 9), generator=torch.Generator().manual_seed(0)))
+    after = transforms.get("pair-pca", rotation=rotation)(materialize(layout, seed=2), calib)
+    dims = mla_dims(MLA)
+    kv_a = lambda m: m.nodes["l0_kv_a_proj_with_mqa"].weight
+    assert torch.equal(kv_a(before)[:dims["kv_rank"]], kv_a(after)[:dims["kv_rank"]])
+    assert not torch.allclose(kv_a(before)[dims["kv_rank"]:], kv_a(after)[dims["kv_rank"]:])
+    q_b = lambda m: m.nodes["l0_q_b_proj"].weight.reshape(MLA.n_heads, dims["qk"], -1)
+    assert torch.equal(q_b(before)[:, :dims["nope"]], q_b(after)[:, :dims["nope"]])
+    assert [e["mla"] for e in after.transform_log] == [True]
+
+
+def test_kpe_per_head_is_caught_and_one_head_shows_nothing():
+    caught = verify(mutants.get("kpe_per_head", seed=1), build(MLA), seed=1)
+    assert caught.status == "diverged" and caught.first_divergent["node"] == "l0_attn", caught
+    assert verify(mutants.get("kpe_per_head", seed=1), build(MLA.with_(n_heads=1)), seed=1).status == "invariant"

@@ -36,6 +36,7 @@ APPLIES["rope_scaling_dropped"] = (mutants.APPLIES["rope_scaling_dropped"],
                                    lambda s: s.rope_scaling != "dynamic" or (s.rotary_dim or s.head_dim) > 2)
 APPLIES["alibi_unpermuted"] = (mutants.APPLIES["alibi_unpermuted"], lambda s: s.n_heads > 1)
 APPLIES["sinks_unpermuted"] = (mutants.APPLIES["sinks_unpermuted"], lambda s: s.n_heads > 1)
+APPLIES["kpe_per_head"] = (mutants.APPLIES["kpe_per_head"], lambda s: s.n_heads > 1)  # one head: U_0 is shared
 APPLIES["shared_head_gamma"] = (mutants.APPLIES["shared_head_gamma"], lambda s: s.n_heads > 1)  # a weight per head
 # mutants whose bug needs a feature combination rarer than the ci budget draws (caught wherever it applies,
 # above): the search is given this many unconstrained examples instead
