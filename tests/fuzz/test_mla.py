@@ -118,6 +118,9 @@ def test_deepseek_v3_attention_imports_exactly(name):
     assert sorted(p["n_heads"] for p in ropes[:2]) == [1, cfg.num_attention_heads]  # k_pe: one shared head
     shared = [n for n in layout.of_op("head_concat") if layout.params(n)["shared_b"]]
     assert len(shared) == cfg.num_hidden_layers
+    if name in ("DeepseekV3ForCausalLM", "DeepseekV2ForCausalLM"):  # the RoPE pairs as imported: pair-pca exact
+        verdict = verify(transforms.get("pair-pca"), graph, seed=1)
+        assert verdict.status == "invariant" and verdict.max_rel_err <= 1e-12, verdict
 
 
 def test_mistral4_position_dependent_query_scale_is_refused_by_name():
