@@ -173,3 +173,16 @@ def test_kpe_per_head_is_caught_and_one_head_shows_nothing():
     caught = verify(mutants.get("kpe_per_head", seed=1), build(MLA), seed=1)
     assert caught.status == "diverged" and caught.first_divergent["node"] == "l0_attn", caught
     assert verify(mutants.get("kpe_per_head", seed=1), build(MLA.with_(n_heads=1)), seed=1).status == "invariant"
+
+
+def test_a_source_failing_on_its_own_padded_batch_is_refused_by_name():
+    """The tiny MLA configs with fewer kv heads than heads broke transformers' own masked path (repeat_kv on keys
+    that already have every head): such a source is refused naming the padded batch, never a crash."""
+    from fuzz.importer.check import check_padding
+
+    class Source(torch.nn.Module):
+        def forward(self, input_ids, attention_mask=None, use_cache=False):
+            raise RuntimeError("The size of tensor a (4) must match the size of tensor b (8)")
+
+    with pytest.raises(BadInput, match=r"Source: the source itself fails on a padded batch .*RuntimeError"):
+        check_padding(Source(), materialize(build(DecoderSpec())), "exact", 1e-10, 24, 64)
