@@ -43,6 +43,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
+import networkx as nx
 import torch
 
 from ..materialize import MODULES
@@ -567,6 +568,11 @@ def _head_slice(conv: Converter, node: str, ins: list[str]) -> dict:
         raise conv.refuse(node, f"opaque op {d.get('call')!r}: a MoE router whose softmax / top-k / max was not "
                           f"contracted into a router (one written across modules, e.g. a correction bias held by a "
                           f"child module, or a sparsemixer router); not in the layout's router vocabulary")
+    if d.get("call") in ("matmul", "bmm", "einsum") and len(ins) == 2 and any(
+            conv.g.nodes[n].get("call") == "topk" for n in nx.descendants(conv.g, node)):
+        raise conv.refuse(node, "sparse attention: activations scored against each other (Q K^T outside an attention) "
+                          "feed a top-k choosing the keys each query reads (DeepSeek-V3.2 / GLM-MoE-DSA indexer); the "
+                          "layout's attention reads every key in its window")
     if d.get("call") == "mul" and d.get("const_shape", [0])[-1] == 1:
         raise conv.refuse(node, "a position-dependent scale of the activations (a constant factor per position, "
                           "e.g. Llama-4 / Mistral4 attention temperature tuning, llama_4_scaling_beta): the layout "

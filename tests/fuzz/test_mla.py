@@ -186,3 +186,12 @@ def test_a_source_failing_on_its_own_padded_batch_is_refused_by_name():
 
     with pytest.raises(BadInput, match=r"Source: the source itself fails on a padded batch .*RuntimeError"):
         check_padding(Source(), materialize(build(DecoderSpec())), "exact", 1e-10, 24, 64)
+
+
+@pytest.mark.parametrize("name", ["DeepseekV32ForCausalLM", "AXK2ForCausalLM"])
+def test_sparse_attention_indexers_are_refused_by_name(name):
+    """DeepSeek-V3.2's MLA reads only the keys its indexer's top-k picks: at the check lengths that may be every key,
+    beyond them not, so the indexer (Q K^T into a top-k, found by dataflow) is refused, named."""
+    cls = getattr(tf, name)
+    with pytest.raises(BadInput, match=r"indexer \(sparse attention: activations scored against each other"):
+        import_model(instantiate(cls, tiny_config(cls)))
