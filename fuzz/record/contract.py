@@ -297,7 +297,7 @@ def _contract_ropes(g: nx.DiGraph, n_tokens: int, merged: dict[str, str]) -> Non
             continue
         shape = d["shape"]
         head_dim = int(shape[-1])
-        rotary = max(_seed_rotary(g, s) for s in comp & seeds)
+        rotary = _cluster_rotary(g, comp & seeds)
         interleaved = any(g.nodes[n].get("call") == "stack" or g.nodes[n].get("strided") for n in comp)
         path = _common_path([g.nodes[n]["module_path"] for n in comp])
         attrs = {**_base_attrs(g, comp, "rope", path, exit_), "n_heads": _numel(shape) // (n_tokens * head_dim),
@@ -341,12 +341,25 @@ def _contract_complex_ropes(g: nx.DiGraph, n_tokens: int, merged: dict[str, str]
         _contract(g, comp, a, attrs, list(g.predecessors(a)), merged)
 
 
-def _seed_rotary(g: nx.DiGraph, seed: str) -> int:
-    """The rotary width a ``x * cos`` seed stands for: the table's width, twice that when ``x`` is a strided
-    half of the pairs (DeepSeek-V3's ``x[..., 0::2] * cos[..., :r/2]``, ``apply_rotary_pos_emb_interleave``)."""
-    width = int(g.nodes[seed]["const_shape"][-1])
-    (src,) = g.predecessors(seed)
-    return 2 * width if g.nodes[src].get("strided") and int(g.nodes[src]["shape"][-1]) == width else width
+_HALVES = frozenset({"getitem", "chunk", "split", "split_with_sizes", "tensor_split", "unbind"})
+
+
+def _cluster_rotary(g: nx.DiGraph, seeds: set) -> int:
+    """The rotary width of a RoPE cluster: its widest ``cos`` / ``sin`` table, twice that when every seed multiplies
+    one half of the rotated channels by a half-width table (DeepSeek-V3's ``x[..., 0::2] * cos[..., :r/2]``,
+    GPT-OSS' ``chunk(x, 2)[0] * cos``): each seed's input is then a slice of width ``w`` out of ``2 w`` channels."""
+    width = max(int(g.nodes[s]["const_shape"][-1]) for s in seeds)
+
+    def half(seed: str) -> bool:
+        (src,) = g.predecessors(seed)
+        d = g.nodes[src]
+        if not (d["op"] == "opaque" and d.get("call") in _HALVES and g.in_degree(src) == 1):
+            return False
+        (whole,) = g.predecessors(src)
+        return int(d["shape"][-1]) == width == int(g.nodes[seed]["const_shape"][-1]) \
+            and int(g.edges[whole, src]["shape"][-1]) == 2 * width
+
+    return 2 * width if all(half(s) for s in seeds) else width
 
 
 def _without_leading_pass(g: nx.DiGraph, comp: set, seeds: set) -> set:
