@@ -109,6 +109,8 @@ def tiny_config(cls):
         kw.pop("head_dim")  # derived from hidden / heads in that family
     if "head_dim" in kw and "qk_rope_head_dim" in kw and have.get("head_dim") == have.get("qk_rope_head_dim"):
         kw["head_dim"] = kw["qk_rope_head_dim"]  # MLA: head_dim is the RoPE part's width (DeepSeek-V2/V3 and kin)
+    if "qk_rope_head_dim" in have and "num_key_value_heads" in kw and "num_attention_heads" in kw:
+        kw["num_key_value_heads"] = kw["num_attention_heads"]  # MLA: one latent per head (DeepSeek sets them equal)
     n_layers = next((kw[k] for k in ("num_hidden_layers", "n_layer", "n_layers", "num_layers") if k in kw), None)
     for key, value in have.items():
         if n_default and n_layers and isinstance(value, list) and len(value) == n_default and key != "architectures":

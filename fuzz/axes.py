@@ -146,6 +146,13 @@ def _attn_kind(s) -> str:
     return "mqa" if s.n_kv_heads == 1 else "gqa"
 
 
+def _mla_options(lim: dict, drawn: dict) -> tuple:
+    """MLA where the drawn spec leaves room for it (decoder.check: no q/k norm, fused qkv or fused output gate)."""
+    if drawn.get("qk_norm", "none") != "none" or drawn.get("fused_qkv") or drawn.get("attn_gate") == "output_sigmoid":
+        return ("none",)
+    return ("none", "q_lora", "q_direct")
+
+
 def _axes(*axes: Axis) -> dict[str, Axis]:
     return {a.name: a for a in axes}
 
@@ -229,6 +236,10 @@ AXES: dict[str, Axis] = _axes(
     Axis("sliding_window", "window", (None, 4, 2), None, _window_tags),
     # set from the ``vocab`` limit, narrowed last by the reducer
     Axis("vocab", "size", OWN_RULE, KEEP, _no_tags, floor=8),
+    # multi-head latent attention (DeepSeek-V2/V3, MiniCPM3, GLM-4-MoE-Lite): drawn only where the spec has no
+    # q/k norm, no fused qkv and no fused output gate (MLA has its own projections); off by default
+    Axis("mla", "choice", _mla_options, "none", lambda s: (f"attn:mla:{s.mla}",) if s.mla != "none" else (),
+         choices=("none", "q_lora", "q_direct"), most=("none", "q_lora", "q_direct")),
 )
 
 # the reducer's "turn a feature off" pass, in this order

@@ -50,6 +50,11 @@ def residual_basis(layout: Layout, transform: str) -> set[str]:
     return basis
 
 
+MLA_REFUSAL = ("multi-head latent attention (MLA, DeepSeek-V2/V3): each q/k head is concatenated from a per-head "
+               "part and a decoupled RoPE part (the key's k_pe is one head shared by every head), so no per-head "
+               "basis of one projection's rows reaches the scores")
+
+
 @dataclass(frozen=True)
 class HeadChain:
     """How a per-head activation reaching an attention port was made.
@@ -97,6 +102,8 @@ def head_chain(layout: Layout, attention: str, port: int, transform: str) -> Hea
         elif op == "head_slice" and layout.params(node)["n_heads"] == 1:  # a slice of one fused qkv linear
             raise Refusal(transform, "q/k/v are row slices of one fused qkv projection", op=op, path=node,
                           feature="fused-qkv")
+        elif op == "head_concat":
+            raise Refusal(transform, MLA_REFUSAL, op=op, path=node, feature="mla")
         else:
             raise Refusal(transform, f"unexpected {op} between the projection and attention", op=op, path=node,
                           feature=f"qk-{op}")

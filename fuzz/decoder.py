@@ -87,6 +87,9 @@ class DecoderSpec:
     final_softcap: float | None = None  # cap * tanh(z / cap) on the logits
     alibi: bool = False  # per-head linear position bias on the scores
     attn_sinks: bool = False  # a learned per-head logit in the softmax denominator
+    # multi-head latent attention (DeepSeek-V2/V3): "q_lora" (q through q_a_proj -> norm -> q_b_proj) or
+    # "q_direct" (q_proj, V2-Lite); see _mla for the widths it derives from head_dim / rotary_dim / hidden
+    mla: str = "none"
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -161,7 +164,60 @@ def _rope_params(s: DecoderSpec, layer: LayerSpec, r: int) -> dict:
     return out
 
 
+MLA_EXCLUDES = {"qk_norm": "none", "fused_qkv": False}  # MLA has its own projections and latent norms
+
+
+def mla_dims(s: DecoderSpec) -> dict[str, int]:
+    """The MLA widths of spec ``s``: ``qk_nope = head_dim``, ``qk_rope = rotary_dim or head_dim`` (the decoupled
+    RoPE head, one ``k_pe`` shared by all heads), ``qk_head = qk_nope + qk_rope`` (the score head),
+    ``v_head = head_dim`` (so the value head differs from the score head), latent ranks ``max(2, hidden // 2)``."""
+    nope, rope = s.head_dim, s.rotary_dim or s.head_dim
+    rank = max(2, s.hidden // 2)
+    return {"nope": nope, "rope": rope, "qk": nope + rope, "v": nope, "q_rank": rank, "kv_rank": rank}
+
+
+def _mla(g: _Graph, s: DecoderSpec, p: str, x: str, layer: LayerSpec) -> str:
+    """DeepSeek-V2/V3 multi-head latent attention: ``q = q_b(norm(q_a(x)))`` (or ``q_proj(x)``), per head
+    ``[q_nope, q_pe]``; ``kv_a(x) = [c (kv_rank), k_pe (qk_rope)]``; ``kv_b(norm(c))`` per head ``[k_nope, v]``;
+    RoPE on ``q_pe`` and on the one shared ``k_pe``; ``k_h = [k_nope_h, rope(k_pe)]``; scores over ``qk_head``."""
+    h, m = s.n_heads, mla_dims(s)
+    nope, r, qk, dv = m["nope"], m["rope"], m["qk"], m["v"]
+    if s.mla == "q_lora":
+        q = g.add(f"{p}q_a_proj", "linear", [x], in_features=s.hidden, out_features=m["q_rank"], bias=s.qkv_bias)
+        q = _norm(g, s, f"{p}q_a_layernorm", q, m["q_rank"])
+        q = g.add(f"{p}q_b_proj", "linear", [q], in_features=m["q_rank"], out_features=h * qk, bias=False)
+    else:
+        q = g.add(f"{p}q_proj", "linear", [x], in_features=s.hidden, out_features=h * qk, bias=False)
+    q_nope = g.add(f"{p}q_nope", "head_slice", [q], n_heads=h, head_dim=qk, start=0, length=nope)
+    q_pe = g.add(f"{p}q_pe", "head_slice", [q], n_heads=h, head_dim=qk, start=nope, length=r)
+    kv_a = g.add(f"{p}kv_a_proj_with_mqa", "linear", [x], in_features=s.hidden, out_features=m["kv_rank"] + r,
+                 bias=s.qkv_bias)
+    c = g.add(f"{p}kv_latent", "head_slice", [kv_a], n_heads=1, head_dim=m["kv_rank"] + r, start=0,
+              length=m["kv_rank"])
+    k_pe = g.add(f"{p}k_pe", "head_slice", [kv_a], n_heads=1, head_dim=m["kv_rank"] + r, start=m["kv_rank"],
+                 length=r)
+    c = _norm(g, s, f"{p}kv_a_layernorm", c, m["kv_rank"])
+    kv = g.add(f"{p}kv_b_proj", "linear", [c], in_features=m["kv_rank"], out_features=h * (nope + dv), bias=False)
+    k_nope = g.add(f"{p}k_nope", "head_slice", [kv], n_heads=h, head_dim=nope + dv, start=0, length=nope)
+    v = g.add(f"{p}v", "head_slice", [kv], n_heads=h, head_dim=nope + dv, start=nope, length=dv)
+    if layer.rope:
+        rp = _rope_params(s, layer, r)
+        q_pe = g.add(f"{p}q_rope", "rope", [q_pe], n_heads=h, head_dim=r, rotary_dim=r, **rp)
+        k_pe = g.add(f"{p}k_rope", "rope", [k_pe], n_heads=1, head_dim=r, rotary_dim=r, **rp)
+    q = g.add(f"{p}q", "head_concat", [q_nope, q_pe], n_heads=h, a_dim=nope, b_dim=r)
+    k = g.add(f"{p}k", "head_concat", [k_nope, k_pe], n_heads=h, a_dim=nope, b_dim=r, shared_b=True)
+    window = s.sliding_window if layer.sliding else None
+    a = g.add(f"{p}attn", "attention", [q, k, v], n_heads=h, n_kv_heads=h, head_dim=qk, **_score_params(s),
+              **({"window": window} if window is not None else {}))
+    if s.attn_gate == "head_softplus":
+        gl = g.add(f"{p}g_proj", "linear", [x], in_features=s.hidden, out_features=h, bias=False)
+        a = g.add(f"{p}attn_gate", "gate", [a, gl], act="softplus", n_heads=h)
+    return g.add(f"{p}o_proj", "linear", [a], in_features=h * dv, out_features=s.hidden, bias=s.o_bias)
+
+
 def _attention(g: _Graph, s: DecoderSpec, p: str, x: str, layer: LayerSpec) -> str:
+    if s.mla != "none":
+        return _mla(g, s, p, x, layer)
     h, kv, d = s.n_heads, s.n_kv_heads, s.head_dim
     fused_gate = s.attn_gate == "output_sigmoid"
     if s.fused_qkv:  # rows [q (h d, or h 2d with a fused gate) | k (kv d) | v (kv d)], read as whole-width slices
@@ -299,6 +355,13 @@ def check(s: DecoderSpec) -> None:
 
     if s.n_heads % s.n_kv_heads:
         raise LayoutError(f"n_heads {s.n_heads} is not a multiple of n_kv_heads {s.n_kv_heads}")
+    if s.mla != "none":
+        for name, value in MLA_EXCLUDES.items():
+            if getattr(s, name) != value:
+                raise LayoutError(f"mla={s.mla!r} needs {name}={value!r} (MLA has its own projections and latent "
+                                  f"norms), got {getattr(s, name)!r}")
+        if s.attn_gate == "output_sigmoid":
+            raise LayoutError(f"mla={s.mla!r} has no fused q/gate projection for attn_gate='output_sigmoid'")
     for f in fields(s):  # in field order: the first bad choice is the one reported
         axis = AXES.get(f.name)
         if axis is not None and axis.kind == "choice" and getattr(s, f.name) not in axis.choices:

@@ -254,7 +254,7 @@ class Attention(Node):
         h, kv, d = p["n_heads"], p["n_kv_heads"], p["head_dim"]
         q = q.reshape(b, t, h, d).transpose(1, 2)
         k = k.reshape(b, t, kv, d).transpose(1, 2).repeat_interleave(h // kv, dim=1)
-        v = v.reshape(b, t, kv, d).transpose(1, 2).repeat_interleave(h // kv, dim=1)
+        v = v.reshape(b, t, kv, -1).transpose(1, 2).repeat_interleave(h // kv, dim=1)  # MLA: v head != d
         scores = (q @ k.transpose(-1, -2)) * (d ** -0.5 if p.get("scale") is None else p["scale"])
         if p.get("softcap") is not None or p.get("alibi"):
             scores = self.modify_scores(scores)
@@ -264,7 +264,7 @@ class Attention(Node):
         scores = scores.masked_fill(~mask, float("-inf"))
         probs = self.sink_softmax(scores) if p.get("sinks") else torch.softmax(scores, dim=-1)
         out = probs @ v
-        return out.transpose(1, 2).reshape(b, t, h * d)
+        return out.transpose(1, 2).reshape(b, t, -1)
 
     def modify_scores(self, scores):
         """Soft-cap ``cap * tanh(s / cap)`` (Gemma2), then the ALiBi bias ``slope_h * (j - i)`` (BLOOM, MPT)."""
@@ -302,6 +302,20 @@ class HeadSlice(Node):
         p = self.p
         xh = x.reshape(*x.shape[:-1], p["n_heads"], p["head_dim"])
         return xh[..., p["start"]:p["start"] + p["length"]].reshape(*x.shape[:-1], -1)
+
+
+@torch_impl("head_concat")
+class HeadConcat(Node):
+    """Per head ``[a_h, b_h]``; ``shared_b``: the one ``b`` head is read by every head (MLA's ``k_pe``)."""
+
+    def forward(self, a, b):
+        p = self.p
+        h = p["n_heads"]
+        ah = a.reshape(*a.shape[:-1], h, p["a_dim"])
+        bh = b.reshape(*b.shape[:-1], 1 if p["shared_b"] else h, p["b_dim"])
+        if p["shared_b"]:
+            bh = bh.expand(*bh.shape[:-2], h, p["b_dim"])
+        return torch.cat((ah, bh), dim=-1).reshape(*a.shape[:-1], -1)
 
 
 @torch_impl("gate")

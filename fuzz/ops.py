@@ -35,9 +35,13 @@ attention      causal softmax attention; ports q, k, v; GQA when ``n_kv_heads < 
                ``s = scale q.k`` (``scale`` None = ``head_dim ** -0.5``; Gemma2 ``query_pre_attn_scalar``,
                Granite ``attention_multiplier``), then ``softcap * tanh(s / softcap)`` (Gemma2), then
                ``+ alibi_slopes[h] * (j - i)`` (``alibi``: BLOOM / MPT / Falcon); ``sinks``: a learned
-               per-head logit in the softmax denominator only (GPT-OSS)
+               per-head logit in the softmax denominator only (GPT-OSS); the value head is ``width(v) /
+               n_kv_heads`` wide (MLA's ``v_head_dim`` may differ from ``head_dim``), the output ``n_heads`` of them
 softcap        ``cap * tanh(x / cap)`` (Gemma2's final-logit soft-cap)
 head_slice     per head, channels ``[start, start + length)`` of a ``(heads, head_dim)`` view
+head_concat    per head, ``[a_h, b_h]`` (``a: (heads, a_dim)``, ``b: (heads, b_dim)``); ``shared_b``: ``b`` is one
+               head read by every head (MLA's decoupled RoPE key ``k_pe``, DeepSeek-V2/V3: the keys are
+               ``[k_nope_h, rope(k_pe)]``, the queries ``[q_nope_h, rope(q_pe_h)]``)
 gate           ``x * act(g)``; ``g`` elementwise (same width), per head (width ``n_heads``) or per token
                (width 1)
 act            silu / gelu / gelu_tanh / relu / relu2 (``relu(x)^2``, Nemotron, Primer) / quick_gelu
@@ -428,7 +432,10 @@ declare(OpSpec("rope", {"n_heads": (int, ...), "head_dim": (int, ...), "rotary_d
 def _attention(node, p, w):
     h, kv, d = p["n_heads"], p["n_kv_heads"], p["head_dim"]
     _need(h % kv == 0, node, f"n_heads {h} is not a multiple of n_kv_heads {kv}")
-    _widths(node, "attention", w, [h * d, kv * d, kv * d])
+    v = w[2] if len(w) == 3 else None
+    _need(v is not None and v % kv == 0, node, f"attention v width {v} is not n_kv_heads {kv} value heads")
+    dv = v // kv  # the value head (MLA's v_head_dim may differ from the q/k head_dim)
+    _widths(node, "attention", w[:2], [h * d, kv * d])
     win = p["window"]
     _need(win is None or isinstance(win, int) and not isinstance(win, bool) and win >= 1, node,
           f"attention.window must be None (full causal) or an integer >= 1, got {win!r}")
@@ -440,7 +447,7 @@ def _attention(node, p, w):
     if p["softcap"] is not None:
         _finite(node, "attention", "softcap", p["softcap"], f"None (no soft-cap) or finite with {lo:g} <= softcap "
                 f"<= {hi:g}", lo <= p["softcap"] <= hi)
-    return h * d
+    return h * dv
 
 
 def _attention_features(p):
@@ -506,6 +513,18 @@ def _head_slice(node, p, w):
 declare(OpSpec("head_slice", {"n_heads": (int, ...), "head_dim": (int, ...), "start": (int, 0),
                               "length": (int, ...)}, ("x",), _head_slice, shapes=_no_parameters,
                drawn_by=({"attn_gate": "output_sigmoid"},), features=lambda p: ("op:head_slice",)))
+
+
+def _head_concat(node, p, w):
+    h, a, b = p["n_heads"], p["a_dim"], p["b_dim"]
+    _widths(node, "head_concat", w, [h * a, (1 if p["shared_b"] else h) * b])
+    return h * (a + b)
+
+
+declare(OpSpec("head_concat", {"n_heads": (int, ...), "a_dim": (int, ...), "b_dim": (int, ...),
+                               "shared_b": (bool, False)}, ("a", "b"), _head_concat, shapes=_no_parameters,
+               drawn_by=({"mla": "q_lora"}, {"mla": "q_direct"}),
+               features=lambda p: ("op:head_concat",) + (("op:head_concat:shared",) if p["shared_b"] else ())))
 
 
 def _gate(node, p, w):

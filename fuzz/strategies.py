@@ -24,7 +24,7 @@ from hypothesis import event
 from hypothesis import strategies as st
 
 from .axes import AXES, OWN_RULE, _is_int
-from .decoder import DecoderSpec, LayerSpec, build
+from .decoder import MLA_EXCLUDES, DecoderSpec, LayerSpec, build
 from .errors import BadInput
 from .layout import Layout
 
@@ -100,12 +100,21 @@ def _check_together(c: dict) -> None:
                        "parallel residual is not a known layout); pin placement='pre' or 'sandwich'")
 
 
+def _with_mla_excludes(c: dict) -> dict:
+    """Constraints pinning MLA on: the axes MLA excludes (``decoder.MLA_EXCLUDES``, the fused output gate) pinned
+    off unless the caller pinned them (then ``decoder.check`` names the clash)."""
+    if "mla" not in c or "none" in _options(c, "mla"):
+        return c
+    return {**MLA_EXCLUDES, "attn_gate": ("none", "head_softplus"), **c}
+
+
 def largest_spec(**constraints) -> DecoderSpec:
     """The spec with the most parameters that :func:`specs` can draw under ``constraints`` (the size
     guard's bound for a whole campaign); ``constraints`` are checked first.  Per axis: the widest width,
     the first of :meth:`~fuzz.axes.Axis.preference` allowed for a bool or choice, the first pinned value
     otherwise (else the spec default)."""
     check_constraints(constraints)
+    constraints = _with_mla_excludes(constraints)
     lim = {**_LIMITS, **{k: v for k, v in constraints.items() if k in _LIMITS}}
     kv = max(_options(constraints, "n_kv_heads") if "n_kv_heads" in constraints
              else AXES["n_kv_heads"].default_options(lim, {}))
@@ -189,6 +198,7 @@ def spec_from(pick, constraints: dict) -> DecoderSpec:
     lim = {**_LIMITS, **{k: v for k, v in constraints.items() if k in _LIMITS}}
     c = {k: v for k, v in constraints.items() if k in _FIELDS}
     values: dict = {"vocab": lim["vocab"]}
+    c = _with_mla_excludes(c)
 
     def axis(name: str):
         a = AXES[name]

@@ -35,6 +35,13 @@ shared_head_gamma      spectral-PCA builds every head's Gamma from head 0's q/k 
 assumed_homogeneous    up-down moves s from up to down across every plain MLP's    a dense plain MLP whose
                        act as if it were relu (gelu, silu, quick_gelu: not          act is not relu
                        homogeneous; relu2: s^2, not s)
+mla_latent_unscaled    norm absorption divides an MLA latent norm's gamma          multi-head latent attention
+                       (kv_a_layernorm, q_a_layernorm) by s but leaves its reader  (``mla``)
+                       (kv_b_proj, q_b_proj) unscaled: an absorber that only knows
+                       the residual-stream readers (q/k/v, gates, MLP)
+kpe_per_head           pair-PCA on MLA rotates each query head's RoPE rows by its   multi-head latent attention
+                       own U as if k_pe were per head; the one shared k_pe gets    (``mla``), two or more
+                       head 0's                                                    heads
 =====================  ==========================================================  ==========================
 
 Loaded with the registries (the ``archfuzz.registries`` entry points, :func:`verifier.registry.load_plugins`).
@@ -56,6 +63,13 @@ def _feeds(op: str, port: int | None = None):
 def _last_reader(layout: Layout, consumer: str) -> bool:
     return any(readers and readers[-1][0] == consumer
                for readers in (layout.consumers(n) for n, _ in layout.graph.in_edges(consumer)))
+
+
+def _reads_latent_norm(layout: Layout, consumer: str) -> bool:
+    """The consumer reads a norm of a projection's output, not of the residual stream (MLA's ``kv_a_layernorm``
+    on the compressed kv, ``q_a_layernorm`` on the q latent): the reader is ``kv_b_proj`` / ``q_b_proj``."""
+    return any(layout.op(i) == "norm" and layout.op(layout.inputs(i)[0]) in ("head_slice", "linear")
+               for i in layout.inputs(consumer))
 
 
 _SKIP = {"on_unsupported": "skip"}
@@ -92,5 +106,8 @@ register_mutant("clamped_glu_as_linear", "quant:up-down", "clamped_glu_as_linear
                 applies={"mlp": "clamped_swiglu", "moe": False})
 register_mutant("shared_head_gamma", "quant:spectral-pca", "shared_head_gamma",
                 applies={"qk_norm": "per_head_own", "norm": "rms", "fused_qkv": False})
+register_mutant("mla_latent_unscaled", "quant:norm-absorb", "unscaled_consumer",
+                params={"where": _reads_latent_norm}, fixed=_SKIP, applies={"mla": ("q_lora", "q_direct")})
+register_mutant("kpe_per_head", "quant:pair-pca", "kpe_per_head", applies={"mla": ("q_lora", "q_direct")})
 register_mutant("position_unrotated", "quant:residual-rotation", "position_table_unrotated",
                 applies={"position_embedding": True, "norm": "rms", "placement": "pre", "tie_embeddings": False})

@@ -30,6 +30,8 @@ FAULTS = {
                               "(the bias must only choose them)",
     "expert_up_bias_unscaled": "up-down divides the experts' up rows by s but not the up part of gate_up_proj_bias",
     "pair_reflection": "pair-pca keeps each 2x2 U a reflection (det -1) instead of a rotation",
+    "kpe_per_head": "pair-pca rotates each query head's MLA RoPE rows by its own U, as if k_pe were per head, and "
+                    "the one shared k_pe by head 0's",
     "pair_bias_unrotated": "pair-pca rotates the q/k weight rows of each RoPE pair but not their biases",
     "float32_angles": "pair-pca's random rotation angles are rounded to float32",
     "symmetric_gamma": "spectral-pca builds Gamma = B^T diag(g) B instead of diag(g) B",

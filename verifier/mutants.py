@@ -152,10 +152,10 @@ register_mutant("forget_writer_bias", "reference:permute_hidden", "writer_bias_u
 register_mutant("position_unpermuted", "reference:permute_hidden", "position_table_unpermuted",
                 applies={"position_embedding": True})
 register_mutant("cross_group_heads", "reference:permute_heads", "heads_across_groups",
-                applies={"max_kv_heads": 3, "fused_qkv": False})  # and n_kv_heads > 1 (checked on the spec)
+                applies={"mla": "none", "max_kv_heads": 3, "fused_qkv": False})  # and n_kv_heads > 1 (checked on the spec)
 register_mutant("alibi_unpermuted", "reference:permute_heads", "alibi_unpermuted",
-                applies={"alibi": True, "fused_qkv": False})  # and n_heads > 1 (checked on the spec)
+                applies={"mla": "none", "alibi": True, "fused_qkv": False})  # and n_heads > 1 (checked on the spec)
 register_mutant("sinks_unpermuted", "reference:permute_heads", "sinks_unpermuted",
-                applies={"attn_sinks": True, "fused_qkv": False})  # and n_heads > 1 (checked on the spec)
+                applies={"mla": "none", "attn_sinks": True, "fused_qkv": False})  # and n_heads > 1 (checked on the spec)
 register_mutant("softcap_scale_outside", "reference:fold_attn_scale", "softcap_scale_outside",
-                applies={"attn_softcap": 2.0, "fused_qkv": False})
+                applies={"mla": "none", "attn_softcap": 2.0, "fused_qkv": False})

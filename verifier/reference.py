@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fuzz.dataflow import head_chain, residual_basis
+from fuzz.dataflow import MLA_REFUSAL, head_chain, residual_basis
 from fuzz.errors import BadInput, Refusal
 from fuzz.layout import Layout
 from fuzz.materialize import GraphModel
@@ -125,6 +125,8 @@ def _permute_producer(m: GraphModel, node: str, order: torch.Tensor, done: set, 
         mod.weight.copy_(mod.weight[order])
         if mod.p["bias"]:
             mod.bias.copy_(mod.bias[order])
+    elif op == "head_concat":
+        raise Refusal("permute_heads", MLA_REFUSAL, op=op, path=node, feature="mla")
     elif op not in ("rope", "norm", "head_slice"):
         raise Refusal("permute_heads", f"{op} between a projection and {attn} is not per-head uniform",
                       op=op, path=node, feature="non-per-head-op")

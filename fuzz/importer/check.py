@@ -184,11 +184,15 @@ def check_padding(model: nn.Module, graph_model: GraphModel, policy: str, bound:
     device = device_of(graph_model)
     ids, mask = ids.to(device), mask.to(device)
     keep = mask.bool()
+    name = type(model).__name__
     try:
         want = masked_source_logits(model, ids, mask)
     except TypeError:
         return None
-    name = type(model).__name__
+    except (RuntimeError, ValueError, IndexError) as exc:  # the source's own attention_mask path fails
+        raise BadInput(f"{name}: the source itself fails on a padded batch (its own attention_mask handling of left "
+                       f"padding by {PAD} tokens raises {type(exc).__name__}: {str(exc)[:200]}); its padding "
+                       f"cannot be checked") from exc
     batch = f"left padding of {PAD} tokens in a {tuple(ids.shape)} batch"
     record_ = {"shape": list(ids.shape), "left_padding": PAD}
     if not bool(torch.isfinite(want[keep]).all()):

@@ -70,6 +70,8 @@ class Converter:
         rewrites.fold_gates(self)
         rewrites.fold_softcaps(self)
         rewrites.flatten_adds(self)
+        rewrites.fold_slice_copies(self)
+        rewrites.fold_head_concats(self)
         entries = []
         module_paths = {}  # layout node -> the source module it ran in (for the check's localisation)
         for node in nx.lexicographical_topological_sort(self.g, key=lambda n: self.g.nodes[n]["index"]):

@@ -32,6 +32,9 @@ Conversion rules (recorded op -> layout op):
   sparsemixer, an unrecognised router);
 * ``x * sigmoid(g)`` / ``x * softplus(g)`` -> ``gate``; a last-axis slice (``x[..., a:b]``, ``chunk``,
   ``split``) of a fused projection -> ``head_slice``;
+* a two-input last-axis ``cat`` (or slice copies into a ``new_empty`` tensor, DeepSeek-V3's ``expand_kv``) ->
+  ``head_concat`` (``shared_b`` when the second input is one head the source expanded: MLA's ``k_pe``);
+  a per-position factor (Mistral4's Llama-4 attention temperature tuning) is refused by name;
 * exact rewrites first (:mod:`fuzz.importer.rewrites`): ``scale`` by 1.0 is dropped, ``(a + b) + c``
   becomes one three-input ``add``, the written-out clamped SwiGLU one ``clamped_glu``.
 
@@ -45,6 +48,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
+import networkx as nx
 import torch
 
 from ..materialize import MODULES
@@ -679,6 +683,10 @@ def _routing_refusal(conv: Converter, node: str) -> str:
     return (f"opaque op {call!r}: a MoE router whose softmax / top-k / max was not contracted into a router (its "
             f"projection, scores and choice did not form one router feeding fused experts); not in the layout's "
             f"router vocabulary")
+@import_pattern("head_concat")  # a last-axis cat (or slice copies into an empty tensor), rewrites.fold_head_concats
+def _head_concat(conv: Converter, node: str, ins: list[str]) -> dict:
+    conv.no_params(node)
+    return {k: conv.g.nodes[node][k] for k in ("n_heads", "a_dim", "b_dim", "shared_b")}
 
 
 @import_pattern("head_slice", recorded="opaque")
@@ -688,6 +696,15 @@ def _head_slice(conv: Converter, node: str, ins: list[str]) -> dict:
     d = conv.g.nodes[node]
     if d.get("call") in _ROUTING_CALLS:
         raise conv.refuse(node, _routing_refusal(conv, node))
+    if d.get("call") in ("matmul", "bmm", "einsum") and len(ins) == 2 and any(
+            conv.g.nodes[n].get("call") == "topk" for n in nx.descendants(conv.g, node)):
+        raise conv.refuse(node, "sparse attention: activations scored against each other (Q K^T outside an attention) "
+                          "feed a top-k choosing the keys each query reads (DeepSeek-V3.2 / GLM-MoE-DSA indexer); the "
+                          "layout's attention reads every key in its window")
+    if d.get("call") == "mul" and d.get("const_shape", [0])[-1] == 1:
+        raise conv.refuse(node, "a position-dependent scale of the activations (a constant factor per position, "
+                          "e.g. Llama-4 / Mistral4 attention temperature tuning, llama_4_scaling_beta): the layout "
+                          "has no such op")
     if d.get("call") not in _SLICES:
         raise conv.refuse(node, f"opaque op {d.get('call')!r}")
     conv.no_params(node)

@@ -171,3 +171,82 @@ def fold_clamped_glus(conv: Converter) -> None:
         conv.g.remove_nodes_from([plus, glu, up_c, gate_c, sig, sc])
         conv.g.nodes[node].update(op="clamped_glu", limit=limit, alpha=alpha)
         conv.rewire(node, [gate, up])
+_EMPTY = frozenset({"new_empty", "empty_like", "new_zeros", "zeros_like"})
+
+
+def fold_slice_copies(conv: Converter) -> None:
+    """``out = x.new_empty(..); out[..., a:b].copy_(p); out[..., b:c].copy_(q)`` (slices tiling the last axis in
+    order: DeepSeek-V3's ``expand_kv``) -> ``cat((p, q), dim=-1)``: the recorder sees the empty tensor, each slice
+    and each in-place copy; the tensor they write is the concatenation of the sources."""
+    for node in [n for n, d in conv.g.nodes(data=True) if d["op"] == "opaque" and d.get("call") in _EMPTY]:
+        width = int(conv.g.nodes[node]["shape"][-1])
+        cur, sources, end, chain = node, [], 0, [node]
+        while True:
+            outs = list(conv.g.successors(cur))
+            if len(outs) != 1 or (cur != node and end == width):
+                break
+            sl = outs[0]
+            d = conv.g.nodes[sl]
+            span = _last_axis_span(d, width)  # a copy node has its slice's shape: the whole tensor's width
+            copies = list(conv.g.successors(sl))
+            if d.get("call") != "getitem" or span is None or span[0] != end or len(copies) != 1:
+                break
+            cp = copies[0]
+            ins = conv.inputs(cp)
+            if conv.g.nodes[cp].get("call") != "copy" or len(ins) != 2 or ins[0] != sl:
+                break
+            sources.append((ins[1], conv.g.edges[ins[1], cp]["shape"]))
+            chain += [sl, cp]
+            end, cur = span[1], cp
+        if end != width or len(sources) < 2 or any(conv.g.nodes[n]["params"] for n in chain):
+            continue
+        last = chain[-1]
+        full = list(conv.g.nodes[node]["shape"])
+        readers = [(dst, data) for _, dst, data in conv.g.out_edges(last, data=True)]
+        base = dict(conv.g.nodes[last])
+        new = f"{last}_cat"
+        conv.g.add_node(new, **{**base, "op": "opaque", "call": "cat", "dim": -1, "shape": full})
+        for port, (src, shape) in enumerate(sources):
+            conv.g.add_edge(src, new, port=port, shape=list(shape))
+        for dst, data in readers:
+            conv.g.add_edge(new, dst, **{**data, "shape": full})
+            if conv.g.nodes[dst]["op"] == "attention" and data["port"] == 1:  # its kv heads, from the whole key
+                d = conv.g.nodes[dst]
+                d["n_kv_heads"] = math.prod(full) // (conv.n_tokens * d["head_dim"])
+        conv.g.remove_nodes_from(chain)
+
+
+def _last_axis_span(d: dict, width: int) -> tuple[int, int] | None:
+    """``(start, stop)`` of a ``x[..., a:b]`` getitem over a last axis of ``width``; None for any other key."""
+    parts = [p.strip() for p in d.get("key", "").split(",")]
+    if len(parts) < 2 or any(p not in ("...", ":") for p in parts[:-1]) or "..." not in parts[:-1]:
+        return None
+    bounds = parts[-1].split(":")
+    if len(bounds) != 2:
+        return None
+    try:
+        a, b = (int(x) if x else None for x in bounds)
+    except ValueError:
+        return None
+    span = range(width)[slice(a, b)]
+    return (span.start, span.stop) if len(span) else None
+
+
+def fold_head_concats(conv: Converter) -> None:
+    """A two-input concatenation over the last axis -> a ``head_concat`` node: per head ``[a_h, b_h]``, ``b`` one
+    head read by every head (``shared_b``) when its producer holds one head that the source expanded (MLA's
+    ``k_pe``).  Any other concatenation stays opaque (refused by name)."""
+    for node in [n for n, d in conv.g.nodes(data=True) if d["op"] == "opaque"
+                 and d.get("call") in ("cat", "concat", "concatenate") and d.get("dim") == -1]:
+        ins = conv.inputs(node)
+        if len(ins) != 2 or conv.g.nodes[node]["params"] or ins[0] == ins[1]:
+            continue
+        shape = conv.g.nodes[node]["shape"]
+        a_dim, b_dim = (int(conv.g.edges[i, node]["shape"][-1]) for i in ins)
+        if a_dim + b_dim != int(shape[-1]):
+            continue
+        heads = conv.width(node) // int(shape[-1])
+        if conv.width(ins[0]) != heads * a_dim or conv.width(ins[1]) not in (heads * b_dim, b_dim):
+            continue
+        conv.g.nodes[node].update(op="head_concat", n_heads=heads, a_dim=a_dim, b_dim=b_dim,
+                                  shared_b=conv.width(ins[1]) == b_dim and heads > 1)

@@ -37,6 +37,7 @@ def _finish(rec: _Recorder, logits_node: str, ids: torch.Tensor, name: str, voca
     _contract_regions(g, rec, merged)
     _contract_routers(g, rec, merged)
     _contract_ropes(g, rec.n_tokens, merged)
+    _contract_complex_ropes(g, rec.n_tokens, merged)
     _contract_eager_attention(g, rec.n_tokens, merged)
     logits_node = _resolve(merged, logits_node)
     for n in g:
@@ -344,7 +345,8 @@ def _contract_ropes(g: nx.DiGraph, n_tokens: int, merged: dict[str, str]) -> Non
     cluster is kept when it reads exactly one producer, holds two or more seeds and has a single exit.
     """
     seeds = {n for n, d in g.nodes(data=True)
-             if d["op"] == "opaque" and d.get("call") == "mul" and "const_shape" in d and g.in_degree(n) == 1}
+             if d["op"] == "opaque" and d.get("call") == "mul" and "const_shape" in d and g.in_degree(n) == 1
+             and not _per_position_factor(g, n)}
     if not seeds:
         return
     cand = set(seeds)
@@ -372,6 +374,7 @@ def _contract_ropes(g: nx.DiGraph, n_tokens: int, merged: dict[str, str]) -> Non
                 changed = True
     for comp in sorted(nx.connected_components(g.subgraph(cand).to_undirected()),
                        key=lambda c: min(g.nodes[n]["index"] for n in c)):
+        comp = _without_leading_pass(g, comp, seeds)
         while True:  # a lone entry slice (e.g. q out of a fused projection) is the rotated input, not RoPE
             entries = [n for n in comp if any(p not in comp for p in g.predecessors(n))]
             if len(entries) != 1 or entries[0] in seeds or len(comp) <= 1:
@@ -388,13 +391,89 @@ def _contract_ropes(g: nx.DiGraph, n_tokens: int, merged: dict[str, str]) -> Non
             continue
         shape = d["shape"]
         head_dim = int(shape[-1])
-        rotary = max(int(g.nodes[s]["const_shape"][-1]) for s in comp & seeds)
+        rotary = _cluster_rotary(g, comp & seeds)
         interleaved = any(g.nodes[n].get("call") == "stack" or g.nodes[n].get("strided") for n in comp)
         path = _common_path([g.nodes[n]["module_path"] for n in comp])
         attrs = {**_base_attrs(g, comp, "rope", path, exit_), "n_heads": _numel(shape) // (n_tokens * head_dim),
                  "head_dim": head_dim, "rotary_dim": rotary, "style": "interleaved" if interleaved else "half"}
         first = min(comp, key=lambda n: g.nodes[n]["index"])
         _contract(g, set(comp), first, attrs, list(ext), merged)
+
+
+def _per_position_factor(g: nx.DiGraph, node: str) -> bool:
+    """``x * c`` with ``c`` one number per position (last axis 1) over a wider ``x``: a position-dependent scale
+    (Mistral4 / Llama-4 attention temperature tuning), not a cos / sin table."""
+    d = g.nodes[node]
+    (src,) = g.predecessors(node)
+    return int(d["const_shape"][-1]) == 1 and int(g.edges[src, node]["shape"][-1]) > 1
+
+
+def _contract_complex_ropes(g: nx.DiGraph, n_tokens: int, merged: dict[str, str]) -> None:
+    """Contract ``view_as_real(view_as_complex(x.reshape(.., r / 2, 2)) * freqs_cis)`` (DeepSeek-V2's
+    ``apply_rotary_emb``: each interleaved pair ``(x_2i, x_2i+1)`` a complex number times ``e^(i m theta_i)``)
+    into an interleaved ``rope`` node of ``rotary_dim = 2 * width(freqs_cis)`` on the whole head."""
+    for a in [n for n, d in g.nodes(data=True) if d["op"] == "opaque" and d.get("call") == "view_as_complex"]:
+        if a not in g or g.in_degree(a) != 1 or g.out_degree(a) != 1 or g.nodes[a]["params"]:
+            continue
+        (m,) = g.successors(a)
+        dm = g.nodes[m]
+        if not (dm["op"] == "opaque" and dm.get("call") == "mul" and "const_shape" in dm and g.in_degree(m) == 1
+                and g.out_degree(m) == 1 and not dm["params"]):
+            continue
+        (r,) = g.successors(m)
+        dr = g.nodes[r]
+        if dr["op"] != "opaque" or dr.get("call") != "view_as_real" or dr["params"] or dr["shape"][-1] != 2:
+            continue
+        rotary = 2 * int(dm["const_shape"][-1])
+        head_dim = 2 * int(dr["shape"][-2])
+        if rotary != head_dim:
+            continue
+        comp = {a, m, r}
+        path = _common_path([g.nodes[n]["module_path"] for n in comp])
+        attrs = {**_base_attrs(g, comp, "rope", path, r), "n_heads": _numel(dr["shape"]) // (n_tokens * head_dim),
+                 "head_dim": head_dim, "rotary_dim": rotary, "style": "interleaved"}
+        _contract(g, comp, a, attrs, list(g.predecessors(a)), merged)
+
+
+_HALVES = frozenset({"getitem", "chunk", "split", "split_with_sizes", "tensor_split", "unbind"})
+
+
+def _cluster_rotary(g: nx.DiGraph, seeds: set) -> int:
+    """The rotary width of a RoPE cluster: its widest ``cos`` / ``sin`` table, twice that when every seed multiplies
+    one half of the rotated channels by a half-width table (DeepSeek-V3's ``x[..., 0::2] * cos[..., :r/2]``,
+    GPT-OSS' ``chunk(x, 2)[0] * cos``): each seed's input is then a slice of width ``w`` out of ``2 w`` channels."""
+    width = max(int(g.nodes[s]["const_shape"][-1]) for s in seeds)
+
+    def half(seed: str) -> bool:
+        (src,) = g.predecessors(seed)
+        d = g.nodes[src]
+        if not (d["op"] == "opaque" and d.get("call") in _HALVES and g.in_degree(src) == 1):
+            return False
+        (whole,) = g.predecessors(src)
+        return int(d["shape"][-1]) == width == int(g.nodes[seed]["const_shape"][-1]) \
+            and int(g.edges[whole, src]["shape"][-1]) == 2 * width
+
+    return 2 * width if all(half(s) for s in seeds) else width
+
+
+def _without_leading_pass(g: nx.DiGraph, comp: set, seeds: set) -> set:
+    """A cluster whose exit concatenates a pass-through part *before* the rotated part (MLA:
+    ``cat(q_nope, rope(q_pe))``) is no RoPE on the first channels: the concatenation and the pass-through
+    branch leave the cluster (they import as a ``head_slice`` and a ``head_concat``), the rotated part stays."""
+    sub = g.subgraph(comp)
+    rotated = set()
+    for s in comp & seeds:
+        rotated |= nx.ancestors(sub, s) | nx.descendants(sub, s) | {s}
+    passing = comp - rotated
+    exits = [n for n in comp if any(s not in comp for s in g.successors(n))]
+    if not passing or len(exits) != 1 or g.nodes[exits[0]].get("call") not in _COMBINE:
+        return comp
+    exit_ = exits[0]
+    ins = [s for s, _, _ in sorted(g.in_edges(exit_, data="port"), key=lambda e: e[2])]
+    if len(ins) != 2 or ins[0] not in passing or ins[1] not in rotated:
+        return comp
+    branch = {ins[0]} | (nx.ancestors(sub, ins[0]) & passing)  # not an empty tail slice of the rotation itself
+    return comp - branch - {exit_}
 
 
 def _contract_eager_attention(g: nx.DiGraph, n_tokens: int, merged: dict[str, str]) -> None:

@@ -21,6 +21,7 @@ from .contract import _finish
 from .graph import RecordedGraph
 
 DEFAULT_SEQ_LEN = 8
+_LIKE = frozenset({"type_as", "view_as", "reshape_as"})  # the second tensor gives a dtype or a shape, no data
 
 
 def record(model: nn.Module, input_ids: torch.Tensor | None = None) -> RecordedGraph:
@@ -324,6 +325,8 @@ class _Recorder(TorchFunctionMode):
                 if region is not None:
                     region.param_ops.append((name, _scalar(name, args, kwargs)))
             return
+        if name in _LIKE and len(acts) == 2 and acts[0][0] is first and not inplace:
+            acts = acts[:1]  # x.type_as(y) / x.view_as(y): y gives only a dtype or a shape (DeepSeek-V2's RoPE)
         if len(acts) == 1 and self._passes_through(name, args, kwargs, acts[0][0], outs):
             for t in outs:
                 if inplace:
@@ -426,6 +429,10 @@ class _Recorder(TorchFunctionMode):
             bounds = [_arg(args, kwargs, 1, "min"), _arg(args, kwargs, 2, "max")]
             if all(b is None or isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds):
                 attrs["bounds"] = [None if b is None else float(b) for b in bounds]
+        if name in ("cat", "concat", "concatenate"):  # the axis, counted from the end (-1: the last)
+            dim = _arg(args, kwargs, 1, "dim")
+            dim = 0 if dim is None else int(dim)
+            attrs["dim"] = dim - out.dim() if dim >= 0 else dim
         if name == "getitem" and len(args) > 1:
             attrs["key"] = _key_repr(args[1])
             attrs["strided"] = _strided(args[1])

@@ -15,8 +15,14 @@ Any frequencies: scaled RoPE (linear, llama3, yarn, dynamic, longrope tables, ``
 rotates each pair by ``attention_factor * R_t`` with its own angle, which still commutes with ``U``; equal
 frequencies (two pairs with the same angle) do not matter because ``U`` never mixes pairs.
 
+Multi-head latent attention (MLA, DeepSeek-V2/V3): the scores are ``q_nope . k_nope + q_pe . k_pe`` with one
+``k_pe`` (rows of ``kv_a_proj_with_mqa``) read by every query head, so ``U`` is one per RoPE pair, shared by the
+key's single RoPE head and by every query head's ``q_pe`` rows (``q_b_proj`` / ``q_proj``); calibrated from the
+pooled moments of ``k_pe`` and of every head's ``q_pe``.  The ``nope`` part is left as it is.
+
 Refusals: a q/k norm between projection and RoPE (feature ``qk-norm``; a pair-non-uniform ``g`` breaks
-the commutation, use spectral-pca), q and k rotated by different RoPE (``rope-mismatch``).
+the commutation, use spectral-pca), q and k rotated by different RoPE (``rope-mismatch``), an MLA whose RoPE
+parts are not row slices of one projection each (``mla``).
 """
 
 from __future__ import annotations
@@ -69,6 +75,60 @@ def qk_chains(layout: Layout, attention: str, transform: str = NAME) -> tuple[He
     return q, k
 
 
+def mla_chains(layout: Layout, attention: str, transform: str = NAME) -> tuple[HeadChain, HeadChain] | None:
+    """The RoPE parts of an MLA attention (q and k both ``head_concat(nope, rope(head_slice(projection)))``, the
+    key's RoPE part one shared head): ``HeadChain`` s whose ``head_block`` / ``offset`` locate the RoPE rows in
+    their projection; None for an attention that is no MLA."""
+    ins = layout.inputs(attention)
+    if layout.op(ins[0]) != "head_concat" and layout.op(ins[1]) != "head_concat":
+        return None
+    p = layout.params(attention)
+    out = []
+    for port, heads in ((0, p["n_heads"]), (1, 1)):
+        cat = ins[port]
+        ok = layout.op(cat) == "head_concat" and layout.params(cat)["shared_b"] == (port == 1)
+        node, rope = (layout.inputs(cat)[1] if ok else cat), None
+        if ok and layout.op(node) == "rope" and len(layout.consumers(node)) == 1:
+            rope, node = node, layout.inputs(node)[0]
+        sl = layout.params(node) if ok and layout.op(node) == "head_slice" else None
+        proj = layout.inputs(node)[0] if sl else None
+        if not (sl and sl["n_heads"] == heads and len(layout.consumers(node)) == 1 and layout.op(proj) == "linear"
+                and layout.params(proj)["out_features"] == heads * sl["head_dim"]
+                and (rope is None or layout.params(rope)["rotary_dim"] == sl["length"] == layout.params(rope)["head_dim"])
+                and sl["length"] == layout.params(cat)["b_dim"]):
+            raise Refusal(transform, "multi-head latent attention (MLA) whose RoPE parts are not a slice of one "
+                          "projection each (q per head, k one shared head)", op="attention", path=attention,
+                          feature="mla")
+        out.append(HeadChain(("q", "k")[port], proj, sl["head_dim"], sl["start"], None, rope))
+    q, k = out
+    if (q.rope is None) != (k.rope is None) or q.rope is not None and any(
+            layout.params(q.rope)[key] != layout.params(k.rope)[key] for key in layout.params(q.rope) if key != "n_heads"):
+        raise Refusal(transform, "q and k are rotated by different RoPE", op="attention", path=attention,
+                      feature="rope-mismatch")
+    return q, k
+
+
+def _mla_rotation(m: GraphModel, layout: Layout, attn: str, q: HeadChain, k: HeadChain, cov: dict, rotation: str,
+                  gen: torch.Generator) -> int:
+    """One ``U`` per RoPE pair for the shared ``k_pe`` and every head's ``q_pe`` (see the module docstring); under
+    the mutants' ``kpe_per_head`` fault (verifier._faults), each query head gets its own ``U`` as if ``k_pe`` were
+    per head, and the shared key takes head 0's."""
+    h, r = layout.params(attn)["n_heads"], layout.params(layout.inputs(attn)[0])["b_dim"]
+    pairs = rope_pairs(layout, k.rope, r)
+    lo = torch.tensor([a for a, _ in pairs])
+    hi = torch.tensor([b for _, b in pairs])
+    per_head = fault("kpe_per_head") is not None
+    if rotation == "pca":
+        cq = pair_moments(cov[q.projection], q.offset, lo, hi)  # (h, pairs, 2, 2)
+        ck = pair_moments(cov[k.projection], k.offset, lo, hi)  # (1, pairs, 2, 2)
+        u = proper(torch.linalg.eigh(cq + ck if per_head else cq.sum(0, keepdim=True) + ck).eigenvectors)
+    else:
+        u = proper(random_so2((h if per_head else 1, len(pairs)), gen))
+    rotate_pair_rows(m.nodes[k.projection], 1, k.head_block, k.offset, lo, hi, u[:1])
+    rotate_pair_rows(m.nodes[q.projection], h, q.head_block, q.offset, lo, hi, u if per_head else u.expand(h, -1, -1, -1))
+    return len(pairs)
+
+
 def proper(u: torch.Tensor) -> torch.Tensor:
     """Batched 2x2 orthogonal matrices made rotations (``det = +1``: the second column's sign flipped
     where needed); under the mutants' ``pair_reflection`` fault (verifier._faults), made reflections."""
@@ -117,15 +177,21 @@ def pair_pca(model: nn.Module, calib: Calibration, rotation: Literal["pca", "ran
     m = require_graph_model(NAME, model)
     layout = m.layout
     targets = attentions if attentions is not None else layout.of_op("attention")
-    chains = {a: qk_chains(layout, a) for a in targets}
+    mla = {a: c for a in targets if (c := mla_chains(layout, a)) is not None}
+    chains = {a: qk_chains(layout, a) for a in targets if a not in mla}
     cov = {}
     if rotation == "pca":
         requests = {(c.projection, layout.params(a)["n_heads"] if c.port == "q" else layout.params(a)["n_kv_heads"])
                     for a, (q, k) in chains.items() for c in (q, k)}
+        requests |= {(c.projection, layout.params(a)["n_heads"] if c.port == "q" else 1)
+                     for a, (q, k) in mla.items() for c in (q, k)}
         cov = collect(m, calib, head_cov=sorted(requests))["head_cov"]
     gen = torch.Generator().manual_seed(seed)
     log = []
     with torch.no_grad():
+        for attn, (q, k) in mla.items():
+            n = _mla_rotation(m, layout, attn, q, k, cov, rotation, gen)
+            log.append({"transform": NAME, "node": attn, "pairs": n, "rope": k.rope is not None, "mla": True})
         for attn, (q, k) in chains.items():
             p = layout.params(attn)
             kv, group = p["n_kv_heads"], p["n_heads"] // p["n_kv_heads"]
