@@ -52,6 +52,7 @@ def test_covering_examples_reach_every_possible_pair_and_start_with_the_most():
     tags = [covering.tags(build(s)) for s in specs]
     reached = space.reached(tags)
     assert reached["pairs_missing"] == [] and reached["triples_seen"] == reached["triples_possible"]
-    assert len(specs) <= 80
+    # grows with the tag vocabulary (69 when covering landed, 82 once MLA, clamped SwiGLU and sparsemixer joined)
+    assert len(specs) <= 100
     first25 = space.reached(tags[:25])
     assert first25["pairs_seen"] >= 0.9 * first25["pairs_possible"]
