@@ -120,7 +120,7 @@ def _linear(conv: Converter, node: str, ins: list[str]) -> dict:
     d = conv.g.nodes[node]
     fan_in, fan_out, bias = d["in_features"], d["out_features"], d["bias"]
     call = d.get("call")
-    if call != "linear":
+    if call != "linear" and not d.get("weight_transposed"):  # x @ W.T with W stored (out, in) is F.linear
         raise conv.refuse(node, f"linear via {call!r} reads its weight as (in, out); the layout's linear "
                           f"is F.linear with an (out, in) weight")
     want = {"weight": (fan_out, fan_in), **({"bias": (fan_out,)} if bias else {})}
@@ -469,9 +469,7 @@ def _score_modifiers(conv: Converter, node: str) -> dict:
     if any(step[0] in ("scale", "tanh") for step in rest):
         raise conv.refuse(node, f"attention scores are scaled or soft-capped after the mask or the softmax "
                           f"(score chain {chain})")
-    scale = math.prod(factors) if factors else 1.0
-    if not factors:
-        raise conv.refuse(node, f"attention scores are never scaled (score chain {chain})")
+    scale = math.prod(factors) if factors else 1.0  # none: the scores are not scaled (GPT-Neo), scale 1.0
     if not math.isclose(scale, head, rel_tol=1e-15):
         out["scale"] = float(scale)
     return out

@@ -346,7 +346,8 @@ class _Recorder(TorchFunctionMode):
             return "linear", {"in_features": int(x.shape[-1]), "out_features": int(out.shape[-1]),
                               "bias": bias is not None}
         if name in ("matmul", "mm") and params and len(acts) == 1 and acts[0][0] is args[0]:
-            return "linear", {"in_features": int(x.shape[-1]), "out_features": int(out.shape[-1]), "bias": False}
+            return "linear", {"in_features": int(x.shape[-1]), "out_features": int(out.shape[-1]), "bias": False,
+                              **({"weight_transposed": True} if self._reads_transposed(args[1], params) else {})}
         if name == "addmm" and params and len(acts) == 1 and len(args) > 1 and acts[0][0] is args[1]:
             return "linear", {"in_features": int(x.shape[-1]), "out_features": int(out.shape[-1]), "bias": True}
         if name == "scaled_dot_product_attention" and len(acts) >= 3:
@@ -395,6 +396,17 @@ class _Recorder(TorchFunctionMode):
             attrs["key"] = _key_repr(args[1])
             attrs["strided"] = _strided(args[1])
         return "opaque", attrs
+
+    def _reads_transposed(self, w: torch.Tensor, params: set[str]) -> bool:
+        """Whether the matrix ``x @ w`` multiplies by is, value for value, the transpose of the one stored 2-D
+        parameter read (Falcon's ``x @ W.T``: F.linear with the stored ``(out, in)`` weight)."""
+        if len(params) != 1 or not isinstance(w, torch.Tensor) or w.dim() != 2:
+            return False
+        stored = next((p for p in self.model.parameters() if self.canonical[id(p)] in params), None)
+        if stored is None or stored.dim() != 2 or tuple(stored.shape) != tuple(w.shape)[::-1]:
+            return False
+        with torch.no_grad():
+            return bool(torch.equal(w.mT, stored)) and not (w.shape[0] == w.shape[1] and torch.equal(w, stored))
 
     def _position_lookup(self, args, kwargs, x: torch.Tensor) -> dict | None:
         """``x + P[ids]`` with constant ids ``start + arange(seq)`` in every row: a learned position table."""
