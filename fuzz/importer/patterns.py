@@ -436,7 +436,31 @@ def _attention(conv: Converter, node: str, ins: list[str]) -> dict:
     conv.no_params(node)
     _check_attention(conv, node)
     p = {k: conv.g.nodes[node][k] for k in ("n_heads", "n_kv_heads", "head_dim")}
-    return {**p, **_score_modifiers(conv, node)}
+    return {**p, **_score_modifiers(conv, node), **_alibi(conv, node)}
+
+
+def _alibi(conv: Converter, node: str) -> dict:
+    """ALiBi measured from the recording: the constants the eager score chain adds after the scale and the
+    soft-cap are ``slope_h * (j - i)`` (up to a per-query constant) on every unmasked causal pair
+    (:func:`fuzz.record.contract.score_bias`); the layout's attention owns a copy of the slopes (the source
+    computes them, it trains none)."""
+    d = conv.g.nodes[node]
+    bias = d.get("score_bias") or {}
+    if bias.get("kind") != "alibi":
+        if _uses_alibi(conv):
+            raise conv.refuse(node, "ALiBi position bias on the attention scores: the recording shows no "
+                              f"slope_h * (j - i) bias added to the eager scores (score bias {bias.get('kind')!r}, "
+                              f"score chain {d.get('score_chain')})")
+        return {}
+    chain = d["score_chain"]
+    before = [k for k, step in enumerate(chain) if step[0] in ("scale", "tanh")]
+    if before and max(before) > min(bias["steps"]):
+        raise conv.refuse(node, f"ALiBi bias added before the scores are scaled or soft-capped (score chain {chain}); "
+                          f"the layout's attention adds it after both")
+    like = next(iter(conv.named.values()))
+    conv.parameters[node] = {"alibi_slopes": torch.nn.Parameter(
+        torch.tensor(bias["slopes"], dtype=like.dtype, device=like.device), requires_grad=False)}
+    return {"alibi": True}
 
 
 def _score_modifiers(conv: Converter, node: str) -> dict:
@@ -486,9 +510,6 @@ def _check_attention(conv: Converter, node: str) -> None:
     if d.get("causal") is False and d.get("masked") is False and not one_query \
             or getattr(module, "is_causal", True) is False:
         raise conv.refuse(node, "attention is neither causal nor masked (bidirectional)")
-    if _uses_alibi(conv):
-        raise conv.refuse(node, "ALiBi position bias on the attention scores: the layout's attention has ALiBi "
-                          "slopes, but the importer does not measure them from a recording yet")
     if any(isinstance(getattr(module, name, None), torch.nn.Parameter) for name in ("sinks", "s_aux")):
         raise conv.refuse(node, "attention sinks (a learned per-head logit in the softmax denominator): the "
                           "layout's attention has sinks, but the importer does not read them from a recording yet")
@@ -504,7 +525,7 @@ def _softcap(conv: Converter, node: str, ins: list[str]) -> dict:
 
 def _uses_alibi(conv: Converter) -> bool:
     """Whether the source's config switches ALiBi on (BLOOM always; MPT ``attn_config.alibi``; Falcon ``alibi``):
-    only to name the refusal, the import check would refuse the import anyway."""
+    only to name the refusal when the recording shows none, the import check would refuse the import anyway."""
     cfg = getattr(conv.model, "config", None)
     if cfg is None:
         return False

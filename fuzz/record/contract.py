@@ -36,7 +36,7 @@ def _finish(rec: _Recorder, logits_node: str, ids: torch.Tensor, name: str, voca
     merged: dict[str, str] = {}
     _contract_regions(g, rec, merged)
     _contract_ropes(g, rec.n_tokens, merged)
-    _contract_eager_attention(g, rec.n_tokens, merged)
+    _contract_eager_attention(g, rec.n_tokens, merged, rec.added)
     logits_node = _resolve(merged, logits_node)
     for n in g:
         g.nodes[n].pop("region", None)
@@ -303,8 +303,10 @@ def _contract_ropes(g: nx.DiGraph, n_tokens: int, merged: dict[str, str]) -> Non
         _contract(g, set(comp), first, attrs, list(ext), merged)
 
 
-def _contract_eager_attention(g: nx.DiGraph, n_tokens: int, merged: dict[str, str]) -> None:
-    """Contract ``softmax(Q K^T ...) V`` written with matmuls into ``attention`` nodes (ports q, k, v)."""
+def _contract_eager_attention(g: nx.DiGraph, n_tokens: int, merged: dict[str, str],
+                              added: dict[str, torch.Tensor] | None = None) -> None:
+    """Contract ``softmax(Q K^T ...) V`` written with matmuls into ``attention`` nodes (ports q, k, v); the
+    constants the chain adds to the scores are measured (:func:`score_bias`) into the node's ``score_bias``."""
     for pv in [n for n in sorted(g, key=lambda n: g.nodes[n]["index"])
                if g.nodes[n].get("call") in ("matmul", "bmm") and g.nodes[n]["op"] == "opaque"]:
         if pv not in g or g.in_degree(pv) != 2:
@@ -337,7 +339,47 @@ def _contract_eager_attention(g: nx.DiGraph, n_tokens: int, merged: dict[str, st
         attrs = {**_base_attrs(g, cluster, "attention", path, pv), "n_heads": int(q_shape[-3]),
                  "n_kv_heads": _numel(g.nodes[k_node]["shape"]) // (n_tokens * head_dim), "head_dim": head_dim,
                  "score_chain": _score_chain(g, chain)}
+        bias = [(added[n], g.nodes[n]["shape"]) for n in chain if n in (added or {})]
+        if bias:  # steps: where in the score chain the constants are added
+            attrs["score_bias"] = {**score_bias(bias, attrs["n_heads"]),
+                                   "steps": [k for k, n in enumerate(reversed(chain)) if n in added]}
         _contract(g, cluster, qk, attrs, [q_node, k_node, v_node], merged)
+
+
+_MASKED = -1e30  # an added score below this (or -inf) masks its key: the float minima and -inf masks
+_ALIBI_MATCH = 1e-9  # relative agreement of an added bias with slope_h * (j - i) on every unmasked causal pair
+
+
+def score_bias(added: list[tuple[torch.Tensor, list[int]]], n_heads: int) -> dict:
+    """What constants added to the attention scores ``(.., heads, queries, keys)`` do on the causal pairs they
+    leave unmasked, up to a per-query constant (which the softmax cancels): ``{"kind": "none"}`` (a mask),
+    ``{"kind": "alibi", "slopes": [s_h]}`` when the bias is ``s_h * (j - i)`` in every head (ALiBi: BLOOM, MPT),
+    ``{"kind": "other"}`` otherwise (left to the import check)."""
+    try:
+        shape = torch.Size(added[0][1])
+        total = sum(c.to(torch.float64).broadcast_to(shape) for c, _ in added)
+        t_q, t_k = shape[-2], shape[-1]
+        total = total.reshape(-1, n_heads, t_q, t_k)
+    except RuntimeError:
+        return {"kind": "other"}
+    if t_q != t_k or not bool((total == total[:1]).all()):
+        return {"kind": "other"}
+    c = total[0]
+    i = torch.arange(t_q)[:, None]
+    j = torch.arange(t_k)[None, :]
+    diag = torch.diagonal(c, dim1=-2, dim2=-1)
+    live = (j <= i) & (c > _MASKED) & torch.isfinite(c) & (diag > _MASKED)[..., :, None]
+    rel = (j - i).to(torch.float64).expand_as(c)
+    d = torch.where(live, c - diag[..., :, None], 0.0)
+    denom = torch.where(live, rel * rel, 0.0).sum((-2, -1))
+    slopes = torch.where(denom > 0, (d * torch.where(live, rel, 0.0)).sum((-2, -1)) / denom.clamp_min(1.0), 0.0)
+    fit = torch.where(live, slopes[:, None, None] * rel, 0.0)
+    scale = float(torch.where(live, c, 0.0).abs().max()) if bool(live.any()) else 0.0
+    if float((d - fit).abs().max()) > _ALIBI_MATCH * max(1.0, scale):
+        return {"kind": "other"}
+    if not bool((slopes != 0).any()):
+        return {"kind": "none"}
+    return {"kind": "alibi", "slopes": [float(x) for x in slopes]}
 
 
 def _score_chain(g: nx.DiGraph, chain: list[str]) -> list[list]:

@@ -20,6 +20,8 @@ from .calls import (_ACTS, _NORM_FNS, _RESHAPE, _SELECT, _arg, _canon, _key_repr
 from .contract import _finish
 from .graph import RecordedGraph
 
+_ADDED_MAX = 1 << 20  # elements of an added constant kept for the score-bias measurement
+
 DEFAULT_SEQ_LEN = 8
 
 
@@ -147,6 +149,9 @@ class _Recorder(TorchFunctionMode):
         self._storage: dict[int, set[int]] = defaultdict(set)  # storage pointer -> ids of activations on it
         self.frames: list[_Frame] = []
         self.regions: dict[int, _Frame] = {}
+        # node -> the constant an opaque ``x + c`` added (an attention score bias: ALiBi, a mask), measured by
+        # contract._score_bias and never stored in the graph
+        self.added: dict[str, torch.Tensor] = {}
         self._count = 0
         self._calls = 0
         self.paths = {}
@@ -322,6 +327,9 @@ class _Recorder(TorchFunctionMode):
                 self._mutated(t, node)
             else:
                 self._set_act(t, node)
+            if op == "opaque" and name == "add" and len(acts) == 1 and len(consts) == 1 and not params \
+                    and "alpha" not in kwargs and consts[0].numel() <= _ADDED_MAX:
+                self.added[node] = consts[0].detach()
 
     def _passes_through(self, name, args, kwargs, x: torch.Tensor, outs) -> bool:
         if name in _RESHAPE:

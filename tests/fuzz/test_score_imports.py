@@ -25,3 +25,25 @@ def test_gpt_neo_scores_are_not_scaled_and_import_with_scale_one():
     layout = gm.layout
     assert [layout.params(a)["scale"] for a in layout.of_op("attention")] == [1.0, 1.0]
     _exact(gm, model)
+
+
+def test_score_bias_tells_alibi_from_a_mask_and_from_any_other_bias():
+    from fuzz.record.contract import score_bias
+    t, slopes = 6, torch.tensor([0.5, 0.125, 0.03125], dtype=torch.float64)
+    pos = torch.arange(t, dtype=torch.float64)
+    causal = torch.full((t, t), torch.finfo(torch.float64).min, dtype=torch.float64).triu(1)
+    alibi_abs = (slopes[:, None, None] * pos[None, None, :]).to(torch.float64)  # BLOOM/MPT: slope * key position
+    shape = [1, 3, t, t]
+    assert score_bias([(alibi_abs, shape), (causal, shape)], 3) == {"kind": "alibi", "slopes": slopes.tolist()}
+    assert score_bias([(causal[None, None], shape)], 3) == {"kind": "none"}
+    assert score_bias([(torch.randn(1, 3, t, t, dtype=torch.float64), shape)], 3) == {"kind": "other"}
+    window = causal.clone()
+    window[torch.arange(t)[:, None] - torch.arange(t)[None, :] >= 2] = float("-inf")  # a sliding window: a mask
+    assert score_bias([(window, shape)], 3) == {"kind": "none"}
+
+
+def test_mpt_imports_with_alibi_exact_against_the_model():
+    model = build("MptForCausalLM")
+    gm = import_model(model)
+    assert all(gm.layout.params(a)["alibi"] for a in gm.layout.of_op("attention"))
+    _exact(gm, model)
