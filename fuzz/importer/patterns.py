@@ -577,6 +577,13 @@ def _head_slice(conv: Converter, node: str, ins: list[str]) -> dict:
         raise conv.refuse(node, f"opaque op {d.get('call')!r}: a MoE router whose softmax / top-k / max was not "
                           f"contracted into a router (one written across modules, e.g. a correction bias held by a "
                           f"child module, or a sparsemixer router); not in the layout's router vocabulary")
+    if "flat_slice" in d:  # a selection on a head axis, measured by the recorder (record.recorder._flat_slice)
+        if d["flat_slice"] is None:
+            raise conv.refuse(node, f"opaque op {d.get('call')!r} ({d.get('key', 'output %s' % d.get('output', 0))}) "
+                              f"selects values of each token that are no slice of a (heads, head_dim) view")
+        conv.no_params(node)
+        heads, head_dim, start, length = d["flat_slice"]
+        return {"n_heads": heads, "head_dim": head_dim, "start": start, "length": length}
     if d.get("call") not in _SLICES:
         raise conv.refuse(node, f"opaque op {d.get('call')!r}")
     conv.no_params(node)

@@ -315,7 +315,7 @@ def _contract_eager_attention(g: nx.DiGraph, n_tokens: int, merged: dict[str, st
         chain, cur, softmax = [], p_node, False
         while True:
             d = g.nodes[cur]
-            if d["op"] == "opaque" and d.get("call") in ("matmul", "bmm") and g.in_degree(cur) == 2:
+            if d["op"] == "opaque" and d.get("call") in ("matmul", "bmm", "baddbmm") and g.in_degree(cur) == 2:
                 break
             ok = g.in_degree(cur) == 1 and not d["params"] and (
                 d["op"] == "scale" or d["op"] == "act" and d["fn"] == "tanh"
@@ -336,13 +336,19 @@ def _contract_eager_attention(g: nx.DiGraph, n_tokens: int, merged: dict[str, st
         q_shape = g.edges[q_node, qk]["shape"]
         head_dim = int(q_shape[-1])
         path = _common_path([g.nodes[n]["module_path"] for n in cluster])
-        attrs = {**_base_attrs(g, cluster, "attention", path, pv), "n_heads": int(q_shape[-3]),
+        first: list[list] = []  # baddbmm: its alpha scales Q K^T, then beta * input is added
+        if g.nodes[qk]["call"] == "baddbmm":
+            first = [["scale", g.nodes[qk]["alpha"]]] + ([["call", "add"]] if qk in (added or {}) else [])
+        attrs = {**_base_attrs(g, cluster, "attention", path, pv),
+                 "n_heads": _numel(q_shape) // (n_tokens * head_dim),
                  "n_kv_heads": _numel(g.nodes[k_node]["shape"]) // (n_tokens * head_dim), "head_dim": head_dim,
-                 "score_chain": _score_chain(g, chain)}
-        bias = [(added[n], g.nodes[n]["shape"]) for n in chain if n in (added or {})]
+                 "score_chain": first + _score_chain(g, chain)}
+        steps = [qk, *reversed(chain)] if first else list(reversed(chain))
+        bias = [(added[n], g.nodes[n]["shape"]) for n in steps if n in (added or {})]
         if bias:  # steps: where in the score chain the constants are added
             attrs["score_bias"] = {**score_bias(bias, attrs["n_heads"]),
-                                   "steps": [k for k, n in enumerate(reversed(chain)) if n in added]}
+                                   "steps": [k + (len(first) - 1 if first else 0)
+                                             for k, n in enumerate(steps) if n in added]}
         _contract(g, cluster, qk, attrs, [q_node, k_node, v_node], merged)
 
 
@@ -356,10 +362,8 @@ def score_bias(added: list[tuple[torch.Tensor, list[int]]], n_heads: int) -> dic
     ``{"kind": "alibi", "slopes": [s_h]}`` when the bias is ``s_h * (j - i)`` in every head (ALiBi: BLOOM, MPT),
     ``{"kind": "other"}`` otherwise (left to the import check)."""
     try:
-        shape = torch.Size(added[0][1])
-        total = sum(c.to(torch.float64).broadcast_to(shape) for c, _ in added)
-        t_q, t_k = shape[-2], shape[-1]
-        total = total.reshape(-1, n_heads, t_q, t_k)
+        t_q, t_k = added[0][1][-2], added[0][1][-1]
+        total = sum(c.to(torch.float64).broadcast_to(shape).reshape(-1, n_heads, t_q, t_k) for c, shape in added)
     except RuntimeError:
         return {"kind": "other"}
     if t_q != t_k or not bool((total == total[:1]).all()):

@@ -47,3 +47,60 @@ def test_mpt_imports_with_alibi_exact_against_the_model():
     gm = import_model(model)
     assert all(gm.layout.params(a)["alibi"] for a in gm.layout.of_op("attention"))
     _exact(gm, model)
+
+
+def test_falcon_imports_its_x_at_w_t_projections_and_its_head_axis_split_exactly():
+    """FalconLinear computes ``x @ W.T`` (F.linear with the stored weight); the fused projection is split on the
+    head axis of a ``(b, s, h + 2, d)`` view (``split([h, 1, 1], dim=-2)``): measured as flat slices."""
+    model = build("FalconForCausalLM")
+    gm = import_model(model, numerics="transformers")  # its RoPE tables are float32, as transformers' are
+    layout = gm.layout
+    slices = [layout.params(n) for n in layout.of_op("head_slice")]
+    h, d = model.config.num_attention_heads, model.config.hidden_size // model.config.num_attention_heads
+    assert slices[:3] == [{"n_heads": 1, "head_dim": (h + 2) * d, "start": s, "length": n}
+                          for s, n in ((0, h * d), (h * d, d), ((h + 1) * d, d))]
+    assert layout.meta["import_check"]["floor"] == "exact"
+    _exact(gm, model)
+
+
+def test_a_stored_weight_read_untransposed_by_matmul_is_still_refused():
+    """``x @ W`` with ``W`` stored as it is multiplied reads an (in, out) weight: no F.linear."""
+
+    class XW(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(64, 8, dtype=torch.float64)
+            self.w = torch.nn.Parameter(torch.randn(8, 8, dtype=torch.float64))
+            self.head = torch.nn.Linear(8, 64, bias=False, dtype=torch.float64)
+
+        def forward(self, input_ids):
+            return self.head(self.emb(input_ids) @ self.w)
+
+    with pytest.raises(BadInput, match=r"linear via 'matmul' reads its weight as \(in, out\)"):
+        import_model(XW(), check=False)
+
+
+@pytest.fixture
+def bloom(monkeypatch):
+    """BLOOM with its truncated-constant GELU replaced by the exact tanh GELU (the activation is refused by
+    name on its own: see test_bloom_gelu_is_refused_by_name)."""
+    import torch.nn.functional as F
+    import transformers.models.bloom.modeling_bloom as mb
+    monkeypatch.setattr(mb.BloomGelu, "forward", lambda self, x: F.gelu(x, approximate="tanh"))
+    return build("BloomForCausalLM")
+
+
+def test_bloom_attention_imports_baddbmm_alibi_and_the_interleaved_fused_qkv(bloom):
+    gm = import_model(bloom)
+    layout = gm.layout
+    h = bloom.config.n_head
+    d = bloom.config.hidden_size // h
+    assert [layout.params(n) for n in layout.of_op("head_slice")][:3] == \
+        [{"n_heads": h, "head_dim": 3 * d, "start": k * d, "length": d} for k in range(3)]
+    slopes = [2.0 ** (-8 * (i + 1) / h) for i in range(h)]  # BLOOM's slopes for a power-of-two head count
+    for a in layout.of_op("attention"):
+        p = layout.params(a)
+        assert p["alibi"] is True and p["scale"] is None  # inv_norm_factor = head_dim ** -0.5
+        assert gm.nodes[a].alibi_slopes.tolist() == slopes
+    assert layout.meta["import_check"]["padded"]["max_rel_err"] <= layout.meta["import_check"]["bound"]
+    _exact(gm, bloom)
