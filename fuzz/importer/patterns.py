@@ -433,10 +433,33 @@ def _rope(conv: Converter, node: str, ins: list[str]) -> dict:
 
 @import_pattern("attention")
 def _attention(conv: Converter, node: str, ins: list[str]) -> dict:
-    conv.no_params(node)
+    sinks = _sinks(conv, node)
+    if not sinks:
+        conv.no_params(node)
     _check_attention(conv, node)
     p = {k: conv.g.nodes[node][k] for k in ("n_heads", "n_kv_heads", "head_dim")}
-    return {**p, **_score_modifiers(conv, node), **_alibi(conv, node)}
+    return {**p, **_score_modifiers(conv, node), **_alibi(conv, node), **sinks}
+
+
+def _sinks(conv: Converter, node: str) -> dict:
+    """Attention sinks read from the recording: one parameter, a logit per head, either appended to the scores
+    as a last key column that the softmax sees and ``P`` then drops (``cat -> softmax -> [..., :-1]``: Flint,
+    MiMo-V2-Flash) or as ``P V * sigmoid(logsumexp(s) - sink)`` (GraniteSWA), the same function."""
+    d = conv.g.nodes[node]
+    chain = [step[0] for step in d.get("score_chain", []) if step[0] != "stabilize"]  # s - max(s): same softmax
+    appended = "sink" in chain and chain[chain.index("sink"):chain.index("sink") + 3] == ["sink", "softmax", "drop_sink"]
+    scaled = chain[-2:] == ["softmax", "sink_scale"]
+    if not (appended or scaled) and not {"sink", "drop_sink", "sink_scale"} & set(chain):
+        return {}
+    if not (appended or scaled) or chain.count("softmax") != 1 or len(d["params"]) != 1:
+        raise conv.refuse(node, f"attention sinks in a form other than a sink column the softmax sees or a "
+                          f"sigmoid(logsumexp - sink) scale of its output (score chain {d['score_chain']})")
+    (name,) = d["params"]
+    if conv.shape(name) != (d["n_heads"],):
+        raise conv.refuse(node, f"attention sinks {name!r} of shape {conv.shape(name)}, not one logit per query head "
+                          f"({d['n_heads']},)")
+    conv.take(node, {"sinks": name})
+    return {"sinks": True}
 
 
 def _alibi(conv: Converter, node: str) -> dict:
@@ -458,8 +481,8 @@ def _alibi(conv: Converter, node: str) -> dict:
         raise conv.refuse(node, f"ALiBi bias added before the scores are scaled or soft-capped (score chain {chain}); "
                           f"the layout's attention adds it after both")
     like = next(iter(conv.named.values()))
-    conv.parameters[node] = {"alibi_slopes": torch.nn.Parameter(
-        torch.tensor(bias["slopes"], dtype=like.dtype, device=like.device), requires_grad=False)}
+    conv.parameters.setdefault(node, {})["alibi_slopes"] = torch.nn.Parameter(
+        torch.tensor(bias["slopes"], dtype=like.dtype, device=like.device), requires_grad=False)
     return {"alibi": True}
 
 
@@ -510,9 +533,10 @@ def _check_attention(conv: Converter, node: str) -> None:
     if d.get("causal") is False and d.get("masked") is False and not one_query \
             or getattr(module, "is_causal", True) is False:
         raise conv.refuse(node, "attention is neither causal nor masked (bidirectional)")
-    if any(isinstance(getattr(module, name, None), torch.nn.Parameter) for name in ("sinks", "s_aux")):
-        raise conv.refuse(node, "attention sinks (a learned per-head logit in the softmax denominator): the "
-                          "layout's attention has sinks, but the importer does not read them from a recording yet")
+    if any(isinstance(getattr(module, name, None), torch.nn.Parameter) for name in ("sinks", "s_aux")) \
+            and not d["params"]:
+        raise conv.refuse(node, "attention sinks (a learned per-head logit in the softmax denominator) the recorded "
+                          "attention does not read: the importer reads them only from a recorded eager attention")
     if getattr(module, "attn_logit_softcapping", None) is not None and "score_chain" not in d:
         raise conv.refuse(node, "attention logits are soft-capped and the recorded attention shows no soft-cap")
 

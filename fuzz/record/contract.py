@@ -319,7 +319,13 @@ def _contract_eager_attention(g: nx.DiGraph, n_tokens: int, merged: dict[str, st
                 break
             ok = g.in_degree(cur) == 1 and not d["params"] and (
                 d["op"] == "scale" or d["op"] == "act" and d["fn"] == "tanh"
-                or d["op"] == "opaque" and d.get("call") in _SCORE_OPS)
+                or d["op"] == "opaque" and d.get("call") in _SCORE_OPS
+                or _drops_last_key(g, cur)) or _appends_sink(g, cur)
+            peak = _subtracted_max(g, cur)  # s - max(s): the softmax is the same (MiMo-V2-Flash, GPT-OSS)
+            if peak is not None:
+                chain.extend([cur, peak])
+                cur = next(iter(g.predecessors(peak)))
+                continue
             if not ok:
                 chain = None
                 break
@@ -330,7 +336,11 @@ def _contract_eager_attention(g: nx.DiGraph, n_tokens: int, merged: dict[str, st
             continue
         qk = cur
         cluster = {qk, pv, *chain}
-        if any(s not in cluster for n in cluster - {pv} for s in g.successors(n)):
+        out, sink_scale = pv, _lse_sink_scale(g, pv, chain)
+        if sink_scale is not None:  # GraniteSWA: P V * sigmoid(logsumexp(s) - sink)
+            out = sink_scale[0]
+            cluster |= set(sink_scale)
+        if any(s not in cluster for n in cluster - {out} for s in g.successors(n)):
             continue
         (q_node, k_node) = [s for s, _, _ in sorted(g.in_edges(qk, data="port"), key=lambda e: e[2])]
         q_shape = g.edges[q_node, qk]["shape"]
@@ -339,11 +349,13 @@ def _contract_eager_attention(g: nx.DiGraph, n_tokens: int, merged: dict[str, st
         first: list[list] = []  # baddbmm: its alpha scales Q K^T, then beta * input is added
         if g.nodes[qk]["call"] == "baddbmm":
             first = [["scale", g.nodes[qk]["alpha"]]] + ([["call", "add"]] if qk in (added or {}) else [])
-        attrs = {**_base_attrs(g, cluster, "attention", path, pv),
+        attrs = {**_base_attrs(g, cluster, "attention", path, out),
                  "n_heads": _numel(q_shape) // (n_tokens * head_dim),
                  "n_kv_heads": _numel(g.nodes[k_node]["shape"]) // (n_tokens * head_dim), "head_dim": head_dim,
-                 "score_chain": first + _score_chain(g, chain)}
-        steps = [qk, *reversed(chain)] if first else list(reversed(chain))
+                 "score_chain": first + _score_chain(g, chain)
+                 + ([["sink_scale"]] if sink_scale is not None else [])}
+        stepped = [n for n in reversed(chain) if g.nodes[n].get("call") not in ("max", "amax")]  # as _score_chain
+        steps = [qk, *stepped] if first else stepped
         bias = [(added[n], g.nodes[n]["shape"]) for n in steps if n in (added or {})]
         if bias:  # steps: where in the score chain the constants are added
             attrs["score_bias"] = {**score_bias(bias, attrs["n_heads"]),
@@ -386,6 +398,67 @@ def score_bias(added: list[tuple[torch.Tensor, list[int]]], n_heads: int) -> dic
     return {"kind": "alibi", "slopes": [float(x) for x in slopes]}
 
 
+def _subtracted_max(g: nx.DiGraph, node: str) -> str | None:
+    """The ``max`` node of ``s - s.max(-1, keepdim=True)`` at ``node`` (read only there), else None."""
+    d = g.nodes[node]
+    if not (d["op"] == "opaque" and d.get("call") == "sub" and not d["params"] and g.in_degree(node) == 2):
+        return None
+    x, m = [s for s, _, _ in sorted(g.in_edges(node, data="port"), key=lambda e: e[2])]
+    e = g.nodes[m]
+    if not (e["op"] == "opaque" and e.get("call") in ("max", "amax") and e.get("output", 0) == 0 and not e["params"]
+            and list(g.predecessors(m)) == [x] and list(g.successors(m)) == [node] and e["shape"][-1] == 1
+            and not d.get("reflected")):
+        return None
+    return m
+
+
+def _drops_last_key(g: nx.DiGraph, node: str) -> bool:
+    """``p[..., :-1]``: the probabilities without the sink column appended before the softmax."""
+    d = g.nodes[node]
+    return d["op"] == "opaque" and d.get("call") == "getitem" and d.get("key") == "..., :-1" and not d["params"]
+
+
+def _appends_sink(g: nx.DiGraph, node: str) -> bool:
+    """``cat([s, sinks.expand(..., 1)], -1)``: one column read from one parameter appended to the scores (Flint,
+    MiMo-V2-Flash, GPT-OSS attention sinks; the importer checks the parameter is one logit per head)."""
+    d = g.nodes[node]
+    if not (d["op"] == "opaque" and d.get("call") in ("cat", "concat", "concatenate") and len(d["params"]) == 1
+            and g.in_degree(node) == 1):
+        return False
+    (src,) = g.predecessors(node)
+    return d["shape"][-1] == g.edges[src, node]["shape"][-1] + 1 and d["shape"][:-1] == g.edges[src, node]["shape"][:-1]
+
+
+def _lse_sink_scale(g: nx.DiGraph, pv: str, chain: list[str]) -> tuple[str, str, str, str] | None:
+    """``(mul, sigmoid, sub, logsumexp)`` when the only reader of ``P V`` multiplies it by
+    ``sigmoid(logsumexp(s) - sink)`` of the scores ``s`` the softmax reads (GraniteSWA's sinks: the same function
+    as a sink logit in the softmax denominator)."""
+    soft = next((n for n in chain if g.nodes[n].get("call") == "softmax"), None)
+    succ = list(g.successors(pv))
+    if soft is None or len(succ) != 1 or g.nodes[succ[0]]["op"] != "mul" or g.nodes[succ[0]]["params"]:
+        return None
+    mul = succ[0]
+    others = [s for s in g.predecessors(mul) if s != pv]
+    if len(others) != 1 or g.in_degree(mul) != 2:
+        return None
+    sig = others[0]
+    if not (g.nodes[sig]["op"] == "act" and g.nodes[sig].get("fn") == "sigmoid" and g.in_degree(sig) == 1
+            and g.out_degree(sig) == 1):
+        return None
+    (sub,) = g.predecessors(sig)
+    e = g.nodes[sub]
+    if not (e["op"] == "opaque" and e.get("call") == "sub" and len(e["params"]) == 1 and not e.get("reflected")
+            and g.in_degree(sub) == 1 and g.out_degree(sub) == 1):
+        return None
+    (lse,) = g.predecessors(sub)
+    f = g.nodes[lse]
+    scores = next(iter(g.predecessors(soft)))
+    if not (f["op"] == "opaque" and f.get("call") == "logsumexp" and not f["params"] and g.out_degree(lse) == 1
+            and list(g.predecessors(lse)) == [scores]):
+        return None
+    return mul, sig, sub, lse
+
+
 def _score_chain(g: nx.DiGraph, chain: list[str]) -> list[list]:
     """What the eager attention does between ``Q K^T`` and ``P V``, in order: ``["scale", factor]``,
     ``["tanh"]``, ``["softmax"]`` or ``["call", name]`` (the importer reads the scale and soft-cap from it)."""
@@ -398,6 +471,14 @@ def _score_chain(g: nx.DiGraph, chain: list[str]) -> list[list]:
             out.append(["tanh"])
         elif d.get("call") == "softmax":
             out.append(["softmax"])
+        elif g.nodes[n].get("call") in ("max", "amax"):
+            continue  # the max of s - max(s), named by the sub
+        elif g.nodes[n].get("call") == "sub" and _subtracted_max(g, n) is not None:
+            out.append(["stabilize"])
+        elif _drops_last_key(g, n):
+            out.append(["drop_sink"])
+        elif _appends_sink(g, n):
+            out.append(["sink"])
         else:
             out.append(["call", str(d.get("call"))])
     return out

@@ -258,10 +258,19 @@ def test_an_alibi_model_whose_recording_shows_no_alibi_is_refused_naming_alibi(m
         import_model(model)
 
 
-@pytest.mark.parametrize("kw", [dict(alibi=True), dict(attn_sinks=True)], ids=["alibi", "sinks"])
-def test_a_graph_model_with_alibi_or_sinks_is_refused_not_mis_imported(kw):
+def test_a_graph_model_with_alibi_slopes_as_parameters_is_refused_not_mis_imported():
     with pytest.raises(BadInput, match=r"cannot import nodes\.l0_attn"):
-        import_model(materialize(build(DecoderSpec(**kw)), seed=1))
+        import_model(materialize(build(DecoderSpec(alibi=True)), seed=1))
+
+
+def test_a_graph_model_with_sinks_imports_to_itself_exactly():
+    gm = materialize(build(DecoderSpec(attn_sinks=True)), seed=1)
+    back = import_model(gm)
+    (a,) = back.layout.of_op("attention")
+    assert back.layout.params(a)["sinks"] is True and back.nodes[a].sinks is gm.nodes["l0_attn"].sinks
+    ids = torch.randint(0, 64, (2, 11), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.equal(back(ids), gm(ids))
 
 
 def test_a_graph_model_with_scale_and_soft_caps_imports_to_itself_exactly():

@@ -104,3 +104,39 @@ def test_bloom_attention_imports_baddbmm_alibi_and_the_interleaved_fused_qkv(blo
         assert gm.nodes[a].alibi_slopes.tolist() == slopes
     assert layout.meta["import_check"]["padded"]["max_rel_err"] <= layout.meta["import_check"]["bound"]
     _exact(gm, bloom)
+
+
+@pytest.mark.parametrize("name,form", [("FlintForCausalLM", ["sink", "softmax", "drop_sink"]),
+                                       ("MiMoV2FlashForCausalLM", ["sink", "stabilize", "softmax", "drop_sink"]),
+                                       ("GraniteSWAForCausalLM", ["softmax", "sink_scale"]),
+                                       ("GraniteMoeSWAForCausalLM", ["softmax", "sink_scale"])])
+def test_attention_sinks_import_from_the_recording_in_either_form(name, form):
+    """A sink column the softmax sees and drops (Flint; MiMo-V2-Flash after s - max(s)), or P V scaled by
+    sigmoid(logsumexp(s) - sink) (GraniteSWA): the layout's sinks, reading the source's own parameter."""
+    from fuzz.record import record
+    model = build(name)
+    rec = record(model)
+    chains = [[s[0] for s in rec.graph.nodes[n]["score_chain"]] for n in rec.of_op("attention")]
+    assert any(c[-len(form):] == form for c in chains), chains
+    gm = import_model(model)
+    layout = gm.layout
+    with_sinks = [a for a in layout.of_op("attention") if layout.params(a)["sinks"]]
+    assert with_sinks
+    for a in with_sinks:
+        (qualified,) = layout.meta["param_map"][a].values()
+        assert gm.nodes[a].sinks is dict(model.named_parameters())[qualified]
+    check = layout.meta["import_check"]
+    assert check["max_rel_err"][check["numerics"]] <= check["bound"]
+    assert check["padded"]["max_rel_err"] <= check["bound"]
+
+
+def test_a_sink_column_read_after_the_softmax_is_refused_naming_sinks():
+    from fuzz.importer import patterns
+
+    class Conv:  # the converter surface _sinks uses
+        g = __import__("networkx").DiGraph()
+        refuse = staticmethod(lambda node, why: BadInput(why))
+
+    Conv.g.add_node("a", score_chain=[["softmax"], ["sink"], ["drop_sink"]], params=["s"], n_heads=2)
+    with pytest.raises(BadInput, match="attention sinks in a form other than"):
+        patterns._sinks(Conv, "a")
