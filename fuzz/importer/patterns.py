@@ -433,6 +433,11 @@ def _rope(conv: Converter, node: str, ins: list[str]) -> dict:
 
 @import_pattern("attention")
 def _attention(conv: Converter, node: str, ins: list[str]) -> dict:
+    twins = [n for n in conv.g.successors(ins[0]) if n != node and conv.g.nodes[n]["op"] == "attention"
+             and conv.inputs(n)[:1] == ins[:1]]
+    if twins:
+        raise conv.refuse(node, f"two attention maps over the same queries ({node!r} and {twins[0]!r}), combined "
+                          f"after the softmax: differential attention (DiffLlama); the layout's attention computes one")
     sinks = _sinks(conv, node)
     if not sinks:
         conv.no_params(node)

@@ -140,3 +140,9 @@ def test_a_sink_column_read_after_the_softmax_is_refused_naming_sinks():
     Conv.g.add_node("a", score_chain=[["softmax"], ["sink"], ["drop_sink"]], params=["s"], n_heads=2)
     with pytest.raises(BadInput, match="attention sinks in a form other than"):
         patterns._sinks(Conv, "a")
+
+
+def test_diffllama_is_refused_naming_differential_attention():
+    with pytest.raises(BadInput, match=r"model\.layers\.0\.self_attn .*two attention maps over the same queries.*"
+                                       r"differential attention \(DiffLlama\)"):
+        import_model(build("DiffLlamaForCausalLM"))
