@@ -7,17 +7,21 @@ no transformers model contains registers :func:`refuse_import` with the reason i
 
 Conversion rules (recorded op -> layout op):
 
-* ``embedding``, ``lm_head`` (``tied_to`` kept), ``linear`` (``F.linear`` only: ``x @ W`` and
-  ``addmm`` read ``W`` as ``(in, out)``), ``attention``, ``add``, ``mul``, ``act``, ``scale``: direct;
+* ``embedding``, ``lm_head`` (``tied_to`` kept), ``linear`` (``F.linear``, or ``x @ W.T`` with ``W`` stored
+  ``(out, in)`` -- Falcon's FalconLinear, told by the recorder comparing values; ``x @ W`` and ``addmm`` read
+  ``W`` as ``(in, out)``), ``attention``, ``add``, ``mul``, ``act``, ``scale``: direct;
   parameter roles by shape (the 2-D one is the weight, the 1-D one the bias);
 * ``norm``: kind / dim / groups / eps / weight_form / bias; a LayerNorm's weight and bias are told
   apart by feeding the norm module a constant row (it normalises to zero, so the output is the bias);
 * ``rope``: ``theta`` and the scaling (linear / dynamic / yarn / llama3 / longrope) are measured from the
   model (:mod:`fuzz.importer.rope`); any other RoPE is refused;
 * ``attention``: must be causal; its scale and soft-cap are read from the recording (sdpa's ``scale``
-  argument, or the eager score chain ``Q K^T * a [/ c, tanh, * c]``), never from config attributes; a
-  sliding window is measured after conversion (:mod:`fuzz.importer.window`: the attention's ``window``), a
-  chunked span is refused by the check, by measurement;
+  argument, or the eager score chain ``Q K^T * a [/ c, tanh, * c]``; no factor at all is scale 1.0, GPT-Neo;
+  ``baddbmm``'s alpha), never from config attributes; ALiBi slopes are fitted to the constants the chain adds
+  (MPT, BLOOM); sinks are the one parameter the chain reads (a sink column before the softmax, or GraniteSWA's
+  ``sigmoid(logsumexp - sink)`` output scale); two maps over the same queries (differential attention) are
+  refused; a sliding window is measured after conversion (:mod:`fuzz.importer.window`: the attention's
+  ``window``), a chunked span is refused by the check, by measurement;
 * ``softcap``: ``scale(1 / c) -> tanh -> scale(c)`` (Gemma2's final-logit soft-cap);
 * ``router`` (it reads its own weight): split into a ``linear`` ``<router id>_proj`` and a ``router``;
 * ``experts``: ``gate_up_proj (E, 2I, H)`` and ``down_proj (E, H, I)`` (or transposed ``(E, in, out)``) and
@@ -26,7 +30,8 @@ Conversion rules (recorded op -> layout op):
 * ``router``: its score function, correction bias, group-limited top-k, renormalisation and routed
   scaling factor measured against the module (:func:`measure_router`);
 * ``x * sigmoid(g)`` / ``x * softplus(g)`` -> ``gate``; a last-axis slice (``x[..., a:b]``, ``chunk``,
-  ``split``) of a fused projection -> ``head_slice``;
+  ``split``) of a fused projection, or a selection on a head axis of its per-token view that the recorder
+  measured as one (``flat_slice``: Falcon's ``split([h, 1, 1], dim=-2)``, BLOOM's ``[..., k, :]``) -> ``head_slice``;
 * exact rewrites first (:mod:`fuzz.importer.rewrites`): ``scale`` by 1.0 is dropped, ``(a + b) + c``
   becomes one three-input ``add``.
 

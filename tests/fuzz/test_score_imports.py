@@ -146,3 +146,11 @@ def test_diffllama_is_refused_naming_differential_attention():
     with pytest.raises(BadInput, match=r"model\.layers\.0\.self_attn .*two attention maps over the same queries.*"
                                        r"differential attention \(DiffLlama\)"):
         import_model(build("DiffLlamaForCausalLM"))
+
+
+def test_opt_is_refused_naming_positions_that_follow_the_attention_mask():
+    """OPT's position ids come from cumsum(attention_mask): measured by the padded check (the source's padded
+    row equals the graph's on that row unpadded), and named; never imported with the wrong positions."""
+    with pytest.raises(BadInput, match=r"not exact on a padded batch.*learned positions that follow the "
+                                       r"attention_mask"):
+        import_model(build("OPTForCausalLM"))
