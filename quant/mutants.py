@@ -85,7 +85,8 @@ register_mutant("window_dropped", "quant:wht-scale", "window_dropped", applies={
 register_mutant("rope_scaling_dropped", "quant:wht-scale", "rope_unscaled",
                 applies={"rope": True, "rope_scaling": ("linear", "llama3", "yarn", "dynamic", "longrope")})
 register_mutant("assumed_homogeneous", "quant:up-down", "homogeneity_assumed",
-                applies={"mlp": ("gelu", "gelu_tanh", "relu2", "quick_gelu", "fast_gelu", "silu"), "moe": False})
+                applies={"mlp": ("gelu", "gelu_tanh", "relu2", "quick_gelu", "fast_gelu", "silu", "bloom_gelu"),
+                         "moe": False})
 register_mutant("shared_head_gamma", "quant:spectral-pca", "shared_head_gamma",
                 applies={"qk_norm": "per_head_own", "norm": "rms", "fused_qkv": False})
 register_mutant("position_unrotated", "quant:residual-rotation", "position_table_unrotated",

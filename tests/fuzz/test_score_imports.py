@@ -82,8 +82,7 @@ def test_a_stored_weight_read_untransposed_by_matmul_is_still_refused():
 
 @pytest.fixture
 def bloom(monkeypatch):
-    """BLOOM with its truncated-constant GELU replaced by the exact tanh GELU (the activation is refused by
-    name on its own: see test_bloom_gelu_is_refused_by_name)."""
+    """BLOOM with its truncated-constant GELU replaced by the exact tanh GELU: the attention's import on its own."""
     import torch.nn.functional as F
     import transformers.models.bloom.modeling_bloom as mb
     monkeypatch.setattr(mb.BloomGelu, "forward", lambda self, x: F.gelu(x, approximate="tanh"))
@@ -154,3 +153,11 @@ def test_opt_is_refused_naming_positions_that_follow_the_attention_mask():
     with pytest.raises(BadInput, match=r"not exact on a padded batch.*learned positions that follow the "
                                        r"attention_mask"):
         import_model(build("OPTForCausalLM"))
+
+
+def test_bloom_imports_exactly_with_its_own_gelu():
+    model = build("BloomForCausalLM")
+    gm = import_model(model)
+    assert {gm.layout.params(n)["fn"] for n in gm.layout.of_op("act")} == {"bloom_gelu"}
+    assert all(gm.layout.params(a)["alibi"] for a in gm.layout.of_op("attention"))
+    _exact(gm, model)
