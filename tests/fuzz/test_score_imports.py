@@ -161,3 +161,16 @@ def test_bloom_imports_exactly_with_its_own_gelu():
     assert {gm.layout.params(n)["fn"] for n in gm.layout.of_op("act")} == {"bloom_gelu"}
     assert all(gm.layout.params(a)["alibi"] for a in gm.layout.of_op("attention"))
     _exact(gm, model)
+
+
+def test_persimmon_imports_its_head_axis_split_of_the_fused_qkv():
+    """Persimmon views its fused projection as ``(b, s, h, 3, d)`` and takes ``[..., k, :]``: measured as
+    per-head slices (its q/k LayerNorms then see one head each, as the source's do)."""
+    model = build("PersimmonForCausalLM")
+    gm = import_model(model)
+    h = model.config.num_attention_heads
+    d = model.config.hidden_size // h
+    assert [gm.layout.params(n) for n in gm.layout.of_op("head_slice")][:3] == \
+        [{"n_heads": h, "head_dim": 3 * d, "start": k * d, "length": d} for k in range(3)]
+    check = gm.layout.meta["import_check"]
+    assert check["max_rel_err"][check["numerics"]] <= check["bound"]
