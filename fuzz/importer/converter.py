@@ -67,6 +67,7 @@ class Converter:
         rewrites.bypass_views(self)
         rewrites.fold_gates(self)
         rewrites.fold_softcaps(self)
+        rewrites.fold_bias_adds(self)
         rewrites.flatten_adds(self)
         entries = []
         module_paths = {}  # layout node -> the source module it ran in (for the check's localisation)

@@ -116,3 +116,22 @@ def fold_softcaps(conv: Converter) -> None:
         conv.g.remove_node(node)
         conv.g.remove_node(pre)
         conv.rewire(post, [src])
+
+
+def fold_bias_adds(conv: Converter) -> None:
+    """``linear(x) + b`` with the linear bias-free and read only there, ``b`` one parameter of its output width
+    (GPT-NeoX-Japanese's attention ``dense`` and ``dense_bias``, added by the layer) -> the linear with bias ``b``
+    (the same sum; F.linear may round it together with the product)."""
+    for node in [n for n, d in conv.g.nodes(data=True) if d["op"] == "add" and len(d["params"]) == 1]:
+        if conv.g.in_degree(node) != 1:
+            continue
+        (src,) = conv.inputs(node)
+        d, e = conv.g.nodes[node], conv.g.nodes[src]
+        (bias,) = d["params"]
+        if not (e["op"] == "linear" and not e["bias"] and e.get("call") == "linear" and conv.g.out_degree(src) == 1
+                and conv.shape(bias) == (e["out_features"],) and d["shape"] == e["shape"]):
+            continue
+        e.update(bias=True, params=sorted([*e["params"], bias]))
+        for _, dst, data in list(conv.g.out_edges(node, data=True)):
+            conv.g.add_edge(src, dst, **data)
+        conv.g.remove_node(node)

@@ -20,6 +20,8 @@ from .calls import (_ACTS, _NORM_FNS, _RESHAPE, _SELECT, _arg, _canon, _key_repr
 from .contract import _finish
 from .graph import RecordedGraph
 
+_BROADCASTS = frozenset({"expand", "expand_as", "broadcast_to", "repeat", "repeat_interleave", "tile"})  # no selection
+_TEMPLATED = frozenset({"expand_as", "view_as", "reshape_as", "type_as"})  # the second tensor is a template
 _ADDED_MAX = 1 << 20  # elements of an added constant kept for the score-bias measurement
 
 DEFAULT_SEQ_LEN = 8
@@ -276,7 +278,10 @@ class _Recorder(TorchFunctionMode):
         acts: list[tuple[torch.Tensor, str]] = []
         params: set[str] = set()
         consts: list[torch.Tensor] = []
-        for t in _tensors((args, kwargs)):
+        # x.expand_as(y) / view_as / reshape_as / type_as: y only lends its shape or dtype, the values are x's
+        # (GPT-NeoX-Japanese's bias.expand_as(residual) is the bias, not the residual)
+        read = (args[:1] if name in _TEMPLATED and args and isinstance(args[0], torch.Tensor) else (args, kwargs))
+        for t in _tensors(read):
             node = self.producer(t)
             if node is not None:
                 acts.append((t, node))
@@ -347,13 +352,15 @@ class _Recorder(TorchFunctionMode):
         ``x.view(.., n_heads, head_dim)[..., start:start + length]`` it takes, measured by running the call on a
         tensor holding each value's index within its token, or None when it is no such slice.  None when
         the call is no per-token selection (a last-axis slice is recorded as before)."""
-        if name not in _SELECT or len(acts) != 1:
+        if name not in _SELECT or name in _BROADCASTS or len(acts) != 1:
             return None
         x = acts[0][0]
         if x.dim() < 4 or x.shape[0] * x.shape[1] != self.n_tokens:
             return None
         width = x.numel() // self.n_tokens
-        if any(t.dim() < 3 or t.shape[:2] != x.shape[:2] for t in outs) \
+        if x.stride(1) != width or x.stride(0) != x.shape[1] * width:  # (batch, seq) outermost: a per-token view
+            return None
+        if any(t.dim() < 3 or t.shape[:2] != x.shape[:2] or t.numel() // self.n_tokens > width for t in outs) \
                 or all(t.numel() // self.n_tokens == width for t in outs) or x.shape[-1] != outs[0].shape[-1]:
             return None
         probe = torch.arange(width, device=x.device).expand(*x.shape[:2], width).reshape(x.shape)

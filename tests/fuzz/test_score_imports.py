@@ -8,13 +8,14 @@ import torch
 from benchmarks.compat import build
 from fuzz.errors import BadInput
 from fuzz.importer import import_model
+from fuzz.importer.logits import numerics_policy
 
 
 def _exact(gm, model, length=24):
     ids = torch.randint(0, 64, (2, length), generator=torch.Generator().manual_seed(3))
     check = gm.layout.meta["import_check"]
     assert check["max_rel_err"][check["numerics"]] <= check["bound"]
-    with torch.no_grad():
+    with torch.no_grad(), numerics_policy(gm, check["numerics"]):  # the policy the check found exact
         want = model(ids).logits
         assert torch.allclose(gm(ids), want, rtol=0, atol=10 * check["bound"] * float(want.abs().max()))
 
@@ -174,3 +175,35 @@ def test_persimmon_imports_its_head_axis_split_of_the_fused_qkv():
         [{"n_heads": h, "head_dim": 3 * d, "start": k * d, "length": d} for k in range(3)]
     check = gm.layout.meta["import_check"]
     assert check["max_rel_err"][check["numerics"]] <= check["bound"]
+
+
+def test_gpt_neox_japanese_imports_its_baddbmm_scores_and_its_layer_added_dense_bias():
+    """Its last attention returns ``dense_bias`` for the layer to add as ``bias.expand_as(residual)``: recorded as
+    the bias (``residual`` only lends its shape), folded into the bias-free ``dense`` linear; exact."""
+    model = build("GPTNeoXJapaneseForCausalLM")
+    gm = import_model(model)
+    pm = gm.layout.meta["param_map"]
+    (node,) = [n for n, roles in pm.items() if roles.get("bias") == "gpt_neox_japanese.layers.1.attention.dense_bias"]
+    assert gm.layout.op(node) == "linear" and pm[node]["weight"] == "gpt_neox_japanese.layers.1.attention.dense.weight"
+    assert gm.layout.meta["import_check"]["floor"] == "exact"
+    _exact(gm, model)
+
+
+def test_a_template_tensor_lends_only_its_shape():
+    """``b.expand_as(x)`` is ``b``'s values: the recorder never reads it as ``x`` (which would drop ``b``)."""
+    from fuzz.record import record
+
+    class M(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(64, 8, dtype=torch.float64)
+            self.b = torch.nn.Parameter(torch.randn(8, dtype=torch.float64))
+            self.head = torch.nn.Linear(8, 64, bias=False, dtype=torch.float64)
+
+        def forward(self, input_ids):
+            h = self.emb(input_ids)
+            return self.head(h + self.b.expand_as(h))
+
+    rec = record(M())
+    adds = [n for n in rec.order if rec.op(n) == "add"]
+    assert [rec.graph.nodes[n]["params"] for n in adds] == [["b"]]
