@@ -1,6 +1,7 @@
 """Exact rewrites of a recorded graph before conversion: each leaves the function it computes unchanged,
 bit for bit (``x * 1.0`` dropped, a view that only adds an axis bypassed, ``x * act(g)`` folded into a
-``gate``, ``(a + b) + c`` flattened into one three-input ``add``, which sums left to right as before)."""
+``gate``, ``(a + b) + c`` flattened into one three-input ``add``, which sums left to right as before), and one
+that may round differently: ``linear(x) + b`` folded into the linear's bias (the import check measures it)."""
 
 from __future__ import annotations
 
