@@ -185,7 +185,7 @@ AXES: dict[str, Axis] = _axes(
     Axis("position_embedding", "bool", (False, True), False, _if("embeddings:positions", "position_embedding")),
     Axis("fused_qkv", "bool", (False, True), False, _if("attn:fused_qkv", "fused_qkv")),
     Axis("mlp", "choice", ("swiglu", "geglu", "gelu", "gelu_tanh", "relu", "relu2", "quick_gelu", "fast_gelu",
-                           "silu", "clamped_swiglu"), "swiglu", _named("mlp", "mlp"), off_rank=15),
+                           "silu", "clamped_swiglu", "bloom_gelu"), "swiglu", _named("mlp", "mlp"), off_rank=15),
     Axis("intermediate", "width", lambda lim, _: range(4, 2 * lim["max_hidden"] + 1), KEEP,
          _non_pow2("intermediate"), floor=4),
     Axis("mlp_bias", "bool", (False, True), False, _if("bias:mlp", "mlp_bias"), off_rank=2),

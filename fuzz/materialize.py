@@ -88,7 +88,9 @@ ACT = {"silu": F.silu, "gelu": F.gelu, "gelu_tanh": lambda x: F.gelu(x, approxim
        # transformers' ReLUSquaredActivation, QuickGELUActivation and FastGELUActivation, as they write them
        "relu2": lambda x: torch.square(F.relu(x)),
        "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
-       "fast_gelu": lambda x: 0.5 * x * (1.0 + torch.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x)))}
+       "fast_gelu": lambda x: 0.5 * x * (1.0 + torch.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x))),
+       # BLOOM's bloom_gelu_forward, as it writes it (its own truncated sqrt(2 / pi))
+       "bloom_gelu": lambda x: x * 0.5 * (1.0 + torch.tanh(0.79788456 * x * (1 + 0.044715 * x * x)))}
 
 
 MODULES: dict[str, type["Node"]] = {}  # op name -> its torch module, filled by @torch_impl

@@ -46,7 +46,8 @@ gate           ``x * act(g)``; ``g`` elementwise (same width), per head (width `
                (width 1)
 act            silu / gelu / gelu_tanh / relu / relu2 (``relu(x)^2``, Nemotron, Primer) / quick_gelu
                (``x sigmoid(1.702 x)``) / fast_gelu (transformers ``gelu_fast``: ``0.5 x (1 + tanh(0.7978845608
-               x (1 + 0.044715 x^2)))``); ``gelu_new`` / ``gelu_pytorch_tanh`` are ``gelu_tanh``
+               x (1 + 0.044715 x^2)))``) / bloom_gelu (BLOOM's BloomGelu: ``x 0.5 (1 + tanh(0.79788456 x (1 +
+               0.044715 x^2)))``, another truncated constant); ``gelu_new`` / ``gelu_pytorch_tanh`` are ``gelu_tanh``
 mul            ``a * b`` (the GLU product)
 clamped_glu    the clamped SwiGLU of a dense MLP (MiniMax-M3's dense and shared-expert MLPs; GPT-OSS' expert
                GLU): ports gate, up; ``(clamp(up, -limit, limit) + 1) * g * sigmoid(alpha g)`` with
@@ -85,7 +86,7 @@ import torch
 
 from .errors import LayoutError
 
-ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu", "relu2", "quick_gelu", "fast_gelu")
+ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu", "relu2", "quick_gelu", "fast_gelu", "bloom_gelu")
 # transformers ACT2FN name -> act fn computing the same function (``gelu_new`` is the tanh GELU written out;
 # ``gelu_fast`` uses the truncated constant 0.7978845608, hence its own fn ``fast_gelu``)
 HF_ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_python": "gelu", "relu": "relu",

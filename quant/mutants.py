@@ -99,7 +99,8 @@ register_mutant("window_dropped", "quant:wht-scale", "window_dropped", applies={
 register_mutant("rope_scaling_dropped", "quant:wht-scale", "rope_unscaled",
                 applies={"rope": True, "rope_scaling": ("linear", "llama3", "yarn", "dynamic", "longrope")})
 register_mutant("assumed_homogeneous", "quant:up-down", "homogeneity_assumed",
-                applies={"mlp": ("gelu", "gelu_tanh", "relu2", "quick_gelu", "fast_gelu", "silu"), "moe": False})
+                applies={"mlp": ("gelu", "gelu_tanh", "relu2", "quick_gelu", "fast_gelu", "silu", "bloom_gelu"),
+                         "moe": False})
 register_mutant("sparsemixer_dropped", "quant:wht-scale", "sparsemixer_dropped",
                 applies={"moe": True, "router": "sparsemixer"})
 register_mutant("clamped_glu_as_linear", "quant:up-down", "clamped_glu_as_linear",

@@ -211,11 +211,27 @@ def check_padding(model: nn.Module, graph_model: GraphModel, policy: str, bound:
     record_["max_rel_err"] = err
     if not err <= bound:
         graph = "" if bool(torch.isfinite(got[keep]).all()) else "; the graph's logits are not finite there"
+        why = "(a padding mask the layout's attention cannot express)"
+        if _positions_follow_mask(graph_model, policy, ids, want, bound):
+            why = ("(learned positions that follow the attention_mask, OPT's position ids from its cumsum: the "
+                   "source computes the padded row as that row unpadded, while the layout's position_embedding "
+                   "counts positions from the first column, padding included)")
         raise BadInput(f"{name}: the import is not exact on a padded batch: the source's own "
                        f"attention_mask handling ({batch}) and the graph's padding mask differ by {err:.3g} > "
-                       f"{bound:.3g} at the non-padded positions{graph} "
-                       "(a padding mask the layout's attention cannot express)")
+                       f"{bound:.3g} at the non-padded positions{graph} {why}")
     return record_
+
+
+def _positions_follow_mask(graph_model: GraphModel, policy: str, ids: torch.Tensor, want: torch.Tensor,
+                           bound: float) -> bool:
+    """Whether the source's logits on the padded row equal the graph's on that row without its padding
+    (positions counted from the first real token), for a layout with learned positions: measured, to name
+    the refusal."""
+    if not graph_model.layout.of_op("position_embedding"):
+        return False
+    with numerics_policy(graph_model, policy), torch.no_grad():
+        alone = graph_model(ids[1:, PAD:])
+    return relative_error(alone[0], want[1, PAD:]) <= bound
 
 
 def padded_source_logits(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, list]:

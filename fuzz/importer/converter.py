@@ -69,6 +69,7 @@ class Converter:
         rewrites.fold_clamped_glus(self)
         rewrites.fold_gates(self)
         rewrites.fold_softcaps(self)
+        rewrites.fold_bias_adds(self)
         rewrites.flatten_adds(self)
         rewrites.fold_slice_copies(self)
         rewrites.fold_head_concats(self)

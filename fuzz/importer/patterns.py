@@ -7,17 +7,21 @@ no transformers model contains registers :func:`refuse_import` with the reason i
 
 Conversion rules (recorded op -> layout op):
 
-* ``embedding``, ``lm_head`` (``tied_to`` kept), ``linear`` (``F.linear`` only: ``x @ W`` and
-  ``addmm`` read ``W`` as ``(in, out)``), ``attention``, ``add``, ``mul``, ``act``, ``scale``: direct;
+* ``embedding``, ``lm_head`` (``tied_to`` kept), ``linear`` (``F.linear``, or ``x @ W.T`` with ``W`` stored
+  ``(out, in)`` -- Falcon's FalconLinear, told by the recorder comparing values; ``x @ W`` and ``addmm`` read
+  ``W`` as ``(in, out)``), ``attention``, ``add``, ``mul``, ``act``, ``scale``: direct;
   parameter roles by shape (the 2-D one is the weight, the 1-D one the bias);
 * ``norm``: kind / dim / groups / eps / weight_form / bias; a LayerNorm's weight and bias are told
   apart by feeding the norm module a constant row (it normalises to zero, so the output is the bias);
 * ``rope``: ``theta`` and the scaling (linear / dynamic / yarn / llama3 / longrope) are measured from the
   model (:mod:`fuzz.importer.rope`); any other RoPE is refused;
 * ``attention``: must be causal; its scale and soft-cap are read from the recording (sdpa's ``scale``
-  argument, or the eager score chain ``Q K^T * a [/ c, tanh, * c]``), never from config attributes; a
-  sliding window is measured after conversion (:mod:`fuzz.importer.window`: the attention's ``window``), a
-  chunked span is refused by the check, by measurement;
+  argument, or the eager score chain ``Q K^T * a [/ c, tanh, * c]``; no factor at all is scale 1.0, GPT-Neo;
+  ``baddbmm``'s alpha), never from config attributes; ALiBi slopes are fitted to the constants the chain adds
+  (MPT, BLOOM); sinks are the one parameter the chain reads (a sink column before the softmax, or GraniteSWA's
+  ``sigmoid(logsumexp - sink)`` output scale); two maps over the same queries (differential attention) are
+  refused; a sliding window is measured after conversion (:mod:`fuzz.importer.window`: the attention's
+  ``window``), a chunked span is refused by the check, by measurement;
 * ``softcap``: ``scale(1 / c) -> tanh -> scale(c)`` (Gemma2's final-logit soft-cap);
 * ``router`` (it reads its own weight): split into a ``linear`` ``<router id>_proj`` and a ``router``;
 * ``experts``: ``gate_up_proj (E, 2I, H)`` and ``down_proj (E, H, I)`` (or transposed ``(E, in, out)``) and
@@ -31,7 +35,8 @@ Conversion rules (recorded op -> layout op):
 * a routing op left uncontracted is refused by the feature the dataflow shows (mixture of attention heads,
   sparsemixer, an unrecognised router);
 * ``x * sigmoid(g)`` / ``x * softplus(g)`` -> ``gate``; a last-axis slice (``x[..., a:b]``, ``chunk``,
-  ``split``) of a fused projection -> ``head_slice``;
+  ``split``) of a fused projection, or a selection on a head axis of its per-token view that the recorder
+  measured as one (``flat_slice``: Falcon's ``split([h, 1, 1], dim=-2)``, BLOOM's ``[..., k, :]``) -> ``head_slice``;
 * a two-input last-axis ``cat`` (or slice copies into a ``new_empty`` tensor, DeepSeek-V3's ``expand_kv``) ->
   ``head_concat`` (``shared_b`` when the second input is one head the source expanded: MLA's ``k_pe``);
   a per-position factor (Mistral4's Llama-4 attention temperature tuning) is refused by name;
@@ -129,7 +134,7 @@ def _linear(conv: Converter, node: str, ins: list[str]) -> dict:
     d = conv.g.nodes[node]
     fan_in, fan_out, bias = d["in_features"], d["out_features"], d["bias"]
     call = d.get("call")
-    if call != "linear":
+    if call != "linear" and not d.get("weight_transposed"):  # x @ W.T with W stored (out, in) is F.linear
         raise conv.refuse(node, f"linear via {call!r} reads its weight as (in, out); the layout's linear "
                           f"is F.linear with an (out, in) weight")
     want = {"weight": (fan_out, fan_in), **({"bias": (fan_out,)} if bias else {})}
@@ -528,10 +533,62 @@ def _rope(conv: Converter, node: str, ins: list[str]) -> dict:
 
 @import_pattern("attention")
 def _attention(conv: Converter, node: str, ins: list[str]) -> dict:
-    conv.no_params(node)
+    twins = [n for n in conv.g.successors(ins[0]) if n != node and conv.g.nodes[n]["op"] == "attention"
+             and conv.inputs(n)[:1] == ins[:1]]
+    if twins:
+        raise conv.refuse(node, f"two attention maps over the same queries ({node!r} and {twins[0]!r}), combined "
+                          f"after the softmax: differential attention (DiffLlama); the layout's attention computes one")
+    sinks = _sinks(conv, node)
+    if not sinks:
+        conv.no_params(node)
     _check_attention(conv, node)
     p = {k: conv.g.nodes[node][k] for k in ("n_heads", "n_kv_heads", "head_dim")}
-    return {**p, **_score_modifiers(conv, node)}
+    return {**p, **_score_modifiers(conv, node), **_alibi(conv, node), **sinks}
+
+
+def _sinks(conv: Converter, node: str) -> dict:
+    """Attention sinks read from the recording: one parameter, a logit per head, either appended to the scores
+    as a last key column that the softmax sees and ``P`` then drops (``cat -> softmax -> [..., :-1]``: Flint,
+    MiMo-V2-Flash) or as ``P V * sigmoid(logsumexp(s) - sink)`` (GraniteSWA), the same function."""
+    d = conv.g.nodes[node]
+    chain = [step[0] for step in d.get("score_chain", []) if step[0] != "stabilize"]  # s - max(s): same softmax
+    appended = "sink" in chain and chain[chain.index("sink"):chain.index("sink") + 3] == ["sink", "softmax", "drop_sink"]
+    scaled = chain[-2:] == ["softmax", "sink_scale"]
+    if not (appended or scaled) and not {"sink", "drop_sink", "sink_scale"} & set(chain):
+        return {}
+    if not (appended or scaled) or chain.count("softmax") != 1 or len(d["params"]) != 1:
+        raise conv.refuse(node, f"attention sinks in a form other than a sink column the softmax sees or a "
+                          f"sigmoid(logsumexp - sink) scale of its output (score chain {d['score_chain']})")
+    (name,) = d["params"]
+    if conv.shape(name) != (d["n_heads"],):
+        raise conv.refuse(node, f"attention sinks {name!r} of shape {conv.shape(name)}, not one logit per query head "
+                          f"({d['n_heads']},)")
+    conv.take(node, {"sinks": name})
+    return {"sinks": True}
+
+
+def _alibi(conv: Converter, node: str) -> dict:
+    """ALiBi measured from the recording: the constants the eager score chain adds after the scale and the
+    soft-cap are ``slope_h * (j - i)`` (up to a per-query constant) on every unmasked causal pair
+    (:func:`fuzz.record.contract.score_bias`); the layout's attention owns a copy of the slopes (the source
+    computes them, it trains none)."""
+    d = conv.g.nodes[node]
+    bias = d.get("score_bias") or {}
+    if bias.get("kind") != "alibi":
+        if _uses_alibi(conv):
+            raise conv.refuse(node, "ALiBi position bias on the attention scores: the recording shows no "
+                              f"slope_h * (j - i) bias added to the eager scores (score bias {bias.get('kind')!r}, "
+                              f"score chain {d.get('score_chain')})")
+        return {}
+    chain = d["score_chain"]
+    before = [k for k, step in enumerate(chain) if step[0] in ("scale", "tanh")]
+    if before and max(before) > min(bias["steps"]):
+        raise conv.refuse(node, f"ALiBi bias added before the scores are scaled or soft-capped (score chain {chain}); "
+                          f"the layout's attention adds it after both")
+    like = next(iter(conv.named.values()))
+    conv.parameters.setdefault(node, {})["alibi_slopes"] = torch.nn.Parameter(
+        torch.tensor(bias["slopes"], dtype=like.dtype, device=like.device), requires_grad=False)
+    return {"alibi": True}
 
 
 def _score_modifiers(conv: Converter, node: str) -> dict:
@@ -564,9 +621,7 @@ def _score_modifiers(conv: Converter, node: str) -> dict:
     if any(step[0] in ("scale", "tanh") for step in rest):
         raise conv.refuse(node, f"attention scores are scaled or soft-capped after the mask or the softmax "
                           f"(score chain {chain})")
-    scale = math.prod(factors) if factors else 1.0
-    if not factors:
-        raise conv.refuse(node, f"attention scores are never scaled (score chain {chain})")
+    scale = math.prod(factors) if factors else 1.0  # none: the scores are not scaled (GPT-Neo), scale 1.0
     if not math.isclose(scale, head, rel_tol=1e-15):
         out["scale"] = float(scale)
     return out
@@ -583,12 +638,10 @@ def _check_attention(conv: Converter, node: str) -> None:
     if d.get("causal") is False and d.get("masked") is False and not one_query \
             or getattr(module, "is_causal", True) is False:
         raise conv.refuse(node, "attention is neither causal nor masked (bidirectional)")
-    if _uses_alibi(conv):
-        raise conv.refuse(node, "ALiBi position bias on the attention scores: the layout's attention has ALiBi "
-                          "slopes, but the importer does not measure them from a recording yet")
-    if any(isinstance(getattr(module, name, None), torch.nn.Parameter) for name in ("sinks", "s_aux")):
-        raise conv.refuse(node, "attention sinks (a learned per-head logit in the softmax denominator): the "
-                          "layout's attention has sinks, but the importer does not read them from a recording yet")
+    if any(isinstance(getattr(module, name, None), torch.nn.Parameter) for name in ("sinks", "s_aux")) \
+            and not d["params"]:
+        raise conv.refuse(node, "attention sinks (a learned per-head logit in the softmax denominator) the recorded "
+                          "attention does not read: the importer reads them only from a recorded eager attention")
     if getattr(module, "attn_logit_softcapping", None) is not None and "score_chain" not in d:
         raise conv.refuse(node, "attention logits are soft-capped and the recorded attention shows no soft-cap")
 
@@ -601,7 +654,7 @@ def _softcap(conv: Converter, node: str, ins: list[str]) -> dict:
 
 def _uses_alibi(conv: Converter) -> bool:
     """Whether the source's config switches ALiBi on (BLOOM always; MPT ``attn_config.alibi``; Falcon ``alibi``):
-    only to name the refusal, the import check would refuse the import anyway."""
+    only to name the refusal when the recording shows none, the import check would refuse the import anyway."""
     cfg = getattr(conv.model, "config", None)
     if cfg is None:
         return False
@@ -705,6 +758,13 @@ def _head_slice(conv: Converter, node: str, ins: list[str]) -> dict:
         raise conv.refuse(node, "a position-dependent scale of the activations (a constant factor per position, "
                           "e.g. Llama-4 / Mistral4 attention temperature tuning, llama_4_scaling_beta): the layout "
                           "has no such op")
+    if "flat_slice" in d:  # a selection on a head axis, measured by the recorder (record.recorder._flat_slice)
+        if d["flat_slice"] is None:
+            raise conv.refuse(node, f"opaque op {d.get('call')!r} ({d.get('key', 'output %s' % d.get('output', 0))}) "
+                              f"selects values of each token that are no slice of a (heads, head_dim) view")
+        conv.no_params(node)
+        heads, head_dim, start, length = d["flat_slice"]
+        return {"n_heads": heads, "head_dim": head_dim, "start": start, "length": length}
     if d.get("call") not in _SLICES:
         raise conv.refuse(node, f"opaque op {d.get('call')!r}")
     conv.no_params(node)

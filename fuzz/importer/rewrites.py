@@ -1,7 +1,8 @@
 """Exact rewrites of a recorded graph before conversion: each leaves the function it computes unchanged,
 bit for bit (``x * 1.0`` dropped, a view that only adds an axis bypassed, ``x * act(g)`` folded into a
 ``gate``, ``(a + b) + c`` flattened into one three-input ``add``, which sums left to right as before, the
-clamped SwiGLU written out folded into a ``clamped_glu``)."""
+clamped SwiGLU written out folded into a ``clamped_glu``), and one that may round differently:
+``linear(x) + b`` folded into the linear's bias (the import check measures it)."""
 
 from __future__ import annotations
 
@@ -171,6 +172,8 @@ def fold_clamped_glus(conv: Converter) -> None:
         conv.g.remove_nodes_from([plus, glu, up_c, gate_c, sig, sc])
         conv.g.nodes[node].update(op="clamped_glu", limit=limit, alpha=alpha)
         conv.rewire(node, [gate, up])
+
+
 _EMPTY = frozenset({"new_empty", "empty_like", "new_zeros", "zeros_like"})
 
 
@@ -250,3 +253,22 @@ def fold_head_concats(conv: Converter) -> None:
             continue
         conv.g.nodes[node].update(op="head_concat", n_heads=heads, a_dim=a_dim, b_dim=b_dim,
                                   shared_b=conv.width(ins[1]) == b_dim and heads > 1)
+
+
+def fold_bias_adds(conv: Converter) -> None:
+    """``linear(x) + b`` with the linear bias-free and read only there, ``b`` one parameter of its output width
+    (GPT-NeoX-Japanese's attention ``dense`` and ``dense_bias``, added by the layer) -> the linear with bias ``b``
+    (the same sum; F.linear may round it together with the product)."""
+    for node in [n for n, d in conv.g.nodes(data=True) if d["op"] == "add" and len(d["params"]) == 1]:
+        if conv.g.in_degree(node) != 1:
+            continue
+        (src,) = conv.inputs(node)
+        d, e = conv.g.nodes[node], conv.g.nodes[src]
+        (bias,) = d["params"]
+        if not (e["op"] == "linear" and not e["bias"] and e.get("call") == "linear" and conv.g.out_degree(src) == 1
+                and conv.shape(bias) == (e["out_features"],) and d["shape"] == e["shape"]):
+            continue
+        e.update(bias=True, params=sorted([*e["params"], bias]))
+        for _, dst, data in list(conv.g.out_edges(node, data=True)):
+            conv.g.add_edge(src, dst, **data)
+        conv.g.remove_node(node)

@@ -38,7 +38,7 @@ def _finish(rec: _Recorder, logits_node: str, ids: torch.Tensor, name: str, voca
     _contract_routers(g, rec, merged)
     _contract_ropes(g, rec.n_tokens, merged)
     _contract_complex_ropes(g, rec.n_tokens, merged)
-    _contract_eager_attention(g, rec.n_tokens, merged)
+    _contract_eager_attention(g, rec.n_tokens, merged, rec.added)
     logits_node = _resolve(merged, logits_node)
     for n in g:
         g.nodes[n].pop("region", None)
@@ -476,8 +476,10 @@ def _without_leading_pass(g: nx.DiGraph, comp: set, seeds: set) -> set:
     return comp - branch - {exit_}
 
 
-def _contract_eager_attention(g: nx.DiGraph, n_tokens: int, merged: dict[str, str]) -> None:
-    """Contract ``softmax(Q K^T ...) V`` written with matmuls into ``attention`` nodes (ports q, k, v)."""
+def _contract_eager_attention(g: nx.DiGraph, n_tokens: int, merged: dict[str, str],
+                              added: dict[str, torch.Tensor] | None = None) -> None:
+    """Contract ``softmax(Q K^T ...) V`` written with matmuls into ``attention`` nodes (ports q, k, v); the
+    constants the chain adds to the scores are measured (:func:`score_bias`) into the node's ``score_bias``."""
     for pv in [n for n in sorted(g, key=lambda n: g.nodes[n]["index"])
                if g.nodes[n].get("call") in ("matmul", "bmm") and g.nodes[n]["op"] == "opaque"]:
         if pv not in g or g.in_degree(pv) != 2:
@@ -486,11 +488,17 @@ def _contract_eager_attention(g: nx.DiGraph, n_tokens: int, merged: dict[str, st
         chain, cur, softmax = [], p_node, False
         while True:
             d = g.nodes[cur]
-            if d["op"] == "opaque" and d.get("call") in ("matmul", "bmm") and g.in_degree(cur) == 2:
+            if d["op"] == "opaque" and d.get("call") in ("matmul", "bmm", "baddbmm") and g.in_degree(cur) == 2:
                 break
             ok = g.in_degree(cur) == 1 and not d["params"] and (
                 d["op"] == "scale" or d["op"] == "act" and d["fn"] == "tanh"
-                or d["op"] == "opaque" and d.get("call") in _SCORE_OPS)
+                or d["op"] == "opaque" and d.get("call") in _SCORE_OPS
+                or _drops_last_key(g, cur)) or _appends_sink(g, cur)
+            peak = _subtracted_max(g, cur)  # s - max(s): the softmax is the same (MiMo-V2-Flash, GPT-OSS)
+            if peak is not None:
+                chain.extend([cur, peak])
+                cur = next(iter(g.predecessors(peak)))
+                continue
             if not ok:
                 chain = None
                 break
@@ -501,16 +509,127 @@ def _contract_eager_attention(g: nx.DiGraph, n_tokens: int, merged: dict[str, st
             continue
         qk = cur
         cluster = {qk, pv, *chain}
-        if any(s not in cluster for n in cluster - {pv} for s in g.successors(n)):
+        out, sink_scale = pv, _lse_sink_scale(g, pv, chain)
+        if sink_scale is not None:  # GraniteSWA: P V * sigmoid(logsumexp(s) - sink)
+            out = sink_scale[0]
+            cluster |= set(sink_scale)
+        if any(s not in cluster for n in cluster - {out} for s in g.successors(n)):
             continue
         (q_node, k_node) = [s for s, _, _ in sorted(g.in_edges(qk, data="port"), key=lambda e: e[2])]
         q_shape = g.edges[q_node, qk]["shape"]
         head_dim = int(q_shape[-1])
         path = _common_path([g.nodes[n]["module_path"] for n in cluster])
-        attrs = {**_base_attrs(g, cluster, "attention", path, pv), "n_heads": int(q_shape[-3]),
+        first: list[list] = []  # baddbmm: its alpha scales Q K^T, then beta * input is added
+        if g.nodes[qk]["call"] == "baddbmm":
+            first = [["scale", g.nodes[qk]["alpha"]]] + ([["call", "add"]] if qk in (added or {}) else [])
+        attrs = {**_base_attrs(g, cluster, "attention", path, out),
+                 "n_heads": _numel(q_shape) // (n_tokens * head_dim),
                  "n_kv_heads": _numel(g.nodes[k_node]["shape"]) // (n_tokens * head_dim), "head_dim": head_dim,
-                 "score_chain": _score_chain(g, chain)}
+                 "score_chain": first + _score_chain(g, chain)
+                 + ([["sink_scale"]] if sink_scale is not None else [])}
+        stepped = [n for n in reversed(chain) if g.nodes[n].get("call") not in ("max", "amax")]  # as _score_chain
+        steps = [qk, *stepped] if first else stepped
+        bias = [(added[n], g.nodes[n]["shape"]) for n in steps if n in (added or {})]
+        if bias:  # steps: where in the score chain the constants are added
+            attrs["score_bias"] = {**score_bias(bias, attrs["n_heads"]),
+                                   "steps": [k + (len(first) - 1 if first else 0)
+                                             for k, n in enumerate(steps) if n in added]}
         _contract(g, cluster, qk, attrs, [q_node, k_node, v_node], merged)
+
+
+_MASKED = -1e30  # an added score below this (or -inf) masks its key: the float minima and -inf masks
+_ALIBI_MATCH = 1e-9  # relative agreement of an added bias with slope_h * (j - i) on every unmasked causal pair
+
+
+def score_bias(added: list[tuple[torch.Tensor, list[int]]], n_heads: int) -> dict:
+    """What constants added to the attention scores ``(.., heads, queries, keys)`` do on the causal pairs they
+    leave unmasked, up to a per-query constant (which the softmax cancels): ``{"kind": "none"}`` (a mask),
+    ``{"kind": "alibi", "slopes": [s_h]}`` when the bias is ``s_h * (j - i)`` in every head (ALiBi: BLOOM, MPT),
+    ``{"kind": "other"}`` otherwise (left to the import check)."""
+    try:
+        t_q, t_k = added[0][1][-2], added[0][1][-1]
+        total = sum(c.to(torch.float64).broadcast_to(shape).reshape(-1, n_heads, t_q, t_k) for c, shape in added)
+    except RuntimeError:
+        return {"kind": "other"}
+    if t_q != t_k or not bool((total == total[:1]).all()):
+        return {"kind": "other"}
+    c = total[0]
+    i = torch.arange(t_q)[:, None]
+    j = torch.arange(t_k)[None, :]
+    diag = torch.diagonal(c, dim1=-2, dim2=-1)
+    live = (j <= i) & (c > _MASKED) & torch.isfinite(c) & (diag > _MASKED)[..., :, None]
+    rel = (j - i).to(torch.float64).expand_as(c)
+    d = torch.where(live, c - diag[..., :, None], 0.0)
+    denom = torch.where(live, rel * rel, 0.0).sum((-2, -1))
+    slopes = torch.where(denom > 0, (d * torch.where(live, rel, 0.0)).sum((-2, -1)) / denom.clamp_min(1.0), 0.0)
+    fit = torch.where(live, slopes[:, None, None] * rel, 0.0)
+    scale = float(torch.where(live, c, 0.0).abs().max()) if bool(live.any()) else 0.0
+    if float((d - fit).abs().max()) > _ALIBI_MATCH * max(1.0, scale):
+        return {"kind": "other"}
+    if not bool((slopes != 0).any()):
+        return {"kind": "none"}
+    return {"kind": "alibi", "slopes": [float(x) for x in slopes]}
+
+
+def _subtracted_max(g: nx.DiGraph, node: str) -> str | None:
+    """The ``max`` node of ``s - s.max(-1, keepdim=True)`` at ``node`` (read only there), else None."""
+    d = g.nodes[node]
+    if not (d["op"] == "opaque" and d.get("call") == "sub" and not d["params"] and g.in_degree(node) == 2):
+        return None
+    x, m = [s for s, _, _ in sorted(g.in_edges(node, data="port"), key=lambda e: e[2])]
+    e = g.nodes[m]
+    if not (e["op"] == "opaque" and e.get("call") in ("max", "amax") and e.get("output", 0) == 0 and not e["params"]
+            and list(g.predecessors(m)) == [x] and list(g.successors(m)) == [node] and e["shape"][-1] == 1
+            and not d.get("reflected")):
+        return None
+    return m
+
+
+def _drops_last_key(g: nx.DiGraph, node: str) -> bool:
+    """``p[..., :-1]``: the probabilities without the sink column appended before the softmax."""
+    d = g.nodes[node]
+    return d["op"] == "opaque" and d.get("call") == "getitem" and d.get("key") == "..., :-1" and not d["params"]
+
+
+def _appends_sink(g: nx.DiGraph, node: str) -> bool:
+    """``cat([s, sinks.expand(..., 1)], -1)``: one column read from one parameter appended to the scores (Flint,
+    MiMo-V2-Flash, GPT-OSS attention sinks; the importer checks the parameter is one logit per head)."""
+    d = g.nodes[node]
+    if not (d["op"] == "opaque" and d.get("call") in ("cat", "concat", "concatenate") and len(d["params"]) == 1
+            and g.in_degree(node) == 1):
+        return False
+    (src,) = g.predecessors(node)
+    return d["shape"][-1] == g.edges[src, node]["shape"][-1] + 1 and d["shape"][:-1] == g.edges[src, node]["shape"][:-1]
+
+
+def _lse_sink_scale(g: nx.DiGraph, pv: str, chain: list[str]) -> tuple[str, str, str, str] | None:
+    """``(mul, sigmoid, sub, logsumexp)`` when the only reader of ``P V`` multiplies it by
+    ``sigmoid(logsumexp(s) - sink)`` of the scores ``s`` the softmax reads (GraniteSWA's sinks: the same function
+    as a sink logit in the softmax denominator)."""
+    soft = next((n for n in chain if g.nodes[n].get("call") == "softmax"), None)
+    succ = list(g.successors(pv))
+    if soft is None or len(succ) != 1 or g.nodes[succ[0]]["op"] != "mul" or g.nodes[succ[0]]["params"]:
+        return None
+    mul = succ[0]
+    others = [s for s in g.predecessors(mul) if s != pv]
+    if len(others) != 1 or g.in_degree(mul) != 2:
+        return None
+    sig = others[0]
+    if not (g.nodes[sig]["op"] == "act" and g.nodes[sig].get("fn") == "sigmoid" and g.in_degree(sig) == 1
+            and g.out_degree(sig) == 1):
+        return None
+    (sub,) = g.predecessors(sig)
+    e = g.nodes[sub]
+    if not (e["op"] == "opaque" and e.get("call") == "sub" and len(e["params"]) == 1 and not e.get("reflected")
+            and g.in_degree(sub) == 1 and g.out_degree(sub) == 1):
+        return None
+    (lse,) = g.predecessors(sub)
+    f = g.nodes[lse]
+    scores = next(iter(g.predecessors(soft)))
+    if not (f["op"] == "opaque" and f.get("call") == "logsumexp" and not f["params"] and g.out_degree(lse) == 1
+            and list(g.predecessors(lse)) == [scores]):
+        return None
+    return mul, sig, sub, lse
 
 
 def _score_chain(g: nx.DiGraph, chain: list[str]) -> list[list]:
@@ -525,6 +644,14 @@ def _score_chain(g: nx.DiGraph, chain: list[str]) -> list[list]:
             out.append(["tanh"])
         elif d.get("call") == "softmax":
             out.append(["softmax"])
+        elif g.nodes[n].get("call") in ("max", "amax"):
+            continue  # the max of s - max(s), named by the sub
+        elif g.nodes[n].get("call") == "sub" and _subtracted_max(g, n) is not None:
+            out.append(["stabilize"])
+        elif _drops_last_key(g, n):
+            out.append(["drop_sink"])
+        elif _appends_sink(g, n):
+            out.append(["sink"])
         else:
             out.append(["call", str(d.get("call"))])
     return out

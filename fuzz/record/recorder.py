@@ -20,8 +20,11 @@ from .calls import (_ACTS, _NORM_FNS, _RESHAPE, _SELECT, _arg, _canon, _key_repr
 from .contract import _finish
 from .graph import RecordedGraph
 
+_BROADCASTS = frozenset({"expand", "expand_as", "broadcast_to", "repeat", "repeat_interleave", "tile"})  # no selection
+_TEMPLATED = frozenset({"expand_as", "view_as", "reshape_as", "type_as"})  # the second tensor is a template
+_ADDED_MAX = 1 << 20  # elements of an added constant kept for the score-bias measurement
+
 DEFAULT_SEQ_LEN = 8
-_LIKE = frozenset({"type_as", "view_as", "reshape_as"})  # the second tensor gives a dtype or a shape, no data
 
 
 def record(model: nn.Module, input_ids: torch.Tensor | None = None) -> RecordedGraph:
@@ -149,6 +152,9 @@ class _Recorder(TorchFunctionMode):
         self._storage: dict[int, set[int]] = defaultdict(set)  # storage pointer -> ids of activations on it
         self.frames: list[_Frame] = []
         self.regions: dict[int, _Frame] = {}
+        # node -> the constant an opaque ``x + c`` added (an attention score bias: ALiBi, a mask), measured by
+        # contract._score_bias and never stored in the graph
+        self.added: dict[str, torch.Tensor] = {}
         self._count = 0
         self._calls = 0
         self.paths = {}
@@ -303,7 +309,10 @@ class _Recorder(TorchFunctionMode):
         acts: list[tuple[torch.Tensor, str]] = []
         params: set[str] = set()
         consts: list[torch.Tensor] = []
-        for t in _tensors((args, kwargs)):
+        # x.expand_as(y) / view_as / reshape_as / type_as: y only lends its shape or dtype, the values are x's
+        # (GPT-NeoX-Japanese's bias.expand_as(residual) is the bias, not the residual)
+        read = (args[:1] if name in _TEMPLATED and args and isinstance(args[0], torch.Tensor) else (args, kwargs))
+        for t in _tensors(read):
             node = self.producer(t)
             if node is not None:
                 acts.append((t, node))
@@ -325,16 +334,16 @@ class _Recorder(TorchFunctionMode):
                 if region is not None:
                     region.param_ops.append((name, _scalar(name, args, kwargs)))
             return
-        if name in _LIKE and len(acts) == 2 and acts[0][0] is first and not inplace:
-            acts = acts[:1]  # x.type_as(y) / x.view_as(y): y gives only a dtype or a shape (DeepSeek-V2's RoPE)
-        if len(acts) == 1 and self._passes_through(name, args, kwargs, acts[0][0], outs):
+        selected = self._token_selection(func, name, args, kwargs, acts, outs)
+        if selected is None and len(acts) == 1 and self._passes_through(name, args, kwargs, acts[0][0], outs):
             for t in outs:
                 if inplace:
                     self._mutated(t, acts[0][1])
                 else:
                     self._set_act(t, acts[0][1])
             return
-        op, attrs = self._classify(name, args, kwargs, acts, params, consts, outs, reflected)
+        op, attrs = ("opaque", {}) if selected is not None else \
+            self._classify(name, args, kwargs, acts, params, consts, outs, reflected)
         frozen = frozenset(params)
         path = self._module_path(frozen)
         if op == "position_embedding":  # the add runs in the model, not in the table's module (whose output is P)
@@ -344,6 +353,10 @@ class _Recorder(TorchFunctionMode):
             self._count += 1
             node = f"n{self._count}"
             extra = {"output": i} if len(outs) > 1 else {}
+            if selected is not None:
+                extra["flat_slice"] = selected[i]
+                if name == "getitem" and len(args) > 1:
+                    extra["key"] = _key_repr(args[1])
             self.graph.add_node(node, op=op, call=name, module_path=path, params=sorted(params), index=self._count,
                                 shape=list(t.shape), region=region.call if region else None, **attrs, **extra)
             for port, (src_t, src) in enumerate(acts):
@@ -356,6 +369,41 @@ class _Recorder(TorchFunctionMode):
                 self._mutated(t, node)
             else:
                 self._set_act(t, node)
+            if op == "opaque" and name == "add" and len(acts) == 1 and len(consts) == 1 and not params \
+                    and "alpha" not in kwargs and consts[0].numel() <= _ADDED_MAX:
+                self.added[node] = consts[0].detach()
+            if op == "opaque" and name == "baddbmm" and len(acts) == 2 and len(consts) == 1 and not params \
+                    and consts[0] is _arg(args, kwargs, 0, "input") and consts[0].numel() <= _ADDED_MAX:
+                self.added[node] = consts[0].detach() * attrs["beta"]
+
+    def _token_selection(self, func, name, args, kwargs, acts, outs) -> list | None:
+        """A selection that keeps the token axes ``(batch, seq)`` and takes part of each token's values (a head
+        axis of a fused projection's view: Falcon's ``split([h, 1, 1], dim=-2)``, BLOOM's ``[..., 0, :]`` of
+        ``(b, s, h, 3, d)``): per output, the ``[n_heads, head_dim, start, length]`` of the slice
+        ``x.view(.., n_heads, head_dim)[..., start:start + length]`` it takes, measured by running the call on a
+        tensor holding each value's index within its token, or None when it is no such slice.  None when
+        the call is no per-token selection (a last-axis slice is recorded as before)."""
+        if name not in _SELECT or name in _BROADCASTS or len(acts) != 1:
+            return None
+        x = acts[0][0]
+        if x.dim() < 4 or x.shape[0] * x.shape[1] != self.n_tokens:
+            return None
+        width = x.numel() // self.n_tokens
+        if x.stride(1) != width or x.stride(0) != x.shape[1] * width:  # (batch, seq) outermost: a per-token view
+            return None
+        if any(t.dim() < 3 or t.shape[:2] != x.shape[:2] or t.numel() // self.n_tokens > width for t in outs) \
+                or all(t.numel() // self.n_tokens == width for t in outs) or x.shape[-1] != outs[0].shape[-1]:
+            return None
+        probe = torch.arange(width, device=x.device).expand(*x.shape[:2], width).reshape(x.shape)
+        swap = lambda v: probe if v is x else v  # noqa: E731
+        try:
+            got = func(*[swap(a) for a in args], **{k: swap(v) for k, v in kwargs.items()})
+        except Exception:  # noqa: BLE001 - not a pure selection: recorded as before
+            return None
+        got = list(_tensors(got))
+        if len(got) != len(outs):
+            return None
+        return [_flat_slice(g.reshape(self.n_tokens, -1), width) for g in got]
 
     def _passes_through(self, name, args, kwargs, x: torch.Tensor, outs) -> bool:
         if name in _RESHAPE:
@@ -380,7 +428,8 @@ class _Recorder(TorchFunctionMode):
             return "linear", {"in_features": int(x.shape[-1]), "out_features": int(out.shape[-1]),
                               "bias": bias is not None}
         if name in ("matmul", "mm") and params and len(acts) == 1 and acts[0][0] is args[0]:
-            return "linear", {"in_features": int(x.shape[-1]), "out_features": int(out.shape[-1]), "bias": False}
+            return "linear", {"in_features": int(x.shape[-1]), "out_features": int(out.shape[-1]), "bias": False,
+                              **({"weight_transposed": True} if self._reads_transposed(args[1], params) else {})}
         if name == "addmm" and params and len(acts) == 1 and len(args) > 1 and acts[0][0] is args[1]:
             return "linear", {"in_features": int(x.shape[-1]), "out_features": int(out.shape[-1]), "bias": True}
         if name == "scaled_dot_product_attention" and len(acts) >= 3:
@@ -433,10 +482,23 @@ class _Recorder(TorchFunctionMode):
             dim = _arg(args, kwargs, 1, "dim")
             dim = 0 if dim is None else int(dim)
             attrs["dim"] = dim - out.dim() if dim >= 0 else dim
+        if name == "baddbmm":  # beta * input + alpha * (batch1 @ batch2): BLOOM's ALiBi scores
+            attrs.update(alpha=float(kwargs.get("alpha", 1.0)), beta=float(kwargs.get("beta", 1.0)))
         if name == "getitem" and len(args) > 1:
             attrs["key"] = _key_repr(args[1])
             attrs["strided"] = _strided(args[1])
         return "opaque", attrs
+
+    def _reads_transposed(self, w: torch.Tensor, params: set[str]) -> bool:
+        """Whether the matrix ``x @ w`` multiplies by is, value for value, the transpose of the one stored 2-D
+        parameter read (Falcon's ``x @ W.T``: F.linear with the stored ``(out, in)`` weight)."""
+        if len(params) != 1 or not isinstance(w, torch.Tensor) or w.dim() != 2:
+            return False
+        stored = next((p for p in self.model.parameters() if self.canonical[id(p)] in params), None)
+        if stored is None or stored.dim() != 2 or tuple(stored.shape) != tuple(w.shape)[::-1]:
+            return False
+        with torch.no_grad():
+            return bool(torch.equal(w.mT, stored)) and not (w.shape[0] == w.shape[1] and torch.equal(w, stored))
 
     def _position_lookup(self, args, kwargs, x: torch.Tensor) -> dict | None:
         """``x + P[ids]`` with constant ids ``start + arange(seq)`` in every row: a learned position table."""
@@ -461,6 +523,23 @@ class _Recorder(TorchFunctionMode):
     def _heads(self, node: str, head_dim: int) -> int:
         """How many heads of ``head_dim`` the output of ``node`` holds per token."""
         return _numel(self.graph.nodes[node]["shape"]) // (self.n_tokens * head_dim)
+
+
+def _flat_slice(rows: torch.Tensor, width: int) -> list[int] | None:
+    """``[n_heads, head_dim, start, length]`` when every row of per-token indices ``rows`` is
+    ``x.view(n_heads, head_dim)[:, start:start + length]`` of a row ``x = arange(width)``, else None."""
+    if rows.numel() == 0 or not bool((rows == rows[:1]).all()):
+        return None
+    idx = rows[0].tolist()
+    start, length = idx[0], 1
+    while length < len(idx) and idx[length] == start + length:
+        length += 1
+    n_heads = len(idx) // length
+    head_dim = width if n_heads == 1 else idx[length] - start
+    if head_dim <= 0 or width % head_dim or width // head_dim != n_heads or start + length > head_dim:
+        return None
+    want = [h * head_dim + start + i for h in range(n_heads) for i in range(length)]
+    return [n_heads, head_dim, start, length] if idx == want else None
 
 
 def _sdpa_scale(value) -> float | None:

@@ -237,17 +237,40 @@ def test_granite_scale_is_what_the_attention_computes_not_what_the_config_says()
     assert check["bound"] == 1e-10 and max(check["max_rel_err"].values()) <= 1e-10
 
 
-def test_alibi_models_are_refused_naming_alibi():
+def test_mpt_imports_with_the_alibi_slopes_measured_from_its_recording():
+    cfg = tf.MptConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, max_seq_len=256)
+    model = _randomized(tf.MptForCausalLM._from_config(cfg, dtype=torch.float64))
+    gm = import_model(model)
+    want = [2.0 ** (-8 * (h + 1) / 4) for h in range(4)]  # MPT's slopes for 4 heads (alibi_bias_max 8)
+    for a in gm.layout.of_op("attention"):
+        assert gm.layout.params(a)["alibi"] is True
+        assert gm.nodes[a].alibi_slopes.tolist() == want
+    check = gm.layout.meta["import_check"]
+    assert check["max_rel_err"][check["numerics"]] <= check["bound"] and check["padded"]["max_rel_err"] <= check["bound"]
+
+
+def test_an_alibi_model_whose_recording_shows_no_alibi_is_refused_naming_alibi(monkeypatch):
+    from fuzz.record import contract
+    monkeypatch.setattr(contract, "score_bias", lambda added, n_heads: {"kind": "other"})
     cfg = tf.MptConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, max_seq_len=256)
     model = _randomized(tf.MptForCausalLM._from_config(cfg, dtype=torch.float64))
     with pytest.raises(BadInput, match=r"transformer\.blocks\.0\.attn.*ALiBi"):
         import_model(model)
 
 
-@pytest.mark.parametrize("kw", [dict(alibi=True), dict(attn_sinks=True)], ids=["alibi", "sinks"])
-def test_a_graph_model_with_alibi_or_sinks_is_refused_not_mis_imported(kw):
+def test_a_graph_model_with_alibi_slopes_as_parameters_is_refused_not_mis_imported():
     with pytest.raises(BadInput, match=r"cannot import nodes\.l0_attn"):
-        import_model(materialize(build(DecoderSpec(**kw)), seed=1))
+        import_model(materialize(build(DecoderSpec(alibi=True)), seed=1))
+
+
+def test_a_graph_model_with_sinks_imports_to_itself_exactly():
+    gm = materialize(build(DecoderSpec(attn_sinks=True)), seed=1)
+    back = import_model(gm)
+    (a,) = back.layout.of_op("attention")
+    assert back.layout.params(a)["sinks"] is True and back.nodes[a].sinks is gm.nodes["l0_attn"].sinks
+    ids = torch.randint(0, 64, (2, 11), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.equal(back(ids), gm(ids))
 
 
 def test_a_graph_model_with_scale_and_soft_caps_imports_to_itself_exactly():

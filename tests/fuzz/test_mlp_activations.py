@@ -108,3 +108,24 @@ def test_the_mutant_is_correct_where_its_assumption_holds():
     from verifier import mutants
     for spec in (DecoderSpec(mlp="relu"), DecoderSpec(mlp="swiglu")):
         assert verify(mutants.get("assumed_homogeneous"), build(spec)).ok
+
+
+def test_bloom_gelu_is_its_own_act_told_apart_from_both_tanh_gelus():
+    import transformers.models.bloom.modeling_bloom as mb
+    x = torch.linspace(-8, 8, 4097, dtype=torch.float64)
+    assert identify_activation(mb.BloomGelu()) == "bloom_gelu"
+    assert torch.equal(ACT["bloom_gelu"](x), mb.bloom_gelu_forward(x))
+    for other in ("fast_gelu", "gelu_tanh"):  # 0.79788456 vs 0.7978845608 vs sqrt(2 / pi)
+        assert (ACT["bloom_gelu"](x) - ACT[other](x)).abs().max() > 1e-13
+
+
+@pytest.mark.parametrize("name", ["wht-scale", "up-down", "bbt-spectral", "residual-hadamard"])
+def test_transforms_preserve_a_plain_bloom_gelu_mlp(name):
+    verdict = verify(T.get(name), build(DecoderSpec(mlp="bloom_gelu", mlp_bias=True)))
+    assert verdict.ok, verdict
+
+
+def test_assumed_homogeneous_mutant_is_caught_on_a_bloom_gelu_mlp():
+    from verifier import mutants
+    verdict = verify(mutants.get("assumed_homogeneous"), build(DecoderSpec(mlp="bloom_gelu")))
+    assert verdict.status == "diverged" and verdict.first_divergent is not None, verdict
