@@ -294,13 +294,28 @@ def _contract_ropes(g: nx.DiGraph, n_tokens: int, merged: dict[str, str]) -> Non
             continue
         shape = d["shape"]
         head_dim = int(shape[-1])
-        rotary = max(int(g.nodes[s]["const_shape"][-1]) for s in comp & seeds)
+        in_order = sorted(comp & seeds, key=lambda n: g.nodes[n]["index"])
+        rotary = _rotary_width(g, in_order, head_dim)
         interleaved = any(g.nodes[n].get("call") == "stack" or g.nodes[n].get("strided") for n in comp)
         path = _common_path([g.nodes[n]["module_path"] for n in comp])
         attrs = {**_base_attrs(g, comp, "rope", path, exit_), "n_heads": _numel(shape) // (n_tokens * head_dim),
                  "head_dim": head_dim, "rotary_dim": rotary, "style": "interleaved" if interleaved else "half"}
+        if all("const_rows" in g.nodes[s] for s in in_order):  # the cos/sin tables read (importer: rope.py)
+            attrs["tables"] = [g.nodes[s]["const_rows"] for s in in_order]
         first = min(comp, key=lambda n: g.nodes[n]["index"])
         _contract(g, set(comp), first, attrs, list(ext), merged)
+
+
+def _rotary_width(g: nx.DiGraph, seeds: list[str], head_dim: int) -> int:
+    """The rotated width of a RoPE cluster: each rotated part is read by two seeds (``part * cos`` and
+    ``part * sin``), so ``n_seeds / 2`` parts of the tables' width when every table has the same width: one
+    part for ``x * cos + rotate(x) * sin`` (the tables as wide as the rotation), two for the halves form
+    (GPT-OSS: ``x1 * cos - x2 * sin``, ``x2 * cos + x1 * sin`` with tables half as wide); the widest table
+    otherwise."""
+    widths = {int(g.nodes[s]["const_shape"][-1]) for s in seeds}
+    if len(widths) == 1 and len(seeds) % 2 == 0 and len(seeds) // 2 * min(widths) <= head_dim:
+        return len(seeds) // 2 * min(widths)
+    return max(widths)
 
 
 def _contract_eager_attention(g: nx.DiGraph, n_tokens: int, merged: dict[str, str]) -> None:
