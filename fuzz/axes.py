@@ -228,6 +228,8 @@ AXES: dict[str, Axis] = _axes(
     Axis("sliding_window", "window", (None, 4, 2), None, _window_tags),
     # set from the ``vocab`` limit, narrowed last by the reducer
     Axis("vocab", "size", OWN_RULE, KEEP, _no_tags, floor=8),
+    # a bias on the logits (GPT-J, CodeGen): after vocab so the draws before it stay as they were
+    Axis("lm_head_bias", "bool", (False, True), False, _if("logits:bias", "lm_head_bias")),
 )
 
 # the reducer's "turn a feature off" pass, in this order

@@ -87,6 +87,7 @@ class DecoderSpec:
     final_softcap: float | None = None  # cap * tanh(z / cap) on the logits
     alibi: bool = False  # per-head linear position bias on the scores
     attn_sinks: bool = False  # a learned per-head logit in the softmax denominator
+    lm_head_bias: bool = False  # a learned per-token-id bias on the logits (GPT-J, CodeGen)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -343,7 +344,7 @@ def build(s: DecoderSpec, name: str | None = None) -> Layout:
     if s.placement != "post":
         h = _norm(g, s, "final_norm", h, s.hidden)
     out = g.add("lm_head", "lm_head", [h], dim=s.hidden, vocab=s.vocab,
-                tied_to="embed" if s.tie_embeddings else None)
+                tied_to="embed" if s.tie_embeddings else None, **({"bias": True} if s.lm_head_bias else {}))
     if s.logit_multiplier is not None:
         out = g.add("logit_scale", "scale", [out], factor=s.logit_multiplier)
     if s.final_softcap is not None:

@@ -35,6 +35,8 @@ shared_head_gamma      spectral-PCA builds every head's Gamma from head 0's q/k 
 assumed_homogeneous    up-down moves s from up to down across every plain MLP's    a dense plain MLP whose
                        act as if it were relu (gelu, silu, quick_gelu: not          act is not relu
                        homogeneous; relu2: s^2, not s)
+lm_head_bias_dropped   a layout rewrite (wht-scale's) re-emits the lm_head without  a logit bias
+                       its logit bias (GPT-J, CodeGen)
 =====================  ==========================================================  ==========================
 
 Loaded with the registries (the ``archfuzz.registries`` entry points, :func:`verifier.registry.load_plugins`).
@@ -81,6 +83,7 @@ register_mutant("float32_rotation", "quant:pair-pca", "float32_angles", fixed={"
                 applies={**_PLAIN_QK, "max_head_dim": 12})
 register_mutant("symmetric_gamma", "quant:spectral-pca", "symmetric_gamma",
                 applies={"qk_norm": ("per_head", "full"), "norm": "rms", "fused_qkv": False})
+register_mutant("lm_head_bias_dropped", "quant:wht-scale", "lm_head_bias_dropped", applies={"lm_head_bias": True})
 register_mutant("window_dropped", "quant:wht-scale", "window_dropped", applies={"sliding_window": (4, 2)})
 register_mutant("rope_scaling_dropped", "quant:wht-scale", "rope_unscaled",
                 applies={"rope": True, "rope_scaling": ("linear", "llama3", "yarn", "dynamic", "longrope")})

@@ -131,12 +131,13 @@ def _linear(conv: Converter, node: str, ins: list[str]) -> dict:
 @import_pattern("lm_head")
 def _lm_head(conv: Converter, node: str, ins: list[str]) -> dict:
     d = conv.g.nodes[node]
-    if d.get("bias"):
-        raise conv.refuse(node, "the lm_head has a bias, the layout's lm_head has none")
+    bias = bool(d.get("bias"))
     if d.get("call") != "linear":
         raise conv.refuse(node, f"lm_head via {d.get('call')!r} reads its weight as (in, out)")
     if d["tied_to"] is None:
-        conv.by_shape(node, {"weight": (d["vocab"], d["dim"])})
+        conv.by_shape(node, {"weight": (d["vocab"], d["dim"]), **({"bias": (d["vocab"],)} if bias else {})})
+    elif bias:  # the shared table and a bias of the head's own
+        raise conv.refuse(node, "a tied lm_head with a bias (logit bias on a shared table)")
     elif set(d["params"]) != set(conv.g.nodes[d["tied_to"]]["params"]):
         raise conv.refuse(node, f"lm_head is tied to {d['tied_to']!r} but reads {d['params']}")
     else:  # the name the lm_head module holds the shared table under (for export_weights)
@@ -146,7 +147,7 @@ def _lm_head(conv: Converter, node: str, ins: list[str]) -> dict:
         if len(own) != 1:
             raise conv.refuse(node, f"cannot tell which of {names} names the tied lm_head weight")
         conv.tied[node] = {"weight": own[0]}
-    return {"dim": d["dim"], "vocab": d["vocab"], "tied_to": d["tied_to"]}
+    return {"dim": d["dim"], "vocab": d["vocab"], "tied_to": d["tied_to"], **({"bias": True} if bias else {})}
 
 
 @import_pattern("norm")

@@ -47,6 +47,8 @@ class LayoutEdit:
             params = {**params, **self.params.get(node, {})}
             if op == "attention" and fault("window_dropped") is not None:  # mutant only (verifier._faults)
                 params["window"] = None
+            if op == "lm_head" and fault("lm_head_bias_dropped") is not None:  # mutant only: the bias lost
+                params["bias"] = False
             if op == "rope" and fault("rope_unscaled") is not None:  # the mutant: RoPE rebuilt from theta
                 params = {k: params[k] for k in ("n_heads", "head_dim", "rotary_dim", "style", "theta")}
             inputs = list(layout.inputs(node))
