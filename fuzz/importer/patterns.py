@@ -434,10 +434,29 @@ def _rope(conv: Converter, node: str, ins: list[str]) -> dict:
 
 @import_pattern("attention")
 def _attention(conv: Converter, node: str, ins: list[str]) -> dict:
-    conv.no_params(node)
+    sinks = _sinks(conv, node)
+    if sinks:
+        conv.by_shape(node, {"sinks": (conv.g.nodes[node]["n_heads"],)})
+    else:
+        conv.no_params(node)
     _check_attention(conv, node)
     p = {k: conv.g.nodes[node][k] for k in ("n_heads", "n_kv_heads", "head_dim")}
-    return {**p, **_score_modifiers(conv, node)}
+    return {**p, **_score_modifiers(conv, node), **({"sinks": True} if sinks else {})}
+
+
+def _sinks(conv: Converter, node: str) -> bool:
+    """Whether the eager score chain joins a sink logit per head (GPT-OSS): ``cat([scores, sinks])`` right
+    before the softmax (its max-subtraction already contracted away) and ``probs[..., :-1]`` right after it,
+    nothing else around them; any other use of those steps is refused."""
+    chain = [step[0] for step in conv.g.nodes[node].get("score_chain", ())]
+    if "sinks" not in chain and "drop_last" not in chain:
+        return False
+    at = chain.index("softmax") if "softmax" in chain else -1
+    if chain.count("sinks") != 1 or chain.count("drop_last") != 1 or at < 1 or chain[at - 1:at + 2] != [
+            "sinks", "softmax", "drop_last"] or at + 2 != len(chain):
+        raise conv.refuse(node, f"attention sinks other than GPT-OSS' (a per-head logit joined right before the "
+                          f"softmax and dropped right after it): score chain {conv.g.nodes[node]['score_chain']}")
+    return True
 
 
 def _score_modifiers(conv: Converter, node: str) -> dict:
@@ -492,9 +511,11 @@ def _check_attention(conv: Converter, node: str) -> None:
     if _uses_alibi(conv):
         raise conv.refuse(node, "ALiBi position bias on the attention scores: the layout's attention has ALiBi "
                           "slopes, but the importer does not measure them from a recording yet")
-    if any(isinstance(getattr(module, name, None), torch.nn.Parameter) for name in ("sinks", "s_aux")):
-        raise conv.refuse(node, "attention sinks (a learned per-head logit in the softmax denominator): the "
-                          "layout's attention has sinks, but the importer does not read them from a recording yet")
+    if any(isinstance(getattr(module, name, None), torch.nn.Parameter) for name in ("sinks", "s_aux")) \
+            and ["sinks"] not in d.get("score_chain", ()):
+        raise conv.refuse(node, "attention sinks (a learned per-head logit in the softmax denominator) that the "
+                          "recording does not show as a logit column joined before the softmax (sdpa or fused "
+                          "kernels take them as an argument)")
     if getattr(module, "attn_logit_softcapping", None) is not None and "score_chain" not in d:
         raise conv.refuse(node, "attention logits are soft-capped and the recorded attention shows no soft-cap")
 

@@ -325,11 +325,22 @@ def _contract_eager_attention(g: nx.DiGraph, n_tokens: int, merged: dict[str, st
         if pv not in g or g.in_degree(pv) != 2:
             continue
         (p_node, v_node) = [s for s, _, _ in sorted(g.in_edges(pv, data="port"), key=lambda e: e[2])]
-        chain, cur, softmax = [], p_node, False
+        chain, cur, softmax, stabilizers = [], p_node, False, set()
         while True:
             d = g.nodes[cur]
             if d["op"] == "opaque" and d.get("call") in ("matmul", "bmm") and g.in_degree(cur) == 2:
                 break
+            sink_step = _sink_step(g, cur, softmax, bool(chain))
+            if sink_step is not None:  # GPT-OSS sinks: a logit column joined before the softmax, dropped after
+                chain.append(cur)
+                stabilizers |= sink_step
+                cur = next(iter(g.predecessors(cur)))
+                continue
+            stable = _max_subtracted(g, cur)
+            if stable is not None:  # s - max(s): the softmax's own stabilisation, no change to its output
+                stabilizers |= {cur, stable[1]}
+                cur = stable[0]
+                continue
             ok = g.in_degree(cur) == 1 and not d["params"] and (
                 d["op"] == "scale" or d["op"] == "act" and d["fn"] == "tanh"
                 or d["op"] == "opaque" and d.get("call") in _SCORE_OPS)
@@ -342,7 +353,7 @@ def _contract_eager_attention(g: nx.DiGraph, n_tokens: int, merged: dict[str, st
         if chain is None or not softmax:
             continue
         qk = cur
-        cluster = {qk, pv, *chain}
+        cluster = {qk, pv, *chain, *stabilizers}
         if any(s not in cluster for n in cluster - {pv} for s in g.successors(n)):
             continue
         (q_node, k_node) = [s for s, _, _ in sorted(g.in_edges(qk, data="port"), key=lambda e: e[2])]
@@ -353,6 +364,36 @@ def _contract_eager_attention(g: nx.DiGraph, n_tokens: int, merged: dict[str, st
                  "n_kv_heads": _numel(g.nodes[k_node]["shape"]) // (n_tokens * head_dim), "head_dim": head_dim,
                  "score_chain": _score_chain(g, chain)}
         _contract(g, cluster, qk, attrs, [q_node, k_node, v_node], merged)
+
+
+_DROP_LAST = "..., :-1"
+
+
+def _sink_step(g: nx.DiGraph, node: str, softmax_seen: bool, after_pv: bool) -> set | None:
+    """``set()`` when ``node`` is a step of GPT-OSS' sinks: ``probs[..., :-1]`` right before ``P V`` (the sink
+    column dropped) or ``cat([scores, sinks])`` below the softmax (one learned logit per head joined, a
+    parameter read); ``None`` otherwise."""
+    d = g.nodes[node]
+    if d["op"] != "opaque" or g.in_degree(node) != 1:
+        return None
+    if d.get("call") == "getitem" and d.get("key") == _DROP_LAST and not d["params"] and not after_pv:
+        return set()
+    if d.get("call") == "cat" and softmax_seen and len(d["params"]) == 1:
+        return set()
+    return None
+
+
+def _max_subtracted(g: nx.DiGraph, node: str) -> tuple[str, str] | None:
+    """``(x, m)`` when ``node`` is ``x - m`` with ``m = max(x, dim=-1).values`` (the softmax stabilisation)."""
+    d = g.nodes[node]
+    if d["op"] != "opaque" or d.get("call") != "sub" or d["params"] or g.in_degree(node) != 2:
+        return None
+    (x, m) = [s for s, _, _ in sorted(g.in_edges(node, data="port"), key=lambda e: e[2])]
+    dm = g.nodes[m]
+    if dm["op"] == "opaque" and dm.get("call") == "max" and not dm["params"] and dm.get("output", 0) == 0 \
+            and list(g.predecessors(m)) == [x] and set(g.successors(m)) == {node}:
+        return x, m
+    return None
 
 
 def _score_chain(g: nx.DiGraph, chain: list[str]) -> list[list]:
@@ -367,6 +408,10 @@ def _score_chain(g: nx.DiGraph, chain: list[str]) -> list[list]:
             out.append(["tanh"])
         elif d.get("call") == "softmax":
             out.append(["softmax"])
+        elif d.get("call") == "cat" and d["params"]:
+            out.append(["sinks"])
+        elif d.get("call") == "getitem" and d.get("key") == _DROP_LAST:
+            out.append(["drop_last"])
         else:
             out.append(["call", str(d.get("call"))])
     return out
