@@ -580,6 +580,12 @@ def _head_slice(conv: Converter, node: str, ins: list[str]) -> dict:
         raise conv.refuse(node, f"opaque op {d.get('call')!r}: a MoE router whose softmax / top-k / max was not "
                           f"contracted into a router (one written across modules, e.g. a correction bias held by a "
                           f"child module, or a sparsemixer router); not in the layout's router vocabulary")
+    if d.get("call") == "mul" and "const_rows" in d and d["const_shape"][-1] == 1:
+        rows = [round(row[0], 6) for row in d["const_rows"]]
+        raise conv.refuse(node, f"position-dependent scaling: the activation times a constant factor per position "
+                          f"(table {d['const_shape']}, {rows} at positions 0..{len(rows) - 1}), e.g. Llama-4 / "
+                          f"Ministral3 attention temperature tuning q * (1 + beta log(1 + floor(pos / L))); not in the "
+                          f"layout vocabulary")
     if d.get("call") not in _SLICES:
         raise conv.refuse(node, f"opaque op {d.get('call')!r}")
     conv.no_params(node)

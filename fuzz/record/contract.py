@@ -276,6 +276,8 @@ def _contract_ropes(g: nx.DiGraph, n_tokens: int, merged: dict[str, str]) -> Non
             if all(_is_rearrange(g.nodes[p]) and set(g.predecessors(p)) <= cand | sources for p in extra):
                 cand |= extra | {c}
                 changed = True
+    # a product of the rotated result with a constant (Ministral3's per-position query scale) is no seed of it
+    cand -= {s for s in seeds if any(p in cand and not _is_rearrange(g.nodes[p]) for p in g.predecessors(s))}
     for comp in sorted(nx.connected_components(g.subgraph(cand).to_undirected()),
                        key=lambda c: min(g.nodes[n]["index"] for n in c)):
         while True:  # a lone entry slice (e.g. q out of a fused projection) is the rotated input, not RoPE

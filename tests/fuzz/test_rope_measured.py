@@ -142,3 +142,16 @@ def test_gpt_oss_halves_form_rotates_the_whole_head():
         inv_freq, amplitude = measured_table(d, d["rotary_dim"])
         assert torch.allclose(inv_freq, hf.model.rotary_emb.inv_freq.double(), rtol=1e-5)
         assert math.isclose(amplitude, hf.model.rotary_emb.attention_scaling, rel_tol=1e-5)
+
+
+def test_a_per_position_query_scale_after_rope_is_refused_by_name_and_leaves_the_rope_whole():
+    """Ministral3 multiplies the rotated queries by 1 + beta log(1 + floor(pos / L)) (a constant per position):
+    that product is no RoPE seed (the q rotation is still contracted) and is refused naming the feature."""
+    hf = build("Ministral3ForCausalLM")
+    rec = record(hf)
+    ropes = [n for n in rec.of_op("rope") if rec.graph.nodes[n]["module_path"] == "model.layers.0.self_attn"]
+    assert sorted(rec.graph.nodes[n]["n_heads"] for n in ropes) == [2, 4]  # k and q both rotated
+    with pytest.raises(BadInput, match=r"model\.layers\.0\.self_attn \(position-dependent scaling: the activation "
+                                       r"times a constant factor per position \(table \[1, 1, 8, 1\].*attention "
+                                       r"temperature tuning"):
+        import_model(hf)
