@@ -554,11 +554,32 @@ def _act(conv: Converter, node: str, ins: list[str]) -> dict:
     d = conv.g.nodes[node]
     conv.no_params(node)
     if str(d["fn"]).startswith("unknown:"):  # a parameter-free module that is none of them (contract.py)
+        if _is_weightless_rms(conv.modules.get(d["module_path"]), int(d["shape"][-1])):
+            raise conv.refuse(node, f"weightless RMS norm: module {d['fn'][8:]} computes x / rms(x) over the last "
+                              f"axis with no learned scale (Llama 4's q/k L2 norm); the layout's norm has a weight")
         raise conv.refuse(node, f"activation module {d['fn'][8:]} computes none of the act op's functions "
                                 f"{ACTIVATIONS}")
     if d["fn"] not in ACTIVATIONS:
         raise conv.refuse(node, f"activation {d['fn']!r} is none of {ACTIVATIONS}")
     return {"fn": d["fn"]}
+
+
+def _is_weightless_rms(module, width: int) -> bool:
+    """Whether the parameter-free ``module`` computes ``x * rsqrt(mean(x^2) + eps)`` on probe rows (its ``eps``
+    or ``variance_epsilon``, else 1e-6)."""
+    if module is None or width < 2:
+        return False
+    eps = next((float(v) for v in (getattr(module, "eps", None), getattr(module, "variance_epsilon", None))
+                if isinstance(v, (int, float))), 1e-6)
+    x = torch.randn(3, width, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    try:
+        with torch.no_grad():
+            got = module(x)
+    except Exception:  # noqa: BLE001 - a module with another calling convention: not this norm
+        return False
+    want = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    return isinstance(got, torch.Tensor) and got.shape == x.shape and torch.allclose(got.double(), want, rtol=1e-5,
+                                                                                       atol=1e-6)
 
 
 @import_pattern("add")

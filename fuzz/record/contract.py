@@ -35,6 +35,7 @@ def _finish(rec: _Recorder, logits_node: str, ids: torch.Tensor, name: str, voca
     g.remove_nodes_from([n for n in list(g) if n not in keep])
     merged: dict[str, str] = {}
     _contract_regions(g, rec, merged)
+    _contract_complex_ropes(g, rec.n_tokens, merged)
     _contract_ropes(g, rec.n_tokens, merged)
     _contract_eager_attention(g, rec.n_tokens, merged)
     logits_node = _resolve(merged, logits_node)
@@ -240,6 +241,33 @@ def _classify_region(g, nodes, frame: _Frame, own: dict, n_tokens: int) -> tuple
 
 def _is_rearrange(d: dict) -> bool:
     return d["op"] == "opaque" and d.get("call") in _REARRANGE and not d["params"]
+
+
+def _contract_complex_ropes(g: nx.DiGraph, n_tokens: int, merged: dict[str, str]) -> None:
+    """Contract ``view_as_real(view_as_complex(x) * freqs_cis)`` (Llama 4: each adjacent pair a complex number
+    times a constant unit phasor) into an interleaved ``rope`` node whose tables are the phasor's real (cos)
+    and imaginary (sin) parts."""
+    for c in sorted((n for n, d in g.nodes(data=True) if d["op"] == "opaque" and d.get("call") == "view_as_complex"),
+                    key=lambda n: g.nodes[n]["index"]):
+        if g.in_degree(c) != 1 or g.out_degree(c) != 1:
+            continue
+        (m,) = g.successors(c)
+        dm = g.nodes[m]
+        if not (dm["op"] == "opaque" and dm.get("call") == "mul" and "const_shape" in dm and g.in_degree(m) == 1
+                and g.out_degree(m) == 1):
+            continue
+        (r,) = g.successors(m)
+        if g.nodes[r].get("call") != "view_as_real" or g.in_degree(r) != 1:
+            continue
+        shape = g.nodes[r]["shape"]
+        head_dim = 2 * int(shape[-2])
+        comp = {c, m, r}
+        attrs = {**_base_attrs(g, comp, "rope", _common_path([g.nodes[n]["module_path"] for n in comp]), r),
+                 "n_heads": _numel(shape) // (n_tokens * head_dim), "head_dim": head_dim,
+                 "rotary_dim": 2 * int(dm["const_shape"][-1]), "style": "interleaved"}
+        if "const_rows_imag" in dm:
+            attrs["tables"] = [dm["const_rows"], dm["const_rows_imag"]]
+        _contract(g, comp, c, attrs, list(g.predecessors(c)), merged)
 
 
 def _contract_ropes(g: nx.DiGraph, n_tokens: int, merged: dict[str, str]) -> None:

@@ -294,6 +294,8 @@ class _Recorder(TorchFunctionMode):
                 if region is not None:
                     region.param_ops.append((name, _scalar(name, args, kwargs)))
             return
+        if len(acts) == 2 and name in _AS_OTHER and args and acts[0][0] is args[0]:
+            acts = acts[:1]  # x.view_as(y) / x.type_as(y): y lends only its shape or dtype
         if len(acts) == 1 and self._passes_through(name, args, kwargs, acts[0][0], outs):
             for t in outs:
                 if inplace:
@@ -429,6 +431,7 @@ def _sdpa_scale(value) -> float | None:
     return float(value.item() if isinstance(value, torch.Tensor) else value)
 
 
+_AS_OTHER = frozenset({"view_as", "reshape_as", "type_as"})  # x.<op>(y): x's values in y's shape or dtype
 _TABLE_ROWS = 3  # positions 0, 1, 2 of a constant table: enough to measure a rotation's frequencies and amplitude
 
 
@@ -437,12 +440,14 @@ def _position_rows(const: torch.Tensor, seq: int) -> dict:
     axis but one of size ``seq``, every other leading axis at index 0) of a floating constant a node multiplies
     by (RoPE's cos/sin tables: the importer measures their frequencies and amplitude, :mod:`fuzz.importer.rope`);
     ``{}`` when the constant has no such axis or the sequence is shorter than that."""
-    if not const.is_floating_point() or const.dim() < 2 or seq < _TABLE_ROWS:
+    if not (const.is_floating_point() or const.is_complex()) or const.dim() < 2 or seq < _TABLE_ROWS:
         return {}
     axes = [a for a in range(const.dim() - 1) if const.shape[a] == seq]
     if not axes:
         return {}
     axis = axes[-1]
     index = tuple(slice(0, _TABLE_ROWS) if a == axis else 0 for a in range(const.dim() - 1))
-    rows = const[index].detach().to("cpu", torch.float64)
-    return {"const_rows": [[float(v) for v in row] for row in rows.tolist()]}
+    rows = const[index].detach().to("cpu")
+    if rows.is_complex():  # a complex RoPE table (Llama 4's freqs_cis): cos and sin as its two parts
+        return {"const_rows": rows.real.double().tolist(), "const_rows_imag": rows.imag.double().tolist()}
+    return {"const_rows": rows.double().tolist()}
