@@ -6,6 +6,10 @@ The rotary module is found by ownership (the module holding an ``inv_freq`` buff
 nearest to the attention that applies the rotation); its ``rope_type`` must be ``default``; ``theta``
 comes from its config (``rope_parameters["rope_theta"]`` or ``rope_theta``), else from ``inv_freq``
 itself, and ``inv_freq`` must equal the default table of that theta.
+
+Measured from the recording (:func:`measured_table`: the cos/sin rows of positions 0, 1, 2 that the rotation
+multiplied by): which per-layer-type table a layer reads (Olmo3 and kin, whose layers name no type), and the
+theta of a precomputed sin/cos table no ``inv_freq`` buffer holds (GPT-J, CodeGen).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 
 from fuzz import strategies as S
 
-from fuzz import DecoderSpec, build, materialize
+from fuzz import DecoderSpec, LayerSpec, build, materialize
 from fuzz.errors import BadInput, LayoutError
 from fuzz.importer import import_model
 from fuzz.layout import Layout
@@ -244,10 +244,19 @@ def test_alibi_models_are_refused_naming_alibi():
         import_model(model)
 
 
-@pytest.mark.parametrize("kw", [dict(alibi=True), dict(attn_sinks=True)], ids=["alibi", "sinks"])
-def test_a_graph_model_with_alibi_or_sinks_is_refused_not_mis_imported(kw):
+def test_a_graph_model_with_alibi_is_refused_not_mis_imported():
     with pytest.raises(BadInput, match=r"cannot import nodes\.l0_attn"):
-        import_model(materialize(build(DecoderSpec(**kw)), seed=1))
+        import_model(materialize(build(DecoderSpec(alibi=True)), seed=1))
+
+
+def test_a_graph_model_with_sinks_imports_to_itself_exactly():
+    """The sinks' recorded chain (cat of the sink column, max subtraction, softmax, [..., :-1]) is read back."""
+    gm = materialize(build(DecoderSpec(attn_sinks=True, layers=(LayerSpec(), LayerSpec()))), seed=1)
+    back = import_model(gm)
+    assert max(back.layout.meta["import_check"]["max_rel_err"].values()) <= 1e-10
+    attns = back.layout.of_op("attention")
+    assert len(attns) == 2 and all(back.layout.params(a)["sinks"] is True for a in attns)
+    assert {id(back.nodes[a].sinks) for a in attns} == {id(gm.nodes[a].sinks) for a in gm.layout.of_op("attention")}
 
 
 def test_a_graph_model_with_scale_and_soft_caps_imports_to_itself_exactly():
