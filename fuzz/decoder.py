@@ -16,6 +16,7 @@ Block wiring, with ``h`` the residual stream:
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields, replace
 
 from .axes import AXES
@@ -208,8 +209,8 @@ def _attention(g: _Graph, s: DecoderSpec, p: str, x: str, layer: LayerSpec) -> s
 def _score_params(s: DecoderSpec) -> dict:
     """The attention op's score modifiers, only those switched on (a default layout keeps its old params)."""
     out = {}
-    if s.attn_scale is not None:
-        out["scale"] = float(s.attn_scale)
+    if s.attn_scale is not None and not math.isclose(s.attn_scale, s.head_dim ** -0.5, rel_tol=1e-15):
+        out["scale"] = float(s.attn_scale)  # head_dim ** -0.5 is the default: one layout per function
     if s.attn_softcap is not None:
         out["softcap"] = float(s.attn_softcap)
     if s.alibi:
