@@ -136,12 +136,17 @@ def _lm_head(conv: Converter, node: str, ins: list[str]) -> dict:
         raise conv.refuse(node, f"lm_head via {d.get('call')!r} reads its weight as (in, out)")
     if d["tied_to"] is None:
         conv.by_shape(node, {"weight": (d["vocab"], d["dim"]), **({"bias": (d["vocab"],)} if bias else {})})
-    elif bias:  # the shared table and a bias of the head's own
-        raise conv.refuse(node, "a tied lm_head with a bias (logit bias on a shared table)")
-    elif set(d["params"]) != set(conv.g.nodes[d["tied_to"]]["params"]):
-        raise conv.refuse(node, f"lm_head is tied to {d['tied_to']!r} but reads {d['params']}")
-    else:  # the name the lm_head module holds the shared table under (for export_weights)
-        (table,) = d["params"]
+    else:
+        shared = set(conv.g.nodes[d["tied_to"]]["params"])
+        own_bias = [p for p in d["params"] if p not in shared]
+        if set(d["params"]) - set(own_bias) != shared or len(own_bias) != int(bias) or bias and conv.shape(
+                own_bias[0]) != (d["vocab"],):
+            raise conv.refuse(node, f"lm_head is tied to {d['tied_to']!r} but reads {d['params']}")
+        if bias:  # the shared table and a bias of the head's own
+            conv.param_map[node] = {"bias": own_bias[0]}
+            conv.parameters[node] = {"bias": conv.named[own_bias[0]]}
+        # the name the lm_head module holds the shared table under (for export_weights)
+        (table,) = shared
         names = [table] + [a for a, canonical in conv.rec.meta.get("aliases", {}).items() if canonical == table]
         own = [n for n in names if n.rpartition(".")[0] == d["module_path"]]
         if len(own) != 1:

@@ -67,3 +67,13 @@ def test_every_transform_keeps_the_bias_or_refuses():
     for name in transforms.names():
         verdict = verify(transforms.get(name), layout)
         assert verdict.status in ("invariant", "refused"), (name, str(verdict))
+
+
+def test_a_tied_lm_head_with_a_bias_imports_to_itself_exactly():
+    gm = materialize(build(SPEC.with_(tie_embeddings=True)), seed=4)
+    back = import_model(gm)
+    assert max(back.layout.meta["import_check"]["max_rel_err"].values()) <= 1e-10
+    (head,) = back.layout.of_op("lm_head")
+    assert back.layout.params(head)["bias"] is True and back.layout.params(head)["tied_to"] is not None
+    assert back.nodes[head].bias is gm.nodes["lm_head"].bias
+    assert back.nodes[head].weight is gm.nodes["embed"].weight
