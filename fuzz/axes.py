@@ -240,6 +240,8 @@ AXES: dict[str, Axis] = _axes(
     # q/k norm, no fused qkv and no fused output gate (MLA has its own projections); off by default
     Axis("mla", "choice", _mla_options, "none", lambda s: (f"attn:mla:{s.mla}",) if s.mla != "none" else (),
          choices=("none", "q_lora", "q_direct"), most=("none", "q_lora", "q_direct")),
+    # a bias on the logits (GPT-J, CodeGen): after vocab so the draws before it stay as they were
+    Axis("lm_head_bias", "bool", (False, True), False, _if("logits:bias", "lm_head_bias")),
 )
 
 # the reducer's "turn a feature off" pass, in this order

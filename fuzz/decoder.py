@@ -16,6 +16,7 @@ Block wiring, with ``h`` the residual stream:
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields, replace
 
 from .axes import AXES
@@ -90,6 +91,7 @@ class DecoderSpec:
     # multi-head latent attention (DeepSeek-V2/V3): "q_lora" (q through q_a_proj -> norm -> q_b_proj) or
     # "q_direct" (q_proj, V2-Lite); see _mla for the widths it derives from head_dim / rotary_dim / hidden
     mla: str = "none"
+    lm_head_bias: bool = False  # a learned per-token-id bias on the logits (GPT-J, CodeGen)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -263,8 +265,8 @@ def _attention(g: _Graph, s: DecoderSpec, p: str, x: str, layer: LayerSpec) -> s
 def _score_params(s: DecoderSpec) -> dict:
     """The attention op's score modifiers, only those switched on (a default layout keeps its old params)."""
     out = {}
-    if s.attn_scale is not None:
-        out["scale"] = float(s.attn_scale)
+    if s.attn_scale is not None and not math.isclose(s.attn_scale, s.head_dim ** -0.5, rel_tol=1e-15):
+        out["scale"] = float(s.attn_scale)  # head_dim ** -0.5 is the default: one layout per function
     if s.attn_softcap is not None:
         out["softcap"] = float(s.attn_softcap)
     if s.alibi:
@@ -413,7 +415,7 @@ def build(s: DecoderSpec, name: str | None = None) -> Layout:
     if s.placement != "post":
         h = _norm(g, s, "final_norm", h, s.hidden)
     out = g.add("lm_head", "lm_head", [h], dim=s.hidden, vocab=s.vocab,
-                tied_to="embed" if s.tie_embeddings else None)
+                tied_to="embed" if s.tie_embeddings else None, **({"bias": True} if s.lm_head_bias else {}))
     if s.logit_multiplier is not None:
         out = g.add("logit_scale", "scale", [out], factor=s.logit_multiplier)
     if s.final_softcap is not None:

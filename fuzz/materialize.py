@@ -544,7 +544,7 @@ class GammaNorm(Node):
 @torch_impl("lm_head")
 class LMHead(Node):
     def forward(self, x):
-        return F.linear(x, self.weight)
+        return F.linear(x, self.weight, self.bias if self.p["bias"] else None)
 
 
 def padding_mask(attention_mask: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
@@ -595,7 +595,7 @@ class GraphModel(nn.Module):
             own = {k: tuple(v.shape) for k, v in module._parameters.items() if v is not None}
             expected = parameter_shapes(op, params)
             if op == "lm_head" and params["tied_to"] is not None:
-                expected = {"weight": (params["vocab"], params["dim"])}
+                expected = {"weight": (params["vocab"], params["dim"]), **expected}
             if own != expected:
                 return False
         return True
@@ -632,7 +632,7 @@ class GraphModel(nn.Module):
         with torch.no_grad():
             for node, module in self.nodes.items():
                 for name, param in module.named_parameters(recurse=False):
-                    if module.p.get("tied_to") is not None:
+                    if module.p.get("tied_to") is not None and name == "weight":  # the embedding's table
                         continue
                     value = draw_parameter(seed, node, self.layout.op(node), module.p, name, tuple(param.shape))
                     param.copy_(value.to(param.dtype))

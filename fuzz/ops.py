@@ -68,7 +68,8 @@ experts        fused experts ``gate_up_proj (E, 2I, H)`` gate first, ``down_proj
                up rows ``1::2``; ``bias``: ``gate_up_proj_bias (E, 2I)``, ``down_proj_bias (E, H)``;
                ``act="clamped_swiglu"`` (GPT-OSS): ``(clamp(up, -limit, limit) + 1) * g * sigmoid(alpha g)``
                with ``g = clamp(gate, max=limit)``
-lm_head        ``x W^T`` with ``W: (vocab, dim)``; ``tied_to`` names the embedding whose table it reads
+lm_head        ``x W^T (+ b)`` with ``W: (vocab, dim)``; ``tied_to`` names the embedding whose table it reads;
+               ``bias``: a per-token-id logit bias ``b: (vocab,)`` (GPT-J, CodeGen)
 wht_in         the online input of a spectrally transformed linear: ``fwht([x, 0]) / scale`` (zero-pad to
                ``d_pad``, orthonormal Walsh-Hadamard, divide by the per-coordinate scale)
 gamma_norm     RMS-normalise each group of ``dim`` channels, then apply its own matrix:
@@ -676,11 +677,17 @@ def _lm_head(node, p, w):
     return p["vocab"]
 
 
-declare(OpSpec("lm_head", {"dim": (int, ...), "vocab": (int, ...), "tied_to": ((str, type(None)), None)},
-               ("x",), _lm_head,
-               shapes=lambda p: {"weight": (p["vocab"], p["dim"])} if p["tied_to"] is None else {},
-               init={"weight": _init_fan_in}, drawn_by=ALWAYS,
-               features=lambda p: ("op:lm_head:untied" if p["tied_to"] is None else "op:lm_head:tied",)))
+def _lm_head_shapes(p):
+    return {**({"weight": (p["vocab"], p["dim"])} if p["tied_to"] is None else {}),
+            **({"bias": (p["vocab"],)} if p["bias"] else {})}
+
+
+declare(OpSpec("lm_head", {"dim": (int, ...), "vocab": (int, ...), "tied_to": ((str, type(None)), None),
+                           "bias": (bool, False)},
+               ("x",), _lm_head, shapes=_lm_head_shapes, init={"weight": _init_fan_in, "bias": _init_small},
+               drawn_by=ALWAYS,
+               features=lambda p: ("op:lm_head:untied" if p["tied_to"] is None else "op:lm_head:tied",)
+               + (("op:lm_head:bias",) if p["bias"] else ())))
 
 
 def _wht_in(node, p, w):

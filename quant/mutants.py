@@ -42,6 +42,8 @@ mla_latent_unscaled    norm absorption divides an MLA latent norm's gamma       
 kpe_per_head           pair-PCA on MLA rotates each query head's RoPE rows by its   multi-head latent attention
                        own U as if k_pe were per head; the one shared k_pe gets    (``mla``), two or more
                        head 0's                                                    heads
+lm_head_bias_dropped   a layout rewrite (wht-scale's) re-emits the lm_head without  a logit bias
+                       its logit bias (GPT-J, CodeGen)
 =====================  ==========================================================  ==========================
 
 Loaded with the registries (the ``archfuzz.registries`` entry points, :func:`verifier.registry.load_plugins`).
@@ -95,6 +97,7 @@ register_mutant("float32_rotation", "quant:pair-pca", "float32_angles", fixed={"
                 applies={**_PLAIN_QK, "max_head_dim": 12})
 register_mutant("symmetric_gamma", "quant:spectral-pca", "symmetric_gamma",
                 applies={"qk_norm": ("per_head", "full"), "norm": "rms", "fused_qkv": False})
+register_mutant("lm_head_bias_dropped", "quant:wht-scale", "lm_head_bias_dropped", applies={"lm_head_bias": True})
 register_mutant("window_dropped", "quant:wht-scale", "window_dropped", applies={"sliding_window": (4, 2)})
 register_mutant("rope_scaling_dropped", "quant:wht-scale", "rope_unscaled",
                 applies={"rope": True, "rope_scaling": ("linear", "llama3", "yarn", "dynamic", "longrope")})

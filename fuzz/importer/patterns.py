@@ -145,22 +145,28 @@ def _linear(conv: Converter, node: str, ins: list[str]) -> dict:
 @import_pattern("lm_head")
 def _lm_head(conv: Converter, node: str, ins: list[str]) -> dict:
     d = conv.g.nodes[node]
-    if d.get("bias"):
-        raise conv.refuse(node, "the lm_head has a bias, the layout's lm_head has none")
+    bias = bool(d.get("bias"))
     if d.get("call") != "linear":
         raise conv.refuse(node, f"lm_head via {d.get('call')!r} reads its weight as (in, out)")
     if d["tied_to"] is None:
-        conv.by_shape(node, {"weight": (d["vocab"], d["dim"])})
-    elif set(d["params"]) != set(conv.g.nodes[d["tied_to"]]["params"]):
-        raise conv.refuse(node, f"lm_head is tied to {d['tied_to']!r} but reads {d['params']}")
-    else:  # the name the lm_head module holds the shared table under (for export_weights)
-        (table,) = d["params"]
+        conv.by_shape(node, {"weight": (d["vocab"], d["dim"]), **({"bias": (d["vocab"],)} if bias else {})})
+    else:
+        shared = set(conv.g.nodes[d["tied_to"]]["params"])
+        own_bias = [p for p in d["params"] if p not in shared]
+        if set(d["params"]) - set(own_bias) != shared or len(own_bias) != int(bias) or bias and conv.shape(
+                own_bias[0]) != (d["vocab"],):
+            raise conv.refuse(node, f"lm_head is tied to {d['tied_to']!r} but reads {d['params']}")
+        if bias:  # the shared table and a bias of the head's own
+            conv.param_map[node] = {"bias": own_bias[0]}
+            conv.parameters[node] = {"bias": conv.named[own_bias[0]]}
+        # the name the lm_head module holds the shared table under (for export_weights)
+        (table,) = shared
         names = [table] + [a for a, canonical in conv.rec.meta.get("aliases", {}).items() if canonical == table]
         own = [n for n in names if n.rpartition(".")[0] == d["module_path"]]
         if len(own) != 1:
             raise conv.refuse(node, f"cannot tell which of {names} names the tied lm_head weight")
         conv.tied[node] = {"weight": own[0]}
-    return {"dim": d["dim"], "vocab": d["vocab"], "tied_to": d["tied_to"]}
+    return {"dim": d["dim"], "vocab": d["vocab"], "tied_to": d["tied_to"], **({"bias": True} if bias else {})}
 
 
 @import_pattern("norm")
@@ -680,6 +686,9 @@ def _act(conv: Converter, node: str, ins: list[str]) -> dict:
     d = conv.g.nodes[node]
     conv.no_params(node)
     if str(d["fn"]).startswith("unknown:"):  # a parameter-free module that is none of them (contract.py)
+        if _is_weightless_rms(conv.modules.get(d["module_path"]), int(d["shape"][-1])):
+            raise conv.refuse(node, f"weightless RMS norm: module {d['fn'][8:]} computes x / rms(x) over the last "
+                              f"axis with no learned scale (Llama 4's q/k L2 norm); the layout's norm has a weight")
         raise conv.refuse(node, f"activation module {d['fn'][8:]} computes none of the act op's functions "
                                 f"{ACTIVATIONS}")
     if d["fn"] not in ACTIVATIONS:
@@ -695,6 +704,22 @@ def _clamped_glu(conv: Converter, node: str, ins: list[str]) -> dict:
     if conv.width(ins[0]) != conv.width(ins[1]):
         raise conv.refuse(node, f"clamped SwiGLU of gate and up widths {conv.width(ins[0])}, {conv.width(ins[1])}")
     return {"limit": d["limit"], "alpha": d["alpha"]}
+def _is_weightless_rms(module, width: int) -> bool:
+    """Whether the parameter-free ``module`` computes ``x * rsqrt(mean(x^2) + eps)`` on probe rows (its ``eps``
+    or ``variance_epsilon``, else 1e-6)."""
+    if module is None or width < 2:
+        return False
+    eps = next((float(v) for v in (getattr(module, "eps", None), getattr(module, "variance_epsilon", None))
+                if isinstance(v, (int, float))), 1e-6)
+    x = torch.randn(3, width, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    try:
+        with torch.no_grad():
+            got = module(x)
+    except Exception:  # noqa: BLE001 - a module with another calling convention: not this norm
+        return False
+    want = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    return isinstance(got, torch.Tensor) and got.shape == x.shape and torch.allclose(got.double(), want, rtol=1e-5,
+                                                                                       atol=1e-6)
 
 
 @import_pattern("add")
@@ -755,9 +780,11 @@ def _head_slice(conv: Converter, node: str, ins: list[str]) -> dict:
                           "feed a top-k choosing the keys each query reads (DeepSeek-V3.2 / GLM-MoE-DSA indexer); the "
                           "layout's attention reads every key in its window")
     if d.get("call") == "mul" and d.get("const_shape", [0])[-1] == 1:
-        raise conv.refuse(node, "a position-dependent scale of the activations (a constant factor per position, "
-                          "e.g. Llama-4 / Mistral4 attention temperature tuning, llama_4_scaling_beta): the layout "
-                          "has no such op")
+        rows = [round(row[0], 6) for row in d.get("const_rows", ())]
+        raise conv.refuse(node, f"position-dependent scaling: the activation times a constant factor per position "
+                          f"(table {d['const_shape']}" + (f", {rows} at positions 0..{len(rows) - 1}" if rows else "")
+                          + "), e.g. Llama-4 / Mistral4 / Ministral3 attention temperature tuning q * (1 + beta "
+                          "log(1 + floor(pos / L))), llama_4_scaling_beta; not in the layout vocabulary")
     if "flat_slice" in d:  # a selection on a head axis, measured by the recorder (record.recorder._flat_slice)
         if d["flat_slice"] is None:
             raise conv.refuse(node, f"opaque op {d.get('call')!r} ({d.get('key', 'output %s' % d.get('output', 0))}) "

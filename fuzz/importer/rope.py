@@ -6,10 +6,15 @@ The rotary module is found by ownership (the module holding an ``inv_freq`` buff
 nearest to the attention that applies the rotation); its ``rope_type`` must be ``default``; ``theta``
 comes from its config (``rope_parameters["rope_theta"]`` or ``rope_theta``), else from ``inv_freq``
 itself, and ``inv_freq`` must equal the default table of that theta.
+
+Measured from the recording (:func:`measured_table`: the cos/sin rows of positions 0, 1, 2 that the rotation
+multiplied by): which per-layer-type table a layer reads (Olmo3 and kin, whose layers name no type), and the
+theta of a precomputed sin/cos table no ``inv_freq`` buffer holds (GPT-J, CodeGen).
 """
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -90,13 +95,23 @@ def _layer_type_rope(conv: Converter, node: str, path: str, rotary_dim: int) -> 
         raise BadInput(f"cannot import {path} (per-layer-type RoPE in {[p for p, _ in rotaries]}: which one applies "
                        f"is not known)")
     where, rotary = rotaries[0]
-    parts = path.split(".") if path else []
-    layer_type = next((getattr(conv.modules.get(".".join(parts[:k])), "layer_type", None)
-                       for k in range(len(parts), 0, -1)
-                       if isinstance(getattr(conv.modules.get(".".join(parts[:k])), "layer_type", None), str)), None)
+    measured = measured_table(conv.g.nodes[node], rotary_dim)
+    if measured is not None:  # the layer type whose table the rotation read in the recording
+        inv_freq, amplitude = measured
+        layer_type = next((t for t in rotary.layer_types if _reads_table(rotary, t, inv_freq, amplitude)), None)
+        if layer_type is None:
+            raise conv.refuse(node, f"per-layer RoPE of {where}: the table the rotation at {path} reads (frequencies "
+                              f"{_short(inv_freq)}, amplitude {amplitude:.6g}) is none of its layer types' tables "
+                              f"{list(rotary.layer_types)}")
+    else:  # no table in the recording (a source without one): the layer_type the layer names
+        parts = path.split(".") if path else []
+        layer_type = next((getattr(conv.modules.get(".".join(parts[:k])), "layer_type", None)
+                           for k in range(len(parts), 0, -1)
+                           if isinstance(getattr(conv.modules.get(".".join(parts[:k])), "layer_type", None), str)),
+                          None)
     if layer_type is None or not isinstance(rotary._buffers.get(f"{layer_type}_inv_freq"), torch.Tensor):
         raise conv.refuse(node, f"per-layer RoPE of {where}: the layer type of {path} is not known "
-                          f"(no layer_type attribute naming one of {list(rotary.layer_types)})")
+                          f"(no table recorded and no layer_type attribute naming one of {list(rotary.layer_types)})")
     rope_type = rotary.rope_type.get(layer_type) if isinstance(rotary.rope_type, dict) else rotary.rope_type
     params = getattr(getattr(rotary, "config", None) or conv.model.config, "rope_parameters", None)
     params = params.get(layer_type) if isinstance(params, dict) else None
@@ -146,8 +161,7 @@ def rope_theta(conv: Converter, node: str, rotary_dim: int) -> float:
                        f"types {SCALED} have a layout op)")
     if inv_freq is None:
         if theta is None:
-            raise conv.refuse(node, "RoPE theta is unknown: no module holds an inv_freq buffer and the "
-                              "config has no rope_theta")
+            return _theta_of_table(conv, node, rotary_dim)
         return theta
     if len(inv_freq) != rotary_dim // 2:
         raise BadInput(f"cannot import {where} (inv_freq has {len(inv_freq)} frequencies, the rotation at "
@@ -157,6 +171,84 @@ def rope_theta(conv: Converter, node: str, rotary_dim: int) -> float:
     if not torch.allclose(_default_inv_freq(theta, rotary_dim), inv_freq, rtol=1e-6, atol=0):
         raise BadInput(f"cannot import {where} (its inv_freq is not the default RoPE table of theta {theta})")
     return theta
+
+
+# a measured frequency / amplitude equals the model's own within float32 table rounding
+_TABLE_RTOL = 1e-5
+_THETA_RTOL = 1e-6  # a theta read off a table: its default table within float32 rounding of the measured one
+
+
+def measured_table(d: dict, rotary_dim: int) -> tuple[torch.Tensor, float] | None:
+    """``(inv_freq, amplitude)`` of the cos/sin tables a recorded ``rope`` node read (its ``tables``: rows of
+    positions 0, 1, 2 of each ``x * table`` product, :func:`fuzz.record.recorder._position_rows`): the angle
+    of channel ``c`` at position 1 is ``atan2(sin[1, c], cos[1, c])``; a table as wide as the rotation holds
+    each frequency twice (``cat(f, f)`` for the half pairing, ``repeat_interleave`` for the interleaved one),
+    one half as wide once (GPT-OSS' halves form).  ``None`` when the node holds no tables, or they are not
+    ``a * cos(p * f)`` / ``a * sin(p * f)`` at positions 0, 1, 2 with one amplitude ``a`` (then nothing is
+    measured and the callers fall back to what the modules say)."""
+    tables = [torch.tensor(rows, dtype=torch.float64) for rows in d.get("tables", ())]
+    tables = [t for t in tables if t.dim() == 2 and t.shape[0] >= 3]
+    cos = [t for t in tables if t[0].abs().min() > 0]
+    sin = [t for t in tables if t[0].abs().max() == 0]
+    pairs = [(c, s) for c in cos for s in sin if c.shape == s.shape]
+    if not pairs:
+        return None
+    c, s = pairs[0]
+    amplitude = float(c[0, 0])
+    if amplitude <= 0 or not torch.allclose(c[0], torch.full_like(c[0], amplitude), rtol=_TABLE_RTOL, atol=0):
+        return None
+    angle = torch.atan2(s[1].abs(), c[1])
+    tol = _TABLE_RTOL * amplitude
+    if not (torch.allclose(c[2], amplitude * torch.cos(2 * angle), rtol=0, atol=tol)
+            and torch.allclose(s[2].abs(), amplitude * torch.sin(2 * angle).abs(), rtol=0, atol=tol)):
+        return None
+    width, half = angle.numel(), rotary_dim // 2
+    if width == half:
+        return angle, amplitude
+    if width == rotary_dim:
+        for freqs, twin in ((angle[:half], angle[half:]), (angle[0::2], angle[1::2])):
+            if torch.allclose(freqs, twin, rtol=_TABLE_RTOL, atol=0):
+                return freqs, amplitude
+    return None
+
+
+def _reads_table(rotary: nn.Module, layer_type: str, inv_freq: torch.Tensor, amplitude: float) -> bool:
+    """Whether the per-layer-type rotary module's table of ``layer_type`` is the measured one."""
+    table = rotary._buffers.get(f"{layer_type}_inv_freq")
+    if not isinstance(table, torch.Tensor) or table.numel() != inv_freq.numel():
+        return False
+    scaling = float(getattr(rotary, f"{layer_type}_attention_scaling", 1.0))
+    return (abs(scaling - amplitude) <= _TABLE_RTOL * abs(scaling)
+            and torch.allclose(table.detach().to("cpu", torch.float64), inv_freq, rtol=_TABLE_RTOL, atol=0))
+
+
+def _theta_of_table(conv: Converter, node: str, rotary_dim: int) -> float:
+    """The ``theta`` of a default RoPE whose table no ``inv_freq`` buffer holds (GPT-J and CodeGen keep
+    precomputed sin/cos rows): measured from the recorded tables (:func:`measured_table`), the least-squares
+    fit of ``log f_i = -(2 i / rotary_dim) log theta``, kept when the default table of it is the measured one."""
+    path = conv.g.nodes[node]["module_path"]
+    measured = measured_table(conv.g.nodes[node], rotary_dim)
+    if measured is None:
+        raise conv.refuse(node, "RoPE theta is unknown: no module holds an inv_freq buffer, the config has no "
+                          "rope_theta and the rotation's cos/sin tables were not recorded as a rotation by position")
+    inv_freq, amplitude = measured
+    if abs(amplitude - 1.0) > _TABLE_RTOL:
+        raise conv.refuse(node, f"RoPE at {path}: its cos/sin tables are scaled by {amplitude:.6g} and no module "
+                          f"holds their inv_freq (a scaled RoPE of unknown type)")
+    exponent = torch.arange(0, rotary_dim, 2, dtype=torch.float64) / rotary_dim
+    if len(inv_freq) < 2 or not bool((inv_freq > 0).all()):
+        raise conv.refuse(node, f"RoPE at {path}: its table (frequencies {_short(inv_freq)}) has no theta")
+    fit = math.exp(float(-(exponent * inv_freq.log()).sum() / (exponent * exponent).sum()))
+    for theta in (float(f"{fit:.6g}"), fit):  # the round number the config held, else the fit itself
+        if torch.allclose(_default_inv_freq(theta, rotary_dim), inv_freq, rtol=_THETA_RTOL, atol=0):
+            return theta
+    raise conv.refuse(node, f"RoPE at {path}: its table (frequencies {_short(inv_freq)}) is not the default "
+                      f"RoPE table of any theta (nearest {fit:.6g})")
+
+
+def _short(values: torch.Tensor) -> str:
+    shown = ", ".join(f"{v:.4g}" for v in values[:4].tolist())
+    return f"[{shown}{', ...' if len(values) > 4 else ''}]"
 
 
 def _rotary_module(conv: Converter, path: str) -> tuple[str, nn.Module] | None:

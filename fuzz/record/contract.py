@@ -36,8 +36,8 @@ def _finish(rec: _Recorder, logits_node: str, ids: torch.Tensor, name: str, voca
     merged: dict[str, str] = {}
     _contract_regions(g, rec, merged)
     _contract_routers(g, rec, merged)
+    _contract_complex_ropes(g, rec.n_tokens, merged)  # first: its phasor product is no cos/sin seed
     _contract_ropes(g, rec.n_tokens, merged)
-    _contract_complex_ropes(g, rec.n_tokens, merged)
     _contract_eager_attention(g, rec.n_tokens, merged, rec.added)
     logits_node = _resolve(merged, logits_node)
     for n in g:
@@ -337,6 +337,33 @@ def _is_rearrange(d: dict) -> bool:
     return d["op"] == "opaque" and d.get("call") in _REARRANGE and not d["params"]
 
 
+def _contract_complex_ropes(g: nx.DiGraph, n_tokens: int, merged: dict[str, str]) -> None:
+    """Contract ``view_as_real(view_as_complex(x) * freqs_cis)`` (Llama 4: each adjacent pair a complex number
+    times a constant unit phasor) into an interleaved ``rope`` node whose tables are the phasor's real (cos)
+    and imaginary (sin) parts."""
+    for c in sorted((n for n, d in g.nodes(data=True) if d["op"] == "opaque" and d.get("call") == "view_as_complex"),
+                    key=lambda n: g.nodes[n]["index"]):
+        if g.in_degree(c) != 1 or g.out_degree(c) != 1:
+            continue
+        (m,) = g.successors(c)
+        dm = g.nodes[m]
+        if not (dm["op"] == "opaque" and dm.get("call") == "mul" and "const_shape" in dm and g.in_degree(m) == 1
+                and g.out_degree(m) == 1):
+            continue
+        (r,) = g.successors(m)
+        if g.nodes[r].get("call") != "view_as_real" or g.in_degree(r) != 1:
+            continue
+        shape = g.nodes[r]["shape"]
+        head_dim = 2 * int(shape[-2])
+        comp = {c, m, r}
+        attrs = {**_base_attrs(g, comp, "rope", _common_path([g.nodes[n]["module_path"] for n in comp]), r),
+                 "n_heads": _numel(shape) // (n_tokens * head_dim), "head_dim": head_dim,
+                 "rotary_dim": 2 * int(dm["const_shape"][-1]), "style": "interleaved"}
+        if "const_rows_imag" in dm:
+            attrs["tables"] = [dm["const_rows"], dm["const_rows_imag"]]
+        _contract(g, comp, c, attrs, list(g.predecessors(c)), merged)
+
+
 def _contract_ropes(g: nx.DiGraph, n_tokens: int, merged: dict[str, str]) -> None:
     """Contract ``x * cos + rotate(x) * sin`` (any pairing, partial rotary included) into ``rope`` nodes.
 
@@ -372,6 +399,8 @@ def _contract_ropes(g: nx.DiGraph, n_tokens: int, merged: dict[str, str]) -> Non
             if all(_is_rearrange(g.nodes[p]) and set(g.predecessors(p)) <= cand | sources for p in extra):
                 cand |= extra | {c}
                 changed = True
+    # a product of the rotated result with a constant (Ministral3's per-position query scale) is no seed of it
+    cand -= {s for s in seeds if any(p in cand and not _is_rearrange(g.nodes[p]) for p in g.predecessors(s))}
     for comp in sorted(nx.connected_components(g.subgraph(cand).to_undirected()),
                        key=lambda c: min(g.nodes[n]["index"] for n in c)):
         comp = _without_leading_pass(g, comp, seeds)
@@ -391,11 +420,14 @@ def _contract_ropes(g: nx.DiGraph, n_tokens: int, merged: dict[str, str]) -> Non
             continue
         shape = d["shape"]
         head_dim = int(shape[-1])
+        in_order = sorted(comp & seeds, key=lambda n: g.nodes[n]["index"])
         rotary = _cluster_rotary(g, comp & seeds)
         interleaved = any(g.nodes[n].get("call") == "stack" or g.nodes[n].get("strided") for n in comp)
         path = _common_path([g.nodes[n]["module_path"] for n in comp])
         attrs = {**_base_attrs(g, comp, "rope", path, exit_), "n_heads": _numel(shape) // (n_tokens * head_dim),
                  "head_dim": head_dim, "rotary_dim": rotary, "style": "interleaved" if interleaved else "half"}
+        if all("const_rows" in g.nodes[s] for s in in_order):  # the cos/sin tables read (importer: rope.py)
+            attrs["tables"] = [g.nodes[s]["const_rows"] for s in in_order]
         first = min(comp, key=lambda n: g.nodes[n]["index"])
         _contract(g, set(comp), first, attrs, list(ext), merged)
 
@@ -407,32 +439,6 @@ def _per_position_factor(g: nx.DiGraph, node: str) -> bool:
     (src,) = g.predecessors(node)
     return int(d["const_shape"][-1]) == 1 and int(g.edges[src, node]["shape"][-1]) > 1
 
-
-def _contract_complex_ropes(g: nx.DiGraph, n_tokens: int, merged: dict[str, str]) -> None:
-    """Contract ``view_as_real(view_as_complex(x.reshape(.., r / 2, 2)) * freqs_cis)`` (DeepSeek-V2's
-    ``apply_rotary_emb``: each interleaved pair ``(x_2i, x_2i+1)`` a complex number times ``e^(i m theta_i)``)
-    into an interleaved ``rope`` node of ``rotary_dim = 2 * width(freqs_cis)`` on the whole head."""
-    for a in [n for n, d in g.nodes(data=True) if d["op"] == "opaque" and d.get("call") == "view_as_complex"]:
-        if a not in g or g.in_degree(a) != 1 or g.out_degree(a) != 1 or g.nodes[a]["params"]:
-            continue
-        (m,) = g.successors(a)
-        dm = g.nodes[m]
-        if not (dm["op"] == "opaque" and dm.get("call") == "mul" and "const_shape" in dm and g.in_degree(m) == 1
-                and g.out_degree(m) == 1 and not dm["params"]):
-            continue
-        (r,) = g.successors(m)
-        dr = g.nodes[r]
-        if dr["op"] != "opaque" or dr.get("call") != "view_as_real" or dr["params"] or dr["shape"][-1] != 2:
-            continue
-        rotary = 2 * int(dm["const_shape"][-1])
-        head_dim = 2 * int(dr["shape"][-2])
-        if rotary != head_dim:
-            continue
-        comp = {a, m, r}
-        path = _common_path([g.nodes[n]["module_path"] for n in comp])
-        attrs = {**_base_attrs(g, comp, "rope", path, r), "n_heads": _numel(dr["shape"]) // (n_tokens * head_dim),
-                 "head_dim": head_dim, "rotary_dim": rotary, "style": "interleaved"}
-        _contract(g, comp, a, attrs, list(g.predecessors(a)), merged)
 
 
 _HALVES = frozenset({"getitem", "chunk", "split", "split_with_sizes", "tensor_split", "unbind"})

@@ -145,6 +145,7 @@ class _Recorder(TorchFunctionMode):
         super().__init__()
         self.model = model
         self.n_tokens = ids.numel()
+        self.seq = int(ids.shape[-1]) if ids.dim() else 1
         self.graph = nx.DiGraph()
         self._act: dict[int, tuple[torch.Tensor, str]] = {}  # id -> (tensor, producer node)
         self._par: dict[int, tuple[torch.Tensor, frozenset[str]]] = {}  # id -> (tensor, parameter names)
@@ -464,7 +465,7 @@ class _Recorder(TorchFunctionMode):
             if factor is None and len(consts) == 1 and consts[0].numel() == 1:
                 factor = float(consts[0].item())
             elif factor is None and consts:
-                return "opaque", {"const_shape": list(consts[0].shape)}
+                return "opaque", {"const_shape": list(consts[0].shape), **_position_rows(consts[0], self.seq)}
             if factor is not None and (name == "mul" or factor != 0):
                 return "scale", {"factor": factor if name == "mul" else 1.0 / factor}
         attrs: dict[str, Any] = {}
@@ -547,3 +548,24 @@ def _sdpa_scale(value) -> float | None:
     if value is None:
         return None
     return float(value.item() if isinstance(value, torch.Tensor) else value)
+
+
+_TABLE_ROWS = 3  # positions 0, 1, 2 of a constant table: enough to measure a rotation's frequencies and amplitude
+
+
+def _position_rows(const: torch.Tensor, seq: int) -> dict:
+    """``{"const_rows": [[...], ...]}``: the first :data:`_TABLE_ROWS` rows along the position axis (the last
+    axis but one of size ``seq``, every other leading axis at index 0) of a floating constant a node multiplies
+    by (RoPE's cos/sin tables: the importer measures their frequencies and amplitude, :mod:`fuzz.importer.rope`);
+    ``{}`` when the constant has no such axis or the sequence is shorter than that."""
+    if not (const.is_floating_point() or const.is_complex()) or const.dim() < 2 or seq < _TABLE_ROWS:
+        return {}
+    axes = [a for a in range(const.dim() - 1) if const.shape[a] == seq]
+    if not axes:
+        return {}
+    axis = axes[-1]
+    index = tuple(slice(0, _TABLE_ROWS) if a == axis else 0 for a in range(const.dim() - 1))
+    rows = const[index].detach().to("cpu")
+    if rows.is_complex():  # a complex RoPE table (Llama 4's freqs_cis): cos and sin as its two parts
+        return {"const_rows": rows.real.double().tolist(), "const_rows_imag": rows.imag.double().tolist()}
+    return {"const_rows": rows.double().tolist()}

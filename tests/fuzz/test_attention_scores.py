@@ -14,7 +14,7 @@ from hypothesis import given, settings
 
 from fuzz import strategies as S
 
-from fuzz import DecoderSpec, build, materialize
+from fuzz import DecoderSpec, LayerSpec, build, materialize
 from fuzz.errors import BadInput, LayoutError
 from fuzz.importer import import_model
 from fuzz.layout import Layout
@@ -264,13 +264,13 @@ def test_a_graph_model_with_alibi_slopes_as_parameters_is_refused_not_mis_import
 
 
 def test_a_graph_model_with_sinks_imports_to_itself_exactly():
-    gm = materialize(build(DecoderSpec(attn_sinks=True)), seed=1)
+    """The sinks' recorded chain (cat of the sink column, max subtraction, softmax, [..., :-1]) is read back."""
+    gm = materialize(build(DecoderSpec(attn_sinks=True, layers=(LayerSpec(), LayerSpec()))), seed=1)
     back = import_model(gm)
-    (a,) = back.layout.of_op("attention")
-    assert back.layout.params(a)["sinks"] is True and back.nodes[a].sinks is gm.nodes["l0_attn"].sinks
-    ids = torch.randint(0, 64, (2, 11), generator=torch.Generator().manual_seed(2))
-    with torch.no_grad():
-        assert torch.equal(back(ids), gm(ids))
+    assert max(back.layout.meta["import_check"]["max_rel_err"].values()) <= 1e-10
+    attns = back.layout.of_op("attention")
+    assert len(attns) == 2 and all(back.layout.params(a)["sinks"] is True for a in attns)
+    assert {id(back.nodes[a].sinks) for a in attns} == {id(gm.nodes[a].sinks) for a in gm.layout.of_op("attention")}
 
 
 def test_a_graph_model_with_scale_and_soft_caps_imports_to_itself_exactly():

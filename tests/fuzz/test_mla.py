@@ -127,7 +127,7 @@ def test_mistral4_position_dependent_query_scale_is_refused_by_name():
     """Mistral4's MLA multiplies the queries by ``1 + beta log(1 + floor(pos / original_max))`` (Llama-4 attention
     temperature tuning): 1 at the check lengths, not beyond; no layout op computes it, so it is refused, named."""
     cls = tf.Mistral4ForCausalLM
-    with pytest.raises(BadInput, match=r"self_attn \(a position-dependent scale of the activations .*Mistral4"):
+    with pytest.raises(BadInput, match=r"self_attn \(position-dependent scaling: .*Mistral4"):
         import_model(instantiate(cls, tiny_config(cls)))
 
 

@@ -1,0 +1,83 @@
+"""Llama 4's complex RoPE (``view_as_real(view_as_complex(x) * freqs_cis)``: each adjacent pair a complex number
+times a unit phasor) is an interleaved ``rope`` measured from the phasor table; the rest of Llama 4 that the
+layout vocabulary lacks is refused by name (the weightless q/k RMS norm, the per-position query scale)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers as tf
+from torch import nn
+
+from benchmarks.compat import build, tiny_config
+from benchmarks.import_check_families import instantiate
+from fuzz.errors import BadInput
+from fuzz.importer import import_model
+from fuzz.importer.rope import measured_table
+from fuzz.record import record
+
+
+def _llama4(**changes) -> tf.Llama4ForCausalLM:
+    cfg = tiny_config(tf.Llama4ForCausalLM)
+    for key, value in changes.items():
+        setattr(cfg, key, value)
+    return instantiate(tf.Llama4ForCausalLM, cfg)
+
+
+# what the vocabulary lacks switched off: the q/k L2 norm, the NoPE layers' temperature, chunked attention, MoE
+PLAIN = dict(use_qk_norm=False, attn_temperature_tuning=False, moe_layers=[], attention_chunk_size=8192)
+
+
+def test_complex_rope_is_recorded_as_interleaved_rope_with_its_phasor_tables():
+    hf = _llama4(**PLAIN)
+    rec = record(hf)
+    assert not [n for n in rec.order if rec.graph.nodes[n].get("call") in ("view_as_complex", "view_as_real")]
+    ropes = rec.of_op("rope")
+    assert ropes and {rec.graph.nodes[n]["module_path"] for n in ropes} == {"model.layers.0.self_attn"}  # NoPE layer 1
+    for n in ropes:
+        d = rec.graph.nodes[n]
+        assert (d["style"], d["rotary_dim"], d["head_dim"]) == ("interleaved", 8, 8)
+        inv_freq, amplitude = measured_table(d, d["rotary_dim"])
+        assert torch.allclose(inv_freq, hf.model.rotary_emb.inv_freq.double(), rtol=1e-6) and amplitude == 1.0
+
+
+def test_llama4_with_complex_rope_imports_within_its_float32_floor():
+    hf = _llama4(**PLAIN)
+    gm = import_model(hf)
+    check = gm.layout.meta["import_check"]
+    assert check["floor"] == "float32" and max(check["max_rel_err"].values()) <= check["bound"]  # x.float() in it
+    for node in gm.layout.of_op("rope"):
+        p = gm.layout.params(node)
+        assert (p["style"], p["theta"], p["scaling"]) == ("interleaved", hf.config.rope_parameters["rope_theta"],
+                                                          "none")
+
+
+def test_llama4_is_refused_at_its_weightless_qk_norm_by_name():
+    with pytest.raises(BadInput, match=r"model\.layers\.0\.self_attn\.qk_norm \(weightless RMS norm: module "
+                                       r"Llama4TextWeightlessRMSNorm computes x / rms\(x\)"):
+        import_model(build("Llama4ForCausalLM"))
+
+
+def test_llama4_temperature_tuning_is_refused_by_name():
+    hf = _llama4(**{**PLAIN, "attn_temperature_tuning": True, "floor_scale": 4})
+    with pytest.raises(BadInput, match=r"model\.layers\.1\.self_attn \(position-dependent scaling: the activation "
+                                       r"times a constant factor per position"):
+        import_model(hf)
+
+
+def test_view_as_and_type_as_of_another_activation_pass_the_values_through():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(16, 8)
+            self.a = nn.Linear(8, 8)
+            self.b = nn.Linear(8, 8)
+            self.head = nn.Linear(8, 16)
+
+        def forward(self, input_ids):
+            h = self.emb(input_ids)
+            x, y = self.a(h), self.b(h).reshape(*h.shape[:-1], 2, 4)
+            return self.head(x.view_as(y).type_as(y).reshape(h.shape) + h)
+
+    rec = record(M().double(), torch.arange(8)[None])
+    assert not [n for n in rec.order if rec.graph.nodes[n]["op"] == "opaque"]
