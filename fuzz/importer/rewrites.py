@@ -252,7 +252,7 @@ def fold_head_concats(conv: Converter) -> None:
         if conv.width(ins[0]) != heads * a_dim or conv.width(ins[1]) not in (heads * b_dim, b_dim):
             continue
         conv.g.nodes[node].update(op="head_concat", n_heads=heads, a_dim=a_dim, b_dim=b_dim,
-                                  shared_b=conv.width(ins[1]) == b_dim and heads > 1)
+                                  shared_b=conv.width(ins[1]) == b_dim)  # one head: shared and own are one function
 
 
 def fold_bias_adds(conv: Converter) -> None:

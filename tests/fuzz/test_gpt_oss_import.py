@@ -57,7 +57,7 @@ def test_the_recording_contracts_the_sink_chain_into_the_attention():
     (node, *_) = rec.of_op("attention")
     d = rec.graph.nodes[node]
     assert d["params"] == ["model.layers.0.self_attn.sinks"]
-    assert [s[0] for s in d["score_chain"]][-3:] == ["sinks", "softmax", "drop_last"]
+    assert [s[0] for s in d["score_chain"]][-4:] == ["sink", "stabilize", "softmax", "drop_sink"]
     assert not [n for n in rec.order if rec.graph.nodes[n].get("call") in ("max", "softmax")]
 
 
@@ -74,8 +74,8 @@ def test_sinks_the_recording_does_not_show_are_refused_by_name():
 
     mod.eager_attention_forward = no_sinks
     try:
-        with pytest.raises(BadInput, match=r"model\.layers\.0\.self_attn \(attention sinks .* that the recording "
-                                           r"does not show"):
+        with pytest.raises(BadInput, match=r"model\.layers\.0\.self_attn \(attention sinks .* the recorded "
+                                           r"attention does not read"):
             import_model(hf)
     finally:
         mod.eager_attention_forward = real
