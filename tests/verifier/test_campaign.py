@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from fuzz import covering
+from fuzz import build, covering
 from fuzz.layout import Layout
 from fuzz.materialize import Router
 from verifier import mutants, registry
@@ -144,12 +144,14 @@ def test_covering_examples_start_the_budget_and_reach_more_pairs_than_the_draws_
 
 
 def test_a_pair_conditional_mutant_is_caught_by_the_ci_profile():
-    # a pair the ci profile's 25 draws never combine (measured: benchmarks.interaction_teeth --ci)
+    # a pair the issue named (the ci profile's plain draws combined it in none of 25 when covering landed;
+    # whether they do depends on every axis' draw order, so the before side is the benchmark's business:
+    # benchmarks.interaction_teeth --ci)
     pair = ("embeddings:tied", "moe:shared_expert+gate")
     bug = mutants.interaction_mutant(*pair)
     caught = run_campaign([bug], profile="ci", progress=False)
     [failure] = caught["failures"]
     assert failure["outcome"] == "caught" and failure["status"] == "diverged"
     assert set(pair) <= set(covering.tags(Layout.from_dict(failure["minimal_layout"])))
-    missed = run_campaign([bug], profile="ci", progress=False, cover=False)
-    assert missed["failures"] == [] and missed["per_transform"][bug.name]["status"] == {"invariant": 25}
+    share = covering.covering_share(25)  # the covering examples of a 25-example budget hold the pair
+    assert any(set(pair) <= covering.tags(build(s)) for s in covering.covering_specs(share))
