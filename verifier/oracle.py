@@ -404,8 +404,10 @@ def _units(model: nn.Module) -> list[_Unit]:
     graph = isinstance(model, GraphModel)
     items = model.nodes.items() if graph else ((n or type(model).__name__, m) for n, m in model.named_modules())
     layout = model.layout if graph else None
-    choosing = [r for r in layout.of_op("router") if layout.params(r)["top_k"] < layout.params(r)["n_experts"]] \
-        if graph else []
+    # a router choosing among its experts; a sparsemixer chooses even at top_k = n_experts (each weight a softmax
+    # over the scores within its threshold: often exactly 1, the projection acting only through that mask)
+    choosing = [r for r in layout.of_op("router") if layout.params(r)["top_k"] < layout.params(r)["n_experts"]
+                or layout.params(r).get("score") == "sparsemixer"] if graph else []
     routed = {i for r in choosing for i in layout.inputs(r)}
     seen: set[int] = set()
     units = []

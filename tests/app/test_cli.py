@@ -22,7 +22,8 @@ def test_fuzz_writes_summary_and_reports_a_caught_mutant(tmp_path):
                  "--require", "fused_qkv=False"])  # permute_heads refuses a fused qkv linear (its row slices)
     assert code == 0  # the mutant fails as expected: caught, not a finding
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["per_transform"]["permute_heads"]["status"] == {"invariant": 6}
+    status = summary["per_transform"]["permute_heads"]["status"]  # it refuses MLA layouts by name
+    assert set(status) <= {"invariant", "refused"} and sum(status.values()) == 6 and status.get("invariant", 0) >= 1
     assert [(f["transform"], f["outcome"]) for f in summary["failures"]] == [("pair_reflection", "caught")]
     assert not corpus.exists()  # mutants are never recorded by a campaign
     assert "| permute_heads |" in (out / "summary.md").read_text()

@@ -44,7 +44,8 @@ BUDGET = {"shared_head_gamma": 160,  # qk_norm=per_head_own (1 in 4) x RMS (1 in
           # once the mla axis joined the draws)
           "expert_bias_unscaled": 80,  # MoE x expert biases
           "sparsemixer_dropped": 80,  # MoE x router=sparsemixer (1 in 5) (36 measured)
-          "clamped_glu_as_linear": 80,  # mlp=clamped_swiglu (1 in 10) x a dense layer (49 measured)
+          "clamped_glu_as_linear": 200,  # mlp=clamped_swiglu (1 in 12) x a dense layer (49 measured before the
+          # bloom_gelu, mla and lm_head_bias axes moved the draws)
           "position_unrotated": 200,  # learned positions x RMS x pre-norm x untied x no other refusal (161 measured)
           "forget_pair_bias": 200}  # q/k biases x plain q/k x RoPE, now also x unfused qkv (issue 14's fused_qkv axis)
 # a renormalised top-1 weight is 1 whatever the scores: the leaked correction bias cannot show there
