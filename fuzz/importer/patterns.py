@@ -58,6 +58,7 @@ import torch
 
 from ..materialize import MODULES
 from ..ops import ACTIVATIONS, registrar, spec
+from .rewrites import last_axis_slice
 from .rope import rope_params
 
 if TYPE_CHECKING:
@@ -811,19 +812,8 @@ def _head_slice(conv: Converter, node: str, ins: list[str]) -> dict:
 
 
 def _getitem_start(conv: Converter, node: str, in_shape: list[int], length: int) -> int | None:
-    parts = [p.strip() for p in conv.g.nodes[node].get("key", "").split(",")]
-    lead, last = parts[:-1], parts[-1]
-    if any(p not in ("...", ":") for p in lead) or ("..." not in lead and len(parts) != len(in_shape)):
-        return None
-    bounds = last.split(":")
-    if len(bounds) != 2:
-        return None
-    try:
-        a, b = (int(x) if x else None for x in bounds)
-    except ValueError:
-        return None
-    span = range(int(in_shape[-1]))[slice(a, b)]
-    return span.start if len(span) == length else None
+    span = last_axis_slice(conv.g.nodes[node].get("key", ""), int(in_shape[-1]), len(in_shape))
+    return span.start if span is not None and len(span) == length else None
 
 
 def _split_start(conv: Converter, node: str, src: str) -> int | None:

@@ -219,10 +219,13 @@ def fold_slice_copies(conv: Converter) -> None:
         conv.g.remove_nodes_from(chain)
 
 
-def _last_axis_span(d: dict, width: int) -> tuple[int, int] | None:
-    """``(start, stop)`` of a ``x[..., a:b]`` getitem over a last axis of ``width``; None for any other key."""
-    parts = [p.strip() for p in d.get("key", "").split(",")]
-    if len(parts) < 2 or any(p not in ("...", ":") for p in parts[:-1]) or "..." not in parts[:-1]:
+def last_axis_slice(key: str, width: int, ndim: int | None = None) -> range | None:
+    """The channels ``x[..., a:b]`` takes of a last axis of ``width`` (``key`` as the recorder writes it; every
+    leading index ``...`` or ``:``, with an ``...`` unless ``ndim`` names the input's rank); None for any other
+    key."""
+    parts = [p.strip() for p in key.split(",")]
+    lead = parts[:-1]
+    if any(p not in ("...", ":") for p in lead) or ("..." not in lead and len(parts) != ndim):
         return None
     bounds = parts[-1].split(":")
     if len(bounds) != 2:
@@ -231,8 +234,13 @@ def _last_axis_span(d: dict, width: int) -> tuple[int, int] | None:
         a, b = (int(x) if x else None for x in bounds)
     except ValueError:
         return None
-    span = range(width)[slice(a, b)]
-    return (span.start, span.stop) if len(span) else None
+    return range(width)[slice(a, b)]
+
+
+def _last_axis_span(d: dict, width: int) -> tuple[int, int] | None:
+    """``(start, stop)`` of a ``x[..., a:b]`` getitem over a last axis of ``width``; None for any other key."""
+    span = last_axis_slice(d.get("key", ""), width)
+    return (span.start, span.stop) if span else None
 
 
 def fold_head_concats(conv: Converter) -> None:

@@ -467,10 +467,6 @@ def test_phi3_imports_with_fused_projections(case):
 @given(layout=strategies.layouts(moe=False, attn_gate=("none", "head_softplus"), alibi=False, attn_sinks=False),
        seed=strategies.seeds())
 def test_materialized_layouts_import_to_themselves(layout, seed):
-    if any(layout.op(n) == "head_concat" for n in layout.order) and any(
-            layout.params(a)["window"] for a in layout.of_op("attention")):
-        return  # MLA with a sliding window: its window is not measured yet, so the check refuses it (no real
-        # MLA family has one; a refusal, never a mis-import: test_mla covers the MLA imports)
     """A GraphModel is a source too: post/sandwich norms, LayerNorm biases, interleaved and partial RoPE,
     NoPE layers, parallel residuals, multipliers and per-head gates come back as the same graph.
 
@@ -478,6 +474,10 @@ def test_materialized_layouts_import_to_themselves(layout, seed):
     elementwise ``output_sigmoid`` gate (its ``n_heads`` does not change the function, so the dataflow
     cannot tell it; the import says 1), ALiBi and sinks (not imported: refused,
     ``tests/fuzz/test_attention_scores.py``).  Score scales and soft-caps come back measured."""
+    if any(layout.op(n) == "head_concat" for n in layout.order) and any(
+            layout.params(a)["window"] for a in layout.of_op("attention")):
+        return  # MLA with a sliding window: its window is not measured yet, so the check refuses it (no real
+        # MLA family has one; a refusal, never a mis-import: test_mla covers the MLA imports)
     gm = materialize(layout, seed=seed)
     vocab = layout.params(layout.source)["vocab"]
     ids = torch.randint(0, vocab, (2, 5), generator=torch.Generator().manual_seed(seed))
