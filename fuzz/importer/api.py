@@ -24,7 +24,8 @@ def import_model(model: nn.Module, input_ids: torch.Tensor | None = None, *, che
     reproduces the source under either policy.  The layout meta holds ``name`` (the source class),
     ``source="import"``, ``param_map`` (node -> role -> qualified parameter name, every source parameter
     once), ``aliases`` and ``tied`` (further names, for :func:`export_weights`), ``reshaped`` (source parameter
-    -> its shape, where the layout reads it as a view of another shape), ``module_paths`` (node ->
+    -> its shape, where the layout reads it as a view of another shape), ``head_biases`` (a source ``(heads,)``
+    bias -> heads, where a linear reads it repeated over each head's channels: Beam's attention gate bias), ``module_paths`` (node ->
     the source module it ran in), the attention nodes' sliding ``window`` measured against the source
     (:mod:`fuzz.importer.window`) and ``import_check`` (what :func:`check_import` measured; ``None`` when
     ``check=False``: only for tests and for inspecting a refused model, never for a proof).
@@ -88,6 +89,12 @@ def export_weights(graph_model: GraphModel) -> dict[str, torch.Tensor]:
     out = {name: tensor(node, role, name) for node, roles in param_map.items() for role, name in roles.items()}
     for name, shape in layout.meta.get("reshaped", {}).items():  # read as a view of another shape (Ernie's (1, E))
         out[name] = out[name].reshape(shape)
+    for name, heads in layout.meta.get("head_biases", {}).items():  # a (heads,) bias the layout reads repeated
+        per_head = out[name].reshape(heads, -1)
+        if not torch.equal(per_head, per_head[:, :1].expand_as(per_head)):
+            raise BadInput(f"cannot export {name}: one bias value per head in the source, but the GraphModel's "
+                           f"bias differs within a head (a transform changed it per channel)")
+        out[name] = per_head[:, 0].contiguous()
     for alias, canonical in layout.meta.get("aliases", {}).items():
         out[alias] = out[canonical]
     for node, roles in layout.meta.get("tied", {}).items():

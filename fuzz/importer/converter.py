@@ -38,6 +38,7 @@ class Converter:
         self.param_map: dict[str, dict[str, str]] = {}
         self.tied: dict[str, dict[str, str]] = {}  # tied lm_head -> {"weight": the name it reads the table by}
         self.reshaped: dict[str, list[int]] = {}  # source parameter -> its shape, where the layout reads a view
+        self.head_biases: dict[str, int] = {}  # source (heads,) bias -> heads, where a linear reads it repeated
         self.thetas: dict[tuple[str, int], dict] = {}  # (module path, rotary_dim) -> rope theta and scaling
 
     # ------------------------------------------------------------------ helpers for the patterns
@@ -84,7 +85,7 @@ class Converter:
         self._check_coverage()
         meta = {"name": type(self.model).__name__, "source": "import", "param_map": self.param_map,
                 "aliases": dict(self.rec.meta.get("aliases", {})), "tied": self.tied, "reshaped": self.reshaped,
-                "module_paths": module_paths}
+                "head_biases": self.head_biases, "module_paths": module_paths}
         return self._validated(entries, meta, module_paths)
 
     def _convert_refusing(self, node: str) -> list[Entry]:

@@ -138,8 +138,14 @@ def _linear(conv: Converter, node: str, ins: list[str]) -> dict:
     if call != "linear" and not d.get("weight_transposed"):  # x @ W.T with W stored (out, in) is F.linear
         raise conv.refuse(node, f"linear via {call!r} reads its weight as (in, out); the layout's linear "
                           f"is F.linear with an (out, in) weight")
-    want = {"weight": (fan_out, fan_in), **({"bias": (fan_out,)} if bias else {})}
+    heads = d.get("head_bias")  # one bias value per head, folded by rewrites.fold_bias_adds (Beam's gate_bias)
+    want = {"weight": (fan_out, fan_in), **({"bias": (heads or fan_out,)} if bias else {})}
     conv.by_shape(node, want)
+    if heads:  # the layout's bias is that value repeated over each head's channels (a copy, read back on export)
+        name = conv.param_map[node]["bias"]
+        conv.head_biases[name] = heads
+        conv.parameters[node]["bias"] = torch.nn.Parameter(
+            conv.named[name].detach().repeat_interleave(fan_out // heads), requires_grad=False)
     return {"in_features": fan_in, "out_features": fan_out, "bias": bias}
 
 

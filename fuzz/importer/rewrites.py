@@ -266,17 +266,36 @@ def fold_head_concats(conv: Converter) -> None:
 def fold_bias_adds(conv: Converter) -> None:
     """``linear(x) + b`` with the linear bias-free and read only there, ``b`` one parameter of its output width
     (GPT-NeoX-Japanese's attention ``dense`` and ``dense_bias``, added by the layer) -> the linear with bias ``b``
-    (the same sum; F.linear may round it together with the product)."""
+    (the same sum; F.linear may round it together with the product).
+
+    Also ``linear(x).view(.., heads, head_dim) + b`` with ``b`` one value per head (``(heads,)``, broadcast over
+    ``head_dim``: Beam's attention ``gate_bias``) -> the linear with the bias ``b`` repeated ``head_dim`` times
+    per head (the linear node records ``head_bias = heads``; the pattern builds that bias, ``export_weights``
+    reads one value per head back).  Told apart from a per-channel bias by shape: only when ``heads !=
+    head_dim`` (a ``(heads,)`` parameter cannot broadcast along a ``head_dim`` axis of another width); the
+    import check measures the result."""
     for node in [n for n, d in conv.g.nodes(data=True) if d["op"] == "add" and len(d["params"]) == 1]:
         if conv.g.in_degree(node) != 1:
             continue
         (src,) = conv.inputs(node)
         d, e = conv.g.nodes[node], conv.g.nodes[src]
         (bias,) = d["params"]
-        if not (e["op"] == "linear" and not e["bias"] and e.get("call") == "linear" and conv.g.out_degree(src) == 1
-                and conv.shape(bias) == (e["out_features"],) and d["shape"] == e["shape"]):
+        if not (e["op"] == "linear" and not e["bias"] and e.get("call") == "linear" and conv.g.out_degree(src) == 1):
             continue
-        e.update(bias=True, params=sorted([*e["params"], bias]))
+        if conv.shape(bias) == (e["out_features"],) and d["shape"] == e["shape"]:
+            e.update(bias=True, params=sorted([*e["params"], bias]))
+        elif _per_head_bias(conv.shape(bias), d["shape"], e["shape"], e["out_features"]):
+            e.update(bias=True, head_bias=conv.shape(bias)[0], params=sorted([*e["params"], bias]))
+        else:
+            continue
         for _, dst, data in list(conv.g.out_edges(node, data=True)):
             conv.g.add_edge(src, dst, **data)
         conv.g.remove_node(node)
+
+
+def _per_head_bias(bias: tuple[int, ...], add_shape: list[int], linear_shape: list[int], width: int) -> bool:
+    """A ``(heads,)`` bias added to the linear's output viewed ``(.., heads, head_dim)``, ``heads != head_dim``."""
+    if len(bias) != 1 or len(add_shape) < 2 or list(add_shape[:-2]) != list(linear_shape[:-1]):
+        return False
+    heads, head_dim = add_shape[-2:]
+    return heads == bias[0] and heads * head_dim == width and heads != head_dim and head_dim > 1

@@ -16,7 +16,7 @@ def _exact(gm, model, length=24):
     check = gm.layout.meta["import_check"]
     assert check["max_rel_err"][check["numerics"]] <= check["bound"]
     with torch.no_grad(), numerics_policy(gm, check["numerics"]):  # the policy the check found exact
-        want = model(ids).logits
+        want = model(ids).logits.double()  # Beam returns float32 logits
         assert torch.allclose(gm(ids), want, rtol=0, atol=10 * check["bound"] * float(want.abs().max()))
 
 
@@ -207,3 +207,38 @@ def test_a_template_tensor_lends_only_its_shape():
     rec = record(M())
     adds = [n for n in rec.order if rec.op(n) == "add"]
     assert [rec.graph.nodes[n]["params"] for n in adds] == [["b"]]
+
+
+def test_beam_per_head_gate_bias_folds_into_the_gate_projection_and_exports_back():
+    """Beam's attention output gate ``sigmoid(gate_proj(x).view(.., heads, head_dim) + gate_bias[:, None])``: the
+    ``(heads,)`` bias is the bias-free ``gate_proj`` with that value repeated over each head's channels (exact);
+    ``export_weights`` reads one value per head back, and refuses a bias a transform made vary within a head.
+    (Its full-attention layers' query temperature tuning is another feature: the layers here all slide.)"""
+    import transformers
+
+    from benchmarks.compat import tiny_config
+    from benchmarks.import_check_families import instantiate
+    from fuzz.importer import export_weights
+
+    cfg = tiny_config(transformers.BeamForCausalLM)
+    cfg.layer_types = ["sliding_attention"] * cfg.num_hidden_layers
+    model = instantiate(transformers.BeamForCausalLM, cfg)
+    gm = import_model(model)
+    heads, width = cfg.num_attention_heads, cfg.num_attention_heads * cfg.head_dim
+    names = [f"model.layers.{i}.self_attn.gate_bias" for i in range(cfg.num_hidden_layers)]
+    assert gm.layout.meta["head_biases"] == {n: heads for n in names}
+    pm = gm.layout.meta["param_map"]
+    for name in names:
+        (node,) = [n for n, roles in pm.items() if roles.get("bias") == name]
+        assert gm.layout.op(node) == "linear" and pm[node]["weight"] == name.replace("gate_bias", "gate_proj.weight")
+        bias = gm.nodes[node].bias
+        assert bias.shape == (width,) and torch.equal(bias.view(heads, -1), model.get_parameter(name)[:, None]
+                                                      .expand(heads, width // heads))
+        assert any(gm.layout.op(r) == "gate" for r, _ in gm.layout.consumers(node))
+    _exact(gm, model)
+    exported = export_weights(gm)
+    assert all(torch.equal(exported[n], model.get_parameter(n)) for n in names)
+    with torch.no_grad():
+        gm.nodes[node].bias[1] += 1.0  # one channel of head 0 only
+    with pytest.raises(BadInput, match="differs within a head"):
+        export_weights(gm)
