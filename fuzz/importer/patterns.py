@@ -732,11 +732,36 @@ def _is_weightless_rms(module, width: int) -> bool:
 @import_pattern("add")
 @import_pattern("mul")
 def _elementwise(conv: Converter, node: str, ins: list[str]) -> dict:
+    if conv.g.nodes[node]["op"] == "mul" and conv.g.nodes[node]["params"]:
+        raise conv.refuse(node, _parameter_scale_refusal(conv, node))
     conv.no_params(node)
     widths = [conv.width(i) for i in ins]
     if len(set(widths)) != 1:
         raise conv.refuse(node, f"{conv.g.nodes[node]['op']} broadcasts inputs of widths {widths}")
     return {}
+
+
+def _parameter_scale_refusal(conv: Converter, node: str) -> str:
+    """Why a product by (a function of) a learned parameter is refused, named from the dataflow: a residual gate
+    (two such products of the same parameter summed, one of them the residual stream: the input that the
+    layer's branch also reads; Ergo's ``ErgoResidualGate``, ``sigmoid(w) * branch + sqrt(1 + sigmoid(w))
+    exp(-softplus(w) / 2) * residual``), else a learned per-channel scale."""
+    params = conv.g.nodes[node]["params"]
+    path = conv.g.nodes[node]["module_path"]
+    module = type(conv.modules[path]).__name__ if path in conv.modules else "?"
+    for add in conv.g.successors(node):
+        if conv.g.nodes[add]["op"] != "add":
+            continue
+        scaled = [m for m in conv.inputs(add) if conv.g.nodes[m]["op"] == "mul" and conv.g.nodes[m]["params"] == params]
+        residual = [m for m in scaled if any(conv.g.out_degree(i) > 1 for i in conv.inputs(m))]
+        if len(scaled) == 2 and residual:
+            return (f"residual gate ({module}): the residual stream and the branch output each times a learned "
+                    f"per-channel factor of {params} before their sum (Ergo: sigmoid(w) * branch + sqrt(1 + "
+                    f"sigmoid(w)) exp(-softplus(w) / 2) * residual); a per-channel scale of the residual stream is "
+                    f"not in the layout vocabulary (the next RMSNorm is not invariant under it, so it cannot fold "
+                    f"into a linear)")
+    return (f"a learned per-channel scale ({module}): the activation times a function of {params} "
+            f"(layer scale); not in the layout vocabulary")
 
 
 def _routing_refusal(conv: Converter, node: str) -> str:
