@@ -242,6 +242,10 @@ AXES: dict[str, Axis] = _axes(
          choices=("none", "q_lora", "q_direct"), most=("none", "q_lora", "q_direct")),
     # a bias on the logits (GPT-J, CodeGen): after vocab so the draws before it stay as they were
     Axis("lm_head_bias", "bool", (False, True), False, _if("logits:bias", "lm_head_bias")),
+    # one id the model reads and never predicts (an embedding row past the logits' vocabulary: Moshi's initial
+    # token); never with a tied table (decoder.check)
+    Axis("extra_input_id", "bool", lambda lim, drawn: (False,) if drawn.get("tie_embeddings") else (False, True),
+         False, _if("embeddings:extra_input_id", "extra_input_id")),
 )
 
 # the reducer's "turn a feature off" pass, in this order

@@ -92,6 +92,9 @@ class DecoderSpec:
     # "q_direct" (q_proj, V2-Lite); see _mla for the widths it derives from head_dim / rotary_dim / hidden
     mla: str = "none"
     lm_head_bias: bool = False  # a learned per-token-id bias on the logits (GPT-J, CodeGen)
+    # one token id (``vocab``) the model reads and never predicts: an embedding row past the logits' vocabulary
+    # (Moshi's ``vocab_size + 1`` rows, its initial text token); the tokens and the table have vocab + 1 ids
+    extra_input_id: bool = False
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -364,6 +367,9 @@ def check(s: DecoderSpec) -> None:
                                   f"norms), got {getattr(s, name)!r}")
         if s.attn_gate == "output_sigmoid":
             raise LayoutError(f"mla={s.mla!r} has no fused q/gate projection for attn_gate='output_sigmoid'")
+    if s.extra_input_id and s.tie_embeddings:
+        raise LayoutError("extra_input_id: a table with a row past the output vocabulary is not shared with the "
+                          "lm_head (tie_embeddings)")
     for f in fields(s):  # in field order: the first bad choice is the one reported
         axis = AXES.get(f.name)
         if axis is not None and axis.kind == "choice" and getattr(s, f.name) not in axis.choices:
@@ -377,8 +383,9 @@ def build(s: DecoderSpec, name: str | None = None) -> Layout:
     """Lower a spec to its op graph; raises :class:`~fuzz.errors.LayoutError` if it is not a valid model."""
     check(s)
     g = _Graph()
-    ids = g.add("tokens", "tokens", [], vocab=s.vocab)
-    h = g.add("embed", "embedding", [ids], vocab=s.vocab, dim=s.hidden)
+    read = s.vocab + int(s.extra_input_id)  # the ids the model reads; it predicts the first s.vocab
+    ids = g.add("tokens", "tokens", [], vocab=read)
+    h = g.add("embed", "embedding", [ids], vocab=read, dim=s.hidden)
     if s.position_embedding:
         h = g.add("embed_positions", "position_embedding", [h], max_pos=MAX_POSITIONS, dim=s.hidden)
     if s.embedding_multiplier is not None:

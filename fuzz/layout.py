@@ -93,19 +93,28 @@ class Layout:
             if ports != ("*",) and len(ins) != len(ports):
                 raise LayoutError(f"{op} takes {len(ports)} input(s) {ports}, has {len(ins)}", node)
             self.widths[node] = spec(op).infer(node, self.params(node), [self.widths[i] for i in ins])
+        # the ids read are [0, vocab); the logits' vocabulary (the lm_head's) is vocab, or fewer when the table
+        # has rows for ids the model reads and never predicts (Moshi's initial token): ``out_vocab``
         vocab = g.nodes[self.source]["vocab"]
-        if self.widths[self.sink] != vocab:
-            raise LayoutError(f"output width {self.widths[self.sink]} != vocab {vocab}", self.sink)
+        out = self.widths[self.sink]
+        if not 0 < out <= vocab:
+            raise LayoutError(f"output width {out} is not a vocabulary of at most the tokens vocab {vocab}",
+                              self.sink)
         for node in self.of_op("lm_head", "embedding"):
             p = self.params(node)
-            if p["vocab"] != vocab:
-                raise LayoutError(f"vocab {p['vocab']} != tokens vocab {vocab}", node)
+            want = vocab if self.op(node) == "embedding" else out
+            if p["vocab"] != want:
+                raise LayoutError(f"vocab {p['vocab']} != {'tokens' if want == vocab else 'output'} vocab {want}",
+                                  node)
             tied = p.get("tied_to")
             if tied is not None:
                 if tied not in g or g.nodes[tied]["op"] != "embedding":
                     raise LayoutError(f"tied_to {tied!r} is not an embedding node", node)
                 if g.nodes[tied]["dim"] != p["dim"]:
                     raise LayoutError(f"tied to {tied!r} of dim {g.nodes[tied]['dim']}, needs {p['dim']}", node)
+                if g.nodes[tied]["vocab"] != p["vocab"]:
+                    raise LayoutError(f"tied to {tied!r} of {g.nodes[tied]['vocab']} rows, needs {p['vocab']} "
+                                      f"(a table with rows past the output vocabulary is not shared)", node)
 
     # ------------------------------------------------------------------ queries
     def op(self, node: str) -> str:

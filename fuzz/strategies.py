@@ -108,13 +108,21 @@ def _with_mla_excludes(c: dict) -> dict:
     return {**MLA_EXCLUDES, "attn_gate": ("none", "head_softplus"), **c}
 
 
+def _with_extra_id_untied(c: dict) -> dict:
+    """Constraints pinning ``extra_input_id`` on: ``tie_embeddings`` pinned off unless the caller pinned it (then
+    ``decoder.check`` names the clash: a table with a row past the output vocabulary is not shared)."""
+    if "extra_input_id" not in c or False in _options(c, "extra_input_id"):
+        return c
+    return {"tie_embeddings": False, **c}
+
+
 def largest_spec(**constraints) -> DecoderSpec:
     """The spec with the most parameters that :func:`specs` can draw under ``constraints`` (the size
     guard's bound for a whole campaign); ``constraints`` are checked first.  Per axis: the widest width,
     the first of :meth:`~fuzz.axes.Axis.preference` allowed for a bool or choice, the first pinned value
     otherwise (else the spec default)."""
     check_constraints(constraints)
-    constraints = _with_mla_excludes(constraints)
+    constraints = _with_extra_id_untied(_with_mla_excludes(constraints))
     lim = {**_LIMITS, **{k: v for k, v in constraints.items() if k in _LIMITS}}
     kv = max(_options(constraints, "n_kv_heads") if "n_kv_heads" in constraints
              else AXES["n_kv_heads"].default_options(lim, {}))
@@ -127,7 +135,7 @@ def largest_spec(**constraints) -> DecoderSpec:
         if axis.kind == "width":
             values[axis.name] = max(pinned or axis.default_options(lim, {}))
         elif axis.kind in ("bool", "choice"):
-            allowed = pinned or axis.preference()
+            allowed = pinned or tuple(axis.default_options(lim, values))  # (extra_input_id: not with a tied table)
             values[axis.name] = next(v for v in axis.preference() if v in allowed)
         elif pinned:
             values[axis.name] = pinned[0]
@@ -198,7 +206,7 @@ def spec_from(pick, constraints: dict) -> DecoderSpec:
     lim = {**_LIMITS, **{k: v for k, v in constraints.items() if k in _LIMITS}}
     c = {k: v for k, v in constraints.items() if k in _FIELDS}
     values: dict = {"vocab": lim["vocab"]}
-    c = _with_mla_excludes(c)
+    c = _with_extra_id_untied(_with_mla_excludes(c))
 
     def axis(name: str):
         a = AXES[name]

@@ -19,8 +19,9 @@ def test_every_layout_materializes_to_a_finite_causal_lm(layout, seed):
     model = materialize(layout, seed=seed)
     vocab = layout.params(layout.source)["vocab"]
     ids = torch.randint(0, vocab, (2, 9), generator=torch.Generator().manual_seed(seed))
-    logits = model(ids)
-    assert logits.shape == (2, 9, vocab) and logits.dtype == torch.float64
+    logits = model(ids)  # the logits' vocabulary: the ids read, or fewer (extra_input_id: ids never predicted)
+    assert logits.shape == (2, 9, layout.widths[layout.sink]) and logits.dtype == torch.float64
+    assert layout.widths[layout.sink] == vocab - int(layout.meta["spec"].get("extra_input_id", False))
     assert torch.isfinite(logits).all()
 
 

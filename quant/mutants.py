@@ -44,6 +44,8 @@ kpe_per_head           pair-PCA on MLA rotates each query head's RoPE rows by it
                        head 0's                                                    heads
 lm_head_bias_dropped   a layout rewrite (wht-scale's) re-emits the lm_head without  a logit bias
                        its logit bias (GPT-J, CodeGen)
+extra_rows_unrotated   residual-rotation rotates only the embedding rows of ids     an id read and never
+                       the logits predict (the first out-vocab rows)                predicted (Moshi)
 =====================  ==========================================================  ==========================
 
 Loaded with the registries (the ``archfuzz.registries`` entry points, :func:`verifier.registry.load_plugins`).
@@ -115,3 +117,5 @@ register_mutant("mla_latent_unscaled", "quant:norm-absorb", "unscaled_consumer",
 register_mutant("kpe_per_head", "quant:pair-pca", "kpe_per_head", applies={"mla": ("q_lora", "q_direct")})
 register_mutant("position_unrotated", "quant:residual-rotation", "position_table_unrotated",
                 applies={"position_embedding": True, "norm": "rms", "placement": "pre", "tie_embeddings": False})
+register_mutant("extra_rows_unrotated", "quant:residual-rotation", "extra_rows_unrotated",
+                applies={"extra_input_id": True, "norm": "rms", "placement": "pre", "tie_embeddings": False})

@@ -46,6 +46,8 @@ FAULTS = {
     "softcap_scale_outside": "fold_attn_scale moves the folded factor across the soft-cap (rescales the cap too)",
     "position_table_unpermuted": "permute_hidden permutes the token embedding's columns but not the position table's",
     "position_table_unrotated": "residual-rotation rotates the token embedding but not the learned position table",
+    "extra_rows_unrotated": "residual-rotation rotates only the embedding rows of the ids the logits predict, not "
+                            "the rows past the output vocabulary (extra_input_id: Moshi's initial token)",
     "shared_head_gamma": "spectral-pca takes head 0's q/k norm weight for every head of a norm with group_weights",
     "homogeneity_assumed": "up-down moves s across every plain MLP's act as if it were relu (degree-1 homogeneous)",
     "sparsemixer_dropped": "a layout edit (graph_edit.LayoutEdit.apply) re-emits a sparsemixer router (Phimoe) as the "

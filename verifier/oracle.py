@@ -162,6 +162,16 @@ def _vocab(model: nn.Module) -> int:
     return int(vocab)
 
 
+def _read_unpredicted(test_ids: torch.Tensor, layout: Layout | None, vocab: int) -> None:
+    """Put every id the subject reads but never predicts (a layout whose tokens outnumber its logits:
+    ``extra_input_id``, Moshi's initial token) into the first test row, in place: a uniform draw over a tiny
+    vocabulary may miss them, and what a transform does to their embedding rows shows only where they are read."""
+    if layout is None:
+        return
+    extra = torch.arange(layout.widths[layout.sink], vocab)[: test_ids.shape[1]]
+    test_ids[0, : len(extra)] = extra.to(test_ids.device)
+
+
 def _subject(subject, dtype: torch.dtype, seed: int) -> tuple[nn.Module, Layout | None, str]:
     if isinstance(subject, Layout):
         return materialize(subject, dtype=dtype, seed=seed), subject, \
@@ -737,6 +747,7 @@ def _verify(transform, subject, dtype, seed, batch, seq, calib_batch, tol, deadl
     gen = torch.Generator().manual_seed(seed)
     calib_ids = torch.randint(0, vocab, (calib_batch, seq), generator=gen)
     test_ids = torch.randint(0, vocab, (batch, seq), generator=gen)  # disjoint draw from calibration
+    _read_unpredicted(test_ids, layout, vocab)
     all_ids, where = _probes(test_ids, vocab, gen)  # test rows, then one causality probe row per position
     verdict = Verdict(status=Status.ERROR, transform=state["verdict"].transform, subject=subject_name,
                       dtype=str(dtype).removeprefix("torch."), tolerance=tol.to_dict(), seed=seed,
@@ -792,7 +803,7 @@ def _verify(transform, subject, dtype, seed, batch, seq, calib_batch, tol, deadl
     try:
         with topk_recorder(out) as new_topk:
             new_all = _logits(out, all_ids.clone(), "transformed model")
-        problem = _check_logits(new_all, all_ids, vocab)
+        problem = _check_logits(new_all, all_ids, ref_all.shape[-1])  # the subject's logits' vocabulary
         if not problem:
             new_all = new_all.detach()
             finite = bool(torch.isfinite(new_all).all())

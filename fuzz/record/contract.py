@@ -42,7 +42,10 @@ def _finish(rec: _Recorder, logits_node: str, ids: torch.Tensor, name: str, voca
     logits_node = _resolve(merged, logits_node)
     for n in g:
         g.nodes[n].pop("region", None)
-    g.nodes["tokens"]["vocab"] = int(vocab)
+    # the ids the model reads: its embedding table's rows, which may exceed the logits' vocabulary (Moshi's
+    # ``vocab_size + 1`` rows: an initial token it reads and never predicts)
+    tables = [g.nodes[s]["vocab"] for s in g.successors("tokens") if g.nodes[s]["op"] == "embedding"]
+    g.nodes["tokens"]["vocab"] = int(tables[0]) if len(set(tables)) == 1 and tables[0] > vocab else int(vocab)
     mapping = _readable_ids(g)
     nx.relabel_nodes(g, mapping, copy=False)
     logits_node = mapping[logits_node]

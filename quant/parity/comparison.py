@@ -53,10 +53,13 @@ def _reference(model: nn.Module, ids: torch.Tensor, tie_margin: float) -> tuple[
 
 def perplexity_of(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor | None = None) -> float:
     """``exp(mean NLL)`` of ``ids`` under teacher forcing: position ``t`` predicts ``t + 1``, the first token
-    is not scored; ``mask`` (batch, seq) drops predictions made at masked positions."""
+    is not scored; ``mask`` (batch, seq) drops predictions made at masked positions, and a next id past the
+    logits' vocabulary (read, never predicted: ``extra_input_id``, Moshi's initial token) is not scored."""
     lp = F.log_softmax(logits[:, :-1].double(), dim=-1)
-    nll = -lp.gather(-1, ids[:, 1:, None]).squeeze(-1)
-    keep = mask[:, :-1] if mask is not None else torch.ones_like(nll, dtype=torch.bool)
+    target = ids[:, 1:]
+    predicted = target < lp.shape[-1]
+    nll = -lp.gather(-1, target.clamp(max=lp.shape[-1] - 1)[..., None]).squeeze(-1)
+    keep = (mask[:, :-1].bool() if mask is not None else torch.ones_like(nll, dtype=torch.bool)) & predicted
     return math.exp(nll[keep].mean().item()) if keep.any() else float("nan")
 
 

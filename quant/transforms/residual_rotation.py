@@ -97,8 +97,9 @@ def residual_rotation(model: nn.Module, calib: Calibration, seed: int = 0, untie
         for node in layout.order:
             op, mod = layout.op(node), m.nodes[node]
             reads = bool(layout.inputs(node)) and layout.inputs(node)[0] in basis
-            if op == "embedding":
-                mod.weight.copy_(mod.weight @ q)
+            if op == "embedding":  # every row, the ids never predicted too (extra_input_id: Moshi's initial token)
+                rows = layout.widths[layout.sink] if fault("extra_rows_unrotated") is not None else None  # mutant
+                mod.weight[:rows].copy_(mod.weight[:rows] @ q)
             elif op == "position_embedding" and fault("position_table_unrotated") is None:  # the table: P Q
                 mod.weight.copy_(mod.weight @ q)
             elif op in _LINEAR_READERS and reads and not (op == "lm_head" and mod.p["tied_to"] is not None):
