@@ -142,8 +142,68 @@ _LINEAR = re.compile(r"rwkv|deltanet|delta_net|linearattention|linear_attn|light
 _ATTN = re.compile(r"attention|attn|selfattn", re.IGNORECASE)
 
 
+def _takes(module, *names: str) -> bool:
+    """Whether ``module.forward`` has a parameter called one of ``names``."""
+    import inspect
+    try:
+        return bool(set(inspect.signature(module.forward).parameters) & set(names))
+    except (TypeError, ValueError):
+        return False
+
+
+def _never_run(model, modules: list[tuple[str, object]]) -> list[str]:
+    """The paths of ``modules`` that a text-only forward of ``model`` (8 token ids) never calls."""
+    import torch
+    called: set[str] = set()
+    hooks = [m.register_forward_pre_hook(lambda mod, args, path=path: called.add(path)) for path, m in modules]
+    try:
+        vocab = int(getattr(getattr(model, "config", None), "vocab_size", None) or 2)
+        with torch.no_grad():
+            model(input_ids=torch.arange(8).remainder(vocab)[None])
+    except Exception:  # noqa: BLE001  (no text-only forward: no evidence either way)
+        return []
+    finally:
+        for h in hooks:
+            h.remove()
+    return [path for path, _ in modules if path not in called]
+
+
+def _cross_attention(model) -> str | None:
+    """A cross-attention over an encoder's states the instance holds: an attention module owning parameters,
+    whose forward takes ``key_value_states`` / ``encoder_hidden_states``, in a layer whose forward takes
+    ``encoder_hidden_states``, and that a text-only forward never runs (TrOCR's ``encoder_attn``: the text
+    decoder of a VisionEncoderDecoder; its logits never read those weights).  Bart-style decoder-only code
+    with ``add_cross_attention`` off holds no such module; a self-attention taking the same arguments runs."""
+    found = [(f"{path}.{name}" if path else name, child) for path, layer in model.named_modules()
+             if _takes(layer, "encoder_hidden_states") for name, child in layer.named_children()
+             if _ATTN.search(type(child).__name__) and _takes(child, "key_value_states", "encoder_hidden_states")
+             and any(True for _ in child.parameters())]
+    idle = _never_run(model, found) if found else []
+    return idle[0] if idle else None
+
+
+def _vision_input(model) -> str | None:
+    """The vision encoder of an image-to-text class (GIT): the class's forward takes ``pixel_values``, and the
+    instance holds a ``*Vision*`` module owning parameters whose forward takes them and that a text-only forward
+    never runs; None otherwise."""
+    if not _takes(model, "pixel_values"):
+        return None
+    found = [(path, m) for path, m in model.named_modules() if path and "Vision" in type(m).__name__
+             and _takes(m, "pixel_values") and any(True for _ in m.parameters())]
+    idle = _never_run(model, found) if found else []
+    return f"{type(model.get_submodule(idle[0])).__name__} ({idle[0]})" if idle else None
+
+
 def classify(model) -> tuple[str, str]:
-    """``(kind, why)`` from the config and the module classes of the instance (see :data:`KINDS`)."""
+    """``(kind, why)`` from the config and the module classes of the instance (see :data:`KINDS`).
+
+    ``not-causal-lm``: the decoder of an encoder-decoder model, by its config (``is_encoder_decoder``,
+    ``add_cross_attention``), by a ``*Cross*Attention`` module, or by evidence in the instance
+    (:func:`_cross_attention`: an attention over ``key_value_states`` / ``encoder_hidden_states``, owning
+    parameters, in a layer taking ``encoder_hidden_states``, that a text-only forward never runs: TrOCR, the text
+    decoder of a VisionEncoderDecoder); an image-to-text class whose forward takes ``pixel_values``, read by a
+    vision encoder it holds that a text-only forward never runs (:func:`_vision_input`: GIT); a bidirectional
+    encoder family used as a decoder.  The forward runs only where the module structure finds a candidate."""
     cfg = getattr(model, "config", None)
     defaults = type(cfg)() if cfg is not None else None
     if getattr(cfg, "is_encoder_decoder", False) or getattr(defaults, "is_encoder_decoder", False):
@@ -157,6 +217,12 @@ def classify(model) -> tuple[str, str]:
     cross = sorted(n for n in names if "Cross" in n and _ATTN.search(n))
     if cross or getattr(cfg, "add_cross_attention", False):
         return "not-causal-lm", f"cross-attention ({', '.join(cross) or 'config.add_cross_attention'})"
+    over_encoder = _cross_attention(model)
+    if over_encoder:
+        return "not-causal-lm", f"cross-attention over an encoder's states ({over_encoder})"
+    vision = _vision_input(model)
+    if vision:
+        return "not-causal-lm", f"image-to-text: its forward takes pixel_values, read by {vision}"
     if getattr(cfg, "is_decoder", None) is False and any(n.endswith(("BertModel", "RobertaModel")) for n in names):
         return "not-causal-lm", "bidirectional encoder"
     if attn and (ssm or linear):

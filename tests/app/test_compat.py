@@ -82,3 +82,18 @@ def test_outputs_are_sorted_atomic_and_regenerate_the_readme_block(rows, tmp_pat
     table = md.read_text()
     for name in CLASSES:
         assert f"`{name}`" in table
+
+
+@pytest.mark.parametrize("name, kind, why", [
+    # the text decoder of a VisionEncoderDecoder: its layers' encoder_attn (forward over key_value_states) never runs
+    ("TrOCRForCausalLM", "not-causal-lm", "cross-attention over an encoder's states (model.decoder.layers.0.encoder_attn)"),
+    # GIT: an image-to-text class whose forward takes pixel_values, read by the image encoder it holds
+    ("GitForCausalLM", "not-causal-lm", "image-to-text: its forward takes pixel_values, read by GitVisionModel "
+                                        "(git.image_encoder)"),
+    # Bart-style attention code (key_value_states) with add_cross_attention off: no encoder_attn, a decoder
+    ("XGLMForCausalLM", "decoder", "XGLMAttention"),
+    # CSM's depth decoder: a text-style attention decoder (its position-specific head is an import refusal)
+    ("CsmDepthDecoderForCausalLM", "decoder", "CsmAttention"),
+])
+def test_classify_tells_a_decoder_of_another_model_from_a_causal_lm_by_evidence(name, kind, why):
+    assert compat.classify(compat.build(name)) == (kind, why)
