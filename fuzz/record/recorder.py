@@ -114,7 +114,12 @@ def _logits(out, ids: torch.Tensor, name: str) -> torch.Tensor:
     if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
         raise BadInput(f"{name} output has no logits (got {type(out).__name__}): not a causal LM")
     if logits.dim() != ids.dim() + 1 or tuple(logits.shape[:-1]) != tuple(ids.shape):
-        raise BadInput(f"{name} logits have shape {tuple(logits.shape)}, expected (*{tuple(ids.shape)}, vocab)")
+        dropped = (logits.dim() == ids.dim() + 1 and tuple(logits.shape[:-2]) == tuple(ids.shape[:-1])
+                   and logits.shape[-2] < ids.shape[-1])
+        why = (f" (the logits drop {ids.shape[-1] - logits.shape[-2]} position(s): not one logit row per token, "
+               f"like CSM's depth decoder, a position-specific head per codebook after its backbone-state position)"
+               if dropped else "")
+        raise BadInput(f"{name} logits have shape {tuple(logits.shape)}, expected (*{tuple(ids.shape)}, vocab){why}")
     return logits
 
 

@@ -104,3 +104,11 @@ def test_an_extra_input_id_exports_and_matches(cpu_f32_parity):
     ids[0, :3] = spec.vocab  # the id never predicted, read
     report = cpu_f32_parity(model, ids)
     assert report["ok"]
+
+
+def test_logits_that_drop_positions_are_refused_naming_it():
+    """CSM's depth decoder predicts the codebooks after its backbone-state position with a head per position:
+    7 logit rows for 8 ids; refused as dropped positions, not as a shape mismatch alone."""
+    with pytest.raises(BadInput, match=r"logits have shape \(1, 7, 64\), expected \(\*\(1, 8\), vocab\) \(the logits "
+                                       r"drop 1 position\(s\): not one logit row per token"):
+        import_model(build("CsmDepthDecoderForCausalLM"))
