@@ -47,7 +47,8 @@ BUDGET = {"shared_head_gamma": 160,  # qk_norm=per_head_own (1 in 4) x RMS (1 in
           "clamped_glu_as_linear": 200,  # mlp=clamped_swiglu (1 in 12) x a dense layer (49 measured before the
           # bloom_gelu, mla and lm_head_bias axes moved the draws)
           "extra_rows_unrotated": 120,  # an extra input id x untied x RMS x pre-norm x no other refusal (66 measured)
-          "position_unrotated": 200,  # learned positions x RMS x pre-norm x untied x no other refusal (161 measured)
+          "position_unrotated": 300,  # learned positions x RMS x pre-norm x untied x no other refusal (161 measured;
+          # 212 once the extra_input_id axis joined the draws)
           "forget_pair_bias": 200}  # q/k biases x plain q/k x RoPE, now also x unfused qkv (issue 14's fused_qkv axis)
 # a renormalised top-1 weight is 1 whatever the scores: the leaked correction bias cannot show there
 APPLIES["corrected_weights"] = (mutants.APPLIES["corrected_weights"], lambda s: not (s.renormalize and s.top_k == 1))
