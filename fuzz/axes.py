@@ -242,6 +242,11 @@ AXES: dict[str, Axis] = _axes(
          choices=("none", "q_lora", "q_direct"), most=("none", "q_lora", "q_direct")),
     # a bias on the logits (GPT-J, CodeGen): after vocab so the draws before it stay as they were
     Axis("lm_head_bias", "bool", (False, True), False, _if("logits:bias", "lm_head_bias")),
+    # learned positions that follow the attention_mask (OPT: cumsum(mask) - 1, a left-padded row starts at its
+    # first token): a mode of learned positions (nothing without them); shows on a padded batch only (the oracle
+    # pads one then)
+    Axis("positions_from_mask", "bool", (False, True), False,
+         lambda s: ("embeddings:positions:from_mask",) if s.position_embedding and s.positions_from_mask else ()),
 )
 
 # the reducer's "turn a feature off" pass, in this order

@@ -92,6 +92,7 @@ class DecoderSpec:
     # "q_direct" (q_proj, V2-Lite); see _mla for the widths it derives from head_dim / rotary_dim / hidden
     mla: str = "none"
     lm_head_bias: bool = False  # a learned per-token-id bias on the logits (GPT-J, CodeGen)
+    positions_from_mask: bool = False  # learned positions counted from each row's first token (OPT); needs them
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -380,7 +381,8 @@ def build(s: DecoderSpec, name: str | None = None) -> Layout:
     ids = g.add("tokens", "tokens", [], vocab=s.vocab)
     h = g.add("embed", "embedding", [ids], vocab=s.vocab, dim=s.hidden)
     if s.position_embedding:
-        h = g.add("embed_positions", "position_embedding", [h], max_pos=MAX_POSITIONS, dim=s.hidden)
+        h = g.add("embed_positions", "position_embedding", [h], max_pos=MAX_POSITIONS, dim=s.hidden,
+                  **({"from_mask": True} if s.positions_from_mask else {}))
     if s.embedding_multiplier is not None:
         h = g.add("embed_scale", "scale", [h], factor=s.embedding_multiplier)
     for i, layer in enumerate(s.layers):
