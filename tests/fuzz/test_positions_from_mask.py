@@ -52,6 +52,8 @@ def test_opt_imports_exactly_with_positions_that_follow_the_mask():
     with torch.no_grad():
         got = gm(ids, attention_mask=mask)
     assert relative_error(got[mask.bool()], want[mask.bool()]) <= 1e-10
+    caught = verify(mutants.get("positions_unmasked"), gm)  # the imported OPT: the oracle pads by itself
+    assert caught.status == "diverged" and caught.first_divergent["op"] == "position_embedding", caught
 
 
 @pytest.mark.parametrize("name", ["GPTNeoForCausalLM", "GPTBigCodeForCausalLM", "BioGptForCausalLM"])
