@@ -263,9 +263,11 @@ def padded_source_logits(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor
 
 
 def masked_source_logits(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The source's logits on a padded batch (transformers' ``attention_mask``); TypeError if it takes none."""
+    """The source's logits on a padded batch (transformers' ``attention_mask``; a GraphModel source takes it
+    too); TypeError if it takes none."""
     with evaluating(model):
-        out = model(input_ids=ids, attention_mask=mask, use_cache=False)
+        out = model(ids, attention_mask=mask) if isinstance(model, GraphModel) else \
+            model(input_ids=ids, attention_mask=mask, use_cache=False)
     return out.logits if hasattr(out, "logits") else out[0] if isinstance(out, (tuple, list)) else out
 
 
