@@ -44,9 +44,12 @@ BUDGET = {"shared_head_gamma": 160,  # qk_norm=per_head_own (1 in 4) x RMS (1 in
           # once the mla axis joined the draws)
           "expert_bias_unscaled": 80,  # MoE x expert biases
           "sparsemixer_dropped": 80,  # MoE x router=sparsemixer (1 in 5) (36 measured)
-          "clamped_glu_as_linear": 200,  # mlp=clamped_swiglu (1 in 12) x a dense layer (49 measured before the
-          # bloom_gelu, mla and lm_head_bias axes moved the draws)
-          "position_unrotated": 200,  # learned positions x RMS x pre-norm x untied x no other refusal (161 measured)
+          "clamped_glu_as_linear": 400,  # mlp=clamped_swiglu (1 in 12) x a dense layer (49 measured before the
+          # bloom_gelu, mla and lm_head_bias axes moved the draws; 333 once positions_from_mask joined them)
+          "position_unrotated": 300,  # learned positions x RMS x pre-norm x untied x no other refusal (161 measured;
+          # 229 once the positions_from_mask axis joined the draws)
+          # the positions_from_mask axis moved the draws: 16 measured at a budget of 40, none within 25
+          "cross_group_heads": 40, "symmetric_gamma": 40,
           "forget_pair_bias": 200}  # q/k biases x plain q/k x RoPE, now also x unfused qkv (issue 14's fused_qkv axis)
 # a renormalised top-1 weight is 1 whatever the scores: the leaked correction bias cannot show there
 APPLIES["corrected_weights"] = (mutants.APPLIES["corrected_weights"], lambda s: not (s.renormalize and s.top_k == 1))
