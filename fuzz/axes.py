@@ -246,6 +246,11 @@ AXES: dict[str, Axis] = _axes(
     # token); never with a tied table (decoder.check)
     Axis("extra_input_id", "bool", lambda lim, drawn: (False,) if drawn.get("tie_embeddings") else (False, True),
          False, _if("embeddings:extra_input_id", "extra_input_id")),
+    # learned positions that follow the attention_mask (OPT: cumsum(mask) - 1, a left-padded row starts at its
+    # first token): a mode of learned positions (nothing without them); shows on a padded batch only (the oracle
+    # pads one then)
+    Axis("positions_from_mask", "bool", (False, True), False,
+         lambda s: ("embeddings:positions:from_mask",) if s.position_embedding and s.positions_from_mask else ()),
 )
 
 # the reducer's "turn a feature off" pass, in this order

@@ -95,6 +95,7 @@ class DecoderSpec:
     # one token id (``vocab``) the model reads and never predicts: an embedding row past the logits' vocabulary
     # (Moshi's ``vocab_size + 1`` rows, its initial text token); the tokens and the table have vocab + 1 ids
     extra_input_id: bool = False
+    positions_from_mask: bool = False  # learned positions counted from each row's first token (OPT); needs them
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -387,7 +388,8 @@ def build(s: DecoderSpec, name: str | None = None) -> Layout:
     ids = g.add("tokens", "tokens", [], vocab=read)
     h = g.add("embed", "embedding", [ids], vocab=read, dim=s.hidden)
     if s.position_embedding:
-        h = g.add("embed_positions", "position_embedding", [h], max_pos=MAX_POSITIONS, dim=s.hidden)
+        h = g.add("embed_positions", "position_embedding", [h], max_pos=MAX_POSITIONS, dim=s.hidden,
+                  **({"from_mask": True} if s.positions_from_mask else {}))
     if s.embedding_multiplier is not None:
         h = g.add("embed_scale", "scale", [h], factor=s.embedding_multiplier)
     for i, layer in enumerate(s.layers):

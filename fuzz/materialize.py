@@ -167,13 +167,20 @@ class Norm(Node):
 
 @torch_impl("position_embedding")
 class PositionEmbedding(Node):
-    """``x + P[start : start + seq]``: learned absolute positions (rows from ``start``, OPT's offset 2)."""
+    """``x + P[start : start + seq]``: learned absolute positions (rows from ``start``, OPT's offset 2).
+    ``from_mask`` and a ``padding`` mask: each row's positions count its tokens (OPT's
+    ``cumsum(mask) * mask - 1 + start``), so a left-padded row reads row ``start`` at its first token; a padded
+    position reads row ``max(start - 1, 0)`` (OPT's ``-1 + 2``)."""
 
-    def forward(self, x):
+    def forward(self, x, padding: torch.Tensor | None = None):
         seq, start = x.shape[-2], self.p["start"]
         if start + seq > self.p["max_pos"]:
             raise ValueError(f"{self.node_id}: {seq} positions from row {start} exceed the {self.p['max_pos']}-row "
                              "position table")
+        if padding is not None and self.p["from_mask"]:
+            mask = padding.to(torch.long)
+            positions = (torch.cumsum(mask, dim=1) * mask - 1 + start).clamp_min(0)  # (batch, seq)
+            return x + F.embedding(positions, self.weight)
         positions = torch.arange(start, start + seq, device=x.device)  # a lookup, as transformers writes it
         return x + F.embedding(positions, self.weight)
 
@@ -582,7 +589,9 @@ class GraphModel(nn.Module):
         last_use = {src: i for i, n in enumerate(layout.order) for src in inputs[n]}
         # (node, its inputs, the inputs whose last reader it is: freed right after it runs)
         self._plan = [(n, inputs[n], [s for s in inputs[n] if last_use[s] == i]) for i, n in enumerate(layout.order)]
-        self._attention = frozenset(layout.of_op("attention"))  # the nodes an attention_mask reaches
+        # the nodes an attention_mask reaches: every attention, and learned positions that follow the mask
+        self._attention = frozenset(layout.of_op("attention")) | frozenset(
+            n for n in layout.of_op("position_embedding") if layout.params(n)["from_mask"])
 
     def _matches_layout(self) -> bool:
         """True while every node module is exactly what the layout says (class, parameter names, shapes)."""
@@ -641,7 +650,8 @@ class GraphModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Logits ``(batch, seq, vocab)``.  ``attention_mask`` (``(batch, seq)``, 1 = token, 0 = padding, as
         transformers takes it; ``None`` = no padding): the keys at padded positions are masked in every
-        attention; positions stay ``0 .. seq-1`` (transformers' default ``position_ids`` without a cache), and
+        attention; positions stay ``0 .. seq-1`` (transformers' default ``position_ids`` without a cache) except
+        in a ``position_embedding`` with ``from_mask`` (counted from each row's first token, OPT), and
         the logits at padded positions are meaningless (finite)."""
         if input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32):
             raise BadInput(f"input_ids must be a (batch, seq) integer tensor, got {tuple(input_ids.shape)} "

@@ -18,7 +18,10 @@ op             meaning
 tokens         the input token ids (the single source)
 embedding      ``E[ids]``, ``E: (vocab, dim)``
 position_embedding  ``x + P[start : start + seq]``, ``P: (max_pos, dim)``: learned absolute positions added to
-               the token embedding (GPT-2, GPT-Neo, GPT-BigCode; OPT reads from row ``start = 2``)
+               the token embedding (GPT-2, GPT-Neo, GPT-BigCode; OPT reads from row ``start = 2``);
+               ``from_mask`` (OPT): under an ``attention_mask`` row ``b``'s positions are
+               ``start + cumsum(mask[b]) - 1`` at its tokens (a left-padded row starts at ``start`` on its first
+               token; a padded position reads row ``max(start - 1, 0)``); without padding both modes are equal
 scale          ``factor * x`` (embedding / residual / logit multipliers)
 norm           per group of ``dim`` channels: RMSNorm ``g * u / rms(u)`` or LayerNorm
                ``g * (u - mean) / std + b``; ``g = w`` or ``g = 1 + w`` (``weight_form``); ``groups > 1``
@@ -306,11 +309,14 @@ def _position_embedding(node, p, w):
     return p["dim"]
 
 
-declare(OpSpec("position_embedding", {"max_pos": (int, ...), "dim": (int, ...), "start": (int, 0)}, ("x",),
+declare(OpSpec("position_embedding", {"max_pos": (int, ...), "dim": (int, ...), "start": (int, 0),
+                                        "from_mask": (bool, False)}, ("x",),
                _position_embedding, shapes=lambda p: {"weight": (p["max_pos"], p["dim"])},
-               init={"weight": _init_unit}, drawn_by=({"position_embedding": True},),
+               init={"weight": _init_unit},
+               drawn_by=({"position_embedding": True}, {"position_embedding": True, "positions_from_mask": True}),
                features=lambda p: ("op:position_embedding",) + (("op:position_embedding:offset",)
-                                                                 if p["start"] else ())))
+                                                                 if p["start"] else ())
+               + (("op:position_embedding:from_mask",) if p["from_mask"] else ())))
 
 
 def _same(node, p, w):

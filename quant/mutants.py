@@ -46,6 +46,9 @@ lm_head_bias_dropped   a layout rewrite (wht-scale's) re-emits the lm_head witho
                        its logit bias (GPT-J, CodeGen)
 extra_rows_unrotated   residual-rotation rotates only the embedding rows of ids     an id read and never
                        the logits predict (the first out-vocab rows)                predicted (Moshi)
+positions_unmasked     a layout rewrite (wht-scale's) re-emits OPT's learned        learned positions that
+                       positions that follow the attention_mask as plain ones      follow the mask (shows on
+                       (counted from the first column, padding included)           the oracle's padded batch)
 =====================  ==========================================================  ==========================
 
 Loaded with the registries (the ``archfuzz.registries`` entry points, :func:`verifier.registry.load_plugins`).
@@ -100,6 +103,8 @@ register_mutant("float32_rotation", "quant:pair-pca", "float32_angles", fixed={"
 register_mutant("symmetric_gamma", "quant:spectral-pca", "symmetric_gamma",
                 applies={"qk_norm": ("per_head", "full"), "norm": "rms", "fused_qkv": False})
 register_mutant("lm_head_bias_dropped", "quant:wht-scale", "lm_head_bias_dropped", applies={"lm_head_bias": True})
+register_mutant("positions_unmasked", "quant:wht-scale", "positions_unmasked",
+                applies={"position_embedding": True, "positions_from_mask": True})
 register_mutant("window_dropped", "quant:wht-scale", "window_dropped", applies={"sliding_window": (4, 2)})
 register_mutant("rope_scaling_dropped", "quant:wht-scale", "rope_unscaled",
                 applies={"rope": True, "rope_scaling": ("linear", "llama3", "yarn", "dynamic", "longrope")})

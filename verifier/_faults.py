@@ -40,6 +40,8 @@ FAULTS = {
                      "dropping its scaling (inv_freq table, attention_factor, NTK / long tables)",
     "heads_across_groups": "permute_heads moves query heads across GQA groups and leaves the kv heads in place",
     "lm_head_bias_dropped": "a layout edit (graph_edit.LayoutEdit.apply) rebuilds the lm_head without its bias",
+    "positions_unmasked": "a layout edit (graph_edit.LayoutEdit.apply) rebuilds a position_embedding that follows "
+                          "the attention_mask (OPT) with plain positions (from the first column, padding included)",
     "window_dropped": "a layout edit (graph_edit.LayoutEdit.apply) rebuilds attention nodes without their sliding window",
     "alibi_unpermuted": "permute_heads permutes the heads but not the attention's ALiBi slopes",
     "sinks_unpermuted": "permute_heads permutes the heads but not the attention's sink logits",

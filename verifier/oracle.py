@@ -685,6 +685,35 @@ def _padded_batch(model: nn.Module, out: nn.Module, ids: torch.Tensor, padding: 
             "positions_compared": int(keep.sum()), "max_rel_err": rel}
 
 
+def mask_padding(layout: Layout | None, seq: int) -> int:
+    """The left padding the oracle runs by itself (``0``: none): a third of the test rows' length where the
+    subject has learned positions that follow the ``attention_mask`` (``position_embedding`` with
+    ``from_mask``, OPT), which equal plain positions on every unpadded batch; so a transform that lost the
+    mode shows on a padded batch only."""
+    if layout is None or not any(layout.params(n).get("from_mask") for n in layout.of_op("position_embedding")):
+        return 0
+    return max(1, seq // 3)
+
+
+def _padded_first_divergent(model: nn.Module, out: nn.Module, ids: torch.Tensor, padding: int,
+                            layout: Layout | None, tol: Tolerance) -> dict | None:
+    """The first divergent node on :func:`_padded_batch`'s padded batch (activations compared at the
+    non-padded positions); ``None`` when the activations cannot be recorded there."""
+    mask = torch.ones_like(ids)
+    mask[1::2, :padding] = 0
+    try:
+        with capture(model) as ref_acts, torch.no_grad():
+            model(ids.clone(), attention_mask=mask)
+        with capture(out) as new_acts, torch.no_grad():
+            out(ids.clone(), attention_mask=mask)
+    except Exception:  # noqa: BLE001  (the divergence stands, unlocated)
+        return None
+    keep = mask.bool()
+    mismatch = {n: activation_mismatch(ref_acts[n], new_acts[n], keep) for n in ref_acts if n in new_acts}
+    ops = {n: layout.op(n) for n in layout.order} if layout is not None else {}
+    return _first_divergent(layout, list(ref_acts), mismatch, tol.node_rel, ops)
+
+
 def _check_logits(logits: torch.Tensor, ids: torch.Tensor, vocab: int) -> str:
     """Why ``logits`` (of the transformed model) cannot be compared with the subject's, or ''."""
     want = (*ids.shape, vocab)
@@ -713,6 +742,7 @@ def verify(transform: Callable[[nn.Module, Calibration], nn.Module], subject, *,
     naming the phase.  ``padding > 0``: once the logits match, the test rows run again with every other row
     left-padded by ``padding`` tokens (an ``attention_mask``, transformers' convention) through the subject
     and the transformed model, compared at the non-padded positions only (:func:`_padded_batch`).
+    ``padding=0`` on a subject whose learned positions follow the mask runs one anyway (:func:`mask_padding`).
     """
     if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
         raise BadInput(f"verify(padding=...) must be an integer >= 0, got {padding!r}")
@@ -743,6 +773,7 @@ def _verify(transform, subject, dtype, seed, batch, seq, calib_batch, tol, deadl
     deadline.enter("subject materialization")
     model, layout, subject_name = _subject(subject, dtype, seed)
     seq = window_length(model, layout, seq)  # longer than every sliding window, or a dropped one hides
+    padding = padding or mask_padding(layout, seq)  # positions that follow the mask show on padding only
     vocab = _vocab(model)
     gen = torch.Generator().manual_seed(seed)
     calib_ids = torch.randint(0, vocab, (calib_batch, seq), generator=gen)
@@ -853,6 +884,8 @@ def _verify(transform, subject, dtype, seed, batch, seq, calib_batch, tol, deadl
                 verdict.message = (f"on a left-padded batch (attention_mask, {padding} padding tokens in every other "
                                    f"row) the logits at the non-padded positions differ by "
                                    f"{padded['max_rel_err']:.3e} relative (bound {tol.rel:.0e})")
+                deadline.enter("first divergent node")
+                verdict.first_divergent = _padded_first_divergent(model, out, test_ids, padding, layout, tol)
                 return verdict
         if verdict.control["passed"]:
             verdict.status = Status.INVARIANT

@@ -11,6 +11,7 @@ from ..materialize import NUMERICS, GraphModel
 from ..record import _input_ids, record
 from .check import check_import
 from .converter import Converter
+from .positions import measure_position_mode
 from .window import measure_windows
 
 
@@ -54,6 +55,12 @@ def _imported(model: nn.Module, ids: torch.Tensor, numerics: str) -> tuple[Graph
         stage = "measuring its attention windows"
         # sliding windows are measured (the recorder sees no mask): each attention node against its source
         graph_model, _ = measure_windows(model, graph_model, lambda lay: _build(lay, converter.parameters, numerics))
+        stage = "measuring its position mode"
+        # learned positions that follow the attention_mask (OPT) show on a padded batch only: measured there
+        graph_model, modes = measure_position_mode(model, graph_model,
+                                                   lambda lay: _build(lay, converter.parameters, numerics))
+        if modes is not None:
+            graph_model.layout.meta["position_mode"] = modes
         return graph_model, graph_model.layout
     except ArchfuzzError:
         raise

@@ -176,13 +176,10 @@ def check_padding(model: nn.Module, graph_model: GraphModel, policy: str, bound:
     tokens read them with weight 0 only, so their logits are the source's own unless the source's mask lets
     them read padded keys, which the comparison then shows.  Recorded as ``source_nonfinite``; a source that
     stays non-finite at a real token is refused as such."""
-    if length <= PAD + 1:
+    batch = padded_batch(graph_model, length, vocab)
+    if batch is None:
         return None
-    ids = torch.randint(0, vocab, (CHECK_BATCH, length), generator=torch.Generator().manual_seed(1))
-    mask = torch.ones_like(ids)
-    mask[1, :PAD] = 0
-    device = device_of(graph_model)
-    ids, mask = ids.to(device), mask.to(device)
+    ids, mask = batch
     keep = mask.bool()
     name = type(model).__name__
     try:
@@ -212,26 +209,22 @@ def check_padding(model: nn.Module, graph_model: GraphModel, policy: str, bound:
     if not err <= bound:
         graph = "" if bool(torch.isfinite(got[keep]).all()) else "; the graph's logits are not finite there"
         why = "(a padding mask the layout's attention cannot express)"
-        if _positions_follow_mask(graph_model, policy, ids, want, bound):
-            why = ("(learned positions that follow the attention_mask, OPT's position ids from its cumsum: the "
-                   "source computes the padded row as that row unpadded, while the layout's position_embedding "
-                   "counts positions from the first column, padding included)")
         raise BadInput(f"{name}: the import is not exact on a padded batch: the source's own "
                        f"attention_mask handling ({batch}) and the graph's padding mask differ by {err:.3g} > "
                        f"{bound:.3g} at the non-padded positions{graph} {why}")
     return record_
 
 
-def _positions_follow_mask(graph_model: GraphModel, policy: str, ids: torch.Tensor, want: torch.Tensor,
-                           bound: float) -> bool:
-    """Whether the source's logits on the padded row equal the graph's on that row without its padding
-    (positions counted from the first real token), for a layout with learned positions: measured, to name
-    the refusal."""
-    if not graph_model.layout.of_op("position_embedding"):
-        return False
-    with numerics_policy(graph_model, policy), torch.no_grad():
-        alone = graph_model(ids[1:, PAD:])
-    return relative_error(alone[0], want[1, PAD:]) <= bound
+def padded_batch(graph_model: GraphModel, length: int, vocab: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(ids, attention_mask)``: ``CHECK_BATCH`` rows of ``length`` fixed ids, the second left-padded by
+    ``PAD`` (mask 0), on the graph's device; ``None`` when ``length`` leaves no room to pad."""
+    if length <= PAD + 1:
+        return None
+    ids = torch.randint(0, vocab, (CHECK_BATCH, length), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[1, :PAD] = 0
+    device = device_of(graph_model)
+    return ids.to(device), mask.to(device)
 
 
 def padded_source_logits(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, list]:
@@ -270,9 +263,11 @@ def padded_source_logits(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor
 
 
 def masked_source_logits(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The source's logits on a padded batch (transformers' ``attention_mask``); TypeError if it takes none."""
+    """The source's logits on a padded batch (transformers' ``attention_mask``; a GraphModel source takes it
+    too); TypeError if it takes none."""
     with evaluating(model):
-        out = model(input_ids=ids, attention_mask=mask, use_cache=False)
+        out = model(ids, attention_mask=mask) if isinstance(model, GraphModel) else \
+            model(input_ids=ids, attention_mask=mask, use_cache=False)
     return out.logits if hasattr(out, "logits") else out[0] if isinstance(out, (tuple, list)) else out
 
 

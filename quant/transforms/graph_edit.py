@@ -51,6 +51,8 @@ class LayoutEdit:
                 params = {**params, "score": "softmax"}  # the mutant: re-emitted as the plain top-2 router
             if op == "lm_head" and fault("lm_head_bias_dropped") is not None:  # mutant only: the bias lost
                 params["bias"] = False
+            if op == "position_embedding" and fault("positions_unmasked") is not None:  # mutant only: arange
+                params["from_mask"] = False
             if op == "rope" and fault("rope_unscaled") is not None:  # the mutant: RoPE rebuilt from theta
                 params = {k: params[k] for k in ("n_heads", "head_dim", "rotary_dim", "style", "theta")}
             inputs = list(layout.inputs(node))

@@ -212,7 +212,8 @@ def test_the_strategies_draw_per_layer_theta_and_every_scaling():
 
     seen = set()
 
-    @settings(max_examples=200, derandomize=True, database=None, deadline=None)
+    # 300: at 200 the derandomized draws missed dynamic once the positions_from_mask axis joined them
+    @settings(max_examples=300, derandomize=True, database=None, deadline=None)
     @given(strategies.specs(rope=True, max_layers=2))
     def draw(spec):
         seen.update(t for t in spec.features() if t.startswith("rope:"))

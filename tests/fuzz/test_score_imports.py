@@ -148,12 +148,14 @@ def test_diffllama_is_refused_naming_differential_attention():
         import_model(build("DiffLlamaForCausalLM"))
 
 
-def test_opt_is_refused_naming_positions_that_follow_the_attention_mask():
-    """OPT's position ids come from cumsum(attention_mask): measured by the padded check (the source's padded
-    row equals the graph's on that row unpadded), and named; never imported with the wrong positions."""
-    with pytest.raises(BadInput, match=r"not exact on a padded batch.*learned positions that follow the "
-                                       r"attention_mask"):
-        import_model(build("OPTForCausalLM"))
+def test_opt_imports_exactly_its_positions_measured_on_the_padded_batch():
+    """OPT's position ids come from cumsum(attention_mask): the padded batch measures the position_embedding's
+    from_mask mode (tests/fuzz/test_positions_from_mask.py), and the padded check is exact."""
+    model = build("OPTForCausalLM")
+    gm = import_model(model)
+    assert all(gm.layout.params(n)["from_mask"] for n in gm.layout.of_op("position_embedding"))
+    assert gm.layout.meta["import_check"]["padded"]["max_rel_err"] <= 1e-10
+    _exact(gm, model)
 
 
 def test_bloom_imports_exactly_with_its_own_gelu():

@@ -44,11 +44,13 @@ BUDGET = {"shared_head_gamma": 160,  # qk_norm=per_head_own (1 in 4) x RMS (1 in
           # once the mla axis joined the draws)
           "expert_bias_unscaled": 80,  # MoE x expert biases
           "sparsemixer_dropped": 80,  # MoE x router=sparsemixer (1 in 5) (36 measured)
-          "clamped_glu_as_linear": 200,  # mlp=clamped_swiglu (1 in 12) x a dense layer (49 measured before the
-          # bloom_gelu, mla and lm_head_bias axes moved the draws)
+          "clamped_glu_as_linear": 400,  # mlp=clamped_swiglu (1 in 12) x a dense layer (49 measured before the
+          # bloom_gelu, mla and lm_head_bias axes moved the draws; 333 once positions_from_mask joined them)
           "extra_rows_unrotated": 120,  # an extra input id x untied x RMS x pre-norm x no other refusal (66 measured)
           "position_unrotated": 300,  # learned positions x RMS x pre-norm x untied x no other refusal (161 measured;
-          # 212 once the extra_input_id axis joined the draws)
+          # 212 once the extra_input_id axis joined the draws, 229 once positions_from_mask did)
+          # the positions_from_mask axis moved the draws: 16 measured at a budget of 40, none within 25
+          "cross_group_heads": 40, "symmetric_gamma": 40,
           "forget_pair_bias": 200}  # q/k biases x plain q/k x RoPE, now also x unfused qkv (issue 14's fused_qkv axis)
 # a renormalised top-1 weight is 1 whatever the scores: the leaked correction bias cannot show there
 APPLIES["corrected_weights"] = (mutants.APPLIES["corrected_weights"], lambda s: not (s.renormalize and s.top_k == 1))
@@ -209,7 +211,7 @@ def test_the_mutants_of_quant_transforms_are_registered_by_quant():
                   "forget_pair_bias", "float32_rotation", "symmetric_gamma", "window_dropped", "rope_scaling_dropped",
                   "assumed_homogeneous", "shared_head_gamma", "position_unrotated", "corrected_weights",
                   "expert_bias_unscaled", "clamped_glu_as_linear", "sparsemixer_dropped", "mla_latent_unscaled",
-                  "kpe_per_head", "lm_head_bias_dropped", "extra_rows_unrotated"}
+                  "kpe_per_head", "lm_head_bias_dropped", "extra_rows_unrotated", "positions_unmasked"}
     assert quant_made | {"forget_writer_bias", "cross_group_heads", "alibi_unpermuted", "sinks_unpermuted",
                          "softcap_scale_outside", "position_unpermuted"} == set(mutants.names())
     for name in mutants.names():
