@@ -82,6 +82,9 @@ TINY = dict(
 )
 # not touched: ids of special tokens (None: no padding row to worry about)
 NO_TOKENS = dict(pad_token_id=None, bos_token_id=None, eos_token_id=None)
+# attention temperature tuning's original length L (1 + beta log(1 + floor(pos / L)) on the queries): small enough
+# that the factor steps within the recording (8 tokens) and again within the import check (24, 64 tokens)
+TEMPERATURE_LENGTH = 4
 
 
 # ------------------------------------------------------------------------------------------------ build
@@ -120,6 +123,9 @@ def tiny_config(cls):
     kw.update({k: v for k, v in NO_TOKENS.items() if k in have})
     if "rope_parameters" in have and isinstance(have["rope_parameters"], dict):
         kw["rope_parameters"] = dict(have["rope_parameters"])
+        if kw["rope_parameters"].get("llama_4_scaling_beta") is not None:  # attention temperature (Ministral3,
+            # Mistral4): its first step at original_max_position_embeddings, shrunk to show within the recording
+            kw["rope_parameters"]["original_max_position_embeddings"] = TEMPERATURE_LENGTH
     cfg = cfg_cls(**kw)
     heads = kw.get("num_attention_heads")
     if "head_dim" in have and getattr(cfg, "head_dim", 0) is None and heads and kw.get("hidden_size"):

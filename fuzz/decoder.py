@@ -92,6 +92,10 @@ class DecoderSpec:
     # "q_direct" (q_proj, V2-Lite); see _mla for the widths it derives from head_dim / rotary_dim / hidden
     mla: str = "none"
     lm_head_bias: bool = False  # a learned per-token-id bias on the logits (GPT-J, CodeGen)
+    # attention temperature tuning (Ministral3 / Mistral4 llama_4_scaling_beta): the query at position p times
+    # 1 + beta log(1 + floor(p / L)); a small L (original_max_position_embeddings) so it shows in a short test
+    attn_temperature: float | None = None  # beta (None: off)
+    attn_temperature_length: int = 4  # L
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -273,6 +277,8 @@ def _score_params(s: DecoderSpec) -> dict:
         out["alibi"] = True
     if s.attn_sinks:
         out["sinks"] = True
+    if s.attn_temperature is not None:
+        out.update(temperature_beta=float(s.attn_temperature), temperature_length=s.attn_temperature_length)
     return out
 
 

@@ -44,6 +44,9 @@ kpe_per_head           pair-PCA on MLA rotates each query head's RoPE rows by it
                        head 0's                                                    heads
 lm_head_bias_dropped   a layout rewrite (wht-scale's) re-emits the lm_head without  a logit bias
                        its logit bias (GPT-J, CodeGen)
+temperature_dropped    a layout rewrite (wht-scale's) re-emits each attention      attention temperature
+                       without its temperature tuning (the queries no longer       tuning
+                       scaled by 1 + beta log(1 + floor(p / L)))
 =====================  ==========================================================  ==========================
 
 Loaded with the registries (the ``archfuzz.registries`` entry points, :func:`verifier.registry.load_plugins`).
@@ -98,6 +101,8 @@ register_mutant("float32_rotation", "quant:pair-pca", "float32_angles", fixed={"
 register_mutant("symmetric_gamma", "quant:spectral-pca", "symmetric_gamma",
                 applies={"qk_norm": ("per_head", "full"), "norm": "rms", "fused_qkv": False})
 register_mutant("lm_head_bias_dropped", "quant:wht-scale", "lm_head_bias_dropped", applies={"lm_head_bias": True})
+register_mutant("temperature_dropped", "quant:wht-scale", "temperature_dropped",
+                applies={"attn_temperature": (0.5, 0.1)})
 register_mutant("window_dropped", "quant:wht-scale", "window_dropped", applies={"sliding_window": (4, 2)})
 register_mutant("rope_scaling_dropped", "quant:wht-scale", "rope_unscaled",
                 applies={"rope": True, "rope_scaling": ("linear", "llama3", "yarn", "dynamic", "longrope")})
