@@ -56,6 +56,9 @@ DEFAULT_JSON = ROOT / "docs" / "data" / "compat.json"
 DEFAULT_MD = ROOT / "docs" / "compat.md"
 DEFAULT_README = ROOT / "README.md"
 
+# attention temperature tuning's original length L (1 + beta log(1 + floor(pos / L)) on the queries): small enough
+# that the factor steps within the recording (8 tokens) and again within the import check (24, 64 tokens)
+TEMPERATURE_LENGTH = 4
 # the tiny sizes; each key is set when the class's config has it (its defaults, before any override)
 TINY = dict(
     vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
@@ -73,6 +76,8 @@ TINY = dict(
     q_lora_rank=16, kv_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim=4, v_head_dim=8,
     # windows and chunks: short, so the check's 2 W + 8 sees them
     sliding_window=8, attention_chunk_size=8,
+    # Llama-4's attention temperature length (its NoPE layers): short, so the factor steps within the recording
+    floor_scale=TEMPERATURE_LENGTH,
     # hybrids laid out by period / offset: one layer of each kind in the first two
     attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2, expert_layer_offset=1,
     # state-space / linear-attention sizes
@@ -82,9 +87,6 @@ TINY = dict(
 )
 # not touched: ids of special tokens (None: no padding row to worry about)
 NO_TOKENS = dict(pad_token_id=None, bos_token_id=None, eos_token_id=None)
-# attention temperature tuning's original length L (1 + beta log(1 + floor(pos / L)) on the queries): small enough
-# that the factor steps within the recording (8 tokens) and again within the import check (24, 64 tokens)
-TEMPERATURE_LENGTH = 4
 
 
 # ------------------------------------------------------------------------------------------------ build

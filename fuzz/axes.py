@@ -243,10 +243,10 @@ AXES: dict[str, Axis] = _axes(
     # a bias on the logits (GPT-J, CodeGen): after vocab so the draws before it stay as they were
     Axis("lm_head_bias", "bool", (False, True), False, _if("logits:bias", "lm_head_bias")),
     # attention temperature tuning (Ministral3 / Mistral4 / Llama-4): the query at position p times
-    # 1 + beta log(1 + floor(p / L)); L at most 8 so the factor leaves 1 within the oracle's 12 tokens
+    # 1 + beta log(1 + floor(p / L)); L 4 or 2 so the factor steps within the oracle's 12 tokens (twice or more)
     Axis("attn_temperature", "cap", (None, 0.5, 0.1), None,
          lambda s: ("attn:temperature",) if s.attn_temperature is not None else ()),
-    Axis("attn_temperature_length", "width", (4, 2, 7), 2, _no_tags),  # the reducer tries the shortest L
+    Axis("attn_temperature_length", "width", (4, 2), 2, _no_tags),  # the reducer tries the shortest L
 )
 
 # the reducer's "turn a feature off" pass, in this order

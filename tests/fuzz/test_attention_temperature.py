@@ -158,18 +158,3 @@ def test_a_temperature_layout_exports_to_openvino(cpu_f32_parity):
     assert ((wrong - ref).abs().max() / ref.abs().max()).item() > 1e3 * GATE["rel_err"]  # the gate would see it
     cpu_f32_parity(model, ids)
 
-
-def test_llama4_nope_layer_temperature_is_read_by_the_same_measurement():
-    """Llama-4 (refused for other features) tunes the queries of its NoPE layers with ``1 + attn_scale log1p(
-    floor((p + 1) / floor_scale))``: the recorded table measures as beta = attn_scale, L = floor_scale, o = 1 and
-    feeds the attention as its queries, so the same fold reads it."""
-    from fuzz.importer.temperature import table_of
-    from fuzz.record import record
-    cfg = tiny_config(tf.Llama4ForCausalLM)
-    cfg.no_rope_layers, cfg.floor_scale, cfg.attn_scale = [1, 0], 3, 0.25  # layer 1 NoPE; two steps in 8 tokens
-    g = record(instantiate(tf.Llama4ForCausalLM, cfg, 0), None).graph
-    tables = {n: table_of(d) for n, d in g.nodes(data=True) if table_of(d) is not None}
-    (node,) = tables
-    assert measure(tables[node])[0] == {"temperature_beta": 0.25, "temperature_length": 3, "temperature_offset": 1}
-    (attn,) = g.successors(node)
-    assert g.nodes[attn]["op"] == "attention" and g.edges[node, attn]["port"] == 0
