@@ -784,7 +784,7 @@ def _head_slice(conv: Converter, node: str, ins: list[str]) -> dict:
                           "feed a top-k choosing the keys each query reads (DeepSeek-V3.2 / GLM-MoE-DSA indexer); the "
                           "layout's attention reads every key in its window")
     if d.get("call") == "mul" and d.get("const_shape", [0])[-1] == 1:
-        rows = [round(row[0], 6) for row in d.get("const_rows", ())]
+        rows = [round(row[0], 6) for row in d.get("const_rows", ())][:12]
         why = d.get("temperature_refusal") or ("not the queries an attention reads right after it: the layout's "
                                                "attention temperature scales only those")
         raise conv.refuse(node, f"position-dependent scaling: the activation times a constant factor per position "
