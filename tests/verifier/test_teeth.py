@@ -43,6 +43,8 @@ APPLIES["shared_head_gamma"] = (mutants.APPLIES["shared_head_gamma"], lambda s: 
 BUDGET = {"shared_head_gamma": 160,  # qk_norm=per_head_own (1 in 4) x RMS (1 in 2) x two or more heads (140 measured
           # once the mla axis joined the draws)
           "expert_bias_unscaled": 80,  # MoE x expert biases
+          "corrected_weights": 80,  # MoE x a correction-bias router (2 in 5) x not renormalised top-1 (17 measured
+          # once the attn_temperature axes joined the draws)
           "sparsemixer_dropped": 80,  # MoE x router=sparsemixer (1 in 5) (36 measured)
           "clamped_glu_as_linear": 200,  # mlp=clamped_swiglu (1 in 12) x a dense layer (49 measured before the
           # bloom_gelu, mla and lm_head_bias axes moved the draws)
