@@ -56,6 +56,9 @@ DEFAULT_JSON = ROOT / "docs" / "data" / "compat.json"
 DEFAULT_MD = ROOT / "docs" / "compat.md"
 DEFAULT_README = ROOT / "README.md"
 
+# attention temperature tuning's original length L (1 + beta log(1 + floor(pos / L)) on the queries): small enough
+# that the factor steps within the recording (8 tokens) and again within the import check (24, 64 tokens)
+TEMPERATURE_LENGTH = 4
 # the tiny sizes; each key is set when the class's config has it (its defaults, before any override)
 TINY = dict(
     vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
@@ -73,6 +76,8 @@ TINY = dict(
     q_lora_rank=16, kv_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim=4, v_head_dim=8,
     # windows and chunks: short, so the check's 2 W + 8 sees them
     sliding_window=8, attention_chunk_size=8,
+    # Llama-4's attention temperature length (its NoPE layers): short, so the factor steps within the recording
+    floor_scale=TEMPERATURE_LENGTH,
     # hybrids laid out by period / offset: one layer of each kind in the first two
     attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2, expert_layer_offset=1,
     # state-space / linear-attention sizes
@@ -120,6 +125,9 @@ def tiny_config(cls):
     kw.update({k: v for k, v in NO_TOKENS.items() if k in have})
     if "rope_parameters" in have and isinstance(have["rope_parameters"], dict):
         kw["rope_parameters"] = dict(have["rope_parameters"])
+        if kw["rope_parameters"].get("llama_4_scaling_beta") is not None:  # attention temperature (Ministral3,
+            # Mistral4): its first step at original_max_position_embeddings, shrunk to show within the recording
+            kw["rope_parameters"]["original_max_position_embeddings"] = TEMPERATURE_LENGTH
     cfg = cfg_cls(**kw)
     heads = kw.get("num_attention_heads")
     if "head_dim" in have and getattr(cfg, "head_dim", 0) is None and heads and kw.get("hidden_size"):

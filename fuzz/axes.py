@@ -153,6 +153,11 @@ def _mla_options(lim: dict, drawn: dict) -> tuple:
     return ("none", "q_lora", "q_direct")
 
 
+def _temperature_lengths(lim: dict, drawn: dict) -> tuple:
+    """L where the spec tunes the attention temperature; the default alone otherwise (one option: no draw)."""
+    return (4, 2) if drawn.get("attn_temperature") is not None else (4,)
+
+
 def _axes(*axes: Axis) -> dict[str, Axis]:
     return {a.name: a for a in axes}
 
@@ -251,6 +256,11 @@ AXES: dict[str, Axis] = _axes(
     # pads one then)
     Axis("positions_from_mask", "bool", (False, True), False,
          lambda s: ("embeddings:positions:from_mask",) if s.position_embedding and s.positions_from_mask else ()),
+    # attention temperature tuning (Ministral3 / Mistral4 / Llama-4): the query at position p times
+    # 1 + beta log(1 + floor(p / L)); L 4 or 2 so the factor steps within the oracle's 12 tokens (twice or more)
+    Axis("attn_temperature", "cap", (None, 0.5, 0.1), None,
+         lambda s: ("attn:temperature",) if s.attn_temperature is not None else ()),
+    Axis("attn_temperature_length", "width", _temperature_lengths, 2, _no_tags),  # the reducer tries the shortest L
 )
 
 # the reducer's "turn a feature off" pass, in this order

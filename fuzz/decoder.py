@@ -96,6 +96,10 @@ class DecoderSpec:
     # (Moshi's ``vocab_size + 1`` rows, its initial text token); the tokens and the table have vocab + 1 ids
     extra_input_id: bool = False
     positions_from_mask: bool = False  # learned positions counted from each row's first token (OPT); needs them
+    # attention temperature tuning (Ministral3 / Mistral4 llama_4_scaling_beta): the query at position p times
+    # 1 + beta log(1 + floor(p / L)); a small L (original_max_position_embeddings) so it shows in a short test
+    attn_temperature: float | None = None  # beta (None: off)
+    attn_temperature_length: int = 4  # L
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -277,6 +281,8 @@ def _score_params(s: DecoderSpec) -> dict:
         out["alibi"] = True
     if s.attn_sinks:
         out["sinks"] = True
+    if s.attn_temperature is not None:
+        out.update(temperature_beta=float(s.attn_temperature), temperature_length=s.attn_temperature_length)
     return out
 
 

@@ -242,6 +242,16 @@ def attention_mask(t: int, window: int | None, device: str = "cpu") -> torch.Ten
     return keep
 
 
+def temperature_table(p: dict, seq: int, dtype: torch.dtype, numerics: str, device=None) -> torch.Tensor:
+    """Attention temperature tuning, ``(seq,)``: ``1 + beta log(1 + floor((pos + offset) / L))`` at positions
+    ``0 .. seq-1`` (transformers' default ``position_ids``), computed as Ministral3 / Mistral4 write it (integer
+    positions divided in the default float32 under ``"transformers"`` numerics, float64 otherwise)."""
+    table_dtype = torch.float32 if numerics == "transformers" else torch.float64
+    pos = torch.arange(seq, device=device, dtype=table_dtype) + p["temperature_offset"]
+    steps = torch.floor(pos / p["temperature_length"])
+    return (1 + p["temperature_beta"] * torch.log(1 + steps)).to(dtype)
+
+
 @torch_impl("attention")
 class Attention(Node):
     """Causal softmax attention, ``scaling = head_dim ** -0.5`` unless ``scale`` says otherwise, K/V repeated
@@ -261,6 +271,8 @@ class Attention(Node):
         p = self.p
         b, t, _ = q.shape
         h, kv, d = p["n_heads"], p["n_kv_heads"], p["head_dim"]
+        if p.get("temperature_beta") is not None:  # before the scores: the query of position i times t_i
+            q = q * temperature_table(p, t, q.dtype, self.numerics, q.device)[None, :, None]
         q = q.reshape(b, t, h, d).transpose(1, 2)
         k = k.reshape(b, t, kv, d).transpose(1, 2).repeat_interleave(h // kv, dim=1)
         v = v.reshape(b, t, kv, -1).transpose(1, 2).repeat_interleave(h // kv, dim=1)  # MLA: v head != d

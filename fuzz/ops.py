@@ -39,7 +39,11 @@ attention      causal softmax attention; ports q, k, v; GQA when ``n_kv_heads < 
                Granite ``attention_multiplier``), then ``softcap * tanh(s / softcap)`` (Gemma2), then
                ``+ alibi_slopes[h] * (j - i)`` (``alibi``: BLOOM / MPT / Falcon); ``sinks``: a learned
                per-head logit in the softmax denominator only (GPT-OSS); the value head is ``width(v) /
-               n_kv_heads`` wide (MLA's ``v_head_dim`` may differ from ``head_dim``), the output ``n_heads`` of them
+               n_kv_heads`` wide (MLA's ``v_head_dim`` may differ from ``head_dim``), the output ``n_heads`` of them;
+               ``temperature_beta`` / ``temperature_length`` (``L``) / ``temperature_offset`` (``o``): attention
+               temperature tuning, the query at position ``p`` times ``1 + beta log(1 + floor((p + o) / L))``
+               before the scores (Ministral3 / Mistral4 ``llama_4_scaling_beta`` and
+               ``original_max_position_embeddings``, ``o = 0``; Llama-4's ``attn_scale``, ``floor_scale``, ``o = 1``)
 softcap        ``cap * tanh(x / cap)`` (Gemma2's final-logit soft-cap)
 head_slice     per head, channels ``[start, start + length)`` of a ``(heads, head_dim)`` view
 head_concat    per head, ``[a_h, b_h]`` (``a: (heads, a_dim)``, ``b: (heads, b_dim)``); ``shared_b``: ``b`` is one
@@ -160,7 +164,7 @@ class OpSpec:
             value = _coerce(self.name, node, key, typ, value)
             if key in self.choices and value not in self.choices[key]:
                 raise LayoutError(f"{self.name}.{key}={value!r} is not one of {self.choices[key]}", node)
-            if typ in (int,) and isinstance(value, int) and value <= 0 and key not in ("start",):
+            if typ in (int,) and isinstance(value, int) and value <= 0 and key not in ("start", "temperature_offset"):
                 raise LayoutError(f"{self.name}.{key} must be positive, got {value}", node)
             out[key] = value
         return out
@@ -455,6 +459,15 @@ def _attention(node, p, w):
     if p["softcap"] is not None:
         _finite(node, "attention", "softcap", p["softcap"], f"None (no soft-cap) or finite with {lo:g} <= softcap "
                 f"<= {hi:g}", lo <= p["softcap"] <= hi)
+    beta, length = p["temperature_beta"], p["temperature_length"]
+    _need((beta is None) == (length is None), node, "attention temperature needs both temperature_beta and "
+          f"temperature_length (or neither), got {beta!r} and {length!r}")
+    if beta is not None:
+        _finite(node, "attention", "temperature_beta", beta, f"None (no temperature) or finite with {lo:g} <= "
+                f"|temperature_beta| <= {hi:g}", lo <= abs(beta) <= hi)
+        _need(isinstance(length, int) and not isinstance(length, bool) and length >= 1, node,
+              f"attention.temperature_length must be an integer >= 1, got {length!r}")
+    _need(p["temperature_offset"] >= 0, node, f"attention.temperature_offset must be >= 0, got {p['temperature_offset']}")
     return h * dv
 
 
@@ -471,6 +484,8 @@ def _attention_features(p):
         tags += ("op:attention:alibi",)
     if p["sinks"]:
         tags += ("op:attention:sinks",)
+    if p["temperature_beta"] is not None:
+        tags += ("op:attention:temperature",)
     return tags
 
 
@@ -495,7 +510,10 @@ def _init_alibi_slopes(z, p):
 _OPT_FLOAT = (float, type(None))
 declare(OpSpec("attention", {"n_heads": (int, ...), "n_kv_heads": (int, ...), "head_dim": (int, ...),
                              "window": ((int, type(None)), None), "scale": (_OPT_FLOAT, None),
-                             "softcap": (_OPT_FLOAT, None), "alibi": (bool, False), "sinks": (bool, False)},
+                             "softcap": (_OPT_FLOAT, None), "alibi": (bool, False), "sinks": (bool, False),
+                             # attention temperature tuning (Llama-4 / Mistral4 / Ministral3): see the table above
+                             "temperature_beta": (_OPT_FLOAT, None), "temperature_length": ((int, type(None)), None),
+                             "temperature_offset": (int, 0)},
                ("q", "k", "v"), _attention, shapes=_attention_shapes,
                init={"alibi_slopes": _init_alibi_slopes, "sinks": _init_unit}, drawn_by=ALWAYS,
                features=_attention_features))

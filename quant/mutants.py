@@ -49,6 +49,9 @@ extra_rows_unrotated   residual-rotation rotates only the embedding rows of ids 
 positions_unmasked     a layout rewrite (wht-scale's) re-emits OPT's learned        learned positions that
                        positions that follow the attention_mask as plain ones      follow the mask (shows on
                        (counted from the first column, padding included)           the oracle's padded batch)
+temperature_dropped    a layout rewrite (wht-scale's) re-emits each attention      attention temperature
+                       without its temperature tuning (the queries no longer       tuning
+                       scaled by 1 + beta log(1 + floor(p / L)))
 =====================  ==========================================================  ==========================
 
 Loaded with the registries (the ``archfuzz.registries`` entry points, :func:`verifier.registry.load_plugins`).
@@ -105,6 +108,8 @@ register_mutant("symmetric_gamma", "quant:spectral-pca", "symmetric_gamma",
 register_mutant("lm_head_bias_dropped", "quant:wht-scale", "lm_head_bias_dropped", applies={"lm_head_bias": True})
 register_mutant("positions_unmasked", "quant:wht-scale", "positions_unmasked",
                 applies={"position_embedding": True, "positions_from_mask": True})
+register_mutant("temperature_dropped", "quant:wht-scale", "temperature_dropped",
+                applies={"attn_temperature": (0.5, 0.1)})
 register_mutant("window_dropped", "quant:wht-scale", "window_dropped", applies={"sliding_window": (4, 2)})
 register_mutant("rope_scaling_dropped", "quant:wht-scale", "rope_unscaled",
                 applies={"rope": True, "rope_scaling": ("linear", "llama3", "yarn", "dynamic", "longrope")})

@@ -14,7 +14,8 @@ The rooms: :mod:`.api` (this public surface), :mod:`.check` (the import check: l
 counting, bounds), :mod:`.divergence` (the first divergent node and limited spans, for a refusal),
 :mod:`.logits` (running both sides), :mod:`.converter` (recorded graph -> layout nodes), :mod:`.rewrites`
 (exact rewrites of the recording), :mod:`.patterns` (one importer pattern per layout op, registered with
-``@import_pattern``), :mod:`.rope` (RoPE theta, measured), :mod:`.window` (sliding windows, measured),
+``@import_pattern``), :mod:`.rope` (RoPE theta, measured), :mod:`.temperature` (attention temperature
+tuning, measured from the recorded per-position table), :mod:`.window` (sliding windows, measured),
 :mod:`.positions` (learned positions that follow the attention_mask or not, measured on a padded batch).
 """
 

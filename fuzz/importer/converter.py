@@ -17,7 +17,7 @@ from torch import nn
 from ..errors import ArchfuzzError, BadInput, LayoutError
 from ..layout import Layout
 from ..record import RecordedGraph
-from . import rewrites
+from . import rewrites, temperature
 from .patterns import pattern_for
 
 Entry = tuple[str, str, dict, list[str]]  # (layout node, op, params, inputs): an argument of Layout.from_nodes
@@ -74,6 +74,7 @@ class Converter:
         rewrites.flatten_adds(self)
         rewrites.fold_slice_copies(self)
         rewrites.fold_head_concats(self)
+        temperature.fold_temperatures(self)
         entries = []
         module_paths = {}  # layout node -> the source module it ran in (for the check's localisation)
         for node in nx.lexicographical_topological_sort(self.g, key=lambda n: self.g.nodes[n]["index"]):

@@ -60,6 +60,7 @@ from ..materialize import MODULES
 from ..ops import ACTIVATIONS, registrar, spec
 from .rewrites import last_axis_slice
 from .rope import rope_params
+from .temperature import PARAMS as TEMPERATURE_PARAMS
 
 if TYPE_CHECKING:
     from .converter import Converter, Entry
@@ -559,7 +560,9 @@ def _attention(conv: Converter, node: str, ins: list[str]) -> dict:
         conv.no_params(node)
     _check_attention(conv, node)
     p = {k: conv.g.nodes[node][k] for k in ("n_heads", "n_kv_heads", "head_dim")}
-    return {**p, **_score_modifiers(conv, node), **_alibi(conv, node), **sinks}
+    # attention temperature tuning, measured and folded into the node (fuzz.importer.temperature)
+    tuned = {k: conv.g.nodes[node][k] for k in TEMPERATURE_PARAMS if k in conv.g.nodes[node]}
+    return {**p, **_score_modifiers(conv, node), **_alibi(conv, node), **sinks, **tuned}
 
 
 def _sinks(conv: Converter, node: str) -> dict:
@@ -815,11 +818,13 @@ def _head_slice(conv: Converter, node: str, ins: list[str]) -> dict:
                           "feed a top-k choosing the keys each query reads (DeepSeek-V3.2 / GLM-MoE-DSA indexer); the "
                           "layout's attention reads every key in its window")
     if d.get("call") == "mul" and d.get("const_shape", [0])[-1] == 1:
-        rows = [round(row[0], 6) for row in d.get("const_rows", ())]
+        rows = [round(row[0], 6) for row in d.get("const_rows", ())][:12]
+        why = d.get("temperature_refusal") or ("not the queries an attention reads right after it: the layout's "
+                                               "attention temperature scales only those")
         raise conv.refuse(node, f"position-dependent scaling: the activation times a constant factor per position "
                           f"(table {d['const_shape']}" + (f", {rows} at positions 0..{len(rows) - 1}" if rows else "")
                           + "), e.g. Llama-4 / Mistral4 / Ministral3 attention temperature tuning q * (1 + beta "
-                          "log(1 + floor(pos / L))), llama_4_scaling_beta; not in the layout vocabulary")
+                          f"log(1 + floor(pos / L))), llama_4_scaling_beta; {why}")
     if "flat_slice" in d:  # a selection on a head axis, measured by the recorder (record.recorder._flat_slice)
         if d["flat_slice"] is None:
             raise conv.refuse(node, f"opaque op {d.get('call')!r} ({d.get('key', 'output %s' % d.get('output', 0))}) "

@@ -559,7 +559,8 @@ _TABLE_ROWS = 3  # positions 0, 1, 2 of a constant table: enough to measure a ro
 
 
 def _position_rows(const: torch.Tensor, seq: int) -> dict:
-    """``{"const_rows": [[...], ...]}``: the first :data:`_TABLE_ROWS` rows along the position axis (the last
+    """``{"const_rows": [[...], ...]}``: the first :data:`_TABLE_ROWS` rows (every row of a one-number-per-position
+    constant: attention temperature tuning, :mod:`fuzz.importer.temperature`) along the position axis (the last
     axis but one of size ``seq``, every other leading axis at index 0) of a floating constant a node multiplies
     by (RoPE's cos/sin tables: the importer measures their frequencies and amplitude, :mod:`fuzz.importer.rope`);
     ``{}`` when the constant has no such axis or the sequence is shorter than that."""
@@ -569,7 +570,9 @@ def _position_rows(const: torch.Tensor, seq: int) -> dict:
     if not axes:
         return {}
     axis = axes[-1]
-    index = tuple(slice(0, _TABLE_ROWS) if a == axis else 0 for a in range(const.dim() - 1))
+    # one number per position (last axis 1: attention temperature tuning): every position, to measure its steps
+    n_rows = seq if const.shape[-1] == 1 else _TABLE_ROWS
+    index = tuple(slice(0, n_rows) if a == axis else 0 for a in range(const.dim() - 1))
     rows = const[index].detach().to("cpu")
     if rows.is_complex():  # a complex RoPE table (Llama 4's freqs_cis): cos and sin as its two parts
         return {"const_rows": rows.real.double().tolist(), "const_rows_imag": rows.imag.double().tolist()}

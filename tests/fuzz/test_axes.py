@@ -26,7 +26,7 @@ ALL_ON = RICH.with_(qkv_bias=True, o_bias=True, mlp_bias=True, shared_expert=Tru
                    fused_qkv=True, position_embedding=True, attn_gate="head_softplus", embedding_multiplier=2.0,
                    residual_multiplier=2.0, logit_multiplier=2.0, sliding_window=4, rope_scaling="yarn", attn_scale=0.2,
                    attn_softcap=2.0, final_softcap=4.0, alibi=True, attn_sinks=True,
-                   lm_head_bias=True, extra_input_id=True, positions_from_mask=True)
+                   lm_head_bias=True, extra_input_id=True, positions_from_mask=True, attn_temperature=0.5)
 ALL_ON = ALL_ON.with_(router="grouped", routed_scaling=2.5, expert_form="gpt_oss")  # MoE router variants
 # one invalid value per kind (a constraint check_constraints must refuse)
 INVALID = {"choice": "no-such-choice", "bool": 1, "width": 0, "positive_float": -1.0, "multiplier": 0,
@@ -132,5 +132,5 @@ def test_features_are_the_union_of_the_axis_tags():
                 if not any(a.tags(spec) for spec in (RICH, ALL_ON, RICH.with_(hidden=33, head_dim=6),
                                                     RICH.with_(mla="q_lora")))}  # MLA excludes ALL_ON's fused_qkv
     assert untagged == {"n_kv_heads", "rope_theta", "moe_intermediate", "shared_intermediate", "shared_gate",
-                        "norm_eps", "vocab"}
+                        "norm_eps", "vocab", "attn_temperature_length"}
     assert "moe:shared_expert+gate" in RICH.with_(shared_expert=True).features()  # shared_gate shows here

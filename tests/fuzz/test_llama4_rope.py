@@ -1,6 +1,7 @@
 """Llama 4's complex RoPE (``view_as_real(view_as_complex(x) * freqs_cis)``: each adjacent pair a complex number
 times a unit phasor) is an interleaved ``rope`` measured from the phasor table; the rest of Llama 4 that the
-layout vocabulary lacks is refused by name (the weightless q/k RMS norm, the per-position query scale)."""
+layout vocabulary lacks is refused by name (the weightless q/k RMS norm); the NoPE layers' attention temperature
+tuning imports measured."""
 
 from __future__ import annotations
 
@@ -58,11 +59,18 @@ def test_llama4_is_refused_at_its_weightless_qk_norm_by_name():
         import_model(build("Llama4ForCausalLM"))
 
 
-def test_llama4_temperature_tuning_is_refused_by_name():
+def test_llama4_temperature_tuning_imports_measured_on_its_nope_layer():
+    """The NoPE layers' ``1 + attn_scale log1p(floor((p + 1) / floor_scale))`` on the queries: the attention's
+    temperature (beta = attn_scale, L = floor_scale, o = 1) read off the recorded table, checked past its steps
+    (:mod:`fuzz.importer.temperature`)."""
     hf = _llama4(**{**PLAIN, "attn_temperature_tuning": True, "floor_scale": 4})
-    with pytest.raises(BadInput, match=r"model\.layers\.1\.self_attn \(position-dependent scaling: the activation "
-                                       r"times a constant factor per position"):
-        import_model(hf)
+    gm = import_model(hf)
+    check = gm.layout.meta["import_check"]
+    assert max(check["max_rel_err"].values()) <= check["bound"] and max(n for _, n in check["lengths"]) > 4
+    tuned = {a: gm.layout.params(a) for a in gm.layout.of_op("attention")
+             if gm.layout.params(a)["temperature_beta"] is not None}
+    (p,) = tuned.values()  # the one NoPE layer of the tiny config
+    assert (p["temperature_beta"], p["temperature_length"], p["temperature_offset"]) == (hf.config.attn_scale, 4, 1)
 
 
 def test_view_as_and_type_as_of_another_activation_pass_the_values_through():

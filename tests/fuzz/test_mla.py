@@ -123,12 +123,17 @@ def test_deepseek_v3_attention_imports_exactly(name):
         assert verdict.status == "invariant" and verdict.max_rel_err <= 1e-12, verdict
 
 
-def test_mistral4_position_dependent_query_scale_is_refused_by_name():
+def test_mistral4_temperature_past_the_recording_is_refused_by_name():
     """Mistral4's MLA multiplies the queries by ``1 + beta log(1 + floor(pos / original_max))`` (Llama-4 attention
-    temperature tuning): 1 at the check lengths, not beyond; no layout op computes it, so it is refused, named."""
+    temperature tuning).  With the compat config's short original length it imports measured
+    (``tests/fuzz/test_attention_temperature.py``); with the released 8192 it is 1 at every recorded position,
+    so beta and L cannot be measured (nor checked): refused, named."""
     cls = tf.Mistral4ForCausalLM
-    with pytest.raises(BadInput, match=r"self_attn \(position-dependent scaling: .*Mistral4"):
-        import_model(instantiate(cls, tiny_config(cls)))
+    cfg = tiny_config(cls)
+    cfg.rope_parameters["original_max_position_embeddings"] = 8192
+    with pytest.raises(BadInput, match=r"self_attn \(position-dependent scaling: .*Mistral4.*1 at every recorded "
+                                       r"position"):
+        import_model(instantiate(cls, cfg))
 
 
 @pytest.mark.parametrize("transform", ["spectral-pca", "reference:permute_heads"])

@@ -144,14 +144,14 @@ def test_gpt_oss_halves_form_rotates_the_whole_head():
         assert math.isclose(amplitude, hf.model.rotary_emb.attention_scaling, rel_tol=1e-5)
 
 
-def test_a_per_position_query_scale_after_rope_is_refused_by_name_and_leaves_the_rope_whole():
+def test_a_per_position_query_scale_after_rope_leaves_the_rope_whole():
     """Ministral3 multiplies the rotated queries by 1 + beta log(1 + floor(pos / L)) (a constant per position):
-    that product is no RoPE seed (the q rotation is still contracted) and is refused naming the feature."""
+    that product is no RoPE seed (the q rotation is still contracted); it imports as the attention's temperature
+    (``tests/fuzz/test_attention_temperature.py``)."""
     hf = build("Ministral3ForCausalLM")
     rec = record(hf)
     ropes = [n for n in rec.of_op("rope") if rec.graph.nodes[n]["module_path"] == "model.layers.0.self_attn"]
     assert sorted(rec.graph.nodes[n]["n_heads"] for n in ropes) == [2, 4]  # k and q both rotated
-    with pytest.raises(BadInput, match=r"model\.layers\.0\.self_attn \(position-dependent scaling: the activation "
-                                       r"times a constant factor per position \(table \[1, 1, 8, 1\].*attention "
-                                       r"temperature tuning"):
-        import_model(hf)
+    gm = import_model(hf)
+    assert sorted(gm.layout.params(n)["n_heads"] for n in gm.layout.of_op("rope")) == [2, 2, 4, 4]
+    assert all(gm.layout.params(a)["temperature_beta"] is not None for a in gm.layout.of_op("attention"))
