@@ -110,6 +110,18 @@ def _packed_constant(values: np.ndarray, bits: int):
     return ov.op.Constant(t)
 
 
+def check_codes(weights: dict[str, torch.Tensor], codes: dict[str, Codes]) -> None:
+    """Every ``codes`` entry dequantizes, bit for bit, to the weight of that name; else :class:`BadInput` naming it."""
+    for n, c in codes.items():
+        if n not in weights:
+            raise BadInput(f"{n}: has codes but the model has no such weight")
+        w = weights[n].detach().float().numpy()
+        back = ((c.codes.astype(np.float32) - c.zero) * c.scale.astype(np.float32)).reshape(-1)
+        if w.size != back.size or not np.array_equal(back, w.reshape(-1)):
+            raise BadInput(f"{n}: the weight is not its {c.bits}-bit codes dequantized (shape {tuple(w.shape)}); "
+                           f"the codes belong to another model or the weight left its grid")
+
+
 def compress_model(model, weights: dict[str, torch.Tensor], codes: dict[str, Codes]) -> dict:
     """In place: every float32 Constant of the ``ov.Model`` holding a quantized weight becomes its low-bit
     decompression subgraph.
@@ -119,6 +131,7 @@ def compress_model(model, weights: dict[str, torch.Tensor], codes: dict[str, Cod
     import openvino as ov
     import openvino.opset13 as ops
 
+    check_codes(weights, codes)
     by_digest = {_digest(weights[n].detach().float().numpy()): n for n in codes}
     replaced: dict[str, int] = {}
     for op in model.get_ops():

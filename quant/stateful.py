@@ -161,9 +161,11 @@ def make_stateful(ov_model) -> int:
 def export_stateful(model: nn.Module, codes: dict | None = None):
     """The stateful ``ov.Model`` of the float32 ``model``; with ``codes`` (:func:`quant.lowbit.grid_codes` of the
     same model) every quantized weight becomes its u2/u4 decompression subgraph.  Returns ``(ov_model, info)``."""
-    from quant.lowbit import compress_model
+    from quant.lowbit import check_codes, compress_model
 
     model = model.float().eval()
+    if codes:
+        check_codes(dict(model.named_parameters()), codes)  # before the trace: refuse first, then work
     t0 = time.perf_counter()
     ov_model = trace_with_cache(model)
     t1 = time.perf_counter()
@@ -285,10 +287,12 @@ def stateful_parity(model: nn.Module, xml: str | Path, ids: torch.Tensor, steps:
 
 
 def genai_generate(folder: str | Path, prompt, max_new_tokens: int, *, device: str = "CPU",
-                   properties: dict | None = None, apply_chat_template: bool = False) -> dict:
+                   properties: dict | None = None, apply_chat_template: bool = False, ignore_eos: bool = False) -> dict:
     """Run the artifact through ``openvino_genai.LLMPipeline`` with greedy decoding.
 
-    ``prompt`` is a string (tokenized by the artifact's tokenizer) or a list of token ids.  Returns the
+    ``prompt`` is a string (tokenized by the artifact's tokenizer, no special tokens added, the chat template
+    only with ``apply_chat_template``) or a list of token ids; ``properties`` go to the pipeline (e.g.
+    ``ATTENTION_BACKEND``: ``PA``, GenAI's default on CPU, or ``SDPA``, the stateful model as it is).  Returns the
     generated token ids, the text, and GenAI's own timings (time to first token, decode tokens/s)."""
     import openvino as ov
     import openvino_genai as genai
@@ -302,6 +306,7 @@ def genai_generate(folder: str | Path, prompt, max_new_tokens: int, *, device: s
     cfg.max_new_tokens = max_new_tokens
     cfg.do_sample = False
     cfg.apply_chat_template = apply_chat_template
+    cfg.ignore_eos = ignore_eos
     tok = pipe.get_tokenizer()
     if isinstance(prompt, str):
         ids = np.asarray(tok.encode(prompt, add_special_tokens=False).input_ids.data, np.int64)
