@@ -312,6 +312,9 @@ def artifact_markdown(report: dict, title: str) -> str:
                      f"{r['top1']:.4f} | {r['dppl']:+.2e} |")
     lines += ["", "The 1-token step runs the exported ids -> logits graph on one token (no KV cache): the "
               "weight-streaming cost per generated token, not a cached decode."]
+    if report.get("stateful"):
+        from quant.stateful import stateful_markdown
+        lines += ["", stateful_markdown(report["stateful"])]
     return "\n".join(lines) + "\n"
 
 

@@ -43,7 +43,7 @@ INPUTS = ("input_ids", "attention_mask", "position_ids", "beam_idx")
 SUPPORTED = ("llama",)  # model_type of the families whose cache layout (batch, kv heads, seq, head_dim) is checked
 
 
-def _check_supported(model: nn.Module) -> None:
+def check_supported(model: nn.Module) -> None:
     config = getattr(model, "config", None)
     if config is None or not hasattr(model, "generation_config"):
         raise BadInput(f"{type(model).__name__}: the stateful artifact needs a transformers causal LM")
@@ -92,7 +92,7 @@ def trace_with_cache(model: nn.Module, *, past: int = 3, new: int = 4):
     head_dim dynamic), traced on ``new`` tokens after ``past`` cached ones."""
     import openvino as ov
 
-    _check_supported(model)
+    check_supported(model)
     layers, kv, head_dim = _cache_dims(model.config)
     g = torch.Generator().manual_seed(0)
     vocab = model.config.vocab_size
@@ -207,7 +207,7 @@ def build_artifact(model: nn.Module, tokenizer, out: str | Path, codes: dict | N
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise BadInput(f"{out} exists and is not a directory")
-    _check_supported(model)
+    check_supported(model)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
@@ -320,3 +320,38 @@ def genai_generate(folder: str | Path, prompt, max_new_tokens: int, *, device: s
             "ttft_ms": pm.get_ttft().mean, "tpot_ms": tpot_ms,
             "decode_tok_s": 1e3 / tpot_ms if tpot_ms > 0 else float("nan"),
             "generate_s": pm.get_generate_duration().mean / 1e3}
+
+
+STATEFUL_TOL = 1e-4  # relative logit error of the stateful IR (CPU, f32 accuracy) against PyTorch float32
+
+
+def stateful_report(model: nn.Module, tokenizer, codes: dict, ids: torch.Tensor, folder: str | Path, *,
+                    steps: int = 8, new_tokens: int = 128) -> dict:
+    """Build the GenAI artifact at ``folder`` and prove and time it: :func:`stateful_parity` on the prompt
+    ``ids`` (1, seq) with ``steps`` cached decode steps, then ``new_tokens`` greedy tokens through
+    ``openvino_genai`` (its default CPU settings, EOS ignored) for the decode speed with the KV cache."""
+    folder = Path(folder)
+    info = build_artifact(model, tokenizer, folder, codes)
+    parity = stateful_parity(model, folder / MODEL_XML, ids, steps=steps)
+    gen = genai_generate(folder, ids[0].tolist(), new_tokens, ignore_eos=True)
+    return {"folder": str(folder), "ir_mib": round(info["ir_bytes"] / 2**20, 2), "states": info["states"],
+            "compressed": info.get("compressed"), "parity": parity, "tolerance": STATEFUL_TOL,
+            "ok": parity["max_rel_err"] <= STATEFUL_TOL and parity["tokens_agree"],
+            "genai": {k: gen[k] for k in ("prompt_tokens", "ttft_ms", "tpot_ms", "decode_tok_s", "generate_s")}
+            | {"new_tokens": len(gen["tokens"])}}
+
+
+def stateful_markdown(rep: dict) -> str:
+    p, g = rep["parity"], rep["genai"]
+    return "\n".join([
+        "## Stateful artifact (KV cache, openvino_genai)", "",
+        f"`{rep['folder']}`: {rep['ir_mib']} MiB IR, {rep['states']} KV states, "
+        f"{(rep['compressed'] or {}).get('replaced', 0)} weights as codes; run it with "
+        f"`archfuzz generate {rep['folder']} --prompt ...`", "",
+        f"- parity against PyTorch (CPU, f32 accuracy): prefill ({p['prefill_tokens']} tokens) rel err "
+        f"{p['prefill_rel_err']:.2e}, {len(p['decode_rel_err'])} cached decode steps max rel err "
+        f"{max(p['decode_rel_err'] or [0.0]):.2e}; greedy tokens {'agree' if p['tokens_agree'] else 'DIFFER'} "
+        f"(bound {rep['tolerance']:.0e}: {'ok' if rep['ok'] else 'FAILED'})",
+        f"- openvino_genai greedy, {g['new_tokens']} new tokens after {g['prompt_tokens']} prompt tokens, batch 1: "
+        f"time to first token {g['ttft_ms']:.1f} ms, decode {g['decode_tok_s']:.1f} tokens/s "
+        f"({g['tpot_ms']:.2f} ms/token)", ""])
