@@ -139,3 +139,27 @@ def test_an_unsupported_family_is_refused_by_name(tmp_path):
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(BadInput, match="needs a transformers causal LM"):
         build_artifact(nn.Linear(2, 2), word_tokenizer(64), tmp_path / "genai")
+
+
+@pytest.mark.slow
+def test_smollm2_w4_stateful_artifact_generates_pytorch_greedy_text(tmp_path):
+    """SmolLM2-135M at W4 g64 (RTN through auto-round): the u4 stateful artifact with its converted BPE
+    tokenizer; prefill and 8 cached decode steps against PyTorch; GenAI's greedy text from a text prompt
+    is PyTorch's greedy tokens, detokenized as transformers does."""
+    from quant.checkpoints import load_default_checkpoint
+    from quant.text import calibration_windows
+
+    model, tok = load_default_checkpoint()
+    calib = torch.tensor(tok.encode("The quick brown fox jumps over the lazy dog. " * 20))
+    cfg = QuantConfig(bits=4, group_size=64, iters=0, nsamples=2, seqlen=64, batch_size=2)
+    quantize(model, tok, "none", cfg, calibration_windows(calib, 2, 64, 0))
+    codes = grid_codes(model, 4, 64)
+    info = build_artifact(model, tok, tmp_path / "genai", codes)
+    assert info["states"] == 2 * 30 and info["compressed"] == {"replaced": 7 * 30, "bits": 4}
+    prompt = "The capital of France is"
+    ids = torch.tensor([tok.encode(prompt, add_special_tokens=False)])
+    report = stateful_parity(model, tmp_path / "genai" / MODEL_XML, ids, steps=8)
+    assert report["max_rel_err"] <= 1e-4 and report["tokens_agree"], report
+    got = genai_generate(tmp_path / "genai", prompt, 9, properties=F32, ignore_eos=True)
+    assert got["prompt_tokens"] == ids.shape[1] and got["tokens"] == report["torch_tokens"]
+    assert got["text"] == tok.decode(report["torch_tokens"])
