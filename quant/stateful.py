@@ -24,6 +24,7 @@ tokens agree.  :func:`genai_generate` runs the artifact through ``openvino_genai
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import tempfile
@@ -147,7 +148,8 @@ def make_stateful(ov_model) -> int:
         shape = op.get_output_partial_shape(0)
         if shape.rank.get_length() != 4 or not (shape[1].is_static and shape[3].is_static):
             raise BadInput(f"state {op.get_friendly_name()}: expected (batch, kv heads, seq, head_dim), got {shape}")
-        dims = ops.concat([n_batch, ops.constant(np.array([shape[1].get_length(), 0, shape[3].get_length()], np.int64))], 0)
+        rest = np.array([shape[1].get_length(), 0, shape[3].get_length()], np.int64)  # kv heads, 0 tokens, head_dim
+        dims = ops.concat([n_batch, ops.constant(rest)], 0)
         op.set_arguments([ops.broadcast(ops.constant(np.zeros((), np.float32)), dims)])
         states += 1
     ov_model.validate_nodes_and_infer_types()
@@ -179,7 +181,7 @@ def export_stateful(model: nn.Module, codes: dict | None = None):
 # ============================================================================ the artifact directory
 def _write_configs(model: nn.Module, tokenizer, folder: Path) -> None:
     model.config.save_pretrained(folder)
-    gen = model.generation_config
+    gen = copy.deepcopy(model.generation_config)  # the model's own is left as it was
     for key in ("bos_token_id", "eos_token_id", "pad_token_id"):  # GenAI reads these; fill from the tokenizer
         if getattr(gen, key, None) is None and getattr(tokenizer, key, None) is not None:
             setattr(gen, key, getattr(tokenizer, key))
@@ -252,7 +254,7 @@ def torch_greedy(model: nn.Module, ids: torch.Tensor, steps: int) -> tuple[list[
 
 
 def ov_greedy(xml: str | Path, ids: np.ndarray, steps: int, config: dict | None = None):
-    """The same loop as :func:`torch_greedy` on the stateful IR at ``xml`` (CPU, ``config``; f32 accuracy by default)."""
+    """The loop of :func:`torch_greedy` on the stateful IR at ``xml`` (CPU, ``config``; f32 accuracy by default)."""
     import openvino as ov
 
     from quant.parity import compile_config

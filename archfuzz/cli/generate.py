@@ -17,8 +17,8 @@ def register(subparsers) -> None:
     g = subparsers.add_parser("generate", help="generate text with a stateful OpenVINO artifact (openvino_genai)",
                               description="Greedy generation through openvino_genai.LLMPipeline on a folder holding "
                               "openvino_model.xml, openvino_tokenizer.xml and openvino_detokenizer.xml (what "
-                              "`archfuzz quantize --lowbit` writes to OUT/openvino/genai).  Prints the generated text, then "
-                              "the prompt length, time to first token and decode tokens/s.")
+                              "`archfuzz quantize --lowbit` writes to OUT/openvino/genai).  Prints the generated "
+                              "text, then the prompt length, time to first token and decode tokens/s.")
     g.add_argument("dir", type=arguments.existing_dir, help="the artifact folder")
     g.add_argument("--prompt", required=True, help="the prompt text (tokenized by the artifact's own tokenizer)")
     g.add_argument("--max-new-tokens", type=arguments.int_at_least(1, "tokens to generate"), default=64)

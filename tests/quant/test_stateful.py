@@ -114,7 +114,7 @@ def test_codes_of_another_model_are_refused_by_layer_and_nothing_is_written(arti
     _, codes, _, _ = artifact
     plain = tiny_llama()  # the same architecture unquantized: its weights are not the codes dequantized
     out = tmp_path / "genai"
-    with pytest.raises(BadInput, match=r"model\.layers\.0\.self_attn\.q_proj\.weight: the weight is not its 2-bit codes"):
+    with pytest.raises(BadInput, match=r"layers\.0\.self_attn\.q_proj\.weight: the weight is not its 2-bit codes"):
         build_artifact(plain, word_tokenizer(64), out, codes)
     assert list(tmp_path.iterdir()) == []
 
