@@ -328,17 +328,22 @@ STATEFUL_TOL = 1e-4  # relative logit error of the stateful IR (CPU, f32 accurac
 
 
 def stateful_report(model: nn.Module, tokenizer, codes: dict, ids: torch.Tensor, folder: str | Path, *,
-                    steps: int = 8, new_tokens: int = 128) -> dict:
+                    steps: int = 8, new_tokens: int = 128, floor: float | None = None) -> dict:
     """Build the GenAI artifact at ``folder`` and prove and time it: :func:`stateful_parity` on the prompt
     ``ids`` (1, seq) with ``steps`` cached decode steps, then ``new_tokens`` greedy tokens through
-    ``openvino_genai`` (its default CPU settings, EOS ignored) for the decode speed with the KV cache."""
+    ``openvino_genai`` (its default CPU settings, EOS ignored) for the decode speed with the KV cache.
+
+    ``ok``: the greedy tokens agree and the relative error is within :data:`STATEFUL_TOL`, or within twice
+    ``floor`` when that is larger: the error of the stateless dequantized f32 IR of the same model on the same
+    prompt (float32's own floor on it; a degenerate RTN W2 model reaches ~3e-4 with either export)."""
     folder = Path(folder)
     info = build_artifact(model, tokenizer, folder, codes)
     parity = stateful_parity(model, folder / MODEL_XML, ids, steps=steps)
+    bound = max(STATEFUL_TOL, 2 * floor) if floor is not None else STATEFUL_TOL
     gen = genai_generate(folder, ids[0].tolist(), new_tokens, ignore_eos=True)
     return {"folder": str(folder), "ir_mib": round(info["ir_bytes"] / 2**20, 2), "states": info["states"],
-            "compressed": info.get("compressed"), "parity": parity, "tolerance": STATEFUL_TOL,
-            "ok": parity["max_rel_err"] <= STATEFUL_TOL and parity["tokens_agree"],
+            "compressed": info.get("compressed"), "parity": parity, "tolerance": bound, "floor": floor,
+            "ok": parity["max_rel_err"] <= bound and parity["tokens_agree"],
             "genai": {k: gen[k] for k in ("prompt_tokens", "ttft_ms", "tpot_ms", "decode_tok_s", "generate_s")}
             | {"new_tokens": len(gen["tokens"])}}
 
@@ -353,7 +358,9 @@ def stateful_markdown(rep: dict) -> str:
         f"- parity against PyTorch (CPU, f32 accuracy): prefill ({p['prefill_tokens']} tokens) rel err "
         f"{p['prefill_rel_err']:.2e}, {len(p['decode_rel_err'])} cached decode steps max rel err "
         f"{max(p['decode_rel_err'] or [0.0]):.2e}; greedy tokens {'agree' if p['tokens_agree'] else 'DIFFER'} "
-        f"(bound {rep['tolerance']:.0e}: {'ok' if rep['ok'] else 'FAILED'})",
+        f"(bound {rep['tolerance']:.1e}" + (f", twice the dequantized f32 IR's {rep['floor']:.1e}"
+                                            if rep.get("floor") and rep["tolerance"] > STATEFUL_TOL else "")
+        + f": {'ok' if rep['ok'] else 'FAILED'})",
         f"- openvino_genai greedy, {g['new_tokens']} new tokens after {g['prompt_tokens']} prompt tokens, batch 1: "
         f"time to first token {g['ttft_ms']:.1f} ms, decode {g['decode_tok_s']:.1f} tokens/s "
         f"({g['tpot_ms']:.2f} ms/token)", ""])

@@ -98,8 +98,9 @@ def run(args) -> int:
         ids = (eval_ids if eval_ids is not None else calib_ids)[None, :args.lowbit_seq]
         from quant.stateful import stateful_report
         art = artifact_report(lowbit[1], lowbit[0], ids, out / "openvino")
+        f32 = next((r for r in art["rows"] if r["artifact"] == "dequantized f32 IR" and r["symptom"] == "ok"), None)
         art["stateful"] = stateful_report(lowbit[1], tok, lowbit[0], ids, out / "openvino" / "genai",
-                                          new_tokens=args.lowbit_new_tokens)
+                                          new_tokens=args.lowbit_new_tokens, floor=f32 and f32["rel_err"])
         _, md = write_artifact_report(art, out / "openvino", f"{args.recipe} W{cfg.bits} g{cfg.group_size}: OpenVINO IRs")
         print(md.read_text())
         if not all(r["symptom"] == "ok" for r in art["rows"]) or not art["stateful"]["ok"]:

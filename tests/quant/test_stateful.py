@@ -163,3 +163,14 @@ def test_smollm2_w4_stateful_artifact_generates_pytorch_greedy_text(tmp_path):
     got = genai_generate(tmp_path / "genai", prompt, 9, properties=F32, ignore_eos=True)
     assert got["prompt_tokens"] == ids.shape[1] and got["tokens"] == report["torch_tokens"]
     assert got["text"] == tok.decode(report["torch_tokens"])
+
+
+def test_the_report_bound_is_the_f32_floor_when_that_is_larger(artifact, tmp_path):
+    from quant.stateful import STATEFUL_TOL, stateful_markdown, stateful_report
+    model, codes, _, _ = artifact
+    tok = word_tokenizer(64)
+    rep = stateful_report(model, tok, codes, PROMPT, tmp_path / "genai", steps=2, new_tokens=4, floor=3e-4)
+    assert rep["ok"] and rep["tolerance"] == 6e-4 and rep["genai"]["new_tokens"] == 4
+    assert "twice the dequantized f32 IR's 3.0e-04: ok" in stateful_markdown(rep)
+    rep = stateful_report(model, tok, codes, PROMPT, tmp_path / "genai", steps=2, new_tokens=4, floor=1e-7)
+    assert rep["tolerance"] == STATEFUL_TOL and "twice" not in stateful_markdown(rep)
