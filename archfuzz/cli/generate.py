@@ -43,6 +43,10 @@ def check(args) -> None:
                        "missing); `archfuzz quantize --lowbit` writes one to OUT/openvino/genai")
     if not args.prompt.strip():
         raise BadInput("argument --prompt: expected text, got an empty prompt")
+    from quant.parity import available_devices
+    known = sorted(available_devices())
+    if args.device not in known:
+        raise BadInput(f"--device {args.device!r} is not a device OpenVINO reports here; devices: {known}")
 
 
 def run(args) -> int:

@@ -42,6 +42,12 @@ def test_generate_refuses_a_folder_that_is_not_an_artifact(tmp_path, capsys):
     assert "argument dir" in err and "openvino_tokenizer.xml, openvino_detokenizer.xml missing" in err
     assert main(["generate", str(tmp_path / "nope"), "--prompt", "hello"]) == 2
     assert main(["generate", str(tmp_path), "--prompt", "hi", "--max-new-tokens", "0"]) == 2
+    for name in ("openvino_tokenizer.xml", "openvino_detokenizer.xml"):
+        (tmp_path / name).write_text("<net/>")
+    assert main(["generate", str(tmp_path), "--prompt", " "]) == 2
+    assert "argument --prompt: expected text" in capsys.readouterr().err
+    assert main(["generate", str(tmp_path), "--prompt", "hi", "--device", "NO_SUCH_DEVICE"]) == 2
+    assert "'NO_SUCH_DEVICE' is not a device OpenVINO reports" in capsys.readouterr().err
 
 
 @pytest.mark.slow
