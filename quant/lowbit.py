@@ -110,17 +110,29 @@ def _packed_constant(values: np.ndarray, bits: int):
     return ov.op.Constant(t)
 
 
-def compress_ir(src_xml: str | Path, dst_xml: str | Path, weights: dict[str, torch.Tensor],
-                codes: dict[str, Codes]) -> dict:
-    """Rewrite the float32 IR at ``src_xml`` with every quantized weight as low-bit codes; save ``dst_xml``.
+def check_codes(weights: dict[str, torch.Tensor], codes: dict[str, Codes]) -> None:
+    """Every ``codes`` entry dequantizes, bit for bit, to the weight of that name; else :class:`BadInput` naming it."""
+    for n, c in codes.items():
+        if n not in weights:
+            raise BadInput(f"{n}: has codes but the model has no such weight")
+        w = weights[n].detach().float().numpy()
+        back = ((c.codes.astype(np.float32) - c.zero) * c.scale.astype(np.float32)).reshape(-1)
+        if w.size != back.size or not np.array_equal(back, w.reshape(-1)):
+            raise BadInput(f"{n}: the weight is not its {c.bits}-bit codes dequantized (shape {tuple(w.shape)}); "
+                           f"the codes belong to another model or the weight left its grid")
+
+
+def compress_model(model, weights: dict[str, torch.Tensor], codes: dict[str, Codes]) -> dict:
+    """In place: every float32 Constant of the ``ov.Model`` holding a quantized weight becomes its low-bit
+    decompression subgraph.
 
     ``weights`` maps the names in ``codes`` to the float32 weights the IR was exported with; constants
-    are matched by content.  Every quantized weight must be found exactly once in the IR."""
+    are matched by content.  Every quantized weight must be found in the IR (else :class:`BadInput` naming them)."""
     import openvino as ov
     import openvino.opset13 as ops
 
+    check_codes(weights, codes)
     by_digest = {_digest(weights[n].detach().float().numpy()): n for n in codes}
-    model = ov.Core().read_model(str(src_xml))
     replaced: dict[str, int] = {}
     for op in model.get_ops():
         if op.get_type_name() != "Constant" or op.get_element_type() != ov.Type.f32 or len(op.shape) != 2:
@@ -141,10 +153,22 @@ def compress_ir(src_xml: str | Path, dst_xml: str | Path, weights: dict[str, tor
     missing = sorted(set(codes) - set(replaced))
     if missing:
         raise BadInput(f"{len(missing)} quantized weights were not found in the IR as float32 constants: {missing[:4]}")
+    model.validate_nodes_and_infer_types()
+    return {"replaced": len(replaced), "bits": next(iter(codes.values())).bits}
+
+
+def compress_ir(src_xml: str | Path, dst_xml: str | Path, weights: dict[str, torch.Tensor],
+                codes: dict[str, Codes]) -> dict:
+    """Rewrite the float32 IR at ``src_xml`` with every quantized weight as low-bit codes
+    (:func:`compress_model`); save ``dst_xml``."""
+    import openvino as ov
+
+    model = ov.Core().read_model(str(src_xml))
+    info = compress_model(model, weights, codes)
     dst = Path(dst_xml)
     dst.parent.mkdir(parents=True, exist_ok=True)
     ov.save_model(model, str(dst), compress_to_fp16=False)
-    return {"replaced": len(replaced), "bits": next(iter(codes.values())).bits}
+    return info
 
 
 # ============================================================================ measurement (child process)
@@ -288,6 +312,9 @@ def artifact_markdown(report: dict, title: str) -> str:
                      f"{r['top1']:.4f} | {r['dppl']:+.2e} |")
     lines += ["", "The 1-token step runs the exported ids -> logits graph on one token (no KV cache): the "
               "weight-streaming cost per generated token, not a cached decode."]
+    if report.get("stateful"):
+        from quant.stateful import stateful_markdown
+        lines += ["", stateful_markdown(report["stateful"])]
     return "\n".join(lines) + "\n"
 
 

@@ -12,7 +12,9 @@
     archfuzz quantize [--checkpoint PATH] --recipe R [--bits 2|3|4] [--group-size G] [--sym] [--iters N]
                       [--nsamples N] [--seqlen N] [--batch-size N] [--lr LR] [--seed S] [--alpha A]
                       [--preset cpu|paper] [--calib-text PATH] [--eval-text PATH] [--no-eval]
-                      [--lowbit] [--lowbit-seq N] --out DIR
+                      [--lowbit] [--lowbit-seq N] [--lowbit-new-tokens N] --out DIR
+    archfuzz generate DIR --prompt TEXT [--max-new-tokens N] [--device D] [--backend default|PA|SDPA] [--f32]
+                      [--chat] [--ignore-eos] [--json]
     archfuzz parity [--layout LAYOUT.json | --checkpoint default|PATH] [--transform NAME] [--option KEY=VALUE ...]
                     [--seq N] [--batch B] [--seed S] [--device D ...] [--hint f32|bf16|f16|default ...]
                     [--text PATH] [--timeout S] [--keep-ir] [--out DIR] [--max-param-bytes B]
@@ -37,12 +39,12 @@ import sys
 
 from fuzz.errors import BadInput
 
-from . import corpus, fuzz, gate, parity, quantize, replay, transforms, verify
+from . import corpus, fuzz, gate, generate, parity, quantize, replay, transforms, verify
 from .arguments import Parser
 
 # one module per command, each with register(subparsers) (its arguments; choices read from their owners)
 # and run(args) -> exit status, optionally check(args) (raises BadInput before any work); in --help order
-COMMANDS = (fuzz, verify, transforms, replay, corpus, gate, quantize, parity)
+COMMANDS = (fuzz, verify, transforms, replay, corpus, gate, quantize, generate, parity)
 
 
 def build_parser() -> argparse.ArgumentParser:

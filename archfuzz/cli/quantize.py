@@ -38,9 +38,13 @@ def register(subparsers) -> None:
                    help="default: Python stdlib docstrings (not wikitext)")
     q.add_argument("--no-eval", action="store_true")
     q.add_argument("--lowbit", action="store_true", help="also export OpenVINO IRs (f32, f16 and the weights as "
-                   "u2/u4 codes) to OUT/openvino and measure size, memory, speed and parity")
+                   "u2/u4 codes) to OUT/openvino and measure size, memory, speed and parity, and the stateful "
+                   "u2/u4 model with its KV cache and tokenizer for openvino_genai to OUT/openvino/genai "
+                   "(`archfuzz generate OUT/openvino/genai --prompt ...`)")
     q.add_argument("--lowbit-seq", type=arguments.int_at_least(2, "prefill tokens"), default=128,
                    help="prefill tokens for the low-bit measurement")
+    q.add_argument("--lowbit-new-tokens", type=arguments.int_at_least(1, "decoded tokens"), default=128,
+                   help="greedy tokens decoded through openvino_genai (KV cache) for the decode speed")
     q.add_argument("--out", type=arguments.out_dir, required=True)
     q.set_defaults(func=run, check=check)
 
@@ -63,6 +67,9 @@ def run(args) -> int:
         from quant.lowbit import check_lowbit_request
         check_lowbit_request(args.recipe, cfg)  # before any work
     model, tok = load_checkpoint(args.checkpoint)
+    if args.lowbit:
+        from quant.stateful import check_supported
+        check_supported(model)  # the stateful artifact's family, before quantizing
     calib_ids, calib_info = text_ids(tok, args.calib_text, "calibration")
     windows = calibration_windows(calib_ids, cfg.nsamples, cfg.seqlen, cfg.seed)
     eval_ids = eval_info = fp = None
@@ -89,9 +96,13 @@ def run(args) -> int:
     if lowbit is not None:
         from quant.lowbit import artifact_report, write_artifact_report
         ids = (eval_ids if eval_ids is not None else calib_ids)[None, :args.lowbit_seq]
+        from quant.stateful import stateful_report
         art = artifact_report(lowbit[1], lowbit[0], ids, out / "openvino")
+        f32 = next((r for r in art["rows"] if r["artifact"] == "dequantized f32 IR" and r["symptom"] == "ok"), None)
+        art["stateful"] = stateful_report(lowbit[1], tok, lowbit[0], ids, out / "openvino" / "genai",
+                                          new_tokens=args.lowbit_new_tokens, floor=f32 and f32["rel_err"])
         _, md = write_artifact_report(art, out / "openvino", f"{args.recipe} W{cfg.bits} g{cfg.group_size}: OpenVINO IRs")
         print(md.read_text())
-        if not all(r["symptom"] == "ok" for r in art["rows"]):
+        if not all(r["symptom"] == "ok" for r in art["rows"]) or not art["stateful"]["ok"]:
             return 1
     return 0

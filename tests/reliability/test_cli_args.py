@@ -129,6 +129,12 @@ CASES = [
     (Q + ["--no-eval", "--eval-text", "{FILE}"], "--eval-text has no use with --no-eval"),
     (Q + ["--checkpoint", "{MISSING}"], "argument --checkpoint"),
     (["quantize", "--recipe", "bbt-spectral", "--out", "{FILE}"], "argument --out"),
+    (Q + ["--lowbit-new-tokens", "0"], "argument --lowbit-new-tokens"),
+    # generate
+    (["generate", "{MISSING}", "--prompt", "hi"], "argument dir"),
+    (["generate", "{DIR}", "--prompt", "hi"], "is not a stateful OpenVINO artifact"),
+    (["generate", "{DIR}", "--prompt", "hi", "--max-new-tokens", "0"], "argument --max-new-tokens"),
+    (["generate", "{DIR}", "--prompt", "hi", "--backend", "fast"], "argument --backend: invalid choice"),
     # parity
     (["parity", "--seq", "0"], "argument --seq"),
     (["parity", "--seq", "1"], "argument --seq"),

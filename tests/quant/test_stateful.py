@@ -1,0 +1,176 @@
+"""The stateful low-bit artifact (issue 15): GenAI's port layout, the KV cache as OpenVINO states, u2 codes,
+parity with the PyTorch fake-quantized model through prefill and cached decode steps, greedy decoding through
+``openvino_genai`` reproducing PyTorch's tokens, and refusals that leave nothing half-written."""
+
+import json
+
+import numpy as np
+import openvino as ov
+import pytest
+import torch
+from torch import nn
+
+from fuzz import BadInput, build, materialize
+from fuzz.families import family_spec, to_transformers
+from quant.checkpoints import word_tokenizer
+from quant.lowbit import grid_codes
+from quant.parity import compile_config
+from quant.quantize import QuantConfig, quantize
+from quant.stateful import (DETOKENIZER_XML, INPUTS, MODEL_XML, TOKENIZER_XML, build_artifact, export_stateful,
+                            genai_generate, stateful_parity, torch_greedy)
+
+pytest.importorskip("auto_round")
+pytest.importorskip("openvino_genai")
+
+DIMS = dict(vocab=64, hidden=64, n_heads=4, n_kv_heads=2, head_dim=16, intermediate=128, n_layers=2)
+PROMPT = torch.randint(0, 64, (1, 9), generator=torch.Generator().manual_seed(1))
+F32 = compile_config("CPU", "f32")
+
+
+def tiny_llama():
+    return to_transformers(materialize(build(family_spec("llama", **DIMS)), seed=3)).float().eval()
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
+    """A tiny random Llama quantized to W2 g16 (RTN through auto-round) and its stateful u2 artifact."""
+    model = tiny_llama()
+    windows = torch.randint(0, 64, (4, 32), generator=torch.Generator().manual_seed(0))
+    quantize(model, word_tokenizer(64), "none", QuantConfig(bits=2, group_size=16, iters=0, nsamples=4, seqlen=32,
+                                                             batch_size=2), windows)
+    codes = grid_codes(model, 2, 16)
+    out = tmp_path_factory.mktemp("stateful") / "genai"
+    info = build_artifact(model, word_tokenizer(64), out, codes)
+    return model, codes, out, info
+
+
+def test_the_artifact_has_genai_layout_states_and_u2_codes(artifact):
+    model, codes, out, info = artifact
+    assert {p.name for p in out.iterdir()} >= {MODEL_XML, "openvino_model.bin", TOKENIZER_XML, DETOKENIZER_XML,
+                                               "config.json", "generation_config.json"}
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temporary left beside it
+    ir = ov.Core().read_model(str(out / MODEL_XML))
+    assert [p.get_any_name() for p in ir.inputs] == list(INPUTS)
+    assert [p.get_any_name() for p in ir.outputs] == ["logits"]
+    reads = [op for op in ir.get_ops() if op.get_type_name() == "ReadValue"]
+    assert len(reads) == len(ir.get_sinks()) == 2 * DIMS["n_layers"]
+    assert all(str(op.get_output_partial_shape(0)) == "[?,2,?,16]" for op in reads)
+    assert info["compressed"] == {"replaced": len(codes), "bits": 2} and len(codes) == 7 * DIMS["n_layers"]
+    low = [op for op in ir.get_ops() if op.get_type_name() == "Constant" and op.get_element_type() == ov.Type.u2]
+    assert len(low) == 2 * len(codes)  # codes and zero points of every quantized linear
+    assert json.loads((out / "config.json").read_text())["model_type"] == "llama"
+    assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == 0
+
+
+def test_prefill_and_cached_decode_match_pytorch(artifact):
+    model, _, out, _ = artifact
+    report = stateful_parity(model, out / MODEL_XML, PROMPT, steps=6)
+    assert report["prefill_rel_err"] <= 1e-5, report
+    assert len(report["decode_rel_err"]) == 6 and max(report["decode_rel_err"]) <= 1e-5, report
+    assert report["tokens_agree"] and len(report["ov_tokens"]) == 7
+
+
+def test_a_padded_batch_honours_the_attention_mask(artifact):
+    model, codes, _, _ = artifact
+    ir, _ = export_stateful(model, codes)
+    req = ov.Core().compile_model(ir, "CPU", F32).create_infer_request()
+    ids = torch.randint(0, 64, (2, 6), generator=torch.Generator().manual_seed(2))
+    mask = torch.ones(2, 6, dtype=torch.int64)
+    mask[1, :2] = 0  # left padding, as GenAI pads a batch
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        ref = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
+    req.reset_state()
+    got = torch.from_numpy(req.infer({"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "position_ids":
+                                      pos.numpy(), "beam_idx": np.array([0, 1], np.int32)})["logits"].copy())
+    scale = ref.abs().max()
+    assert (got[0] - ref[0]).abs().max() / scale <= 1e-5
+    assert (got[1, 2:] - ref[1, 2:]).abs().max() / scale <= 1e-5
+    # the mask is not ignored: unmasking the padding changes the second row
+    with torch.no_grad():
+        unmasked = model(input_ids=ids, attention_mask=torch.ones_like(mask), position_ids=pos).logits
+    assert (unmasked[1, 2:] - ref[1, 2:]).abs().max() / scale > 1e-3
+
+
+@pytest.mark.parametrize("backend", ["SDPA", "PA"])
+def test_genai_greedy_reproduces_pytorch_tokens(artifact, backend):
+    model, _, out, _ = artifact
+    _, ref = torch_greedy(model, PROMPT, 7)
+    got = genai_generate(out, PROMPT[0].tolist(), 8, properties={"ATTENTION_BACKEND": backend, **F32},
+                         ignore_eos=True)
+    assert got["tokens"] == ref, (got["tokens"], ref)
+    assert got["text"] == " ".join(f"t{t}" for t in ref)
+    assert got["decode_tok_s"] > 0
+
+
+def test_genai_tokenizes_a_text_prompt_with_the_converted_tokenizer(artifact):
+    model, _, out, _ = artifact
+    _, ref = torch_greedy(model, torch.tensor([[1, 5, 9, 3]]), 4)
+    got = genai_generate(out, "t1 t5 t9 t3", 5, properties={"ATTENTION_BACKEND": "SDPA", **F32}, ignore_eos=True)
+    assert got["prompt_tokens"] == 4 and got["tokens"] == ref
+
+
+def test_codes_of_another_model_are_refused_by_layer_and_nothing_is_written(artifact, tmp_path):
+    _, codes, _, _ = artifact
+    plain = tiny_llama()  # the same architecture unquantized: its weights are not the codes dequantized
+    out = tmp_path / "genai"
+    with pytest.raises(BadInput, match=r"layers\.0\.self_attn\.q_proj\.weight: the weight is not its 2-bit codes"):
+        build_artifact(plain, word_tokenizer(64), out, codes)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_existing_artifact_survives_a_failed_rebuild(artifact, tmp_path):
+    _, codes, _, _ = artifact
+    out = tmp_path / "genai"
+    out.mkdir()
+    (out / "keep").write_text("previous")
+    hooked = tiny_llama()
+    hooked.model.layers[1].mlp.down_proj.register_forward_pre_hook(lambda m, a: a)
+    with pytest.raises(BadInput, match=r"model\.layers\.1\.mlp\.down_proj: carries forward hooks"):
+        build_artifact(hooked, word_tokenizer(64), out, codes)
+    assert [p.name for p in tmp_path.iterdir()] == ["genai"] and (out / "keep").read_text() == "previous"
+
+
+def test_an_unsupported_family_is_refused_by_name(tmp_path):
+    dims = dict(DIMS)
+    model = to_transformers(materialize(build(family_spec("qwen2", **dims)), seed=3)).float().eval()
+    with pytest.raises(BadInput, match=r"Qwen2ForCausalLM \(model_type 'qwen2'\).*supports llama only"):
+        build_artifact(model, word_tokenizer(64), tmp_path / "genai")
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(BadInput, match="needs a transformers causal LM"):
+        build_artifact(nn.Linear(2, 2), word_tokenizer(64), tmp_path / "genai")
+
+
+@pytest.mark.slow
+def test_smollm2_w4_stateful_artifact_generates_pytorch_greedy_text(tmp_path):
+    """SmolLM2-135M at W4 g64 (RTN through auto-round): the u4 stateful artifact with its converted BPE
+    tokenizer; prefill and 8 cached decode steps against PyTorch; GenAI's greedy text from a text prompt
+    is PyTorch's greedy tokens, detokenized as transformers does."""
+    from quant.checkpoints import load_default_checkpoint
+    from quant.text import calibration_windows
+
+    model, tok = load_default_checkpoint()
+    calib = torch.tensor(tok.encode("The quick brown fox jumps over the lazy dog. " * 20))
+    cfg = QuantConfig(bits=4, group_size=64, iters=0, nsamples=2, seqlen=64, batch_size=2)
+    quantize(model, tok, "none", cfg, calibration_windows(calib, 2, 64, 0))
+    codes = grid_codes(model, 4, 64)
+    info = build_artifact(model, tok, tmp_path / "genai", codes)
+    assert info["states"] == 2 * 30 and info["compressed"] == {"replaced": 7 * 30, "bits": 4}
+    prompt = "The capital of France is"
+    ids = torch.tensor([tok.encode(prompt, add_special_tokens=False)])
+    report = stateful_parity(model, tmp_path / "genai" / MODEL_XML, ids, steps=8)
+    assert report["max_rel_err"] <= 1e-4 and report["tokens_agree"], report
+    got = genai_generate(tmp_path / "genai", prompt, 9, properties=F32, ignore_eos=True)
+    assert got["prompt_tokens"] == ids.shape[1] and got["tokens"] == report["torch_tokens"]
+    assert got["text"] == tok.decode(report["torch_tokens"])
+
+
+def test_the_report_bound_is_the_f32_floor_when_that_is_larger(artifact, tmp_path):
+    from quant.stateful import STATEFUL_TOL, stateful_markdown, stateful_report
+    model, codes, _, _ = artifact
+    tok = word_tokenizer(64)
+    rep = stateful_report(model, tok, codes, PROMPT, tmp_path / "genai", steps=2, new_tokens=4, floor=3e-4)
+    assert rep["ok"] and rep["tolerance"] == 6e-4 and rep["genai"]["new_tokens"] == 4
+    assert "twice the dequantized f32 IR's 3.0e-04: ok" in stateful_markdown(rep)
+    rep = stateful_report(model, tok, codes, PROMPT, tmp_path / "genai", steps=2, new_tokens=4, floor=1e-7)
+    assert rep["tolerance"] == STATEFUL_TOL and "twice" not in stateful_markdown(rep)
