@@ -226,6 +226,9 @@ AXES: dict[str, Axis] = _axes(
     # sliding-window attention on the layers whose ``LayerSpec.sliding`` is set (Mistral: every layer;
     # Gemma2 / Qwen2 ``max_window_layers``: some); small windows keep the oracle's length 2 W + 9 short
     Axis("sliding_window", "window", (None, 4, 2), None, _window_tags),
+    # non-parametric norms (OLMo's LayerNorm, NanoChat's RMSNorm: no weight, g = 1) and an lm_head bias (Phi)
+    Axis("norm_weightless", "bool", (False, True), False, _if("norm:weightless", "norm_weightless")),
+    Axis("lm_head_bias", "bool", (False, True), False, _if("bias:lm_head", "lm_head_bias")),
     # set from the ``vocab`` limit, narrowed last by the reducer
     Axis("vocab", "size", OWN_RULE, KEEP, _no_tags, floor=8),
 )

@@ -87,6 +87,9 @@ class DecoderSpec:
     final_softcap: float | None = None  # cap * tanh(z / cap) on the logits
     alibi: bool = False  # per-head linear position bias on the scores
     attn_sinks: bool = False  # a learned per-head logit in the softmax denominator
+    # non-parametric norms and the lm_head bias
+    norm_weightless: bool = False  # every norm without weight or bias, g = 1 (OLMo LayerNorm, NanoChat RMSNorm)
+    lm_head_bias: bool = False  # logits = x W^T + b (Phi)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -131,6 +134,8 @@ class _Graph:
 
 
 def _norm(g: _Graph, s: DecoderSpec, node: str, x: str, dim: int, groups: int = 1, group_weights: bool = False) -> str:
+    if s.norm_weightless:  # non-parametric: no weight, no bias
+        return g.add(node, "norm", [x], kind=s.norm, dim=dim, groups=groups, eps=s.norm_eps, weight_form="none")
     return g.add(node, "norm", [x], kind=s.norm, dim=dim, groups=groups, eps=s.norm_eps,
                  weight_form=s.norm_weight_form, bias=s.norm == "layer" and s.norm_bias, group_weights=group_weights)
 
@@ -343,7 +348,7 @@ def build(s: DecoderSpec, name: str | None = None) -> Layout:
     if s.placement != "post":
         h = _norm(g, s, "final_norm", h, s.hidden)
     out = g.add("lm_head", "lm_head", [h], dim=s.hidden, vocab=s.vocab,
-                tied_to="embed" if s.tie_embeddings else None)
+                tied_to="embed" if s.tie_embeddings else None, **({"bias": True} if s.lm_head_bias else {}))
     if s.logit_multiplier is not None:
         out = g.add("logit_scale", "scale", [out], factor=s.logit_multiplier)
     if s.final_softcap is not None:

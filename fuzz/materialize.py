@@ -140,7 +140,7 @@ class Scale(Node):
 
 @torch_impl("norm")
 class Norm(Node):
-    """RMSNorm / LayerNorm over groups of ``dim`` channels, ``g = w`` or ``1 + w``."""
+    """RMSNorm / LayerNorm over groups of ``dim`` channels, ``g = w``, ``1 + w`` or none (``g = 1``)."""
 
     def forward(self, x):
         p = self.p
@@ -156,6 +156,8 @@ class Norm(Node):
             # Gemma / Qwen3-Next: (u * (1 + w)) in float32, cast after the weight (Llama casts before)
             return (u * (1.0 + self.weight.float())).to(dtype).reshape(shape)
         u = u.to(dtype)
+        if p["weight_form"] == "none":  # non-parametric: g = 1
+            return u.reshape(shape)
         g = self.weight if p["weight_form"] == "w" else 1.0 + self.weight
         out = g * u
         if p["bias"]:
@@ -490,7 +492,7 @@ class GammaNorm(Node):
 @torch_impl("lm_head")
 class LMHead(Node):
     def forward(self, x):
-        return F.linear(x, self.weight)
+        return F.linear(x, self.weight, getattr(self, "bias", None))
 
 
 def padding_mask(attention_mask: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
@@ -541,7 +543,7 @@ class GraphModel(nn.Module):
             own = {k: tuple(v.shape) for k, v in module._parameters.items() if v is not None}
             expected = parameter_shapes(op, params)
             if op == "lm_head" and params["tied_to"] is not None:
-                expected = {"weight": (params["vocab"], params["dim"])}
+                expected = {**expected, "weight": (params["vocab"], params["dim"])}
             if own != expected:
                 return False
         return True
@@ -578,7 +580,7 @@ class GraphModel(nn.Module):
         with torch.no_grad():
             for node, module in self.nodes.items():
                 for name, param in module.named_parameters(recurse=False):
-                    if module.p.get("tied_to") is not None:
+                    if module.p.get("tied_to") is not None and name == "weight":  # the shared table (its bias: own)
                         continue
                     value = draw_parameter(seed, node, self.layout.op(node), module.p, name, tuple(param.shape))
                     param.copy_(value.to(param.dtype))

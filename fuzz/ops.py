@@ -21,7 +21,8 @@ position_embedding  ``x + P[start : start + seq]``, ``P: (max_pos, dim)``: learn
                the token embedding (GPT-2, GPT-Neo, GPT-BigCode; OPT reads from row ``start = 2``)
 scale          ``factor * x`` (embedding / residual / logit multipliers)
 norm           per group of ``dim`` channels: RMSNorm ``g * u / rms(u)`` or LayerNorm
-               ``g * (u - mean) / std + b``; ``g = w`` or ``g = 1 + w`` (``weight_form``); ``groups > 1``
+               ``g * (u - mean) / std + b``; ``g = w`` or ``g = 1 + w`` (``weight_form``; ``none``: no weight,
+               ``g = 1``, OLMo's LayerNorm, NanoChat's RMSNorm); ``groups > 1``
                is a per-head norm (one weight shared by the heads, Qwen3 ``q_norm``); ``group_weights``: each
                group its own weight (and bias), ``(groups, dim)`` (Cohere ``use_qk_norm`` LayerNorm per head)
 linear         ``x W^T (+ b)``
@@ -57,7 +58,8 @@ experts        fused experts ``gate_up_proj (E, 2I, H)`` gate first, ``down_proj
                up rows ``1::2``; ``bias``: ``gate_up_proj_bias (E, 2I)``, ``down_proj_bias (E, H)``;
                ``act="clamped_swiglu"`` (GPT-OSS): ``(clamp(up, -limit, limit) + 1) * g * sigmoid(alpha g)``
                with ``g = clamp(gate, max=limit)``
-lm_head        ``x W^T`` with ``W: (vocab, dim)``; ``tied_to`` names the embedding whose table it reads
+lm_head        ``x W^T (+ b)`` with ``W: (vocab, dim)``; ``tied_to`` names the embedding whose table it reads;
+               ``bias``: its own ``b: (vocab,)`` (Phi)
 wht_in         the online input of a spectrally transformed linear: ``fwht([x, 0]) / scale`` (zero-pad to
                ``d_pad``, orthonormal Walsh-Hadamard, divide by the per-coordinate scale)
 gamma_norm     RMS-normalise each group of ``dim`` channels, then apply its own matrix:
@@ -323,6 +325,8 @@ def _norm(node, p, w):
     _widths(node, "norm", w, [p["dim"] * p["groups"]])
     _need(p["bias"] is False or p["kind"] == "layer", node, "only LayerNorm has a bias")
     _need(not p["group_weights"] or p["groups"] > 1, node, "group_weights needs groups > 1 (one weight per group)")
+    _need(p["weight_form"] != "none" or not (p["bias"] or p["group_weights"]), node,
+          "a weight-free norm (weight_form 'none') has no bias and no per-group weights")
     _eps(node, "norm", p["eps"])
     return w[0]
 
@@ -339,13 +343,15 @@ def _norm_features(p):
 
 
 def _norm_shapes(p):
+    if p["weight_form"] == "none":  # non-parametric (OLMo's LayerNorm, NanoChat's RMSNorm): g = 1
+        return {}
     shape = (p["groups"], p["dim"]) if p["group_weights"] else (p["dim"],)
     return {"weight": shape, **({"bias": shape} if p["bias"] else {})}
 
 
 declare(OpSpec("norm", {"kind": (str, "rms"), "dim": (int, ...), "groups": (int, 1), "eps": (float, 1e-6),
                         "weight_form": (str, "w"), "bias": (bool, False), "group_weights": (bool, False)}, ("x",),
-               _norm, {"kind": ("rms", "layer"), "weight_form": ("w", "1+w")}, shapes=_norm_shapes,
+               _norm, {"kind": ("rms", "layer"), "weight_form": ("w", "1+w", "none")}, shapes=_norm_shapes,
                init={"weight": _init_norm_weight, "bias": _init_small}, drawn_by=ALWAYS, features=_norm_features))
 
 
@@ -631,11 +637,17 @@ def _lm_head(node, p, w):
     return p["vocab"]
 
 
-declare(OpSpec("lm_head", {"dim": (int, ...), "vocab": (int, ...), "tied_to": ((str, type(None)), None)},
-               ("x",), _lm_head,
-               shapes=lambda p: {"weight": (p["vocab"], p["dim"])} if p["tied_to"] is None else {},
-               init={"weight": _init_fan_in}, drawn_by=ALWAYS,
-               features=lambda p: ("op:lm_head:untied" if p["tied_to"] is None else "op:lm_head:tied",)))
+def _lm_head_shapes(p):
+    shapes = {"weight": (p["vocab"], p["dim"])} if p["tied_to"] is None else {}
+    return {**shapes, **({"bias": (p["vocab"],)} if p["bias"] else {})}  # the bias is its own, tied or not
+
+
+declare(OpSpec("lm_head", {"dim": (int, ...), "vocab": (int, ...), "tied_to": ((str, type(None)), None),
+                           "bias": (bool, False)},
+               ("x",), _lm_head, shapes=_lm_head_shapes, init={"weight": _init_fan_in, "bias": _init_small},
+               drawn_by=ALWAYS,
+               features=lambda p: ("op:lm_head:untied" if p["tied_to"] is None else "op:lm_head:tied",)
+               + (("op:lm_head:bias",) if p["bias"] else ())))
 
 
 def _wht_in(node, p, w):

@@ -35,6 +35,10 @@ shared_head_gamma      spectral-PCA builds every head's Gamma from head 0's q/k 
 assumed_homogeneous    up-down moves s from up to down across every plain MLP's    a dense plain MLP whose
                        act as if it were relu (gelu, silu, quick_gelu: not          act is not relu
                        homogeneous; relu2: s^2, not s)
+weightless_unabsorbed  norm absorption scales the readers of a weight-free norm     weight-free norms
+                       (OLMo, NanoChat: g = 1) with no weight to divide by s        (pre-norm or sandwich)
+lm_head_bias_dropped   untying the lm_head re-emits it from dim / vocab, dropping   a tied lm_head with a
+                       its bias (Phi's lm_head bias)                                bias
 =====================  ==========================================================  ==========================
 
 Loaded with the registries (the ``archfuzz.registries`` entry points, :func:`verifier.registry.load_plugins`).
@@ -90,3 +94,7 @@ register_mutant("shared_head_gamma", "quant:spectral-pca", "shared_head_gamma",
                 applies={"qk_norm": "per_head_own", "norm": "rms", "fused_qkv": False})
 register_mutant("position_unrotated", "quant:residual-rotation", "position_table_unrotated",
                 applies={"position_embedding": True, "norm": "rms", "placement": "pre", "tie_embeddings": False})
+register_mutant("weightless_unabsorbed", "quant:norm-absorb", "weightless_norm_unabsorbed", fixed=_SKIP,
+                applies={"norm_weightless": True, "placement": ("pre", "sandwich")})
+register_mutant("lm_head_bias_dropped", "quant:norm-absorb", "lm_head_bias_dropped", fixed={**_SKIP, "untie": True},
+                applies={"lm_head_bias": True, "tie_embeddings": True})

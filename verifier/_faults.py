@@ -45,6 +45,9 @@ FAULTS = {
     "position_table_unrotated": "residual-rotation rotates the token embedding but not the learned position table",
     "shared_head_gamma": "spectral-pca takes head 0's q/k norm weight for every head of a norm with group_weights",
     "homogeneity_assumed": "up-down moves s across every plain MLP's act as if it were relu (degree-1 homogeneous)",
+    "weightless_norm_unabsorbed": "norm-absorb scales the readers of a weight-free norm (g = 1) but has no weight "
+                                  "to divide by s, so nothing absorbs 1 / s",
+    "lm_head_bias_dropped": "untying (graph_edit.untie) re-emits the lm_head from dim / vocab, dropping its bias",
 }
 
 _ACTIVE: ContextVar[Mapping[str, Mapping[str, Any]]] = ContextVar("archfuzz_faults", default=MappingProxyType({}))

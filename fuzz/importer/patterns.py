@@ -131,22 +131,28 @@ def _linear(conv: Converter, node: str, ins: list[str]) -> dict:
 @import_pattern("lm_head")
 def _lm_head(conv: Converter, node: str, ins: list[str]) -> dict:
     d = conv.g.nodes[node]
-    if d.get("bias"):
-        raise conv.refuse(node, "the lm_head has a bias, the layout's lm_head has none")
+    bias = bool(d.get("bias"))  # Phi: logits = x W^T + b, the bias its own (tied or not)
     if d.get("call") != "linear":
         raise conv.refuse(node, f"lm_head via {d.get('call')!r} reads its weight as (in, out)")
     if d["tied_to"] is None:
-        conv.by_shape(node, {"weight": (d["vocab"], d["dim"])})
-    elif set(d["params"]) != set(conv.g.nodes[d["tied_to"]]["params"]):
+        conv.by_shape(node, {"weight": (d["vocab"], d["dim"]), **({"bias": (d["vocab"],)} if bias else {})})
+    elif len(set(d["params"]) - set(conv.g.nodes[d["tied_to"]]["params"])) != bias:
         raise conv.refuse(node, f"lm_head is tied to {d['tied_to']!r} but reads {d['params']}")
     else:  # the name the lm_head module holds the shared table under (for export_weights)
-        (table,) = d["params"]
+        own_bias = sorted(set(d["params"]) - set(conv.g.nodes[d["tied_to"]]["params"]))
+        if own_bias:
+            if conv.shape(own_bias[0]) != (d["vocab"],):
+                raise conv.refuse(node, f"lm_head bias {own_bias[0]} has shape {conv.shape(own_bias[0])}, "
+                                  f"expected ({d['vocab']},)")
+            conv.param_map[node] = {"bias": own_bias[0]}
+            conv.parameters[node] = {"bias": conv.named[own_bias[0]]}
+        (table,) = [p for p in d["params"] if p not in own_bias]
         names = [table] + [a for a, canonical in conv.rec.meta.get("aliases", {}).items() if canonical == table]
         own = [n for n in names if n.rpartition(".")[0] == d["module_path"]]
         if len(own) != 1:
             raise conv.refuse(node, f"cannot tell which of {names} names the tied lm_head weight")
         conv.tied[node] = {"weight": own[0]}
-    return {"dim": d["dim"], "vocab": d["vocab"], "tied_to": d["tied_to"]}
+    return {"dim": d["dim"], "vocab": d["vocab"], "tied_to": d["tied_to"], **({"bias": True} if bias else {})}
 
 
 @import_pattern("norm")
@@ -155,9 +161,12 @@ def _norm(conv: Converter, node: str, ins: list[str]) -> dict:
     if d["eps"] is None:
         raise conv.refuse(node, "norm with no recognisable eps")
     dim, read = d["dim"], d["params"]
-    if not read and "bias" not in d:  # OLMo's LayerNorm: F.layer_norm with neither weight nor bias
-        raise conv.refuse(node, f"a {d.get('kind', '')} norm with no weight and no bias (non-parametric "
-                          f"{d.get('call', 'norm')}): the layout's norm owns a weight")
+    if not read:  # non-parametric: OLMo's F.layer_norm with neither weight nor bias, NanoChat's RMSNorm module
+        if d.get("bias") or d.get("weight_form", "none") not in ("none", "w"):
+            raise conv.refuse(node, f"a {d.get('kind', '')} norm reads no parameter but is recorded with a bias or "
+                              f"weight form {d.get('weight_form')!r}")
+        groups = d.get("groups") or max(1, conv.width(node) // dim)
+        return {"kind": d["kind"], "dim": dim, "groups": groups, "eps": float(d["eps"]), "weight_form": "none"}
     own = (d["groups"], dim) if d.get("group_weights") else (dim,)  # group_weights: a weight row per head
     if any(conv.shape(p) != own for p in read) or len(read) != 1 + d.get("bias", False):
         raise conv.refuse(node, f"norm of dim {dim} reads {[(p, conv.shape(p)) for p in read]}")

@@ -123,7 +123,7 @@ def _contract_regions(g: nx.DiGraph, rec: _Recorder, merged: dict[str, str]) -> 
         frame = rec.regions[call]
         nodes = sorted(members[call], key=lambda n: g.nodes[n]["index"])
         if frame.activation:
-            _contract_activation(g, nodes, frame, merged)
+            _contract_activation(g, nodes, frame, merged, rec.n_tokens)
             continue
         found = _classify_region(g, nodes, frame, rec.own[id(frame.module)], rec.n_tokens)
         if found is None:
@@ -169,7 +169,53 @@ def identify_activation(module) -> str | None:
     return min(errors, key=errors.get) if errors else None
 
 
-def _contract_activation(g: nx.DiGraph, nodes: list[str], frame: _Frame, merged: dict[str, str]) -> None:
+def weightless_norm(module, x_shape, eps_candidates) -> tuple[str, float] | None:
+    """``(kind, eps)`` when the parameter-free ``module`` computes a weight-free RMSNorm or LayerNorm over the last
+    axis (``u / sqrt(mean(u^2) + eps)``, ``u = x`` or ``x - mean(x)``) with one of ``eps_candidates``, measured
+    on a float64 probe of ``x_shape`` (an offset random draw: the mean shows) to the float32 floor (NanoChat
+    normalises in float32); None otherwise."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(tuple(x_shape), generator=gen, dtype=torch.float64) * 3.0 + 0.5
+    try:
+        with torch.no_grad():
+            y = module(x.clone())
+    except Exception:  # not a one-tensor module
+        return None
+    if not isinstance(y, torch.Tensor) or y.shape != x.shape:
+        return None
+    for kind in ("rms", "layer"):
+        u = x - x.mean(-1, keepdim=True) if kind == "layer" else x
+        for eps in eps_candidates:
+            ref = u * torch.rsqrt(u.pow(2).mean(-1, keepdim=True) + eps)
+            if bool(((ref - y.double()).abs() <= 1e-5 * (1 + ref.abs())).all()):
+                return kind, float(eps)
+    return None
+
+
+def _contract_weightless_norm(g: nx.DiGraph, nodes: list[str], frame: _Frame, merged: dict[str, str],
+                              n_tokens: int, inputs: list[str], out: str) -> bool:
+    """Contract a parameter-free module that normalises (a normalising call among its nodes) and computes a
+    weight-free RMSNorm / LayerNorm (:func:`weightless_norm`, NanoChat's ``F.rms_norm``-like module) into one
+    ``norm`` node with ``weight_form="none"``; False when it is none."""
+    if not any(g.nodes[n].get("call") in _NORMALISING | {"pow", "mean"} for n in nodes):
+        return False
+    eps = sorted({float(g.nodes[n]["scalar"]) for n in nodes if g.nodes[n].get("call") == "add"
+                  and isinstance(g.nodes[n].get("scalar"), float) and 0 < g.nodes[n]["scalar"] < 0.1}
+                 | {float(g.nodes[n]["eps"]) for n in nodes if g.nodes[n]["op"] == "norm"
+                    and g.nodes[n].get("eps") is not None})
+    found = weightless_norm(frame.module, frame.in_shapes[0], eps)
+    if found is None:
+        return False
+    dim = int(frame.in_shapes[0][-1])
+    attrs = {**_base_attrs(g, nodes, "norm", frame.path, out), "kind": found[0], "dim": dim,
+             "groups": max(1, _numel(frame.in_shapes[0]) // (n_tokens * dim)), "eps": found[1],
+             "weight_form": "none", "bias": False, "group_weights": False, "call": type(frame.module).__name__}
+    _contract(g, set(nodes), nodes[0], attrs, inputs, merged)
+    return True
+
+
+def _contract_activation(g: nx.DiGraph, nodes: list[str], frame: _Frame, merged: dict[str, str],
+                         n_tokens: int) -> None:
     """Contract the weight-free call of a parameter-free leaf module computing an elementwise activation
     (``relu(x) ** 2``, ``x * sigmoid(1.702 x)``, the tanh GELU written out) into one ``act`` node; the fn is
     found by probing the module (:func:`identify_activation`).  A module computing none of them, recorded as
@@ -184,6 +230,8 @@ def _contract_activation(g: nx.DiGraph, nodes: list[str], frame: _Frame, merged:
     if any(s not in nodes for n in nodes if n != out for s in g.successors(n)):
         return
     fn = identify_activation(frame.module)
+    if fn is None and _contract_weightless_norm(g, nodes, frame, merged, n_tokens, inputs, out):
+        return
     if fn is None:
         if not any(g.nodes[n]["op"] == "opaque" for n in nodes):
             return  # importable as recorded (scales, adds ...): nothing to name

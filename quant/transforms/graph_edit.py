@@ -89,5 +89,8 @@ def untie(model: GraphModel, transform: str) -> GraphModel:
     for head in heads:
         table = model.layout.params(head)["tied_to"]
         edit.params[head] = {"tied_to": None}
+        if fault("lm_head_bias_dropped") is not None:  # the mutant: re-emitted from dim / vocab, bias lost
+            p = model.layout.params(head)
+            edit.replace[head] = ("lm_head", {"dim": p["dim"], "vocab": p["vocab"], "tied_to": None})
         edit.tensors[(head, "weight")] = model.nodes[table].weight.detach().clone()
     return rebuild(model, edit)

@@ -35,7 +35,7 @@ _SPECTRAL = Layout.from_nodes([
 _RICH = DecoderSpec(layers=(LayerSpec(sparse=True), LayerSpec()), norm="layer", norm_bias=True, qkv_bias=True,
                     o_bias=True, mlp_bias=True, qk_norm="per_head", shared_expert=True, tie_embeddings=True,
                     attn_gate="output_sigmoid", attn_scale=0.2, attn_softcap=2.0, final_softcap=4.0, alibi=True,
-                    attn_sinks=True)
+                    attn_sinks=True, lm_head_bias=True)
 
 
 def _switched_on(switch: dict) -> DecoderSpec:

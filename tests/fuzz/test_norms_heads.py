@@ -1,0 +1,106 @@
+"""Issue 14, norms and heads: weight-free (non-parametric) norms (``norm`` with ``weight_form="none"``, OLMo's
+LayerNorm, NanoChat's RMSNorm) and the lm_head bias (Phi): the op parameters, the axes, the materializer,
+the importer on the real transformers classes (exact against their logits), every transform preserving them
+(or refusing by name) and the mutants that forget them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers as tf
+
+import quant.transforms as T
+from benchmarks.compat import tiny_config
+from benchmarks.import_check_families import instantiate
+from fuzz import DecoderSpec, build, materialize
+from fuzz.importer import import_model
+from verifier import mutants, reference, verify
+
+WEIGHTLESS = [DecoderSpec(norm_weightless=True), DecoderSpec(norm_weightless=True, qk_norm="per_head"),
+              DecoderSpec(norm_weightless=True, qk_norm="full", tie_embeddings=True),
+              DecoderSpec(norm_weightless=True, norm="layer", placement="sandwich")]
+
+
+def test_a_weight_free_norm_owns_nothing_and_normalises_with_unit_gain():
+    layout = build(DecoderSpec(norm_weightless=True, norm="layer"))
+    model = materialize(layout)
+    norm = model.nodes["final_norm"]
+    assert layout.params("final_norm")["weight_form"] == "none" and not list(norm.parameters())
+    x = torch.randn(2, 5, layout.params("final_norm")["dim"], dtype=torch.float64) * 3 + 1
+    want = torch.nn.functional.layer_norm(x, x.shape[-1:], eps=layout.params("final_norm")["eps"])
+    assert torch.allclose(norm(x), want, rtol=0, atol=1e-12)
+    assert "norm:weightless" in DecoderSpec(norm_weightless=True).features()
+    assert "op:norm:layer:none" in layout.op_features()
+
+
+def test_an_lm_head_bias_is_added_tied_or_not():
+    for tied in (False, True):
+        layout = build(DecoderSpec(lm_head_bias=True, tie_embeddings=tied))
+        model = materialize(layout)
+        head = model.nodes["lm_head"]
+        x = torch.randn(1, 3, 32, dtype=torch.float64)
+        assert torch.allclose(head(x) - x @ head.weight.T, head.bias.expand(1, 3, -1), atol=1e-12)
+        assert head.bias.abs().min() > 0 and "op:lm_head:bias" in layout.op_features()
+        if tied:
+            assert head.weight is model.nodes["embed"].weight
+
+
+@pytest.mark.parametrize("spec", WEIGHTLESS, ids=["pre", "qk-per-head", "qk-full-tied", "layer-sandwich"])
+def test_every_transform_preserves_weight_free_norms_or_refuses_by_name(spec):
+    layout = build(spec)
+    for name in T.names():
+        verdict = verify(T.get(name), layout)
+        assert verdict.status in ("invariant", "refused"), (name, verdict)
+    for name in ("permute_hidden", "permute_heads"):
+        assert verify(reference.get(name), layout).status in ("invariant", "refused")
+
+
+def test_norm_absorb_gives_a_weight_free_norm_a_weight_and_absorbs_into_it():
+    layout = build(DecoderSpec(norm_weightless=True))
+    verdict = verify(T.get("norm-absorb", scales="random"), layout)
+    assert verdict.status == "invariant", verdict
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_every_transform_keeps_the_lm_head_bias(tied):
+    layout = build(DecoderSpec(lm_head_bias=True, tie_embeddings=tied))
+    for name in T.names():
+        assert verify(T.get(name), layout).status in ("invariant", "refused"), name
+    for name in ("residual-rotation", "norm-absorb"):
+        assert verify(T.get(name, untie=True), layout).status == "invariant", name
+
+
+@pytest.mark.parametrize("name,spec", [
+    ("weightless_unabsorbed", DecoderSpec(norm_weightless=True)),
+    ("lm_head_bias_dropped", DecoderSpec(lm_head_bias=True, tie_embeddings=True)),
+])
+def test_the_mutants_that_forget_them_are_caught(name, spec):
+    assert verify(mutants.get(name), build(spec)).status == "diverged"
+
+
+@pytest.mark.parametrize("cls,weight_free,head_bias", [(tf.OlmoForCausalLM, True, False),
+                                                      (tf.PhiForCausalLM, False, True)])
+def test_olmo_and_phi_import_exactly(cls, weight_free, head_bias):
+    model = instantiate(cls, tiny_config(cls))
+    gm = import_model(model)  # checked against the model's logits (raises otherwise)
+    norms = [gm.layout.params(n)["weight_form"] for n in gm.layout.of_op("norm")]
+    assert norms and all((w == "none") == weight_free for w in norms)
+    (head,) = gm.layout.of_op("lm_head")
+    assert gm.layout.params(head)["bias"] == head_bias
+    ids = torch.randint(0, 64, (1, 8))
+    with torch.no_grad():
+        ref = model(input_ids=ids).logits
+    assert torch.allclose(gm(ids), ref, rtol=0, atol=1e-5 * float(ref.abs().max()))
+
+
+@pytest.mark.slow
+def test_weight_free_norms_and_an_lm_head_bias_export_to_openvino():
+    """The exporter traces the weight-free norm (no weight) and the lm_head bias: CPU f32 within the gate."""
+    from quant.parity import GATE, compare
+    layout = build(DecoderSpec(norm_weightless=True, norm="layer", lm_head_bias=True, tie_embeddings=True))
+    model = materialize(layout, dtype=torch.float32, seed=3)
+    ids = torch.randint(0, 64, (2, 9), generator=torch.Generator().manual_seed(0))
+    report = compare(model, ids, devices=["CPU"], hints=["f32"], timeout=300)
+    assert report["export"]["symptom"] == "ok", report["export"]
+    (row,) = report["rows"]
+    assert row["rel_err"] is not None and row["rel_err"] <= GATE["rel_err"], row
