@@ -229,6 +229,8 @@ AXES: dict[str, Axis] = _axes(
     # non-parametric norms (OLMo's LayerNorm, NanoChat's RMSNorm: no weight, g = 1) and an lm_head bias (Phi)
     Axis("norm_weightless", "bool", (False, True), False, _if("norm:weightless", "norm_weightless")),
     Axis("lm_head_bias", "bool", (False, True), False, _if("bias:lm_head", "lm_head_bias")),
+    # the dense MLP as ``down(xielu(up x))`` (Apertus' learned xIELU activation)
+    Axis("mlp_xielu", "bool", (False, True), False, _if("mlp:xielu", "mlp_xielu")),
     # set from the ``vocab`` limit, narrowed last by the reducer
     Axis("vocab", "size", OWN_RULE, KEEP, _no_tags, floor=8),
 )

@@ -90,6 +90,7 @@ class DecoderSpec:
     # non-parametric norms and the lm_head bias
     norm_weightless: bool = False  # every norm without weight or bias, g = 1 (OLMo LayerNorm, NanoChat RMSNorm)
     lm_head_bias: bool = False  # logits = x W^T + b (Phi)
+    mlp_xielu: bool = False  # the dense MLP is down(xielu(up x)) (Apertus), whatever ``mlp`` says
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -224,7 +225,10 @@ def _score_params(s: DecoderSpec) -> dict:
 
 
 def _glu_or_gelu(g: _Graph, s: DecoderSpec, p: str, x: str, inter: int, bias: bool) -> str:
-    if s.mlp not in ("swiglu", "geglu"):  # a plain MLP: act is named by the mlp axis (gelu, relu2, ...)
+    if s.mlp_xielu:  # Apertus: a plain MLP with the learned xIELU activation
+        up = g.add(f"{p}up_proj", "linear", [x], in_features=s.hidden, out_features=inter, bias=bias)
+        a = g.add(f"{p}act", "xielu", [up])
+    elif s.mlp not in ("swiglu", "geglu"):  # a plain MLP: act is named by the mlp axis (gelu, relu2, ...)
         up = g.add(f"{p}up_proj", "linear", [x], in_features=s.hidden, out_features=inter, bias=bias)
         a = g.add(f"{p}act", "act", [up], fn=s.mlp)
     else:
@@ -273,7 +277,8 @@ def _moe(g: _Graph, s: DecoderSpec, p: str, x: str) -> str:
     w = g.add(f"{p}router", "router", [logits], **router_params(s))
     out = g.add(f"{p}experts", "experts", [x, w], **expert_params(s))
     if s.shared_expert:
-        sh = _glu_or_gelu(g, s.with_(mlp="swiglu"), f"{p}shared_expert_", x, s.shared_intermediate, False)
+        sh = _glu_or_gelu(g, s.with_(mlp="swiglu", mlp_xielu=False), f"{p}shared_expert_", x, s.shared_intermediate,
+                          False)
         if s.shared_gate:
             gl = g.add(f"{p}shared_expert_gate", "linear", [x], in_features=s.hidden, out_features=1, bias=False)
             sh = g.add(f"{p}shared_expert_gating", "gate", [sh, gl], act="sigmoid", n_heads=1)

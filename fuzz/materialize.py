@@ -165,6 +165,17 @@ class Norm(Node):
         return out.reshape(shape)
 
 
+@torch_impl("xielu")
+class XIELU(Node):
+    """xIELU: ``a_p x^2 + beta x`` (``x > 0``), ``(expm1(min(x, eps)) - x) a_n + beta x`` otherwise."""
+
+    def forward(self, x):
+        beta, eps = self.p["beta"], self.p["eps"]
+        a_p = F.softplus(self.alpha_p)
+        a_n = beta + F.softplus(self.alpha_n)
+        return torch.where(x > 0, a_p * x * x + beta * x, (torch.expm1(torch.clamp(x, max=eps)) - x) * a_n + beta * x)
+
+
 @torch_impl("position_embedding")
 class PositionEmbedding(Node):
     """``x + P[start : start + seq]``: learned absolute positions (rows from ``start``, OPT's offset 2)."""

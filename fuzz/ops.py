@@ -44,6 +44,9 @@ gate           ``x * act(g)``; ``g`` elementwise (same width), per head (width `
 act            silu / gelu / gelu_tanh / relu / relu2 (``relu(x)^2``, Nemotron, Primer) / quick_gelu
                (``x sigmoid(1.702 x)``) / fast_gelu (transformers ``gelu_fast``: ``0.5 x (1 + tanh(0.7978845608
                x (1 + 0.044715 x^2)))``); ``gelu_new`` / ``gelu_pytorch_tanh`` are ``gelu_tanh``
+xielu          xIELU (Apertus): ``a_p x^2 + beta x`` for ``x > 0``, else ``(expm1(min(x, eps)) - x) a_n + beta x``,
+               with learned ``a_p = softplus(alpha_p)``, ``a_n = beta + softplus(alpha_n)`` (``alpha_p``, ``alpha_n``:
+               shape ``(1,)``)
 mul            ``a * b`` (the GLU product)
 add            sum of the inputs (residual adds)
 router         softmax over expert logits, top-k, optional renormalisation; dense ``(.., E)`` weights
@@ -526,6 +529,24 @@ declare(OpSpec("gate", {"act": (str, "sigmoid"), "n_heads": (int, 1)}, ("x", "g"
 
 declare(OpSpec("act", {"fn": (str, "silu")}, ("x",), _same, {"fn": ACTIVATIONS}, shapes=_no_parameters,
                drawn_by=ALWAYS, features=lambda p: (f"op:act:{p['fn']}",)))
+
+
+def _xielu(node, p, w):
+    _finite(node, "xielu", "beta", p["beta"], "a finite number in (0, 10] (the linear slope)", 0 < p["beta"] <= 10)
+    _finite(node, "xielu", "eps", p["eps"], "a finite number in [-0.1, 0] (the clamp of the negative side)",
+            -0.1 <= p["eps"] <= 0)
+    return _same(node, p, w)
+
+
+def _init_xielu_alpha(z, p):
+    """``0.3 z``: softplus of it around 0.7 (Apertus starts at ``a_p = 0.8``)."""
+    return 0.3 * z
+
+
+declare(OpSpec("xielu", {"beta": (float, 0.5), "eps": (float, -1e-6)}, ("x",), _xielu,
+               shapes=lambda p: {"alpha_p": (1,), "alpha_n": (1,)},
+               init={"alpha_p": _init_xielu_alpha, "alpha_n": _init_xielu_alpha},
+               drawn_by=({"mlp_xielu": True},), features=lambda p: ("op:xielu",)))
 
 
 def _mul(node, p, w):

@@ -37,6 +37,8 @@ assumed_homogeneous    up-down moves s from up to down across every plain MLP's 
                        homogeneous; relu2: s^2, not s)
 weightless_unabsorbed  norm absorption scales the readers of a weight-free norm     weight-free norms
                        (OLMo, NanoChat: g = 1) with no weight to divide by s        (pre-norm or sandwich)
+xielu_as_relu2         up-down moves s^2 across xIELU as if it were relu2 (its          a dense xIELU MLP
+                       positive side a_p x^2 + beta x is quadratic, not homogeneous)
 lm_head_bias_dropped   untying the lm_head re-emits it from dim / vocab, dropping   a tied lm_head with a
                        its bias (Phi's lm_head bias)                                bias
 =====================  ==========================================================  ==========================
@@ -98,3 +100,4 @@ register_mutant("weightless_unabsorbed", "quant:norm-absorb", "weightless_norm_u
                 applies={"norm_weightless": True, "placement": ("pre", "sandwich")})
 register_mutant("lm_head_bias_dropped", "quant:norm-absorb", "lm_head_bias_dropped", fixed={**_SKIP, "untie": True},
                 applies={"lm_head_bias": True, "tie_embeddings": True})
+register_mutant("xielu_as_relu2", "quant:up-down", "xielu_quadratic", applies={"mlp_xielu": True, "moe": False})

@@ -47,6 +47,8 @@ FAULTS = {
     "homogeneity_assumed": "up-down moves s across every plain MLP's act as if it were relu (degree-1 homogeneous)",
     "weightless_norm_unabsorbed": "norm-absorb scales the readers of a weight-free norm (g = 1) but has no weight "
                                   "to divide by s, so nothing absorbs 1 / s",
+    "xielu_quadratic": "up-down moves s^2 across xIELU as if it were relu2 (its positive side a_p x^2 + beta x is "
+                       "quadratic, but not homogeneous)",
     "lm_head_bias_dropped": "untying (graph_edit.untie) re-emits the lm_head from dim / vocab, dropping its bias",
 }
 

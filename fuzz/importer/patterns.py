@@ -203,6 +203,20 @@ def _norm_roles(conv: Converter, node: str, read: list[str]) -> dict[str, str]:
     return roles
 
 
+@import_pattern("xielu")
+def _xielu(conv: Converter, node: str, ins: list[str]) -> dict:
+    """xIELU (Apertus), measured by the recorder (:func:`fuzz.record.contract.measure_xielu`): ``alpha_p`` is the
+    scalar whose softplus is the measured ``a_p``, ``alpha_n`` the other one."""
+    d = conv.g.nodes[node]
+    read = d["params"]
+    soft = [float(torch.nn.functional.softplus(conv.named[p].detach().double()).reshape(())) for p in read]
+    hits = [i for i, s in enumerate(soft) if abs(s - d["a_p"]) <= 1e-9 * max(1.0, abs(d["a_p"]))]
+    if len(read) != 2 or len(hits) != 1:
+        raise conv.refuse(node, f"xIELU reads {read}: cannot tell alpha_p from alpha_n")
+    conv.take(node, {"alpha_p": read[hits[0]], "alpha_n": read[1 - hits[0]]})
+    return {"beta": float(d["beta"]), "eps": float(d["eps"])}
+
+
 @import_pattern("router")
 def _router(conv: Converter, node: str, ins: list[str]) -> list[Entry]:
     """A recorded router reads its own weight: a ``linear`` producing the logits, then the ``router``."""

@@ -3,6 +3,7 @@ attention into single nodes, keep the logits' ancestors, label the ``lm_head`` a
 
 from __future__ import annotations
 
+import math
 import re
 from collections import defaultdict
 from typing import TYPE_CHECKING
@@ -242,10 +243,51 @@ def _contract_activation(g: nx.DiGraph, nodes: list[str], frame: _Frame, merged:
     _contract(g, set(nodes), nodes[0], attrs, inputs, merged)
 
 
+def measure_xielu(module) -> dict | None:
+    """xIELU's ``beta``, ``eps`` and ``a_p`` measured on the elementwise module with two scalar parameters:
+    ``y = a_p x^2 + beta x`` at ``x = 1, 2``; ``a_n = beta + softplus(p)`` for the parameter ``p`` whose
+    softplus is not ``a_p``; ``eps`` from ``y(0) = expm1(eps) a_n``; then the whole function is confirmed on the
+    activation probe.  None when the module computes something else."""
+    import torch.nn.functional as F
+
+    params = [p for p in module.parameters() if p.numel() == 1]
+    if len(params) != 2:
+        return None
+    try:
+        with torch.no_grad():
+            y = module(torch.tensor([0.0, 1.0, 2.0], dtype=torch.float64))
+            yy = module(ACT_PROBE.clone())
+    except Exception:
+        return None
+    if not isinstance(y, torch.Tensor) or y.shape != (3,) or yy.shape != ACT_PROBE.shape:
+        return None
+    y = y.double()
+    a_p = float((y[2] - 2 * y[1]) / 2)
+    beta = float(y[1]) - a_p
+    soft = [float(F.softplus(p.detach().double()).reshape(())) for p in params]
+    hits = [i for i, s in enumerate(soft) if abs(s - a_p) <= 1e-9 * max(1.0, abs(a_p))]
+    if len(hits) != 1 or not 0 < beta <= 10:
+        return None
+    a_n = beta + soft[1 - hits[0]]
+    ratio = float(y[0]) / a_n
+    if not -1 < ratio <= 0:
+        return None
+    eps = math.log1p(ratio)
+    x = ACT_PROBE
+    ref = torch.where(x > 0, a_p * x * x + beta * x, (torch.expm1(torch.clamp(x, max=eps)) - x) * a_n + beta * x)
+    if not bool(((ref - yy.double()).abs() <= 1e-9 * (1 + ref.abs())).all()) or not -0.1 <= eps <= 0:
+        return None
+    return {"beta": beta, "eps": eps, "a_p": a_p}
+
+
 def _classify_region(g, nodes, frame: _Frame, own: dict, n_tokens: int) -> tuple[str, dict] | None:
     read = {p for n in nodes for p in g.nodes[n]["params"]}
     if not read or not read <= set(own) or not frame.in_shapes:
         return None
+    if len(read) == 2 and all(_numel(own[p]) == 1 for p in read):  # an activation with two learned scalars
+        found = measure_xielu(frame.module)
+        if found is not None:
+            return "xielu", found
     fns = {g.nodes[n].get("call") for n in nodes}
     x_shape = frame.in_shapes[0]
     shapes = {p: own[p] for p in read}

@@ -94,13 +94,49 @@ def test_olmo_and_phi_import_exactly(cls, weight_free, head_bias):
 
 
 @pytest.mark.slow
-def test_weight_free_norms_and_an_lm_head_bias_export_to_openvino():
-    """The exporter traces the weight-free norm (no weight) and the lm_head bias: CPU f32 within the gate."""
+def test_weight_free_norms_an_lm_head_bias_and_xielu_export_to_openvino():
+    """The exporter traces the weight-free norm (no weight), the lm_head bias and xIELU: CPU f32 within the gate."""
     from quant.parity import GATE, compare
-    layout = build(DecoderSpec(norm_weightless=True, norm="layer", lm_head_bias=True, tie_embeddings=True))
+    layout = build(DecoderSpec(norm_weightless=True, norm="layer", lm_head_bias=True, tie_embeddings=True,
+                               mlp_xielu=True))
     model = materialize(layout, dtype=torch.float32, seed=3)
     ids = torch.randint(0, 64, (2, 9), generator=torch.Generator().manual_seed(0))
     report = compare(model, ids, devices=["CPU"], hints=["f32"], timeout=300)
     assert report["export"]["symptom"] == "ok", report["export"]
     (row,) = report["rows"]
     assert row["rel_err"] is not None and row["rel_err"] <= GATE["rel_err"], row
+
+
+# ---------------------------------------------------------------------------------------------- xIELU (Apertus)
+def test_xielu_computes_apertus_activation():
+    layout = build(DecoderSpec(mlp_xielu=True))
+    model = materialize(layout)
+    (node,) = [n for n in layout.of_op("xielu") if n.startswith("l0_")]
+    act = tf.activations.XIELUActivation(dtype=torch.float64)
+    with torch.no_grad():
+        act.alpha_p.copy_(model.nodes[node].alpha_p)
+        act.alpha_n.copy_(model.nodes[node].alpha_n)
+    x = torch.linspace(-6, 6, 1001, dtype=torch.float64)
+    assert torch.allclose(model.nodes[node](x), act._xielu_python(x), rtol=1e-14, atol=1e-14)
+    assert "mlp:xielu" in DecoderSpec(mlp_xielu=True).features() and "op:xielu" in layout.op_features()
+
+
+def test_every_transform_preserves_xielu_and_the_relu2_mistake_is_caught():
+    layout = build(DecoderSpec(mlp_xielu=True, mlp="relu2"))
+    for name in T.names():
+        assert verify(T.get(name), layout).status in ("invariant", "refused"), name
+    assert verify(mutants.get("xielu_as_relu2"), layout).status == "diverged"
+
+
+@pytest.mark.parametrize("cls", [tf.ApertusForCausalLM, getattr(tf, "Apertus1p5TextForCausalLM", None)])
+def test_apertus_imports_exactly_with_its_learned_xielu(cls):
+    if cls is None:
+        pytest.skip("this transformers has no Apertus1p5TextForCausalLM")
+    model = instantiate(cls, tiny_config(cls))
+    gm = import_model(model)
+    nodes = gm.layout.of_op("xielu")
+    assert nodes and not gm.layout.of_op("act")
+    mlp = model.model.layers[0].mlp.act_fn
+    p = gm.layout.params(nodes[0])
+    assert p["beta"] == pytest.approx(float(mlp.beta), abs=1e-12)
+    assert gm.nodes[nodes[0]].alpha_p is mlp.alpha_p  # the source Parameter, measured into its role

@@ -201,7 +201,8 @@ def test_the_mutants_of_quant_transforms_are_registered_by_quant():
     quant_made = {"gproj_omission", "skip_norm_consumer", "router_unscaled", "expert_wrong_axis", "pair_reflection",
                   "forget_pair_bias", "float32_rotation", "symmetric_gamma", "window_dropped", "rope_scaling_dropped",
                   "assumed_homogeneous", "shared_head_gamma", "position_unrotated", "corrected_weights",
-                  "expert_bias_unscaled", "weightless_unabsorbed", "lm_head_bias_dropped"}
+                  "expert_bias_unscaled", "weightless_unabsorbed", "lm_head_bias_dropped",
+                  "xielu_as_relu2"}
     assert quant_made | {"forget_writer_bias", "cross_group_heads", "alibi_unpermuted", "sinks_unpermuted",
                          "softcap_scale_outside", "position_unpermuted"} == set(mutants.names())
     for name in mutants.names():
