@@ -589,7 +589,11 @@ def _head_slice(conv: Converter, node: str, ins: list[str]) -> dict:
     head_dim = int(in_shape[-1])
     heads = conv.width(src) // head_dim
     length = int(d["shape"][-1])
-    if d["call"] == "getitem":
+    picked = _picked_within_head(conv, node, in_shape) if d["call"] == "getitem" else None
+    if picked is not None:  # x.view(.., heads, k, d)[..., i, :]: channels [i d, (i + 1) d) of each head's k d
+        head_dim, start = picked
+        heads = conv.width(src) // head_dim
+    elif d["call"] == "getitem":
         start = _getitem_start(conv, node, in_shape, length)
     else:
         start = _split_start(conv, node, src)
@@ -597,6 +601,21 @@ def _head_slice(conv: Converter, node: str, ins: list[str]) -> dict:
         raise conv.refuse(node, f"opaque op {d['call']!r} ({d.get('key', 'output %s' % d.get('output', 0))}) "
                           f"is not a slice of the last axis")
     return {"n_heads": heads, "head_dim": head_dim, "start": start, "length": length}
+
+
+def _picked_within_head(conv: Converter, node: str, in_shape: list[int]) -> tuple[int, int] | None:
+    """``(head_dim, start)`` of ``x[..., i, :]`` on a 5-D ``(batch, seq, heads, k, d)`` view (Persimmon's fused
+    qkv): each head's ``k d`` channels, of which ``[i d, (i + 1) d)`` are picked; None for any other key."""
+    parts = [p.strip() for p in conv.g.nodes[node].get("key", "").split(",")]
+    if len(in_shape) != 5 or len(parts) != 3 or parts[0] != "..." or parts[2] != ":":
+        return None
+    try:
+        i = int(parts[1])
+    except ValueError:
+        return None
+    k, d = int(in_shape[-2]), int(in_shape[-1])
+    i = i + k if i < 0 else i
+    return (k * d, i * d) if 0 <= i < k else None
 
 
 def _getitem_start(conv: Converter, node: str, in_shape: list[int], length: int) -> int | None:

@@ -23,6 +23,14 @@ from .graph import RecordedGraph
 DEFAULT_SEQ_LEN = 8
 
 
+def _picks_within_head(args, x: torch.Tensor) -> bool:
+    """``x[..., i, :]`` on a ``(batch, seq, heads, k, d)`` view (5-D, so axis -2 is neither batch, sequence nor
+    the heads): a per-head pick of channels ``[i d, (i + 1) d)``, not a view of the producer."""
+    key = args[1] if len(args) > 1 else None
+    return (isinstance(key, tuple) and len(key) == 3 and key[0] is Ellipsis and isinstance(key[1], int)
+            and not isinstance(key[1], bool) and key[2] == slice(None) and x.dim() == 5)
+
+
 def record(model: nn.Module, input_ids: torch.Tensor | None = None) -> RecordedGraph:
     """Run ``model`` once on ``input_ids`` (default: 8 fixed ids) and return its recorded dataflow.
 
@@ -330,6 +338,8 @@ class _Recorder(TorchFunctionMode):
             p = args[1] if len(args) > 1 else kwargs.get("p", 0.5)
             training = args[2] if len(args) > 2 else kwargs.get("training", True)
             return p == 0 or not training
+        if name == "getitem" and _picks_within_head(args, x):
+            return False  # Persimmon: x.view(b, s, heads, 3, d)[..., i, :] picks q / k / v inside each head
         if name in _SELECT:
             width = x.shape[-1] if x.dim() else None
             return all(t.dim() and t.shape[-1] == width for t in outs)

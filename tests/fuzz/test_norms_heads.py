@@ -140,3 +140,18 @@ def test_apertus_imports_exactly_with_its_learned_xielu(cls):
     p = gm.layout.params(nodes[0])
     assert p["beta"] == pytest.approx(float(mlp.beta), abs=1e-12)
     assert gm.nodes[nodes[0]].alpha_p is mlp.alpha_p  # the source Parameter, measured into its role
+
+
+# ---------------------------------------------------------------------------------------------- Persimmon
+def test_persimmon_per_head_qkv_picks_and_layernorm_qk_norms_import_exactly():
+    """``qkv.view(b, s, heads, 3, d)[..., i, :]`` is a per-head pick (head_slice of each head's 3 d channels),
+    not a view of the fused projection: the per-head LayerNorm q/k norms then read their own d channels."""
+    cls = tf.PersimmonForCausalLM
+    gm = import_model(instantiate(cls, tiny_config(cls)))
+    layout = gm.layout
+    qkv = [n for n in layout.of_op("linear") if layout.params(n)["out_features"] == 3 * 32]
+    slices = sorted((layout.params(s)["start"], layout.params(s)["head_dim"], layout.params(s)["n_heads"])
+                    for s, _ in layout.consumers(qkv[0]))
+    assert slices == [(0, 24, 4), (8, 24, 4), (16, 24, 4)]
+    norms = [n for n in layout.of_op("norm") if layout.params(n)["groups"] == 4]
+    assert len(norms) == 4 and all(layout.params(n)["kind"] == "layer" and layout.params(n)["bias"] for n in norms)
