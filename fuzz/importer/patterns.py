@@ -109,8 +109,11 @@ def _embedding(conv: Converter, node: str, ins: list[str]) -> dict:
 def _position_embedding(conv: Converter, node: str, ins: list[str]) -> dict:
     """``x + P[start : start + seq]`` (recorder: an add of a constant-ids lookup ``start + arange(seq)``)."""
     d = conv.g.nodes[node]
-    if [conv.g.nodes[i]["op"] for i in ins] != ["embedding"]:
-        raise conv.refuse(node, "learned positions are not added to the token embedding")
+    src = ins[0] if len(ins) == 1 else None
+    if src is not None and conv.g.nodes[src]["op"] == "scale":  # BioGPT: sqrt(hidden) E[ids] + P[positions]
+        src = conv.inputs(src)[0] if len(conv.inputs(src)) == 1 else None
+    if src is None or conv.g.nodes[src]["op"] != "embedding":
+        raise conv.refuse(node, "learned positions are not added to the (scaled) token embedding")
     conv.by_shape(node, {"weight": (d["max_pos"], d["dim"])})
     return {"max_pos": d["max_pos"], "dim": d["dim"], "start": d["start"]}
 

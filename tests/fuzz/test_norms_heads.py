@@ -155,3 +155,16 @@ def test_persimmon_per_head_qkv_picks_and_layernorm_qk_norms_import_exactly():
     assert slices == [(0, 24, 4), (8, 24, 4), (16, 24, 4)]
     norms = [n for n in layout.of_op("norm") if layout.params(n)["groups"] == 4]
     assert len(norms) == 4 and all(layout.params(n)["kind"] == "layer" and layout.params(n)["bias"] for n in norms)
+
+
+# ---------------------------------------------------------------------------------------------- BioGPT
+def test_biogpt_scaled_token_embedding_plus_offset_positions_imports_exactly():
+    """BioGPT adds its learned positions (rows from 2) to the token embedding scaled by sqrt(hidden)."""
+    cls = tf.BioGptForCausalLM
+    gm = import_model(instantiate(cls, tiny_config(cls)))
+    layout = gm.layout
+    (pos,) = layout.of_op("position_embedding")
+    (scale,) = layout.inputs(pos)
+    assert layout.op(scale) == "scale" and layout.params(scale)["factor"] == pytest.approx(32 ** 0.5)
+    assert layout.op(layout.inputs(scale)[0]) == "embedding" and layout.params(pos)["start"] == 2
+    assert layout.meta["import_check"]["padded"]["max_rel_err"] <= 1e-10
