@@ -101,6 +101,12 @@ def _embedding(conv: Converter, node: str, ins: list[str]) -> dict:
     d = conv.g.nodes[node]
     if [conv.g.nodes[i]["op"] for i in ins] != ["tokens"]:
         raise conv.refuse(node, "embedding does not read the token ids")
+    lookups = sorted((conv.g.nodes[n]["index"], n) for n in conv.g.successors(ins[0])
+                     if conv.g.nodes[n]["op"] == "embedding")
+    if lookups and lookups[0][1] != node:  # Gemma4 / Gemma3n embed_tokens_per_layer: a second table of the ids
+        raise conv.refuse(node, f"a second token-id embedding ({d['vocab']} x {d['dim']}) besides "
+                          f"{conv.g.nodes[lookups[0][1]]['module_path']}: per-layer input embeddings (Gemma4); the "
+                          "layout has one token embedding")
     conv.by_shape(node, {"weight": (d["vocab"], d["dim"])})
     return {"vocab": d["vocab"], "dim": d["dim"]}
 

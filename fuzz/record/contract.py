@@ -302,7 +302,10 @@ def _classify_region(g, nodes, frame: _Frame, own: dict, n_tokens: int) -> tuple
                            "act": acts[0] if acts else None}
     group_weights = len(set(shapes.values())) == 1 and all(len(s) == 2 for s in shapes.values()) \
         and _numel(x_shape) == n_tokens * _numel(next(iter(shapes.values())))  # (heads, head_dim): Cohere q_norm
-    if (group_weights or all(len(s) == 1 for s in shapes.values())) and fns & _NORMALISING:
+    # a normalising call; Gemma4 writes 1 / rms as pow(mean(x^2) + eps, -0.5)
+    normalising = fns & _NORMALISING or any(g.nodes[n].get("call") == "pow" and g.nodes[n].get("scalar") in (-0.5, 0.5)
+                                            for n in nodes)
+    if (group_weights or all(len(s) == 1 for s in shapes.values())) and normalising:
         scaled = any(g.nodes[n]["params"] and g.nodes[n].get("call") in {"mul"} | _NORM_FNS for n in nodes)
         if not scaled:
             return None

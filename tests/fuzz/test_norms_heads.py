@@ -168,3 +168,20 @@ def test_biogpt_scaled_token_embedding_plus_offset_positions_imports_exactly():
     assert layout.op(scale) == "scale" and layout.params(scale)["factor"] == pytest.approx(32 ** 0.5)
     assert layout.op(layout.inputs(scale)[0]) == "embedding" and layout.params(pos)["start"] == 2
     assert layout.meta["import_check"]["padded"]["max_rel_err"] <= 1e-10
+
+
+# ---------------------------------------------------------------------------------------------- Gemma4
+def test_gemma4_pow_rms_norms_import_and_its_per_layer_embeddings_are_refused_by_name():
+    """Gemma4 writes 1 / rms as pow(mean(x^2) + eps, -0.5) (and its v_norm without a scale): imported once the
+    per-layer input embeddings are off and RoPE is the default; with them on, refused naming that feature."""
+    from fuzz.errors import BadInput
+    cls = tf.Gemma4ForCausalLM
+    cfg = tiny_config(cls)
+    with pytest.raises(BadInput, match=r"model\.embed_tokens_per_layer .*per-layer input embeddings \(Gemma4\)"):
+        import_model(instantiate(cls, cfg))
+    cfg.hidden_size_per_layer_input = 0
+    cfg.rope_parameters = {"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                           "full_attention": {"rope_type": "default", "rope_theta": 1e6}}
+    gm = import_model(instantiate(cls, cfg))  # checked within the float32 floor (Gemma4 normalises in float32)
+    forms = {gm.layout.params(n)["weight_form"] for n in gm.layout.of_op("norm")}
+    assert forms == {"w", "none"}  # the scaled norms and the weight-free v_norm
