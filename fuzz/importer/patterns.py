@@ -107,6 +107,12 @@ def _embedding(conv: Converter, node: str, ins: list[str]) -> dict:
         raise conv.refuse(node, f"a second token-id embedding ({d['vocab']} x {d['dim']}) besides "
                           f"{conv.g.nodes[lookups[0][1]]['module_path']}: per-layer input embeddings (Gemma4); the "
                           "layout has one token embedding")
+    for c in conv.g.successors(node):  # DeepSeek-V4 / HY-V4 mHC: the stream widened to k copies of the hidden width
+        shape = conv.g.nodes[c]["shape"]
+        if len(shape) >= 4 and shape[-1] == d["dim"] and shape[-2] > 1 and conv.width(c) == shape[-2] * d["dim"]:
+            raise conv.refuse(c, f"hyper-connections: the token embedding is widened to {shape[-2]} residual streams "
+                              f"of width {d['dim']} ({conv.g.nodes[c].get('call', conv.g.nodes[c]['op'])} of shape "
+                              f"{list(shape)}); the layout has one residual stream")
     conv.by_shape(node, {"weight": (d["vocab"], d["dim"])})
     return {"vocab": d["vocab"], "dim": d["dim"]}
 

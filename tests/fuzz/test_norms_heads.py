@@ -185,3 +185,14 @@ def test_gemma4_pow_rms_norms_import_and_its_per_layer_embeddings_are_refused_by
     gm = import_model(instantiate(cls, cfg))  # checked within the float32 floor (Gemma4 normalises in float32)
     forms = {gm.layout.params(n)["weight_form"] for n in gm.layout.of_op("norm")}
     assert forms == {"w", "none"}  # the scaled norms and the weight-free v_norm
+
+
+@pytest.mark.parametrize("name", ["DeepseekV4ForCausalLM", "HYV4ForCausalLM"])
+def test_hyper_connections_are_refused_by_name(name):
+    from fuzz.errors import BadInput
+    cls = getattr(tf, name, None)
+    if cls is None:
+        pytest.skip(f"this transformers has no {name}")
+    with pytest.raises(BadInput, match=r"cannot import model\.layers\.0 \(hyper-connections: the token embedding is "
+                                       r"widened to 4 residual streams"):
+        import_model(instantiate(cls, tiny_config(cls)))
