@@ -261,14 +261,14 @@ _ROUTER_TIE = 1e-3  # probe tokens whose candidate choice margin is below this a
 _ROUTER_MATCH = 1e-4  # relative agreement of the dense routing weights (the source may route in float32)
 
 
-def _module_routing(module, x: torch.Tensor, n_experts: int) -> tuple[torch.Tensor, int] | None:
-    """The dense ``(T, E)`` routing weights a router module returns for ``x (T, H)`` and its top-k: from its
-    outputs, the integer ``(T, k)`` indices and the float ``(T, k)`` weights; None when the module cannot be
-    run that way."""
+def _module_routing(module, x: torch.Tensor, n_experts: int, extra: tuple = ()) -> tuple[torch.Tensor, int] | None:
+    """The dense ``(T, E)`` routing weights a router module returns for ``x (T, H)`` (and ``extra`` arguments)
+    and its top-k: from its outputs, the integer ``(T, k)`` indices and the float ``(T, k)`` weights; None
+    when the module cannot be run that way."""
     for inp in (x, x[None]):
         try:
             with torch.no_grad():
-                out = module(inp)
+                out = module(inp, *extra)
         except Exception:  # noqa: BLE001 - any failure means "cannot probe this way"
             continue
         outs = [o for o in (out if isinstance(out, (tuple, list)) else (out,)) if isinstance(o, torch.Tensor)]
@@ -311,6 +311,14 @@ def measure_router(conv: Converter, node: str, proj: dict, base: dict):
     gen = torch.Generator().manual_seed(0)
     x = 2.0 * torch.randn(_ROUTER_PROBE_TOKENS, d["in_features"], generator=gen, dtype=torch.float64)
     measured = _module_routing(module, x.to(weight.dtype), d["n_experts"])
+    bias = None
+    if measured is None:  # HY-V3: the correction bias is the parent block's buffer, passed in as an argument
+        parent = conv.modules.get(d["module_path"].rpartition(".")[0])
+        held = [b for b in getattr(parent, "_buffers", {}).values() if isinstance(b, torch.Tensor)
+                and b.shape == (d["n_experts"],) and b.is_floating_point()]
+        if len(held) == 1:
+            bias = held[0].detach().to(torch.float64).clone()
+            measured = _module_routing(module, x.to(weight.dtype), d["n_experts"], (held[0],))
     if measured is None:
         return None
     want, top_k = measured  # the recorded first topk may be a group score's (top-2 per group)
@@ -319,7 +327,8 @@ def measure_router(conv: Converter, node: str, proj: dict, base: dict):
     base = {**base, "top_k": top_k}
     buffers = [b for b in module._buffers.values() if isinstance(b, torch.Tensor) and b.shape == (d["n_experts"],)
                and b.is_floating_point()]
-    bias = buffers[0].detach().to(torch.float64).clone() if len(buffers) == 1 else None
+    if bias is None:
+        bias = buffers[0].detach().to(torch.float64).clone() if len(buffers) == 1 else None
     with torch.no_grad():
         logits = torch.nn.functional.linear(x, weight.detach().double(),
                                             proj["bias"].detach().double() if "bias" in proj else None)

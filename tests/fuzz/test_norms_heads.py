@@ -196,3 +196,22 @@ def test_hyper_connections_are_refused_by_name(name):
     with pytest.raises(BadInput, match=r"cannot import model\.layers\.0 \(hyper-connections: the token embedding is "
                                        r"widened to 4 residual streams"):
         import_model(instantiate(cls, tiny_config(cls)))
+
+
+# ---------------------------------------------------------------------------------------------- HY-V3
+def test_hyv3_router_with_its_parents_correction_bias_is_measured_and_imports():
+    """HY-V3's router takes the correction bias from its MoE block (a buffer of the parent, passed as an argument):
+    the router is probed with it, so a non-zero bias is measured into the layout's router and the import is
+    exact (before: the probe failed, the router was imported without it, and the check refused at a q/k norm)."""
+    cls = getattr(tf, "HYV3ForCausalLM", None)
+    if cls is None:
+        pytest.skip("this transformers has no HYV3ForCausalLM")
+    model = instantiate(cls, tiny_config(cls))
+    moe = model.model.layers[1].mlp
+    with torch.no_grad():
+        moe.e_score_correction_bias.copy_(torch.tensor([0.3, -0.2, 0.25, -0.1]))
+    gm = import_model(model)
+    (router,) = gm.layout.of_op("router")
+    assert gm.layout.params(router)["correction_bias"] and gm.layout.params(router)["score"] == "sigmoid"
+    assert torch.allclose(gm.nodes[router].e_score_correction_bias.double(),
+                          moe.e_score_correction_bias.double())
