@@ -215,3 +215,22 @@ def test_hyv3_router_with_its_parents_correction_bias_is_measured_and_imports():
     assert gm.layout.params(router)["correction_bias"] and gm.layout.params(router)["score"] == "sigmoid"
     assert torch.allclose(gm.nodes[router].e_score_correction_bias.double(),
                           moe.e_score_correction_bias.double())
+
+
+def test_a_divergence_is_located_past_per_head_q_k_norms_compared_in_their_own_layout():
+    """The locator compares a q/k norm's (batch, seq, heads d) output with the module's (batch, heads, seq, d) one
+    transposed, so a routing difference is named at the experts, not at the first q/k norm (HY-V3's 0.271)."""
+    from fuzz.importer.divergence import first_divergent
+    cls = getattr(tf, "HYV3ForCausalLM", None)
+    if cls is None:
+        pytest.skip("this transformers has no HYV3ForCausalLM")
+    model = instantiate(cls, tiny_config(cls))
+    with torch.no_grad():
+        model.model.layers[1].mlp.e_score_correction_bias.copy_(torch.tensor([0.3, -0.2, 0.25, -0.1]))
+    gm = import_model(model, check=False)
+    (router,) = gm.layout.of_op("router")
+    with torch.no_grad():
+        gm.nodes[router].e_score_correction_bias.zero_()  # a router imported without its bias
+    where = first_divergent(model, gm, torch.randint(0, 64, (1, 8), generator=torch.Generator().manual_seed(0)),
+                            "exact", 1e-5)
+    assert "(experts) in module model.layers.1.mlp.experts" in where and "k_norm" not in where, where
