@@ -211,6 +211,9 @@ def fold_attn_scale(model: nn.Module, calib: Calibration, seed: int = 0) -> nn.M
                 mod = m.nodes[chain.norm]
                 if layout.op(chain.norm) == "gamma_norm":
                     mod.gamma.mul_(a)
+                elif mod.p["weight_form"] == "none":
+                    raise Refusal("fold_attn_scale", "a weight-free q/k norm has no weight to take the score scale",
+                                  op="norm", path=chain.norm, feature="weightless-qk-norm")
                 else:
                     if mod.p["weight_form"] == "1+w":
                         mod.weight.copy_(a * (1.0 + mod.weight) - 1.0)

@@ -101,6 +101,11 @@ def _embedding(conv: Converter, node: str, ins: list[str]) -> dict:
     d = conv.g.nodes[node]
     if [conv.g.nodes[i]["op"] for i in ins] != ["tokens"]:
         raise conv.refuse(node, "embedding does not read the token ids")
+    vocab = conv.g.nodes[ins[0]]["vocab"]
+    if d["vocab"] != vocab:  # Moshi: vocab + 1 rows (an initial-token row the ids never reach)
+        raise conv.refuse(node, f"the token embedding has {d['vocab']} rows for a vocabulary of {vocab} logits (rows "
+                          f"the ids never reach, e.g. Moshi's extra initial-token row); the layout's embedding table "
+                          f"is the vocabulary")
     lookups = sorted((conv.g.nodes[n]["index"], n) for n in conv.g.successors(ins[0])
                      if conv.g.nodes[n]["op"] == "embedding")
     if lookups and lookups[0][1] != node:  # Gemma4 / Gemma3n embed_tokens_per_layer: a second table of the ids
@@ -606,6 +611,14 @@ def _head_slice(conv: Converter, node: str, ins: list[str]) -> dict:
                           f"contracted into a router (one written across modules, e.g. a correction bias held by a "
                           f"child module, or a sparsemixer router); not in the layout's router vocabulary")
     if d.get("call") not in _SLICES:
+        if any(conv.g.nodes[i]["op"] == "tokens" for i in ins):  # CPM-Ant: segment = (ids != 0)
+            raise conv.refuse(node, f"opaque op {d.get('call')!r} reads the token ids besides the embedding lookup: "
+                              f"an ids-dependent mask, segment or position (e.g. CPM-Ant's segments of non-zero "
+                              f"ids); the layout reads the ids once, in the token embedding")
+        if d.get("call") in ("zeros_like", "ones_like", "full_like", "empty_like"):  # Git's token_type_ids
+            raise conv.refuse(node, f"opaque op {d.get('call')!r}: a tensor built from an activation's shape inside "
+                              f"the forward (token-type ids or a mask prepared in the model, e.g. Git's image-text "
+                              f"mask); not in the layout's vocabulary")
         raise conv.refuse(node, f"opaque op {d.get('call')!r}")
     conv.no_params(node)
     (src,) = ins
@@ -628,10 +641,12 @@ def _head_slice(conv: Converter, node: str, ins: list[str]) -> dict:
 
 
 def _picked_within_head(conv: Converter, node: str, in_shape: list[int]) -> tuple[int, int] | None:
-    """``(head_dim, start)`` of ``x[..., i, :]`` on a 5-D ``(batch, seq, heads, k, d)`` view (Persimmon's fused
-    qkv): each head's ``k d`` channels, of which ``[i d, (i + 1) d)`` are picked; None for any other key."""
+    """``(head_dim, start)`` of ``x[..., i, :]`` on a token-major ``(batch, seq, [heads,] k, d)`` view (Persimmon's
+    fused qkv, Moshi's GLU halves): each head's ``k d`` channels, of which ``[i d, (i + 1) d)`` are picked; None for
+    any other key."""
     parts = [p.strip() for p in conv.g.nodes[node].get("key", "").split(",")]
-    if len(in_shape) != 5 or len(parts) != 3 or parts[0] != "..." or parts[2] != ":":
+    if len(in_shape) not in (4, 5) or len(parts) != 3 or parts[0] != "..." or parts[2] != ":" \
+            or int(in_shape[0]) * int(in_shape[1]) != conv.n_tokens:
         return None
     try:
         i = int(parts[1])

@@ -23,12 +23,14 @@ from .graph import RecordedGraph
 DEFAULT_SEQ_LEN = 8
 
 
-def _picks_within_head(args, x: torch.Tensor) -> bool:
-    """``x[..., i, :]`` on a ``(batch, seq, heads, k, d)`` view (5-D, so axis -2 is neither batch, sequence nor
-    the heads): a per-head pick of channels ``[i d, (i + 1) d)``, not a view of the producer."""
+def _picks_within_token(args, x: torch.Tensor, n_tokens: int) -> bool:
+    """``x[..., i, :]`` on a token-major ``(batch, seq, [heads,] k, d)`` view (4-D or 5-D, the first two axes the
+    tokens, so axis -2 is neither batch nor sequence): a pick of channels ``[i d, (i + 1) d)`` of each token (or
+    head), not a view of the producer (Persimmon's fused qkv, Moshi's ``view(b, s, 2, -1)`` GLU halves)."""
     key = args[1] if len(args) > 1 else None
     return (isinstance(key, tuple) and len(key) == 3 and key[0] is Ellipsis and isinstance(key[1], int)
-            and not isinstance(key[1], bool) and key[2] == slice(None) and x.dim() == 5)
+            and not isinstance(key[1], bool) and key[2] == slice(None) and x.dim() in (4, 5)
+            and int(x.shape[0]) * int(x.shape[1]) == n_tokens)
 
 
 def record(model: nn.Module, input_ids: torch.Tensor | None = None) -> RecordedGraph:
@@ -118,7 +120,9 @@ def _logits(out, ids: torch.Tensor, name: str) -> torch.Tensor:
     if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
         raise BadInput(f"{name} output has no logits (got {type(out).__name__}): not a causal LM")
     if logits.dim() != ids.dim() + 1 or tuple(logits.shape[:-1]) != tuple(ids.shape):
-        raise BadInput(f"{name} logits have shape {tuple(logits.shape)}, expected (*{tuple(ids.shape)}, vocab)")
+        raise BadInput(f"{name} logits have shape {tuple(logits.shape)}, expected (*{tuple(ids.shape)}, vocab): not "
+                       f"one logit row per input token (the model drops or adds positions, e.g. CSM's depth decoder "
+                       f"predicts from the second position on); not a causal LM over its input ids")
     return logits
 
 
@@ -338,7 +342,7 @@ class _Recorder(TorchFunctionMode):
             p = args[1] if len(args) > 1 else kwargs.get("p", 0.5)
             training = args[2] if len(args) > 2 else kwargs.get("training", True)
             return p == 0 or not training
-        if name == "getitem" and _picks_within_head(args, x):
+        if name == "getitem" and _picks_within_token(args, x, self.n_tokens):
             return False  # Persimmon: x.view(b, s, heads, 3, d)[..., i, :] picks q / k / v inside each head
         if name in _SELECT:
             width = x.shape[-1] if x.dim() else None

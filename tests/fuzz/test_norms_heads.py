@@ -51,8 +51,8 @@ def test_every_transform_preserves_weight_free_norms_or_refuses_by_name(spec):
     for name in T.names():
         verdict = verify(T.get(name), layout)
         assert verdict.status in ("invariant", "refused"), (name, verdict)
-    for name in ("permute_hidden", "permute_heads"):
-        assert verify(reference.get(name), layout).status in ("invariant", "refused")
+    for name in reference.names():
+        assert verify(reference.get(name), layout).status in ("invariant", "refused"), name
 
 
 def test_norm_absorb_gives_a_weight_free_norm_a_weight_and_absorbs_into_it():
@@ -234,3 +234,21 @@ def test_a_divergence_is_located_past_per_head_q_k_norms_compared_in_their_own_l
     where = first_divergent(model, gm, torch.randint(0, 64, (1, 8), generator=torch.Generator().manual_seed(0)),
                             "exact", 1e-5)
     assert "(experts) in module model.layers.1.mlp.experts" in where and "k_norm" not in where, where
+
+
+# ---------------------------------------------------------------------------------------------- named refusals
+@pytest.mark.parametrize("name,match", [
+    ("DogeForCausalLM", r"model\.layers\.0\.self_attn \(dynamic-mask attention"),
+    ("HrmTextForCausalLM", r"model\.L_module\.layers\.0\.self_attn\.q_proj \(recurrent depth"),
+    ("MoshiForCausalLM", r"model\.embed_tokens \(the token embedding has 65 rows for a vocabulary of 64"),
+    ("CpmAntForCausalLM", r"cpmant \(opaque op 'ne' reads the token ids besides the embedding lookup"),
+    ("GitForCausalLM", r"git \(opaque op 'zeros_like': a tensor built from an activation's shape"),
+    ("CsmDepthDecoderForCausalLM", r"not one logit row per input token"),
+])
+def test_exotic_mechanisms_are_refused_naming_the_module_and_the_feature(name, match):
+    from fuzz.errors import BadInput
+    cls = getattr(tf, name, None)
+    if cls is None:
+        pytest.skip(f"this transformers has no {name}")
+    with pytest.raises(BadInput, match=match):
+        import_model(instantiate(cls, tiny_config(cls)))
