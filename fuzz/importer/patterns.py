@@ -476,6 +476,9 @@ def measure_experts(conv: Converter, node: str, base: dict, roles: dict, bias_op
 def _rope(conv: Converter, node: str, ins: list[str]) -> dict:
     d = conv.g.nodes[node]
     conv.no_params(node)
+    if d.get("reversed"):
+        raise conv.refuse(node, "RoPE rotating by -theta (rotate_half written cat(x2, -x1), NanoChat): the layout's "
+                          "rope rotates by +theta")
     p = {k: d[k] for k in ("n_heads", "head_dim", "rotary_dim", "style")}
     key = (d["module_path"], d["rotary_dim"])
     if key not in conv.thetas:

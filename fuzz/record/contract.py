@@ -392,8 +392,25 @@ def _contract_ropes(g: nx.DiGraph, n_tokens: int, merged: dict[str, str]) -> Non
         path = _common_path([g.nodes[n]["module_path"] for n in comp])
         attrs = {**_base_attrs(g, comp, "rope", path, exit_), "n_heads": _numel(shape) // (n_tokens * head_dim),
                  "head_dim": head_dim, "rotary_dim": rotary, "style": "interleaved" if interleaved else "half"}
+        if not interleaved and _negates_first_half(g, comp):
+            attrs["reversed"] = True  # NanoChat: rotate_half = cat(x2, -x1), a rotation by -theta
         first = min(comp, key=lambda n: g.nodes[n]["index"])
         _contract(g, set(comp), first, attrs, list(ext), merged)
+
+
+def _negates_first_half(g: nx.DiGraph, comp: set) -> bool:
+    """A half-split RoPE whose negation reads the first half (``x[..., :r/2]``): ``cat(x2, -x1)``, the rotation
+    by ``-theta``, where Llama's ``rotate_half`` negates the second half (``cat(-x2, x1)``)."""
+    for n in comp:
+        d = g.nodes[n]
+        if not (d.get("call") == "neg" or d["op"] == "scale" and d.get("factor") == -1.0):
+            continue
+        for src in g.predecessors(n):
+            key = g.nodes[src].get("key", "") if g.nodes[src].get("call") == "getitem" else ""
+            last = key.split(",")[-1].strip()
+            if last.startswith(":") and last != ":":
+                return True
+    return False
 
 
 def _contract_eager_attention(g: nx.DiGraph, n_tokens: int, merged: dict[str, str]) -> None:
