@@ -101,17 +101,17 @@ def _embedding(conv: Converter, node: str, ins: list[str]) -> dict:
     d = conv.g.nodes[node]
     if [conv.g.nodes[i]["op"] for i in ins] != ["tokens"]:
         raise conv.refuse(node, "embedding does not read the token ids")
-    vocab = conv.g.nodes[ins[0]]["vocab"]
-    if d["vocab"] != vocab:  # Moshi: vocab + 1 rows (an initial-token row the ids never reach)
-        raise conv.refuse(node, f"the token embedding has {d['vocab']} rows for a vocabulary of {vocab} logits (rows "
-                          f"the ids never reach, e.g. Moshi's extra initial-token row); the layout's embedding table "
-                          f"is the vocabulary")
     lookups = sorted((conv.g.nodes[n]["index"], n) for n in conv.g.successors(ins[0])
                      if conv.g.nodes[n]["op"] == "embedding")
     if lookups and lookups[0][1] != node:  # Gemma4 / Gemma3n embed_tokens_per_layer: a second table of the ids
         raise conv.refuse(node, f"a second token-id embedding ({d['vocab']} x {d['dim']}) besides "
                           f"{conv.g.nodes[lookups[0][1]]['module_path']}: per-layer input embeddings (Gemma4); the "
                           "layout has one token embedding")
+    vocab = conv.g.nodes[ins[0]]["vocab"]
+    if d["vocab"] != vocab:  # Moshi: vocab + 1 rows (an initial-token row the ids never reach)
+        raise conv.refuse(node, f"the token embedding has {d['vocab']} rows for a vocabulary of {vocab} logits (rows "
+                          f"the ids never reach, e.g. Moshi's extra initial-token row); the layout's embedding table "
+                          f"is the vocabulary")
     for c in conv.g.successors(node):  # DeepSeek-V4 / HY-V4 mHC: the stream widened to k copies of the hidden width
         shape = conv.g.nodes[c]["shape"]
         if len(shape) >= 4 and shape[-1] == d["dim"] and shape[-2] > 1 and conv.width(c) == shape[-2] * d["dim"]:

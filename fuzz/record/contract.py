@@ -170,11 +170,12 @@ def identify_activation(module) -> str | None:
     return min(errors, key=errors.get) if errors else None
 
 
-def weightless_norm(module, x_shape, eps_candidates) -> tuple[str, float] | None:
-    """``(kind, eps)`` when the parameter-free ``module`` computes a weight-free RMSNorm or LayerNorm over the last
-    axis (``u / sqrt(mean(u^2) + eps)``, ``u = x`` or ``x - mean(x)``) with one of ``eps_candidates``, measured
-    on a float64 probe of ``x_shape`` (an offset random draw: the mean shows) to the float32 floor (NanoChat
-    normalises in float32); None otherwise."""
+def weightless_norm(module, x_shape, eps_candidates, dims=None) -> tuple[str, float, int] | None:
+    """``(kind, eps, dim)`` when the parameter-free ``module`` computes a weight-free RMSNorm or LayerNorm over
+    groups of ``dim`` channels of the last axis (``u / sqrt(mean(u^2) + eps)``, ``u = x`` or ``x - mean(x)``;
+    ``dim`` one of ``dims``, default the last axis) with one of ``eps_candidates``, measured on a float64 probe
+    of ``x_shape`` (an offset random draw: the mean shows) to the float32 floor (NanoChat normalises in
+    float32); None otherwise."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(tuple(x_shape), generator=gen, dtype=torch.float64) * 3.0 + 0.5
     try:
@@ -182,14 +183,18 @@ def weightless_norm(module, x_shape, eps_candidates) -> tuple[str, float] | None
             y = module(x.clone())
     except Exception:  # not a one-tensor module
         return None
-    if not isinstance(y, torch.Tensor) or y.shape != x.shape:
+    if not isinstance(y, torch.Tensor) or y.numel() != x.numel():
         return None
-    for kind in ("rms", "layer"):
-        u = x - x.mean(-1, keepdim=True) if kind == "layer" else x
-        for eps in eps_candidates:
-            ref = u * torch.rsqrt(u.pow(2).mean(-1, keepdim=True) + eps)
-            if bool(((ref - y.double()).abs() <= 1e-5 * (1 + ref.abs())).all()):
-                return kind, float(eps)
+    for dim in dims or (x.shape[-1],):
+        if dim <= 0 or x.shape[-1] % dim:
+            continue
+        xg = x.reshape(*x.shape[:-1], -1, dim)
+        for kind in ("rms", "layer"):
+            u = xg - xg.mean(-1, keepdim=True) if kind == "layer" else xg
+            for eps in eps_candidates:
+                ref = (u * torch.rsqrt(u.pow(2).mean(-1, keepdim=True) + eps)).reshape(y.shape)
+                if bool(((ref - y.double()).abs() <= 1e-5 * (1 + ref.abs())).all()):
+                    return kind, float(eps), int(dim)
     return None
 
 
@@ -204,10 +209,11 @@ def _contract_weightless_norm(g: nx.DiGraph, nodes: list[str], frame: _Frame, me
                   and isinstance(g.nodes[n].get("scalar"), float) and 0 < g.nodes[n]["scalar"] < 0.1}
                  | {float(g.nodes[n]["eps"]) for n in nodes if g.nodes[n]["op"] == "norm"
                     and g.nodes[n].get("eps") is not None})
-    found = weightless_norm(frame.module, frame.in_shapes[0], eps)
+    dims = sorted({int(frame.in_shapes[0][-1]), int(g.nodes[out]["shape"][-1])}, reverse=True)
+    found = weightless_norm(frame.module, frame.in_shapes[0], eps, dims)
     if found is None:
         return False
-    dim = int(frame.in_shapes[0][-1])
+    dim = found[2]
     attrs = {**_base_attrs(g, nodes, "norm", frame.path, out), "kind": found[0], "dim": dim,
              "groups": max(1, _numel(frame.in_shapes[0]) // (n_tokens * dim)), "eps": found[1],
              "weight_form": "none", "bias": False, "group_weights": False, "call": type(frame.module).__name__}
@@ -226,9 +232,12 @@ def _contract_activation(g: nx.DiGraph, nodes: list[str], frame: _Frame, merged:
     if len(inputs) != 1 or len(outputs) != 1 or outputs[0] not in nodes:
         return
     out = outputs[0]
-    if any(g.nodes[n]["params"] for n in nodes) or list(g.nodes[out]["shape"]) != list(frame.in_shapes[0]):
+    if any(g.nodes[n]["params"] for n in nodes) or any(s not in nodes for n in nodes if n != out
+                                                       for s in g.successors(n)):
         return
-    if any(s not in nodes for n in nodes if n != out for s in g.successors(n)):
+    if list(g.nodes[out]["shape"]) != list(frame.in_shapes[0]):  # a per-group view (a GraphModel's own norm)
+        if _numel(g.nodes[out]["shape"]) == _numel(frame.in_shapes[0]):
+            _contract_weightless_norm(g, nodes, frame, merged, n_tokens, inputs, out)
         return
     fn = identify_activation(frame.module)
     if fn is None and _contract_weightless_norm(g, nodes, frame, merged, n_tokens, inputs, out):

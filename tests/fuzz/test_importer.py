@@ -499,7 +499,7 @@ def test_smollm2_imports_exactly():
     assert len(layout.of_op("attention")) == 30 and len(layout.of_op("norm")) == 61
     (emb,) = layout.of_op("embedding")
     (head,) = layout.of_op("lm_head")
-    assert layout.params(head) == {"dim": 576, "vocab": 49152, "tied_to": emb}
+    assert layout.params(head) == {"dim": 576, "vocab": 49152, "tied_to": emb, "bias": False}
     assert gm.nodes[head].weight is model.model.embed_tokens.weight
     assert {layout.params(n)["theta"] for n in layout.of_op("rope")} == {100000.0}
     with torch.no_grad():
