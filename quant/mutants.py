@@ -91,9 +91,10 @@ register_mutant("window_dropped", "quant:wht-scale", "window_dropped", applies={
 register_mutant("rope_scaling_dropped", "quant:wht-scale", "rope_unscaled",
                 applies={"rope": True, "rope_scaling": ("linear", "llama3", "yarn", "dynamic", "longrope")})
 register_mutant("assumed_homogeneous", "quant:up-down", "homogeneity_assumed",
-                applies={"mlp": ("gelu", "gelu_tanh", "relu2", "quick_gelu", "fast_gelu", "silu"), "moe": False})
+                applies={"mlp": ("gelu", "gelu_tanh", "relu2", "quick_gelu", "fast_gelu", "silu"), "moe": False,
+                         "mlp_xielu": False})
 register_mutant("shared_head_gamma", "quant:spectral-pca", "shared_head_gamma",
-                applies={"qk_norm": "per_head_own", "norm": "rms", "fused_qkv": False})
+                applies={"qk_norm": "per_head_own", "norm": "rms", "fused_qkv": False, "norm_weightless": False})
 register_mutant("position_unrotated", "quant:residual-rotation", "position_table_unrotated",
                 applies={"position_embedding": True, "norm": "rms", "placement": "pre", "tie_embeddings": False})
 register_mutant("weightless_unabsorbed", "quant:norm-absorb", "weightless_norm_unabsorbed", fixed=_SKIP,
