@@ -178,11 +178,16 @@ class Converter:
             if d["op"] != "attention":
                 continue
             masks = [s for s, _, port in self.g.in_edges(node, data="port") if port >= 3]
-            if masks:
+            if not masks:
+                continue
+            what = f"{self.g.nodes[masks[0]].get('call', self.g.nodes[masks[0]]['op'])} {masks[0]!r}"
+            if any(self.g.nodes[a]["op"] == "embedding" for a in nx.ancestors(self.g, masks[0])):
                 raise self.refuse(node, f"dynamic-mask attention: the attention mask is computed from the hidden "
-                                  f"states ({self.g.nodes[masks[0]].get('call', self.g.nodes[masks[0]]['op'])} "
-                                  f"{masks[0]!r}, e.g. Doge's exp(A softplus(dt_proj(v)))); the layout's attention "
+                                  f"states ({what}, e.g. Doge's exp(A softplus(dt_proj(v)))); the layout's attention "
                                   f"masks by position only")
+            raise self.refuse(node, f"a learned attention bias: the scores get a mask or bias computed from parameters "
+                              f"({what}, e.g. a learned relative-position bias); the layout's attention has no such "
+                              f"bias")
 
     def _check_coverage(self) -> None:
         owners = defaultdict(list)
