@@ -242,6 +242,10 @@ AXES: dict[str, Axis] = _axes(
          choices=("none", "q_lora", "q_direct"), most=("none", "q_lora", "q_direct")),
     # a bias on the logits (GPT-J, CodeGen): after vocab so the draws before it stay as they were
     Axis("lm_head_bias", "bool", (False, True), False, _if("logits:bias", "lm_head_bias")),
+    # non-parametric norms (OLMo's LayerNorm, NanoChat's RMSNorm: no weight, g = 1)
+    Axis("norm_weightless", "bool", (False, True), False, _if("norm:weightless", "norm_weightless")),
+    # the dense MLP as ``down(xielu(up x))`` (Apertus' learned xIELU activation)
+    Axis("mlp_xielu", "bool", (False, True), False, _if("mlp:xielu", "mlp_xielu")),
 )
 
 # the reducer's "turn a feature off" pass, in this order

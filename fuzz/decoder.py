@@ -91,7 +91,9 @@ class DecoderSpec:
     # multi-head latent attention (DeepSeek-V2/V3): "q_lora" (q through q_a_proj -> norm -> q_b_proj) or
     # "q_direct" (q_proj, V2-Lite); see _mla for the widths it derives from head_dim / rotary_dim / hidden
     mla: str = "none"
-    lm_head_bias: bool = False  # a learned per-token-id bias on the logits (GPT-J, CodeGen)
+    lm_head_bias: bool = False  # a learned per-token-id bias on the logits (GPT-J, CodeGen, Phi)
+    norm_weightless: bool = False  # every norm without weight or bias, g = 1 (OLMo LayerNorm, NanoChat RMSNorm)
+    mlp_xielu: bool = False  # the dense MLP is down(xielu(up x)) (Apertus), whatever ``mlp`` says
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -136,6 +138,8 @@ class _Graph:
 
 
 def _norm(g: _Graph, s: DecoderSpec, node: str, x: str, dim: int, groups: int = 1, group_weights: bool = False) -> str:
+    if s.norm_weightless:  # non-parametric: no weight, no bias
+        return g.add(node, "norm", [x], kind=s.norm, dim=dim, groups=groups, eps=s.norm_eps, weight_form="none")
     return g.add(node, "norm", [x], kind=s.norm, dim=dim, groups=groups, eps=s.norm_eps,
                  weight_form=s.norm_weight_form, bias=s.norm == "layer" and s.norm_bias, group_weights=group_weights)
 
@@ -277,7 +281,10 @@ def _score_params(s: DecoderSpec) -> dict:
 
 
 def _glu_or_gelu(g: _Graph, s: DecoderSpec, p: str, x: str, inter: int, bias: bool) -> str:
-    if s.mlp == "clamped_swiglu":  # MiniMax-M3's dense MLP: the clamped SwiGLU of GPT-OSS' experts
+    if s.mlp_xielu:  # Apertus: a plain MLP with the learned xIELU activation
+        up = g.add(f"{p}up_proj", "linear", [x], in_features=s.hidden, out_features=inter, bias=bias)
+        a = g.add(f"{p}act", "xielu", [up])
+    elif s.mlp == "clamped_swiglu":  # MiniMax-M3's dense MLP: the clamped SwiGLU of GPT-OSS' experts
         gate = g.add(f"{p}gate_proj", "linear", [x], in_features=s.hidden, out_features=inter, bias=bias)
         up = g.add(f"{p}up_proj", "linear", [x], in_features=s.hidden, out_features=inter, bias=bias)
         a = g.add(f"{p}glu", "clamped_glu", [gate, up], limit=1.5)
@@ -333,7 +340,8 @@ def _moe(g: _Graph, s: DecoderSpec, p: str, x: str) -> str:
     w = g.add(f"{p}router", "router", [logits], **router_params(s))
     out = g.add(f"{p}experts", "experts", [x, w], **expert_params(s))
     if s.shared_expert:
-        sh = _glu_or_gelu(g, s.with_(mlp="swiglu"), f"{p}shared_expert_", x, s.shared_intermediate, False)
+        sh = _glu_or_gelu(g, s.with_(mlp="swiglu", mlp_xielu=False), f"{p}shared_expert_", x, s.shared_intermediate,
+                          False)
         if s.shared_gate:
             gl = g.add(f"{p}shared_expert_gate", "linear", [x], in_features=s.hidden, out_features=1, bias=False)
             sh = g.add(f"{p}shared_expert_gating", "gate", [sh, gl], act="sigmoid", n_heads=1)

@@ -21,7 +21,8 @@ position_embedding  ``x + P[start : start + seq]``, ``P: (max_pos, dim)``: learn
                the token embedding (GPT-2, GPT-Neo, GPT-BigCode; OPT reads from row ``start = 2``)
 scale          ``factor * x`` (embedding / residual / logit multipliers)
 norm           per group of ``dim`` channels: RMSNorm ``g * u / rms(u)`` or LayerNorm
-               ``g * (u - mean) / std + b``; ``g = w`` or ``g = 1 + w`` (``weight_form``); ``groups > 1``
+               ``g * (u - mean) / std + b``; ``g = w`` or ``g = 1 + w`` (``weight_form``; ``none``: no weight,
+               ``g = 1``, OLMo's LayerNorm, NanoChat's RMSNorm); ``groups > 1``
                is a per-head norm (one weight shared by the heads, Qwen3 ``q_norm``); ``group_weights``: each
                group its own weight (and bias), ``(groups, dim)`` (Cohere ``use_qk_norm`` LayerNorm per head)
 linear         ``x W^T (+ b)``
@@ -48,6 +49,9 @@ act            silu / gelu / gelu_tanh / relu / relu2 (``relu(x)^2``, Nemotron, 
                (``x sigmoid(1.702 x)``) / fast_gelu (transformers ``gelu_fast``: ``0.5 x (1 + tanh(0.7978845608
                x (1 + 0.044715 x^2)))``) / bloom_gelu (BLOOM's BloomGelu: ``x 0.5 (1 + tanh(0.79788456 x (1 +
                0.044715 x^2)))``, another truncated constant); ``gelu_new`` / ``gelu_pytorch_tanh`` are ``gelu_tanh``
+xielu          xIELU (Apertus): ``a_p x^2 + beta x`` for ``x > 0``, else ``(expm1(min(x, eps)) - x) a_n + beta x``,
+               with learned ``a_p = softplus(alpha_p)``, ``a_n = beta + softplus(alpha_n)`` (``alpha_p``, ``alpha_n``:
+               shape ``(1,)``)
 mul            ``a * b`` (the GLU product)
 clamped_glu    the clamped SwiGLU of a dense MLP (MiniMax-M3's dense and shared-expert MLPs; GPT-OSS' expert
                GLU): ports gate, up; ``(clamp(up, -limit, limit) + 1) * g * sigmoid(alpha g)`` with
@@ -335,6 +339,8 @@ def _norm(node, p, w):
     _widths(node, "norm", w, [p["dim"] * p["groups"]])
     _need(p["bias"] is False or p["kind"] == "layer", node, "only LayerNorm has a bias")
     _need(not p["group_weights"] or p["groups"] > 1, node, "group_weights needs groups > 1 (one weight per group)")
+    _need(p["weight_form"] != "none" or not (p["bias"] or p["group_weights"]), node,
+          "a weight-free norm (weight_form 'none') has no bias and no per-group weights")
     _eps(node, "norm", p["eps"])
     return w[0]
 
@@ -351,13 +357,15 @@ def _norm_features(p):
 
 
 def _norm_shapes(p):
+    if p["weight_form"] == "none":  # non-parametric (OLMo's LayerNorm, NanoChat's RMSNorm): g = 1
+        return {}
     shape = (p["groups"], p["dim"]) if p["group_weights"] else (p["dim"],)
     return {"weight": shape, **({"bias": shape} if p["bias"] else {})}
 
 
 declare(OpSpec("norm", {"kind": (str, "rms"), "dim": (int, ...), "groups": (int, 1), "eps": (float, 1e-6),
                         "weight_form": (str, "w"), "bias": (bool, False), "group_weights": (bool, False)}, ("x",),
-               _norm, {"kind": ("rms", "layer"), "weight_form": ("w", "1+w")}, shapes=_norm_shapes,
+               _norm, {"kind": ("rms", "layer"), "weight_form": ("w", "1+w", "none")}, shapes=_norm_shapes,
                init={"weight": _init_norm_weight, "bias": _init_small}, drawn_by=ALWAYS, features=_norm_features))
 
 
@@ -547,6 +555,24 @@ declare(OpSpec("gate", {"act": (str, "sigmoid"), "n_heads": (int, 1)}, ("x", "g"
 
 declare(OpSpec("act", {"fn": (str, "silu")}, ("x",), _same, {"fn": ACTIVATIONS}, shapes=_no_parameters,
                drawn_by=ALWAYS, features=lambda p: (f"op:act:{p['fn']}",)))
+
+
+def _xielu(node, p, w):
+    _finite(node, "xielu", "beta", p["beta"], "a finite number in (0, 10] (the linear slope)", 0 < p["beta"] <= 10)
+    _finite(node, "xielu", "eps", p["eps"], "a finite number in [-0.1, 0] (the clamp of the negative side)",
+            -0.1 <= p["eps"] <= 0)
+    return _same(node, p, w)
+
+
+def _init_xielu_alpha(z, p):
+    """``0.3 z``: softplus of it around 0.7 (Apertus starts at ``a_p = 0.8``)."""
+    return 0.3 * z
+
+
+declare(OpSpec("xielu", {"beta": (float, 0.5), "eps": (float, -1e-6)}, ("x",), _xielu,
+               shapes=lambda p: {"alpha_p": (1,), "alpha_n": (1,)},
+               init={"alpha_p": _init_xielu_alpha, "alpha_n": _init_xielu_alpha},
+               drawn_by=({"mlp_xielu": True},), features=lambda p: ("op:xielu",)))
 
 
 def _mul(node, p, w):

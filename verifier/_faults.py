@@ -52,6 +52,10 @@ FAULTS = {
                            "plain softmax top-2 router",
     "clamped_glu_as_linear": "up-down scales a dense clamped SwiGLU's up rows and down columns as if the GLU were "
                              "linear in up (clamp(up) + 1 is not)",
+    "weightless_norm_unabsorbed": "norm-absorb scales the readers of a weight-free norm (g = 1) but has no weight "
+                                  "to divide by s, so nothing absorbs 1 / s",
+    "xielu_quadratic": "up-down moves s^2 across xIELU as if it were relu2 (its positive side a_p x^2 + beta x is "
+                       "quadratic, but not homogeneous)",
 }
 
 _ACTIVE: ContextVar[Mapping[str, Mapping[str, Any]]] = ContextVar("archfuzz_faults", default=MappingProxyType({}))

@@ -114,7 +114,9 @@ def _logits(out, ids: torch.Tensor, name: str) -> torch.Tensor:
     if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
         raise BadInput(f"{name} output has no logits (got {type(out).__name__}): not a causal LM")
     if logits.dim() != ids.dim() + 1 or tuple(logits.shape[:-1]) != tuple(ids.shape):
-        raise BadInput(f"{name} logits have shape {tuple(logits.shape)}, expected (*{tuple(ids.shape)}, vocab)")
+        raise BadInput(f"{name} logits have shape {tuple(logits.shape)}, expected (*{tuple(ids.shape)}, vocab): not "
+                       f"one logit row per input token (the model drops or adds positions, e.g. CSM's depth decoder "
+                       f"predicts from the second position on); not a causal LM over its input ids")
     return logits
 
 

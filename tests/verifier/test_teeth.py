@@ -46,6 +46,8 @@ BUDGET = {"shared_head_gamma": 160,  # qk_norm=per_head_own (1 in 4) x RMS (1 in
           "sparsemixer_dropped": 80,  # MoE x router=sparsemixer (1 in 5) (36 measured)
           "clamped_glu_as_linear": 200,  # mlp=clamped_swiglu (1 in 12) x a dense layer (49 measured before the
           # bloom_gelu, mla and lm_head_bias axes moved the draws)
+          "softcap_scale_outside": 60,  # attn_softcap x unfused qkv x no MLA x no weight-free norm (the
+          # norm_weightless and mlp_xielu axes moved the draws past 25)
           "position_unrotated": 200,  # learned positions x RMS x pre-norm x untied x no other refusal (161 measured)
           "forget_pair_bias": 200}  # q/k biases x plain q/k x RoPE, now also x unfused qkv (issue 14's fused_qkv axis)
 # a renormalised top-1 weight is 1 whatever the scores: the leaked correction bias cannot show there
@@ -207,7 +209,7 @@ def test_the_mutants_of_quant_transforms_are_registered_by_quant():
                   "forget_pair_bias", "float32_rotation", "symmetric_gamma", "window_dropped", "rope_scaling_dropped",
                   "assumed_homogeneous", "shared_head_gamma", "position_unrotated", "corrected_weights",
                   "expert_bias_unscaled", "clamped_glu_as_linear", "sparsemixer_dropped", "mla_latent_unscaled",
-                  "kpe_per_head", "lm_head_bias_dropped"}
+                  "kpe_per_head", "lm_head_bias_dropped", "weightless_unabsorbed", "xielu_as_relu2"}
     assert quant_made | {"forget_writer_bias", "cross_group_heads", "alibi_unpermuted", "sinks_unpermuted",
                          "softcap_scale_outside", "position_unpermuted"} == set(mutants.names())
     for name in mutants.names():
