@@ -246,6 +246,9 @@ AXES: dict[str, Axis] = _axes(
     Axis("norm_weightless", "bool", (False, True), False, _if("norm:weightless", "norm_weightless")),
     # the dense MLP as ``down(xielu(up x))`` (Apertus' learned xIELU activation)
     Axis("mlp_xielu", "bool", (False, True), False, _if("mlp:xielu", "mlp_xielu")),
+    # RoPE by -theta (NanoChat: rotate_half = cat(x2, -x1)); on every RoPE layer
+    Axis("rope_reversed", "bool", (False, True), False,
+         lambda s: ("rope:reversed",) if s.rope_reversed and _any_rope(s) else ()),
 )
 
 # the reducer's "turn a feature off" pass, in this order

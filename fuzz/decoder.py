@@ -94,6 +94,7 @@ class DecoderSpec:
     lm_head_bias: bool = False  # a learned per-token-id bias on the logits (GPT-J, CodeGen, Phi)
     norm_weightless: bool = False  # every norm without weight or bias, g = 1 (OLMo LayerNorm, NanoChat RMSNorm)
     mlp_xielu: bool = False  # the dense MLP is down(xielu(up x)) (Apertus), whatever ``mlp`` says
+    rope_reversed: bool = False  # RoPE rotates by -theta (NanoChat's rotate_half = cat(x2, -x1))
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -151,7 +152,7 @@ ROPE_RECIPE = {"factor": 4.0, "original_max_positions": 16, "max_positions": 8}
 def _rope_params(s: DecoderSpec, layer: LayerSpec, r: int) -> dict:
     """The rope node's parameters: style, the layer's theta and the spec's scaling (fuzz.rope_scaling)."""
     theta = s.rope_theta if layer.rope_theta is None else layer.rope_theta
-    out = {"style": s.rope_style, "theta": theta}
+    out = {"style": s.rope_style, "theta": theta, **({"reversed": True} if s.rope_reversed else {})}
     kind = s.rope_scaling
     if kind == "none" or kind == "dynamic" and r <= 2:  # NTK needs rotary_dim > 2: plain RoPE there
         return out

@@ -198,7 +198,8 @@ class Linear(Node):
 
 
 def rope_tables(p: dict, seq: int, dtype: torch.dtype, numerics: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin of shape ``(seq, rotary_dim)`` laid out for the node's pairing style."""
+    """cos/sin of shape ``(seq, rotary_dim)`` laid out for the node's pairing style (sin negated for a rotation
+    by ``-theta``, ``reversed``)."""
     table_dtype = torch.float32 if numerics == "transformers" else torch.float64
     inv_freq = inv_freq_at(p, seq, table_dtype)  # the default table of theta unless the node is scaled
     freqs = torch.arange(seq, dtype=table_dtype)[:, None] * inv_freq[None, :]
@@ -210,6 +211,8 @@ def rope_tables(p: dict, seq: int, dtype: torch.dtype, numerics: str) -> tuple[t
     factor = p.get("attention_factor", 1.0)
     if factor != 1.0:  # YaRN / LongRoPE: cos and sin scaled in the table's dtype, as transformers does
         cos, sin = cos * factor, sin * factor
+    if p.get("reversed"):  # the rotation by -theta: R(-t) = cos + sin * rotate^T (NanoChat)
+        sin = -sin
     return cos.to(dtype), sin.to(dtype)
 
 

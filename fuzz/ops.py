@@ -29,7 +29,8 @@ linear         ``x W^T (+ b)``
 rope           rotary embedding per head on the first ``rotary_dim`` channels, pairs ``(i, i + r/2)``
                (``half``, Llama ``rotate_half``) or ``(2i, 2i+1)`` (``interleaved``, GPT-J); scaled RoPE
                (``scaling``: linear / llama3 / yarn with their ``inv_freq`` table, ``dynamic`` NTK theta
-               past ``max_positions``, ``longrope`` short/long tables) and cos/sin times ``attention_factor``
+               past ``max_positions``, ``longrope`` short/long tables) and cos/sin times ``attention_factor``;
+               ``reversed``: the rotation by ``-theta`` (sin negated: NanoChat's ``rotate_half = cat(x2, -x1)``)
 attention      causal softmax attention; ports q, k, v; GQA when ``n_kv_heads < n_heads``; ``window``
                (``None`` = full causal): query ``i`` sees keys ``j`` with ``0 <= i - j < window`` (keys at
                distance ``>= window`` masked: transformers' ``sliding_window`` convention); scores
@@ -427,6 +428,8 @@ def _rope_features(p):
         tags += (f"op:rope:scaled:{p['scaling']}",)
     if p["attention_factor"] != 1.0:
         tags += ("op:rope:attention_factor",)
+    if p["reversed"]:
+        tags += ("op:rope:reversed",)
     return tags
 
 
@@ -434,7 +437,8 @@ declare(OpSpec("rope", {"n_heads": (int, ...), "head_dim": (int, ...), "rotary_d
                         "style": (str, "half"), "theta": (float, 10000.0),
                         # scaled RoPE (defaults: the plain table of theta, as before)
                         "scaling": (str, "none"), "inv_freq": (tuple, ()), "attention_factor": (float, 1.0),
-                        "factor": (float, 1.0), "max_positions": (int, 2048), "long_inv_freq": (tuple, ())},
+                        "factor": (float, 1.0), "max_positions": (int, 2048), "long_inv_freq": (tuple, ()),
+                        "reversed": (bool, False)},  # the rotation by -theta (sin negated: NanoChat)
                ("x",), _rope, {"style": ("half", "interleaved"), "scaling": ROPE_SCALINGS}, shapes=_no_parameters,
                drawn_by=({"layers": [{"rope": True}]},), features=_rope_features))
 

@@ -46,6 +46,8 @@ lm_head_bias_dropped   a layout rewrite (wht-scale's) re-emits the lm_head witho
                        its logit bias (GPT-J, CodeGen)
 weightless_unabsorbed  norm absorption scales the readers of a weight-free norm     weight-free norms
                        (OLMo, NanoChat: g = 1) with no weight to divide by s        (pre-norm or sandwich)
+rope_direction_lost    a layout rewrite (wht-scale's) re-emits a RoPE by -theta     RoPE by -theta
+                       (NanoChat) as the rotation by +theta                         (``rope_reversed``)
 xielu_as_relu2         up-down moves s^2 across xIELU as if it were relu2 (its          a dense xIELU MLP
                        positive side a_p x^2 + beta x is quadratic, not homogeneous)
 =====================  ==========================================================  ==========================
@@ -121,4 +123,6 @@ register_mutant("position_unrotated", "quant:residual-rotation", "position_table
                 applies={"position_embedding": True, "norm": "rms", "placement": "pre", "tie_embeddings": False})
 register_mutant("weightless_unabsorbed", "quant:norm-absorb", "weightless_norm_unabsorbed", fixed=_SKIP,
                 applies={"norm_weightless": True, "placement": ("pre", "sandwich")})
+register_mutant("rope_direction_lost", "quant:wht-scale", "rope_direction_lost",
+                applies={"rope": True, "rope_reversed": True})
 register_mutant("xielu_as_relu2", "quant:up-down", "xielu_quadratic", applies={"mlp_xielu": True, "moe": False})

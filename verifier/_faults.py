@@ -54,6 +54,8 @@ FAULTS = {
                              "linear in up (clamp(up) + 1 is not)",
     "weightless_norm_unabsorbed": "norm-absorb scales the readers of a weight-free norm (g = 1) but has no weight "
                                   "to divide by s, so nothing absorbs 1 / s",
+    "rope_direction_lost": "a layout edit (graph_edit.LayoutEdit.apply) re-emits a RoPE by -theta (NanoChat) as "
+                              "the rotation by +theta",
     "xielu_quadratic": "up-down moves s^2 across xIELU as if it were relu2 (its positive side a_p x^2 + beta x is "
                        "quadratic, but not homogeneous)",
 }

@@ -60,7 +60,7 @@ from ..materialize import MODULES
 from ..ops import ACTIVATIONS, registrar, spec
 from ..record.contract import weightless_norm
 from .rewrites import last_axis_slice
-from .rope import rope_params
+from .rope import rope_params, sin_sign
 
 if TYPE_CHECKING:
     from .converter import Converter, Entry
@@ -575,14 +575,14 @@ def measure_experts(conv: Converter, node: str, base: dict, roles: dict, bias_op
 def _rope(conv: Converter, node: str, ins: list[str]) -> dict:
     d = conv.g.nodes[node]
     conv.no_params(node)
-    if d.get("reversed"):
-        raise conv.refuse(node, "RoPE rotating by -theta (rotate_half written cat(x2, -x1), NanoChat): the layout's "
-                          "rope rotates by +theta")
     p = {k: d[k] for k in ("n_heads", "head_dim", "rotary_dim", "style")}
     key = (d["module_path"], d["rotary_dim"])
     if key not in conv.thetas:
         conv.thetas[key] = rope_params(conv, node, d["rotary_dim"])
-    return {**p, **conv.thetas[key]}
+    # the direction, measured: the rotate form the recording shows (NanoChat's rotate_half = cat(x2, -x1) negates
+    # the first half: record.contract._negates_first_half) times the sign of the sin table the rotation read
+    reversed_ = bool(d.get("first_half_negated")) != (sin_sign(d) == -1)
+    return {**p, **conv.thetas[key], **({"reversed": True} if reversed_ else {})}
 
 
 @import_pattern("attention")

@@ -531,7 +531,7 @@ def _contract_ropes(g: nx.DiGraph, n_tokens: int, merged: dict[str, str]) -> Non
         if all("const_rows" in g.nodes[s] for s in in_order):  # the cos/sin tables read (importer: rope.py)
             attrs["tables"] = [g.nodes[s]["const_rows"] for s in in_order]
         if not interleaved and _negates_first_half(g, comp):
-            attrs["reversed"] = True  # NanoChat: rotate_half = cat(x2, -x1), a rotation by -theta
+            attrs["first_half_negated"] = True  # NanoChat: rotate_half = cat(x2, -x1), a rotation by -theta
         first = min(comp, key=lambda n: g.nodes[n]["index"])
         _contract(g, set(comp), first, attrs, list(ext), merged)
 

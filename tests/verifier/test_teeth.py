@@ -37,6 +37,11 @@ APPLIES["rope_scaling_dropped"] = (mutants.APPLIES["rope_scaling_dropped"],
 APPLIES["alibi_unpermuted"] = (mutants.APPLIES["alibi_unpermuted"], lambda s: s.n_heads > 1)
 APPLIES["sinks_unpermuted"] = (mutants.APPLIES["sinks_unpermuted"], lambda s: s.n_heads > 1)
 APPLIES["kpe_per_head"] = (mutants.APPLIES["kpe_per_head"], lambda s: s.n_heads > 1)  # one head: U_0 is shared
+# a weight-free LayerNorm over 2 channels (a 2-wide head per head, or the one head's full q / k) leaves q and k on
+# the one line (1, -1): q.R(t)k = |q||k| 2 cos t, blind to the direction of the rotation
+APPLIES["rope_direction_lost"] = (mutants.APPLIES["rope_direction_lost"], lambda s: not (
+    s.norm == "layer" and s.norm_weightless and s.qk_norm != "none" and s.head_dim == 2
+    and (s.qk_norm != "full" or s.n_heads == 1)))
 APPLIES["shared_head_gamma"] = (mutants.APPLIES["shared_head_gamma"], lambda s: s.n_heads > 1)  # a weight per head
 # mutants whose bug needs a feature combination rarer than the ci budget draws (caught wherever it applies,
 # above): the search is given this many unconstrained examples instead
@@ -209,7 +214,8 @@ def test_the_mutants_of_quant_transforms_are_registered_by_quant():
                   "forget_pair_bias", "float32_rotation", "symmetric_gamma", "window_dropped", "rope_scaling_dropped",
                   "assumed_homogeneous", "shared_head_gamma", "position_unrotated", "corrected_weights",
                   "expert_bias_unscaled", "clamped_glu_as_linear", "sparsemixer_dropped", "mla_latent_unscaled",
-                  "kpe_per_head", "lm_head_bias_dropped", "weightless_unabsorbed", "xielu_as_relu2"}
+                  "kpe_per_head", "lm_head_bias_dropped", "weightless_unabsorbed", "xielu_as_relu2",
+                  "rope_direction_lost"}
     assert quant_made | {"forget_writer_bias", "cross_group_heads", "alibi_unpermuted", "sinks_unpermuted",
                          "softcap_scale_outside", "position_unpermuted"} == set(mutants.names())
     for name in mutants.names():
