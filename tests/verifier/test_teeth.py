@@ -27,8 +27,11 @@ def _rope_qk_plain(s: Spec) -> bool:
 APPLIES = {name: (c, lambda s: True) for name, c in mutants.APPLIES.items() if name != "float32_rotation"}
 APPLIES["cross_group_heads"] = (mutants.APPLIES["cross_group_heads"], lambda s: s.n_kv_heads > 1)
 # top-1 renormalised routing weighs the chosen expert 1 whatever the logits: an unscaled router shows only when
-# it flips an argmax, which a tiny layout's test tokens need not do (seen once the window axis moved the draws)
-APPLIES["router_unscaled"] = (mutants.APPLIES["router_unscaled"], lambda s: not (s.top_k == 1 and s.renormalize))
+# it flips an argmax, which a tiny layout's test tokens need not do (seen once the window axis moved the draws); so
+# does a top-1 sparsemixer, whose weight is a masked softmax over the scores within its relative threshold of the
+# max: 1 whenever the runner-up is past it (seen once the rope_reversed axis moved the draws)
+APPLIES["router_unscaled"] = (mutants.APPLIES["router_unscaled"], lambda s: not (
+    s.top_k == 1 and (s.renormalize or s.router == "sparsemixer")))
 # a window shows only on a sliding layer (the draws may make every layer a full-attention one)
 APPLIES["window_dropped"] = (mutants.APPLIES["window_dropped"], lambda s: any(l.sliding for l in s.layers))
 # dynamic NTK RoPE needs rotary_dim > 2 (decoder.build emits plain RoPE below it: nothing to drop)
@@ -45,12 +48,13 @@ APPLIES["rope_direction_lost"] = (mutants.APPLIES["rope_direction_lost"], lambda
 APPLIES["shared_head_gamma"] = (mutants.APPLIES["shared_head_gamma"], lambda s: s.n_heads > 1)  # a weight per head
 # mutants whose bug needs a feature combination rarer than the ci budget draws (caught wherever it applies,
 # above): the search is given this many unconstrained examples instead
-BUDGET = {"shared_head_gamma": 160,  # qk_norm=per_head_own (1 in 4) x RMS (1 in 2) x two or more heads (140 measured
-          # once the mla axis joined the draws)
+BUDGET = {"shared_head_gamma": 200,  # qk_norm=per_head_own (1 in 4) x RMS (1 in 2) x two or more heads x no weight-free
+          # norm (140 measured once the mla axis joined the draws, 144 alone once rope_reversed did; more after
+          # the other searches of this file)
           "expert_bias_unscaled": 80,  # MoE x expert biases
           "sparsemixer_dropped": 80,  # MoE x router=sparsemixer (1 in 5) (36 measured)
-          "clamped_glu_as_linear": 200,  # mlp=clamped_swiglu (1 in 12) x a dense layer (49 measured before the
-          # bloom_gelu, mla and lm_head_bias axes moved the draws)
+          "clamped_glu_as_linear": 300,  # mlp=clamped_swiglu (1 in 12) x a dense layer x no xIELU (49 measured
+          # before the bloom_gelu, mla and lm_head_bias axes moved the draws, 251 once mlp_xielu and rope_reversed did)
           "softcap_scale_outside": 60,  # attn_softcap x unfused qkv x no MLA x no weight-free norm (the
           # norm_weightless and mlp_xielu axes moved the draws past 25)
           "position_unrotated": 200,  # learned positions x RMS x pre-norm x untied x no other refusal (161 measured)
