@@ -130,7 +130,11 @@ def tiny_config(cls):
             kw["rope_parameters"]["original_max_position_embeddings"] = TEMPERATURE_LENGTH
     cfg = cfg_cls(**kw)
     heads = kw.get("num_attention_heads")
-    if "head_dim" in have and getattr(cfg, "head_dim", 0) is None and heads and kw.get("hidden_size"):
+    try:
+        head_dim = getattr(cfg, "head_dim", 0)
+    except Exception:  # noqa: BLE001 - Gemma4: a per-layer attribute its heterogeneous config refuses to read
+        head_dim = 0
+    if "head_dim" in have and head_dim is None and heads and kw.get("hidden_size"):
         cfg.head_dim = kw["hidden_size"] // heads  # families that read config.head_dim and leave it None
     return cfg
 

@@ -261,6 +261,13 @@ AXES: dict[str, Axis] = _axes(
     Axis("attn_temperature", "cap", (None, 0.5, 0.1), None,
          lambda s: ("attn:temperature",) if s.attn_temperature is not None else ()),
     Axis("attn_temperature_length", "width", _temperature_lengths, 2, _no_tags),  # the reducer tries the shortest L
+    # non-parametric norms (OLMo's LayerNorm, NanoChat's RMSNorm: no weight, g = 1)
+    Axis("norm_weightless", "bool", (False, True), False, _if("norm:weightless", "norm_weightless")),
+    # the dense MLP as ``down(xielu(up x))`` (Apertus' learned xIELU activation)
+    Axis("mlp_xielu", "bool", (False, True), False, _if("mlp:xielu", "mlp_xielu")),
+    # RoPE by -theta (NanoChat: rotate_half = cat(x2, -x1)); on every RoPE layer
+    Axis("rope_reversed", "bool", (False, True), False,
+         lambda s: ("rope:reversed",) if s.rope_reversed and _any_rope(s) else ()),
 )
 
 # the reducer's "turn a feature off" pass, in this order

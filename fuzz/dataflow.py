@@ -172,8 +172,8 @@ def homogeneous_mlp_chains(layout: Layout, degrees: dict[str, int] | None = None
 
     degrees = HOMOGENEOUS_DEGREE if degrees is None else degrees
     out = []
-    for act in layout.of_op("act"):
-        degree = degrees.get(layout.params(act)["fn"])
+    for act in layout.of_op("act") + layout.of_op("xielu"):  # xIELU: never homogeneous (a_p x^2 + beta x)
+        degree = degrees.get(layout.params(act)["fn"] if layout.op(act) == "act" else "xielu")
         up = layout.inputs(act)[0]
         readers = layout.consumers(act)
         if (degree is None or layout.op(up) != "linear" or len(layout.consumers(up)) != 1 or len(readers) != 1

@@ -100,6 +100,10 @@ class DecoderSpec:
     # 1 + beta log(1 + floor(p / L)); a small L (original_max_position_embeddings) so it shows in a short test
     attn_temperature: float | None = None  # beta (None: off)
     attn_temperature_length: int = 4  # L
+    lm_head_bias: bool = False  # a learned per-token-id bias on the logits (GPT-J, CodeGen, Phi)
+    norm_weightless: bool = False  # every norm without weight or bias, g = 1 (OLMo LayerNorm, NanoChat RMSNorm)
+    mlp_xielu: bool = False  # the dense MLP is down(xielu(up x)) (Apertus), whatever ``mlp`` says
+    rope_reversed: bool = False  # RoPE rotates by -theta (NanoChat's rotate_half = cat(x2, -x1))
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -144,6 +148,8 @@ class _Graph:
 
 
 def _norm(g: _Graph, s: DecoderSpec, node: str, x: str, dim: int, groups: int = 1, group_weights: bool = False) -> str:
+    if s.norm_weightless:  # non-parametric: no weight, no bias
+        return g.add(node, "norm", [x], kind=s.norm, dim=dim, groups=groups, eps=s.norm_eps, weight_form="none")
     return g.add(node, "norm", [x], kind=s.norm, dim=dim, groups=groups, eps=s.norm_eps,
                  weight_form=s.norm_weight_form, bias=s.norm == "layer" and s.norm_bias, group_weights=group_weights)
 
@@ -155,7 +161,7 @@ ROPE_RECIPE = {"factor": 4.0, "original_max_positions": 16, "max_positions": 8}
 def _rope_params(s: DecoderSpec, layer: LayerSpec, r: int) -> dict:
     """The rope node's parameters: style, the layer's theta and the spec's scaling (fuzz.rope_scaling)."""
     theta = s.rope_theta if layer.rope_theta is None else layer.rope_theta
-    out = {"style": s.rope_style, "theta": theta}
+    out = {"style": s.rope_style, "theta": theta, **({"reversed": True} if s.rope_reversed else {})}
     kind = s.rope_scaling
     if kind == "none" or kind == "dynamic" and r <= 2:  # NTK needs rotary_dim > 2: plain RoPE there
         return out
@@ -287,7 +293,10 @@ def _score_params(s: DecoderSpec) -> dict:
 
 
 def _glu_or_gelu(g: _Graph, s: DecoderSpec, p: str, x: str, inter: int, bias: bool) -> str:
-    if s.mlp == "clamped_swiglu":  # MiniMax-M3's dense MLP: the clamped SwiGLU of GPT-OSS' experts
+    if s.mlp_xielu:  # Apertus: a plain MLP with the learned xIELU activation
+        up = g.add(f"{p}up_proj", "linear", [x], in_features=s.hidden, out_features=inter, bias=bias)
+        a = g.add(f"{p}act", "xielu", [up])
+    elif s.mlp == "clamped_swiglu":  # MiniMax-M3's dense MLP: the clamped SwiGLU of GPT-OSS' experts
         gate = g.add(f"{p}gate_proj", "linear", [x], in_features=s.hidden, out_features=inter, bias=bias)
         up = g.add(f"{p}up_proj", "linear", [x], in_features=s.hidden, out_features=inter, bias=bias)
         a = g.add(f"{p}glu", "clamped_glu", [gate, up], limit=1.5)
@@ -343,7 +352,8 @@ def _moe(g: _Graph, s: DecoderSpec, p: str, x: str) -> str:
     w = g.add(f"{p}router", "router", [logits], **router_params(s))
     out = g.add(f"{p}experts", "experts", [x, w], **expert_params(s))
     if s.shared_expert:
-        sh = _glu_or_gelu(g, s.with_(mlp="swiglu"), f"{p}shared_expert_", x, s.shared_intermediate, False)
+        sh = _glu_or_gelu(g, s.with_(mlp="swiglu", mlp_xielu=False), f"{p}shared_expert_", x, s.shared_intermediate,
+                          False)
         if s.shared_gate:
             gl = g.add(f"{p}shared_expert_gate", "linear", [x], in_features=s.hidden, out_features=1, bias=False)
             sh = g.add(f"{p}shared_expert_gating", "gate", [sh, gl], act="sigmoid", n_heads=1)

@@ -142,7 +142,7 @@ class Scale(Node):
 
 @torch_impl("norm")
 class Norm(Node):
-    """RMSNorm / LayerNorm over groups of ``dim`` channels, ``g = w`` or ``1 + w``."""
+    """RMSNorm / LayerNorm over groups of ``dim`` channels, ``g = w``, ``1 + w`` or none (``g = 1``)."""
 
     def forward(self, x):
         p = self.p
@@ -158,11 +158,24 @@ class Norm(Node):
             # Gemma / Qwen3-Next: (u * (1 + w)) in float32, cast after the weight (Llama casts before)
             return (u * (1.0 + self.weight.float())).to(dtype).reshape(shape)
         u = u.to(dtype)
+        if p["weight_form"] == "none":  # non-parametric: g = 1
+            return u.reshape(shape)
         g = self.weight if p["weight_form"] == "w" else 1.0 + self.weight
         out = g * u
         if p["bias"]:
             out = out + self.bias
         return out.reshape(shape)
+
+
+@torch_impl("xielu")
+class XIELU(Node):
+    """xIELU: ``a_p x^2 + beta x`` (``x > 0``), ``(expm1(min(x, eps)) - x) a_n + beta x`` otherwise."""
+
+    def forward(self, x):
+        beta, eps = self.p["beta"], self.p["eps"]
+        a_p = F.softplus(self.alpha_p)
+        a_n = beta + F.softplus(self.alpha_n)
+        return torch.where(x > 0, a_p * x * x + beta * x, (torch.expm1(torch.clamp(x, max=eps)) - x) * a_n + beta * x)
 
 
 @torch_impl("position_embedding")
@@ -192,7 +205,8 @@ class Linear(Node):
 
 
 def rope_tables(p: dict, seq: int, dtype: torch.dtype, numerics: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin of shape ``(seq, rotary_dim)`` laid out for the node's pairing style."""
+    """cos/sin of shape ``(seq, rotary_dim)`` laid out for the node's pairing style (sin negated for a rotation
+    by ``-theta``, ``reversed``)."""
     table_dtype = torch.float32 if numerics == "transformers" else torch.float64
     inv_freq = inv_freq_at(p, seq, table_dtype)  # the default table of theta unless the node is scaled
     freqs = torch.arange(seq, dtype=table_dtype)[:, None] * inv_freq[None, :]
@@ -204,6 +218,8 @@ def rope_tables(p: dict, seq: int, dtype: torch.dtype, numerics: str) -> tuple[t
     factor = p.get("attention_factor", 1.0)
     if factor != 1.0:  # YaRN / LongRoPE: cos and sin scaled in the table's dtype, as transformers does
         cos, sin = cos * factor, sin * factor
+    if p.get("reversed"):  # the rotation by -theta: R(-t) = cos + sin * rotate^T (NanoChat)
+        sin = -sin
     return cos.to(dtype), sin.to(dtype)
 
 

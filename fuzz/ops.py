@@ -24,14 +24,16 @@ position_embedding  ``x + P[start : start + seq]``, ``P: (max_pos, dim)``: learn
                token; a padded position reads row ``max(start - 1, 0)``); without padding both modes are equal
 scale          ``factor * x`` (embedding / residual / logit multipliers)
 norm           per group of ``dim`` channels: RMSNorm ``g * u / rms(u)`` or LayerNorm
-               ``g * (u - mean) / std + b``; ``g = w`` or ``g = 1 + w`` (``weight_form``); ``groups > 1``
+               ``g * (u - mean) / std + b``; ``g = w`` or ``g = 1 + w`` (``weight_form``; ``none``: no weight,
+               ``g = 1``, OLMo's LayerNorm, NanoChat's RMSNorm); ``groups > 1``
                is a per-head norm (one weight shared by the heads, Qwen3 ``q_norm``); ``group_weights``: each
                group its own weight (and bias), ``(groups, dim)`` (Cohere ``use_qk_norm`` LayerNorm per head)
 linear         ``x W^T (+ b)``
 rope           rotary embedding per head on the first ``rotary_dim`` channels, pairs ``(i, i + r/2)``
                (``half``, Llama ``rotate_half``) or ``(2i, 2i+1)`` (``interleaved``, GPT-J); scaled RoPE
                (``scaling``: linear / llama3 / yarn with their ``inv_freq`` table, ``dynamic`` NTK theta
-               past ``max_positions``, ``longrope`` short/long tables) and cos/sin times ``attention_factor``
+               past ``max_positions``, ``longrope`` short/long tables) and cos/sin times ``attention_factor``;
+               ``reversed``: the rotation by ``-theta`` (sin negated: NanoChat's ``rotate_half = cat(x2, -x1)``)
 attention      causal softmax attention; ports q, k, v; GQA when ``n_kv_heads < n_heads``; ``window``
                (``None`` = full causal): query ``i`` sees keys ``j`` with ``0 <= i - j < window`` (keys at
                distance ``>= window`` masked: transformers' ``sliding_window`` convention); scores
@@ -55,6 +57,9 @@ act            silu / gelu / gelu_tanh / relu / relu2 (``relu(x)^2``, Nemotron, 
                (``x sigmoid(1.702 x)``) / fast_gelu (transformers ``gelu_fast``: ``0.5 x (1 + tanh(0.7978845608
                x (1 + 0.044715 x^2)))``) / bloom_gelu (BLOOM's BloomGelu: ``x 0.5 (1 + tanh(0.79788456 x (1 +
                0.044715 x^2)))``, another truncated constant); ``gelu_new`` / ``gelu_pytorch_tanh`` are ``gelu_tanh``
+xielu          xIELU (Apertus): ``a_p x^2 + beta x`` for ``x > 0``, else ``(expm1(min(x, eps)) - x) a_n + beta x``,
+               with learned ``a_p = softplus(alpha_p)``, ``a_n = beta + softplus(alpha_n)`` (``alpha_p``, ``alpha_n``:
+               shape ``(1,)``)
 mul            ``a * b`` (the GLU product)
 clamped_glu    the clamped SwiGLU of a dense MLP (MiniMax-M3's dense and shared-expert MLPs; GPT-OSS' expert
                GLU): ports gate, up; ``(clamp(up, -limit, limit) + 1) * g * sigmoid(alpha g)`` with
@@ -345,6 +350,8 @@ def _norm(node, p, w):
     _widths(node, "norm", w, [p["dim"] * p["groups"]])
     _need(p["bias"] is False or p["kind"] == "layer", node, "only LayerNorm has a bias")
     _need(not p["group_weights"] or p["groups"] > 1, node, "group_weights needs groups > 1 (one weight per group)")
+    _need(p["weight_form"] != "none" or not (p["bias"] or p["group_weights"]), node,
+          "a weight-free norm (weight_form 'none') has no bias and no per-group weights")
     _eps(node, "norm", p["eps"])
     return w[0]
 
@@ -361,13 +368,15 @@ def _norm_features(p):
 
 
 def _norm_shapes(p):
+    if p["weight_form"] == "none":  # non-parametric (OLMo's LayerNorm, NanoChat's RMSNorm): g = 1
+        return {}
     shape = (p["groups"], p["dim"]) if p["group_weights"] else (p["dim"],)
     return {"weight": shape, **({"bias": shape} if p["bias"] else {})}
 
 
 declare(OpSpec("norm", {"kind": (str, "rms"), "dim": (int, ...), "groups": (int, 1), "eps": (float, 1e-6),
                         "weight_form": (str, "w"), "bias": (bool, False), "group_weights": (bool, False)}, ("x",),
-               _norm, {"kind": ("rms", "layer"), "weight_form": ("w", "1+w")}, shapes=_norm_shapes,
+               _norm, {"kind": ("rms", "layer"), "weight_form": ("w", "1+w", "none")}, shapes=_norm_shapes,
                init={"weight": _init_norm_weight, "bias": _init_small}, drawn_by=ALWAYS, features=_norm_features))
 
 
@@ -429,6 +438,8 @@ def _rope_features(p):
         tags += (f"op:rope:scaled:{p['scaling']}",)
     if p["attention_factor"] != 1.0:
         tags += ("op:rope:attention_factor",)
+    if p["reversed"]:
+        tags += ("op:rope:reversed",)
     return tags
 
 
@@ -436,7 +447,8 @@ declare(OpSpec("rope", {"n_heads": (int, ...), "head_dim": (int, ...), "rotary_d
                         "style": (str, "half"), "theta": (float, 10000.0),
                         # scaled RoPE (defaults: the plain table of theta, as before)
                         "scaling": (str, "none"), "inv_freq": (tuple, ()), "attention_factor": (float, 1.0),
-                        "factor": (float, 1.0), "max_positions": (int, 2048), "long_inv_freq": (tuple, ())},
+                        "factor": (float, 1.0), "max_positions": (int, 2048), "long_inv_freq": (tuple, ()),
+                        "reversed": (bool, False)},  # the rotation by -theta (sin negated: NanoChat)
                ("x",), _rope, {"style": ("half", "interleaved"), "scaling": ROPE_SCALINGS}, shapes=_no_parameters,
                drawn_by=({"layers": [{"rope": True}]},), features=_rope_features))
 
@@ -571,6 +583,24 @@ declare(OpSpec("gate", {"act": (str, "sigmoid"), "n_heads": (int, 1)}, ("x", "g"
 
 declare(OpSpec("act", {"fn": (str, "silu")}, ("x",), _same, {"fn": ACTIVATIONS}, shapes=_no_parameters,
                drawn_by=ALWAYS, features=lambda p: (f"op:act:{p['fn']}",)))
+
+
+def _xielu(node, p, w):
+    _finite(node, "xielu", "beta", p["beta"], "a finite number in (0, 10] (the linear slope)", 0 < p["beta"] <= 10)
+    _finite(node, "xielu", "eps", p["eps"], "a finite number in [-0.1, 0] (the clamp of the negative side)",
+            -0.1 <= p["eps"] <= 0)
+    return _same(node, p, w)
+
+
+def _init_xielu_alpha(z, p):
+    """``0.3 z``: softplus of it around 0.7 (Apertus starts at ``a_p = 0.8``)."""
+    return 0.3 * z
+
+
+declare(OpSpec("xielu", {"beta": (float, 0.5), "eps": (float, -1e-6)}, ("x",), _xielu,
+               shapes=lambda p: {"alpha_p": (1,), "alpha_n": (1,)},
+               init={"alpha_p": _init_xielu_alpha, "alpha_n": _init_xielu_alpha},
+               drawn_by=({"mlp_xielu": True},), features=lambda p: ("op:xielu",)))
 
 
 def _mul(node, p, w):

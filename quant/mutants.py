@@ -52,6 +52,12 @@ positions_unmasked     a layout rewrite (wht-scale's) re-emits OPT's learned    
 temperature_dropped    a layout rewrite (wht-scale's) re-emits each attention      attention temperature
                        without its temperature tuning (the queries no longer       tuning
                        scaled by 1 + beta log(1 + floor(p / L)))
+weightless_unabsorbed  norm absorption scales the readers of a weight-free norm     weight-free norms
+                       (OLMo, NanoChat: g = 1) with no weight to divide by s        (pre-norm or sandwich)
+rope_direction_lost    a layout rewrite (wht-scale's) re-emits a RoPE by -theta     RoPE by -theta
+                       (NanoChat) as the rotation by +theta                         (``rope_reversed``)
+xielu_as_relu2         up-down moves s^2 across xIELU as if it were relu2 (its          a dense xIELU MLP
+                       positive side a_p x^2 + beta x is quadratic, not homogeneous)
 =====================  ==========================================================  ==========================
 
 Loaded with the registries (the ``archfuzz.registries`` entry points, :func:`verifier.registry.load_plugins`).
@@ -115,13 +121,13 @@ register_mutant("rope_scaling_dropped", "quant:wht-scale", "rope_unscaled",
                 applies={"rope": True, "rope_scaling": ("linear", "llama3", "yarn", "dynamic", "longrope")})
 register_mutant("assumed_homogeneous", "quant:up-down", "homogeneity_assumed",
                 applies={"mlp": ("gelu", "gelu_tanh", "relu2", "quick_gelu", "fast_gelu", "silu", "bloom_gelu"),
-                         "moe": False})
+                         "moe": False, "mlp_xielu": False})
 register_mutant("sparsemixer_dropped", "quant:wht-scale", "sparsemixer_dropped",
                 applies={"moe": True, "router": "sparsemixer"})
 register_mutant("clamped_glu_as_linear", "quant:up-down", "clamped_glu_as_linear",
-                applies={"mlp": "clamped_swiglu", "moe": False})
+                applies={"mlp": "clamped_swiglu", "moe": False, "mlp_xielu": False})
 register_mutant("shared_head_gamma", "quant:spectral-pca", "shared_head_gamma",
-                applies={"qk_norm": "per_head_own", "norm": "rms", "fused_qkv": False})
+                applies={"qk_norm": "per_head_own", "norm": "rms", "fused_qkv": False, "norm_weightless": False})
 register_mutant("mla_latent_unscaled", "quant:norm-absorb", "unscaled_consumer",
                 params={"where": _reads_latent_norm}, fixed=_SKIP, applies={"mla": ("q_lora", "q_direct")})
 register_mutant("kpe_per_head", "quant:pair-pca", "kpe_per_head", applies={"mla": ("q_lora", "q_direct")})
@@ -129,3 +135,8 @@ register_mutant("position_unrotated", "quant:residual-rotation", "position_table
                 applies={"position_embedding": True, "norm": "rms", "placement": "pre", "tie_embeddings": False})
 register_mutant("extra_rows_unrotated", "quant:residual-rotation", "extra_rows_unrotated",
                 applies={"extra_input_id": True, "norm": "rms", "placement": "pre", "tie_embeddings": False})
+register_mutant("weightless_unabsorbed", "quant:norm-absorb", "weightless_norm_unabsorbed", fixed=_SKIP,
+                applies={"norm_weightless": True, "placement": ("pre", "sandwich")})
+register_mutant("rope_direction_lost", "quant:wht-scale", "rope_direction_lost",
+                applies={"rope": True, "rope_reversed": True})
+register_mutant("xielu_as_relu2", "quant:up-down", "xielu_quadratic", applies={"mlp_xielu": True, "moe": False})

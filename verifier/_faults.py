@@ -58,6 +58,12 @@ FAULTS = {
                            "temperature tuning (the per-position query factor of Ministral3 / Mistral4 / Llama-4)",
     "clamped_glu_as_linear": "up-down scales a dense clamped SwiGLU's up rows and down columns as if the GLU were "
                              "linear in up (clamp(up) + 1 is not)",
+    "weightless_norm_unabsorbed": "norm-absorb scales the readers of a weight-free norm (g = 1) but has no weight "
+                                  "to divide by s, so nothing absorbs 1 / s",
+    "rope_direction_lost": "a layout edit (graph_edit.LayoutEdit.apply) re-emits a RoPE by -theta (NanoChat) as "
+                              "the rotation by +theta",
+    "xielu_quadratic": "up-down moves s^2 across xIELU as if it were relu2 (its positive side a_p x^2 + beta x is "
+                       "quadratic, but not homogeneous)",
 }
 
 _ACTIVE: ContextVar[Mapping[str, Mapping[str, Any]]] = ContextVar("archfuzz_faults", default=MappingProxyType({}))

@@ -158,4 +158,4 @@ register_mutant("alibi_unpermuted", "reference:permute_heads", "alibi_unpermuted
 register_mutant("sinks_unpermuted", "reference:permute_heads", "sinks_unpermuted",
                 applies={"mla": "none", "attn_sinks": True, "fused_qkv": False})  # and n_heads > 1 (checked on the spec)
 register_mutant("softcap_scale_outside", "reference:fold_attn_scale", "softcap_scale_outside",
-                applies={"mla": "none", "attn_softcap": 2.0, "fused_qkv": False})
+                applies={"mla": "none", "attn_softcap": 2.0, "fused_qkv": False, "norm_weightless": False})

@@ -63,6 +63,8 @@ def permute_hidden(model: nn.Module, calib: Calibration, seed: int = 0) -> nn.Mo
             if op == "embedding" or op == "position_embedding" and fault("position_table_unpermuted") is None:
                 mod.weight.copy_(mod.weight[:, p])
             elif op == "norm" and node in basis:
+                if mod.p["weight_form"] == "none":  # a weight-free norm: nothing to permute
+                    continue
                 mod.weight.copy_(mod.weight[p])
                 if mod.p["bias"]:
                     mod.bias.copy_(mod.bias[p])
@@ -113,7 +115,9 @@ def _permute_producer(m: GraphModel, node: str, order: torch.Tensor, done: set, 
         if mod.p["bias"]:
             mod.bias.copy_(_rows_by_blocks(mod.bias, order, out // n))
         return
-    if op == "norm" and mod.p["groups"] == 1:  # a full-width q/k norm: its weight has per-head blocks
+    if op == "norm" and mod.p["weight_form"] == "none":  # a weight-free q/k norm: nothing moves with the heads
+        pass
+    elif op == "norm" and mod.p["groups"] == 1:  # a full-width q/k norm: its weight has per-head blocks
         block = mod.p["dim"] // n
         mod.weight.copy_(_rows_by_blocks(mod.weight, order, block))
         if mod.p["bias"]:
@@ -209,6 +213,9 @@ def fold_attn_scale(model: nn.Module, calib: Calibration, seed: int = 0) -> nn.M
                 mod = m.nodes[chain.norm]
                 if layout.op(chain.norm) == "gamma_norm":
                     mod.gamma.mul_(a)
+                elif mod.p["weight_form"] == "none":
+                    raise Refusal("fold_attn_scale", "a weight-free q/k norm has no weight to take the score scale",
+                                  op="norm", path=chain.norm, feature="weightless-qk-norm")
                 else:
                     if mod.p["weight_form"] == "1+w":
                         mod.weight.copy_(a * (1.0 + mod.weight) - 1.0)

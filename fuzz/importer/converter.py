@@ -18,7 +18,7 @@ from ..errors import ArchfuzzError, BadInput, LayoutError
 from ..layout import Layout
 from ..record import RecordedGraph
 from . import rewrites, temperature
-from .patterns import pattern_for
+from .patterns import pattern_for, scores_activations_for_topk, sinks_unread
 
 Entry = tuple[str, str, dict, list[str]]  # (layout node, op, params, inputs): an argument of Layout.from_nodes
 
@@ -65,6 +65,8 @@ class Converter:
     # ------------------------------------------------------------------ conversion
     def layout(self) -> Layout:
         """The validated layout of the recording (meta: name, source, param_map, aliases, tied, module_paths)."""
+        self._refuse_repeated_layers()
+        self._refuse_dynamic_masks()
         rewrites.drop_identity_scales(self)
         rewrites.bypass_views(self)
         rewrites.fold_clamped_glus(self)
@@ -161,6 +163,44 @@ class Converter:
                                   f"reads {got}")
             roles[role] = hits[0]
         self.take(node, roles)
+
+    def _refuse_repeated_layers(self) -> None:
+        """A linear weight read by two or more recorded linears: the same layer runs more than once per forward
+        (weight-shared recurrent depth, HRM's H / L cycles), which a layout of distinct nodes cannot express."""
+        readers = defaultdict(list)
+        for node, d in sorted(self.g.nodes(data=True), key=lambda nd: nd[1]["index"]):
+            if d["op"] == "linear":
+                for p in d["params"]:
+                    readers[p].append(node)
+        for p, nodes in readers.items():
+            if len(nodes) > 1:
+                raise self.refuse(nodes[1], f"recurrent depth: {self.g.nodes[nodes[0]]['module_path']} runs "
+                                  f"{len(nodes)} times per forward with the same weight {p} (weight-shared layers, "
+                                  f"e.g. HRM's H / L cycles); the layout runs each layer once")
+
+    def _refuse_dynamic_masks(self) -> None:
+        """An attention whose mask (sdpa's ``attn_mask``, port 3) is computed from the hidden states: the scores get
+        a data-dependent mask (Doge's dynamic-mask attention), which the layout's attention cannot express.  A mask
+        behind a sparse-attention indexer and an attention with unread sinks are left to their own refusals
+        (:func:`~fuzz.importer.patterns.scores_activations_for_topk`, :func:`~fuzz.importer.patterns.sinks_unread`),
+        which name the feature at its module."""
+        for node, d in sorted(self.g.nodes(data=True), key=lambda nd: nd[1]["index"]):
+            if d["op"] != "attention":
+                continue
+            masks = [s for s, _, port in self.g.in_edges(node, data="port") if port >= 3]
+            if not masks:
+                continue
+            behind = nx.ancestors(self.g, masks[0]) | {masks[0]}
+            if sinks_unread(self, node) or any(scores_activations_for_topk(self, n) for n in behind):
+                continue  # refused by name as they convert: attention sinks, a sparse-attention indexer
+            what = f"{self.g.nodes[masks[0]].get('call', self.g.nodes[masks[0]]['op'])} {masks[0]!r}"
+            if any(self.g.nodes[a]["op"] == "embedding" for a in nx.ancestors(self.g, masks[0])):
+                raise self.refuse(node, f"dynamic-mask attention: the attention mask is computed from the hidden "
+                                  f"states ({what}, e.g. Doge's exp(A softplus(dt_proj(v)))); the layout's attention "
+                                  f"masks by position only")
+            raise self.refuse(node, f"a learned attention bias: the scores get a mask or bias computed from parameters "
+                              f"({what}, e.g. a learned relative-position bias); the layout's attention has no such "
+                              f"bias")
 
     def _check_coverage(self) -> None:
         owners = defaultdict(list)

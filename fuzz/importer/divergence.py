@@ -93,7 +93,10 @@ def first_divergent(model: nn.Module, graph_model: GraphModel, x: torch.Tensor, 
         out = got.get(node)
         if ref is None or out is None or out.numel() != ref.numel() or out.numel() % tokens:
             return None
-        return relative_error(out.reshape(tokens, -1), ref.reshape(tokens, -1))
+        err = relative_error(out.reshape(tokens, -1), ref.reshape(tokens, -1))
+        if ref.dim() == 4 and tuple(ref.shape[::2]) == tuple(x.shape):  # (batch, heads, seq, d): q / k norms
+            err = min(err, relative_error(out.reshape(tokens, -1), ref.transpose(1, 2).reshape(tokens, -1)))
+        return err
 
     for n in order:
         if layout.op(n) in ("tokens", "router"):

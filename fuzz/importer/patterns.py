@@ -58,8 +58,9 @@ import torch
 
 from ..materialize import MODULES
 from ..ops import ACTIVATIONS, registrar, spec
+from ..record.contract import weightless_norm
 from .rewrites import last_axis_slice
-from .rope import rope_params
+from .rope import rope_params, sin_sign
 from .temperature import PARAMS as TEMPERATURE_PARAMS
 
 if TYPE_CHECKING:
@@ -117,6 +118,23 @@ def _embedding(conv: Converter, node: str, ins: list[str]) -> dict:
     d = conv.g.nodes[node]
     if [conv.g.nodes[i]["op"] for i in ins] != ["tokens"]:
         raise conv.refuse(node, "embedding does not read the token ids")
+    lookups = sorted((conv.g.nodes[n]["index"], n) for n in conv.g.successors(ins[0])
+                     if conv.g.nodes[n]["op"] == "embedding")
+    if lookups and lookups[0][1] != node:  # Gemma4 / Gemma3n embed_tokens_per_layer: a second table of the ids
+        raise conv.refuse(node, f"a second token-id embedding ({d['vocab']} x {d['dim']}) besides "
+                          f"{conv.g.nodes[lookups[0][1]]['module_path']}: per-layer input embeddings (Gemma4); the "
+                          "layout has one token embedding")
+    vocab = conv.g.nodes[ins[0]]["vocab"]
+    if d["vocab"] != vocab:  # Moshi: vocab + 1 rows (an initial-token row the ids never reach)
+        raise conv.refuse(node, f"the token embedding has {d['vocab']} rows for a vocabulary of {vocab} logits (rows "
+                          f"the ids never reach, e.g. Moshi's extra initial-token row); the layout's embedding table "
+                          f"is the vocabulary")
+    for c in conv.g.successors(node):  # DeepSeek-V4 / HY-V4 mHC: the stream widened to k copies of the hidden width
+        shape = conv.g.nodes[c]["shape"]
+        if len(shape) >= 4 and shape[-1] == d["dim"] and shape[-2] > 1 and conv.width(c) == shape[-2] * d["dim"]:
+            raise conv.refuse(c, f"hyper-connections: the token embedding is widened to {shape[-2]} residual streams "
+                              f"of width {d['dim']} ({conv.g.nodes[c].get('call', conv.g.nodes[c]['op'])} of shape "
+                              f"{list(shape)}); the layout has one residual stream")
     conv.by_shape(node, {"weight": (d["vocab"], d["dim"])})
     return {"vocab": d["vocab"], "dim": d["dim"]}
 
@@ -126,10 +144,10 @@ def _position_embedding(conv: Converter, node: str, ins: list[str]) -> dict:
     """``x + P[start : start + seq]`` (recorder: an add of a constant-ids lookup ``start + arange(seq)``)."""
     d = conv.g.nodes[node]
     src = ins[0] if len(ins) == 1 else None
-    if src is not None and conv.g.nodes[src]["op"] == "scale":  # BioGPT: sqrt(d) E[ids] + P
-        src = next(iter(conv.g.predecessors(src)), None) if conv.g.in_degree(src) == 1 else None
+    if src is not None and conv.g.nodes[src]["op"] == "scale":  # BioGPT: sqrt(hidden) E[ids] + P[positions]
+        src = conv.inputs(src)[0] if len(conv.inputs(src)) == 1 else None
     if src is None or conv.g.nodes[src]["op"] != "embedding":
-        raise conv.refuse(node, "learned positions are not added to the token embedding")
+        raise conv.refuse(node, "learned positions are not added to the (scaled) token embedding")
     conv.by_shape(node, {"weight": (d["max_pos"], d["dim"])})
     return {"max_pos": d["max_pos"], "dim": d["dim"], "start": d["start"]}
 
@@ -186,9 +204,12 @@ def _norm(conv: Converter, node: str, ins: list[str]) -> dict:
     if d["eps"] is None:
         raise conv.refuse(node, "norm with no recognisable eps")
     dim, read = d["dim"], d["params"]
-    if not read and "bias" not in d:  # OLMo's LayerNorm: F.layer_norm with neither weight nor bias
-        raise conv.refuse(node, f"a {d.get('kind', '')} norm with no weight and no bias (non-parametric "
-                          f"{d.get('call', 'norm')}): the layout's norm owns a weight")
+    if not read:  # non-parametric: OLMo's F.layer_norm with neither weight nor bias, NanoChat's RMSNorm module
+        if d.get("bias") or d.get("weight_form", "none") not in ("none", "w"):
+            raise conv.refuse(node, f"a {d.get('kind', '')} norm reads no parameter but is recorded with a bias or "
+                              f"weight form {d.get('weight_form')!r}")
+        groups = d.get("groups") or max(1, conv.width(node) // dim)
+        return {"kind": d["kind"], "dim": dim, "groups": groups, "eps": float(d["eps"]), "weight_form": "none"}
     own = (d["groups"], dim) if d.get("group_weights") else (dim,)  # group_weights: a weight row per head
     if any(conv.shape(p) != own for p in read) or len(read) != 1 + d.get("bias", False):
         raise conv.refuse(node, f"norm of dim {dim} reads {[(p, conv.shape(p)) for p in read]}")
@@ -225,6 +246,20 @@ def _norm_roles(conv: Converter, node: str, read: list[str]) -> dict[str, str]:
     return roles
 
 
+@import_pattern("xielu")
+def _xielu(conv: Converter, node: str, ins: list[str]) -> dict:
+    """xIELU (Apertus), measured by the recorder (:func:`fuzz.record.contract.measure_xielu`): ``alpha_p`` is the
+    scalar whose softplus is the measured ``a_p``, ``alpha_n`` the other one."""
+    d = conv.g.nodes[node]
+    read = d["params"]
+    soft = [float(torch.nn.functional.softplus(conv.named[p].detach().double()).reshape(())) for p in read]
+    hits = [i for i, s in enumerate(soft) if abs(s - d["a_p"]) <= 1e-9 * max(1.0, abs(d["a_p"]))]
+    if len(read) != 2 or len(hits) != 1:
+        raise conv.refuse(node, f"xIELU reads {read}: cannot tell alpha_p from alpha_n")
+    conv.take(node, {"alpha_p": read[hits[0]], "alpha_n": read[1 - hits[0]]})
+    return {"beta": float(d["beta"]), "eps": float(d["eps"])}
+
+
 @import_pattern("router")
 def _router(conv: Converter, node: str, ins: list[str]) -> list[Entry]:
     """A recorded router reads its own weight: a ``linear`` producing the logits, then the ``router``.  The
@@ -233,6 +268,12 @@ def _router(conv: Converter, node: str, ins: list[str]) -> list[Entry]:
     d = conv.g.nodes[node]
     for dst in conv.g.successors(node):
         if conv.g.nodes[dst]["op"] != "experts":
+            other = [s for s in conv.g.predecessors(dst) if s != node]
+            if conv.g.nodes[dst]["op"] == "mul" and other and set(other) <= nx.ancestors(conv.g, node) and any(
+                    conv.g.nodes[s]["op"] == "experts" for s in conv.g.successors(dst)):
+                raise conv.refuse(node, f"routing weights that scale the experts' input: the router's scores "
+                                  f"multiply the hidden states it read ({dst!r}) before the experts run (Llama 4's "
+                                  f"routed_in = x * sigmoid(score)); the layout's experts weight their outputs")
             raise conv.refuse(node, f"router output read by {conv.g.nodes[dst]['op']} {dst!r}, not experts")
     proj = f"{node}_proj"
     while proj in conv.g:
@@ -545,7 +586,10 @@ def _rope(conv: Converter, node: str, ins: list[str]) -> dict:
     key = (d["module_path"], d["rotary_dim"])
     if key not in conv.thetas:
         conv.thetas[key] = rope_params(conv, node, d["rotary_dim"])
-    return {**p, **conv.thetas[key]}
+    # the direction, measured: the rotate form the recording shows (NanoChat's rotate_half = cat(x2, -x1) negates
+    # the first half: record.contract._negates_first_half) times the sign of the sin table the rotation read
+    reversed_ = bool(d.get("first_half_negated")) != (sin_sign(d) == -1)
+    return {**p, **conv.thetas[key], **({"reversed": True} if reversed_ else {})}
 
 
 @import_pattern("attention")
@@ -657,12 +701,27 @@ def _check_attention(conv: Converter, node: str) -> None:
     if d.get("causal") is False and d.get("masked") is False and not one_query \
             or getattr(module, "is_causal", True) is False:
         raise conv.refuse(node, "attention is neither causal nor masked (bidirectional)")
-    if any(isinstance(getattr(module, name, None), torch.nn.Parameter) for name in ("sinks", "s_aux")) \
-            and not d["params"]:
+    if sinks_unread(conv, node):
         raise conv.refuse(node, "attention sinks (a learned per-head logit in the softmax denominator) the recorded "
                           "attention does not read: the importer reads them only from a recorded eager attention")
     if getattr(module, "attn_logit_softcapping", None) is not None and "score_chain" not in d:
         raise conv.refuse(node, "attention logits are soft-capped and the recorded attention shows no soft-cap")
+
+
+def sinks_unread(conv: Converter, node: str) -> bool:
+    """Whether the attention module of ``node`` holds attention sinks (``sinks`` / ``s_aux``) that the recorded
+    attention does not read."""
+    module = conv.modules.get(conv.g.nodes[node]["module_path"])
+    return any(isinstance(getattr(module, name, None), torch.nn.Parameter) for name in ("sinks", "s_aux")) \
+        and not conv.g.nodes[node]["params"]
+
+
+def scores_activations_for_topk(conv: Converter, node: str) -> bool:
+    """Whether ``node`` is a product of two activations (``Q K^T`` outside an attention) that feeds a top-k: a
+    sparse-attention indexer choosing the keys each query reads (DeepSeek-V3.2, GLM-MoE-DSA)."""
+    d = conv.g.nodes[node]
+    return d["op"] == "opaque" and d.get("call") in ("matmul", "bmm", "einsum") and conv.g.in_degree(node) == 2 \
+        and any(conv.g.nodes[n].get("call") == "topk" for n in nx.descendants(conv.g, node))
 
 
 @import_pattern("softcap")  # recorded as scale(1 / c) -> tanh -> scale(c), folded by rewrites.fold_softcaps
@@ -699,9 +758,13 @@ def _act(conv: Converter, node: str, ins: list[str]) -> dict:
     d = conv.g.nodes[node]
     conv.no_params(node)
     if str(d["fn"]).startswith("unknown:"):  # a parameter-free module that is none of them (contract.py)
-        if _is_weightless_rms(conv.modules.get(d["module_path"]), int(d["shape"][-1])):
-            raise conv.refuse(node, f"weightless RMS norm: module {d['fn'][8:]} computes x / rms(x) over the last "
-                              f"axis with no learned scale (Llama 4's q/k L2 norm); the layout's norm has a weight")
+        module, width = conv.modules.get(d["module_path"]), int(d["shape"][-1])
+        eps = [float(v) for v in (getattr(module, "eps", None), getattr(module, "variance_epsilon", None))
+               if isinstance(v, (int, float))] or [1e-6]
+        found = weightless_norm(module, (3, width), eps) if module is not None else None
+        if found is not None:  # the recorder contracts these (contract._contract_weightless_norm) when it sees eps
+            raise conv.refuse(node, f"weight-free {found[0]} norm: module {d['fn'][8:]} normalises the last axis "
+                              f"with no learned scale, but its eps ({found[1]}) is not in the recording")
         raise conv.refuse(node, f"activation module {d['fn'][8:]} computes none of the act op's functions "
                                 f"{ACTIVATIONS}")
     if d["fn"] not in ACTIVATIONS:
@@ -717,24 +780,6 @@ def _clamped_glu(conv: Converter, node: str, ins: list[str]) -> dict:
     if conv.width(ins[0]) != conv.width(ins[1]):
         raise conv.refuse(node, f"clamped SwiGLU of gate and up widths {conv.width(ins[0])}, {conv.width(ins[1])}")
     return {"limit": d["limit"], "alpha": d["alpha"]}
-def _is_weightless_rms(module, width: int) -> bool:
-    """Whether the parameter-free ``module`` computes ``x * rsqrt(mean(x^2) + eps)`` on probe rows (its ``eps``
-    or ``variance_epsilon``, else 1e-6)."""
-    if module is None or width < 2:
-        return False
-    eps = next((float(v) for v in (getattr(module, "eps", None), getattr(module, "variance_epsilon", None))
-                if isinstance(v, (int, float))), 1e-6)
-    x = torch.randn(3, width, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    try:
-        with torch.no_grad():
-            got = module(x)
-    except Exception:  # noqa: BLE001 - a module with another calling convention: not this norm
-        return False
-    want = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
-    return isinstance(got, torch.Tensor) and got.shape == x.shape and torch.allclose(got.double(), want, rtol=1e-5,
-                                                                                       atol=1e-6)
-
-
 @import_pattern("add")
 @import_pattern("mul")
 def _elementwise(conv: Converter, node: str, ins: list[str]) -> dict:
@@ -812,8 +857,7 @@ def _head_slice(conv: Converter, node: str, ins: list[str]) -> dict:
     d = conv.g.nodes[node]
     if d.get("call") in _ROUTING_CALLS:
         raise conv.refuse(node, _routing_refusal(conv, node))
-    if d.get("call") in ("matmul", "bmm", "einsum") and len(ins) == 2 and any(
-            conv.g.nodes[n].get("call") == "topk" for n in nx.descendants(conv.g, node)):
+    if scores_activations_for_topk(conv, node):
         raise conv.refuse(node, "sparse attention: activations scored against each other (Q K^T outside an attention) "
                           "feed a top-k choosing the keys each query reads (DeepSeek-V3.2 / GLM-MoE-DSA indexer); the "
                           "layout's attention reads every key in its window")
@@ -833,6 +877,14 @@ def _head_slice(conv: Converter, node: str, ins: list[str]) -> dict:
         heads, head_dim, start, length = d["flat_slice"]
         return {"n_heads": heads, "head_dim": head_dim, "start": start, "length": length}
     if d.get("call") not in _SLICES:
+        if any(conv.g.nodes[i]["op"] == "tokens" for i in ins):  # CPM-Ant: segment = (ids != 0)
+            raise conv.refuse(node, f"opaque op {d.get('call')!r} reads the token ids besides the embedding lookup: "
+                              f"an ids-dependent mask, segment or position (e.g. CPM-Ant's segments of non-zero "
+                              f"ids); the layout reads the ids once, in the token embedding")
+        if d.get("call") in ("zeros_like", "ones_like", "full_like", "empty_like"):  # Git's token_type_ids
+            raise conv.refuse(node, f"opaque op {d.get('call')!r}: a tensor built from an activation's shape inside "
+                              f"the forward (token-type ids or a mask prepared in the model, e.g. Git's image-text "
+                              f"mask); not in the layout's vocabulary")
         raise conv.refuse(node, f"opaque op {d.get('call')!r}")
     conv.no_params(node)
     (src,) = ins

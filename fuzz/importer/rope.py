@@ -38,8 +38,9 @@ def rope_params(conv: Converter, node: str, rotary_dim: int) -> dict:
     check decides whether that is the model's function; any other ``rope_type`` is refused by name."""
     path = conv.g.nodes[node]["module_path"]
     module = conv.modules.get(path)
-    if isinstance(module, Rope):  # a GraphModel source: the node's own parameters
-        return {k: v for k, v in module.p.items() if k not in ("n_heads", "head_dim", "rotary_dim", "style")}
+    if isinstance(module, Rope):  # a GraphModel source: the node's own parameters (the direction is measured)
+        return {k: v for k, v in module.p.items()
+                if k not in ("n_heads", "head_dim", "rotary_dim", "style", "reversed")}
     found = _rotary_module(conv, path)
     if found is None:
         typed = _layer_type_rope(conv, node, path, rotary_dim)
@@ -209,6 +210,22 @@ def measured_table(d: dict, rotary_dim: int) -> tuple[torch.Tensor, float] | Non
         for freqs, twin in ((angle[:half], angle[half:]), (angle[0::2], angle[1::2])):
             if torch.allclose(freqs, twin, rtol=_TABLE_RTOL, atol=0):
                 return freqs, amplitude
+    return None
+
+
+def sin_sign(d: dict) -> int | None:
+    """The sign of the sin table a recorded ``rope`` node multiplied by (its ``tables``, rows of positions 0, 1,
+    2: the sin row is 0 at position 0, ``a sin(f)`` at position 1 with every ``f`` in ``(0, pi)``): ``+1`` (the
+    rotation by ``+theta`` for Llama's ``rotate_half``), ``-1`` (a negated table, a rotation by ``-theta``), None
+    when no sin table was recorded or its position-1 row has mixed signs."""
+    tables = [torch.tensor(rows, dtype=torch.float64) for rows in d.get("tables", ())]
+    rows = [t[1] for t in tables if t.dim() == 2 and t.shape[0] >= 2 and t[0].abs().max() == 0]
+    if not rows:
+        return None
+    if all(bool((r > 0).all()) for r in rows):
+        return 1
+    if all(bool((r < 0).all()) for r in rows):
+        return -1
     return None
 
 

@@ -3,6 +3,7 @@ attention into single nodes, keep the logits' ancestors, label the ``lm_head`` a
 
 from __future__ import annotations
 
+import math
 import re
 from collections import defaultdict
 from typing import TYPE_CHECKING
@@ -128,7 +129,7 @@ def _contract_regions(g: nx.DiGraph, rec: _Recorder, merged: dict[str, str]) -> 
         frame = rec.regions[call]
         nodes = sorted(members[call], key=lambda n: g.nodes[n]["index"])
         if frame.activation:
-            _contract_activation(g, nodes, frame, merged)
+            _contract_activation(g, nodes, frame, merged, rec.n_tokens)
             continue
         found = _classify_region(g, nodes, frame, rec.own[id(frame.module)], rec.n_tokens)
         if found is None:
@@ -176,7 +177,59 @@ def identify_activation(module) -> str | None:
     return min(errors, key=errors.get) if errors else None
 
 
-def _contract_activation(g: nx.DiGraph, nodes: list[str], frame: _Frame, merged: dict[str, str]) -> None:
+def weightless_norm(module, x_shape, eps_candidates, dims=None) -> tuple[str, float, int] | None:
+    """``(kind, eps, dim)`` when the parameter-free ``module`` computes a weight-free RMSNorm or LayerNorm over
+    groups of ``dim`` channels of the last axis (``u / sqrt(mean(u^2) + eps)``, ``u = x`` or ``x - mean(x)``;
+    ``dim`` one of ``dims``, default the last axis) with one of ``eps_candidates``, measured on a float64 probe
+    of ``x_shape`` (an offset random draw: the mean shows) to the float32 floor (NanoChat normalises in
+    float32); None otherwise."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(tuple(x_shape), generator=gen, dtype=torch.float64) * 3.0 + 0.5
+    try:
+        with torch.no_grad():
+            y = module(x.clone())
+    except Exception:  # not a one-tensor module
+        return None
+    if not isinstance(y, torch.Tensor) or y.numel() != x.numel():
+        return None
+    for dim in dims or (x.shape[-1],):
+        if dim <= 0 or x.shape[-1] % dim:
+            continue
+        xg = x.reshape(*x.shape[:-1], -1, dim)
+        for kind in ("rms", "layer"):
+            u = xg - xg.mean(-1, keepdim=True) if kind == "layer" else xg
+            for eps in eps_candidates:
+                ref = (u * torch.rsqrt(u.pow(2).mean(-1, keepdim=True) + eps)).reshape(y.shape)
+                if bool(((ref - y.double()).abs() <= 1e-5 * (1 + ref.abs())).all()):
+                    return kind, float(eps), int(dim)
+    return None
+
+
+def _contract_weightless_norm(g: nx.DiGraph, nodes: list[str], frame: _Frame, merged: dict[str, str],
+                              n_tokens: int, inputs: list[str], out: str) -> bool:
+    """Contract a parameter-free module that normalises (a normalising call among its nodes) and computes a
+    weight-free RMSNorm / LayerNorm (:func:`weightless_norm`, NanoChat's ``F.rms_norm``-like module) into one
+    ``norm`` node with ``weight_form="none"``; False when it is none."""
+    if not any(g.nodes[n].get("call") in _NORMALISING | {"pow", "mean"} for n in nodes):
+        return False
+    eps = sorted({float(g.nodes[n]["scalar"]) for n in nodes if g.nodes[n].get("call") == "add"
+                  and isinstance(g.nodes[n].get("scalar"), float) and 0 < g.nodes[n]["scalar"] < 0.1}
+                 | {float(g.nodes[n]["eps"]) for n in nodes if g.nodes[n]["op"] == "norm"
+                    and g.nodes[n].get("eps") is not None})
+    dims = sorted({int(frame.in_shapes[0][-1]), int(g.nodes[out]["shape"][-1])}, reverse=True)
+    found = weightless_norm(frame.module, frame.in_shapes[0], eps, dims)
+    if found is None:
+        return False
+    dim = found[2]
+    attrs = {**_base_attrs(g, nodes, "norm", frame.path, out), "kind": found[0], "dim": dim,
+             "groups": max(1, _numel(frame.in_shapes[0]) // (n_tokens * dim)), "eps": found[1],
+             "weight_form": "none", "bias": False, "group_weights": False, "call": type(frame.module).__name__}
+    _contract(g, set(nodes), nodes[0], attrs, inputs, merged)
+    return True
+
+
+def _contract_activation(g: nx.DiGraph, nodes: list[str], frame: _Frame, merged: dict[str, str],
+                         n_tokens: int) -> None:
     """Contract the weight-free call of a parameter-free leaf module computing an elementwise activation
     (``relu(x) ** 2``, ``x * sigmoid(1.702 x)``, the tanh GELU written out) into one ``act`` node; the fn is
     found by probing the module (:func:`identify_activation`).  A module computing none of them, recorded as
@@ -186,11 +239,16 @@ def _contract_activation(g: nx.DiGraph, nodes: list[str], frame: _Frame, merged:
     if len(inputs) != 1 or len(outputs) != 1 or outputs[0] not in nodes:
         return
     out = outputs[0]
-    if any(g.nodes[n]["params"] for n in nodes) or list(g.nodes[out]["shape"]) != list(frame.in_shapes[0]):
+    if any(g.nodes[n]["params"] for n in nodes) or any(s not in nodes for n in nodes if n != out
+                                                       for s in g.successors(n)):
         return
-    if any(s not in nodes for n in nodes if n != out for s in g.successors(n)):
+    if list(g.nodes[out]["shape"]) != list(frame.in_shapes[0]):  # a per-group view (a GraphModel's own norm)
+        if _numel(g.nodes[out]["shape"]) == _numel(frame.in_shapes[0]):
+            _contract_weightless_norm(g, nodes, frame, merged, n_tokens, inputs, out)
         return
     fn = identify_activation(frame.module)
+    if fn is None and _contract_weightless_norm(g, nodes, frame, merged, n_tokens, inputs, out):
+        return
     if fn is None:
         if not any(g.nodes[n]["op"] == "opaque" for n in nodes):
             return  # importable as recorded (scales, adds ...): nothing to name
@@ -201,10 +259,51 @@ def _contract_activation(g: nx.DiGraph, nodes: list[str], frame: _Frame, merged:
     _contract(g, set(nodes), nodes[0], attrs, inputs, merged)
 
 
+def measure_xielu(module) -> dict | None:
+    """xIELU's ``beta``, ``eps`` and ``a_p`` measured on the elementwise module with two scalar parameters:
+    ``y = a_p x^2 + beta x`` at ``x = 1, 2``; ``a_n = beta + softplus(p)`` for the parameter ``p`` whose
+    softplus is not ``a_p``; ``eps`` from ``y(0) = expm1(eps) a_n``; then the whole function is confirmed on the
+    activation probe.  None when the module computes something else."""
+    import torch.nn.functional as F
+
+    params = [p for p in module.parameters() if p.numel() == 1]
+    if len(params) != 2:
+        return None
+    try:
+        with torch.no_grad():
+            y = module(torch.tensor([0.0, 1.0, 2.0], dtype=torch.float64))
+            yy = module(ACT_PROBE.clone())
+    except Exception:
+        return None
+    if not isinstance(y, torch.Tensor) or y.shape != (3,) or yy.shape != ACT_PROBE.shape:
+        return None
+    y = y.double()
+    a_p = float((y[2] - 2 * y[1]) / 2)
+    beta = float(y[1]) - a_p
+    soft = [float(F.softplus(p.detach().double()).reshape(())) for p in params]
+    hits = [i for i, s in enumerate(soft) if abs(s - a_p) <= 1e-9 * max(1.0, abs(a_p))]
+    if len(hits) != 1 or not 0 < beta <= 10:
+        return None
+    a_n = beta + soft[1 - hits[0]]
+    ratio = float(y[0]) / a_n
+    if not -1 < ratio <= 0:
+        return None
+    eps = math.log1p(ratio)
+    x = ACT_PROBE
+    ref = torch.where(x > 0, a_p * x * x + beta * x, (torch.expm1(torch.clamp(x, max=eps)) - x) * a_n + beta * x)
+    if not bool(((ref - yy.double()).abs() <= 1e-9 * (1 + ref.abs())).all()) or not -0.1 <= eps <= 0:
+        return None
+    return {"beta": beta, "eps": eps, "a_p": a_p}
+
+
 def _classify_region(g, nodes, frame: _Frame, own: dict, n_tokens: int) -> tuple[str, dict] | None:
     read = {p for n in nodes for p in g.nodes[n]["params"]}
     if not read or not read <= set(own) or not frame.in_shapes:
         return None
+    if len(read) == 2 and all(_numel(own[p]) == 1 for p in read):  # an activation with two learned scalars
+        found = measure_xielu(frame.module)
+        if found is not None:
+            return "xielu", found
     fns = {g.nodes[n].get("call") for n in nodes}
     x_shape = frame.in_shapes[0]
     shapes = {p: own[p] for p in read}
@@ -219,7 +318,10 @@ def _classify_region(g, nodes, frame: _Frame, own: dict, n_tokens: int) -> tuple
                            "act": acts[0] if acts else None}
     group_weights = len(set(shapes.values())) == 1 and all(len(s) == 2 for s in shapes.values()) \
         and _numel(x_shape) == n_tokens * _numel(next(iter(shapes.values())))  # (heads, head_dim): Cohere q_norm
-    if (group_weights or all(len(s) == 1 for s in shapes.values())) and fns & _NORMALISING:
+    # a normalising call; Gemma4 writes 1 / rms as pow(mean(x^2) + eps, -0.5)
+    normalising = fns & _NORMALISING or any(g.nodes[n].get("call") == "pow" and g.nodes[n].get("scalar") in (-0.5, 0.5)
+                                            for n in nodes)
+    if (group_weights or all(len(s) == 1 for s in shapes.values())) and normalising:
         scaled = any(g.nodes[n]["params"] and g.nodes[n].get("call") in {"mul"} | _NORM_FNS for n in nodes)
         if not scaled:
             return None
@@ -431,6 +533,8 @@ def _contract_ropes(g: nx.DiGraph, n_tokens: int, merged: dict[str, str]) -> Non
                  "head_dim": head_dim, "rotary_dim": rotary, "style": "interleaved" if interleaved else "half"}
         if all("const_rows" in g.nodes[s] for s in in_order):  # the cos/sin tables read (importer: rope.py)
             attrs["tables"] = [g.nodes[s]["const_rows"] for s in in_order]
+        if not interleaved and _negates_first_half(g, comp):
+            attrs["first_half_negated"] = True  # NanoChat: rotate_half = cat(x2, -x1), a rotation by -theta
         first = min(comp, key=lambda n: g.nodes[n]["index"])
         _contract(g, set(comp), first, attrs, list(ext), merged)
 
@@ -483,6 +587,21 @@ def _without_leading_pass(g: nx.DiGraph, comp: set, seeds: set) -> set:
         return comp
     branch = {ins[0]} | (nx.ancestors(sub, ins[0]) & passing)  # not an empty tail slice of the rotation itself
     return comp - branch - {exit_}
+
+
+def _negates_first_half(g: nx.DiGraph, comp: set) -> bool:
+    """A half-split RoPE whose negation reads the first half (``x[..., :r/2]``): ``cat(x2, -x1)``, the rotation
+    by ``-theta``, where Llama's ``rotate_half`` negates the second half (``cat(-x2, x1)``)."""
+    for n in comp:
+        d = g.nodes[n]
+        if not (d.get("call") == "neg" or d["op"] == "scale" and d.get("factor") == -1.0):
+            continue
+        for src in g.predecessors(n):
+            key = g.nodes[src].get("key", "") if g.nodes[src].get("call") == "getitem" else ""
+            last = key.split(",")[-1].strip()
+            if last.startswith(":") and last != ":":
+                return True
+    return False
 
 
 def _contract_eager_attention(g: nx.DiGraph, n_tokens: int, merged: dict[str, str],

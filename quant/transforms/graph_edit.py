@@ -57,6 +57,8 @@ class LayoutEdit:
                 params["from_mask"] = False
             if op == "rope" and fault("rope_unscaled") is not None:  # the mutant: RoPE rebuilt from theta
                 params = {k: params[k] for k in ("n_heads", "head_dim", "rotary_dim", "style", "theta")}
+            if op == "rope" and fault("rope_direction_lost") is not None:  # mutant only: re-emitted by +theta
+                params = {**params, "reversed": False}
             inputs = list(layout.inputs(node))
             for port, src in enumerate(inputs):
                 if (node, port) in self.insert:

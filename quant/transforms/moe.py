@@ -39,7 +39,7 @@ from torch import nn
 
 from fuzz.dataflow import clamped_glu_chains, glu_chains, homogeneous_mlp_chains
 from fuzz.errors import Refusal
-from fuzz.ops import ACTIVATIONS
+from fuzz.ops import ACTIVATIONS, HOMOGENEOUS_DEGREE
 from fuzz.materialize import GraphModel
 from verifier._faults import fault
 from verifier.transform import Calibration
@@ -67,6 +67,8 @@ def up_down(model: nn.Module, calib: Calibration, alpha: float = 0.5, experts: b
     if fault("clamped_glu_as_linear") is not None:  # mutants only: the clamped SwiGLU taken for a GLU
         glus, clamped = glus + clamped, []
     degrees = {fn: 1 for fn in ACTIVATIONS} if fault("homogeneity_assumed") is not None else None  # mutants only
+    if fault("xielu_quadratic") is not None:  # the mutant: xIELU's positive side taken for relu2 (degree 2)
+        degrees = {**HOMOGENEOUS_DEGREE, "xielu": 2}
     plain = [c for c in homogeneous_mlp_chains(layout, degrees)
              if reading is None or layout.inputs(c.up)[0] in reading] if dense else []
     expert_nodes = layout.of_op("experts") if experts else []

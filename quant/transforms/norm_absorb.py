@@ -18,6 +18,10 @@ Refusals (``on_unsupported="refuse"``, the default): a consumer that is not line
 and sandwich norms), the final norm under tied embeddings unless ``untie=True`` (``tied-embeddings``).
 ``on_unsupported="skip"`` leaves such norms alone and logs why.  Per-head q/k norms (``groups > 1``) are
 not T2's business (see T5) and are always left alone.
+
+A weight-free norm (``weight_form="none"``, ``g = 1``: OLMo, NanoChat) has no ``g`` to divide: it is first
+given a weight of ones (``weight_form="w"``, the same function; a layout edit), then absorbs ``1 / s`` like any
+other norm.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from verifier.transform import Calibration
 
 from . import register
 from .calibration import collect, energy_scales
-from .graph_edit import require_graph_model, untie as untie_model
+from .graph_edit import LayoutEdit, rebuild, require_graph_model, untie as untie_model
 
 NAME = "norm-absorb"
 
@@ -74,9 +78,27 @@ def scale_consumer(model: GraphModel, consumer: str, s: torch.Tensor) -> None:
         mod.weight.mul_(s[None, :])
 
 
+def with_weights(model: GraphModel, norms: list[str]) -> GraphModel:
+    """Every weight-free norm of ``norms`` (``weight_form="none"``, ``g = 1``) as a ``w`` norm with a weight of
+    ones: the same function, with a ``g`` that can absorb ``1 / s``.  ``model`` itself when there is none."""
+    free = [n for n in norms if model.layout.params(n)["weight_form"] == "none"]
+    if not free or fault("weightless_norm_unabsorbed") is not None:  # the mutant: left weight-free
+        return model
+    edit = LayoutEdit()
+    for n in free:
+        p = model.layout.params(n)
+        edit.params[n] = {"weight_form": "w"}
+        edit.tensors[(n, "weight")] = torch.ones(p["dim"], dtype=model.dtype)
+    new = rebuild(model, edit)
+    new.transform_log = list(getattr(model, "transform_log", []))
+    return new
+
+
 def absorb_into_norm(model: GraphModel, norm: str, s: torch.Tensor) -> None:
     """``g' = g / s`` (or ``1 + w' = (1 + w) / s``) and ``b' = b / s`` on the norm itself."""
     mod = model.nodes[norm]
+    if mod.p["weight_form"] == "none":  # only under the mutant weightless_norm_unabsorbed: nothing absorbs 1 / s
+        return
     if mod.p["weight_form"] == "w":
         mod.weight.div_(s)
     else:
@@ -102,6 +124,8 @@ def norm_absorb(model: nn.Module, calib: Calibration, alpha: float = 0.5,
             if on_unsupported == "refuse":
                 raise
             log.append({"transform": NAME, "node": node, "skipped": exc.feature, "why": str(exc)})
+    m = with_weights(m, list(plan))
+    layout = m.layout
     if scales == "energy":
         stats = collect(m, calib, energy=list(plan))["energy"] if plan else {}
     gen = torch.Generator().manual_seed(seed)

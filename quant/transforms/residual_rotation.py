@@ -87,8 +87,8 @@ def residual_rotation(model: nn.Module, calib: Calibration, seed: int = 0, untie
     q, kind = orthogonal(hidden, seed)
     q = q.to(m.dtype)
     with torch.no_grad():
-        for node in layout.order:  # fold g into the readers, leave a weightless RMSNorm
-            if node in basis and layout.op(node) == "norm":
+        for node in layout.order:  # fold g into the readers, leave a weightless RMSNorm (a weight-free one: g = 1)
+            if node in basis and layout.op(node) == "norm" and m.nodes[node].p["weight_form"] != "none":
                 mod = m.nodes[node]
                 g = mod.weight if mod.p["weight_form"] == "w" else 1.0 + mod.weight
                 for reader, _ in layout.consumers(node):

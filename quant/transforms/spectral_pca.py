@@ -168,6 +168,8 @@ def _norm_gamma(module: nn.Module) -> torch.Tensor:
     """The norm's ``g`` (vector) or a gamma_norm's ``(groups, dim, dim)`` Gamma, in float64."""
     if hasattr(module, "gamma"):
         return module.gamma.detach().double()
+    if module.p["weight_form"] == "none":  # a weight-free norm: g = 1
+        return torch.ones(module.p["dim"], dtype=torch.float64)
     w = module.weight.detach().double()
     w = w if module.p["weight_form"] == "w" else 1.0 + w
     if w.dim() == 2:  # group_weights: each head its own g, Gamma_h = diag(g_h) U_h

@@ -1,7 +1,7 @@
 """Llama 4's complex RoPE (``view_as_real(view_as_complex(x) * freqs_cis)``: each adjacent pair a complex number
 times a unit phasor) is an interleaved ``rope`` measured from the phasor table; the rest of Llama 4 that the
-layout vocabulary lacks is refused by name (the weightless q/k RMS norm); the NoPE layers' attention temperature
-tuning imports measured."""
+layout vocabulary lacks is refused by name (the MoE scaling the experts' input); its weightless q/k RMS norm
+imports as a weight-free norm, and the NoPE layers' attention temperature tuning imports measured."""
 
 from __future__ import annotations
 
@@ -53,10 +53,23 @@ def test_llama4_with_complex_rope_imports_within_its_float32_floor():
                                                           "none")
 
 
-def test_llama4_is_refused_at_its_weightless_qk_norm_by_name():
-    with pytest.raises(BadInput, match=r"model\.layers\.0\.self_attn\.qk_norm \(weightless RMS norm: module "
-                                       r"Llama4TextWeightlessRMSNorm computes x / rms\(x\)"):
+def test_llama4_weightless_qk_norm_imports_and_its_moe_is_refused_by_name():
+    """The weightless q/k L2 norm is a weight-free norm (``weight_form="none"``); what Llama 4 still lacks is
+    its MoE, whose routing weights scale the experts' input: refused naming that, at the router."""
+    rec = record(build("Llama4ForCausalLM"))
+    norms = [rec.graph.nodes[n] for n in rec.of_op("norm") if "qk_norm" in rec.graph.nodes[n]["module_path"]]
+    assert norms and all(d["weight_form"] == "none" and not d["params"] for d in norms)
+    with pytest.raises(BadInput, match=r"model\.layers\.0\.feed_forward\.router \(routing weights that scale the "
+                                       r"experts' input"):
         import_model(build("Llama4ForCausalLM"))
+
+
+def test_llama4_without_moe_imports_with_its_weightless_qk_norm():
+    hf = _llama4(**{**PLAIN, "use_qk_norm": True})
+    gm = import_model(hf)
+    check = gm.layout.meta["import_check"]
+    assert max(check["max_rel_err"].values()) <= check["bound"]
+    assert "none" in {gm.layout.params(n)["weight_form"] for n in gm.layout.of_op("norm")}
 
 
 def test_llama4_temperature_tuning_imports_measured_on_its_nope_layer():

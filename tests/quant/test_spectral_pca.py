@@ -51,8 +51,8 @@ def _check(layout, verdict) -> None:
     """Invariant to 1e-12 when the layout has an RMS q/k norm on separate q/k projections; otherwise refused
     for the documented reason (a fused qkv linear: ``fused-qkv``, whichever check comes first)."""
     s = _spec(layout)
-    if s.mla != "none":  # MLA's q/k are latent up-projections with a shared RoPE key: refused by name
-        assert verdict.status == "refused" and _feature(verdict) in FEATURES | FUSED | {"mla"}, verdict
+    if s.mla != "none":  # multi-head latent attention: refused by name (its own projections, no q/k norm)
+        assert verdict.status == "refused" and _feature(verdict) == "mla", verdict
         return
     if s.fused_qkv:
         assert verdict.status == "refused" and _feature(verdict) in FEATURES | FUSED, verdict

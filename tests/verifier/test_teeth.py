@@ -27,12 +27,13 @@ def _rope_qk_plain(s: Spec) -> bool:
 APPLIES = {name: (c, lambda s: True) for name, c in mutants.APPLIES.items() if name != "float32_rotation"}
 APPLIES["cross_group_heads"] = (mutants.APPLIES["cross_group_heads"], lambda s: s.n_kv_heads > 1)
 # top-1 renormalised routing weighs the chosen expert 1 whatever the logits: an unscaled router shows only when
-# it flips an argmax, which a tiny layout's test tokens need not do (seen once the window axis moved the draws)
-# the same for a sparsemixer over 2 experts: its second pick has one candidate left (weight 1) and its first is
-# 1 whenever the threshold masks the other expert (router_unscaled measured invariant at 7e-16 on such a layout)
-APPLIES["router_unscaled"] = (mutants.APPLIES["router_unscaled"],
-                              lambda s: not (s.top_k == 1 and s.renormalize)
-                              and not (s.router == "sparsemixer" and s.n_experts == 2))
+# it flips an argmax, which a tiny layout's test tokens need not do (seen once the window axis moved the draws); so
+# does a top-1 sparsemixer, whose weight is a masked softmax over the scores within its relative threshold of the
+# max: 1 whenever the runner-up is past it (seen once the rope_reversed axis moved the draws), and a sparsemixer
+# over 2 experts: its second pick has one candidate left (weight 1) and its first is 1 whenever the threshold masks
+# the other expert (router_unscaled measured invariant at 7e-16 on such a layout)
+APPLIES["router_unscaled"] = (mutants.APPLIES["router_unscaled"], lambda s: not (
+    s.top_k == 1 and (s.renormalize or s.router == "sparsemixer")) and not (s.router == "sparsemixer" and s.n_experts == 2))
 # a window shows only on a sliding layer (the draws may make every layer a full-attention one)
 APPLIES["window_dropped"] = (mutants.APPLIES["window_dropped"], lambda s: any(l.sliding for l in s.layers))
 # dynamic NTK RoPE needs rotary_dim > 2 (decoder.build emits plain RoPE below it: nothing to drop)
@@ -41,22 +42,26 @@ APPLIES["rope_scaling_dropped"] = (mutants.APPLIES["rope_scaling_dropped"],
 APPLIES["alibi_unpermuted"] = (mutants.APPLIES["alibi_unpermuted"], lambda s: s.n_heads > 1)
 APPLIES["sinks_unpermuted"] = (mutants.APPLIES["sinks_unpermuted"], lambda s: s.n_heads > 1)
 APPLIES["kpe_per_head"] = (mutants.APPLIES["kpe_per_head"], lambda s: s.n_heads > 1)  # one head: U_0 is shared
+# a weight-free LayerNorm over 2 channels (a 2-wide head per head, or the one head's full q / k) leaves q and k on
+# the one line (1, -1): q.R(t)k = |q||k| 2 cos t, blind to the direction of the rotation
+APPLIES["rope_direction_lost"] = (mutants.APPLIES["rope_direction_lost"], lambda s: not (
+    s.norm == "layer" and s.norm_weightless and s.qk_norm != "none" and s.head_dim == 2
+    and (s.qk_norm != "full" or s.n_heads == 1)))
 APPLIES["shared_head_gamma"] = (mutants.APPLIES["shared_head_gamma"], lambda s: s.n_heads > 1)  # a weight per head
 # mutants whose bug needs a feature combination rarer than the ci budget draws (caught wherever it applies,
 # above): the search is given this many unconstrained examples instead
-BUDGET = {"shared_head_gamma": 160,  # qk_norm=per_head_own (1 in 4) x RMS (1 in 2) x two or more heads (140 measured
-          # once the mla axis joined the draws)
+BUDGET = {"shared_head_gamma": 200,  # qk_norm=per_head_own (1 in 4) x RMS (1 in 2) x two or more heads x no weight-free
+          # norm (140 measured once the mla axis joined the draws, 144 alone once rope_reversed did; more after
+          # the other searches of this file)
           "expert_bias_unscaled": 80,  # MoE x expert biases
           "corrected_weights": 80,  # MoE x a correction-bias router (2 in 5) x not renormalised top-1 (17 measured
           # once the attn_temperature axes joined the draws)
           "sparsemixer_dropped": 80,  # MoE x router=sparsemixer (1 in 5) (36 measured)
-          "clamped_glu_as_linear": 400,  # mlp=clamped_swiglu (1 in 12) x a dense layer (49 measured before the
-          # bloom_gelu, mla and lm_head_bias axes moved the draws; 333 once positions_from_mask joined them)
+          "clamped_glu_as_linear": 400,  # mlp=clamped_swiglu (1 in 12) x a dense layer x no xIELU
           "extra_rows_unrotated": 120,  # an extra input id x untied x RMS x pre-norm x no other refusal (66 measured)
-          "position_unrotated": 300,  # learned positions x RMS x pre-norm x untied x no other refusal (161 measured;
-          # 212 once the extra_input_id axis joined the draws, 229 once positions_from_mask did)
-          # the positions_from_mask axis moved the draws: 16 measured at a budget of 40, none within 25
+          "position_unrotated": 300,  # learned positions x RMS x pre-norm x untied x no other refusal
           "cross_group_heads": 40, "symmetric_gamma": 40,
+          "softcap_scale_outside": 60,  # attn_softcap x unfused qkv x no MLA x no weight-free norm
           "forget_pair_bias": 200}  # q/k biases x plain q/k x RoPE, now also x unfused qkv (issue 14's fused_qkv axis)
 # a renormalised top-1 weight is 1 whatever the scores: the leaked correction bias cannot show there
 APPLIES["corrected_weights"] = (mutants.APPLIES["corrected_weights"], lambda s: not (s.renormalize and s.top_k == 1))
@@ -217,7 +222,8 @@ def test_the_mutants_of_quant_transforms_are_registered_by_quant():
                   "forget_pair_bias", "float32_rotation", "symmetric_gamma", "window_dropped", "rope_scaling_dropped",
                   "assumed_homogeneous", "shared_head_gamma", "position_unrotated", "corrected_weights",
                   "expert_bias_unscaled", "clamped_glu_as_linear", "sparsemixer_dropped", "mla_latent_unscaled",
-                  "kpe_per_head", "lm_head_bias_dropped", "extra_rows_unrotated", "positions_unmasked", "temperature_dropped"}
+                  "kpe_per_head", "lm_head_bias_dropped", "extra_rows_unrotated", "positions_unmasked",
+                  "temperature_dropped", "weightless_unabsorbed", "xielu_as_relu2", "rope_direction_lost"}
     assert quant_made | {"forget_writer_bias", "cross_group_heads", "alibi_unpermuted", "sinks_unpermuted",
                          "softcap_scale_outside", "position_unpermuted"} == set(mutants.names())
     for name in mutants.names():
