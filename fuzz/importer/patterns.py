@@ -125,10 +125,9 @@ def _embedding(conv: Converter, node: str, ins: list[str]) -> dict:
                           f"{conv.g.nodes[lookups[0][1]]['module_path']}: per-layer input embeddings (Gemma4); the "
                           "layout has one token embedding")
     vocab = conv.g.nodes[ins[0]]["vocab"]
-    if d["vocab"] != vocab:  # Moshi: vocab + 1 rows (an initial-token row the ids never reach)
-        raise conv.refuse(node, f"the token embedding has {d['vocab']} rows for a vocabulary of {vocab} logits (rows "
-                          f"the ids never reach, e.g. Moshi's extra initial-token row); the layout's embedding table "
-                          f"is the vocabulary")
+    if d["vocab"] != vocab:  # the recorder reads the id range off the table (Moshi's extra row included)
+        raise conv.refuse(node, f"the token embedding has {d['vocab']} rows for {vocab} token ids; the layout's "
+                          f"embedding table has one row per id")
     for c in conv.g.successors(node):  # DeepSeek-V4 / HY-V4 mHC: the stream widened to k copies of the hidden width
         shape = conv.g.nodes[c]["shape"]
         if len(shape) >= 4 and shape[-1] == d["dim"] and shape[-2] > 1 and conv.width(c) == shape[-2] * d["dim"]:
