@@ -243,10 +243,12 @@ def _covering(seed: int, key: tuple) -> tuple[DecoderSpec, ...]:
 
     left = weight.copy()  # weight not yet reached; 0 once reached
     flat = np.concatenate([p[3] for p in pool])
-    starts = np.cumsum([0] + [len(p[3]) for p in pool[:-1]])
+    sizes = np.array([len(p[3]) for p in pool])
+    starts = np.cumsum(np.concatenate([[0], sizes[:-1]]))
     rows = []
     while True:
-        gains = np.add.reduceat(left[flat], starts)
+        # each pool draw's weight left (a trailing 0 keeps every start in range; a draw reaching nothing: 0)
+        gains = np.where(sizes > 0, np.add.reduceat(np.append(left[flat], 0.0), starts), 0.0)
         best = pool[int(np.argmax(gains))]
         best_gain = left[best[3]].sum()
         if best_gain == 0:
