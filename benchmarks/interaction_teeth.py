@@ -17,7 +17,7 @@ database, no shrinking):
 * ``before``: hypothesis draws every example (``strategies.layouts()``, what a campaign did before issue 18);
 * ``after``: the budget starts with the covering examples of that seed
   (:func:`fuzz.covering.with_covering_examples`, as :func:`verifier.campaign.run_campaign` runs them:
-  :data:`fuzz.covering.SHARE` of the budget) and hypothesis draws the rest;
+  up to :data:`fuzz.covering.SHARE` of the budget) and hypothesis draws the rest;
 * ``covering-only``: covering examples for the whole budget (what the share gives up).
 
 One trace per strategy and seed, not one run per mutant: each example's tags are recorded and the nudge

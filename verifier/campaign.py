@@ -23,8 +23,8 @@ transformers' float32 RMSNorm/RoPE); ``precision_option`` is reported per transf
 entry recorded without them has the same signature.
 
 Each transform's budget starts with covering examples (:mod:`fuzz.covering`: layouts chosen so that few
-reach every pair of feature values, run as hypothesis' explicit examples; 60% of the budget) and
-hypothesis draws the rest.
+reach every pair of feature values, run as hypothesis' explicit examples, the ones that reach the most
+first; up to 90% of the budget, :data:`fuzz.covering.SHARE`) and hypothesis draws the rest.
 
 The summary (JSON + markdown, written atomically) lists the layouts tried, per-feature coverage, pair
 coverage (pairs of feature tags seen / possible, and the riskiest triples),
@@ -105,7 +105,7 @@ def run_campaign(transforms: list[str | NamedTransform], *, profile: str = "dev"
 
     ``corpus``: the entries that make a failure *known*, and where new ones are written (``record``).
     ``cover``: the budget starts with covering examples (:func:`fuzz.covering.with_covering_examples`, seeded
-    by ``seed`` or 0; :data:`fuzz.covering.SHARE` of it) and hypothesis draws the rest; False: hypothesis
+    by ``seed`` or 0; up to :data:`fuzz.covering.SHARE` of it) and hypothesis draws the rest; False: hypothesis
     draws the whole budget.
     """
     constraints = constraints or {}
