@@ -8,13 +8,16 @@ that the content hash is stable across runs, Python versions and insertion order
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import networkx as nx
 
@@ -312,3 +315,26 @@ def write_report(out_dir: str | os.PathLike, stem: str, report: dict, markdown: 
     out = Path(out_dir)
     js = atomic_write_text(out / f"{stem}.json", json.dumps(report, indent=1, sort_keys=True, default=str))
     return js, atomic_write_text(out / f"{stem}.md", markdown)
+
+
+@contextlib.contextmanager
+def atomic_dir(out: str | os.PathLike) -> Iterator[Path]:
+    """A temporary sibling folder ``.<name>-<random>`` to fill; renamed to ``out`` when the block completes (an
+    existing ``out`` is replaced only then), removed when it raises: a reader sees the old folder or the whole new
+    one, never half of it."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            old = out.with_name(f".{out.name}-replaced")
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

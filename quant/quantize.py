@@ -53,6 +53,7 @@ import torch
 from torch import nn
 
 from fuzz.errors import BadInput
+from fuzz.layout import atomic_dir
 
 RECIPES = ("none", "bbt-absorb", "bbt-pair-pca", "bbt-spectral-pca", "bbt-spectral", "autoround-hadamard")
 WEIGHT_ONLY = ("bbt-absorb", "bbt-pair-pca", "bbt-spectral-pca")
@@ -423,9 +424,6 @@ def save(model: nn.Module, tokenizer, out: str | Path, report: dict) -> Path:
 
     Written into a sibling temporary folder and renamed into place, so ``out`` is either the complete
     checkpoint or untouched (an existing ``out`` is replaced only once the new one is complete)."""
-    import shutil
-    import tempfile
-
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     for mod in model.modules():  # auto-round's QDQ side attributes are not part of the architecture
@@ -436,23 +434,11 @@ def save(model: nn.Module, tokenizer, out: str | Path, report: dict) -> Path:
     if cfg is not None and hasattr(cfg, "quantization_config"):
         with contextlib.suppress(Exception):
             delattr(cfg, "quantization_config")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         (tmp / "archfuzz_quantize.json").write_text(json.dumps(report, indent=1, default=str))
-        if out.exists():
-            old = out.with_name(f".{out.name}-replaced")
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

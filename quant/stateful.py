@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -36,6 +34,7 @@ import torch
 from torch import nn
 
 from fuzz.errors import BadInput
+from fuzz.layout import atomic_dir
 
 MODEL_XML = "openvino_model.xml"
 TOKENIZER_XML = "openvino_tokenizer.xml"
@@ -210,26 +209,13 @@ def build_artifact(model: nn.Module, tokenizer, out: str | Path, codes: dict | N
     if out.exists() and not out.is_dir():
         raise BadInput(f"{out} exists and is not a directory")
     check_supported(model)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         ov_model, info = export_stateful(model, codes)
         ov.save_model(ov_model, str(tmp / MODEL_XML), compress_to_fp16=False)
         convert_tokenizer(tokenizer, tmp)
         _write_configs(model, tokenizer, tmp)
         info["ir_bytes"] = (tmp / MODEL_XML).stat().st_size + (tmp / MODEL_XML).with_suffix(".bin").stat().st_size
         (tmp / "archfuzz_artifact.json").write_text(json.dumps(info, indent=1, default=str))
-        if out.exists():
-            old = out.with_name(f".{out.name}-replaced")
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return info
 
 
