@@ -195,6 +195,32 @@ def run_campaign(transforms: list[str | NamedTransform], *, profile: str = "dev"
     }
 
 
+def examples_to_catch(name: str, budget: int, seed: int | None = None, cover: bool = True) -> int | None:
+    """How many layouts a campaign's search tries before the oracle first catches the known-buggy transform
+    ``name`` (:mod:`verifier.mutants`), None if not within ``budget``: covering examples first
+    (:func:`fuzz.covering.with_covering_examples`, seeded by ``seed`` or 0; ``cover=False``: none), then
+    hypothesis' draws of the whole space (derandomized when ``seed`` is None)."""
+    from . import mutants
+    count, first = [0], []
+
+    def search(layout, weight_seed):
+        count[0] += 1
+        if not first and verify(mutants.get(name, seed=weight_seed % 1000), layout,
+                                seed=weight_seed % 97).status == Status.DIVERGED:
+            first.append(count[0])
+
+    search, drawn = given(layout=S.layouts(), weight_seed=S.seeds())(search), budget
+    if cover:
+        search, drawn = covering.with_covering_examples(search, budget, seed or 0)
+    phases = [Phase.explicit, Phase.generate] if drawn else [Phase.explicit]
+    search = settings(max_examples=max(drawn, 1), database=None, deadline=None, phases=phases,
+                      derandomize=seed is None)(search)
+    if seed is not None:
+        search = hypothesis_seed(seed)(search)
+    search()
+    return first[0] if first else None
+
+
 def _interactions(constraints: dict, seen: list[frozenset[str]]) -> dict:
     """Pair (and risky-triple) coverage of the distinct layouts tried (:meth:`fuzz.covering.Space.reached`);
     the possible pairs never seen: their count and the first few."""
