@@ -40,7 +40,7 @@ def main() -> None:
     for name in tqdm(mutants.names(), desc="mutants"):
         rows[name] = {mode: [examples_to_catch(name, args.budget, s, cover=mode == "covering")
                              for s in range(args.seeds)] for mode in ("covering", "draws")}
-    print(f"| mutant | covering + draws (per seed) | median | draws alone (per seed) | median |\n"
+    print("| mutant | covering + draws (per seed) | median | draws alone (per seed) | median |\n"
           "|---|---|---:|---|---:|")
     for name, r in rows.items():
         print(f"| {name} | {r['covering']} | {_median(r['covering'])} | {r['draws']} | {_median(r['draws'])} |")
