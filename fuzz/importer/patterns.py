@@ -596,6 +596,13 @@ def _attention(conv: Converter, node: str, ins: list[str]) -> dict:
     twins = [n for n in conv.g.successors(ins[0]) if n != node and conv.g.nodes[n]["op"] == "attention"
              and conv.inputs(n)[:1] == ins[:1]]
     if twins:
+        # What an import would need (checked against transformers 5.25 DiffLlamaAttention, exact in float64 to
+        # 1e-16 under sdpa): one score map P over h query heads (both recorded calls share Q and K); query heads
+        # i and i + h/2 pair up; both read the 2d-wide value [V_j; V_{j + kv/2}], j = (i // (h/kv)) % (kv/2)
+        # (the recorder passes V's head-axis chunk + repeat through, so both recorded nodes read v_proj whole);
+        # out_i = P_i V - lam P_{i+h/2} V with lam = exp(q1.k1) - exp(q2.k2) + lambda_init, the sums and exps in
+        # float32 (float64 lam is off by ~3e-10); then the recorded weightless RMSNorm over the h/2 groups of 2d
+        # and the scale 1 - lambda_init, then o_proj. The output width stays h*d, the value width kv*d.
         raise conv.refuse(node, f"two attention maps over the same queries ({node!r} and {twins[0]!r}), combined "
                           f"after the softmax: differential attention (DiffLlama); the layout's attention computes one")
     sinks = _sinks(conv, node)
