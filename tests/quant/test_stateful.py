@@ -266,3 +266,28 @@ def test_the_report_carries_the_tables_and_the_perplexity(artifact, tabled, tmp_
     md = stateful_markdown(rep)
     assert "stored as int8 (model.embed_tokens.weight, lm_head.weight;" in md
     assert "perplexity through the stateful IR (CPU, f32 accuracy, 2 windows of 16, 30 tokens scored" in md
+
+
+@pytest.mark.slow
+def test_smollm2_w2_with_int8_tables_is_within_35_percent_of_f16_and_scores_as_pytorch(tmp_path):
+    """SmolLM2-135M at W2 g64 (RTN): with the tied 49152 x 576 table as int8 codes the stateful artifact is
+    under 35% of the float16 weights (issue 15), and its perplexity through OpenVINO is PyTorch's."""
+    from quant.checkpoints import load_default_checkpoint
+    from quant.lowbit import quantize_tables
+    from quant.stateful import PPL_TOL, perplexity_parity
+    from quant.text import calibration_windows
+
+    model, tok = load_default_checkpoint()
+    calib = torch.tensor(tok.encode("The quick brown fox jumps over the lazy dog. " * 60))
+    cfg = QuantConfig(bits=2, group_size=64, iters=0, nsamples=2, seqlen=64, batch_size=2)
+    quantize(model, tok, "none", cfg, calibration_windows(calib, 2, 64, 0))
+    codes = grid_codes(model, 2, 64)
+    tables = quantize_tables(model, "int8", skip=codes)
+    assert list(tables) == ["model.embed_tokens.weight"]  # tied: one table serves the Gather and lm_head
+    info = build_artifact(model, tok, tmp_path / "genai", codes, tables)
+    f16_bytes = 2 * sum(p.numel() for p in model.parameters())
+    assert info["ir_bytes"] <= 0.35 * f16_bytes, (info["ir_bytes"], f16_bytes)
+    report = stateful_parity(model, tmp_path / "genai" / MODEL_XML, calib[None, :32], steps=4)
+    assert report["max_rel_err"] <= 1e-3 and report["tokens_agree"], report  # W2 RTN's float32 floor ~4e-4
+    rep = perplexity_parity(model, tmp_path / "genai" / MODEL_XML, calib, window=128, max_tokens=512)
+    assert rep["rel_diff"] <= PPL_TOL, rep
