@@ -157,14 +157,114 @@ def compress_model(model, weights: dict[str, torch.Tensor], codes: dict[str, Cod
     return {"replaced": len(replaced), "bits": next(iter(codes.values())).bits}
 
 
+# ============================================================================ the embedding table and the output head
+EMBEDDING_MODES = ("int8", "f16", "f32")  # how the artifact stores the (tied) embedding table and output head
+
+
+@dataclass
+class TableCodes:
+    """A float table as stored in the artifact: ``int8``: ``W = codes * scale`` with int8 codes in [-127, 127] and
+    a float16 scale per row (symmetric, NNCF's INT8_SYM layout for embeddings); ``f16``: ``codes`` is the float16
+    table, ``scale`` None."""
+
+    mode: str
+    codes: np.ndarray
+    scale: np.ndarray | None
+
+    def dequantized(self) -> np.ndarray:
+        if self.mode == "f16":
+            return self.codes.astype(np.float32)
+        return self.codes.astype(np.float32) * self.scale.astype(np.float32)  # exact: 8-bit x 11-bit significands
+
+
+def table_codes(weight: torch.Tensor, mode: str) -> TableCodes:
+    """:class:`TableCodes` of the 2-D float ``weight`` (rows: vocabulary entries / output channels)."""
+    w = weight.detach().float()
+    if w.dim() != 2:
+        raise BadInput(f"a table must be 2-D, got shape {tuple(w.shape)}")
+    if mode == "f16":
+        return TableCodes("f16", w.half().numpy(), None)
+    if mode != "int8":
+        raise BadInput(f"table mode must be int8 or f16, got {mode!r}")
+    amax = w.abs().amax(dim=1, keepdim=True)
+    scale = torch.where(amax > 0, amax / 127, torch.ones_like(amax)).half()
+    scale = torch.where(scale.float() > 0, scale, torch.full_like(scale, 2.0 ** -24))  # an underflowed row scale
+    q = torch.round(w / scale.float()).clamp(-127, 127).to(torch.int8)
+    return TableCodes("int8", q.numpy(), scale.numpy())
+
+
+def quantize_tables(model: nn.Module, mode: str, skip=()) -> dict[str, TableCodes]:
+    """In place: the input embedding table and the output head of the transformers ``model`` (one table when
+    tied) become their ``mode`` storage dequantized (the PyTorch reference of the artifact); ``mode`` ``f32``
+    changes nothing.  Weights named in ``skip`` (already low-bit codes) are left alone.  Returns
+    ``{weight name: TableCodes}`` for :func:`compress_tables`."""
+    if mode not in EMBEDDING_MODES:
+        raise BadInput(f"embedding mode must be one of {', '.join(EMBEDDING_MODES)}, got {mode!r}")
+    if mode == "f32":
+        return {}
+    names = {id(p): n for n, p in model.named_parameters()}
+    tables: dict[str, TableCodes] = {}
+    for get in ("get_input_embeddings", "get_output_embeddings"):
+        mod = getattr(model, get)() if hasattr(model, get) else None
+        weight = getattr(mod, "weight", None)
+        if weight is None or id(weight) not in names:
+            continue
+        name = names[id(weight)]
+        if name in tables or name in skip:
+            continue
+        tables[name] = table_codes(weight, mode)
+        with torch.no_grad():
+            weight.copy_(torch.from_numpy(tables[name].dequantized()))
+    return tables
+
+
+def compress_tables(model, weights: dict[str, torch.Tensor], tables: dict[str, TableCodes]) -> dict:
+    """In place: every float32 Constant of the ``ov.Model`` holding one of ``tables`` (matched by content; a tied
+    table may appear once for the Gather and once for the output MatMul) becomes ``Constant(i8) -> Convert(f32)
+    -> Multiply(Convert(Constant(f16 scale)))`` (``int8``) or ``Constant(f16) -> Convert(f32)`` (``f16``)."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    by_digest = {}
+    for n, t in tables.items():
+        back = t.dequantized()
+        w = weights[n].detach().float().numpy()
+        if w.shape != back.shape or not np.array_equal(w, back):
+            raise BadInput(f"{n}: the weight is not its {t.mode} table (apply quantize_tables to this model first)")
+        by_digest[_digest(back)] = n
+    found: dict[str, int] = {}
+    for op in model.get_ops():
+        if op.get_type_name() != "Constant" or op.get_element_type() != ov.Type.f32 or len(op.shape) != 2:
+            continue
+        name = by_digest.get(_digest(op.get_data()))
+        if name is None:
+            continue
+        t = tables[name]
+        if t.mode == "int8":
+            w = ops.multiply(ops.convert(ops.constant(t.codes), ov.Type.f32),
+                             ops.convert(ops.constant(t.scale), ov.Type.f32))
+        else:
+            w = ops.convert(ops.constant(t.codes), ov.Type.f32)
+        w.set_friendly_name(f"{name}/decompressed")
+        op.output(0).replace(w.output(0))
+        found[name] = found.get(name, 0) + 1
+    missing = sorted(set(tables) - set(found))
+    if missing:
+        raise BadInput(f"tables not found in the IR as float32 constants: {missing}")
+    model.validate_nodes_and_infer_types()
+    return {"mode": next(iter(tables.values())).mode if tables else "f32", "tables": found}
+
+
 def compress_ir(src_xml: str | Path, dst_xml: str | Path, weights: dict[str, torch.Tensor],
-                codes: dict[str, Codes]) -> dict:
+                codes: dict[str, Codes], tables: dict[str, TableCodes] | None = None) -> dict:
     """Rewrite the float32 IR at ``src_xml`` with every quantized weight as low-bit codes
-    (:func:`compress_model`); save ``dst_xml``."""
+    (:func:`compress_model`) and the ``tables`` in their storage (:func:`compress_tables`); save ``dst_xml``."""
     import openvino as ov
 
     model = ov.Core().read_model(str(src_xml))
     info = compress_model(model, weights, codes)
+    if tables:
+        info["tables"] = compress_tables(model, weights, tables)
     dst = Path(dst_xml)
     dst.parent.mkdir(parents=True, exist_ok=True)
     ov.save_model(model, str(dst), compress_to_fp16=False)
@@ -227,7 +327,7 @@ def _ir_bytes(xml: Path) -> int:
 
 
 def artifact_report(model: nn.Module, codes: dict[str, Codes], ids: torch.Tensor, workdir: str | Path, *,
-                    repeats: int = 5, timeout: float = 900.0) -> dict:
+                    repeats: int = 5, timeout: float = 900.0, tables: dict[str, TableCodes] | None = None) -> dict:
     """Export ``model`` (fake-quantized, float32) to f32 / f16 / low-bit IRs under ``workdir`` and measure them
     (``workdir/{prefill,step}/{f32,f16,u<bits>}/model.xml``; sizes are those of the prefill IRs).
 
@@ -262,7 +362,7 @@ def artifact_report(model: nn.Module, codes: dict[str, Codes], ids: torch.Tensor
         f16 = work / phase / "f16" / "model.xml"
         f16.parent.mkdir(parents=True, exist_ok=True)
         ov.save_model(ov.Core().read_model(str(f32)), str(f16), compress_to_fp16=True)
-        compressed = compress_ir(f32, work / phase / f"u{bits}" / "model.xml", weights, codes)
+        compressed = compress_ir(f32, work / phase / f"u{bits}" / "model.xml", weights, codes, tables)
     rows = measure_irs(work, bits, ids, ref, repeats=repeats, timeout=timeout)
     return {"reference": {"ppl": ref_ppl, "tokens": int(ids.numel())}, "compressed": compressed, "rows": rows,
             "versions": {"openvino": ov.__version__, "torch": torch.__version__}}

@@ -159,10 +159,12 @@ def make_stateful(ov_model) -> int:
     return states
 
 
-def export_stateful(model: nn.Module, codes: dict | None = None):
+def export_stateful(model: nn.Module, codes: dict | None = None, tables: dict | None = None):
     """The stateful ``ov.Model`` of the float32 ``model``; with ``codes`` (:func:`quant.lowbit.grid_codes` of the
-    same model) every quantized weight becomes its u2/u4 decompression subgraph.  Returns ``(ov_model, info)``."""
-    from quant.lowbit import check_codes, compress_model
+    same model) every quantized weight becomes its u2/u4 decompression subgraph, with ``tables``
+    (:func:`quant.lowbit.quantize_tables` applied to the same model) the embedding table and output head are
+    stored as int8 codes or float16.  Returns ``(ov_model, info)``."""
+    from quant.lowbit import check_codes, compress_model, compress_tables
 
     model = model.float().eval()
     if codes:
@@ -174,6 +176,8 @@ def export_stateful(model: nn.Module, codes: dict | None = None):
     info = {"trace_s": round(t1 - t0, 2), "states": states}
     if codes:
         info["compressed"] = compress_model(ov_model, dict(model.named_parameters()), codes)
+    if tables:
+        info["tables"] = compress_tables(ov_model, dict(model.named_parameters()), tables)
     return ov_model, info
 
 
@@ -201,7 +205,8 @@ def convert_tokenizer(tokenizer, folder: Path) -> None:
     ov.save_model(detok, str(folder / DETOKENIZER_XML))
 
 
-def build_artifact(model: nn.Module, tokenizer, out: str | Path, codes: dict | None = None) -> dict:
+def build_artifact(model: nn.Module, tokenizer, out: str | Path, codes: dict | None = None,
+                   tables: dict | None = None) -> dict:
     """Write the GenAI directory of ``model`` (float32, fake-quantized) at ``out``, atomically; see the module."""
     import openvino as ov
 
@@ -210,7 +215,7 @@ def build_artifact(model: nn.Module, tokenizer, out: str | Path, codes: dict | N
         raise BadInput(f"{out} exists and is not a directory")
     check_supported(model)
     with atomic_dir(out) as tmp:
-        ov_model, info = export_stateful(model, codes)
+        ov_model, info = export_stateful(model, codes, tables)
         ov.save_model(ov_model, str(tmp / MODEL_XML), compress_to_fp16=False)
         convert_tokenizer(tokenizer, tmp)
         _write_configs(model, tokenizer, tmp)
@@ -274,6 +279,53 @@ def stateful_parity(model: nn.Module, xml: str | Path, ids: torch.Tensor, steps:
             "prefill_tokens": int(ids.shape[1]), "ov_step_s": times}
 
 
+def ov_perplexity(xml: str | Path, ids: torch.Tensor, window: int | None = None, max_tokens: int | None = None,
+                  config: dict | None = None) -> dict:
+    """:func:`quant.perplexity.perplexity` through the stateful IR at ``xml`` (CPU, ``config``; f32 accuracy by
+    default): the same windows, each a fresh sequence (the KV state reset, positions from 0, full mask), the
+    same scoring (float64 cross-entropy, the first token of a window unscored)."""
+    import math
+
+    import openvino as ov
+    import torch.nn.functional as F
+
+    from quant.parity import compile_config
+    from quant.perplexity import MAX_TOKENS, WINDOW
+    window, max_tokens = window or WINDOW, max_tokens or MAX_TOKENS
+    ids = ids.reshape(-1)[:max_tokens]
+    n = ids.numel() // window
+    if n == 0:
+        raise BadInput(f"the evaluation text has {ids.numel()} tokens: fewer than one window of {window}")
+    t0 = time.time()
+    compiled = ov.Core().compile_model(str(xml), "CPU", compile_config("CPU", "f32") if config is None else config)
+    req = compiled.create_infer_request()
+    total, count = 0.0, 0
+    for i in range(n):
+        x = ids[i * window:(i + 1) * window][None]
+        req.reset_state()
+        res = req.infer({"input_ids": x.numpy().astype(np.int64), "attention_mask": np.ones((1, window), np.int64),
+                         "position_ids": np.arange(window, dtype=np.int64)[None], "beam_idx": np.zeros(1, np.int32)})
+        logits = torch.from_numpy(res[compiled.output("logits")][0, :-1].copy()).double()
+        total += float(F.cross_entropy(logits, x[0, 1:], reduction="sum"))
+        count += window - 1
+    nll = total / count
+    return {"ppl": math.exp(nll), "nll": nll, "tokens_scored": count, "windows": n, "window": window,
+            "max_tokens": max_tokens, "seconds": round(time.time() - t0, 1)}
+
+
+PPL_TOL = 5e-3  # relative perplexity difference of the stateful IR against the PyTorch reference (issue 15: 0.5%)
+
+
+def perplexity_parity(model: nn.Module, xml: str | Path, ids: torch.Tensor, window: int | None = None,
+                      max_tokens: int | None = None) -> dict:
+    """PyTorch's and the stateful IR's perplexity of the same windows of ``ids``; ``rel_diff`` = |ov - torch| / torch."""
+    from quant.perplexity import MAX_TOKENS, WINDOW, perplexity
+    window, max_tokens = window or WINDOW, max_tokens or MAX_TOKENS
+    ref = perplexity(model.float().eval(), ids, window=window, max_tokens=max_tokens)
+    got = ov_perplexity(xml, ids, window, max_tokens)
+    return {"torch": ref, "ov": got, "rel_diff": abs(got["ppl"] - ref["ppl"]) / ref["ppl"], "tolerance": PPL_TOL}
+
+
 def genai_generate(folder: str | Path, prompt, max_new_tokens: int, *, device: str = "CPU",
                    properties: dict | None = None, apply_chat_template: bool = False, ignore_eos: bool = False) -> dict:
     """Run the artifact through ``openvino_genai.LLMPipeline`` with greedy decoding.
@@ -314,29 +366,40 @@ STATEFUL_TOL = 1e-4  # relative logit error of the stateful IR (CPU, f32 accurac
 
 
 def stateful_report(model: nn.Module, tokenizer, codes: dict, ids: torch.Tensor, folder: str | Path, *,
-                    steps: int = 8, new_tokens: int = 128, floor: float | None = None) -> dict:
+                    steps: int = 8, new_tokens: int = 128, floor: float | None = None, tables: dict | None = None,
+                    eval_ids: torch.Tensor | None = None, window: int | None = None,
+                    max_tokens: int | None = None) -> dict:
     """Build the GenAI artifact at ``folder`` and prove and time it: :func:`stateful_parity` on the prompt
     ``ids`` (1, seq) with ``steps`` cached decode steps, then ``new_tokens`` greedy tokens through
     ``openvino_genai`` (its default CPU settings, EOS ignored) for the decode speed with the KV cache.
 
     ``ok``: the greedy tokens agree and the relative error is within :data:`STATEFUL_TOL`, or within twice
     ``floor`` when that is larger: the error of the stateless dequantized f32 IR of the same model on the same
-    prompt (float32's own floor on it; a degenerate RTN W2 model reaches ~3e-4 with either export)."""
+    prompt (float32's own floor on it; a degenerate RTN W2 model reaches ~3e-4 with either export).
+
+    ``tables``: the embedding table / output head storage (:func:`quant.lowbit.quantize_tables`, already applied
+    to ``model``, so PyTorch is the reference of the artifact as stored).  ``eval_ids``: the evaluation tokens;
+    the perplexity through the IR is then compared with PyTorch's (:func:`perplexity_parity`) and must be within
+    :data:`PPL_TOL` for ``ok``."""
     folder = Path(folder)
-    info = build_artifact(model, tokenizer, folder, codes)
+    info = build_artifact(model, tokenizer, folder, codes, tables)
     parity = stateful_parity(model, folder / MODEL_XML, ids, steps=steps)
     bound = max(STATEFUL_TOL, 2 * floor) if floor is not None else STATEFUL_TOL
+    ppl = None if eval_ids is None else perplexity_parity(model, folder / MODEL_XML, eval_ids, window, max_tokens)
     gen = genai_generate(folder, ids[0].tolist(), new_tokens, ignore_eos=True)
     return {"folder": str(folder), "ir_mib": round(info["ir_bytes"] / 2**20, 2), "states": info["states"],
-            "compressed": info.get("compressed"), "parity": parity, "tolerance": bound, "floor": floor,
-            "ok": parity["max_rel_err"] <= bound and parity["tokens_agree"],
+            "compressed": info.get("compressed"), "tables": info.get("tables") or {"mode": "f32", "tables": {}},
+            "parity": parity, "tolerance": bound, "floor": floor, "perplexity": ppl,
+            "ok": parity["max_rel_err"] <= bound and parity["tokens_agree"] and (ppl is None or ppl["rel_diff"] <= PPL_TOL),
             "genai": {k: gen[k] for k in ("prompt_tokens", "ttft_ms", "tpot_ms", "decode_tok_s", "generate_s")}
             | {"new_tokens": len(gen["tokens"])}}
 
 
 def stateful_markdown(rep: dict) -> str:
     p, g = rep["parity"], rep["genai"]
-    return "\n".join([
+    tables = rep.get("tables") or {"mode": "f32", "tables": {}}
+    pp = rep.get("perplexity")
+    lines = [
         "## Stateful artifact (KV cache, openvino_genai)", "",
         f"`{rep['folder']}`: {rep['ir_mib']} MiB IR, {rep['states']} KV states, "
         f"{(rep['compressed'] or {}).get('replaced', 0)} weights as codes; run it with "
@@ -346,7 +409,17 @@ def stateful_markdown(rep: dict) -> str:
         f"{max(p['decode_rel_err'] or [0.0]):.2e}; greedy tokens {'agree' if p['tokens_agree'] else 'DIFFER'} "
         f"(bound {rep['tolerance']:.1e}" + (f", twice the dequantized f32 IR's {rep['floor']:.1e}"
                                             if rep.get("floor") and rep["tolerance"] > STATEFUL_TOL else "")
-        + f": {'ok' if rep['ok'] else 'FAILED'})",
+        + f": {'ok' if p['max_rel_err'] <= rep['tolerance'] and p['tokens_agree'] else 'FAILED'})",
         f"- openvino_genai greedy, {g['new_tokens']} new tokens after {g['prompt_tokens']} prompt tokens, batch 1: "
         f"time to first token {g['ttft_ms']:.1f} ms, decode {g['decode_tok_s']:.1f} tokens/s "
-        f"({g['tpot_ms']:.2f} ms/token)", ""])
+        f"({g['tpot_ms']:.2f} ms/token)"]
+    lines.insert(4, f"- embedding table / output head stored as {tables['mode']}"
+                 + (f" ({', '.join(tables['tables'])}; the PyTorch reference applies the same quantization)"
+                    if tables["tables"] else " (as exported)"))
+    if pp is not None:
+        t, o = pp["torch"], pp["ov"]
+        lines.append(f"- perplexity through the stateful IR (CPU, f32 accuracy, {o['windows']} windows of {o['window']}, "
+                     f"{o['tokens_scored']} tokens scored, state reset per window): {o['ppl']:.4f} against PyTorch's "
+                     f"{t['ppl']:.4f} (relative difference {pp['rel_diff']:.1e}, bound {pp['tolerance']:.1e}: "
+                     f"{'ok' if pp['rel_diff'] <= pp['tolerance'] else 'FAILED'})")
+    return "\n".join(lines + [""])

@@ -41,6 +41,10 @@ def register(subparsers) -> None:
                    "u2/u4 codes) to OUT/openvino and measure size, memory, speed and parity, and the stateful "
                    "u2/u4 model with its KV cache and tokenizer for openvino_genai to OUT/openvino/genai "
                    "(`archfuzz generate OUT/openvino/genai --prompt ...`)")
+    q.add_argument("--embedding", default="int8", choices=["int8", "f16", "f32"],
+                   help="how the low-bit artifacts store the (tied) embedding table and output head: int8 codes with "
+                        "a float16 scale per row (default), float16, or float32 as exported; a lossy step beyond "
+                        "auto-round's, applied to the PyTorch reference the artifacts are checked against too")
     q.add_argument("--lowbit-seq", type=arguments.int_at_least(2, "prefill tokens"), default=128,
                    help="prefill tokens for the low-bit measurement")
     q.add_argument("--lowbit-new-tokens", type=arguments.int_at_least(1, "decoded tokens"), default=128,
@@ -50,6 +54,8 @@ def register(subparsers) -> None:
 
 
 def check(args) -> None:
+    if args.embedding != "int8" and not args.lowbit:
+        raise BadInput("--embedding applies to the low-bit artifacts: add --lowbit")
     if args.no_eval and args.eval_text is not None:
         raise BadInput("--eval-text has no use with --no-eval (nothing is evaluated)")
 
@@ -87,8 +93,10 @@ def run(args) -> int:
     rows = report.pop("coverage_rows")
     lowbit = None
     if args.lowbit:
-        from quant.lowbit import grid_codes
+        from quant.lowbit import grid_codes, quantize_tables
         lowbit = (grid_codes(model, cfg.bits, cfg.group_size), copy.deepcopy(model))  # save() drops scale/zp
+        # the artifacts' embedding storage, applied to their PyTorch reference (the copy) only
+        tables = quantize_tables(lowbit[1], args.embedding, skip=lowbit[0])
     out = save(model, tok, args.out, report)
     atomic_write_text(out / "coverage.md", coverage_markdown({**report["coverage"], "rows": rows}))
     print(json.dumps({k: v for k, v in report.items() if k != "config"}, indent=1, default=str))
@@ -97,10 +105,11 @@ def run(args) -> int:
         from quant.lowbit import artifact_report, write_artifact_report
         ids = (eval_ids if eval_ids is not None else calib_ids)[None, :args.lowbit_seq]
         from quant.stateful import stateful_report
-        art = artifact_report(lowbit[1], lowbit[0], ids, out / "openvino")
+        art = artifact_report(lowbit[1], lowbit[0], ids, out / "openvino", tables=tables)
         f32 = next((r for r in art["rows"] if r["artifact"] == "dequantized f32 IR" and r["symptom"] == "ok"), None)
         art["stateful"] = stateful_report(lowbit[1], tok, lowbit[0], ids, out / "openvino" / "genai",
-                                          new_tokens=args.lowbit_new_tokens, floor=f32 and f32["rel_err"])
+                                          new_tokens=args.lowbit_new_tokens, floor=f32 and f32["rel_err"],
+                                          tables=tables, eval_ids=eval_ids)
         _, md = write_artifact_report(art, out / "openvino", f"{args.recipe} W{cfg.bits} g{cfg.group_size}: OpenVINO IRs")
         print(md.read_text())
         if not all(r["symptom"] == "ok" for r in art["rows"]) or not art["stateful"]["ok"]:

@@ -66,6 +66,7 @@ def test_quantize_lowbit_writes_a_stateful_artifact_that_generates(tmp_path, cap
     st = report["stateful"]
     assert st["ok"] and st["compressed"] == {"replaced": 7 * DIMS["n_layers"], "bits": 2}
     assert st["parity"]["max_rel_err"] <= 1e-5 and st["parity"]["tokens_agree"]
+    assert st["tables"] == {"mode": "int8", "tables": {"model.embed_tokens.weight": 1, "lm_head.weight": 1}}
     assert st["genai"]["new_tokens"] == 16 and st["genai"]["decode_tok_s"] > 0
     assert "## Stateful artifact (KV cache, openvino_genai)" in printed
     genai = out / "openvino" / "genai"

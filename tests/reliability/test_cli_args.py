@@ -130,6 +130,8 @@ CASES = [
     (Q + ["--checkpoint", "{MISSING}"], "argument --checkpoint"),
     (["quantize", "--recipe", "bbt-spectral", "--out", "{FILE}"], "argument --out"),
     (Q + ["--lowbit-new-tokens", "0"], "argument --lowbit-new-tokens"),
+    (Q + ["--embedding", "f16"], "--embedding applies to the low-bit artifacts: add --lowbit"),
+    (Q + ["--lowbit", "--embedding", "int4"], "argument --embedding: invalid choice"),
     # generate
     (["generate", "{MISSING}", "--prompt", "hi"], "argument dir"),
     (["generate", "{DIR}", "--prompt", "hi"], "is not a stateful OpenVINO artifact"),
