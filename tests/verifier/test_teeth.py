@@ -57,6 +57,9 @@ APPLIES["shared_head_gamma"] = (mutants.APPLIES["shared_head_gamma"], lambda s: 
 BUDGET = {"shared_head_gamma": 40}
 # a renormalised top-1 weight is 1 whatever the scores: the leaked correction bias cannot show there
 APPLIES["corrected_weights"] = (mutants.APPLIES["corrected_weights"], lambda s: not (s.renormalize and s.top_k == 1))
+# a weight of 1 scales neither the input nor the output: the moved weight shows only where the routing weights
+# are not all 1 (not renormalised top-1, as router_unscaled; measured invariant at 1e-15 on a top-1 softmax layout)
+APPLIES["expert_scale_moved"] = (mutants.APPLIES["expert_scale_moved"], APPLIES["router_unscaled"][1])
 
 
 @pytest.mark.parametrize("name", sorted(APPLIES))
@@ -199,7 +202,8 @@ def test_the_mutants_of_quant_transforms_are_registered_by_quant():
                   "assumed_homogeneous", "shared_head_gamma", "position_unrotated", "corrected_weights",
                   "expert_bias_unscaled", "clamped_glu_as_linear", "sparsemixer_dropped", "mla_latent_unscaled",
                   "kpe_per_head", "lm_head_bias_dropped", "extra_rows_unrotated", "positions_unmasked",
-                  "temperature_dropped", "weightless_unabsorbed", "xielu_as_relu2", "rope_direction_lost"}
+                  "temperature_dropped", "weightless_unabsorbed", "xielu_as_relu2", "rope_direction_lost",
+                  "expert_scale_moved"}
     assert quant_made | {"forget_writer_bias", "cross_group_heads", "alibi_unpermuted", "sinks_unpermuted",
                          "softcap_scale_outside", "position_unpermuted"} == set(mutants.names())
     for name in mutants.names():
