@@ -125,3 +125,10 @@ def test_an_input_scaled_experts_layout_exports_to_openvino(cpu_f32_parity):
     model = materialize(build(_SCALED), dtype=torch.float32, seed=3)
     ids = torch.randint(0, 64, (2, 9), generator=torch.Generator().manual_seed(0))
     cpu_f32_parity(model, ids)
+
+
+def test_every_recipe_preserves_the_imported_llama4_moe():
+    from benchmarks.compat import _recipe_verdicts
+    from fuzz.importer import import_model
+    verdicts = _recipe_verdicts(import_model(_llama4(attention_chunk_size=8192)))
+    assert verdicts and all(v["status"] == "invariant" for v in verdicts.values()), verdicts
