@@ -268,6 +268,10 @@ AXES: dict[str, Axis] = _axes(
     # RoPE by -theta (NanoChat: rotate_half = cat(x2, -x1)); on every RoPE layer
     Axis("rope_reversed", "bool", (False, True), False,
          lambda s: ("rope:reversed",) if s.rope_reversed and _any_rope(s) else ()),
+    # the routing weight scales each routed expert's input, w_e down_e(..(x)) -> down_e(..(w_e x)) (Llama 4's
+    # routed_in = x * sigmoid(score)); on every MoE layer
+    Axis("expert_scale_input", "bool", (False, True), False,
+         lambda s: ("moe:scale_input",) if s.expert_scale_input and _any_sparse(s) else ()),
 )
 
 # the reducer's "turn a feature off" pass, in this order

@@ -104,6 +104,7 @@ class DecoderSpec:
     norm_weightless: bool = False  # every norm without weight or bias, g = 1 (OLMo LayerNorm, NanoChat RMSNorm)
     mlp_xielu: bool = False  # the dense MLP is down(xielu(up x)) (Apertus), whatever ``mlp`` says
     rope_reversed: bool = False  # RoPE rotates by -theta (NanoChat's rotate_half = cat(x2, -x1))
+    expert_scale_input: bool = False  # the routing weight scales each expert's input, not its output (Llama 4)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -344,7 +345,8 @@ def expert_params(s: DecoderSpec) -> dict:
     clamp is active on a fuzzed layout's small activations."""
     form = EXPERT_FORMS[s.expert_form]
     return {"n_experts": s.n_experts, "hidden": s.hidden, "intermediate": s.moe_intermediate, "act": "silu",
-            **form, **({"limit": 1.5} if form.get("act") == "clamped_swiglu" else {})}
+            **form, **({"limit": 1.5} if form.get("act") == "clamped_swiglu" else {}),
+            **({"scale_input": True} if s.expert_scale_input else {})}
 
 
 def _moe(g: _Graph, s: DecoderSpec, p: str, x: str) -> str:

@@ -513,12 +513,13 @@ class Experts(Node):
         bias = self.gate_up_proj_bias[e, rows] if self.p["bias"] else None
         return self.w_in()[e, rows], bias
 
-    def intermediate(self, x: torch.Tensor, e) -> torch.Tensor:
+    def intermediate(self, x: torch.Tensor, e, per_expert: bool = False) -> torch.Tensor:
         """``down_e``'s input for the rows ``x`` (expert ``e``; ``e`` may be a slice over experts with
-        ``x (..., H)`` broadcast by einsum)."""
+        ``x (..., H)`` broadcast by einsum, or with ``per_expert`` ``x (..., E, H)``, one input per expert)."""
         p = self.p
         w = self.w_in()[e]
-        gu = F.linear(x, w) if w.dim() == 2 else torch.einsum("...d,efd->...ef", x, w)
+        gu = F.linear(x, w) if w.dim() == 2 else torch.einsum("...ed,efd->...ef" if per_expert else "...d,efd->...ef",
+                                                                 x, w)
         if p["bias"]:
             gu = gu + self.gate_up_proj_bias[e]
         if p["interleaved"]:
@@ -546,13 +547,21 @@ class Experts(Node):
             rows = torch.nonzero(flat_w[:, e]).flatten()
             if rows.numel() == 0:
                 continue
-            y = self.output(self.intermediate(flat_x[rows], e), e) * flat_w[rows, e, None]
+            if self.p["scale_input"]:  # Llama 4: the weight scales the expert's input
+                y = self.output(self.intermediate(flat_x[rows] * flat_w[rows, e, None], e), e)
+            else:
+                y = self.output(self.intermediate(flat_x[rows], e), e) * flat_w[rows, e, None]
             flat_out.index_add_(0, rows, y)
         return out
 
     def export_forward(self, x, weights):
         """Every expert on every token, no data-dependent shapes: ``sum_e w_e * down_e(act(gate_e x) * up_e x)``
-        with ``w_e = 0`` for the experts not routed to (the same sum as :meth:`forward`)."""
+        with ``w_e = 0`` for the experts not routed to (the same sum as :meth:`forward`); ``scale_input``:
+        ``sum_e [w_e != 0] down_e(act(gate_e w_e x) * up_e w_e x)``."""
+        if self.p["scale_input"]:
+            y = self.output(self.intermediate(x[..., None, :] * weights[..., None], slice(None), per_expert=True),
+                            slice(None))
+            return (y * (weights != 0).to(y.dtype)[..., None]).sum(dim=-2)
         y = self.output(self.intermediate(x, slice(None)), slice(None))
         return (y * weights[..., None]).sum(dim=-2)
 

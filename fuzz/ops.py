@@ -79,7 +79,9 @@ experts        fused experts ``gate_up_proj (E, 2I, H)`` gate first, ``down_proj
                ``(E, H, 2I)`` / ``(E, I, H)`` and read as ``x @ W``; ``interleaved``: gate rows ``0::2``,
                up rows ``1::2``; ``bias``: ``gate_up_proj_bias (E, 2I)``, ``down_proj_bias (E, H)``;
                ``act="clamped_swiglu"`` (GPT-OSS): ``(clamp(up, -limit, limit) + 1) * g * sigmoid(alpha g)``
-               with ``g = clamp(gate, max=limit)``
+               with ``g = clamp(gate, max=limit)``; ``scale_input`` (Llama 4: ``routed_in = x * score``): the
+               routing weight scales each routed expert's input, not its output, ``sum_{e: w_e != 0}
+               down_e(act(gate_e w_e x) * up_e w_e x)`` (not ``w_e`` times the expert: the GLU is not linear)
 lm_head        ``x W^T (+ b)`` with ``W: (vocab, dim)``; ``tied_to`` names the embedding whose table it reads;
                ``bias``: a per-token-id logit bias ``b: (vocab,)`` (GPT-J, CodeGen)
 wht_in         the online input of a spectrally transformed linear: ``fwht([x, 0]) / scale`` (zero-pad to
@@ -704,7 +706,7 @@ def _experts_shapes(p):
 
 def _experts_features(p):
     tags = [f"op:experts:{p['act']}"]
-    tags += [f"op:experts:{k}" for k in ("bias", "transposed", "interleaved") if p[k]]
+    tags += [f"op:experts:{k}" for k in ("bias", "transposed", "interleaved", "scale_input") if p[k]]
     return tuple(tags)
 
 
@@ -718,11 +720,13 @@ EXPERT_ACTS = ACTIVATIONS + ("clamped_swiglu",)
 
 declare(OpSpec("experts", {"n_experts": (int, ...), "hidden": (int, ...), "intermediate": (int, ...),
                            "act": (str, "silu"), "bias": (bool, False), "transposed": (bool, False),
-                           "interleaved": (bool, False), "limit": (float, 7.0), "alpha": (float, 1.702)},
+                           "interleaved": (bool, False), "limit": (float, 7.0), "alpha": (float, 1.702),
+                           "scale_input": (bool, False)},
                ("x", "weights"), _experts, {"act": EXPERT_ACTS},
                shapes=_experts_shapes, init={"gate_up_proj": _init_expert, "down_proj": _init_expert,
                                              "gate_up_proj_bias": _init_small, "down_proj_bias": _init_small},
-               drawn_by=({"layers": [{"sparse": True}]}, {"layers": [{"sparse": True}], "expert_form": "gpt_oss"}),
+               drawn_by=({"layers": [{"sparse": True}]}, {"layers": [{"sparse": True}], "expert_form": "gpt_oss"},
+                         {"layers": [{"sparse": True}], "expert_scale_input": True}),
                features=_experts_features))
 
 

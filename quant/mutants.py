@@ -58,6 +58,9 @@ rope_direction_lost    a layout rewrite (wht-scale's) re-emits a RoPE by -theta 
                        (NanoChat) as the rotation by +theta                         (``rope_reversed``)
 xielu_as_relu2         up-down moves s^2 across xIELU as if it were relu2 (its          a dense xIELU MLP
                        positive side a_p x^2 + beta x is quadratic, not homogeneous)
+expert_scale_moved     a layout rewrite (wht-scale's) re-emits experts whose routing  experts scaling their
+                       weight scales their input (Llama 4) as weighting their       input
+                       output: the GLU is not linear, so the function changes       (``expert_scale_input``)
 =====================  ==========================================================  ==========================
 
 Loaded with the registries (the ``archfuzz.registries`` entry points, :func:`verifier.registry.load_plugins`).
@@ -124,6 +127,8 @@ register_mutant("assumed_homogeneous", "quant:up-down", "homogeneity_assumed",
                          "moe": False, "mlp_xielu": False})
 register_mutant("sparsemixer_dropped", "quant:wht-scale", "sparsemixer_dropped",
                 applies={"moe": True, "router": "sparsemixer"})
+register_mutant("expert_scale_moved", "quant:wht-scale", "expert_scale_moved",
+                applies={"moe": True, "expert_scale_input": True})
 register_mutant("clamped_glu_as_linear", "quant:up-down", "clamped_glu_as_linear",
                 applies={"mlp": "clamped_swiglu", "moe": False, "mlp_xielu": False})
 register_mutant("shared_head_gamma", "quant:spectral-pca", "shared_head_gamma",

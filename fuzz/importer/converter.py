@@ -70,6 +70,7 @@ class Converter:
         rewrites.drop_identity_scales(self)
         rewrites.bypass_views(self)
         rewrites.fold_clamped_glus(self)
+        rewrites.fold_input_scaled_experts(self)
         rewrites.fold_gates(self)
         rewrites.fold_softcaps(self)
         rewrites.fold_bias_adds(self)

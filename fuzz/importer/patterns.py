@@ -272,7 +272,9 @@ def _router(conv: Converter, node: str, ins: list[str]) -> list[Entry]:
                     conv.g.nodes[s]["op"] == "experts" for s in conv.g.successors(dst)):
                 raise conv.refuse(node, f"routing weights that scale the experts' input: the router's scores "
                                   f"multiply the hidden states it read ({dst!r}) before the experts run (Llama 4's "
-                                  f"routed_in = x * sigmoid(score)); the layout's experts weight their outputs")
+                                  f"routed_in = x * sigmoid(score)) in a form the importer does not fold "
+                                  f"(rewrites.fold_input_scaled_experts: x * weights -> experts -> sum over the "
+                                  f"experts)")
             raise conv.refuse(node, f"router output read by {conv.g.nodes[dst]['op']} {dst!r}, not experts")
     proj = f"{node}_proj"
     while proj in conv.g:
@@ -364,6 +366,11 @@ def _module_routing(module, x: torch.Tensor, n_experts: int,
             w = [v for v in val if v.shape == idx[0].shape][-1]
             return torch.zeros(x.shape[0], n_experts, dtype=torch.float64).scatter(
                 -1, idx[0].long(), w.double()), idx[0].shape[-1]
+        if not idx:  # dense weights (Llama 4: sigmoid of the top-k logits scattered into -inf): k non-zeros a row
+            for v in val:
+                counts = (v != 0).sum(-1) if v.shape[-1] == n_experts else None
+                if counts is not None and int(counts.min()) == int(counts.max()) < n_experts:
+                    return v.double(), int(counts[0])
     return None
 
 
@@ -507,7 +514,8 @@ def _experts(conv: Converter, node: str, ins: list[str]) -> dict:
         if not bias_options:
             raise conv.refuse(node, f"experts biases {({v: shapes[v] for v in vecs})} are not gate_up_proj_bias "
                               f"({e}, {2 * inter}) and down_proj_bias ({e}, {hidden})")
-    base = {"n_experts": e, "hidden": hidden, "intermediate": inter, "transposed": transposed, "bias": bool(vecs)}
+    base = {"n_experts": e, "hidden": hidden, "intermediate": inter, "transposed": transposed, "bias": bool(vecs),
+            **({"scale_input": True} if d.get("scale_input") else {})}  # rewrites.fold_input_scaled_experts
     measured = measure_experts(conv, node, base, roles, bias_options)
     if measured is None:  # the module cannot be probed: only the plain form is imported
         if vecs or transposed or d.get("act") not in ACTIVATIONS:
@@ -554,15 +562,19 @@ def measure_experts(conv: Converter, node: str, base: dict, roles: dict, bias_op
     x = torch.randn(8 * e, h, generator=gen, dtype=torch.float64)
     idx = torch.arange(8 * e)[:, None] % e
     w = 0.5 + torch.rand(8 * e, 1, generator=gen, dtype=torch.float64)
+    dense = torch.zeros(8 * e, e, dtype=torch.float64).scatter(-1, idx, w)
     try:
         with torch.no_grad():
-            want = module(x.to(some.dtype), idx, w.to(some.dtype))
+            if base.get("scale_input"):  # Llama 4: one copy of the tokens per expert, each scaled by its weight
+                routed_in = (x[None] * dense.T[:, :, None]).reshape(e * x.shape[0], h)
+                want = module(routed_in.to(some.dtype)).reshape(e, *x.shape).sum(dim=0)
+            else:
+                want = module(x.to(some.dtype), idx, w.to(some.dtype))
     except Exception:  # noqa: BLE001 - a module with another calling convention
         return None
     if not isinstance(want, torch.Tensor) or want.shape != x.shape:
         return None
     want = want.double()
-    dense = torch.zeros(8 * e, e, dtype=torch.float64).scatter(-1, idx, w)
     for biases in bias_options:
         for cand in _expert_candidates(module, d.get("act")):
             params = spec("experts").normalise(node, {**base, **cand})

@@ -120,9 +120,10 @@ def fold_softcaps(conv: Converter) -> None:
         conv.rewire(post, [src])
 
 
-def _only(conv: Converter, node: str, readers: int) -> bool:
+def _only(conv: Converter, node: str, readers: int | None) -> bool:
+    """A parameter-free node with one input and ``readers`` readers (None: any number)."""
     d = conv.g.nodes[node]
-    return not d["params"] and conv.g.in_degree(node) == 1 and conv.g.out_degree(node) == readers
+    return not d["params"] and conv.g.in_degree(node) == 1 and (readers is None or conv.g.out_degree(node) == readers)
 
 
 def fold_clamped_glus(conv: Converter) -> None:
@@ -172,6 +173,40 @@ def fold_clamped_glus(conv: Converter) -> None:
         conv.g.remove_nodes_from([plus, glu, up_c, gate_c, sig, sc])
         conv.g.nodes[node].update(op="clamped_glu", limit=limit, alpha=alpha)
         conv.rewire(node, [gate, up])
+
+
+def fold_input_scaled_experts(conv: Converter) -> None:
+    """Llama 4's MoE: ``routed_in = x * score`` (the router's dense weights multiply the hidden states the router
+    read, one copy per expert), the experts run on it, and their ``(E, T, H)`` outputs are summed over the
+    experts -> one ``experts`` node reading ``x`` and the router with ``scale_input`` (the weight scales the
+    expert's input, not its output).  The dataflow fixes the form; whether the module computes exactly that is
+    measured (:func:`fuzz.importer.patterns.measure_experts`) and checked against the model's logits."""
+    for node, d in list(conv.g.nodes(data=True)):
+        if d["op"] != "experts" or conv.g.in_degree(node) != 1 or conv.g.out_degree(node) != 1:
+            continue
+        (m,) = conv.inputs(node)
+        md = conv.g.nodes[m]
+        if md["op"] != "mul" or md["params"] or conv.g.out_degree(m) != 1 or conv.g.in_degree(m) != 2:
+            continue
+        ins = conv.inputs(m)
+        routers = [i for i in ins if conv.g.nodes[i]["op"] == "router"]
+        if len(routers) != 1:
+            continue
+        (r,) = routers
+        (x,) = [i for i in ins if i != r]
+        if x not in conv.g.predecessors(r):  # the router weighs the hidden states it read
+            continue
+        (total,) = conv.g.successors(node)
+        td, shape = conv.g.nodes[total], d.get("shape") or []
+        if not (td["op"] == "opaque" and td.get("call") == "sum" and not td["params"] and _only(conv, total, None)
+                and len(shape) == 3 and shape[0] == conv.g.nodes[r].get("n_experts")
+                and list(td.get("shape") or []) == list(shape[1:])):
+            continue
+        conv.g.remove_node(m)
+        conv.rewire(node, [x, r])
+        d["scale_input"] = True
+        d["shape"] = list(td["shape"])  # the sum over the experts: the node's output now
+        _bypass(conv, total)
 
 
 _EMPTY = frozenset({"new_empty", "empty_like", "new_zeros", "zeros_like"})

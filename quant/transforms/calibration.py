@@ -79,7 +79,8 @@ def collect(model: GraphModel, calib: Calibration, *, energy=(), wht_energy=(), 
             for e in range(m.p["n_experts"]):
                 routed = w[:, e] != 0
                 if routed.any():
-                    mid = m.intermediate(x[routed].to(m.gate_up_proj.dtype), e).double()
+                    xe = x[routed] * w[routed, e, None] if m.p["scale_input"] else x[routed]  # Llama 4
+                    mid = m.intermediate(xe.to(m.gate_up_proj.dtype), e).double()
                     e_sum[e] = mid.pow(2).sum(0)
                     e_cnt[e] = routed.sum()
             add("expert_energy", node, e_sum, 0)

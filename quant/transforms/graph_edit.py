@@ -51,6 +51,8 @@ class LayoutEdit:
                 params = {**params, "temperature_beta": None, "temperature_length": None, "temperature_offset": 0}
             if op == "router" and params.get("score") == "sparsemixer" and fault("sparsemixer_dropped") is not None:
                 params = {**params, "score": "softmax"}  # the mutant: re-emitted as the plain top-2 router
+            if op == "experts" and fault("expert_scale_moved") is not None:  # mutant only: w on the output
+                params = {**params, "scale_input": False}
             if op == "lm_head" and fault("lm_head_bias_dropped") is not None:  # mutant only: the bias lost
                 params["bias"] = False
             if op == "position_embedding" and fault("positions_unmasked") is not None:  # mutant only: arange

@@ -83,8 +83,9 @@ def test_covering_examples_reach_every_possible_pair_and_start_with_the_most():
     # fewer than lower_bound()
     assert covering.lower_bound()[0] <= len(specs) <= 95
     # the greedy pick's first 25 reached 90.8%, its first 50 97.5%; the AETG-style rows 92.7% / 98.7%, and 91.4% /
-    # 97.9% once the issue-14 axes above grew the pairs from 9641 to 11367
-    for n, share in ((25, 0.91), (50, 0.975)):
+    # 97.9% once the issue-14 axes above grew the pairs from 9641 to 11367; 90.7% of 11679 once experts scaling
+    # their input (expert_scale_input) joined
+    for n, share in ((25, 0.905), (50, 0.975)):
         first = space.reached(tags[:n])
         assert first["pairs_seen"] >= share * first["pairs_possible"]
     # no row is redundant: each reaches an interaction no other row does

@@ -1,6 +1,6 @@
 """Llama 4's complex RoPE (``view_as_real(view_as_complex(x) * freqs_cis)``: each adjacent pair a complex number
 times a unit phasor) is an interleaved ``rope`` measured from the phasor table; the rest of Llama 4 that the
-layout vocabulary lacks is refused by name (the MoE scaling the experts' input); its weightless q/k RMS norm
+layout vocabulary lacks is refused by name (chunked attention); its weightless q/k RMS norm
 imports as a weight-free norm, and the NoPE layers' attention temperature tuning imports measured."""
 
 from __future__ import annotations
@@ -53,14 +53,14 @@ def test_llama4_with_complex_rope_imports_within_its_float32_floor():
                                                           "none")
 
 
-def test_llama4_weightless_qk_norm_imports_and_its_moe_is_refused_by_name():
-    """The weightless q/k L2 norm is a weight-free norm (``weight_form="none"``); what Llama 4 still lacks is
-    its MoE, whose routing weights scale the experts' input: refused naming that, at the router."""
+def test_llama4_weightless_qk_norm_imports_and_its_chunked_attention_is_refused_by_name():
+    """The weightless q/k L2 norm is a weight-free norm (``weight_form="none"``); its MoE imports as input-scaled
+    experts (tests/fuzz/test_expert_scale_input.py); what Llama 4 still lacks is chunked local attention on
+    its RoPE layers (``attention_chunk_size``): refused by the check, naming the limited span, at the attention."""
     rec = record(build("Llama4ForCausalLM"))
     norms = [rec.graph.nodes[n] for n in rec.of_op("norm") if "qk_norm" in rec.graph.nodes[n]["module_path"]]
     assert norms and all(d["weight_form"] == "none" and not d["params"] for d in norms)
-    with pytest.raises(BadInput, match=r"model\.layers\.0\.feed_forward\.router \(routing weights that scale the "
-                                       r"experts' input"):
+    with pytest.raises(BadInput, match=r"model\.layers\.0\.self_attn.*limited span \(sliding-window or chunked\)"):
         import_model(build("Llama4ForCausalLM"))
 
 

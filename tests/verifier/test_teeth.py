@@ -54,9 +54,14 @@ APPLIES["shared_head_gamma"] = (mutants.APPLIES["shared_head_gamma"], lambda s: 
 # qk_norm=per_head_own x RMS x two or more heads x no weight-free norm, a triple the covering reaches late). With
 # hypothesis draws alone the budgets had grown to 200-400 examples as axes joined (position_unrotated 229,
 # clamped_glu_as_linear 333) and moved with every new axis.
-BUDGET = {"shared_head_gamma": 40}
+# extra_rows_unrotated (extra_input_id x untied x ...) moved past 25 once expert_scale_input joined the covering
+# rows (24 with the default profile)
+BUDGET = {"shared_head_gamma": 40, "extra_rows_unrotated": 40}
 # a renormalised top-1 weight is 1 whatever the scores: the leaked correction bias cannot show there
 APPLIES["corrected_weights"] = (mutants.APPLIES["corrected_weights"], lambda s: not (s.renormalize and s.top_k == 1))
+# a weight of 1 scales neither the input nor the output: the moved weight shows only where the routing weights
+# are not all 1 (not renormalised top-1, as router_unscaled; measured invariant at 1e-15 on a top-1 softmax layout)
+APPLIES["expert_scale_moved"] = (mutants.APPLIES["expert_scale_moved"], APPLIES["router_unscaled"][1])
 
 
 @pytest.mark.parametrize("name", sorted(APPLIES))
@@ -199,7 +204,8 @@ def test_the_mutants_of_quant_transforms_are_registered_by_quant():
                   "assumed_homogeneous", "shared_head_gamma", "position_unrotated", "corrected_weights",
                   "expert_bias_unscaled", "clamped_glu_as_linear", "sparsemixer_dropped", "mla_latent_unscaled",
                   "kpe_per_head", "lm_head_bias_dropped", "extra_rows_unrotated", "positions_unmasked",
-                  "temperature_dropped", "weightless_unabsorbed", "xielu_as_relu2", "rope_direction_lost"}
+                  "temperature_dropped", "weightless_unabsorbed", "xielu_as_relu2", "rope_direction_lost",
+                  "expert_scale_moved"}
     assert quant_made | {"forget_writer_bias", "cross_group_heads", "alibi_unpermuted", "sinks_unpermuted",
                          "softcap_scale_outside", "position_unpermuted"} == set(mutants.names())
     for name in mutants.names():
