@@ -122,6 +122,30 @@ def check_codes(weights: dict[str, torch.Tensor], codes: dict[str, Codes]) -> No
                            f"the codes belong to another model or the weight left its grid")
 
 
+def _replace_constants(model, by_digest: dict[str, str], decompress, expected, what: str) -> dict[str, int]:
+    """In place: every 2-D float32 Constant of ``model`` whose content digest is in ``by_digest`` is replaced by
+    ``decompress(name)`` (an OpenVINO node computing the same float32 values); returns the replacements per name.
+    A name of ``expected`` never found raises :class:`BadInput` naming it (``what``: the kind, for the message)."""
+    import openvino as ov
+
+    found: dict[str, int] = {}
+    for op in model.get_ops():
+        if op.get_type_name() != "Constant" or op.get_element_type() != ov.Type.f32 or len(op.shape) != 2:
+            continue
+        name = by_digest.get(_digest(op.get_data()))
+        if name is None:
+            continue
+        w = decompress(name)
+        w.set_friendly_name(f"{name}/decompressed")
+        op.output(0).replace(w.output(0))
+        found[name] = found.get(name, 0) + 1
+    missing = sorted(set(expected) - set(found))
+    if missing:
+        raise BadInput(f"{len(missing)} {what} not found in the IR as float32 constants: {missing[:4]}")
+    model.validate_nodes_and_infer_types()
+    return found
+
+
 def compress_model(model, weights: dict[str, torch.Tensor], codes: dict[str, Codes]) -> dict:
     """In place: every float32 Constant of the ``ov.Model`` holding a quantized weight becomes its low-bit
     decompression subgraph.
@@ -132,28 +156,18 @@ def compress_model(model, weights: dict[str, torch.Tensor], codes: dict[str, Cod
     import openvino.opset13 as ops
 
     check_codes(weights, codes)
-    by_digest = {_digest(weights[n].detach().float().numpy()): n for n in codes}
-    replaced: dict[str, int] = {}
-    for op in model.get_ops():
-        if op.get_type_name() != "Constant" or op.get_element_type() != ov.Type.f32 or len(op.shape) != 2:
-            continue
-        name = by_digest.get(_digest(op.get_data()))
-        if name is None:
-            continue
+
+    def decompress(name: str):
         c = codes[name]
         out, groups, g = c.codes.shape
         q = ops.convert(_packed_constant(c.codes, c.bits), ov.Type.f32)
         z = ops.convert(_packed_constant(c.zero, c.bits), ov.Type.f32)
         s = ops.convert(ops.constant(c.scale), ov.Type.f32)
-        w = ops.reshape(ops.multiply(ops.subtract(q, z), s), ops.constant(np.array([out, groups * g], np.int64)),
-                        special_zero=False)
-        w.set_friendly_name(f"{name}/decompressed")
-        op.output(0).replace(w.output(0))
-        replaced[name] = replaced.get(name, 0) + 1
-    missing = sorted(set(codes) - set(replaced))
-    if missing:
-        raise BadInput(f"{len(missing)} quantized weights were not found in the IR as float32 constants: {missing[:4]}")
-    model.validate_nodes_and_infer_types()
+        return ops.reshape(ops.multiply(ops.subtract(q, z), s), ops.constant(np.array([out, groups * g], np.int64)),
+                           special_zero=False)
+
+    by_digest = {_digest(weights[n].detach().float().numpy()): n for n in codes}
+    replaced = _replace_constants(model, by_digest, decompress, codes, "quantized weights")
     return {"replaced": len(replaced), "bits": next(iter(codes.values())).bits}
 
 
@@ -232,26 +246,15 @@ def compress_tables(model, weights: dict[str, torch.Tensor], tables: dict[str, T
         if w.shape != back.shape or not np.array_equal(w, back):
             raise BadInput(f"{n}: the weight is not its {t.mode} table (apply quantize_tables to this model first)")
         by_digest[_digest(back)] = n
-    found: dict[str, int] = {}
-    for op in model.get_ops():
-        if op.get_type_name() != "Constant" or op.get_element_type() != ov.Type.f32 or len(op.shape) != 2:
-            continue
-        name = by_digest.get(_digest(op.get_data()))
-        if name is None:
-            continue
+
+    def decompress(name: str):
         t = tables[name]
         if t.mode == "int8":
-            w = ops.multiply(ops.convert(ops.constant(t.codes), ov.Type.f32),
-                             ops.convert(ops.constant(t.scale), ov.Type.f32))
-        else:
-            w = ops.convert(ops.constant(t.codes), ov.Type.f32)
-        w.set_friendly_name(f"{name}/decompressed")
-        op.output(0).replace(w.output(0))
-        found[name] = found.get(name, 0) + 1
-    missing = sorted(set(tables) - set(found))
-    if missing:
-        raise BadInput(f"tables not found in the IR as float32 constants: {missing}")
-    model.validate_nodes_and_infer_types()
+            return ops.multiply(ops.convert(ops.constant(t.codes), ov.Type.f32),
+                                ops.convert(ops.constant(t.scale), ov.Type.f32))
+        return ops.convert(ops.constant(t.codes), ov.Type.f32)
+
+    found = _replace_constants(model, by_digest, decompress, tables, "tables")
     return {"mode": next(iter(tables.values())).mode if tables else "f32", "tables": found}
 
 
