@@ -656,6 +656,14 @@ class _Deadline:
 
 
 # ---------------------------------------------------------------------------------------------- verify
+def _left_padding_mask(ids: torch.Tensor, padding: int) -> torch.Tensor:
+    """The oracle's padded batch: ``attention_mask`` 0 on the first ``padding`` tokens of every other row (1, 3,
+    ...), 1 elsewhere (transformers' left-padding convention)."""
+    mask = torch.ones_like(ids)
+    mask[1::2, :padding] = 0
+    return mask
+
+
 def _padded_batch(model: nn.Module, out: nn.Module, ids: torch.Tensor, padding: int, tol: Tolerance) -> dict:
     """The test ids with every other row (1, 3, ...) left-padded by ``padding`` tokens (``attention_mask`` 0):
     subject and transformed model, each called ``model(ids, attention_mask=mask)``, compared at the non-padded
@@ -663,8 +671,7 @@ def _padded_batch(model: nn.Module, out: nn.Module, ids: torch.Tensor, padding: 
     seq = ids.shape[1]
     if padding >= seq:
         return {"problem": f"padding={padding} leaves no token in a row of {seq}", "max_rel_err": None}
-    mask = torch.ones_like(ids)
-    mask[1::2, :padding] = 0
+    mask = _left_padding_mask(ids, padding)
     got = []
     for module, what in ((model, "the subject"), (out, "the transformed model")):
         try:
@@ -699,8 +706,7 @@ def _padded_first_divergent(model: nn.Module, out: nn.Module, ids: torch.Tensor,
                             layout: Layout | None, tol: Tolerance) -> dict | None:
     """The first divergent node on :func:`_padded_batch`'s padded batch (activations compared at the
     non-padded positions); ``None`` when the activations cannot be recorded there."""
-    mask = torch.ones_like(ids)
-    mask[1::2, :padding] = 0
+    mask = _left_padding_mask(ids, padding)
     try:
         with capture(model) as ref_acts, torch.no_grad():
             model(ids.clone(), attention_mask=mask)
