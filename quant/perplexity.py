@@ -24,17 +24,27 @@ MAX_TOKENS = 8192
 @torch.no_grad()
 def perplexity(model: nn.Module, ids: torch.Tensor, window: int = WINDOW, max_tokens: int = MAX_TOKENS) -> dict:
     """``{"ppl", "nll", "tokens_scored", "windows", "window", "max_tokens", "seconds"}`` of ``model`` on ``ids``."""
+    model.eval()
+
+    def logits_of(x: torch.Tensor) -> torch.Tensor:
+        out = model(input_ids=x, use_cache=False) if _is_hf(model) else model(x)
+        return (out.logits if hasattr(out, "logits") else out)[0]
+
+    return windowed_perplexity(logits_of, ids, window, max_tokens)
+
+
+def windowed_perplexity(logits_of, ids: torch.Tensor, window: int = WINDOW, max_tokens: int = MAX_TOKENS) -> dict:
+    """:func:`perplexity` of any runtime: ``logits_of(x)`` gives the ``(window, vocab)`` logits of one window
+    ``x`` (1, window), a fresh sequence; the windows and the scoring are the module docstring's."""
     ids = ids.reshape(-1)[:max_tokens]
     n = ids.numel() // window
     if n == 0:
         raise BadInput(f"the evaluation text has {ids.numel()} tokens: fewer than one window of {window}")
     t0 = time.time()
-    model.eval()
     total, count = 0.0, 0
     for i in range(n):
         x = ids[i * window:(i + 1) * window][None]
-        out = model(input_ids=x, use_cache=False) if _is_hf(model) else model(x)
-        logits = (out.logits if hasattr(out, "logits") else out)[0, :-1].double()
+        logits = logits_of(x)[:-1].double()
         total += float(F.cross_entropy(logits, x[0, 1:], reduction="sum"))
         count += window - 1
     nll = total / count

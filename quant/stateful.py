@@ -244,23 +244,35 @@ def torch_greedy(model: nn.Module, ids: torch.Tensor, steps: int) -> tuple[list[
     return logits, tokens
 
 
-def ov_greedy(xml: str | Path, ids: np.ndarray, steps: int, config: dict | None = None):
-    """The loop of :func:`torch_greedy` on the stateful IR at ``xml`` (CPU, ``config``; f32 accuracy by default)."""
+def _stateful_request(xml: str | Path, config: dict | None):
+    """The stateful IR at ``xml`` compiled for CPU (``config``; f32 accuracy by default) and one infer request."""
     import openvino as ov
 
     from quant.parity import compile_config
     compiled = ov.Core().compile_model(str(xml), "CPU", compile_config("CPU", "f32") if config is None else config)
-    req = compiled.create_infer_request()
+    return compiled, compiled.create_infer_request()
+
+
+def _infer(compiled, req, x: np.ndarray, past: int) -> np.ndarray:
+    """One call of the GenAI ports: ids ``x`` (1, t) after ``past`` cached tokens (full mask, positions
+    ``past .. past + t - 1``, beam 0); the (t, vocab) logits (a view of the request's output)."""
+    t = x.shape[1]
+    res = req.infer({"input_ids": x, "attention_mask": np.ones((1, past + t), np.int64),
+                     "position_ids": np.arange(past, past + t, dtype=np.int64)[None], "beam_idx": np.zeros(1, np.int32)})
+    return res[compiled.output("logits")][0]
+
+
+def ov_greedy(xml: str | Path, ids: np.ndarray, steps: int, config: dict | None = None):
+    """The loop of :func:`torch_greedy` on the stateful IR at ``xml`` (CPU, ``config``; f32 accuracy by default)."""
+    compiled, req = _stateful_request(xml, config)
     req.reset_state()
     logits, tokens, times = [], [], []
     x, n = np.asarray(ids, np.int64), 0
     for _ in range(steps + 1):
         t = x.shape[1]
         t0 = time.perf_counter()
-        res = req.infer({"input_ids": x, "attention_mask": np.ones((1, n + t), np.int64),
-                         "position_ids": np.arange(n, n + t, dtype=np.int64)[None], "beam_idx": np.zeros(1, np.int32)})
+        out = _infer(compiled, req, x, n).copy()
         times.append(time.perf_counter() - t0)
-        out = res[compiled.output("logits")][0].copy()
         n += t
         logits.append(torch.from_numpy(out))
         tokens.append(int(out[-1].argmax()))
@@ -284,33 +296,14 @@ def ov_perplexity(xml: str | Path, ids: torch.Tensor, window: int | None = None,
     """:func:`quant.perplexity.perplexity` through the stateful IR at ``xml`` (CPU, ``config``; f32 accuracy by
     default): the same windows, each a fresh sequence (the KV state reset, positions from 0, full mask), the
     same scoring (float64 cross-entropy, the first token of a window unscored)."""
-    import math
+    from quant.perplexity import MAX_TOKENS, WINDOW, windowed_perplexity
+    compiled, req = _stateful_request(xml, config)
 
-    import openvino as ov
-    import torch.nn.functional as F
-
-    from quant.parity import compile_config
-    from quant.perplexity import MAX_TOKENS, WINDOW
-    window, max_tokens = window or WINDOW, max_tokens or MAX_TOKENS
-    ids = ids.reshape(-1)[:max_tokens]
-    n = ids.numel() // window
-    if n == 0:
-        raise BadInput(f"the evaluation text has {ids.numel()} tokens: fewer than one window of {window}")
-    t0 = time.time()
-    compiled = ov.Core().compile_model(str(xml), "CPU", compile_config("CPU", "f32") if config is None else config)
-    req = compiled.create_infer_request()
-    total, count = 0.0, 0
-    for i in range(n):
-        x = ids[i * window:(i + 1) * window][None]
+    def logits_of(x: torch.Tensor) -> torch.Tensor:
         req.reset_state()
-        res = req.infer({"input_ids": x.numpy().astype(np.int64), "attention_mask": np.ones((1, window), np.int64),
-                         "position_ids": np.arange(window, dtype=np.int64)[None], "beam_idx": np.zeros(1, np.int32)})
-        logits = torch.from_numpy(res[compiled.output("logits")][0, :-1].copy()).double()
-        total += float(F.cross_entropy(logits, x[0, 1:], reduction="sum"))
-        count += window - 1
-    nll = total / count
-    return {"ppl": math.exp(nll), "nll": nll, "tokens_scored": count, "windows": n, "window": window,
-            "max_tokens": max_tokens, "seconds": round(time.time() - t0, 1)}
+        return torch.from_numpy(_infer(compiled, req, x.numpy().astype(np.int64), 0).copy())
+
+    return windowed_perplexity(logits_of, ids, window or WINDOW, max_tokens or MAX_TOKENS)
 
 
 PPL_TOL = 5e-3  # relative perplexity difference of the stateful IR against the PyTorch reference (issue 15: 0.5%)
