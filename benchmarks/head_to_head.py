@@ -3,18 +3,21 @@ recipes, on a real checkpoint (default SmolLM2-135M) at W2/W4, matched calibrati
 
     python -m benchmarks.head_to_head [--bits 2 4] [--seeds 0 1 2] [--methods ...] [--preset cpu|paper]
         [--calib-text PATH] [--eval-text PATH] [--iters N] [--nsamples N] [--seqlen N] [--lr LR] [--out runs/head2head]
-        [--report-only]
+        [--report-only] [--engine ray|serial] [--address ADDR] [--num-cpus N] [--cpus-per-cell N]
 
-Every (method, bits, seed, settings, texts, checkpoint) result is cached as one JSON file under
-``OUT/cache/`` keyed by a hash of that configuration, so an interrupted sweep resumes where it stopped
-(gate verdicts are cached too).  Writes ``OUT/results.json``, ``OUT/results.md`` and ``OUT/results.png``.
-RTN (``iters=0``, no imatrix) uses no calibration data: it runs once, at seed 0.
+Every (method, bits, seed, settings, texts, checkpoint) result is one cell run as a Ray task
+(:mod:`benchmarks.ray_cells`: a local Ray by default, ``--address`` for a cluster, ``--engine serial`` in
+this process) and cached as one JSON file under ``OUT/cache/`` keyed by a hash of that configuration, so an
+interrupted sweep resumes where it stopped (gate verdicts are cached too).  Writes ``OUT/results.json``,
+``OUT/results.md`` and ``OUT/results.png``.  RTN (``iters=0``, no imatrix) uses no calibration data: it runs once, at seed 0.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
+import functools
 import hashlib
 import json
 import statistics
@@ -23,6 +26,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from benchmarks.ray_cells import ENGINES, run_cells
 
 METHODS = {  # name -> (recipe, alpha, iters=0?)
     "fp": (None, None, False),
@@ -51,10 +56,7 @@ def _versions() -> dict:
 
 def main(argv=None) -> int:
     from fuzz.layout import atomic_write_text
-    from quant.checkpoints import load_checkpoint
-    from quant.perplexity import perplexity
-    from quant.quantize import PRESETS, QuantConfig, gate, preset_settings, quantize, text_ids
-    from quant.text import calibration_windows
+    from quant.quantize import PRESETS, preset_settings
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", default=None, help="default: SmolLM2-135M (offline)")
@@ -76,49 +78,49 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="runs/head2head")
     p.add_argument("--report-only", action="store_true",
                    help="run nothing: tabulate the cached results of these settings (missing ones are listed)")
+    p.add_argument("--engine", default="ray", choices=ENGINES, help="ray (default: a local Ray, or --address) "
+                   "or serial (in this process)")
+    p.add_argument("--address", default=None, help="a Ray cluster to join ('auto', 'ray://host:10001'); "
+                   "default: start a local Ray on this machine")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
+    p.add_argument("--cpus-per-cell", type=float, default=1, help="CPUs each cell reserves (and its torch threads)")
+    p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
 
     settings = preset_settings(args.preset, iters=args.iters, nsamples=args.nsamples, seqlen=args.seqlen,
                                batch_size=args.batch_size, lr=args.lr)
     out = Path(args.out)
-    (out / "cache").mkdir(parents=True, exist_ok=True)
-
     t0 = time.time()
-    base, tok = load_checkpoint(args.checkpoint)
-    calib_all, calib_info = text_ids(tok, args.calib_text, "calibration")
-    eval_ids, eval_info = text_ids(tok, args.eval_text, "evaluation")
+    _, tok, _, _, calib_info, eval_info = _inputs(args.checkpoint, args.calib_text, args.eval_text)
     ckpt = args.checkpoint or "default:SmolLM2-135M-Instruct.Q4_1.gguf"
     common = {"checkpoint": ckpt, "calib": calib_info["sha256"], "eval": eval_info["sha256"], "window": args.window,
               "max_tokens": args.max_tokens, "group_size": args.group_size, "sym": args.sym, **settings,
-              "versions": _versions()}
-    print(f"loaded in {time.time() - t0:.0f}s; settings {settings}; calib {calib_info['source']}; "
+              "versions": _versions(),
+              "inputs": {"checkpoint": args.checkpoint, "calib_text": args.calib_text, "eval_text": args.eval_text,
+                         "gate_cache": str((out / "cache").resolve())}}
+    print(f"texts read in {time.time() - t0:.0f}s; settings {settings}; calib {calib_info['source']}; "
           f"eval {eval_info['source']}", flush=True)
 
     # full precision is one result whatever the widths; RTN has no calibration seed
     visits = [("fp", None, 0)] if "fp" in args.methods else []
     visits += [(m, b, s) for b in args.bits for m in args.methods if m != "fp"
                for s in ([0] if METHODS[m][2] else args.seeds)]
+    cells = [{**common, "method": method, "bits": bits, "seed": seed,
+              "name": "fp" if bits is None else f"{method}-w{bits}-s{seed}"} for method, bits, seed in visits]
+    results = run_cells(run_cell, cells, out / "cache", engine=args.engine, address=args.address,
+                        num_cpus=args.num_cpus, cpus_per_cell=args.cpus_per_cell, progress=not args.no_progress,
+                        report_only=args.report_only, desc="head-to-head")
     rows = []
-    for method, bits, seed in visits:
-        recipe, alpha, rtn = METHODS[method]
-        cfg_key = {**common, "method": method, "bits": bits, "seed": seed}
-        name = "fp" if bits is None else f"{method}-w{bits}-s{seed}"
-        label = "fp" if bits is None else f"{method} W{bits} seed {seed}"
-        path = out / "cache" / f"{name}-{_key(cfg_key)}.json"
-        if path.is_file():
-            res = json.loads(path.read_text())
-            print(f"cached  {label}: ppl {res.get('ppl', float('nan')):.2f}", flush=True)
-        elif args.report_only:
+    for cell, res in zip(cells, results):
+        label = cell["name"]
+        if res is None:
             print(f"missing {label} (not run)", flush=True)
             continue
-        else:
-            res = _run(base, tok, method, recipe, alpha, rtn, bits, seed, settings, args, calib_all, eval_ids,
-                       out, ckpt, gate, quantize, QuantConfig, calibration_windows, perplexity)
-            res["key"] = cfg_key
-            atomic_write_text(path, json.dumps(res, indent=1, default=str))
-            print(f"ran     {label}: ppl {res.get('ppl', float('nan')):.2f} "
-                  f"({res['seconds']:.0f}s) {res.get('error', '')}", flush=True)
-        rows.append({**res, "method": method, "bits": bits, "seed": seed})
+        how = "cached " if res["cached"] else "ran    "
+        print(f"{how} {label}: ppl {res.get('ppl', float('nan')):.2f} {res.get('error', '')}", flush=True)
+        if "ppl" not in res:  # the cell itself raised (not cached): recorded as a failure, not a row of numbers
+            res = {**res, "ppl": float("nan"), "seconds": res.get("cell_seconds", 0.0)}
+        rows.append({**res, "method": cell["method"], "bits": cell["bits"], "seed": cell["seed"]})
     summary = _summarise(rows, args, settings, calib_info, eval_info, ckpt)
     atomic_write_text(out / "results.json", json.dumps({"summary": summary, "rows": rows}, indent=1, default=str))
     md = _markdown(summary, settings, calib_info, eval_info, ckpt, args)
@@ -128,24 +130,48 @@ def main(argv=None) -> int:
     return 0
 
 
-def _run(base, tok, method, recipe, alpha, rtn, bits, seed, settings, args, calib_all, eval_ids, out, ckpt,
-         gate, quantize, QuantConfig, calibration_windows, perplexity) -> dict:
+@functools.lru_cache(maxsize=2)
+def _inputs(checkpoint, calib_text, eval_text):
+    """The checkpoint, its tokenizer and both token streams: read once per process (a Ray worker is reused)."""
+    from quant.checkpoints import load_checkpoint
+    from quant.quantize import text_ids
+    base, tok = load_checkpoint(checkpoint)
+    calib_all, calib_info = text_ids(tok, calib_text, "calibration")
+    eval_ids, eval_info = text_ids(tok, eval_text, "evaluation")
+    return base, tok, calib_all, eval_ids, calib_info, eval_info
+
+
+def run_cell(cell: dict) -> dict:
+    """One (method, bits, seed) result: gate (cached per recipe and alpha), quantize, perplexity."""
+    from fuzz.layout import atomic_write_text
+    from quant.perplexity import perplexity
+    from quant.quantize import ONLINE, WEIGHT_ONLY, QuantConfig, gate, quantize
+    from quant.text import calibration_windows
+    src = cell["inputs"]
+    base, tok, calib_all, eval_ids, calib_info, eval_info = _inputs(src["checkpoint"], src["calib_text"],
+                                                                    src["eval_text"])
+    if (calib_info["sha256"], eval_info["sha256"]) != (cell["calib"], cell["eval"]):
+        raise RuntimeError("the texts changed since the sweep was planned (sha256 differs)")
+    method, bits, seed = cell["method"], cell["bits"], cell["seed"]
+    recipe, alpha, rtn = METHODS[method]
     t0 = time.time()
     if method == "fp":
-        return {**perplexity(base, eval_ids, args.window, args.max_tokens), "seconds": time.time() - t0}
-    cfg = QuantConfig(bits=bits, group_size=args.group_size, sym=args.sym, seed=seed,
+        return {**perplexity(base, eval_ids, cell["window"], cell["max_tokens"]), "seconds": time.time() - t0}
+    tuned = {f.name for f in dataclasses.fields(QuantConfig)} - {"bits", "group_size", "sym", "seed"}
+    settings = {k: cell[k] for k in tuned if k in cell}
+    cfg = QuantConfig(bits=bits, group_size=cell["group_size"], sym=cell["sym"], seed=seed,
                       **{**settings, "iters": 0 if rtn else settings["iters"]})
     windows = calibration_windows(calib_all, cfg.nsamples, cfg.seqlen, seed)
     model = copy.deepcopy(base)
     verdict = None
-    from quant.quantize import ONLINE, WEIGHT_ONLY
     if recipe in WEIGHT_ONLY + ONLINE:  # the recipes the oracle gate proves before quantization
-        gpath = out / "cache" / f"gate-{recipe}-a{alpha}-{_key({'checkpoint': ckpt, 'recipe': recipe, 'alpha': alpha})}.json"
+        cache = Path(src["gate_cache"])
+        gpath = cache / f"gate-{recipe}-a{alpha}-{_key({'checkpoint': cell['checkpoint'], 'recipe': recipe, 'alpha': alpha})}.json"
         if gpath.is_file():
             verdict = _CachedVerdict(**json.loads(gpath.read_text()))
         else:
             v = gate(model, recipe, alpha=alpha)
-            gpath.write_text(json.dumps({"status": v.status, "max_rel_err": v.max_rel_err}))
+            atomic_write_text(gpath, json.dumps({"status": v.status, "max_rel_err": v.max_rel_err}))
             verdict = v
     try:
         report = quantize(model, tok, recipe, cfg, windows, alpha=alpha if alpha is not None else 0.5,
@@ -153,7 +179,7 @@ def _run(base, tok, method, recipe, alpha, rtn, bits, seed, settings, args, cali
     except RuntimeError as exc:  # record a peer's crash as a finding instead of losing the sweep
         return {"error": f"{type(exc).__name__}: {exc}", "ppl": float("nan"), "seconds": time.time() - t0}
     report.pop("coverage_rows", None)
-    ppl = perplexity(model, eval_ids, args.window, args.max_tokens)
+    ppl = perplexity(model, eval_ids, cell["window"], cell["max_tokens"])
     return {**ppl, "report": report, "seconds": time.time() - t0, "quant_seconds": report["total_seconds"]}
 
 

@@ -27,8 +27,8 @@ reach every pair of feature values, run as hypothesis' explicit examples, the on
 first; up to 90% of the budget, :data:`fuzz.covering.SHARE`) and hypothesis draws the rest.
 
 The summary (JSON + markdown, written atomically) lists the layouts tried, per-feature coverage, pair
-coverage (pairs of feature tags seen / possible, and the riskiest triples),
-per-transform outcomes, worst errors, seconds, the peers' precision mode, and new / known / caught failures.
+coverage (pairs of feature tags seen / possible, and the riskiest triples; ``layout_tags``, the tag set of each
+distinct layout, lets campaigns sharded by seed merge their coverage), per-transform outcomes, worst errors, seconds, the peers' precision mode, and new / known / caught failures.
 """
 
 from __future__ import annotations
@@ -188,6 +188,7 @@ def run_campaign(transforms: list[str | NamedTransform], *, profile: str = "dev"
         "per_example_timeout": per_example_timeout, "corpus": None if corpus is None else str(corpus),
         "layouts_tried": len(layouts_seen), "covering_examples": explicit,
         "features": dict(sorted(features.items())), "interactions": _interactions(constraints, tags_seen),
+        "layout_tags": [sorted(t) for t in tags_seen],
         "per_transform": per_transform, "failures": [_public(f) for f in failures],
         "new_findings": len(new), "known_failures": sum(f["outcome"] == "known" for f in failures),
         "mutants_caught": sum(f["outcome"] == "caught" for f in failures),
