@@ -117,3 +117,69 @@ def test_spinquant_r3_rotates_queries_only_under_transformers_5_25():
     assert calls == []  # the key hook's module is never entered
     r4 = C.Peer("r4", C.Config("spinquant", ("R4",), "hadamard"))
     assert verify(lambda m, c: r4(m, c, center=False), exact(lay)).max_rel_err < 1e-13
+
+
+SMALL = dict(n_layers=1, hidden=16, n_heads=2, n_kv_heads=1, head_dim=8, intermediate=32, vocab=32)
+
+
+def small(family="llama", **dims):
+    return build(family_spec(family, **{**SMALL, **dims}), name=family)
+
+
+def run64(name, lay, **options):
+    """float64 everywhere on a layout subject, as the corpus entries replay."""
+    return verify(C.get(name, precision="float64", **options), lay, dtype=torch.float64)
+
+
+def test_gemma_offset_norm_is_fused_as_if_it_were_w():
+    # llm-compressor issue 2005 (SpinQuant on Gemma): no Gemma mapping, the Llama fallback fuses the stored
+    # w of Gemma's (1 + w) RMSNorm into the linears and sets w to ones, which Gemma then reads as a scale of 2.
+    t = C.get("ct-spinquant", precision="float64", center=False)
+    v = verify(t, small("gemma"), dtype=torch.float64)
+    assert v.status == "diverged" and v.max_rel_err > 0.1
+    assert t.fn.last["mapping"] == "llama-fallback" and t.fn.last["untied"]
+    assert verify(C.get("ct-quip", precision="float64"), small("gemma"), dtype=torch.float64).ok  # no norm fusion
+
+
+def test_phi3_fused_qkv_and_fused_expert_moe_crash_the_norm_fusion():
+    phi3 = run64("ct-spinquant", small("phi3", rotary_dim=4), center=False)
+    # `.*v_proj$` matches qkv_proj: an incomplete {input_layernorm, q, k, v} set
+    assert phi3.status == "error" and "Found a final incomplete set" in phi3.message and "v_proj" in phi3.message
+    moe = run64("ct-spinquant", small("qwen3_moe"), center=False)
+    assert moe.status == "error" and "post_attention_layernorm" in moe.message and "gate_proj" in moe.message
+    assert run64("ct-quip", small("qwen3_moe")).ok  # QuIP targets Linear modules only: the experts are skipped
+
+
+def test_non_power_of_two_widths():
+    # SpinQuant issue 33, QuaRot issues 41/44: "hadamard" needs 2^n ...
+    v = run64("ct-spinquant", small(hidden=24), center=False)
+    assert v.status == "error" and "Cannot construct deterministic hadamard of size != 2^n" in v.message
+    # ... random-hadamard takes a known Hadamard order times 2^n (12 x 2 = 24, 12) exactly ...
+    lay = small(hidden=24, head_dim=12, intermediate=48)
+    assert run64("ct-spinquant-random-hadamard", lay, center=False).max_rel_err < 1e-13
+    # ... and no order it has no matrix for (6); a block size that divides the widths is exact
+    v = run64("ct-spinquant-random-hadamard", small(hidden=12, head_dim=6), center=False)
+    assert v.status == "error" and "Cannot construct random hadamard matrix of size 6" in v.message
+    assert run64("ct-spinquant-b8", small(hidden=24), center=False).max_rel_err < 1e-13
+
+
+def test_tied_lm_head_and_qkv_bias_are_handled():
+    # SpinQuant issue 13 (R1 applied twice to a tied lm_head) is fixed: the modifier unties first.
+    t = C.get("ct-spinquant", precision="float64", center=False)
+    assert verify(t, small(tie_embeddings=True), dtype=torch.float64).max_rel_err < 1e-13
+    assert t.fn.last["untied"]
+    # compressed-tensors rotates a weight_output bias too: Qwen2's v_proj bias stays consistent under R2
+    assert run64("ct-spinquant", small("qwen2"), center=False).max_rel_err < 1e-13
+
+
+def test_cohere2_moe_uses_its_registered_mapping_which_needs_llm_compressors_preparation():
+    from benchmarks.ct_peer_classes import instance
+
+    model = instance("Cohere2MoeForCausalLM")
+    t = C.get("ct-spinquant", center=False)
+    v = verify(t, P.ExactFloat64(model))
+    # the registered mapping fuses only model.norm and expects the router as mlp.gate.linear (llm-compressor's
+    # prepare_cohere2_moe_for_spinquant, which linearizes the experts, is not part of the modifier): on the
+    # stock class R1 rotates the residual writers while the parallel block's input norm and experts stay as is
+    assert t.fn.last["mapping"] == "Cohere2MoeForCausalLM" and t.fn.last["norms_fused"] == 1
+    assert v.status == "diverged" and v.max_rel_err > 0.1
