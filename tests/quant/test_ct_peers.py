@@ -183,3 +183,25 @@ def test_cohere2_moe_uses_its_registered_mapping_which_needs_llm_compressors_pre
     # stock class R1 rotates the residual writers while the parallel block's input norm and experts stay as is
     assert t.fn.last["mapping"] == "Cohere2MoeForCausalLM" and t.fn.last["norms_fused"] == 1
     assert v.status == "diverged" and v.max_rel_err > 0.1
+
+
+def test_gemma3_multimodal_config_has_no_head_dim_for_spinquant():
+    # llm-compressor issue 2005's first error (gemma-3-27b-it): SpinQuantModifier.on_initialize asks
+    # compressed-tensors' get_head_dim for the top-level config, which for Gemma-3 nests it in text_config.
+    import types
+
+    import transformers as tf
+
+    subject = types.SimpleNamespace(config=tf.Gemma3Config())
+    with pytest.raises(ValueError, match="Cannot determine head_dim from config"):
+        C.peer("ct-spinquant").transform_config(subject)
+
+
+def test_olmo2_post_norms_crash_the_llama_fallback_norm_fusion():
+    from benchmarks.ct_peer_classes import instance
+
+    # OLMo2 normalizes after attention / MLP (no input_layernorm): the fallback's {input_layernorm, q, k, v}
+    # set is incomplete, while QuIP (no norm fusion) stays exact
+    v = verify(C.get("ct-spinquant", center=False), P.ExactFloat64(instance("Olmo2ForCausalLM")))
+    assert v.status == "error" and "Found a final incomplete set" in v.message and "input_layernorm" in v.message
+    assert verify(C.get("ct-quip"), P.ExactFloat64(instance("Olmo2ForCausalLM"))).max_rel_err < 1e-13
