@@ -40,7 +40,10 @@ class Finding:
     status: str = "open"  # entry status
 
     def layout(self):
-        return build(family_spec(self.family, **{**SMALL, **self.dims}), name=self.family)
+        dims = {**SMALL, **self.dims}
+        if self.family == "stablelm":  # head_dim = hidden / n_heads there
+            dims.pop("head_dim")
+        return build(family_spec(self.family, **dims), name=self.family)
 
 
 FINDINGS = [
@@ -80,6 +83,36 @@ FINDINGS = [
             "non-power-of-two widths with transform_type='random-hadamard': a head_dim of 6 (no known Hadamard "
             "matrix of order 6) still asserts in compressed-tensors' _matmul_hadU",
             dims=dict(hidden=12, n_heads=2, n_kv_heads=1, head_dim=6, intermediate=32), options={"center": False}),
+    Finding("ct-spinquant", "qwen2_moe", "diverged",
+            "MoE with a shared expert (Qwen2-MoE): the shared expert's up/gate/down_proj complete the fallback's "
+            "norm set, so nothing raises, but the router and the fused experts are no Linear the mapping names: "
+            "R1 rotates the residual stream around them, a silent break (found by benchmarks.peer_campaign)",
+            options={"center": False}),
+    Finding("ct-spinquant", "stablelm", "error",
+            "StableLM's parallel block (one shared LayerNorm before attention and MLP, no "
+            "post_attention_layernorm): the fallback's {post_attention_layernorm, up_proj, gate_proj} set is "
+            "incomplete and match_modules_set raises (found by benchmarks.peer_campaign)",
+            dims=dict(use_parallel_residual=True), options={"center": False}),
+    Finding("ct-spinquant", "stablelm", "diverged",
+            "LayerNorm (StableLM, sequential residual): R1 is fused through a LayerNorm, whose mean subtraction "
+            "does not commute with a Hadamard rotation (it maps the all-ones direction to a basis vector); "
+            "llm-compressor keeps the module a LayerNorm (QuaRot/SliceGPT turn it into an RMSNorm over a mean-free "
+            "stream) and leaves its bias: a silent break without the centring too; zeroing the LN biases and "
+            "centring the residual writers does not rescue it (measured; found by benchmarks.peer_campaign)",
+            options={"center": False}),
+    Finding("ct-spinquant-b8", "llama", "error",
+            "transform_block_size that does not divide hidden (20): compressed-tensors raises '8 must divide 20' "
+            "at the embedding instead of a rotation (found by benchmarks.peer_campaign)",
+            dims=dict(hidden=20, n_heads=2, n_kv_heads=1, head_dim=8), options={"center": False}),
+    Finding("ct-quip", "llama", "error",
+            "QuIP's online random-hadamard on a Linear width with no known Hadamard order (intermediate 26 = "
+            "13 x 2): 'Cannot construct random hadamard matrix of size 13' (non-power-of-two widths, SpinQuant "
+            "issue 33 / QuaRot 41, 44, for QuIP)",
+            dims=dict(intermediate=26)),
+    Finding("ct-quip-hadamard", "llama", "error",
+            "QuIP with transform_type='hadamard' on a non-power-of-two Linear width (intermediate 24): 'Cannot "
+            "construct deterministic hadamard of size != 2^n'",
+            dims=dict(intermediate=24)),
     Finding("ct-spinquant", "llama", "invariant",
             "SpinQuant issue 13 (a tied lm_head breaks the rotations: R1 applied to the shared weight twice) is "
             "fixed here: SpinQuantModifier unties the embeddings first (untie_word_embeddings), so on a tied "

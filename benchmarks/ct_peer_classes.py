@@ -164,14 +164,15 @@ def render_campaign(report: dict) -> str:
     s, peers, modes = report["summary"], report["peers"], report["modes"]
     out = [f"{len(report['cases'])} family layouts (seed {report['seed']}, widths {report['widths']}), "
            f"compressed-tensors {report['versions'].get('compressed_tensors')}, transformers "
-           f"{report['versions']['transformers']}. Cells: invariant / refused / crashed / floor / diverged "
-           f"(max rel of the diverged).", "", "| peer | " + " | ".join(modes) + " |", "|---|" + "---|" * len(modes)]
+           f"{report['versions']['transformers']}. Cells: invariant / refused / crashed / floor / diverged / "
+           f"inconclusive (max rel of the diverged); `float64` = through the transformers bridge (its float32 "
+           f"policy: the `hf-bridge` floor), `exact` = float64 everywhere.", "", "| peer | " + " | ".join(modes) + " |", "|---|" + "---|" * len(modes)]
     for p in peers:
         cells = []
         for m in modes:
             c, w = s["per_peer"][m][p], s["worst_rel"][m][p]
             cells.append(f"{c.get('invariant', 0)}/{c.get('refused', 0)}/{c.get('crashed', 0)}/"
-                         f"{c.get('floor', 0)}/{c.get('diverged', 0)} ({w['diverged']:.0e})")
+                         f"{c.get('floor', 0)}/{c.get('diverged', 0)}/{c.get('inconclusive', 0)} ({w['diverged']:.0e})")
         out.append(f"| {p} | " + " | ".join(cells) + " |")
     if "exact" in modes:
         all_tags = sorted({t for p in peers for t in s["per_tag"]["exact"][p]
