@@ -205,3 +205,24 @@ def test_olmo2_post_norms_crash_the_llama_fallback_norm_fusion():
     v = verify(C.get("ct-spinquant", center=False), P.ExactFloat64(instance("Olmo2ForCausalLM")))
     assert v.status == "error" and "Found a final incomplete set" in v.message and "input_layernorm" in v.message
     assert verify(C.get("ct-quip"), P.ExactFloat64(instance("Olmo2ForCausalLM"))).max_rel_err < 1e-13
+
+
+def test_breaks_the_layout_campaign_found():
+    # a shared expert completes the fallback's norm set: no crash, but router and fused experts stay unrotated
+    moe = run64("ct-spinquant", small("qwen2_moe"), center=False)
+    assert moe.status == "diverged" and moe.max_rel_err > 0.1
+    # StableLM: the parallel block's missing post_attention_layernorm crashes; LayerNorm breaks R1 silently
+    dims = {k: v for k, v in SMALL.items() if k != "head_dim"}
+    parallel = build(family_spec("stablelm", use_parallel_residual=True, **dims), name="stablelm")
+    v = run64("ct-spinquant", parallel, center=False)
+    assert v.status == "error" and "Found a final incomplete set" in v.message and "up_proj" in v.message
+    v = run64("ct-spinquant", build(family_spec("stablelm", **dims), name="stablelm"), center=False)
+    assert v.status == "diverged" and v.max_rel_err > 0.1
+    # a block size that does not divide hidden raises at the embedding
+    v = run64("ct-spinquant-b8", small(hidden=20), center=False)
+    assert v.status == "error" and "8 must divide 20" in v.message
+    # QuIP on Linear widths without a (known) Hadamard order
+    v = run64("ct-quip", small(intermediate=26))
+    assert v.status == "error" and "Cannot construct random hadamard matrix of size 26" in v.message
+    v = run64("ct-quip-hadamard", small(intermediate=24))
+    assert v.status == "error" and "size != 2^n" in v.message
