@@ -76,7 +76,17 @@ Subjects and precision are those of :mod:`quant.peers` (``to_transformers`` brid
 ``precision="float64"``): compressed-tensors' own arithmetic runs in float64 wherever a scheme allows
 (fused rotations always, online ones by ``precision``), so with ``precision="float64"`` a verdict sees its
 arithmetic alone; with ``precision="transformers"`` transformers' float32 RMSNorm/RoPE bound a float64
-verdict at the ``hf-bridge`` floor (~1e-7, measured by ``benchmarks/peer_campaign.py``).
+verdict at the ``hf-bridge`` floor (up to 2.0e-7 relative on 22 layouts, ``benchmarks/peer_campaign.py``;
+``docs/findings.md``).
+
+What the oracle found (``docs/findings.md``; each break a corpus entry, ``benchmarks/ct_corpus.py``; pinned in
+``tests/quant/test_ct_peers.py``): QuIP is exact (~1e-15) wherever it runs.  SpinQuant as llm-compressor runs
+it is exact nowhere: the embedding centring moves every RMSNorm model, a LayerNorm does not commute with R1,
+``random-matrix`` is not orthogonal, R3 rotates queries but not keys (its key hook is never called under
+transformers 5.25), Gemma's ``1 + w`` norm is fused as ``w``; Phi-3's fused qkv, fused-expert MoE, OLMo2's
+post-norms and StableLM's parallel block crash the norm fusion; non-power-of-two widths crash ``hadamard``.
+Without the centring (``center=False``) R1/R2 are exact on Llama, Mistral, Qwen2 (qkv bias), Qwen3, tied
+embeddings and Hadamard-order widths.
 """
 
 from __future__ import annotations
