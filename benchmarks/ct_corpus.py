@@ -6,8 +6,10 @@ Each finding is one smallest family layout (one layer, the narrowest widths that
 everywhere (option ``precision="float64"``, so a fix would show as exact); the verdict must be the expected
 one before anything is written (``record_failure``, deduplicated by signature).  The publicly reported
 breaks that the installed versions no longer show are written with status ``fixed`` and the versions, so the
-replay keeps them fixed.  Layouts shrink no further: one layer, hidden 16 (or the non-power-of-two width that
-is the point), two heads of 8.
+replay keeps them fixed.  A failing layout is then reduced by the campaign's own delta debugging
+(``verifier.reduce.reduce_layout``, while the same failure -- status, first divergent op, exception and where
+it raised -- reproduces) and recorded at the campaign's stage, so the main job (``archfuzz fuzz``) finds the
+same signature and names the entry ``known``.
 """
 
 from __future__ import annotations
@@ -22,8 +24,12 @@ import torch
 
 from fuzz import build
 from fuzz.families import family_spec
+from fuzz.errors import BadInput
 from verifier import verify
+from verifier.campaign import _group_key, _stage
 from verifier.corpus import DEFAULT_ROOT, record_failure, versions
+from verifier.outcomes import FAILING
+from verifier.reduce import reduce_layout
 from verifier.registry import resolve
 
 SMALL = dict(n_layers=1, hidden=16, n_heads=2, n_kv_heads=1, head_dim=8, intermediate=32, vocab=32)
@@ -77,7 +83,7 @@ FINDINGS = [
             options={"center": False}),
     Finding("ct-spinquant", "llama", "error",
             "non-power-of-two widths (SpinQuant issue 33, QuaRot issues 41/44): transform_type='hadamard' raises "
-            "ValueError 'Cannot construct deterministic hadamard of size != 2^n' (hidden 24)",
+            "ValueError 'Cannot construct deterministic hadamard of size != 2^n' (found at hidden 24, reduced to 6)",
             dims=dict(hidden=24, n_heads=2, n_kv_heads=1, head_dim=8, intermediate=32), options={"center": False}),
     Finding("ct-spinquant-random-hadamard", "llama", "error",
             "non-power-of-two widths with transform_type='random-hadamard': a head_dim of 6 (no known Hadamard "
@@ -101,17 +107,17 @@ FINDINGS = [
             "centring the residual writers does not rescue it (measured; found by benchmarks.peer_campaign)",
             options={"center": False}),
     Finding("ct-spinquant-b8", "llama", "error",
-            "transform_block_size that does not divide hidden (20): compressed-tensors raises '8 must divide 20' "
-            "at the embedding instead of a rotation (found by benchmarks.peer_campaign)",
+            "transform_block_size that does not divide hidden (found at 20, reduced to 4): compressed-tensors "
+            "raises '8 must divide <hidden>' at the embedding (found by benchmarks.peer_campaign)",
             dims=dict(hidden=20, n_heads=2, n_kv_heads=1, head_dim=8), options={"center": False}),
     Finding("ct-quip", "llama", "error",
-            "QuIP's online random-hadamard on a Linear width with no known Hadamard order (intermediate 26 = "
-            "13 x 2): 'Cannot construct random hadamard matrix of size 13' (non-power-of-two widths, SpinQuant "
-            "issue 33 / QuaRot 41, 44, for QuIP)",
+            "QuIP's online random-hadamard on a Linear width with no known Hadamard order (found at intermediate "
+            "26, reduced to 6): 'Cannot construct random hadamard matrix of size <n>' (non-power-of-two widths, "
+            "SpinQuant issue 33 / QuaRot 41, 44, for QuIP)",
             dims=dict(intermediate=26)),
     Finding("ct-quip-hadamard", "llama", "error",
-            "QuIP with transform_type='hadamard' on a non-power-of-two Linear width (intermediate 24): 'Cannot "
-            "construct deterministic hadamard of size != 2^n'",
+            "QuIP with transform_type='hadamard' on a non-power-of-two Linear width (found at intermediate 24, "
+            "reduced to 6): 'Cannot construct deterministic hadamard of size != 2^n'",
             dims=dict(intermediate=24)),
     Finding("ct-spinquant", "llama", "invariant",
             "SpinQuant issue 13 (a tied lm_head breaks the rotations: R1 applied to the shared weight twice) is "
@@ -136,6 +142,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--root", default=str(DEFAULT_ROOT))
     ap.add_argument("--dry-run", action="store_true")
+    ap.add_argument("--no-reduce", action="store_true")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     bad = 0
@@ -149,7 +156,20 @@ def main(argv=None) -> int:
         if not ok or args.dry_run:
             print(("" if ok else f"UNEXPECTED (want {f.expect}) ") + line)
             continue
-        path, created = record_failure(v, layout, t, root=args.root, status=f.status, note=f.note)
+        if v.status in FAILING and not args.no_reduce:
+            key = _group_key(v)
+
+            def same(candidate, t=t, key=key) -> bool:
+                try:
+                    w = verify(t, candidate, dtype=torch.float64, seed=0)
+                except BadInput:
+                    return False
+                return w.status in FAILING and _group_key(w) == key
+            layout, _ = reduce_layout(layout, same)
+            v = verify(t, layout, dtype=torch.float64, seed=0)
+            line += f" -> reduced: hidden {layout.meta['spec']['hidden']}, {', '.join(layout.features())}"
+        path, created = record_failure(v, layout, t, root=args.root, stage=_stage(v), status=f.status,
+                                       note=f.note)
         if created and f.status == "fixed":
             import json
             meta = json.loads((path / "meta.json").read_text())

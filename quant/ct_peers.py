@@ -338,25 +338,16 @@ class Peer:
 
 
 class _quiet:
-    """compressed-tensors' per-scheme tqdm bars and loguru lines, off for the call."""
+    """compressed-tensors' loguru lines off for the call (its tqdm bars follow TQDM_DISABLE, read by tqdm at import)."""
 
     def __enter__(self):
-        import os
-        self._env = os.environ.get("TQDM_DISABLE")
-        os.environ["TQDM_DISABLE"] = "1"
-        try:
-            from loguru import logger
-            logger.disable("compressed_tensors")
-        except ImportError:
-            pass
+        from loguru import logger
+        logger.disable("compressed_tensors")
         return self
 
     def __exit__(self, *exc):
-        import os
-        if self._env is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = self._env
+        from loguru import logger
+        logger.enable("compressed_tensors")
 
 
 # ------------------------------------------------------------------------------------------ registry

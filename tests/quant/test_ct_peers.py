@@ -226,3 +226,12 @@ def test_breaks_the_layout_campaign_found():
     assert v.status == "error" and "Cannot construct random hadamard matrix of size 26" in v.message
     v = run64("ct-quip-hadamard", small(intermediate=24))
     assert v.status == "error" and "size != 2^n" in v.message
+
+
+def test_the_main_job_runs_the_ct_peers_float64_everywhere():
+    import verifier.campaign as campaign
+    from archfuzz.cli.fuzz import default_transforms
+
+    ct = [n for n in default_transforms() if n.startswith("ct-peers:")]
+    assert ct == [f"ct-peers:{n}" for n in C.names()]
+    assert all(campaign.campaign_transform(n).options == {"precision": "float64"} for n in ct)
