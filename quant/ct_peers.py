@@ -52,18 +52,18 @@ QuIP u       ``weight_output`` on ``Linear`` and ``output`` inverse (online), bo
 
 The peers, by name (modifier, ``rotations``, ``transform_type``, ``transform_block_size``):
 
-============================== =========== ================ ================= =====
-name                           modifier    rotations        transform_type    block
-============================== =========== ================ ================= =====
-ct-spinquant                   SpinQuant   R1, R2 (default) hadamard (default) None
-ct-spinquant-random-hadamard   SpinQuant   R1, R2           random-hadamard   None
-ct-spinquant-random-matrix     SpinQuant   R1, R2           random-matrix     None
-ct-spinquant-r1234             SpinQuant   R1, R2, R3, R4   hadamard          None
-ct-spinquant-b<k>              SpinQuant   R1, R2           hadamard          k (listed: b8)
-ct-quip                        QuIP        v (default)      random-hadamard (default) None
-ct-quip-hadamard               QuIP        v                hadamard          None
-ct-quip-uv                     QuIP        v, u             random-hadamard   None
-============================== =========== ================ ================= =====
+============================ ========= ============== ========================= ====================
+name                         modifier  rotations      transform_type            transform_block_size
+============================ ========= ============== ========================= ====================
+ct-spinquant                 SpinQuant R1, R2 (dflt)  hadamard (default)        None (default)
+ct-spinquant-random-hadamard SpinQuant R1, R2         random-hadamard           None
+ct-spinquant-random-matrix   SpinQuant R1, R2         random-matrix             None
+ct-spinquant-r1234           SpinQuant R1, R2, R3, R4 hadamard                  None
+ct-spinquant-b<k>            SpinQuant R1, R2         hadamard                  k (listed: b8)
+ct-quip                      QuIP      v (default)    random-hadamard (default) None (default)
+ct-quip-hadamard             QuIP      v              hadamard                  None
+ct-quip-uv                   QuIP      v, u           random-hadamard           None
+============================ ========= ============== ========================= ====================
 
 ``randomize`` and ``learnable`` stay False (llm-compressor refuses True with NotImplementedError).  The
 factories' random draws come from an unseeded ``torch.Generator()`` each (apply_transform_config passes no
