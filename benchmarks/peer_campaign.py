@@ -1,4 +1,5 @@
-"""Every auto-round peer (``quant.peers``) against hypothesis-drawn family layouts, three ways.
+"""Every auto-round peer (``quant.peers``), or the compressed-tensors ones (``quant.ct_peers``, named in
+``--peers``), against hypothesis-drawn family layouts, three ways.
 
     python -m benchmarks.peer_campaign [--examples 40] [--seed 20261124] [--peers a,b] [--widths mixed]
                                        [--modes float64,float32,exact] [--out runs/peers] [--no-progress]
@@ -48,13 +49,19 @@ from fuzz.decoder import DecoderSpec, build
 from fuzz.families import FAMILIES, FamilyCase, family, family_cases, family_of, to_transformers
 from fuzz.layout import write_report
 from fuzz.materialize import materialize
+from quant import ct_peers as CT
 from quant import peers as P
 from verifier import verify
 
 MODES = {"float64": torch.float64, "float32": torch.float32, "exact": torch.float64}
 OUTCOMES = ("invariant", "refused", "crashed", "diverged")
 _OUTCOME = {"invariant": "invariant", "refused": "refused", "error": "crashed", "diverged": "diverged",
-            "non-finite": "diverged", "inconclusive": "inconclusive"}
+            "non-finite": "diverged", "inconclusive": "inconclusive", "degenerate": "inconclusive"}
+
+
+def _registry(name: str):
+    """The module whose peer ``name`` is: :mod:`quant.ct_peers` for ``ct-*`` names, else :mod:`quant.peers`."""
+    return CT if name.startswith("ct-") else P
 
 
 # ---------------------------------------------------------------------------------------------- draws
@@ -121,7 +128,7 @@ def tags(layout) -> list[str]:
 # ---------------------------------------------------------------------------------------------- run
 def run_one(name: str, case: FamilyCase, mode: str) -> dict:
     """One verdict as a record: status, outcome, errors, what the peer changed, time."""
-    transform = P.get(name)
+    transform = _registry(name).get(name)
     weight_seed = case.seed % 1000
     subject = case.layout
     if mode == "exact":
@@ -201,9 +208,10 @@ def _cell(c: dict) -> str:
 def markdown(report: dict) -> str:
     s, peers, modes = report["summary"], report["peers"], report["modes"]
     n = len(report["cases"])
-    lines = [f"# auto-round peers through the archfuzz oracle ({n} family cases per peer, seed {report['seed']}, "
+    lines = [f"# peers through the archfuzz oracle ({n} family cases per peer, seed {report['seed']}, "
              f"widths {report['widths']})", "",
-             f"auto-round {report['versions']['auto_round']}, transformers {report['versions']['transformers']}, "
+             f"auto-round {report['versions']['auto_round']}, compressed-tensors "
+             f"{report['versions'].get('compressed_tensors')}, transformers {report['versions']['transformers']}, "
              f"torch {report['versions']['torch']}; {report['seconds']} s in all.", "",
              "Modes: `float64` = float64 GraphModel subject through the transformers bridge (its float32 "
              "policy bounds this at ~1e-7; see `hf-bridge`); `float32` = tolerance 1e-4, what ships; "
@@ -254,13 +262,14 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     peers, modes = args.peers.split(","), args.modes.split(",")
     for p in peers:
-        P.peer(p)  # unknown names fail here, listing what exists
+        _registry(p).peer(p)  # unknown names fail here, listing what exists
     unknown = set(modes) - set(MODES)
     if unknown:
         ap.error(f"unknown mode(s) {sorted(unknown)}; modes: {list(MODES)}")
     torch.set_num_threads(1)  # tiny matmuls
 
     import auto_round
+    import compressed_tensors
     import transformers
 
     logging.getLogger("autoround").setLevel(logging.ERROR)
@@ -280,7 +289,8 @@ def main(argv: list[str] | None = None) -> dict:
                     records.append({"peer": p, "mode": m, "case": i, **r})
                     bar(p)
     report = {"seed": args.seed, "examples": args.examples, "widths": args.widths, "peers": peers, "modes": modes,
-              "versions": {"auto_round": auto_round.__version__, "transformers": transformers.__version__,
+              "versions": {"auto_round": auto_round.__version__,
+                           "compressed_tensors": compressed_tensors.__version__, "transformers": transformers.__version__,
                            "torch": torch.__version__},
               "seconds": round(time.perf_counter() - started, 1),
               "seconds_per_case": {m: {p: spent[m][p] / max(len(drawn), 1) for p in peers} for m in modes},

@@ -4,8 +4,8 @@ An entry is a folder ``<corpus>/<signature>/`` holding
 
 * ``layout.json``  the canonical (reduced) layout,
 * ``meta.json``    transform (name, options, registry), stage, symptom, first divergent node, message,
-                   tolerance, seed, dtype, versions of torch / transformers / auto-round / openvino /
-                   hypothesis, ``status`` (``open`` | ``fixed`` | ``expected-refusal``), ``kind``
+                   tolerance, seed, dtype, versions of torch / transformers / auto-round / compressed-tensors /
+                   openvino / hypothesis, ``status`` (``open`` | ``fixed`` | ``expected-refusal``), ``kind``
                    (``finding`` or ``mutant``: a known-buggy transform the oracle must keep catching),
                    first seen, replay history,
 * ``repro.py``     a self-contained script that rebuilds the model from ``layout.json`` and asserts.
@@ -65,7 +65,7 @@ DEFAULT_ROOT = Path(__file__).resolve().parents[1] / "corpus"
 
 def versions() -> dict[str, str | None]:
     out = {}
-    for package in ("torch", "transformers", "auto-round", "openvino", "hypothesis", "archfuzz"):
+    for package in ("torch", "transformers", "auto-round", "compressed-tensors", "openvino", "hypothesis", "archfuzz"):
         try:
             out[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
