@@ -329,8 +329,3 @@ def get(name: str, **options) -> NamedTransform:
 _registries.register("peers", sys.modules[__name__], float64_options={"precision": "float64"},
                      precision_option="precision", default_precision="transformers",
                      noisy_loggers={"autoround": "auto_round.logger"}, signature_free_options=("precision",))
-
-# The compressed-tensors peers (quant.ct_peers) register their own registry ``ct-peers`` through the
-# ``quant-peers-ct`` entry point; importing them here as well makes ``ct-peers:`` resolvable in an environment
-# whose installed archfuzz metadata predates that entry point (an editable install not yet re-run).
-from . import ct_peers as _ct_peers  # noqa: E402,F401  (registers on import)
