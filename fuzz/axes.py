@@ -178,9 +178,9 @@ AXES: dict[str, Axis] = _axes(
     Axis("qk_norm", "choice", ("none", "per_head", "full", "per_head_own"), "none", _named("qk_norm", "qk_norm"),
          off_rank=9, most=("full", "per_head_own", "per_head", "none")),  # per_head_own: a weight per head (Cohere)
     Axis("rope_theta", "positive_float", (10000.0, 500.0, 1e6), KEEP, _no_tags),
-    Axis("rope_scaling", "choice", ("none", "linear", "llama3", "yarn", "dynamic", "longrope"), "none",
-         lambda s: (f"rope:scaled:{s.rope_scaling}",) if _any_rope(s) and _scaled(s) else (),
-         most=("longrope", "yarn", "llama3", "dynamic", "linear", "none")),
+    Axis("rope_scaling", "choice", ("none", "linear", "llama3", "yarn", "dynamic", "longrope", "proportional"),
+         "none", lambda s: (f"rope:scaled:{s.rope_scaling}",) if _any_rope(s) and _scaled(s) else (),
+         most=("longrope", "yarn", "llama3", "dynamic", "linear", "proportional", "none")),
     Axis("qkv_bias", "bool", (False, True), False, _if("bias:qkv", "qkv_bias"), off_rank=0),
     Axis("o_bias", "bool", (False, True), False, _if("bias:o", "o_bias"), off_rank=1),
     Axis("attn_gate", "choice", ("none", "head_softplus", "output_sigmoid"), "none",

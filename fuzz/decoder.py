@@ -47,7 +47,8 @@ class DecoderSpec:
     rope_style: str = "half"
     rotary_dim: int | None = None  # None = head_dim (full rotary)
     rope_theta: float = 10000.0
-    rope_scaling: str = "none"  # scaled RoPE recipe (fuzz.rope_scaling): none/linear/llama3/yarn/dynamic/longrope
+    rope_scaling: str = "none"  # scaled RoPE recipe (fuzz.rope_scaling): none/linear/llama3/yarn/dynamic/longrope/
+    # proportional (Gemma4: half of the pairs rotated, theta ** (-2i / r), the rest unrotated)
     qkv_bias: bool = False
     o_bias: bool = False
     attn_gate: str = "none"
@@ -156,7 +157,7 @@ def _norm(g: _Graph, s: DecoderSpec, node: str, x: str, dim: int, groups: int = 
 
 
 # the synthesized scaled-RoPE recipes: transformers' formulas at lengths the oracle reaches (seq 12 > 8)
-ROPE_RECIPE = {"factor": 4.0, "original_max_positions": 16, "max_positions": 8}
+ROPE_RECIPE = {"factor": 4.0, "original_max_positions": 16, "max_positions": 8, "proportion": 0.5}
 
 
 def _rope_params(s: DecoderSpec, layer: LayerSpec, r: int) -> dict:
@@ -171,7 +172,8 @@ def _rope_params(s: DecoderSpec, layer: LayerSpec, r: int) -> dict:
         return {**out, "factor": 2.0, "max_positions": ROPE_RECIPE["max_positions"]}
     short = [1.0 + 0.5 * i for i in range(r // 2)] if kind == "longrope" else None
     inv, af = recipe_table(kind, theta, r, factor=ROPE_RECIPE["factor"],
-                           original_max_positions=ROPE_RECIPE["original_max_positions"], short_factor=short)
+                           original_max_positions=ROPE_RECIPE["original_max_positions"], short_factor=short,
+                           proportion=ROPE_RECIPE["proportion"])
     out.update(inv_freq=inv, attention_factor=af)
     if kind == "longrope":
         long, _ = recipe_table(kind, theta, r, factor=ROPE_RECIPE["factor"],

@@ -26,7 +26,8 @@ symmetric_gamma        spectral-PCA with Gamma = U^T diag(g) U (the seed code's 
 window_dropped         wht-scale's rebuilt layout keeps each attention's heads      a sliding-window layer
                        but not its sliding window (full causal attention)
 rope_scaling_dropped   a layout rewrite (wht-scale's) re-emits RoPE from theta,     scaled RoPE
-                       dropping linear / llama3 / yarn / dynamic / longrope
+                       dropping linear / llama3 / yarn / dynamic / longrope /
+                       proportional (Gemma4: its unrotated pairs rotated)
                        scaling and the attention factor
 position_unrotated     residual rotation of the token embedding only (the learned    learned positions, RMS,
                        position table left in the old basis)                       pre-norm, untied
@@ -121,7 +122,8 @@ register_mutant("temperature_dropped", "quant:wht-scale", "temperature_dropped",
                 applies={"attn_temperature": (0.5, 0.1)})
 register_mutant("window_dropped", "quant:wht-scale", "window_dropped", applies={"sliding_window": (4, 2)})
 register_mutant("rope_scaling_dropped", "quant:wht-scale", "rope_unscaled",
-                applies={"rope": True, "rope_scaling": ("linear", "llama3", "yarn", "dynamic", "longrope")})
+                applies={"rope": True, "rope_scaling": ("linear", "llama3", "yarn", "dynamic", "longrope",
+                                                        "proportional")})
 register_mutant("assumed_homogeneous", "quant:up-down", "homogeneity_assumed",
                 applies={"mlp": ("gelu", "gelu_tanh", "relu2", "quick_gelu", "fast_gelu", "silu", "bloom_gelu"),
                          "moe": False, "mlp_xielu": False})
