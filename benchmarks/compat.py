@@ -63,6 +63,7 @@ TEMPERATURE_LENGTH = 4
 TINY = dict(
     vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
     num_key_value_heads=2, head_dim=8, max_position_embeddings=128,
+    vocab_size_per_layer_input=64,  # Gemma4: the per-layer embedding table, one row per token id
     # other spellings of the same sizes
     d_model=32, n_embd=32, n_embed=32, dim=32, n_layer=2, n_layers=2, num_layers=2, n_head=4, n_heads=4,
     num_heads=4, ffn_dim=48, n_inner=48, ffn_hidden_size=48, d_ff=48, n_positions=128, max_seq_len=128,

@@ -272,6 +272,10 @@ AXES: dict[str, Axis] = _axes(
     # routed_in = x * sigmoid(score)); on every MoE layer
     Axis("expert_scale_input", "bool", (False, True), False,
          lambda s: ("moe:scale_input",) if s.expert_scale_input and _any_sparse(s) else ()),
+    # per-layer input embeddings (Gemma4 PLE) of width P: a second token table, L x P wide, mixed with a
+    # projection of the token embedding; each layer adds W_out(act(W_gate h) * its slice) to the stream
+    Axis("per_layer_input", "window", (None, 4), None,
+         lambda s: ("embeddings:per_layer_input",) if s.per_layer_input else ()),
 )
 
 # the reducer's "turn a feature off" pass, in this order

@@ -316,6 +316,19 @@ declare(OpSpec("embedding", {"vocab": (int, ...), "dim": (int, ...)}, ("ids",), 
                drawn_by=ALWAYS, features=lambda p: ("op:embedding",)))
 
 
+def _per_layer_embedding(node, p, w):
+    _need(w == [None], node, "per_layer_embedding reads the token ids")
+    return p["dim"]
+
+
+# Gemma4's per-layer input embeddings (PLE): a second table of the token ids, ``layers x width`` wide, which
+# the decoder combines with a projection of the token embedding and hands each layer its slice of; its output is
+# no residual-stream activation (transforms leave the table as it is and rotate the stream's readers)
+declare(OpSpec("per_layer_embedding", {"vocab": (int, ...), "dim": (int, ...)}, ("ids",), _per_layer_embedding,
+               shapes=lambda p: {"weight": (p["vocab"], p["dim"])}, init={"weight": _init_unit},
+               drawn_by=({"per_layer_input": 4},), features=lambda p: ("op:per_layer_embedding",)))
+
+
 def _position_embedding(node, p, w):
     _widths(node, "position_embedding", w, [p["dim"]])
     _need(p["start"] < p["max_pos"], node, f"start {p['start']} leaves no row of the {p['max_pos']}-row table")

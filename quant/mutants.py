@@ -62,6 +62,9 @@ xielu_as_relu2         up-down moves s^2 across xIELU as if it were relu2 (its  
 expert_scale_moved     a layout rewrite (wht-scale's) re-emits experts whose routing  experts scaling their
                        weight scales their input (Llama 4) as weighting their       input
                        output: the GLU is not linear, so the function changes       (``expert_scale_input``)
+ple_unrotated          residual-rotation rotates every reader of the stream it knows  per-layer input
+                       but leaves Gemma4's per-layer input projection (the linear   embeddings (Gemma4 PLE),
+                       reading the token embedding) in the old basis               RMS, pre-norm, untied
 =====================  ==========================================================  ==========================
 
 Loaded with the registries (the ``archfuzz.registries`` entry points, :func:`verifier.registry.load_plugins`).
@@ -129,6 +132,8 @@ register_mutant("assumed_homogeneous", "quant:up-down", "homogeneity_assumed",
                          "moe": False, "mlp_xielu": False})
 register_mutant("sparsemixer_dropped", "quant:wht-scale", "sparsemixer_dropped",
                 applies={"moe": True, "router": "sparsemixer"})
+register_mutant("ple_unrotated", "quant:residual-rotation", "ple_unrotated",
+                applies={"per_layer_input": 4, "norm": "rms", "placement": "pre", "tie_embeddings": False})
 register_mutant("expert_scale_moved", "quant:wht-scale", "expert_scale_moved",
                 applies={"moe": True, "expert_scale_input": True})
 register_mutant("clamped_glu_as_linear", "quant:up-down", "clamped_glu_as_linear",
