@@ -138,8 +138,8 @@ def _embedding(conv: Converter, node: str, ins: list[str]) -> dict:
 
 def _per_layer_embedding(conv: Converter, node: str, ins: list[str], first: str, vocab: int) -> list:
     """A second table of the token ids (Gemma4's ``embed_tokens_per_layer``): a ``per_layer_embedding`` whose
-    output must never meet the residual stream directly: every path from it runs through scales, adds and a
-    slice into a product (``act(gate h) * ple_l``); anything else (a second stream, a summed embedding) is refused
+    output must never meet the residual stream directly: every path from it runs through scales, adds and
+    slices into a product (``act(gate h) * ple_l``); anything else (a second stream, a summed embedding) is refused
     naming per-layer input embeddings.  The import check decides the rest."""
     d = conv.g.nodes[node]
     where = conv.g.nodes[first]["module_path"]
@@ -151,9 +151,9 @@ def _per_layer_embedding(conv: Converter, node: str, ins: list[str], first: str,
         n = stack.pop()
         for c in conv.g.successors(n):
             op = conv.g.nodes[c]["op"]
-            if c in seen or op in ("mul", "norm"):
+            if c in seen or op == "mul":
                 continue
-            if op not in ("scale", "add", "opaque") or op == "opaque" and "flat_slice" not in conv.g.nodes[c]:
+            if op not in ("scale", "add", "opaque") or op == "opaque" and conv.g.nodes[c].get("call") not in _SLICES:
                 raise conv.refuse(c, f"per-layer input embeddings (Gemma4): the second token-id table "
                                   f"({d['vocab']} x {d['dim']}, besides {where}) reaches {op} "
                                   f"{conv.g.nodes[c].get('call') or ''}, not a per-layer product")
@@ -161,6 +161,16 @@ def _per_layer_embedding(conv: Converter, node: str, ins: list[str], first: str,
             stack.append(c)
     conv.by_shape(node, {"weight": (d["vocab"], d["dim"])})
     return [(node, "per_layer_embedding", {"vocab": d["vocab"], "dim": d["dim"]}, ins)]
+
+
+@import_pattern("per_layer_embedding")
+def _per_layer_table(conv: Converter, node: str, ins: list[str]) -> list:
+    """The recorder records Gemma4's per-layer table as a second ``embedding`` of the ids, which the embedding
+    pattern converts (:func:`_per_layer_embedding`); a node recorded as this op converts the same way."""
+    first = [n for n in conv.g.successors(ins[0]) if conv.g.nodes[n]["op"] == "embedding"] if ins else []
+    if not first:
+        raise conv.refuse(node, "per-layer input embeddings (Gemma4) without a token embedding of the same ids")
+    return _per_layer_embedding(conv, node, ins, first[0], conv.g.nodes[ins[0]]["vocab"])
 
 
 @import_pattern("position_embedding")
