@@ -17,6 +17,8 @@ op             meaning
 =============  ==========================================================================================
 tokens         the input token ids (the single source)
 embedding      ``E[ids]``, ``E: (vocab, dim)``
+per_layer_embedding  ``E_pl[ids]``, ``E_pl: (vocab, layers * P)``: Gemma4's per-layer input table (no stream
+               activation: the decoder mixes it with a projection of the embedding, each layer reads its slice)
 position_embedding  ``x + P[start : start + seq]``, ``P: (max_pos, dim)``: learned absolute positions added to
                the token embedding (GPT-2, GPT-Neo, GPT-BigCode; OPT reads from row ``start = 2``);
                ``from_mask`` (OPT): under an ``attention_mask`` row ``b``'s positions are
