@@ -117,8 +117,10 @@ def _any_rope(s) -> bool:
 
 
 def _scaled(s) -> bool:
-    """The spec's RoPE is scaled (dynamic NTK needs rotary_dim > 2: plain RoPE below, as in decoder.build)."""
-    return s.rope_scaling != "none" and not (s.rope_scaling == "dynamic" and (s.rotary_dim or s.head_dim) <= 2)
+    """The spec's RoPE is scaled (dynamic NTK and proportional need rotary_dim > 2: plain RoPE below, as in
+    decoder.build)."""
+    return s.rope_scaling != "none" and not (s.rope_scaling in ("dynamic", "proportional")
+                                             and (s.rotary_dim or s.head_dim) <= 2)
 
 
 def _any_sparse(s) -> bool:

@@ -167,7 +167,8 @@ def _rope_params(s: DecoderSpec, layer: LayerSpec, r: int) -> dict:
     theta = s.rope_theta if layer.rope_theta is None else layer.rope_theta
     out = {"style": s.rope_style, "theta": theta, **({"reversed": True} if s.rope_reversed else {})}
     kind = s.rope_scaling
-    if kind == "none" or kind == "dynamic" and r <= 2:  # NTK needs rotary_dim > 2: plain RoPE there
+    # NTK needs rotary_dim > 2; proportional at rotary_dim 2 rotates no pair (RoPE would vanish): plain RoPE there
+    if kind == "none" or kind in ("dynamic", "proportional") and r <= 2:
         return out
     out["scaling"] = kind
     if kind == "dynamic":
