@@ -95,3 +95,21 @@ def test_gemma4_unified_imports_its_proportional_full_attention_layer_exactly():
     for p in proportional:
         assert torch.equal(torch.tensor(p["inv_freq"], dtype=torch.float64), table)
         assert p["inv_freq"][-1] == 0.0 and p["rotary_dim"] == p["head_dim"]
+
+
+def test_a_llama_with_proportional_rope_imports_exactly():
+    import transformers as tf
+
+    from benchmarks.import_check_families import randomize
+
+    cfg = tf.LlamaConfig(rope_parameters={"rope_type": "proportional", "rope_theta": 10000.0,
+                                          "partial_rotary_factor": 0.5}, vocab_size=64, hidden_size=32,
+                         intermediate_size=48, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=32, pad_token_id=None, bos_token_id=None, eos_token_id=None)
+    hf = randomize(tf.LlamaForCausalLM._from_config(cfg, dtype=torch.float64))
+    gm = import_model(hf, numerics="transformers")
+    check = gm.layout.meta["import_check"]
+    assert check["max_rel_err"]["transformers"] <= check["bound"]
+    ropes = [gm.layout.params(n) for n in gm.layout.of_op("rope")]
+    assert {p["scaling"] for p in ropes} == {"proportional"}
+    assert all(p["inv_freq"][-1] == 0.0 < p["inv_freq"][0] for p in ropes)

@@ -37,9 +37,10 @@ APPLIES["router_unscaled"] = (mutants.APPLIES["router_unscaled"], lambda s: not 
     s.top_k == 1 and (s.renormalize or s.router == "sparsemixer")) and not (s.router == "sparsemixer" and s.n_experts == 2))
 # a window shows only on a sliding layer (the draws may make every layer a full-attention one)
 APPLIES["window_dropped"] = (mutants.APPLIES["window_dropped"], lambda s: any(l.sliding for l in s.layers))
-# dynamic NTK RoPE needs rotary_dim > 2 (decoder.build emits plain RoPE below it: nothing to drop)
+# dynamic NTK and proportional RoPE need rotary_dim > 2 (decoder.build emits plain RoPE below it: nothing to drop)
 APPLIES["rope_scaling_dropped"] = (mutants.APPLIES["rope_scaling_dropped"],
-                                   lambda s: s.rope_scaling != "dynamic" or (s.rotary_dim or s.head_dim) > 2)
+                                   lambda s: s.rope_scaling not in ("dynamic", "proportional")
+                                   or (s.rotary_dim or s.head_dim) > 2)
 APPLIES["alibi_unpermuted"] = (mutants.APPLIES["alibi_unpermuted"], lambda s: s.n_heads > 1)
 APPLIES["sinks_unpermuted"] = (mutants.APPLIES["sinks_unpermuted"], lambda s: s.n_heads > 1)
 APPLIES["kpe_per_head"] = (mutants.APPLIES["kpe_per_head"], lambda s: s.n_heads > 1)  # one head: U_0 is shared
