@@ -63,6 +63,7 @@ TEMPERATURE_LENGTH = 4
 TINY = dict(
     vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
     num_key_value_heads=2, head_dim=8, max_position_embeddings=128,
+    vocab_size_per_layer_input=64,  # Gemma4: the per-layer embedding table, one row per token id
     # other spellings of the same sizes
     d_model=32, n_embd=32, n_embed=32, dim=32, n_layer=2, n_layers=2, num_layers=2, n_head=4, n_heads=4,
     num_heads=4, ffn_dim=48, n_inner=48, ffn_hidden_size=48, d_ff=48, n_positions=128, max_seq_len=128,
@@ -101,9 +102,14 @@ def tiny_config(cls):
     """The config of ``cls`` from its defaults with every size :data:`TINY` names that it has, shrunk.
 
     Per-layer lists of the default length (``layer_types``, ``mlp_layer_types``, ...) are cut to the first
-    layers, keeping one of each kind the list holds where there is room.
+    layers, keeping one of each kind the list holds where there is room.  A nested ``text_config`` (a class
+    whose config wraps its decoder's, e.g. Gemma4UnifiedAssistant) is shrunk the same way: its full-size
+    defaults would build a model of billions of float64 parameters.
     """
-    cfg_cls = cls.config_class
+    return _tiny(cls.config_class)
+
+
+def _tiny(cfg_cls):
     defaults = cfg_cls()
     have = defaults.to_dict()
     n_default = next((have[k] for k in ("num_hidden_layers", "n_layer", "n_layers", "num_layers")
@@ -123,6 +129,9 @@ def tiny_config(cls):
             picked = [value[[str(v) for v in value].index(k)] for k in kinds][:n_layers]
             kw[key] = (picked + list(value))[:n_layers] if len(picked) < n_layers else picked
     kw.update({k: v for k, v in NO_TOKENS.items() if k in have})
+    text = getattr(defaults, "text_config", None)  # the concrete class (sub_configs may name AutoConfig)
+    if isinstance(have.get("text_config"), dict) and hasattr(text, "to_dict") and type(text) is not cfg_cls:
+        kw["text_config"] = _tiny(type(text)).to_dict()
     if "rope_parameters" in have and isinstance(have["rope_parameters"], dict):
         kw["rope_parameters"] = dict(have["rope_parameters"])
         if kw["rope_parameters"].get("llama_4_scaling_beta") is not None:  # attention temperature (Ministral3,

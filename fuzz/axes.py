@@ -117,8 +117,10 @@ def _any_rope(s) -> bool:
 
 
 def _scaled(s) -> bool:
-    """The spec's RoPE is scaled (dynamic NTK needs rotary_dim > 2: plain RoPE below, as in decoder.build)."""
-    return s.rope_scaling != "none" and not (s.rope_scaling == "dynamic" and (s.rotary_dim or s.head_dim) <= 2)
+    """The spec's RoPE is scaled (dynamic NTK and proportional need rotary_dim > 2: plain RoPE below, as in
+    decoder.build)."""
+    return s.rope_scaling != "none" and not (s.rope_scaling in ("dynamic", "proportional")
+                                             and (s.rotary_dim or s.head_dim) <= 2)
 
 
 def _any_sparse(s) -> bool:
@@ -178,9 +180,9 @@ AXES: dict[str, Axis] = _axes(
     Axis("qk_norm", "choice", ("none", "per_head", "full", "per_head_own"), "none", _named("qk_norm", "qk_norm"),
          off_rank=9, most=("full", "per_head_own", "per_head", "none")),  # per_head_own: a weight per head (Cohere)
     Axis("rope_theta", "positive_float", (10000.0, 500.0, 1e6), KEEP, _no_tags),
-    Axis("rope_scaling", "choice", ("none", "linear", "llama3", "yarn", "dynamic", "longrope"), "none",
-         lambda s: (f"rope:scaled:{s.rope_scaling}",) if _any_rope(s) and _scaled(s) else (),
-         most=("longrope", "yarn", "llama3", "dynamic", "linear", "none")),
+    Axis("rope_scaling", "choice", ("none", "linear", "llama3", "yarn", "dynamic", "longrope", "proportional"),
+         "none", lambda s: (f"rope:scaled:{s.rope_scaling}",) if _any_rope(s) and _scaled(s) else (),
+         most=("longrope", "yarn", "llama3", "dynamic", "linear", "proportional", "none")),
     Axis("qkv_bias", "bool", (False, True), False, _if("bias:qkv", "qkv_bias"), off_rank=0),
     Axis("o_bias", "bool", (False, True), False, _if("bias:o", "o_bias"), off_rank=1),
     Axis("attn_gate", "choice", ("none", "head_softplus", "output_sigmoid"), "none",
@@ -272,6 +274,10 @@ AXES: dict[str, Axis] = _axes(
     # routed_in = x * sigmoid(score)); on every MoE layer
     Axis("expert_scale_input", "bool", (False, True), False,
          lambda s: ("moe:scale_input",) if s.expert_scale_input and _any_sparse(s) else ()),
+    # per-layer input embeddings (Gemma4 PLE) of width P: a second token table, L x P wide, mixed with a
+    # projection of the token embedding; each layer adds W_out(act(W_gate h) * its slice) to the stream
+    Axis("per_layer_input", "window", (None, 4), None,
+         lambda s: ("embeddings:per_layer_input",) if s.per_layer_input else ()),
 )
 
 # the reducer's "turn a feature off" pass, in this order

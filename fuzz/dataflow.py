@@ -50,6 +50,24 @@ def residual_basis(layout: Layout, transform: str) -> set[str]:
     return basis
 
 
+def per_layer_projections(layout: Layout) -> set[str]:
+    """The linears projecting the token embedding into Gemma4's per-layer inputs (PLE): back from each add that
+    reads a ``per_layer_embedding`` (through scales), along scales and norms, to a linear."""
+    tables = set(layout.of_op("per_layer_embedding"))
+
+    def back(node: str, through: tuple[str, ...]) -> str:
+        while layout.op(node) in through:
+            node = layout.inputs(node)[0]
+        return node
+
+    out = set()
+    for add in layout.of_op("add"):
+        ins = layout.inputs(add)
+        if any(back(i, ("scale",)) in tables for i in ins):
+            out |= {src for src in (back(i, ("scale", "norm")) for i in ins) if layout.op(src) == "linear"}
+    return out
+
+
 MLA_REFUSAL = ("multi-head latent attention (MLA, DeepSeek-V2/V3): each q/k head is concatenated from a per-head "
                "part and a decoupled RoPE part (the key's k_pe is one head shared by every head), so no per-head "
                "basis of one projection's rows reaches the scores")

@@ -47,7 +47,8 @@ class DecoderSpec:
     rope_style: str = "half"
     rotary_dim: int | None = None  # None = head_dim (full rotary)
     rope_theta: float = 10000.0
-    rope_scaling: str = "none"  # scaled RoPE recipe (fuzz.rope_scaling): none/linear/llama3/yarn/dynamic/longrope
+    rope_scaling: str = "none"  # scaled RoPE recipe (fuzz.rope_scaling): none/linear/llama3/yarn/dynamic/longrope/
+    # proportional (Gemma4: half of the pairs rotated, theta ** (-2i / r), the rest unrotated)
     qkv_bias: bool = False
     o_bias: bool = False
     attn_gate: str = "none"
@@ -105,6 +106,8 @@ class DecoderSpec:
     mlp_xielu: bool = False  # the dense MLP is down(xielu(up x)) (Apertus), whatever ``mlp`` says
     rope_reversed: bool = False  # RoPE rotates by -theta (NanoChat's rotate_half = cat(x2, -x1))
     expert_scale_input: bool = False  # the routing weight scales each expert's input, not its output (Llama 4)
+    # per-layer input embeddings (Gemma4 PLE) of this width P (None: off): see _per_layer_inputs
+    per_layer_input: int | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -156,7 +159,7 @@ def _norm(g: _Graph, s: DecoderSpec, node: str, x: str, dim: int, groups: int = 
 
 
 # the synthesized scaled-RoPE recipes: transformers' formulas at lengths the oracle reaches (seq 12 > 8)
-ROPE_RECIPE = {"factor": 4.0, "original_max_positions": 16, "max_positions": 8}
+ROPE_RECIPE = {"factor": 4.0, "original_max_positions": 16, "max_positions": 8, "proportion": 0.5}
 
 
 def _rope_params(s: DecoderSpec, layer: LayerSpec, r: int) -> dict:
@@ -164,14 +167,16 @@ def _rope_params(s: DecoderSpec, layer: LayerSpec, r: int) -> dict:
     theta = s.rope_theta if layer.rope_theta is None else layer.rope_theta
     out = {"style": s.rope_style, "theta": theta, **({"reversed": True} if s.rope_reversed else {})}
     kind = s.rope_scaling
-    if kind == "none" or kind == "dynamic" and r <= 2:  # NTK needs rotary_dim > 2: plain RoPE there
+    # NTK needs rotary_dim > 2; proportional at rotary_dim 2 rotates no pair (RoPE would vanish): plain RoPE there
+    if kind == "none" or kind in ("dynamic", "proportional") and r <= 2:
         return out
     out["scaling"] = kind
     if kind == "dynamic":
         return {**out, "factor": 2.0, "max_positions": ROPE_RECIPE["max_positions"]}
     short = [1.0 + 0.5 * i for i in range(r // 2)] if kind == "longrope" else None
     inv, af = recipe_table(kind, theta, r, factor=ROPE_RECIPE["factor"],
-                           original_max_positions=ROPE_RECIPE["original_max_positions"], short_factor=short)
+                           original_max_positions=ROPE_RECIPE["original_max_positions"], short_factor=short,
+                           proportion=ROPE_RECIPE["proportion"])
     out.update(inv_freq=inv, attention_factor=af)
     if kind == "longrope":
         long, _ = recipe_table(kind, theta, r, factor=ROPE_RECIPE["factor"],
@@ -395,6 +400,66 @@ def check(s: DecoderSpec) -> None:
             raise LayoutError(f"{f.name}={getattr(s, f.name)!r} is not one of {axis.choices}")
 
 
+def _layer(g: _Graph, s: DecoderSpec, i: int, layer: LayerSpec, h: str) -> str:
+    """One decoder layer on the residual stream ``h`` (pre / sandwich / post placement, sequential or parallel)."""
+    p = f"l{i}_"
+    mlp_fn = (lambda x, pre: _moe(g, s, pre, x)) if layer.sparse else \
+        (lambda x, pre: _glu_or_gelu(g, s, pre, x, s.intermediate, s.mlp_bias))
+    if s.placement == "post":
+        a = _branch_scale(g, s, f"{p}attn_scale", _attention(g, s, f"{p}", h, layer))
+        h = _norm(g, s, f"{p}attn_norm", g.add(f"{p}attn_add", "add", [h, a]), s.hidden)
+        m = _branch_scale(g, s, f"{p}mlp_scale", mlp_fn(h, f"{p}mlp_"))
+        h = _norm(g, s, f"{p}mlp_norm", g.add(f"{p}mlp_add", "add", [h, m]), s.hidden)
+        return h
+    n1 = _norm(g, s, f"{p}attn_norm", h, s.hidden)
+    a = _attention(g, s, p, n1, layer)
+    if s.placement == "sandwich":
+        a = _norm(g, s, f"{p}attn_post_norm", a, s.hidden)
+    a = _branch_scale(g, s, f"{p}attn_scale", a)
+    if s.residual == "parallel":
+        n2 = n1 if s.parallel_shared_norm else _norm(g, s, f"{p}mlp_norm", h, s.hidden)
+        m = mlp_fn(n2, f"{p}mlp_")
+        if s.placement == "sandwich":
+            m = _norm(g, s, f"{p}mlp_post_norm", m, s.hidden)
+        m = _branch_scale(g, s, f"{p}mlp_scale", m)
+        h = g.add(f"{p}add", "add", [h, a, m])
+        return h
+    h = g.add(f"{p}attn_add", "add", [h, a])
+    m = mlp_fn(_norm(g, s, f"{p}mlp_norm", h, s.hidden), f"{p}mlp_")
+    if s.placement == "sandwich":
+        m = _norm(g, s, f"{p}mlp_post_norm", m, s.hidden)
+    m = _branch_scale(g, s, f"{p}mlp_scale", m)
+    h = g.add(f"{p}mlp_add", "add", [h, m])
+    return h
+
+
+def _per_layer_inputs(g: _Graph, s: DecoderSpec, ids: str, h: str, read: int) -> str:
+    """Gemma4's per-layer input embeddings (PLE) of width ``P``, for ``L`` layers: ``t = sqrt(P) E_pl[ids]``
+    (the second table, ``L P`` wide), ``c = norm_P(W e / sqrt(hidden))`` (a grouped norm, one per layer's slice,
+    of a projection of the token embedding ``e``), ``ple = (c + t) / sqrt(2)``; layer ``l`` reads slice ``l``."""
+    n, w = len(s.layers), s.per_layer_input
+    t = g.add("ple_embed", "per_layer_embedding", [ids], vocab=read, dim=n * w)
+    t = g.add("ple_embed_scale", "scale", [t], factor=float(w ** 0.5))
+    c = g.add("ple_proj", "linear", [h], in_features=s.hidden, out_features=n * w, bias=False)
+    c = g.add("ple_proj_scale", "scale", [c], factor=float(s.hidden ** -0.5))
+    c = _norm(g, s, "ple_norm", c, w, groups=n)
+    return g.add("ple_scale", "scale", [g.add("ple_add", "add", [c, t])], factor=2.0 ** -0.5)
+
+
+def _per_layer_input(g: _Graph, s: DecoderSpec, p: str, i: int, h: str, ple: str) -> str:
+    """Layer ``i``'s per-layer input block: ``h + [post-norm] W_out (act(W_gate h) * ple_i)`` (Gemma4: gelu_tanh,
+    the post-norm with the sandwich placement)."""
+    n, w = len(s.layers), s.per_layer_input
+    x = g.add(f"{p}ple_gate", "linear", [h], in_features=s.hidden, out_features=w, bias=False)
+    x = g.add(f"{p}ple_act", "act", [x], fn="gelu_tanh")
+    mine = g.add(f"{p}ple_slice", "head_slice", [ple], n_heads=1, head_dim=n * w, start=i * w, length=w)
+    x = g.add(f"{p}ple_out", "linear", [g.add(f"{p}ple_mul", "mul", [x, mine])], in_features=w,
+              out_features=s.hidden, bias=False)
+    if s.placement == "sandwich":
+        x = _norm(g, s, f"{p}ple_post_norm", x, s.hidden)
+    return g.add(f"{p}ple_add", "add", [h, x])
+
+
 MAX_POSITIONS = 256  # rows of a synthesized learned position table (the longest sequence such a layout runs)
 
 
@@ -410,35 +475,11 @@ def build(s: DecoderSpec, name: str | None = None) -> Layout:
                   **({"from_mask": True} if s.positions_from_mask else {}))
     if s.embedding_multiplier is not None:
         h = g.add("embed_scale", "scale", [h], factor=s.embedding_multiplier)
+    ple = _per_layer_inputs(g, s, ids, h, read) if s.per_layer_input else None
     for i, layer in enumerate(s.layers):
-        p = f"l{i}_"
-        mlp_fn = (lambda x, pre: _moe(g, s, pre, x)) if layer.sparse else \
-            (lambda x, pre: _glu_or_gelu(g, s, pre, x, s.intermediate, s.mlp_bias))
-        if s.placement == "post":
-            a = _branch_scale(g, s, f"{p}attn_scale", _attention(g, s, f"{p}", h, layer))
-            h = _norm(g, s, f"{p}attn_norm", g.add(f"{p}attn_add", "add", [h, a]), s.hidden)
-            m = _branch_scale(g, s, f"{p}mlp_scale", mlp_fn(h, f"{p}mlp_"))
-            h = _norm(g, s, f"{p}mlp_norm", g.add(f"{p}mlp_add", "add", [h, m]), s.hidden)
-            continue
-        n1 = _norm(g, s, f"{p}attn_norm", h, s.hidden)
-        a = _attention(g, s, p, n1, layer)
-        if s.placement == "sandwich":
-            a = _norm(g, s, f"{p}attn_post_norm", a, s.hidden)
-        a = _branch_scale(g, s, f"{p}attn_scale", a)
-        if s.residual == "parallel":
-            n2 = n1 if s.parallel_shared_norm else _norm(g, s, f"{p}mlp_norm", h, s.hidden)
-            m = mlp_fn(n2, f"{p}mlp_")
-            if s.placement == "sandwich":
-                m = _norm(g, s, f"{p}mlp_post_norm", m, s.hidden)
-            m = _branch_scale(g, s, f"{p}mlp_scale", m)
-            h = g.add(f"{p}add", "add", [h, a, m])
-            continue
-        h = g.add(f"{p}attn_add", "add", [h, a])
-        m = mlp_fn(_norm(g, s, f"{p}mlp_norm", h, s.hidden), f"{p}mlp_")
-        if s.placement == "sandwich":
-            m = _norm(g, s, f"{p}mlp_post_norm", m, s.hidden)
-        m = _branch_scale(g, s, f"{p}mlp_scale", m)
-        h = g.add(f"{p}mlp_add", "add", [h, m])
+        h = _layer(g, s, i, layer, h)
+        if ple is not None:
+            h = _per_layer_input(g, s, f"l{i}_", i, h, ple)
     if s.placement != "post":
         h = _norm(g, s, "final_norm", h, s.hidden)
     out = g.add("lm_head", "lm_head", [h], dim=s.hidden, vocab=s.vocab,

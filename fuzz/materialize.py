@@ -134,6 +134,12 @@ class Embedding(Node):
         return F.embedding(ids, self.weight)
 
 
+@torch_impl("per_layer_embedding")
+class PerLayerEmbedding(Node):  # Gemma4's per-layer input table: the ids' rows, every layer's slice side by side
+    def forward(self, ids):
+        return F.embedding(ids, self.weight)
+
+
 @torch_impl("scale")
 class Scale(Node):
     def forward(self, x):

@@ -17,6 +17,8 @@ op             meaning
 =============  ==========================================================================================
 tokens         the input token ids (the single source)
 embedding      ``E[ids]``, ``E: (vocab, dim)``
+per_layer_embedding  ``E_pl[ids]``, ``E_pl: (vocab, layers * P)``: Gemma4's per-layer input table (no stream
+               activation: the decoder mixes it with a projection of the embedding, each layer reads its slice)
 position_embedding  ``x + P[start : start + seq]``, ``P: (max_pos, dim)``: learned absolute positions added to
                the token embedding (GPT-2, GPT-Neo, GPT-BigCode; OPT reads from row ``start = 2``);
                ``from_mask`` (OPT): under an ``attention_mask`` row ``b``'s positions are
@@ -32,7 +34,9 @@ linear         ``x W^T (+ b)``
 rope           rotary embedding per head on the first ``rotary_dim`` channels, pairs ``(i, i + r/2)``
                (``half``, Llama ``rotate_half``) or ``(2i, 2i+1)`` (``interleaved``, GPT-J); scaled RoPE
                (``scaling``: linear / llama3 / yarn with their ``inv_freq`` table, ``dynamic`` NTK theta
-               past ``max_positions``, ``longrope`` short/long tables) and cos/sin times ``attention_factor``;
+               past ``max_positions``, ``longrope`` short/long tables, ``proportional``: Gemma4's table of
+               ``theta ** (-2i / r)`` on the first frequencies and 0 on the rest, pairs left unrotated) and
+               cos/sin times ``attention_factor``;
                ``reversed``: the rotation by ``-theta`` (sin negated: NanoChat's ``rotate_half = cat(x2, -x1)``)
 attention      causal softmax attention; ports q, k, v; GQA when ``n_kv_heads < n_heads``; ``window``
                (``None`` = full causal): query ``i`` sees keys ``j`` with ``0 <= i - j < window`` (keys at
@@ -314,6 +318,19 @@ declare(OpSpec("embedding", {"vocab": (int, ...), "dim": (int, ...)}, ("ids",), 
                drawn_by=ALWAYS, features=lambda p: ("op:embedding",)))
 
 
+def _per_layer_embedding(node, p, w):
+    _need(w == [None], node, "per_layer_embedding reads the token ids")
+    return p["dim"]
+
+
+# Gemma4's per-layer input embeddings (PLE): a second table of the token ids, ``layers x width`` wide, which
+# the decoder combines with a projection of the token embedding and hands each layer its slice of; its output is
+# no residual-stream activation (transforms leave the table as it is and rotate the stream's readers)
+declare(OpSpec("per_layer_embedding", {"vocab": (int, ...), "dim": (int, ...)}, ("ids",), _per_layer_embedding,
+               shapes=lambda p: {"weight": (p["vocab"], p["dim"])}, init={"weight": _init_unit},
+               drawn_by=({"per_layer_input": 4},), features=lambda p: ("op:per_layer_embedding",)))
+
+
 def _position_embedding(node, p, w):
     _widths(node, "position_embedding", w, [p["dim"]])
     _need(p["start"] < p["max_pos"], node, f"start {p['start']} leaves no row of the {p['max_pos']}-row table")
@@ -404,19 +421,21 @@ def _rope(node, p, w):
     return w[0]
 
 
-ROPE_SCALINGS = ("none", "linear", "dynamic", "yarn", "llama3", "longrope")
+ROPE_SCALINGS = ("none", "linear", "dynamic", "yarn", "llama3", "longrope", "proportional")
 
 
 def _rope_scaling(node, p):
     """The scaled-RoPE parameters (transformers' ``rope_type``): ``inv_freq`` (the table, ``()`` = the default
     table of ``theta``), ``attention_factor`` (cos and sin multiplied by it), ``factor`` / ``max_positions``
     (``dynamic``: NTK theta growing past ``max_positions``), ``long_inv_freq`` (``longrope``: the table past
-    ``max_positions``)."""
+    ``max_positions``); ``proportional`` (Gemma4): an ``inv_freq`` table whose frequencies past the rotated
+    proportion are 0 (those pairs unrotated)."""
     r, kind = p["rotary_dim"], p["scaling"]
     for key in ("inv_freq", "long_inv_freq"):
         table = p[key]
-        _need(all(isinstance(v, float) and math.isfinite(v) and v > 0 for v in table), node,
-              f"rope.{key} must hold finite numbers > 0")
+        zero_ok = kind == "proportional" and key == "inv_freq"
+        _need(all(isinstance(v, float) and math.isfinite(v) and (v > 0 or zero_ok and v == 0) for v in table), node,
+              f"rope.{key} must hold finite numbers > 0" + (" or 0" if zero_ok else ""))
         _need(not table or len(table) == r // 2, node, f"rope.{key} has {len(table)} frequencies, rotary_dim {r} "
               f"needs {r // 2}")
     _finite(node, "rope", "attention_factor", p["attention_factor"], "a finite number in [1e-3, 1e3] (the YaRN / "
@@ -426,6 +445,8 @@ def _rope_scaling(node, p):
     _need(kind == "longrope" or not p["long_inv_freq"], node, "rope.long_inv_freq needs scaling 'longrope'")
     _need(kind != "longrope" or len(p["long_inv_freq"]) == r // 2, node,
           f"rope scaling 'longrope' needs long_inv_freq ({r // 2} frequencies)")
+    _need(kind != "proportional" or len(p["inv_freq"]) == r // 2, node,
+          f"rope scaling 'proportional' needs its inv_freq table ({r // 2} frequencies, 0 past the rotated part)")
     _need(kind != "dynamic" or (r > 2 and not p["inv_freq"]), node,
           "rope scaling 'dynamic' computes its table from theta (no inv_freq) and needs rotary_dim > 2")
 

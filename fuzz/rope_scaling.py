@@ -5,7 +5,7 @@ A ``rope`` node holds its scaling as parameters (:mod:`fuzz.ops`): ``scaling`` n
 (transformers' ``rope_type``), ``inv_freq`` the table of a static recipe (``linear``, ``llama3``, ``yarn``,
 ``longrope``'s short table; ``()`` = the default table of ``theta``), ``attention_factor`` the cos/sin scale
 (YaRN's mscale, LongRoPE's factor), and for the length-dependent recipes ``max_positions`` with ``factor``
-(``dynamic``: NTK theta ``theta ((factor t / M) - (factor - 1)) ** (r / (r - 2))`` for ``t > M``) or
+(``proportional``: Gemma4's table, 0 past the rotated proportion; ``dynamic``: NTK theta ``theta ((factor t / M) - (factor - 1)) ** (r / (r - 2))`` for ``t > M``) or
 ``long_inv_freq`` (``longrope``: the long table for ``t > M``).  Transformers' dynamic RoPE keeps the largest
 table it has grown to until a length below ``M`` resets it (a cache); the node is the pure function of the
 length, and the import check, which runs lengths in increasing order, decides whether they agree.
@@ -45,8 +45,13 @@ def inv_freq_at(p: dict, seq: int, table_dtype: torch.dtype) -> torch.Tensor:
 
 def recipe_table(kind: str, theta: float, r: int, factor: float = 4.0, original_max_positions: int = 16,
                  low_freq_factor: float = 1.0, high_freq_factor: float = 4.0, beta_fast: float = 32.0,
-                 beta_slow: float = 1.0, short_factor: list[float] | None = None) -> tuple[tuple[float, ...], float]:
-    """``(inv_freq, attention_factor)`` of a static recipe as transformers computes it (float32 table)."""
+                 beta_slow: float = 1.0, short_factor: list[float] | None = None,
+                 proportion: float = 1.0) -> tuple[tuple[float, ...], float]:
+    """``(inv_freq, attention_factor)`` of a static recipe as transformers computes it (float32 table).
+
+    ``proportional`` (Gemma4's full-attention layers): ``int(proportion * r // 2)`` frequencies
+    ``theta ** (-2i / r)`` (the exponent over the whole rotation width ``r``, not the rotated part), then 0 for
+    the remaining pairs (``cos = 1``, ``sin = 0``: unrotated), all divided by ``factor``."""
     inv = 1.0 / (theta ** (torch.arange(0, r, 2, dtype=torch.int64).to(torch.float32) / r))
     attention_factor = 1.0
     if kind == "linear":
@@ -77,6 +82,10 @@ def recipe_table(kind: str, theta: float, r: int, factor: float = 4.0, original_
         ext = torch.tensor(short_factor, dtype=torch.float32)
         inv = 1.0 / (ext * theta ** (torch.arange(0, r, 2, dtype=torch.int64).float() / r))
         attention_factor = math.sqrt(1 + math.log(factor) / math.log(original_max_positions)) if factor > 1 else 1.0
+    elif kind == "proportional":
+        angles = int(proportion * r // 2)
+        rotated = 1.0 / (theta ** (torch.arange(0, 2 * angles, 2, dtype=torch.int64).to(torch.float32) / r))
+        inv = torch.cat((rotated, torch.zeros(r // 2 - angles, dtype=torch.float32))) / factor
     elif kind != "none":
         raise ValueError(f"no static recipe {kind!r}")
     return tuple(float(v) for v in inv.tolist()), float(attention_factor)

@@ -26,7 +26,8 @@ symmetric_gamma        spectral-PCA with Gamma = U^T diag(g) U (the seed code's 
 window_dropped         wht-scale's rebuilt layout keeps each attention's heads      a sliding-window layer
                        but not its sliding window (full causal attention)
 rope_scaling_dropped   a layout rewrite (wht-scale's) re-emits RoPE from theta,     scaled RoPE
-                       dropping linear / llama3 / yarn / dynamic / longrope
+                       dropping linear / llama3 / yarn / dynamic / longrope /
+                       proportional (Gemma4: its unrotated pairs rotated)
                        scaling and the attention factor
 position_unrotated     residual rotation of the token embedding only (the learned    learned positions, RMS,
                        position table left in the old basis)                       pre-norm, untied
@@ -61,6 +62,9 @@ xielu_as_relu2         up-down moves s^2 across xIELU as if it were relu2 (its  
 expert_scale_moved     a layout rewrite (wht-scale's) re-emits experts whose routing  experts scaling their
                        weight scales their input (Llama 4) as weighting their       input
                        output: the GLU is not linear, so the function changes       (``expert_scale_input``)
+ple_unrotated          residual-rotation rotates every reader of the stream it knows  per-layer input
+                       but leaves Gemma4's per-layer input projection (the linear   embeddings (Gemma4 PLE),
+                       reading the token embedding) in the old basis               RMS, pre-norm, untied
 =====================  ==========================================================  ==========================
 
 Loaded with the registries (the ``archfuzz.registries`` entry points, :func:`verifier.registry.load_plugins`).
@@ -121,12 +125,15 @@ register_mutant("temperature_dropped", "quant:wht-scale", "temperature_dropped",
                 applies={"attn_temperature": (0.5, 0.1)})
 register_mutant("window_dropped", "quant:wht-scale", "window_dropped", applies={"sliding_window": (4, 2)})
 register_mutant("rope_scaling_dropped", "quant:wht-scale", "rope_unscaled",
-                applies={"rope": True, "rope_scaling": ("linear", "llama3", "yarn", "dynamic", "longrope")})
+                applies={"rope": True, "rope_scaling": ("linear", "llama3", "yarn", "dynamic", "longrope",
+                                                        "proportional")})
 register_mutant("assumed_homogeneous", "quant:up-down", "homogeneity_assumed",
                 applies={"mlp": ("gelu", "gelu_tanh", "relu2", "quick_gelu", "fast_gelu", "silu", "bloom_gelu"),
                          "moe": False, "mlp_xielu": False})
 register_mutant("sparsemixer_dropped", "quant:wht-scale", "sparsemixer_dropped",
                 applies={"moe": True, "router": "sparsemixer"})
+register_mutant("ple_unrotated", "quant:residual-rotation", "ple_unrotated",
+                applies={"per_layer_input": 4, "norm": "rms", "placement": "pre", "tie_embeddings": False})
 register_mutant("expert_scale_moved", "quant:wht-scale", "expert_scale_moved",
                 applies={"moe": True, "expert_scale_input": True})
 register_mutant("clamped_glu_as_linear", "quant:up-down", "clamped_glu_as_linear",

@@ -62,6 +62,8 @@ FAULTS = {
                                   "to divide by s, so nothing absorbs 1 / s",
     "rope_direction_lost": "a layout edit (graph_edit.LayoutEdit.apply) re-emits a RoPE by -theta (NanoChat) as "
                               "the rotation by +theta",
+    "ple_unrotated": "residual-rotation leaves the per-layer input projection (Gemma4 PLE: the linear from the token "
+                     "embedding into the per-layer inputs) unrotated",
     "expert_scale_moved": "a layout edit (graph_edit.LayoutEdit.apply) re-emits experts whose routing weight scales "
                           "their input (Llama 4) as experts weighting their outputs",
     "xielu_quadratic": "up-down moves s^2 across xIELU as if it were relu2 (its positive side a_p x^2 + beta x is "

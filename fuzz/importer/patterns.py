@@ -120,11 +120,9 @@ def _embedding(conv: Converter, node: str, ins: list[str]) -> dict:
         raise conv.refuse(node, "embedding does not read the token ids")
     lookups = sorted((conv.g.nodes[n]["index"], n) for n in conv.g.successors(ins[0])
                      if conv.g.nodes[n]["op"] == "embedding")
-    if lookups and lookups[0][1] != node:  # Gemma4 / Gemma3n embed_tokens_per_layer: a second table of the ids
-        raise conv.refuse(node, f"a second token-id embedding ({d['vocab']} x {d['dim']}) besides "
-                          f"{conv.g.nodes[lookups[0][1]]['module_path']}: per-layer input embeddings (Gemma4); the "
-                          "layout has one token embedding")
     vocab = conv.g.nodes[ins[0]]["vocab"]
+    if lookups and lookups[0][1] != node:  # Gemma4 / Gemma3n embed_tokens_per_layer: a second table of the ids
+        return _per_layer_embedding(conv, node, ins, lookups[0][1], vocab)
     if d["vocab"] != vocab:  # the recorder reads the id range off the table (Moshi's extra row included)
         raise conv.refuse(node, f"the token embedding has {d['vocab']} rows for {vocab} token ids; the layout's "
                           f"embedding table has one row per id")
@@ -136,6 +134,43 @@ def _embedding(conv: Converter, node: str, ins: list[str]) -> dict:
                               f"{list(shape)}); the layout has one residual stream")
     conv.by_shape(node, {"weight": (d["vocab"], d["dim"])})
     return {"vocab": d["vocab"], "dim": d["dim"]}
+
+
+def _per_layer_embedding(conv: Converter, node: str, ins: list[str], first: str, vocab: int) -> list:
+    """A second table of the token ids (Gemma4's ``embed_tokens_per_layer``): a ``per_layer_embedding`` whose
+    output must never meet the residual stream directly: every path from it runs through scales, adds and
+    slices into a product (``act(gate h) * ple_l``); anything else (a second stream, a summed embedding) is refused
+    naming per-layer input embeddings.  The import check decides the rest."""
+    d = conv.g.nodes[node]
+    where = conv.g.nodes[first]["module_path"]
+    if d["vocab"] != vocab:
+        raise conv.refuse(node, f"per-layer input embeddings (Gemma4): a second token-id table of {d['vocab']} rows "
+                          f"for {vocab} token ids")
+    stack, seen = [node], set()
+    while stack:
+        n = stack.pop()
+        for c in conv.g.successors(n):
+            op = conv.g.nodes[c]["op"]
+            if c in seen or op == "mul":
+                continue
+            if op not in ("scale", "add", "opaque") or op == "opaque" and conv.g.nodes[c].get("call") not in _SLICES:
+                raise conv.refuse(c, f"per-layer input embeddings (Gemma4): the second token-id table "
+                                  f"({d['vocab']} x {d['dim']}, besides {where}) reaches {op} "
+                                  f"{conv.g.nodes[c].get('call') or ''}, not a per-layer product")
+            seen.add(c)
+            stack.append(c)
+    conv.by_shape(node, {"weight": (d["vocab"], d["dim"])})
+    return [(node, "per_layer_embedding", {"vocab": d["vocab"], "dim": d["dim"]}, ins)]
+
+
+@import_pattern("per_layer_embedding")
+def _per_layer_table(conv: Converter, node: str, ins: list[str]) -> list:
+    """The recorder records Gemma4's per-layer table as a second ``embedding`` of the ids, which the embedding
+    pattern converts (:func:`_per_layer_embedding`); a node recorded as this op converts the same way."""
+    first = [n for n in conv.g.successors(ins[0]) if conv.g.nodes[n]["op"] == "embedding"] if ins else []
+    if not first:
+        raise conv.refuse(node, "per-layer input embeddings (Gemma4) without a token embedding of the same ids")
+    return _per_layer_embedding(conv, node, ins, first[0], conv.g.nodes[ins[0]]["vocab"])
 
 
 @import_pattern("position_embedding")

@@ -1,6 +1,8 @@
 """RoPE ``theta`` and scaling of an imported model, measured rather than assumed.
 
-Scaled RoPE (``linear``, ``dynamic``, ``yarn``, ``llama3``, ``longrope``): :func:`rope_params`.
+Scaled RoPE (``linear``, ``dynamic``, ``yarn``, ``llama3``, ``longrope``, ``proportional``): :func:`rope_params`.
+``proportional`` (Gemma4's full-attention layers) is a static table with zeros past the rotated proportion; the
+table kept is the module's own buffer (per layer type: the one whose table the recorded cos/sin rows show).
 
 The rotary module is found by ownership (the module holding an ``inv_freq`` buffer
 nearest to the attention that applies the rotation); its ``rope_type`` must be ``default``; ``theta``
@@ -27,7 +29,8 @@ if TYPE_CHECKING:
     from .converter import Converter
 
 
-SCALED = ("linear", "dynamic", "yarn", "llama3", "longrope")
+SCALED = ("linear", "dynamic", "yarn", "llama3", "longrope", "proportional")
+STATIC = ("linear", "yarn", "llama3", "proportional")  # a fixed table: the per-layer-type tables may be these
 
 
 def rope_params(conv: Converter, node: str, rotary_dim: int) -> dict:
@@ -129,9 +132,9 @@ def _layer_type_rope(conv: Converter, node: str, path: str, rotary_dim: int) -> 
             raise BadInput(f"cannot import {where} (its {layer_type}_inv_freq is not the default RoPE table of "
                            f"theta {theta})")
         return {"theta": theta}
-    if rope_type not in ("linear", "yarn", "llama3"):  # the length-dependent ones keep per-type caches
+    if rope_type not in STATIC:  # the length-dependent ones keep per-type caches
         raise BadInput(f"cannot import {where} (rope_type {rope_type!r} for layer type {layer_type!r}; per-layer "
-                       f"RoPE takes the default and the static scaled types linear, yarn, llama3)")
+                       f"RoPE takes the default and the static scaled types {', '.join(STATIC)})")
     return {"theta": theta, "scaling": rope_type, "attention_factor": scaling, "inv_freq": tuple(inv_freq.tolist())}
 
 

@@ -11,7 +11,7 @@ a reflection (what ``eigh`` may return) does not commute with ``R_t``.  It is ap
 of ``W_k`` and ``W_q`` and to their biases.  Calibrated ``U``: eigenvectors of the pooled 2x2 second
 moment of the pair over the kv head and its query heads.  On a layer without RoPE any pairing works.
 
-Any frequencies: scaled RoPE (linear, llama3, yarn, dynamic, longrope tables, ``attention_factor`` on cos/sin)
+Any frequencies: scaled RoPE (linear, llama3, yarn, dynamic, longrope, proportional tables (0: an unrotated pair), ``attention_factor`` on cos/sin)
 rotates each pair by ``attention_factor * R_t`` with its own angle, which still commutes with ``U``; equal
 frequencies (two pairs with the same angle) do not matter because ``U`` never mixes pairs.
 

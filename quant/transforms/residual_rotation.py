@@ -12,6 +12,10 @@ weight commutes with any orthogonal map because ``rms(x Q) = rms(x)``.  Then, ro
 block of at least 8 divides it (576 = 9 x 64), otherwise a seeded random orthogonal matrix; always
 float64 (a float32 matrix is orthogonal only to ~1e-8).
 
+Gemma4's per-layer input embeddings (PLE) need nothing of their own: the per-layer table is no stream activation
+(left as it is), its projection from the token embedding and each layer's gate read the stream (``W Q``), each
+layer's output projection writes to it (``Q^T W``).
+
 Refusals: LayerNorm on the stream (mean subtraction does not commute with ``Q``; ``layernorm-residual``),
 a norm whose output also feeds the residual add (post-norm, sandwich; ``norm-feeds-residual``), a reader
 of the stream that is not linear in it (``nonlinear-residual-reader``), tied embeddings unless
@@ -23,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fuzz.dataflow import residual_basis
+from fuzz.dataflow import per_layer_projections, residual_basis
 from fuzz.errors import Refusal
 from fuzz.hadamard import orthogonal
 from fuzz.layout import Layout
@@ -86,6 +90,8 @@ def residual_rotation(model: nn.Module, calib: Calibration, seed: int = 0, untie
     hidden = layout.widths[layout.of_op("embedding")[0]]
     q, kind = orthogonal(hidden, seed)
     q = q.to(m.dtype)
+    # mutant only: the per-layer input projection (Gemma4 PLE) left in the old basis
+    skipped = per_layer_projections(layout) if fault("ple_unrotated") is not None else set()
     with torch.no_grad():
         for node in layout.order:  # fold g into the readers, leave a weightless RMSNorm (a weight-free one: g = 1)
             if node in basis and layout.op(node) == "norm" and m.nodes[node].p["weight_form"] != "none":
@@ -102,7 +108,8 @@ def residual_rotation(model: nn.Module, calib: Calibration, seed: int = 0, untie
                 mod.weight[:rows].copy_(mod.weight[:rows] @ q)
             elif op == "position_embedding" and fault("position_table_unrotated") is None:  # the table: P Q
                 mod.weight.copy_(mod.weight @ q)
-            elif op in _LINEAR_READERS and reads and not (op == "lm_head" and mod.p["tied_to"] is not None):
+            elif (op in _LINEAR_READERS and reads and not (op == "lm_head" and mod.p["tied_to"] is not None)
+                  and node not in skipped):
                 mod.weight.copy_(mod.weight @ q)
             elif op == "experts" and reads:  # canonical (E, 2I, H) view, whatever the storage
                 mod.w_in().copy_(mod.w_in() @ q)

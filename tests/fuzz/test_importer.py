@@ -328,10 +328,9 @@ def test_transposed_experts_are_imported_as_stored():
 
 
 def test_non_default_rope_is_refused_naming_the_rotary_module():
-    cfg = tf.LlamaConfig(rope_parameters={"rope_type": "proportional", "rope_theta": 10000.0,
-                                          "partial_rotary_factor": 0.5}, **TINY)
-    hf = _randomized(tf.LlamaForCausalLM._from_config(cfg, dtype=torch.float64))
-    with pytest.raises(BadInput, match=r"cannot import model\.rotary_emb \(rope_type 'proportional'"):
+    hf = _randomized(tf.LlamaForCausalLM._from_config(tf.LlamaConfig(**TINY), dtype=torch.float64))
+    hf.model.rotary_emb.rope_type = "no_such_rope"  # a rope_type the importer has no table for
+    with pytest.raises(BadInput, match=r"cannot import model\.rotary_emb \(rope_type 'no_such_rope'"):
         import_model(hf, IDS)
 
 

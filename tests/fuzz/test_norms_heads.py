@@ -140,14 +140,12 @@ def test_biogpt_scaled_token_embedding_plus_offset_positions_imports_exactly():
 
 
 # ---------------------------------------------------------------------------------------------- Gemma4
-def test_gemma4_pow_rms_norms_import_and_its_per_layer_embeddings_are_refused_by_name():
-    """Gemma4 writes 1 / rms as pow(mean(x^2) + eps, -0.5) (and its v_norm without a scale): imported once the
-    per-layer input embeddings are off and RoPE is the default; with them on, refused naming that feature."""
-    from fuzz.errors import BadInput
+def test_gemma4_pow_rms_norms_import():
+    """Gemma4 writes 1 / rms as pow(mean(x^2) + eps, -0.5) (and its v_norm without a scale): imported with the
+    per-layer input embeddings off and the default RoPE (with them on: tests/fuzz/test_per_layer_inputs.py, and
+    its proportional RoPE: tests/fuzz/test_proportional_rope.py)."""
     cls = tf.Gemma4ForCausalLM
     cfg = tiny_config(cls)
-    with pytest.raises(BadInput, match=r"model\.embed_tokens_per_layer .*per-layer input embeddings \(Gemma4\)"):
-        import_model(instantiate(cls, cfg))
     cfg.hidden_size_per_layer_input = 0
     cfg.rope_parameters = {"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
                            "full_attention": {"rope_type": "default", "rope_theta": 1e6}}

@@ -8,7 +8,7 @@ from fuzz import DecoderSpec, LayerSpec, build, materialize
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["dynamic"])  # the length-dependent table; the export property draws the rest
+@pytest.mark.parametrize("kind", ["dynamic", "proportional"])  # the length-dependent table, zero frequencies
 def test_scaled_rope_exports_and_matches(kind, cpu_f32_parity):
     layout = build(DecoderSpec(rope_scaling=kind, layers=(LayerSpec(), LayerSpec(rope_theta=1e6))))
     model = materialize(layout, dtype=torch.float32, seed=3)

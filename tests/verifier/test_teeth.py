@@ -37,9 +37,10 @@ APPLIES["router_unscaled"] = (mutants.APPLIES["router_unscaled"], lambda s: not 
     s.top_k == 1 and (s.renormalize or s.router == "sparsemixer")) and not (s.router == "sparsemixer" and s.n_experts == 2))
 # a window shows only on a sliding layer (the draws may make every layer a full-attention one)
 APPLIES["window_dropped"] = (mutants.APPLIES["window_dropped"], lambda s: any(l.sliding for l in s.layers))
-# dynamic NTK RoPE needs rotary_dim > 2 (decoder.build emits plain RoPE below it: nothing to drop)
+# dynamic NTK and proportional RoPE need rotary_dim > 2 (decoder.build emits plain RoPE below it: nothing to drop)
 APPLIES["rope_scaling_dropped"] = (mutants.APPLIES["rope_scaling_dropped"],
-                                   lambda s: s.rope_scaling != "dynamic" or (s.rotary_dim or s.head_dim) > 2)
+                                   lambda s: s.rope_scaling not in ("dynamic", "proportional")
+                                   or (s.rotary_dim or s.head_dim) > 2)
 APPLIES["alibi_unpermuted"] = (mutants.APPLIES["alibi_unpermuted"], lambda s: s.n_heads > 1)
 APPLIES["sinks_unpermuted"] = (mutants.APPLIES["sinks_unpermuted"], lambda s: s.n_heads > 1)
 APPLIES["kpe_per_head"] = (mutants.APPLIES["kpe_per_head"], lambda s: s.n_heads > 1)  # one head: U_0 is shared
@@ -56,7 +57,10 @@ APPLIES["shared_head_gamma"] = (mutants.APPLIES["shared_head_gamma"], lambda s: 
 # clamped_glu_as_linear 333) and moved with every new axis.
 # extra_rows_unrotated (extra_input_id x untied x ...) moved past 25 once expert_scale_input joined the covering
 # rows (24 with the default profile)
-BUDGET = {"shared_head_gamma": 40, "extra_rows_unrotated": 40}
+# shared_head_gamma moved to 105 (ci profile) once per_layer_input and rope_scaling='proportional' joined the
+# covering rows (its triple qk_norm=per_head_own x RMS x >= 2 heads reached later); measured with
+# verifier.campaign.examples_to_catch('shared_head_gamma', 120) -- to re-measure when the lead orders the axes
+BUDGET = {"shared_head_gamma": 110, "extra_rows_unrotated": 40}
 # a renormalised top-1 weight is 1 whatever the scores: the leaked correction bias cannot show there
 APPLIES["corrected_weights"] = (mutants.APPLIES["corrected_weights"], lambda s: not (s.renormalize and s.top_k == 1))
 # a weight of 1 scales neither the input nor the output: the moved weight shows only where the routing weights
@@ -205,7 +209,7 @@ def test_the_mutants_of_quant_transforms_are_registered_by_quant():
                   "expert_bias_unscaled", "clamped_glu_as_linear", "sparsemixer_dropped", "mla_latent_unscaled",
                   "kpe_per_head", "lm_head_bias_dropped", "extra_rows_unrotated", "positions_unmasked",
                   "temperature_dropped", "weightless_unabsorbed", "xielu_as_relu2", "rope_direction_lost",
-                  "expert_scale_moved"}
+                  "expert_scale_moved", "ple_unrotated"}
     assert quant_made | {"forget_writer_bias", "cross_group_heads", "alibi_unpermuted", "sinks_unpermuted",
                          "softcap_scale_outside", "position_unpermuted"} == set(mutants.names())
     for name in mutants.names():
