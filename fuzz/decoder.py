@@ -105,6 +105,7 @@ class DecoderSpec:
     mlp_xielu: bool = False  # the dense MLP is down(xielu(up x)) (Apertus), whatever ``mlp`` says
     rope_reversed: bool = False  # RoPE rotates by -theta (NanoChat's rotate_half = cat(x2, -x1))
     expert_scale_input: bool = False  # the routing weight scales each expert's input, not its output (Llama 4)
+    residual_gate: bool = False  # Ergo: each sequential pre-norm / sandwich residual add a residual_gate
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -369,6 +370,13 @@ def _branch_scale(g: _Graph, s: DecoderSpec, node: str, x: str) -> str:
     return g.add(node, "scale", [x], factor=s.residual_multiplier)
 
 
+def _residual_add(g: _Graph, s: DecoderSpec, node: str, h: str, branch: str) -> str:
+    """``h + branch``, or Ergo's residual gate of the two (``residual_gate``)."""
+    if s.residual_gate:
+        return g.add(node, "residual_gate", [branch, h], dim=s.hidden)
+    return g.add(node, "add", [h, branch])
+
+
 def check(s: DecoderSpec) -> None:
     """Spec-level constraints (graph-level ones are checked by :class:`Layout`)."""
     from .errors import LayoutError
@@ -433,12 +441,12 @@ def build(s: DecoderSpec, name: str | None = None) -> Layout:
             m = _branch_scale(g, s, f"{p}mlp_scale", m)
             h = g.add(f"{p}add", "add", [h, a, m])
             continue
-        h = g.add(f"{p}attn_add", "add", [h, a])
+        h = _residual_add(g, s, f"{p}attn_add", h, a)
         m = mlp_fn(_norm(g, s, f"{p}mlp_norm", h, s.hidden), f"{p}mlp_")
         if s.placement == "sandwich":
             m = _norm(g, s, f"{p}mlp_post_norm", m, s.hidden)
         m = _branch_scale(g, s, f"{p}mlp_scale", m)
-        h = g.add(f"{p}mlp_add", "add", [h, m])
+        h = _residual_add(g, s, f"{p}mlp_add", h, m)
     if s.placement != "post":
         h = _norm(g, s, "final_norm", h, s.hidden)
     out = g.add("lm_head", "lm_head", [h], dim=s.hidden, vocab=s.vocab,

@@ -61,6 +61,9 @@ xielu_as_relu2         up-down moves s^2 across xIELU as if it were relu2 (its  
 expert_scale_moved     a layout rewrite (wht-scale's) re-emits experts whose routing  experts scaling their
                        weight scales their input (Llama 4) as weighting their       input
                        output: the GLU is not linear, so the function changes       (``expert_scale_input``)
+residual_gate_rotated  residual-rotation takes Ergo's residual gate for a plain add   a residual gate
+                       and rotates the stream through it: Q^T diag(c) Q is not      (``residual_gate``)
+                       diagonal, so the function changes
 =====================  ==========================================================  ==========================
 
 Loaded with the registries (the ``archfuzz.registries`` entry points, :func:`verifier.registry.load_plugins`).
@@ -145,3 +148,6 @@ register_mutant("weightless_unabsorbed", "quant:norm-absorb", "weightless_norm_u
 register_mutant("rope_direction_lost", "quant:wht-scale", "rope_direction_lost",
                 applies={"rope": True, "rope_reversed": True})
 register_mutant("xielu_as_relu2", "quant:up-down", "xielu_quadratic", applies={"mlp_xielu": True, "moe": False})
+register_mutant("residual_gate_rotated", "quant:residual-rotation", "residual_gate_rotated",
+                applies={"residual_gate": True, "residual": "sequential", "norm": "rms", "placement": "pre",
+                         "tie_embeddings": False})

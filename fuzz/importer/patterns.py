@@ -810,6 +810,56 @@ def _elementwise(conv: Converter, node: str, ins: list[str]) -> dict:
     return {}
 
 
+_GATE_MATCH = 1e-6  # relative: ErgoResidualGate computes its factors from w in float32
+
+
+@import_pattern("residual_gate")
+def _residual_gate(conv: Converter, node: str, ins: list[str]) -> dict:
+    """Folded by :func:`~fuzz.importer.rewrites.fold_residual_gates` (which input is the residual: the dataflow);
+    the module's two factors are measured (:func:`measure_residual_gate`) and must be Ergo's."""
+    d = conv.g.nodes[node]
+    (param,) = d["params"]
+    why = measure_residual_gate(conv, node, param)
+    if why is not None:
+        raise conv.refuse(node, why)
+    conv.take(node, {"weight": param})
+    return {"dim": conv.width(node)}
+
+
+def measure_residual_gate(conv: Converter, node: str, param: str) -> str | None:
+    """None when the gate's module, called on probes ``(u, v)``, computes ``f0 * u + f1 * v`` with per-channel
+    factors ``{f0, f1}`` = Ergo's ``{sigmoid(w), sqrt(1 + sigmoid(w)) exp(-softplus(w) / 2)}``; else why not
+    (the refusal names the residual gate and the module)."""
+    path = conv.g.nodes[node]["module_path"]
+    module = conv.modules.get(path)
+    name = type(module).__name__ if module is not None else "?"
+    head = (f"residual gate ({name}): the residual stream and the branch output each times a learned per-channel "
+            f"factor of {[param]} before their sum")
+    w = conv.named[param].detach()
+    if module is None:
+        return f"{head}; no module to measure its factors"
+    h = w.shape[0]
+    gen = torch.Generator().manual_seed(0)
+    u, v = (torch.randn(1, 3, h, generator=gen, dtype=torch.float64).to(w.dtype) for _ in range(2))
+    one, zero = torch.ones(1, 1, h, dtype=w.dtype), torch.zeros(1, 1, h, dtype=w.dtype)
+    try:
+        with torch.no_grad():
+            f0, f1 = (module(one, zero).double().reshape(h), module(zero, one).double().reshape(h))
+            got = module(u, v).double()
+    except Exception as exc:  # noqa: BLE001 - another calling convention: not measured, refused by name
+        return f"{head}; the module cannot be called on (branch, residual) probes ({type(exc).__name__})"
+    if not torch.allclose(got, f0 * u.double() + f1 * v.double(), rtol=1e-9, atol=1e-12):
+        return f"{head}; the module is not a per-channel factor on each input"
+    wd = w.double()
+    a = torch.sigmoid(wd)
+    c = torch.sqrt(1.0 + a) * torch.exp(-0.5 * torch.nn.functional.softplus(wd))
+    close = lambda x, y: torch.allclose(x, y, rtol=_GATE_MATCH, atol=0)  # noqa: E731
+    if not ((close(f0, a) and close(f1, c)) or (close(f0, c) and close(f1, a))):
+        return (f"{head}; the measured factors are not Ergo's sigmoid(w) on the branch and sqrt(1 + sigmoid(w)) "
+                f"exp(-softplus(w) / 2) on the residual (the layout's residual_gate)")
+    return None
+
+
 def _parameter_scale_refusal(conv: Converter, node: str) -> str:
     """Why a product by (a function of) a learned parameter is refused, named from the dataflow: a residual gate
     (two such products of the same parameter summed, one of them the residual stream: the input that the
