@@ -918,6 +918,24 @@ def _head_concat(conv: Converter, node: str, ins: list[str]) -> dict:
     return {k: conv.g.nodes[node][k] for k in ("n_heads", "a_dim", "b_dim", "shared_b")}
 
 
+def _ids_read_refusal(conv: Converter, node: str) -> str:
+    """Why an op reading the token ids (besides the embedding lookup) is refused, named from what it feeds: other
+    embedding tables indexed by values computed from the ids (segment embeddings; a bucketed relative-position
+    bias read into the scores) and attention masks (an id taken as padding)."""
+    call = conv.g.nodes[node].get("call")
+    path = conv.g.nodes[node]["module_path"]
+    module = type(conv.modules[path]).__name__ if path in conv.modules else type(conv.model).__name__
+    below = nx.descendants(conv.g, node)
+    tables = sorted(p for n in below if conv.g.nodes[n]["op"] == "embedding" for p in conv.g.nodes[n]["params"])
+    masked = any(conv.g.nodes[n].get("call") == "masked_fill" for n in below)
+    fed = ([f"embedding tables indexed by them ({', '.join(tables)}: segment embeddings, a bucketed "
+            f"relative-position bias)"] if tables else []) + (["an attention mask (an id taken as padding)"]
+                                                           if masked else [])
+    return (f"token-id segments ({module}): {call}(ids) computes values from the token ids (CPM-Ant: segment = "
+            f"where(ids != 0, 2, 0), the padding length = the count of non-zero ids) read by "
+            f"{' and '.join(fed) or 'the model'}; the layout reads the ids once, in the token embedding")
+
+
 @import_pattern("head_slice", recorded="opaque")
 def _head_slice(conv: Converter, node: str, ins: list[str]) -> dict:
     """A slice of the last axis of a ``(.., heads, head_dim)`` view: ``x[..., a:b]``, a chunk or a split.
@@ -946,9 +964,7 @@ def _head_slice(conv: Converter, node: str, ins: list[str]) -> dict:
         return {"n_heads": heads, "head_dim": head_dim, "start": start, "length": length}
     if d.get("call") not in _SLICES:
         if any(conv.g.nodes[i]["op"] == "tokens" for i in ins):  # CPM-Ant: segment = (ids != 0)
-            raise conv.refuse(node, f"opaque op {d.get('call')!r} reads the token ids besides the embedding lookup: "
-                              f"an ids-dependent mask, segment or position (e.g. CPM-Ant's segments of non-zero "
-                              f"ids); the layout reads the ids once, in the token embedding")
+            raise conv.refuse(node, _ids_read_refusal(conv, node))
         if d.get("call") in ("zeros_like", "ones_like", "full_like", "empty_like"):  # Git's token_type_ids
             raise conv.refuse(node, f"opaque op {d.get('call')!r}: a tensor built from an activation's shape inside "
                               f"the forward (token-type ids or a mask prepared in the model, e.g. Git's image-text "
