@@ -43,3 +43,11 @@ def test_the_gate_exports_and_matches(cpu_f32_parity):
     with torch.no_grad():
         a, b = model(ids), plain(ids)
     assert float((a - b).abs().max() / b.abs().max()) > GATE["rel_err"]
+
+
+def test_a_permutation_of_the_stream_commutes_with_the_gate():
+    """permute_hidden permutes the gate's weight with the stream (P^T diag(c) P = diag(c[p])): proven by the oracle;
+    a rotation cannot do the same (residual-hadamard refuses, above)."""
+    from verifier import reference
+    layout = build(DecoderSpec(residual_gate=True, placement="sandwich"))
+    assert verify(reference.permute_hidden, layout).status == "invariant"
