@@ -239,7 +239,8 @@ def _modality_input(model) -> str | None:
     if not idle:
         return None
     kind = "image-to-text" if any("pixel" in a or "image" in a for a in args) else "audio-to-text"
-    return f"{kind}: its forward takes {', '.join(args)}, read by {type(model.get_submodule(idle[0])).__name__} ({idle[0]})"
+    reader = type(model.get_submodule(idle[0])).__name__
+    return f"{kind}: its forward takes {', '.join(args)}, read by {reader} ({idle[0]})"
 
 
 def classify(model) -> tuple[str, str]:
@@ -249,9 +250,9 @@ def classify(model) -> tuple[str, str]:
     ``add_cross_attention``), by a ``*Cross*Attention`` module, or by evidence in the instance
     (:func:`_cross_attention`: an attention over ``key_value_states`` / ``encoder_hidden_states``, owning
     parameters, in a layer taking ``encoder_hidden_states``, that a text-only forward never runs: TrOCR, the text
-    decoder of a VisionEncoderDecoder); an image-to-text class whose forward takes ``pixel_values``, read by a
-    vision encoder it holds that a text-only forward never runs (:func:`_modality_input`: GIT, Fuyu, Phi-4-multimodal); a bidirectional
-    encoder family used as a decoder.  The forward runs only where the module structure finds a candidate."""
+    decoder of a VisionEncoderDecoder); an image-to-text class whose forward takes ``pixel_values`` (or image
+    patches, audio features), read by an encoder it holds that a text-only forward never runs
+    (:func:`_modality_input`: GIT, Fuyu, Phi-4-multimodal); a bidirectional encoder family used as a decoder.  The forward runs only where the module structure finds a candidate."""
     cfg = getattr(model, "config", None)
     defaults = type(cfg)() if cfg is not None else None
     if getattr(cfg, "is_encoder_decoder", False) or getattr(defaults, "is_encoder_decoder", False):

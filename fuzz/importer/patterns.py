@@ -931,7 +931,7 @@ def _ids_read_refusal(conv: Converter, node: str) -> str:
     fed = ([f"embedding tables indexed by them ({', '.join(tables)}: segment embeddings, a bucketed "
             f"relative-position bias)"] if tables else []) + (["an attention mask (an id taken as padding)"]
                                                            if masked else [])
-    return (f"token-id segments ({module}): {call}(ids) computes values from the token ids (CPM-Ant: segment = "
+    return (f"token-id segments ({module}): {call}(ids) computes values from the token ids (e.g. CPM-Ant's segment = "
             f"where(ids != 0, 2, 0), the padding length = the count of non-zero ids) read by "
             f"{' and '.join(fed) or 'the model'}; the layout reads the ids once, in the token embedding")
 

@@ -110,7 +110,8 @@ def test_tiny_config_shrinks_nested_configs():
     they built billion-parameter float64 models that gave no row within 120 s)."""
     import transformers as tf
     fuyu = compat.tiny_config(tf.FuyuForCausalLM)
-    assert (fuyu.text_config.hidden_size, fuyu.text_config.vocab_size, fuyu.text_config.num_hidden_layers) == (32, 64, 2)
+    text = fuyu.text_config
+    assert (text.hidden_size, text.vocab_size, text.num_hidden_layers) == (32, 64, 2)
     blt = compat.tiny_config(tf.BltForCausalLM)
     assert blt.encoder_hash_byte_group_vocab == 64
     assert blt.encoder_config.hidden_size_global == blt.decoder_config.hidden_size_global == blt.global_config.hidden_size
