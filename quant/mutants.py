@@ -140,9 +140,11 @@ register_mutant("mla_latent_unscaled", "quant:norm-absorb", "unscaled_consumer",
                 params={"where": _reads_latent_norm}, fixed=_SKIP, applies={"mla": ("q_lora", "q_direct")})
 register_mutant("kpe_per_head", "quant:pair-pca", "kpe_per_head", applies={"mla": ("q_lora", "q_direct")})
 register_mutant("position_unrotated", "quant:residual-rotation", "position_table_unrotated",
-                applies={"position_embedding": True, "norm": "rms", "placement": "pre", "tie_embeddings": False})
+                applies={"position_embedding": True, "norm": "rms", "placement": "pre", "tie_embeddings": False,
+                         "residual_gate": False})
 register_mutant("extra_rows_unrotated", "quant:residual-rotation", "extra_rows_unrotated",
-                applies={"extra_input_id": True, "norm": "rms", "placement": "pre", "tie_embeddings": False})
+                applies={"extra_input_id": True, "norm": "rms", "placement": "pre", "tie_embeddings": False,
+                         "residual_gate": False})
 register_mutant("weightless_unabsorbed", "quant:norm-absorb", "weightless_norm_unabsorbed", fixed=_SKIP,
                 applies={"norm_weightless": True, "placement": ("pre", "sandwich")})
 register_mutant("rope_direction_lost", "quant:wht-scale", "rope_direction_lost",
