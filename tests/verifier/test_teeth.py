@@ -56,7 +56,8 @@ APPLIES["shared_head_gamma"] = (mutants.APPLIES["shared_head_gamma"], lambda s: 
 # clamped_glu_as_linear 333) and moved with every new axis.
 # extra_rows_unrotated (extra_input_id x untied x ...) moved past 25 once expert_scale_input joined the covering
 # rows (24 with the default profile)
-BUDGET = {"shared_head_gamma": 40, "extra_rows_unrotated": 40}
+# symmetric_gamma (q/k norm x RMS x no fused qkv) moved past 25 once the residual_gate axis joined the covering rows
+BUDGET = {"shared_head_gamma": 40, "extra_rows_unrotated": 40, "symmetric_gamma": 40}
 # a renormalised top-1 weight is 1 whatever the scores: the leaked correction bias cannot show there
 APPLIES["corrected_weights"] = (mutants.APPLIES["corrected_weights"], lambda s: not (s.renormalize and s.top_k == 1))
 # a weight of 1 scales neither the input nor the output: the moved weight shows only where the routing weights
