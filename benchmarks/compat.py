@@ -85,6 +85,9 @@ TINY = dict(
     state_size=8, ssm_state_size=8, mamba_d_state=8, mamba_n_heads=4, mamba_d_head=8, n_groups=1,
     mamba_n_groups=1, conv_kernel=4, linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=8,
     linear_value_head_dim=8, time_step_rank=4, mamba_dt_rank=4,
+    # Blt: its hash n-gram embedding tables (500002 rows each by default: 96M float64 parameters, 90 s to build);
+    # the local encoder's and decoder's view of the global transformer's width (its hidden_size, shrunk above)
+    encoder_hash_byte_group_vocab=64, hidden_size_global=32,
 )
 # not touched: ids of special tokens (None: no padding row to worry about)
 NO_TOKENS = dict(pad_token_id=None, bos_token_id=None, eos_token_id=None)
@@ -98,20 +101,8 @@ def causal_lm_classes() -> list[str]:
     return sorted(n for n in dir(tf) if n.endswith("ForCausalLM") and not n.startswith("Auto"))
 
 
-def tiny_config(cls):
-    """The config of ``cls`` from its defaults with every size :data:`TINY` names that it has, shrunk.
-
-    Per-layer lists of the default length (``layer_types``, ``mlp_layer_types``, ...) are cut to the first
-    layers, keeping one of each kind the list holds where there is room.  A nested ``text_config`` (a class
-    whose config wraps its decoder's, e.g. Gemma4UnifiedAssistant) is shrunk the same way: its full-size
-    defaults would build a model of billions of float64 parameters.
-    """
-    return _tiny(cls.config_class)
-
-
-def _tiny(cfg_cls):
-    defaults = cfg_cls()
-    have = defaults.to_dict()
+def _tiny_kwargs(have: dict) -> dict:
+    """The keyword arguments that shrink a config whose defaults are ``have`` (see :func:`tiny_config`)."""
     n_default = next((have[k] for k in ("num_hidden_layers", "n_layer", "n_layers", "num_layers")
                       if isinstance(have.get(k), int)), None)
     kw = {k: v for k, v in TINY.items() if k in have and not isinstance(have[k], (dict, bool))
@@ -129,14 +120,36 @@ def _tiny(cfg_cls):
             picked = [value[[str(v) for v in value].index(k)] for k in kinds][:n_layers]
             kw[key] = (picked + list(value))[:n_layers] if len(picked) < n_layers else picked
     kw.update({k: v for k, v in NO_TOKENS.items() if k in have})
-    text = getattr(defaults, "text_config", None)  # the concrete class (sub_configs may name AutoConfig)
-    if isinstance(have.get("text_config"), dict) and hasattr(text, "to_dict") and type(text) is not cfg_cls:
-        kw["text_config"] = _tiny(type(text)).to_dict()
     if "rope_parameters" in have and isinstance(have["rope_parameters"], dict):
         kw["rope_parameters"] = dict(have["rope_parameters"])
         if kw["rope_parameters"].get("llama_4_scaling_beta") is not None:  # attention temperature (Ministral3,
             # Mistral4): its first step at original_max_position_embeddings, shrunk to show within the recording
             kw["rope_parameters"]["original_max_position_embeddings"] = TEMPERATURE_LENGTH
+    return kw
+
+
+def tiny_config(cls):
+    """The config of ``cls`` from its defaults with every size :data:`TINY` names that it has, shrunk.
+
+    Per-layer lists of the default length (``layer_types``, ``mlp_layer_types``, ...) are cut to the first
+    layers, keeping one of each kind the list holds where there is room.  Nested configs (``sub_configs``: a
+    multimodal wrapper's ``text_config`` / ``vision_config`` / ``audio_config``, Blt's patcher, encoder, global and
+    decoder) are shrunk the same way: left at their defaults they build billion-parameter float64 towers (Fuyu's
+    4096-wide text model with a 262144-token vocabulary) that never give a row within the time limit.
+    """
+    cfg_cls = cls.config_class
+    defaults = cfg_cls()
+    have = defaults.to_dict()
+    kw = _tiny_kwargs(have)
+    for name in getattr(cfg_cls, "sub_configs", None) or {}:
+        sub = getattr(defaults, name, None)
+        if sub is None or not hasattr(sub, "to_dict"):
+            continue
+        sub_have = sub.to_dict()
+        sub_kw = _tiny_kwargs(sub_have)
+        if any(k not in NO_TOKENS and sub_have.get(k) != v for k, v in sub_kw.items()):
+            keep = {k: v for k, v in sub_have.items() if k not in ("transformers_version", "architectures")}
+            kw[name] = type(sub)(**{**keep, **sub_kw})
     cfg = cfg_cls(**kw)
     heads = kw.get("num_attention_heads")
     try:
@@ -203,16 +216,32 @@ def _cross_attention(model) -> str | None:
     return idle[0] if idle else None
 
 
-def _vision_input(model) -> str | None:
-    """The vision encoder of an image-to-text class (GIT): the class's forward takes ``pixel_values``, and the
-    instance holds a ``*Vision*`` module owning parameters whose forward takes them and that a text-only forward
-    never runs; None otherwise."""
-    if not _takes(model, "pixel_values"):
+# a forward argument carrying another modality, and the modules that read one (by class name or attribute path)
+_MODALITY_ARGS = ("pixel_values", "image_patches", "image_pixel_values", "pixel_values_videos", "audio_input_features",
+                  "input_features", "audio_values")
+_MODALITY_MODULE = re.compile(r"vision|image|audio|speech|visual", re.IGNORECASE)
+
+
+def _modality_input(model) -> str | None:
+    """The image (or audio) encoder of an image-to-text class (GIT, Fuyu, Phi-4-multimodal): the class's forward
+    takes ``pixel_values`` (or image patches, audio features), and the instance holds a module owning parameters,
+    named for that modality (its class: GIT's ``GitVisionModel``; or its attribute: Fuyu's
+    ``vision_embed_tokens`` linear, Phi-4-multimodal's ``embed_tokens_extend.image_embed``), that a text-only
+    forward never runs; None otherwise."""
+    args = [a for a in _MODALITY_ARGS if _takes(model, a)]
+    if not args:
         return None
-    found = [(path, m) for path, m in model.named_modules() if path and "Vision" in type(m).__name__
-             and _takes(m, "pixel_values") and any(True for _ in m.parameters())]
+    found: list[tuple[str, object]] = []
+    for path, m in model.named_modules():
+        if (path and (_MODALITY_MODULE.search(type(m).__name__) or _MODALITY_MODULE.search(path.rsplit(".", 1)[-1]))
+                and any(True for _ in m.parameters()) and not any(path.startswith(f + ".") for f, _ in found)):
+            found.append((path, m))
     idle = _never_run(model, found) if found else []
-    return f"{type(model.get_submodule(idle[0])).__name__} ({idle[0]})" if idle else None
+    if not idle:
+        return None
+    kind = "image-to-text" if any("pixel" in a or "image" in a for a in args) else "audio-to-text"
+    reader = type(model.get_submodule(idle[0])).__name__
+    return f"{kind}: its forward takes {', '.join(args)}, read by {reader} ({idle[0]})"
 
 
 def classify(model) -> tuple[str, str]:
@@ -222,9 +251,9 @@ def classify(model) -> tuple[str, str]:
     ``add_cross_attention``), by a ``*Cross*Attention`` module, or by evidence in the instance
     (:func:`_cross_attention`: an attention over ``key_value_states`` / ``encoder_hidden_states``, owning
     parameters, in a layer taking ``encoder_hidden_states``, that a text-only forward never runs: TrOCR, the text
-    decoder of a VisionEncoderDecoder); an image-to-text class whose forward takes ``pixel_values``, read by a
-    vision encoder it holds that a text-only forward never runs (:func:`_vision_input`: GIT); a bidirectional
-    encoder family used as a decoder.  The forward runs only where the module structure finds a candidate."""
+    decoder of a VisionEncoderDecoder); an image-to-text class whose forward takes ``pixel_values`` (or image
+    patches, audio features), read by an encoder it holds that a text-only forward never runs
+    (:func:`_modality_input`: GIT, Fuyu, Phi-4-multimodal); a bidirectional encoder family used as a decoder.  The forward runs only where the module structure finds a candidate."""
     cfg = getattr(model, "config", None)
     defaults = type(cfg)() if cfg is not None else None
     if getattr(cfg, "is_encoder_decoder", False) or getattr(defaults, "is_encoder_decoder", False):
@@ -241,9 +270,9 @@ def classify(model) -> tuple[str, str]:
     over_encoder = _cross_attention(model)
     if over_encoder:
         return "not-causal-lm", f"cross-attention over an encoder's states ({over_encoder})"
-    vision = _vision_input(model)
-    if vision:
-        return "not-causal-lm", f"image-to-text: its forward takes pixel_values, read by {vision}"
+    other = _modality_input(model)
+    if other:
+        return "not-causal-lm", other
     if getattr(cfg, "is_decoder", None) is False and any(n.endswith(("BertModel", "RobertaModel")) for n in names):
         return "not-causal-lm", "bidirectional encoder"
     if attn and (ssm or linear):
@@ -334,8 +363,12 @@ def run_class(name: str, recipes: bool = True) -> dict:
     row: dict = {"class": name}
     try:
         model = build(name)
+        ids = torch.arange(12).remainder(model.get_input_embeddings().weight.shape[0])[None]
         with torch.no_grad():  # the tiny instance must run its own forward, or the row says nothing of the importer
-            model(input_ids=torch.arange(12).remainder(model.get_input_embeddings().weight.shape[0])[None])
+            try:
+                model(input_ids=ids)
+            except Exception:  # noqa: BLE001 - a forward whose cache cannot be built from its config (Blt's
+                model(input_ids=ids, use_cache=False)  # DynamicCache reads num_hidden_layers it lacks): uncached
     except Exception as exc:  # noqa: BLE001
         text = str(exc).splitlines()[0] if str(exc) else ""
         row.update(kind="unbuildable", outcome="unbuildable", reason=f"{type(exc).__name__}: {text}"[:300])

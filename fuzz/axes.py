@@ -278,7 +278,17 @@ AXES: dict[str, Axis] = _axes(
     # projection of the token embedding; each layer adds W_out(act(W_gate h) * its slice) to the stream
     Axis("per_layer_input", "window", (None, 4), None,
          lambda s: ("embeddings:per_layer_input",) if s.per_layer_input else ()),
+    # Ergo's residual gate: each sequential residual add is sigmoid(w) * branch + sqrt(1 + sigmoid(w))
+    # exp(-softplus(w) / 2) * residual (a per-channel factor on the stream); pre-norm or sandwich, sequential only
+    Axis("residual_gate", "bool", lambda lim, drawn: (False,) if drawn.get("placement") == "post"
+         or drawn.get("residual") == "parallel" else (False, True), False,
+         lambda s: ("residual:gate",) if s.residual_gate and _gated(s) else ()),
 )
+
+def _gated(s) -> bool:
+    """Where ``residual_gate`` acts: the sequential residual adds of a pre-norm or sandwich layout."""
+    return s.placement != "post" and s.residual == "sequential"
+
 
 # the reducer's "turn a feature off" pass, in this order
 OFF_ORDER: tuple[Axis, ...] = tuple(a for _, a in sorted(

@@ -15,9 +15,11 @@ from .layout import Layout
 BASIS_OPS = frozenset({"scale", "add", "norm", "gate", "position_embedding"})
 
 
-def residual_basis(layout: Layout, transform: str) -> set[str]:
+def residual_basis(layout: Layout, transform: str, extra: frozenset[str] = frozenset()) -> set[str]:
     """Nodes whose output lives in the residual-stream basis: a fixpoint from the embeddings through
-    basis-preserving ops (forward), and back from them to the writers that feed them."""
+    basis-preserving ops (forward, and ``extra`` ops taken as such), and back from them to the writers that feed
+    them."""
+    basis_ops = BASIS_OPS | extra
     basis = set(layout.of_op("embedding"))
     hidden = {layout.widths[n] for n in basis}
     changed = True
@@ -26,7 +28,7 @@ def residual_basis(layout: Layout, transform: str) -> set[str]:
         for node in layout.order:
             op, ins = layout.op(node), layout.inputs(node)
             if node in basis:
-                if op in BASIS_OPS:  # its basis inputs must be in the basis too
+                if op in basis_ops:  # its basis inputs must be in the basis too
                     need = ins[:1] if op == "gate" and layout.widths[ins[1]] != layout.widths[node] else ins
                     for i in need:
                         if i not in basis:
@@ -34,7 +36,7 @@ def residual_basis(layout: Layout, transform: str) -> set[str]:
                             changed = True
                 continue
             x_inputs = ins[:1] if op == "gate" else ins
-            if op in BASIS_OPS and any(i in basis for i in x_inputs):
+            if op in basis_ops and any(i in basis for i in x_inputs):
                 if op == "norm" and layout.params(node)["groups"] != 1:
                     raise Refusal(transform, "a grouped norm reads the residual stream", op=op, path=node,
                                   feature="grouped-norm-on-residual")
@@ -42,7 +44,7 @@ def residual_basis(layout: Layout, transform: str) -> set[str]:
                 changed = True
     for node in basis:
         op = layout.op(node)
-        if op not in BASIS_OPS | {"embedding", "linear", "experts"}:
+        if op not in basis_ops | {"embedding", "linear", "experts"}:
             raise Refusal(transform, f"{op} output would have to be in the residual basis", op=op, path=node,
                           feature="unsupported-residual-writer")
         if layout.widths[node] not in hidden:

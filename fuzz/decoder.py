@@ -108,6 +108,7 @@ class DecoderSpec:
     expert_scale_input: bool = False  # the routing weight scales each expert's input, not its output (Llama 4)
     # per-layer input embeddings (Gemma4 PLE) of this width P (None: off): see _per_layer_inputs
     per_layer_input: int | None = None
+    residual_gate: bool = False  # Ergo: each sequential pre-norm / sandwich residual add a residual_gate
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -374,6 +375,13 @@ def _branch_scale(g: _Graph, s: DecoderSpec, node: str, x: str) -> str:
     return g.add(node, "scale", [x], factor=s.residual_multiplier)
 
 
+def _residual_add(g: _Graph, s: DecoderSpec, node: str, h: str, branch: str) -> str:
+    """``h + branch``, or Ergo's residual gate of the two (``residual_gate``)."""
+    if s.residual_gate:
+        return g.add(node, "residual_gate", [branch, h], dim=s.hidden)
+    return g.add(node, "add", [h, branch])
+
+
 def check(s: DecoderSpec) -> None:
     """Spec-level constraints (graph-level ones are checked by :class:`Layout`)."""
     from .errors import LayoutError
@@ -424,13 +432,12 @@ def _layer(g: _Graph, s: DecoderSpec, i: int, layer: LayerSpec, h: str) -> str:
         m = _branch_scale(g, s, f"{p}mlp_scale", m)
         h = g.add(f"{p}add", "add", [h, a, m])
         return h
-    h = g.add(f"{p}attn_add", "add", [h, a])
+    h = _residual_add(g, s, f"{p}attn_add", h, a)
     m = mlp_fn(_norm(g, s, f"{p}mlp_norm", h, s.hidden), f"{p}mlp_")
     if s.placement == "sandwich":
         m = _norm(g, s, f"{p}mlp_post_norm", m, s.hidden)
     m = _branch_scale(g, s, f"{p}mlp_scale", m)
-    h = g.add(f"{p}mlp_add", "add", [h, m])
-    return h
+    return _residual_add(g, s, f"{p}mlp_add", h, m)
 
 
 def _per_layer_inputs(g: _Graph, s: DecoderSpec, ids: str, h: str, read: int) -> str:

@@ -409,6 +409,22 @@ class Add(Node):
         return out
 
 
+@torch_impl("residual_gate")
+class ResidualGate(Node):
+    """Ergo's residual gate: ``sigmoid(w) * branch + sqrt(1 + sigmoid(w)) exp(-softplus(w) / 2) * residual``
+    (the factors in float32 under transformers numerics, as ``ErgoResidualGate`` computes them)."""
+
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(branch factor, residual factor)``, each ``(dim,)``."""
+        w = self.weight.float() if self.numerics == "transformers" else self.weight
+        a = torch.sigmoid(w)
+        return a, torch.sqrt(1.0 + a) * torch.exp(-0.5 * F.softplus(w))
+
+    def forward(self, branch, residual):
+        a, c = self.factors()
+        return a * branch + c * residual
+
+
 @torch_impl("router")
 class Router(Node):
     """softmax -> top-k -> optional renormalisation, scattered back to a dense ``(.., E)`` tensor.

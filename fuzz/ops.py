@@ -69,6 +69,9 @@ clamped_glu    the clamped SwiGLU of a dense MLP (MiniMax-M3's dense and shared-
                GLU): ports gate, up; ``(clamp(up, -limit, limit) + 1) * g * sigmoid(alpha g)`` with
                ``g = clamp(gate, max=limit)``
 add            sum of the inputs (residual adds)
+residual_gate  Ergo's residual gate (``ErgoResidualGate``): ports branch, residual; ``sigmoid(w) * branch +
+               sqrt(1 + sigmoid(w)) exp(-softplus(w) / 2) * residual`` with a learned ``w: (dim,)``, the residual
+               stream times a per-channel factor (not diagonal after a rotation of the stream: ``Q^T diag(c) Q``)
 router         softmax over expert logits, top-k, optional renormalisation; dense ``(.., E)`` weights
                with zeros off the top-k.  ``score="sigmoid"``: sigmoid scores (DeepSeek-V3);
                ``correction_bias``: ``e_score_correction_bias (E,)`` added to the scores for the choice
@@ -655,6 +658,21 @@ def _add(node, p, w):
 
 
 declare(OpSpec("add", {}, ("*",), _add, shapes=_no_parameters, drawn_by=ALWAYS, features=lambda p: ("op:add",)))
+
+
+def _residual_gate(node, p, w):
+    _widths(node, "residual_gate", w, [p["dim"], p["dim"]])
+    return p["dim"]
+
+
+def _init_residual_gate(z, p):
+    """``z``: per-channel factors far from uniform (``sigmoid(w)`` between about 0.1 and 0.9)."""
+    return z
+
+
+declare(OpSpec("residual_gate", {"dim": (int, ...)}, ("branch", "residual"), _residual_gate,
+               shapes=lambda p: {"weight": (p["dim"],)}, init={"weight": _init_residual_gate},
+               drawn_by=({"residual_gate": True},), features=lambda p: ("op:residual_gate",)))
 
 
 def _router(node, p, w):

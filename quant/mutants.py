@@ -65,6 +65,9 @@ expert_scale_moved     a layout rewrite (wht-scale's) re-emits experts whose rou
 ple_unrotated          residual-rotation rotates every reader of the stream it knows  per-layer input
                        but leaves Gemma4's per-layer input projection (the linear   embeddings (Gemma4 PLE),
                        reading the token embedding) in the old basis               RMS, pre-norm, untied
+residual_gate_rotated  residual-rotation takes Ergo's residual gate for a plain add   a residual gate
+                       and rotates the stream through it: Q^T diag(c) Q is not      (``residual_gate``)
+                       diagonal, so the function changes
 =====================  ==========================================================  ==========================
 
 Loaded with the registries (the ``archfuzz.registries`` entry points, :func:`verifier.registry.load_plugins`).
@@ -144,11 +147,16 @@ register_mutant("mla_latent_unscaled", "quant:norm-absorb", "unscaled_consumer",
                 params={"where": _reads_latent_norm}, fixed=_SKIP, applies={"mla": ("q_lora", "q_direct")})
 register_mutant("kpe_per_head", "quant:pair-pca", "kpe_per_head", applies={"mla": ("q_lora", "q_direct")})
 register_mutant("position_unrotated", "quant:residual-rotation", "position_table_unrotated",
-                applies={"position_embedding": True, "norm": "rms", "placement": "pre", "tie_embeddings": False})
+                applies={"position_embedding": True, "norm": "rms", "placement": "pre", "tie_embeddings": False,
+                         "residual_gate": False})
 register_mutant("extra_rows_unrotated", "quant:residual-rotation", "extra_rows_unrotated",
-                applies={"extra_input_id": True, "norm": "rms", "placement": "pre", "tie_embeddings": False})
+                applies={"extra_input_id": True, "norm": "rms", "placement": "pre", "tie_embeddings": False,
+                         "residual_gate": False})
 register_mutant("weightless_unabsorbed", "quant:norm-absorb", "weightless_norm_unabsorbed", fixed=_SKIP,
                 applies={"norm_weightless": True, "placement": ("pre", "sandwich")})
 register_mutant("rope_direction_lost", "quant:wht-scale", "rope_direction_lost",
                 applies={"rope": True, "rope_reversed": True})
 register_mutant("xielu_as_relu2", "quant:up-down", "xielu_quadratic", applies={"mlp_xielu": True, "moe": False})
+register_mutant("residual_gate_rotated", "quant:residual-rotation", "residual_gate_rotated",
+                applies={"residual_gate": True, "residual": "sequential", "norm": "rms", "placement": "pre",
+                         "tie_embeddings": False})

@@ -66,6 +66,8 @@ FAULTS = {
                      "embedding into the per-layer inputs) unrotated",
     "expert_scale_moved": "a layout edit (graph_edit.LayoutEdit.apply) re-emits experts whose routing weight scales "
                           "their input (Llama 4) as experts weighting their outputs",
+    "residual_gate_rotated": "residual-rotation takes a residual gate (Ergo: the stream times a per-channel factor) "
+                             "for a plain residual add and rotates the stream through it",
     "xielu_quadratic": "up-down moves s^2 across xIELU as if it were relu2 (its positive side a_p x^2 + beta x is "
                        "quadratic, but not homogeneous)",
 }

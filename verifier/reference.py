@@ -52,7 +52,8 @@ def _perm(n: int, gen: torch.Generator) -> torch.Tensor:
 def permute_hidden(model: nn.Module, calib: Calibration, seed: int = 0) -> nn.Module:
     m = _graph_model("permute_hidden", model)
     layout = m.layout
-    basis = residual_basis(layout, "permute_hidden")
+    # a residual gate (Ergo) keeps the stream's basis under a permutation: P^T diag(c) P = diag(c[p]) is diagonal
+    basis = residual_basis(layout, "permute_hidden", frozenset({"residual_gate"}))
     hidden = layout.widths[next(iter(layout.of_op("embedding")))]
     p = _perm(hidden, torch.Generator().manual_seed(seed))
     permute_bias = fault("writer_bias_unpermuted") is None  # the fault: mutants only (verifier._faults)
@@ -62,6 +63,8 @@ def permute_hidden(model: nn.Module, calib: Calibration, seed: int = 0) -> nn.Mo
             reads = [i in basis for i in ins]
             if op == "embedding" or op == "position_embedding" and fault("position_table_unpermuted") is None:
                 mod.weight.copy_(mod.weight[:, p])
+            elif op == "residual_gate":  # both per-channel factors are functions of w: permute w
+                mod.weight.copy_(mod.weight[p])
             elif op == "norm" and node in basis:
                 if mod.p["weight_form"] == "none":  # a weight-free norm: nothing to permute
                     continue

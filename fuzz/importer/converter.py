@@ -67,10 +67,12 @@ class Converter:
         """The validated layout of the recording (meta: name, source, param_map, aliases, tied, module_paths)."""
         self._refuse_repeated_layers()
         self._refuse_dynamic_masks()
+        self._refuse_per_expert_norms()
         rewrites.drop_identity_scales(self)
         rewrites.bypass_views(self)
         rewrites.fold_clamped_glus(self)
         rewrites.fold_input_scaled_experts(self)
+        rewrites.fold_residual_gates(self)
         rewrites.fold_gates(self)
         rewrites.fold_softcaps(self)
         rewrites.fold_bias_adds(self)
@@ -202,6 +204,29 @@ class Converter:
             raise self.refuse(node, f"a learned attention bias: the scores get a mask or bias computed from parameters "
                               f"({what}, e.g. a learned relative-position bias); the layout's attention has no such "
                               f"bias")
+
+    def _refuse_per_expert_norms(self) -> None:
+        """Each routed expert's output normalised with its own weight row: a norm's output times rows of an
+        ``(E, H)`` parameter picked by indices computed from a ``topk`` (the routing choice; Ergo's
+        ``ErgoExpertNorm``).  The layout's experts have no output norm; refused before the router's pieces, which
+        would otherwise be refused one by one without naming the mechanism."""
+        for node, d in sorted(self.g.nodes(data=True), key=lambda nd: nd[1]["index"]):
+            if not (d["op"] == "opaque" and d.get("call") == "getitem" and len(d["params"]) == 1
+                    and len(self.shape(d["params"][0])) == 2):
+                continue
+            rows = self.shape(d["params"][0])
+            if not any(self.g.nodes[a].get("call") == "topk" for a in nx.ancestors(self.g, node)):
+                continue
+            for m in self.g.successors(node):
+                others = [i for i in self.inputs(m) if i != node]
+                if (self.g.nodes[m]["op"] == "mul" and others and self.g.nodes[others[0]]["op"] == "norm"
+                        and (self.g.nodes[m].get("shape") or [None])[-1] == rows[1]):
+                    path = d["module_path"]
+                    module = type(self.modules[path]).__name__ if path in self.modules else "?"
+                    raise self.refuse(node, f"per-expert output norm ({module}): each routed expert's output is "
+                                      f"RMS-normalised and scaled by its own row of {d['params'][0]} {rows}, picked "
+                                      f"by the routing indices, before the weighted sum; the layout's experts have "
+                                      f"no output norm")
 
     def _check_coverage(self) -> None:
         owners = defaultdict(list)

@@ -845,6 +845,56 @@ def _elementwise(conv: Converter, node: str, ins: list[str]) -> dict:
     return {}
 
 
+_GATE_MATCH = 1e-6  # relative: ErgoResidualGate computes its factors from w in float32
+
+
+@import_pattern("residual_gate")
+def _residual_gate(conv: Converter, node: str, ins: list[str]) -> dict:
+    """Folded by :func:`~fuzz.importer.rewrites.fold_residual_gates` (which input is the residual: the dataflow);
+    the module's two factors are measured (:func:`measure_residual_gate`) and must be Ergo's."""
+    d = conv.g.nodes[node]
+    (param,) = d["params"]
+    why = measure_residual_gate(conv, node, param)
+    if why is not None:
+        raise conv.refuse(node, why)
+    conv.take(node, {"weight": param})
+    return {"dim": conv.width(node)}
+
+
+def measure_residual_gate(conv: Converter, node: str, param: str) -> str | None:
+    """None when the gate's module, called on probes ``(u, v)``, computes ``f0 * u + f1 * v`` with per-channel
+    factors ``{f0, f1}`` = Ergo's ``{sigmoid(w), sqrt(1 + sigmoid(w)) exp(-softplus(w) / 2)}``; else why not
+    (the refusal names the residual gate and the module)."""
+    path = conv.g.nodes[node]["module_path"]
+    module = conv.modules.get(path)
+    name = type(module).__name__ if module is not None else "?"
+    head = (f"residual gate ({name}): the residual stream and the branch output each times a learned per-channel "
+            f"factor of {[param]} before their sum")
+    w = conv.named[param].detach()
+    if module is None:
+        return f"{head}; no module to measure its factors"
+    h = w.shape[0]
+    gen = torch.Generator().manual_seed(0)
+    u, v = (torch.randn(1, 3, h, generator=gen, dtype=torch.float64).to(w.dtype) for _ in range(2))
+    one, zero = torch.ones(1, 1, h, dtype=w.dtype), torch.zeros(1, 1, h, dtype=w.dtype)
+    try:
+        with torch.no_grad():
+            f0, f1 = (module(one, zero).double().reshape(h), module(zero, one).double().reshape(h))
+            got = module(u, v).double()
+    except Exception as exc:  # noqa: BLE001 - another calling convention: not measured, refused by name
+        return f"{head}; the module cannot be called on (branch, residual) probes ({type(exc).__name__})"
+    if not torch.allclose(got, f0 * u.double() + f1 * v.double(), rtol=1e-9, atol=1e-12):
+        return f"{head}; the module is not a per-channel factor on each input"
+    wd = w.double()
+    a = torch.sigmoid(wd)
+    c = torch.sqrt(1.0 + a) * torch.exp(-0.5 * torch.nn.functional.softplus(wd))
+    close = lambda x, y: torch.allclose(x, y, rtol=_GATE_MATCH, atol=0)  # noqa: E731
+    if not ((close(f0, a) and close(f1, c)) or (close(f0, c) and close(f1, a))):
+        return (f"{head}; the measured factors are not Ergo's sigmoid(w) on the branch and sqrt(1 + sigmoid(w)) "
+                f"exp(-softplus(w) / 2) on the residual (the layout's residual_gate)")
+    return None
+
+
 def _parameter_scale_refusal(conv: Converter, node: str) -> str:
     """Why a product by (a function of) a learned parameter is refused, named from the dataflow: a residual gate
     (two such products of the same parameter summed, one of them the residual stream: the input that the
@@ -903,6 +953,24 @@ def _head_concat(conv: Converter, node: str, ins: list[str]) -> dict:
     return {k: conv.g.nodes[node][k] for k in ("n_heads", "a_dim", "b_dim", "shared_b")}
 
 
+def _ids_read_refusal(conv: Converter, node: str) -> str:
+    """Why an op reading the token ids (besides the embedding lookup) is refused, named from what it feeds: other
+    embedding tables indexed by values computed from the ids (segment embeddings; a bucketed relative-position
+    bias read into the scores) and attention masks (an id taken as padding)."""
+    call = conv.g.nodes[node].get("call")
+    path = conv.g.nodes[node]["module_path"]
+    module = type(conv.modules[path]).__name__ if path in conv.modules else type(conv.model).__name__
+    below = nx.descendants(conv.g, node)
+    tables = sorted(p for n in below if conv.g.nodes[n]["op"] == "embedding" for p in conv.g.nodes[n]["params"])
+    masked = any(conv.g.nodes[n].get("call") == "masked_fill" for n in below)
+    fed = ([f"embedding tables indexed by them ({', '.join(tables)}: segment embeddings, a bucketed "
+            f"relative-position bias)"] if tables else []) + (["an attention mask (an id taken as padding)"]
+                                                           if masked else [])
+    return (f"token-id segments ({module}): {call}(ids) computes values from the token ids (e.g. CPM-Ant's segment = "
+            f"where(ids != 0, 2, 0), the padding length = the count of non-zero ids) read by "
+            f"{' and '.join(fed) or 'the model'}; the layout reads the ids once, in the token embedding")
+
+
 @import_pattern("head_slice", recorded="opaque")
 def _head_slice(conv: Converter, node: str, ins: list[str]) -> dict:
     """A slice of the last axis of a ``(.., heads, head_dim)`` view: ``x[..., a:b]``, a chunk or a split.
@@ -931,9 +999,7 @@ def _head_slice(conv: Converter, node: str, ins: list[str]) -> dict:
         return {"n_heads": heads, "head_dim": head_dim, "start": start, "length": length}
     if d.get("call") not in _SLICES:
         if any(conv.g.nodes[i]["op"] == "tokens" for i in ins):  # CPM-Ant: segment = (ids != 0)
-            raise conv.refuse(node, f"opaque op {d.get('call')!r} reads the token ids besides the embedding lookup: "
-                              f"an ids-dependent mask, segment or position (e.g. CPM-Ant's segments of non-zero "
-                              f"ids); the layout reads the ids once, in the token embedding")
+            raise conv.refuse(node, _ids_read_refusal(conv, node))
         if d.get("call") in ("zeros_like", "ones_like", "full_like", "empty_like"):  # Git's token_type_ids
             raise conv.refuse(node, f"opaque op {d.get('call')!r}: a tensor built from an activation's shape inside "
                               f"the forward (token-type ids or a mask prepared in the model, e.g. Git's image-text "

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+import networkx as nx
+
 from ..ops import GATE_ACTS
 
 if TYPE_CHECKING:
@@ -207,6 +209,39 @@ def fold_input_scaled_experts(conv: Converter) -> None:
         d["scale_input"] = True
         d["shape"] = list(td["shape"])  # the sum over the experts: the node's output now
         _bypass(conv, total)
+
+
+def fold_residual_gates(conv: Converter) -> None:
+    """Ergo's residual gate: ``add(mul(branch, f(w)), mul(residual, g(w)))``, both products by functions of one
+    learned ``(H,)`` parameter ``w`` and the residual the input the branch is computed from (the dataflow: a path
+    from it to the branch) -> one ``residual_gate`` node ``(branch, residual)`` reading ``w``.  That the module
+    computes ``sigmoid(w) * branch + sqrt(1 + sigmoid(w)) exp(-softplus(w) / 2) * residual`` is measured by
+    :func:`fuzz.importer.patterns.measure_residual_gate` (else refused by name there) and checked against the
+    model's logits."""
+    for node, d in list(conv.g.nodes(data=True)):
+        if d["op"] != "add" or d["params"] or conv.g.in_degree(node) != 2:
+            continue
+        muls = conv.inputs(node)
+        mds = [conv.g.nodes[m] for m in muls]
+        if not all(md["op"] == "mul" and len(md["params"]) == 1 and conv.g.in_degree(m) == 1
+                   and conv.g.out_degree(m) == 1 for m, md in zip(muls, mds)):
+            continue
+        params = set(mds[0]["params"]) | set(mds[1]["params"])
+        if len(params) != 1:  # a gate's two factors are functions of one parameter
+            continue
+        (param,) = params
+        if len(conv.shape(param)) != 1 or conv.shape(param)[0] != conv.width(node):
+            continue
+        acts = [conv.inputs(m)[0] for m in muls]
+        if acts[0] == acts[1]:
+            continue
+        residual = [a for a, b in (acts, acts[::-1]) if nx.has_path(conv.g, a, b) and not nx.has_path(conv.g, b, a)]
+        if len(residual) != 1:
+            continue
+        branch = acts[1] if residual[0] == acts[0] else acts[0]
+        conv.g.remove_nodes_from(muls)
+        conv.rewire(node, [branch, residual[0]])
+        d.update(op="residual_gate", params=[param], module_path=mds[0]["module_path"])
 
 
 _EMPTY = frozenset({"new_empty", "empty_like", "new_zeros", "zeros_like"})

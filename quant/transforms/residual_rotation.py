@@ -19,7 +19,10 @@ layer's output projection writes to it (``Q^T W``).
 Refusals: LayerNorm on the stream (mean subtraction does not commute with ``Q``; ``layernorm-residual``),
 a norm whose output also feeds the residual add (post-norm, sandwich; ``norm-feeds-residual``), a reader
 of the stream that is not linear in it (``nonlinear-residual-reader``), tied embeddings unless
-``untie=True`` (folding the final norm into the lm_head would rescale the embedding table).
+``untie=True`` (folding the final norm into the lm_head would rescale the embedding table), a residual gate
+(Ergo's ``sigmoid(w) * branch + c(w) * residual``, ``residual-gate``: the stream times ``diag(c)``, and
+``Q^T diag(c) Q`` is not diagonal unless ``c`` is uniform; the factor cannot fold into a writer or a reader
+either, since the next RMSNorm is not invariant under a per-channel scale).
 """
 
 from __future__ import annotations
@@ -42,9 +45,20 @@ NAME = "residual-rotation"
 _LINEAR_READERS = ("linear", "lm_head")
 
 
+def _gate_ignored() -> frozenset[str]:
+    """Mutant only (``residual_gate_rotated``): the residual gate taken as a plain residual add."""
+    return frozenset({"residual_gate"}) if fault("residual_gate_rotated") is not None else frozenset()
+
+
 def check(layout: Layout, untie: bool) -> set[str]:
     """The residual basis, once every precondition holds (raises :class:`Refusal` otherwise)."""
-    basis = residual_basis(layout, NAME)
+    for node in layout.of_op("residual_gate"):
+        if not _gate_ignored():
+            raise Refusal(NAME, "residual gate (per-channel residual scale): the residual stream times a learned "
+                          "per-channel factor diag(c) (Ergo: sqrt(1 + sigmoid(w)) exp(-softplus(w) / 2)), and "
+                          "Q^T diag(c) Q is not diagonal unless c is uniform", op="residual_gate", path=node,
+                          feature="residual-gate")
+    basis = residual_basis(layout, NAME, _gate_ignored())
     for node in layout.order:
         op = layout.op(node)
         if node in basis and op == "norm":
@@ -86,7 +100,7 @@ def residual_rotation(model: nn.Module, calib: Calibration, seed: int = 0, untie
     if untie:
         m = untie_model(m, NAME)
     layout = m.layout
-    basis = residual_basis(layout, NAME)
+    basis = residual_basis(layout, NAME, _gate_ignored())
     hidden = layout.widths[layout.of_op("embedding")[0]]
     q, kind = orthogonal(hidden, seed)
     q = q.to(m.dtype)

@@ -90,6 +90,12 @@ def test_outputs_are_sorted_atomic_and_regenerate_the_readme_block(rows, tmp_pat
     # GIT: an image-to-text class whose forward takes pixel_values, read by the image encoder it holds
     ("GitForCausalLM", "not-causal-lm", "image-to-text: its forward takes pixel_values, read by GitVisionModel "
                                         "(git.image_encoder)"),
+    # Fuyu: its image patches go through a linear (vision_embed_tokens) a text-only forward never runs
+    ("FuyuForCausalLM", "not-causal-lm", "image-to-text: its forward takes pixel_values, image_patches, read by "
+                                         "Linear (model.vision_embed_tokens)"),
+    # Phi-4-multimodal: image and audio towers (embed_tokens_extend) that a text-only forward never runs
+    ("Phi4MultimodalForCausalLM", "not-causal-lm", "image-to-text: its forward takes image_pixel_values, "
+     "audio_input_features, read by Phi4MultimodalImageEmbedding (model.embed_tokens_extend.image_embed)"),
     # Bart-style attention code (key_value_states) with add_cross_attention off: no encoder_attn, a decoder
     ("XGLMForCausalLM", "decoder", "XGLMAttention"),
     # CSM's depth decoder: a text-style attention decoder (its position-specific head is an import refusal)
@@ -97,3 +103,17 @@ def test_outputs_are_sorted_atomic_and_regenerate_the_readme_block(rows, tmp_pat
 ])
 def test_classify_tells_a_decoder_of_another_model_from_a_causal_lm_by_evidence(name, kind, why):
     assert compat.classify(compat.build(name)) == (kind, why)
+
+
+def test_tiny_config_shrinks_nested_configs():
+    """A multimodal wrapper's text tower and Blt's sub-models are shrunk like a plain config (left at their defaults
+    they built billion-parameter float64 models that gave no row within 120 s)."""
+    import transformers as tf
+    fuyu = compat.tiny_config(tf.FuyuForCausalLM)
+    text = fuyu.text_config
+    assert (text.hidden_size, text.vocab_size, text.num_hidden_layers) == (32, 64, 2)
+    blt = compat.tiny_config(tf.BltForCausalLM)
+    assert blt.encoder_hash_byte_group_vocab == 64
+    assert blt.encoder_config.hidden_size_global == blt.decoder_config.hidden_size_global == blt.global_config.hidden_size
+    assert sum(p.numel() for p in compat.build("FuyuForCausalLM").parameters()) < 10 ** 6
+

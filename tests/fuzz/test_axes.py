@@ -29,7 +29,7 @@ ALL_ON = RICH.with_(qkv_bias=True, o_bias=True, mlp_bias=True, shared_expert=Tru
                    lm_head_bias=True, extra_input_id=True, positions_from_mask=True, attn_temperature=0.5,
                    norm_weightless=True, mlp_xielu=True, rope_reversed=True)
 ALL_ON = ALL_ON.with_(router="grouped", routed_scaling=2.5, expert_form="gpt_oss",  # MoE router variants
-                      expert_scale_input=True, per_layer_input=4)
+                      expert_scale_input=True, per_layer_input=4, residual_gate=True)
 # one invalid value per kind (a constraint check_constraints must refuse)
 INVALID = {"choice": "no-such-choice", "bool": 1, "width": 0, "positive_float": -1.0, "multiplier": 0,
            "rotary": 3, "window": 0, "cap": -1.0}
@@ -132,7 +132,8 @@ def test_features_are_the_union_of_the_axis_tags():
     assert set(RICH.features()) - tags == {"moe", "layers:1"}  # the layer list's own tags
     untagged = {a.name for a in AXES.values()
                 if not any(a.tags(spec) for spec in (RICH, ALL_ON, RICH.with_(hidden=33, head_dim=6),
-                                                    RICH.with_(mla="q_lora")))}  # MLA excludes ALL_ON's fused_qkv
+                                                    RICH.with_(mla="q_lora"),  # MLA excludes ALL_ON's fused_qkv
+                                                    ALL_ON.with_(residual="sequential")))}  # the residual gate
     assert untagged == {"n_kv_heads", "rope_theta", "moe_intermediate", "shared_intermediate", "shared_gate",
                         "norm_eps", "vocab", "attn_temperature_length"}
     assert "moe:shared_expert+gate" in RICH.with_(shared_expert=True).features()  # shared_gate shows here

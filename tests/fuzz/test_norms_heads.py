@@ -207,7 +207,10 @@ def test_a_divergence_is_located_past_per_head_q_k_norms_compared_in_their_own_l
 @pytest.mark.parametrize("name,match", [
     ("DogeForCausalLM", r"model\.layers\.0\.self_attn \(dynamic-mask attention"),
     ("HrmTextForCausalLM", r"model\.L_module\.layers\.0\.self_attn\.q_proj \(recurrent depth"),
-    ("CpmAntForCausalLM", r"cpmant \(opaque op 'ne' reads the token ids besides the embedding lookup"),
+    ("CpmAntForCausalLM", r"cpmant \(token-id segments \(CpmAntModel\): ne\(ids\) computes values from the token ids "
+                          r".* read by embedding tables indexed by them \(cpmant\.position_bias\.relative_attention_bias, "
+                          r"cpmant\.segment_embedding\.weight: segment embeddings, a bucketed relative-position bias\) "
+                          r"and an attention mask"),
     ("GitForCausalLM", r"git \(opaque op 'zeros_like': a tensor built from an activation's shape"),
     ("CsmDepthDecoderForCausalLM", r"not one logit row per token"),
 ])
