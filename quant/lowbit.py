@@ -415,6 +415,11 @@ def artifact_markdown(report: dict, title: str) -> str:
                      f"{r['top1']:.4f} | {r['dppl']:+.2e} |")
     lines += ["", "The 1-token step runs the exported ids -> logits graph on one token (no KV cache): the "
               "weight-streaming cost per generated token, not a cached decode."]
+    if report.get("online_rotation"):
+        o = report["online_rotation"]
+        lines += ["", f"BBT-spectral's rotation runs online (quant/online.py): {o['rotations']} zero-padded Walsh-Hadamard "
+                  f"transforms ({o['mode']} form), one per distinct input, feeding {o['linears']} linears whose weights "
+                  "are the quantized W^ in the padded rotated basis (every IR here, f32 and f16 included)."]
     if report.get("stateful"):
         from quant.stateful import stateful_markdown
         lines += ["", stateful_markdown(report["stateful"])]
