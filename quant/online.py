@@ -26,7 +26,10 @@ The FWHT is expressed in one of three forms (``mode``), each plain ops after exp
 * ``"kron"`` (the default): ``Q_{ab} = Q_a (x) Q_b`` (Sylvester order), so with ``X = [x, 0]`` reshaped to
   ``(a, b)``, ``x Q = vec(Q_a X Q_b)``: pad, reshape, two small matmuls (``a, b ~ sqrt(d_pad)``), reshape.
   Picked by measurement (``docs/data/online_rotation.json``, ``python -m benchmarks.online_rotation``): on
-  SmolLM2's widths it was the fastest per decoded token of the three in OpenVINO on CPU;
+  SmolLM2's widths it was the fastest of the three in OpenVINO on CPU (SmolLM2's 120 rotations per decoded
+  token: 3.8 ms kron, 386 ms butterfly, 415 ms dense, measured on a heavily shared 2-core machine; the
+  butterfly's ~40 ops per rotation and the dense ``d_in x d_pad`` f32 matmul both lose to two ``sqrt(d_pad)``
+  matmuls);
 * ``"butterfly"``: ``log2(d_pad)`` stages of reshape / add / sub / concat (:func:`fuzz.hadamard.fwht`);
 * ``"dense"``: one matmul with ``Q[:d_in] / s`` (``d_in x d_pad`` float32 constant per group).
 
