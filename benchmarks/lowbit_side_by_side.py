@@ -99,6 +99,31 @@ def run_bits(bits: int, work: Path, args) -> list[dict]:
     return rows
 
 
+def interleaved_decode(work: Path, bits: int, rounds: int, new_tokens: int, prompt_len: int) -> dict:
+    """Decode tokens/s of the artifacts already built for ``bits``, measured alternately (``rounds`` times each, in
+    the order vanilla, bbt, f16) so that a shared machine's load falls on all alike; best and median per artifact."""
+    import numpy as np
+
+    from quant.checkpoints import load_default_checkpoint
+    from quant.quantize import text_ids
+    from quant.stateful import genai_generate
+    _, tok = load_default_checkpoint()
+    prompt = text_ids(tok, None, "evaluation")[0][:prompt_len].tolist()
+    folders = {name: work / f"w{bits}-{name}" for name in ("none", "bbt-spectral", "f16")}
+    tpot = {name: [] for name in folders}
+    for _ in range(rounds):
+        for name, folder in folders.items():
+            if folder.is_dir():
+                tpot[name].append(genai_generate(folder, prompt, new_tokens, ignore_eos=True)["tpot_ms"])
+    out = {name: {"tpot_ms": t, "best_tpot_ms": min(t), "median_tpot_ms": float(np.median(t))}
+           for name, t in tpot.items() if t}
+    if "none" in out and "bbt-spectral" in out:
+        out["bbt_over_vanilla_best"] = out["bbt-spectral"]["best_tpot_ms"] / out["none"]["best_tpot_ms"]
+        out["bbt_over_vanilla_median"] = out["bbt-spectral"]["median_tpot_ms"] / out["none"]["median_tpot_ms"]
+    print(json.dumps(out), flush=True)
+    return out
+
+
 def markdown(data: dict) -> str:
     lines = ["| bits | artifact | IR MiB | IR / f16 | decode tok/s | decode vs vanilla (time/token) | prefill tok/s | "
              "OV PPL | PyTorch PPL | rel diff |", "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -111,6 +136,12 @@ def markdown(data: dict) -> str:
             slow = f"{r['tpot_ms'] / van['tpot_ms']:.2f}x" if van else ""
             lines.append(f"| W{bits} | {r['artifact']} | {r['ir_mib']} | {ratio} | {r['decode_tok_s']:.1f} | {slow} | "
                          f"{r['prefill_tok_s']:.0f} | {r['ppl_ov']:.3f} | {r['ppl_torch']:.3f} | {r['ppl_rel_diff']:.1e} |")
+    for key, d in sorted(data.get("decode_interleaved", {}).items()):
+        lines += ["", f"{key.upper()} decode, artifacts run alternately ({len(next(iter(d.values()))['tpot_ms'])} rounds, "
+                  "GenAI defaults, ms per token best / median): " + "; ".join(
+                      f"{n} {v['best_tpot_ms']:.1f} / {v['median_tpot_ms']:.1f}" for n, v in d.items() if isinstance(v, dict))
+                  + (f"; BBT / vanilla {d['bbt_over_vanilla_best']:.2f}x (best), {d['bbt_over_vanilla_median']:.2f}x (median)"
+                     if "bbt_over_vanilla_best" in d else "")]
     s = data["settings"]
     lines += ["", f"SmolLM2-135M, auto-round RTN (iters 0) g64 asym, {s['nsamples']} x {s['seqlen']} calibration tokens, "
               f"alpha {s['alpha']}; embedding/output head int8; GenAI greedy {s['new_tokens']} new tokens after "
@@ -131,8 +162,21 @@ def main(argv=None) -> int:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--window", type=int, default=256)
     ap.add_argument("--max-tokens", type=int, default=1024)
+    ap.add_argument("--interleave", type=int, default=0, metavar="ROUNDS",
+                    help="only re-measure the decode speed of the built artifacts, alternately, ROUNDS times each")
     args = ap.parse_args(argv)
     out = Path(args.out)
+    if args.interleave:
+        data = json.loads(out.with_suffix(".json").read_text())
+        data.setdefault("decode_interleaved", {})
+        for bits in args.bits:
+            data["decode_interleaved"][f"w{bits}"] = interleaved_decode(Path(args.work), bits, args.interleave,
+                                                                        args.new_tokens, args.prompt)
+        data["decode_interleaved_command"] = "python -m benchmarks.lowbit_side_by_side " + " ".join(
+            argv or __import__("sys").argv[1:])
+        out.with_suffix(".json").write_text(json.dumps(data, indent=1))
+        out.with_suffix(".md").write_text(markdown(data))
+        return 0
     data = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").exists() else {"rows": []}
     data["settings"] = {k: getattr(args, k) for k in ("alpha", "nsamples", "seqlen", "prompt", "new_tokens", "window",
                                                       "max_tokens")}
