@@ -4,8 +4,8 @@ After auto-round, a quantized linear ``W`` (out x in, groups of ``g`` along ``in
 ``W = (q - z) * s`` with integer codes ``q, z`` in ``[0, 2^b)`` and a float16 scale ``s`` per (row, group)
 (auto-round leaves ``scale`` and ``zp`` on the module).  :func:`grid_codes` recovers ``q`` and checks the
 reconstruction bit for bit; a weight that is not on its grid (e.g. a T1 layer after the unfold, whose
-``W_eff = fwht(W^ / s)`` is dense) is refused, naming it: that rotation would have to ship as an explicit
-operator, which this artifact does not build.
+``W_eff = fwht(W^ / s)`` is dense) is refused, naming it.  T1 (``bbt-spectral``) ships instead with ``W^``
+kept (``in_features = d_pad``) and its rotation online as explicit ops (:func:`quant.online.make_online`).
 
 :func:`compress_ir` rewrites an exported float32 IR: every Constant holding a quantized weight (found by
 content, not by name) becomes the decompression subgraph OpenVINO's CPU plugin fuses into its
@@ -69,8 +69,8 @@ def grid_codes(model: nn.Module, bits: int, group_size: int) -> dict[str, Codes]
         if not torch.equal(back, wg) or q.min() < 0 or q.max() >= 2 ** bits or z.min() < 0 or z.max() >= 2 ** bits:
             raise BadInput(f"{name}: the weight is not on its {bits}-bit grid (codes in [{q.min():.0f}, {q.max():.0f}], "
                            f"max deviation {(back - wg).abs().max().item():.3g}); a folded rotation (e.g. the T1 "
-                           f"unfold) densified it, and it would have to ship as an explicit operator, which the "
-                           f"low-bit artifact does not build")
+                           f"unfold) densified it: ship T1's W^ with the rotation online (quant.online.make_online) "
+                           f"instead")
         found[f"{name}.weight"] = Codes(q.to(torch.uint8).numpy(), z.to(torch.uint8).numpy(),
                                         s.to(torch.float16).numpy(), bits)
     if not found:
@@ -80,11 +80,11 @@ def grid_codes(model: nn.Module, bits: int, group_size: int) -> dict[str, Codes]
 
 def check_lowbit_request(recipe: str, cfg) -> None:
     """Refuse, before any work, what the low-bit artifact cannot represent exactly."""
-    if recipe in ("bbt-spectral", "autoround-hadamard"):
-        raise BadInput(f"--lowbit with recipe {recipe!r}: its rotation is folded back into dense weights (or kept "
-                       f"as auto-round's own hooks), so the shipped weights are not on a {cfg.bits}-bit grid; the "
-                       f"low-bit artifact supports 'none' and the weight-only recipes (bbt-absorb, bbt-pair-pca, "
-                       f"bbt-spectral-pca)")
+    if recipe == "autoround-hadamard":
+        raise BadInput(f"--lowbit with recipe {recipe!r}: its rotation is kept as auto-round's own hooks / fused "
+                       f"into dense weights, so the shipped weights are not on a {cfg.bits}-bit grid; the low-bit "
+                       f"artifact supports 'none', the weight-only recipes (bbt-absorb, bbt-pair-pca, "
+                       f"bbt-spectral-pca) and bbt-spectral (its rotation online, quant/online.py)")
     if cfg.bits not in (2, 4):
         raise BadInput(f"--lowbit needs 2 or 4 bits (OpenVINO u2/u4), got {cfg.bits}")
     if cfg.sym:
@@ -415,6 +415,11 @@ def artifact_markdown(report: dict, title: str) -> str:
                      f"{r['top1']:.4f} | {r['dppl']:+.2e} |")
     lines += ["", "The 1-token step runs the exported ids -> logits graph on one token (no KV cache): the "
               "weight-streaming cost per generated token, not a cached decode."]
+    if report.get("online_rotation"):
+        o = report["online_rotation"]
+        lines += ["", f"BBT-spectral's rotation runs online (quant/online.py): {o['rotations']} zero-padded Walsh-Hadamard "
+                  f"transforms ({o['mode']} form), one per distinct input, feeding {o['linears']} linears whose weights "
+                  "are the quantized W^ in the padded rotated basis (every IR here, f32 and f16 included)."]
     if report.get("stateful"):
         from quant.stateful import stateful_markdown
         lines += ["", stateful_markdown(report["stateful"])]

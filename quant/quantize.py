@@ -140,6 +140,7 @@ class WHTInput:
         from fuzz.hadamard import hadamard
         d_pad = scale.numel()
         self.d_in, self.d_pad = d_in, d_pad
+        self.scale = scale.detach().double().clone()  # s, for quant.online.make_online
         self.matrix = (hadamard(d_pad)[:d_in] / scale.double()[None, :]).to(dtype)
 
     def __call__(self, module, args):
@@ -368,8 +369,11 @@ def coverage_markdown(cov: dict) -> str:
 # ============================================================================================ pipeline
 def quantize(model: nn.Module, tokenizer, recipe: str, cfg: QuantConfig, calib_windows: torch.Tensor, *,
              alpha: float = 0.5, hadamard_block: int = 64, gate_verdict=None, check_ids: torch.Tensor | None = None,
-             quiet: bool = True) -> dict:
-    """Gate, transform, auto-round, unfold, coverage; ``model`` is quantized in place.  Returns a report."""
+             quiet: bool = True, before_unfold=None) -> dict:
+    """Gate, transform, auto-round, unfold, coverage; ``model`` is quantized in place.  Returns a report.
+
+    ``before_unfold(prepared)``: called after auto-round, before the unfold, with the :class:`Prepared` model
+    (for T1: ``W^`` in the padded rotated basis and its online pre-hooks; e.g. :func:`quant.online.make_online`)."""
     cfg.check()
     if recipe not in RECIPES:
         raise BadInput(f"unknown recipe {recipe!r}; choose one of {RECIPES}")
@@ -391,6 +395,8 @@ def quantize(model: nn.Module, tokenizer, recipe: str, cfg: QuantConfig, calib_w
     report["autoround_seconds"] = round(seconds, 1)
     ids = check_ids if check_ids is not None else calib_windows[:1, :16]
     cov = coverage(model, layer_config, cfg.bits, cfg.group_size)  # on W^, before the unfold densifies T1 layers
+    if before_unfold is not None:
+        before_unfold(prepared)
     report["unfold"] = unfold(prepared, ids)
     report["coverage"] = {k: cov[k] for k in ("ok", "counts", "parameters")}
     report["coverage_rows"] = cov["rows"]

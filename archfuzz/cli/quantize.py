@@ -45,6 +45,9 @@ def register(subparsers) -> None:
                    help="how the low-bit artifacts store the (tied) embedding table and output head: int8 codes with "
                         "a float16 scale per row (default), float16, or float32 as exported; a lossy step beyond "
                         "auto-round's, applied to the PyTorch reference the artifacts are checked against too")
+    q.add_argument("--online-fwht", default="kron", choices=["kron", "butterfly", "dense"],
+                   help="with --lowbit and bbt-spectral: the form of the online Walsh-Hadamard in the IR (quant/online.py; "
+                        "kron, two small matmuls, was the fastest measured: docs/data/online_rotation.json)")
     q.add_argument("--lowbit-seq", type=arguments.int_at_least(2, "prefill tokens"), default=128,
                    help="prefill tokens for the low-bit measurement")
     q.add_argument("--lowbit-new-tokens", type=arguments.int_at_least(1, "decoded tokens"), default=128,
@@ -54,6 +57,8 @@ def register(subparsers) -> None:
 
 
 def check(args) -> None:
+    if args.online_fwht != "kron" and not (args.lowbit and args.recipe == "bbt-spectral"):
+        raise BadInput("--online-fwht applies to --lowbit with --recipe bbt-spectral")
     if args.embedding != "int8" and not args.lowbit:
         raise BadInput("--embedding applies to the low-bit artifacts: add --lowbit")
     if args.no_eval and args.eval_text is not None:
@@ -63,7 +68,7 @@ def check(args) -> None:
 def run(args) -> int:
     from quant.checkpoints import load_checkpoint
     from quant.perplexity import perplexity
-    from quant.quantize import QuantConfig, coverage_markdown, preset_settings, quantize, save, text_ids
+    from quant.quantize import ONLINE, QuantConfig, coverage_markdown, preset_settings, quantize, save, text_ids
     from quant.text import calibration_windows
     settings = preset_settings(args.preset, iters=args.iters, nsamples=args.nsamples, seqlen=args.seqlen,
                                batch_size=args.batch_size, lr=args.lr)
@@ -83,8 +88,15 @@ def run(args) -> int:
         eval_ids, eval_info = text_ids(tok, args.eval_text, "evaluation")
         fp = perplexity(model, eval_ids)
         print(f"full precision PPL {fp['ppl']:.3f}", flush=True)
+    held = {}
+    before_unfold = None
+    if args.lowbit and args.recipe in ONLINE:  # T1: ship W^ with its rotation online, not the dense unfold
+        from quant.online import make_online
+
+        def before_unfold(prepared):
+            held["online"] = make_online(prepared.model, windows[:1, :16], mode=args.online_fwht)
     report = quantize(model, tok, args.recipe, cfg, windows, alpha=args.alpha,
-                      check_ids=eval_ids[None, :16] if eval_ids is not None else None)
+                      check_ids=eval_ids[None, :16] if eval_ids is not None else None, before_unfold=before_unfold)
     report["calibration_text"] = calib_info
     if eval_ids is not None:
         report["evaluation_text"] = eval_info
@@ -94,7 +106,12 @@ def run(args) -> int:
     lowbit = None
     if args.lowbit:
         from quant.lowbit import grid_codes, quantize_tables
-        lowbit = (grid_codes(model, cfg.bits, cfg.group_size), copy.deepcopy(model))  # save() drops scale/zp
+        if "online" in held:  # W^ (in_features d_pad) with explicit FWHT modules, one per distinct input
+            online_model, online_info = held.pop("online")
+            report["online_rotation"] = {k: online_info[k] for k in ("mode", "rotations", "linears")}
+            lowbit = (grid_codes(online_model, cfg.bits, cfg.group_size), online_model)
+        else:
+            lowbit = (grid_codes(model, cfg.bits, cfg.group_size), copy.deepcopy(model))  # save() drops scale/zp
         # the artifacts' embedding storage, applied to their PyTorch reference (the copy) only
         tables = quantize_tables(lowbit[1], args.embedding, skip=lowbit[0])
     out = save(model, tok, args.out, report)
@@ -106,6 +123,8 @@ def run(args) -> int:
         ids = (eval_ids if eval_ids is not None else calib_ids)[None, :args.lowbit_seq]
         from quant.stateful import stateful_report
         art = artifact_report(lowbit[1], lowbit[0], ids, out / "openvino", tables=tables)
+        if "online_rotation" in report:
+            art["online_rotation"] = report["online_rotation"]
         f32 = next((r for r in art["rows"] if r["artifact"] == "dequantized f32 IR" and r["symptom"] == "ok"), None)
         art["stateful"] = stateful_report(lowbit[1], tok, lowbit[0], ids, out / "openvino" / "genai",
                                           new_tokens=args.lowbit_new_tokens, floor=f32 and f32["rel_err"],

@@ -51,13 +51,14 @@ def test_generate_refuses_a_folder_that_is_not_an_artifact(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_quantize_lowbit_writes_a_stateful_artifact_that_generates(tmp_path, capsys):
+@pytest.mark.parametrize("recipe", ["none", "bbt-spectral"])
+def test_quantize_lowbit_writes_a_stateful_artifact_that_generates(tmp_path, capsys, recipe):
     """The whole command on a tiny Llama checkpoint: W2 RTN, the three prefill/step IRs and the stateful u2
     artifact, its parity and GenAI decode speed in the report, then ``archfuzz generate`` on it."""
     ckpt = tmp_path / "ckpt"
     tiny_llama().save_pretrained(ckpt)
     out = tmp_path / "q"
-    code = main(["quantize", "--checkpoint", str(ckpt), "--recipe", "none", "--bits", "2", "--group-size", "16",
+    code = main(["quantize", "--checkpoint", str(ckpt), "--recipe", recipe, "--bits", "2", "--group-size", "16",
                  "--iters", "0", "--nsamples", "2", "--seqlen", "16", "--batch-size", "2", "--no-eval", "--lowbit",
                  "--lowbit-seq", "12", "--lowbit-new-tokens", "16", "--out", str(out)])
     printed = capsys.readouterr().out
@@ -68,6 +69,9 @@ def test_quantize_lowbit_writes_a_stateful_artifact_that_generates(tmp_path, cap
     assert st["parity"]["max_rel_err"] <= 1e-5 and st["parity"]["tokens_agree"]
     assert st["tables"] == {"mode": "int8", "tables": {"model.embed_tokens.weight": 1, "lm_head.weight": 1}}
     assert st["genai"]["new_tokens"] == 16 and st["genai"]["decode_tok_s"] > 0
+    if recipe == "bbt-spectral":  # W^ shipped as codes, the rotation online: 4 FWHTs per layer for 7 linears
+        assert report["online_rotation"] == {"mode": "kron", "rotations": 4 * DIMS["n_layers"],
+                                             "linears": 7 * DIMS["n_layers"]}
     assert "## Stateful artifact (KV cache, openvino_genai)" in printed
     genai = out / "openvino" / "genai"
     assert main(["generate", str(genai), "--prompt", "t1 t2 t3", "--max-new-tokens", "4", "--ignore-eos"]) == 0

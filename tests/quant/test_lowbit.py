@@ -68,11 +68,16 @@ def test_a_folded_rotation_is_refused_by_name():
         grid_codes(model, 2, 16)
 
 
-@pytest.mark.parametrize("recipe,bits,sym,why", [("bbt-spectral", 2, False, "not on a 2-bit grid"),
+@pytest.mark.parametrize("recipe,bits,sym,why", [("autoround-hadamard", 2, False, "not on a 2-bit grid"),
                                                  ("none", 3, False, "2 or 4 bits"), ("none", 4, True, "asymmetric")])
 def test_unsupported_requests_are_refused_up_front(recipe, bits, sym, why):
     with pytest.raises(BadInput, match=why):
         check_lowbit_request(recipe, QuantConfig(bits=bits, group_size=16, iters=0, nsamples=4, seqlen=32, sym=sym))
+
+
+def test_bbt_spectral_is_accepted_its_rotation_runs_online():
+    for bits in (2, 4):
+        check_lowbit_request("bbt-spectral", QuantConfig(bits=bits, group_size=16, iters=0, nsamples=4, seqlen=32))
 
 
 def test_no_quantized_linear_is_bad_input():

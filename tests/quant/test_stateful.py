@@ -291,3 +291,120 @@ def test_smollm2_w2_with_int8_tables_is_within_35_percent_of_f16_and_scores_as_p
     assert report["max_rel_err"] <= 1e-3 and report["tokens_agree"], report  # W2 RTN's float32 floor ~4e-4
     rep = perplexity_parity(model, tmp_path / "genai" / MODEL_XML, calib, window=128, max_tokens=512)
     assert rep["rel_diff"] <= PPL_TOL, rep
+
+
+# ============================================================================ BBT-spectral's rotation online (T1 not unfolded)
+ODIMS = dict(vocab=64, hidden=64, n_heads=4, n_kv_heads=2, head_dim=16, intermediate=96, n_layers=2)  # 96 pads to 128
+
+
+@pytest.fixture(scope="module")
+def online(tmp_path_factory):
+    """A tiny Llama quantized with bbt-spectral (RTN W2 g16), taken before the unfold: ``W^`` kept (in_features
+    d_pad) and the rotation as explicit modules (quant.online.make_online); its stateful u2 artifact; and the
+    unfolded plain model the same quantization ships otherwise."""
+    from quant.online import make_online
+    model = to_transformers(materialize(build(family_spec("llama", **ODIMS)), seed=3)).float().eval()
+    windows = torch.randint(0, 64, (4, 32), generator=torch.Generator().manual_seed(0))
+    held = {}
+    quantize(model, word_tokenizer(64), "bbt-spectral", QuantConfig(bits=2, group_size=16, iters=0, nsamples=4,
+                                                                     seqlen=32, batch_size=2), windows,
+             before_unfold=lambda prepared: held.update(hooked=__import__("copy").deepcopy(prepared.model),
+                                                        online=make_online(prepared.model, windows[:1, :8])))
+    om, info = held["online"]
+    codes = grid_codes(om, 2, 16)
+    out = tmp_path_factory.mktemp("online") / "genai"
+    built = build_artifact(om, word_tokenizer(64), out, codes)
+    return om, info, codes, out, built, model, held["hooked"]
+
+
+def test_online_artifact_matches_the_fake_quantized_transformed_model(online):
+    om, _, codes, out, built, unfolded, _ = online
+    assert built["compressed"] == {"replaced": 7 * ODIMS["n_layers"], "bits": 2}
+    assert codes["model.layers.0.mlp.down_proj.linear.weight"].codes.shape == (64, 128 // 16, 16)  # W^: d_pad columns
+    report = stateful_parity(om, out / MODEL_XML, PROMPT, steps=6)
+    assert report["max_rel_err"] <= 1e-5 and report["tokens_agree"], report
+    # float64 reference of the transformed model (W^, online rotation) against the IR's prefill
+    compiled = ov.Core().compile_model(str(out / MODEL_XML), "CPU", F32)
+    req = compiled.create_infer_request()
+    req.reset_state()
+    n = PROMPT.shape[1]
+    got = torch.from_numpy(req.infer({"input_ids": PROMPT.numpy(), "attention_mask": np.ones((1, n), np.int64),
+                                      "position_ids": np.arange(n)[None], "beam_idx": np.zeros(1, np.int32)})
+                           ["logits"].copy()).double()
+    import copy
+    with torch.no_grad():
+        ref64 = copy.deepcopy(om).double()(input_ids=PROMPT).logits
+        plain = unfolded.double()(input_ids=PROMPT).logits  # the unfolded W_eff (float32-rounded) agrees
+    assert (got - ref64).abs().max() / ref64.abs().max() <= 1e-5
+    assert (plain - ref64).abs().max() / ref64.abs().max() <= 1e-5  # SHIPPED_TOL: both hold float32 constants
+    from quant.stateful import perplexity_parity
+    ids = torch.randint(0, 64, (64,), generator=torch.Generator().manual_seed(5))
+    ppl = perplexity_parity(om, out / MODEL_XML, ids, window=16, max_tokens=64)
+    assert ppl["rel_diff"] <= ppl["tolerance"], ppl
+
+
+def test_one_fwht_per_distinct_input(online):
+    """q/k/v share one rotation, gate/up one, o and down each their own: 4 per layer, grouped by dataflow; the
+    IR holds exactly two Hadamard-factor MatMuls (the Kronecker form) per rotation."""
+    from quant.online import RotatedLinear, count_rotations
+    om, info, _, out, _, _, _ = online
+    assert count_rotations(om) == (4 * ODIMS["n_layers"], 7 * ODIMS["n_layers"]) and info["rotations"] == 8
+    layer = om.model.layers[0]
+    assert layer.self_attn.q_proj.rotation is layer.self_attn.k_proj.rotation is layer.self_attn.v_proj.rotation
+    assert layer.mlp.gate_proj.rotation is layer.mlp.up_proj.rotation is not layer.mlp.down_proj.rotation
+    assert all(isinstance(getattr(layer.self_attn, p), RotatedLinear) for p in ("q_proj", "k_proj", "v_proj", "o_proj"))
+    assert [g["d_pad"] for g in info["groups"][:4]] == [64, 64, 64, 128] and all(g["shared_scale"] for g in info["groups"])
+    ir = ov.Core().read_model(str(out / MODEL_XML))
+
+    def hadamard_factor(node):
+        if node.get_type_name() != "Constant":
+            return False
+        v = node.get_data()
+        return v.ndim == 2 and v.shape[0] == v.shape[1] > 1 and np.allclose(np.abs(v), 1 / np.sqrt(v.shape[0]))
+
+    factors = [op for op in ir.get_ops() if op.get_type_name() == "MatMul"
+               and any(hadamard_factor(i.get_source_output().get_node()) for i in op.inputs())]
+    assert len(factors) == 2 * 4 * ODIMS["n_layers"]
+    assert sum(op.get_type_name() == "Pad" for op in ir.get_ops()) == ODIMS["n_layers"]  # down_proj: 96 -> 128
+
+
+@pytest.mark.parametrize("mode", ["butterfly", "dense"])
+def test_every_fwht_form_computes_the_same_rotation(online, mode):
+    from quant.online import make_online
+    om, _, _, _, _, _, hooked = online
+    other, info = make_online(hooked, PROMPT[:, :4], mode=mode)
+    assert info["rotations"] == 8
+    with torch.no_grad():
+        a, b = om(input_ids=PROMPT).logits, other(input_ids=PROMPT).logits
+    assert (a - b).abs().max() / a.abs().max() <= 1e-5
+
+
+def test_distinct_scales_on_one_input_get_one_fwht_and_a_divide_each(online):
+    from quant.online import make_online
+    _, _, _, _, _, _, hooked = online
+    import copy
+    h = copy.deepcopy(hooked)
+    k = h.model.layers[0].self_attn.k_proj
+    (hook,) = k._forward_pre_hooks.values()
+    hook.scale = hook.scale * 1.5
+    hook.matrix = hook.matrix / 1.5
+    om, info = make_online(h, PROMPT[:, :4])
+    assert info["rotations"] == 8 and info["groups"][0]["shared_scale"] is False
+    assert h.model.layers[0].self_attn.q_proj.__class__.__name__ == "Linear"  # the source is left as it was
+    with torch.no_grad():
+        ref, got = h(input_ids=PROMPT).logits, om(input_ids=PROMPT).logits
+    assert (got - ref).abs().max() / ref.abs().max() <= 1e-5
+
+
+def test_a_foreign_hook_is_refused_by_layer_and_nothing_is_written(online, tmp_path):
+    from quant.online import make_online
+    _, _, codes, _, _, _, hooked = online
+    import copy
+    h = copy.deepcopy(hooked)
+    h.model.layers[1].mlp.up_proj.register_forward_hook(lambda m, a, o: o)
+    with pytest.raises(BadInput, match=r"model\.layers\.1\.mlp\.up_proj: carries a forward hook that is not T1's"):
+        make_online(h, PROMPT[:, :4])
+    # the hooked model itself (rotation as pre-hooks, which an export would drop) is refused by layer, nothing left
+    with pytest.raises(BadInput, match=r"model\.layers\.0\.self_attn\.q_proj: carries forward hooks"):
+        build_artifact(hooked, word_tokenizer(64), tmp_path / "genai", codes)
+    assert list(tmp_path.iterdir()) == []
