@@ -131,6 +131,13 @@ def _window_tags(s) -> tuple:
         return ()
     return ("attn:sliding_window",) + (("attn:sliding_window+global",) if not all(l.sliding for l in s.layers)
                                        else ())
+def _chunk_tags(s) -> tuple:
+    """``attn:chunked`` when some layer attends within chunks; ``+global`` when others do not."""
+    if s.attn_chunk is None or not any(l.sliding for l in s.layers):
+        return ()
+    return ("attn:chunked",) + (("attn:chunked+global",) if not all(l.sliding for l in s.layers) else ())
+
+
 def _router_tags(s) -> tuple:
     """``moe:router:<kind>`` of a spec with MoE layers; ``grouped`` only where the expert count splits."""
     if not _any_sparse(s) or s.router == "softmax":
@@ -272,6 +279,11 @@ AXES: dict[str, Axis] = _axes(
     # routed_in = x * sigmoid(score)); on every MoE layer
     Axis("expert_scale_input", "bool", (False, True), False,
          lambda s: ("moe:scale_input",) if s.expert_scale_input and _any_sparse(s) else ()),
+    # chunked local attention (Llama-4 attention_chunk_size C) on the layers whose LayerSpec.sliding is set: query i
+    # reads keys j <= i in its own chunk, floor(i / C) == floor(j / C); never with a sliding window; C 4 or 2 so the
+    # chunks show within the oracle's 12 tokens
+    Axis("attn_chunk", "window", lambda lim, drawn: (None,) if drawn.get("sliding_window") is not None
+         else (None, 4, 2), None, _chunk_tags),
 )
 
 # the reducer's "turn a feature off" pass, in this order

@@ -28,7 +28,8 @@ from .layout import Layout
 class LayerSpec:
     rope: bool = True  # RoPE on this layer (off = NoPE layer)
     sparse: bool = False  # MoE MLP instead of the dense MLP
-    sliding: bool = True  # with DecoderSpec.sliding_window set: a sliding-window layer (False = full attention)
+    sliding: bool = True  # with DecoderSpec.sliding_window (attn_chunk) set: a sliding-window (chunked) layer
+    # (False = full attention)
     rope_theta: float | None = None  # this layer's RoPE theta (None = the spec's; Gemma3 local layers)
 
 
@@ -105,6 +106,9 @@ class DecoderSpec:
     mlp_xielu: bool = False  # the dense MLP is down(xielu(up x)) (Apertus), whatever ``mlp`` says
     rope_reversed: bool = False  # RoPE rotates by -theta (NanoChat's rotate_half = cat(x2, -x1))
     expert_scale_input: bool = False  # the routing weight scales each expert's input, not its output (Llama 4)
+    # chunked local attention (Llama-4 attention_chunk_size C) on the layers with LayerSpec.sliding: query i reads
+    # keys j <= i with floor(i / C) == floor(j / C); never with sliding_window (one local span per layer)
+    attn_chunk: int | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -224,8 +228,9 @@ def _mla(g: _Graph, s: DecoderSpec, p: str, x: str, layer: LayerSpec) -> str:
     q = g.add(f"{p}q", "head_concat", [q_nope, q_pe], n_heads=h, a_dim=nope, b_dim=r)
     k = g.add(f"{p}k", "head_concat", [k_nope, k_pe], n_heads=h, a_dim=nope, b_dim=r, shared_b=True)
     window = s.sliding_window if layer.sliding else None
+    chunk = s.attn_chunk if layer.sliding else None
     a = g.add(f"{p}attn", "attention", [q, k, v], n_heads=h, n_kv_heads=h, head_dim=qk, **_score_params(s),
-              **({"window": window} if window is not None else {}))
+              **({"window": window} if window is not None else {}), **({"chunk": chunk} if chunk is not None else {}))
     if s.attn_gate == "head_softplus":
         gl = g.add(f"{p}g_proj", "linear", [x], in_features=s.hidden, out_features=h, bias=False)
         a = g.add(f"{p}attn_gate", "gate", [a, gl], act="softplus", n_heads=h)
@@ -267,8 +272,9 @@ def _attention(g: _Graph, s: DecoderSpec, p: str, x: str, layer: LayerSpec) -> s
         q = g.add(f"{p}q_rope", "rope", [q], n_heads=h, head_dim=d, rotary_dim=r, **rp)
         k = g.add(f"{p}k_rope", "rope", [k], n_heads=kv, head_dim=d, rotary_dim=r, **rp)
     window = s.sliding_window if layer.sliding else None
+    chunk = s.attn_chunk if layer.sliding else None
     a = g.add(f"{p}attn", "attention", [q, k, v], n_heads=h, n_kv_heads=kv, head_dim=d, **_score_params(s),
-              **({"window": window} if window is not None else {}))
+              **({"window": window} if window is not None else {}), **({"chunk": chunk} if chunk is not None else {}))
     if fused_gate:
         a = g.add(f"{p}attn_gate", "gate", [a, gate_src], act="sigmoid", n_heads=h)
     elif s.attn_gate == "head_softplus":  # Laguna: a per-head gate computed from the normed input
@@ -386,6 +392,9 @@ def check(s: DecoderSpec) -> None:
                                   f"norms), got {getattr(s, name)!r}")
         if s.attn_gate == "output_sigmoid":
             raise LayoutError(f"mla={s.mla!r} has no fused q/gate projection for attn_gate='output_sigmoid'")
+    if s.attn_chunk is not None and s.sliding_window is not None:
+        raise LayoutError(f"attn_chunk={s.attn_chunk!r} with sliding_window={s.sliding_window!r}: one local span "
+                          "per attention (chunks or a window)")
     if s.extra_input_id and s.tie_embeddings:
         raise LayoutError("extra_input_id: a table with a row past the output vocabulary is not shared with the "
                           "lm_head (tie_embeddings)")

@@ -61,6 +61,9 @@ xielu_as_relu2         up-down moves s^2 across xIELU as if it were relu2 (its  
 expert_scale_moved     a layout rewrite (wht-scale's) re-emits experts whose routing  experts scaling their
                        weight scales their input (Llama 4) as weighting their       input
                        output: the GLU is not linear, so the function changes       (``expert_scale_input``)
+chunk_dropped          a layout rewrite (wht-scale's) re-emits each attention      chunked local attention
+                       without its chunks (Llama-4's attention_chunk_size: full
+                       causal attention instead)
 =====================  ==========================================================  ==========================
 
 Loaded with the registries (the ``archfuzz.registries`` entry points, :func:`verifier.registry.load_plugins`).
@@ -119,6 +122,7 @@ register_mutant("positions_unmasked", "quant:wht-scale", "positions_unmasked",
                 applies={"position_embedding": True, "positions_from_mask": True})
 register_mutant("temperature_dropped", "quant:wht-scale", "temperature_dropped",
                 applies={"attn_temperature": (0.5, 0.1)})
+register_mutant("chunk_dropped", "quant:wht-scale", "chunk_dropped", applies={"attn_chunk": (4, 2)})
 register_mutant("window_dropped", "quant:wht-scale", "window_dropped", applies={"sliding_window": (4, 2)})
 register_mutant("rope_scaling_dropped", "quant:wht-scale", "rope_unscaled",
                 applies={"rope": True, "rope_scaling": ("linear", "llama3", "yarn", "dynamic", "longrope")})

@@ -47,6 +47,8 @@ class LayoutEdit:
             params = {**params, **self.params.get(node, {})}
             if op == "attention" and fault("window_dropped") is not None:  # mutant only (verifier._faults)
                 params["window"] = None
+            if op == "attention" and fault("chunk_dropped") is not None:  # mutant only: full causal, no chunks
+                params["chunk"] = None
             if op == "attention" and fault("temperature_dropped") is not None:  # mutant only: the factor lost
                 params = {**params, "temperature_beta": None, "temperature_length": None, "temperature_offset": 0}
             if op == "router" and params.get("score") == "sparsemixer" and fault("sparsemixer_dropped") is not None:
