@@ -284,6 +284,11 @@ AXES: dict[str, Axis] = _axes(
     # chunks show within the oracle's 12 tokens
     Axis("attn_chunk", "window", lambda lim, drawn: (None,) if drawn.get("sliding_window") is not None
          else (None, 4, 2), None, _chunk_tags),
+    # the attention temperature's form: Llama-4's steps or Beam's smooth (1 + p / L) ** beta (scalable softmax)
+    # (drawn always: it changes nothing without a temperature)
+    Axis("attn_temperature_form", "choice", ("log_floor", "power"), "log_floor",
+         lambda s: ("attn:temperature:power",) if s.attn_temperature is not None
+         and s.attn_temperature_form == "power" else (), choices=("log_floor", "power")),
 )
 
 # the reducer's "turn a feature off" pass, in this order

@@ -109,6 +109,9 @@ class DecoderSpec:
     # chunked local attention (Llama-4 attention_chunk_size C) on the layers with LayerSpec.sliding: query i reads
     # keys j <= i with floor(i / C) == floor(j / C); never with sliding_window (one local span per layer)
     attn_chunk: int | None = None
+    # the form of the attention temperature: "log_floor" (1 + beta log(1 + floor(p / L))) or "power" (Beam's
+    # scalable-softmax query scale (1 + p / L) ** beta)
+    attn_temperature_form: str = "log_floor"
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -296,6 +299,8 @@ def _score_params(s: DecoderSpec) -> dict:
         out["sinks"] = True
     if s.attn_temperature is not None:
         out.update(temperature_beta=float(s.attn_temperature), temperature_length=s.attn_temperature_length)
+        if s.attn_temperature_form != "log_floor":
+            out["temperature_form"] = s.attn_temperature_form
     return out
 
 

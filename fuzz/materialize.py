@@ -277,9 +277,14 @@ def chunk_mask(padding: torch.Tensor, chunk: int) -> torch.Tensor:
 def temperature_table(p: dict, seq: int, dtype: torch.dtype, numerics: str, device=None) -> torch.Tensor:
     """Attention temperature tuning, ``(seq,)``: ``1 + beta log(1 + floor((pos + offset) / L))`` at positions
     ``0 .. seq-1`` (transformers' default ``position_ids``), computed as Ministral3 / Mistral4 write it (integer
-    positions divided in the default float32 under ``"transformers"`` numerics, float64 otherwise)."""
+    positions divided in the default float32 under ``"transformers"`` numerics, float64 otherwise);
+    ``temperature_form="power"``: ``(1 + (pos + offset) / L) ** beta`` as Beam writes it, ``exp(beta log1p((pos +
+    offset) / L))``.  One number per position on every query channel: it commutes with any map of a head's
+    channels (a rotation, a scale), so the recipes never need to see it."""
     table_dtype = torch.float32 if numerics == "transformers" else torch.float64
     pos = torch.arange(seq, device=device, dtype=table_dtype) + p["temperature_offset"]
+    if p.get("temperature_form", "log_floor") == "power":
+        return torch.exp(p["temperature_beta"] * torch.log1p(pos / p["temperature_length"])).to(dtype)
     steps = torch.floor(pos / p["temperature_length"])
     return (1 + p["temperature_beta"] * torch.log(1 + steps)).to(dtype)
 

@@ -48,7 +48,9 @@ attention      causal softmax attention; ports q, k, v; GQA when ``n_kv_heads < 
                ``temperature_beta`` / ``temperature_length`` (``L``) / ``temperature_offset`` (``o``): attention
                temperature tuning, the query at position ``p`` times ``1 + beta log(1 + floor((p + o) / L))``
                before the scores (Ministral3 / Mistral4 ``llama_4_scaling_beta`` and
-               ``original_max_position_embeddings``, ``o = 0``; Llama-4's ``attn_scale``, ``floor_scale``, ``o = 1``)
+               ``original_max_position_embeddings``, ``o = 0``; Llama-4's ``attn_scale``, ``floor_scale``, ``o = 1``);
+               ``temperature_form="power"``: the smooth factor ``(1 + (p + o) / L) ** beta`` instead (Beam's
+               scalable-softmax query scale on its NoPE layers, ``beta = 0.1``, ``L = 2048``, ``o = 1``)
 softcap        ``cap * tanh(x / cap)`` (Gemma2's final-logit soft-cap)
 head_slice     per head, channels ``[start, start + length)`` of a ``(heads, head_dim)`` view
 head_concat    per head, ``[a_h, b_h]`` (``a: (heads, a_dim)``, ``b: (heads, b_dim)``); ``shared_b``: ``b`` is one
@@ -509,7 +511,8 @@ def _attention_features(p):
     if p["sinks"]:
         tags += ("op:attention:sinks",)
     if p["temperature_beta"] is not None:
-        tags += ("op:attention:temperature",)
+        tags += ("op:attention:temperature",) + (("op:attention:temperature:power",)
+                                                 if p["temperature_form"] == "power" else ())
     return tags
 
 
@@ -537,10 +540,10 @@ declare(OpSpec("attention", {"n_heads": (int, ...), "n_kv_heads": (int, ...), "h
                              "softcap": (_OPT_FLOAT, None), "alibi": (bool, False), "sinks": (bool, False),
                              # attention temperature tuning (Llama-4 / Mistral4 / Ministral3): see the table above
                              "temperature_beta": (_OPT_FLOAT, None), "temperature_length": ((int, type(None)), None),
-                             "temperature_offset": (int, 0),
+                             "temperature_offset": (int, 0), "temperature_form": (str, "log_floor"),
                              # chunked local attention (Llama-4's attention_chunk_size): see the table above
                              "chunk": ((int, type(None)), None)},
-               ("q", "k", "v"), _attention, shapes=_attention_shapes,
+               ("q", "k", "v"), _attention, {"temperature_form": ("log_floor", "power")}, shapes=_attention_shapes,
                init={"alibi_slopes": _init_alibi_slopes, "sinks": _init_unit}, drawn_by=ALWAYS,
                features=_attention_features))
 
