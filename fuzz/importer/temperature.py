@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch.overrides import TorchFunctionMode
 
+from ..record import evaluating
 from .rewrites import _bypass
 
 if TYPE_CHECKING:
@@ -80,7 +81,7 @@ def probe_tables(model, table: list[float]) -> tuple[list[int], list[float]] | t
         for positions in (None, probe_positions(n)):
             mode = _Factors(n)
             kw = {} if positions is None else {"position_ids": torch.tensor([positions], device=device)}
-            with torch.no_grad(), mode:
+            with evaluating(model), torch.no_grad(), mode:
                 model(input_ids=ids, use_cache=False, **kw)
             runs.append(mode.found)
     except Exception as exc:  # noqa: BLE001  (the source takes no position_ids: left to the refusal)
@@ -181,7 +182,11 @@ def fold_temperatures(conv: Converter) -> None:
         measured, why = measure(table)
         if measured is None and len(table) > 1 and table[0] != 1.0 and len(set(table)) == len(table):
             # no steps, a new value at each position: the smooth power form, measured at far positions
-            positions, far = probe_tables(conv.model, table)
+            probed = getattr(conv, "_probed_tables", {})  # one probe per distinct table (every NoPE layer has it)
+            if tuple(table) not in probed:
+                probed[tuple(table)] = probe_tables(conv.model, table)
+                conv._probed_tables = probed
+            positions, far = probed[tuple(table)]
             measured, why = (None, why + "; " + far) if positions is None else measure_power(table, positions, far)
         if measured is None:
             d["temperature_refusal"] = why  # named by the refusal of the opaque product
