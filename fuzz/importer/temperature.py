@@ -180,7 +180,7 @@ def fold_temperatures(conv: Converter) -> None:
         if a["op"] != "attention" or conv.inputs(attn)[:1] != [node] or any(k in a for k in PARAMS):
             continue
         measured, why = measure(table)
-        if measured is None and len(table) > 1 and table[0] != 1.0 and len(set(table)) == len(table):
+        if measured is None and len(table) > 1 and len(set(table)) == len(table):
             # no steps, a new value at each position: the smooth power form, measured at far positions
             probed = getattr(conv, "_probed_tables", {})  # one probe per distinct table (every NoPE layer has it)
             if tuple(table) not in probed:

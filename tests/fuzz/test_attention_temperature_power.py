@@ -113,3 +113,12 @@ def test_a_power_temperature_layout_exports_to_openvino(cpu_f32_parity):
         ref, wrong = model(ids), dropped(ids)
     assert ((wrong - ref).abs().max() / ref.abs().max()).item() > 1e3 * GATE["rel_err"]  # the gate would see it
     cpu_f32_parity(model, ids)
+
+
+def test_a_source_that_takes_no_position_ids_is_refused_naming_the_form():
+    """A GraphModel takes no ``position_ids``: its power-form table cannot be read at far positions, so the
+    import refuses it by name (never a guess of beta and L from the near-linear recorded table)."""
+    from fuzz.errors import BadInput
+    gm = materialize(build(SPEC), seed=3)
+    with pytest.raises(BadInput, match=r"\(1 \+ \(pos \+ o\) / L\) \*\* beta.*explicit position_ids"):
+        import_model(gm)
