@@ -133,6 +133,13 @@ def _window_tags(s) -> tuple:
         return ()
     return ("attn:sliding_window",) + (("attn:sliding_window+global",) if not all(l.sliding for l in s.layers)
                                        else ())
+def _chunk_tags(s) -> tuple:
+    """``attn:chunked`` when some layer attends within chunks; ``+global`` when others do not."""
+    if s.attn_chunk is None or not any(l.sliding for l in s.layers):
+        return ()
+    return ("attn:chunked",) + (("attn:chunked+global",) if not all(l.sliding for l in s.layers) else ())
+
+
 def _router_tags(s) -> tuple:
     """``moe:router:<kind>`` of a spec with MoE layers; ``grouped`` only where the expert count splits."""
     if not _any_sparse(s) or s.router == "softmax":
@@ -283,6 +290,16 @@ AXES: dict[str, Axis] = _axes(
     Axis("residual_gate", "bool", lambda lim, drawn: (False,) if drawn.get("placement") == "post"
          or drawn.get("residual") == "parallel" else (False, True), False,
          lambda s: ("residual:gate",) if s.residual_gate and _gated(s) else ()),
+    # chunked local attention (Llama-4 attention_chunk_size C) on the layers whose LayerSpec.sliding is set: query i
+    # reads keys j <= i in its own chunk, floor(i / C) == floor(j / C); never with a sliding window; C 4 or 2 so the
+    # chunks show within the oracle's 12 tokens
+    Axis("attn_chunk", "window", lambda lim, drawn: (None,) if drawn.get("sliding_window") is not None
+         else (None, 4, 2), None, _chunk_tags),
+    # the attention temperature's form: Llama-4's steps or Beam's smooth (1 + p / L) ** beta (scalable softmax)
+    # (drawn always: it changes nothing without a temperature)
+    Axis("attn_temperature_form", "choice", ("log_floor", "power"), "log_floor",
+         lambda s: ("attn:temperature:power",) if s.attn_temperature is not None
+         and s.attn_temperature_form == "power" else (), choices=("log_floor", "power")),
 )
 
 def _gated(s) -> bool:

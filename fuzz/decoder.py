@@ -28,7 +28,8 @@ from .layout import Layout
 class LayerSpec:
     rope: bool = True  # RoPE on this layer (off = NoPE layer)
     sparse: bool = False  # MoE MLP instead of the dense MLP
-    sliding: bool = True  # with DecoderSpec.sliding_window set: a sliding-window layer (False = full attention)
+    sliding: bool = True  # with DecoderSpec.sliding_window (attn_chunk) set: a sliding-window (chunked) layer
+    # (False = full attention)
     rope_theta: float | None = None  # this layer's RoPE theta (None = the spec's; Gemma3 local layers)
 
 
@@ -109,6 +110,12 @@ class DecoderSpec:
     # per-layer input embeddings (Gemma4 PLE) of this width P (None: off): see _per_layer_inputs
     per_layer_input: int | None = None
     residual_gate: bool = False  # Ergo: each sequential pre-norm / sandwich residual add a residual_gate
+    # chunked local attention (Llama-4 attention_chunk_size C) on the layers with LayerSpec.sliding: query i reads
+    # keys j <= i with floor(i / C) == floor(j / C); never with sliding_window (one local span per layer)
+    attn_chunk: int | None = None
+    # the form of the attention temperature: "log_floor" (1 + beta log(1 + floor(p / L))) or "power" (Beam's
+    # scalable-softmax query scale (1 + p / L) ** beta)
+    attn_temperature_form: str = "log_floor"
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -230,8 +237,9 @@ def _mla(g: _Graph, s: DecoderSpec, p: str, x: str, layer: LayerSpec) -> str:
     q = g.add(f"{p}q", "head_concat", [q_nope, q_pe], n_heads=h, a_dim=nope, b_dim=r)
     k = g.add(f"{p}k", "head_concat", [k_nope, k_pe], n_heads=h, a_dim=nope, b_dim=r, shared_b=True)
     window = s.sliding_window if layer.sliding else None
+    chunk = s.attn_chunk if layer.sliding else None
     a = g.add(f"{p}attn", "attention", [q, k, v], n_heads=h, n_kv_heads=h, head_dim=qk, **_score_params(s),
-              **({"window": window} if window is not None else {}))
+              **({"window": window} if window is not None else {}), **({"chunk": chunk} if chunk is not None else {}))
     if s.attn_gate == "head_softplus":
         gl = g.add(f"{p}g_proj", "linear", [x], in_features=s.hidden, out_features=h, bias=False)
         a = g.add(f"{p}attn_gate", "gate", [a, gl], act="softplus", n_heads=h)
@@ -273,8 +281,9 @@ def _attention(g: _Graph, s: DecoderSpec, p: str, x: str, layer: LayerSpec) -> s
         q = g.add(f"{p}q_rope", "rope", [q], n_heads=h, head_dim=d, rotary_dim=r, **rp)
         k = g.add(f"{p}k_rope", "rope", [k], n_heads=kv, head_dim=d, rotary_dim=r, **rp)
     window = s.sliding_window if layer.sliding else None
+    chunk = s.attn_chunk if layer.sliding else None
     a = g.add(f"{p}attn", "attention", [q, k, v], n_heads=h, n_kv_heads=kv, head_dim=d, **_score_params(s),
-              **({"window": window} if window is not None else {}))
+              **({"window": window} if window is not None else {}), **({"chunk": chunk} if chunk is not None else {}))
     if fused_gate:
         a = g.add(f"{p}attn_gate", "gate", [a, gate_src], act="sigmoid", n_heads=h)
     elif s.attn_gate == "head_softplus":  # Laguna: a per-head gate computed from the normed input
@@ -296,6 +305,8 @@ def _score_params(s: DecoderSpec) -> dict:
         out["sinks"] = True
     if s.attn_temperature is not None:
         out.update(temperature_beta=float(s.attn_temperature), temperature_length=s.attn_temperature_length)
+        if s.attn_temperature_form != "log_floor":
+            out["temperature_form"] = s.attn_temperature_form
     return out
 
 
@@ -399,6 +410,9 @@ def check(s: DecoderSpec) -> None:
                                   f"norms), got {getattr(s, name)!r}")
         if s.attn_gate == "output_sigmoid":
             raise LayoutError(f"mla={s.mla!r} has no fused q/gate projection for attn_gate='output_sigmoid'")
+    if s.attn_chunk is not None and s.sliding_window is not None:
+        raise LayoutError(f"attn_chunk={s.attn_chunk!r} with sliding_window={s.sliding_window!r}: one local span "
+                          "per attention (chunks or a window)")
     if s.extra_input_id and s.tie_embeddings:
         raise LayoutError("extra_input_id: a table with a row past the output vocabulary is not shared with the "
                           "lm_head (tie_embeddings)")

@@ -253,23 +253,44 @@ class Rope(Node):
 
 
 @functools.lru_cache(maxsize=64)
-def attention_mask(t: int, window: int | None, device: str = "cpu") -> torch.Tensor:
+def attention_mask(t: int, window: int | None, device: str = "cpu", chunk: int | None = None) -> torch.Tensor:
     """``(t, t)`` bool, True where query ``i`` may read key ``j``: ``j <= i`` and, with a ``window``,
-    ``i - j < window`` (transformers' ``kv_idx > q_idx - sliding_window``).  Built once per length."""
+    ``i - j < window`` (transformers' ``kv_idx > q_idx - sliding_window``); with a ``chunk`` ``C``,
+    ``floor(i / C) == floor(j / C)`` (transformers' ``chunked_overlay`` on an unpadded row).  Built once per
+    length."""
     i = torch.arange(t, device=device)
     dist = i[:, None] - i[None, :]
     keep = dist >= 0
     if window is not None:
         keep = keep & (dist < window)
+    if chunk is not None:
+        keep = keep & (torch.div(i[:, None], chunk, rounding_mode="floor")
+                       == torch.div(i[None, :], chunk, rounding_mode="floor"))
     return keep
+
+
+def chunk_mask(padding: torch.Tensor, chunk: int) -> torch.Tensor:
+    """``(batch, t, t)`` bool: the chunks of each row counted from its first non-padded token (transformers'
+    ``chunked_overlay``: ``(j - left_padding) // C == (i - left_padding) // C``), ``padding`` ``(batch, t)``
+    False at padded positions."""
+    t = padding.shape[-1]
+    left = (padding.long().cumsum(-1) == 0).sum(-1)  # leading padded tokens per row
+    pos = torch.arange(t, device=padding.device)[None, :] - left[:, None]
+    block = torch.div(pos, chunk, rounding_mode="floor")
+    return block[:, :, None] == block[:, None, :]
 
 
 def temperature_table(p: dict, seq: int, dtype: torch.dtype, numerics: str, device=None) -> torch.Tensor:
     """Attention temperature tuning, ``(seq,)``: ``1 + beta log(1 + floor((pos + offset) / L))`` at positions
     ``0 .. seq-1`` (transformers' default ``position_ids``), computed as Ministral3 / Mistral4 write it (integer
-    positions divided in the default float32 under ``"transformers"`` numerics, float64 otherwise)."""
+    positions divided in the default float32 under ``"transformers"`` numerics, float64 otherwise);
+    ``temperature_form="power"``: ``(1 + (pos + offset) / L) ** beta`` as Beam writes it, ``exp(beta log1p((pos +
+    offset) / L))``.  One number per position on every query channel: it commutes with any map of a head's
+    channels (a rotation, a scale), so the recipes never need to see it."""
     table_dtype = torch.float32 if numerics == "transformers" else torch.float64
     pos = torch.arange(seq, device=device, dtype=table_dtype) + p["temperature_offset"]
+    if p.get("temperature_form", "log_floor") == "power":
+        return torch.exp(p["temperature_beta"] * torch.log1p(pos / p["temperature_length"])).to(dtype)
     steps = torch.floor(pos / p["temperature_length"])
     return (1 + p["temperature_beta"] * torch.log(1 + steps)).to(dtype)
 
@@ -283,11 +304,15 @@ class Attention(Node):
     def forward(self, q, k, v, padding: torch.Tensor | None = None):
         """``padding``: ``(batch, seq)`` bool, False at padded positions (their keys are masked; a query
         that sees no key attends to itself, so padded positions stay finite)."""
-        return self._attend(q, k, v, attention_mask(q.shape[1], self.p["window"], str(q.device)), padding)
+        mask = attention_mask(q.shape[1], self.p["window"], str(q.device), self.p.get("chunk"))
+        if padding is not None and self.p.get("chunk") is not None:  # chunks start at each row's first token
+            mask = attention_mask(q.shape[1], None, str(q.device))[None] & chunk_mask(padding, self.p["chunk"])
+        return self._attend(q, k, v, mask, padding)
 
     def export_forward(self, q, k, v):
         """:meth:`forward` with the mask built inside the traced graph (the cached one belongs to no trace)."""
-        return self._attend(q, k, v, attention_mask.__wrapped__(q.shape[1], self.p["window"], q.device))
+        return self._attend(q, k, v, attention_mask.__wrapped__(q.shape[1], self.p["window"], q.device,
+                                                                 self.p.get("chunk")))
 
     def _attend(self, q, k, v, mask: torch.Tensor, padding: torch.Tensor | None = None):
         p = self.p
@@ -302,7 +327,7 @@ class Attention(Node):
         if p.get("softcap") is not None or p.get("alibi"):
             scores = self.modify_scores(scores)
         if padding is not None:
-            mask = mask[None, None] & padding[:, None, None, :]
+            mask = (mask[:, None] if mask.dim() == 3 else mask[None, None]) & padding[:, None, None, :]
             mask = mask | (~mask.any(-1, keepdim=True) & torch.eye(t, dtype=torch.bool, device=q.device))
         scores = scores.masked_fill(~mask, float("-inf"))
         probs = self.sink_softmax(scores) if p.get("sinks") else torch.softmax(scores, dim=-1)

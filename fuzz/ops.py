@@ -40,7 +40,10 @@ rope           rotary embedding per head on the first ``rotary_dim`` channels, p
                ``reversed``: the rotation by ``-theta`` (sin negated: NanoChat's ``rotate_half = cat(x2, -x1)``)
 attention      causal softmax attention; ports q, k, v; GQA when ``n_kv_heads < n_heads``; ``window``
                (``None`` = full causal): query ``i`` sees keys ``j`` with ``0 <= i - j < window`` (keys at
-               distance ``>= window`` masked: transformers' ``sliding_window`` convention); scores
+               distance ``>= window`` masked: transformers' ``sliding_window`` convention); ``chunk`` (``None`` =
+               full causal; never with a ``window``): chunked local attention, query ``i`` sees keys ``j <= i``
+               with ``floor(i / chunk) == floor(j / chunk)`` (Llama-4's ``attention_chunk_size``; chunks count
+               from a row's first token, transformers' left-padding convention); scores
                ``s = scale q.k`` (``scale`` None = ``head_dim ** -0.5``; Gemma2 ``query_pre_attn_scalar``,
                Granite ``attention_multiplier``), then ``softcap * tanh(s / softcap)`` (Gemma2), then
                ``+ alibi_slopes[h] * (j - i)`` (``alibi``: BLOOM / MPT / Falcon); ``sinks``: a learned
@@ -49,7 +52,9 @@ attention      causal softmax attention; ports q, k, v; GQA when ``n_kv_heads < 
                ``temperature_beta`` / ``temperature_length`` (``L``) / ``temperature_offset`` (``o``): attention
                temperature tuning, the query at position ``p`` times ``1 + beta log(1 + floor((p + o) / L))``
                before the scores (Ministral3 / Mistral4 ``llama_4_scaling_beta`` and
-               ``original_max_position_embeddings``, ``o = 0``; Llama-4's ``attn_scale``, ``floor_scale``, ``o = 1``)
+               ``original_max_position_embeddings``, ``o = 0``; Llama-4's ``attn_scale``, ``floor_scale``, ``o = 1``);
+               ``temperature_form="power"``: the smooth factor ``(1 + (p + o) / L) ** beta`` instead (Beam's
+               scalable-softmax query scale on its NoPE layers, ``beta = 0.1``, ``L = 2048``, ``o = 1``)
 softcap        ``cap * tanh(x / cap)`` (Gemma2's final-logit soft-cap)
 head_slice     per head, channels ``[start, start + length)`` of a ``(heads, head_dim)`` view
 head_concat    per head, ``[a_h, b_h]`` (``a: (heads, a_dim)``, ``b: (heads, b_dim)``); ``shared_b``: ``b`` is one
@@ -489,6 +494,11 @@ def _attention(node, p, w):
     win = p["window"]
     _need(win is None or isinstance(win, int) and not isinstance(win, bool) and win >= 1, node,
           f"attention.window must be None (full causal) or an integer >= 1, got {win!r}")
+    chunk = p["chunk"]
+    _need(chunk is None or isinstance(chunk, int) and not isinstance(chunk, bool) and chunk >= 1, node,
+          f"attention.chunk must be None (full causal) or an integer >= 1, got {chunk!r}")
+    _need(chunk is None or win is None, node, f"attention has both a sliding window {win!r} and chunks of {chunk!r} "
+          f"(one local span per attention)")
     # the score modifiers: ``scale`` (None = ``head_dim ** -0.5``), ``softcap``; ``alibi``, ``sinks`` are flags
     lo, hi = FACTOR_RANGE
     if p["scale"] is not None:
@@ -514,6 +524,8 @@ def _attention_features(p):
     tags = ("op:attention:" + ("mha" if kv == h else "mqa" if kv == 1 else "gqa"),)
     if p["window"] is not None:
         tags += ("op:attention:window",)
+    if p["chunk"] is not None:
+        tags += ("op:attention:chunk",)
     if p["scale"] is not None:
         tags += ("op:attention:scale",)
     if p["softcap"] is not None:
@@ -523,7 +535,8 @@ def _attention_features(p):
     if p["sinks"]:
         tags += ("op:attention:sinks",)
     if p["temperature_beta"] is not None:
-        tags += ("op:attention:temperature",)
+        tags += ("op:attention:temperature",) + (("op:attention:temperature:power",)
+                                                 if p["temperature_form"] == "power" else ())
     return tags
 
 
@@ -551,8 +564,10 @@ declare(OpSpec("attention", {"n_heads": (int, ...), "n_kv_heads": (int, ...), "h
                              "softcap": (_OPT_FLOAT, None), "alibi": (bool, False), "sinks": (bool, False),
                              # attention temperature tuning (Llama-4 / Mistral4 / Ministral3): see the table above
                              "temperature_beta": (_OPT_FLOAT, None), "temperature_length": ((int, type(None)), None),
-                             "temperature_offset": (int, 0)},
-               ("q", "k", "v"), _attention, shapes=_attention_shapes,
+                             "temperature_offset": (int, 0), "temperature_form": (str, "log_floor"),
+                             # chunked local attention (Llama-4's attention_chunk_size): see the table above
+                             "chunk": ((int, type(None)), None)},
+               ("q", "k", "v"), _attention, {"temperature_form": ("log_floor", "power")}, shapes=_attention_shapes,
                init={"alibi_slopes": _init_alibi_slopes, "sinks": _init_unit}, drawn_by=ALWAYS,
                features=_attention_features))
 

@@ -116,13 +116,21 @@ def _with_extra_id_untied(c: dict) -> dict:
     return {"tie_embeddings": False, **c}
 
 
+def _with_chunk_unwindowed(c: dict) -> dict:
+    """Constraints pinning ``attn_chunk`` on: ``sliding_window`` pinned off unless the caller pinned it (then
+    ``decoder.check`` names the clash: one local span per attention)."""
+    if "attn_chunk" not in c or None in _options(c, "attn_chunk"):
+        return c
+    return {"sliding_window": None, **c}
+
+
 def largest_spec(**constraints) -> DecoderSpec:
     """The spec with the most parameters that :func:`specs` can draw under ``constraints`` (the size
     guard's bound for a whole campaign); ``constraints`` are checked first.  Per axis: the widest width,
     the first of :meth:`~fuzz.axes.Axis.preference` allowed for a bool or choice, the first pinned value
     otherwise (else the spec default)."""
     check_constraints(constraints)
-    constraints = _with_extra_id_untied(_with_mla_excludes(constraints))
+    constraints = _with_chunk_unwindowed(_with_extra_id_untied(_with_mla_excludes(constraints)))
     lim = {**_LIMITS, **{k: v for k, v in constraints.items() if k in _LIMITS}}
     kv = max(_options(constraints, "n_kv_heads") if "n_kv_heads" in constraints
              else AXES["n_kv_heads"].default_options(lim, {}))
@@ -206,7 +214,7 @@ def spec_from(pick, constraints: dict) -> DecoderSpec:
     lim = {**_LIMITS, **{k: v for k, v in constraints.items() if k in _LIMITS}}
     c = {k: v for k, v in constraints.items() if k in _FIELDS}
     values: dict = {"vocab": lim["vocab"]}
-    c = _with_extra_id_untied(_with_mla_excludes(c))
+    c = _with_chunk_unwindowed(_with_extra_id_untied(_with_mla_excludes(c)))
 
     def axis(name: str):
         a = AXES[name]
@@ -241,7 +249,8 @@ def spec_from(pick, constraints: dict) -> DecoderSpec:
     for rest in AXES.values():  # the features, in table order
         if rest.name not in values and rest.options is not OWN_RULE:
             axis(rest.name)
-    if values.get("sliding_window") is not None and n_layers > 1:  # local / global layers (Gemma2 style)
+    local = values.get("sliding_window") is not None or values.get("attn_chunk") is not None
+    if local and n_layers > 1:  # local / global layers (Gemma2 style; Llama-4's chunked / NoPE layers)
         sliding = [pick.flag(shrink_to=True) for _ in range(n_layers)]
         values["layers"] = tuple(replace(l, sliding=w) for l, w in zip(values["layers"], sliding))
     return DecoderSpec(**values)

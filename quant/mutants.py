@@ -68,6 +68,12 @@ ple_unrotated          residual-rotation rotates every reader of the stream it k
 residual_gate_rotated  residual-rotation takes Ergo's residual gate for a plain add   a residual gate
                        and rotates the stream through it: Q^T diag(c) Q is not      (``residual_gate``)
                        diagonal, so the function changes
+chunk_dropped          a layout rewrite (wht-scale's) re-emits each attention      chunked local attention
+                       without its chunks (Llama-4's attention_chunk_size: full
+                       causal attention instead)
+temperature_form_      a layout rewrite (wht-scale's) re-emits Beam's smooth       the power form of the
+confused               temperature (1 + (p + o) / L) ** beta as Llama-4's steps    attention temperature
+                       1 + beta log(1 + floor((p + o) / L))
 =====================  ==========================================================  ==========================
 
 Loaded with the registries (the ``archfuzz.registries`` entry points, :func:`verifier.registry.load_plugins`).
@@ -126,6 +132,9 @@ register_mutant("positions_unmasked", "quant:wht-scale", "positions_unmasked",
                 applies={"position_embedding": True, "positions_from_mask": True})
 register_mutant("temperature_dropped", "quant:wht-scale", "temperature_dropped",
                 applies={"attn_temperature": (0.5, 0.1)})
+register_mutant("temperature_form_confused", "quant:wht-scale", "temperature_form_confused",
+                applies={"attn_temperature": (0.5, 0.1), "attn_temperature_form": "power"})
+register_mutant("chunk_dropped", "quant:wht-scale", "chunk_dropped", applies={"attn_chunk": (4, 2)})
 register_mutant("window_dropped", "quant:wht-scale", "window_dropped", applies={"sliding_window": (4, 2)})
 register_mutant("rope_scaling_dropped", "quant:wht-scale", "rope_unscaled",
                 applies={"rope": True, "rope_scaling": ("linear", "llama3", "yarn", "dynamic", "longrope",

@@ -54,6 +54,11 @@ FAULTS = {
     "homogeneity_assumed": "up-down moves s across every plain MLP's act as if it were relu (degree-1 homogeneous)",
     "sparsemixer_dropped": "a layout edit (graph_edit.LayoutEdit.apply) re-emits a sparsemixer router (Phimoe) as the "
                            "plain softmax top-2 router",
+    "chunk_dropped": "a layout edit (graph_edit.LayoutEdit.apply) rebuilds attention nodes without their chunks "
+                     "(Llama-4's chunked local attention becomes full causal attention)",
+    "temperature_form_confused": "a layout edit (graph_edit.LayoutEdit.apply) rebuilds attention nodes with Beam's "
+                                 "smooth temperature (1 + (p + o) / L) ** beta as Llama-4's steps "
+                                 "1 + beta log(1 + floor((p + o) / L))",
     "temperature_dropped": "a layout edit (graph_edit.LayoutEdit.apply) rebuilds attention nodes without their "
                            "temperature tuning (the per-position query factor of Ministral3 / Mistral4 / Llama-4)",
     "clamped_glu_as_linear": "up-down scales a dense clamped SwiGLU's up rows and down columns as if the GLU were "

@@ -191,16 +191,18 @@ WINDOW_MARGIN = 9  # verify at > 2 W + 8 tokens, W the largest sliding window: p
 
 
 def window_length(model: nn.Module, layout: Layout | None, seq: int) -> int:
-    """The test length for a subject with sliding windows: ``max(seq, 2 W + 9)``, ``W`` the largest
-    ``window`` of the layout's attention nodes, or of a module's config ``sliding_window`` (capped by its
+    """The test length for a subject with sliding windows or chunks: ``max(seq, 2 W + 9)``, ``W`` the largest
+    ``window`` / ``chunk`` of the layout's attention nodes, or of a module's config ``sliding_window`` /
+    ``attention_chunk_size`` (capped by its
     ``max_position_embeddings``).  Below ``W`` tokens a window masks nothing, so a transform that drops
     or changes it would be invisible at the default length."""
-    windows = [layout.params(n)["window"] for n in layout.of_op("attention")] if layout is not None else []
+    windows = [layout.params(n)[key] for n in layout.of_op("attention") for key in ("window", "chunk")
+               ] if layout is not None else []  # a chunk C (chunked attention) only shows past C tokens too
     config = getattr(model, "config", None)
-    span = getattr(config, "sliding_window", None)
-    if isinstance(span, int) and not isinstance(span, bool) and span > 0:
-        cap = getattr(config, "max_position_embeddings", None)
-        windows.append(min(span, max((cap - WINDOW_MARGIN) // 2, 1)) if isinstance(cap, int) else span)
+    for span in (getattr(config, "sliding_window", None), getattr(config, "attention_chunk_size", None)):
+        if isinstance(span, int) and not isinstance(span, bool) and span > 0:
+            cap = getattr(config, "max_position_embeddings", None)
+            windows.append(min(span, max((cap - WINDOW_MARGIN) // 2, 1)) if isinstance(cap, int) else span)
     largest = max((w for w in windows if w is not None), default=None)
     return seq if largest is None else max(seq, 2 * largest + WINDOW_MARGIN)
 

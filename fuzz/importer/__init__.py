@@ -15,7 +15,8 @@ counting, bounds), :mod:`.divergence` (the first divergent node and limited span
 :mod:`.logits` (running both sides), :mod:`.converter` (recorded graph -> layout nodes), :mod:`.rewrites`
 (exact rewrites of the recording), :mod:`.patterns` (one importer pattern per layout op, registered with
 ``@import_pattern``), :mod:`.rope` (RoPE theta, measured), :mod:`.temperature` (attention temperature
-tuning, measured from the recorded per-position table), :mod:`.window` (sliding windows, measured),
+tuning, measured from the recorded per-position table: Llama-4's steps, or Beam's power form read at far
+position_ids), :mod:`.window` (sliding windows and chunked attention, measured),
 :mod:`.positions` (learned positions that follow the attention_mask or not, measured on a padded batch).
 """
 

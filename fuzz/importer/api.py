@@ -27,7 +27,7 @@ def import_model(model: nn.Module, input_ids: torch.Tensor | None = None, *, che
     once), ``aliases`` and ``tied`` (further names, for :func:`export_weights`), ``reshaped`` (source parameter
     -> its shape, where the layout reads it as a view of another shape), ``head_biases`` (a source ``(heads,)``
     bias -> heads, where a linear reads it repeated over each head's channels: Beam's attention gate bias), ``module_paths`` (node ->
-    the source module it ran in), the attention nodes' sliding ``window`` measured against the source
+    the source module it ran in), the attention nodes' sliding ``window`` or ``chunk`` measured against the source
     (:mod:`fuzz.importer.window`) and ``import_check`` (what :func:`check_import` measured; ``None`` when
     ``check=False``: only for tests and for inspecting a refused model, never for a proof).
     """

@@ -989,7 +989,8 @@ def _head_slice(conv: Converter, node: str, ins: list[str]) -> dict:
         raise conv.refuse(node, f"position-dependent scaling: the activation times a constant factor per position "
                           f"(table {d['const_shape']}" + (f", {rows} at positions 0..{len(rows) - 1}" if rows else "")
                           + "), e.g. Llama-4 / Mistral4 / Ministral3 attention temperature tuning q * (1 + beta "
-                          f"log(1 + floor(pos / L))), llama_4_scaling_beta; {why}")
+                          "log(1 + floor(pos / L))), llama_4_scaling_beta, or Beam's scalable-softmax query scale q * "
+                          f"(1 + (pos + o) / L) ** beta; {why}")
     if "flat_slice" in d:  # a selection on a head axis, measured by the recorder (record.recorder._flat_slice)
         if d["flat_slice"] is None:
             raise conv.refuse(node, f"opaque op {d.get('call')!r} ({d.get('key', 'output %s' % d.get('output', 0))}) "

@@ -8,9 +8,13 @@ which covers ``2 W + 8`` for every span the config names), each attention node's
 by position, with its source counterpart (the input of ``o_proj``, as in
 :func:`~fuzz.importer.divergence.first_divergent`).  A node that agrees at positions ``0 .. S-1`` and not at
 ``S`` reads fewer keys from ``S`` on: with a sliding window ``W`` query ``i`` reads keys ``i - W + 1 .. i``,
-so the first position missing a key is ``S = W``.  The node gets ``window = S`` and is measured again; a
-window that does not make it agree at every position (a chunked span, a different score) is dropped, and
-the import check refuses the model naming the module.  Nodes are fixed in execution order (a later node
+so the first position missing a key is ``S = W``.  With chunked attention (Llama-4's ``attention_chunk_size``
+``C``: query ``i`` reads keys ``j <= i`` with ``floor(i / C) == floor(j / C)``) the first query missing a key is
+the first of the second chunk, ``S = C``, too.  The node gets ``window = S`` and is measured again; when that
+does not make it agree at every position it gets ``chunk = S`` instead (the two spans agree up to ``2 S - 1``
+and differ after: the profile tells them apart); a span that is neither (a different score) is dropped, and
+the import check refuses the model naming the module.  Each layer is measured on its own (Llama-4 chunks its
+RoPE layers and attends over everything on its NoPE ones).  Nodes are fixed in execution order (a later node
 reads what the earlier ones compute).  Nothing here decides an import: :func:`check_import` still runs the
 result at every length against the source.
 """
@@ -102,21 +106,31 @@ def _profiles(model: nn.Module, graph_model: GraphModel, x: torch.Tensor, where:
     return out
 
 
-def with_windows(layout: Layout, windows: dict[str, int | None]) -> Layout:
-    """``layout`` with the given attention nodes' ``window`` set (meta kept)."""
+def with_spans(layout: Layout, spans: dict[str, dict]) -> Layout:
+    """``layout`` with the given attention nodes' parameters updated (``{"window": W}``, ``{"chunk": C}``; meta
+    kept)."""
     nodes = []
     for n in layout.order:
-        params = dict(layout.params(n))
-        if n in windows:
-            params["window"] = windows[n]
+        params = {**layout.params(n), **spans.get(n, {})}
         nodes.append((n, layout.op(n), params, list(layout.inputs(n))))
     return Layout.from_nodes(nodes, dict(layout.meta))
 
 
+def with_windows(layout: Layout, windows: dict[str, int | None]) -> Layout:
+    """``layout`` with the given attention nodes' ``window`` set (meta kept)."""
+    return with_spans(layout, {n: {"window": w} for n, w in windows.items()})
+
+
+def with_chunks(layout: Layout, chunks: dict[str, int | None]) -> Layout:
+    """``layout`` with the given attention nodes' ``chunk`` set (meta kept)."""
+    return with_spans(layout, {n: {"chunk": c} for n, c in chunks.items()})
+
+
 def measure_windows(model: nn.Module, graph_model: GraphModel, rebuild, policy: str | None = None,
-                    seed: int = 0) -> tuple[GraphModel, dict[str, int]]:
-    """``(graph_model, {attention node: W})``: the graph with every measured window set (see the module
-    docstring); ``rebuild(layout) -> GraphModel`` makes the graph of a changed layout (same parameters)."""
+                    seed: int = 0) -> tuple[GraphModel, dict[str, dict]]:
+    """``(graph_model, {attention node: {"window": W} or {"chunk": C}})``: the graph with every measured span
+    set (see the module docstring); ``rebuild(layout) -> GraphModel`` makes the graph of a changed layout (same
+    parameters)."""
     policy = policy or graph_model.numerics
     layout = graph_model.layout
     attention = layout.of_op("attention")
@@ -129,7 +143,7 @@ def measure_windows(model: nn.Module, graph_model: GraphModel, rebuild, policy: 
     vocab = layout.params(layout.source)["vocab"]
     x = torch.randint(0, vocab, (1, length), generator=torch.Generator().manual_seed(seed))
     x = x.to(device_of(graph_model))
-    found: dict[str, int] = {}
+    found: dict[str, dict] = {}
     try:
         errors = _profiles(model, graph_model, x, where, policy)
     except BadInput:
@@ -141,12 +155,15 @@ def measure_windows(model: nn.Module, graph_model: GraphModel, rebuild, policy: 
         start = int((~(e <= AGREE)).nonzero()[0, 0])
         if start < 1:  # differs where every key is visible: not a window (the check will say where)
             break
-        candidate = rebuild(with_windows(graph_model.layout, {node: start}))
-        try:
-            again = _profiles(model, candidate, x, where, policy)
-        except BadInput:
-            break
-        if node not in again or not bool((again[node] <= AGREE).all()):
-            break  # a limited span that is no sliding window (chunked attention): left to the check's refusal
-        graph_model, found[node], errors = candidate, start, again
+        for span in ({"window": start}, {"chunk": start}):  # a sliding window, else chunks of the same length
+            candidate = rebuild(with_spans(graph_model.layout, {node: span}))
+            try:
+                again = _profiles(model, candidate, x, where, policy)
+            except BadInput:
+                return graph_model, found
+            if node in again and bool((again[node] <= AGREE).all()):
+                break
+        else:
+            break  # a limited span that is neither: left to the check's refusal
+        graph_model, found[node], errors = candidate, span, again
     return graph_model, found

@@ -47,8 +47,14 @@ class LayoutEdit:
             params = {**params, **self.params.get(node, {})}
             if op == "attention" and fault("window_dropped") is not None:  # mutant only (verifier._faults)
                 params["window"] = None
+            if op == "attention" and fault("chunk_dropped") is not None:  # mutant only: full causal, no chunks
+                params["chunk"] = None
             if op == "attention" and fault("temperature_dropped") is not None:  # mutant only: the factor lost
-                params = {**params, "temperature_beta": None, "temperature_length": None, "temperature_offset": 0}
+                params = {**params, "temperature_beta": None, "temperature_length": None, "temperature_offset": 0,
+                          "temperature_form": "log_floor"}
+            if op == "attention" and params.get("temperature_form") == "power" \
+                    and fault("temperature_form_confused") is not None:  # mutant only: Beam's power read as steps
+                params = {**params, "temperature_form": "log_floor"}
             if op == "router" and params.get("score") == "sparsemixer" and fault("sparsemixer_dropped") is not None:
                 params = {**params, "score": "softmax"}  # the mutant: re-emitted as the plain top-2 router
             if op == "experts" and fault("expert_scale_moved") is not None:  # mutant only: w on the output

@@ -37,6 +37,7 @@ APPLIES["router_unscaled"] = (mutants.APPLIES["router_unscaled"], lambda s: not 
     s.top_k == 1 and (s.renormalize or s.router == "sparsemixer")) and not (s.router == "sparsemixer" and s.n_experts == 2))
 # a window shows only on a sliding layer (the draws may make every layer a full-attention one)
 APPLIES["window_dropped"] = (mutants.APPLIES["window_dropped"], lambda s: any(l.sliding for l in s.layers))
+APPLIES["chunk_dropped"] = (mutants.APPLIES["chunk_dropped"], lambda s: any(l.sliding for l in s.layers))
 # dynamic NTK and proportional RoPE need rotary_dim > 2 (decoder.build emits plain RoPE below it: nothing to drop)
 APPLIES["rope_scaling_dropped"] = (mutants.APPLIES["rope_scaling_dropped"],
                                    lambda s: s.rope_scaling not in ("dynamic", "proportional")
@@ -210,7 +211,8 @@ def test_the_mutants_of_quant_transforms_are_registered_by_quant():
                   "expert_bias_unscaled", "clamped_glu_as_linear", "sparsemixer_dropped", "mla_latent_unscaled",
                   "kpe_per_head", "lm_head_bias_dropped", "extra_rows_unrotated", "positions_unmasked",
                   "temperature_dropped", "weightless_unabsorbed", "xielu_as_relu2", "rope_direction_lost",
-                  "expert_scale_moved", "ple_unrotated", "residual_gate_rotated"}
+                  "expert_scale_moved", "ple_unrotated", "residual_gate_rotated", "chunk_dropped",
+                  "temperature_form_confused"}
     assert quant_made | {"forget_writer_bias", "cross_group_heads", "alibi_unpermuted", "sinks_unpermuted",
                          "softcap_scale_outside", "position_unpermuted"} == set(mutants.names())
     for name in mutants.names():
