@@ -158,6 +158,15 @@ def _temperature_lengths(lim: dict, drawn: dict) -> tuple:
     return (4, 2) if drawn.get("attn_temperature") is not None else (4,)
 
 
+def _differential_options(lim: dict, drawn: dict) -> tuple:
+    """Differential attention where the drawn spec leaves room for it (decoder.check: even head counts, no MLA,
+    no output gate)."""
+    h, kv = drawn.get("n_heads", 4), drawn.get("n_kv_heads", 2)
+    if h % 2 or kv % 2 or drawn.get("mla", "none") != "none" or drawn.get("attn_gate", "none") != "none":
+        return (False,)
+    return (False, True)
+
+
 def _axes(*axes: Axis) -> dict[str, Axis]:
     return {a.name: a for a in axes}
 
@@ -272,6 +281,9 @@ AXES: dict[str, Axis] = _axes(
     # routed_in = x * sigmoid(score)); on every MoE layer
     Axis("expert_scale_input", "bool", (False, True), False,
          lambda s: ("moe:scale_input",) if s.expert_scale_input and _any_sparse(s) else ()),
+    # differential attention (DiffLlama): paired heads and value heads (both counts even), no MLA, no output gate
+    Axis("attn_differential", "bool", _differential_options, False, _if("attn:differential", "attn_differential"),
+         most=(False, True)),  # the largest spec has an odd kv head count (max_kv_heads 3): no pairs
 )
 
 # the reducer's "turn a feature off" pass, in this order

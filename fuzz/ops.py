@@ -46,6 +46,12 @@ attention      causal softmax attention; ports q, k, v; GQA when ``n_kv_heads < 
                temperature tuning, the query at position ``p`` times ``1 + beta log(1 + floor((p + o) / L))``
                before the scores (Ministral3 / Mistral4 ``llama_4_scaling_beta`` and
                ``original_max_position_embeddings``, ``o = 0``; Llama-4's ``attn_scale``, ``floor_scale``, ``o = 1``)
+               ``differential`` (DiffLlama's differential attention): query heads ``i`` and ``i + h/2`` pair up and
+               read the one ``2 dv``-wide value ``[V_j; V_{j + kv/2}]``, ``j = i // (h / kv)``; output group ``i``
+               (``2 dv`` wide, ``h/2`` of them) is ``P_i Vc_j - lam P_{i + h/2} Vc_j`` with ``lam = exp(lambda_q1 .
+               lambda_k1) - exp(lambda_q2 . lambda_k2) + lambda_init`` (four ``(head_dim,)`` parameters; the sums
+               and exps in float32 under ``transformers`` numerics, as DiffLlama computes them); the group RMSNorm and
+               the ``1 - lambda_init`` scale that follow are their own ``norm`` and ``scale`` nodes
 softcap        ``cap * tanh(x / cap)`` (Gemma2's final-logit soft-cap)
 head_slice     per head, channels ``[start, start + length)`` of a ``(heads, head_dim)`` view
 head_concat    per head, ``[a_h, b_h]`` (``a: (heads, a_dim)``, ``b: (heads, b_dim)``); ``shared_b``: ``b`` is one
@@ -482,6 +488,11 @@ def _attention(node, p, w):
         _need(isinstance(length, int) and not isinstance(length, bool) and length >= 1, node,
               f"attention.temperature_length must be an integer >= 1, got {length!r}")
     _need(p["temperature_offset"] >= 0, node, f"attention.temperature_offset must be >= 0, got {p['temperature_offset']}")
+    if p["differential"]:  # heads pair (i, i + h/2); the value pairs (j, j + kv/2): both counts even
+        _need(h % 2 == 0 and kv % 2 == 0, node, f"differential attention pairs the heads: n_heads {h} and n_kv_heads "
+              f"{kv} must both be even")
+        _finite(node, "attention", "lambda_init", p["lambda_init"], "finite with |lambda_init| <= 10",
+                abs(p["lambda_init"]) <= 10)
     return h * dv
 
 
@@ -500,6 +511,8 @@ def _attention_features(p):
         tags += ("op:attention:sinks",)
     if p["temperature_beta"] is not None:
         tags += ("op:attention:temperature",)
+    if p["differential"]:
+        tags += ("op:attention:differential",)
     return tags
 
 
@@ -510,7 +523,17 @@ def _attention_shapes(p):
         shapes["alibi_slopes"] = (p["n_heads"],)
     if p["sinks"]:
         shapes["sinks"] = (p["n_heads"],)
+    if p["differential"]:  # lam = exp(q1 . k1) - exp(q2 . k2) + lambda_init
+        shapes.update({name: (p["head_dim"],) for name in DIFF_LAMBDAS})
     return shapes
+
+
+DIFF_LAMBDAS = ("lambda_q1", "lambda_k1", "lambda_q2", "lambda_k2")  # differential attention's lambda vectors
+
+
+def _init_lambda(z, p):
+    """``0.3 z``: ``exp(q1 . k1) - exp(q2 . k2)`` of order one, so ``lam`` moves with every vector."""
+    return 0.3 * z
 
 
 def _init_alibi_slopes(z, p):
@@ -527,9 +550,12 @@ declare(OpSpec("attention", {"n_heads": (int, ...), "n_kv_heads": (int, ...), "h
                              "softcap": (_OPT_FLOAT, None), "alibi": (bool, False), "sinks": (bool, False),
                              # attention temperature tuning (Llama-4 / Mistral4 / Ministral3): see the table above
                              "temperature_beta": (_OPT_FLOAT, None), "temperature_length": ((int, type(None)), None),
-                             "temperature_offset": (int, 0)},
+                             "temperature_offset": (int, 0),
+                             # differential attention (DiffLlama): see the table above
+                             "differential": (bool, False), "lambda_init": (float, 0.0)},
                ("q", "k", "v"), _attention, shapes=_attention_shapes,
-               init={"alibi_slopes": _init_alibi_slopes, "sinks": _init_unit}, drawn_by=ALWAYS,
+               init={"alibi_slopes": _init_alibi_slopes, "sinks": _init_unit,
+                     **{name: _init_lambda for name in DIFF_LAMBDAS}}, drawn_by=ALWAYS,
                features=_attention_features))
 
 

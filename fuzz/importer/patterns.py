@@ -19,8 +19,9 @@ Conversion rules (recorded op -> layout op):
   argument, or the eager score chain ``Q K^T * a [/ c, tanh, * c]``; no factor at all is scale 1.0, GPT-Neo;
   ``baddbmm``'s alpha), never from config attributes; ALiBi slopes are fitted to the constants the chain adds
   (MPT, BLOOM); sinks are the one parameter the chain reads (a sink column before the softmax, or GraniteSWA's
-  ``sigmoid(logsumexp - sink)`` output scale); two maps over the same queries (differential attention) are
-  refused; a sliding window is measured after conversion (:mod:`fuzz.importer.window`: the attention's
+  ``sigmoid(logsumexp - sink)`` output scale); two maps over the same queries combined as DiffLlama's
+  ``first - lam * second`` are one ``differential`` attention (:func:`fuzz.importer.rewrites.fold_differential_attention`),
+  any other combination is refused; a sliding window is measured after conversion (:mod:`fuzz.importer.window`: the attention's
   ``window``), a chunked span is refused by the check, by measurement;
 * ``softcap``: ``scale(1 / c) -> tanh -> scale(c)`` (Gemma2's final-logit soft-cap);
 * ``router`` (it reads its own weight): split into a ``linear`` ``<router id>_proj`` and a ``router``;
@@ -608,23 +609,25 @@ def _attention(conv: Converter, node: str, ins: list[str]) -> dict:
     twins = [n for n in conv.g.successors(ins[0]) if n != node and conv.g.nodes[n]["op"] == "attention"
              and conv.inputs(n)[:1] == ins[:1]]
     if twins:
-        # What an import would need (checked against transformers 5.25 DiffLlamaAttention, exact in float64 to
-        # 1e-16 under sdpa): one score map P over h query heads (both recorded calls share Q and K); query heads
-        # i and i + h/2 pair up; both read the 2d-wide value [V_j; V_{j + kv/2}], j = (i // (h/kv)) % (kv/2)
-        # (the recorder passes V's head-axis chunk + repeat through, so both recorded nodes read v_proj whole);
-        # out_i = P_i V - lam P_{i+h/2} V with lam = exp(q1.k1) - exp(q2.k2) + lambda_init, the sums and exps in
-        # float32 (float64 lam is off by ~3e-10); then the recorded weightless RMSNorm over the h/2 groups of 2d
-        # and the scale 1 - lambda_init, then o_proj. The output width stays h*d, the value width kv*d.
+        # DiffLlama's form (P_i - lam P_{i + h/2} over the paired value) is folded into one differential attention
+        # first (rewrites.fold_differential_attention); two maps combined any other way are refused
         raise conv.refuse(node, f"two attention maps over the same queries ({node!r} and {twins[0]!r}), combined "
-                          f"after the softmax: differential attention (DiffLlama); the layout's attention computes one")
-    sinks = _sinks(conv, node)
-    if not sinks:
+                          f"after the softmax other than DiffLlama's first - lambda * second: differential "
+                          f"attention; the layout's attention computes one")
+    d = conv.g.nodes[node]
+    differential = {"differential": True, "lambda_init": d["lambda_init"]} if d.get("differential") else {}
+    if differential:  # lam = exp(q1 . k1) - exp(q2 . k2) + lambda_init: the four vectors the recorded lam read
+        conv.take(node, d["lambda_roles"])
+        sinks = {}
+    else:
+        sinks = _sinks(conv, node)
+    if not sinks and not differential:
         conv.no_params(node)
     _check_attention(conv, node)
     p = {k: conv.g.nodes[node][k] for k in ("n_heads", "n_kv_heads", "head_dim")}
     # attention temperature tuning, measured and folded into the node (fuzz.importer.temperature)
     tuned = {k: conv.g.nodes[node][k] for k in TEMPERATURE_PARAMS if k in conv.g.nodes[node]}
-    return {**p, **_score_modifiers(conv, node), **_alibi(conv, node), **sinks, **tuned}
+    return {**p, **_score_modifiers(conv, node), **_alibi(conv, node), **sinks, **tuned, **differential}
 
 
 def _sinks(conv: Converter, node: str) -> dict:
