@@ -64,6 +64,8 @@ FAULTS = {
                               "the rotation by +theta",
     "expert_scale_moved": "a layout edit (graph_edit.LayoutEdit.apply) re-emits experts whose routing weight scales "
                           "their input (Llama 4) as experts weighting their outputs",
+    "differential_pairs_broken": "permute_heads moves a differential attention's second heads (i + h/2) by "
+                                 "another rule than their first heads i, breaking the pairs P_i - lam P_{i + h/2}",
     "xielu_quadratic": "up-down moves s^2 across xIELU as if it were relu2 (its positive side a_p x^2 + beta x is "
                        "quadratic, but not homogeneous)",
 }

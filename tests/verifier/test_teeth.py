@@ -49,6 +49,8 @@ APPLIES["rope_direction_lost"] = (mutants.APPLIES["rope_direction_lost"], lambda
     s.norm == "layer" and s.norm_weightless and s.qk_norm != "none" and s.head_dim == 2
     and (s.qk_norm != "full" or s.n_heads == 1)))
 APPLIES["shared_head_gamma"] = (mutants.APPLIES["shared_head_gamma"], lambda s: s.n_heads > 1)  # a weight per head
+# two heads (one pair, one kv pair): the only head permutation of a differential attention is the identity
+APPLIES["diff_pairs_broken"] = (mutants.APPLIES["diff_pairs_broken"], lambda s: s.n_heads >= 4)
 # the search is the campaign's (covering examples first, then draws: examples_to_catch); examples to first catch,
 # measured once every issue-14 axis had joined: 1 for 17 of 31 mutants, at most 14 for all but shared_head_gamma (30:
 # qk_norm=per_head_own x RMS x two or more heads x no weight-free norm, a triple the covering reaches late). With
@@ -207,7 +209,7 @@ def test_the_mutants_of_quant_transforms_are_registered_by_quant():
                   "temperature_dropped", "weightless_unabsorbed", "xielu_as_relu2", "rope_direction_lost",
                   "expert_scale_moved"}
     assert quant_made | {"forget_writer_bias", "cross_group_heads", "alibi_unpermuted", "sinks_unpermuted",
-                         "softcap_scale_outside", "position_unpermuted"} == set(mutants.names())
+                         "softcap_scale_outside", "position_unpermuted", "diff_pairs_broken"} == set(mutants.names())
     for name in mutants.names():
         m = mutants.mutant(name)
         assert m.base.startswith("quant:" if name in quant_made else "reference:"), m
