@@ -149,7 +149,7 @@ class Norm(Node):
         shape = x.shape
         u = x.reshape(*shape[:-1], p["groups"], p["dim"])
         dtype = u.dtype
-        if self.numerics == "transformers" and p["kind"] == "rms":
+        if self.numerics == "transformers" and p["kind"] == "rms" and not p.get("keep_dtype"):
             u = u.to(torch.float32)
         if p["kind"] == "layer":
             u = u - u.mean(-1, keepdim=True)

@@ -27,7 +27,9 @@ norm           per group of ``dim`` channels: RMSNorm ``g * u / rms(u)`` or Laye
                ``g * (u - mean) / std + b``; ``g = w`` or ``g = 1 + w`` (``weight_form``; ``none``: no weight,
                ``g = 1``, OLMo's LayerNorm, NanoChat's RMSNorm); ``groups > 1``
                is a per-head norm (one weight shared by the heads, Qwen3 ``q_norm``); ``group_weights``: each
-               group its own weight (and bias), ``(groups, dim)`` (Cohere ``use_qk_norm`` LayerNorm per head)
+               group its own weight (and bias), ``(groups, dim)`` (Cohere ``use_qk_norm`` LayerNorm per head);
+               ``keep_dtype``: an RMSNorm computed in the model dtype under ``transformers`` numerics too (torch's
+               ``nn.RMSNorm``, DiffLlama's groupnorm; no effect under ``exact`` numerics)
 linear         ``x W^T (+ b)``
 rope           rotary embedding per head on the first ``rotary_dim`` channels, pairs ``(i, i + r/2)``
                (``half``, Llama ``rotate_half``) or ``(2i, 2i+1)`` (``interleaved``, GPT-J); scaled RoPE
@@ -383,7 +385,10 @@ def _norm_shapes(p):
 
 
 declare(OpSpec("norm", {"kind": (str, "rms"), "dim": (int, ...), "groups": (int, 1), "eps": (float, 1e-6),
-                        "weight_form": (str, "w"), "bias": (bool, False), "group_weights": (bool, False)}, ("x",),
+                        "weight_form": (str, "w"), "bias": (bool, False), "group_weights": (bool, False),
+                        # computed in the model dtype under ``transformers`` numerics too (torch's nn.RMSNorm:
+                        # DiffLlama's groupnorm), not upcast to float32 as transformers' RMSNorm modules do
+                        "keep_dtype": (bool, False)}, ("x",),
                _norm, {"kind": ("rms", "layer"), "weight_form": ("w", "1+w", "none")}, shapes=_norm_shapes,
                init={"weight": _init_norm_weight, "bias": _init_small}, drawn_by=ALWAYS, features=_norm_features))
 

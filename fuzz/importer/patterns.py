@@ -209,7 +209,8 @@ def _norm(conv: Converter, node: str, ins: list[str]) -> dict:
             raise conv.refuse(node, f"a {d.get('kind', '')} norm reads no parameter but is recorded with a bias or "
                               f"weight form {d.get('weight_form')!r}")
         groups = d.get("groups") or max(1, conv.width(node) // dim)
-        return {"kind": d["kind"], "dim": dim, "groups": groups, "eps": float(d["eps"]), "weight_form": "none"}
+        params = {"kind": d["kind"], "dim": dim, "groups": groups, "eps": float(d["eps"]), "weight_form": "none"}
+        return {**params, **({"keep_dtype": True} if _keeps_dtype(conv, node, params) else {})}
     own = (d["groups"], dim) if d.get("group_weights") else (dim,)  # group_weights: a weight row per head
     if any(conv.shape(p) != own for p in read) or len(read) != 1 + d.get("bias", False):
         raise conv.refuse(node, f"norm of dim {dim} reads {[(p, conv.shape(p)) for p in read]}")
@@ -217,6 +218,34 @@ def _norm(conv: Converter, node: str, ins: list[str]) -> dict:
     conv.take(node, roles)
     return {k: d[k] for k in ("kind", "dim", "groups", "weight_form", "bias")} | {"eps": float(d["eps"])} \
         | ({"group_weights": True} if d.get("group_weights") else {})
+
+
+def _keeps_dtype(conv: Converter, node: str, params: dict) -> bool:
+    """Whether a weight-free RMSNorm module computes in the model's float64 (torch's ``nn.RMSNorm``: DiffLlama's
+    groupnorm), measured: on a float64 probe its output is the float64 norm to 1e-14 and not the float32-upcast one
+    (transformers' RMSNorm modules, NanoChat's norm), so ``transformers`` numerics keep its dtype."""
+    module = conv.modules.get(conv.g.nodes[node]["module_path"])
+    if params["kind"] != "rms" or module is None:
+        return False
+    x = torch.randn(1, 3, params["groups"] * params["dim"], generator=torch.Generator().manual_seed(0),
+                    dtype=torch.float64) * 3.0
+    for shape in (x.shape, (1, 3, params["groups"], params["dim"])):
+        try:
+            with torch.no_grad():
+                y = module(x.reshape(shape))
+        except (TypeError, RuntimeError, ValueError):
+            continue
+        if not isinstance(y, torch.Tensor) or y.dtype != torch.float64 or y.numel() != x.numel():
+            continue
+        want = {}
+        for keep in (True, False):
+            mod = MODULES["norm"](node, spec("norm").normalise(node, {**params, "keep_dtype": keep}), "transformers")
+            with torch.no_grad():
+                want[keep] = mod(x)
+        y = y.reshape(x.shape)
+        return bool(torch.allclose(y, want[True], rtol=1e-14, atol=1e-14)) \
+            and not bool(torch.allclose(y, want[False], rtol=1e-12, atol=1e-12))
+    return False
 
 
 def _norm_roles(conv: Converter, node: str, read: list[str]) -> dict[str, str]:
