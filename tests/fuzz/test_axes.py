@@ -132,7 +132,8 @@ def test_features_are_the_union_of_the_axis_tags():
     assert set(RICH.features()) - tags == {"moe", "layers:1"}  # the layer list's own tags
     untagged = {a.name for a in AXES.values()
                 if not any(a.tags(spec) for spec in (RICH, ALL_ON, RICH.with_(hidden=33, head_dim=6),
-                                                    RICH.with_(mla="q_lora")))}  # MLA excludes ALL_ON's fused_qkv
+                                                    RICH.with_(mla="q_lora"),  # MLA excludes ALL_ON's fused_qkv
+                                                    RICH.with_(attn_differential=True)))}  # and its attention gate
     assert untagged == {"n_kv_heads", "rope_theta", "moe_intermediate", "shared_intermediate", "shared_gate",
                         "norm_eps", "vocab", "attn_temperature_length"}
     assert "moe:shared_expert+gate" in RICH.with_(shared_expert=True).features()  # shared_gate shows here
