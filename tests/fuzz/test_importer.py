@@ -197,7 +197,7 @@ def test_layer_norm_roles_do_not_depend_on_attribute_names():
     (norm,) = gm.layout.of_op("norm")
     assert gm.layout.meta["param_map"][norm] == {"weight": "norm.scale", "bias": "norm.shift"}
     assert gm.layout.params(norm) == {"kind": "layer", "dim": 8, "groups": 1, "eps": 1e-5, "weight_form": "w",
-                                      "bias": True, "group_weights": False}
+                                      "bias": True, "group_weights": False, "keep_dtype": False}
 
 
 def test_export_weights_loads_strictly_into_a_fresh_model():
