@@ -40,8 +40,11 @@ APPLIES["window_dropped"] = (mutants.APPLIES["window_dropped"], lambda s: any(l.
 # dynamic NTK RoPE needs rotary_dim > 2 (decoder.build emits plain RoPE below it: nothing to drop)
 APPLIES["rope_scaling_dropped"] = (mutants.APPLIES["rope_scaling_dropped"],
                                    lambda s: s.rope_scaling != "dynamic" or (s.rotary_dim or s.head_dim) > 2)
-APPLIES["alibi_unpermuted"] = (mutants.APPLIES["alibi_unpermuted"], lambda s: s.n_heads > 1)
-APPLIES["sinks_unpermuted"] = (mutants.APPLIES["sinks_unpermuted"], lambda s: s.n_heads > 1)
+# a differential attention over two heads is one pair: its only head permutation is the identity
+APPLIES["alibi_unpermuted"] = (mutants.APPLIES["alibi_unpermuted"],
+                               lambda s: s.n_heads > 1 and not (s.attn_differential and s.n_heads == 2))
+APPLIES["sinks_unpermuted"] = (mutants.APPLIES["sinks_unpermuted"],
+                               lambda s: s.n_heads > 1 and not (s.attn_differential and s.n_heads == 2))
 APPLIES["kpe_per_head"] = (mutants.APPLIES["kpe_per_head"], lambda s: s.n_heads > 1)  # one head: U_0 is shared
 # a weight-free LayerNorm over 2 channels (a 2-wide head per head, or the one head's full q / k) leaves q and k on
 # the one line (1, -1): q.R(t)k = |q||k| 2 cos t, blind to the direction of the rotation
