@@ -227,6 +227,8 @@ def _keeps_dtype(conv: Converter, node: str, params: dict) -> bool:
     module = conv.modules.get(conv.g.nodes[node]["module_path"])
     if params["kind"] != "rms" or module is None:
         return False
+    if hasattr(module, "node_id") and isinstance(getattr(module, "p", None), dict):  # a GraphModel's norm says it
+        return bool(module.p.get("keep_dtype"))
     x = torch.randn(1, 3, params["groups"] * params["dim"], generator=torch.Generator().manual_seed(0),
                     dtype=torch.float64) * 3.0
     for shape in (x.shape, (1, 3, params["groups"], params["dim"])):
