@@ -167,6 +167,15 @@ def _temperature_lengths(lim: dict, drawn: dict) -> tuple:
     return (4, 2) if drawn.get("attn_temperature") is not None else (4,)
 
 
+def _differential_options(lim: dict, drawn: dict) -> tuple:
+    """Differential attention where the drawn spec leaves room for it (decoder.check: even head counts, no MLA,
+    no output gate)."""
+    h, kv = drawn.get("n_heads", 4), drawn.get("n_kv_heads", 2)
+    if h % 2 or kv % 2 or drawn.get("mla", "none") != "none" or drawn.get("attn_gate", "none") != "none":
+        return (False,)
+    return (False, True)
+
+
 def _axes(*axes: Axis) -> dict[str, Axis]:
     return {a.name: a for a in axes}
 
@@ -300,6 +309,9 @@ AXES: dict[str, Axis] = _axes(
     Axis("attn_temperature_form", "choice", ("log_floor", "power"), "log_floor",
          lambda s: ("attn:temperature:power",) if s.attn_temperature is not None
          and s.attn_temperature_form == "power" else (), choices=("log_floor", "power")),
+    # differential attention (DiffLlama): paired heads and value heads (both counts even), no MLA, no output gate
+    Axis("attn_differential", "bool", _differential_options, False, _if("attn:differential", "attn_differential"),
+         most=(False, True)),  # the largest spec has an odd kv head count (max_kv_heads 3): no pairs
 )
 
 def _gated(s) -> bool:

@@ -116,6 +116,9 @@ class DecoderSpec:
     # the form of the attention temperature: "log_floor" (1 + beta log(1 + floor(p / L))) or "power" (Beam's
     # scalable-softmax query scale (1 + p / L) ** beta)
     attn_temperature_form: str = "log_floor"
+    # differential attention (DiffLlama): heads (i, i + h/2) paired over the value [V_j; V_{j + kv/2}], P_i - lam
+    # P_{i + h/2}, then a weight-free group RMSNorm over the h/2 groups of 2d and the scale 1 - lambda_init
+    attn_differential: bool = False
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -283,13 +286,23 @@ def _attention(g: _Graph, s: DecoderSpec, p: str, x: str, layer: LayerSpec) -> s
     window = s.sliding_window if layer.sliding else None
     chunk = s.attn_chunk if layer.sliding else None
     a = g.add(f"{p}attn", "attention", [q, k, v], n_heads=h, n_kv_heads=kv, head_dim=d, **_score_params(s),
-              **({"window": window} if window is not None else {}), **({"chunk": chunk} if chunk is not None else {}))
+              **({"window": window} if window is not None else {}), **({"chunk": chunk} if chunk is not None else {}),
+              **(differential_params(int(p[1:-1])) if s.attn_differential else {}))
+    if s.attn_differential:  # DiffLlama's groupnorm (weight-free RMSNorm over each pair's 2d) and 1 - lambda_init
+        a = g.add(f"{p}attn_subln", "norm", [a], kind="rms", dim=2 * d, groups=h // 2, eps=s.norm_eps,
+                  weight_form="none")
+        a = g.add(f"{p}attn_subln_scale", "scale", [a], factor=1.0 - differential_params(int(p[1:-1]))["lambda_init"])
     if fused_gate:
         a = g.add(f"{p}attn_gate", "gate", [a, gate_src], act="sigmoid", n_heads=h)
     elif s.attn_gate == "head_softplus":  # Laguna: a per-head gate computed from the normed input
         gl = g.add(f"{p}g_proj", "linear", [x], in_features=s.hidden, out_features=h, bias=False)
         a = g.add(f"{p}attn_gate", "gate", [a, gl], act="softplus", n_heads=h)
     return g.add(f"{p}o_proj", "linear", [a], in_features=h * d, out_features=s.hidden, bias=s.o_bias)
+
+
+def differential_params(layer: int) -> dict:
+    """DiffLlama's ``lambda_init = 0.8 - 0.6 exp(-0.3 layer)`` on a differential attention."""
+    return {"differential": True, "lambda_init": 0.8 - 0.6 * math.exp(-0.3 * layer)}
 
 
 def _score_params(s: DecoderSpec) -> dict:
@@ -413,6 +426,13 @@ def check(s: DecoderSpec) -> None:
     if s.attn_chunk is not None and s.sliding_window is not None:
         raise LayoutError(f"attn_chunk={s.attn_chunk!r} with sliding_window={s.sliding_window!r}: one local span "
                           "per attention (chunks or a window)")
+    if s.attn_differential:
+        if s.n_heads % 2 or s.n_kv_heads % 2:
+            raise LayoutError(f"attn_differential pairs the heads and the value heads: n_heads {s.n_heads} and "
+                              f"n_kv_heads {s.n_kv_heads} must both be even")
+        if s.mla != "none" or s.attn_gate != "none":
+            raise LayoutError(f"attn_differential needs mla='none' and attn_gate='none' (DiffLlama has neither), got "
+                              f"mla={s.mla!r}, attn_gate={s.attn_gate!r}")
     if s.extra_input_id and s.tie_embeddings:
         raise LayoutError("extra_input_id: a table with a row past the output vocabulary is not shared with the "
                           "lm_head (tie_embeddings)")

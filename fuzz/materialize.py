@@ -28,7 +28,7 @@ from torch import nn
 from .errors import BadInput
 from .hadamard import online_input
 from .layout import Layout
-from .ops import parameter_shapes, registrar, spec
+from .ops import DIFF_LAMBDAS, parameter_shapes, registrar, spec
 from .rope_scaling import inv_freq_at
 
 NUMERICS = ("exact", "transformers")
@@ -155,7 +155,7 @@ class Norm(Node):
         shape = x.shape
         u = x.reshape(*shape[:-1], p["groups"], p["dim"])
         dtype = u.dtype
-        if self.numerics == "transformers" and p["kind"] == "rms":
+        if self.numerics == "transformers" and p["kind"] == "rms" and not p.get("keep_dtype"):
             u = u.to(torch.float32)
         if p["kind"] == "layer":
             u = u - u.mean(-1, keepdim=True)
@@ -331,8 +331,30 @@ class Attention(Node):
             mask = mask | (~mask.any(-1, keepdim=True) & torch.eye(t, dtype=torch.bool, device=q.device))
         scores = scores.masked_fill(~mask, float("-inf"))
         probs = self.sink_softmax(scores) if p.get("sinks") else torch.softmax(scores, dim=-1)
+        if p.get("differential"):
+            return self.differential(probs, v).transpose(1, 2).reshape(b, t, -1)
         out = probs @ v
         return out.transpose(1, 2).reshape(b, t, -1)
+
+    def differential_lambda(self, dtype: torch.dtype) -> torch.Tensor:
+        """``lam = exp(q1 . k1) - exp(q2 . k2) + lambda_init``; the sums and exps in float32 under
+        ``transformers`` numerics (DiffLlama's ``torch.sum(..., dtype=torch.float32)``), else in ``dtype``."""
+        acc = torch.float32 if self.numerics == "transformers" else dtype
+        q1, k1, q2, k2 = (getattr(self, name).to(dtype) for name in DIFF_LAMBDAS)
+        l1 = torch.exp(torch.sum(q1 * k1, dim=-1, dtype=acc)).to(dtype)
+        l2 = torch.exp(torch.sum(q2 * k2, dim=-1, dtype=acc)).to(dtype)
+        return l1 - l2 + self.p["lambda_init"]
+
+    def differential(self, probs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Differential attention (DiffLlama): ``probs (b, h, t, t)``, ``v`` repeated per query head
+        ``(b, h, t, dv)``; query heads ``i`` and ``i + h/2`` read ``[V_j; V_{j + kv/2}]`` (``j = i // (h/kv)``), group
+        ``i`` is ``P_i Vc - lam P_{i + h/2} Vc``: ``(b, h/2, t, 2 dv)``."""
+        h, kv = self.p["n_heads"], self.p["n_kv_heads"]
+        g = h // kv
+        vk = v[:, ::g]  # (b, kv, t, dv): one per kv head
+        vc = torch.cat((vk[:, :kv // 2], vk[:, kv // 2:]), dim=-1).repeat_interleave(g, dim=1)  # (b, h/2, t, 2dv)
+        lam = self.differential_lambda(probs.dtype)
+        return probs[:, :h // 2] @ vc - lam * (probs[:, h // 2:] @ vc)
 
     def modify_scores(self, scores):
         """Soft-cap ``cap * tanh(s / cap)`` (Gemma2), then the ALiBi bias ``slope_h * (j - i)`` (BLOOM, MPT)."""

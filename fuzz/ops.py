@@ -29,7 +29,9 @@ norm           per group of ``dim`` channels: RMSNorm ``g * u / rms(u)`` or Laye
                ``g * (u - mean) / std + b``; ``g = w`` or ``g = 1 + w`` (``weight_form``; ``none``: no weight,
                ``g = 1``, OLMo's LayerNorm, NanoChat's RMSNorm); ``groups > 1``
                is a per-head norm (one weight shared by the heads, Qwen3 ``q_norm``); ``group_weights``: each
-               group its own weight (and bias), ``(groups, dim)`` (Cohere ``use_qk_norm`` LayerNorm per head)
+               group its own weight (and bias), ``(groups, dim)`` (Cohere ``use_qk_norm`` LayerNorm per head);
+               ``keep_dtype``: an RMSNorm computed in the model dtype under ``transformers`` numerics too (torch's
+               ``nn.RMSNorm``, DiffLlama's groupnorm; no effect under ``exact`` numerics)
 linear         ``x W^T (+ b)``
 rope           rotary embedding per head on the first ``rotary_dim`` channels, pairs ``(i, i + r/2)``
                (``half``, Llama ``rotate_half``) or ``(2i, 2i+1)`` (``interleaved``, GPT-J); scaled RoPE
@@ -55,6 +57,12 @@ attention      causal softmax attention; ports q, k, v; GQA when ``n_kv_heads < 
                ``original_max_position_embeddings``, ``o = 0``; Llama-4's ``attn_scale``, ``floor_scale``, ``o = 1``);
                ``temperature_form="power"``: the smooth factor ``(1 + (p + o) / L) ** beta`` instead (Beam's
                scalable-softmax query scale on its NoPE layers, ``beta = 0.1``, ``L = 2048``, ``o = 1``)
+               ``differential`` (DiffLlama's differential attention): query heads ``i`` and ``i + h/2`` pair up and
+               read the one ``2 dv``-wide value ``[V_j; V_{j + kv/2}]``, ``j = i // (h / kv)``; output group ``i``
+               (``2 dv`` wide, ``h/2`` of them) is ``P_i Vc_j - lam P_{i + h/2} Vc_j`` with ``lam = exp(lambda_q1 .
+               lambda_k1) - exp(lambda_q2 . lambda_k2) + lambda_init`` (four ``(head_dim,)`` parameters; the sums
+               and exps in float32 under ``transformers`` numerics, as DiffLlama computes them); the group RMSNorm and
+               the ``1 - lambda_init`` scale that follow are their own ``norm`` and ``scale`` nodes
 softcap        ``cap * tanh(x / cap)`` (Gemma2's final-logit soft-cap)
 head_slice     per head, channels ``[start, start + length)`` of a ``(heads, head_dim)`` view
 head_concat    per head, ``[a_h, b_h]`` (``a: (heads, a_dim)``, ``b: (heads, b_dim)``); ``shared_b``: ``b`` is one
@@ -402,7 +410,10 @@ def _norm_shapes(p):
 
 
 declare(OpSpec("norm", {"kind": (str, "rms"), "dim": (int, ...), "groups": (int, 1), "eps": (float, 1e-6),
-                        "weight_form": (str, "w"), "bias": (bool, False), "group_weights": (bool, False)}, ("x",),
+                        "weight_form": (str, "w"), "bias": (bool, False), "group_weights": (bool, False),
+                        # computed in the model dtype under ``transformers`` numerics too (torch's nn.RMSNorm:
+                        # DiffLlama's groupnorm), not upcast to float32 as transformers' RMSNorm modules do
+                        "keep_dtype": (bool, False)}, ("x",),
                _norm, {"kind": ("rms", "layer"), "weight_form": ("w", "1+w", "none")}, shapes=_norm_shapes,
                init={"weight": _init_norm_weight, "bias": _init_small}, drawn_by=ALWAYS, features=_norm_features))
 
@@ -516,6 +527,11 @@ def _attention(node, p, w):
         _need(isinstance(length, int) and not isinstance(length, bool) and length >= 1, node,
               f"attention.temperature_length must be an integer >= 1, got {length!r}")
     _need(p["temperature_offset"] >= 0, node, f"attention.temperature_offset must be >= 0, got {p['temperature_offset']}")
+    if p["differential"]:  # heads pair (i, i + h/2); the value pairs (j, j + kv/2): both counts even
+        _need(h % 2 == 0 and kv % 2 == 0, node, f"differential attention pairs the heads: n_heads {h} and n_kv_heads "
+              f"{kv} must both be even")
+        _finite(node, "attention", "lambda_init", p["lambda_init"], "finite with |lambda_init| <= 10",
+                abs(p["lambda_init"]) <= 10)
     return h * dv
 
 
@@ -537,6 +553,8 @@ def _attention_features(p):
     if p["temperature_beta"] is not None:
         tags += ("op:attention:temperature",) + (("op:attention:temperature:power",)
                                                  if p["temperature_form"] == "power" else ())
+    if p["differential"]:
+        tags += ("op:attention:differential",)
     return tags
 
 
@@ -547,7 +565,17 @@ def _attention_shapes(p):
         shapes["alibi_slopes"] = (p["n_heads"],)
     if p["sinks"]:
         shapes["sinks"] = (p["n_heads"],)
+    if p["differential"]:  # lam = exp(q1 . k1) - exp(q2 . k2) + lambda_init
+        shapes.update({name: (p["head_dim"],) for name in DIFF_LAMBDAS})
     return shapes
+
+
+DIFF_LAMBDAS = ("lambda_q1", "lambda_k1", "lambda_q2", "lambda_k2")  # differential attention's lambda vectors
+
+
+def _init_lambda(z, p):
+    """``0.3 z``: ``exp(q1 . k1) - exp(q2 . k2)`` of order one, so ``lam`` moves with every vector."""
+    return 0.3 * z
 
 
 def _init_alibi_slopes(z, p):
@@ -566,9 +594,12 @@ declare(OpSpec("attention", {"n_heads": (int, ...), "n_kv_heads": (int, ...), "h
                              "temperature_beta": (_OPT_FLOAT, None), "temperature_length": ((int, type(None)), None),
                              "temperature_offset": (int, 0), "temperature_form": (str, "log_floor"),
                              # chunked local attention (Llama-4's attention_chunk_size): see the table above
-                             "chunk": ((int, type(None)), None)},
+                             "chunk": ((int, type(None)), None),
+                             # differential attention (DiffLlama): see the table above
+                             "differential": (bool, False), "lambda_init": (float, 0.0)},
                ("q", "k", "v"), _attention, {"temperature_form": ("log_floor", "power")}, shapes=_attention_shapes,
-               init={"alibi_slopes": _init_alibi_slopes, "sinks": _init_unit}, drawn_by=ALWAYS,
+               init={"alibi_slopes": _init_alibi_slopes, "sinks": _init_unit,
+                     **{name: _init_lambda for name in DIFF_LAMBDAS}}, drawn_by=ALWAYS,
                features=_attention_features))
 
 

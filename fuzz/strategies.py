@@ -124,13 +124,22 @@ def _with_chunk_unwindowed(c: dict) -> dict:
     return {"sliding_window": None, **c}
 
 
+def _with_differential_pairs(c: dict) -> dict:
+    """Constraints pinning ``attn_differential`` on: an even ``n_kv_heads`` (so ``n_heads`` is even too), no MLA,
+    no output gate, unless the caller pinned them (then ``decoder.check`` names the clash)."""
+    if "attn_differential" not in c or False in _options(c, "attn_differential"):
+        return c
+    top = c.get("max_kv_heads", _LIMITS["max_kv_heads"])
+    return {"n_kv_heads": tuple(range(2, top + 1, 2)) or (2,), "mla": "none", "attn_gate": "none", **c}
+
+
 def largest_spec(**constraints) -> DecoderSpec:
     """The spec with the most parameters that :func:`specs` can draw under ``constraints`` (the size
     guard's bound for a whole campaign); ``constraints`` are checked first.  Per axis: the widest width,
     the first of :meth:`~fuzz.axes.Axis.preference` allowed for a bool or choice, the first pinned value
     otherwise (else the spec default)."""
     check_constraints(constraints)
-    constraints = _with_chunk_unwindowed(_with_extra_id_untied(_with_mla_excludes(constraints)))
+    constraints = _with_chunk_unwindowed(_with_extra_id_untied(_with_mla_excludes(_with_differential_pairs(constraints))))
     lim = {**_LIMITS, **{k: v for k, v in constraints.items() if k in _LIMITS}}
     kv = max(_options(constraints, "n_kv_heads") if "n_kv_heads" in constraints
              else AXES["n_kv_heads"].default_options(lim, {}))
@@ -214,7 +223,7 @@ def spec_from(pick, constraints: dict) -> DecoderSpec:
     lim = {**_LIMITS, **{k: v for k, v in constraints.items() if k in _LIMITS}}
     c = {k: v for k, v in constraints.items() if k in _FIELDS}
     values: dict = {"vocab": lim["vocab"]}
-    c = _with_chunk_unwindowed(_with_extra_id_untied(_with_mla_excludes(c)))
+    c = _with_chunk_unwindowed(_with_extra_id_untied(_with_mla_excludes(_with_differential_pairs(c))))
 
     def axis(name: str):
         a = AXES[name]

@@ -73,6 +73,8 @@ FAULTS = {
                           "their input (Llama 4) as experts weighting their outputs",
     "residual_gate_rotated": "residual-rotation takes a residual gate (Ergo: the stream times a per-channel factor) "
                              "for a plain residual add and rotates the stream through it",
+    "differential_pairs_broken": "permute_heads moves a differential attention's second heads (i + h/2) by "
+                                 "another rule than their first heads i, breaking the pairs P_i - lam P_{i + h/2}",
     "xielu_quadratic": "up-down moves s^2 across xIELU as if it were relu2 (its positive side a_p x^2 + beta x is "
                        "quadratic, but not homogeneous)",
 }

@@ -19,6 +19,8 @@ softcap_scale_outside  the folded score scale also rescales the soft-cap: a     
                        factor moved from inside tanh to outside
 position_unpermuted    residual permutation of the token embedding, not of the     learned positions
                        learned position table
+diff_pairs_broken      heads permuted with the pairs of a differential attention   differential attention,
+                       (i, i + h/2) broken (DiffLlama)                               n_heads >= 4
 =====================  ==========================================================  ==========================
 
 Interaction mutants (:func:`interaction_mutant`, named ``interaction:<tag>&<tag>[&<tag>]``) are the identity
@@ -152,10 +154,12 @@ register_mutant("forget_writer_bias", "reference:permute_hidden", "writer_bias_u
 register_mutant("position_unpermuted", "reference:permute_hidden", "position_table_unpermuted",
                 applies={"position_embedding": True})
 register_mutant("cross_group_heads", "reference:permute_heads", "heads_across_groups",
-                applies={"mla": "none", "max_kv_heads": 3, "fused_qkv": False})  # and n_kv_heads > 1 (checked on the spec)
+                applies={"mla": "none", "max_kv_heads": 3, "fused_qkv": False, "attn_differential": False})  # and n_kv_heads > 1 (checked on the spec)
 register_mutant("alibi_unpermuted", "reference:permute_heads", "alibi_unpermuted",
                 applies={"mla": "none", "alibi": True, "fused_qkv": False})  # and n_heads > 1 (checked on the spec)
 register_mutant("sinks_unpermuted", "reference:permute_heads", "sinks_unpermuted",
                 applies={"mla": "none", "attn_sinks": True, "fused_qkv": False})  # and n_heads > 1 (checked on the spec)
 register_mutant("softcap_scale_outside", "reference:fold_attn_scale", "softcap_scale_outside",
                 applies={"mla": "none", "attn_softcap": 2.0, "fused_qkv": False, "norm_weightless": False})
+register_mutant("diff_pairs_broken", "reference:permute_heads", "differential_pairs_broken",
+                applies={"attn_differential": True, "fused_qkv": False})  # and n_heads >= 4 (checked on the spec)

@@ -151,9 +151,12 @@ def permute_heads(model: nn.Module, calib: Calibration, seed: int = 0) -> nn.Mod
             p = layout.params(attn)
             h, kv = p["n_heads"], p["n_kv_heads"]
             g = h // kv
-            kv_order = _perm(kv, gen)
-            q_order = torch.cat([kv_order[j] * g + _perm(g, gen) for j in range(kv)])
-            if fault("heads_across_groups") is not None:  # the mutant's bug: query heads cross groups, kv heads stay
+            if p.get("differential"):  # pairs move together: heads (i, i + h/2), value heads (j, j + kv/2)
+                kv_order, q_order = _differential_orders(h, kv, gen)
+            else:
+                kv_order = _perm(kv, gen)
+                q_order = torch.cat([kv_order[j] * g + _perm(g, gen) for j in range(kv)])
+            if fault("heads_across_groups") is not None and not p.get("differential"):  # the mutant's bug: query heads cross groups, kv heads stay
                 kv_order, q_order = torch.arange(kv), _perm(h, gen)
                 if torch.equal(q_order // g, torch.arange(h) // g):  # stayed inside the groups: no bug shown
                     q_order = torch.roll(q_order, g)
@@ -162,9 +165,29 @@ def permute_heads(model: nn.Module, calib: Calibration, seed: int = 0) -> nn.Mod
             _permute_producer(m, q_src, q_order, done, attn)
             _permute_producer(m, k_src, kv_order, done, attn)
             _permute_producer(m, v_src, kv_order, done, attn)
-            _permute_consumers(m, attn, q_order, done)
+            # a differential attention's output is h/2 groups of 2 dv: group i follows query head i of the first half
+            _permute_consumers(m, attn, q_order[:h // 2] if p.get("differential") else q_order, done)
             _permute_head_params(m, attn, q_order)
     return m
+
+
+def _differential_orders(h: int, kv: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A head permutation of a differential attention (DiffLlama): query heads ``i`` and ``i + h/2`` are one pair
+    (``P_i - lam P_{i + h/2}``) and value heads ``j`` and ``j + kv/2`` one value ``[V_j; V_{j + kv/2}]``, so the
+    first halves are permuted (kv pairs, then query heads inside each GQA group) and the second halves follow.
+    The mutant ``diff_pairs_broken`` draws the second halves' partner by another rule (each pair's second head
+    one place along its group, or, with one head per group, one kv pair along): GQA groups kept, pairs broken."""
+    g, half, kv_half = h // kv, h // 2, kv // 2
+    kv_first = _perm(kv_half, gen)
+    first = torch.cat([kv_first[j] * g + _perm(g, gen) for j in range(kv_half)])
+    second, kv_second = first, kv_first
+    if fault("differential_pairs_broken") is not None:
+        i = torch.arange(half)
+        if g > 1:  # one place along inside the group: the same keys, another partner
+            second = first[(i // g) * g + (i % g + 1) % g]
+        elif kv_half > 1:  # one head per group: the next kv pair, keys and value half moved with it
+            second, kv_second = first.roll(-1), kv_first.roll(-1)
+    return torch.cat([kv_first, kv_second + kv_half]), torch.cat([first, second + half])
 
 
 def _permute_head_params(m: GraphModel, attn: str, q_order: torch.Tensor) -> None:
@@ -185,6 +208,9 @@ def _permute_consumers(m: GraphModel, node: str, order: torch.Tensor, done: set)
         if op == "linear" and port == 0:
             block = mod.p["in_features"] // n
             mod.weight.copy_(_rows_by_blocks(mod.weight, order, block, dim=1))
+        elif op in ("scale", "norm") and port == 0 and (op == "scale" or mod.p["groups"] == n
+                                                        and not mod.p["group_weights"]):
+            _permute_consumers(m, consumer, order, done)  # a scale, a per-head norm with one shared weight: uniform
         elif op == "gate" and port == 0:
             g_src = layout.inputs(consumer)[1]
             if layout.widths[g_src] != 1:

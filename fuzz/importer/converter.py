@@ -70,6 +70,7 @@ class Converter:
         self._refuse_per_expert_norms()
         rewrites.drop_identity_scales(self)
         rewrites.bypass_views(self)
+        rewrites.fold_differential_attention(self)
         rewrites.fold_clamped_glus(self)
         rewrites.fold_input_scaled_experts(self)
         rewrites.fold_residual_gates(self)

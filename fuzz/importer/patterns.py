@@ -19,8 +19,9 @@ Conversion rules (recorded op -> layout op):
   argument, or the eager score chain ``Q K^T * a [/ c, tanh, * c]``; no factor at all is scale 1.0, GPT-Neo;
   ``baddbmm``'s alpha), never from config attributes; ALiBi slopes are fitted to the constants the chain adds
   (MPT, BLOOM); sinks are the one parameter the chain reads (a sink column before the softmax, or GraniteSWA's
-  ``sigmoid(logsumexp - sink)`` output scale); two maps over the same queries (differential attention) are
-  refused; a sliding window is measured after conversion (:mod:`fuzz.importer.window`: the attention's
+  ``sigmoid(logsumexp - sink)`` output scale); two maps over the same queries combined as DiffLlama's
+  ``first - lam * second`` are one ``differential`` attention (:func:`fuzz.importer.rewrites.fold_differential_attention`),
+  any other combination is refused; a sliding window is measured after conversion (:mod:`fuzz.importer.window`: the attention's
   ``window``), a chunked span is refused by the check, by measurement;
 * ``softcap``: ``scale(1 / c) -> tanh -> scale(c)`` (Gemma2's final-logit soft-cap);
 * ``router`` (it reads its own weight): split into a ``linear`` ``<router id>_proj`` and a ``router``;
@@ -243,7 +244,8 @@ def _norm(conv: Converter, node: str, ins: list[str]) -> dict:
             raise conv.refuse(node, f"a {d.get('kind', '')} norm reads no parameter but is recorded with a bias or "
                               f"weight form {d.get('weight_form')!r}")
         groups = d.get("groups") or max(1, conv.width(node) // dim)
-        return {"kind": d["kind"], "dim": dim, "groups": groups, "eps": float(d["eps"]), "weight_form": "none"}
+        params = {"kind": d["kind"], "dim": dim, "groups": groups, "eps": float(d["eps"]), "weight_form": "none"}
+        return {**params, **({"keep_dtype": True} if _keeps_dtype(conv, node, params) else {})}
     own = (d["groups"], dim) if d.get("group_weights") else (dim,)  # group_weights: a weight row per head
     if any(conv.shape(p) != own for p in read) or len(read) != 1 + d.get("bias", False):
         raise conv.refuse(node, f"norm of dim {dim} reads {[(p, conv.shape(p)) for p in read]}")
@@ -251,6 +253,36 @@ def _norm(conv: Converter, node: str, ins: list[str]) -> dict:
     conv.take(node, roles)
     return {k: d[k] for k in ("kind", "dim", "groups", "weight_form", "bias")} | {"eps": float(d["eps"])} \
         | ({"group_weights": True} if d.get("group_weights") else {})
+
+
+def _keeps_dtype(conv: Converter, node: str, params: dict) -> bool:
+    """Whether a weight-free RMSNorm module computes in the model's float64 (torch's ``nn.RMSNorm``: DiffLlama's
+    groupnorm), measured: on a float64 probe its output is the float64 norm to 1e-14 and not the float32-upcast one
+    (transformers' RMSNorm modules, NanoChat's norm), so ``transformers`` numerics keep its dtype."""
+    module = conv.modules.get(conv.g.nodes[node]["module_path"])
+    if params["kind"] != "rms" or module is None:
+        return False
+    if hasattr(module, "node_id") and isinstance(getattr(module, "p", None), dict):  # a GraphModel's norm says it
+        return bool(module.p.get("keep_dtype"))
+    x = torch.randn(1, 3, params["groups"] * params["dim"], generator=torch.Generator().manual_seed(0),
+                    dtype=torch.float64) * 3.0
+    for shape in (x.shape, (1, 3, params["groups"], params["dim"])):
+        try:
+            with torch.no_grad():
+                y = module(x.reshape(shape))
+        except (TypeError, RuntimeError, ValueError):
+            continue
+        if not isinstance(y, torch.Tensor) or y.dtype != torch.float64 or y.numel() != x.numel():
+            continue
+        want = {}
+        for keep in (True, False):
+            mod = MODULES["norm"](node, spec("norm").normalise(node, {**params, "keep_dtype": keep}), "transformers")
+            with torch.no_grad():
+                want[keep] = mod(x)
+        y = y.reshape(x.shape)
+        return bool(torch.allclose(y, want[True], rtol=1e-14, atol=1e-14)) \
+            and not bool(torch.allclose(y, want[False], rtol=1e-12, atol=1e-12))
+    return False
 
 
 def _norm_roles(conv: Converter, node: str, read: list[str]) -> dict[str, str]:
@@ -643,23 +675,25 @@ def _attention(conv: Converter, node: str, ins: list[str]) -> dict:
     twins = [n for n in conv.g.successors(ins[0]) if n != node and conv.g.nodes[n]["op"] == "attention"
              and conv.inputs(n)[:1] == ins[:1]]
     if twins:
-        # What an import would need (checked against transformers 5.25 DiffLlamaAttention, exact in float64 to
-        # 1e-16 under sdpa): one score map P over h query heads (both recorded calls share Q and K); query heads
-        # i and i + h/2 pair up; both read the 2d-wide value [V_j; V_{j + kv/2}], j = (i // (h/kv)) % (kv/2)
-        # (the recorder passes V's head-axis chunk + repeat through, so both recorded nodes read v_proj whole);
-        # out_i = P_i V - lam P_{i+h/2} V with lam = exp(q1.k1) - exp(q2.k2) + lambda_init, the sums and exps in
-        # float32 (float64 lam is off by ~3e-10); then the recorded weightless RMSNorm over the h/2 groups of 2d
-        # and the scale 1 - lambda_init, then o_proj. The output width stays h*d, the value width kv*d.
+        # DiffLlama's form (P_i - lam P_{i + h/2} over the paired value) is folded into one differential attention
+        # first (rewrites.fold_differential_attention); two maps combined any other way are refused
         raise conv.refuse(node, f"two attention maps over the same queries ({node!r} and {twins[0]!r}), combined "
-                          f"after the softmax: differential attention (DiffLlama); the layout's attention computes one")
-    sinks = _sinks(conv, node)
-    if not sinks:
+                          f"after the softmax other than DiffLlama's first - lambda * second: differential "
+                          f"attention; the layout's attention computes one")
+    d = conv.g.nodes[node]
+    differential = {"differential": True, "lambda_init": d["lambda_init"]} if d.get("differential") else {}
+    if differential:  # lam = exp(q1 . k1) - exp(q2 . k2) + lambda_init: the four vectors the recorded lam read
+        conv.take(node, d["lambda_roles"])
+        sinks = {}
+    else:
+        sinks = _sinks(conv, node)
+    if not sinks and not differential:
         conv.no_params(node)
     _check_attention(conv, node)
     p = {k: conv.g.nodes[node][k] for k in ("n_heads", "n_kv_heads", "head_dim")}
     # attention temperature tuning, measured and folded into the node (fuzz.importer.temperature)
     tuned = {k: conv.g.nodes[node][k] for k in TEMPERATURE_PARAMS if k in conv.g.nodes[node]}
-    return {**p, **_score_modifiers(conv, node), **_alibi(conv, node), **sinks, **tuned}
+    return {**p, **_score_modifiers(conv, node), **_alibi(conv, node), **sinks, **tuned, **differential}
 
 
 def _sinks(conv: Converter, node: str) -> dict:

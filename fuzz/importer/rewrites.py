@@ -10,6 +10,7 @@ import math
 from typing import TYPE_CHECKING
 
 import networkx as nx
+import torch
 
 from ..ops import GATE_ACTS
 
@@ -242,6 +243,61 @@ def fold_residual_gates(conv: Converter) -> None:
         conv.g.remove_nodes_from(muls)
         conv.rewire(node, [branch, residual[0]])
         d.update(op="residual_gate", params=[param], module_path=mds[0]["module_path"])
+
+
+def fold_differential_attention(conv: Converter) -> None:
+    """DiffLlama's differential attention: two recorded attentions over the same q, k, v (the recorder passes V's
+    head-axis chunk and repeat through), ``cat`` on the last axis (per head ``[o1_h, o2_h]``), chunked into the
+    first and second halves of the heads, ``first - lam * second`` with ``lam`` one number computed from four
+    parameters (the recorder keeps its value, ``param_scalar``) -> one ``attention`` with ``differential`` (query
+    heads ``i`` and ``i + h/2`` paired over the value ``[V_j; V_{j + kv/2}]``, :mod:`fuzz.ops`).  The dataflow fixes
+    the form; the value halves each map reads are the op's convention, which the import check confirms against
+    the model's logits.  ``lambda_init`` is measured: the recorded ``lam`` less ``exp(q1 . k1) - exp(q2 . k2)``,
+    computed as DiffLlama does (float32 sums and exps)."""
+    for sub, d in list(conv.g.nodes(data=True)):
+        if sub not in conv.g or d["op"] != "opaque" or d.get("call") != "sub" or d["params"] \
+                or conv.g.in_degree(sub) != 2:
+            continue
+        c0, m = conv.inputs(sub)
+        md = conv.g.nodes[m]
+        if md["op"] != "mul" or "param_scalar" not in md or len(md["params"]) != 4 or conv.g.in_degree(m) != 1 \
+                or conv.g.out_degree(m) != 1:
+            continue
+        (c1,) = conv.inputs(m)
+        if not all(_only(conv, c, 1) and conv.g.nodes[c].get("call") == "chunk" for c in (c0, c1)):
+            continue
+        (x0,), (x1,) = conv.inputs(c0), conv.inputs(c1)
+        xd = conv.g.nodes[x0]
+        if x0 != x1 or xd["op"] != "opaque" or xd.get("call") != "cat" or xd["params"] \
+                or xd.get("dim") not in (-1, len(xd["shape"]) - 1) or conv.g.in_degree(x0) != 2:
+            continue
+        a1, a2 = conv.inputs(x0)
+        ad1, ad2 = conv.g.nodes[a1], conv.g.nodes[a2]
+        keys = ("n_heads", "n_kv_heads", "head_dim", "sdpa_scale", "causal", "masked")
+        if not (ad1["op"] == ad2["op"] == "attention" and conv.inputs(a1) == conv.inputs(a2) and not ad1["params"]
+                and not ad2["params"] and conv.g.out_degree(a1) == conv.g.out_degree(a2) == 1
+                and all(ad1.get(k) == ad2.get(k) for k in keys)
+                and ad1.get("score_chain") == ad2.get("score_chain")):
+            continue
+        width = conv.width(x0)
+        if conv.g.nodes[c0].get("flat_slice") != [1, width, 0, width // 2] \
+                or conv.g.nodes[c1].get("flat_slice") != [1, width, width // 2, width // 2]:
+            continue
+        roles = {name.rsplit(".", 1)[-1]: name for name in md["params"]}
+        if set(roles) != {"lambda_q1", "lambda_k1", "lambda_q2", "lambda_k2"}:
+            continue
+        lam = md["param_scalar"]
+        q1, k1, q2, k2 = (conv.named[roles[r]].detach().double() for r in ("lambda_q1", "lambda_k1", "lambda_q2",
+                                                                         "lambda_k2"))
+        l1 = float(torch.exp(torch.sum(q1 * k1, dim=-1, dtype=torch.float32)).double())
+        l2 = float(torch.exp(torch.sum(q2 * k2, dim=-1, dtype=torch.float32)).double())
+        for node in (x0, c0, c1, m, a2):
+            conv.g.remove_node(node)
+        for _, dst, data in list(conv.g.out_edges(sub, data=True)):
+            conv.g.add_edge(a1, dst, **data)
+        ad1.update(differential=True, lambda_init=lam - (l1 - l2), params=sorted(md["params"]),
+                   lambda_roles=roles, shape=list(d["shape"]))
+        conv.g.remove_node(sub)
 
 
 _EMPTY = frozenset({"new_empty", "empty_like", "new_zeros", "zeros_like"})

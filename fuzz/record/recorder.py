@@ -315,6 +315,7 @@ class _Recorder(TorchFunctionMode):
         acts: list[tuple[torch.Tensor, str]] = []
         params: set[str] = set()
         consts: list[torch.Tensor] = []
+        derived: list[torch.Tensor] = []  # tensors computed from parameters alone (DiffLlama's lambda)
         # x.expand_as(y) / view_as / reshape_as / type_as: y only lends its shape or dtype, the values are x's
         # (GPT-NeoX-Japanese's bias.expand_as(residual) is the bias, not the residual)
         read = (args[:1] if name in _TEMPLATED and args and isinstance(args[0], torch.Tensor) else (args, kwargs))
@@ -324,6 +325,7 @@ class _Recorder(TorchFunctionMode):
                 acts.append((t, node))
             elif p := self._params_of(t):
                 params |= p
+                derived.append(t)
             else:
                 consts.append(t)
         first = args[0] if args else None
@@ -375,6 +377,9 @@ class _Recorder(TorchFunctionMode):
                 self._mutated(t, node)
             else:
                 self._set_act(t, node)
+            if op == "mul" and len(acts) == 1 and len(derived) == 1 and derived[0].numel() == 1:
+                # one number computed from parameters times the activation (DiffLlama's lambda): its value
+                self.graph.nodes[node]["param_scalar"] = float(derived[0].detach().reshape(()).double())
             if op == "opaque" and name == "add" and len(acts) == 1 and len(consts) == 1 and not params \
                     and "alpha" not in kwargs and consts[0].numel() <= _ADDED_MAX:
                 self.added[node] = consts[0].detach()

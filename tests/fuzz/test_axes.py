@@ -134,8 +134,9 @@ def test_features_are_the_union_of_the_axis_tags():
                 if not any(a.tags(spec) for spec in (RICH, ALL_ON, RICH.with_(hidden=33, head_dim=6),
                                                     RICH.with_(mla="q_lora"), RICH.with_(attn_chunk=4),
                                                     ALL_ON.with_(residual="sequential"),  # the residual gate
-                                                    ALL_ON.with_(attn_temperature_form="power")))}
-    # MLA excludes ALL_ON's fused_qkv; chunks exclude its sliding window
+                                                    ALL_ON.with_(attn_temperature_form="power"),
+                                                    RICH.with_(attn_differential=True)))}
+    # MLA excludes ALL_ON's fused_qkv; chunks exclude its sliding window; differential its attention gate
     assert untagged == {"n_kv_heads", "rope_theta", "moe_intermediate", "shared_intermediate", "shared_gate",
                         "norm_eps", "vocab", "attn_temperature_length"}
     assert "moe:shared_expert+gate" in RICH.with_(shared_expert=True).features()  # shared_gate shows here

@@ -197,7 +197,7 @@ def test_layer_norm_roles_do_not_depend_on_attribute_names():
     (norm,) = gm.layout.of_op("norm")
     assert gm.layout.meta["param_map"][norm] == {"weight": "norm.scale", "bias": "norm.shift"}
     assert gm.layout.params(norm) == {"kind": "layer", "dim": 8, "groups": 1, "eps": 1e-5, "weight_form": "w",
-                                      "bias": True, "group_weights": False}
+                                      "bias": True, "group_weights": False, "keep_dtype": False}
 
 
 def test_export_weights_loads_strictly_into_a_fresh_model():
@@ -464,7 +464,8 @@ def test_phi3_imports_with_fused_projections(case):
 
 
 @given(layout=strategies.layouts(moe=False, attn_gate=("none", "head_softplus"), alibi=False, attn_sinks=False,
-                                 attn_temperature_form="log_floor"), seed=strategies.seeds())
+                                 attn_temperature_form="log_floor", attn_differential=False),
+                                 seed=strategies.seeds())
 def test_materialized_layouts_import_to_themselves(layout, seed):
     """A GraphModel is a source too: post/sandwich norms, LayerNorm biases, interleaved and partial RoPE,
     NoPE layers, parallel residuals, multipliers and per-head gates come back as the same graph.
@@ -473,7 +474,9 @@ def test_materialized_layouts_import_to_themselves(layout, seed):
     elementwise ``output_sigmoid`` gate (its ``n_heads`` does not change the function, so the dataflow
     cannot tell it; the import says 1), ALiBi and sinks (not imported: refused,
     ``tests/fuzz/test_attention_scores.py``), the power-form temperature (measured by running the source at far
-    ``position_ids``, which a GraphModel does not take: refused by name, ``test_attention_temperature_power.py``).  Score scales and soft-caps come back measured."""
+    ``position_ids``, which a GraphModel does not take: refused by name, ``test_attention_temperature_power.py``),
+    differential attention (imported in DiffLlama's written form, ``tests/fuzz/test_differential_attention.py``;
+    the GraphModel writes it another way).  Score scales and soft-caps come back measured."""
     if any(layout.op(n) == "head_concat" for n in layout.order) and any(
             layout.params(a)["window"] for a in layout.of_op("attention")):
         return  # MLA with a sliding window: its window is not measured yet, so the check refuses it (no real

@@ -43,7 +43,8 @@ def _switched_on(switch: dict) -> DecoderSpec:
 
 
 def _examples() -> list[Layout]:
-    layouts = [build(DecoderSpec()), build(_RICH), build(_RICH.with_(tie_embeddings=False)), _SPECTRAL]
+    layouts = [build(DecoderSpec()), build(_RICH), build(_RICH.with_(tie_embeddings=False)), _SPECTRAL,
+               build(DecoderSpec(attn_differential=True))]  # the attention's lambda vectors (DiffLlama)
     for op_spec in SPECS.values():
         if isinstance(op_spec.drawn_by, tuple):
             layouts += [build(_switched_on(switch)) for switch in op_spec.drawn_by

@@ -235,7 +235,7 @@ def _layout_id(module_path: str) -> str:
     return node
 
 
-@given(strategies.layouts(alibi=False, attn_sinks=False))
+@given(strategies.layouts(alibi=False, attn_sinks=False, attn_differential=False))
 def test_recorded_materialized_layouts_match_their_layout(layout):
     """Any synthesized decoder: the recorded norms, their consumers, RoPE, attention and experts are the layout's
     (ALiBi and sinks excepted: their attention is not contracted, the import refuses it)."""
@@ -246,7 +246,8 @@ def test_recorded_materialized_layouts_match_their_layout(layout):
     assert sorted(by_id) == sorted(layout.of_op("norm"))
     for node, rec_node in by_id.items():
         assert {_layout_id(c.module_path) for c in consumers[rec_node]} == {c for c, _ in layout.consumers(node)}
-        got, want = rec.attrs(rec_node), layout.params(node)
+        got = rec.attrs(rec_node)
+        want = {k: v for k, v in layout.params(node).items() if k != "keep_dtype"}  # numerics: the importer measures it
         assert {k: got[k] for k in want} == want
     for op, keys in (("rope", ("n_heads", "head_dim", "rotary_dim", "style")),
                      ("attention", ("n_heads", "n_kv_heads", "head_dim")),

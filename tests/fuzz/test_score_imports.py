@@ -142,10 +142,12 @@ def test_a_sink_column_read_after_the_softmax_is_refused_naming_sinks():
         patterns._sinks(Conv, "a")
 
 
-def test_diffllama_is_refused_naming_differential_attention():
-    with pytest.raises(BadInput, match=r"model\.layers\.0\.self_attn .*two attention maps over the same queries.*"
-                                       r"differential attention \(DiffLlama\)"):
-        import_model(build("DiffLlamaForCausalLM"))
+def test_diffllama_imports_exactly_as_differential_attention():
+    """Its two attention maps over the same queries are one differential attention (formerly refused by name;
+    tests/fuzz/test_differential_attention.py)."""
+    gm = import_model(build("DiffLlamaForCausalLM"))
+    assert all(gm.layout.params(a)["differential"] for a in gm.layout.of_op("attention"))
+    assert gm.layout.meta["import_check"]["floor"] == "exact"
 
 
 def test_opt_imports_exactly_its_positions_measured_on_the_padded_batch():

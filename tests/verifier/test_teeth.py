@@ -42,8 +42,11 @@ APPLIES["chunk_dropped"] = (mutants.APPLIES["chunk_dropped"], lambda s: any(l.sl
 APPLIES["rope_scaling_dropped"] = (mutants.APPLIES["rope_scaling_dropped"],
                                    lambda s: s.rope_scaling not in ("dynamic", "proportional")
                                    or (s.rotary_dim or s.head_dim) > 2)
-APPLIES["alibi_unpermuted"] = (mutants.APPLIES["alibi_unpermuted"], lambda s: s.n_heads > 1)
-APPLIES["sinks_unpermuted"] = (mutants.APPLIES["sinks_unpermuted"], lambda s: s.n_heads > 1)
+# a differential attention over two heads is one pair: its only head permutation is the identity
+APPLIES["alibi_unpermuted"] = (mutants.APPLIES["alibi_unpermuted"],
+                               lambda s: s.n_heads > 1 and not (s.attn_differential and s.n_heads == 2))
+APPLIES["sinks_unpermuted"] = (mutants.APPLIES["sinks_unpermuted"],
+                               lambda s: s.n_heads > 1 and not (s.attn_differential and s.n_heads == 2))
 APPLIES["kpe_per_head"] = (mutants.APPLIES["kpe_per_head"], lambda s: s.n_heads > 1)  # one head: U_0 is shared
 # a weight-free LayerNorm over 2 channels (a 2-wide head per head, or the one head's full q / k) leaves q and k on
 # the one line (1, -1): q.R(t)k = |q||k| 2 cos t, blind to the direction of the rotation
@@ -51,6 +54,8 @@ APPLIES["rope_direction_lost"] = (mutants.APPLIES["rope_direction_lost"], lambda
     s.norm == "layer" and s.norm_weightless and s.qk_norm != "none" and s.head_dim == 2
     and (s.qk_norm != "full" or s.n_heads == 1)))
 APPLIES["shared_head_gamma"] = (mutants.APPLIES["shared_head_gamma"], lambda s: s.n_heads > 1)  # a weight per head
+# two heads (one pair, one kv pair): the only head permutation of a differential attention is the identity
+APPLIES["diff_pairs_broken"] = (mutants.APPLIES["diff_pairs_broken"], lambda s: s.n_heads >= 4)
 # the search is the campaign's (covering examples first, then draws: examples_to_catch); examples to first catch,
 # measured once every issue-14 axis had joined: 1 for 17 of 31 mutants, at most 14 for all but shared_head_gamma (30:
 # qk_norm=per_head_own x RMS x two or more heads x no weight-free norm, a triple the covering reaches late). With
@@ -58,11 +63,9 @@ APPLIES["shared_head_gamma"] = (mutants.APPLIES["shared_head_gamma"], lambda s: 
 # clamped_glu_as_linear 333) and moved with every new axis.
 # extra_rows_unrotated (extra_input_id x untied x ...) moved past 25 once expert_scale_input joined the covering
 # rows (24 with the default profile)
-# shared_head_gamma moved to 105 (ci profile) once per_layer_input and rope_scaling='proportional' joined the
-# covering rows (its triple qk_norm=per_head_own x RMS x >= 2 heads reached later); measured with
-# verifier.campaign.examples_to_catch('shared_head_gamma', 120) -- to re-measure when the lead orders the axes
-# symmetric_gamma (q/k norm x RMS x no fused qkv) moved past 25 once the residual_gate axis joined the covering rows
-BUDGET = {"shared_head_gamma": 110, "extra_rows_unrotated": 40, "symmetric_gamma": 40}
+# Budgets above 25 (measured with verifier.campaign.examples_to_catch under the ci profile after each merge of
+# new axes moved the covering rows); re-measured below after this session's merges
+BUDGET = {"shared_head_gamma": 110, "extra_rows_unrotated": 70, "symmetric_gamma": 40, "position_unrotated": 70}
 # a renormalised top-1 weight is 1 whatever the scores: the leaked correction bias cannot show there
 APPLIES["corrected_weights"] = (mutants.APPLIES["corrected_weights"], lambda s: not (s.renormalize and s.top_k == 1))
 # a weight of 1 scales neither the input nor the output: the moved weight shows only where the routing weights
@@ -214,7 +217,7 @@ def test_the_mutants_of_quant_transforms_are_registered_by_quant():
                   "expert_scale_moved", "ple_unrotated", "residual_gate_rotated", "chunk_dropped",
                   "temperature_form_confused"}
     assert quant_made | {"forget_writer_bias", "cross_group_heads", "alibi_unpermuted", "sinks_unpermuted",
-                         "softcap_scale_outside", "position_unpermuted"} == set(mutants.names())
+                         "softcap_scale_outside", "position_unpermuted", "diff_pairs_broken"} == set(mutants.names())
     for name in mutants.names():
         m = mutants.mutant(name)
         assert m.base.startswith("quant:" if name in quant_made else "reference:"), m
