@@ -274,18 +274,27 @@ class Attention(Node):
     across GQA groups; a ``window`` masks the keys at distance ``>= window`` (sliding-window attention);
     optional soft-cap, ALiBi bias and sinks (:meth:`modify_scores`, :meth:`sink_softmax`)."""
 
-    def forward(self, q, k, v, padding: torch.Tensor | None = None):
+    def forward(self, q, k, v, select: torch.Tensor | None = None, padding: torch.Tensor | None = None):
         """``padding``: ``(batch, seq)`` bool, False at padded positions (their keys are masked; a query
-        that sees no key attends to itself, so padded positions stay finite)."""
-        return self._attend(q, k, v, attention_mask(q.shape[1], self.p["window"], str(q.device)), padding)
+        that sees no key attends to itself, so padded positions stay finite).  ``select``: an ``index_topk``
+        node's ``(batch, seq, seq)`` selection (DeepSeek Sparse Attention), True at the keys a query reads."""
+        return self._attend(q, k, v, attention_mask(q.shape[1], self.p["window"], str(q.device)), padding, select)
 
-    def export_forward(self, q, k, v):
+    def export_forward(self, q, k, v, select: torch.Tensor | None = None):
         """:meth:`forward` with the mask built inside the traced graph (the cached one belongs to no trace)."""
-        return self._attend(q, k, v, attention_mask.__wrapped__(q.shape[1], self.p["window"], q.device))
+        return self._attend(q, k, v, attention_mask.__wrapped__(q.shape[1], self.p["window"], q.device),
+                            select=select)
 
-    def _attend(self, q, k, v, mask: torch.Tensor, padding: torch.Tensor | None = None):
+    def _attend(self, q, k, v, mask: torch.Tensor, padding: torch.Tensor | None = None,
+                select: torch.Tensor | None = None):
         p = self.p
         b, t, _ = q.shape
+        if select is not None:  # the indexer's keys only; a query that sees none attends to itself (finite)
+            mask = mask[None, None] & select[:, None]
+            if padding is not None:
+                mask = mask & padding[:, None, None, :]
+                padding = None
+            mask = mask | (~mask.any(-1, keepdim=True) & torch.eye(t, dtype=torch.bool, device=q.device))
         h, kv, d = p["n_heads"], p["n_kv_heads"], p["head_dim"]
         if p.get("temperature_beta") is not None:  # before the scores: the query of position i times t_i
             q = q * temperature_table(p, t, q.dtype, self.numerics, q.device)[None, :, None]
@@ -323,6 +332,32 @@ class Attention(Node):
         combined = torch.cat([scores, sink], dim=-1)
         combined = combined - combined.max(dim=-1, keepdim=True).values
         return torch.softmax(combined, dim=-1)[..., :-1]
+
+
+@torch_impl("index_topk")
+class IndexTopk(Node):
+    """DeepSeek Sparse Attention's lightning indexer (see :mod:`fuzz.ops`): index scores
+    ``I[i, j] = sum_h weight_scale w[i, h] relu(scale q[i, h] . k[j])`` over the keys query ``i`` may read
+    (causal, not padded), the ``topk`` largest selected (every readable key when there are fewer).  Returns the
+    ``(batch, seq, seq)`` bool selection.  Ties: ``torch.topk`` picks any of equal scores, so a tie at the
+    ``topk``-th place is resolved arbitrarily (as in transformers); random float64 weights make it improbable,
+    and keys past the causal / padding mask all score ``-inf`` and are masked again by the attention."""
+
+    def forward(self, q, k, w, padding: torch.Tensor | None = None):
+        p = self.p
+        b, t, _ = q.shape
+        h, d = p["n_heads"], p["head_dim"]
+        scale = d ** -0.5 if p["scale"] is None else p["scale"]
+        weight_scale = h ** -0.5 if p["weight_scale"] is None else p["weight_scale"]
+        qh = q.reshape(b, t, h, d)
+        scores = torch.relu(torch.einsum("bihd,bjd->bihj", qh, k) * scale)  # (b, i, h, j)
+        index = torch.einsum("bih,bihj->bij", w * weight_scale, scores)
+        readable = attention_mask.__wrapped__(t, None, q.device)[None]
+        if padding is not None:
+            readable = readable & padding[:, None, :]
+        index = index.masked_fill(~readable, float("-inf"))
+        chosen = index.topk(min(p["topk"], t), dim=-1).indices
+        return torch.zeros(b, t, t, dtype=torch.bool, device=q.device).scatter(-1, chosen, True)
 
 
 @torch_impl("softcap")
@@ -627,7 +662,7 @@ class GraphModel(nn.Module):
         # (node, its inputs, the inputs whose last reader it is: freed right after it runs)
         self._plan = [(n, inputs[n], [s for s in inputs[n] if last_use[s] == i]) for i, n in enumerate(layout.order)]
         # the nodes an attention_mask reaches: every attention, and learned positions that follow the mask
-        self._attention = frozenset(layout.of_op("attention")) | frozenset(
+        self._attention = frozenset(layout.of_op("attention", "index_topk")) | frozenset(
             n for n in layout.of_op("position_embedding") if layout.params(n)["from_mask"])
 
     def _matches_layout(self) -> bool:

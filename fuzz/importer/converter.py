@@ -69,6 +69,7 @@ class Converter:
         self._refuse_dynamic_masks()
         rewrites.drop_identity_scales(self)
         rewrites.bypass_views(self)
+        rewrites.fold_sparse_indexers(self)
         rewrites.fold_clamped_glus(self)
         rewrites.fold_input_scaled_experts(self)
         rewrites.fold_gates(self)
