@@ -272,6 +272,10 @@ AXES: dict[str, Axis] = _axes(
     # routed_in = x * sigmoid(score)); on every MoE layer
     Axis("expert_scale_input", "bool", (False, True), False,
          lambda s: ("moe:scale_input",) if s.expert_scale_input and _any_sparse(s) else ()),
+    # DeepSeek Sparse Attention (DeepSeek-V3.2, GLM-MoE-DSA): a lightning indexer per attention layer whose top-k
+    # keys are the only ones each query reads; top-k 3 < the oracle's 12 tokens, so the selection drops keys
+    Axis("sparse_index_topk", "window", (None, 3), None,
+         lambda s: ("attn:sparse_index",) if s.sparse_index_topk is not None else ()),
 )
 
 # the reducer's "turn a feature off" pass, in this order

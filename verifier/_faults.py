@@ -64,6 +64,9 @@ FAULTS = {
                               "the rotation by +theta",
     "expert_scale_moved": "a layout edit (graph_edit.LayoutEdit.apply) re-emits experts whose routing weight scales "
                           "their input (Llama 4) as experts weighting their outputs",
+    "indexer_key_unrotated": "residual-rotation leaves the sparse-attention indexer's key projection (the linear "
+                             "of the stream behind index_topk's k port) in the old basis: a rotator that only knows "
+                             "the attention's q/k/v readers; the selection changes only where top-k < seq",
     "xielu_quadratic": "up-down moves s^2 across xIELU as if it were relu2 (its positive side a_p x^2 + beta x is "
                        "quadratic, but not homogeneous)",
 }

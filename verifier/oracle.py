@@ -419,6 +419,13 @@ def _units(model: nn.Module) -> list[_Unit]:
     choosing = [r for r in layout.of_op("router") if layout.params(r)["top_k"] < layout.params(r)["n_experts"]
                 or layout.params(r).get("score") == "sparsemixer"] if graph else []
     routed = {i for r in choosing for i in layout.inputs(r)}
+    # what reaches the logits only through a sparse-attention indexer's top-k (its projections and key norm)
+    selecting: set[str] = set()
+    if graph and layout.of_op("index_topk"):
+        cut = layout.graph.copy()
+        cut.remove_nodes_from(layout.of_op("index_topk"))
+        feeding = {n for t in layout.of_op("index_topk") for n in nx.ancestors(layout.graph, t)}
+        selecting = feeding - nx.ancestors(cut, layout.sink)
     seen: set[int] = set()
     units = []
     for name, module in items:
@@ -433,6 +440,9 @@ def _units(model: nn.Module) -> list[_Unit]:
                 exempt = ("router projection: it acts through the discrete top-k choice (and weights that "
                           "top-1 renormalisation or a saturated softmax make constant); a dead router makes "
                           "every position a near-tie, which is set aside (inconclusive), never invariant")
+        if name in selecting:
+            exempt = ("sparse-attention indexer: it acts only through the discrete top-k choice of the keys each "
+                      "query reads (index_topk); a step that flips no choice leaves the function unchanged")
         if graph and layout.op(name) == "router":  # its own parameter (a correction bias) acts only on the choice
             exempt = ("router correction bias: it only moves the discrete top-k choice, never the weights; a "
                       "step that flips no choice (or any step, when top_k = n_experts) leaves the function "
