@@ -343,7 +343,36 @@ class IndexTopk(Node):
     ``topk``-th place is resolved arbitrarily (as in transformers); random float64 weights make it improbable,
     and keys past the causal / padding mask all score ``-inf`` and are masked again by the attention."""
 
+    last_margin: torch.Tensor | None = None
+    exact_ties: torch.Tensor | None = None  # per query: its topk-th and next readable scores are equal
+
     def forward(self, q, k, w, padding: torch.Tensor | None = None):
+        """``last_margin`` keeps, per query, the relative gap between its ``topk``-th and next readable score (a
+        near-tie there can flip which key is read under a rounding change; an exact tie, as relu's zeros or a
+        repeated token without RoPE give, is the same tie in any basis and gets ``inf``), read by the oracle
+        like a router's margin (:func:`verifier.oracle.comparable_positions`).  ``exact_ties`` marks the
+        queries whose choice is torch's tie-break (another implementation, OpenVINO's TopK, may pick another
+        tied key: device parity leaves those positions out, ``quant.parity.comparison._reference``)."""
+        index, k_eff = self._scores(q, k, w, padding)
+        top = index.topk(min(k_eff + 1, index.shape[-1]), dim=-1)
+        if k_eff < index.shape[-1]:
+            kth, nxt = top.values[..., k_eff - 1], top.values[..., k_eff]
+            gap = (kth - nxt) / torch.maximum(kth.abs(), nxt.abs()).clamp_min(torch.finfo(kth.dtype).tiny)
+            self.exact_ties = (torch.isfinite(nxt) & (kth == nxt)).detach()
+            gap = torch.where(torch.isfinite(nxt) & (gap > 0), gap, torch.full_like(gap, float("inf")))
+            self.last_margin = gap.detach()
+        else:
+            self.last_margin = self.exact_ties = None
+        chosen = top.indices[..., :k_eff]
+        return torch.zeros(index.shape, dtype=torch.bool, device=q.device).scatter(-1, chosen, True)
+
+    def export_forward(self, q, k, w):
+        """The same top-k selection, written for ``torch.export`` (no margin kept)."""
+        index, k_eff = self._scores(q, k, w, None)
+        chosen = index.topk(k_eff, dim=-1).indices
+        return torch.zeros(index.shape, dtype=torch.bool, device=q.device).scatter(-1, chosen, True)
+
+    def _scores(self, q, k, w, padding: torch.Tensor | None):
         p = self.p
         b, t, _ = q.shape
         h, d = p["n_heads"], p["head_dim"]
@@ -355,9 +384,7 @@ class IndexTopk(Node):
         readable = attention_mask.__wrapped__(t, None, q.device)[None]
         if padding is not None:
             readable = readable & padding[:, None, :]
-        index = index.masked_fill(~readable, float("-inf"))
-        chosen = index.topk(min(p["topk"], t), dim=-1).indices
-        return torch.zeros(b, t, t, dtype=torch.bool, device=q.device).scatter(-1, chosen, True)
+        return index.masked_fill(~readable, float("-inf")), min(p["topk"], t)
 
 
 @torch_impl("softcap")

@@ -63,8 +63,9 @@ expert_scale_moved     a layout rewrite (wht-scale's) re-emits experts whose rou
                        output: the GLU is not linear, so the function changes       (``expert_scale_input``)
 indexer_unrotated      residual-rotation leaves the sparse-attention indexer's key  DeepSeek Sparse Attention
                        projection (wk, reading the stream) in the old basis: the    (``sparse_index_topk``),
-                       index scores, so the keys each query reads, change (only     RMS, pre-norm, untied
-                       where top-k < seq: the oracle's 12 tokens > top-k 3)
+                       index scores, so the keys each query reads, change (only     RMS, pre-norm
+                       where top-k < seq: the oracle's 12 tokens > top-k 3;
+                       ``untie=True``: tied layouts too)
 =====================  ==========================================================  ==========================
 
 Loaded with the registries (the ``archfuzz.registries`` entry points, :func:`verifier.registry.load_plugins`).
@@ -149,5 +150,5 @@ register_mutant("weightless_unabsorbed", "quant:norm-absorb", "weightless_norm_u
 register_mutant("rope_direction_lost", "quant:wht-scale", "rope_direction_lost",
                 applies={"rope": True, "rope_reversed": True})
 register_mutant("xielu_as_relu2", "quant:up-down", "xielu_quadratic", applies={"mlp_xielu": True, "moe": False})
-register_mutant("indexer_unrotated", "quant:residual-rotation", "indexer_key_unrotated",
-                applies={"sparse_index_topk": 3, "norm": "rms", "placement": "pre", "tie_embeddings": False})
+register_mutant("indexer_unrotated", "quant:residual-rotation", "indexer_key_unrotated", fixed={"untie": True},
+                applies={"sparse_index_topk": 3, "norm": "rms", "placement": "pre"})

@@ -52,7 +52,7 @@ from torch.overrides import TorchFunctionMode
 
 from fuzz.errors import BadInput, Refusal
 from fuzz.layout import Layout
-from fuzz.materialize import GraphModel, Router, materialize
+from fuzz.materialize import GraphModel, IndexTopk, Router, materialize
 
 from .outcomes import FAILING, Status  # noqa: F401  (FAILING: re-exported, verifier.FAILING)
 from .tolerance import Tolerance, default_tolerance, relative_error
@@ -340,7 +340,8 @@ def comparable_positions(model: nn.Module, ids: torch.Tensor, tie_margin: float,
     :func:`topk_recorder` collected; a position is dropped from the first margin below ``tie_margin`` in its
     row onward.  The oracle and device parity (``quant.parity``) compare logits only on these positions.
     """
-    margins = [m.last_margin for m in model.modules() if isinstance(m, Router) and m.last_margin is not None]
+    margins = [m.last_margin for m in model.modules() if isinstance(m, (Router, IndexTopk))
+               and m.last_margin is not None]
     return _tie_mask(margins + recorded, ids, tie_margin)
 
 
