@@ -464,8 +464,8 @@ def test_phi3_imports_with_fused_projections(case):
         assert any(p is qkv for p in back.parameters())
 
 
-@given(layout=strategies.layouts(moe=False, attn_gate=("none", "head_softplus"), alibi=False, attn_sinks=False),
-       seed=strategies.seeds())
+@given(layout=strategies.layouts(moe=False, attn_gate=("none", "head_softplus"), alibi=False, attn_sinks=False,
+                                 sparse_index_topk=None), seed=strategies.seeds())
 def test_materialized_layouts_import_to_themselves(layout, seed):
     """A GraphModel is a source too: post/sandwich norms, LayerNorm biases, interleaved and partial RoPE,
     NoPE layers, parallel residuals, multipliers and per-head gates come back as the same graph.
@@ -473,7 +473,9 @@ def test_materialized_layouts_import_to_themselves(layout, seed):
     Not drawn: MoE (a GraphModel's router owns no weight, so the recorder does not contract it) and the
     elementwise ``output_sigmoid`` gate (its ``n_heads`` does not change the function, so the dataflow
     cannot tell it; the import says 1), ALiBi and sinks (not imported: refused,
-    ``tests/fuzz/test_attention_scores.py``).  Score scales and soft-caps come back measured."""
+    ``tests/fuzz/test_attention_scores.py``), a sparse-attention indexer (a GraphModel's ``index_topk`` records
+    as einsum + topk, not transformers' written form: refused by name as sparse attention; the transformers
+    families import, ``tests/fuzz/test_sparse_attention.py``).  Score scales and soft-caps come back measured."""
     if any(layout.op(n) == "head_concat" for n in layout.order) and any(
             layout.params(a)["window"] for a in layout.of_op("attention")):
         return  # MLA with a sliding window: its window is not measured yet, so the check refuses it (no real
