@@ -75,6 +75,9 @@ TINY = dict(
     # MLA and low-rank projections
     rotary_dim=4,  # GPT-J / CodeGen: a partial rotary width that fits head_dim 8
     q_lora_rank=16, kv_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim=4, v_head_dim=8,
+    # DeepSeek Sparse Attention's indexer: a top-k below the import check's lengths (24, 64), or it keeps every
+    # key and the check cannot see a dropped selection
+    index_topk=4, index_head_dim=8, index_n_heads=2,
     # windows and chunks: short, so the check's 2 W + 8 sees them
     sliding_window=8, attention_chunk_size=8,
     # Llama-4's attention temperature length (its NoPE layers): short, so the factor steps within the recording

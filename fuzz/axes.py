@@ -312,6 +312,10 @@ AXES: dict[str, Axis] = _axes(
     # differential attention (DiffLlama): paired heads and value heads (both counts even), no MLA, no output gate
     Axis("attn_differential", "bool", _differential_options, False, _if("attn:differential", "attn_differential"),
          most=(False, True)),  # the largest spec has an odd kv head count (max_kv_heads 3): no pairs
+    # DeepSeek Sparse Attention (DeepSeek-V3.2, GLM-MoE-DSA): a lightning indexer per attention layer whose top-k
+    # keys are the only ones each query reads; top-k 3 < the oracle's 12 tokens, so the selection drops keys
+    Axis("sparse_index_topk", "window", (None, 3), None,
+         lambda s: ("attn:sparse_index",) if s.sparse_index_topk is not None else ()),
 )
 
 def _gated(s) -> bool:

@@ -119,6 +119,10 @@ class DecoderSpec:
     # differential attention (DiffLlama): heads (i, i + h/2) paired over the value [V_j; V_{j + kv/2}], P_i - lam
     # P_{i + h/2}, then a weight-free group RMSNorm over the h/2 groups of 2d and the scale 1 - lambda_init
     attn_differential: bool = False
+    # DeepSeek Sparse Attention (DeepSeek-V3.2): a lightning indexer (its own linears reading the normed input, or
+    # MLA's q latent, a LayerNorm'd key, RoPE, relu scores weighted per indexer head) chooses the top-k keys each
+    # query reads (None: off); see _indexer
+    sparse_index_topk: int | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -217,9 +221,10 @@ def _mla(g: _Graph, s: DecoderSpec, p: str, x: str, layer: LayerSpec) -> str:
     nope, r, qk, dv = m["nope"], m["rope"], m["qk"], m["v"]
     if s.mla == "q_lora":
         q = g.add(f"{p}q_a_proj", "linear", [x], in_features=s.hidden, out_features=m["q_rank"], bias=s.qkv_bias)
-        q = _norm(g, s, f"{p}q_a_layernorm", q, m["q_rank"])
+        q = q_latent = _norm(g, s, f"{p}q_a_layernorm", q, m["q_rank"])
         q = g.add(f"{p}q_b_proj", "linear", [q], in_features=m["q_rank"], out_features=h * qk, bias=False)
     else:
+        q_latent = None
         q = g.add(f"{p}q_proj", "linear", [x], in_features=s.hidden, out_features=h * qk, bias=False)
     q_nope = g.add(f"{p}q_nope", "head_slice", [q], n_heads=h, head_dim=qk, start=0, length=nope)
     q_pe = g.add(f"{p}q_pe", "head_slice", [q], n_heads=h, head_dim=qk, start=nope, length=r)
@@ -239,14 +244,41 @@ def _mla(g: _Graph, s: DecoderSpec, p: str, x: str, layer: LayerSpec) -> str:
         k_pe = g.add(f"{p}k_rope", "rope", [k_pe], n_heads=1, head_dim=r, rotary_dim=r, **rp)
     q = g.add(f"{p}q", "head_concat", [q_nope, q_pe], n_heads=h, a_dim=nope, b_dim=r)
     k = g.add(f"{p}k", "head_concat", [k_nope, k_pe], n_heads=h, a_dim=nope, b_dim=r, shared_b=True)
+    select = _indexer(g, s, p, x, q_latent, layer)
     window = s.sliding_window if layer.sliding else None
     chunk = s.attn_chunk if layer.sliding else None
-    a = g.add(f"{p}attn", "attention", [q, k, v], n_heads=h, n_kv_heads=h, head_dim=qk, **_score_params(s),
+    a = g.add(f"{p}attn", "attention", [q, k, v, *select], n_heads=h, n_kv_heads=h, head_dim=qk, **_score_params(s),
               **({"window": window} if window is not None else {}), **({"chunk": chunk} if chunk is not None else {}))
     if s.attn_gate == "head_softplus":
         gl = g.add(f"{p}g_proj", "linear", [x], in_features=s.hidden, out_features=h, bias=False)
         a = g.add(f"{p}attn_gate", "gate", [a, gl], act="softplus", n_heads=h)
     return g.add(f"{p}o_proj", "linear", [a], in_features=h * dv, out_features=s.hidden, bias=s.o_bias)
+
+
+INDEX_HEADS = 2  # the indexer's heads (index_n_heads) in a synthesized layout
+
+
+def _indexer(g: _Graph, s: DecoderSpec, p: str, x: str, q_latent: str | None, layer: LayerSpec) -> list[str]:
+    """DeepSeek Sparse Attention's lightning indexer, as DeepSeek-V3.2 writes it: queries ``wq_b(q_latent)``
+    (MLA's normed q latent; the normed input ``x`` without one), one key ``k_norm(wk(x))`` (a LayerNorm with
+    bias), RoPE on the first channels of each, per-head weights ``weights_proj(x)``; the ``index_topk`` node
+    choosing the ``sparse_index_topk`` keys each query reads.  Returns ``[selection]`` for the attention's
+    ``select`` port (empty when off)."""
+    if s.sparse_index_topk is None:
+        return []
+    h, d = INDEX_HEADS, s.head_dim
+    src = x if q_latent is None else q_latent
+    width = s.hidden if q_latent is None else mla_dims(s)["q_rank"]
+    q = g.add(f"{p}indexer_wq_b", "linear", [src], in_features=width, out_features=h * d, bias=False)
+    k = g.add(f"{p}indexer_wk", "linear", [x], in_features=s.hidden, out_features=d, bias=False)
+    k = g.add(f"{p}indexer_k_norm", "norm", [k], kind="layer", dim=d, eps=1e-6, bias=True)
+    r = min(s.rotary_dim or d, d) // 2 * 2
+    if layer.rope and r >= 2:
+        rp = _rope_params(s, layer, r)
+        q = g.add(f"{p}indexer_q_rope", "rope", [q], n_heads=h, head_dim=d, rotary_dim=r, **rp)
+        k = g.add(f"{p}indexer_k_rope", "rope", [k], n_heads=1, head_dim=d, rotary_dim=r, **rp)
+    w = g.add(f"{p}indexer_weights_proj", "linear", [x], in_features=s.hidden, out_features=h, bias=False)
+    return [g.add(f"{p}indexer", "index_topk", [q, k, w], n_heads=h, head_dim=d, topk=s.sparse_index_topk)]
 
 
 def _attention(g: _Graph, s: DecoderSpec, p: str, x: str, layer: LayerSpec) -> str:
@@ -283,9 +315,10 @@ def _attention(g: _Graph, s: DecoderSpec, p: str, x: str, layer: LayerSpec) -> s
         rp = _rope_params(s, layer, r)
         q = g.add(f"{p}q_rope", "rope", [q], n_heads=h, head_dim=d, rotary_dim=r, **rp)
         k = g.add(f"{p}k_rope", "rope", [k], n_heads=kv, head_dim=d, rotary_dim=r, **rp)
+    select = _indexer(g, s, p, x, None, layer)
     window = s.sliding_window if layer.sliding else None
     chunk = s.attn_chunk if layer.sliding else None
-    a = g.add(f"{p}attn", "attention", [q, k, v], n_heads=h, n_kv_heads=kv, head_dim=d, **_score_params(s),
+    a = g.add(f"{p}attn", "attention", [q, k, v, *select], n_heads=h, n_kv_heads=kv, head_dim=d, **_score_params(s),
               **({"window": window} if window is not None else {}), **({"chunk": chunk} if chunk is not None else {}),
               **(differential_params(int(p[1:-1])) if s.attn_differential else {}))
     if s.attn_differential:  # DiffLlama's groupnorm (weight-free RMSNorm over each pair's 2d) and 1 - lambda_init

@@ -93,8 +93,12 @@ class Layout:
             op = g.nodes[node]["op"]
             ports = spec(op).ports
             ins = self.inputs(node)
-            if ports != ("*",) and len(ins) != len(ports):
-                raise LayoutError(f"{op} takes {len(ports)} input(s) {ports}, has {len(ins)}", node)
+            least = spec(op).min_ports or len(ports)
+            if ports != ("*",) and not least <= len(ins) <= len(ports):
+                raise LayoutError(f"{op} takes {len(ports) if least == len(ports) else f'{least} to {len(ports)}'} "
+                                  f"input(s) {ports}, has {len(ins)}", node)
+            if op == "attention" and len(ins) == 4 and g.nodes[ins[3]]["op"] != "index_topk":
+                raise LayoutError(f"attention's select port reads {ins[3]!r}, not an index_topk node", node)
             self.widths[node] = spec(op).infer(node, self.params(node), [self.widths[i] for i in ins])
         # the ids read are [0, vocab); the logits' vocabulary (the lm_head's) is vocab, or fewer when the table
         # has rows for ids the model reads and never predicts (Moshi's initial token): ``out_vocab``

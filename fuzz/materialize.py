@@ -301,22 +301,30 @@ class Attention(Node):
     across GQA groups; a ``window`` masks the keys at distance ``>= window`` (sliding-window attention);
     optional soft-cap, ALiBi bias and sinks (:meth:`modify_scores`, :meth:`sink_softmax`)."""
 
-    def forward(self, q, k, v, padding: torch.Tensor | None = None):
+    def forward(self, q, k, v, select: torch.Tensor | None = None, padding: torch.Tensor | None = None):
         """``padding``: ``(batch, seq)`` bool, False at padded positions (their keys are masked; a query
-        that sees no key attends to itself, so padded positions stay finite)."""
+        that sees no key attends to itself, so padded positions stay finite).  ``select``: an ``index_topk``
+        node's ``(batch, seq, seq)`` selection (DeepSeek Sparse Attention), True at the keys a query reads."""
         mask = attention_mask(q.shape[1], self.p["window"], str(q.device), self.p.get("chunk"))
         if padding is not None and self.p.get("chunk") is not None:  # chunks start at each row's first token
             mask = attention_mask(q.shape[1], None, str(q.device))[None] & chunk_mask(padding, self.p["chunk"])
-        return self._attend(q, k, v, mask, padding)
+        return self._attend(q, k, v, mask, padding, select)
 
-    def export_forward(self, q, k, v):
+    def export_forward(self, q, k, v, select: torch.Tensor | None = None):
         """:meth:`forward` with the mask built inside the traced graph (the cached one belongs to no trace)."""
         return self._attend(q, k, v, attention_mask.__wrapped__(q.shape[1], self.p["window"], q.device,
-                                                                 self.p.get("chunk")))
+                                                                 self.p.get("chunk")), select=select)
 
-    def _attend(self, q, k, v, mask: torch.Tensor, padding: torch.Tensor | None = None):
+    def _attend(self, q, k, v, mask: torch.Tensor, padding: torch.Tensor | None = None,
+                select: torch.Tensor | None = None):
         p = self.p
         b, t, _ = q.shape
+        if select is not None:  # the indexer's keys only; a query that sees none attends to itself (finite)
+            mask = (mask[:, None] if mask.dim() == 3 else mask[None, None]) & select[:, None]  # 3-D: chunks, padded
+            if padding is not None:
+                mask = mask & padding[:, None, None, :]
+                padding = None
+            mask = mask | (~mask.any(-1, keepdim=True) & torch.eye(t, dtype=torch.bool, device=q.device))
         h, kv, d = p["n_heads"], p["n_kv_heads"], p["head_dim"]
         if p.get("temperature_beta") is not None:  # before the scores: the query of position i times t_i
             q = q * temperature_table(p, t, q.dtype, self.numerics, q.device)[None, :, None]
@@ -376,6 +384,59 @@ class Attention(Node):
         combined = torch.cat([scores, sink], dim=-1)
         combined = combined - combined.max(dim=-1, keepdim=True).values
         return torch.softmax(combined, dim=-1)[..., :-1]
+
+
+@torch_impl("index_topk")
+class IndexTopk(Node):
+    """DeepSeek Sparse Attention's lightning indexer (see :mod:`fuzz.ops`): index scores
+    ``I[i, j] = sum_h weight_scale w[i, h] relu(scale q[i, h] . k[j])`` over the keys query ``i`` may read
+    (causal, not padded), the ``topk`` largest selected (every readable key when there are fewer).  Returns the
+    ``(batch, seq, seq)`` bool selection.  Ties: ``torch.topk`` picks any of equal scores, so a tie at the
+    ``topk``-th place is resolved arbitrarily (as in transformers); random float64 weights make it improbable,
+    and keys past the causal / padding mask all score ``-inf`` and are masked again by the attention."""
+
+    last_margin: torch.Tensor | None = None
+    exact_ties: torch.Tensor | None = None  # per query: its topk-th and next readable scores are equal
+
+    def forward(self, q, k, w, padding: torch.Tensor | None = None):
+        """``last_margin`` keeps, per query, the relative gap between its ``topk``-th and next readable score (a
+        near-tie there can flip which key is read under a rounding change; an exact tie, as relu's zeros or a
+        repeated token without RoPE give, is the same tie in any basis and gets ``inf``), read by the oracle
+        like a router's margin (:func:`verifier.oracle.comparable_positions`).  ``exact_ties`` marks the
+        queries whose choice is torch's tie-break (another implementation, OpenVINO's TopK, may pick another
+        tied key: device parity leaves those positions out, ``quant.parity.comparison._reference``)."""
+        index, k_eff = self._scores(q, k, w, padding)
+        top = index.topk(min(k_eff + 1, index.shape[-1]), dim=-1)
+        if k_eff < index.shape[-1]:
+            kth, nxt = top.values[..., k_eff - 1], top.values[..., k_eff]
+            gap = (kth - nxt) / torch.maximum(kth.abs(), nxt.abs()).clamp_min(torch.finfo(kth.dtype).tiny)
+            self.exact_ties = (torch.isfinite(nxt) & (kth == nxt)).detach()
+            gap = torch.where(torch.isfinite(nxt) & (gap > 0), gap, torch.full_like(gap, float("inf")))
+            self.last_margin = gap.detach()
+        else:
+            self.last_margin = self.exact_ties = None
+        chosen = top.indices[..., :k_eff]
+        return torch.zeros(index.shape, dtype=torch.bool, device=q.device).scatter(-1, chosen, True)
+
+    def export_forward(self, q, k, w):
+        """The same top-k selection, written for ``torch.export`` (no margin kept)."""
+        index, k_eff = self._scores(q, k, w, None)
+        chosen = index.topk(k_eff, dim=-1).indices
+        return torch.zeros(index.shape, dtype=torch.bool, device=q.device).scatter(-1, chosen, True)
+
+    def _scores(self, q, k, w, padding: torch.Tensor | None):
+        p = self.p
+        b, t, _ = q.shape
+        h, d = p["n_heads"], p["head_dim"]
+        scale = d ** -0.5 if p["scale"] is None else p["scale"]
+        weight_scale = h ** -0.5 if p["weight_scale"] is None else p["weight_scale"]
+        qh = q.reshape(b, t, h, d)
+        scores = torch.relu(torch.einsum("bihd,bjd->bihj", qh, k) * scale)  # (b, i, h, j)
+        index = torch.einsum("bih,bihj->bij", w * weight_scale, scores)
+        readable = attention_mask.__wrapped__(t, None, q.device)[None]
+        if padding is not None:
+            readable = readable & padding[:, None, :]
+        return index.masked_fill(~readable, float("-inf")), min(p["topk"], t)
 
 
 @torch_impl("softcap")
@@ -696,7 +757,7 @@ class GraphModel(nn.Module):
         # (node, its inputs, the inputs whose last reader it is: freed right after it runs)
         self._plan = [(n, inputs[n], [s for s in inputs[n] if last_use[s] == i]) for i, n in enumerate(layout.order)]
         # the nodes an attention_mask reaches: every attention, and learned positions that follow the mask
-        self._attention = frozenset(layout.of_op("attention")) | frozenset(
+        self._attention = frozenset(layout.of_op("attention", "index_topk")) | frozenset(
             n for n in layout.of_op("position_embedding") if layout.params(n)["from_mask"])
 
     def _matches_layout(self) -> bool:

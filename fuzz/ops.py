@@ -63,6 +63,8 @@ attention      causal softmax attention; ports q, k, v; GQA when ``n_kv_heads < 
                lambda_k1) - exp(lambda_q2 . lambda_k2) + lambda_init`` (four ``(head_dim,)`` parameters; the sums
                and exps in float32 under ``transformers`` numerics, as DiffLlama computes them); the group RMSNorm and
                the ``1 - lambda_init`` scale that follow are their own ``norm`` and ``scale`` nodes
+               an optional fourth port ``select`` (an ``index_topk`` node's output): the query reads only the keys
+               its indexer selected (DeepSeek Sparse Attention), on top of the causal / window / padding mask
 softcap        ``cap * tanh(x / cap)`` (Gemma2's final-logit soft-cap)
 head_slice     per head, channels ``[start, start + length)`` of a ``(heads, head_dim)`` view
 head_concat    per head, ``[a_h, b_h]`` (``a: (heads, a_dim)``, ``b: (heads, b_dim)``); ``shared_b``: ``b`` is one
@@ -106,6 +108,14 @@ lm_head        ``x W^T (+ b)`` with ``W: (vocab, dim)``; ``tied_to`` names the e
                ``bias``: a per-token-id logit bias ``b: (vocab,)`` (GPT-J, CodeGen)
 wht_in         the online input of a spectrally transformed linear: ``fwht([x, 0]) / scale`` (zero-pad to
                ``d_pad``, orthonormal Walsh-Hadamard, divide by the per-coordinate scale)
+index_topk     DeepSeek Sparse Attention's lightning indexer: ports q ``(heads, head_dim)`` (RoPE'd indexer
+               queries), k ``(head_dim,)`` (the one RoPE'd indexer key), w ``(heads,)`` (per-head weights);
+               ``I[i, j] = sum_h weight_scale w[i, h] relu(scale q[i, h] . k[j])`` over the keys ``j`` query ``i``
+               may read (causal, not padded), the ``topk`` largest selected per query (all of them when fewer);
+               its output is the ``(batch, seq, seq)`` bool selection an attention's ``select`` port reads, no
+               activation (width None).  Ties: torch's top-k picks any of equal scores; random float64 weights
+               make ties among readable keys improbable (DeepSeek-V3.2, AXK2, Dots3: half RoPE in the indexer;
+               GLM-MoE-DSA: interleaved, and its ``shared`` layers read an earlier layer's selection)
 gamma_norm     RMS-normalise each group of ``dim`` channels, then apply its own matrix:
                ``out_g = Gamma_g (u_g / rms(u_g))`` (the matrix-Gamma norm of spectral-PCA)
 =============  ==========================================================================================
@@ -173,6 +183,7 @@ class OpSpec:
     init: dict[str, Initialiser] = field(default_factory=dict)
     drawn_by: DrawnBy | None = None
     features: Callable[[dict], tuple[str, ...]] | None = None
+    min_ports: int | None = None  # trailing ports past this many are optional (attention's ``select``)
 
     def normalise(self, node: str, raw: dict) -> dict:
         """Fill defaults, reject unknown or ill-typed parameters (naming the node)."""
@@ -498,7 +509,9 @@ declare(OpSpec("rope", {"n_heads": (int, ...), "head_dim": (int, ...), "rotary_d
 def _attention(node, p, w):
     h, kv, d = p["n_heads"], p["n_kv_heads"], p["head_dim"]
     _need(h % kv == 0, node, f"n_heads {h} is not a multiple of n_kv_heads {kv}")
-    v = w[2] if len(w) == 3 else None
+    v = w[2] if len(w) in (3, 4) else None
+    _need(len(w) == 3 or w[3] is None, node, "attention's select port reads an index_topk selection (no activation), "
+          f"got width {w[3] if len(w) == 4 else None}")
     _need(v is not None and v % kv == 0, node, f"attention v width {v} is not n_kv_heads {kv} value heads")
     dv = v // kv  # the value head (MLA's v_head_dim may differ from the q/k head_dim)
     _widths(node, "attention", w[:2], [h * d, kv * d])
@@ -597,7 +610,8 @@ declare(OpSpec("attention", {"n_heads": (int, ...), "n_kv_heads": (int, ...), "h
                              "chunk": ((int, type(None)), None),
                              # differential attention (DiffLlama): see the table above
                              "differential": (bool, False), "lambda_init": (float, 0.0)},
-               ("q", "k", "v"), _attention, {"temperature_form": ("log_floor", "power")}, shapes=_attention_shapes,
+               ("q", "k", "v", "select"), _attention, {"temperature_form": ("log_floor", "power")},
+               shapes=_attention_shapes, min_ports=3,
                init={"alibi_slopes": _init_alibi_slopes, "sinks": _init_unit,
                      **{name: _init_lambda for name in DIFF_LAMBDAS}}, drawn_by=ALWAYS,
                features=_attention_features))
@@ -859,6 +873,23 @@ declare(OpSpec("gamma_norm", {"dim": (int, ...), "groups": (int, 1), "eps": (flo
                drawn_by=NotDrawn("produced only by the T5 spectral-PCA transform from a q/k norm; no decoder and "
                                  "no transformers model contains it"),
                features=lambda p: ("op:gamma_norm",) + (("op:gamma_norm:per_head",) if p["groups"] > 1 else ())))
+
+
+def _index_topk(node, p, w):
+    h, d = p["n_heads"], p["head_dim"]
+    _widths(node, "index_topk", w, [h * d, d, h])
+    lo, hi = FACTOR_RANGE
+    for key in ("scale", "weight_scale"):
+        if p[key] is not None:
+            _finite(node, "index_topk", key, p[key], f"None or finite with {lo:g} <= {key} <= {hi:g}",
+                    lo <= p[key] <= hi)
+    return None  # a (batch, seq, seq) selection, read by an attention's select port only
+
+
+declare(OpSpec("index_topk", {"n_heads": (int, ...), "head_dim": (int, ...), "topk": (int, ...),
+                              "scale": (_OPT_FLOAT, None), "weight_scale": (_OPT_FLOAT, None)},
+               ("q", "k", "w"), _index_topk, shapes=_no_parameters,
+               drawn_by=({"sparse_index_topk": 3},), features=lambda p: ("op:index_topk",)))
 
 
 def spec(op: str, node: str | None = None) -> OpSpec:

@@ -74,6 +74,11 @@ chunk_dropped          a layout rewrite (wht-scale's) re-emits each attention   
 temperature_form_      a layout rewrite (wht-scale's) re-emits Beam's smooth       the power form of the
 confused               temperature (1 + (p + o) / L) ** beta as Llama-4's steps    attention temperature
                        1 + beta log(1 + floor((p + o) / L))
+indexer_unrotated      residual-rotation leaves the sparse-attention indexer's key  DeepSeek Sparse Attention
+                       projection (wk, reading the stream) in the old basis: the    (``sparse_index_topk``),
+                       index scores, so the keys each query reads, change (only     RMS, pre-norm
+                       where top-k < seq: the oracle's 12 tokens > top-k 3;
+                       ``untie=True``: tied layouts too)
 =====================  ==========================================================  ==========================
 
 Loaded with the registries (the ``archfuzz.registries`` entry points, :func:`verifier.registry.load_plugins`).
@@ -169,3 +174,5 @@ register_mutant("xielu_as_relu2", "quant:up-down", "xielu_quadratic", applies={"
 register_mutant("residual_gate_rotated", "quant:residual-rotation", "residual_gate_rotated",
                 applies={"residual_gate": True, "residual": "sequential", "norm": "rms", "placement": "pre",
                          "tie_embeddings": False})
+register_mutant("indexer_unrotated", "quant:residual-rotation", "indexer_key_unrotated", fixed={"untie": True},
+                applies={"sparse_index_topk": 3, "norm": "rms", "placement": "pre"})

@@ -75,6 +75,9 @@ FAULTS = {
                              "for a plain residual add and rotates the stream through it",
     "differential_pairs_broken": "permute_heads moves a differential attention's second heads (i + h/2) by "
                                  "another rule than their first heads i, breaking the pairs P_i - lam P_{i + h/2}",
+    "indexer_key_unrotated": "residual-rotation leaves the sparse-attention indexer's key projection (the linear "
+                             "of the stream behind index_topk's k port) in the old basis: a rotator that only knows "
+                             "the attention's q/k/v readers; the selection changes only where top-k < seq",
     "xielu_quadratic": "up-down moves s^2 across xIELU as if it were relu2 (its positive side a_p x^2 + beta x is "
                        "quadratic, but not homogeneous)",
 }

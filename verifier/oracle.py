@@ -52,7 +52,7 @@ from torch.overrides import TorchFunctionMode
 
 from fuzz.errors import BadInput, Refusal
 from fuzz.layout import Layout
-from fuzz.materialize import GraphModel, Router, materialize
+from fuzz.materialize import GraphModel, IndexTopk, Router, materialize
 
 from .outcomes import FAILING, Status  # noqa: F401  (FAILING: re-exported, verifier.FAILING)
 from .tolerance import Tolerance, default_tolerance, relative_error
@@ -342,7 +342,8 @@ def comparable_positions(model: nn.Module, ids: torch.Tensor, tie_margin: float,
     :func:`topk_recorder` collected; a position is dropped from the first margin below ``tie_margin`` in its
     row onward.  The oracle and device parity (``quant.parity``) compare logits only on these positions.
     """
-    margins = [m.last_margin for m in model.modules() if isinstance(m, Router) and m.last_margin is not None]
+    margins = [m.last_margin for m in model.modules() if isinstance(m, (Router, IndexTopk))
+               and m.last_margin is not None]
     return _tie_mask(margins + recorded, ids, tie_margin)
 
 
@@ -421,6 +422,13 @@ def _units(model: nn.Module) -> list[_Unit]:
     choosing = [r for r in layout.of_op("router") if layout.params(r)["top_k"] < layout.params(r)["n_experts"]
                 or layout.params(r).get("score") == "sparsemixer"] if graph else []
     routed = {i for r in choosing for i in layout.inputs(r)}
+    # what reaches the logits only through a sparse-attention indexer's top-k (its projections and key norm)
+    selecting: set[str] = set()
+    if graph and layout.of_op("index_topk"):
+        cut = layout.graph.copy()
+        cut.remove_nodes_from(layout.of_op("index_topk"))
+        feeding = {n for t in layout.of_op("index_topk") for n in nx.ancestors(layout.graph, t)}
+        selecting = feeding - nx.ancestors(cut, layout.sink)
     seen: set[int] = set()
     units = []
     for name, module in items:
@@ -435,6 +443,9 @@ def _units(model: nn.Module) -> list[_Unit]:
                 exempt = ("router projection: it acts through the discrete top-k choice (and weights that "
                           "top-1 renormalisation or a saturated softmax make constant); a dead router makes "
                           "every position a near-tie, which is set aside (inconclusive), never invariant")
+        if name in selecting:
+            exempt = ("sparse-attention indexer: it acts only through the discrete top-k choice of the keys each "
+                      "query reads (index_topk); a step that flips no choice leaves the function unchanged")
         if graph and layout.op(name) == "router":  # its own parameter (a correction bias) acts only on the choice
             exempt = ("router correction bias: it only moves the discrete top-k choice, never the weights; a "
                       "step that flips no choice (or any step, when top_k = n_experts) leaves the function "

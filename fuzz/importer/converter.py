@@ -71,6 +71,7 @@ class Converter:
         rewrites.drop_identity_scales(self)
         rewrites.bypass_views(self)
         rewrites.fold_differential_attention(self)
+        rewrites.fold_sparse_indexers(self)
         rewrites.fold_clamped_glus(self)
         rewrites.fold_input_scaled_experts(self)
         rewrites.fold_residual_gates(self)

@@ -811,6 +811,12 @@ def scores_activations_for_topk(conv: Converter, node: str) -> bool:
         and any(conv.g.nodes[n].get("call") == "topk" for n in nx.descendants(conv.g, node))
 
 
+@import_pattern("index_topk")  # folded by rewrites.fold_sparse_indexers (DeepSeek Sparse Attention)
+def _index_topk(conv: Converter, node: str, ins: list[str]) -> dict:
+    conv.no_params(node)
+    return dict(conv.g.nodes[node]["index_params"])
+
+
 @import_pattern("softcap")  # recorded as scale(1 / c) -> tanh -> scale(c), folded by rewrites.fold_softcaps
 def _softcap(conv: Converter, node: str, ins: list[str]) -> dict:
     conv.no_params(node)

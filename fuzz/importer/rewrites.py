@@ -425,3 +425,113 @@ def _per_head_bias(bias: tuple[int, ...], add_shape: list[int], linear_shape: li
         return False
     heads, head_dim = add_shape[-2:]
     return heads == bias[0] and heads * head_dim == width and heads != head_dim and head_dim > 1
+
+
+# the recorded steps from an indexer's top-k indices to the attention's mask: the indices scattered into a
+# selection (``new_ones(..).scatter(-1, idx, False)``), inverted and and-ed into (or masked into) the mask
+_SELECTION_CALLS = frozenset({"long", "int", "to", "new_ones", "new_zeros", "ones_like", "zeros_like", "scatter",
+                              "scatter_", "invert", "bitwise_not", "logical_not", "and", "logical_and", "bitwise_and",
+                              "masked_fill", "unsqueeze", "getitem", "view", "reshape", "expand", "where"})
+
+
+def fold_sparse_indexers(conv: Converter) -> None:
+    """DeepSeek Sparse Attention: the lightning indexer whose top-k choice masks an attention (DeepSeek-V3.2,
+    GLM-MoE-DSA, AXK2, Dots3) -> one ``index_topk`` node read by the attention's ``select`` port.
+
+    Found from the dataflow alone: an attention's mask (port 3) behind a ``topk`` whose scores are
+    ``(w * c_w) @ relu((q @ k^T) * c_s)`` masked by the causal mask: a matmul of a per-head weight (a width-``h``
+    activation, times an optional constant ``c_w``) with the relu of the scaled product of two activations, the
+    RoPE'd queries (``h`` heads of ``d``) and the one key (``d``).  The two constants become the node's
+    ``weight_scale`` and ``scale``; ``topk`` is the recorded top-k width when it is below the recorded length,
+    else the choice keeps every key there and ``topk`` is the owning module's ``index_topk`` (at least the
+    recorded width), else refused.  The selection steps (scatter, invert, and) are dropped: the attention's
+    ``select`` port means the same mask.  A layer that reuses an earlier layer's choice (GLM-MoE-DSA's
+    ``shared`` indexer layers) reads that layer's node.  The import check compares the result at lengths past
+    ``topk`` (:func:`benchmarks.compat.tiny_config` shrinks ``index_topk``)."""
+    seq = conv.rec.meta["input_shape"][-1]
+    folded: dict[str, str] = {}  # recorded topk -> its index_topk node
+    dead: set[str] = set()
+    for att, d in sorted(conv.g.nodes(data=True), key=lambda nd: nd[1]["index"]):
+        if d["op"] != "attention":
+            continue
+        masks = [s for s, _, port in conv.g.in_edges(att, data="port") if port == 3]
+        if not masks:
+            continue
+        chain = nx.ancestors(conv.g, masks[0]) | {masks[0]}
+        tops = [n for n in chain if conv.g.nodes[n]["op"] == "opaque" and conv.g.nodes[n].get("call") == "topk"]
+        if len(tops) != 1:
+            continue
+        (top,) = tops
+        between = (chain - nx.ancestors(conv.g, top)) - {top}
+        if any(conv.g.nodes[n]["op"] != "opaque" or conv.g.nodes[n].get("call") not in _SELECTION_CALLS
+               or conv.g.nodes[n]["params"] for n in between):
+            continue  # not a selection only: left to the dynamic-mask and sparse-attention refusals
+        if top not in folded:
+            found = _indexer_scores(conv, top)
+            if found is None:
+                continue
+            q, k, w, scale, weight_scale, scoring = found
+            width = int(conv.g.nodes[top]["shape"][-1])
+            topk = width
+            if width >= seq:  # every key chosen at the recorded length: the module's own limit, if it has one
+                owner = conv.modules.get(conv.g.nodes[top]["module_path"])
+                topk = getattr(owner, "index_topk", None)
+                if not isinstance(topk, int) or isinstance(topk, bool) or topk < width:
+                    raise conv.refuse(top, f"sparse attention indexer (DeepSeek Sparse Attention): its top-k keeps "
+                                      f"all {width} keys at the recorded length {seq} and the module names no "
+                                      f"index_topk, so the number of keys each query reads is not measured")
+            h, hd = conv.width(w), conv.width(k)
+            node = f"{top}__index_topk"
+            conv.g.add_node(node, op="index_topk", module_path=conv.g.nodes[top]["module_path"], params=[],
+                            index=conv.g.nodes[top]["index"], shape=list(conv.g.nodes[top]["shape"]),
+                            index_params={"n_heads": h, "head_dim": hd, "topk": topk, "scale": scale,
+                                          "weight_scale": weight_scale})
+            for port, src in enumerate((q, k, w)):
+                conv.g.add_edge(src, node, port=port)
+            folded[top] = node
+            dead |= scoring | {top}
+        conv.g.remove_edge(masks[0], att)
+        conv.g.add_edge(folded[top], att, port=3)
+        dead |= between
+    while True:  # drop the scoring and selection steps nothing reads any more
+        gone = [n for n in dead if n in conv.g and conv.g.out_degree(n) == 0]
+        if not gone:
+            break
+        conv.g.remove_nodes_from(gone)
+
+
+def _indexer_scores(conv: Converter, top: str):
+    """``(q, k, w, scale, weight_scale, nodes)`` of a top-k over ``(w * c_w) @ relu((q @ k^T) * c_s)`` (masked),
+    else None."""
+    g = conv.g
+
+    def strip(node, op):  # an optional constant factor
+        if g.nodes[node]["op"] == op and g.in_degree(node) == 1 and not g.nodes[node]["params"]:
+            return conv.inputs(node)[0], float(g.nodes[node].get("factor", 1.0)), node
+        return node, 1.0, None
+
+    (masked,) = conv.inputs(top) if g.in_degree(top) == 1 else (None,)
+    if masked is None or g.nodes[masked]["op"] not in ("opaque", "add") or g.in_degree(masked) != 1:
+        return None
+    (total,) = conv.inputs(masked)
+    if g.nodes[total].get("call") not in ("matmul", "bmm", "einsum") or g.in_degree(total) != 2:
+        return None
+    nodes = {masked, total}
+    relu = next((i for i in conv.inputs(total) if g.nodes[i]["op"] == "act" and g.nodes[i].get("fn") == "relu"), None)
+    if relu is None:
+        return None
+    (weights,) = [i for i in conv.inputs(total) if i != relu]
+    w, weight_scale, s1 = strip(weights, "scale")
+    (scaled,) = conv.inputs(relu)
+    qk, scale, s2 = strip(scaled, "scale")
+    if g.nodes[qk].get("call") not in ("matmul", "bmm", "einsum") or g.in_degree(qk) != 2 \
+            or g.nodes[w]["op"] != "linear":
+        return None
+    h = conv.width(w)
+    a, b = conv.inputs(qk)
+    q, k = (a, b) if conv.width(a) == h * conv.width(b) else (b, a)
+    if conv.width(q) != h * conv.width(k):
+        return None
+    if any(g.out_degree(n) != 1 for n in (relu, qk) + tuple(x for x in (s1, s2) if x)):
+        return None
+    return q, k, w, scale, weight_scale, nodes | {relu, qk} | {x for x in (s1, s2) if x}

@@ -48,7 +48,14 @@ def _reference(model: nn.Module, ids: torch.Tensor, tie_margin: float) -> tuple[
             logits = model(ids)
         else:
             logits = ExportWrapper(model)(ids)
-    return logits.detach().float(), comparable_positions(model, ids, tie_margin, rec.margins)
+    mask = comparable_positions(model, ids, tie_margin, rec.margins)
+    if isinstance(model, GraphModel):  # a sparse-attention indexer's exact tie at its top-k: another
+        # implementation's TopK may read another tied key (from there on, as a near-tie)
+        for node in model.layout.of_op("index_topk"):
+            ties = model.nodes[node].exact_ties
+            if ties is not None and ties.shape == mask.shape:
+                mask &= ~(ties.cpu().cumsum(dim=1) > 0)
+    return logits.detach().float(), mask
 
 
 def perplexity_of(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor | None = None) -> float:

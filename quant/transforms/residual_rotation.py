@@ -123,7 +123,8 @@ def residual_rotation(model: nn.Module, calib: Calibration, seed: int = 0, untie
             elif op == "position_embedding" and fault("position_table_unrotated") is None:  # the table: P Q
                 mod.weight.copy_(mod.weight @ q)
             elif (op in _LINEAR_READERS and reads and not (op == "lm_head" and mod.p["tied_to"] is not None)
-                  and node not in skipped):
+                  and node not in skipped
+                  and not (fault("indexer_key_unrotated") is not None and _indexer_key(layout, node))):  # mutant
                 mod.weight.copy_(mod.weight @ q)
             elif op == "experts" and reads:  # canonical (E, 2I, H) view, whatever the storage
                 mod.w_in().copy_(mod.w_in() @ q)
@@ -137,3 +138,17 @@ def residual_rotation(model: nn.Module, calib: Calibration, seed: int = 0, untie
                     mod.down_proj_bias.copy_(mod.down_proj_bias @ q)
     m.transform_log = getattr(m, "transform_log", []) + [{"transform": NAME, "width": hidden, "matrix": kind}]
     return m
+
+
+def _indexer_key(layout, node: str) -> bool:
+    """Whether the linear ``node`` is a sparse-attention indexer's key projection: what it writes reaches an
+    ``index_topk``'s ``k`` port (port 1) through single-input steps (its key norm, RoPE)."""
+    frontier = [node]
+    while frontier:
+        n = frontier.pop()
+        for c, port in layout.consumers(n):
+            if layout.op(c) == "index_topk" and port == 1:
+                return True
+            if layout.op(c) in ("norm", "rope"):
+                frontier.append(c)
+    return False

@@ -29,7 +29,8 @@ ALL_ON = RICH.with_(qkv_bias=True, o_bias=True, mlp_bias=True, shared_expert=Tru
                    lm_head_bias=True, extra_input_id=True, positions_from_mask=True, attn_temperature=0.5,
                    norm_weightless=True, mlp_xielu=True, rope_reversed=True)
 ALL_ON = ALL_ON.with_(router="grouped", routed_scaling=2.5, expert_form="gpt_oss",  # MoE router variants
-                      expert_scale_input=True, per_layer_input=4, residual_gate=True)
+                      expert_scale_input=True, per_layer_input=4, residual_gate=True,
+                      sparse_index_topk=3)  # DeepSeek Sparse Attention
 # one invalid value per kind (a constraint check_constraints must refuse)
 INVALID = {"choice": "no-such-choice", "bool": 1, "width": 0, "positive_float": -1.0, "multiplier": 0,
            "rotary": 3, "window": 0, "cap": -1.0}

@@ -464,8 +464,8 @@ def test_phi3_imports_with_fused_projections(case):
 
 
 @given(layout=strategies.layouts(moe=False, attn_gate=("none", "head_softplus"), alibi=False, attn_sinks=False,
-                                 attn_temperature_form="log_floor", attn_differential=False),
-                                 seed=strategies.seeds())
+                                 attn_temperature_form="log_floor", attn_differential=False,
+                                 sparse_index_topk=None), seed=strategies.seeds())
 def test_materialized_layouts_import_to_themselves(layout, seed):
     """A GraphModel is a source too: post/sandwich norms, LayerNorm biases, interleaved and partial RoPE,
     NoPE layers, parallel residuals, multipliers and per-head gates come back as the same graph.
@@ -476,7 +476,9 @@ def test_materialized_layouts_import_to_themselves(layout, seed):
     ``tests/fuzz/test_attention_scores.py``), the power-form temperature (measured by running the source at far
     ``position_ids``, which a GraphModel does not take: refused by name, ``test_attention_temperature_power.py``),
     differential attention (imported in DiffLlama's written form, ``tests/fuzz/test_differential_attention.py``;
-    the GraphModel writes it another way).  Score scales and soft-caps come back measured."""
+    the GraphModel writes it another way), a sparse-attention indexer (a GraphModel's ``index_topk`` records
+    as einsum + topk, not transformers' written form: refused by name as sparse attention; the transformers
+    families import, ``tests/fuzz/test_sparse_attention.py``).  Score scales and soft-caps come back measured."""
     if any(layout.op(n) == "head_concat" for n in layout.order) and any(
             layout.params(a)["window"] for a in layout.of_op("attention")):
         return  # MLA with a sliding window: its window is not measured yet, so the check refuses it (no real

@@ -235,7 +235,8 @@ def _layout_id(module_path: str) -> str:
     return node
 
 
-@given(strategies.layouts(alibi=False, attn_sinks=False, attn_differential=False))
+@given(strategies.layouts(alibi=False, attn_sinks=False, attn_differential=False,
+                          sparse_index_topk=None))  # index_topk: einsum + topk
 def test_recorded_materialized_layouts_match_their_layout(layout):
     """Any synthesized decoder: the recorded norms, their consumers, RoPE, attention and experts are the layout's
     (ALiBi and sinks excepted: their attention is not contracted, the import refuses it)."""
