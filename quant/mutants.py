@@ -150,7 +150,8 @@ register_mutant("assumed_homogeneous", "quant:up-down", "homogeneity_assumed",
 register_mutant("sparsemixer_dropped", "quant:wht-scale", "sparsemixer_dropped",
                 applies={"moe": True, "router": "sparsemixer"})
 register_mutant("ple_unrotated", "quant:residual-rotation", "ple_unrotated",
-                applies={"per_layer_input": 4, "norm": "rms", "placement": "pre", "tie_embeddings": False})
+                applies={"per_layer_input": 4, "norm": "rms", "placement": "pre", "tie_embeddings": False,
+                         "residual_gate": False})
 register_mutant("expert_scale_moved", "quant:wht-scale", "expert_scale_moved",
                 applies={"moe": True, "expert_scale_input": True})
 register_mutant("clamped_glu_as_linear", "quant:up-down", "clamped_glu_as_linear",
@@ -171,8 +172,7 @@ register_mutant("weightless_unabsorbed", "quant:norm-absorb", "weightless_norm_u
 register_mutant("rope_direction_lost", "quant:wht-scale", "rope_direction_lost",
                 applies={"rope": True, "rope_reversed": True})
 register_mutant("xielu_as_relu2", "quant:up-down", "xielu_quadratic", applies={"mlp_xielu": True, "moe": False})
-register_mutant("residual_gate_rotated", "quant:residual-rotation", "residual_gate_rotated",
-                applies={"residual_gate": True, "residual": "sequential", "norm": "rms", "placement": "pre",
-                         "tie_embeddings": False})
+register_mutant("residual_gate_rotated", "quant:residual-rotation", "residual_gate_rotated", fixed={"untie": True},
+                applies={"residual_gate": True, "residual": "sequential", "norm": "rms", "placement": "pre"})
 register_mutant("indexer_unrotated", "quant:residual-rotation", "indexer_key_unrotated", fixed={"untie": True},
-                applies={"sparse_index_topk": 3, "norm": "rms", "placement": "pre"})
+                applies={"sparse_index_topk": 3, "norm": "rms", "placement": "pre", "residual_gate": False})

@@ -160,7 +160,7 @@ def permute_heads(model: nn.Module, calib: Calibration, seed: int = 0) -> nn.Mod
                 kv_order, q_order = torch.arange(kv), _perm(h, gen)
                 if torch.equal(q_order // g, torch.arange(h) // g):  # stayed inside the groups: no bug shown
                     q_order = torch.roll(q_order, g)
-            q_src, k_src, v_src = layout.inputs(attn)
+            q_src, k_src, v_src = layout.inputs(attn)[:3]  # a 4th port, select, is per position
             done: set[str] = set()
             _permute_producer(m, q_src, q_order, done, attn)
             _permute_producer(m, k_src, kv_order, done, attn)
