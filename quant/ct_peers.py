@@ -99,12 +99,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from fuzz.errors import BadInput, Refusal
+from fuzz.errors import BadInput
 from fuzz.materialize import GraphModel
 from verifier import registry as _registries
 from verifier.transform import Calibration, NamedTransform
 
-from .peers import FEATURE, ExactFloat64, _check_precision, _forward_float64, _hooks, float64_everywhere
+from .peers import ExactFloat64, _check_precision, _forward_float64, _hooks, float64_everywhere, transformers_model
 
 COMMIT = "ab1ba3effcafc15746cd6d6ca24cba3f7bd7a582"  # llm-compressor, the source reproduced here
 HIGH_PRECISION = torch.float64  # get_high_precision() on a host without MPS
@@ -250,27 +250,6 @@ _PEERS: dict[str, Config] = {
 _BLOCK = re.compile(r"^ct-spinquant-b(\d+)$")
 
 
-def _transformers_model(name: str, model: nn.Module) -> nn.Module:
-    from transformers import PreTrainedModel
-
-    from fuzz.families import check_family, family_of, to_transformers
-
-    if isinstance(model, GraphModel):
-        if family_of(model.layout) is None:
-            try:
-                check_family(model.layout)
-                why = "no registered family"
-            except BadInput as exc:
-                why = str(exc).splitlines()[0]
-            raise Refusal(name, f"compressed-tensors transforms transformers models; {why}", op="model",
-                          path=model.layout.meta.get("name", "layout"), feature=FEATURE)
-        return to_transformers(model)
-    if isinstance(model, PreTrainedModel):
-        return model
-    raise Refusal(name, f"takes a family GraphModel or a transformers model, got {type(model).__name__}",
-                  op="model", path=type(model).__name__, feature="not-a-transformers-model")
-
-
 class Peer:
     """One SpinQuant / QuIP configuration as an oracle transform; ``last`` reports the last call (mapping
     used, whether it was the Llama fallback, norms fused, weights changed, hooks added)."""
@@ -313,11 +292,12 @@ class Peer:
         _check_precision(precision)
         if precision == "float64" and isinstance(model, GraphModel):
             with float64_everywhere():  # RoPE tables built at init in float64 too
-                hf = _transformers_model(self.name, model)
+                hf = transformers_model(self.name, model, "compressed-tensors transforms")
             rotated = self(ExactFloat64(hf), calib, center)
             return _forward_float64(rotated.model)
         outer = model if isinstance(model, ExactFloat64) else None
-        hf = _transformers_model(self.name, outer.model if outer is not None else model)
+        hf = transformers_model(self.name, outer.model if outer is not None else model,
+                                "compressed-tensors transforms")
         self.last = report = {"peer": self.name}
         from compressed_tensors.transform import apply_transform_config
 

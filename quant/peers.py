@@ -180,8 +180,9 @@ def _forward_float64(model: nn.Module) -> nn.Module:
 
 
 # ---------------------------------------------------------------------------------------- bridge
-def _transformers_model(name: str, model: nn.Module) -> nn.Module:
-    """The transformers model to rotate: converted from a family GraphModel, or the model itself."""
+def transformers_model(name: str, model: nn.Module, library: str = "auto-round rotates") -> nn.Module:
+    """The transformers model to rotate: converted from a family GraphModel, or the model itself (``library``
+    says who transforms it in a refusal)."""
     from transformers import PreTrainedModel
 
     from fuzz.families import check_family, family_of, to_transformers
@@ -193,7 +194,7 @@ def _transformers_model(name: str, model: nn.Module) -> nn.Module:
                 why = "no registered family"
             except BadInput as exc:
                 why = str(exc).splitlines()[0]
-            raise Refusal(name, f"auto-round rotates transformers models; {why}", op="model",
+            raise Refusal(name, f"{library} transformers models; {why}", op="model",
                           path=model.layout.meta.get("name", "layout"), feature=FEATURE)
         return to_transformers(model)
     if isinstance(model, PreTrainedModel):
@@ -267,11 +268,11 @@ class Peer:
         _check_precision(precision)
         if precision == "float64" and isinstance(model, GraphModel):
             with float64_everywhere():  # RoPE tables built at init in float64 too
-                hf = _transformers_model(self.name, model)
+                hf = transformers_model(self.name, model)
             rotated = self(ExactFloat64(hf), calib, block_size, spinquant_dtype, seed)
             return _forward_float64(rotated.model)
         outer = model if isinstance(model, ExactFloat64) else None
-        hf = _transformers_model(self.name, outer.model if outer is not None else model)
+        hf = transformers_model(self.name, outer.model if outer is not None else model)
         self.last = report = {"peer": self.name}
         if self.config is None:
             return outer or hf
