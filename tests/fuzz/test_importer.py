@@ -465,7 +465,7 @@ def test_phi3_imports_with_fused_projections(case):
 
 @given(layout=strategies.layouts(moe=False, attn_gate=("none", "head_softplus"), alibi=False, attn_sinks=False,
                                  attn_temperature_form="log_floor", attn_differential=False,
-                                 sparse_index_topk=None), seed=strategies.seeds())
+                                 sparse_index_topk=None, per_layer_input=None), seed=strategies.seeds())
 def test_materialized_layouts_import_to_themselves(layout, seed):
     """A GraphModel is a source too: post/sandwich norms, LayerNorm biases, interleaved and partial RoPE,
     NoPE layers, parallel residuals, multipliers and per-head gates come back as the same graph.
@@ -476,7 +476,9 @@ def test_materialized_layouts_import_to_themselves(layout, seed):
     ``tests/fuzz/test_attention_scores.py``), the power-form temperature (measured by running the source at far
     ``position_ids``, which a GraphModel does not take: refused by name, ``test_attention_temperature_power.py``),
     differential attention (imported in DiffLlama's written form, ``tests/fuzz/test_differential_attention.py``;
-    the GraphModel writes it another way), a sparse-attention indexer (a GraphModel's ``index_topk`` records
+    the GraphModel writes it another way), per-layer input embeddings (merged with a parallel residual or a fused
+    qkv they do not round-trip node for node: left, ``tests/fuzz/test_per_layer_inputs.py`` imports a
+    synthesized PLE layout back), a sparse-attention indexer (a GraphModel's ``index_topk`` records
     as einsum + topk, not transformers' written form: refused by name as sparse attention; the transformers
     families import, ``tests/fuzz/test_sparse_attention.py``).  Score scales and soft-caps come back measured."""
     if any(layout.op(n) == "head_concat" for n in layout.order) and any(

@@ -131,17 +131,17 @@ def test_a_float32_floor_family_is_accepted_and_labelled(name):
 
 def test_the_transformers_host_path_refuses_instead_of_transforming_something_else():
     """bbt-spectral on the host path used to return a GraphModel computing another function; a feature the
-    importer cannot express (DiffLlama's differential attention; MPT's ALiBi until its slopes were measured)
-    is refused by name, untouched."""
+    importer cannot express (Doge's dynamic-mask attention; DiffLlama's differential attention and MPT's ALiBi
+    until they were imported) is refused by name, untouched."""
     import transformers as tf
 
     import quant.transforms as T
-    cfg = tf.DiffLlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
-    hf = tf.DiffLlamaForCausalLM._from_config(cfg, dtype=torch.float64).eval()
-    ids = torch.randint(0, 64, (1, 32), generator=torch.Generator().manual_seed(2))
+    from benchmarks.compat import tiny_config
+    cfg = tiny_config(tf.DogeForCausalLM)
+    hf = tf.DogeForCausalLM._from_config(cfg, dtype=torch.float64).eval()
+    ids = torch.randint(0, cfg.vocab_size, (1, 32), generator=torch.Generator().manual_seed(2))
     before = _logits(hf, ids)
-    with pytest.raises(BadInput, match=r"cannot import model\.layers\.0\.self_attn \(.*differential attention"):
+    with pytest.raises(BadInput, match=r"cannot import .*dynamic-mask attention"):
         T.get("bbt-spectral", host="transformers")(hf, _calibration())
     assert torch.equal(_logits(hf, ids), before)  # refused before any weight was edited
 
