@@ -319,12 +319,6 @@ class Attention(Node):
                 select: torch.Tensor | None = None):
         p = self.p
         b, t, _ = q.shape
-        if select is not None:  # the indexer's keys only; a query that sees none attends to itself (finite)
-            mask = (mask[:, None] if mask.dim() == 3 else mask[None, None]) & select[:, None]  # 3-D: chunks, padded
-            if padding is not None:
-                mask = mask & padding[:, None, None, :]
-                padding = None
-            mask = mask | (~mask.any(-1, keepdim=True) & torch.eye(t, dtype=torch.bool, device=q.device))
         h, kv, d = p["n_heads"], p["n_kv_heads"], p["head_dim"]
         if p.get("temperature_beta") is not None:  # before the scores: the query of position i times t_i
             q = q * temperature_table(p, t, q.dtype, self.numerics, q.device)[None, :, None]
@@ -334,8 +328,12 @@ class Attention(Node):
         scores = (q @ k.transpose(-1, -2)) * (d ** -0.5 if p.get("scale") is None else p["scale"])
         if p.get("softcap") is not None or p.get("alibi"):
             scores = self.modify_scores(scores)
-        if padding is not None:
-            mask = (mask[:, None] if mask.dim() == 3 else mask[None, None]) & padding[:, None, None, :]
+        if select is not None or padding is not None:  # a query that sees no key attends to itself (finite)
+            mask = mask[:, None] if mask.dim() == 3 else mask[None, None]  # 3-D: chunks under padding
+            if select is not None:  # the indexer's keys only
+                mask = mask & select[:, None]
+            if padding is not None:
+                mask = mask & padding[:, None, None, :]
             mask = mask | (~mask.any(-1, keepdim=True) & torch.eye(t, dtype=torch.bool, device=q.device))
         scores = scores.masked_fill(~mask, float("-inf"))
         probs = self.sink_softmax(scores) if p.get("sinks") else torch.softmax(scores, dim=-1)
