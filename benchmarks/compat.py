@@ -304,7 +304,9 @@ def reason_key(message: str) -> str:
     """A normalised refusal reason (the feature, without layer indices or class-specific node names), so
     classes that are blocked by the same thing group under one key."""
     m = message.split("\n")[0]
-    opaque = re.search(r"opaque op '([^']+)'", m)
+    opaque = re.search(r"opaque op '([^']+)'(: ([^(;]+))?", m)
+    if opaque and opaque.group(3):  # the refusal names the feature: "opaque op 'topk': mixture of attention heads (…"
+        return f"{opaque.group(3).strip()} (opaque op '{opaque.group(1)}')"
     if opaque:
         return f"opaque op '{opaque.group(1)}'"
     if "not exact" in m or "does not compute what the model computes" in m:

@@ -117,3 +117,24 @@ def test_tiny_config_shrinks_nested_configs():
     assert blt.encoder_config.hidden_size_global == blt.decoder_config.hidden_size_global == blt.global_config.hidden_size
     assert sum(p.numel() for p in compat.build("FuyuForCausalLM").parameters()) < 10 ** 6
 
+
+
+@pytest.mark.parametrize("message, key", [
+    ("cannot import model.layers.0.self_attention.experts.router (opaque op 'topk': mixture of attention heads (a "
+     "router choosing per-token attention experts whose output reaches the attention, JetMoE MoA); not in the "
+     "layout's vocabulary; recorded node 'model_layers_0_self_attention_experts_router__topk')",
+     "mixture of attention heads (opaque op 'topk')"),
+    ("cannot import model.layers.3.mlp.router (opaque op 'max': a sparsemixer router (Phimoe: the top expert's "
+     "softmax ...); not in the layout's router vocabulary; recorded node 'model_layers_3_mlp_router__max')",
+     "a sparsemixer router (opaque op 'max')"),
+    ("cannot import git (opaque op 'zeros_like': a tensor built from an activation's shape inside the forward "
+     "(token-type ids ...); not in the layout's vocabulary; recorded node 'git__zeros_like')",
+     "a tensor built from an activation's shape inside the forward (opaque op 'zeros_like')"),
+    ("cannot import backbone.layers.0.mixer.conv1d (opaque op 'conv1d'; recorded node "
+     "'backbone_layers_0_mixer_conv1d')", "opaque op 'conv1d'"),
+])
+def test_reason_key_carries_the_feature_a_refusal_names(message, key):
+    """The reason column names the feature the refusal gives (JetMoE: mixture of attention heads, not 'topk'),
+    without layer indices, so classes blocked by one feature group under one key; a bare opaque op keeps its op."""
+    assert compat.reason_key(message) == key
+    assert compat.reason_key(message.replace("layers.0", "layers.7").replace("layers_0", "layers_7")) == key
