@@ -1,0 +1,84 @@
+"""The synthesize -> materialize -> verify pipeline pinned on a fixed set of layouts (issue 14's speed work:
+every speed-up keeps the results identical).  Sixteen specs drawn by ``spec_from(Picked(Random(k)))`` (hidden
+<= 128, <= 2 layers, the benchmark's space), each built, materialized with seed ``k`` and verified by both
+reference transforms and by a transform that nudges the head: the layout hash and node count, two sums of a
+forward's logits, and per verdict the status, the error, the compared positions, the positive control's
+measured changes and weakest unit, the padded batch's error and the first divergent node, all equal to
+``data/pinned_pipeline.json``.  That file was written by this module (``python -m tests.verifier.test_pipeline_pinned``,
+``PYTHONPATH`` the repository) at 6cadd67, before the speed-ups; float64 on CPU with one torch thread."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from fuzz import build, materialize
+from fuzz.strategies import Picked, spec_from
+from verifier import reference, verify
+from verifier.mutants import nudge_head
+
+DATA = Path(__file__).parent / "data" / "pinned_pipeline.json"
+LAYOUTS = 16
+
+
+def _nudged(model, calib):
+    nudge_head(model)
+    return model
+
+
+def record(k: int) -> dict:
+    """Everything the pin compares for the ``k``-th spec."""
+    spec = spec_from(Picked(random.Random(k)), {"max_hidden": 128, "max_layers": 2})
+    layout = build(spec)
+    model = materialize(layout, seed=k)
+    vocab = layout.params(layout.source)["vocab"]
+    ids = torch.randint(0, vocab, (2, 9), generator=torch.Generator().manual_seed(k))
+    with torch.no_grad():
+        y = model(ids)
+    rec = {"k": k, "hash": layout.hash(), "nodes": len(layout.order), "logit_sum": y.sum().item(),
+           "logit_sq": y.pow(2).sum().item(), "verdicts": {}}
+    for name in ("permute_heads", "permute_hidden"):
+        v = verify(reference.get(name, seed=1), model, seed=1)
+        c = v.control or {}
+        rec["verdicts"][name] = {"status": str(v.status), "max_rel_err": v.max_rel_err,
+                                 "positions": v.positions_compared, "measured": c.get("measured"),
+                                 "weakest": c.get("weakest"), "padded": (c.get("padded") or {}).get("max_rel_err")}
+    v = verify(_nudged, model, seed=1)
+    rec["verdicts"]["nudged"] = {"status": str(v.status), "max_rel_err": v.max_rel_err,
+                                 "first_divergent": (v.first_divergent or {}).get("node")}
+    return rec
+
+
+@pytest.fixture(scope="module")
+def expected() -> list[dict]:
+    return json.loads(DATA.read_text())
+
+
+@pytest.mark.parametrize("k", range(LAYOUTS))
+def test_pipeline_results_are_unchanged(k, expected):
+    torch.set_num_threads(1)
+    got, want = record(k), expected[k]
+    assert got["hash"] == want["hash"] and got["nodes"] == want["nodes"], "another layout was drawn or built"
+    assert (got["logit_sum"], got["logit_sq"]) == (want["logit_sum"], want["logit_sq"]), "the forward changed"
+    for name, verdict in want["verdicts"].items():
+        assert json.loads(json.dumps(got["verdicts"][name])) == verdict, name
+
+
+def test_the_pinned_layouts_cover_refusals_invariants_divergences_and_padding(expected):
+    """The pin is not vacuous: its verdicts include every status the pipeline gives on this space."""
+    statuses = {v["status"] for rec in expected for v in rec["verdicts"].values()}
+    assert {"invariant", "refused", "diverged"} <= statuses
+    assert any(v.get("padded") is not None for rec in expected for v in rec["verdicts"].values())
+    assert len({rec["hash"] for rec in expected}) == LAYOUTS
+
+
+if __name__ == "__main__":
+    from fuzz.layout import atomic_write_text
+    torch.set_num_threads(1)
+    DATA.parent.mkdir(exist_ok=True)
+    atomic_write_text(DATA, json.dumps([record(k) for k in range(LAYOUTS)], indent=1, sort_keys=True) + "\n")
+    print(f"wrote {DATA}")
