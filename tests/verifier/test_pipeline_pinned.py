@@ -15,9 +15,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, Phase, given, seed, settings
+from hypothesis import strategies as st
 
 from fuzz import build, materialize
-from fuzz.strategies import Picked, spec_from
+from fuzz.strategies import Picked, _Drawn, spec_from
 from verifier import reference, verify
 from verifier.mutants import nudge_head
 
@@ -74,6 +76,55 @@ def test_the_pinned_layouts_cover_refusals_invariants_divergences_and_padding(ex
     assert {"invariant", "refused", "diverged"} <= statuses
     assert any(v.get("padded") is not None for rec in expected for v in rec["verdicts"].values())
     assert len({rec["hash"] for rec in expected}) == LAYOUTS
+
+
+class _FreshDrawn(_Drawn):
+    """:class:`fuzz.strategies._Drawn` as it was before its strategies were cached: a new one per draw."""
+
+    def integer(self, lo, hi):
+        return self.draw(st.integers(lo, hi))
+
+    def even(self, lo, hi):
+        return self.draw(st.integers(lo, hi).map(lambda x: 2 * x))
+
+    def choice(self, options):
+        return self.draw(st.sampled_from(options))
+
+    def flag(self, shrink_to=False):
+        return self.draw(st.booleans() if not shrink_to else st.booleans().map(lambda x: not x))
+
+
+def _drawn_specs(drawn: type, n: int) -> list:
+    """The first ``n`` specs hypothesis draws through ``drawn`` under a fixed seed (the benchmark's limits)."""
+    out = []
+
+    @st.composite
+    def specs(draw):
+        return spec_from(drawn(draw), {"max_hidden": 128, "max_layers": 2})
+
+    @seed(20261124)
+    @settings(max_examples=n, database=None, phases=[Phase.generate], deadline=None,
+              suppress_health_check=list(HealthCheck))
+    @given(specs())
+    def run(spec):
+        out.append(spec)
+
+    run()
+    return out
+
+
+def test_cached_strategies_draw_exactly_what_fresh_ones_draw():
+    fresh, cached = _drawn_specs(_FreshDrawn, 60), _drawn_specs(_Drawn, 60)
+    assert len(fresh) == 60 and len({build(s).hash() for s in fresh}) > 30
+    assert cached == fresh
+
+
+def test_a_cached_strategy_is_reused_only_for_the_same_options():
+    drawn = _Drawn(lambda strategy: strategy)  # a draw that returns the strategy it was given
+    assert drawn.choice(("a", None)) is drawn.choice(("a", None))
+    assert drawn.choice((1, 2)) is not drawn.choice((1.0, 2.0))  # equal values, other choices
+    assert drawn.choice((1, 0)) is not drawn.choice((True, False))
+    assert drawn.integer(1, 4) is drawn.integer(1, 4) and drawn.integer(1, 4) is not drawn.integer(1, 5)
 
 
 if __name__ == "__main__":
