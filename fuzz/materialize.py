@@ -730,6 +730,51 @@ def padding_mask(attention_mask: torch.Tensor, input_ids: torch.Tensor) -> torch
     return attention_mask.to(device=input_ids.device, dtype=torch.bool)
 
 
+def _module_template() -> dict | None:
+    """The instance state ``nn.Module.__init__`` gives (empty containers, flags), or None where it holds
+    anything else or torch has global registration hooks: then modules are built by their constructors."""
+    from torch.nn.modules import module as torch_module
+    state = nn.Module().__dict__
+    plain = all(isinstance(v, (bool, type(None))) or (isinstance(v, (dict, set, list)) and not v)
+                for v in state.values())
+    hooks = (torch_module._global_parameter_registration_hooks, torch_module._global_module_registration_hooks,
+             torch_module._global_buffer_registration_hooks)
+    return dict(state) if plain and not any(hooks) else None
+
+
+_TEMPLATE = _module_template()
+_FLAGS = {k: v for k, v in (_TEMPLATE or {}).items() if not isinstance(v, (dict, set, list))}
+_CONTAINERS = [(k, type(v)) for k, v in (_TEMPLATE or {}).items() if isinstance(v, (dict, set, list))]
+
+
+def _module_state(training: bool) -> dict:
+    """A fresh copy of :data:`_TEMPLATE` (new empty containers) with ``training``."""
+    state = dict(_FLAGS)
+    for key, container in _CONTAINERS:
+        state[key] = container()
+    state["training"] = training
+    return state
+
+
+def _new_module(cls: type, training: bool) -> nn.Module:
+    """``cls()`` of a module class whose ``__init__`` is ``nn.Module``'s, without the call."""
+    if _TEMPLATE is None:
+        return cls().train(training)
+    module = object.__new__(cls)
+    module.__dict__.update(_module_state(training))
+    return module
+
+
+def _new_node(cls: type, node: str, params: dict, numerics: str, training: bool) -> Node:
+    """``cls(node, params, numerics)`` (no parameters yet), built the way :func:`_new_module` builds a module:
+    ``nn.Module.__init__`` and its attribute checks per node were most of the cost of building a model."""
+    if _TEMPLATE is None or cls.__init__ is not Node.__init__:
+        return cls(node, params, numerics).train(training)
+    module = object.__new__(cls)
+    module.__dict__.update(_module_state(training), node_id=node, p=params, numerics=numerics)
+    return module
+
+
 class GraphModel(nn.Module):
     """A causal LM executing a :class:`Layout`: ``(batch, seq)`` token ids in, ``(batch, seq, vocab)`` logits out."""
 
@@ -740,16 +785,7 @@ class GraphModel(nn.Module):
         self.layout = layout
         self.numerics = numerics
         self.nodes = nn.ModuleDict()
-        for node in layout.order:
-            op, params = layout.op(node), layout.params(node)
-            module = MODULES[op](node, params, numerics)
-            for name, shape in parameter_shapes(op, params).items():
-                module.register_parameter(name, nn.Parameter(torch.empty(shape, dtype=dtype)))
-            self.nodes[node] = module
-        for node in layout.of_op("lm_head"):
-            tied = layout.params(node)["tied_to"]
-            if tied is not None:
-                self.nodes[node].weight = self.nodes[tied].weight
+        self._fill(lambda node, name, shape: nn.Parameter(torch.empty(shape, dtype=dtype)), self.training)
         inputs = {n: layout.inputs(n) for n in layout.order}
         last_use = {src: i for i, n in enumerate(layout.order) for src in inputs[n]}
         # (node, its inputs, the inputs whose last reader it is: freed right after it runs)
@@ -772,6 +808,9 @@ class GraphModel(nn.Module):
                 expected = {"weight": (params["vocab"], params["dim"]), **expected}
             if own != expected:
                 return False
+            if op == "lm_head" and params["tied_to"] is not None and \
+                    module._parameters["weight"] is not self.nodes[params["tied_to"]]._parameters.get("weight"):
+                return False  # a transform untied the head: the generic copy keeps it untied
         return True
 
     def __deepcopy__(self, memo):
@@ -783,20 +822,39 @@ class GraphModel(nn.Module):
             for key, value in self.__dict__.items():
                 clone.__dict__[key] = value if key == "layout" else copy.deepcopy(value, memo)
             return clone
-        clone = GraphModel(self.layout, dtype=self.dtype, numerics=self.numerics)
+        dtype, training = self.dtype, self.training
+        clone = object.__new__(GraphModel)
         memo[id(self)] = clone
-        with torch.no_grad():
-            targets = dict(clone.named_parameters())
-            for name, src in self.named_parameters():
-                dst = targets[name]
-                dst.copy_(src)
-                dst.requires_grad_(src.requires_grad)
+        clone.__dict__.update(_module_state(training), layout=self.layout, numerics=self.numerics,
+                              _plan=self._plan, _attention=self._attention)  # the plan: of the shared layout
+        clone._modules["nodes"] = _new_module(nn.ModuleDict, training)
+
+        def copied(node: str, name: str, shape: tuple) -> nn.Parameter:
+            src = self.nodes[node]._parameters[name]
+            with torch.no_grad():
+                return nn.Parameter(torch.empty(shape, dtype=dtype).copy_(src), requires_grad=src.requires_grad)
+
+        clone._fill(copied, training)
         for node, module in self.nodes.items():
             target = clone.nodes[node]
             target._forward_hooks.update(module._forward_hooks)
             target._forward_pre_hooks.update(module._forward_pre_hooks)
-        clone.train(self.training)
         return clone
+
+    def _fill(self, parameter, training: bool) -> None:
+        """One module per layout node into the empty ``self.nodes``, each parameter ``parameter(node, name,
+        shape)`` in the order of :func:`~fuzz.ops.parameter_shapes`, a tied head's weight its embedding's."""
+        layout, numerics, nodes = self.layout, self.numerics, self.nodes._modules
+        for node in layout.order:
+            op, params = layout.op(node), layout.params(node)
+            module = _new_node(MODULES[op], node, params, numerics, training)
+            for name, shape in parameter_shapes(op, params).items():
+                module._parameters[name] = parameter(node, name, shape)
+            nodes[node] = module
+        for node in layout.of_op("lm_head"):
+            tied = layout.params(node)["tied_to"]
+            if tied is not None:
+                nodes[node]._parameters["weight"] = nodes[tied]._parameters["weight"]
 
     @property
     def dtype(self) -> torch.dtype:

@@ -136,3 +136,66 @@ def test_deepcopy_falls_back_when_a_transform_replaced_a_module():
     clone = copy.deepcopy(model)
     assert isinstance(clone.nodes["l0_q_proj"].extra, nn.Identity)
     assert clone.nodes["l0_q_proj"] is not model.nodes["l0_q_proj"]
+
+
+def _constructed(layout, dtype=torch.float64):
+    """Every node module as its constructor and ``register_parameter`` build it (what ``GraphModel`` did
+    before it built them from a template of ``nn.Module``'s state)."""
+    from fuzz.materialize import MODULES
+    from fuzz.ops import parameter_shapes
+    out = {}
+    for node in layout.order:
+        op, params = layout.op(node), layout.params(node)
+        module = MODULES[op](node, params, "exact")
+        for name, shape in parameter_shapes(op, params).items():
+            module.register_parameter(name, torch.nn.Parameter(torch.empty(shape, dtype=dtype)))
+        out[node] = module.eval()  # as materialize leaves them
+    return out
+
+
+def _state(module) -> dict:
+    """A module's instance state with its containers by type and keys (parameters by name, shape, dtype)."""
+    out = {}
+    for key, value in module.__dict__.items():
+        if key == "_parameters":
+            out[key] = [(n, tuple(p.shape), p.dtype, p.requires_grad) for n, p in value.items()]
+        elif isinstance(value, (dict, set, list)):
+            out[key] = (type(value), sorted(map(str, value)))
+        else:
+            out[key] = value
+    return out
+
+
+@pytest.mark.parametrize("spec", [DecoderSpec(), DecoderSpec(tie_embeddings=True, qkv_bias=True),
+                                  DecoderSpec(layers=(LayerSpec(sparse=True), LayerSpec()), n_experts=3, top_k=2)])
+def test_modules_built_from_the_template_equal_constructed_ones_and_copies_equal_the_model(spec):
+    import copy
+    layout = build(spec)
+    model = materialize(layout, seed=3)
+    want = _constructed(layout)
+    for node, module in model.nodes.items():
+        assert type(module) is type(want[node])
+        got, expected = _state(module), _state(want[node])
+        if node in layout.of_op("lm_head") and layout.params(node)["tied_to"]:
+            expected["_parameters"] = expected["_parameters"] + [("weight", got["_parameters"][-1][1], torch.float64, True)]
+        assert got == expected, node
+    model.nodes[layout.order[1]].weight.requires_grad_(False)
+    clone = copy.deepcopy(model)
+    assert [n for n, _ in clone.named_parameters()] == [n for n, _ in model.named_parameters()]
+    for (name, a), (_, b) in zip(clone.named_parameters(), model.named_parameters()):
+        assert torch.equal(a, b) and a.data_ptr() != b.data_ptr() and a.requires_grad == b.requires_grad, name
+    assert all(_state(clone.nodes[n]) == _state(m) for n, m in model.nodes.items())
+    assert not clone.training and all(not m.training for m in clone.modules())
+    ids = torch.randint(0, layout.params(layout.source)["vocab"], (2, 7), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(clone(ids), model(ids))
+
+
+def test_deepcopy_of_an_untied_head_keeps_it_untied():
+    import copy
+    model = materialize(build(DecoderSpec(tie_embeddings=True)))
+    head = model.nodes["lm_head"]
+    head.weight = torch.nn.Parameter(head.weight.detach().clone())  # a transform that untied the head
+    clone = copy.deepcopy(model)
+    assert clone.nodes["lm_head"].weight is not clone.nodes["embed"].weight
+    assert torch.equal(clone.nodes["lm_head"].weight, head.weight)
