@@ -22,11 +22,11 @@ def residual_basis(layout: Layout, transform: str, extra: frozenset[str] = froze
     basis_ops = BASIS_OPS | extra
     basis = set(layout.of_op("embedding"))
     hidden = {layout.widths[n] for n in basis}
+    nodes = [(node, layout.op(node), layout.inputs(node)) for node in layout.order]
     changed = True
     while changed:
         changed = False
-        for node in layout.order:
-            op, ins = layout.op(node), layout.inputs(node)
+        for node, op, ins in nodes:
             if node in basis:
                 if op in basis_ops:  # its basis inputs must be in the basis too
                     need = ins[:1] if op == "gate" and layout.widths[ins[1]] != layout.widths[node] else ins

@@ -31,11 +31,14 @@ _ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 class Layout:
     """A validated decoder layout.  Immutable by convention: transforms build new layouts."""
 
+    _inputs: dict = {}  # (the class's, empty: an instance unpickled from before the cache reads the graph)
+
     def __init__(self, graph: nx.DiGraph, meta: dict | None = None):
         self.graph = graph
         self.meta = dict(meta or {})
         self.widths: dict[str, int | None] = {}
         self.order: list[str] = []
+        self._inputs: dict[str, tuple[str, ...]] = {}  # each node's producers in port order, read once
         self._validate()
 
     # ------------------------------------------------------------------ construction
@@ -92,7 +95,8 @@ class Layout:
         for node in self.order:
             op = g.nodes[node]["op"]
             ports = spec(op).ports
-            ins = self.inputs(node)
+            ins = self._read_inputs(node)
+            self._inputs[node] = tuple(ins)
             least = spec(op).min_ports or len(ports)
             if ports != ("*",) and not least <= len(ins) <= len(ports):
                 raise LayoutError(f"{op} takes {len(ports) if least == len(ports) else f'{least} to {len(ports)}'} "
@@ -131,7 +135,11 @@ class Layout:
         return {k: v for k, v in self.graph.nodes[node].items() if k != "op"}
 
     def inputs(self, node: str) -> list[str]:
-        """Producers read by ``node``, in port order."""
+        """Producers read by ``node``, in port order (read from the graph once, by the validation)."""
+        ins = self._inputs.get(node)
+        return list(ins) if ins is not None else self._read_inputs(node)
+
+    def _read_inputs(self, node: str) -> list[str]:
         preds = sorted(self.graph.in_edges(node, data="port"), key=lambda e: e[2])
         for i, (src, _, port) in enumerate(preds):
             if port != i:

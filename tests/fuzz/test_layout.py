@@ -117,3 +117,15 @@ def test_strategy_rejects_unknown_constraints():
         S.layouts(flash=True).example()
     with pytest.raises(BadInput, match="not one of"):
         S.layouts(qk_norm="sometimes").example()
+
+
+def test_inputs_are_read_once_and_equal_the_graphs_ports():
+    """``Layout.inputs`` (kept from the validation) is the producers in port order as the graph gives them,
+    and a caller that edits the returned list edits its own copy."""
+    layout = build(DecoderSpec(layers=(LayerSpec(sparse=True), LayerSpec()), n_experts=3, top_k=2, qkv_bias=True))
+    for node in layout.order:
+        ports = sorted(layout.graph.in_edges(node, data="port"), key=lambda e: e[2])
+        assert layout.inputs(node) == [src for src, _, _ in ports], node
+    node = layout.order[-1]
+    layout.inputs(node).append("x")
+    assert "x" not in layout.inputs(node)
