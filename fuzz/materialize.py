@@ -229,6 +229,24 @@ def rope_tables(p: dict, seq: int, dtype: torch.dtype, numerics: str) -> tuple[t
     return cos.to(dtype), sin.to(dtype)
 
 
+_ROPE_TABLES: dict = {}  # (the node's params, seq, dtype, numerics) -> rope_tables(...), built once each
+
+
+def cached_rope_tables(p: dict, seq: int, dtype: torch.dtype, numerics: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`rope_tables`, built once per distinct parameters and length (a query's and a key's rope read the
+    same, every forward): constants, never written.  Not under ``torch.inference_mode`` (an inference tensor
+    cannot be saved for a later backward); ``Rope.export_forward`` builds its own inside the trace."""
+    if torch.is_inference_mode_enabled():
+        return rope_tables(p, seq, dtype, numerics)
+    key = (repr(sorted(p.items())), seq, dtype, numerics)
+    tables = _ROPE_TABLES.get(key)
+    if tables is None:
+        if len(_ROPE_TABLES) >= 256:
+            _ROPE_TABLES.clear()
+        tables = _ROPE_TABLES[key] = rope_tables(p, seq, dtype, numerics)
+    return tables
+
+
 def rotate_pairs(x: torch.Tensor, style: str) -> torch.Tensor:
     """The 90-degree rotation of every RoPE pair: ``(a, b) -> (-b, a)``."""
     if style == "half":
@@ -241,11 +259,18 @@ def rotate_pairs(x: torch.Tensor, style: str) -> torch.Tensor:
 @torch_impl("rope")
 class Rope(Node):
     def forward(self, x):
+        return self._rotate(x, cached_rope_tables(self.p, x.shape[1], x.dtype, self.numerics))
+
+    def export_forward(self, x):
+        """:meth:`forward` with the tables built inside the traced graph (the cached ones belong to no trace)."""
+        return self._rotate(x, rope_tables(self.p, x.shape[1], x.dtype, self.numerics))
+
+    def _rotate(self, x, tables):
         p = self.p
         b, t, _ = x.shape
         xh = x.reshape(b, t, p["n_heads"], p["head_dim"])
         r = p["rotary_dim"]
-        cos, sin = rope_tables(p, t, x.dtype, self.numerics)
+        cos, sin = tables
         cos, sin = cos[None, :, None, :], sin[None, :, None, :]
         rot, rest = xh[..., :r], xh[..., r:]
         rot = rot * cos + rotate_pairs(rot, p["style"]) * sin

@@ -199,3 +199,22 @@ def test_deepcopy_of_an_untied_head_keeps_it_untied():
     clone = copy.deepcopy(model)
     assert clone.nodes["lm_head"].weight is not clone.nodes["embed"].weight
     assert torch.equal(clone.nodes["lm_head"].weight, head.weight)
+
+
+def test_rope_tables_are_cached_per_parameters_and_length_and_never_as_inference_tensors():
+    from fuzz.materialize import cached_rope_tables, rope_tables
+    p = {"n_heads": 2, "head_dim": 8, "rotary_dim": 8, "style": "half", "theta": 10000.0}
+    cos, sin = cached_rope_tables(p, 7, torch.float64, "exact")
+    want = rope_tables(p, 7, torch.float64, "exact")
+    assert torch.equal(cos, want[0]) and torch.equal(sin, want[1])
+    assert cached_rope_tables(dict(p), 7, torch.float64, "exact")[0] is cos
+    for other in ({**p, "theta": 10000}, {**p, "style": "interleaved"}):  # 10000 == 10000.0, other tables' key
+        assert cached_rope_tables(other, 7, torch.float64, "exact")[0] is not cos
+    assert cached_rope_tables(p, 8, torch.float64, "exact")[0].shape[0] == 8
+    layout = build(DecoderSpec())
+    model = materialize(layout)
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 1, 2, 3, 4, 5, 6]])  # a length no other test caches first
+    with torch.inference_mode():
+        model(ids)  # tables built here must not be the ones a differentiated forward saves
+    model(ids).sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
