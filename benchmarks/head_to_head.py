@@ -29,17 +29,40 @@ import torch
 
 from benchmarks.ray_cells import ENGINES, run_cells
 
-METHODS = {  # name -> (recipe, alpha, iters=0?)
-    "fp": (None, None, False),
-    "rtn": ("none", None, True),
-    "autoround": ("none", None, False),
-    "autoround-hadamard": ("autoround-hadamard", None, False),
-    "bbt-spectral-a0.5": ("bbt-spectral", 0.5, False),
-    "bbt-spectral-a0": ("bbt-spectral", 0.0, False),
-    "bbt-spectral-a0.25": ("bbt-spectral", 0.25, False),
-    "bbt-spectral-a1": ("bbt-spectral", 1.0, False),
-    "bbt-pair-pca": ("bbt-pair-pca", 0.5, False),
-    "bbt-absorb": ("bbt-absorb", 0.5, False),
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """One row of the grid: a recipe (``None``: full precision), its alpha, RTN or not, extra auto-round options
+    (:data:`quant.quantize.AUTOROUND_OPTIONS`) and settings overriding the sweep's (iters, nsamples, lr, ...,
+    ``enable_alg_ext``).  Options and settings go into the cell, so into its cache key."""
+
+    recipe: str | None
+    alpha: float | None = None
+    rtn: bool = False
+    options: tuple = ()   # ((name, value), ...): hashable; dict(options) is what auto-round gets
+    settings: tuple = ()  # ((name, value), ...) over the preset's
+
+
+NEUQI = (("enable_neuqi", True),)
+ALG_EXT = (("enable_alg_ext", True),)
+METHODS = {
+    "fp": Method(None),
+    "rtn": Method("none", rtn=True),
+    "autoround": Method("none"),
+    "autoround-hadamard": Method("autoround-hadamard"),
+    "bbt-spectral-a0.5": Method("bbt-spectral", 0.5),
+    "bbt-spectral-a0": Method("bbt-spectral", 0.0),
+    "bbt-spectral-a0.25": Method("bbt-spectral", 0.25),
+    "bbt-spectral-a1": Method("bbt-spectral", 1.0),
+    "bbt-pair-pca": Method("bbt-pair-pca", 0.5),
+    "bbt-absorb": Method("bbt-absorb", 0.5),
+    # the W2 ablation (issue 16, docs/findings.md "The W2 frontier"): auto-round's own W2 options ...
+    "autoround-algext": Method("none", settings=ALG_EXT),
+    "autoround-neuqi": Method("none", options=NEUQI),
+    "autoround-neuqi-algext": Method("none", options=NEUQI, settings=ALG_EXT),
+    "autoround-optrtn": Method("none", rtn=True, options=(("disable_opt_rtn", False),)),
+    "bbt-spectral-a0.25-neuqi-algext": Method("bbt-spectral", 0.25, options=NEUQI, settings=ALG_EXT),
+    "bbt-spectral-a0.25-neuqi": Method("bbt-spectral", 0.25, options=NEUQI),
+    "bbt-spectral-pca-a0.25": Method("bbt-spectral-pca", 0.25),
 }
 DEFAULT_METHODS = [m for m in METHODS if m != "bbt-absorb"]
 
@@ -104,8 +127,8 @@ def main(argv=None) -> int:
     # full precision is one result whatever the widths; RTN has no calibration seed
     visits = [("fp", None, 0)] if "fp" in args.methods else []
     visits += [(m, b, s) for b in args.bits for m in args.methods if m != "fp"
-               for s in ([0] if METHODS[m][2] else args.seeds)]
-    cells = [{**common, "method": method, "bits": bits, "seed": seed,
+               for s in ([0] if METHODS[m].rtn else args.seeds)]
+    cells = [{**common, **_method_keys(METHODS[method]), "method": method, "bits": bits, "seed": seed,
               "name": "fp" if bits is None else f"{method}-w{bits}-s{seed}"} for method, bits, seed in visits]
     results = run_cells(run_cell, cells, out / "cache", engine=args.engine, address=args.address,
                         num_cpus=args.num_cpus, cpus_per_cell=args.cpus_per_cell, progress=not args.no_progress,
@@ -128,6 +151,11 @@ def main(argv=None) -> int:
     _plot(summary, out / "results.png")
     print(md)
     return 0
+
+
+def _method_keys(m: Method) -> dict:
+    """What a method adds to its cells (absent when empty, so the cells of the plain methods keep their keys)."""
+    return {**dict(m.settings), **({"options": dict(m.options)} if m.options else {})}
 
 
 @functools.lru_cache(maxsize=2)
@@ -153,7 +181,7 @@ def run_cell(cell: dict) -> dict:
     if (calib_info["sha256"], eval_info["sha256"]) != (cell["calib"], cell["eval"]):
         raise RuntimeError("the texts changed since the sweep was planned (sha256 differs)")
     method, bits, seed = cell["method"], cell["bits"], cell["seed"]
-    recipe, alpha, rtn = METHODS[method]
+    recipe, alpha, rtn = METHODS[method].recipe, METHODS[method].alpha, METHODS[method].rtn
     t0 = time.time()
     if method == "fp":
         return {**perplexity(base, eval_ids, cell["window"], cell["max_tokens"]), "seconds": time.time() - t0}

@@ -23,8 +23,9 @@ The pipeline (:func:`quantize`), each step refusing rather than guessing:
 
 3. **auto-round** (:func:`run_autoround`): ``AutoRound(model, tokenizer, bits, group_size, sym, iters,
    nsamples, seqlen, dataset=<pre-tokenized (1, seqlen) windows>, device_map="cpu", amp=False,
-   enable_torch_compile=False, low_cpu_mem_usage=False, enable_alg_ext=False)``; ``iters=0`` is plain RTN
-   (``disable_opt_rtn=True``: no imatrix).  After ``quantize()`` the fake-quantized (QDQ) weights are left
+   enable_torch_compile=False, low_cpu_mem_usage=False, enable_alg_ext=False)`` plus
+   :attr:`QuantConfig.options` (:data:`AUTOROUND_OPTIONS`); ``iters=0`` is plain RTN (``disable_opt_rtn=True``:
+   no imatrix).  After ``quantize()`` the fake-quantized (QDQ) weights are left
    on the model.
 4. **Unfold** (:func:`unfold`): T1 layers are folded back, ``W_eff = fwht(W^ / s)[:, :d_in]``
    (:func:`quant.transforms.wht_scale.unfold` on the GraphModel holding the quantized ``W^``), the hooks are
@@ -86,6 +87,9 @@ class QuantConfig:
     seed: int = 0
     lr: float | None = None
     enable_alg_ext: bool = False
+    #: further auto-round (SignRound) options by their auto-round name, e.g. ``{"enable_neuqi": True}``
+    #: (:data:`AUTOROUND_OPTIONS`); passed as given, after the defaults above, RTN (``iters=0``) included
+    options: dict = field(default_factory=dict)
 
     def check(self) -> None:
         if self.bits not in BITS:
@@ -93,6 +97,25 @@ class QuantConfig:
                            f"got {self.bits}")
         if self.group_size <= 0 or self.iters < 0 or self.nsamples <= 0 or self.seqlen <= 1 or self.batch_size <= 0:
             raise BadInput(f"invalid quantization settings: {self}")
+        unknown = sorted(set(self.options) - set(AUTOROUND_OPTIONS))
+        if unknown:
+            raise BadInput(f"unknown auto-round option(s) {unknown}; known: {', '.join(AUTOROUND_OPTIONS)}")
+
+
+#: auto-round 0.16 SignRound options a :class:`QuantConfig` may set (``options``), with what each does
+AUTOROUND_OPTIONS = {
+    "minmax_lr": "learning rate of the per-group min/max scale factors (default: lr)",
+    "enable_minmax_tuning": "tune the per-group min/max scale factors (default True)",
+    "enable_norm_bias_tuning": "also tune norm weights and biases (experimental in auto-round)",
+    "nblocks": "decoder blocks reconstructed together (default 1)",
+    "enable_neuqi": "NeUQI grid search (arXiv 2505.17595): (scale, integer zero) per group searched once, "
+                    "imatrix-weighted when one is collected (enable_alg_ext), then frozen during tuning",
+    "enable_quanted_input": "each block reads the quantized output of the previous ones (default True)",
+    "not_use_best_mse": "keep the last iteration instead of the best-loss one",
+    "momentum": "sign-SGD momentum (default 0)",
+    "gradient_accumulate_steps": "mini-batches per update (default 1)",
+    "disable_opt_rtn": "iters=0 only: False = auto-round's optimized RTN (imatrix-weighted scale search)",
+}
 
 
 PRESETS = {
@@ -249,6 +272,7 @@ def run_autoround(model: nn.Module, tokenizer, cfg: QuantConfig, calib_windows: 
         kwargs["enable_alg_ext"] = cfg.enable_alg_ext
         if cfg.lr is not None:  # RTN has nothing to learn
             kwargs["lr"] = cfg.lr
+    kwargs.update(cfg.options)
     t0 = time.time()
     ar = AutoRound(model, tokenizer, **kwargs)
     out = ar.quantize()
