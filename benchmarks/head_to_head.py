@@ -20,6 +20,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import os
 import statistics
 import sys
 import time
@@ -182,7 +183,7 @@ def run_cell(cell: dict) -> dict:
         raise RuntimeError("the texts changed since the sweep was planned (sha256 differs)")
     method, bits, seed = cell["method"], cell["bits"], cell["seed"]
     recipe, alpha, rtn = METHODS[method].recipe, METHODS[method].alpha, METHODS[method].rtn
-    t0 = time.time()
+    t0, load_start = time.time(), os.getloadavg()
     if method == "fp":
         return {**perplexity(base, eval_ids, cell["window"], cell["max_tokens"]), "seconds": time.time() - t0}
     tuned = {f.name for f in dataclasses.fields(QuantConfig)} - {"bits", "group_size", "sym", "seed"}
@@ -207,8 +208,10 @@ def run_cell(cell: dict) -> dict:
     except RuntimeError as exc:  # record a peer's crash as a finding instead of losing the sweep
         return {"error": f"{type(exc).__name__}: {exc}", "ppl": float("nan"), "seconds": time.time() - t0}
     report.pop("coverage_rows", None)
+    load_end = os.getloadavg()  # the machine's load over the quantization (1, 5, 15 min): timings depend on it
     ppl = perplexity(model, eval_ids, cell["window"], cell["max_tokens"])
-    return {**ppl, "report": report, "seconds": time.time() - t0, "quant_seconds": report["total_seconds"]}
+    return {**ppl, "report": report, "seconds": time.time() - t0, "quant_seconds": report["total_seconds"],
+            "load_start": load_start, "load_end": load_end, "torch_threads": torch.get_num_threads()}
 
 
 class _CachedVerdict:
