@@ -56,16 +56,24 @@ METHODS = {
     "bbt-spectral-a1": Method("bbt-spectral", 1.0),
     "bbt-pair-pca": Method("bbt-pair-pca", 0.5),
     "bbt-absorb": Method("bbt-absorb", 0.5),
-    # the W2 ablation (issue 16, docs/findings.md "The W2 frontier"): auto-round's own W2 options ...
-    "autoround-algext": Method("none", settings=ALG_EXT),
+    # the W2 ablation (issue 16, docs/findings.md "The W2 frontier"). For asymmetric int weights auto-round's
+    # enable_alg_ext only collects an imatrix (its optimized wrapper and outlier-suppressed loss are for sym
+    # types), which only NeUQI reads; asymmetric optimized RTN without NeUQI is plain min/max RTN. So the two
+    # options are measured together with NeUQI, not alone.
     "autoround-neuqi": Method("none", options=NEUQI),
     "autoround-neuqi-algext": Method("none", options=NEUQI, settings=ALG_EXT),
-    "autoround-optrtn": Method("none", rtn=True, options=(("disable_opt_rtn", False),)),
+    "autoround-neuqi-rtn": Method("none", rtn=True, options=NEUQI + (("disable_opt_rtn", False),)),
     "bbt-spectral-a0.25-neuqi-algext": Method("bbt-spectral", 0.25, options=NEUQI, settings=ALG_EXT),
-    "bbt-spectral-a0.25-neuqi": Method("bbt-spectral", 0.25, options=NEUQI),
+    "bbt-spectral-a0-neuqi-algext": Method("bbt-spectral", 0.0, options=NEUQI, settings=ALG_EXT),
     "bbt-spectral-pca-a0.25": Method("bbt-spectral-pca", 0.25),
+    "bbt-spectral-pca-a0.25-neuqi-algext": Method("bbt-spectral-pca", 0.25, options=NEUQI, settings=ALG_EXT),
+    # the tuning frontier around the best option set: learning rate, iterations against samples
+    "frontier-neuqi-algext-lr0.03": Method("none", options=NEUQI, settings=ALG_EXT + (("lr", 0.03),)),
+    "frontier-neuqi-algext-i20-n4": Method("none", options=NEUQI,
+                                           settings=ALG_EXT + (("iters", 20), ("nsamples", 4), ("batch_size", 4))),
 }
-DEFAULT_METHODS = [m for m in METHODS if m != "bbt-absorb"]
+DEFAULT_METHODS = ["fp", "rtn", "autoround", "autoround-hadamard", "bbt-spectral-a0.5", "bbt-spectral-a0",
+                   "bbt-spectral-a0.25", "bbt-spectral-a1", "bbt-pair-pca"]
 
 
 def _key(d: dict) -> str:

@@ -23,10 +23,9 @@ from pathlib import Path
 
 from benchmarks import head_to_head as h2h
 
-ABLATION = ["fp", "rtn", "autoround", "bbt-spectral-a0.25", "autoround-optrtn", "autoround-algext",
-            "autoround-neuqi", "autoround-neuqi-algext", "bbt-spectral-a0.25-neuqi", "bbt-spectral-a0.25-neuqi-algext",
-            "bbt-spectral-pca-a0.25"]
-ABLATION += [m for m in h2h.METHODS if m.startswith(("frontier-", "w2-")) and m not in ABLATION]
+ABLATION = ["fp", "rtn", "autoround", "bbt-spectral-a0.25"]
+ABLATION += [m for m in h2h.METHODS if ("neuqi" in m or "frontier" in m or m.startswith("bbt-spectral-pca"))
+             and m not in ABLATION]
 DATA = Path(__file__).resolve().parent.parent / "docs" / "data"
 TARGET, MOONSHOT, BUDGET_S, W4_CEILING = 98.0, 79.0, 600.0, 31.1
 

@@ -19,18 +19,18 @@ def test_ablation_methods_are_head_to_head_methods():
 
 def test_table_marks_single_seeds_and_judges_only_three_seed_rows_in_budget():
     rows = [row("autoround-neuqi", 2, 0, 50.0)]  # one seed: best PPL, but not a 3-seed result
-    rows += [row("bbt-spectral-a0.25-neuqi", 2, s, p) for s, p in enumerate([90.0, 96.0, 99.0])]
+    rows += [row("bbt-spectral-a0.25-neuqi-algext", 2, s, p) for s, p in enumerate([90.0, 96.0, 99.0])]
     rows += [row("bbt-spectral-a0.25", 2, s, p, secs=700.0) for s, p in enumerate([60.0, 61.0, 62.0])]  # over budget
-    rows += [row("bbt-spectral-a0.25-neuqi", 4, 0, 31.0), {"method": "autoround", "bits": 2, "seed": 0, "error": "x"}]
+    rows += [row("bbt-spectral-a0.25-neuqi-algext", 4, 0, 31.0), {"method": "autoround", "bits": 2, "seed": 0, "error": "x"}]
     data = w2.collect(rows)
     g = {(x["method"], x["bits"]): x for x in data["groups"]}
-    assert g[("autoround-neuqi", 2)]["std"] is None and g[("bbt-spectral-a0.25-neuqi", 2)]["n"] == 3
-    assert g[("bbt-spectral-a0.25-neuqi", 2)]["options"] == {"enable_neuqi": True}
+    assert g[("autoround-neuqi", 2)]["std"] is None and g[("bbt-spectral-a0.25-neuqi-algext", 2)]["n"] == 3
+    assert g[("bbt-spectral-a0.25-neuqi-algext", 2)]["options"] == {"enable_neuqi": True}
     assert ("autoround", 2) not in g
     md = w2.markdown(data)
     assert "| 2 | autoround-neuqi | 50.00 | (1 seed) | 0 |" in md
-    assert "best W2 with 3 seeds within the budget: bbt-spectral-a0.25-neuqi 95.00 +- 4.58 (300 s): MET" in md
-    assert "W4 control of bbt-spectral-a0.25-neuqi: 31.00 over 1 seed(s) (ceiling 31.1): MET" in md
+    assert "best W2 with 3 seeds within the budget: bbt-spectral-a0.25-neuqi-algext 95.00 +- 4.58 (300 s): MET" in md
+    assert "W4 control of bbt-spectral-a0.25-neuqi-algext: 31.00 over 1 seed(s) (ceiling 31.1): MET" in md
 
 
 def test_plot_is_a_png(tmp_path):
