@@ -31,6 +31,12 @@ def register(subparsers) -> None:
     q.add_argument("--batch-size", type=arguments.int_at_least(1, "windows per batch"), default=None)
     q.add_argument("--lr", type=arguments.float_in(0.0, True, "a learning rate"), default=None,
                    help="auto-round's sign-SGD learning rate (default: the preset's; cpu 0.01, paper auto-round's 1/iters)")
+    q.add_argument("--alg-ext", action="store_true",
+                   help="auto-round's enable_alg_ext (for asymmetric int weights: collect an imatrix, which "
+                        "enable_neuqi weights its grid search with)")
+    q.add_argument("--autoround-option", action="append", type=arguments.key_value, metavar="NAME=VALUE",
+                   help="a further auto-round SignRound option (repeatable; quant.quantize.AUTOROUND_OPTIONS), e.g. "
+                        "enable_neuqi=True, minmax_lr=0.05")
     q.add_argument("--seed", type=arguments.seed, default=0, help="seed in [0, 2**32)")
     q.add_argument("--calib-text", type=arguments.readable_file, default=None,
                    help="default: Python stdlib docstrings (not wikitext)")
@@ -70,9 +76,12 @@ def run(args) -> int:
     from quant.perplexity import perplexity
     from quant.quantize import ONLINE, QuantConfig, coverage_markdown, preset_settings, quantize, save, text_ids
     from quant.text import calibration_windows
+
+    from .checks import key_values
     settings = preset_settings(args.preset, iters=args.iters, nsamples=args.nsamples, seqlen=args.seqlen,
                                batch_size=args.batch_size, lr=args.lr)
-    cfg = QuantConfig(bits=args.bits, group_size=args.group_size, sym=args.sym, seed=args.seed, **settings)
+    cfg = QuantConfig(bits=args.bits, group_size=args.group_size, sym=args.sym, seed=args.seed, **settings,
+                      enable_alg_ext=args.alg_ext, options=key_values(args.autoround_option))
     cfg.check()
     if args.lowbit:
         from quant.lowbit import check_lowbit_request
