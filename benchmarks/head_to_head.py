@@ -65,6 +65,9 @@ METHODS = {
     "autoround-neuqi-rtn": Method("none", rtn=True, options=NEUQI + (("disable_opt_rtn", False),)),
     "bbt-spectral-a0.25-neuqi-algext": Method("bbt-spectral", 0.25, options=NEUQI, settings=ALG_EXT),
     "bbt-spectral-a0-neuqi-algext": Method("bbt-spectral", 0.0, options=NEUQI, settings=ALG_EXT),
+    "bbt-spectral-a0.25-neuqi16-algext": Method("bbt-spectral", 0.25, options=NEUQI,
+                                                settings=ALG_EXT + (("neuqi_grid", (16, 8)),)),
+    "autoround-neuqi16-algext": Method("none", options=NEUQI, settings=ALG_EXT + (("neuqi_grid", (16, 8)),)),
     "bbt-spectral-pca-a0.25": Method("bbt-spectral-pca", 0.25),
     "bbt-spectral-pca-a0.25-neuqi-algext": Method("bbt-spectral-pca", 0.25, options=NEUQI, settings=ALG_EXT),
     # the tuning frontier around the best option set: learning rate, iterations against samples
@@ -196,6 +199,8 @@ def run_cell(cell: dict) -> dict:
         return {**perplexity(base, eval_ids, cell["window"], cell["max_tokens"]), "seconds": time.time() - t0}
     tuned = {f.name for f in dataclasses.fields(QuantConfig)} - {"bits", "group_size", "sym", "seed"}
     settings = {k: cell[k] for k in tuned if k in cell}
+    if settings.get("neuqi_grid") is not None:  # a JSON list in the cell
+        settings["neuqi_grid"] = tuple(settings["neuqi_grid"])
     cfg = QuantConfig(bits=bits, group_size=cell["group_size"], sym=cell["sym"], seed=seed,
                       **{**settings, "iters": 0 if rtn else settings["iters"]})
     windows = calibration_windows(calib_all, cfg.nsamples, cfg.seqlen, seed)

@@ -90,6 +90,9 @@ class QuantConfig:
     #: further auto-round (SignRound) options by their auto-round name, e.g. ``{"enable_neuqi": True}``
     #: (:data:`AUTOROUND_OPTIONS`); passed as given, after the defaults above, RTN (``iters=0``) included
     options: dict = field(default_factory=dict)
+    #: ``(coarse, fine)`` scale candidates of the NeUQI search (auto-round's ``AR_NEUQI_COARSE``/``AR_NEUQI_FINE``;
+    #: its CPU default is 64/32, whose eager sweep costs ~10 CPU-s per 1536x1024 W2 matrix); None = auto-round's
+    neuqi_grid: tuple | None = None
 
     def check(self) -> None:
         if self.bits not in BITS:
@@ -97,6 +100,8 @@ class QuantConfig:
                            f"got {self.bits}")
         if self.group_size <= 0 or self.iters < 0 or self.nsamples <= 0 or self.seqlen <= 1 or self.batch_size <= 0:
             raise BadInput(f"invalid quantization settings: {self}")
+        if self.neuqi_grid is not None and (len(self.neuqi_grid) != 2 or min(self.neuqi_grid) < 2):
+            raise BadInput(f"neuqi_grid must be (coarse, fine) with at least 2 candidates each, got {self.neuqi_grid}")
         unknown = sorted(set(self.options) - set(AUTOROUND_OPTIONS))
         if unknown:
             raise BadInput(f"unknown auto-round option(s) {unknown}; known: {', '.join(AUTOROUND_OPTIONS)}")
@@ -274,10 +279,29 @@ def run_autoround(model: nn.Module, tokenizer, cfg: QuantConfig, calib_windows: 
             kwargs["lr"] = cfg.lr
     kwargs.update(cfg.options)
     t0 = time.time()
-    ar = AutoRound(model, tokenizer, **kwargs)
-    out = ar.quantize()
+    with _neuqi_grid(cfg.neuqi_grid):
+        ar = AutoRound(model, tokenizer, **kwargs)
+        out = ar.quantize()
     layer_config = out[1] if isinstance(out, tuple) and len(out) > 1 else getattr(ar, "layer_config", {})
     return dict(layer_config or {}), time.time() - t0
+
+
+@contextlib.contextmanager
+def _neuqi_grid(grid):
+    """auto-round reads its NeUQI grid from the environment when it searches: set it for this run only."""
+    import os
+    names = ("AR_NEUQI_COARSE", "AR_NEUQI_FINE")
+    saved = {n: os.environ.get(n) for n in names}
+    if grid is not None:
+        os.environ.update({n: str(int(v)) for n, v in zip(names, grid)})
+    try:
+        yield
+    finally:
+        for n, v in saved.items():
+            if v is None:
+                os.environ.pop(n, None)
+            else:
+                os.environ[n] = v
 
 
 # ============================================================================================ unfold

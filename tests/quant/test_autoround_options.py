@@ -75,3 +75,28 @@ def test_options_are_passed_after_the_defaults(monkeypatch):
     cfg = QuantConfig(**{**CFG, "iters": 2}, enable_alg_ext=True, options={"minmax_lr": 0.05, "nblocks": 2})
     run_autoround(tiny(), word_tokenizer(64), cfg, windows())
     assert (seen["minmax_lr"], seen["nblocks"], seen["enable_alg_ext"]) == (0.05, 2, True)
+
+
+def test_neuqi_grid_reaches_the_search_and_is_restored(monkeypatch):
+    """``neuqi_grid`` is auto-round's AR_NEUQI_COARSE/FINE for the run: the search sees it, the process does not keep it."""
+    import os
+
+    import auto_round.data_type.neuqi as nq
+    from auto_round import envs
+
+    monkeypatch.delenv("AR_NEUQI_COARSE", raising=False)
+    monkeypatch.delenv("AR_NEUQI_FINE", raising=False)
+    seen = []
+    real = nq.neuqi_anchor_margins
+
+    def recording(*a, **k):
+        seen.append((envs.AR_NEUQI_COARSE, envs.AR_NEUQI_FINE))
+        return real(*a, **k)
+
+    monkeypatch.setattr(nq, "neuqi_anchor_margins", recording)
+    cfg = QuantConfig(**{**CFG, "iters": 1, "lr": 0.01}, options={"enable_neuqi": True}, neuqi_grid=(16, 8))
+    run_autoround(tiny(), word_tokenizer(64), cfg, windows())
+    assert seen and set(seen) == {(16, 8)}
+    assert "AR_NEUQI_COARSE" not in os.environ and "AR_NEUQI_FINE" not in os.environ
+    with pytest.raises(BadInput, match="neuqi_grid"):
+        QuantConfig(**CFG, neuqi_grid=(1, 8)).check()
