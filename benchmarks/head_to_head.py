@@ -72,6 +72,8 @@ METHODS = {
     "bbt-spectral-pca-a0.25-neuqi-algext": Method("bbt-spectral-pca", 0.25, options=NEUQI, settings=ALG_EXT),
     # the tuning frontier around the best option set: learning rate, iterations against samples
     "frontier-neuqi-algext-lr0.03": Method("none", options=NEUQI, settings=ALG_EXT + (("lr", 0.03),)),
+    "frontier-bbt-a0.25-neuqi16-lr0.02": Method("bbt-spectral", 0.25, options=NEUQI,
+                                                settings=ALG_EXT + (("neuqi_grid", (16, 8)), ("lr", 0.02))),
     "frontier-neuqi-algext-i20-n4": Method("none", options=NEUQI,
                                            settings=ALG_EXT + (("iters", 20), ("nsamples", 4), ("batch_size", 4))),
 }

@@ -135,9 +135,27 @@ PRESETS = {
 }
 
 
-def preset_settings(preset: str, **overrides) -> dict:
-    """The tuning settings of ``preset`` with every override that is not ``None`` applied (CLI flags)."""
-    return {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+#: what a preset adds when it tunes W2 weights (docs/findings.md, "The W2 frontier"): auto-round's NeUQI search of
+#: each group's (scale, integer zero), weighted by the imatrix that ``enable_alg_ext`` collects, on a 16/8 grid
+#: (the 64/32 default took BBT-spectral from 513 to 884 s for 101.3 vs 105.9 PPL, seed 0). BBT-spectral alpha
+#: 0.25 with these: 3 seeds in the findings; the same without them: 195.6.
+W2_SETTINGS = {"cpu": dict(enable_alg_ext=True, options={"enable_neuqi": True}, neuqi_grid=(16, 8))}
+#: the recipes' alpha when none is given, per width: 0.25 was the best W2 alpha on SmolLM2 (cpu preset, 3 seeds);
+#: elsewhere the paper's 0.5
+DEFAULT_ALPHA = {2: 0.25}
+
+
+def default_alpha(bits: int) -> float:
+    return DEFAULT_ALPHA.get(bits, 0.5)
+
+
+def preset_settings(preset: str, bits: int | None = None, **overrides) -> dict:
+    """The tuning settings of ``preset`` with every override that is not ``None`` applied (CLI flags); with
+    ``bits=2`` and tuning (iters > 0), the preset's :data:`W2_SETTINGS` too (RTN stays plain round-to-nearest)."""
+    settings = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+    if bits == 2 and settings["iters"] > 0:
+        settings = {**copy.deepcopy(W2_SETTINGS.get(preset, {})), **settings}
+    return settings
 
 
 # ============================================================================================ gate

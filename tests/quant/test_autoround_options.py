@@ -100,3 +100,25 @@ def test_neuqi_grid_reaches_the_search_and_is_restored(monkeypatch):
     assert "AR_NEUQI_COARSE" not in os.environ and "AR_NEUQI_FINE" not in os.environ
     with pytest.raises(BadInput, match="neuqi_grid"):
         QuantConfig(**CFG, neuqi_grid=(1, 8)).check()
+
+
+def _resolved(tmp_path, *flags):
+    from archfuzz.cli import build_parser
+    from archfuzz.cli.quantize import resolve
+    return resolve(build_parser().parse_args(["quantize", "--recipe", "bbt-spectral", "--out", str(tmp_path / "q"),
+                                              *flags]))
+
+
+def test_w2_default_resolves_to_the_measured_recipe(tmp_path):
+    """docs/findings.md, "The W2 frontier": at W2 the cpu preset tunes with NeUQI weighted by the alg_ext imatrix
+    on the 16/8 grid, alpha 0.25; W4, RTN and explicit flags are left as they were."""
+    cfg, alpha = _resolved(tmp_path, "--bits", "2")
+    assert (cfg.enable_alg_ext, cfg.options, cfg.neuqi_grid, alpha) == (True, {"enable_neuqi": True}, (16, 8), 0.25)
+    assert (cfg.iters, cfg.nsamples, cfg.lr) == (10, 8, 0.01)
+    cfg, alpha = _resolved(tmp_path, "--bits", "4")
+    assert (cfg.enable_alg_ext, cfg.options, cfg.neuqi_grid, alpha) == (False, {}, None, 0.5)
+    cfg, _ = _resolved(tmp_path, "--bits", "2", "--iters", "0")
+    assert (cfg.enable_alg_ext, cfg.options, cfg.neuqi_grid) == (False, {}, None)  # RTN stays plain
+    cfg, alpha = _resolved(tmp_path, "--bits", "2", "--no-alg-ext", "--autoround-option", "enable_neuqi=False",
+                           "--alpha", "0.5")
+    assert (cfg.enable_alg_ext, cfg.options, alpha) == (False, {"enable_neuqi": False}, 0.5)
