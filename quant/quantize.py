@@ -138,7 +138,7 @@ PRESETS = {
 #: what a preset adds when it tunes W2 weights (docs/findings.md, "The W2 frontier"): auto-round's NeUQI search of
 #: each group's (scale, integer zero), weighted by the imatrix that ``enable_alg_ext`` collects, on a 16/8 grid
 #: (the 64/32 default took BBT-spectral from 513 to 884 s for 101.3 vs 105.9 PPL, seed 0). BBT-spectral alpha
-#: 0.25 with these: 3 seeds in the findings; the same without them: 195.6.
+#: 0.25 with these: W2 PPL 111.2 +- 5.8 on SmolLM2 (3 seeds, mean 593 s); without them: 195.6.
 W2_SETTINGS = {"cpu": dict(enable_alg_ext=True, options={"enable_neuqi": True}, neuqi_grid=(16, 8))}
 #: the recipes' alpha when none is given, per width: 0.25 was the best W2 alpha on SmolLM2 (cpu preset, 3 seeds);
 #: elsewhere the paper's 0.5
