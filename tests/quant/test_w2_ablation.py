@@ -29,7 +29,9 @@ def test_table_marks_single_seeds_and_judges_only_three_seed_rows_in_budget():
     assert ("autoround", 2) not in g
     md = w2.markdown(data)
     assert "| 2 | autoround-neuqi | 50.00 | (1 seed) | 0 |" in md
-    assert "best W2 with 3 seeds within the budget: bbt-spectral-a0.25-neuqi-algext 95.00 +- 4.58 (300 s): MET" in md
+    assert ("best W2 with 3 seeds within the budget (on the mean time): bbt-spectral-a0.25-neuqi-algext 95.00 +- 4.58 "
+            "(mean 300 s, slowest seed 300 s): MET") in md
+    assert "| 90.00, 96.00, 99.00 | 300 (300, 300, 300) |" in md
     assert "W4 control of bbt-spectral-a0.25-neuqi-algext: 31.00 over 1 seed(s) (ceiling 31.1): MET" in md
 
 
