@@ -20,6 +20,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import os
 import statistics
 import sys
 import time
@@ -29,19 +30,55 @@ import torch
 
 from benchmarks.ray_cells import ENGINES, run_cells
 
-METHODS = {  # name -> (recipe, alpha, iters=0?)
-    "fp": (None, None, False),
-    "rtn": ("none", None, True),
-    "autoround": ("none", None, False),
-    "autoround-hadamard": ("autoround-hadamard", None, False),
-    "bbt-spectral-a0.5": ("bbt-spectral", 0.5, False),
-    "bbt-spectral-a0": ("bbt-spectral", 0.0, False),
-    "bbt-spectral-a0.25": ("bbt-spectral", 0.25, False),
-    "bbt-spectral-a1": ("bbt-spectral", 1.0, False),
-    "bbt-pair-pca": ("bbt-pair-pca", 0.5, False),
-    "bbt-absorb": ("bbt-absorb", 0.5, False),
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """One row of the grid: a recipe (``None``: full precision), its alpha, RTN or not, extra auto-round options
+    (:data:`quant.quantize.AUTOROUND_OPTIONS`) and settings overriding the sweep's (iters, nsamples, lr, ...,
+    ``enable_alg_ext``).  Options and settings go into the cell, so into its cache key."""
+
+    recipe: str | None
+    alpha: float | None = None
+    rtn: bool = False
+    options: tuple = ()   # ((name, value), ...): hashable; dict(options) is what auto-round gets
+    settings: tuple = ()  # ((name, value), ...) over the preset's
+
+
+NEUQI = (("enable_neuqi", True),)
+ALG_EXT = (("enable_alg_ext", True),)
+METHODS = {
+    "fp": Method(None),
+    "rtn": Method("none", rtn=True),
+    "autoround": Method("none"),
+    "autoround-hadamard": Method("autoround-hadamard"),
+    "bbt-spectral-a0.5": Method("bbt-spectral", 0.5),
+    "bbt-spectral-a0": Method("bbt-spectral", 0.0),
+    "bbt-spectral-a0.25": Method("bbt-spectral", 0.25),
+    "bbt-spectral-a1": Method("bbt-spectral", 1.0),
+    "bbt-pair-pca": Method("bbt-pair-pca", 0.5),
+    "bbt-absorb": Method("bbt-absorb", 0.5),
+    # the W2 ablation (issue 16, docs/findings.md "The W2 frontier"). For asymmetric int weights auto-round's
+    # enable_alg_ext only collects an imatrix (its optimized wrapper and outlier-suppressed loss are for sym
+    # types), which only NeUQI reads; asymmetric optimized RTN without NeUQI is plain min/max RTN. So the two
+    # options are measured together with NeUQI, not alone.
+    "autoround-neuqi": Method("none", options=NEUQI),
+    "autoround-neuqi-algext": Method("none", options=NEUQI, settings=ALG_EXT),
+    "autoround-neuqi-rtn": Method("none", rtn=True, options=NEUQI + (("disable_opt_rtn", False),)),
+    "bbt-spectral-a0.25-neuqi-algext": Method("bbt-spectral", 0.25, options=NEUQI, settings=ALG_EXT),
+    "bbt-spectral-a0-neuqi-algext": Method("bbt-spectral", 0.0, options=NEUQI, settings=ALG_EXT),
+    "bbt-spectral-a0.25-neuqi16-algext": Method("bbt-spectral", 0.25, options=NEUQI,
+                                                settings=ALG_EXT + (("neuqi_grid", (16, 8)),)),
+    "autoround-neuqi16-algext": Method("none", options=NEUQI, settings=ALG_EXT + (("neuqi_grid", (16, 8)),)),
+    "bbt-spectral-pca-a0.25": Method("bbt-spectral-pca", 0.25),
+    "bbt-spectral-pca-a0.25-neuqi-algext": Method("bbt-spectral-pca", 0.25, options=NEUQI, settings=ALG_EXT),
+    # the tuning frontier around the best option set: learning rate, iterations against samples
+    "frontier-neuqi-algext-lr0.03": Method("none", options=NEUQI, settings=ALG_EXT + (("lr", 0.03),)),
+    "frontier-bbt-a0.25-neuqi16-lr0.02": Method("bbt-spectral", 0.25, options=NEUQI,
+                                                settings=ALG_EXT + (("neuqi_grid", (16, 8)), ("lr", 0.02))),
+    "frontier-neuqi-algext-i20-n4": Method("none", options=NEUQI,
+                                           settings=ALG_EXT + (("iters", 20), ("nsamples", 4), ("batch_size", 4))),
 }
-DEFAULT_METHODS = [m for m in METHODS if m != "bbt-absorb"]
+DEFAULT_METHODS = ["fp", "rtn", "autoround", "autoround-hadamard", "bbt-spectral-a0.5", "bbt-spectral-a0",
+                   "bbt-spectral-a0.25", "bbt-spectral-a1", "bbt-pair-pca"]
 
 
 def _key(d: dict) -> str:
@@ -104,8 +141,8 @@ def main(argv=None) -> int:
     # full precision is one result whatever the widths; RTN has no calibration seed
     visits = [("fp", None, 0)] if "fp" in args.methods else []
     visits += [(m, b, s) for b in args.bits for m in args.methods if m != "fp"
-               for s in ([0] if METHODS[m][2] else args.seeds)]
-    cells = [{**common, "method": method, "bits": bits, "seed": seed,
+               for s in ([0] if METHODS[m].rtn else args.seeds)]
+    cells = [{**common, **_method_keys(METHODS[method]), "method": method, "bits": bits, "seed": seed,
               "name": "fp" if bits is None else f"{method}-w{bits}-s{seed}"} for method, bits, seed in visits]
     results = run_cells(run_cell, cells, out / "cache", engine=args.engine, address=args.address,
                         num_cpus=args.num_cpus, cpus_per_cell=args.cpus_per_cell, progress=not args.no_progress,
@@ -128,6 +165,11 @@ def main(argv=None) -> int:
     _plot(summary, out / "results.png")
     print(md)
     return 0
+
+
+def _method_keys(m: Method) -> dict:
+    """What a method adds to its cells (absent when empty, so the cells of the plain methods keep their keys)."""
+    return {**dict(m.settings), **({"options": dict(m.options)} if m.options else {})}
 
 
 @functools.lru_cache(maxsize=2)
@@ -153,12 +195,14 @@ def run_cell(cell: dict) -> dict:
     if (calib_info["sha256"], eval_info["sha256"]) != (cell["calib"], cell["eval"]):
         raise RuntimeError("the texts changed since the sweep was planned (sha256 differs)")
     method, bits, seed = cell["method"], cell["bits"], cell["seed"]
-    recipe, alpha, rtn = METHODS[method]
-    t0 = time.time()
+    recipe, alpha, rtn = METHODS[method].recipe, METHODS[method].alpha, METHODS[method].rtn
+    t0, load_start = time.time(), os.getloadavg()
     if method == "fp":
         return {**perplexity(base, eval_ids, cell["window"], cell["max_tokens"]), "seconds": time.time() - t0}
     tuned = {f.name for f in dataclasses.fields(QuantConfig)} - {"bits", "group_size", "sym", "seed"}
     settings = {k: cell[k] for k in tuned if k in cell}
+    if settings.get("neuqi_grid") is not None:  # a JSON list in the cell
+        settings["neuqi_grid"] = tuple(settings["neuqi_grid"])
     cfg = QuantConfig(bits=bits, group_size=cell["group_size"], sym=cell["sym"], seed=seed,
                       **{**settings, "iters": 0 if rtn else settings["iters"]})
     windows = calibration_windows(calib_all, cfg.nsamples, cfg.seqlen, seed)
@@ -179,8 +223,10 @@ def run_cell(cell: dict) -> dict:
     except RuntimeError as exc:  # record a peer's crash as a finding instead of losing the sweep
         return {"error": f"{type(exc).__name__}: {exc}", "ppl": float("nan"), "seconds": time.time() - t0}
     report.pop("coverage_rows", None)
+    load_end = os.getloadavg()  # the machine's load over the quantization (1, 5, 15 min): timings depend on it
     ppl = perplexity(model, eval_ids, cell["window"], cell["max_tokens"])
-    return {**ppl, "report": report, "seconds": time.time() - t0, "quant_seconds": report["total_seconds"]}
+    return {**ppl, "report": report, "seconds": time.time() - t0, "quant_seconds": report["total_seconds"],
+            "load_start": load_start, "load_end": load_end, "torch_threads": torch.get_num_threads()}
 
 
 class _CachedVerdict:

@@ -23,8 +23,9 @@ The pipeline (:func:`quantize`), each step refusing rather than guessing:
 
 3. **auto-round** (:func:`run_autoround`): ``AutoRound(model, tokenizer, bits, group_size, sym, iters,
    nsamples, seqlen, dataset=<pre-tokenized (1, seqlen) windows>, device_map="cpu", amp=False,
-   enable_torch_compile=False, low_cpu_mem_usage=False, enable_alg_ext=False)``; ``iters=0`` is plain RTN
-   (``disable_opt_rtn=True``: no imatrix).  After ``quantize()`` the fake-quantized (QDQ) weights are left
+   enable_torch_compile=False, low_cpu_mem_usage=False, enable_alg_ext=False)`` plus
+   :attr:`QuantConfig.options` (:data:`AUTOROUND_OPTIONS`); ``iters=0`` is plain RTN (``disable_opt_rtn=True``:
+   no imatrix).  After ``quantize()`` the fake-quantized (QDQ) weights are left
    on the model.
 4. **Unfold** (:func:`unfold`): T1 layers are folded back, ``W_eff = fwht(W^ / s)[:, :d_in]``
    (:func:`quant.transforms.wht_scale.unfold` on the GraphModel holding the quantized ``W^``), the hooks are
@@ -86,6 +87,12 @@ class QuantConfig:
     seed: int = 0
     lr: float | None = None
     enable_alg_ext: bool = False
+    #: further auto-round (SignRound) options by their auto-round name, e.g. ``{"enable_neuqi": True}``
+    #: (:data:`AUTOROUND_OPTIONS`); passed as given, after the defaults above, RTN (``iters=0``) included
+    options: dict = field(default_factory=dict)
+    #: ``(coarse, fine)`` scale candidates of the NeUQI search (auto-round's ``AR_NEUQI_COARSE``/``AR_NEUQI_FINE``;
+    #: its CPU default is 64/32, whose eager sweep costs ~10 CPU-s per 1536x1024 W2 matrix); None = auto-round's
+    neuqi_grid: tuple | None = None
 
     def check(self) -> None:
         if self.bits not in BITS:
@@ -93,6 +100,27 @@ class QuantConfig:
                            f"got {self.bits}")
         if self.group_size <= 0 or self.iters < 0 or self.nsamples <= 0 or self.seqlen <= 1 or self.batch_size <= 0:
             raise BadInput(f"invalid quantization settings: {self}")
+        if self.neuqi_grid is not None and (len(self.neuqi_grid) != 2 or min(self.neuqi_grid) < 2):
+            raise BadInput(f"neuqi_grid must be (coarse, fine) with at least 2 candidates each, got {self.neuqi_grid}")
+        unknown = sorted(set(self.options) - set(AUTOROUND_OPTIONS))
+        if unknown:
+            raise BadInput(f"unknown auto-round option(s) {unknown}; known: {', '.join(AUTOROUND_OPTIONS)}")
+
+
+#: auto-round 0.16 SignRound options a :class:`QuantConfig` may set (``options``), with what each does
+AUTOROUND_OPTIONS = {
+    "minmax_lr": "learning rate of the per-group min/max scale factors (default: lr)",
+    "enable_minmax_tuning": "tune the per-group min/max scale factors (default True)",
+    "enable_norm_bias_tuning": "also tune norm weights and biases (experimental in auto-round)",
+    "nblocks": "decoder blocks reconstructed together (default 1)",
+    "enable_neuqi": "NeUQI grid search (arXiv 2505.17595): (scale, integer zero) per group searched once, "
+                    "imatrix-weighted when one is collected (enable_alg_ext), then frozen during tuning",
+    "enable_quanted_input": "each block reads the quantized output of the previous ones (default True)",
+    "not_use_best_mse": "keep the last iteration instead of the best-loss one",
+    "momentum": "sign-SGD momentum (default 0)",
+    "gradient_accumulate_steps": "mini-batches per update (default 1)",
+    "disable_opt_rtn": "iters=0 only: False = auto-round's optimized RTN (imatrix-weighted scale search)",
+}
 
 
 PRESETS = {
@@ -107,9 +135,27 @@ PRESETS = {
 }
 
 
-def preset_settings(preset: str, **overrides) -> dict:
-    """The tuning settings of ``preset`` with every override that is not ``None`` applied (CLI flags)."""
-    return {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+#: what a preset adds when it tunes W2 weights (docs/findings.md, "The W2 frontier"): auto-round's NeUQI search of
+#: each group's (scale, integer zero), weighted by the imatrix that ``enable_alg_ext`` collects, on a 16/8 grid
+#: (the 64/32 default took BBT-spectral from 513 to 884 s for 101.3 vs 105.9 PPL, seed 0). BBT-spectral alpha
+#: 0.25 with these: W2 PPL 111.2 +- 5.8 on SmolLM2 (3 seeds, mean 593 s); without them: 195.6.
+W2_SETTINGS = {"cpu": dict(enable_alg_ext=True, options={"enable_neuqi": True}, neuqi_grid=(16, 8))}
+#: the recipes' alpha when none is given, per width: 0.25 was the best W2 alpha on SmolLM2 (cpu preset, 3 seeds);
+#: elsewhere the paper's 0.5
+DEFAULT_ALPHA = {2: 0.25}
+
+
+def default_alpha(bits: int) -> float:
+    return DEFAULT_ALPHA.get(bits, 0.5)
+
+
+def preset_settings(preset: str, bits: int | None = None, **overrides) -> dict:
+    """The tuning settings of ``preset`` with every override that is not ``None`` applied (CLI flags); with
+    ``bits=2`` and tuning (iters > 0), the preset's :data:`W2_SETTINGS` too (RTN stays plain round-to-nearest)."""
+    settings = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+    if bits == 2 and settings["iters"] > 0:
+        settings = {**copy.deepcopy(W2_SETTINGS.get(preset, {})), **settings}
+    return settings
 
 
 # ============================================================================================ gate
@@ -249,11 +295,31 @@ def run_autoround(model: nn.Module, tokenizer, cfg: QuantConfig, calib_windows: 
         kwargs["enable_alg_ext"] = cfg.enable_alg_ext
         if cfg.lr is not None:  # RTN has nothing to learn
             kwargs["lr"] = cfg.lr
+    kwargs.update(cfg.options)
     t0 = time.time()
-    ar = AutoRound(model, tokenizer, **kwargs)
-    out = ar.quantize()
+    with _neuqi_grid(cfg.neuqi_grid):
+        ar = AutoRound(model, tokenizer, **kwargs)
+        out = ar.quantize()
     layer_config = out[1] if isinstance(out, tuple) and len(out) > 1 else getattr(ar, "layer_config", {})
     return dict(layer_config or {}), time.time() - t0
+
+
+@contextlib.contextmanager
+def _neuqi_grid(grid):
+    """auto-round reads its NeUQI grid from the environment when it searches: set it for this run only."""
+    import os
+    names = ("AR_NEUQI_COARSE", "AR_NEUQI_FINE")
+    saved = {n: os.environ.get(n) for n in names}
+    if grid is not None:
+        os.environ.update({n: str(int(v)) for n, v in zip(names, grid)})
+    try:
+        yield
+    finally:
+        for n, v in saved.items():
+            if v is None:
+                os.environ.pop(n, None)
+            else:
+                os.environ[n] = v
 
 
 # ============================================================================================ unfold

@@ -3,6 +3,7 @@ perplexity and optionally the low-bit OpenVINO artifact (``docs/quantize.md``)."
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 
@@ -18,9 +19,10 @@ def register(subparsers) -> None:
     q.add_argument("--checkpoint", type=arguments.checkpoint, default=None,
                    help="transformers dir, .safetensors in one, .gguf; default SmolLM2-135M")
     q.add_argument("--recipe", required=True, choices=list(RECIPES))
-    q.add_argument("--alpha", type=arguments.float_in(0.0, False, "a scaling exponent"), default=0.5,
-                   help="activation-energy scaling exponent (the paper's 0.5); on SmolLM2 at the cpu preset "
-                        "0.25 was best at W2 and 0 at W4 (docs/findings.md)")
+    q.add_argument("--alpha", type=arguments.float_in(0.0, False, "a scaling exponent"), default=None,
+                   help="activation-energy scaling exponent; default 0.25 at W2 (the best W2 alpha on SmolLM2 at "
+                        "the cpu preset, with auto-round's NeUQI the preset adds at W2), else the paper's 0.5 (at "
+                        "W4, 0 was best: docs/findings.md)")
     q.add_argument("--bits", type=int, default=2, choices=list(BITS))
     q.add_argument("--group-size", type=arguments.int_at_least(1, "weights per quantization group"), default=64)
     q.add_argument("--sym", action="store_true", help="symmetric (default asymmetric)")
@@ -31,6 +33,12 @@ def register(subparsers) -> None:
     q.add_argument("--batch-size", type=arguments.int_at_least(1, "windows per batch"), default=None)
     q.add_argument("--lr", type=arguments.float_in(0.0, True, "a learning rate"), default=None,
                    help="auto-round's sign-SGD learning rate (default: the preset's; cpu 0.01, paper auto-round's 1/iters)")
+    q.add_argument("--alg-ext", action=argparse.BooleanOptionalAction, default=None,
+                   help="auto-round's enable_alg_ext (for asymmetric int weights: collect an imatrix, which "
+                        "enable_neuqi weights its grid search with); default: the preset's (cpu: on at W2)")
+    q.add_argument("--autoround-option", action="append", type=arguments.key_value, metavar="NAME=VALUE",
+                   help="a further auto-round SignRound option (repeatable; quant.quantize.AUTOROUND_OPTIONS), e.g. "
+                        "minmax_lr=0.05; over the preset's (cpu at W2: enable_neuqi=True)")
     q.add_argument("--seed", type=arguments.seed, default=0, help="seed in [0, 2**32)")
     q.add_argument("--calib-text", type=arguments.readable_file, default=None,
                    help="default: Python stdlib docstrings (not wikitext)")
@@ -65,15 +73,27 @@ def check(args) -> None:
         raise BadInput("--eval-text has no use with --no-eval (nothing is evaluated)")
 
 
+def resolve(args):
+    """The :class:`quant.quantize.QuantConfig` (checked) and alpha the flags ask for, the defaults filled in: the
+    preset's settings (at W2 with tuning, its W2 settings too) and :func:`quant.quantize.default_alpha`."""
+    from quant.quantize import QuantConfig, default_alpha, preset_settings
+
+    from .checks import key_values
+    settings = preset_settings(args.preset, bits=args.bits, iters=args.iters, nsamples=args.nsamples,
+                               seqlen=args.seqlen, batch_size=args.batch_size, lr=args.lr, enable_alg_ext=args.alg_ext)
+    settings["options"] = {**settings.get("options", {}), **key_values(args.autoround_option)}
+    cfg = QuantConfig(bits=args.bits, group_size=args.group_size, sym=args.sym, seed=args.seed, **settings)
+    cfg.check()
+    return cfg, default_alpha(args.bits) if args.alpha is None else args.alpha
+
+
 def run(args) -> int:
     from quant.checkpoints import load_checkpoint
     from quant.perplexity import perplexity
-    from quant.quantize import ONLINE, QuantConfig, coverage_markdown, preset_settings, quantize, save, text_ids
+    from quant.quantize import ONLINE, coverage_markdown, quantize, save, text_ids
     from quant.text import calibration_windows
-    settings = preset_settings(args.preset, iters=args.iters, nsamples=args.nsamples, seqlen=args.seqlen,
-                               batch_size=args.batch_size, lr=args.lr)
-    cfg = QuantConfig(bits=args.bits, group_size=args.group_size, sym=args.sym, seed=args.seed, **settings)
-    cfg.check()
+
+    cfg, args.alpha = resolve(args)
     if args.lowbit:
         from quant.lowbit import check_lowbit_request
         check_lowbit_request(args.recipe, cfg)  # before any work

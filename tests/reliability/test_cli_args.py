@@ -132,6 +132,8 @@ CASES = [
     (Q + ["--lowbit-new-tokens", "0"], "argument --lowbit-new-tokens"),
     (Q + ["--embedding", "f16"], "--embedding applies to the low-bit artifacts: add --lowbit"),
     (Q + ["--lowbit", "--embedding", "int4"], "argument --embedding: invalid choice"),
+    (Q + ["--autoround-option", "enable_neuqui=True"], "unknown auto-round option(s) ['enable_neuqui']"),
+    (Q + ["--autoround-option", "minmax_lr"], "argument --autoround-option: expected KEY=VALUE"),
     # generate
     (["generate", "{MISSING}", "--prompt", "hi"], "argument dir"),
     (["generate", "{DIR}", "--prompt", "hi"], "is not a stateful OpenVINO artifact"),
