@@ -1,5 +1,6 @@
 """Device parity of the stateful artifact (issue 15, item 4): its IR with the KV cache against the PyTorch
-fake-quantized reference per device and precision hint, a corrupted weight code reported as failing."""
+fake-quantized reference per device and precision hint, a corrupted weight code reported as failing; and the
+artifact run in a fresh process with its own peak RSS (item 3)."""
 
 import copy
 import re
@@ -98,3 +99,20 @@ def test_a_corrupted_weight_code_fails_the_gate(rtn, tmp_path):
     assert row["symptom"] == "inconsistency" and row["passed"] is False
     assert "logits differ by" in row["message"] and row["rel_err"] > 10 * rep["gate"]["rel_err_bound"]
     assert "FAIL" in stateful_parity_markdown(rep)
+
+
+def test_a_fresh_process_runs_the_artifact_and_reports_its_own_peak_rss(rtn):
+    """Issue 15, item 3: GenAI in a fresh process reproduces PyTorch's greedy tokens (f32, SDPA), and its peak RSS is
+    its own: a parent holding 768 MiB more than the child ever does does not show up in it."""
+    from quant.parity import compile_config
+    from quant.stateful import fresh_genai_run
+    ref, out = rtn
+    _, expected = torch_greedy(ref, PROMPT, 5)
+    ballast = bytearray(768 * 2**20)
+    ballast[::4096] = b"\x01" * len(ballast[::4096])  # touched: resident in this (the parent) process
+    got = fresh_genai_run(out, PROMPT[0].tolist(), 6, properties={"ATTENTION_BACKEND": "SDPA",
+                                                                   **compile_config("CPU", "f32")})
+    del ballast
+    assert got["tokens"] == expected and got["prompt_tokens"] == PROMPT.shape[1]
+    assert 0 < got["rss_imports_mib"] <= got["peak_rss_mib"] < 768
+    assert got["decode_tok_s"] > 0 and got["prefill_tok_s"] > 0 and got["load_s"] > 0
