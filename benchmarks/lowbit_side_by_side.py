@@ -53,6 +53,12 @@ def _measure(model, tok, folder: Path, prompt: torch.Tensor, eval_ids, window: i
             "ppl_rel_diff": ppl["rel_diff"], "ppl_windows": ppl["ov"]["windows"], "ppl_window": window}
 
 
+def _log_rss(where: str) -> None:
+    with open("/proc/self/status") as f:
+        mem = {k: v.strip() for k, v in (line.split(":", 1) for line in f) if k in ("VmRSS", "VmHWM")}
+    print(f"[memory] {where}: {mem}", flush=True)
+
+
 def run_bits(bits: int, work: Path, args) -> list[dict]:
     import openvino as ov
 
@@ -82,24 +88,29 @@ def run_bits(bits: int, work: Path, args) -> list[dict]:
         prompt = eval_ids[None, :args.prompt]
         folder = work / f"w{bits}-{recipe}"
         t0 = time.time()
-        build_artifact(m, tok, folder, codes, tables)
+        if not (args.reuse and (folder / "archfuzz_artifact.json").is_file()):
+            build_artifact(m, tok, folder, codes, tables)  # with --reuse, a built one is proved against m below
+        _log_rss(f"w{bits} {recipe}: built")
         row = {"bits": bits, "artifact": "bbt-spectral (online)" if held else "vanilla", "recipe": recipe,
                "quantize_s": round(q_s, 1), "build_s": round(time.time() - t0, 1)}
         if held:
             row["online_rotation"] = {k: held["o"][1][k] for k in ("mode", "rotations", "linears")}
             par = stateful_parity(m, folder / MODEL_XML, prompt, steps=8)
             row["parity"] = {k: par[k] for k in ("prefill_rel_err", "max_rel_err", "tokens_agree")}
+            _log_rss(f"w{bits} {recipe}: parity")
         row.update(_measure(m, tok, folder, prompt, eval_ids, args.window, args.max_tokens, args.new_tokens))
+        _log_rss(f"w{bits} {recipe}: measured")
         rows.append(row)
         print(json.dumps(row), flush=True)
         if recipe == "none":  # the f16 dequantized export of the same (vanilla) model: the size reference
             f16 = work / f"w{bits}-f16"
-            build_artifact(m, tok, f16)  # float32 weights (the dequantized codes and tables) ...
-            ir = ov.Core().read_model(str(f16 / MODEL_XML))
-            ov.save_model(ir, str(f16 / "f16.xml"), compress_to_fp16=True)  # ... stored as f16
-            del ir
-            for ext in (".xml", ".bin"):
-                (f16 / f"f16{ext}").replace((f16 / MODEL_XML).with_suffix(ext))
+            if not (args.reuse and (f16 / "archfuzz_artifact.json").is_file()):
+                build_artifact(m, tok, f16)  # float32 weights (the dequantized codes and tables) ...
+                ir = ov.Core().read_model(str(f16 / MODEL_XML))
+                ov.save_model(ir, str(f16 / "f16.xml"), compress_to_fp16=True)  # ... stored as f16
+                del ir
+                for ext in (".xml", ".bin"):
+                    (f16 / f"f16{ext}").replace((f16 / MODEL_XML).with_suffix(ext))
             r16 = {"bits": bits, "artifact": "f16 dequantized (vanilla)", "recipe": "none"}
             r16.update(_measure(m, tok, f16, prompt, eval_ids, args.window, args.max_tokens, args.new_tokens))
             rows.append(r16)
@@ -213,6 +224,8 @@ def main(argv=None) -> int:
     ap.add_argument("--window", type=int, default=256)
     ap.add_argument("--max-tokens", type=int, default=1024)
     ap.add_argument("--redo", action="store_true", help="rebuild and re-measure bit widths already in OUT.json")
+    ap.add_argument("--reuse", action="store_true", help="keep artifacts already built under --work (quantize again "
+                    "for the reference: the parity and perplexity then check that the artifact is that model's)")
     ap.add_argument("--interleave", type=int, default=0, metavar="ROUNDS",
                     help="only re-measure the built artifacts in fresh processes, alternately, ROUNDS times each")
     args = ap.parse_args(argv)
