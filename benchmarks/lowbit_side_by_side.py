@@ -160,6 +160,8 @@ def interleaved_decode(work: Path, bits: int, rounds: int, new_tokens: int, prom
 
 
 def markdown(data: dict) -> str:
+    def f(v, spec):
+        return "-" if v is None else format(v, spec)
     inter = data.get("decode_interleaved", {})
     names = {"vanilla": "none", "bbt-spectral (online)": "bbt-spectral", "f16 dequantized (vanilla)": "f16"}
     lines = ["| bits | artifact | IR MiB | IR / f16 | peak RSS MiB | prefill tok/s | decode tok/s | decode vs vanilla "
@@ -169,37 +171,36 @@ def markdown(data: dict) -> str:
         f16 = next((r for r in rows if r["artifact"].startswith("f16")), None)
         van = next((r for r in rows if r["artifact"] == "vanilla"), None)
         il = inter.get(f"w{bits}", {})
-        for r in rows:
-            i = il.get(names.get(r["artifact"], ""))
-            if i:  # the interleaved re-measurement (medians) supersedes the single run
-                rss, pre, tpot = i["median_peak_rss_mib"], i["median_prefill_tok_s"], i["median_tpot_ms"]
-                vt = il.get("none", {}).get("median_tpot_ms")
-            else:
-                rss, pre, tpot = r.get("peak_rss_mib"), r["prefill_tok_s"], r["tpot_ms"]
-                vt = van["tpot_ms"] if van else None
-            ratio = f"{r['ir_mib'] / f16['ir_mib']:.1%}" if f16 else ""
-            slow = f"{tpot / vt:.2f}x" if vt else ""
-            lines.append(f"| W{bits} | {r['artifact']} | {r['ir_mib']} | {ratio} | "
-                         f"{'-' if rss is None else f'{rss:.0f}'} | {pre:.0f} | {1e3 / tpot:.1f} | {slow} | "
-                         f"{r['ppl_ov']:.3f} | {r['ppl_torch']:.3f} | {r['ppl_rel_diff']:.1e} |")
+        for r in rows:  # the build's single run; peak RSS from the interleaved runs when the build did not measure it
+            rss = r.get("peak_rss_mib") or (il.get(names.get(r["artifact"], "")) or {}).get("median_peak_rss_mib")
+            tpot, vt = r.get("tpot_ms"), van.get("tpot_ms") if van else None
+            lines.append(f"| W{bits} | {r['artifact']} | {r['ir_mib']} | "
+                         f"{f(f16 and r['ir_mib'] / f16['ir_mib'], '.1%')} | {f(rss, '.0f')} | "
+                         f"{f(r.get('prefill_tok_s'), '.0f')} | {f(tpot and 1e3 / tpot, '.1f')} | "
+                         f"{f(tpot and vt and tpot / vt, '.2f')} | {f(r.get('ppl_ov'), '.3f')} | "
+                         f"{f(r.get('ppl_torch'), '.3f')} | {f(r.get('ppl_rel_diff'), '.1e')} |")
     for key, d in sorted(inter.items()):
         arts = {n: v for n, v in d.items() if isinstance(v, dict)}
-        n = len(next(iter(arts.values()))["tpot_ms"])
         loads = [x for v in arts.values() for x in v.get("loadavg_1min", [])]
-        lines += ["", f"{key.upper()}, the artifacts run alternately in fresh processes ({n} rounds, GenAI defaults, "
-                  f"OMP_NUM_THREADS={d.get('omp_num_threads')}, 1-minute load average "
-                  + (f"{min(loads):.1f}-{max(loads):.1f}" if loads else "not recorded")
-                  + " on 2 cores): ms per token best / median: " + "; ".join(
-                      f"{k} {v['best_tpot_ms']:.1f} / {v['median_tpot_ms']:.1f}" for k, v in arts.items())
-                  + (f"; **BBT / vanilla {d['bbt_over_vanilla_median']:.2f}x (median), {d['bbt_over_vanilla_best']:.2f}x "
-                     "(best)**" if "bbt_over_vanilla_best" in d else "")]
+        lines += ["", f"{key.upper()}, the built artifacts run alternately, each in a fresh process (GenAI defaults, "
+                  f"OMP_NUM_THREADS={d.get('omp_num_threads')}, nice 10; 1-minute load average "
+                  + (f"{min(loads):.1f}-{max(loads):.1f}" if loads else "not recorded") + " on 2 cores"
+                  + (f"; {d['source']}" if d.get("source") else "") + "):", "",
+                  "| artifact | ms/token per run | best | median | prefill tok/s (median) | peak RSS MiB (median) |",
+                  "|---|---|---:|---:|---:|---:|"]
+        for n, v in arts.items():
+            lines.append(f"| {n} | {', '.join(f'{t:.1f}' for t in v['tpot_ms'])} | {v['best_tpot_ms']:.1f} | "
+                         f"{v['median_tpot_ms']:.1f} | {f(v.get('median_prefill_tok_s'), '.0f')} | "
+                         f"{v['median_peak_rss_mib']:.0f} |")
+        if "bbt_over_vanilla_best" in d:
+            lines += ["", f"**BBT / vanilla time per token: {d['bbt_over_vanilla_median']:.2f}x (median), "
+                      f"{d['bbt_over_vanilla_best']:.2f}x (best)** (target <= 1.3x)."]
     s = data["settings"]
     lines += ["", f"SmolLM2-135M, auto-round RTN (iters 0) g64 asym, {s['nsamples']} x {s['seqlen']} calibration tokens, "
               f"alpha {s['alpha']}; embedding/output head int8; GenAI greedy {s['new_tokens']} new tokens after "
               f"{s['prompt']} prompt tokens (default CPU settings); PPL on {s['max_tokens']} evaluation tokens in windows "
-              f"of {s['window']} (f32 accuracy). Peak RSS, prefill and decode: medians of the interleaved runs where "
-              "there are some, else the single run of the build. The machine is shared: the ratios are the figures, "
-              "not the absolute tokens/s. Commands: "
+              f"of {s['window']} (f32 accuracy). The machine is shared and loaded: the ratios measured alternately are "
+              "the figures, not the absolute tokens/s. Commands: "
               + "; ".join(f"`{c}`" for c in data.get("commands", {}).values()) + "."]
     return "\n".join(lines) + "\n"
 
