@@ -77,7 +77,8 @@ def check(args) -> None:
 
 def check_artifact(args) -> None:
     from quant.stateful import MODEL_XML
-    for flag, value in (("--layout", args.layout), ("--transform", args.transform), ("--keep-ir", args.keep_ir or None),
+    for flag, value in (("--layout", args.layout), ("--transform", args.transform), ("--option", args.option),
+                        ("--keep-ir", args.keep_ir or None),
                         ("--max-param-bytes", args.max_param_bytes)):
         if value is not None:
             raise BadInput(f"{flag} does not apply to --artifact (the artifact is already exported and quantized)")

@@ -68,6 +68,7 @@ def test_bad_artifact_arguments_are_refused_before_any_work(quantized, tmp_path,
         (["--artifact", genai, "--transform", "reference:permute_heads"], "--transform does not apply to --artifact"),
         (["--artifact", genai, "--batch", "2"], "batch 1"),
         (["--artifact", genai, "--keep-ir"], "--keep-ir does not apply"),
+        (["--artifact", genai, "--option", "seed=1"], "--option does not apply"),
         (["--steps", "3"], "--steps applies to --artifact"),
     ]
     for extra, message in cases:
