@@ -355,6 +355,29 @@ def genai_generate(folder: str | Path, prompt, max_new_tokens: int, *, device: s
             "generate_s": pm.get_generate_duration().mean / 1e3}
 
 
+def fresh_genai_run(folder: str | Path, prompt: list[int], new_tokens: int, *, device: str = "CPU",
+                    properties: dict | None = None, timeout: float = 900.0) -> dict:
+    """``openvino_genai`` greedy generation of ``new_tokens`` after the token ids ``prompt`` in a fresh Python process
+    (``quant/genai_probe.py`` run as a script: no torch, no archfuzz, what a user's process holds), EOS ignored.
+    Returns its GenAI timings (prefill = time to first token, decode tokens/s with the KV cache), load time and peak
+    RSS (the child's own ``VmHWM``; why not ``ru_maxrss``: see the probe)."""
+    import subprocess
+    import sys
+
+    folder = Path(folder)
+    missing = [f for f in (MODEL_XML, TOKENIZER_XML, DETOKENIZER_XML) if not (folder / f).is_file()]
+    if missing:
+        raise BadInput(f"{folder} is not a stateful OpenVINO artifact: {', '.join(missing)} missing")
+    spec = {"prompt": [int(t) for t in prompt], "new_tokens": int(new_tokens), "device": device,
+            "properties": properties or {}, "ignore_eos": True}
+    probe = Path(__file__).with_name("genai_probe.py")
+    proc = subprocess.run([sys.executable, str(probe), str(folder), json.dumps(spec)], capture_output=True, text=True,
+                          timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the GenAI run of {folder} exited with {proc.returncode}: {proc.stderr.strip()[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 STATEFUL_TOL = 1e-4  # relative logit error of the stateful IR (CPU, f32 accuracy) against PyTorch float32
 
 
@@ -364,7 +387,8 @@ def stateful_report(model: nn.Module, tokenizer, codes: dict, ids: torch.Tensor,
                     max_tokens: int | None = None) -> dict:
     """Build the GenAI artifact at ``folder`` and prove and time it: :func:`stateful_parity` on the prompt
     ``ids`` (1, seq) with ``steps`` cached decode steps, then ``new_tokens`` greedy tokens through
-    ``openvino_genai`` (its default CPU settings, EOS ignored) for the decode speed with the KV cache.
+    ``openvino_genai`` (its default CPU settings, EOS ignored) in a fresh process (:func:`fresh_genai_run`): prefill
+    and decode tokens/s with the KV cache and the process's peak RSS.
 
     ``ok``: the greedy tokens agree and the relative error is within :data:`STATEFUL_TOL`, or within twice
     ``floor`` when that is larger: the error of the stateless dequantized f32 IR of the same model on the same
@@ -379,12 +403,13 @@ def stateful_report(model: nn.Module, tokenizer, codes: dict, ids: torch.Tensor,
     parity = stateful_parity(model, folder / MODEL_XML, ids, steps=steps)
     bound = max(STATEFUL_TOL, 2 * floor) if floor is not None else STATEFUL_TOL
     ppl = None if eval_ids is None else perplexity_parity(model, folder / MODEL_XML, eval_ids, window, max_tokens)
-    gen = genai_generate(folder, ids[0].tolist(), new_tokens, ignore_eos=True)
+    gen = fresh_genai_run(folder, ids[0].tolist(), new_tokens)  # a fresh process: its peak RSS is the artifact's
     return {"folder": str(folder), "ir_mib": round(info["ir_bytes"] / 2**20, 2), "states": info["states"],
             "compressed": info.get("compressed"), "tables": info.get("tables") or {"mode": "f32", "tables": {}},
             "parity": parity, "tolerance": bound, "floor": floor, "perplexity": ppl,
             "ok": parity["max_rel_err"] <= bound and parity["tokens_agree"] and (ppl is None or ppl["rel_diff"] <= PPL_TOL),
-            "genai": {k: gen[k] for k in ("prompt_tokens", "ttft_ms", "tpot_ms", "decode_tok_s", "generate_s")}
+            "genai": {k: gen[k] for k in ("prompt_tokens", "ttft_ms", "tpot_ms", "decode_tok_s", "prefill_tok_s",
+                                          "generate_s", "load_s", "rss_imports_mib", "peak_rss_mib")}
             | {"new_tokens": len(gen["tokens"])}}
 
 
@@ -403,9 +428,10 @@ def stateful_markdown(rep: dict) -> str:
         f"(bound {rep['tolerance']:.1e}" + (f", twice the dequantized f32 IR's {rep['floor']:.1e}"
                                             if rep.get("floor") and rep["tolerance"] > STATEFUL_TOL else "")
         + f": {'ok' if p['max_rel_err'] <= rep['tolerance'] and p['tokens_agree'] else 'FAILED'})",
-        f"- openvino_genai greedy, {g['new_tokens']} new tokens after {g['prompt_tokens']} prompt tokens, batch 1: "
-        f"time to first token {g['ttft_ms']:.1f} ms, decode {g['decode_tok_s']:.1f} tokens/s "
-        f"({g['tpot_ms']:.2f} ms/token)"]
+        f"- openvino_genai greedy in a fresh process, {g['new_tokens']} new tokens after {g['prompt_tokens']} prompt "
+        f"tokens, batch 1: time to first token {g['ttft_ms']:.1f} ms (prefill {g['prefill_tok_s']:.0f} tokens/s), "
+        f"decode {g['decode_tok_s']:.1f} tokens/s ({g['tpot_ms']:.2f} ms/token); peak RSS {g['peak_rss_mib']:.0f} MiB "
+        f"({g['rss_imports_mib']:.0f} MiB after importing openvino_genai)"]
     lines.insert(4, f"- embedding table / output head stored as {tables['mode']}"
                  + (f" ({', '.join(tables['tables'])}; the PyTorch reference applies the same quantization)"
                     if tables["tables"] else " (as exported)"))

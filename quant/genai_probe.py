@@ -1,0 +1,53 @@
+"""Run a stateful artifact the way a user does, in a fresh process: ``python quant/genai_probe.py DIR SPEC`` (run as
+a script, so neither torch nor archfuzz is imported: only numpy and ``openvino_genai``).
+
+``SPEC`` is JSON: ``prompt`` (token ids), ``new_tokens``, ``properties`` (for the pipeline) and ``ignore_eos``.  The
+process loads ``openvino_genai.LLMPipeline(DIR, device)``, generates greedily, and prints one JSON line: GenAI's
+timings (time to first token = prefill, time per output token = decode with the KV cache), the load time, the
+generated ids, and its memory from ``/proc/self/status``: ``VmRSS`` after the imports and ``VmHWM`` (peak RSS) at
+the end.  Not ``ru_maxrss`` of the child from the parent: Linux carries the parent's high-water mark over
+``execve`` (measured here: a child whose own peak was 11 MiB reported the 612 MiB of its parent), so only the
+child's own ``VmHWM`` is the artifact's.  :func:`quant.stateful.fresh_genai_run` starts it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+
+def status_mib(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def main(folder: str, spec: dict) -> dict:
+    import numpy as np
+    import openvino as ov
+    import openvino_genai as genai
+
+    imports = status_mib("VmRSS")
+    t0 = time.perf_counter()
+    pipe = genai.LLMPipeline(folder, spec.get("device", "CPU"), **spec.get("properties", {}))
+    load_s = time.perf_counter() - t0
+    cfg = genai.GenerationConfig()
+    cfg.max_new_tokens = spec["new_tokens"]
+    cfg.do_sample = False
+    cfg.ignore_eos = spec.get("ignore_eos", True)
+    ids = np.asarray([spec["prompt"]], np.int64)
+    res = pipe.generate(ov.Tensor(ids), cfg)
+    pm = res.perf_metrics
+    ttft, tpot = pm.get_ttft().mean, pm.get_tpot().mean
+    return {"prompt_tokens": int(ids.shape[1]), "tokens": [int(t) for t in res.tokens[0]], "load_s": round(load_s, 3),
+            "ttft_ms": ttft, "tpot_ms": tpot, "decode_tok_s": 1e3 / tpot if tpot > 0 else float("nan"),
+            "prefill_tok_s": ids.shape[1] / (ttft / 1e3) if ttft > 0 else float("nan"),
+            "generate_s": pm.get_generate_duration().mean / 1e3, "rss_imports_mib": round(imports, 1),
+            "peak_rss_mib": round(status_mib("VmHWM"), 1)}
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(sys.argv[1], json.loads(sys.argv[2]))))
