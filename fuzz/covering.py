@@ -48,10 +48,11 @@ TRIPLE_WEIGHT = 10  # a risky triple counts as this many pairs when covering exa
 #: the most of a budget covering examples take (rounded down); hypothesis draws the rest, so layouts with
 #: fewer features (dense only, no RoPE, ...) still come: covering examples favour feature-rich layouts, and
 #: a feature that crashes a transform would otherwise mask every bug of the layouts without it.  The
-#: covering (about 76 rows, :func:`lower_bound` 55) is larger than a budget of 50, and its rows past the
-#: first 30 still reach pairs that draws mostly miss: with 45 covering examples of 50, 8669 of 9641 pairs
-#: are caught on every seed of 10, with 30 7809, with 50 8872 (``python -m benchmarks.covering_split``,
-#: docs/findings.md); 90% keeps 5 draws of 50, and 22 + 3 of the ci profile's 25
+#: covering (about 94 rows for 14283 pairs; :func:`lower_bound` 66) is larger than a budget of 50, and its rows
+#: past the first 30 still reach pairs that draws mostly miss (at 9641 pairs: with 45 covering examples of
+#: 50, 8669 pairs were caught on every seed of 10, with 30 7809, with 50 8872; ``python -m
+#: benchmarks.covering_split``, docs/findings.md); 90% keeps 5 draws of 50 (its 45 covering rows are the
+#: :data:`PREFIX` that :func:`_improve` works on), and 22 + 3 of the ci profile's 25
 SHARE = 0.9
 POOL = 3000  # uniform draws that define what is possible (space) and what covering examples choose from
 CLIMB = 30  # tries per covering row to reach more with a changed choice (:func:`_covering`)
