@@ -90,12 +90,14 @@ def test_covering_examples_reach_every_possible_pair_and_start_with_the_most():
     # clamped SwiGLU and sparsemixer joined, 76 for the AETG-style rows, 88 once weight-free norms, xIELU, RoPE by
     # -theta, attention temperature, mask-derived positions and an extra input id joined, 96 once chunked
     # attention, the power temperature, per-layer inputs, the residual gate, differential and sparse attention
-    # joined); no covering needs fewer than lower_bound()
-    assert covering.lower_bound()[0] <= len(specs) <= 100
+    # joined; seed 0 96, seed 3 86 once the first 45 rows were improved together, issue 18); no covering needs
+    # fewer than lower_bound() (66)
+    assert covering.lower_bound()[0] <= len(specs) <= 90
     # the greedy pick's first 25 reached 90.8%, its first 50 97.5%; the AETG-style rows 92.7% / 98.7%, and 91.4% /
     # 97.9% once the issue-14 axes above grew the pairs from 9641 to 11367; 90.7% of 11679 once experts scaling
-    # their input (expert_scale_input) joined
-    for n, share in ((25, 0.905), (50, 0.975)):
+    # their input (expert_scale_input) joined; at 14283 pairs, once the first 45 rows were improved together
+    # (fuzz.covering._improve), seed 3's first 25 / 45 / 50 reach 92.6% / 98.4% / 98.8%
+    for n, share in ((25, 0.92), (45, 0.98), (50, 0.985)):
         first = space.reached(tags[:n])
         assert first["pairs_seen"] >= share * first["pairs_possible"]
     # no row is redundant: each reaches an interaction no other row does
