@@ -57,7 +57,7 @@ SHARE = 0.9
 POOL = 3000  # uniform draws that define what is possible (space) and what covering examples choose from
 CLIMB = 30  # tries per covering row to reach more with a changed choice (:func:`_covering`)
 PREFIX = 45  # the covering rows of a budget of 50 (:func:`covering_share`): :func:`_improve` makes them reach more
-IMPROVE = 3000  # tries to (:func:`_improve`)
+IMPROVE = 3000  # tries :func:`_improve` makes on those rows
 HARD = 20  # a targeted try aims at one of the this many rarest interactions not yet reached
 
 
@@ -264,7 +264,6 @@ def _covering(seed: int, key: tuple) -> tuple[DecoderSpec, ...]:
     top = np.argsort(-share, axis=0, kind="stable")[:2]
     steer = {t: [(often[r][0], value_of[often[r]]) for r in top[:, j]] for j, t in enumerate(vocab)}
 
-    left = weight.copy()  # weight not yet reached; 0 once reached
     flat = np.concatenate([p[3] for p in pool])
     sizes = np.array([len(p[3]) for p in pool])
     starts = np.cumsum(np.concatenate([[0], sizes[:-1]]))
