@@ -267,6 +267,7 @@ def _covering(seed: int, key: tuple) -> tuple[DecoderSpec, ...]:
     flat = np.concatenate([p[3] for p in pool])
     sizes = np.array([len(p[3]) for p in pool])
     starts = np.cumsum(np.concatenate([[0], sizes[:-1]]))
+
     def steered(row, inter) -> dict:
         """``row``'s choices by key, with the choices that most often bring ``inter``'s missing tags set."""
         rec = dict(zip(row[2], row[1]))
