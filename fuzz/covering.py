@@ -8,7 +8,9 @@ with *covering examples*: a covering built row by row (:func:`_covering`, AETG s
 a seeded pool that reaches the most weight not yet reached, rare pairs weighing more, then improved by
 replaying its choices with a few changed, so every row is a draw of :func:`~fuzz.strategies.spec_from`
 under the campaign's constraints), its redundant rows dropped, ordered so that its first rows reach the
-most; run as hypothesis' explicit examples (``@example``) for up to :data:`SHARE` of the budget, before
+most; its first :data:`PREFIX` rows (those of a budget of 50) then changed together to reach more
+(:func:`_improve`) and the rest covered anew; run as hypothesis' explicit examples (``@example``) for up to
+:data:`SHARE` of the budget, before
 hypothesis draws the rest.  The draws themselves, their shrinking toward fewer features and the
 derandomized profiles are untouched.  :func:`lower_bound` is what no covering can beat.
 
@@ -28,6 +30,7 @@ from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 
+import networkx as nx
 import numpy as np
 
 from .decoder import DecoderSpec, build
@@ -45,13 +48,16 @@ TRIPLE_WEIGHT = 10  # a risky triple counts as this many pairs when covering exa
 #: the most of a budget covering examples take (rounded down); hypothesis draws the rest, so layouts with
 #: fewer features (dense only, no RoPE, ...) still come: covering examples favour feature-rich layouts, and
 #: a feature that crashes a transform would otherwise mask every bug of the layouts without it.  The
-#: covering (about 76 rows, :func:`lower_bound` 55) is larger than a budget of 50, and its rows past the
-#: first 30 still reach pairs that draws mostly miss: with 45 covering examples of 50, 8669 of 9641 pairs
-#: are caught on every seed of 10, with 30 7809, with 50 8872 (``python -m benchmarks.covering_split``,
-#: docs/findings.md); 90% keeps 5 draws of 50, and 22 + 3 of the ci profile's 25
+#: covering (about 94 rows for 14283 pairs; :func:`lower_bound` 66) is larger than a budget of 50, and its rows
+#: past the first 30 still reach pairs that draws mostly miss (at 9641 pairs: with 45 covering examples of
+#: 50, 8669 pairs were caught on every seed of 10, with 30 7809, with 50 8872; ``python -m
+#: benchmarks.covering_split``, docs/findings.md); 90% keeps 5 draws of 50 (its 45 covering rows are the
+#: :data:`PREFIX` that :func:`_improve` works on), and 22 + 3 of the ci profile's 25
 SHARE = 0.9
 POOL = 3000  # uniform draws that define what is possible (space) and what covering examples choose from
 CLIMB = 30  # tries per covering row to reach more with a changed choice (:func:`_covering`)
+PREFIX = 45  # the covering rows of a budget of 50 (:func:`covering_share`): :func:`_improve` makes them reach more
+IMPROVE = 3000  # tries :func:`_improve` makes on those rows
 HARD = 20  # a targeted try aims at one of the this many rarest interactions not yet reached
 
 
@@ -80,22 +86,32 @@ def draw_pool(size: int, seed: int, **constraints) -> list[tuple[DecoderSpec, fr
     return out
 
 
+_REPLACED = object()  # a recorded choice to draw afresh
+
+
 class Replayed(Picked):
     """A :class:`~fuzz.strategies.Picked` that replays recorded choices, each while the call it answers still
     allows it (a choice among the same options, an integer in range), and draws the others afresh; it records
     what it picked (``made``) and which call each was (``keys``: the call, its arguments and how many times
     that call was made so far; a key names the same axis in every draw).  With nothing to replay it draws
-    exactly what :class:`~fuzz.strategies.Picked` draws from the same random source."""
+    exactly what :class:`~fuzz.strategies.Picked` draws from the same random source.  ``replay``: the
+    choices in call order, or a dict from key to choice (a key's choice replayed wherever that call comes, so
+    changing the layer count keeps every other axis)."""
 
-    def __init__(self, rng: random.Random, replay: list | tuple = ()):
+    def __init__(self, rng: random.Random, replay: list | tuple | dict = ()):
         super().__init__(rng)
-        self.replay, self.made, self.keys, self._calls = list(replay), [], [], Counter()
+        self.replay = replay if isinstance(replay, dict) else list(replay)
+        self.made, self.keys, self._calls = [], [], Counter()
 
     def _take(self, call: tuple, allowed, fresh):
-        k = len(self.made)
-        value = self.replay[k] if k < len(self.replay) and allowed(self.replay[k]) else fresh()
         self._calls[call] += 1
-        self.keys.append((call, self._calls[call]))
+        key = (call, self._calls[call])
+        if isinstance(self.replay, dict):  # by key: a choice keeps its value when an earlier one changes
+            value = self.replay.get(key, _REPLACED)
+        else:  # by position
+            value = self.replay[len(self.made)] if len(self.made) < len(self.replay) else _REPLACED
+        value = value if value is not _REPLACED and allowed(value) else fresh()
+        self.keys.append(key)
         self.made.append(value)
         return value
 
@@ -164,18 +180,25 @@ def space(**constraints) -> Space:
 
 
 def lower_bound(**constraints) -> tuple[int, tuple[str, str]]:
-    """The fewest rows any covering of the pairs of :func:`space` needs, by the two-axis argument: the tags
-    of one axis (one name before the last ``:``, ``mlp:gelu``, ``mlp:relu``, ...) that no pair combines
-    are exclusive, a layout carries at most one of them; between two such axes a row reaches at most one
-    pair, so a covering has at least as many rows as the pairs the synthesizer combines between them (the
-    product of their numbers of values where every value combines with every other).  Returns the
-    largest count and its two axes."""
+    """The fewest rows any covering of the pairs of :func:`space` needs, by the two-axis argument: tags of
+    one axis (one name before the last ``:``, ``mlp:gelu``, ``mlp:relu``, ...) that no pair combines are
+    exclusive, a layout carries at most one of them (of an axis, the largest such set: a largest clique
+    of the graph joining two of its tags that never share a layout; ``mlp:xielu`` shares layouts with the
+    other activations, which never share one with each other); between two such sets a row reaches at
+    most one pair, so a covering has at least as many rows as the pairs the synthesizer combines between
+    them.  Returns the largest count and its two axes."""
     pairs = space(**constraints).pairs
     axes: dict[str, list[str]] = {}
     for t in sorted({t for p in pairs for t in p}):
         axes.setdefault(t.rsplit(":", 1)[0], []).append(t)
-    exclusive = {a: v for a, v in axes.items()
-                 if len(v) > 1 and not any(p in pairs for p in itertools.combinations(v, 2))}
+    exclusive = {}
+    for a, values in axes.items():
+        apart = nx.Graph()
+        apart.add_nodes_from(values)
+        apart.add_edges_from(p for p in itertools.combinations(values, 2) if p not in pairs)
+        clique, _ = nx.max_weight_clique(apart, weight=None)
+        if len(clique) > 1:
+            exclusive[a] = sorted(clique)
     return max((sum(tuple(sorted((x, y))) in pairs for x in exclusive[a] for y in exclusive[b]), (a, b))
                for a, b in itertools.combinations(sorted(exclusive), 2))
 
@@ -191,9 +214,6 @@ def covering_size(seed: int = 0, **constraints) -> int:
     return len(_covering(seed, _key(constraints)))
 
 
-_REPLACED = object()  # a recorded choice to draw afresh
-
-
 @lru_cache(maxsize=16)
 def _covering(seed: int, key: tuple) -> tuple[DecoderSpec, ...]:
     """A covering in prefix order.  Rows are built one at a time (AETG style), each a valid draw of
@@ -206,7 +226,10 @@ def _covering(seed: int, key: tuple) -> tuple[DecoderSpec, ...]:
     that), so rows take the pairs few draws can reach while they can.  Rows stop when nothing is left
     to add; a row whose every interaction another row reaches is dropped; the rest are ordered greedily
     by interactions newly reached (a risky triple counting :data:`TRIPLE_WEIGHT` pairs), so that a budget
-    smaller than the covering takes the rows that reach the most."""
+    smaller than the covering takes the rows that reach the most.  A covering longer than :data:`PREFIX`
+    keeps its first :data:`PREFIX` rows, changed by :func:`_improve` to reach more of what the whole
+    covering reaches, and builds the rest anew for what they leave (rows, redundant rows dropped, order).
+    Choices are replayed by key (:class:`Replayed`)."""
     constraints = dict(key)
     universe = space(**constraints)
     order = sorted(universe.pairs) + sorted(universe.triples)
@@ -241,53 +264,120 @@ def _covering(seed: int, key: tuple) -> tuple[DecoderSpec, ...]:
     top = np.argsort(-share, axis=0, kind="stable")[:2]
     steer = {t: [(often[r][0], value_of[often[r]]) for r in top[:, j]] for j, t in enumerate(vocab)}
 
-    left = weight.copy()  # weight not yet reached; 0 once reached
     flat = np.concatenate([p[3] for p in pool])
     sizes = np.array([len(p[3]) for p in pool])
     starts = np.cumsum(np.concatenate([[0], sizes[:-1]]))
-    rows = []
-    while True:
-        # each pool draw's weight left (a trailing 0 keeps every start in range; a draw reaching nothing: 0)
-        gains = np.where(sizes > 0, np.add.reduceat(np.append(left[flat], 0.0), starts), 0.0)
-        best = pool[int(np.argmax(gains))]
-        best_gain = left[best[3]].sum()
-        if best_gain == 0:
-            break
-        open_ = np.flatnonzero(left)
-        hard = open_[np.argsort(held[open_], kind="stable")[:HARD]]
-        for attempt in range(CLIMB):
-            made, keys = list(best[1]), best[2]
-            if attempt % 2 == 0:
-                for t in order[int(hard[rng.randrange(len(hard))])]:
-                    options = steer.get(t, [])
-                    if options:
-                        k, v = options[0] if len(options) == 1 or rng.random() < 0.7 else options[1]
-                        if k in keys:
-                            made[keys.index(k)] = v
-            else:
-                for _ in range(rng.randint(1, 2)):
-                    made[rng.randrange(len(made))] = _REPLACED
-            tried = draw(made)
-            gain = left[tried[3]].sum()
-            if gain >= best_gain:
-                best, best_gain = tried, gain
-        rows.append(best)
-        left[best[3]] = 0
-    reach = [set(r[3].tolist()) for r in rows]
-    kept = list(range(len(rows)))
-    for r in reversed(range(len(rows))):
-        others = set().union(*(reach[o] for o in kept if o != r))
-        if reach[r] <= others:
-            kept.remove(r)
+
+    def steered(row, inter) -> dict:
+        """``row``'s choices by key, with the choices that most often bring ``inter``'s missing tags set."""
+        rec = dict(zip(row[2], row[1]))
+        for t in order[inter]:
+            options = steer.get(t, []) if t not in seen[row[0]][0] else []
+            if options:
+                k, v = options[0] if len(options) == 1 or rng.random() < 0.7 else options[1]
+                rec[k] = v
+        return rec
+
+    def jolted(row) -> dict:
+        """``row``'s choices by key, one or two of them to draw afresh."""
+        rec = dict(zip(row[2], row[1]))
+        for _ in range(rng.randint(1, 2)):
+            rec[row[2][rng.randrange(len(row[2]))]] = _REPLACED
+        return rec
+
+    def grow(left: np.ndarray) -> list:
+        """Rows (AETG style) until no weight is ``left``; ``left`` is spent."""
+        rows = []
+        while True:
+            # each pool draw's weight left (a trailing 0 keeps every start in range; a draw reaching nothing: 0)
+            gains = np.where(sizes > 0, np.add.reduceat(np.append(left[flat], 0.0), starts), 0.0)
+            best = pool[int(np.argmax(gains))]
+            best_gain = left[best[3]].sum()
+            if best_gain == 0:
+                return rows
+            open_ = np.flatnonzero(left)
+            hard = open_[np.argsort(held[open_], kind="stable")[:HARD]]
+            for attempt in range(CLIMB):
+                rec = steered(best, int(hard[rng.randrange(len(hard))])) if attempt % 2 == 0 else jolted(best)
+                tried = draw(rec)
+                gain = left[tried[3]].sum()
+                if gain >= best_gain:
+                    best, best_gain = tried, gain
+            rows.append(best)
+            left[best[3]] = 0
+
+    def needed(rows: list, before: list = ()) -> list:
+        """``rows`` less those whose every interaction another row (or one of ``before``) reaches."""
+        reach = [set(r[3].tolist()) for r in rows]
+        base = set().union(*(set(r[3].tolist()) for r in before))
+        kept = list(range(len(rows)))
+        for r in reversed(range(len(rows))):
+            if reach[r] <= base.union(*(reach[o] for o in kept if o != r)):
+                kept.remove(r)
+        return [rows[r] for r in kept]
+
     counts = np.array([TRIPLE_WEIGHT if len(i) == 3 else 1 for i in order])
-    reached = np.zeros(len(order), dtype=bool)
-    ordered = []
-    while kept:
-        r = max(kept, key=lambda r: (counts[rows[r][3]] * ~reached[rows[r][3]]).sum())
-        kept.remove(r)
-        ordered.append(rows[r][0])
-        reached[rows[r][3]] = True
-    return tuple(ordered)
+
+    def ordered(rows: list, before: list = ()) -> list:
+        """``rows`` greedily, each the one that newly reaches the most after ``before`` and the ones before it."""
+        reached = np.zeros(len(order), dtype=bool)
+        for r in before:
+            reached[r[3]] = True
+        rows, out = list(rows), []
+        while rows:
+            r = max(range(len(rows)), key=lambda r: (counts[rows[r][3]] * ~reached[rows[r][3]]).sum())
+            out.append(rows.pop(r))
+            reached[out[-1][3]] = True
+        return out
+
+    rows = ordered(needed(grow(weight.copy())))
+    if len(rows) > PREFIX:  # the rows a budget of 50 runs: reach more with them, then cover the rest anew
+        target = np.zeros(len(order), dtype=bool)
+        for r in rows:
+            target[r[3]] = True
+        prefix = _improve(rows[:PREFIX], target, IMPROVE, draw, steered, jolted, seen, order, rng)
+        left = np.where(target, weight, 0.0)
+        for r in prefix:
+            left[r[3]] = 0
+        prefix = ordered(prefix)
+        rows = prefix + ordered(needed(grow(left), prefix), prefix)
+    return tuple(r[0] for r in rows)
+
+
+def _improve(rows: list, target: np.ndarray, tries: int, draw, steered, jolted, seen: dict, order: list,
+             rng: random.Random) -> list:
+    """``rows`` changed to reach more of ``target`` together (a local search over their recorded choices):
+    ``tries`` times a missing interaction is picked and a row holding one of its tags is replayed with the
+    choices that most often bring the others (or, one time in five, any row with one or two choices drawn
+    afresh); the change is kept when it newly reaches at least as many interactions as it loses (those
+    only that row reached), so the count reached never drops."""
+    rows = list(rows)
+    cnt = np.zeros(len(order), dtype=np.int64)
+    for r in rows:
+        cnt[r[3]] += 1
+    missing = set(np.flatnonzero(target & (cnt == 0)).tolist())
+    for _ in range(tries):
+        if not missing:
+            break
+        m = rng.choice(sorted(missing))
+        holders = [j for j, row in enumerate(rows) if any(t in seen[row[0]][0] for t in order[m])]
+        if holders and rng.random() < 0.8:
+            j = rng.choice(holders)
+            new = draw(steered(rows[j], m))
+        else:
+            j = rng.randrange(len(rows))
+            new = draw(jolted(rows[j]))
+        old = rows[j]
+        if new[0] == old[0]:
+            continue
+        lost = np.setdiff1d(old[3][cnt[old[3]] == 1], new[3], assume_unique=True)
+        gained = new[3][(cnt[new[3]] == 0) & target[new[3]]]
+        if len(gained) >= len(lost):
+            cnt[old[3]] -= 1
+            cnt[new[3]] += 1
+            rows[j] = new
+            missing = (missing - set(gained.tolist())) | set(lost.tolist())
+    return rows
 
 
 def covering_examples(n: int, seed: int = 0, **constraints) -> list[tuple[Layout, int]]:
