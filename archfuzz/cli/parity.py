@@ -66,11 +66,16 @@ def check(args) -> None:
         checks.load_layout("--layout ", args.layout, torch.float64, checks.size_limit(args))
     elif args.max_param_bytes is not None:
         raise BadInput("--max-param-bytes applies to --layout (a checkpoint is imported, not materialized)")
-    checks.unique("--device", args.device)
-    if args.device:
+    check_devices(args.device)
+
+
+def check_devices(devices) -> None:
+    """Each ``--device`` once, and each one that OpenVINO reports on this machine."""
+    checks.unique("--device", devices)
+    if devices:
         from quant.parity import available_devices
         known = sorted(available_devices())
-        for dev in args.device:
+        for dev in devices:
             if dev not in known:
                 raise BadInput(f"--device {dev!r} is not a device OpenVINO reports here; devices: {known}")
 
@@ -91,13 +96,7 @@ def check_artifact(args) -> None:
     if args.checkpoint is None and not (Path(args.artifact).parent.parent / "archfuzz_quantize.json").is_file():
         raise BadInput(f"--artifact {args.artifact!r} is not inside the OUT of `archfuzz quantize`: give its "
                        "fake-quantized reference with --checkpoint")
-    checks.unique("--device", args.device)
-    if args.device:
-        from quant.parity import available_devices
-        known = sorted(available_devices())
-        for dev in args.device:
-            if dev not in known:
-                raise BadInput(f"--device {dev!r} is not a device OpenVINO reports here; devices: {known}")
+    check_devices(args.device)
 
 
 def run_artifact(args) -> int:

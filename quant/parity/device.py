@@ -31,6 +31,20 @@ def compile_config(device: str, hint: str) -> dict:
     return cfg
 
 
+def compile_timed(core, model, device: str, config: dict):
+    """``core.compile_model(model, device, config)`` in the COMPILE stage: (compiled model, seconds, the
+    inference precision the plugin chose, or None where it has no such property)."""
+    enter_stage(Stage.COMPILE, "compile_model")
+    t0 = time.perf_counter()
+    compiled = core.compile_model(model, device, config)
+    compile_s = time.perf_counter() - t0
+    try:
+        effective = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+    except Exception:  # a plugin without the property
+        effective = None
+    return compiled, compile_s, effective
+
+
 def _run_job(xml_path: str, ids_path: str, device: str, config: dict, out_path: str) -> dict:
     """Child: compile the IR on ``device`` with ``config``, run it twice on the ids, save the logits."""
     import openvino as ov
@@ -40,14 +54,7 @@ def _run_job(xml_path: str, ids_path: str, device: str, config: dict, out_path: 
     core = ov.Core()
     ov_model = core.read_model(xml_path)
     ov_model.reshape({ov_model.input(0): ov.PartialShape(list(ids.shape))})  # static: NPUs want it
-    enter_stage(Stage.COMPILE, "compile_model")
-    t0 = time.perf_counter()
-    compiled = core.compile_model(ov_model, device, config)
-    compile_s = time.perf_counter() - t0
-    try:
-        effective = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
-    except Exception:  # a plugin without the property
-        effective = None
+    compiled, compile_s, effective = compile_timed(core, ov_model, device, config)
     enter_stage(Stage.EXECUTE, "infer")
     request = compiled.create_infer_request()
     t0 = time.perf_counter()

@@ -22,6 +22,20 @@ def _export_line(ex: dict) -> str:
             f"convert, {f.get('ir_ops')} ops)")
 
 
+def row_notes(rows: list[dict]) -> list[str]:
+    """The lines under a parity table: why a row failed (symptom, stage, first line of the message), or that
+    the plugin did not honour its precision hint."""
+    lines = []
+    for r in rows:
+        if r["symptom"] != Symptom.OK:
+            lines += ["", f"- {r['device']} {r['hint']}: {r['symptom']} at {r['stage']}: "
+                          f"{r['message'].splitlines()[0] if r['message'] else ''}"]
+        elif r.get("accepted") is False:
+            lines += ["", f"- {r['device']} {r['hint']}: hint not honoured, the plugin ran "
+                          f"{r['effective_precision']}"]
+    return lines
+
+
 def parity_markdown(report: dict) -> str:
     """The report as markdown: a header, the export line and one table row per device and hint."""
     gate = report["gate"]
@@ -42,14 +56,7 @@ def parity_markdown(report: dict) -> str:
                      f"{r['stage'] if r['symptom'] != Symptom.OK else '-'} | {_fmt(r['rel_err'], '.2e')} | "
                      f"{_fmt(r['top1'], '.4f')} | {_fmt(r['ppl'], '.4f')} | {_fmt(r['dppl'], '+.2e')} | "
                      f"{_fmt(r.get('compile_s'), '.2f')} | {_fmt(r.get('infer_s'), '.3g')} | {gate_cell} |")
-    for r in report["rows"]:
-        if r["symptom"] != Symptom.OK:
-            lines += ["", f"- {r['device']} {r['hint']}: {r['symptom']} at {r['stage']}: "
-                          f"{r['message'].splitlines()[0] if r['message'] else ''}"]
-        elif r.get("accepted") is False:
-            lines += ["", f"- {r['device']} {r['hint']}: hint not honoured, the plugin ran "
-                          f"{r['effective_precision']}"]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + row_notes(report["rows"])) + "\n"
 
 
 def write_report(report: dict, out_dir: str | Path) -> tuple[Path, Path]:

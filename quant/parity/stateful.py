@@ -34,7 +34,8 @@ from fuzz.errors import BadInput
 from verifier.outcomes import Stage, Symptom
 
 from .comparison import GATE, dppl_bound, perplexity_of
-from .device import HINTS, compile_config
+from .device import HINTS, compile_config, compile_timed
+from .report import row_notes
 from .runner import TIMEOUT, enter_stage, run_in_child
 
 KNOWN_DEVICES = ("CPU", "GPU", "NPU")  # listed in every report: present and run, or absent and said so
@@ -62,14 +63,7 @@ def stateful_job(xml: str, feed_path: str, prompt: int, device: str, config: dic
 
     from quant.stateful import _infer
     feed = np.load(feed_path)
-    enter_stage(Stage.COMPILE, "compile_model")
-    t0 = time.perf_counter()
-    compiled = ov.Core().compile_model(xml, device, config)
-    compile_s = time.perf_counter() - t0
-    try:
-        effective = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
-    except Exception:  # a plugin without the property
-        effective = None
+    compiled, compile_s, effective = compile_timed(ov.Core(), xml, device, config)
     enter_stage(Stage.EXECUTE, "prefill")
     req = compiled.create_infer_request()
     req.reset_state()
@@ -204,12 +198,7 @@ def stateful_parity_markdown(report: dict) -> str:
                      f"{f(r['prefill_rel_err'], '.2e')} | {f(max(r['decode_rel_err'] or [0.0]) if r['decode_rel_err'] is not None else None, '.2e')} | "
                      f"{f(r['top1'], '.4f')} | {f(r['ppl'], '.4f')} | {f(r['dppl'], '+.2e')} | "
                      f"{f(r.get('compile_s'), '.2f')} | {gate} |")
-    for r in report["rows"]:
-        if r["symptom"] != Symptom.OK:
-            lines += ["", f"- {r['device']} {r['hint']}: {r['symptom']} at {r['stage']}: "
-                          f"{r['message'].splitlines()[0] if r['message'] else ''}"]
-        elif r.get("accepted") is False:
-            lines += ["", f"- {r['device']} {r['hint']}: hint not honoured, the plugin ran {r['effective_precision']}"]
+    lines += row_notes(report["rows"])
     if dev["absent"]:
         lines += ["", f"Not run: {', '.join(dev['absent'])} (OpenVINO reports only {', '.join(dev['present'])} here)."]
     return "\n".join(lines) + "\n"

@@ -56,19 +56,10 @@ def test_neuqi_option_anchors_every_tuned_layer(monkeypatch, neuqi):
     assert layer_config["model.layers.0.mlp.down_proj"]["bits"] == 2
 
 
-def test_options_are_passed_after_the_defaults(monkeypatch):
+def test_options_are_passed_after_the_defaults(autoround_kwargs):
     """The options override what run_autoround sets itself (``disable_opt_rtn=False`` at iters 0 is auto-round's
     optimized RTN), and the recorded config says what ran."""
-    seen = {}
-
-    class Recorder:
-        def __init__(self, model, tokenizer, **kwargs):
-            seen.update(kwargs)
-
-        def quantize(self):
-            return None, {}
-
-    monkeypatch.setattr(auto_round, "AutoRound", Recorder)
+    seen = autoround_kwargs
     run_autoround(tiny(), word_tokenizer(64), QuantConfig(**CFG, options={"disable_opt_rtn": False}), windows())
     assert seen["disable_opt_rtn"] is False and seen["iters"] == 0
     seen.clear()

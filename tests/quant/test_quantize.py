@@ -124,22 +124,11 @@ def test_config_is_checked():
 
 
 @pytest.mark.parametrize("iters, lr, expected", [(5, 0.01, 0.01), (5, None, "absent"), (0, 0.01, "absent")])
-def test_learning_rate_reaches_autoround_only_when_it_tunes(monkeypatch, iters, lr, expected):
+def test_learning_rate_reaches_autoround_only_when_it_tunes(autoround_kwargs, iters, lr, expected):
     """``--lr`` goes to auto-round's sign-SGD; RTN (iters 0) gets none (auto-round's default is 1/iters)."""
-    import auto_round
-
     from quant.quantize import run_autoround
 
-    seen = {}
-
-    class Recorder:
-        def __init__(self, model, tokenizer, **kwargs):
-            seen.update(kwargs)
-
-        def quantize(self):
-            return None, {}
-
-    monkeypatch.setattr(auto_round, "AutoRound", Recorder)
+    seen = autoround_kwargs
     cfg = QuantConfig(**{**CFG, "iters": iters, "lr": lr})
     run_autoround(tiny(), word_tokenizer(64), cfg, windows())
     assert seen.get("lr", "absent") == expected and seen["iters"] == iters
