@@ -25,27 +25,37 @@ def status_mib(field: str) -> float:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
+def greedy(pipe, ids, new_tokens: int, *, ignore_eos: bool, apply_chat_template: bool = False) -> dict:
+    """``pipe.generate`` greedily after the token ids ``ids`` (an int64 array of shape (1, seq)): the generated ids
+    and GenAI's own timings (time to first token = prefill, time per output token = decode with the KV cache)."""
+    import openvino as ov
+    import openvino_genai as genai
+
+    cfg = genai.GenerationConfig()
+    cfg.max_new_tokens = new_tokens
+    cfg.do_sample = False
+    cfg.apply_chat_template = apply_chat_template
+    cfg.ignore_eos = ignore_eos
+    res = pipe.generate(ov.Tensor(ids), cfg)
+    pm = res.perf_metrics
+    ttft, tpot = pm.get_ttft().mean, pm.get_tpot().mean
+    return {"prompt_tokens": int(ids.shape[1]), "tokens": [int(t) for t in res.tokens[0]],
+            "ttft_ms": ttft, "tpot_ms": tpot, "decode_tok_s": 1e3 / tpot if tpot > 0 else float("nan"),
+            "prefill_tok_s": ids.shape[1] / (ttft / 1e3) if ttft > 0 else float("nan"),
+            "generate_s": pm.get_generate_duration().mean / 1e3}
+
+
 def main(folder: str, spec: dict) -> dict:
     import numpy as np
-    import openvino as ov
     import openvino_genai as genai
 
     imports = status_mib("VmRSS")
     t0 = time.perf_counter()
     pipe = genai.LLMPipeline(folder, spec.get("device", "CPU"), **spec.get("properties", {}))
     load_s = time.perf_counter() - t0
-    cfg = genai.GenerationConfig()
-    cfg.max_new_tokens = spec["new_tokens"]
-    cfg.do_sample = False
-    cfg.ignore_eos = spec.get("ignore_eos", True)
-    ids = np.asarray([spec["prompt"]], np.int64)
-    res = pipe.generate(ov.Tensor(ids), cfg)
-    pm = res.perf_metrics
-    ttft, tpot = pm.get_ttft().mean, pm.get_tpot().mean
-    return {"prompt_tokens": int(ids.shape[1]), "tokens": [int(t) for t in res.tokens[0]], "load_s": round(load_s, 3),
-            "ttft_ms": ttft, "tpot_ms": tpot, "decode_tok_s": 1e3 / tpot if tpot > 0 else float("nan"),
-            "prefill_tok_s": ids.shape[1] / (ttft / 1e3) if ttft > 0 else float("nan"),
-            "generate_s": pm.get_generate_duration().mean / 1e3, "rss_imports_mib": round(imports, 1),
+    out = greedy(pipe, np.asarray([spec["prompt"]], np.int64), spec["new_tokens"],
+                 ignore_eos=spec.get("ignore_eos", True))
+    return {**out, "load_s": round(load_s, 3), "rss_imports_mib": round(imports, 1),
             "peak_rss_mib": round(status_mib("VmHWM"), 1)}
 
 

@@ -326,33 +326,29 @@ def genai_generate(folder: str | Path, prompt, max_new_tokens: int, *, device: s
     ``prompt`` is a string (tokenized by the artifact's tokenizer, no special tokens added, the chat template
     only with ``apply_chat_template``) or a list of token ids; ``properties`` go to the pipeline (e.g.
     ``ATTENTION_BACKEND``: ``PA``, GenAI's default on CPU, or ``SDPA``, the stateful model as it is).  Returns the
-    generated token ids, the text, and GenAI's own timings (time to first token, decode tokens/s)."""
-    import openvino as ov
+    generated token ids, the text, and GenAI's own timings (:func:`quant.genai_probe.greedy`)."""
     import openvino_genai as genai
 
-    folder = Path(folder)
-    missing = [f for f in (MODEL_XML, TOKENIZER_XML, DETOKENIZER_XML) if not (folder / f).is_file()]
-    if missing:
-        raise BadInput(f"{folder} is not a stateful OpenVINO artifact: {', '.join(missing)} missing")
+    from .genai_probe import greedy
+
+    folder = _check_artifact(folder)
     pipe = genai.LLMPipeline(str(folder), device, **(properties or {}))
-    cfg = genai.GenerationConfig()
-    cfg.max_new_tokens = max_new_tokens
-    cfg.do_sample = False
-    cfg.apply_chat_template = apply_chat_template
-    cfg.ignore_eos = ignore_eos
     tok = pipe.get_tokenizer()
     if isinstance(prompt, str):
         ids = np.asarray(tok.encode(prompt, add_special_tokens=False).input_ids.data, np.int64)
     else:
         ids = np.asarray([list(prompt)], np.int64)
-    res = pipe.generate(ov.Tensor(ids), cfg)
-    tokens = [int(t) for t in res.tokens[0]]
-    pm = res.perf_metrics
-    tpot_ms = pm.get_tpot().mean  # time per output token (decode), ms
-    return {"prompt_tokens": int(ids.shape[1]), "tokens": tokens, "text": tok.decode(tokens),
-            "ttft_ms": pm.get_ttft().mean, "tpot_ms": tpot_ms,
-            "decode_tok_s": 1e3 / tpot_ms if tpot_ms > 0 else float("nan"),
-            "generate_s": pm.get_generate_duration().mean / 1e3}
+    out = greedy(pipe, ids, max_new_tokens, ignore_eos=ignore_eos, apply_chat_template=apply_chat_template)
+    return {**out, "text": tok.decode(out["tokens"])}
+
+
+def _check_artifact(folder: str | Path) -> Path:
+    """``folder`` as a Path, refused unless it holds a stateful artifact's model and tokenizers."""
+    folder = Path(folder)
+    missing = [f for f in (MODEL_XML, TOKENIZER_XML, DETOKENIZER_XML) if not (folder / f).is_file()]
+    if missing:
+        raise BadInput(f"{folder} is not a stateful OpenVINO artifact: {', '.join(missing)} missing")
+    return folder
 
 
 def fresh_genai_run(folder: str | Path, prompt: list[int], new_tokens: int, *, device: str = "CPU",
@@ -364,10 +360,7 @@ def fresh_genai_run(folder: str | Path, prompt: list[int], new_tokens: int, *, d
     import subprocess
     import sys
 
-    folder = Path(folder)
-    missing = [f for f in (MODEL_XML, TOKENIZER_XML, DETOKENIZER_XML) if not (folder / f).is_file()]
-    if missing:
-        raise BadInput(f"{folder} is not a stateful OpenVINO artifact: {', '.join(missing)} missing")
+    folder = _check_artifact(folder)
     spec = {"prompt": [int(t) for t in prompt], "new_tokens": int(new_tokens), "device": device,
             "properties": properties or {}, "ignore_eos": True}
     probe = Path(__file__).with_name("genai_probe.py")

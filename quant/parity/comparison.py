@@ -160,34 +160,40 @@ def compare(model: nn.Module, ids: torch.Tensor, *, devices: list[str] | None = 
     return report
 
 
-def _row(device, hint, xml, ids_path, work, ids, ref, mask, ref_ppl, timeout) -> dict:
+def child_row(job, head: tuple, device: str, hint: str, work: Path, timeout: float, ref_shape: tuple,
+              figures: tuple[str, ...]) -> tuple[dict, torch.Tensor | None]:
+    """Run ``job(*head, device, config, logits_path)`` in a child (:func:`~.runner.run_in_child`) for ``device``
+    and ``hint``: the row's common part (device, hint, config, gated, the child's stage / symptom / timings, each of
+    ``figures`` None, whether the plugin honoured the hint) and the logits it saved, None where the child failed or
+    their shape is not ``ref_shape`` (the row says why)."""
     config = compile_config(device, hint)
     tag = f"{device}-{hint}".replace(".", "_")
     logits_path = work / f"logits-{tag}.npy"
-    res = run_in_child(_run_job, str(xml), str(ids_path), device, config, str(logits_path), stage=Stage.COMPILE,
-                       timeout=timeout, log=work / f"{tag}.log")
+    res = run_in_child(job, *head, device, config, str(logits_path), stage=Stage.COMPILE, timeout=timeout,
+                       log=work / f"{tag}.log")
     gated = device == GATE["device"] and hint == GATE["hint"]
     row = {"device": device, "hint": hint, "config": config, "gated": gated, "passed": None if not gated else False,
-           **{k: v for k, v in res.to_dict().items() if k != "figures"}, **res.figures,
-           "rel_err": None, "abs_err": None, "top1": None, "ppl": None, "dppl": None}
+           **{k: v for k, v in res.to_dict().items() if k != "figures"}, **res.figures, **dict.fromkeys(figures)}
     if not res.ok:
-        return row
+        return row, None
     out = torch.from_numpy(np.load(logits_path))
     logits_path.unlink()
-    if tuple(out.shape) != tuple(ref.shape):
+    if tuple(out.shape) != tuple(ref_shape):
         row.update(symptom=Symptom.INCONSISTENCY, stage=Stage.EXECUTE,
-                   message=f"OpenVINO logits have shape {tuple(out.shape)}, PyTorch {tuple(ref.shape)}")
-        return row
-    row.update(_figures(out, ref, ids, mask, ref_ppl))
+                   message=f"OpenVINO logits have shape {tuple(out.shape)}, PyTorch {tuple(ref_shape)}")
+        return row, None
     row["accepted"] = hint == "default" or row.get("effective_precision") in (None, hint)
-    problems = []
-    if not row["finite"]:
-        problems.append("OpenVINO logits are not finite")
-    if not mask.any():
-        row["message"] = "every position follows a MoE near-tie: nothing compared"
-    elif gated:
-        if not row["rel_err"] <= GATE["rel_err"]:
-            problems.append(f"logits differ by {row['rel_err']:.3e} relative (gate {GATE['rel_err']:g})")
+    return row, out
+
+
+def judge_row(row: dict, problems: list[str], rel_bound: float, ref_ppl: float, what: str = "gate",
+              compared: bool = True) -> dict:
+    """A gated row passes with its relative error within ``rel_bound`` and its dPPL within :func:`dppl_bound`
+    (not when nothing was ``compared``: it stays unpassed); a row with ``problems`` (those found before, then
+    the gate's) is an INCONSISTENCY naming them."""
+    if row["gated"] and compared:
+        if not row["rel_err"] <= rel_bound:
+            problems.append(f"logits differ by {row['rel_err']:.3e} relative ({what} {rel_bound:.3g})")
         bound = dppl_bound(ref_ppl)
         if not abs(row["dppl"]) <= bound:
             problems.append(f"|dPPL| = {abs(row['dppl']):.4g} (gate {bound:.4g} at PPL {ref_ppl:.4g})")
@@ -195,4 +201,16 @@ def _row(device, hint, xml, ids_path, work, ids, ref, mask, ref_ppl, timeout) ->
     if problems:
         row.update(symptom=Symptom.INCONSISTENCY, stage=Stage.EXECUTE, message="; ".join(problems))
     return row
+
+
+def _row(device, hint, xml, ids_path, work, ids, ref, mask, ref_ppl, timeout) -> dict:
+    row, out = child_row(_run_job, (str(xml), str(ids_path)), device, hint, work, timeout, ref.shape,
+                         ("rel_err", "abs_err", "top1", "ppl", "dppl"))
+    if out is None:
+        return row
+    row.update(_figures(out, ref, ids, mask, ref_ppl))
+    if not mask.any():
+        row["message"] = "every position follows a MoE near-tie: nothing compared"
+    return judge_row(row, [] if row["finite"] else ["OpenVINO logits are not finite"], GATE["rel_err"], ref_ppl,
+                     compared=bool(mask.any()))
 

@@ -33,10 +33,10 @@ from torch import nn
 from fuzz.errors import BadInput
 from verifier.outcomes import Stage, Symptom
 
-from .comparison import GATE, dppl_bound, perplexity_of
+from .comparison import GATE, child_row, dppl_bound, judge_row, perplexity_of
 from .device import HINTS, compile_config, compile_timed
 from .report import row_notes
-from .runner import TIMEOUT, enter_stage, run_in_child
+from .runner import TIMEOUT, enter_stage
 
 KNOWN_DEVICES = ("CPU", "GPU", "NPU")  # listed in every report: present and run, or absent and said so
 
@@ -146,38 +146,16 @@ def compare_stateful(model: nn.Module, folder: str | Path, ids: torch.Tensor, *,
 
 
 def _row(device, hint, xml, work, prompt, ref, feed, ref_ppl, bound, timeout) -> dict:
-    config = compile_config(device, hint)
-    tag = f"{device}-{hint}".replace(".", "_")
-    out = work / f"logits-{tag}.npy"
-    res = run_in_child(stateful_job, str(xml), str(work / "feed.npy"), prompt, device, config, str(out),
-                       stage=Stage.COMPILE, timeout=timeout, log=work / f"{tag}.log")
-    gated = device == GATE["device"] and hint == GATE["hint"]
-    row = {"device": device, "hint": hint, "config": config, "gated": gated, "passed": False if gated else None,
-           **{k: v for k, v in res.to_dict().items() if k != "figures"}, **res.figures,
-           "prefill_rel_err": None, "decode_rel_err": None, "rel_err": None, "top1": None, "ppl": None, "dppl": None}
-    if not res.ok:
-        return row
-    got = torch.from_numpy(np.load(out))
-    if tuple(got.shape) != tuple(ref.shape):
-        row.update(symptom=Symptom.INCONSISTENCY, stage=Stage.EXECUTE,
-                   message=f"OpenVINO logits have shape {tuple(got.shape)}, PyTorch {tuple(ref.shape)}")
+    row, got = child_row(stateful_job, (str(xml), str(work / "feed.npy"), prompt), device, hint, work, timeout,
+                         ref.shape, ("prefill_rel_err", "decode_rel_err", "rel_err", "top1", "ppl", "dppl"))
+    if got is None:
         return row
     steps = [_rel(got[i:i + 1], ref[i:i + 1]) for i in range(prompt, ref.shape[0])]
     ppl = perplexity_of(got[None], feed[None])
     row.update(prefill_rel_err=_rel(got[:prompt], ref[:prompt]), decode_rel_err=steps, rel_err=_rel(got, ref),
                top1=(got.argmax(-1) == ref.argmax(-1)).double().mean().item(), ppl=ppl, dppl=ppl - ref_ppl,
                finite=bool(torch.isfinite(got).all()))
-    row["accepted"] = hint == "default" or row.get("effective_precision") in (None, hint)
-    problems = [] if row["finite"] else ["OpenVINO logits are not finite"]
-    if gated:
-        if not row["rel_err"] <= bound:
-            problems.append(f"logits differ by {row['rel_err']:.3e} relative (bound {bound:.3g})")
-        if not abs(row["dppl"]) <= dppl_bound(ref_ppl):
-            problems.append(f"|dPPL| = {abs(row['dppl']):.4g} (gate {dppl_bound(ref_ppl):.4g} at PPL {ref_ppl:.4g})")
-        row["passed"] = not problems
-    if problems:
-        row.update(symptom=Symptom.INCONSISTENCY, stage=Stage.EXECUTE, message="; ".join(problems))
-    return row
+    return judge_row(row, [] if row["finite"] else ["OpenVINO logits are not finite"], bound, ref_ppl, "bound")
 
 
 def stateful_parity_markdown(report: dict) -> str:
