@@ -54,9 +54,8 @@ def _measure(model, tok, folder: Path, prompt: torch.Tensor, eval_ids, window: i
 
 
 def _log_rss(where: str) -> None:
-    with open("/proc/self/status") as f:
-        mem = {k: v.strip() for k, v in (line.split(":", 1) for line in f) if k in ("VmRSS", "VmHWM")}
-    print(f"[memory] {where}: {mem}", flush=True)
+    from quant.genai_probe import status_mib
+    print(f"[memory] {where}: RSS {status_mib('VmRSS'):.0f} MiB, peak {status_mib('VmHWM'):.0f} MiB", flush=True)
 
 
 def run_bits(bits: int, work: Path, args) -> list[dict]:
@@ -144,13 +143,9 @@ def interleaved_decode(work: Path, bits: int, rounds: int, new_tokens: int, prom
     for name, rs in runs.items():
         if not rs:
             continue
-        t = [r["tpot_ms"] for r in rs]
-        out[name] = {"tpot_ms": t, "best_tpot_ms": min(t), "median_tpot_ms": float(np.median(t)),
-                     "prefill_tok_s": [r["prefill_tok_s"] for r in rs],
-                     "median_prefill_tok_s": float(np.median([r["prefill_tok_s"] for r in rs])),
-                     "peak_rss_mib": [r["peak_rss_mib"] for r in rs],
-                     "median_peak_rss_mib": float(np.median([r["peak_rss_mib"] for r in rs])),
-                     "loadavg_1min": [r["loadavg_1min"] for r in rs]}
+        per = {k: [r[k] for r in rs] for k in rs[0]}  # each figure over the rounds
+        out[name] = {**per, "best_tpot_ms": min(per["tpot_ms"]),
+                     **{f"median_{k}": float(np.median(per[k])) for k in ("tpot_ms", "prefill_tok_s", "peak_rss_mib")}}
     out["omp_num_threads"] = os.environ.get("OMP_NUM_THREADS")
     if "none" in out and "bbt-spectral" in out:
         out["bbt_over_vanilla_best"] = out["bbt-spectral"]["best_tpot_ms"] / out["none"]["best_tpot_ms"]
