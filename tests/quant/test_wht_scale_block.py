@@ -170,3 +170,18 @@ def test_oracle_catches_the_scale_folded_before_the_block_rotation(spec):
     verdict = verify(mutants.get("block_scale_before_rotation"), build(spec))
     assert verdict.status == "diverged", verdict
     assert verdict.first_divergent["op"] == "linear", verdict
+
+
+def test_make_online_gives_one_block_rotation_per_distinct_input():
+    """The hooked transformers model (x Q_b D^-1 per linear) and its explicit online form compute the same logits."""
+    from quant.online import count_rotations, make_online
+    from quant.quantize import prepare
+    from tests.quant.test_quantize import DIMS, tiny, windows
+    model = tiny()
+    prepare(model, "bbt-spectral-block", windows())
+    online, info = make_online(model, windows()[:1, :16])
+    assert info["rotations"] == 4 * DIMS["n_layers"] and {g["block"] for g in info["groups"]} == {64}
+    assert count_rotations(online) == (4 * DIMS["n_layers"], 7 * DIMS["n_layers"])
+    ids = windows(1)
+    with torch.no_grad():
+        torch.testing.assert_close(online(ids).logits, model(ids).logits, rtol=1e-5, atol=1e-5)
