@@ -140,7 +140,9 @@ register_mutant("symmetric_gamma", "quant:spectral-pca", "symmetric_gamma",
 register_mutant("block_scale_before_rotation", "quant:wht-scale-block", "block_scale_before_rotation",
                 fixed={"scales": "random"})
 register_mutant("exact_q_not_transposed", "quant:wht-scale-exact-roundtrip", "exact_q_not_transposed",
-                fixed={"scales": "random"}, applies={"hidden": 24, "intermediate": 48, "head_dim": 6})
+                fixed={"scales": "random"},
+                applies={"hidden": 24, "intermediate": 48, "head_dim": 12, "n_heads": 2, "n_kv_heads": (1, 2),
+                         "moe": False, "mla": "none", "per_layer_input": None})
 register_mutant("lm_head_bias_dropped", "quant:wht-scale", "lm_head_bias_dropped", applies={"lm_head_bias": True})
 register_mutant("positions_unmasked", "quant:wht-scale", "positions_unmasked",
                 applies={"position_embedding": True, "positions_from_mask": True})
