@@ -92,7 +92,8 @@ def paley(m: int) -> torch.Tensor | None:
     """A Hadamard matrix ``H_m`` (entries +-1, ``H H^T = m I``) from Paley's constructions, or ``None``.
 
     With the Jacobsthal matrix ``J[i, j] = chi(j - i)`` over GF(q), ``q`` prime (``chi`` the Legendre symbol) and
-    ``C = [[0, 1^T], [+-1, J]]`` (cached: do not modify the result): Paley I (``m = q + 1``, ``q = 3 mod 4``, ``C`` skew) ``H = I + C``; Paley II
+    ``C = [[0, 1^T], [+-1, J]]`` (cached: do not modify the result): Paley I (``m = q + 1``, ``q = 3 mod 4``,
+    ``C`` skew) ``H = I + C``; Paley II
     (``m = 2 (q + 1)``, ``q = 1 mod 4``, ``C`` symmetric) ``H = C (x) [[1, 1], [1, -1]] + I (x) [[1, -1], [-1, -1]]``.
     """
     for q, kind in ((m - 1, 1), (m // 2 - 1 if m % 2 == 0 else -1, 2)):
@@ -108,7 +109,8 @@ def paley(m: int) -> torch.Tensor | None:
         if kind == 1:
             return torch.eye(m, dtype=torch.float64) + c
         e = torch.eye(q + 1, dtype=torch.float64)
-        return torch.kron(c, torch.tensor([[1.0, 1.0], [1.0, -1.0]])) + torch.kron(e, torch.tensor([[1.0, -1.0], [-1.0, -1.0]]))
+        h2, g2 = torch.tensor([[1.0, 1.0], [1.0, -1.0]]), torch.tensor([[1.0, -1.0], [-1.0, -1.0]])
+        return torch.kron(c, h2.double()) + torch.kron(e, g2.double())
     return None
 
 

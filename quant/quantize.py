@@ -185,7 +185,8 @@ def gate(model: nn.Module, recipe: str, alpha: float = 0.5, seed: int = 0):
 class WHTInput:
     """Forward pre-hook ``x -> [x, 0] Q D^-1`` (T1's online operator) as one dense ``(d_in, d_pad)`` matmul; with
     ``block``, ``x Q_b D^-1`` as ``x`` reshaped ``(d_in / b, b)`` times ``H_b / sqrt(b)``, then ``/ s``; with
-    ``block = "exact"``, ``x Q_n D^-1`` as ``x`` reshaped ``(m, b)``, ``Q_m^T X Q_b`` (two small matmuls), then ``/ s``."""
+    ``block = "exact"``, ``x Q_n D^-1`` as ``x`` reshaped ``(m, b)``, ``Q_m^T X Q_b`` (two small matmuls), then
+    ``/ s``."""
 
     def __init__(self, scale: torch.Tensor, d_in: int, dtype: torch.dtype, block: int | str | None = None):
         from fuzz.hadamard import hadamard, hadamard_split, paley_q

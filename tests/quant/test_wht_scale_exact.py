@@ -172,7 +172,8 @@ def test_oracle_catches_q_where_q_transpose_is_needed():
     verdict = verify(mutants.get("exact_q_not_transposed"), build(ASYMMETRIC))
     assert verdict.status == "diverged", verdict
     assert verdict.first_divergent["op"] == "linear", verdict
-    assert torch.equal(exact_hadamard(36), exact_hadamard(36).T) and torch.equal(exact_hadamard(72), exact_hadamard(72).T)
+    for n in (36, 72):
+        assert torch.equal(exact_hadamard(n), exact_hadamard(n).T)
     assert verify(mutants.get("exact_q_not_transposed"), build(SYMMETRIC)).status == "invariant"
 
 
@@ -197,3 +198,33 @@ def test_prepare_keeps_every_width_and_the_function():
     assert info["rotations"] == 4 * dims["n_layers"] and {g["block"] for g in info["groups"]} == {"exact"}
     with torch.no_grad():
         torch.testing.assert_close(online(ids[:1]).logits, model(ids[:1]).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_stateful_lowbit_artifact_with_the_exact_rotation_online(tmp_path):
+    """bbt-spectral-exact ships like bbt-spectral: W^ kept at vanilla's width as u2 codes, the rotation online
+    (kron: Q_m^T X Q_b); the stateful IR matches the fake-quantized transformed model."""
+    pytest.importorskip("auto_round")
+    pytest.importorskip("openvino_genai")
+    from fuzz.families import family_spec, to_transformers
+    from quant.checkpoints import word_tokenizer
+    from quant.lowbit import grid_codes
+    from quant.online import count_rotations, make_online
+    from quant.quantize import QuantConfig, quantize
+    from quant.stateful import MODEL_XML, build_artifact, stateful_parity
+    # 96 = 12 x 8, 192 = 12 x 16 (Paley I: Q_n not symmetric)
+    dims = dict(vocab=64, hidden=96, n_heads=4, n_kv_heads=4, head_dim=24, intermediate=192, n_layers=2)
+    model = to_transformers(materialize(build(family_spec("llama", **dims)), seed=3)).float().eval()
+    windows = torch.randint(0, 64, (4, 32), generator=torch.Generator().manual_seed(0))
+    held = {}
+    quantize(model, word_tokenizer(64), "bbt-spectral-exact",
+             QuantConfig(bits=2, group_size=16, iters=0, nsamples=4, seqlen=32, batch_size=2), windows,
+             before_unfold=lambda prepared: held.update(online=make_online(prepared.model, windows[:1, :8])))
+    om, info = held["online"]
+    assert count_rotations(om) == (4 * dims["n_layers"], 7 * dims["n_layers"])
+    codes = grid_codes(om, 2, 16)
+    assert codes["model.layers.0.mlp.down_proj.linear.weight"].codes.shape == (96, 192 // 16, 16)  # no padding
+    built = build_artifact(om, word_tokenizer(64), tmp_path / "genai", codes)
+    assert built["compressed"] == {"replaced": 7 * dims["n_layers"], "bits": 2}
+    prompt = torch.randint(0, 64, (1, 9), generator=torch.Generator().manual_seed(1))
+    report = stateful_parity(om, tmp_path / "genai" / MODEL_XML, prompt, steps=4)
+    assert report["max_rel_err"] <= 1e-5 and report["tokens_agree"], report
