@@ -1,7 +1,8 @@
 """Layer-local W2 error of T1's padded and group-aligned block forms on SmolLM2-135M, without auto-round.
 
 For every linear ``y = x W^T`` of the checkpoint and each basis (``none``: ``W`` itself; ``bbt-spectral``: the
-padded ``W~ = [W, 0] Q D``; ``bbt-spectral-block``: ``W~ = W Q_b D``), the weight is rounded to nearest on the
+padded ``W~ = [W, 0] Q D``; ``bbt-spectral-block``: ``W~ = W Q_b D``; ``bbt-spectral-exact``: the exact-width full
+Hadamard ``W~ = W Q_n D``), the weight is rounded to nearest on the
 asymmetric min/max grid of ``bits`` bits per group of ``group`` input columns, ``R(W~)``, and the error it makes
 on the layer's output is measured on evaluation tokens through the transformed input ``x~``:
 
@@ -10,11 +11,11 @@ on the layer's output is measured on evaluation tokens through the transformed i
 The scales ``D`` come from calibration windows (``quant.quantize.prepare``, the same path ``archfuzz quantize``
 takes); the errors are accumulated over the evaluation windows, averaged over the linears (and per kind).  The
 padded form rounds a wider matrix (``d_pad`` columns: more weights and more groups per row), part of whose error
-falls outside the ``d_in``-dimensional span of ``x~`` and costs nothing; the block form rounds exactly the plain
-weight count.  No auto-round: this isolates the basis, not the tuning.  Writes ``docs/data/block_rtn_error.json``
+falls outside the ``d_in``-dimensional span of ``x~`` and costs nothing; the block and exact forms round exactly
+the plain weight count (the exact form mixing every coordinate, as the padded one does).  No auto-round: this isolates the basis, not the tuning.  Writes ``docs/data/block_rtn_error.json``
 and prints a markdown table.
 
-    python -m benchmarks.block_rtn_error [--bits 2] [--alphas 0 0.25] [--tokens 512] [--out docs/data/block_rtn_error.json]
+    python -m benchmarks.block_rtn_error [--bits 2] [--alphas 0 0.25] [--recipes ...] [--tokens 512] [--out docs/data/block_rtn_error.json]
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from pathlib import Path
 import torch
 
 DATA = Path(__file__).resolve().parent.parent / "docs" / "data"
+BASES = ("bbt-spectral", "bbt-spectral-block", "bbt-spectral-exact")
 KINDS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -81,6 +83,7 @@ def main(argv=None) -> int:
     p.add_argument("--bits", type=int, default=2)
     p.add_argument("--group", type=int, default=64)
     p.add_argument("--alphas", type=float, nargs="+", default=[0.0, 0.25])
+    p.add_argument("--recipes", nargs="+", default=list(BASES), choices=BASES)
     p.add_argument("--tokens", type=int, default=512, help="evaluation tokens (windows of 256)")
     p.add_argument("--calib-text", default="/work/shared/data/wikitext-2-valid-unk.txt")
     p.add_argument("--eval-text", default="/work/shared/data/wikitext-2-raw-test.raw")
@@ -92,7 +95,7 @@ def main(argv=None) -> int:
     eval_ids, _ = text_ids(tok, args.eval_text, "evaluation")
     windows = calibration_windows(calib_ids, 8, 256, 0)  # the cpu preset's nsamples / seqlen, seed 0
     ids = eval_ids[: args.tokens // 256 * 256].reshape(-1, 256)
-    variants = [("none", None)] + [(r, a) for r in ("bbt-spectral", "bbt-spectral-block") for a in args.alphas]
+    variants = [("none", None)] + [(r, a) for r in args.recipes for a in args.alphas]
     out = {"checkpoint": "SmolLM2-135M", "bits": args.bits, "group": args.group, "eval_tokens": ids.numel(),
            "calib": "8 x 256 calibration windows, seed 0", "rounding": "min/max asymmetric RTN", "rows": []}
     for recipe, alpha in variants:

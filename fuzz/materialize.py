@@ -721,10 +721,11 @@ class Experts(Node):
 
 @torch_impl("wht_in")
 class WhtIn(Node):
-    """``fwht([x, 0]) / scale``, or ``block_fwht(x, block) / scale``: the online input of a T1 linear."""
+    """``fwht([x, 0]) / scale``, ``block_fwht(x, block) / scale`` or ``exact_fwht(x) / scale``: the online input
+    of a T1 linear."""
 
     def forward(self, x):
-        return online_input(x, self.scale, self.p["d_pad"], self.p.get("block"))
+        return online_input(x, self.scale, self.p["d_pad"], self.p.get("block"), self.p.get("exact", False))
 
 
 @torch_impl("gamma_norm")

@@ -110,7 +110,9 @@ wht_in         the online input of a spectrally transformed linear: ``fwht([x, 0
                ``d_pad``, orthonormal Walsh-Hadamard, divide by the per-coordinate scale); ``block`` (None:
                that padded form) the group-aligned form ``block_fwht(x, block) / scale``, ``x Q_b`` with
                ``Q_b = I_{d/b} (x) H_b / sqrt(b)``: no padding (``d_pad = in_features``), ``block`` a power of
-               two dividing ``in_features``
+               two dividing ``in_features``; ``exact`` (False: left out) the exact-width full form
+               ``exact_fwht(x) / scale``, ``x Q_n`` with ``Q_n = (H_m (x) H_{2^k}) / sqrt(n)`` (Paley x Sylvester,
+               ``fuzz.hadamard.exact_hadamard``), no padding (``d_pad = in_features``)
 index_topk     DeepSeek Sparse Attention's lightning indexer: ports q ``(heads, head_dim)`` (RoPE'd indexer
                queries), k ``(head_dim,)`` (the one RoPE'd indexer key), w ``(heads,)`` (per-head weights);
                ``I[i, j] = sum_h weight_scale w[i, h] relu(scale q[i, h] . k[j])`` over the keys ``j`` query ``i``
@@ -133,6 +135,7 @@ from typing import Any, Callable
 import torch
 
 from .errors import LayoutError
+from .hadamard import hadamard_split
 
 ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu", "relu2", "quick_gelu", "fast_gelu", "bloom_gelu")
 # transformers ACT2FN name -> act fn computing the same function (``gelu_new`` is the tanh GELU written out;
@@ -858,6 +861,13 @@ declare(OpSpec("lm_head", {"dim": (int, ...), "vocab": (int, ...), "tied_to": ((
 def _wht_in(node, p, w):
     _widths(node, "wht_in", w, [p["in_features"]])
     d, block = p["d_pad"], p.get("block")
+    if p.get("exact"):  # the exact-width full form: Q_n = (H_m (x) H_2^k) / sqrt(n), no padding
+        _need(block is None, node, f"wht_in exact and block {block} are exclusive forms")
+        _need(hadamard_split(p["in_features"]) is not None, node,
+              f"wht_in exact: no Hadamard construction of order {p['in_features']} [no-hadamard-order]")
+        _need(d == p["in_features"], node, f"wht_in exact is not padded: d_pad {d} must equal "
+                                           f"in_features {p['in_features']}")
+        return d
     if block is not None:  # the group-aligned block form: Q_b = I (x) H_b / sqrt(b), no padding
         aligned = not isinstance(block, bool) and block > 0 and block & (block - 1) == 0
         _need(aligned and p["in_features"] % block == 0, node,
@@ -871,8 +881,9 @@ def _wht_in(node, p, w):
     return d
 
 
-declare(OpSpec("wht_in", {"in_features": (int, ...), "d_pad": (int, ...), "block": ((int, type(None)), None)},
-               ("x",), _wht_in, omit_default=("block",),
+declare(OpSpec("wht_in", {"in_features": (int, ...), "d_pad": (int, ...), "block": ((int, type(None)), None),
+                          "exact": (bool, False)},
+               ("x",), _wht_in, omit_default=("block", "exact"),
                shapes=lambda p: {"scale": (p["d_pad"],)}, init={"scale": _init_positive_scale},
                drawn_by=NotDrawn("produced only by the T1 wht-scale transform on a linear's input edge; no "
                                  "decoder and no transformers model contains it"),

@@ -25,6 +25,9 @@ symmetric_gamma        spectral-PCA with Gamma = U^T diag(g) U (the seed code's 
                        stale form) instead of diag(g) U
 block_scale_before_    wht-scale-block folds W D Q_b (scales before the block       always (an o_proj reads
 rotation               rotation) while the online input is x Q_b D^-1               an even width: block >= 2)
+exact_q_not_transposed wht-scale-exact's unfold folds W^ D^-1 Q_n where Q_n^T is     a linear whose width has a
+                       needed (Q_n = H_m (x) H_2^k / sqrt(n) is not symmetric for   Paley I factor (12, 20,
+                       a Paley I H_m)                                              24, 48; pinned here)
 window_dropped         wht-scale's rebuilt layout keeps each attention's heads      a sliding-window layer
                        but not its sliding window (full causal attention)
 rope_scaling_dropped   a layout rewrite (wht-scale's) re-emits RoPE from theta,     scaled RoPE
@@ -136,6 +139,10 @@ register_mutant("symmetric_gamma", "quant:spectral-pca", "symmetric_gamma",
                 applies={"qk_norm": ("per_head", "full"), "norm": "rms", "fused_qkv": False})
 register_mutant("block_scale_before_rotation", "quant:wht-scale-block", "block_scale_before_rotation",
                 fixed={"scales": "random"})
+register_mutant("exact_q_not_transposed", "quant:wht-scale-exact-roundtrip", "exact_q_not_transposed",
+                fixed={"scales": "random"},
+                applies={"hidden": 24, "intermediate": 48, "head_dim": 12, "n_heads": 2, "n_kv_heads": (1, 2),
+                         "moe": False, "mla": "none", "per_layer_input": None})
 register_mutant("lm_head_bias_dropped", "quant:wht-scale", "lm_head_bias_dropped", applies={"lm_head_bias": True})
 register_mutant("positions_unmasked", "quant:wht-scale", "positions_unmasked",
                 applies={"position_embedding": True, "positions_from_mask": True})

@@ -38,6 +38,12 @@ no padding, ``in_features`` unchanged) is the kron form with ``Q_a = I``: ``x`` 
 times ``Q_b``, one small matmul (``"kron"``); ``"butterfly"`` runs :func:`fuzz.hadamard.block_fwht`,
 ``"dense"`` one ``d_in x d_in`` block-diagonal matmul.
 
+The exact-width full form (``bbt-spectral-exact``: ``x~ = x Q_n D^-1``, ``Q_n = (H_m (x) H_b) / sqrt(n)`` with
+``H_m`` a Paley matrix, ``n = m b = d_in``, no padding; ``block = "exact"`` here) is the kron form with
+``Q_a = Q_m^T`` (``x (A (x) B) = vec(A^T X B)``; ``Q_m`` is not symmetric in general): ``x`` reshaped to ``(m, b)``,
+``Q_m^T X Q_b``, two small matmuls (SmolLM2: ``36 x 16`` and ``12 x 128``); ``"butterfly"`` runs
+:func:`fuzz.hadamard.exact_fwht` (the ``Q_b`` side as butterfly stages), ``"dense"`` one ``d_in x d_in`` matmul.
+
 Nothing here changes a weight: the artifact's weights are ``W^`` as auto-round left them, so the low-bit IR
 stores them as u2/u4 codes (:func:`quant.lowbit.compress_model` matches them by content).
 """
@@ -52,7 +58,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fuzz.errors import BadInput
-from fuzz.hadamard import block_fwht, fwht, hadamard, is_pow2
+from fuzz.hadamard import (block_fwht, exact_fwht, exact_hadamard, fwht, hadamard, hadamard_split, is_pow2,
+                           paley_q)
 
 MODES = ("kron", "butterfly", "dense")
 DEFAULT_MODE = "kron"
@@ -67,14 +74,19 @@ class OnlineRotation(nn.Module):
     """``x -> fwht([x, 0]) [/ s]`` for one group of linears reading the same tensor (see the module docstring).
 
     ``scale``: the shared ``s`` (applied once), or ``None`` when each reader applies its own.  ``block``: the
-    group-aligned form ``x Q_b`` (``d_pad == d_in``, ``block`` a power of two dividing it; module docstring)."""
+    group-aligned form ``x Q_b`` (``d_pad == d_in``, ``block`` a power of two dividing it), or ``"exact"``: the
+    exact-width full form ``x Q_n`` (``d_pad == d_in``; module docstring)."""
 
     def __init__(self, d_in: int, d_pad: int, members: int, scale: torch.Tensor | None = None, mode: str = DEFAULT_MODE,
-                 block: int | None = None):
+                 block: int | str | None = None):
         super().__init__()
         if mode not in MODES:
             raise BadInput(f"online rotation mode must be one of {MODES}, got {mode!r}")
-        if block is not None:
+        if block == "exact":
+            if d_pad != d_in or hadamard_split(d_in) is None:
+                raise BadInput(f"online rotation: the exact form needs d_pad {d_pad} == d_in {d_in} and a Hadamard "
+                               f"construction of order {d_in} (fuzz.hadamard.hadamard_split)")
+        elif block is not None:
             if isinstance(block, bool) or not isinstance(block, int) or not is_pow2(block) or d_in % block \
                     or d_pad != d_in:
                 raise BadInput(f"online rotation: block {block!r} must be a power of two dividing d_in {d_in}, "
@@ -84,11 +96,16 @@ class OnlineRotation(nn.Module):
         self.d_in, self.d_pad, self.members, self.mode, self.block = d_in, d_pad, members, mode, block
         inv = None if scale is None else (1.0 / scale.detach().double()).float()
         if mode == "dense":
-            m = hadamard(d_pad)[:d_in] if block is None else block_fwht(torch.eye(d_in, dtype=torch.float64), block)
+            m = (hadamard(d_pad)[:d_in] if block is None else exact_hadamard(d_in) if block == "exact"
+                 else block_fwht(torch.eye(d_in, dtype=torch.float64), block))
             if scale is not None:
                 m = m / scale.detach().double()[None, :]
             self.register_buffer("matrix", m.float())
             inv = None  # folded into the matrix
+        elif mode == "kron" and block == "exact":  # vec(Q_m^T X Q_b), X = x reshaped (m, b)
+            a, b = hadamard_split(d_in)
+            self.register_buffer("qa", paley_q(a).T.contiguous().float())
+            self.register_buffer("qb", hadamard(b).float())
         elif mode == "kron" and block is not None:  # Q_a = I: one (d_in / b, b) @ (b, b) matmul
             self.register_buffer("qb", hadamard(block).float())
         elif mode == "kron":
@@ -103,9 +120,11 @@ class OnlineRotation(nn.Module):
         if self.mode == "dense":
             return x @ self.matrix.to(x.dtype)
         xp = F.pad(x, (0, self.d_pad - self.d_in)) if self.d_pad > self.d_in else x
-        if self.block is not None and self.mode == "butterfly":
+        if self.block == "exact" and self.mode == "butterfly":
+            y = exact_fwht(xp)
+        elif self.block is not None and self.block != "exact" and self.mode == "butterfly":
             y = block_fwht(xp, self.block)
-        elif self.block is not None:
+        elif self.block is not None and self.block != "exact":
             y = torch.matmul(xp.unflatten(-1, (self.d_in // self.block, self.block)), self.qb.to(x.dtype)).flatten(-2)
         elif self.mode == "butterfly":
             y = fwht(xp)

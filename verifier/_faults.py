@@ -37,6 +37,8 @@ FAULTS = {
     "symmetric_gamma": "spectral-pca builds Gamma = B^T diag(g) B instead of diag(g) B",
     "block_scale_before_rotation": "wht-scale's block form folds W~ = W D Q_b (the scale applied before the block "
                                    "rotation) while the online input stays x Q_b D^-1",
+    "exact_q_not_transposed": "wht-scale's exact-width form unfolds W_eff = W^ D^-1 Q_n instead of W^ D^-1 Q_n^T "
+                              "(the same only where Q_n is symmetric)",
     "writer_bias_unpermuted": "permute_hidden permutes the residual writers' weight rows but not their biases",
     "rope_unscaled": "a layout rewrite (quant.transforms.graph_edit) re-emits every RoPE node from its theta alone, "
                      "dropping its scaling (inv_freq table, attention_factor, NTK / long tables)",

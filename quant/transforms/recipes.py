@@ -10,6 +10,9 @@ bbt-spectral           T1 on every linear: online padded WHT with activation-ene
 bbt-spectral-block     T1's group-aligned block form on every linear: online block-diagonal WHT (blocks of
                        ``min(64, 2^v(d_in))``, each quantization group of 64 input columns its own Hadamard),
                        no padding, activation-energy scaling
+bbt-spectral-exact     T1's exact-width full form on every linear: online ``Q_n = (H_m (x) H_{2^k}) / sqrt(n)``
+                       (Paley x Sylvester), no padding, activation-energy scaling; a width with no
+                       construction is refused (``no-hadamard-order``)
 bbt-pair-pca           attention with plain q/k: pair-PCA (T4); then bbt-absorb
 bbt-spectral-pca       attention with a q/k norm: spectral-PCA (T5); plain q/k: pair-PCA (T4); then bbt-absorb
 residual-hadamard      QuaRot-style residual rotation (T3), tied embeddings untied
@@ -31,8 +34,8 @@ from .graph_edit import require_graph_model
 from .pair_pca import qk_chains
 
 # The recipes, in the table's order: the one list the gate, the benchmarks and the tests read.
-RECIPES = ("bbt-absorb", "bbt-spectral", "bbt-spectral-block", "bbt-pair-pca", "bbt-spectral-pca",
-           "residual-hadamard")
+RECIPES = ("bbt-absorb", "bbt-spectral", "bbt-spectral-block", "bbt-spectral-exact", "bbt-pair-pca",
+           "bbt-spectral-pca", "residual-hadamard")
 
 
 def _log(m: GraphModel, **entry) -> None:
@@ -70,6 +73,11 @@ def bbt_spectral(model: nn.Module, calib: Calibration, alpha: float = 0.5) -> Gr
 @register("bbt-spectral-block")
 def bbt_spectral_block(model: nn.Module, calib: Calibration, alpha: float = 0.5) -> GraphModel:
     return get("wht-scale-block", alpha=alpha)(require_graph_model("bbt-spectral-block", model), calib)
+
+
+@register("bbt-spectral-exact")
+def bbt_spectral_exact(model: nn.Module, calib: Calibration, alpha: float = 0.5) -> GraphModel:
+    return get("wht-scale-exact", alpha=alpha)(require_graph_model("bbt-spectral-exact", model), calib)
 
 
 @register("bbt-pair-pca")

@@ -40,6 +40,19 @@ rotation at all).  An explicit ``block`` that is not a power of two dividing ``d
 Mutant (tests only): the ``block_scale_before_rotation`` fault (``verifier._faults``) folds ``W D Q_b``
 instead of ``W Q_b D``; ``mutants:block_scale_before_rotation`` must be caught.
 
+Exact-width full form (registered as ``wht-scale-exact``): ``Q_n = (H_m (x) H_{2^k}) / sqrt(n)``, ``n = d_in``,
+``H_m`` a Paley matrix (``fuzz.hadamard.exact_hadamard``; SmolLM2: 576 = 36 x 16, 1536 = 12 x 128), orthonormal
+but not symmetric in general, no padding:
+
+    x~ = x Q_n D^-1 = exact_fwht(x) / s,      W~ = W Q_n D,      W_eff = W^ D^-1 Q_n^T = exact_fwht(W^ / s, transpose)
+
+so ``x~ W~^T = x Q_n Q_n^T W^T = x W^T``; every coordinate mixes with every other, as in the padded form, at
+the plain weight's bytes.  ``s`` as the block form, over the ``d_in`` coordinates of ``h = x Q_n``.  A linear
+whose ``d_in`` has no construction here (``n = 2 mod 4``, or an ``H_m`` beyond Paley I/II over a prime) is
+refused (``no-hadamard-order``, naming the linear).  Mutant: ``exact_q_not_transposed`` unfolds with ``Q_n``
+where ``Q_n^T`` is needed (caught wherever ``Q_n`` is not symmetric, e.g. a width with a Paley I factor: 12, 20,
+24, 48).
+
 Refusals: a module that is not a GraphModel (``module-without-layout``), a target that is not a
 ``linear`` node, e.g. the lm_head (``not-a-linear``), a linear already fed by a ``wht_in`` node
 (``already-transformed``).  Nothing structural is needed otherwise: T1 is exact for any linear.
@@ -55,7 +68,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fuzz.errors import BadInput, Refusal
-from fuzz.hadamard import block_fwht, fwht, is_pow2, next_pow2
+from fuzz.hadamard import block_fwht, exact_fwht, fwht, hadamard_split, is_pow2, next_pow2
 from fuzz.layout import Layout
 from fuzz.materialize import GraphModel
 from verifier._faults import fault
@@ -67,22 +80,31 @@ from .graph_edit import LayoutEdit, rebuild, require_graph_model
 
 NAME = "wht-scale"
 BLOCK_NAME = "wht-scale-block"
+EXACT_NAME = "wht-scale-exact"
+#: the per-linear form value of the exact-width full Hadamard (the others: ``None`` padded, an int block)
+EXACT = "exact"
 SCALES = ("energy", "random")
 #: ``wht-scale-block``'s largest block: the quantization group size, so each group gets its own Hadamard
 MAX_BLOCK = 64
 
 
-def transformed_weight(weight: torch.Tensor, s: torch.Tensor, block: int | None = None) -> torch.Tensor:
-    """``W~ = [W, 0] Q D`` in float64: row ``o`` is ``fwht([W_o, 0]) * s``; with ``block``, ``W Q_b D``."""
+def transformed_weight(weight: torch.Tensor, s: torch.Tensor, block: int | str | None = None) -> torch.Tensor:
+    """``W~ = [W, 0] Q D`` in float64: row ``o`` is ``fwht([W_o, 0]) * s``; with ``block``, ``W Q_b D``; with
+    ``block = EXACT``, ``W Q_n D``."""
     w = weight.detach().double()
+    if block == EXACT:
+        return exact_fwht(w) * s.double()
     if block is not None:
         return block_fwht(w, block) * s.double()
     return fwht(F.pad(w, (0, s.numel() - w.shape[1]))) * s.double()
 
 
-def folded_weight(weight: torch.Tensor, s: torch.Tensor, d_in: int, block: int | None = None) -> torch.Tensor:
+def folded_weight(weight: torch.Tensor, s: torch.Tensor, d_in: int, block: int | str | None = None) -> torch.Tensor:
     """``W_eff = (W^ D^-1 Q^T)[:, :d_in]`` in float64: row ``o`` is ``fwht(W^_o / s)[:d_in]``; with ``block``,
-    ``block_fwht(W^ / s, block)`` (``Q_b`` is symmetric, nothing to cut)."""
+    ``block_fwht(W^ / s, block)`` (``Q_b`` is symmetric, nothing to cut); with ``block = EXACT``, ``W^ D^-1 Q_n^T``."""
+    if block == EXACT:
+        transpose = fault("exact_q_not_transposed") is None  # the mutant unfolds with Q_n, not Q_n^T
+        return exact_fwht(weight.detach().double() / s.double(), transpose=transpose)
     if block is not None:
         return block_fwht(weight.detach().double() / s.double(), block)
     return fwht(weight.detach().double() / s.double())[:, :d_in]
@@ -101,6 +123,14 @@ def check_block(node: str, d_in: int, block: int, transform: str = NAME) -> None
         raise Refusal(transform, f"block {block} is not a power of two dividing in_features {d_in} of {node!r}: "
                                  f"the blocks would not align with its input columns",
                       op="linear", path=node, feature="block-misaligned")
+
+
+def check_exact(node: str, d_in: int) -> None:
+    """:class:`Refusal` (``no-hadamard-order``) unless an order-``d_in`` Hadamard is constructed here."""
+    if hadamard_split(d_in) is None:
+        raise Refusal(EXACT_NAME, f"no Hadamard matrix of order {d_in} (in_features of {node!r}) is constructed here "
+                                  f"(Sylvester x Paley I/II over a prime): the exact-width form cannot rotate it",
+                      op="linear", path=node, feature="no-hadamard-order")
 
 
 def targets_of(layout: Layout, targets: list[str] | None = None, *, transform: str = NAME) -> list[str]:
@@ -133,39 +163,44 @@ def wht_scale(model: nn.Module, calib: Calibration, alpha: float = 0.5, scales: 
 
 def _transform(m: GraphModel, calib: Calibration, blocks: dict[str, int | None], alpha: float, scales: str,
                seed: int) -> GraphModel:
-    """T1 on the linears ``blocks`` names, each padded (``None``) or with its block."""
-    transform = NAME if all(b is None for b in blocks.values()) else BLOCK_NAME
+    """T1 on the linears ``blocks`` names, each padded (``None``), with its block (an int) or exact (``EXACT``)."""
+    transform = (EXACT_NAME if any(b == EXACT for b in blocks.values()) else
+                 NAME if all(b is None for b in blocks.values()) else BLOCK_NAME)
     if scales not in SCALES:
         raise BadInput(f"{transform}: scales must be one of {SCALES}, got {scales!r}")
     layout = m.layout
     chosen = list(blocks)
     for node in chosen:
-        if blocks[node] is not None:
+        if blocks[node] == EXACT:
+            check_exact(node, layout.params(node)["in_features"])
+        elif blocks[node] is not None:
             check_block(node, layout.params(node)["in_features"], blocks[node], transform)
     if scales == "energy" and chosen:
         stats = collect(m, calib, wht_energy=[n for n in chosen if blocks[n] is None],
-                        block_energy=[(n, b) for n, b in blocks.items() if b is not None])
+                        block_energy=[(n, b) for n, b in blocks.items() if b not in (None, EXACT)],
+                        exact_energy=[n for n, b in blocks.items() if b == EXACT])
     gen = torch.Generator().manual_seed(seed)
     edit, log = LayoutEdit(), []
     for node in chosen:
         d_in, b = layout.params(node)["in_features"], blocks[node]
         d_pad = next_pow2(d_in) if b is None else d_in
         if scales == "energy":
-            s = energy_scales(stats["wht_energy" if b is None else "block_energy"][node], alpha)
+            kind = "wht_energy" if b is None else "exact_energy" if b == EXACT else "block_energy"
+            s = energy_scales(stats[kind][node], alpha)
         else:
             s = torch.exp(0.5 * torch.randn(d_pad, generator=gen, dtype=torch.float64))
         wht = f"{node}_wht"
-        edit.insert[(node, 0)] = (wht, "wht_in", {"in_features": d_in, "d_pad": d_pad,
-                                                   **({} if b is None else {"block": b})})
+        form = {} if b is None else {"exact": True} if b == EXACT else {"block": b}
+        edit.insert[(node, 0)] = (wht, "wht_in", {"in_features": d_in, "d_pad": d_pad, **form})
         if b is None:
             edit.params[node] = {"in_features": d_pad}
         edit.tensors[(wht, "scale")] = s.to(m.dtype)
-        if b is not None and fault("block_scale_before_rotation") is not None:  # the mutant: W D Q_b
+        if b not in (None, EXACT) and fault("block_scale_before_rotation") is not None:  # the mutant: W D Q_b
             edit.tensors[(node, "weight")] = block_fwht(m.nodes[node].weight.double() * s, b).to(m.dtype)
         else:
             edit.tensors[(node, "weight")] = transformed_weight(m.nodes[node].weight, s, b).to(m.dtype)
         log.append({"transform": transform, "node": node, "wht_in": wht, "d_in": d_in, "d_pad": d_pad,
-                    **({} if b is None else {"block": b}), "s_min": float(s.min()), "s_max": float(s.max())})
+                    **form, "s_min": float(s.min()), "s_max": float(s.max())})
     out = rebuild(m, edit)
     out.transform_log = getattr(m, "transform_log", []) + log
     return out
@@ -182,6 +217,15 @@ def wht_scale_block(model: nn.Module, calib: Calibration, alpha: float = 0.5, sc
     chosen = targets_of(m.layout, targets, transform=BLOCK_NAME)
     blocks = {n: fitted_block(m.layout.params(n)["in_features"], max_block) for n in chosen}
     return _transform(m, calib, blocks, alpha, scales, seed)
+
+
+@register(EXACT_NAME)
+def wht_scale_exact(model: nn.Module, calib: Calibration, alpha: float = 0.5, scales: Literal[SCALES] = "energy",
+                    seed: int = 0, targets: list[str] | None = None) -> GraphModel:
+    """The exact-width full form of T1 on every selected linear: ``x Q_n D^-1``, ``W Q_n D`` (module docstring)."""
+    m = require_graph_model(EXACT_NAME, model)
+    chosen = targets_of(m.layout, targets, transform=EXACT_NAME)
+    return _transform(m, calib, {n: EXACT for n in chosen}, alpha, scales, seed)
 
 
 @dataclass
@@ -219,6 +263,8 @@ def unfold(model: GraphModel) -> GraphModel:
         if not all(layout.op(r) == "linear" for r, _ in readers):
             continue
         d_in, block = layout.params(wht)["in_features"], layout.params(wht).get("block")
+        if layout.params(wht).get("exact"):
+            block = EXACT
         s = m.nodes[wht].scale
         edit.remove.add(wht)
         for reader, _ in readers:
@@ -242,3 +288,9 @@ def wht_scale_roundtrip(model: nn.Module, calib: Calibration, **options) -> Grap
 def wht_scale_block_roundtrip(model: nn.Module, calib: Calibration, **options) -> GraphModel:
     """``unfold(wht_scale_block(model))``: the block form's unfold, proven by the oracle."""
     return unfold(wht_scale_block(model, calib, **options))
+
+
+@register("wht-scale-exact-roundtrip")
+def wht_scale_exact_roundtrip(model: nn.Module, calib: Calibration, **options) -> GraphModel:
+    """``unfold(wht_scale_exact(model))``: the exact-width form's unfold, proven by the oracle."""
+    return unfold(wht_scale_exact(model, calib, **options))

@@ -56,6 +56,15 @@ APPLIES["rope_direction_lost"] = (mutants.APPLIES["rope_direction_lost"], lambda
 APPLIES["shared_head_gamma"] = (mutants.APPLIES["shared_head_gamma"], lambda s: s.n_heads > 1)  # a weight per head
 # two heads (one pair, one kv pair): the only head permutation of a differential attention is the identity
 APPLIES["diff_pairs_broken"] = (mutants.APPLIES["diff_pairs_broken"], lambda s: s.n_heads >= 4)
+# the exact-width T1 refuses a layout with any linear width that has no Hadamard construction (an attention's own
+# widths, an indexer's, a shared expert's): its unfold bug shows wherever it runs (hidden 24 = 12 x 2: Paley I)
+def _every_linear_has_a_hadamard_order(s: Spec) -> bool:
+    from fuzz.hadamard import hadamard_split
+    layout = build(s)
+    return all(hadamard_split(layout.params(n)["in_features"]) is not None for n in layout.of_op("linear"))
+
+
+APPLIES["exact_q_not_transposed"] = (mutants.APPLIES["exact_q_not_transposed"], _every_linear_has_a_hadamard_order)
 # the search is the campaign's (covering examples first, then draws: examples_to_catch); examples to first catch,
 # measured once every issue-14 axis had joined: 1 for 17 of 31 mutants, at most 14 for all but shared_head_gamma (30:
 # qk_norm=per_head_own x RMS x two or more heads x no weight-free norm, a triple the covering reaches late). With
@@ -71,7 +80,9 @@ APPLIES["diff_pairs_broken"] = (mutants.APPLIES["diff_pairs_broken"], lambda s: 
 # each needing four or five settings together, past 25: ple_unrotated first caught at covering row 58 (budget 70),
 # residual_gate_rotated at row 23 (budget 35), not caught at the budgets below those; measured with
 # verifier.campaign.examples_to_catch(name, budget) under the ci profile, budgets 25, 35, 50, 70 in turn (2026-12-05)
-BUDGET = {"shared_head_gamma": 110, "extra_rows_unrotated": 70, "symmetric_gamma": 40, "position_unrotated": 70,
+# exact_q_not_transposed needs every linear width to have a Hadamard construction and one with a Paley I factor:
+# first caught at example 24 of the campaign's search (examples_to_catch, budget 60; 2026-12-05), budget 40
+BUDGET = {"exact_q_not_transposed": 40, "shared_head_gamma": 110, "extra_rows_unrotated": 70, "symmetric_gamma": 40, "position_unrotated": 70,
           "softcap_scale_outside": 50, "cross_group_heads": 40, "ple_unrotated": 70, "residual_gate_rotated": 35}
 # a renormalised top-1 weight is 1 whatever the scores: the leaked correction bias cannot show there
 APPLIES["corrected_weights"] = (mutants.APPLIES["corrected_weights"], lambda s: not (s.renormalize and s.top_k == 1))
@@ -222,7 +233,8 @@ def test_the_mutants_of_quant_transforms_are_registered_by_quant():
                   "kpe_per_head", "lm_head_bias_dropped", "extra_rows_unrotated", "positions_unmasked",
                   "temperature_dropped", "weightless_unabsorbed", "xielu_as_relu2", "rope_direction_lost",
                   "expert_scale_moved", "ple_unrotated", "residual_gate_rotated", "chunk_dropped",
-                  "temperature_form_confused", "indexer_unrotated", "block_scale_before_rotation"}
+                  "temperature_form_confused", "indexer_unrotated", "block_scale_before_rotation",
+                  "exact_q_not_transposed"}
     assert quant_made | {"forget_writer_bias", "cross_group_heads", "alibi_unpermuted", "sinks_unpermuted",
                          "softcap_scale_outside", "position_unpermuted", "diff_pairs_broken"} == set(mutants.names())
     for name in mutants.names():
