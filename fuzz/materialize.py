@@ -895,12 +895,18 @@ class GraphModel(nn.Module):
                     param.copy_(value.to(param.dtype))
         return self
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
+                keep: dict | None = None, given: dict | None = None) -> torch.Tensor:
         """Logits ``(batch, seq, vocab)``.  ``attention_mask`` (``(batch, seq)``, 1 = token, 0 = padding, as
         transformers takes it; ``None`` = no padding): the keys at padded positions are masked in every
         attention; positions stay ``0 .. seq-1`` (transformers' default ``position_ids`` without a cache) except
         in a ``position_embedding`` with ``from_mask`` (counted from each row's first token, OPT), and
-        the logits at padded positions are meaningless (finite)."""
+        the logits at padded positions are meaningless (finite).
+
+        For a caller that runs one model many times on the same ids (the oracle's positive control steps one
+        node's parameters at a time): ``keep``, a dict filled with every node's output (none freed);
+        ``given``, ``{node: output}`` used as those nodes' outputs (recorded by ``keep`` on the same ids, with
+        the same parameters upstream): only the nodes the logits need past them run."""
         if input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32):
             raise BadInput(f"input_ids must be a (batch, seq) integer tensor, got {tuple(input_ids.shape)} "
                            f"{input_ids.dtype}")
@@ -909,15 +915,48 @@ class GraphModel(nn.Module):
             raise BadInput(f"token ids must lie in [0, {vocab})")
         pad = None if attention_mask is None else padding_mask(attention_mask, input_ids)
         values: dict[str, torch.Tensor] = {}
-        for node, inputs, done in self._plan:
+        plan = self._plan
+        if given:
+            values.update(given)
+            needed = self._needed(given)
+            plan = [step for step in plan if step[0] in needed]
+        for node, inputs, done in plan:
             args = [values[i] for i in inputs] if inputs else [input_ids]
             if pad is not None and node in self._attention:
                 values[node] = self.nodes[node](*args, padding=pad)
             else:
                 values[node] = self.nodes[node](*args)
-            for i in done:  # keep only live activations: memory grows with the width, not the depth
-                del values[i]
+            if keep is not None:
+                keep[node] = values[node]
+            elif not given:
+                for i in done:  # keep only live activations: memory grows with the width, not the depth
+                    del values[i]
         return values[self.layout.sink]
+
+    def reusable(self) -> bool:
+        """True when :meth:`forward` with ``given`` computes what a full forward computes: the class's own
+        forward, every node the layout op's own module (no child modules, no hooks: a node's output depends on
+        its inputs and its own parameters only), and no global module hooks."""
+        from torch.nn.modules import module as torch_module
+        if type(self).forward is not GraphModel.forward or self._forward_hooks or self._forward_pre_hooks or \
+                torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
+            return False
+        return all(type(module) is MODULES[self.layout.op(node)] and not module._modules
+                   and not module._forward_hooks and not module._forward_pre_hooks
+                   for node, module in self.nodes.items())
+
+    def _needed(self, given: dict) -> set[str]:
+        """The nodes the logits need when the outputs of ``given`` are known: the sink's ancestors, the walk
+        stopping at ``given``."""
+        inputs = {node: ins for node, ins, _ in self._plan}
+        needed: set[str] = set()
+        stack = [self.layout.sink]
+        while stack:
+            node = stack.pop()
+            if node not in needed and node not in given:
+                needed.add(node)
+                stack.extend(inputs[node])
+        return needed
 
 
 def materialize(layout: Layout, *, dtype: torch.dtype = torch.float64, seed: int = 0,

@@ -127,14 +127,17 @@ class Verdict:
 
 # ---------------------------------------------------------------------------------------------- subject
 def _logits(model: nn.Module, ids: torch.Tensor, what: str, grad: bool = False,
-            params: dict | None = None) -> torch.Tensor:
+            params: dict | None = None, kwargs: dict | None = None) -> torch.Tensor:
     """``model(ids)``'s logits (an output's ``.logits``, or the first tensor of a tuple); BadInput naming
     ``what`` when the forward fails or the result is not ``(batch, seq, vocab)``.  ``grad``: keep the
     autograd graph; ``params``: ``{name: tensor}`` used in place of those parameters (functional_call, the
-    module itself untouched): the positive control differentiates and steps the subject this way."""
+    module itself untouched): the positive control differentiates and steps the subject this way;
+    ``kwargs``: passed to the forward (a GraphModel's ``keep`` / ``given``)."""
+    kwargs = kwargs or {}
     try:
         with torch.set_grad_enabled(grad):
-            out = model(ids) if params is None else torch.func.functional_call(model, params, (ids,))
+            out = model(ids, **kwargs) if params is None else \
+                torch.func.functional_call(model, params, (ids,), kwargs)
             logits = getattr(out, "logits", out)
     except Exception as exc:  # a forward that crashes is bad input, with context
         raise BadInput(f"{what}: forward on token ids {tuple(ids.shape)} failed: "
@@ -462,7 +465,8 @@ def _norms(tensors: list[torch.Tensor]) -> list[float]:
 
 
 def positive_control(model: nn.Module, ids: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor,
-                     tol: Tolerance, seed: int = 0, attached: torch.Tensor | None = None) -> dict:
+                     tol: Tolerance, seed: int = 0, attached: torch.Tensor | None = None,
+                     recorded: dict | None = None) -> dict:
     """Show that the comparison can see a change of the size it calls a failure: ``passed`` and ``reason``,
     with the figures (spreads, the entry differentiated, the weakest unit, every measured change).
 
@@ -491,7 +495,10 @@ def positive_control(model: nn.Module, ids: torch.Tensor, logits: torch.Tensor, 
     or a seeded random direction when ``g_j = 0``) and must move the logits past the bound.
 
     ``model`` is never written: ``autograd.grad`` (no ``.grad`` accumulated; frozen parameters get
-    differentiable aliases) and steps through ``torch.func.functional_call``.
+    differentiable aliases) and steps through ``torch.func.functional_call``.  ``recorded``: every node's
+    output of that forward (a GraphModel's ``keep``, rows of ``ids`` first); then a stepped forward reruns only
+    the stepped nodes and what reads them (``given``: the other nodes' outputs depend on no stepped parameter),
+    the weakest unit on row ``b`` whole, its logits up to ``t`` compared as before.
     """
     rho, bound = tol.control_rel, tol.rel
     y = logits.detach().double()
@@ -566,12 +573,31 @@ def positive_control(model: nn.Module, ids: torch.Tensor, logits: torch.Tensor, 
         k = fraction * u.size / math.sqrt(sum(x * x for x in _norms(r)))
         return [(u.params, [(k * x).to(p.dtype) for p, x in zip(u.params, r)])]
 
+    holders: dict[int, list[str]] = {}  # with ``recorded``: each parameter's nodes (a tied tensor has two)
+    if recorded is not None:
+        for node, module in model.nodes.items():
+            for p in module._parameters.values():
+                if p is not None:
+                    holders.setdefault(id(p), []).append(node)
+
+    def given(steps: list[tuple[list, list]], rows: slice) -> dict | None:
+        """The recorded outputs (rows ``rows``) that the stepped nodes and their descendants read."""
+        changed = {n for params, _ in steps for p in params for n in holders.get(id(p), ())}
+        if not changed:
+            return None
+        graph, layout = model.layout.graph, model.layout
+        rerun = changed.union(*(nx.descendants(graph, n) for n in changed))
+        front = {i for n in rerun for i in layout.inputs(n)} - rerun
+        return {"given": {i: recorded[i][rows] for i in front}}
+
     @torch.no_grad()
-    def stepped(steps: list[tuple[list, list]], inputs: torch.Tensor) -> torch.Tensor:
-        """The logits with ``P + delta`` in place of each stepped parameter (the module is not written)."""
+    def stepped(steps: list[tuple[list, list]], inputs: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
+        """The logits with ``P + delta`` in place of each stepped parameter (the module is not written);
+        ``rows``: ``inputs`` are ``ids[rows]``, read from ``recorded`` where no step reaches."""
         moved = {names[id(p)]: p.detach() + d for params, deltas in steps for p, d in zip(params, deltas)}
+        kwargs = given(steps, rows) if recorded is not None and rows is not None else None
         try:
-            return _logits(model, inputs, "subject (positive control)", params=moved).double()
+            return _logits(model, inputs, "subject (positive control)", params=moved, kwargs=kwargs).double()
         except BadInput as exc:
             raise _Invisible(f"the subject cannot be run with a parameter stepped ({exc}), so the control "
                              "cannot show that a change is visible") from exc
@@ -594,11 +620,17 @@ def positive_control(model: nn.Module, ids: torch.Tensor, logits: torch.Tensor, 
         if scored:  # the weakest unit alone, on the entry's row: its gradient confirmed, then the full step
             weakest = min(scored, key=lambda u: u.first)
             lin = min(rho, LINEAR_MAX)
-            out = stepped(step(weakest, lin), row)
+
+            def on_row(steps):  # row b up to t; with ``recorded``, row b whole (causal: the same logits up to t)
+                if recorded is None:
+                    return stepped(steps, row)
+                return stepped(steps, ids[b:b + 1], slice(b, b + 1))[:, :t + 1]
+
+            out = on_row(step(weakest, lin))
             ratio = (out[0, t, v] - base[0, t, v]).item() / (weakest.first * lin / rho * scale)
             fig["weakest"] = {"unit": weakest.name, "first_order": weakest.first, "linearity": ratio}
             if lin < rho:
-                out = stepped(step(weakest, rho), row)
+                out = on_row(step(weakest, rho))
             visible(weakest, out, base, mask[b:b + 1, :t + 1])
             fig["weakest"]["measured"] = fig["measured"][weakest.name]
             trusted = LINEARITY_BAND[0] <= ratio <= LINEARITY_BAND[1]
@@ -614,7 +646,7 @@ def positive_control(model: nn.Module, ids: torch.Tensor, logits: torch.Tensor, 
         for u in units:  # one unit at a time wherever the first order is not enough
             if u.exempt or u is weakest or (trusted and u.first >= CONTROL_MARGIN * bound):
                 continue
-            visible(u, stepped(step(u, rho), ids), y, mask)
+            visible(u, stepped(step(u, rho), ids, slice(0, ids.shape[0])), y, mask)
     except _Invisible as exc:
         return fail(str(exc))
     fig["passed"] = True
@@ -808,13 +840,18 @@ def _verify(transform, subject, dtype, seed, batch, seq, calib_batch, tol, deadl
 
     deadline.enter("subject forward")
     trainable = all(p.requires_grad for p in model.parameters() if p.is_floating_point())
+    # a GraphModel keeps every node's output: the positive control's stepped forwards rerun only what a step changes
+    recorded = {} if isinstance(model, GraphModel) and model.reusable() else None
+    keep = None if recorded is None else {"keep": recorded}
     with topk_recorder(model) as ref_topk:  # activations are captured only if the logits diverge
         try:  # with the autograd graph when it costs nothing to ask: the positive control differentiates it
-            attached = _logits(model, all_ids.clone(), f"subject {subject_name}", grad=trainable)
+            attached = _logits(model, all_ids.clone(), f"subject {subject_name}", grad=trainable, kwargs=keep)
         except BadInput:
             if not trainable:
                 raise
-            attached = _logits(model, all_ids.clone(), f"subject {subject_name}")
+            if recorded is not None:
+                recorded.clear()
+            attached = _logits(model, all_ids.clone(), f"subject {subject_name}", kwargs=keep)
     ref_all = attached.detach()
     ref = ref_all[:batch]
     if not torch.isfinite(ref_all).all():
@@ -889,7 +926,7 @@ def _verify(transform, subject, dtype, seed, batch, seq, calib_batch, tol, deadl
     verdict.max_rel_err, verdict.max_abs_err = rel, abs_
     if rel <= tol.rel:
         deadline.enter("positive control")
-        verdict.control = positive_control(model, test_ids, ref, mask, tol, seed, attached)
+        verdict.control = positive_control(model, test_ids, ref, mask, tol, seed, attached, recorded)
         if verdict.control["passed"] and padding:
             deadline.enter("padded batch")
             padded = _padded_batch(model, out, test_ids, padding, tol)
