@@ -709,16 +709,22 @@ def _left_padding_mask(ids: torch.Tensor, padding: int) -> torch.Tensor:
     return mask
 
 
-def _padded_batch(model: nn.Module, out: nn.Module, ids: torch.Tensor, padding: int, tol: Tolerance) -> dict:
+def _padded_batch(model: nn.Module, out: nn.Module, ids: torch.Tensor, padding: int, tol: Tolerance,
+                  ran: tuple = (None, None)) -> dict:
     """The test ids with every other row (1, 3, ...) left-padded by ``padding`` tokens (``attention_mask`` 0):
     subject and transformed model, each called ``model(ids, attention_mask=mask)``, compared at the non-padded
-    positions that no MoE near-tie can have flipped.  ``problem``: why it could not run (else ``""``)."""
+    positions that no MoE near-tie can have flipped.  ``problem``: why it could not run (else ``""``).
+    ``ran``: per model, its ``(logits, comparable positions)`` on these rows where the verdict's forward gave
+    them already (else None)."""
     seq = ids.shape[1]
     if padding >= seq:
         return {"problem": f"padding={padding} leaves no token in a row of {seq}", "max_rel_err": None}
     mask = _left_padding_mask(ids, padding)
     got = []
-    for module, what in ((model, "the subject"), (out, "the transformed model")):
+    for (module, what), done in zip(((model, "the subject"), (out, "the transformed model")), ran):
+        if done is not None:
+            got.append(done)
+            continue
         try:
             with topk_recorder(module) as tops, torch.no_grad():
                 y = module(ids.clone(), attention_mask=mask)
@@ -842,21 +848,44 @@ def _verify(transform, subject, dtype, seed, batch, seq, calib_batch, tol, deadl
     trainable = all(p.requires_grad for p in model.parameters() if p.is_floating_point())
     # a GraphModel keeps every node's output: the positive control's stepped forwards rerun only what a step changes
     recorded = {} if isinstance(model, GraphModel) and model.reusable() else None
-    keep = None if recorded is None else {"keep": recorded}
+    # such a subject (and a transformed model that is one too) runs the padded batch's rows in the verdict's own
+    # forward, after the test and probe rows with an attention_mask of ones there (the same function: a GraphModel's
+    # masks change nothing on an unpadded row); they are compared only where the padded batch would be
+    merged = bool(padding) and padding < seq and recorded is not None
+    n_all = all_ids.shape[0]
+    run_ids = torch.cat([all_ids, test_ids]) if merged else all_ids
+    run_mask = torch.cat([torch.ones_like(all_ids), _left_padding_mask(test_ids, padding)]) if merged else None
+
+    def subject_forward(grad: bool, padded: bool) -> torch.Tensor:
+        kwargs = {} if recorded is None else {"keep": recorded}
+        if padded:
+            kwargs["attention_mask"] = run_mask
+        return _logits(model, (run_ids if padded else all_ids).clone(), f"subject {subject_name}", grad=grad,
+                       kwargs=kwargs)
+
+    # with the autograd graph when it costs nothing to ask: the positive control differentiates it
+    attempts = list(dict.fromkeys([(trainable, merged), (False, merged), (trainable, False), (False, False)]))
     with topk_recorder(model) as ref_topk:  # activations are captured only if the logits diverge
-        try:  # with the autograd graph when it costs nothing to ask: the positive control differentiates it
-            attached = _logits(model, all_ids.clone(), f"subject {subject_name}", grad=trainable, kwargs=keep)
-        except BadInput:
-            if not trainable:
-                raise
+        for i, (grad, padded) in enumerate(attempts):
             if recorded is not None:
                 recorded.clear()
-            attached = _logits(model, all_ids.clone(), f"subject {subject_name}", kwargs=keep)
+            try:
+                attached = subject_forward(grad, padded)
+                merged = padded
+                break
+            except BadInput:
+                if i == len(attempts) - 1:
+                    raise
+    ref_pad = None  # the padded batch's subject rows (logits, comparable positions) when merged
+    if merged:
+        ok_run = comparable_positions(model, run_ids, tol.tie_margin, ref_topk.margins)
+        ref_pad = (attached[n_all:].detach(), ok_run[n_all:])
+        attached = attached[:n_all]
     ref_all = attached.detach()
     ref = ref_all[:batch]
     if not torch.isfinite(ref_all).all():
         raise BadInput(f"subject {subject_name} gives non-finite logits before any transform")
-    mask_all = comparable_positions(model, all_ids, tol.tie_margin, ref_topk.margins)
+    mask_all = ok_run[:n_all] if merged else comparable_positions(model, all_ids, tol.tie_margin, ref_topk.margins)
     causal = _causality(ref_all, batch, where, mask_all, tol.rel)
     verdict.causality = {"tokens_perturbed": causal["tokens_perturbed"], "subject_max_rel": causal["max_rel"]}
     if causal["violation"] is not None:
@@ -887,14 +916,25 @@ def _verify(transform, subject, dtype, seed, batch, seq, calib_batch, tol, deadl
         return verdict
 
     deadline.enter("transformed forward")
+    new_pad = None  # the padded batch's transformed rows, when they ride this forward
+    if merged and isinstance(out, GraphModel) and out.reusable():
+        try:
+            new_run = _logits(out, run_ids.clone(), "transformed model", kwargs={"attention_mask": run_mask})
+            if not _check_logits(new_run, run_ids, ref_all.shape[-1]):
+                ok_new = comparable_positions(out, run_ids, tol.tie_margin, [])
+                new_pad = (new_run[n_all:].detach(), ok_new[n_all:])
+                new_run, ok_new = new_run[:n_all].detach(), ok_new[:n_all]
+        except Exception:  # noqa: BLE001  (the unpadded forward below decides what the model does)
+            new_pad = None
     try:
         with topk_recorder(out) as new_topk:
-            new_all = _logits(out, all_ids.clone(), "transformed model")
+            new_all = _logits(out, all_ids.clone(), "transformed model") if new_pad is None else new_run
         problem = _check_logits(new_all, all_ids, ref_all.shape[-1])  # the subject's logits' vocabulary
         if not problem:
             new_all = new_all.detach()
             finite = bool(torch.isfinite(new_all).all())
-            mask_all = mask_all & comparable_positions(out, all_ids, tol.tie_margin, new_topk.margins)
+            mask_all = mask_all & (comparable_positions(out, all_ids, tol.tie_margin, new_topk.margins)
+                                   if new_pad is None else ok_new)
     except BadInput as exc:
         problem = str(exc)
     except Exception as exc:  # the transformed model's own machinery (hooks, routers) failed
@@ -929,7 +969,7 @@ def _verify(transform, subject, dtype, seed, batch, seq, calib_batch, tol, deadl
         verdict.control = positive_control(model, test_ids, ref, mask, tol, seed, attached, recorded)
         if verdict.control["passed"] and padding:
             deadline.enter("padded batch")
-            padded = _padded_batch(model, out, test_ids, padding, tol)
+            padded = _padded_batch(model, out, test_ids, padding, tol, (ref_pad, new_pad))
             verdict.control["padded"] = padded
             if padded["problem"]:
                 verdict.status, verdict.message = Status.ERROR, padded["problem"]

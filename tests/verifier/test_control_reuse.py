@@ -1,5 +1,6 @@
-"""The positive control's stepped forwards rerun only what a step reaches (``GraphModel.forward``'s ``keep`` /
-``given``): the same logits as a whole forward, and the same control as one that runs whole forwards."""
+"""The verdict's forwards reused: the positive control's stepped forwards rerun only what a step reaches
+(``GraphModel.forward``'s ``keep`` / ``given``), with the same logits as a whole forward and the same control as
+one that runs whole forwards; the padded batch rides the verdict's own forwards with the same figures."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import networkx as nx
 import pytest
 import torch
 
-from fuzz import build, materialize
+from fuzz import DecoderSpec, LayerSpec, build, materialize
 from fuzz.materialize import GraphModel
 from fuzz.strategies import Picked, spec_from
 from verifier import reference, verify
@@ -86,3 +87,26 @@ def test_a_hooked_node_gets_whole_forwards():
     finally:
         handle.remove()
     assert model.reusable()
+
+
+LAYOUT = build(DecoderSpec(layers=(LayerSpec(), LayerSpec(sliding=False)), sliding_window=3))
+
+
+@pytest.mark.parametrize("name", ["permute_hidden", "permute_heads"])
+def test_the_padded_rows_ride_the_verdicts_forwards(name, monkeypatch):
+    """Subject and transformed GraphModels run the padded batch in the verdict's forwards: two forwards fewer,
+    the same padded figures as the padded batch run on its own."""
+    calls = []
+    forward = GraphModel.forward
+    monkeypatch.setattr(GraphModel, "forward", lambda self, *a, **k: calls.append(1) or forward(self, *a, **k))
+    got = verify(reference.get(name, seed=1), LAYOUT, padding=4)
+    merged = len(calls)
+    calls.clear()
+    with monkeypatch.context() as m:
+        _no_reuse(m)
+        want = verify(reference.get(name, seed=1), LAYOUT, padding=4)
+    assert got.status == want.status == "invariant" and merged == len(calls) - 2
+    a, b = got.control["padded"], want.control["padded"]
+    assert a.keys() == b.keys() and a["positions_compared"] == b["positions_compared"] == 4 * 15 - 2 * 4
+    assert a["max_rel_err"] <= 1e-12 and b["max_rel_err"] <= 1e-12
+    assert got.max_rel_err == pytest.approx(want.max_rel_err, abs=1e-13)
