@@ -234,16 +234,15 @@ _ROPE_TABLES: dict = {}  # (the node's params, seq, dtype, numerics) -> rope_tab
 
 def cached_rope_tables(p: dict, seq: int, dtype: torch.dtype, numerics: str) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`rope_tables`, built once per distinct parameters and length (a query's and a key's rope read the
-    same, every forward): constants, never written.  Not under ``torch.inference_mode`` (an inference tensor
+    same, every forward): constants, never written.  Built outside ``torch.inference_mode`` (an inference tensor
     cannot be saved for a later backward); ``Rope.export_forward`` builds its own inside the trace."""
-    if torch.is_inference_mode_enabled():
-        return rope_tables(p, seq, dtype, numerics)
     key = (repr(sorted(p.items())), seq, dtype, numerics)
     tables = _ROPE_TABLES.get(key)
     if tables is None:
         if len(_ROPE_TABLES) >= 256:
             _ROPE_TABLES.clear()
-        tables = _ROPE_TABLES[key] = rope_tables(p, seq, dtype, numerics)
+        with torch.inference_mode(False):
+            tables = _ROPE_TABLES[key] = rope_tables(p, seq, dtype, numerics)
     return tables
 
 
@@ -282,7 +281,10 @@ def attention_mask(t: int, window: int | None, device: str = "cpu", chunk: int |
     """``(t, t)`` bool, True where query ``i`` may read key ``j``: ``j <= i`` and, with a ``window``,
     ``i - j < window`` (transformers' ``kv_idx > q_idx - sliding_window``); with a ``chunk`` ``C``,
     ``floor(i / C) == floor(j / C)`` (transformers' ``chunked_overlay`` on an unpadded row).  Built once per
-    length."""
+    length, outside ``torch.inference_mode`` (kept for every later forward, autograd's included)."""
+    if torch.is_inference_mode_enabled():
+        with torch.inference_mode(False):
+            return attention_mask.__wrapped__(t, window, device, chunk)
     i = torch.arange(t, device=device)
     dist = i[:, None] - i[None, :]
     keep = dist >= 0

@@ -127,15 +127,17 @@ class Verdict:
 
 # ---------------------------------------------------------------------------------------------- subject
 def _logits(model: nn.Module, ids: torch.Tensor, what: str, grad: bool = False,
-            params: dict | None = None, kwargs: dict | None = None) -> torch.Tensor:
+            params: dict | None = None, kwargs: dict | None = None, inference: bool = False) -> torch.Tensor:
     """``model(ids)``'s logits (an output's ``.logits``, or the first tensor of a tuple); BadInput naming
     ``what`` when the forward fails or the result is not ``(batch, seq, vocab)``.  ``grad``: keep the
     autograd graph; ``params``: ``{name: tensor}`` used in place of those parameters (functional_call, the
     module itself untouched): the positive control differentiates and steps the subject this way;
-    ``kwargs``: passed to the forward (a GraphModel's ``keep`` / ``given``)."""
+    ``kwargs``: passed to the forward (a GraphModel's ``keep`` / ``given``); ``inference`` (without ``grad``):
+    under ``torch.inference_mode`` (less dispatch per op; for a reusable GraphModel, whose modules keep no
+    tensor of the forward but the routers' margins)."""
     kwargs = kwargs or {}
     try:
-        with torch.set_grad_enabled(grad):
+        with torch.inference_mode() if inference and not grad else torch.set_grad_enabled(grad):
             out = model(ids, **kwargs) if params is None else \
                 torch.func.functional_call(model, params, (ids,), kwargs)
             logits = getattr(out, "logits", out)
@@ -597,7 +599,8 @@ def positive_control(model: nn.Module, ids: torch.Tensor, logits: torch.Tensor, 
         moved = {names[id(p)]: p.detach() + d for params, deltas in steps for p, d in zip(params, deltas)}
         kwargs = given(steps, rows) if recorded is not None and rows is not None else None
         try:
-            return _logits(model, inputs, "subject (positive control)", params=moved, kwargs=kwargs).double()
+            return _logits(model, inputs, "subject (positive control)", params=moved, kwargs=kwargs,
+                           inference=recorded is not None).double()
         except BadInput as exc:
             raise _Invisible(f"the subject cannot be run with a parameter stepped ({exc}), so the control "
                              "cannot show that a change is visible") from exc
@@ -917,9 +920,11 @@ def _verify(transform, subject, dtype, seed, batch, seq, calib_batch, tol, deadl
 
     deadline.enter("transformed forward")
     new_pad = None  # the padded batch's transformed rows, when they ride this forward
-    if merged and isinstance(out, GraphModel) and out.reusable():
+    plain = isinstance(out, GraphModel) and out.reusable()
+    if merged and plain:
         try:
-            new_run = _logits(out, run_ids.clone(), "transformed model", kwargs={"attention_mask": run_mask})
+            new_run = _logits(out, run_ids.clone(), "transformed model", kwargs={"attention_mask": run_mask},
+                              inference=True)
             if not _check_logits(new_run, run_ids, ref_all.shape[-1]):
                 ok_new = comparable_positions(out, run_ids, tol.tie_margin, [])
                 new_pad = (new_run[n_all:].detach(), ok_new[n_all:])
@@ -928,7 +933,8 @@ def _verify(transform, subject, dtype, seed, batch, seq, calib_batch, tol, deadl
             new_pad = None
     try:
         with topk_recorder(out) as new_topk:
-            new_all = _logits(out, all_ids.clone(), "transformed model") if new_pad is None else new_run
+            new_all = _logits(out, all_ids.clone(), "transformed model", inference=plain) if new_pad is None \
+                else new_run
         problem = _check_logits(new_all, all_ids, ref_all.shape[-1])  # the subject's logits' vocabulary
         if not problem:
             new_all = new_all.detach()

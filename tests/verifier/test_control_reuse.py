@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fuzz import DecoderSpec, LayerSpec, build, materialize
-from fuzz.materialize import GraphModel
+from fuzz.materialize import _ROPE_TABLES, GraphModel, attention_mask
 from fuzz.strategies import Picked, spec_from
 from verifier import reference, verify
 
@@ -110,3 +110,20 @@ def test_the_padded_rows_ride_the_verdicts_forwards(name, monkeypatch):
     assert a.keys() == b.keys() and a["positions_compared"] == b["positions_compared"] == 4 * 15 - 2 * 4
     assert a["max_rel_err"] <= 1e-12 and b["max_rel_err"] <= 1e-12
     assert got.max_rel_err == pytest.approx(want.max_rel_err, abs=1e-13)
+
+
+def test_tables_first_built_under_inference_mode_serve_a_later_backward():
+    """The oracle runs a GraphModel's gradient-free forwards under ``torch.inference_mode``; the RoPE tables and
+    attention masks cached there are ordinary tensors, so a later forward can still be differentiated."""
+    _ROPE_TABLES.clear()
+    attention_mask.cache_clear()
+    model = materialize(LAYOUT, seed=3)
+    ids = torch.randint(0, LAYOUT.params(LAYOUT.source)["vocab"], (2, 23), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        first = model(ids)
+    assert _ROPE_TABLES and attention_mask.cache_info().currsize
+    assert not any(t.is_inference() for tables in _ROPE_TABLES.values() for t in tables)
+    assert not attention_mask(23, 3, "cpu").is_inference()
+    y = model(ids)
+    (grad,) = torch.autograd.grad(y[0, -1, 0], [next(model.parameters())])
+    assert torch.equal(y.detach(), first) and torch.isfinite(grad).all()
