@@ -270,7 +270,9 @@ class Rope(Node):
         xh = x.reshape(b, t, p["n_heads"], p["head_dim"])
         r = p["rotary_dim"]
         cos, sin = tables
-        cos, sin = cos[None, :, None, :], sin[None, :, None, :]
+        cos, sin = cos.view(1, t, 1, r), sin.view(1, t, 1, r)
+        if r == p["head_dim"]:  # every channel rotates (the values of the general form, fewer ops)
+            return (xh * cos + rotate_pairs(xh, p["style"]) * sin).reshape(b, t, -1)
         rot, rest = xh[..., :r], xh[..., r:]
         rot = rot * cos + rotate_pairs(rot, p["style"]) * sin
         return torch.cat((rot, rest), dim=-1).reshape(b, t, -1)
@@ -350,8 +352,10 @@ class Attention(Node):
         if p.get("temperature_beta") is not None:  # before the scores: the query of position i times t_i
             q = q * temperature_table(p, t, q.dtype, self.numerics, q.device)[None, :, None]
         q = q.reshape(b, t, h, d).transpose(1, 2)
-        k = k.reshape(b, t, kv, d).transpose(1, 2).repeat_interleave(h // kv, dim=1)
-        v = v.reshape(b, t, kv, -1).transpose(1, 2).repeat_interleave(h // kv, dim=1)  # MLA: v head != d
+        k = k.reshape(b, t, kv, d).transpose(1, 2)
+        v = v.reshape(b, t, kv, -1).transpose(1, 2)  # MLA: v head != d
+        if h != kv:  # GQA: each K/V head read by h / kv query heads
+            k, v = k.repeat_interleave(h // kv, dim=1), v.repeat_interleave(h // kv, dim=1)
         scores = (q @ k.transpose(-1, -2)) * (d ** -0.5 if p.get("scale") is None else p["scale"])
         if p.get("softcap") is not None or p.get("alibi"):
             scores = self.modify_scores(scores)
@@ -849,23 +853,23 @@ class GraphModel(nn.Module):
             for key, value in self.__dict__.items():
                 clone.__dict__[key] = value if key == "layout" else copy.deepcopy(value, memo)
             return clone
-        dtype, training = self.dtype, self.training
+        training = self.training
         clone = object.__new__(GraphModel)
         memo[id(self)] = clone
         clone.__dict__.update(_module_state(training), layout=self.layout, numerics=self.numerics,
                               _plan=self._plan, _attention=self._attention)  # the plan: of the shared layout
-        clone._modules["nodes"] = _new_module(nn.ModuleDict, training)
-
-        def copied(node: str, name: str, shape: tuple) -> nn.Parameter:
-            src = self.nodes[node]._parameters[name]
-            with torch.no_grad():
-                return nn.Parameter(torch.empty(shape, dtype=dtype).copy_(src), requires_grad=src.requires_grad)
-
-        clone._fill(copied, training)
-        for node, module in self.nodes.items():
-            target = clone.nodes[node]
-            target._forward_hooks.update(module._forward_hooks)
-            target._forward_pre_hooks.update(module._forward_pre_hooks)
+        nodes = clone._modules["nodes"] = _new_module(nn.ModuleDict, training)
+        copies: dict[int, nn.Parameter] = {}  # a tied tensor (the head's weight) copied once, shared again
+        with torch.no_grad():
+            for node, module in self.nodes.items():  # each node as the layout says (checked above)
+                target = _new_node(type(module), node, dict(module.p), self.numerics, training)
+                for name, src in module._parameters.items():
+                    if id(src) not in copies:
+                        copies[id(src)] = nn.Parameter(src.clone(), requires_grad=src.requires_grad)
+                    target._parameters[name] = copies[id(src)]
+                target._forward_hooks.update(module._forward_hooks)
+                target._forward_pre_hooks.update(module._forward_pre_hooks)
+                nodes._modules[node] = target
         return clone
 
     def _fill(self, parameter, training: bool) -> None:
