@@ -177,13 +177,33 @@ def _read_unpredicted(test_ids: torch.Tensor, layout: Layout | None, vocab: int)
     test_ids[0, : len(extra)] = extra.to(test_ids.device)
 
 
+def _modules(model: nn.Module) -> list[nn.Module]:
+    """``list(model.modules())``, read off the node dict for a GraphModel whose nodes hold no modules (the walk
+    of ``nn.Module.modules`` costs more than the forward's smallest ops)."""
+    if isinstance(model, GraphModel) and model._modules.keys() == {"nodes"} and isinstance(model.nodes, nn.ModuleDict) \
+            and not any(m._modules for m in model.nodes._modules.values()):
+        return list(dict.fromkeys([model, model.nodes, *model.nodes._modules.values()]))
+    return list(model.modules())
+
+
+def _tensors(model: nn.Module, buffers: bool = False) -> list[torch.Tensor]:
+    """``list(model.parameters())`` (``buffers``: and then ``model.buffers()``), each tensor once, by :func:`_modules`."""
+    seen: dict[int, torch.Tensor] = {}
+    for kind in ("_parameters", "_buffers") if buffers else ("_parameters",):
+        for module in _modules(model):
+            for t in getattr(module, kind).values():
+                if t is not None:
+                    seen.setdefault(id(t), t)
+    return list(seen.values())
+
+
 def _subject(subject, dtype: torch.dtype, seed: int) -> tuple[nn.Module, Layout | None, str]:
     if isinstance(subject, Layout):
         return materialize(subject, dtype=dtype, seed=seed), subject, \
             f"{subject.meta.get('name', 'layout')}:{subject.hash()}"
     if isinstance(subject, nn.Module):
-        tensors = [t for t in [*subject.parameters(), *subject.buffers()] if t.is_floating_point()]
-        if all(t.dtype == dtype for t in tensors) and not any(m.training for m in subject.modules()):
+        tensors = [t for t in _tensors(subject, buffers=True) if t.is_floating_point()]
+        if all(t.dtype == dtype for t in tensors) and not any(m.training for m in _modules(subject)):
             model = subject  # already what the oracle needs: used read-only, its parameters are never written
         else:
             model = copy.deepcopy(subject).to(dtype).eval()
@@ -347,7 +367,7 @@ def comparable_positions(model: nn.Module, ids: torch.Tensor, tie_margin: float,
     :func:`topk_recorder` collected; a position is dropped from the first margin below ``tie_margin`` in its
     row onward.  The oracle and device parity (``quant.parity``) compare logits only on these positions.
     """
-    margins = [m.last_margin for m in model.modules() if isinstance(m, (Router, IndexTopk))
+    margins = [m.last_margin for m in _modules(model) if isinstance(m, (Router, IndexTopk))
                and m.last_margin is not None]
     return _tie_mask(margins + recorded, ids, tie_margin)
 
@@ -575,16 +595,16 @@ def positive_control(model: nn.Module, ids: torch.Tensor, logits: torch.Tensor, 
         k = fraction * u.size / math.sqrt(sum(x * x for x in _norms(r)))
         return [(u.params, [(k * x).to(p.dtype) for p, x in zip(u.params, r)])]
 
-    holders: dict[int, list[str]] = {}  # with ``recorded``: each parameter's nodes (a tied tensor has two)
+    slots: dict[int, list[tuple[str, nn.Module, str]]] = {}  # with ``recorded``: where each parameter sits
     if recorded is not None:
         for node, module in model.nodes.items():
-            for p in module._parameters.values():
+            for key, p in module._parameters.items():
                 if p is not None:
-                    holders.setdefault(id(p), []).append(node)
+                    slots.setdefault(id(p), []).append((node, module, key))  # a tied tensor sits twice
 
     def given(steps: list[tuple[list, list]], rows: slice) -> dict | None:
         """The recorded outputs (rows ``rows``) that the stepped nodes and their descendants read."""
-        changed = {n for params, _ in steps for p in params for n in holders.get(id(p), ())}
+        changed = {n for params, _ in steps for p in params for n, _, _ in slots.get(id(p), ())}
         if not changed:
             return None
         graph, layout = model.layout.graph, model.layout
@@ -594,13 +614,24 @@ def positive_control(model: nn.Module, ids: torch.Tensor, logits: torch.Tensor, 
 
     @torch.no_grad()
     def stepped(steps: list[tuple[list, list]], inputs: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
-        """The logits with ``P + delta`` in place of each stepped parameter (the module is not written);
-        ``rows``: ``inputs`` are ``ids[rows]``, read from ``recorded`` where no step reaches."""
-        moved = {names[id(p)]: p.detach() + d for params, deltas in steps for p, d in zip(params, deltas)}
-        kwargs = given(steps, rows) if recorded is not None and rows is not None else None
+        """The logits with ``P + delta`` in place of each stepped parameter (the module is not written: with
+        ``recorded``, the node modules' own slots hold ``P + delta`` for the call and ``P`` again after it, as
+        ``functional_call`` does); ``rows``: ``inputs`` are ``ids[rows]``, read from ``recorded`` where no step
+        reaches."""
+        what = "subject (positive control)"
         try:
-            return _logits(model, inputs, "subject (positive control)", params=moved, kwargs=kwargs,
-                           inference=recorded is not None).double()
+            if recorded is None or rows is None or any(id(p) not in slots for params, _ in steps for p in params):
+                moved = {names[id(p)]: p.detach() + d for params, deltas in steps for p, d in zip(params, deltas)}
+                return _logits(model, inputs, what, params=moved).double()
+            moved = {id(p): p.detach() + d for params, deltas in steps for p, d in zip(params, deltas)}
+            swapped = [(module, key, module._parameters[key]) for i in moved for _, module, key in slots.get(i, ())]
+            try:
+                for module, key, old in swapped:
+                    module._parameters[key] = moved[id(old)]
+                return _logits(model, inputs, what, kwargs=given(steps, rows), inference=True).double()
+            finally:
+                for module, key, old in swapped:
+                    module._parameters[key] = old
         except BadInput as exc:
             raise _Invisible(f"the subject cannot be run with a parameter stepped ({exc}), so the control "
                              "cannot show that a change is visible") from exc
@@ -848,7 +879,7 @@ def _verify(transform, subject, dtype, seed, batch, seq, calib_batch, tol, deadl
     work = copy.deepcopy(model)  # the transform's copy
 
     deadline.enter("subject forward")
-    trainable = all(p.requires_grad for p in model.parameters() if p.is_floating_point())
+    trainable = all(p.requires_grad for p in _tensors(model) if p.is_floating_point())
     # a GraphModel keeps every node's output: the positive control's stepped forwards rerun only what a step changes
     recorded = {} if isinstance(model, GraphModel) and model.reusable() else None
     # such a subject (and a transformed model that is one too) runs the padded batch's rows in the verdict's own
