@@ -140,7 +140,8 @@ class Layout:
         return list(ins) if ins is not None else self._read_inputs(node)
 
     def _read_inputs(self, node: str) -> list[str]:
-        preds = sorted(self.graph.in_edges(node, data="port"), key=lambda e: e[2])
+        preds = sorted(((src, node, data.get("port")) for src, data in self.graph.pred[node].items()),
+                       key=lambda e: e[2])  # graph.in_edges(node, data="port"), without its view objects
         for i, (src, _, port) in enumerate(preds):
             if port != i:
                 raise LayoutError(f"input ports must be 0..n-1, found port {port} from {src!r}", node)

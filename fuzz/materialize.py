@@ -824,6 +824,7 @@ class GraphModel(nn.Module):
         # the nodes an attention_mask reaches: every attention, and learned positions that follow the mask
         self._attention = frozenset(layout.of_op("attention", "index_topk")) | frozenset(
             n for n in layout.of_op("position_embedding") if layout.params(n)["from_mask"])
+        self._classes = {n: MODULES[layout.op(n)] for n in layout.order}  # each node's module class (reusable)
 
     def _matches_layout(self) -> bool:
         """True while every node module is exactly what the layout says (class, parameter names, shapes)."""
@@ -857,7 +858,8 @@ class GraphModel(nn.Module):
         clone = object.__new__(GraphModel)
         memo[id(self)] = clone
         clone.__dict__.update(_module_state(training), layout=self.layout, numerics=self.numerics,
-                              _plan=self._plan, _attention=self._attention)  # the plan: of the shared layout
+                              _plan=self._plan, _attention=self._attention,  # the plan: of the shared layout
+                              _classes=self._classes)
         nodes = clone._modules["nodes"] = _new_module(nn.ModuleDict, training)
         copies: dict[int, nn.Parameter] = {}  # a tied tensor (the head's weight) copied once, shared again
         with torch.no_grad():
@@ -947,9 +949,10 @@ class GraphModel(nn.Module):
         if type(self).forward is not GraphModel.forward or self._forward_hooks or self._forward_pre_hooks or \
                 torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
             return False
-        return all(type(module) is MODULES[self.layout.op(node)] and not module._modules
+        classes = self.__dict__.get("_classes") or {n: MODULES[self.layout.op(n)] for n in self.layout.order}
+        return all(type(module) is classes.get(node) and not module._modules
                    and not module._forward_hooks and not module._forward_pre_hooks
-                   for node, module in self.nodes.items())
+                   for node, module in self.nodes._modules.items())
 
     def _needed(self, given: dict) -> set[str]:
         """The nodes the logits need when the outputs of ``given`` are known: the sink's ancestors, the walk
