@@ -702,8 +702,9 @@ class Experts(Node):
         flat_x = x.reshape(-1, x.shape[-1])
         flat_w = weights.reshape(-1, weights.shape[-1])
         flat_out = out.view(-1, x.shape[-1])
-        for e in range(self.p["n_experts"]):
-            rows = torch.nonzero(flat_w[:, e]).flatten()
+        routed = torch.nonzero(flat_w.t())  # (expert, row) pairs, by expert then row
+        counts = torch.bincount(routed[:, 0], minlength=self.p["n_experts"]).tolist()
+        for e, rows in enumerate(torch.split(routed[:, 1], counts)):  # each expert's rows, ascending
             if rows.numel() == 0:
                 continue
             if self.p["scale_input"]:  # Llama 4: the weight scales the expert's input
