@@ -480,10 +480,16 @@ def _units(model: nn.Module) -> list[_Unit]:
 
 
 def _norms(tensors: list[torch.Tensor]) -> list[float]:
-    """Euclidean norm of each tensor, in float64, with one conversion to Python."""
+    """Euclidean norm of each tensor, in float64, with one conversion to Python (one foreach call where the
+    tensors allow it: the same per-tensor kernel)."""
     if not tensors:
         return []
-    return torch.stack([torch.linalg.vector_norm(t.detach(), dtype=torch.float64) for t in tensors]).tolist()
+    detached = [t.detach() for t in tensors]
+    try:
+        norms = torch._foreach_norm(detached, 2, dtype=torch.float64)
+    except (RuntimeError, TypeError):  # a mix this torch's foreach does not take
+        norms = [torch.linalg.vector_norm(t, dtype=torch.float64) for t in detached]
+    return torch.stack(norms).tolist()
 
 
 def positive_control(model: nn.Module, ids: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor,
