@@ -84,9 +84,9 @@ class Layout:
         if len(sources) != 1:
             raise LayoutError(f"a layout has exactly one 'tokens' node, found {len(sources)}")
         for node in sorted(g):
-            if node != sources[0] and g.in_degree(node) == 0:
+            if node != sources[0] and not g.pred[node]:  # in-degree 0
                 raise LayoutError("has no inputs (dangling node)", node)
-        sinks = [n for n in g if g.out_degree(n) == 0]
+        sinks = [n for n in g if not g.succ[n]]  # out-degree 0
         if len(sinks) != 1:
             raise LayoutError(f"a layout has exactly one output (sink), found {sorted(sinks)}; "
                               f"every other node must feed the logits")
@@ -132,7 +132,9 @@ class Layout:
         return self.graph.nodes[node]["op"]
 
     def params(self, node: str) -> dict:
-        return {k: v for k, v in self.graph.nodes[node].items() if k != "op"}
+        params = dict(self.graph.nodes[node])  # a copy: callers may edit theirs
+        params.pop("op", None)
+        return params
 
     def inputs(self, node: str) -> list[str]:
         """Producers read by ``node``, in port order (read from the graph once, by the validation)."""
@@ -140,7 +142,8 @@ class Layout:
         return list(ins) if ins is not None else self._read_inputs(node)
 
     def _read_inputs(self, node: str) -> list[str]:
-        preds = sorted(self.graph.in_edges(node, data="port"), key=lambda e: e[2])
+        preds = sorted(((src, node, data.get("port")) for src, data in self.graph.pred[node].items()),
+                       key=lambda e: e[2])  # graph.in_edges(node, data="port"), without its view objects
         for i, (src, _, port) in enumerate(preds):
             if port != i:
                 raise LayoutError(f"input ports must be 0..n-1, found port {port} from {src!r}", node)

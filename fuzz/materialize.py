@@ -234,16 +234,15 @@ _ROPE_TABLES: dict = {}  # (the node's params, seq, dtype, numerics) -> rope_tab
 
 def cached_rope_tables(p: dict, seq: int, dtype: torch.dtype, numerics: str) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`rope_tables`, built once per distinct parameters and length (a query's and a key's rope read the
-    same, every forward): constants, never written.  Not under ``torch.inference_mode`` (an inference tensor
+    same, every forward): constants, never written.  Built outside ``torch.inference_mode`` (an inference tensor
     cannot be saved for a later backward); ``Rope.export_forward`` builds its own inside the trace."""
-    if torch.is_inference_mode_enabled():
-        return rope_tables(p, seq, dtype, numerics)
     key = (repr(sorted(p.items())), seq, dtype, numerics)
     tables = _ROPE_TABLES.get(key)
     if tables is None:
         if len(_ROPE_TABLES) >= 256:
             _ROPE_TABLES.clear()
-        tables = _ROPE_TABLES[key] = rope_tables(p, seq, dtype, numerics)
+        with torch.inference_mode(False):
+            tables = _ROPE_TABLES[key] = rope_tables(p, seq, dtype, numerics)
     return tables
 
 
@@ -271,7 +270,9 @@ class Rope(Node):
         xh = x.reshape(b, t, p["n_heads"], p["head_dim"])
         r = p["rotary_dim"]
         cos, sin = tables
-        cos, sin = cos[None, :, None, :], sin[None, :, None, :]
+        cos, sin = cos.view(1, t, 1, r), sin.view(1, t, 1, r)
+        if r == p["head_dim"]:  # every channel rotates (the values of the general form, fewer ops)
+            return (xh * cos + rotate_pairs(xh, p["style"]) * sin).reshape(b, t, -1)
         rot, rest = xh[..., :r], xh[..., r:]
         rot = rot * cos + rotate_pairs(rot, p["style"]) * sin
         return torch.cat((rot, rest), dim=-1).reshape(b, t, -1)
@@ -282,7 +283,10 @@ def attention_mask(t: int, window: int | None, device: str = "cpu", chunk: int |
     """``(t, t)`` bool, True where query ``i`` may read key ``j``: ``j <= i`` and, with a ``window``,
     ``i - j < window`` (transformers' ``kv_idx > q_idx - sliding_window``); with a ``chunk`` ``C``,
     ``floor(i / C) == floor(j / C)`` (transformers' ``chunked_overlay`` on an unpadded row).  Built once per
-    length."""
+    length, outside ``torch.inference_mode`` (kept for every later forward, autograd's included)."""
+    if torch.is_inference_mode_enabled():
+        with torch.inference_mode(False):
+            return attention_mask.__wrapped__(t, window, device, chunk)
     i = torch.arange(t, device=device)
     dist = i[:, None] - i[None, :]
     keep = dist >= 0
@@ -348,8 +352,10 @@ class Attention(Node):
         if p.get("temperature_beta") is not None:  # before the scores: the query of position i times t_i
             q = q * temperature_table(p, t, q.dtype, self.numerics, q.device)[None, :, None]
         q = q.reshape(b, t, h, d).transpose(1, 2)
-        k = k.reshape(b, t, kv, d).transpose(1, 2).repeat_interleave(h // kv, dim=1)
-        v = v.reshape(b, t, kv, -1).transpose(1, 2).repeat_interleave(h // kv, dim=1)  # MLA: v head != d
+        k = k.reshape(b, t, kv, d).transpose(1, 2)
+        v = v.reshape(b, t, kv, -1).transpose(1, 2)  # MLA: v head != d
+        if h != kv:  # GQA: each K/V head read by h / kv query heads
+            k, v = k.repeat_interleave(h // kv, dim=1), v.repeat_interleave(h // kv, dim=1)
         scores = (q @ k.transpose(-1, -2)) * (d ** -0.5 if p.get("scale") is None else p["scale"])
         if p.get("softcap") is not None or p.get("alibi"):
             scores = self.modify_scores(scores)
@@ -696,8 +702,9 @@ class Experts(Node):
         flat_x = x.reshape(-1, x.shape[-1])
         flat_w = weights.reshape(-1, weights.shape[-1])
         flat_out = out.view(-1, x.shape[-1])
-        for e in range(self.p["n_experts"]):
-            rows = torch.nonzero(flat_w[:, e]).flatten()
+        routed = torch.nonzero(flat_w.t())  # (expert, row) pairs, by expert then row
+        counts = torch.bincount(routed[:, 0], minlength=self.p["n_experts"]).tolist()
+        for e, rows in enumerate(torch.split(routed[:, 1], counts)):  # each expert's rows, ascending
             if rows.numel() == 0:
                 continue
             if self.p["scale_input"]:  # Llama 4: the weight scales the expert's input
@@ -819,6 +826,7 @@ class GraphModel(nn.Module):
         # the nodes an attention_mask reaches: every attention, and learned positions that follow the mask
         self._attention = frozenset(layout.of_op("attention", "index_topk")) | frozenset(
             n for n in layout.of_op("position_embedding") if layout.params(n)["from_mask"])
+        self._classes = {n: MODULES[layout.op(n)] for n in layout.order}  # each node's module class (reusable)
 
     def _matches_layout(self) -> bool:
         """True while every node module is exactly what the layout says (class, parameter names, shapes)."""
@@ -848,23 +856,24 @@ class GraphModel(nn.Module):
             for key, value in self.__dict__.items():
                 clone.__dict__[key] = value if key == "layout" else copy.deepcopy(value, memo)
             return clone
-        dtype, training = self.dtype, self.training
+        training = self.training
         clone = object.__new__(GraphModel)
         memo[id(self)] = clone
         clone.__dict__.update(_module_state(training), layout=self.layout, numerics=self.numerics,
-                              _plan=self._plan, _attention=self._attention)  # the plan: of the shared layout
-        clone._modules["nodes"] = _new_module(nn.ModuleDict, training)
-
-        def copied(node: str, name: str, shape: tuple) -> nn.Parameter:
-            src = self.nodes[node]._parameters[name]
-            with torch.no_grad():
-                return nn.Parameter(torch.empty(shape, dtype=dtype).copy_(src), requires_grad=src.requires_grad)
-
-        clone._fill(copied, training)
-        for node, module in self.nodes.items():
-            target = clone.nodes[node]
-            target._forward_hooks.update(module._forward_hooks)
-            target._forward_pre_hooks.update(module._forward_pre_hooks)
+                              _plan=self._plan, _attention=self._attention,  # the plan: of the shared layout
+                              _classes=self._classes)
+        nodes = clone._modules["nodes"] = _new_module(nn.ModuleDict, training)
+        copies: dict[int, nn.Parameter] = {}  # a tied tensor (the head's weight) copied once, shared again
+        with torch.no_grad():
+            for node, module in self.nodes.items():  # each node as the layout says (checked above)
+                target = _new_node(type(module), node, dict(module.p), self.numerics, training)
+                for name, src in module._parameters.items():
+                    if id(src) not in copies:
+                        copies[id(src)] = nn.Parameter(src.clone(), requires_grad=src.requires_grad)
+                    target._parameters[name] = copies[id(src)]
+                target._forward_hooks.update(module._forward_hooks)
+                target._forward_pre_hooks.update(module._forward_pre_hooks)
+                nodes._modules[node] = target
         return clone
 
     def _fill(self, parameter, training: bool) -> None:
@@ -896,12 +905,18 @@ class GraphModel(nn.Module):
                     param.copy_(value.to(param.dtype))
         return self
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
+                keep: dict | None = None, given: dict | None = None) -> torch.Tensor:
         """Logits ``(batch, seq, vocab)``.  ``attention_mask`` (``(batch, seq)``, 1 = token, 0 = padding, as
         transformers takes it; ``None`` = no padding): the keys at padded positions are masked in every
         attention; positions stay ``0 .. seq-1`` (transformers' default ``position_ids`` without a cache) except
         in a ``position_embedding`` with ``from_mask`` (counted from each row's first token, OPT), and
-        the logits at padded positions are meaningless (finite)."""
+        the logits at padded positions are meaningless (finite).
+
+        For a caller that runs one model many times on the same ids (the oracle's positive control steps one
+        node's parameters at a time): ``keep``, a dict filled with every node's output (none freed);
+        ``given``, ``{node: output}`` used as those nodes' outputs (recorded by ``keep`` on the same ids, with
+        the same parameters upstream): only the nodes the logits need past them run."""
         if input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32):
             raise BadInput(f"input_ids must be a (batch, seq) integer tensor, got {tuple(input_ids.shape)} "
                            f"{input_ids.dtype}")
@@ -910,15 +925,49 @@ class GraphModel(nn.Module):
             raise BadInput(f"token ids must lie in [0, {vocab})")
         pad = None if attention_mask is None else padding_mask(attention_mask, input_ids)
         values: dict[str, torch.Tensor] = {}
-        for node, inputs, done in self._plan:
+        plan = self._plan
+        if given:
+            values.update(given)
+            needed = self._needed(given)
+            plan = [step for step in plan if step[0] in needed]
+        for node, inputs, done in plan:
             args = [values[i] for i in inputs] if inputs else [input_ids]
             if pad is not None and node in self._attention:
                 values[node] = self.nodes[node](*args, padding=pad)
             else:
                 values[node] = self.nodes[node](*args)
-            for i in done:  # keep only live activations: memory grows with the width, not the depth
-                del values[i]
+            if keep is not None:
+                keep[node] = values[node]
+            elif not given:
+                for i in done:  # keep only live activations: memory grows with the width, not the depth
+                    del values[i]
         return values[self.layout.sink]
+
+    def reusable(self) -> bool:
+        """True when :meth:`forward` with ``given`` computes what a full forward computes: the class's own
+        forward, every node the layout op's own module (no child modules, no hooks: a node's output depends on
+        its inputs and its own parameters only), and no global module hooks."""
+        from torch.nn.modules import module as torch_module
+        if type(self).forward is not GraphModel.forward or self._forward_hooks or self._forward_pre_hooks or \
+                torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
+            return False
+        classes = self.__dict__.get("_classes") or {n: MODULES[self.layout.op(n)] for n in self.layout.order}
+        return all(type(module) is classes.get(node) and not module._modules
+                   and not module._forward_hooks and not module._forward_pre_hooks
+                   for node, module in self.nodes._modules.items())
+
+    def _needed(self, given: dict) -> set[str]:
+        """The nodes the logits need when the outputs of ``given`` are known: the sink's ancestors, the walk
+        stopping at ``given``."""
+        inputs = {node: ins for node, ins, _ in self._plan}
+        needed: set[str] = set()
+        stack = [self.layout.sink]
+        while stack:
+            node = stack.pop()
+            if node not in needed and node not in given:
+                needed.add(node)
+                stack.extend(inputs[node])
+        return needed
 
 
 def materialize(layout: Layout, *, dtype: torch.dtype = torch.float64, seed: int = 0,

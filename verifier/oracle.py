@@ -127,14 +127,19 @@ class Verdict:
 
 # ---------------------------------------------------------------------------------------------- subject
 def _logits(model: nn.Module, ids: torch.Tensor, what: str, grad: bool = False,
-            params: dict | None = None) -> torch.Tensor:
+            params: dict | None = None, kwargs: dict | None = None, inference: bool = False) -> torch.Tensor:
     """``model(ids)``'s logits (an output's ``.logits``, or the first tensor of a tuple); BadInput naming
     ``what`` when the forward fails or the result is not ``(batch, seq, vocab)``.  ``grad``: keep the
     autograd graph; ``params``: ``{name: tensor}`` used in place of those parameters (functional_call, the
-    module itself untouched): the positive control differentiates and steps the subject this way."""
+    module itself untouched): the positive control differentiates and steps the subject this way;
+    ``kwargs``: passed to the forward (a GraphModel's ``keep`` / ``given``); ``inference`` (without ``grad``):
+    under ``torch.inference_mode`` (less dispatch per op; for a reusable GraphModel, whose modules keep no
+    tensor of the forward but the routers' margins)."""
+    kwargs = kwargs or {}
     try:
-        with torch.set_grad_enabled(grad):
-            out = model(ids) if params is None else torch.func.functional_call(model, params, (ids,))
+        with torch.inference_mode() if inference and not grad else torch.set_grad_enabled(grad):
+            out = model(ids, **kwargs) if params is None else \
+                torch.func.functional_call(model, params, (ids,), kwargs)
             logits = getattr(out, "logits", out)
     except Exception as exc:  # a forward that crashes is bad input, with context
         raise BadInput(f"{what}: forward on token ids {tuple(ids.shape)} failed: "
@@ -172,13 +177,33 @@ def _read_unpredicted(test_ids: torch.Tensor, layout: Layout | None, vocab: int)
     test_ids[0, : len(extra)] = extra.to(test_ids.device)
 
 
+def _modules(model: nn.Module) -> list[nn.Module]:
+    """``list(model.modules())``, read off the node dict for a GraphModel whose nodes hold no modules (the walk
+    of ``nn.Module.modules`` costs more than the forward's smallest ops)."""
+    if isinstance(model, GraphModel) and model._modules.keys() == {"nodes"} and isinstance(model.nodes, nn.ModuleDict) \
+            and not any(m._modules for m in model.nodes._modules.values()):
+        return list(dict.fromkeys([model, model.nodes, *model.nodes._modules.values()]))
+    return list(model.modules())
+
+
+def _tensors(model: nn.Module, buffers: bool = False) -> list[torch.Tensor]:
+    """``list(model.parameters())`` (``buffers``: and then ``model.buffers()``), each tensor once, by :func:`_modules`."""
+    seen: dict[int, torch.Tensor] = {}
+    for kind in ("_parameters", "_buffers") if buffers else ("_parameters",):
+        for module in _modules(model):
+            for t in getattr(module, kind).values():
+                if t is not None:
+                    seen.setdefault(id(t), t)
+    return list(seen.values())
+
+
 def _subject(subject, dtype: torch.dtype, seed: int) -> tuple[nn.Module, Layout | None, str]:
     if isinstance(subject, Layout):
         return materialize(subject, dtype=dtype, seed=seed), subject, \
             f"{subject.meta.get('name', 'layout')}:{subject.hash()}"
     if isinstance(subject, nn.Module):
-        tensors = [t for t in [*subject.parameters(), *subject.buffers()] if t.is_floating_point()]
-        if all(t.dtype == dtype for t in tensors) and not any(m.training for m in subject.modules()):
+        tensors = [t for t in _tensors(subject, buffers=True) if t.is_floating_point()]
+        if all(t.dtype == dtype for t in tensors) and not any(m.training for m in _modules(subject)):
             model = subject  # already what the oracle needs: used read-only, its parameters are never written
         else:
             model = copy.deepcopy(subject).to(dtype).eval()
@@ -342,7 +367,7 @@ def comparable_positions(model: nn.Module, ids: torch.Tensor, tie_margin: float,
     :func:`topk_recorder` collected; a position is dropped from the first margin below ``tie_margin`` in its
     row onward.  The oracle and device parity (``quant.parity``) compare logits only on these positions.
     """
-    margins = [m.last_margin for m in model.modules() if isinstance(m, (Router, IndexTopk))
+    margins = [m.last_margin for m in _modules(model) if isinstance(m, (Router, IndexTopk))
                and m.last_margin is not None]
     return _tie_mask(margins + recorded, ids, tie_margin)
 
@@ -455,14 +480,21 @@ def _units(model: nn.Module) -> list[_Unit]:
 
 
 def _norms(tensors: list[torch.Tensor]) -> list[float]:
-    """Euclidean norm of each tensor, in float64, with one conversion to Python."""
+    """Euclidean norm of each tensor, in float64, with one conversion to Python (one foreach call where the
+    tensors allow it: the same per-tensor kernel)."""
     if not tensors:
         return []
-    return torch.stack([torch.linalg.vector_norm(t.detach(), dtype=torch.float64) for t in tensors]).tolist()
+    detached = [t.detach() for t in tensors]
+    try:
+        norms = torch._foreach_norm(detached, 2, dtype=torch.float64)
+    except (RuntimeError, TypeError):  # a mix this torch's foreach does not take
+        norms = [torch.linalg.vector_norm(t, dtype=torch.float64) for t in detached]
+    return torch.stack(norms).tolist()
 
 
 def positive_control(model: nn.Module, ids: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor,
-                     tol: Tolerance, seed: int = 0, attached: torch.Tensor | None = None) -> dict:
+                     tol: Tolerance, seed: int = 0, attached: torch.Tensor | None = None,
+                     recorded: dict | None = None) -> dict:
     """Show that the comparison can see a change of the size it calls a failure: ``passed`` and ``reason``,
     with the figures (spreads, the entry differentiated, the weakest unit, every measured change).
 
@@ -491,7 +523,10 @@ def positive_control(model: nn.Module, ids: torch.Tensor, logits: torch.Tensor, 
     or a seeded random direction when ``g_j = 0``) and must move the logits past the bound.
 
     ``model`` is never written: ``autograd.grad`` (no ``.grad`` accumulated; frozen parameters get
-    differentiable aliases) and steps through ``torch.func.functional_call``.
+    differentiable aliases) and steps through ``torch.func.functional_call``.  ``recorded``: every node's
+    output of that forward (a GraphModel's ``keep``, rows of ``ids`` first); then a stepped forward reruns only
+    the stepped nodes and what reads them (``given``: the other nodes' outputs depend on no stepped parameter),
+    the weakest unit on row ``b`` whole, its logits up to ``t`` compared as before.
     """
     rho, bound = tol.control_rel, tol.rel
     y = logits.detach().double()
@@ -566,12 +601,43 @@ def positive_control(model: nn.Module, ids: torch.Tensor, logits: torch.Tensor, 
         k = fraction * u.size / math.sqrt(sum(x * x for x in _norms(r)))
         return [(u.params, [(k * x).to(p.dtype) for p, x in zip(u.params, r)])]
 
+    slots: dict[int, list[tuple[str, nn.Module, str]]] = {}  # with ``recorded``: where each parameter sits
+    if recorded is not None:
+        for node, module in model.nodes.items():
+            for key, p in module._parameters.items():
+                if p is not None:
+                    slots.setdefault(id(p), []).append((node, module, key))  # a tied tensor sits twice
+
+    def given(steps: list[tuple[list, list]], rows: slice) -> dict | None:
+        """The recorded outputs (rows ``rows``) that the stepped nodes and their descendants read."""
+        changed = {n for params, _ in steps for p in params for n, _, _ in slots.get(id(p), ())}
+        if not changed:
+            return None
+        graph, layout = model.layout.graph, model.layout
+        rerun = changed.union(*(nx.descendants(graph, n) for n in changed))
+        front = {i for n in rerun for i in layout.inputs(n)} - rerun
+        return {"given": {i: recorded[i][rows] for i in front}}
+
     @torch.no_grad()
-    def stepped(steps: list[tuple[list, list]], inputs: torch.Tensor) -> torch.Tensor:
-        """The logits with ``P + delta`` in place of each stepped parameter (the module is not written)."""
-        moved = {names[id(p)]: p.detach() + d for params, deltas in steps for p, d in zip(params, deltas)}
+    def stepped(steps: list[tuple[list, list]], inputs: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
+        """The logits with ``P + delta`` in place of each stepped parameter (the module is not written: with
+        ``recorded``, the node modules' own slots hold ``P + delta`` for the call and ``P`` again after it, as
+        ``functional_call`` does); ``rows``: ``inputs`` are ``ids[rows]``, read from ``recorded`` where no step
+        reaches."""
+        what = "subject (positive control)"
         try:
-            return _logits(model, inputs, "subject (positive control)", params=moved).double()
+            if recorded is None or rows is None or any(id(p) not in slots for params, _ in steps for p in params):
+                moved = {names[id(p)]: p.detach() + d for params, deltas in steps for p, d in zip(params, deltas)}
+                return _logits(model, inputs, what, params=moved).double()
+            moved = {id(p): p.detach() + d for params, deltas in steps for p, d in zip(params, deltas)}
+            swapped = [(module, key, module._parameters[key]) for i in moved for _, module, key in slots.get(i, ())]
+            try:
+                for module, key, old in swapped:
+                    module._parameters[key] = moved[id(old)]
+                return _logits(model, inputs, what, kwargs=given(steps, rows), inference=True).double()
+            finally:
+                for module, key, old in swapped:
+                    module._parameters[key] = old
         except BadInput as exc:
             raise _Invisible(f"the subject cannot be run with a parameter stepped ({exc}), so the control "
                              "cannot show that a change is visible") from exc
@@ -594,11 +660,17 @@ def positive_control(model: nn.Module, ids: torch.Tensor, logits: torch.Tensor, 
         if scored:  # the weakest unit alone, on the entry's row: its gradient confirmed, then the full step
             weakest = min(scored, key=lambda u: u.first)
             lin = min(rho, LINEAR_MAX)
-            out = stepped(step(weakest, lin), row)
+
+            def on_row(steps):  # row b up to t; with ``recorded``, row b whole (causal: the same logits up to t)
+                if recorded is None:
+                    return stepped(steps, row)
+                return stepped(steps, ids[b:b + 1], slice(b, b + 1))[:, :t + 1]
+
+            out = on_row(step(weakest, lin))
             ratio = (out[0, t, v] - base[0, t, v]).item() / (weakest.first * lin / rho * scale)
             fig["weakest"] = {"unit": weakest.name, "first_order": weakest.first, "linearity": ratio}
             if lin < rho:
-                out = stepped(step(weakest, rho), row)
+                out = on_row(step(weakest, rho))
             visible(weakest, out, base, mask[b:b + 1, :t + 1])
             fig["weakest"]["measured"] = fig["measured"][weakest.name]
             trusted = LINEARITY_BAND[0] <= ratio <= LINEARITY_BAND[1]
@@ -614,7 +686,7 @@ def positive_control(model: nn.Module, ids: torch.Tensor, logits: torch.Tensor, 
         for u in units:  # one unit at a time wherever the first order is not enough
             if u.exempt or u is weakest or (trusted and u.first >= CONTROL_MARGIN * bound):
                 continue
-            visible(u, stepped(step(u, rho), ids), y, mask)
+            visible(u, stepped(step(u, rho), ids, slice(0, ids.shape[0])), y, mask)
     except _Invisible as exc:
         return fail(str(exc))
     fig["passed"] = True
@@ -677,16 +749,22 @@ def _left_padding_mask(ids: torch.Tensor, padding: int) -> torch.Tensor:
     return mask
 
 
-def _padded_batch(model: nn.Module, out: nn.Module, ids: torch.Tensor, padding: int, tol: Tolerance) -> dict:
+def _padded_batch(model: nn.Module, out: nn.Module, ids: torch.Tensor, padding: int, tol: Tolerance,
+                  ran: tuple = (None, None)) -> dict:
     """The test ids with every other row (1, 3, ...) left-padded by ``padding`` tokens (``attention_mask`` 0):
     subject and transformed model, each called ``model(ids, attention_mask=mask)``, compared at the non-padded
-    positions that no MoE near-tie can have flipped.  ``problem``: why it could not run (else ``""``)."""
+    positions that no MoE near-tie can have flipped.  ``problem``: why it could not run (else ``""``).
+    ``ran``: per model, its ``(logits, comparable positions)`` on these rows where the verdict's forward gave
+    them already (else None)."""
     seq = ids.shape[1]
     if padding >= seq:
         return {"problem": f"padding={padding} leaves no token in a row of {seq}", "max_rel_err": None}
     mask = _left_padding_mask(ids, padding)
     got = []
-    for module, what in ((model, "the subject"), (out, "the transformed model")):
+    for (module, what), done in zip(((model, "the subject"), (out, "the transformed model")), ran):
+        if done is not None:
+            got.append(done)
+            continue
         try:
             with topk_recorder(module) as tops, torch.no_grad():
                 y = module(ids.clone(), attention_mask=mask)
@@ -807,19 +885,47 @@ def _verify(transform, subject, dtype, seed, batch, seq, calib_batch, tol, deadl
     work = copy.deepcopy(model)  # the transform's copy
 
     deadline.enter("subject forward")
-    trainable = all(p.requires_grad for p in model.parameters() if p.is_floating_point())
+    trainable = all(p.requires_grad for p in _tensors(model) if p.is_floating_point())
+    # a GraphModel keeps every node's output: the positive control's stepped forwards rerun only what a step changes
+    recorded = {} if isinstance(model, GraphModel) and model.reusable() else None
+    # such a subject (and a transformed model that is one too) runs the padded batch's rows in the verdict's own
+    # forward, after the test and probe rows with an attention_mask of ones there (the same function: a GraphModel's
+    # masks change nothing on an unpadded row); they are compared only where the padded batch would be
+    merged = bool(padding) and padding < seq and recorded is not None
+    n_all = all_ids.shape[0]
+    run_ids = torch.cat([all_ids, test_ids]) if merged else all_ids
+    run_mask = torch.cat([torch.ones_like(all_ids), _left_padding_mask(test_ids, padding)]) if merged else None
+
+    def subject_forward(grad: bool, padded: bool) -> torch.Tensor:
+        kwargs = {} if recorded is None else {"keep": recorded}
+        if padded:
+            kwargs["attention_mask"] = run_mask
+        return _logits(model, (run_ids if padded else all_ids).clone(), f"subject {subject_name}", grad=grad,
+                       kwargs=kwargs)
+
+    # with the autograd graph when it costs nothing to ask: the positive control differentiates it
+    attempts = list(dict.fromkeys([(trainable, merged), (False, merged), (trainable, False), (False, False)]))
     with topk_recorder(model) as ref_topk:  # activations are captured only if the logits diverge
-        try:  # with the autograd graph when it costs nothing to ask: the positive control differentiates it
-            attached = _logits(model, all_ids.clone(), f"subject {subject_name}", grad=trainable)
-        except BadInput:
-            if not trainable:
-                raise
-            attached = _logits(model, all_ids.clone(), f"subject {subject_name}")
+        for i, (grad, padded) in enumerate(attempts):
+            if recorded is not None:
+                recorded.clear()
+            try:
+                attached = subject_forward(grad, padded)
+                merged = padded
+                break
+            except BadInput:
+                if i == len(attempts) - 1:
+                    raise
+    ref_pad = None  # the padded batch's subject rows (logits, comparable positions) when merged
+    if merged:
+        ok_run = comparable_positions(model, run_ids, tol.tie_margin, ref_topk.margins)
+        ref_pad = (attached[n_all:].detach(), ok_run[n_all:])
+        attached = attached[:n_all]
     ref_all = attached.detach()
     ref = ref_all[:batch]
     if not torch.isfinite(ref_all).all():
         raise BadInput(f"subject {subject_name} gives non-finite logits before any transform")
-    mask_all = comparable_positions(model, all_ids, tol.tie_margin, ref_topk.margins)
+    mask_all = ok_run[:n_all] if merged else comparable_positions(model, all_ids, tol.tie_margin, ref_topk.margins)
     causal = _causality(ref_all, batch, where, mask_all, tol.rel)
     verdict.causality = {"tokens_perturbed": causal["tokens_perturbed"], "subject_max_rel": causal["max_rel"]}
     if causal["violation"] is not None:
@@ -850,14 +956,28 @@ def _verify(transform, subject, dtype, seed, batch, seq, calib_batch, tol, deadl
         return verdict
 
     deadline.enter("transformed forward")
+    new_pad = None  # the padded batch's transformed rows, when they ride this forward
+    plain = isinstance(out, GraphModel) and out.reusable()
+    if merged and plain:
+        try:
+            new_run = _logits(out, run_ids.clone(), "transformed model", kwargs={"attention_mask": run_mask},
+                              inference=True)
+            if not _check_logits(new_run, run_ids, ref_all.shape[-1]):
+                ok_new = comparable_positions(out, run_ids, tol.tie_margin, [])
+                new_pad = (new_run[n_all:].detach(), ok_new[n_all:])
+                new_run, ok_new = new_run[:n_all].detach(), ok_new[:n_all]
+        except Exception:  # noqa: BLE001  (the unpadded forward below decides what the model does)
+            new_pad = None
     try:
         with topk_recorder(out) as new_topk:
-            new_all = _logits(out, all_ids.clone(), "transformed model")
+            new_all = _logits(out, all_ids.clone(), "transformed model", inference=plain) if new_pad is None \
+                else new_run
         problem = _check_logits(new_all, all_ids, ref_all.shape[-1])  # the subject's logits' vocabulary
         if not problem:
             new_all = new_all.detach()
             finite = bool(torch.isfinite(new_all).all())
-            mask_all = mask_all & comparable_positions(out, all_ids, tol.tie_margin, new_topk.margins)
+            mask_all = mask_all & (comparable_positions(out, all_ids, tol.tie_margin, new_topk.margins)
+                                   if new_pad is None else ok_new)
     except BadInput as exc:
         problem = str(exc)
     except Exception as exc:  # the transformed model's own machinery (hooks, routers) failed
@@ -889,10 +1009,10 @@ def _verify(transform, subject, dtype, seed, batch, seq, calib_batch, tol, deadl
     verdict.max_rel_err, verdict.max_abs_err = rel, abs_
     if rel <= tol.rel:
         deadline.enter("positive control")
-        verdict.control = positive_control(model, test_ids, ref, mask, tol, seed, attached)
+        verdict.control = positive_control(model, test_ids, ref, mask, tol, seed, attached, recorded)
         if verdict.control["passed"] and padding:
             deadline.enter("padded batch")
-            padded = _padded_batch(model, out, test_ids, padding, tol)
+            padded = _padded_batch(model, out, test_ids, padding, tol, (ref_pad, new_pad))
             verdict.control["padded"] = padded
             if padded["problem"]:
                 verdict.status, verdict.message = Status.ERROR, padded["problem"]
