@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fuzz import DecoderSpec, LayerSpec, build, strategies as S
-from fuzz.decoder import DecoderSpec as Spec
+from fuzz.decoder import DecoderSpec as Spec, effective_rope_scaling
 from fuzz.errors import BadInput
 from verifier import mutants, verify
 from verifier.campaign import examples_to_catch
@@ -40,8 +40,11 @@ APPLIES["window_dropped"] = (mutants.APPLIES["window_dropped"], lambda s: any(l.
 APPLIES["chunk_dropped"] = (mutants.APPLIES["chunk_dropped"], lambda s: any(l.sliding for l in s.layers))
 # dynamic NTK and proportional RoPE need rotary_dim > 2 (decoder.build emits plain RoPE below it: nothing to drop)
 APPLIES["rope_scaling_dropped"] = (mutants.APPLIES["rope_scaling_dropped"],
-                                   lambda s: s.rope_scaling not in ("dynamic", "proportional")
-                                   or (s.rotary_dim or s.head_dim) > 2)
+                                   lambda s: any(effective_rope_scaling(s, l) != "none" for l in s.layers if l.rope))
+# the first plain MLP homogeneous (relu, relu2), a later layer's own plain MLP of another activation
+APPLIES["first_activation"] = (mutants.APPLIES["first_activation"],
+                               lambda s: s.mlp in ("relu", "relu2") and any(l.mlp not in (None, s.mlp)
+                                                                            for l in s.layers[1:]))
 # a differential attention over two heads is one pair: its only head permutation is the identity
 APPLIES["alibi_unpermuted"] = (mutants.APPLIES["alibi_unpermuted"],
                                lambda s: s.n_heads > 1 and not (s.attn_differential and s.n_heads == 2))
