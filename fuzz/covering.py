@@ -48,11 +48,11 @@ TRIPLE_WEIGHT = 10  # a risky triple counts as this many pairs when covering exa
 #: the most of a budget covering examples take (rounded down); hypothesis draws the rest, so layouts with
 #: fewer features (dense only, no RoPE, ...) still come: covering examples favour feature-rich layouts, and
 #: a feature that crashes a transform would otherwise mask every bug of the layouts without it.  The
-#: covering (about 94 rows for 14283 pairs; :func:`lower_bound` 66) is larger than a budget of 50, and its rows
-#: past the first 30 still reach pairs that draws mostly miss (at 9641 pairs: with 45 covering examples of
-#: 50, 8669 pairs were caught on every seed of 10, with 30 7809, with 50 8872; ``python -m
-#: benchmarks.covering_split``, docs/findings.md); 90% keeps 5 draws of 50 (its 45 covering rows are the
-#: :data:`PREFIX` that :func:`_improve` works on), and 22 + 3 of the ci profile's 25
+#: covering (88 rows for 14688 pairs at seed 3, its first 45 reaching 98.8%; :func:`lower_bound` 21) is larger
+#: than a budget of 50, and its rows past the first 30 still reach pairs that draws mostly miss (at 9641 pairs:
+#: with 45 covering examples of 50, 8669 pairs were caught on every seed of 10, with 30 7809, with 50 8872;
+#: ``python -m benchmarks.covering_split``, docs/findings.md); 90% keeps 5 draws of 50 (its 45 covering rows
+#: are the :data:`PREFIX` that :func:`_improve` works on), and 22 + 3 of the ci profile's 25
 SHARE = 0.9
 POOL = 3000  # uniform draws that define what is possible (space) and what covering examples choose from
 CLIMB = 30  # tries per covering row to reach more with a changed choice (:func:`_covering`)
@@ -378,10 +378,11 @@ def _covering(seed: int, key: tuple) -> tuple[DecoderSpec, ...]:
 def _improve(rows: list, target: np.ndarray, tries: int, draw, steered, jolted, seen: dict, order: list,
              rng: random.Random, grafted=None) -> list:
     """``rows`` changed to reach more of ``target`` together (a local search over their recorded choices):
-    ``tries`` times a missing interaction is picked and a row holding one of its tags is replayed with the
-    choices that most often bring the others (or, one time in five, any row with one or two choices drawn
-    afresh); the change is kept when it newly reaches at least as many interactions as it loses (those
-    only that row reached), so the count reached never drops."""
+    ``tries`` times a missing interaction is picked and a row is replayed changed: with ``grafted``, in
+    :data:`GRAFT` of the tries any row with a random share of its choices taken from a pool draw holding that
+    interaction; else a row holding one of its tags with the choices that most often bring the others (or, one
+    time in five, any row with one or two choices drawn afresh); the change is kept when it newly reaches at
+    least as many interactions as it loses (those only that row reached), so the count reached never drops."""
     rows = list(rows)
     cnt = np.zeros(len(order), dtype=np.int64)
     for r in rows:
