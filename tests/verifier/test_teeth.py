@@ -74,8 +74,11 @@ APPLIES["diff_pairs_broken"] = (mutants.APPLIES["diff_pairs_broken"], lambda s: 
 # each needing four or five settings together, past 25: ple_unrotated first caught at covering row 58 (budget 70),
 # residual_gate_rotated at row 23 (budget 35), not caught at the budgets below those; measured with
 # verifier.campaign.examples_to_catch(name, budget) under the ci profile, budgets 25, 35, 50, 70 in turn (2026-12-05)
+# first_activation (issue 18: a relu / relu2 layer, then a later layer's own plain MLP of another activation, in
+# that order) first caught at covering row 51 (examples_to_catch at budget 90; not within 50)
 BUDGET = {"shared_head_gamma": 110, "extra_rows_unrotated": 70, "symmetric_gamma": 40, "position_unrotated": 70,
-          "softcap_scale_outside": 50, "cross_group_heads": 40, "ple_unrotated": 70, "residual_gate_rotated": 35}
+          "softcap_scale_outside": 50, "cross_group_heads": 40, "ple_unrotated": 70, "residual_gate_rotated": 35,
+          "first_activation": 60}
 # a renormalised top-1 weight is 1 whatever the scores: the leaked correction bias cannot show there
 APPLIES["corrected_weights"] = (mutants.APPLIES["corrected_weights"], lambda s: not (s.renormalize and s.top_k == 1))
 # a weight of 1 scales neither the input nor the output: the moved weight shows only where the routing weights
