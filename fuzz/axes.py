@@ -8,7 +8,10 @@ reducer (``verifier.reduce``) and ``DecoderSpec.features`` all iterate :data:`AX
 one entry here plus the field and its lowering in ``decoder.build``.
 
 :data:`AXES` is in the strategies' draw order.  Fields that are no axis (:data:`STRUCTURAL`) are drawn
-by rules of their own: the layer list, the expert count and top-k.
+by rules of their own: the layer list, the expert count and top-k.  Per-layer values live in the layer list
+(:class:`~fuzz.decoder.LayerSpec`: RoPE on or off, sparse, sliding, its own RoPE theta, RoPE scaling and MLP,
+``None`` = the spec's); an axis' ``tags`` read them where a layer's own value replaces the spec's
+(``rope_scaling``, ``mlp``).
 """
 
 from __future__ import annotations
@@ -116,11 +119,19 @@ def _any_rope(s) -> bool:
     return any(l.rope for l in s.layers)
 
 
-def _scaled(s) -> bool:
-    """The spec's RoPE is scaled (dynamic NTK and proportional need rotary_dim > 2: plain RoPE below, as in
-    decoder.build)."""
-    return s.rope_scaling != "none" and not (s.rope_scaling in ("dynamic", "proportional")
-                                             and (s.rotary_dim or s.head_dim) <= 2)
+def _scaling_tags(s) -> tuple:
+    """``rope:scaled:<recipe>`` for each scaled recipe a RoPE layer runs (its own or the spec's)."""
+    from .decoder import effective_rope_scaling  # decoder imports this module
+    return tuple(sorted({f"rope:scaled:{effective_rope_scaling(s, l)}" for l in s.layers if l.rope}
+                        - {"rope:scaled:none"}))
+
+
+def _mlp_tags(s) -> tuple:
+    """``mlp:<kind>`` of the spec (whether or not a layer is dense); with a dense layer's own MLP, of each
+    dense layer's: its own or the spec's."""
+    if not any(l.mlp is not None and not l.sparse for l in s.layers):
+        return (f"mlp:{s.mlp}",)
+    return tuple(sorted({f"mlp:{l.mlp or s.mlp}" for l in s.layers if not l.sparse}))
 
 
 def _any_sparse(s) -> bool:
@@ -176,6 +187,21 @@ def _differential_options(lim: dict, drawn: dict) -> tuple:
     return (False, True)
 
 
+# the MLPs that may share a decoder, a later layer's own (``LayerSpec.mlp``) from the spec's MLP's group: three
+# groups hold a GLU (swiglu, geglu, the clamped SwiGLU) with plain MLPs of other kinds (homogeneous relu / relu2 and
+# not), the fourth two plain ones, so a transform that reads one activation for every layer meets each kind of
+# difference it could mishandle.  With two layers a decoder holds at most two MLPs, so each pair of them needs a
+# layout of its own: 10 pairs within these groups, where all 11 MLPs together would take 55 (covering.lower_bound)
+LAYER_MLP_GROUPS: tuple[tuple[str, ...], ...] = (("swiglu", "relu", "gelu"), ("geglu", "relu2", "gelu_tanh"),
+                                                 ("clamped_swiglu", "quick_gelu", "fast_gelu"),
+                                                 ("silu", "bloom_gelu"))
+
+
+def layer_mlps(mlp: str) -> tuple[str, ...]:
+    """The MLPs a later layer may have of its own where the spec's is ``mlp``: the others of its group."""
+    return next(tuple(m for m in g if m != mlp) for g in LAYER_MLP_GROUPS if mlp in g)
+
+
 def _axes(*axes: Axis) -> dict[str, Axis]:
     return {a.name: a for a in axes}
 
@@ -197,7 +223,7 @@ AXES: dict[str, Axis] = _axes(
          off_rank=9, most=("full", "per_head_own", "per_head", "none")),  # per_head_own: a weight per head (Cohere)
     Axis("rope_theta", "positive_float", (10000.0, 500.0, 1e6), KEEP, _no_tags),
     Axis("rope_scaling", "choice", ("none", "linear", "llama3", "yarn", "dynamic", "longrope", "proportional"),
-         "none", lambda s: (f"rope:scaled:{s.rope_scaling}",) if _any_rope(s) and _scaled(s) else (),
+         "none", _scaling_tags,
          most=("longrope", "yarn", "llama3", "dynamic", "linear", "proportional", "none")),
     Axis("qkv_bias", "bool", (False, True), False, _if("bias:qkv", "qkv_bias"), off_rank=0),
     Axis("o_bias", "bool", (False, True), False, _if("bias:o", "o_bias"), off_rank=1),
@@ -208,7 +234,7 @@ AXES: dict[str, Axis] = _axes(
     Axis("position_embedding", "bool", (False, True), False, _if("embeddings:positions", "position_embedding")),
     Axis("fused_qkv", "bool", (False, True), False, _if("attn:fused_qkv", "fused_qkv")),
     Axis("mlp", "choice", ("swiglu", "geglu", "gelu", "gelu_tanh", "relu", "relu2", "quick_gelu", "fast_gelu",
-                           "silu", "clamped_swiglu", "bloom_gelu"), "swiglu", _named("mlp", "mlp"), off_rank=15),
+                           "silu", "clamped_swiglu", "bloom_gelu"), "swiglu", _mlp_tags, off_rank=15),
     Axis("intermediate", "width", lambda lim, _: range(4, 2 * lim["max_hidden"] + 1), KEEP,
          _non_pow2("intermediate"), floor=4),
     Axis("mlp_bias", "bool", (False, True), False, _if("bias:mlp", "mlp_bias"), off_rank=2),

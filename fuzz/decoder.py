@@ -31,6 +31,22 @@ class LayerSpec:
     sliding: bool = True  # with DecoderSpec.sliding_window (attn_chunk) set: a sliding-window (chunked) layer
     # (False = full attention)
     rope_theta: float | None = None  # this layer's RoPE theta (None = the spec's; Gemma3 local layers)
+    # this layer's scaled-RoPE recipe, one of DecoderSpec.rope_scaling's values (None = the spec's; Gemma3: the
+    # global layers linear-scaled, the local ones unscaled)
+    rope_scaling: str | None = None
+    # this (dense) layer's MLP, one of DecoderSpec.mlp's values (None = the spec's MLP, xIELU with mlp_xielu); a
+    # transform reading one activation for every layer (transformers' config.hidden_act) breaks here
+    mlp: str | None = None
+
+
+# the LayerSpec fields a spec's dict leaves out while they are None (their defaults): the JSON of a layout drawn
+# before they existed stays the same
+_LAYER_OPTIONAL = ("rope_scaling", "mlp")
+
+
+def layer_dict(layer: LayerSpec) -> dict:
+    """``layer`` as a dict, the :data:`_LAYER_OPTIONAL` fields only where set."""
+    return {k: v for k, v in asdict(layer).items() if not (k in _LAYER_OPTIONAL and v is None)}
 
 
 @dataclass(frozen=True)
@@ -126,7 +142,7 @@ class DecoderSpec:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["layers"] = [asdict(l) for l in self.layers]
+        d["layers"] = [layer_dict(l) for l in self.layers]
         return d
 
     @classmethod
@@ -147,12 +163,28 @@ class DecoderSpec:
             f.append("rope:none-on-some-layers")
         if any(l.rope and l.rope_theta is not None and l.rope_theta != self.rope_theta for l in self.layers):
             f.append("rope:per-layer-theta")
+        if len({effective_rope_scaling(self, l) for l in self.layers if l.rope}) > 1:
+            f.append("rope:per-layer-scaling")
+        if len({effective_mlp(self, l) for l in self.layers if not l.sparse}) > 1:
+            f.append("mlp:per-layer")
         if any(l.sparse for l in self.layers):
             f.append("moe")
             if not all(l.sparse for l in self.layers):
                 f.append("moe:mixed-dense-sparse")
         f.append(f"layers:{len(self.layers)}")
         return sorted(set(f))
+
+
+def effective_rope_scaling(s: DecoderSpec, layer: LayerSpec) -> str:
+    """The scaled-RoPE recipe ``layer`` runs: its own or the spec's, ``"none"`` where ``decoder.build`` lowers it
+    to plain RoPE (dynamic NTK and proportional at ``rotary_dim <= 2``)."""
+    kind = s.rope_scaling if layer.rope_scaling is None else layer.rope_scaling
+    return "none" if kind in ("dynamic", "proportional") and (s.rotary_dim or s.head_dim) <= 2 else kind
+
+
+def effective_mlp(s: DecoderSpec, layer: LayerSpec) -> str:
+    """The dense MLP ``layer`` runs: its own, else ``"xielu"`` with ``mlp_xielu``, else the spec's ``mlp``."""
+    return layer.mlp if layer.mlp is not None else "xielu" if s.mlp_xielu else s.mlp
 
 
 class _Graph:
@@ -178,10 +210,10 @@ ROPE_RECIPE = {"factor": 4.0, "original_max_positions": 16, "max_positions": 8, 
 
 
 def _rope_params(s: DecoderSpec, layer: LayerSpec, r: int) -> dict:
-    """The rope node's parameters: style, the layer's theta and the spec's scaling (fuzz.rope_scaling)."""
+    """The rope node's parameters: style, the layer's theta and scaling (its own or the spec's; fuzz.rope_scaling)."""
     theta = s.rope_theta if layer.rope_theta is None else layer.rope_theta
     out = {"style": s.rope_style, "theta": theta, **({"reversed": True} if s.rope_reversed else {})}
-    kind = s.rope_scaling
+    kind = s.rope_scaling if layer.rope_scaling is None else layer.rope_scaling
     # NTK needs rotary_dim > 2; proportional at rotary_dim 2 rotates no pair (RoPE would vanish): plain RoPE there
     if kind == "none" or kind in ("dynamic", "proportional") and r <= 2:
         return out
@@ -466,6 +498,12 @@ def check(s: DecoderSpec) -> None:
         if s.mla != "none" or s.attn_gate != "none":
             raise LayoutError(f"attn_differential needs mla='none' and attn_gate='none' (DiffLlama has neither), got "
                               f"mla={s.mla!r}, attn_gate={s.attn_gate!r}")
+    for i, layer in enumerate(s.layers):  # a layer's own RoPE scaling / MLP: a value of the spec's axis
+        for name, own in (("rope_scaling", layer.rope_scaling), ("mlp", layer.mlp)):
+            if own is not None and own not in AXES[name].choices:
+                raise LayoutError(f"layer {i}: {name}={own!r} is not one of {AXES[name].choices}")
+        if layer.mlp is not None and layer.sparse:
+            raise LayoutError(f"layer {i}: mlp={layer.mlp!r} on a sparse layer (it has no dense MLP)")
     if s.extra_input_id and s.tie_embeddings:
         raise LayoutError("extra_input_id: a table with a row past the output vocabulary is not shared with the "
                           "lm_head (tie_embeddings)")
@@ -478,8 +516,9 @@ def check(s: DecoderSpec) -> None:
 def _layer(g: _Graph, s: DecoderSpec, i: int, layer: LayerSpec, h: str) -> str:
     """One decoder layer on the residual stream ``h`` (pre / sandwich / post placement, sequential or parallel)."""
     p = f"l{i}_"
+    own = s if layer.mlp is None else s.with_(mlp=layer.mlp, mlp_xielu=False)  # this layer's dense MLP
     mlp_fn = (lambda x, pre: _moe(g, s, pre, x)) if layer.sparse else \
-        (lambda x, pre: _glu_or_gelu(g, s, pre, x, s.intermediate, s.mlp_bias))
+        (lambda x, pre: _glu_or_gelu(g, own, pre, x, s.intermediate, s.mlp_bias))
     if s.placement == "post":
         a = _branch_scale(g, s, f"{p}attn_scale", _attention(g, s, f"{p}", h, layer))
         h = _norm(g, s, f"{p}attn_norm", g.add(f"{p}attn_add", "add", [h, a]), s.hidden)

@@ -1,7 +1,7 @@
 """Hypothesis strategies that draw valid decoder layouts constructively.
 
 Draws are dependent and ordered (layers -> widths -> kv heads -> group -> heads -> head_dim -> rotary
-dims -> features), each from a strategy that shrinks toward the simplest choice: fewer layers, heads
+dims -> features -> local layers -> each later layer's own RoPE scaling and MLP), each from a strategy that shrinks toward the simplest choice: fewer layers, heads
 and experts, small widths, features off.  Each field's options, in that order, come from its entry in
 :data:`fuzz.axes.AXES`; the features are drawn in table order.  No ``filter``/``assume``: every draw is a valid model.
 Each drawn feature is tagged with ``hypothesis.event`` so ``--hypothesis-show-statistics`` reports
@@ -23,7 +23,7 @@ from dataclasses import fields, replace
 from hypothesis import event
 from hypothesis import strategies as st
 
-from .axes import AXES, OWN_RULE, _is_int
+from .axes import AXES, OWN_RULE, _is_int, layer_mlps
 from .decoder import MLA_EXCLUDES, DecoderSpec, LayerSpec, build
 from .errors import BadInput
 from .layout import Layout
@@ -279,7 +279,22 @@ def spec_from(pick, constraints: dict) -> DecoderSpec:
     if local and n_layers > 1:  # local / global layers (Gemma2 style; Llama-4's chunked / NoPE layers)
         sliding = [pick.flag(shrink_to=True) for _ in range(n_layers)]
         values["layers"] = tuple(replace(l, sliding=w) for l, w in zip(values["layers"], sliding))
+    if n_layers > 1:  # layers past the first with their own RoPE scaling (Gemma3) or dense MLP
+        values["layers"] = (values["layers"][0],) + tuple(_own_layer(pick, c, values, l) for l in values["layers"][1:])
     return DecoderSpec(**values)
+
+
+def _own_layer(pick, c: dict, values: dict, layer: LayerSpec) -> LayerSpec:
+    """``layer`` with its own RoPE scaling (a RoPE layer: any other recipe) and its own MLP (a dense layer, not
+    xIELU: another of the spec's MLP's group, :data:`fuzz.axes.LAYER_MLP_GROUPS`): each a flag that shrinks to off
+    (the spec's), then one of those values the constraints allow."""
+    own = {}
+    for name, here in (("rope_scaling", layer.rope), ("mlp", not layer.sparse and not values["mlp_xielu"])):
+        values_of = AXES[name].choices if name == "rope_scaling" else layer_mlps(values["mlp"])
+        others = tuple(v for v in values_of if v != values[name] and (name not in c or v in _options(c, name)))
+        if here and others and pick.flag():
+            own[name] = pick.choice(others)
+    return replace(layer, **own) if own else layer
 
 
 def layouts(**constraints) -> st.SearchStrategy[Layout]:

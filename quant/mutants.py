@@ -79,6 +79,9 @@ chunk_dropped          a layout rewrite (wht-scale's) re-emits each attention   
 temperature_form_      a layout rewrite (wht-scale's) re-emits Beam's smooth       the power form of the
 confused               temperature (1 + (p + o) / L) ** beta as Llama-4's steps    attention temperature
                        1 + beta log(1 + floor((p + o) / L))
+first_activation       up-down reads the first plain MLP's activation for every       relu (relu2), then a
+                       layer (transformers' one ``config.hidden_act``) and moves s   later layer's own plain
+                       across each plain MLP with its degree                        MLP of another act
 indexer_unrotated      residual-rotation leaves the sparse-attention indexer's key  DeepSeek Sparse Attention
                        projection (wk, reading the stream) in the old basis: the    (``sparse_index_topk``),
                        index scores, so the keys each query reads, change (only     RMS, pre-norm
@@ -182,6 +185,8 @@ register_mutant("weightless_unabsorbed", "quant:norm-absorb", "weightless_norm_u
                 applies={"norm_weightless": True, "placement": ("pre", "sandwich")})
 register_mutant("rope_direction_lost", "quant:wht-scale", "rope_direction_lost",
                 applies={"rope": True, "rope_reversed": True})
+register_mutant("first_activation", "quant:up-down", "first_activation",  # and a later layer's own MLP
+                applies={"mlp": ("relu", "relu2", "gelu", "gelu_tanh"), "moe": False, "mlp_xielu": False})
 register_mutant("xielu_as_relu2", "quant:up-down", "xielu_quadratic", applies={"mlp_xielu": True, "moe": False})
 register_mutant("residual_gate_rotated", "quant:residual-rotation", "residual_gate_rotated", fixed={"untie": True},
                 applies={"residual_gate": True, "residual": "sequential", "norm": "rms", "placement": "pre"})

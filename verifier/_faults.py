@@ -84,6 +84,8 @@ FAULTS = {
                              "the attention's q/k/v readers; the selection changes only where top-k < seq",
     "xielu_quadratic": "up-down moves s^2 across xIELU as if it were relu2 (its positive side a_p x^2 + beta x is "
                        "quadratic, but not homogeneous)",
+    "first_activation": "up-down reads the first plain MLP's activation for every layer (as transformers' one "
+                        "config.hidden_act invites) and moves s across each plain MLP with that one's degree",
 }
 
 _ACTIVE: ContextVar[Mapping[str, Mapping[str, Any]]] = ContextVar("archfuzz_faults", default=MappingProxyType({}))

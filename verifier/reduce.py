@@ -29,6 +29,9 @@ def _candidates(s: DecoderSpec) -> Iterator[DecoderSpec]:
             yield replace(s, layers=s.layers[:i] + (replace(layer, rope=True),) + s.layers[i + 1:])
         if layer.rope_theta is not None:  # the layer's own RoPE theta back to the spec's
             yield replace(s, layers=s.layers[:i] + (replace(layer, rope_theta=None),) + s.layers[i + 1:])
+        for name in ("rope_scaling", "mlp"):  # the layer's own RoPE scaling / MLP back to the spec's
+            if getattr(layer, name) is not None:
+                yield replace(s, layers=s.layers[:i] + (replace(layer, **{name: None}),) + s.layers[i + 1:])
     for axis in OFF_ORDER:
         if getattr(s, axis.name) != axis.off:
             yield replace(s, **{axis.name: axis.off})

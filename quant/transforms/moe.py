@@ -67,6 +67,10 @@ def up_down(model: nn.Module, calib: Calibration, alpha: float = 0.5, experts: b
     if fault("clamped_glu_as_linear") is not None:  # mutants only: the clamped SwiGLU taken for a GLU
         glus, clamped = glus + clamped, []
     degrees = {fn: 1 for fn in ACTIVATIONS} if fault("homogeneity_assumed") is not None else None  # mutants only
+    if fault("first_activation") is not None:  # the mutant: the first plain MLP's activation taken for every layer's
+        first = homogeneous_mlp_chains(layout, {fn: 1 for fn in ACTIVATIONS})[:1]  # in layer order
+        fn = layout.params(first[0].act).get("fn") if first else None
+        degrees = {f: HOMOGENEOUS_DEGREE[fn] for f in ACTIVATIONS} if fn in HOMOGENEOUS_DEGREE else {}
     if fault("xielu_quadratic") is not None:  # the mutant: xIELU's positive side taken for relu2 (degree 2)
         degrees = {**HOMOGENEOUS_DEGREE, "xielu": 2}
     plain = [c for c in homogeneous_mlp_chains(layout, degrees)

@@ -488,6 +488,10 @@ def test_materialized_layouts_import_to_themselves(layout, seed):
     gm = materialize(layout, seed=seed)
     vocab = layout.params(layout.source)["vocab"]
     ids = torch.randint(0, vocab, (2, 5), generator=torch.Generator().manual_seed(seed))
+    if any(layout.params(n)["scaling"] == "proportional" and layout.params(n)["reversed"] for n in layout.of_op("rope")):
+        with pytest.raises(BadInput, match="the import is not exact"):  # proportional RoPE by -theta: not imported
+            import_model(gm, ids)  # yet, so the check refuses it (a refusal, never a mis-import; drawn more often
+        return  # once a later layer has its own RoPE scaling, issue 18)
     back = import_model(gm, ids)
     assert _isomorphic(back.layout, layout)
     with torch.no_grad():

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,9 @@ def _nudged(model, calib):
 def record(k: int) -> dict:
     """Everything the pin compares for the ``k``-th spec."""
     spec = spec_from(Picked(random.Random(k)), {"max_hidden": 128, "max_layers": 2})
+    # the layouts pinned at 6cadd67: a later layer's own RoPE scaling and MLP (issue 18) are drawn after every
+    # choice those specs made, so without them each spec is the one drawn then
+    spec = spec.with_(layers=tuple(replace(l, rope_scaling=None, mlp=None) for l in spec.layers))
     layout = build(spec)
     model = materialize(layout, seed=k)
     vocab = layout.params(layout.source)["vocab"]

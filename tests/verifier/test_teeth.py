@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fuzz import DecoderSpec, LayerSpec, build, strategies as S
-from fuzz.decoder import DecoderSpec as Spec
+from fuzz.decoder import DecoderSpec as Spec, effective_rope_scaling
 from fuzz.errors import BadInput
 from verifier import mutants, verify
 from verifier.campaign import examples_to_catch
@@ -40,8 +40,11 @@ APPLIES["window_dropped"] = (mutants.APPLIES["window_dropped"], lambda s: any(l.
 APPLIES["chunk_dropped"] = (mutants.APPLIES["chunk_dropped"], lambda s: any(l.sliding for l in s.layers))
 # dynamic NTK and proportional RoPE need rotary_dim > 2 (decoder.build emits plain RoPE below it: nothing to drop)
 APPLIES["rope_scaling_dropped"] = (mutants.APPLIES["rope_scaling_dropped"],
-                                   lambda s: s.rope_scaling not in ("dynamic", "proportional")
-                                   or (s.rotary_dim or s.head_dim) > 2)
+                                   lambda s: any(effective_rope_scaling(s, l) != "none" for l in s.layers if l.rope))
+# the first plain MLP homogeneous (relu, relu2), a later layer's own plain MLP of another activation
+APPLIES["first_activation"] = (mutants.APPLIES["first_activation"],
+                               lambda s: s.mlp in ("relu", "relu2") and any(l.mlp not in (None, s.mlp)
+                                                                            for l in s.layers[1:]))
 # a differential attention over two heads is one pair: its only head permutation is the identity
 APPLIES["alibi_unpermuted"] = (mutants.APPLIES["alibi_unpermuted"],
                                lambda s: s.n_heads > 1 and not (s.attn_differential and s.n_heads == 2))
@@ -82,8 +85,11 @@ APPLIES["exact_q_not_transposed"] = (mutants.APPLIES["exact_q_not_transposed"], 
 # verifier.campaign.examples_to_catch(name, budget) under the ci profile, budgets 25, 35, 50, 70 in turn (2026-12-05)
 # exact_q_not_transposed needs every linear width to have a Hadamard construction and one with a Paley I factor:
 # first caught at example 24 of the campaign's search (examples_to_catch, budget 60; 2026-12-05), budget 40
-BUDGET = {"exact_q_not_transposed": 40, "shared_head_gamma": 110, "extra_rows_unrotated": 70, "symmetric_gamma": 40, "position_unrotated": 70,
-          "softcap_scale_outside": 50, "cross_group_heads": 40, "ple_unrotated": 70, "residual_gate_rotated": 35}
+# first_activation (issue 18: a relu / relu2 layer, then a later layer's own plain MLP of another activation, in
+# that order) first caught at covering row 51 (examples_to_catch at budget 90; not within 50)
+BUDGET = {"shared_head_gamma": 110, "extra_rows_unrotated": 70, "symmetric_gamma": 40, "position_unrotated": 70,
+          "softcap_scale_outside": 50, "cross_group_heads": 40, "ple_unrotated": 70, "residual_gate_rotated": 35,
+          "first_activation": 60, "exact_q_not_transposed": 40}
 # a renormalised top-1 weight is 1 whatever the scores: the leaked correction bias cannot show there
 APPLIES["corrected_weights"] = (mutants.APPLIES["corrected_weights"], lambda s: not (s.renormalize and s.top_k == 1))
 # a weight of 1 scales neither the input nor the output: the moved weight shows only where the routing weights
@@ -234,7 +240,7 @@ def test_the_mutants_of_quant_transforms_are_registered_by_quant():
                   "temperature_dropped", "weightless_unabsorbed", "xielu_as_relu2", "rope_direction_lost",
                   "expert_scale_moved", "ple_unrotated", "residual_gate_rotated", "chunk_dropped",
                   "temperature_form_confused", "indexer_unrotated", "block_scale_before_rotation",
-                  "exact_q_not_transposed"}
+                  "exact_q_not_transposed", "first_activation"}
     assert quant_made | {"forget_writer_bias", "cross_group_heads", "alibi_unpermuted", "sinks_unpermuted",
                          "softcap_scale_outside", "position_unpermuted", "diff_pairs_broken"} == set(mutants.names())
     for name in mutants.names():
