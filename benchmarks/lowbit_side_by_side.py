@@ -40,16 +40,30 @@ def _ir_mib(folder: Path) -> float:
     return round((xml.stat().st_size + xml.with_suffix(".bin").stat().st_size) / 2**20, 2)
 
 
+def _runs(folder: Path, prompt: list[int], new_tokens: int) -> dict:
+    """Two fresh-process GenAI runs of ``folder``: GenAI's defaults (wall times, peak RSS), then one inference thread
+    (:data:`quant.genai_probe.PINNED`: the process's CPU ms per decoded token and of the prefill, and its wall time
+    per token); the 1-minute load average before the first."""
+    from quant.genai_probe import PINNED
+    from quant.stateful import fresh_genai_run
+    load = os.getloadavg()[0]
+    g = fresh_genai_run(folder, prompt, new_tokens)
+    c = fresh_genai_run(folder, prompt, new_tokens, properties=PINNED)
+    return {"tpot_ms": g["tpot_ms"], "prefill_tok_s": g["prefill_tok_s"], "ttft_ms": g["ttft_ms"],
+            "peak_rss_mib": g["peak_rss_mib"], "new_tokens": len(g["tokens"]), "cpu_ms_per_token": c["cpu_ms_per_token"],
+            "cpu_prefill_ms": c["cpu_prefill_ms"], "pinned_tpot_ms": c["tpot_ms"], "loadavg_1min": load}
+
+
 def _measure(model, tok, folder: Path, prompt: torch.Tensor, eval_ids, window: int, max_tokens: int,
              new_tokens: int) -> dict:
-    from quant.stateful import MODEL_XML, fresh_genai_run, perplexity_parity
-    load = os.getloadavg()[0]
-    gen = fresh_genai_run(folder, prompt[0].tolist(), new_tokens)
+    from quant.stateful import MODEL_XML, perplexity_parity
+    gen = _runs(folder, prompt[0].tolist(), new_tokens)
     ppl = perplexity_parity(model, folder / MODEL_XML, eval_ids, window, max_tokens)
-    return {"ir_mib": _ir_mib(folder), "decode_tok_s": gen["decode_tok_s"], "tpot_ms": gen["tpot_ms"],
+    return {"ir_mib": _ir_mib(folder), "decode_tok_s": 1e3 / gen["tpot_ms"], "tpot_ms": gen["tpot_ms"],
             "prefill_tok_s": gen["prefill_tok_s"], "ttft_ms": gen["ttft_ms"], "peak_rss_mib": gen["peak_rss_mib"],
-            "loadavg_1min": load,
-            "new_tokens": len(gen["tokens"]), "ppl_torch": ppl["torch"]["ppl"], "ppl_ov": ppl["ov"]["ppl"],
+            "cpu_ms_per_token": gen["cpu_ms_per_token"], "cpu_prefill_ms": gen["cpu_prefill_ms"],
+            "pinned_tpot_ms": gen["pinned_tpot_ms"], "loadavg_1min": gen["loadavg_1min"],
+            "new_tokens": gen["new_tokens"], "ppl_torch": ppl["torch"]["ppl"], "ppl_ov": ppl["ov"]["ppl"],
             "ppl_rel_diff": ppl["rel_diff"], "ppl_windows": ppl["ov"]["windows"], "ppl_window": window}
 
 
@@ -117,15 +131,18 @@ def run_bits(bits: int, work: Path, args) -> list[dict]:
     return rows
 
 
+MEDIANS = ("tpot_ms", "prefill_tok_s", "peak_rss_mib", "cpu_ms_per_token", "cpu_prefill_ms", "pinned_tpot_ms")
+
+
 def interleaved_decode(work: Path, bits: int, rounds: int, new_tokens: int, prompt_len: int) -> dict:
-    """The artifacts already built for ``bits``, each run ``rounds`` times in a fresh process (:func:`fresh_genai_run`),
-    alternately (vanilla, bbt, f16, then again) so that a shared machine's load falls on all alike: time per output
-    token, prefill tokens/s and peak RSS per run, the 1-minute load average before each; best and median."""
+    """The artifacts already built for ``bits``, each run ``rounds`` times in fresh processes (:func:`_runs`: GenAI's
+    defaults, then one inference thread), alternately (vanilla, bbt, f16, then again) so that a shared machine's load
+    falls on all alike: time per output token, prefill tokens/s, peak RSS and the single-threaded CPU ms per decoded
+    token per run, the 1-minute load average before each; best and median."""
     import numpy as np
 
     from quant.checkpoints import load_default_checkpoint
     from quant.quantize import text_ids
-    from quant.stateful import fresh_genai_run
     _, tok = load_default_checkpoint()
     prompt = text_ids(tok, None, "evaluation")[0][:prompt_len].tolist()
     folders = {name: work / f"w{bits}-{name}" for name in ("none", "bbt-spectral", "f16")}
@@ -133,23 +150,25 @@ def interleaved_decode(work: Path, bits: int, rounds: int, new_tokens: int, prom
     for i in range(rounds):
         for name, folder in folders.items():
             if folder.is_dir():
-                load = os.getloadavg()[0]
-                g = fresh_genai_run(folder, prompt, new_tokens)
-                runs[name].append({"tpot_ms": g["tpot_ms"], "prefill_tok_s": g["prefill_tok_s"],
-                                   "peak_rss_mib": g["peak_rss_mib"], "loadavg_1min": load})
-                print(f"round {i + 1}/{rounds} w{bits} {name}: {g['tpot_ms']:.1f} ms/token, peak RSS "
-                      f"{g['peak_rss_mib']:.0f} MiB, load {load:.1f}", flush=True)
+                g = _runs(folder, prompt, new_tokens)
+                runs[name].append({k: g[k] for k in ("tpot_ms", "prefill_tok_s", "peak_rss_mib", "cpu_ms_per_token",
+                                                     "cpu_prefill_ms", "pinned_tpot_ms", "loadavg_1min")})
+                print(f"round {i + 1}/{rounds} w{bits} {name}: {g['tpot_ms']:.1f} ms/token, {g['cpu_ms_per_token']:.2f} "
+                      f"CPU ms/token (1 thread), peak RSS {g['peak_rss_mib']:.0f} MiB, load {g['loadavg_1min']:.1f}",
+                      flush=True)
     out = {}
     for name, rs in runs.items():
         if not rs:
             continue
         per = {k: [r[k] for r in rs] for k in rs[0]}  # each figure over the rounds
         out[name] = {**per, "best_tpot_ms": min(per["tpot_ms"]),
-                     **{f"median_{k}": float(np.median(per[k])) for k in ("tpot_ms", "prefill_tok_s", "peak_rss_mib")}}
+                     **{f"median_{k}": float(np.median(per[k])) for k in MEDIANS}}
     out["omp_num_threads"] = os.environ.get("OMP_NUM_THREADS")
     if "none" in out and "bbt-spectral" in out:
         out["bbt_over_vanilla_best"] = out["bbt-spectral"]["best_tpot_ms"] / out["none"]["best_tpot_ms"]
         out["bbt_over_vanilla_median"] = out["bbt-spectral"]["median_tpot_ms"] / out["none"]["median_tpot_ms"]
+        out["bbt_over_vanilla_cpu_median"] = (out["bbt-spectral"]["median_cpu_ms_per_token"]
+                                              / out["none"]["median_cpu_ms_per_token"])
     print(json.dumps(out), flush=True)
     return out
 
@@ -160,7 +179,8 @@ def markdown(data: dict) -> str:
     inter = data.get("decode_interleaved", {})
     names = {"vanilla": "none", "bbt-spectral (online)": "bbt-spectral", "f16 dequantized (vanilla)": "f16"}
     lines = ["| bits | artifact | IR MiB | IR / f16 | peak RSS MiB | prefill tok/s | decode tok/s | decode vs vanilla "
-             "(time/token) | OV PPL | PyTorch PPL | rel diff |", "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "(time/token) | CPU ms/token (1 thread) | OV PPL | PyTorch PPL | rel diff |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for bits in sorted({r["bits"] for r in data["rows"]}):
         rows = [r for r in data["rows"] if r["bits"] == bits]
         f16 = next((r for r in rows if r["artifact"].startswith("f16")), None)
@@ -172,7 +192,8 @@ def markdown(data: dict) -> str:
             lines.append(f"| W{bits} | {r['artifact']} | {r['ir_mib']} | "
                          f"{f(f16 and r['ir_mib'] / f16['ir_mib'], '.1%')} | {f(rss, '.0f')} | "
                          f"{f(r.get('prefill_tok_s'), '.0f')} | {f(tpot and 1e3 / tpot, '.1f')} | "
-                         f"{f(tpot and vt and tpot / vt, '.2f')} | {f(r.get('ppl_ov'), '.3f')} | "
+                         f"{f(tpot and vt and tpot / vt, '.2f')} | {f(r.get('cpu_ms_per_token'), '.2f')} | "
+                         f"{f(r.get('ppl_ov'), '.3f')} | "
                          f"{f(r.get('ppl_torch'), '.3f')} | {f(r.get('ppl_rel_diff'), '.1e')} |")
     for key, d in sorted(inter.items()):
         arts = {n: v for n, v in d.items() if isinstance(v, dict)}
@@ -181,15 +202,20 @@ def markdown(data: dict) -> str:
                   f"OMP_NUM_THREADS={d.get('omp_num_threads')}, nice 10; 1-minute load average "
                   + (f"{min(loads):.1f}-{max(loads):.1f}" if loads else "not recorded") + " on 2 cores"
                   + (f"; {d['source']}" if d.get("source") else "") + "):", "",
-                  "| artifact | ms/token per run | best | median | prefill tok/s (median) | peak RSS MiB (median) |",
-                  "|---|---|---:|---:|---:|---:|"]
+                  "| artifact | ms/token per run | best | median | CPU ms/token, 1 thread, per run | CPU ms/token "
+                  "(median) | prefill tok/s (median) | peak RSS MiB (median) |",
+                  "|---|---|---:|---:|---|---:|---:|---:|"]
         for n, v in arts.items():
+            cpu = v.get("cpu_ms_per_token")
             lines.append(f"| {n} | {', '.join(f'{t:.1f}' for t in v['tpot_ms'])} | {v['best_tpot_ms']:.1f} | "
-                         f"{v['median_tpot_ms']:.1f} | {f(v.get('median_prefill_tok_s'), '.0f')} | "
+                         f"{v['median_tpot_ms']:.1f} | {', '.join(f'{t:.2f}' for t in cpu) if cpu else '-'} | "
+                         f"{f(v.get('median_cpu_ms_per_token'), '.2f')} | {f(v.get('median_prefill_tok_s'), '.0f')} | "
                          f"{v['median_peak_rss_mib']:.0f} |")
         if "bbt_over_vanilla_best" in d:
             lines += ["", f"**BBT / vanilla time per token: {d['bbt_over_vanilla_median']:.2f}x (median), "
-                      f"{d['bbt_over_vanilla_best']:.2f}x (best)** (target <= 1.3x)."]
+                      f"{d['bbt_over_vanilla_best']:.2f}x (best)"
+                      + (f"; CPU per token on one thread: {d['bbt_over_vanilla_cpu_median']:.2f}x (median)"
+                         if "bbt_over_vanilla_cpu_median" in d else "") + "** (target <= 1.3x)."]
     s = data["settings"]
     lines += ["", f"SmolLM2-135M, auto-round RTN (iters 0) g64 asym, {s['nsamples']} x {s['seqlen']} calibration tokens, "
               f"alpha {s['alpha']}; embedding/output head int8; GenAI greedy {s['new_tokens']} new tokens after "
