@@ -67,6 +67,13 @@ METHODS = {
     "bbt-spectral-a0-neuqi-algext": Method("bbt-spectral", 0.0, options=NEUQI, settings=ALG_EXT),
     "bbt-spectral-a0.25-neuqi16-algext": Method("bbt-spectral", 0.25, options=NEUQI,
                                                 settings=ALG_EXT + (("neuqi_grid", (16, 8)),)),
+    # T1's group-aligned block form (blocks of 64 = the group size, no padding) with the best W2 settings
+    "bbt-spectral-block-a0.25-neuqi16-algext": Method("bbt-spectral-block", 0.25, options=NEUQI,
+                                                      settings=ALG_EXT + (("neuqi_grid", (16, 8)),)),
+    "bbt-spectral-block-a0-neuqi16-algext": Method("bbt-spectral-block", 0.0, options=NEUQI,
+                                                   settings=ALG_EXT + (("neuqi_grid", (16, 8)),)),
+    "bbt-spectral-block-a0.5-neuqi16-algext": Method("bbt-spectral-block", 0.5, options=NEUQI,
+                                                     settings=ALG_EXT + (("neuqi_grid", (16, 8)),)),
     "autoround-neuqi16-algext": Method("none", options=NEUQI, settings=ALG_EXT + (("neuqi_grid", (16, 8)),)),
     "bbt-spectral-pca-a0.25": Method("bbt-spectral-pca", 0.25),
     "bbt-spectral-pca-a0.25-neuqi-algext": Method("bbt-spectral-pca", 0.25, options=NEUQI, settings=ALG_EXT),

@@ -3,11 +3,13 @@ the BBT recipes on SmolLM2-135M, tabulated from the head-to-head cache.
 
     python -m benchmarks.w2_ablation [--out runs/w2] [--calib-text PATH] [--eval-text PATH]
     python -m benchmarks.w2_ablation --from-json docs/data/w2_ablation.json     # re-render the table and plot
+    python -m benchmarks.w2_ablation --out runs/w2 --merge docs/data/w2_ablation.json   # add this cache's cells
 
 Runs nothing: it calls ``benchmarks.head_to_head --report-only`` on ``OUT`` for every method of
 :data:`ABLATION` (W2 and W4, seeds 0-2, the ``cpu`` preset) and writes ``docs/data/w2_ablation.json`` (every
 cached row: PPL, quantization seconds, the machine's load average around the quantization, the method's recipe,
-alpha, auto-round options and settings), ``w2_ablation.md`` (mean +- sample std over the seeds that ran; single
+alpha, auto-round options and settings; with ``--merge``, the rows of that JSON too, a cached row replacing the
+one of the same method, width and seed: cells run in another checkout), ``w2_ablation.md`` (mean +- sample std over the seeds that ran; single
 seeds marked) and ``w2_ablation.png`` (PPL against quantization seconds).  The cells themselves are run with
 ``python -m benchmarks.head_to_head --methods M --bits B --seeds S ... --out OUT`` (docs/findings.md, "The W2
 frontier").
@@ -57,6 +59,12 @@ def collect(rows: list[dict]) -> dict:
                     "load1_at_start": loads, "torch_threads": sorted({r.get("torch_threads") for r in rs} - {None}),
                     **describe(rs[0]["method"])})
     return {"groups": sorted(out, key=lambda g: (str(g["bits"]), g["mean"]))}
+
+
+def merge_rows(old: list[dict], new: list[dict]) -> list[dict]:
+    """``old`` rows without those ``new`` has (same method, bits and seed), then ``new``."""
+    fresh = {(r["method"], r["bits"], r["seed"]) for r in new}
+    return [r for r in old if (r["method"], r["bits"], r["seed"]) not in fresh] + list(new)
 
 
 def markdown(data: dict) -> str:
@@ -131,6 +139,8 @@ def main(argv=None) -> int:
     p.add_argument("--eval-text", default="/work/shared/data/wikitext-2-raw-test.raw")
     p.add_argument("--data", default=str(DATA), help="where w2_ablation.json/.md/.png are written")
     p.add_argument("--from-json", default=None, help="re-render the table and plot from this w2_ablation.json")
+    p.add_argument("--merge", default=None, help="keep this w2_ablation.json's rows, adding (or replacing, per "
+                                                 "method, bits and seed) the cells cached under --out")
     args = p.parse_args(argv)
     data_dir = Path(args.data)
     if args.from_json:
@@ -142,7 +152,10 @@ def main(argv=None) -> int:
         rows = json.loads((Path(args.out) / "results.json").read_text())["rows"]
         keep = ("method", "bits", "seed", "ppl", "seconds", "quant_seconds", "load_start", "load_end",
                 "torch_threads", "error")
-        data = {"source": f"python -m benchmarks.w2_ablation --out {args.out}", "checkpoint": "SmolLM2-135M",
+        if args.merge:
+            rows = merge_rows(json.loads(Path(args.merge).read_text())["rows"], rows)
+        source = f"python -m benchmarks.w2_ablation --out {args.out}" + (f" --merge {args.merge}" if args.merge else "")
+        data = {"source": source, "checkpoint": "SmolLM2-135M",
                 "calib_text": args.calib_text, "eval_text": args.eval_text,
                 "settings": "cpu preset (iters 10, nsamples 8, seqlen 256, batch 8, lr 0.01) unless a method's "
                             "settings say otherwise; group size 64, asymmetric",

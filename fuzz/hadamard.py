@@ -4,7 +4,8 @@
 the last axis with the O(n log n) butterfly; ``H_n`` is never materialised in a hot loop.
 :func:`orthogonal` gives an exact-width orthogonal matrix for residual rotations: Hadamard where the width
 is a power of two, a block-diagonal Hadamard where a power-of-two block divides it, otherwise a seeded
-random orthogonal (QR of a Gaussian, signs fixed so it is unique for a seed).
+random orthogonal (QR of a Gaussian, signs fixed so it is unique for a seed).  :func:`block_fwht` applies
+the block-diagonal ``Q_b = I_{n/b} (x) H_b / sqrt(b)``: each run of ``b`` coordinates gets its own Hadamard.
 """
 
 from __future__ import annotations
@@ -38,6 +39,16 @@ def fwht(x: torch.Tensor) -> torch.Tensor:
     return y.reshape(x.shape) / math.sqrt(n)
 
 
+def block_fwht(x: torch.Tensor, block: int) -> torch.Tensor:
+    """``x Q_b`` along the last axis, ``Q_b = I_{n/b} (x) H_b / sqrt(b)`` (block-diagonal, orthonormal, symmetric,
+    its own inverse): :func:`fwht` on each run of ``block`` coordinates.  ``block`` is a power of two dividing
+    ``n``; ``block = n`` is :func:`fwht`, ``block = 1`` the identity."""
+    n = x.shape[-1]
+    if not is_pow2(block) or n % block:
+        raise ValueError(f"block_fwht needs a power-of-two block dividing the length {n}, got {block}")
+    return fwht(x.reshape(*x.shape[:-1], n // block, block)).reshape(x.shape)
+
+
 def hadamard(n: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """The dense normalised Sylvester matrix ``Q`` (for tests and small widths)."""
     return fwht(torch.eye(n, dtype=torch.float64)).to(dtype)
@@ -56,6 +67,9 @@ def orthogonal(n: int, seed: int = 0, dtype: torch.dtype = torch.float64) -> tup
     return q.to(dtype), "random"
 
 
-def online_input(x: torch.Tensor, scale: torch.Tensor, d_pad: int) -> torch.Tensor:
-    """``x~ = fwht([x, 0]) / scale``: a spectrally transformed layer's input, ``x`` zero-padded to ``d_pad``."""
+def online_input(x: torch.Tensor, scale: torch.Tensor, d_pad: int, block: int | None = None) -> torch.Tensor:
+    """``x~ = fwht([x, 0]) / scale``: a spectrally transformed layer's input, ``x`` zero-padded to ``d_pad``;
+    with ``block``, ``x~ = block_fwht(x, block) / scale`` (no padding: ``d_pad`` is the width itself)."""
+    if block is not None:
+        return block_fwht(x, block) / scale
     return fwht(torch.nn.functional.pad(x, (0, d_pad - x.shape[-1]))) / scale

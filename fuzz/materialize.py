@@ -721,10 +721,10 @@ class Experts(Node):
 
 @torch_impl("wht_in")
 class WhtIn(Node):
-    """``fwht([x, 0]) / scale``: the online input of a spectrally transformed linear (T1)."""
+    """``fwht([x, 0]) / scale``, or ``block_fwht(x, block) / scale``: the online input of a T1 linear."""
 
     def forward(self, x):
-        return online_input(x, self.scale, self.p["d_pad"])
+        return online_input(x, self.scale, self.p["d_pad"], self.p.get("block"))
 
 
 @torch_impl("gamma_norm")

@@ -107,7 +107,10 @@ experts        fused experts ``gate_up_proj (E, 2I, H)`` gate first, ``down_proj
 lm_head        ``x W^T (+ b)`` with ``W: (vocab, dim)``; ``tied_to`` names the embedding whose table it reads;
                ``bias``: a per-token-id logit bias ``b: (vocab,)`` (GPT-J, CodeGen)
 wht_in         the online input of a spectrally transformed linear: ``fwht([x, 0]) / scale`` (zero-pad to
-               ``d_pad``, orthonormal Walsh-Hadamard, divide by the per-coordinate scale)
+               ``d_pad``, orthonormal Walsh-Hadamard, divide by the per-coordinate scale); ``block`` (None:
+               that padded form) the group-aligned form ``block_fwht(x, block) / scale``, ``x Q_b`` with
+               ``Q_b = I_{d/b} (x) H_b / sqrt(b)``: no padding (``d_pad = in_features``), ``block`` a power of
+               two dividing ``in_features``
 index_topk     DeepSeek Sparse Attention's lightning indexer: ports q ``(heads, head_dim)`` (RoPE'd indexer
                queries), k ``(head_dim,)`` (the one RoPE'd indexer key), w ``(heads,)`` (per-head weights);
                ``I[i, j] = sum_h weight_scale w[i, h] relu(scale q[i, h] . k[j])`` over the keys ``j`` query ``i``
@@ -184,6 +187,9 @@ class OpSpec:
     drawn_by: DrawnBy | None = None
     features: Callable[[dict], tuple[str, ...]] | None = None
     min_ports: int | None = None  # trailing ports past this many are optional (attention's ``select``)
+    # parameters added to an op after layouts with it were written: left out of the node while at their default,
+    # so those layouts (and their hashes) stay as they were; readers use ``params.get``
+    omit_default: tuple[str, ...] = ()
 
     def normalise(self, node: str, raw: dict) -> dict:
         """Fill defaults, reject unknown or ill-typed parameters (naming the node)."""
@@ -204,6 +210,8 @@ class OpSpec:
                 raise LayoutError(f"{self.name}.{key}={value!r} is not one of {self.choices[key]}", node)
             if typ in (int,) and isinstance(value, int) and value <= 0 and key not in ("start", "temperature_offset"):
                 raise LayoutError(f"{self.name}.{key} must be positive, got {value}", node)
+            if key in self.omit_default and value == default:
+                continue
             out[key] = value
         return out
 
@@ -849,13 +857,21 @@ declare(OpSpec("lm_head", {"dim": (int, ...), "vocab": (int, ...), "tied_to": ((
 
 def _wht_in(node, p, w):
     _widths(node, "wht_in", w, [p["in_features"]])
-    d = p["d_pad"]
+    d, block = p["d_pad"], p.get("block")
+    if block is not None:  # the group-aligned block form: Q_b = I (x) H_b / sqrt(b), no padding
+        _need(not isinstance(block, bool) and block > 0 and block & (block - 1) == 0 and p["in_features"] % block == 0, node,
+              f"wht_in block {block} must be a power of two dividing in_features {p['in_features']} "
+              f"[block-misaligned]")
+        _need(d == p["in_features"], node, f"wht_in with block {block} is not padded: d_pad {d} must equal "
+                                           f"in_features {p['in_features']}")
+        return d
     _need(d & (d - 1) == 0 and d >= p["in_features"], node,
           f"d_pad {d} must be a power of two >= in_features {p['in_features']}")
     return d
 
 
-declare(OpSpec("wht_in", {"in_features": (int, ...), "d_pad": (int, ...)}, ("x",), _wht_in,
+declare(OpSpec("wht_in", {"in_features": (int, ...), "d_pad": (int, ...), "block": ((int, type(None)), None)},
+               ("x",), _wht_in, omit_default=("block",),
                shapes=lambda p: {"scale": (p["d_pad"],)}, init={"scale": _init_positive_scale},
                drawn_by=NotDrawn("produced only by the T1 wht-scale transform on a linear's input edge; no "
                                  "decoder and no transformers model contains it"),

@@ -84,7 +84,7 @@ def check_lowbit_request(recipe: str, cfg) -> None:
         raise BadInput(f"--lowbit with recipe {recipe!r}: its rotation is kept as auto-round's own hooks / fused "
                        f"into dense weights, so the shipped weights are not on a {cfg.bits}-bit grid; the low-bit "
                        f"artifact supports 'none', the weight-only recipes (bbt-absorb, bbt-pair-pca, "
-                       f"bbt-spectral-pca) and bbt-spectral (its rotation online, quant/online.py)")
+                       f"bbt-spectral-pca), bbt-spectral and bbt-spectral-block (their rotation online, quant/online.py)")
     if cfg.bits not in (2, 4):
         raise BadInput(f"--lowbit needs 2 or 4 bits (OpenVINO u2/u4), got {cfg.bits}")
     if cfg.sym:

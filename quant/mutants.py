@@ -23,6 +23,8 @@ forget_pair_bias       pair rotation applied to weight rows, not to the biases  
 float32_rotation       rotation angles built in float32 inside a float64 model     plain q/k
 symmetric_gamma        spectral-PCA with Gamma = U^T diag(g) U (the seed code's     an RMS q/k norm
                        stale form) instead of diag(g) U
+block_scale_before_    wht-scale-block folds W D Q_b (scales before the block       always (an o_proj reads
+rotation               rotation) while the online input is x Q_b D^-1               an even width: block >= 2)
 window_dropped         wht-scale's rebuilt layout keeps each attention's heads      a sliding-window layer
                        but not its sliding window (full causal attention)
 rope_scaling_dropped   a layout rewrite (wht-scale's) re-emits RoPE from theta,     scaled RoPE
@@ -132,6 +134,8 @@ register_mutant("float32_rotation", "quant:pair-pca", "float32_angles", fixed={"
                 applies={**_PLAIN_QK, "max_head_dim": 12})
 register_mutant("symmetric_gamma", "quant:spectral-pca", "symmetric_gamma",
                 applies={"qk_norm": ("per_head", "full"), "norm": "rms", "fused_qkv": False})
+register_mutant("block_scale_before_rotation", "quant:wht-scale-block", "block_scale_before_rotation",
+                fixed={"scales": "random"})
 register_mutant("lm_head_bias_dropped", "quant:wht-scale", "lm_head_bias_dropped", applies={"lm_head_bias": True})
 register_mutant("positions_unmasked", "quant:wht-scale", "positions_unmasked",
                 applies={"position_embedding": True, "positions_from_mask": True})

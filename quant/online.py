@@ -33,6 +33,11 @@ The FWHT is expressed in one of three forms (``mode``), each plain ops after exp
 * ``"butterfly"``: ``log2(d_pad)`` stages of reshape / add / sub / concat (:func:`fuzz.hadamard.fwht`);
 * ``"dense"``: one matmul with ``Q[:d_in] / s`` (``d_in x d_pad`` float32 constant per group).
 
+The group-aligned block form (``bbt-spectral-block``: ``x~ = x Q_b D^-1``, ``Q_b = I_{d_in/b} (x) H_b / sqrt(b)``,
+no padding, ``in_features`` unchanged) is the kron form with ``Q_a = I``: ``x`` reshaped to ``(d_in / b, b)``
+times ``Q_b``, one small matmul (``"kron"``); ``"butterfly"`` runs :func:`fuzz.hadamard.block_fwht`,
+``"dense"`` one ``d_in x d_in`` block-diagonal matmul.
+
 Nothing here changes a weight: the artifact's weights are ``W^`` as auto-round left them, so the low-bit IR
 stores them as u2/u4 codes (:func:`quant.lowbit.compress_model` matches them by content).
 """
@@ -47,7 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fuzz.errors import BadInput
-from fuzz.hadamard import fwht, hadamard, is_pow2
+from fuzz.hadamard import block_fwht, fwht, hadamard, is_pow2
 
 MODES = ("kron", "butterfly", "dense")
 DEFAULT_MODE = "kron"
@@ -61,22 +66,31 @@ def _kron_split(d_pad: int) -> tuple[int, int]:
 class OnlineRotation(nn.Module):
     """``x -> fwht([x, 0]) [/ s]`` for one group of linears reading the same tensor (see the module docstring).
 
-    ``scale``: the shared ``s`` (applied once), or ``None`` when each reader applies its own."""
+    ``scale``: the shared ``s`` (applied once), or ``None`` when each reader applies its own.  ``block``: the
+    group-aligned form ``x Q_b`` (``d_pad == d_in``, ``block`` a power of two dividing it; module docstring)."""
 
-    def __init__(self, d_in: int, d_pad: int, members: int, scale: torch.Tensor | None = None, mode: str = DEFAULT_MODE):
+    def __init__(self, d_in: int, d_pad: int, members: int, scale: torch.Tensor | None = None, mode: str = DEFAULT_MODE,
+                 block: int | None = None):
         super().__init__()
         if mode not in MODES:
             raise BadInput(f"online rotation mode must be one of {MODES}, got {mode!r}")
-        if not is_pow2(d_pad) or d_pad < d_in:
+        if block is not None:
+            if isinstance(block, bool) or not isinstance(block, int) or not is_pow2(block) or d_in % block \
+                    or d_pad != d_in:
+                raise BadInput(f"online rotation: block {block!r} must be a power of two dividing d_in {d_in}, "
+                               f"with d_pad {d_pad} == d_in (the block form is not padded)")
+        elif not is_pow2(d_pad) or d_pad < d_in:
             raise BadInput(f"online rotation: d_pad {d_pad} must be a power of two >= d_in {d_in}")
-        self.d_in, self.d_pad, self.members, self.mode = d_in, d_pad, members, mode
+        self.d_in, self.d_pad, self.members, self.mode, self.block = d_in, d_pad, members, mode, block
         inv = None if scale is None else (1.0 / scale.detach().double()).float()
         if mode == "dense":
-            m = hadamard(d_pad)[:d_in]
+            m = hadamard(d_pad)[:d_in] if block is None else block_fwht(torch.eye(d_in, dtype=torch.float64), block)
             if scale is not None:
                 m = m / scale.detach().double()[None, :]
             self.register_buffer("matrix", m.float())
             inv = None  # folded into the matrix
+        elif mode == "kron" and block is not None:  # Q_a = I: one (d_in / b, b) @ (b, b) matmul
+            self.register_buffer("qb", hadamard(block).float())
         elif mode == "kron":
             a, b = _kron_split(d_pad)
             self.register_buffer("qa", hadamard(a).float())
@@ -89,7 +103,11 @@ class OnlineRotation(nn.Module):
         if self.mode == "dense":
             return x @ self.matrix.to(x.dtype)
         xp = F.pad(x, (0, self.d_pad - self.d_in)) if self.d_pad > self.d_in else x
-        if self.mode == "butterfly":
+        if self.block is not None and self.mode == "butterfly":
+            y = block_fwht(xp, self.block)
+        elif self.block is not None:
+            y = torch.matmul(xp.unflatten(-1, (self.d_in // self.block, self.block)), self.qb.to(x.dtype)).flatten(-2)
+        elif self.mode == "butterfly":
             y = fwht(xp)
         else:
             a, b = self.qa.shape[0], self.qb.shape[0]
@@ -114,7 +132,7 @@ class OnlineRotation(nn.Module):
         return state
 
     def extra_repr(self) -> str:
-        return (f"d_in={self.d_in}, d_pad={self.d_pad}, members={self.members}, mode={self.mode}, "
+        return (f"d_in={self.d_in}, d_pad={self.d_pad}, block={self.block}, members={self.members}, mode={self.mode}, "
                 f"shared_scale={self.inv_scale is not None or (self.mode == 'dense' and 'matrix' in self._buffers)}")
 
 
@@ -194,20 +212,20 @@ def make_online(model: nn.Module, sample_ids: torch.Tensor, mode: str = DEFAULT_
     info = {"mode": mode, "groups": [], "linears": len(hooks)}
     for g in groups:
         h0 = hooks[g[0]]
-        d_in, d_pad = h0.d_in, h0.d_pad
+        d_in, d_pad, block = h0.d_in, h0.d_pad, getattr(h0, "block", None)
         for p in g:
-            if (hooks[p].d_in, hooks[p].d_pad) != (d_in, d_pad):
-                raise BadInput(f"{p}: reads the same tensor as {g[0]} but pads {hooks[p].d_in} -> {hooks[p].d_pad}, "
-                               f"not {d_in} -> {d_pad}")
+            if (hooks[p].d_in, hooks[p].d_pad, getattr(hooks[p], "block", None)) != (d_in, d_pad, block):
+                raise BadInput(f"{p}: reads the same tensor as {g[0]} but pads {hooks[p].d_in} -> {hooks[p].d_pad} "
+                               f"(block {getattr(hooks[p], 'block', None)}), not {d_in} -> {d_pad} (block {block})")
         same = all(torch.equal(hooks[p].scale, h0.scale) for p in g)
-        rot = OnlineRotation(d_in, d_pad, len(g), h0.scale if same else None, mode)
+        rot = OnlineRotation(d_in, d_pad, len(g), h0.scale if same else None, mode, block=block)
         for p in g:
             lin = out.get_submodule(p)
             lin._forward_pre_hooks.clear()
             inv = None if same else 1.0 / hooks[p].scale.double()
             parent, _, child = p.rpartition(".")
             setattr(out.get_submodule(parent) if parent else out, child, RotatedLinear(rot, lin, inv))
-        info["groups"].append({"linears": g, "d_in": d_in, "d_pad": d_pad, "shared_scale": same})
+        info["groups"].append({"linears": g, "d_in": d_in, "d_pad": d_pad, "block": block, "shared_scale": same})
     info["rotations"] = len(groups)
     return out, info
 

@@ -15,7 +15,8 @@ The pipeline (:func:`quantize`), each step refusing rather than guessing:
      (norm ``g/s``, linears ``W diag(s)``, q/k rows rotated per RoPE pair);
    * ``bbt-spectral`` (T1, online WHT): the recipe runs on the imported GraphModel; every transformed
      linear of the transformers model then gets the weight ``W~ = [W, 0] Q D`` (``in_features = d_pad``)
-     and a **forward pre-hook** computing ``x~ = [x, 0] Q D^-1``.  auto-round 0.16 runs the wrapped
+     and a **forward pre-hook** computing ``x~ = [x, 0] Q D^-1``; ``bbt-spectral-block`` (T1's group-aligned
+     block form): ``W~ = W Q_b D`` (``in_features`` unchanged) and ``x~ = x Q_b D^-1``.  auto-round 0.16 runs the wrapped
      layer's forward pre-hooks itself (``auto_round/wrapper.py`` ``WrapperLinear.forward``: "Even without
      act_quant, run pre-hooks for online Hadamard correctness"), so its block reconstruction loss is
      measured on exactly the function of the transformed model, and it quantizes ``W~``.  No auto-round
@@ -56,9 +57,10 @@ from torch import nn
 from fuzz.errors import BadInput
 from fuzz.layout import atomic_dir
 
-RECIPES = ("none", "bbt-absorb", "bbt-pair-pca", "bbt-spectral-pca", "bbt-spectral", "autoround-hadamard")
+RECIPES = ("none", "bbt-absorb", "bbt-pair-pca", "bbt-spectral-pca", "bbt-spectral", "bbt-spectral-block",
+           "autoround-hadamard")
 WEIGHT_ONLY = ("bbt-absorb", "bbt-pair-pca", "bbt-spectral-pca")
-ONLINE = ("bbt-spectral",)
+ONLINE = ("bbt-spectral", "bbt-spectral-block")
 BITS = (2, 3, 4)  # A16 weight-only widths auto-round is run at
 UNFOLD_TOL = 1e-9  # float64 relative logit error between the transformed quantized model and the unfolded one
 SHIPPED_TOL = 1e-5  # the same, for the shipped float32 checkpoint (its weights are the float64 fold rounded)
@@ -180,18 +182,26 @@ def gate(model: nn.Module, recipe: str, alpha: float = 0.5, seed: int = 0):
 
 # ============================================================================================ transform
 class WHTInput:
-    """Forward pre-hook ``x -> [x, 0] Q D^-1`` (T1's online operator) as one dense ``(d_in, d_pad)`` matmul."""
+    """Forward pre-hook ``x -> [x, 0] Q D^-1`` (T1's online operator) as one dense ``(d_in, d_pad)`` matmul; with
+    ``block``, ``x Q_b D^-1`` as ``x`` reshaped ``(d_in / b, b)`` times ``H_b / sqrt(b)``, then ``/ s``."""
 
-    def __init__(self, scale: torch.Tensor, d_in: int, dtype: torch.dtype):
+    def __init__(self, scale: torch.Tensor, d_in: int, dtype: torch.dtype, block: int | None = None):
         from fuzz.hadamard import hadamard
         d_pad = scale.numel()
-        self.d_in, self.d_pad = d_in, d_pad
+        self.d_in, self.d_pad, self.block = d_in, d_pad, block
         self.scale = scale.detach().double().clone()  # s, for quant.online.make_online
-        self.matrix = (hadamard(d_pad)[:d_in] / scale.double()[None, :]).to(dtype)
+        if block is None:
+            self.matrix = (hadamard(d_pad)[:d_in] / scale.double()[None, :]).to(dtype)
+        else:
+            self.matrix = hadamard(block).to(dtype)
+            self.inv_scale = (1.0 / scale.double()).to(dtype)
 
     def __call__(self, module, args):
         x = args[0]
-        return (x @ self.matrix.to(x.dtype),) + tuple(args[1:])
+        if self.block is None:
+            return (x @ self.matrix.to(x.dtype),) + tuple(args[1:])
+        y = (x.unflatten(-1, (self.d_in // self.block, self.block)) @ self.matrix.to(x.dtype)).flatten(-2)
+        return (y * self.inv_scale.to(x.dtype),) + tuple(args[1:])
 
 
 @dataclass
@@ -233,7 +243,7 @@ def prepare(model: nn.Module, recipe: str, calib_ids: torch.Tensor, alpha: float
     t1 = T.get(recipe, alpha=alpha)(graph, calib)
     prepared = Prepared(model, recipe, graph=t1, log=list(getattr(t1, "transform_log", [])))
     for wht in t1.layout.of_op("wht_in"):
-        d_in = t1.layout.params(wht)["in_features"]
+        d_in, block = t1.layout.params(wht)["in_features"], t1.layout.params(wht).get("block")
         s = t1.nodes[wht].scale.detach()
         for reader, _ in t1.layout.consumers(wht):
             if t1.layout.op(reader) != "linear":
@@ -245,7 +255,7 @@ def prepare(model: nn.Module, recipe: str, calib_ids: torch.Tensor, alpha: float
             w = t1.nodes[reader].weight.detach()
             mod.weight = nn.Parameter(w.to(mod.weight.dtype).clone(), requires_grad=False)
             mod.in_features = w.shape[1]
-            handle = mod.register_forward_pre_hook(WHTInput(s, d_in, mod.weight.dtype))
+            handle = mod.register_forward_pre_hook(WHTInput(s, d_in, mod.weight.dtype, block))
             prepared.hooked[reader] = (path, wht, handle)
     prepared.seconds = time.time() - t0
     return prepared

@@ -35,6 +35,8 @@ FAULTS = {
     "pair_bias_unrotated": "pair-pca rotates the q/k weight rows of each RoPE pair but not their biases",
     "float32_angles": "pair-pca's random rotation angles are rounded to float32",
     "symmetric_gamma": "spectral-pca builds Gamma = B^T diag(g) B instead of diag(g) B",
+    "block_scale_before_rotation": "wht-scale's block form folds W~ = W D Q_b (the scale applied before the block "
+                                   "rotation) while the online input stays x Q_b D^-1",
     "writer_bias_unpermuted": "permute_hidden permutes the residual writers' weight rows but not their biases",
     "rope_unscaled": "a layout rewrite (quant.transforms.graph_edit) re-emits every RoPE node from its theta alone, "
                      "dropping its scaling (inv_freq table, attention_factor, NTK / long tables)",

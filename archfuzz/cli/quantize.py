@@ -54,7 +54,7 @@ def register(subparsers) -> None:
                         "a float16 scale per row (default), float16, or float32 as exported; a lossy step beyond "
                         "auto-round's, applied to the PyTorch reference the artifacts are checked against too")
     q.add_argument("--online-fwht", default="kron", choices=["kron", "butterfly", "dense"],
-                   help="with --lowbit and bbt-spectral: the form of the online Walsh-Hadamard in the IR (quant/online.py; "
+                   help="with --lowbit and bbt-spectral(-block): the form of the online Walsh-Hadamard in the IR (quant/online.py; "
                         "kron, two small matmuls, was the fastest measured: docs/data/online_rotation.json)")
     q.add_argument("--lowbit-seq", type=arguments.int_at_least(2, "prefill tokens"), default=128,
                    help="prefill tokens for the low-bit measurement")
@@ -65,8 +65,8 @@ def register(subparsers) -> None:
 
 
 def check(args) -> None:
-    if args.online_fwht != "kron" and not (args.lowbit and args.recipe == "bbt-spectral"):
-        raise BadInput("--online-fwht applies to --lowbit with --recipe bbt-spectral")
+    if args.online_fwht != "kron" and not (args.lowbit and args.recipe in ("bbt-spectral", "bbt-spectral-block")):
+        raise BadInput("--online-fwht applies to --lowbit with --recipe bbt-spectral or bbt-spectral-block")
     if args.embedding != "int8" and not args.lowbit:
         raise BadInput("--embedding applies to the low-bit artifacts: add --lowbit")
     if args.no_eval and args.eval_text is not None:

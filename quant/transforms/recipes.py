@@ -7,6 +7,9 @@ bbt-absorb             every norm that can absorb (T2, MoE norms included: T6), 
                        scaling (dense, shared and fused experts); no online operator (the seed code's
                        ``no_rotation``)
 bbt-spectral           T1 on every linear: online padded WHT with activation-energy scaling
+bbt-spectral-block     T1's group-aligned block form on every linear: online block-diagonal WHT (blocks of
+                       ``min(64, 2^v(d_in))``, each quantization group of 64 input columns its own Hadamard),
+                       no padding, activation-energy scaling
 bbt-pair-pca           attention with plain q/k: pair-PCA (T4); then bbt-absorb
 bbt-spectral-pca       attention with a q/k norm: spectral-PCA (T5); plain q/k: pair-PCA (T4); then bbt-absorb
 residual-hadamard      QuaRot-style residual rotation (T3), tied embeddings untied
@@ -28,7 +31,8 @@ from .graph_edit import require_graph_model
 from .pair_pca import qk_chains
 
 # The recipes, in the table's order: the one list the gate, the benchmarks and the tests read.
-RECIPES = ("bbt-absorb", "bbt-spectral", "bbt-pair-pca", "bbt-spectral-pca", "residual-hadamard")
+RECIPES = ("bbt-absorb", "bbt-spectral", "bbt-spectral-block", "bbt-pair-pca", "bbt-spectral-pca",
+           "residual-hadamard")
 
 
 def _log(m: GraphModel, **entry) -> None:
@@ -61,6 +65,11 @@ def bbt_absorb(model: nn.Module, calib: Calibration, alpha: float = 0.5) -> Grap
 @register("bbt-spectral")
 def bbt_spectral(model: nn.Module, calib: Calibration, alpha: float = 0.5) -> GraphModel:
     return get("wht-scale", alpha=alpha)(require_graph_model("bbt-spectral", model), calib)
+
+
+@register("bbt-spectral-block")
+def bbt_spectral_block(model: nn.Module, calib: Calibration, alpha: float = 0.5) -> GraphModel:
+    return get("wht-scale-block", alpha=alpha)(require_graph_model("bbt-spectral-block", model), calib)
 
 
 @register("bbt-pair-pca")

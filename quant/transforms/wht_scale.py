@@ -22,6 +22,24 @@ boosted (``s > 1``), so per-group rounding favours them.
 the ``wht_in`` node is removed and ``in_features`` restored, so the layout is exactly the original one.
 ``wht-scale-roundtrip`` registers ``unfold(wht_scale(model))`` so that the oracle proves the unfold too.
 
+Group-aligned block form (``block=b``, registered as ``wht-scale-block``): ``Q_b = I_{d_in/b} (x) H_b / sqrt(b)``
+(block-diagonal, orthonormal, symmetric), ``b`` a power of two dividing ``d_in``, no padding:
+
+    x~ = x Q_b D^-1 = block_fwht(x, b) / s,      W~ = W Q_b D,      W_eff = W^ D^-1 Q_b = block_fwht(W^ / s, b)
+
+with ``s_l = (1 + d_in * rho_l)^alpha``, ``rho`` over the ``d_in`` coordinates of ``h = x Q_b``.  Exact for any
+linear, like the padded form; ``in_features`` is unchanged, so a quantized ``W~`` has exactly the plain
+weight's bytes, and with ``b`` dividing the quantization group size each group of input columns is the
+span of its own Hadamard blocks (``b = 64 = group size`` on SmolLM2: each group gets one Hadamard).
+``wht-scale-block`` picks ``b = min(max_block, 2^v)`` per linear, ``2^v`` the largest power of two dividing
+``d_in`` (SmolLM2: 64 everywhere; tiny fuzz layouts: 8, 16, 32), so every width is fuzzed, not refused:
+an odd ``d_in`` gets ``b = 1``, ``Q_1 = I``, i.e. a plain per-column scaling ``x / s``, ``W s`` (exact; no
+rotation at all).  An explicit ``block`` that is not a power of two dividing ``d_in`` is refused
+(``block-misaligned``, naming the linear).
+
+Mutant (tests only): the ``block_scale_before_rotation`` fault (``verifier._faults``) folds ``W D Q_b``
+instead of ``W Q_b D``; ``mutants:block_scale_before_rotation`` must be caught.
+
 Refusals: a module that is not a GraphModel (``module-without-layout``), a target that is not a
 ``linear`` node, e.g. the lm_head (``not-a-linear``), a linear already fed by a ``wht_in`` node
 (``already-transformed``).  Nothing structural is needed otherwise: T1 is exact for any linear.
@@ -37,9 +55,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from fuzz.errors import BadInput, Refusal
-from fuzz.hadamard import fwht, next_pow2
+from fuzz.hadamard import block_fwht, fwht, is_pow2, next_pow2
 from fuzz.layout import Layout
 from fuzz.materialize import GraphModel
+from verifier._faults import fault
 from verifier.transform import Calibration
 
 from . import register
@@ -47,18 +66,41 @@ from .calibration import collect, energy_scales
 from .graph_edit import LayoutEdit, rebuild, require_graph_model
 
 NAME = "wht-scale"
+BLOCK_NAME = "wht-scale-block"
 SCALES = ("energy", "random")
+#: ``wht-scale-block``'s largest block: the quantization group size, so each group gets its own Hadamard
+MAX_BLOCK = 64
 
 
-def transformed_weight(weight: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    """``W~ = [W, 0] Q D`` in float64: row ``o`` is ``fwht([W_o, 0]) * s``."""
+def transformed_weight(weight: torch.Tensor, s: torch.Tensor, block: int | None = None) -> torch.Tensor:
+    """``W~ = [W, 0] Q D`` in float64: row ``o`` is ``fwht([W_o, 0]) * s``; with ``block``, ``W Q_b D``."""
     w = weight.detach().double()
+    if block is not None:
+        return block_fwht(w, block) * s.double()
     return fwht(F.pad(w, (0, s.numel() - w.shape[1]))) * s.double()
 
 
-def folded_weight(weight: torch.Tensor, s: torch.Tensor, d_in: int) -> torch.Tensor:
-    """``W_eff = (W^ D^-1 Q^T)[:, :d_in]`` in float64: row ``o`` is ``fwht(W^_o / s)[:d_in]``."""
+def folded_weight(weight: torch.Tensor, s: torch.Tensor, d_in: int, block: int | None = None) -> torch.Tensor:
+    """``W_eff = (W^ D^-1 Q^T)[:, :d_in]`` in float64: row ``o`` is ``fwht(W^_o / s)[:d_in]``; with ``block``,
+    ``block_fwht(W^ / s, block)`` (``Q_b`` is symmetric, nothing to cut)."""
+    if block is not None:
+        return block_fwht(weight.detach().double() / s.double(), block)
     return fwht(weight.detach().double() / s.double())[:, :d_in]
+
+
+def fitted_block(d_in: int, max_block: int = MAX_BLOCK) -> int:
+    """``min(max_block, 2^v)``, ``2^v`` the largest power of two dividing ``d_in`` (1 for an odd width)."""
+    return min(max_block, d_in & -d_in)
+
+
+def check_block(node: str, d_in: int, block: int, transform: str = NAME) -> None:
+    """:class:`Refusal` (``block-misaligned``) unless ``block`` is a power of two dividing ``d_in``."""
+    if isinstance(block, bool) or not isinstance(block, int):
+        raise BadInput(f"{transform}: block must be an int (a power of two) or None, got {block!r}")
+    if not (is_pow2(block) and d_in % block == 0):
+        raise Refusal(transform, f"block {block} is not a power of two dividing in_features {d_in} of {node!r}: "
+                                 f"the blocks would not align with its input columns",
+                      op="linear", path=node, feature="block-misaligned")
 
 
 def targets_of(layout: Layout, targets: list[str] | None = None, *, transform: str = NAME) -> list[str]:
@@ -80,34 +122,66 @@ def targets_of(layout: Layout, targets: list[str] | None = None, *, transform: s
 
 @register(NAME)
 def wht_scale(model: nn.Module, calib: Calibration, alpha: float = 0.5, scales: Literal[SCALES] = "energy",
-              seed: int = 0, targets: list[str] | None = None) -> GraphModel:
-    """Insert ``x~ = [x, 0] Q D^-1`` before every selected linear and set ``W~ = [W, 0] Q D`` (module docstring)."""
+              seed: int = 0, targets: list[str] | None = None, block: int | None = None) -> GraphModel:
+    """Insert ``x~ = [x, 0] Q D^-1`` before every selected linear and set ``W~ = [W, 0] Q D`` (module docstring);
+    ``block``: the group-aligned form ``x Q_b D^-1``, ``W Q_b D`` with that block on every selected linear."""
+    transform = NAME if block is None else BLOCK_NAME
+    m = require_graph_model(transform, model)
+    chosen = targets_of(m.layout, targets, transform=transform)
+    return _transform(m, calib, {node: block for node in chosen}, alpha, scales, seed)
+
+
+def _transform(m: GraphModel, calib: Calibration, blocks: dict[str, int | None], alpha: float, scales: str,
+               seed: int) -> GraphModel:
+    """T1 on the linears ``blocks`` names, each padded (``None``) or with its block."""
+    transform = NAME if all(b is None for b in blocks.values()) else BLOCK_NAME
     if scales not in SCALES:
-        raise BadInput(f"{NAME}: scales must be one of {SCALES}, got {scales!r}")
-    m = require_graph_model(NAME, model)
+        raise BadInput(f"{transform}: scales must be one of {SCALES}, got {scales!r}")
     layout = m.layout
-    chosen = targets_of(layout, targets)
+    chosen = list(blocks)
+    for node in chosen:
+        if blocks[node] is not None:
+            check_block(node, layout.params(node)["in_features"], blocks[node], transform)
     if scales == "energy" and chosen:
-        stats = collect(m, calib, wht_energy=chosen)["wht_energy"]
+        stats = collect(m, calib, wht_energy=[n for n in chosen if blocks[n] is None],
+                        block_energy=[(n, b) for n, b in blocks.items() if b is not None])
     gen = torch.Generator().manual_seed(seed)
     edit, log = LayoutEdit(), []
     for node in chosen:
-        d_in = layout.params(node)["in_features"]
-        d_pad = next_pow2(d_in)
+        d_in, b = layout.params(node)["in_features"], blocks[node]
+        d_pad = next_pow2(d_in) if b is None else d_in
         if scales == "energy":
-            s = energy_scales(stats[node], alpha)
+            s = energy_scales(stats["wht_energy" if b is None else "block_energy"][node], alpha)
         else:
             s = torch.exp(0.5 * torch.randn(d_pad, generator=gen, dtype=torch.float64))
         wht = f"{node}_wht"
-        edit.insert[(node, 0)] = (wht, "wht_in", {"in_features": d_in, "d_pad": d_pad})
-        edit.params[node] = {"in_features": d_pad}
+        edit.insert[(node, 0)] = (wht, "wht_in", {"in_features": d_in, "d_pad": d_pad,
+                                                   **({} if b is None else {"block": b})})
+        if b is None:
+            edit.params[node] = {"in_features": d_pad}
         edit.tensors[(wht, "scale")] = s.to(m.dtype)
-        edit.tensors[(node, "weight")] = transformed_weight(m.nodes[node].weight, s).to(m.dtype)
-        log.append({"transform": NAME, "node": node, "wht_in": wht, "d_in": d_in, "d_pad": d_pad,
-                    "s_min": float(s.min()), "s_max": float(s.max())})
+        if b is not None and fault("block_scale_before_rotation") is not None:  # the mutant: W D Q_b
+            edit.tensors[(node, "weight")] = block_fwht(m.nodes[node].weight.double() * s, b).to(m.dtype)
+        else:
+            edit.tensors[(node, "weight")] = transformed_weight(m.nodes[node].weight, s, b).to(m.dtype)
+        log.append({"transform": transform, "node": node, "wht_in": wht, "d_in": d_in, "d_pad": d_pad,
+                    **({} if b is None else {"block": b}), "s_min": float(s.min()), "s_max": float(s.max())})
     out = rebuild(m, edit)
     out.transform_log = getattr(m, "transform_log", []) + log
     return out
+
+
+@register(BLOCK_NAME)
+def wht_scale_block(model: nn.Module, calib: Calibration, alpha: float = 0.5, scales: Literal[SCALES] = "energy",
+                    seed: int = 0, targets: list[str] | None = None, max_block: int = MAX_BLOCK) -> GraphModel:
+    """The group-aligned block form of T1 on every selected linear, ``b = min(max_block, 2^v(d_in))`` each
+    (module docstring)."""
+    if isinstance(max_block, bool) or not isinstance(max_block, int) or not is_pow2(max_block):
+        raise BadInput(f"{BLOCK_NAME}: max_block must be a power of two, got {max_block!r}")
+    m = require_graph_model(BLOCK_NAME, model)
+    chosen = targets_of(m.layout, targets, transform=BLOCK_NAME)
+    blocks = {n: fitted_block(m.layout.params(n)["in_features"], max_block) for n in chosen}
+    return _transform(m, calib, blocks, alpha, scales, seed)
 
 
 @dataclass
@@ -133,7 +207,8 @@ class _Unfold(LayoutEdit):
 def unfold(model: GraphModel) -> GraphModel:
     """Fold every ``wht_in`` node that feeds only linears back into them (module docstring).
 
-    Each reader gets ``W_eff = fwht(W^ / s)[:, :d_in]`` and ``in_features = d_in``; the ``wht_in`` node is
+    Each reader gets ``W_eff = fwht(W^ / s)[:, :d_in]`` (block form: ``block_fwht(W^ / s, b)``) and
+    ``in_features = d_in``; the ``wht_in`` node is
     removed.  A ``wht_in`` read by anything else is left in place.
     """
     m = require_graph_model("wht-scale-unfold", model)
@@ -143,12 +218,12 @@ def unfold(model: GraphModel) -> GraphModel:
         readers = layout.consumers(wht)
         if not all(layout.op(r) == "linear" for r, _ in readers):
             continue
-        d_in = layout.params(wht)["in_features"]
+        d_in, block = layout.params(wht)["in_features"], layout.params(wht).get("block")
         s = m.nodes[wht].scale
         edit.remove.add(wht)
         for reader, _ in readers:
             edit.params[reader] = {"in_features": d_in}
-            edit.tensors[(reader, "weight")] = folded_weight(m.nodes[reader].weight, s, d_in).to(m.dtype)
+            edit.tensors[(reader, "weight")] = folded_weight(m.nodes[reader].weight, s, d_in, block).to(m.dtype)
     if not edit.remove:
         return m
     out = rebuild(m, edit)
@@ -161,3 +236,9 @@ def unfold(model: GraphModel) -> GraphModel:
 def wht_scale_roundtrip(model: nn.Module, calib: Calibration, **options) -> GraphModel:
     """``unfold(wht_scale(model))``: the plain model the quantizer's output folds back into."""
     return unfold(wht_scale(model, calib, **options))
+
+
+@register("wht-scale-block-roundtrip")
+def wht_scale_block_roundtrip(model: nn.Module, calib: Calibration, **options) -> GraphModel:
+    """``unfold(wht_scale_block(model))``: the block form's unfold, proven by the oracle."""
+    return unfold(wht_scale_block(model, calib, **options))

@@ -28,7 +28,7 @@ def windows(seed: int = 0) -> torch.Tensor:
     return torch.randint(0, DIMS["vocab"], (4, 32), generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("recipe", ["none", "bbt-absorb", "bbt-spectral", "bbt-pair-pca"])
+@pytest.mark.parametrize("recipe", ["none", "bbt-absorb", "bbt-spectral", "bbt-spectral-block", "bbt-pair-pca"])
 def test_rtn_pipeline_unfolds_exactly_and_covers_every_weight(recipe, tmp_path):
     model, tok = tiny(), word_tokenizer(DIMS["vocab"])
     report = quantize(model, tok, recipe, QuantConfig(**CFG), windows())
@@ -69,6 +69,19 @@ def test_t1_quantizes_the_transformed_weight():
     layer_config, _ = run_autoround(model, word_tokenizer(64), QuantConfig(**CFG), windows())
     cov = coverage(model, layer_config, 2, 16)
     assert cov["ok"] and prepared.hooked
+
+
+def test_block_t1_keeps_every_width_and_the_function():
+    """bbt-spectral-block: W~ = W Q_b D in place (no padding), the hook x Q_b D^-1; same logits before auto-round."""
+    from quant.quantize import prepare
+    model, ref = tiny(), tiny()
+    prepared = prepare(model, "bbt-spectral-block", windows())
+    assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in ref.state_dict().items()}
+    assert len(prepared.hooked) == 7 * DIMS["n_layers"]
+    assert {e["block"] for e in prepared.log if "block" in e} == {64}  # hidden 64, intermediate 128: blocks of 64
+    ids = windows(1)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, ref(ids).logits, rtol=1e-4, atol=1e-4)
 
 
 def test_gate_refuses_an_unproven_recipe_naming_the_check(monkeypatch):

@@ -39,3 +39,12 @@ def test_plot_is_a_png(tmp_path):
     data = w2.collect([row("fp", None, 0, 29.0), row("autoround", 2, 0, 400.0), row("autoround", 4, 0, 33.0)])
     w2.plot(data, tmp_path / "p.png")
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_merge_keeps_old_rows_and_replaces_a_rerun_cell():
+    old = [row("autoround", 2, 0, 400.0), row("bbt-spectral-a0.25", 2, 0, 190.0)]
+    new = [row("bbt-spectral-a0.25", 2, 0, 185.0), row("bbt-spectral-block-a0.25-neuqi16-algext", 2, 0, 100.0)]
+    merged = w2.merge_rows(old, new)
+    assert [(r["method"], r["ppl"]) for r in merged] == [("autoround", 400.0), ("bbt-spectral-a0.25", 185.0),
+                                                         ("bbt-spectral-block-a0.25-neuqi16-algext", 100.0)]
+    assert "bbt-spectral-block-a0.25-neuqi16-algext" in w2.ABLATION

@@ -222,7 +222,7 @@ def test_the_mutants_of_quant_transforms_are_registered_by_quant():
                   "kpe_per_head", "lm_head_bias_dropped", "extra_rows_unrotated", "positions_unmasked",
                   "temperature_dropped", "weightless_unabsorbed", "xielu_as_relu2", "rope_direction_lost",
                   "expert_scale_moved", "ple_unrotated", "residual_gate_rotated", "chunk_dropped",
-                  "temperature_form_confused", "indexer_unrotated"}
+                  "temperature_form_confused", "indexer_unrotated", "block_scale_before_rotation"}
     assert quant_made | {"forget_writer_bias", "cross_group_heads", "alibi_unpermuted", "sinks_unpermuted",
                          "softcap_scale_outside", "position_unpermuted", "diff_pairs_broken"} == set(mutants.names())
     for name in mutants.names():
