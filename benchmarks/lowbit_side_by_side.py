@@ -72,18 +72,26 @@ def _log_rss(where: str) -> None:
     print(f"[memory] {where}: RSS {status_mib('VmRSS'):.0f} MiB, peak {status_mib('VmHWM'):.0f} MiB", flush=True)
 
 
-def run_bits(bits: int, work: Path, args) -> list[dict]:
+RECIPES = ("none", "bbt-spectral", "bbt-spectral-block")  # vanilla, T1 padded, T1 group-aligned blocks (no padding)
+ARTIFACTS = ("none", "bbt-spectral", "bbt-spectral-block", "f16")  # the work folders w{bits}-{name}, in run order
+LABELS = {"none": "vanilla", "bbt-spectral": "bbt-spectral (online)", "bbt-spectral-block": "bbt-spectral-block (online)",
+          "f16": "f16 dequantized (vanilla)"}
+
+
+def run_bits(bits: int, work: Path, args, recipes=("none", "bbt-spectral")) -> tuple[list[dict], set[str]]:
+    """Quantize, build, prove and measure the artifacts of ``recipes`` at ``bits``; the rows and the artifact names
+    built anew (not reused)."""
     import openvino as ov
 
     from quant.checkpoints import load_default_checkpoint
     from quant.lowbit import grid_codes, quantize_tables
     from quant.online import make_online
-    from quant.quantize import QuantConfig, quantize, text_ids
+    from quant.quantize import ONLINE, QuantConfig, quantize, text_ids
     from quant.stateful import MODEL_XML, build_artifact, stateful_parity
     from quant.text import calibration_windows
 
-    rows = []
-    for recipe in ("none", "bbt-spectral"):
+    rows, built = [], set()
+    for recipe in recipes:
         model, tok = load_default_checkpoint()
         calib, _ = text_ids(tok, None, "calibration")
         eval_ids, _ = text_ids(tok, None, "evaluation")
@@ -93,7 +101,7 @@ def run_bits(bits: int, work: Path, args) -> list[dict]:
         t0 = time.time()
         quantize(model, tok, recipe, cfg, windows, alpha=args.alpha,
                  before_unfold=(lambda p: held.update(o=make_online(p.model, windows[:1, :16])))
-                 if recipe == "bbt-spectral" else None)
+                 if recipe in ONLINE else None)
         q_s = time.time() - t0
         m = held["o"][0] if held else copy.deepcopy(model)
         codes = grid_codes(m, bits, 64)
@@ -103,11 +111,14 @@ def run_bits(bits: int, work: Path, args) -> list[dict]:
         t0 = time.time()
         if not (args.reuse and (folder / "archfuzz_artifact.json").is_file()):
             build_artifact(m, tok, folder, codes, tables)  # with --reuse, a built one is proved against m below
+            built.add(recipe)
         _log_rss(f"w{bits} {recipe}: built")
-        row = {"bits": bits, "artifact": "bbt-spectral (online)" if held else "vanilla", "recipe": recipe,
+        row = {"bits": bits, "artifact": LABELS[recipe], "recipe": recipe,
                "quantize_s": round(q_s, 1), "build_s": round(time.time() - t0, 1)}
         if held:
             row["online_rotation"] = {k: held["o"][1][k] for k in ("mode", "rotations", "linears")}
+            row["online_rotation"]["widths"] = sorted({(g["d_in"], g["d_pad"], g.get("block")) for g in
+                                                       held["o"][1]["groups"]}, key=str)
             par = stateful_parity(m, folder / MODEL_XML, prompt, steps=8)
             row["parity"] = {k: par[k] for k in ("prefill_rel_err", "max_rel_err", "tokens_agree")}
             _log_rss(f"w{bits} {recipe}: parity")
@@ -124,11 +135,13 @@ def run_bits(bits: int, work: Path, args) -> list[dict]:
                 del ir
                 for ext in (".xml", ".bin"):
                     (f16 / f"f16{ext}").replace((f16 / MODEL_XML).with_suffix(ext))
-            r16 = {"bits": bits, "artifact": "f16 dequantized (vanilla)", "recipe": "none"}
+                built.add("f16")
+            r16 = {"bits": bits, "artifact": LABELS["f16"], "recipe": "none"}
             r16.update(_measure(m, tok, f16, prompt, eval_ids, args.window, args.max_tokens, args.new_tokens))
             rows.append(r16)
             print(json.dumps(r16), flush=True)
-    return rows
+        del model, m, held  # one model at a time
+    return rows, built
 
 
 MEDIANS = ("tpot_ms", "prefill_tok_s", "peak_rss_mib", "cpu_ms_per_token", "cpu_prefill_ms", "pinned_tpot_ms")
@@ -145,7 +158,7 @@ def interleaved_decode(work: Path, bits: int, rounds: int, new_tokens: int, prom
     from quant.quantize import text_ids
     _, tok = load_default_checkpoint()
     prompt = text_ids(tok, None, "evaluation")[0][:prompt_len].tolist()
-    folders = {name: work / f"w{bits}-{name}" for name in ("none", "bbt-spectral", "f16")}
+    folders = {name: work / f"w{bits}-{name}" for name in ARTIFACTS}
     runs = {name: [] for name in folders}
     for i in range(rounds):
         for name, folder in folders.items():
@@ -164,6 +177,12 @@ def interleaved_decode(work: Path, bits: int, rounds: int, new_tokens: int, prom
         out[name] = {**per, "best_tpot_ms": min(per["tpot_ms"]),
                      **{f"median_{k}": float(np.median(per[k])) for k in MEDIANS}}
     out["omp_num_threads"] = os.environ.get("OMP_NUM_THREADS")
+    if "none" in out:  # each artifact against vanilla: wall time per token (median, best), CPU ms per token (median)
+        van = out["none"]
+        out["over_vanilla"] = {n: {"median": v["median_tpot_ms"] / van["median_tpot_ms"],
+                                   "best": v["best_tpot_ms"] / van["best_tpot_ms"],
+                                   "cpu_median": v["median_cpu_ms_per_token"] / van["median_cpu_ms_per_token"]}
+                               for n, v in out.items() if isinstance(v, dict) and n != "none"}
     if "none" in out and "bbt-spectral" in out:
         out["bbt_over_vanilla_best"] = out["bbt-spectral"]["best_tpot_ms"] / out["none"]["best_tpot_ms"]
         out["bbt_over_vanilla_median"] = out["bbt-spectral"]["median_tpot_ms"] / out["none"]["median_tpot_ms"]
@@ -177,7 +196,7 @@ def markdown(data: dict) -> str:
     def f(v, spec):
         return "-" if v is None else format(v, spec)
     inter = data.get("decode_interleaved", {})
-    names = {"vanilla": "none", "bbt-spectral (online)": "bbt-spectral", "f16 dequantized (vanilla)": "f16"}
+    names = {label: name for name, label in LABELS.items()}
     lines = ["| bits | artifact | IR MiB | IR / f16 | peak RSS MiB | prefill tok/s | decode tok/s | decode vs vanilla "
              "(time/token) | CPU ms/token (1 thread) | OV PPL | PyTorch PPL | rel diff |",
              "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -211,7 +230,11 @@ def markdown(data: dict) -> str:
                          f"{v['median_tpot_ms']:.1f} | {', '.join(f'{t:.2f}' for t in cpu) if cpu else '-'} | "
                          f"{f(v.get('median_cpu_ms_per_token'), '.2f')} | {f(v.get('median_prefill_tok_s'), '.0f')} | "
                          f"{v['median_peak_rss_mib']:.0f} |")
-        if "bbt_over_vanilla_best" in d:
+        for n, r in d.get("over_vanilla", {}).items():
+            if n in ("bbt-spectral", "bbt-spectral-block"):
+                lines += ["", f"**{n} / vanilla time per token: {r['median']:.2f}x (median), {r['best']:.2f}x (best); "
+                          f"CPU per token on one thread: {r['cpu_median']:.2f}x (median)** (target <= 1.3x)."]
+        if "bbt_over_vanilla_best" in d and "over_vanilla" not in d:  # entries measured before the per-artifact ratios
             lines += ["", f"**BBT / vanilla time per token: {d['bbt_over_vanilla_median']:.2f}x (median), "
                       f"{d['bbt_over_vanilla_best']:.2f}x (best)"
                       + (f"; CPU per token on one thread: {d['bbt_over_vanilla_cpu_median']:.2f}x (median)"
@@ -245,7 +268,10 @@ def main(argv=None) -> int:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--window", type=int, default=256)
     ap.add_argument("--max-tokens", type=int, default=1024)
-    ap.add_argument("--redo", action="store_true", help="rebuild and re-measure bit widths already in OUT.json")
+    ap.add_argument("--recipes", nargs="+", choices=RECIPES, default=list(RECIPES),
+                    help="the low-bit artifacts to build (vanilla's f16 export comes with 'none'); rows of other "
+                         "artifacts already in OUT.json are kept")
+    ap.add_argument("--redo", action="store_true", help="rebuild and re-measure artifacts already in OUT.json")
     ap.add_argument("--reuse", action="store_true", help="keep artifacts already built under --work (quantize again "
                     "for the reference: the parity and perplexity then check that the artifact is that model's)")
     ap.add_argument("--interleave", type=int, default=0, metavar="ROUNDS",
@@ -266,14 +292,18 @@ def main(argv=None) -> int:
         return 0
     data["settings"] = {k: getattr(args, k) for k in ("alpha", "nsamples", "seqlen", "prompt", "new_tokens", "window",
                                                       "max_tokens")}
-    done = {r["bits"] for r in data["rows"]}
+    done = {(r["bits"], r["recipe"]) for r in data["rows"] if "ppl_ov" in r}
     for bits in args.bits:
-        if bits in done and not args.redo:
+        todo = [rc for rc in args.recipes if args.redo or (bits, rc) not in done]
+        if not todo:
             continue
-        rows = run_bits(bits, Path(args.work), args)  # the old rows of this width stay until the new ones are complete
-        data["rows"] = [r for r in data["rows"] if r["bits"] != bits] + rows
-        data.get("decode_interleaved", {}).pop(f"w{bits}", None)  # measured on the artifacts just replaced
-        data["commands"][f"build-w{bits}"] = command
+        rows, built = run_bits(bits, Path(args.work), args, todo)  # old rows stay until the new ones are complete
+        keys = {(r["bits"], r["artifact"]) for r in rows}
+        data["rows"] = [r for r in data["rows"] if (r["bits"], r["artifact"]) not in keys] + rows
+        inter = data.get("decode_interleaved", {})
+        if built & set(inter.get(f"w{bits}", {})):
+            inter.pop(f"w{bits}")  # measured on artifacts just replaced
+        data["commands"][f"build-w{bits}-" + "-".join(todo)] = command
         _write(out, data)
     print(markdown(data))
     return 0
