@@ -79,8 +79,30 @@ LABELS = {"none": "vanilla", "bbt-spectral": "bbt-spectral (online)", "bbt-spect
 
 
 def run_bits(bits: int, work: Path, args, recipes=("none", "bbt-spectral")) -> tuple[list[dict], set[str]]:
-    """Quantize, build, prove and measure the artifacts of ``recipes`` at ``bits``; the rows and the artifact names
-    built anew (not reused)."""
+    """Quantize, build, prove and measure the artifacts of ``recipes`` at ``bits``, each recipe in its own spawned
+    process (:func:`recipe_rows`): the rows and the artifact names built anew (not reused).
+
+    One process per recipe because memory does not come back within one: the float64 gate of ``bbt-spectral`` on
+    SmolLM2 peaks at 6.3 GB and leaves 3.7 GB resident after everything it made is freed (measured: freed, not held,
+    since the next stage reuses it), and the previous recipe's models and artifacts were still resident when the
+    next one's gate ran: together they reached the 15 GB that got the W4 run OOM-killed."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from benchmarks.lowbit_side_by_side import recipe_rows  # by its module name: a spawned child imports it so
+
+    rows, built = [], set()
+    for recipe in recipes:
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            r, b = pool.submit(recipe_rows, bits, recipe, work, args).result()
+        rows += r
+        built |= b
+    return rows, built
+
+
+def recipe_rows(bits: int, recipe: str, work: Path, args) -> tuple[list[dict], set[str]]:
+    """The rows of one recipe at ``bits`` (with ``none``, the f16 dequantized export of the same model too) and the
+    artifacts built anew; each row records this process's peak RSS (quantize, gate, build, proof, measurement)."""
     import openvino as ov
 
     from quant.checkpoints import load_default_checkpoint
@@ -91,56 +113,57 @@ def run_bits(bits: int, work: Path, args, recipes=("none", "bbt-spectral")) -> t
     from quant.text import calibration_windows
 
     rows, built = [], set()
-    for recipe in recipes:
-        model, tok = load_default_checkpoint()
-        calib, _ = text_ids(tok, None, "calibration")
-        eval_ids, _ = text_ids(tok, None, "evaluation")
-        cfg = QuantConfig(bits=bits, group_size=64, iters=0, nsamples=args.nsamples, seqlen=args.seqlen, batch_size=2)
-        windows = calibration_windows(calib, cfg.nsamples, cfg.seqlen, 0)
-        held = {}
-        t0 = time.time()
-        quantize(model, tok, recipe, cfg, windows, alpha=args.alpha,
-                 before_unfold=(lambda p: held.update(o=make_online(p.model, windows[:1, :16])))
-                 if recipe in ONLINE else None)
-        q_s = time.time() - t0
-        m = held["o"][0] if held else copy.deepcopy(model)
-        codes = grid_codes(m, bits, 64)
-        tables = quantize_tables(m, "int8", skip=codes)
-        prompt = eval_ids[None, :args.prompt]
-        folder = work / f"w{bits}-{recipe}"
-        t0 = time.time()
-        if not (args.reuse and (folder / "archfuzz_artifact.json").is_file()):
-            build_artifact(m, tok, folder, codes, tables)  # with --reuse, a built one is proved against m below
-            built.add(recipe)
-        _log_rss(f"w{bits} {recipe}: built")
-        row = {"bits": bits, "artifact": LABELS[recipe], "recipe": recipe,
-               "quantize_s": round(q_s, 1), "build_s": round(time.time() - t0, 1)}
-        if held:
-            row["online_rotation"] = {k: held["o"][1][k] for k in ("mode", "rotations", "linears")}
-            row["online_rotation"]["widths"] = sorted({(g["d_in"], g["d_pad"], g.get("block")) for g in
-                                                       held["o"][1]["groups"]}, key=str)
-            par = stateful_parity(m, folder / MODEL_XML, prompt, steps=8)
-            row["parity"] = {k: par[k] for k in ("prefill_rel_err", "max_rel_err", "tokens_agree")}
-            _log_rss(f"w{bits} {recipe}: parity")
-        row.update(_measure(m, tok, folder, prompt, eval_ids, args.window, args.max_tokens, args.new_tokens))
-        _log_rss(f"w{bits} {recipe}: measured")
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-        if recipe == "none":  # the f16 dequantized export of the same (vanilla) model: the size reference
-            f16 = work / f"w{bits}-f16"
-            if not (args.reuse and (f16 / "archfuzz_artifact.json").is_file()):
-                build_artifact(m, tok, f16)  # float32 weights (the dequantized codes and tables) ...
-                ir = ov.Core().read_model(str(f16 / MODEL_XML))
-                ov.save_model(ir, str(f16 / "f16.xml"), compress_to_fp16=True)  # ... stored as f16
-                del ir
-                for ext in (".xml", ".bin"):
-                    (f16 / f"f16{ext}").replace((f16 / MODEL_XML).with_suffix(ext))
-                built.add("f16")
-            r16 = {"bits": bits, "artifact": LABELS["f16"], "recipe": "none"}
-            r16.update(_measure(m, tok, f16, prompt, eval_ids, args.window, args.max_tokens, args.new_tokens))
-            rows.append(r16)
-            print(json.dumps(r16), flush=True)
-        del model, m, held  # one model at a time
+    model, tok = load_default_checkpoint()
+    calib, _ = text_ids(tok, None, "calibration")
+    eval_ids, _ = text_ids(tok, None, "evaluation")
+    cfg = QuantConfig(bits=bits, group_size=64, iters=0, nsamples=args.nsamples, seqlen=args.seqlen, batch_size=2)
+    windows = calibration_windows(calib, cfg.nsamples, cfg.seqlen, 0)
+    held = {}
+    t0 = time.time()
+    quantize(model, tok, recipe, cfg, windows, alpha=args.alpha,
+             before_unfold=(lambda p: held.update(o=make_online(p.model, windows[:1, :16])))
+             if recipe in ONLINE else None)
+    q_s = time.time() - t0
+    m = held["o"][0] if held else copy.deepcopy(model)
+    codes = grid_codes(m, bits, 64)
+    tables = quantize_tables(m, "int8", skip=codes)
+    prompt = eval_ids[None, :args.prompt]
+    folder = work / f"w{bits}-{recipe}"
+    t0 = time.time()
+    if not (args.reuse and (folder / "archfuzz_artifact.json").is_file()):
+        build_artifact(m, tok, folder, codes, tables)  # with --reuse, a built one is proved against m below
+        built.add(recipe)
+    _log_rss(f"w{bits} {recipe}: built")
+    row = {"bits": bits, "artifact": LABELS[recipe], "recipe": recipe,
+           "quantize_s": round(q_s, 1), "build_s": round(time.time() - t0, 1)}
+    if held:
+        row["online_rotation"] = {k: held["o"][1][k] for k in ("mode", "rotations", "linears")}
+        row["online_rotation"]["widths"] = sorted({(g["d_in"], g["d_pad"], g.get("block")) for g in
+                                                   held["o"][1]["groups"]}, key=str)
+        par = stateful_parity(m, folder / MODEL_XML, prompt, steps=8)
+        row["parity"] = {k: par[k] for k in ("prefill_rel_err", "max_rel_err", "tokens_agree")}
+        _log_rss(f"w{bits} {recipe}: parity")
+    row.update(_measure(m, tok, folder, prompt, eval_ids, args.window, args.max_tokens, args.new_tokens))
+    _log_rss(f"w{bits} {recipe}: measured")
+    rows.append(row)
+    print(json.dumps(row), flush=True)
+    if recipe == "none":  # the f16 dequantized export of the same (vanilla) model: the size reference
+        f16 = work / f"w{bits}-f16"
+        if not (args.reuse and (f16 / "archfuzz_artifact.json").is_file()):
+            build_artifact(m, tok, f16)  # float32 weights (the dequantized codes and tables) ...
+            ir = ov.Core().read_model(str(f16 / MODEL_XML))
+            ov.save_model(ir, str(f16 / "f16.xml"), compress_to_fp16=True)  # ... stored as f16
+            del ir
+            for ext in (".xml", ".bin"):
+                (f16 / f"f16{ext}").replace((f16 / MODEL_XML).with_suffix(ext))
+            built.add("f16")
+        r16 = {"bits": bits, "artifact": LABELS["f16"], "recipe": "none"}
+        r16.update(_measure(m, tok, f16, prompt, eval_ids, args.window, args.max_tokens, args.new_tokens))
+        rows.append(r16)
+        print(json.dumps(r16), flush=True)
+    from quant.genai_probe import status_mib
+    for r in rows:
+        r["process_peak_rss_mib"] = round(status_mib("VmHWM"))
     return rows, built
 
 
