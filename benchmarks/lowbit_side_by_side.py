@@ -320,14 +320,15 @@ def main(argv=None) -> int:
         todo = [rc for rc in args.recipes if args.redo or (bits, rc) not in done]
         if not todo:
             continue
-        rows, built = run_bits(bits, Path(args.work), args, todo)  # old rows stay until the new ones are complete
-        keys = {(r["bits"], r["artifact"]) for r in rows}
-        data["rows"] = [r for r in data["rows"] if (r["bits"], r["artifact"]) not in keys] + rows
-        inter = data.get("decode_interleaved", {})
-        if built & set(inter.get(f"w{bits}", {})):
-            inter.pop(f"w{bits}")  # measured on artifacts just replaced
-        data["commands"][f"build-w{bits}-" + "-".join(todo)] = command
-        _write(out, data)
+        for recipe in todo:  # written as each recipe finishes; its old rows stay until then
+            rows, built = run_bits(bits, Path(args.work), args, [recipe])
+            keys = {(r["bits"], r["artifact"]) for r in rows}
+            data["rows"] = [r for r in data["rows"] if (r["bits"], r["artifact"]) not in keys] + rows
+            inter = data.get("decode_interleaved", {})
+            if built & set(inter.get(f"w{bits}", {})):
+                inter.pop(f"w{bits}")  # measured on artifacts just replaced
+            data["commands"][f"build-w{bits}-{recipe}"] = command
+            _write(out, data)
     print(markdown(data))
     return 0
 
