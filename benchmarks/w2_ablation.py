@@ -9,8 +9,8 @@ Runs nothing: it calls ``benchmarks.head_to_head --report-only`` on ``OUT`` for 
 :data:`ABLATION` (W2 and W4, seeds 0-2, the ``cpu`` preset) and writes ``docs/data/w2_ablation.json`` (every
 cached row: PPL, quantization seconds, the machine's load average around the quantization, the method's recipe,
 alpha, auto-round options and settings; with ``--merge``, the rows of that JSON too, a cached row replacing the
-one of the same method, width and seed: cells run in another checkout), ``w2_ablation.md`` (mean +- sample std over the seeds that ran; single
-seeds marked) and ``w2_ablation.png`` (PPL against quantization seconds).  The cells themselves are run with
+one of the same method, width and seed: cells run in another checkout), ``w2_ablation.md`` (mean +- sample std
+over the seeds that ran; single seeds marked) and ``w2_ablation.png`` (PPL against quantization seconds).  The cells themselves are run with
 ``python -m benchmarks.head_to_head --methods M --bits B --seeds S ... --out OUT`` (docs/findings.md, "The W2
 frontier").
 """

@@ -859,7 +859,8 @@ def _wht_in(node, p, w):
     _widths(node, "wht_in", w, [p["in_features"]])
     d, block = p["d_pad"], p.get("block")
     if block is not None:  # the group-aligned block form: Q_b = I (x) H_b / sqrt(b), no padding
-        _need(not isinstance(block, bool) and block > 0 and block & (block - 1) == 0 and p["in_features"] % block == 0, node,
+        aligned = not isinstance(block, bool) and block > 0 and block & (block - 1) == 0
+        _need(aligned and p["in_features"] % block == 0, node,
               f"wht_in block {block} must be a power of two dividing in_features {p['in_features']} "
               f"[block-misaligned]")
         _need(d == p["in_features"], node, f"wht_in with block {block} is not padded: d_pad {d} must equal "

@@ -185,3 +185,18 @@ def test_make_online_gives_one_block_rotation_per_distinct_input():
     ids = windows(1)
     with torch.no_grad():
         torch.testing.assert_close(online(ids).logits, model(ids).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_block_rtn_error_rounds_each_group_to_its_grid():
+    """benchmarks.block_rtn_error's RTN: at most 2^bits levels per group, every weight within half a step (the
+    integer zero point moves the grid by up to half a step), grid points fixed."""
+    from benchmarks.block_rtn_error import rtn
+    w = torch.randn(3, 128, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    q = rtn(w, 2, 64)
+    for g in q.reshape(3, 2, 64).unbind(1):
+        for row in g:
+            assert row.unique().numel() <= 4
+    groups, qg = w.reshape(3, 2, 64), q.reshape(3, 2, 64)
+    step = (groups.amax(-1, keepdim=True) - groups.amin(-1, keepdim=True)) / 3
+    assert ((qg - groups).abs() <= step / 2 + 1e-12).all()
+    torch.testing.assert_close(rtn(q, 2, 64), q, rtol=0, atol=1e-12)
