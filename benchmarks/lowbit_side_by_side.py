@@ -238,7 +238,7 @@ def markdown(data: dict) -> str:
                          f"{f(r.get('ppl_ov'), '.3f')} | "
                          f"{f(r.get('ppl_torch'), '.3f')} | {f(r.get('ppl_rel_diff'), '.1e')} |")
     for key, d in sorted(inter.items()):
-        arts = {n: v for n, v in d.items() if isinstance(v, dict)}
+        arts = {n: v for n, v in d.items() if isinstance(v, dict) and "tpot_ms" in v}  # not over_vanilla
         loads = [x for v in arts.values() for x in v.get("loadavg_1min", [])]
         lines += ["", f"{key.upper()}, the built artifacts run alternately, each in a fresh process (GenAI defaults, "
                   f"OMP_NUM_THREADS={d.get('omp_num_threads')}, nice 10; 1-minute load average "
