@@ -346,9 +346,16 @@ def _neuqi_grid(grid):
 
 # ============================================================================================ unfold
 def _f64_logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    m = copy.deepcopy(model).double().eval()
-    with torch.no_grad():
-        out = m(ids)
+    """Float64 logits of ``model`` on ``ids`` in eval mode; a float64 model is run as it is (its mode restored), any
+    other on a float64 copy (``model`` is left as it was)."""
+    f64 = all(t.dtype == torch.float64 for t in (*model.parameters(), *model.buffers()) if t.is_floating_point())
+    m = model if f64 else copy.deepcopy(model).double()
+    training = m.training
+    try:
+        with torch.no_grad():
+            out = m.eval()(ids)
+    finally:
+        m.train(training)
     return (out.logits if hasattr(out, "logits") else out).double()
 
 
@@ -367,7 +374,9 @@ def unfold(prepared: Prepared, check_ids: torch.Tensor) -> dict:
         for reader, (path, _wht, _handle) in prepared.hooked.items():
             t1.nodes[reader].weight.data.copy_(model.get_submodule(path).weight.detach().to(t1.nodes[reader].weight.dtype))
         transformed = copy.deepcopy(t1).double()       # the quantized W^ in the transformed basis, float64
+        ref = _f64_logits(transformed, check_ids)
         plain = unfold_graph(transformed)                # W_eff = fwht(W^ / s)[:, :d_in], float64
+        del transformed  # one float64 model less while the shipped one is imported and run
         if plain.layout.of_op("wht_in"):
             raise BadInput(f"unfold left wht_in nodes: {plain.layout.of_op('wht_in')}")
         for reader, (path, _wht, handle) in prepared.hooked.items():
@@ -382,9 +391,9 @@ def unfold(prepared: Prepared, check_ids: torch.Tensor) -> dict:
         # against that same model (its right reference: the GraphModel must compute what will ship)
         transformed = import_model(model)
         plain = transformed
+        ref = _f64_logits(transformed, check_ids)
     if any(len(m._forward_pre_hooks) for m in model.modules()):
         raise BadInput("the unfolded model still carries forward pre-hooks")
-    ref = _f64_logits(transformed, check_ids)
     rel, abs_ = relative_error(_f64_logits(plain, check_ids), ref)
     if rel > UNFOLD_TOL:
         raise BadInput(f"unfold check failed: transformed quantized vs unfolded logits differ by {rel:.3e} "

@@ -51,7 +51,7 @@ def test_generate_refuses_a_folder_that_is_not_an_artifact(tmp_path, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe", ["none", "bbt-spectral"])
+@pytest.mark.parametrize("recipe", ["none", "bbt-spectral", "bbt-spectral-block"])
 def test_quantize_lowbit_writes_a_stateful_artifact_that_generates(tmp_path, capsys, recipe):
     """The whole command on a tiny Llama checkpoint: W2 RTN, the three prefill/step IRs and the stateful u2
     artifact, its parity and GenAI decode speed in the report, then ``archfuzz generate`` on it."""
@@ -69,9 +69,14 @@ def test_quantize_lowbit_writes_a_stateful_artifact_that_generates(tmp_path, cap
     assert st["parity"]["max_rel_err"] <= 1e-5 and st["parity"]["tokens_agree"]
     assert st["tables"] == {"mode": "int8", "tables": {"model.embed_tokens.weight": 1, "lm_head.weight": 1}}
     assert st["genai"]["new_tokens"] == 16 and st["genai"]["decode_tok_s"] > 0
-    if recipe == "bbt-spectral":  # W^ shipped as codes, the rotation online: 4 FWHTs per layer for 7 linears
+    if recipe != "none":  # W^ shipped as codes, the rotation online: 4 FWHTs per layer for 7 linears
         assert report["online_rotation"] == {"mode": "kron", "rotations": 4 * DIMS["n_layers"],
                                              "linears": 7 * DIMS["n_layers"]}
     assert "## Stateful artifact (KV cache, openvino_genai)" in printed
     genai = out / "openvino" / "genai"
     assert main(["generate", str(genai), "--prompt", "t1 t2 t3", "--max-new-tokens", "4", "--ignore-eos"]) == 0
+    if recipe == "bbt-spectral-block":  # device parity against the plain checkpoint quantize saved (W_eff, unfolded)
+        assert main(["parity", "--artifact", str(genai), "--seq", "8", "--steps", "2", "--hint", "f32",
+                     "--out", str(tmp_path / "p")]) == 0
+        rep = json.loads((tmp_path / "p" / "parity.json").read_text())
+        assert rep["ok"] and rep["subject_info"]["checkpoint"] == str(out)

@@ -116,3 +116,35 @@ def test_a_fresh_process_runs_the_artifact_and_reports_its_own_peak_rss(rtn):
     assert got["tokens"] == expected and got["prompt_tokens"] == PROMPT.shape[1]
     assert 0 < got["rss_imports_mib"] <= got["peak_rss_mib"] < 768
     assert got["decode_tok_s"] > 0 and got["prefill_tok_s"] > 0 and got["load_s"] > 0
+
+
+def test_cpu_time_is_split_at_the_first_token_like_the_wall_times():
+    """Prefill CPU = to the first streamed token; decode CPU per token = the rest over the tokens after it (a
+    streamer call may deliver several tokens)."""
+    from quant.genai_probe import cpu_split
+    got = cpu_split(10.0, [(10.5, 1), (10.7, 1), (10.9, 2), (11.1, 1)])
+    assert got["cpu_prefill_ms"] == pytest.approx(500.0)
+    assert got["cpu_ms_per_token"] == pytest.approx(600.0 / 4)
+    none = cpu_split(1.0, [])
+    assert none["cpu_prefill_ms"] != none["cpu_prefill_ms"] and none["cpu_ms_per_token"] != none["cpu_ms_per_token"]
+    one = cpu_split(1.0, [(1.25, 1)])  # one token: a prefill, no decode
+    assert one["cpu_prefill_ms"] == pytest.approx(250.0) and one["cpu_ms_per_token"] != one["cpu_ms_per_token"]
+
+
+def test_a_fresh_process_on_one_thread_reports_its_cpu_time_per_token(rtn):
+    """The load-robust decode figure: GenAI pinned to one inference thread, the process's CPU ms per decoded token and
+    of the prefill; the same tokens as the default run (the thread count changes no result)."""
+    from quant.genai_probe import PINNED
+    from quant.stateful import fresh_genai_run
+    ref, out = rtn
+    _, expected = torch_greedy(ref, PROMPT, 7)
+    sdpa = {"ATTENTION_BACKEND": "SDPA", **compile_config_f32()}
+    got = fresh_genai_run(out, PROMPT[0].tolist(), 8, properties={**sdpa, **PINNED})
+    assert got["properties"]["INFERENCE_NUM_THREADS"] == 1 and got["tokens"] == expected
+    assert got["cpu_ms_per_token"] > 0 and got["cpu_prefill_ms"] > 0
+    assert got["cpu_user_s"] >= 0 and got["cpu_sys_s"] >= 0 and got["cpu_user_s"] + got["cpu_sys_s"] > 0
+
+
+def compile_config_f32():
+    from quant.parity import compile_config
+    return compile_config("CPU", "f32")
