@@ -430,7 +430,9 @@ class IndexTopk(Node):
     def forward(self, q, k, w, padding: torch.Tensor | None = None):
         """``last_margin`` keeps, per query, the relative gap between its ``topk``-th and next readable score (a
         near-tie there can flip which key is read under a rounding change; an exact tie, as relu's zeros or a
-        repeated token without RoPE give, is the same tie in any basis and gets ``inf``), read by the oracle
+        repeated token without RoPE give, is the same tie in any basis; but torch.topk's pick among the tied keys
+        follows the comparisons of the whole row, so such a query's margin is the row's smallest gap between
+        distinct readable scores), read by the oracle
         like a router's margin (:func:`verifier.oracle.comparable_positions`).  ``exact_ties`` marks the
         queries whose choice is torch's tie-break (another implementation, OpenVINO's TopK, may pick another
         tied key: device parity leaves those positions out, ``quant.parity.comparison._reference``)."""
@@ -441,11 +443,24 @@ class IndexTopk(Node):
             gap = (kth - nxt) / torch.maximum(kth.abs(), nxt.abs()).clamp_min(torch.finfo(kth.dtype).tiny)
             self.exact_ties = (torch.isfinite(nxt) & (kth == nxt)).detach()
             gap = torch.where(torch.isfinite(nxt) & (gap > 0), gap, torch.full_like(gap, float("inf")))
+            # an exact tie at the topk-th place: which tied key torch.topk takes follows the order of the whole row
+            # (a comparison flipped anywhere in it by round-off can move the pick), so its margin is the row's
+            # smallest relative gap between distinct readable scores
+            if bool(self.exact_ties.any()):
+                gap = torch.where(self.exact_ties, self._row_gap(index), gap)
             self.last_margin = gap.detach()
         else:
             self.last_margin = self.exact_ties = None
         chosen = top.indices[..., :k_eff]
         return torch.zeros(index.shape, dtype=torch.bool, device=q.device).scatter(-1, chosen, True)
+
+    @staticmethod
+    def _row_gap(index: torch.Tensor) -> torch.Tensor:
+        """Per query, the smallest relative gap between two adjacent distinct finite scores (``inf`` if none)."""
+        ordered = index.sort(dim=-1, descending=True).values
+        hi, lo = ordered[..., :-1], ordered[..., 1:]
+        rel = (hi - lo) / torch.maximum(hi.abs(), lo.abs()).clamp_min(torch.finfo(index.dtype).tiny)
+        return torch.where(torch.isfinite(lo) & (hi != lo), rel, torch.full_like(rel, float("inf"))).amin(dim=-1)
 
     def export_forward(self, q, k, w):
         """The same top-k selection, written for ``torch.export`` (no margin kept)."""
