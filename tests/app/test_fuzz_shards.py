@@ -11,13 +11,13 @@ def test_shards_merge_and_a_mutant_is_caught_in_every_seed(tmp_path):
     names the seeds of each failure signature, and counts pair coverage over both shards' layouts; a rerun of
     the same code reads the shards back from the cache."""
     out = tmp_path / "out"
-    rc = fuzz_shards.main(["--seeds", "0", "1", "--transform", "mutants:gproj_omission", "--max-examples", "4",
+    rc = fuzz_shards.main(["--seeds", "0", "1", "--transform", "mutants:gproj_omission", "--max-examples", "8",
                            "--engine", "serial", "--out", str(out), "--corpus", str(tmp_path / "corpus"),
                            "--no-progress", "--reduce-steps", "4"])
     summary = json.loads((out / "summary.json").read_text())
     assert rc == 0  # a caught mutant is not a new finding
     (st,) = summary["per_transform"].values()
-    assert sorted(st["seeds"]) == [0, 1] and st["examples"] == 8
+    assert sorted(st["seeds"]) == [0, 1] and st["examples"] == 2 * 8
     caught = [f for f in summary["failures"] if f["outcome"] == "caught"]
     assert {seed for f in caught for seed in f["seeds"]} == {0, 1}
     inter = summary["interactions"]
@@ -26,6 +26,6 @@ def test_shards_merge_and_a_mutant_is_caught_in_every_seed(tmp_path):
     assert inter["pairs_seen"] >= max(r["interactions"]["pairs_seen"] for r in single)
     assert not (tmp_path / "corpus").exists() or not any((tmp_path / "corpus").iterdir())
     again = fuzz_shards.main(["--seeds", "0", "1", "--transform", "mutants:gproj_omission", "--max-examples",
-                              "4", "--engine", "serial", "--out", str(out), "--corpus", str(tmp_path / "corpus"),
+                              "8", "--engine", "serial", "--out", str(out), "--corpus", str(tmp_path / "corpus"),
                               "--no-progress", "--reduce-steps", "4"])
     assert again == 0 and json.loads((out / "summary.json").read_text())["per_transform"] == summary["per_transform"]
