@@ -57,6 +57,28 @@ def test_rtn_pipeline_unfolds_exactly_and_covers_every_weight(recipe, tmp_path):
     assert ppl["windows"] == 3 and ppl["tokens_scored"] == 3 * 63 and ppl["ppl"] > 1
 
 
+@pytest.mark.parametrize("recipe", ["none", "bbt-spectral"])
+def test_unfold_checks_the_quantized_model_in_float64(recipe, monkeypatch):
+    """A float32 import check compares two float32 paths, whose rounding differs by more than its 1e-4 bound on
+    the padded batch of a real W2 model (SmolLM2, NeUQI RTN: 1.03e-4): the quantized and the shipped model are
+    imported as float64 copies; the model itself stays float32."""
+    import fuzz.importer
+
+    dtypes = []
+    real = fuzz.importer.import_model
+
+    def recording(model, *args, **kwargs):
+        dtypes.append(next(model.parameters()).dtype)
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(fuzz.importer, "import_model", recording)
+    model, tok = tiny(), word_tokenizer(DIMS["vocab"])
+    quantize(model, tok, recipe, QuantConfig(**CFG), windows())
+    assert dtypes[-1] == torch.float64 and next(model.parameters()).dtype == torch.float32
+    if recipe == "none":  # the re-import of the quantized weights and the shipped one
+        assert dtypes[-2:] == [torch.float64, torch.float64]
+
+
 def test_t1_quantizes_the_transformed_weight():
     """auto-round sees W~ (d_pad-wide, rotated and column-scaled), not W: the grid lives in that basis."""
     from quant.quantize import prepare, run_autoround
