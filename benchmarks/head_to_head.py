@@ -81,6 +81,21 @@ METHODS = {
     "frontier-neuqi-algext-lr0.03": Method("none", options=NEUQI, settings=ALG_EXT + (("lr", 0.03),)),
     "frontier-bbt-a0.25-neuqi16-lr0.02": Method("bbt-spectral", 0.25, options=NEUQI,
                                                 settings=ALG_EXT + (("neuqi_grid", (16, 8)), ("lr", 0.02))),
+    "frontier-bbt-a0.25-neuqi16-lr0.05": Method("bbt-spectral", 0.25, options=NEUQI,
+                                                settings=ALG_EXT + (("neuqi_grid", (16, 8)), ("lr", 0.05))),
+    "frontier-bbt-a0.25-neuqi16-lr0.1": Method("bbt-spectral", 0.25, options=NEUQI,
+                                               settings=ALG_EXT + (("neuqi_grid", (16, 8)), ("lr", 0.1))),
+    "frontier-bbt-a0.25-neuqi16-n32": Method("bbt-spectral", 0.25, options=NEUQI,
+                                             settings=ALG_EXT + (("neuqi_grid", (16, 8)), ("nsamples", 32))),
+    "frontier-bbt-a0.25-neuqi16-n32-lr0.05": Method(
+        "bbt-spectral", 0.25, options=NEUQI,
+        settings=ALG_EXT + (("neuqi_grid", (16, 8)), ("nsamples", 32), ("lr", 0.05))),
+    # iters 0: auto-round's optimized RTN (the NeUQI search weighted by the imatrix, no sign-SGD), seeded by its
+    # calibration windows
+    "frontier-bbt-a0.25-neuqi-i0": Method("bbt-spectral", 0.25, options=NEUQI + (("disable_opt_rtn", False),),
+                                          settings=ALG_EXT + (("iters", 0),)),
+    "frontier-bbt-a0.25-neuqi-i0-n32": Method("bbt-spectral", 0.25, options=NEUQI + (("disable_opt_rtn", False),),
+                                              settings=ALG_EXT + (("iters", 0), ("nsamples", 32))),
     "frontier-neuqi-algext-i20-n4": Method("none", options=NEUQI,
                                            settings=ALG_EXT + (("iters", 20), ("nsamples", 4), ("batch_size", 4))),
 }
