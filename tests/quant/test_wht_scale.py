@@ -74,7 +74,7 @@ def test_weight_and_scales_follow_the_wht_energy():
     layout = build(ODD)
     model = materialize(layout)
     c = calib()
-    energy = collect(model, c, wht_energy=["l0_q_proj"])["wht_energy"]["l0_q_proj"]
+    energy = collect(model, c, wht_energy=[("l0_q_proj", None)])["wht_energy"]["l0_q_proj"]
     out = wht_scale(model, c, alpha=0.5)
     s = out.nodes["l0_q_proj_wht"].scale.detach()
     assert s.shape == (64,)

@@ -78,7 +78,7 @@ def test_weight_scales_and_layout(spec):
     layout = build(spec)
     model = materialize(layout)
     c = calib()
-    energy = collect(model, c, block_energy=[("l0_q_proj", 16)])["block_energy"]["l0_q_proj"]
+    energy = collect(model, c, wht_energy=[("l0_q_proj", 16)])["wht_energy"]["l0_q_proj"]
     out = wht_scale(model, c, alpha=0.5, block=16, targets=["l0_q_proj"])
     d = spec.hidden
     assert out.layout.params("l0_q_proj_wht") == {"in_features": d, "d_pad": d, "block": 16}

@@ -146,7 +146,7 @@ def test_online_forms_agree_with_the_wht_in_module():
     x = torch.randn(2, 5, 48, dtype=torch.float64)
     ref = x @ exact_hadamard(48) / s
     torch.testing.assert_close(mod(x), ref, rtol=0, atol=1e-13)
-    assert torch.equal(online_input(x, s, 48, exact=True), mod(x))
+    assert torch.equal(online_input(x, s, 48, "exact"), mod(x))
     hook = WHTInput(s, 48, torch.float64, block="exact")
     torch.testing.assert_close(hook(None, (x,))[0], ref, rtol=0, atol=1e-13)
     for mode in MODES:
