@@ -64,7 +64,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fuzz.errors import BadInput, FormError, Refusal
