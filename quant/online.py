@@ -21,7 +21,8 @@ model with explicit modules that ``openvino.convert_model`` / ``torch.export`` t
   and the three q/k/v matmuls read the same node.  A member called with another tensor simply recomputes:
   sharing can be lost, never correctness.
 
-The FWHT is expressed in one of three forms (``mode``), each plain ops after export:
+The FWHT is expressed in one of three forms (``mode``), each plain ops after export, from the group's
+:class:`fuzz.hadamard.Rotation` (its Kronecker factors, butterfly or dense matrix; T1's form checked there):
 
 * ``"kron"`` (the default): ``Q_{ab} = Q_a (x) Q_b`` (Sylvester order), so with ``X = [x, 0]`` reshaped to
   ``(a, b)``, ``x Q = vec(Q_a X Q_b)``: pad, reshape, two small matmuls (``a, b ~ sqrt(d_pad)``), reshape.

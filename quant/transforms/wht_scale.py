@@ -53,6 +53,11 @@ refused (``no-hadamard-order``, naming the linear).  Mutant: ``exact_q_not_trans
 where ``Q_n^T`` is needed (caught wherever ``Q_n`` is not symmetric, e.g. a width with a Paley I factor: 12, 20,
 24, 48).
 
+The three forms (``block``: ``None`` padded, an int block, ``EXACT``) are ``fuzz.hadamard.rotation``'s, which every
+reader of a ``wht_in`` node uses too (the op's shape rule, its module, calibration, the quantize hook, the online
+rotation); a form that does not fit a linear's width (``fuzz.hadamard.check_form``) is refused naming the linear
+and the feature (``block-misaligned``, ``no-hadamard-order``).
+
 Refusals: a module that is not a GraphModel (``module-without-layout``), a target that is not a
 ``linear`` node, e.g. the lm_head (``not-a-linear``), a linear already fed by a ``wht_in`` node
 (``already-transformed``).  Nothing structural is needed otherwise: T1 is exact for any linear.
