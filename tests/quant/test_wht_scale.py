@@ -40,35 +40,36 @@ PINNED = [dict(hidden=24, intermediate=48, head_dim=6, mla="none", moe=False, pe
 
 @dataclass(frozen=True)
 class Form:
-    """One T1 form as these tests drive it: its registered transform and recipe, the options and layouts drawn, the
-    ``block`` value it gives a linear of width ``d`` under ``options``, the specs its recipe is proved on, the unfold's
-    weight tolerance (relative to ``max |W|``), the online case (spec, target, ``block=`` option of wht_scale, the
-    absolute tolerance against the dense matrix) and the weights' absolute tolerance against it."""
+    """One T1 form as these tests drive it."""
 
-    transform: str
+    transform: str         # its registered transform (``-roundtrip`` added: with the unfold)
     recipe: str
-    options: tuple
+    options: tuple         # drawn on layouts
     layouts: st.SearchStrategy
-    block: object  # (d_in, options) -> the form's block value
-    specs: tuple
-    tol: float
-    online: tuple
-    bad: tuple  # (d_in, d_pad, block, feature): forms that do not fit, refused by every online operator
-    atol: float
+    block: object          # (d_in, options) -> the ``block`` value the transform gives a linear of width d_in
+    specs: tuple           # its recipe is proved on
+    tol: float             # weights back after the unfold, relative to max |W|
+    atol: float            # W~, x~ and the unfold against the dense matrix
+    online: tuple          # (spec, target, ``block=`` of wht_scale, atol of the online operators)
+    bad: tuple             # (d_in, d_pad, block, feature): forms that do not fit, refused by each online operator
 
 
 FORMS = {
-    "padded": Form("wht-scale", "bbt-spectral", tuple(OPTIONS), S.layouts(), lambda d, o: None, (ODD, POW2), 1e-13,
-                   (ODD, "l0_q_proj", None, 1e-14), ((48, 40, None, "form-padding"), (48, 96, None, "form-padding")),
-                   1e-14),
-    "block": Form("wht-scale-block", "bbt-spectral-block",
-                  (dict(alpha=0.0), dict(alpha=0.5), dict(alpha=0.25, max_block=16), dict(scales="random")),
-                  S.layouts(), lambda d, o: fitted_block(d, o.get("max_block", 64)), (ODD, POW2), 1e-13,
-                  (ODD, "l0_q_proj", 16, 1e-14), ((48, 64, 16, "form-padding"), (48, 48, 32, "block-misaligned")), 1e-14),
-    "exact": Form("wht-scale-exact", "bbt-spectral-exact", (dict(alpha=0.0), dict(alpha=0.25), dict(scales="random")),
-                  st.one_of(S.layouts(), *[S.layouts(**c) for c in PINNED]), lambda d, o: "exact",
-                  (ASYMMETRIC, SYMMETRIC), 1e-12, (ASYMMETRIC, "l0_mlp_down_proj", "exact", 1e-13),
-                  ((48, 64, "exact", "form-padding"), (22, 22, "exact", "no-hadamard-order")), 1e-12),
+    "padded": Form(transform="wht-scale", recipe="bbt-spectral", options=tuple(OPTIONS), layouts=S.layouts(),
+                   block=lambda d, o: None, specs=(ODD, POW2), tol=1e-13, atol=1e-14,
+                   online=(ODD, "l0_q_proj", None, 1e-14),
+                   bad=((48, 40, None, "form-padding"), (48, 96, None, "form-padding"))),
+    "block": Form(transform="wht-scale-block", recipe="bbt-spectral-block",
+                  options=(dict(alpha=0.0), dict(alpha=0.5), dict(alpha=0.25, max_block=16), dict(scales="random")),
+                  layouts=S.layouts(), block=lambda d, o: fitted_block(d, o.get("max_block", 64)), specs=(ODD, POW2),
+                  tol=1e-13, atol=1e-14, online=(ODD, "l0_q_proj", 16, 1e-14),
+                  bad=((48, 64, 16, "form-padding"), (48, 48, 32, "block-misaligned"))),
+    "exact": Form(transform="wht-scale-exact", recipe="bbt-spectral-exact",
+                  options=(dict(alpha=0.0), dict(alpha=0.25), dict(scales="random")),
+                  layouts=st.one_of(S.layouts(), *[S.layouts(**c) for c in PINNED]), block=lambda d, o: "exact",
+                  specs=(ASYMMETRIC, SYMMETRIC), tol=1e-12, atol=1e-12,
+                  online=(ASYMMETRIC, "l0_mlp_down_proj", "exact", 1e-13),
+                  bad=((48, 64, "exact", "form-padding"), (22, 22, "exact", "no-hadamard-order"))),
 }
 #: the weight and scale cases: (form, spec) with the linear l0_q_proj transformed alone
 WEIGHT_CASES = [("padded", ODD), ("padded", POW2), ("block", ODD), ("block", POW2), ("exact", ASYMMETRIC),
