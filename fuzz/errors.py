@@ -28,6 +28,17 @@ class LayoutError(BadInput):
         super().__init__(f"node {node!r}: {message}" if node is not None else message)
 
 
+class FormError(BadInput):
+    """A T1 rotation form (``block``: ``None`` padded, a power-of-two block, ``"exact"``) that does not fit its
+    width (:func:`fuzz.hadamard.check_form`, the one check); ``feature`` names the precondition, ``reason`` is the
+    message without it.  Callers that own a node say where: the ``wht_in`` op as a :class:`LayoutError`, T1 as a
+    :class:`Refusal` with the same reason and feature."""
+
+    def __init__(self, reason: str, feature: str):
+        self.reason, self.feature = reason, feature
+        super().__init__(f"{reason} [{feature}]")
+
+
 class Refusal(ArchfuzzError):
     """A transform's precondition does not hold: it refuses instead of producing a wrong model.
 

@@ -8,14 +8,34 @@ random orthogonal (QR of a Gaussian, signs fixed so it is unique for a seed).  :
 the block-diagonal ``Q_b = I_{n/b} (x) H_b / sqrt(b)``: each run of ``b`` coordinates gets its own Hadamard.
 :func:`exact_hadamard` / :func:`exact_fwht` give a full Hadamard of a width that is not a power of two,
 ``Q_n = (H_m (x) H_{2^k}) / sqrt(n)`` with ``H_m`` from Paley's constructions (:func:`paley`).
+
+T1's three rotation forms, named by the ``block`` value, live here once: :func:`check_form` is the one check of a
+form against a width and :func:`rotation` gives its :class:`Rotation` (``Q``, the padded width, the butterfly, the
+dense matrix and the Kronecker factors).  Every reader (the ``wht_in`` op, T1's weights, calibration, the quantize
+hook, the online rotation) goes through them.
+
+=========  ===========================================  ===========  ======================================
+``block``  ``x~ = [x, 0] Q``                            ``d_pad``    precondition
+=========  ===========================================  ===========  ======================================
+``None``   ``Q = H_{d_pad} / sqrt(d_pad)`` (padded)      ``2^k >= d``  none (``d_pad`` a power of two >= ``d``)
+``b``      ``Q_b = I_{d/b} (x) H_b / sqrt(b)``          ``d``         ``b`` a power of two dividing ``d``
+``EXACT``  ``Q_n = (H_m (x) H_{2^k}) / sqrt(d)``        ``d``         an order-``d`` Hadamard constructed here
+=========  ===========================================  ===========  ======================================
 """
 
 from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
+
+from .errors import FormError
+
+#: the ``block`` value of T1's exact-width full form (the others: ``None`` padded, an int block)
+EXACT = "exact"
 
 
 def next_pow2(n: int) -> int:
@@ -68,18 +88,6 @@ def orthogonal(n: int, seed: int = 0, dtype: torch.dtype = torch.float64) -> tup
     q, r = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
     q = q * torch.sign(torch.diagonal(r))[None, :]
     return q.to(dtype), "random"
-
-
-def online_input(x: torch.Tensor, scale: torch.Tensor, d_pad: int, block: int | None = None,
-                 exact: bool = False) -> torch.Tensor:
-    """``x~ = fwht([x, 0]) / scale``: a spectrally transformed layer's input, ``x`` zero-padded to ``d_pad``;
-    with ``block``, ``x~ = block_fwht(x, block) / scale``, with ``exact``, ``x~ = exact_fwht(x) / scale = x Q_n / s``
-    (no padding in either: ``d_pad`` is the width itself)."""
-    if exact:
-        return exact_fwht(x) / scale
-    if block is not None:
-        return block_fwht(x, block) / scale
-    return fwht(torch.nn.functional.pad(x, (0, d_pad - x.shape[-1]))) / scale
 
 
 # ------------------------------------------------------------------ exact-width Hadamard (Paley x Sylvester)
@@ -157,3 +165,91 @@ def exact_fwht(x: torch.Tensor, transpose: bool = False) -> torch.Tensor:
     y = fwht(x.reshape(*x.shape[:-1], m, b))
     qm = paley_q(m, x.dtype)
     return (qm if transpose else qm.T).matmul(y).reshape(x.shape)
+
+
+# ------------------------------------------------------------------ T1's rotation forms, in one place
+def form_name(block: int | str | None) -> str:
+    return "padded form" if block is None else "exact form" if block == EXACT else f"block {block}"
+
+
+def check_form(block: int | str | None, d_in: int, d_pad: int | None = None) -> int:
+    """The padded width of form ``block`` on ``d_in`` input columns (``d_pad``, when given, checked against it);
+    :class:`FormError` naming the feature when the form does not fit (module docstring's table)."""
+    if block is None:
+        d_pad = next_pow2(d_in) if d_pad is None else d_pad
+        if not (is_pow2(d_pad) and d_pad >= d_in):
+            raise FormError(f"padded form: d_pad {d_pad} must be a power of two >= in_features {d_in}", "form-padding")
+        return d_pad
+    if block == EXACT:
+        if hadamard_split(d_in) is None:
+            raise FormError(f"exact form: no Hadamard matrix of order {d_in} (in_features) is constructed here "
+                            f"(Sylvester x Paley I/II over a prime)", "no-hadamard-order")
+    elif isinstance(block, bool) or not isinstance(block, int):
+        raise FormError(f"block must be None (padded), a power of two or {EXACT!r}, got {block!r}", "not-a-form")
+    elif not (is_pow2(block) and d_in % block == 0):
+        raise FormError(f"block {block} is not a power of two dividing in_features {d_in}: the blocks would not "
+                        f"align with its input columns", "block-misaligned")
+    if d_pad is not None and d_pad != d_in:
+        raise FormError(f"{form_name(block)} is not padded: d_pad {d_pad} must equal in_features {d_in}",
+                        "form-padding")
+    return d_in
+
+
+@dataclass(frozen=True)
+class Rotation:
+    """T1's orthonormal ``Q`` of one form (``block``) on ``d_in`` input columns: ``x~ = [x, 0] Q``, ``x`` zero-padded
+    to ``d_pad`` (the padded form only; ``d_pad = d_in`` otherwise).  Build it with :func:`rotation`."""
+
+    block: int | str | None
+    d_in: int
+    d_pad: int
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """``[x, 0] Q`` along the last axis by butterflies (:func:`fwht`, :func:`block_fwht`, :func:`exact_fwht`)."""
+        if x.shape[-1] != self.d_in:
+            raise ValueError(f"{form_name(self.block)} of width {self.d_in} applied to width {x.shape[-1]}")
+        if self.block == EXACT:
+            return exact_fwht(x)
+        if self.block is not None:
+            return block_fwht(x, self.block)
+        return fwht(F.pad(x, (0, self.d_pad - self.d_in)) if self.d_pad > self.d_in else x)
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        """``(y Q^T)[..., :d_in]``: back from the rotated basis (``Q`` is symmetric but in the exact form); a copy,
+        never a view of the padded result."""
+        if self.block == EXACT:
+            return exact_fwht(y, transpose=True)
+        if self.block is not None:
+            return block_fwht(y, self.block)
+        return fwht(y)[..., :self.d_in].clone()
+
+    def matrix(self) -> torch.Tensor:
+        """The dense ``(d_in, d_pad)`` float64 matrix ``M`` with ``[x, 0] Q = x M`` (``Q``'s first ``d_in`` rows)."""
+        if self.block == EXACT:
+            return exact_hadamard(self.d_in)
+        if self.block is not None:
+            return block_fwht(torch.eye(self.d_in, dtype=torch.float64), self.block)
+        return hadamard(self.d_pad)[:self.d_in]
+
+    def factors(self) -> tuple[tuple[int, int], torch.Tensor | None, torch.Tensor]:
+        """``((a, b), A, B)`` with ``[x, 0] Q = vec(A X B)``, ``X = [x, 0]`` reshaped ``(a, b)`` row-major (float64;
+        ``A = None``: the identity).  Padded: ``Q = Q_a (x) Q_b`` (Sylvester order), ``a = 2^floor(k / 2)``; block:
+        ``A = I``, ``B = Q_b``; exact: ``x (Q_m (x) Q_b) = vec(Q_m^T X Q_b)``, ``A = Q_m^T``."""
+        if self.block == EXACT:
+            m, b = hadamard_split(self.d_in)
+            return (m, b), paley_q(m).T.contiguous(), hadamard(b)
+        if self.block is not None:
+            return (self.d_in // self.block, self.block), None, hadamard(self.block)
+        a = 1 << (int(math.log2(self.d_pad)) // 2)
+        return (a, self.d_pad // a), hadamard(a), hadamard(self.d_pad // a)
+
+
+def rotation(block: int | str | None, d_in: int, d_pad: int | None = None) -> Rotation:
+    """The :class:`Rotation` of form ``block`` on ``d_in`` columns (``d_pad``: the padded form's width, default
+    ``next_pow2(d_in)``), checked by :func:`check_form`."""
+    return Rotation(block, d_in, check_form(block, d_in, d_pad))
+
+
+def online_input(x: torch.Tensor, scale: torch.Tensor, d_pad: int, block: int | str | None = None) -> torch.Tensor:
+    """``x~ = [x, 0] Q / scale``: a T1 linear's online input in form ``block`` (``d_pad``: the width of ``scale``)."""
+    return rotation(block, x.shape[-1], d_pad).apply(x) / scale

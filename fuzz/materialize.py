@@ -28,7 +28,7 @@ from torch import nn
 from .errors import BadInput
 from .hadamard import online_input
 from .layout import Layout
-from .ops import DIFF_LAMBDAS, parameter_shapes, registrar, spec
+from .ops import DIFF_LAMBDAS, parameter_shapes, registrar, spec, wht_in_form
 from .rope_scaling import inv_freq_at
 
 NUMERICS = ("exact", "transformers")
@@ -743,11 +743,11 @@ class Experts(Node):
 
 @torch_impl("wht_in")
 class WhtIn(Node):
-    """``fwht([x, 0]) / scale``, ``block_fwht(x, block) / scale`` or ``exact_fwht(x) / scale``: the online input
-    of a T1 linear."""
+    """``[x, 0] Q / scale`` with ``Q`` the node's T1 form (:func:`fuzz.hadamard.rotation`): a T1 linear's online
+    input."""
 
     def forward(self, x):
-        return online_input(x, self.scale, self.p["d_pad"], self.p.get("block"), self.p.get("exact", False))
+        return online_input(x, self.scale, self.p["d_pad"], wht_in_form(self.p))
 
 
 @torch_impl("gamma_norm")

@@ -134,8 +134,8 @@ from typing import Any, Callable
 
 import torch
 
-from .errors import LayoutError
-from .hadamard import hadamard_split
+from .errors import FormError, LayoutError
+from .hadamard import EXACT, check_form
 
 ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu", "relu2", "quick_gelu", "fast_gelu", "bloom_gelu")
 # transformers ACT2FN name -> act fn computing the same function (``gelu_new`` is the tanh GELU written out;
@@ -858,27 +858,24 @@ declare(OpSpec("lm_head", {"dim": (int, ...), "vocab": (int, ...), "tied_to": ((
                + (("op:lm_head:bias",) if p["bias"] else ())))
 
 
+def wht_in_form(p: dict) -> int | str | None:
+    """The T1 form (``fuzz.hadamard``'s ``block`` value) a ``wht_in`` node's parameters name."""
+    return EXACT if p.get("exact") else p.get("block")
+
+
+def wht_in_params(block: int | str | None) -> dict:
+    """The ``wht_in`` parameters naming form ``block``, the defaults left out (padded layouts keep their hash)."""
+    return {} if block is None else {"exact": True} if block == EXACT else {"block": block}
+
+
 def _wht_in(node, p, w):
     _widths(node, "wht_in", w, [p["in_features"]])
-    d, block = p["d_pad"], p.get("block")
-    if p.get("exact"):  # the exact-width full form: Q_n = (H_m (x) H_2^k) / sqrt(n), no padding
-        _need(block is None, node, f"wht_in exact and block {block} are exclusive forms")
-        _need(hadamard_split(p["in_features"]) is not None, node,
-              f"wht_in exact: no Hadamard construction of order {p['in_features']} [no-hadamard-order]")
-        _need(d == p["in_features"], node, f"wht_in exact is not padded: d_pad {d} must equal "
-                                           f"in_features {p['in_features']}")
-        return d
-    if block is not None:  # the group-aligned block form: Q_b = I (x) H_b / sqrt(b), no padding
-        aligned = not isinstance(block, bool) and block > 0 and block & (block - 1) == 0
-        _need(aligned and p["in_features"] % block == 0, node,
-              f"wht_in block {block} must be a power of two dividing in_features {p['in_features']} "
-              f"[block-misaligned]")
-        _need(d == p["in_features"], node, f"wht_in with block {block} is not padded: d_pad {d} must equal "
-                                           f"in_features {p['in_features']}")
-        return d
-    _need(d & (d - 1) == 0 and d >= p["in_features"], node,
-          f"d_pad {d} must be a power of two >= in_features {p['in_features']}")
-    return d
+    _need(not (p.get("exact") and p.get("block") is not None), node,
+          f"wht_in exact and block {p.get('block')} are exclusive forms")
+    try:
+        return check_form(wht_in_form(p), p["in_features"], p["d_pad"])
+    except FormError as exc:
+        raise LayoutError(f"wht_in: {exc}", node) from exc
 
 
 declare(OpSpec("wht_in", {"in_features": (int, ...), "d_pad": (int, ...), "block": ((int, type(None)), None),

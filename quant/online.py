@@ -21,7 +21,8 @@ model with explicit modules that ``openvino.convert_model`` / ``torch.export`` t
   and the three q/k/v matmuls read the same node.  A member called with another tensor simply recomputes:
   sharing can be lost, never correctness.
 
-The FWHT is expressed in one of three forms (``mode``), each plain ops after export:
+The FWHT is expressed in one of three forms (``mode``), each plain ops after export, from the group's
+:class:`fuzz.hadamard.Rotation` (its Kronecker factors, butterfly or dense matrix; T1's form checked there):
 
 * ``"kron"`` (the default): ``Q_{ab} = Q_a (x) Q_b`` (Sylvester order), so with ``X = [x, 0]`` reshaped to
   ``(a, b)``, ``x Q = vec(Q_a X Q_b)``: pad, reshape, two small matmuls (``a, b ~ sqrt(d_pad)``), reshape.
@@ -51,67 +52,43 @@ stores them as u2/u4 codes (:func:`quant.lowbit.compress_model` matches them by 
 from __future__ import annotations
 
 import copy
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from fuzz.errors import BadInput
-from fuzz.hadamard import (block_fwht, exact_fwht, exact_hadamard, fwht, hadamard, hadamard_split, is_pow2,
-                           paley_q)
+from fuzz.hadamard import rotation
 
 MODES = ("kron", "butterfly", "dense")
 DEFAULT_MODE = "kron"
 
 
-def _kron_split(d_pad: int) -> tuple[int, int]:
-    a = 1 << (int(math.log2(d_pad)) // 2)
-    return a, d_pad // a
-
-
 class OnlineRotation(nn.Module):
-    """``x -> fwht([x, 0]) [/ s]`` for one group of linears reading the same tensor (see the module docstring).
+    """``x -> [x, 0] Q [/ s]`` for one group of linears reading the same tensor (see the module docstring), ``Q``
+    the form ``block``'s rotation (:func:`fuzz.hadamard.rotation`: ``None`` padded to ``d_pad``, a power-of-two
+    block or ``"exact"``, both with ``d_pad == d_in``; a form that does not fit is a ``FormError`` naming it).
 
-    ``scale``: the shared ``s`` (applied once), or ``None`` when each reader applies its own.  ``block``: the
-    group-aligned form ``x Q_b`` (``d_pad == d_in``, ``block`` a power of two dividing it), or ``"exact"``: the
-    exact-width full form ``x Q_n`` (``d_pad == d_in``; module docstring)."""
+    ``scale``: the shared ``s`` (applied once), or ``None`` when each reader applies its own."""
 
     def __init__(self, d_in: int, d_pad: int, members: int, scale: torch.Tensor | None = None, mode: str = DEFAULT_MODE,
                  block: int | str | None = None):
         super().__init__()
         if mode not in MODES:
             raise BadInput(f"online rotation mode must be one of {MODES}, got {mode!r}")
-        if block == "exact":
-            if d_pad != d_in or hadamard_split(d_in) is None:
-                raise BadInput(f"online rotation: the exact form needs d_pad {d_pad} == d_in {d_in} and a Hadamard "
-                               f"construction of order {d_in} (fuzz.hadamard.hadamard_split)")
-        elif block is not None:
-            if isinstance(block, bool) or not isinstance(block, int) or not is_pow2(block) or d_in % block \
-                    or d_pad != d_in:
-                raise BadInput(f"online rotation: block {block!r} must be a power of two dividing d_in {d_in}, "
-                               f"with d_pad {d_pad} == d_in (the block form is not padded)")
-        elif not is_pow2(d_pad) or d_pad < d_in:
-            raise BadInput(f"online rotation: d_pad {d_pad} must be a power of two >= d_in {d_in}")
+        self.q = rotation(block, d_in, d_pad)
         self.d_in, self.d_pad, self.members, self.mode, self.block = d_in, d_pad, members, mode, block
         inv = None if scale is None else (1.0 / scale.detach().double()).float()
         if mode == "dense":
-            m = (hadamard(d_pad)[:d_in] if block is None else exact_hadamard(d_in) if block == "exact"
-                 else block_fwht(torch.eye(d_in, dtype=torch.float64), block))
+            m = self.q.matrix()
             if scale is not None:
                 m = m / scale.detach().double()[None, :]
             self.register_buffer("matrix", m.float())
             inv = None  # folded into the matrix
-        elif mode == "kron" and block == "exact":  # vec(Q_m^T X Q_b), X = x reshaped (m, b)
-            a, b = hadamard_split(d_in)
-            self.register_buffer("qa", paley_q(a).T.contiguous().float())
-            self.register_buffer("qb", hadamard(b).float())
-        elif mode == "kron" and block is not None:  # Q_a = I: one (d_in / b, b) @ (b, b) matmul
-            self.register_buffer("qb", hadamard(block).float())
-        elif mode == "kron":
-            a, b = _kron_split(d_pad)
-            self.register_buffer("qa", hadamard(a).float())
-            self.register_buffer("qb", hadamard(b).float())
+        elif mode == "kron":  # vec(A X B), X = [x, 0] reshaped (a, b); A = None: the identity (the block form)
+            self.split, qa, qb = self.q.factors()
+            self.register_buffer("qa", None if qa is None else qa.float())
+            self.register_buffer("qb", qb.float())
         self.register_buffer("inv_scale", inv)
         self._memo: tuple | None = None
         self._reads = 0
@@ -119,19 +96,14 @@ class OnlineRotation(nn.Module):
     def rotate(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "dense":
             return x @ self.matrix.to(x.dtype)
-        xp = F.pad(x, (0, self.d_pad - self.d_in)) if self.d_pad > self.d_in else x
-        if self.block == "exact" and self.mode == "butterfly":
-            y = exact_fwht(xp)
-        elif self.block is not None and self.block != "exact" and self.mode == "butterfly":
-            y = block_fwht(xp, self.block)
-        elif self.block is not None and self.block != "exact":
-            y = torch.matmul(xp.unflatten(-1, (self.d_in // self.block, self.block)), self.qb.to(x.dtype)).flatten(-2)
-        elif self.mode == "butterfly":
-            y = fwht(xp)
+        if self.mode == "butterfly":
+            y = self.q.apply(x)
         else:
-            a, b = self.qa.shape[0], self.qb.shape[0]
-            y = torch.matmul(torch.matmul(self.qa.to(x.dtype), xp.unflatten(-1, (a, b))), self.qb.to(x.dtype))
-            y = y.flatten(-2)
+            xp = F.pad(x, (0, self.d_pad - self.d_in)) if self.d_pad > self.d_in else x
+            y = xp.unflatten(-1, self.split)
+            if self.qa is not None:
+                y = torch.matmul(self.qa.to(x.dtype), y)
+            y = torch.matmul(y, self.qb.to(x.dtype)).flatten(-2)
         return y if self.inv_scale is None else y * self.inv_scale.to(x.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -56,7 +56,9 @@ import torch
 from torch import nn
 
 from fuzz.errors import BadInput
+from fuzz.hadamard import rotation
 from fuzz.layout import atomic_dir
+from fuzz.ops import wht_in_form
 
 RECIPES = ("none", "bbt-absorb", "bbt-pair-pca", "bbt-spectral-pca", "bbt-spectral", "bbt-spectral-block",
            "bbt-spectral-exact", "autoround-hadamard")
@@ -183,35 +185,31 @@ def gate(model: nn.Module, recipe: str, alpha: float = 0.5, seed: int = 0):
 
 # ============================================================================================ transform
 class WHTInput:
-    """Forward pre-hook ``x -> [x, 0] Q D^-1`` (T1's online operator) as one dense ``(d_in, d_pad)`` matmul; with
-    ``block``, ``x Q_b D^-1`` as ``x`` reshaped ``(d_in / b, b)`` times ``H_b / sqrt(b)``, then ``/ s``; with
-    ``block = "exact"``, ``x Q_n D^-1`` as ``x`` reshaped ``(m, b)``, ``Q_m^T X Q_b`` (two small matmuls), then
-    ``/ s``."""
+    """Forward pre-hook ``x -> [x, 0] Q D^-1`` (T1's online operator, ``Q`` the form ``block``'s rotation:
+    :func:`fuzz.hadamard.rotation`): padded, one dense ``(d_in, d_pad)`` matmul with ``1 / s`` folded in; the block
+    and exact forms, ``x`` reshaped ``(a, b)`` times the rotation's Kronecker factors (``X Q_b``; exact:
+    ``Q_m^T (X Q_b)``), then ``/ s``."""
 
     def __init__(self, scale: torch.Tensor, d_in: int, dtype: torch.dtype, block: int | str | None = None):
-        from fuzz.hadamard import hadamard, hadamard_split, paley_q
-        d_pad = scale.numel()
-        self.d_in, self.d_pad, self.block = d_in, d_pad, block
+        rot = rotation(block, d_in, scale.numel())
+        self.d_in, self.d_pad, self.block = d_in, rot.d_pad, block
         self.scale = scale.detach().double().clone()  # s, for quant.online.make_online
-        if block == "exact":
-            m, b = hadamard_split(d_in)
-            self.split, self.qm_t, self.matrix = (m, b), paley_q(m).T.contiguous().to(dtype), hadamard(b).to(dtype)
-            self.inv_scale = (1.0 / scale.double()).to(dtype)
-        elif block is None:
-            self.matrix = (hadamard(d_pad)[:d_in] / scale.double()[None, :]).to(dtype)
+        if block is None:
+            self.matrix = (rot.matrix() / scale.double()[None, :]).to(dtype)
         else:
-            self.matrix = hadamard(block).to(dtype)
+            self.split, qa, qb = rot.factors()
+            self.qm_t = None if qa is None else qa.to(dtype)
+            self.matrix = qb.to(dtype)
             self.inv_scale = (1.0 / scale.double()).to(dtype)
 
     def __call__(self, module, args):
         x = args[0]
         if self.block is None:
             return (x @ self.matrix.to(x.dtype),) + tuple(args[1:])
-        if self.block == "exact":
-            y = (self.qm_t.to(x.dtype) @ (x.unflatten(-1, self.split) @ self.matrix.to(x.dtype))).flatten(-2)
-        else:
-            y = (x.unflatten(-1, (self.d_in // self.block, self.block)) @ self.matrix.to(x.dtype)).flatten(-2)
-        return (y * self.inv_scale.to(x.dtype),) + tuple(args[1:])
+        y = x.unflatten(-1, self.split) @ self.matrix.to(x.dtype)
+        if self.qm_t is not None:
+            y = self.qm_t.to(x.dtype) @ y
+        return (y.flatten(-2) * self.inv_scale.to(x.dtype),) + tuple(args[1:])
 
 
 @dataclass
@@ -253,9 +251,7 @@ def prepare(model: nn.Module, recipe: str, calib_ids: torch.Tensor, alpha: float
     t1 = T.get(recipe, alpha=alpha)(graph, calib)
     prepared = Prepared(model, recipe, graph=t1, log=list(getattr(t1, "transform_log", [])))
     for wht in t1.layout.of_op("wht_in"):
-        d_in, block = t1.layout.params(wht)["in_features"], t1.layout.params(wht).get("block")
-        if t1.layout.params(wht).get("exact"):
-            block = "exact"
+        d_in, block = t1.layout.params(wht)["in_features"], wht_in_form(t1.layout.params(wht))
         s = t1.nodes[wht].scale.detach()
         for reader, _ in t1.layout.consumers(wht):
             if t1.layout.op(reader) != "linear":

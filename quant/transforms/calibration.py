@@ -3,12 +3,9 @@
 All sums are accumulated in float64 over every calibration token:
 
 * ``energy[node]``        ``E[x_l^2]`` of the node's output, per channel (the basis where T2's ``s`` acts)
-* ``wht_energy[node]``    ``E[h_l^2]`` with ``h = [x, 0] Q`` of the node's *input* (T1's basis, all
-                           ``d_pad`` coordinates, as the paper defines ``rho``)
-* ``block_energy[node]``  ``E[h_l^2]`` with ``h = x Q_b`` (``Q_b = I (x) H_b / sqrt(b)``, no padding) of the
-                           node's input: the group-aligned T1's basis, ``d_in`` coordinates
-* ``exact_energy[node]``  ``E[h_l^2]`` with ``h = x Q_n`` (the exact-width full Hadamard, no padding): the
-                           exact-width T1's basis, ``d_in`` coordinates
+* ``wht_energy[node]``    ``E[h_l^2]`` with ``h = [x, 0] Q`` of the node's *input*, ``Q`` T1's rotation in the
+                           form asked for (``fuzz.hadamard.rotation``): all ``d_pad`` coordinates of the padded form,
+                           as the paper defines ``rho``; ``d_in`` of the block (``Q_b``) and exact (``Q_n``) forms
 * ``head_cov[node]``      ``E[y_h y_h^T]`` per head block of the node's output (T4 / T5), shape
                            ``(heads, block, block)``
 * ``expert_energy[node]`` per expert, ``E[m_e^2]`` of the intermediate ``act(gate_e x) * up_e x`` over the
@@ -21,9 +18,8 @@ import time
 from collections import defaultdict
 
 import torch
-import torch.nn.functional as F
 
-from fuzz.hadamard import block_fwht, exact_fwht, fwht, next_pow2
+from fuzz.hadamard import rotation
 from fuzz.materialize import GraphModel
 from verifier.transform import Calibration
 
@@ -39,12 +35,11 @@ def energy_scales(energy: torch.Tensor, alpha: float) -> torch.Tensor:
     return (1.0 + energy.numel() * rho) ** alpha
 
 
-def collect(model: GraphModel, calib: Calibration, *, energy=(), wht_energy=(), block_energy=(), exact_energy=(),
-            head_cov=(),
+def collect(model: GraphModel, calib: Calibration, *, energy=(), wht_energy=(), head_cov=(),
             expert_energy=()) -> dict[str, dict]:
     """Run the calibration ids once and return ``{kind: {node: tensor}}`` (see the module docstring).
 
-    ``head_cov`` takes ``(node, heads)`` pairs, ``block_energy`` ``(node, block)`` pairs.
+    ``wht_energy`` takes ``(node, form)`` pairs (``form``: T1's ``block`` value), ``head_cov`` ``(node, heads)``.
     """
     started = time.perf_counter()
     sums: dict[str, dict] = defaultdict(dict)
@@ -64,21 +59,10 @@ def collect(model: GraphModel, calib: Calibration, *, energy=(), wht_energy=(), 
     for node in energy:
         handles.append(model.nodes[node].register_forward_hook(
             lambda m, a, out, node=node: add("energy", node, rows(out).pow(2).sum(0), rows(out).shape[0])))
-    for node in wht_energy:
-        def hook(m, args, out, node=node):
+    for node, form in wht_energy:
+        def hook(m, args, out, node=node, form=form):
             x = rows(args[0])
-            h = fwht(F.pad(x, (0, next_pow2(x.shape[1]) - x.shape[1])))
-            add("wht_energy", node, h.pow(2).sum(0), x.shape[0])
-        handles.append(model.nodes[node].register_forward_pre_hook(lambda m, a, hook=hook: hook(m, a, None)))
-    for node, block in block_energy:
-        def hook(m, args, out, node=node, block=block):
-            x = rows(args[0])
-            add("block_energy", node, block_fwht(x, block).pow(2).sum(0), x.shape[0])
-        handles.append(model.nodes[node].register_forward_pre_hook(lambda m, a, hook=hook: hook(m, a, None)))
-    for node in exact_energy:
-        def hook(m, args, out, node=node):
-            x = rows(args[0])
-            add("exact_energy", node, exact_fwht(x).pow(2).sum(0), x.shape[0])
+            add("wht_energy", node, rotation(form, x.shape[1]).apply(x).pow(2).sum(0), x.shape[0])
         handles.append(model.nodes[node].register_forward_pre_hook(lambda m, a, hook=hook: hook(m, a, None)))
     for node, heads in head_cov:
         def hook(m, args, out, node=node, heads=heads):

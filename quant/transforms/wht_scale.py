@@ -53,6 +53,11 @@ refused (``no-hadamard-order``, naming the linear).  Mutant: ``exact_q_not_trans
 where ``Q_n^T`` is needed (caught wherever ``Q_n`` is not symmetric, e.g. a width with a Paley I factor: 12, 20,
 24, 48).
 
+The three forms (``block``: ``None`` padded, an int block, ``EXACT``) are ``fuzz.hadamard.rotation``'s, which every
+reader of a ``wht_in`` node uses too (the op's shape rule, its module, calibration, the quantize hook, the online
+rotation); a form that does not fit a linear's width (``fuzz.hadamard.check_form``) is refused naming the linear
+and the feature (``block-misaligned``, ``no-hadamard-order``).
+
 Refusals: a module that is not a GraphModel (``module-without-layout``), a target that is not a
 ``linear`` node, e.g. the lm_head (``not-a-linear``), a linear already fed by a ``wht_in`` node
 (``already-transformed``).  Nothing structural is needed otherwise: T1 is exact for any linear.
@@ -64,13 +69,13 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from fuzz.errors import BadInput, Refusal
-from fuzz.hadamard import block_fwht, exact_fwht, fwht, hadamard_split, is_pow2, next_pow2
+from fuzz.errors import BadInput, FormError, Refusal
+from fuzz.hadamard import EXACT, Rotation, is_pow2, rotation
 from fuzz.layout import Layout
 from fuzz.materialize import GraphModel
+from fuzz.ops import wht_in_form, wht_in_params
 from verifier._faults import fault
 from verifier.transform import Calibration
 
@@ -81,37 +86,28 @@ from .graph_edit import LayoutEdit, rebuild, require_graph_model
 NAME = "wht-scale"
 BLOCK_NAME = "wht-scale-block"
 EXACT_NAME = "wht-scale-exact"
-#: the per-linear form value of the exact-width full Hadamard (the others: ``None`` padded, an int block)
-EXACT = "exact"
 SCALES = ("energy", "random")
 #: ``wht-scale-block``'s largest block: the quantization group size, so each group gets its own Hadamard
 MAX_BLOCK = 64
 
 
 def transformed_weight(weight: torch.Tensor, s: torch.Tensor, block: int | str | None = None) -> torch.Tensor:
-    """``W~ = [W, 0] Q D`` in float64: row ``o`` is ``fwht([W_o, 0]) * s``; with ``block``, ``W Q_b D``; with
-    ``block = EXACT``, ``W Q_n D``."""
+    """``W~ = [W, 0] Q D`` in float64 (row ``o``: ``[W_o, 0] Q * s``), ``Q`` the form ``block``'s rotation."""
     w, s = weight.detach().double(), s.detach().double()  # plain float64 math: no autograd graph kept alive
-    if block == EXACT:
-        return exact_fwht(w) * s
-    if block is not None:
-        return block_fwht(w, block) * s
-    return fwht(F.pad(w, (0, s.numel() - w.shape[1]))) * s
+    return rotation(block, w.shape[1], s.numel()).apply(w) * s
 
 
 def folded_weight(weight: torch.Tensor, s: torch.Tensor, d_in: int, block: int | str | None = None) -> torch.Tensor:
-    """``W_eff = (W^ D^-1 Q^T)[:, :d_in]`` in float64: row ``o`` is ``fwht(W^_o / s)[:d_in]``; with ``block``,
-    ``block_fwht(W^ / s, block)`` (``Q_b`` is symmetric, nothing to cut); with ``block = EXACT``, ``W^ D^-1 Q_n^T``."""
+    """``W_eff = (W^ D^-1 Q^T)[:, :d_in]`` in float64, ``Q`` the form ``block``'s rotation (padded: row ``o`` is
+    ``fwht(W^_o / s)[:d_in]``; block: ``block_fwht(W^ / s, b)``, ``Q_b`` symmetric; exact: ``W^ D^-1 Q_n^T``)."""
     # ``s`` detached: the unfold reads it from a Parameter, and the autograd graph of every linear's fold, kept alive
     # by the folded weights until the rebuild, took the unfold of SmolLM2 past 12 GB (stopped there); a copy, not a
     # view of the padded result, so the padded columns are freed (6 SmolLM2-shaped layers: +2.3 GB -> +0.7 GB)
     w, s = weight.detach().double(), s.detach().double()
-    if block == EXACT:
-        transpose = fault("exact_q_not_transposed") is None  # the mutant unfolds with Q_n, not Q_n^T
-        return exact_fwht(w / s, transpose=transpose)
-    if block is not None:
-        return block_fwht(w / s, block)
-    return fwht(w / s)[:, :d_in].clone()
+    rot = rotation(block, d_in, s.numel())
+    if block == EXACT and fault("exact_q_not_transposed") is not None:  # the mutant unfolds with Q_n, not Q_n^T
+        return rot.apply(w / s)
+    return rot.inverse(w / s)
 
 
 def fitted_block(d_in: int, max_block: int = MAX_BLOCK) -> int:
@@ -119,22 +115,15 @@ def fitted_block(d_in: int, max_block: int = MAX_BLOCK) -> int:
     return min(max_block, d_in & -d_in)
 
 
-def check_block(node: str, d_in: int, block: int, transform: str = NAME) -> None:
-    """:class:`Refusal` (``block-misaligned``) unless ``block`` is a power of two dividing ``d_in``."""
-    if isinstance(block, bool) or not isinstance(block, int):
-        raise BadInput(f"{transform}: block must be an int (a power of two) or None, got {block!r}")
-    if not (is_pow2(block) and d_in % block == 0):
-        raise Refusal(transform, f"block {block} is not a power of two dividing in_features {d_in} of {node!r}: "
-                                 f"the blocks would not align with its input columns",
-                      op="linear", path=node, feature="block-misaligned")
-
-
-def check_exact(node: str, d_in: int) -> None:
-    """:class:`Refusal` (``no-hadamard-order``) unless an order-``d_in`` Hadamard is constructed here."""
-    if hadamard_split(d_in) is None:
-        raise Refusal(EXACT_NAME, f"no Hadamard matrix of order {d_in} (in_features of {node!r}) is constructed here "
-                                  f"(Sylvester x Paley I/II over a prime): the exact-width form cannot rotate it",
-                      op="linear", path=node, feature="no-hadamard-order")
+def rotation_of(node: str, d_in: int, block: int | str | None, transform: str = NAME) -> Rotation:
+    """The rotation of form ``block`` on the linear ``node``; a :class:`Refusal` naming it and the feature where the
+    form does not fit its width (``block-misaligned``, ``no-hadamard-order``: :func:`fuzz.hadamard.check_form`)."""
+    try:
+        return rotation(block, d_in)
+    except FormError as exc:
+        if exc.feature == "not-a-form":
+            raise BadInput(f"{transform}: {exc}") from exc
+        raise Refusal(transform, exc.reason, op="linear", path=node, feature=exc.feature) from exc
 
 
 def targets_of(layout: Layout, targets: list[str] | None = None, *, transform: str = NAME) -> list[str]:
@@ -165,44 +154,37 @@ def wht_scale(model: nn.Module, calib: Calibration, alpha: float = 0.5, scales: 
     return _transform(m, calib, {node: block for node in chosen}, alpha, scales, seed)
 
 
-def _transform(m: GraphModel, calib: Calibration, blocks: dict[str, int | None], alpha: float, scales: str,
+def _transform(m: GraphModel, calib: Calibration, blocks: dict[str, int | str | None], alpha: float, scales: str,
                seed: int) -> GraphModel:
-    """T1 on the linears ``blocks`` names, each padded (``None``), with its block (an int) or exact (``EXACT``)."""
+    """T1 on the linears ``blocks`` names, each in its form: padded (``None``), a block (an int) or ``EXACT``."""
     transform = (EXACT_NAME if any(b == EXACT for b in blocks.values()) else
                  NAME if all(b is None for b in blocks.values()) else BLOCK_NAME)
     if scales not in SCALES:
         raise BadInput(f"{transform}: scales must be one of {SCALES}, got {scales!r}")
     layout = m.layout
     chosen = list(blocks)
-    for node in chosen:
-        if blocks[node] == EXACT:
-            check_exact(node, layout.params(node)["in_features"])
-        elif blocks[node] is not None:
-            check_block(node, layout.params(node)["in_features"], blocks[node], transform)
+    rots = {node: rotation_of(node, layout.params(node)["in_features"], blocks[node], transform) for node in chosen}
     if scales == "energy" and chosen:
-        stats = collect(m, calib, wht_energy=[n for n in chosen if blocks[n] is None],
-                        block_energy=[(n, b) for n, b in blocks.items() if b not in (None, EXACT)],
-                        exact_energy=[n for n, b in blocks.items() if b == EXACT])
+        energy = collect(m, calib, wht_energy=list(blocks.items()))["wht_energy"]
     gen = torch.Generator().manual_seed(seed)
     edit, log = LayoutEdit(), []
     for node in chosen:
-        d_in, b = layout.params(node)["in_features"], blocks[node]
-        d_pad = next_pow2(d_in) if b is None else d_in
+        rot = rots[node]
+        d_in, d_pad = rot.d_in, rot.d_pad
         if scales == "energy":
-            kind = "wht_energy" if b is None else "exact_energy" if b == EXACT else "block_energy"
-            s = energy_scales(stats[kind][node], alpha)
+            s = energy_scales(energy[node], alpha)
         else:
             s = torch.exp(0.5 * torch.randn(d_pad, generator=gen, dtype=torch.float64))
         wht = f"{node}_wht"
-        form = {} if b is None else {"exact": True} if b == EXACT else {"block": b}
+        form = wht_in_params(rot.block)
         edit.insert[(node, 0)] = (wht, "wht_in", {"in_features": d_in, "d_pad": d_pad, **form})
-        if b is None:
+        if d_pad != d_in:
             edit.params[node] = {"in_features": d_pad}
         edit.tensors[(wht, "scale")] = s.to(m.dtype)
-        if b not in (None, EXACT) and fault("block_scale_before_rotation") is not None:  # the mutant: W D Q_b
-            edit.tensors[(node, "weight")] = block_fwht(m.nodes[node].weight.double() * s, b).to(m.dtype)
+        if isinstance(rot.block, int) and fault("block_scale_before_rotation") is not None:  # the mutant: W D Q_b
+            edit.tensors[(node, "weight")] = rot.apply(m.nodes[node].weight.double() * s).to(m.dtype)
         else:
-            edit.tensors[(node, "weight")] = transformed_weight(m.nodes[node].weight, s, b).to(m.dtype)
+            edit.tensors[(node, "weight")] = transformed_weight(m.nodes[node].weight, s, rot.block).to(m.dtype)
         log.append({"transform": transform, "node": node, "wht_in": wht, "d_in": d_in, "d_pad": d_pad,
                     **form, "s_min": float(s.min()), "s_max": float(s.max())})
     out = rebuild(m, edit)
@@ -255,9 +237,8 @@ class _Unfold(LayoutEdit):
 def unfold(model: GraphModel) -> GraphModel:
     """Fold every ``wht_in`` node that feeds only linears back into them (module docstring).
 
-    Each reader gets ``W_eff = fwht(W^ / s)[:, :d_in]`` (block form: ``block_fwht(W^ / s, b)``) and
-    ``in_features = d_in``; the ``wht_in`` node is
-    removed.  A ``wht_in`` read by anything else is left in place.
+    Each reader gets ``W_eff = (W^ D^-1 Q^T)[:, :d_in]`` in the node's form (:func:`folded_weight`) and
+    ``in_features = d_in``; the ``wht_in`` node is removed.  A ``wht_in`` read by anything else is left in place.
     """
     m = require_graph_model("wht-scale-unfold", model)
     layout = m.layout
@@ -266,9 +247,7 @@ def unfold(model: GraphModel) -> GraphModel:
         readers = layout.consumers(wht)
         if not all(layout.op(r) == "linear" for r, _ in readers):
             continue
-        d_in, block = layout.params(wht)["in_features"], layout.params(wht).get("block")
-        if layout.params(wht).get("exact"):
-            block = EXACT
+        d_in, block = layout.params(wht)["in_features"], wht_in_form(layout.params(wht))
         s = m.nodes[wht].scale
         edit.remove.add(wht)
         for reader, _ in readers:

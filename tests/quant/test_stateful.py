@@ -2,6 +2,7 @@
 parity with the PyTorch fake-quantized model through prefill and cached decode steps, greedy decoding through
 ``openvino_genai`` reproducing PyTorch's tokens, and refusals that leave nothing half-written."""
 
+import copy
 import json
 
 import numpy as np
@@ -181,8 +182,6 @@ def test_the_report_bound_is_the_f32_floor_when_that_is_larger(artifact, tmp_pat
 def tabled(artifact, tmp_path_factory):
     """The W2 model of ``artifact`` with its embedding table and output head as int8 codes (per-row f16 scale)
     and as float16, each applied to a copy (the PyTorch reference) and built into a stateful artifact."""
-    import copy
-
     from quant.lowbit import quantize_tables
     model, codes, out, info = artifact
     built = {"f32": (model, {}, out, info)}
@@ -297,33 +296,32 @@ def test_smollm2_w2_with_int8_tables_is_within_35_percent_of_f16_and_scores_as_p
 ODIMS = dict(vocab=64, hidden=64, n_heads=4, n_kv_heads=2, head_dim=16, intermediate=96, n_layers=2)  # 96 pads to 128
 
 
-@pytest.fixture(scope="module")
-def online(tmp_path_factory):
-    """A tiny Llama quantized with bbt-spectral (RTN W2 g16), taken before the unfold: ``W^`` kept (in_features
-    d_pad) and the rotation as explicit modules (quant.online.make_online); its stateful u2 artifact; and the
-    unfolded plain model the same quantization ships otherwise."""
+def online_artifact(tmp_path_factory, recipe: str, group_size: int) -> tuple:
+    """A tiny Llama (``ODIMS``) quantized with the T1 ``recipe`` (RTN W2), taken before the unfold: ``W^`` kept and
+    the rotation as explicit modules (quant.online.make_online), their stateful u2 artifact, the unfolded plain
+    model the same quantization ships otherwise, and a copy of the hooked model.  Returns ``(online model, info,
+    codes, artifact dir, build info, unfolded model, hooked model)``."""
     from quant.online import make_online
     model = to_transformers(materialize(build(family_spec("llama", **ODIMS)), seed=3)).float().eval()
     windows = torch.randint(0, 64, (4, 32), generator=torch.Generator().manual_seed(0))
     held = {}
-    quantize(model, word_tokenizer(64), "bbt-spectral", QuantConfig(bits=2, group_size=16, iters=0, nsamples=4,
-                                                                     seqlen=32, batch_size=2), windows,
-             before_unfold=lambda prepared: held.update(hooked=__import__("copy").deepcopy(prepared.model),
+    quantize(model, word_tokenizer(64), recipe, QuantConfig(bits=2, group_size=group_size, iters=0, nsamples=4,
+                                                             seqlen=32, batch_size=2), windows,
+             before_unfold=lambda prepared: held.update(hooked=copy.deepcopy(prepared.model),
                                                         online=make_online(prepared.model, windows[:1, :8])))
     om, info = held["online"]
-    codes = grid_codes(om, 2, 16)
-    out = tmp_path_factory.mktemp("online") / "genai"
+    codes = grid_codes(om, 2, group_size)
+    out = tmp_path_factory.mktemp(recipe) / "genai"
     built = build_artifact(om, word_tokenizer(64), out, codes)
     return om, info, codes, out, built, model, held["hooked"]
 
 
-def test_online_artifact_matches_the_fake_quantized_transformed_model(online):
-    om, _, codes, out, built, unfolded, _ = online
-    assert built["compressed"] == {"replaced": 7 * ODIMS["n_layers"], "bits": 2}
-    assert codes["model.layers.0.mlp.down_proj.linear.weight"].codes.shape == (64, 128 // 16, 16)  # W^: d_pad columns
+def assert_matches_the_fake_quantized_model(om: nn.Module, out, unfolded: nn.Module) -> None:
+    """The stateful IR in ``out`` against the PyTorch model ``om`` (``W^``, the rotation online): prefill and cached
+    decode steps with greedy tokens, its f32 prefill against ``om`` and the unfolded plain model in float64, and
+    perplexity."""
     report = stateful_parity(om, out / MODEL_XML, PROMPT, steps=6)
     assert report["max_rel_err"] <= 1e-5 and report["tokens_agree"], report
-    # float64 reference of the transformed model (W^, online rotation) against the IR's prefill
     compiled = ov.Core().compile_model(str(out / MODEL_XML), "CPU", F32)
     req = compiled.create_infer_request()
     req.reset_state()
@@ -331,16 +329,28 @@ def test_online_artifact_matches_the_fake_quantized_transformed_model(online):
     got = torch.from_numpy(req.infer({"input_ids": PROMPT.numpy(), "attention_mask": np.ones((1, n), np.int64),
                                       "position_ids": np.arange(n)[None], "beam_idx": np.zeros(1, np.int32)})
                            ["logits"].copy()).double()
-    import copy
     with torch.no_grad():
-        ref64 = copy.deepcopy(om).double()(input_ids=PROMPT).logits
-        plain = unfolded.double()(input_ids=PROMPT).logits  # the unfolded W_eff (float32-rounded) agrees
+        ref64 = copy.deepcopy(om).double()(input_ids=PROMPT).logits  # W^ and the online rotation, float64
+        plain = copy.deepcopy(unfolded).double()(input_ids=PROMPT).logits  # the unfolded W_eff (float32-rounded)
     assert (got - ref64).abs().max() / ref64.abs().max() <= 1e-5
     assert (plain - ref64).abs().max() / ref64.abs().max() <= 1e-5  # SHIPPED_TOL: both hold float32 constants
     from quant.stateful import perplexity_parity
     ids = torch.randint(0, 64, (64,), generator=torch.Generator().manual_seed(5))
     ppl = perplexity_parity(om, out / MODEL_XML, ids, window=16, max_tokens=64)
     assert ppl["rel_diff"] <= ppl["tolerance"], ppl
+
+
+@pytest.fixture(scope="module")
+def online(tmp_path_factory):
+    """bbt-spectral (RTN W2 g16) shipped with its rotation online (:func:`online_artifact`)."""
+    return online_artifact(tmp_path_factory, "bbt-spectral", 16)
+
+
+def test_online_artifact_matches_the_fake_quantized_transformed_model(online):
+    om, _, codes, out, built, unfolded, _ = online
+    assert built["compressed"] == {"replaced": 7 * ODIMS["n_layers"], "bits": 2}
+    assert codes["model.layers.0.mlp.down_proj.linear.weight"].codes.shape == (64, 128 // 16, 16)  # W^: d_pad columns
+    assert_matches_the_fake_quantized_model(om, out, unfolded)
 
 
 def test_one_fwht_per_distinct_input(online):
@@ -382,7 +392,6 @@ def test_every_fwht_form_computes_the_same_rotation(online, mode):
 def test_distinct_scales_on_one_input_get_one_fwht_and_a_divide_each(online):
     from quant.online import make_online
     _, _, _, _, _, _, hooked = online
-    import copy
     h = copy.deepcopy(hooked)
     k = h.model.layers[0].self_attn.k_proj
     (hook,) = k._forward_pre_hooks.values()
@@ -399,7 +408,6 @@ def test_distinct_scales_on_one_input_get_one_fwht_and_a_divide_each(online):
 def test_a_foreign_hook_is_refused_by_layer_and_nothing_is_written(online, tmp_path):
     from quant.online import make_online
     _, _, codes, _, _, _, hooked = online
-    import copy
     h = copy.deepcopy(hooked)
     h.model.layers[1].mlp.up_proj.register_forward_hook(lambda m, a, o: o)
     with pytest.raises(BadInput, match=r"model\.layers\.1\.mlp\.up_proj: carries a forward hook that is not T1's"):

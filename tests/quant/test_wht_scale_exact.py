@@ -1,42 +1,23 @@
 """T1's exact-width full form (wht-scale-exact): ``x Q_n D^-1``, ``W Q_n D`` with ``Q_n = (H_m (x) H_b) / sqrt(n)``.
 
 Every order the Paley x Sylvester construction claims is a Hadamard matrix, the kron application is the dense
-matrix (and its transpose), the transform is exact on drawn layouts and its unfold restores the layout, widths
-without a construction are refused by name, the ``wht_in`` op's shape rule, the online forms agree, and the
-oracle catches ``Q_n`` used where ``Q_n^T`` is needed."""
+matrix (and its transpose), widths without a construction are refused by name, the ``wht_in`` op's shape rule, the
+oracle catches ``Q_n`` used where ``Q_n^T`` is needed, and the form through ``prepare`` and the stateful artifact.
+What every form shares (exact on drawn layouts, the unfold, the scales, the online forms, the recipe):
+``test_wht_scale.py``."""
 
 import math
 
 import pytest
 import torch
-from hypothesis import given
-from hypothesis import strategies as st
 
 from fuzz import Layout, LayoutError, Refusal, build, materialize
-from fuzz import strategies as S
 from fuzz.decoder import DecoderSpec
-from fuzz.hadamard import exact_fwht, exact_hadamard, hadamard_split, online_input, paley
-from quant.online import MODES, OnlineRotation
-from quant.quantize import ONLINE, RECIPES, WHTInput
+from fuzz.hadamard import exact_fwht, exact_hadamard, hadamard_split, paley
 from quant.transforms import get
-from quant.transforms.recipes import RECIPES as GRAPH_RECIPES
-from quant.transforms.wht_scale import unfold, wht_scale_exact
+from quant.transforms.wht_scale import wht_scale_exact
 from verifier import mutants, verify
-from verifier.transform import Calibration
-
-#: widths with a Paley I factor (Q_n not symmetric) and only Paley II / Sylvester factors (symmetric)
-ASYMMETRIC = DecoderSpec(hidden=24, intermediate=48, n_heads=4, n_kv_heads=2, head_dim=6)
-SYMMETRIC = DecoderSpec(hidden=36, intermediate=72, n_heads=2, n_kv_heads=1, head_dim=18)
-# pinned widths whose every linear has a construction (12 = Paley I q=11 or II q=5, 20 = I q=19, 28 = II q=13)
-PINNED = [dict(hidden=24, intermediate=48, head_dim=6, mla="none", moe=False, per_layer_input=None),
-          dict(hidden=12, intermediate=20, head_dim=4, mla="none", moe=False, per_layer_input=None),
-          dict(hidden=20, intermediate=28, head_dim=10, mla="none", moe=False, per_layer_input=None)]
-OPTIONS = [dict(alpha=0.0), dict(alpha=0.25), dict(scales="random")]
-
-
-def calib(vocab: int = 64, seed: int = 0) -> Calibration:
-    return Calibration(torch.randint(0, vocab, (4, 12), generator=torch.Generator().manual_seed(seed)), seed)
-
+from tests.quant.test_wht_scale import ASYMMETRIC, SYMMETRIC, calib
 
 CLAIMED = [n for n in range(1, 257) if hadamard_split(n) is not None] + [576, 1536, 2304, 3072]
 
@@ -70,33 +51,6 @@ def test_kron_application_is_the_dense_matrix_and_its_transpose():
         exact_fwht(torch.zeros(22))
 
 
-@given(data=st.data(), options=st.sampled_from(OPTIONS), seed=st.integers(0, 999))
-def test_exact_and_roundtrip_on_drawn_layouts(data, options, seed):
-    """Invariant (1e-12) wherever every linear has a construction, refused by name where one has none."""
-    layout = data.draw(st.one_of(S.layouts(), *[S.layouts(**c) for c in PINNED]))
-    options = {**options, "seed": seed} if options.get("scales") == "random" else options
-    widths = {layout.params(n)["in_features"] for n in layout.of_op("linear")}
-    verdict = verify(get("wht-scale-exact", **options), layout, seed=seed % 97)
-    if any(hadamard_split(d) is None for d in widths):
-        assert verdict.status == "refused" and "no-hadamard-order" in str(verdict), verdict
-        return
-    assert verdict.ok and verdict.max_rel_err <= 1e-12, verdict
-    back = verify(get("wht-scale-exact-roundtrip", **options), layout, seed=seed % 97)
-    assert back.ok and back.max_rel_err <= 1e-12, back
-
-    model = materialize(layout, seed=seed)
-    out = wht_scale_exact(model, calib(layout.params(layout.source)["vocab"], seed), **options)
-    for node in layout.of_op("linear"):  # no padding: every linear keeps its width
-        d_in = layout.params(node)["in_features"]
-        assert out.layout.params(node)["in_features"] == d_in
-        assert out.layout.params(f"{node}_wht")["exact"] is True and out.layout.params(f"{node}_wht")["d_pad"] == d_in
-    plain = unfold(out)
-    assert plain.layout.hash() == layout.hash()
-    for node in layout.of_op("linear"):
-        w, w_back = model.nodes[node].weight, plain.nodes[node].weight
-        assert (w_back - w).abs().max() <= 1e-12 * w.abs().max()
-
-
 def test_a_width_without_a_construction_is_refused_naming_the_linear():
     model = materialize(build(DecoderSpec(hidden=24, intermediate=22, n_heads=4, n_kv_heads=2, head_dim=6)))
     with pytest.raises(Refusal) as exc:
@@ -104,19 +58,6 @@ def test_a_width_without_a_construction_is_refused_naming_the_linear():
     assert exc.value.feature == "no-hadamard-order" and "down_proj" in str(exc.value) and "22" in str(exc.value)
     out = wht_scale_exact(model, calib(), targets=["l0_q_proj"])  # a linear whose width has one: fine
     assert out.layout.params("l0_q_proj_wht")["exact"] is True
-
-
-def test_weights_scales_and_layout():
-    layout = build(ASYMMETRIC)
-    model = materialize(layout)
-    out = wht_scale_exact(model, calib(), alpha=0.25)
-    s = out.nodes["l0_q_proj_wht"].scale.detach()
-    q = exact_hadamard(24)
-    torch.testing.assert_close(out.nodes["l0_q_proj"].weight, model.nodes["l0_q_proj"].weight @ q * s,
-                               rtol=0, atol=1e-12)  # W~ = W Q_n D
-    x = torch.randn(2, 3, 24, dtype=torch.float64)
-    torch.testing.assert_close(out.nodes["l0_q_proj_wht"](x), x @ q / s, rtol=0, atol=1e-12)  # x~ = x Q_n D^-1
-    assert s.min() >= 1.0  # energy scales (1 + d rho)^alpha
 
 
 def test_wht_in_exact_parameter_is_left_out_at_default_and_checked():
@@ -137,33 +78,6 @@ def test_wht_in_exact_parameter_is_left_out_at_default_and_checked():
                 node.update(change)
         with pytest.raises(LayoutError, match=match):
             Layout.from_dict(data)
-
-
-def test_online_forms_agree_with_the_wht_in_module():
-    out = wht_scale_exact(materialize(build(ASYMMETRIC)), calib(), scales="random", targets=["l0_mlp_down_proj"])
-    mod = out.nodes["l0_mlp_down_proj_wht"]
-    s = mod.scale.detach()
-    x = torch.randn(2, 5, 48, dtype=torch.float64)
-    ref = x @ exact_hadamard(48) / s
-    torch.testing.assert_close(mod(x), ref, rtol=0, atol=1e-13)
-    assert torch.equal(online_input(x, s, 48, exact=True), mod(x))
-    hook = WHTInput(s, 48, torch.float64, block="exact")
-    torch.testing.assert_close(hook(None, (x,))[0], ref, rtol=0, atol=1e-13)
-    for mode in MODES:
-        rot = OnlineRotation(48, 48, 1, s, mode, block="exact").double()
-        torch.testing.assert_close(rot(x), ref, rtol=0, atol=1e-6)  # float32 buffers
-    with pytest.raises(Exception, match="exact"):
-        OnlineRotation(48, 64, 1, None, "kron", block="exact")
-    with pytest.raises(Exception, match="exact"):
-        OnlineRotation(22, 22, 1, None, "kron", block="exact")
-
-
-def test_recipe_is_registered_and_exact():
-    assert "bbt-spectral-exact" in GRAPH_RECIPES and "bbt-spectral-exact" in RECIPES
-    assert "bbt-spectral-exact" in ONLINE
-    for spec in (ASYMMETRIC, SYMMETRIC):
-        verdict = verify(get("bbt-spectral-exact", alpha=0.25), build(spec))
-        assert verdict.ok and verdict.max_rel_err <= 1e-12, verdict
 
 
 def test_oracle_catches_q_where_q_transpose_is_needed():
