@@ -81,6 +81,8 @@ METHODS = {
     "frontier-neuqi-algext-lr0.03": Method("none", options=NEUQI, settings=ALG_EXT + (("lr", 0.03),)),
     "frontier-bbt-a0.25-neuqi16-lr0.02": Method("bbt-spectral", 0.25, options=NEUQI,
                                                 settings=ALG_EXT + (("neuqi_grid", (16, 8)), ("lr", 0.02))),
+    "frontier-bbt-a0.25-neuqi16-lr0.005": Method("bbt-spectral", 0.25, options=NEUQI,
+                                                 settings=ALG_EXT + (("neuqi_grid", (16, 8)), ("lr", 0.005))),
     "frontier-bbt-a0.25-neuqi16-lr0.05": Method("bbt-spectral", 0.25, options=NEUQI,
                                                 settings=ALG_EXT + (("neuqi_grid", (16, 8)), ("lr", 0.05))),
     "frontier-bbt-a0.25-neuqi16-lr0.1": Method("bbt-spectral", 0.25, options=NEUQI,
