@@ -5,6 +5,7 @@ import itertools
 import random
 
 from fuzz import build, covering
+from fuzz.decoder import effective_mlp
 from fuzz.strategies import Picked, spec_from
 
 
@@ -112,16 +113,24 @@ def test_the_lower_bound_is_the_most_pairs_no_two_share_a_row():
     n, (a, b) = covering.lower_bound()
     space = covering.space()
     rows = [covering.tags(build(s)) for s in covering.covering_specs(200, seed=3)]
+    drawn = [t for _, t in covering._pool(0, ())]
+
+    # any axes: pairs no pool draw holds two of (greedy, rarest first), one row each: 75 (issue 18)
+    apart = covering.apart()
+    assert (a, b) == ("*", "*") and n == len(apart) == 75
+    assert len(set(apart)) == n and set(apart) <= space.pairs
+    for t in drawn:
+        assert len(covering.interactions(t) & set(apart)) <= 1
 
     # one axis: the MLPs (mlp:per-layer left out); a two-layer layout holds at most two of them, so each pair
     # among them takes a row: the 10 pairs within the four MLP groups (a later layer's own MLP, issue 18) and
     # xIELU with each of the 11 (its layouts carry the spec's mlp tag too)
     mlps = {t for p in space.pairs for t in p if t.startswith("mlp:") and t != "mlp:per-layer"}
     among = {p for p in space.pairs if set(p) <= mlps}
-    assert (a, b) == ("mlp", "mlp") and n == len(among) == 10 + 11
-    assert all(len(t & mlps) <= 2 for t in rows) and all(len(t & mlps) <= 2 for _, t in covering._pool(0, ()))
+    assert len(among) == 10 + 11 <= n
+    assert all(len(t & mlps) <= 2 for t in rows) and all(len(t & mlps) <= 2 for t in drawn)
 
-    def apart(axis):  # the axis' tags less, one by one, the tag sharing a layout with the most others of them
+    def apart_in(axis):  # the axis' tags less, one by one, the tag sharing a layout with the most others of them
         values = {t for p in space.pairs for t in p if t.rsplit(":", 1)[0] == axis}
         while True:
             shares = {t: sum(tuple(sorted((t, u))) in space.pairs for u in values - {t}) for t in values}
@@ -131,11 +140,45 @@ def test_the_lower_bound_is_the_most_pairs_no_two_share_a_row():
 
     # two axes: the 5 expert forms and the 4 q/k norms never share a layout within their axis, and all 20 of their
     # pairs combine (before layers had their own MLP and RoPE scaling: the 11 MLPs x the 6 RoPE scalings, 66)
-    experts, qk = apart("moe:experts"), apart("qk_norm")
+    experts, qk = apart_in("moe:experts"), apart_in("qk_norm")
     cross = {tuple(sorted((x, y))) for x in experts for y in qk} & space.pairs
     assert len(cross) == 20 <= n
     for t in rows:
         assert len(t & experts) <= 1 and len(t & qk) <= 1  # exclusive: one pair a row
+
+
+def test_no_covering_of_a_budget_of_50_reaches_every_pair():
+    """63 pairs no layout holds two of, by the decoder's rules, so 45 (or 50) rows cannot reach them all.  The
+    activations of ``rare`` come only from a dense layer's own MLP without xIELU (``decoder._glu_or_gelu``: the
+    shared expert writes silu, per-layer inputs gelu_tanh, experts no ``act`` op); ``max_layers`` is 2:
+
+    * a: a rare activation with an expert form: one dense layer and one sparse, so one activation, one form;
+    * b: ``layers:1`` with a rare activation: one layer, one activation;
+    * c: ``op:xielu`` with an MLP: xIELU leaves no layer an MLP of its own, so the spec's ``mlp`` tag alone;
+    * d: two MLPs: two dense layers, one with its own MLP (never with xIELU).
+
+    A row of one kind is of no other (a: two layers, one sparse, no xIELU; b: one layer; c: xIELU; d: two dense
+    layers), and holds one pair of its kind."""
+    space = covering.space()
+    tagged = {t for p in space.pairs for t in p}
+    rare = {"op:act:gelu", "op:act:relu", "op:act:relu2", "op:act:quick_gelu", "op:act:fast_gelu",
+            "op:act:bloom_gelu", "op:clamped_glu"}
+    forms = {t for t in tagged if t.startswith("moe:experts:")}
+    mlps = {t for t in tagged if t.startswith("mlp:")} - {"mlp:per-layer", "mlp:xielu"}
+    kinds = {"a": {tuple(sorted((r, f))) for r in rare for f in forms},
+             "b": {tuple(sorted(("layers:1", r))) for r in rare},
+             "c": {tuple(sorted(("op:xielu", m))) for m in mlps},
+             "d": set(itertools.combinations(sorted(mlps), 2))}
+    kinds = {k: v & space.pairs for k, v in kinds.items()}
+    assert {k: len(v) for k, v in kinds.items()} == {"a": 7 * 5, "b": 7, "c": 11, "d": 10}
+    every = set().union(*kinds.values())
+    assert len(every) == 63 > covering.PREFIX and covering.covering_share(50) < 63 <= covering.lower_bound()[0]
+    acts = {"swiglu": "op:act:silu", "geglu": "op:act:gelu_tanh", "clamped_swiglu": "op:clamped_glu",
+            "xielu": "op:xielu"}
+    for spec, t in covering._pool(0, ()):  # the rules above, on every draw
+        dense = [effective_mlp(spec, l) for l in spec.layers if not l.sparse]
+        assert t & rare <= {acts.get(m, f"op:act:{m}") for m in dense}
+        assert len(covering.interactions(t) & every) <= 1
 
 
 def test_covering_rows_are_draws_within_the_constraints():
