@@ -51,7 +51,8 @@ TRIPLE_WEIGHT = 10  # a risky triple counts as this many pairs when covering exa
 #: a feature that crashes a transform would otherwise mask every bug of the layouts without it.  The
 #: covering (88 rows for 14688 pairs at seed 3, its first 45 reaching 98.8%; :func:`lower_bound` 75, 63 by the
 #: decoder's rules alone: no 45 or 50 rows reach every pair, docs/interactions.md) is larger than a budget of
-#: 50, and its rows past the first 30 still reach pairs that draws mostly miss (at 9641 pairs: with 45 covering examples of 50, 8669 pairs were caught on every seed of 10, with 30 7809, with 50 8872;
+#: 50, and its rows past the first 30 still reach pairs that draws mostly miss (at 9641 pairs: with 45 covering
+#: examples of 50, 8669 pairs were caught on every seed of 10, with 30 7809, with 50 8872;
 #: ``python -m benchmarks.covering_split``, docs/findings.md); 90% keeps 5 draws of 50 (its 45 covering rows
 #: are the :data:`PREFIX` that :func:`_improve` works on), and 22 + 3 of the ci profile's 25
 SHARE = 0.9
