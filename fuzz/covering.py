@@ -202,6 +202,37 @@ def apart(**constraints) -> list[tuple[str, str]]:
     return kept
 
 
+#: the activations only a dense layer's MLP without xIELU writes (``decoder._glu_or_gelu``; the shared expert writes
+#: silu, per-layer inputs gelu_tanh, experts no ``act`` op): a layout with two layers holds at most two
+DENSE_ACTS = ("op:act:gelu", "op:act:relu", "op:act:relu2", "op:act:quick_gelu", "op:act:fast_gelu",
+              "op:act:bloom_gelu", "op:clamped_glu")
+
+
+def one_a_row(**constraints) -> dict[str, frozenset[tuple[str, str]]]:
+    """Pairs of :func:`space` no layout holds two of, by the decoder's rules at two layers or fewer, in four kinds
+    no layout is two of, each holding one pair of its kind:
+
+    * ``act x experts``: one of :data:`DENSE_ACTS` with an expert form: a dense layer and a sparse one, so one
+      activation and one form;
+    * ``layers:1 x act``: ``layers:1`` with one of :data:`DENSE_ACTS`: one layer, one activation;
+    * ``xielu x mlp``: ``op:xielu`` with an MLP: xIELU leaves no layer an MLP of its own, so the spec's tag alone;
+    * ``mlp x mlp``: two MLPs: two dense layers, the second with its own MLP (never with xIELU).
+
+    So a covering of every pair has at least as many rows as all four hold together.  Refuses (``ValueError``) a
+    ``max_layers`` above 2, where a layout holds a sparse layer and two dense ones."""
+    if constraints.get("max_layers", 2) > 2:
+        raise ValueError(f"one_a_row holds for two layers or fewer, not max_layers={constraints['max_layers']}")
+    pairs = space(**constraints).pairs
+    tagged = {t for p in pairs for t in p}
+    forms = sorted(t for t in tagged if t.startswith("moe:experts:"))
+    mlps = sorted(t for t in tagged if t.startswith("mlp:") and t not in ("mlp:per-layer", "mlp:xielu"))
+    kinds = {"act x experts": {(a, f) for a in DENSE_ACTS for f in forms},
+             "layers:1 x act": {("layers:1", a) for a in DENSE_ACTS},
+             "xielu x mlp": {("op:xielu", m) for m in mlps},
+             "mlp x mlp": set(itertools.combinations(mlps, 2))}
+    return {k: frozenset(tuple(sorted(p)) for p in v) & pairs for k, v in kinds.items()}
+
+
 def lower_bound(**constraints) -> tuple[int, tuple[str, str]]:
     """The fewest rows any covering of the pairs of :func:`space` needs, by three counting arguments on the pool
     of seed 0 (the tags of one axis: one name before the last ``:``, ``mlp:gelu``, ``mlp:relu``, ...):

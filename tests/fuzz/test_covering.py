@@ -4,6 +4,8 @@ the uniform picker honouring constraints, and covering examples that reach every
 import itertools
 import random
 
+import pytest
+
 from fuzz import build, covering
 from fuzz.decoder import effective_mlp
 from fuzz.strategies import Picked, spec_from
@@ -148,37 +150,32 @@ def test_the_lower_bound_is_the_most_pairs_no_two_share_a_row():
 
 
 def test_no_covering_of_a_budget_of_50_reaches_every_pair():
-    """63 pairs no layout holds two of, by the decoder's rules, so 45 (or 50) rows cannot reach them all.  The
-    activations of ``rare`` come only from a dense layer's own MLP without xIELU (``decoder._glu_or_gelu``: the
-    shared expert writes silu, per-layer inputs gelu_tanh, experts no ``act`` op); ``max_layers`` is 2:
-
-    * a: a rare activation with an expert form: one dense layer and one sparse, so one activation, one form;
-    * b: ``layers:1`` with a rare activation: one layer, one activation;
-    * c: ``op:xielu`` with an MLP: xIELU leaves no layer an MLP of its own, so the spec's ``mlp`` tag alone;
-    * d: two MLPs: two dense layers, one with its own MLP (never with xIELU).
-
-    A row of one kind is of no other (a: two layers, one sparse, no xIELU; b: one layer; c: xIELU; d: two dense
-    layers), and holds one pair of its kind."""
-    space = covering.space()
-    tagged = {t for p in space.pairs for t in p}
-    rare = {"op:act:gelu", "op:act:relu", "op:act:relu2", "op:act:quick_gelu", "op:act:fast_gelu",
-            "op:act:bloom_gelu", "op:clamped_glu"}
-    forms = {t for t in tagged if t.startswith("moe:experts:")}
-    mlps = {t for t in tagged if t.startswith("mlp:")} - {"mlp:per-layer", "mlp:xielu"}
-    kinds = {"a": {tuple(sorted((r, f))) for r in rare for f in forms},
-             "b": {tuple(sorted(("layers:1", r))) for r in rare},
-             "c": {tuple(sorted(("op:xielu", m))) for m in mlps},
-             "d": set(itertools.combinations(sorted(mlps), 2))}
-    kinds = {k: v & space.pairs for k, v in kinds.items()}
-    assert {k: len(v) for k, v in kinds.items()} == {"a": 7 * 5, "b": 7, "c": 11, "d": 10}
+    """63 pairs no layout holds two of (covering.one_a_row, the decoder's rules), so 45 (or 50) rows cannot reach
+    them all; the rules checked on every pool draw."""
+    kinds = covering.one_a_row()
+    assert {k: len(v) for k, v in kinds.items()} == {"act x experts": 7 * 5, "layers:1 x act": 7, "xielu x mlp": 11,
+                                                     "mlp x mlp": 10}
     every = set().union(*kinds.values())
     assert len(every) == 63 > covering.PREFIX and covering.covering_share(50) < 63 <= covering.lower_bound()[0]
     acts = {"swiglu": "op:act:silu", "geglu": "op:act:gelu_tanh", "clamped_swiglu": "op:clamped_glu",
             "xielu": "op:xielu"}
-    for spec, t in covering._pool(0, ()):  # the rules above, on every draw
+    for spec, t in covering._pool(0, ()):
         dense = [effective_mlp(spec, l) for l in spec.layers if not l.sparse]
-        assert t & rare <= {acts.get(m, f"op:act:{m}") for m in dense}
+        # a dense-only activation comes from a dense layer's MLP, one a layer
+        assert t & set(covering.DENSE_ACTS) <= {acts.get(m, f"op:act:{m}") for m in dense}
         assert len(covering.interactions(t) & every) <= 1
+        kind = [k for k, v in kinds.items() if covering.interactions(t) & v]
+        assert kind in ([], ["act x experts"], ["layers:1 x act"], ["xielu x mlp"], ["mlp x mlp"])
+        if kind == ["act x experts"]:
+            assert len(spec.layers) == 2 and len(dense) == 1 and not spec.mlp_xielu
+        elif kind == ["layers:1 x act"]:
+            assert len(spec.layers) == 1 and dense and not spec.mlp_xielu
+        elif kind == ["xielu x mlp"]:
+            assert spec.mlp_xielu and all(l.mlp is None for l in spec.layers)
+        elif kind == ["mlp x mlp"]:
+            assert len(dense) == 2 and not spec.mlp_xielu
+    with pytest.raises(ValueError, match="max_layers=3"):
+        covering.one_a_row(max_layers=3)
 
 
 def test_covering_rows_are_draws_within_the_constraints():
