@@ -3,7 +3,8 @@ combination of feature values shows, for every combination the synthesizer can m
 
     python -m benchmarks.interaction_teeth [--budget 50] [--seeds 5] [--strategy before after]
                                            [--ci] [--check 3] [--out docs/data/interaction_teeth.json]
-                                           [--md docs/interactions.md]
+                                           [--md docs/interactions.md] [--bench BENCH_VERIFY_JSON]
+    python -m benchmarks.interaction_teeth --render [--bench BENCH_VERIFY_JSON]   # the markdown from the JSON
 
 An interaction is a pair of feature tags (the tags ``strategies.layouts`` reports with ``event``), or a triple
 over the riskiest axes (:data:`fuzz.covering.TRIPLES`); the interactions measured are those of
@@ -26,6 +27,11 @@ interaction and whose nudge the oracle reports ``diverged``: exact, because no t
 draws the same examples whatever the transform (``--check N`` re-runs N interactions as real mutants and
 compares).  ``--ci``: the ``ci`` profile's campaign (25 examples, derandomized) with and without covering
 examples, against the always-nudging transform: the share of pair mutants its layouts catch.
+
+The markdown ends with issue 18's targets, each met or not with its figure (``--bench``: the median ratios of a
+``benchmarks.bench_verify --against`` JSON for verified layouts per second), and the bound that rules the first
+out: :func:`fuzz.covering.one_a_row` (pairs no layout holds two of, by the decoder's rules) and
+:func:`fuzz.covering.lower_bound`.  ``--render`` rewrites the JSON's bound and the markdown from the JSON alone.
 """
 
 from __future__ import annotations
@@ -246,7 +252,86 @@ def markdown(report: dict, command: str) -> str:
     if report.get("check"):
         lines += ["", "Cross-check (real mutants re-run through hypothesis vs the trace): "
                   f"{sum(c['equal'] for c in report['check'])} / {len(report['check'])} equal."]
+    lines += targets(report)
     return "\n".join(lines) + "\n"
+
+
+def bound() -> dict:
+    """What no covering can beat (unconstrained): :func:`fuzz.covering.one_a_row` per kind and
+    :func:`fuzz.covering.lower_bound`."""
+    kinds = covering.one_a_row()
+    n, axes = covering.lower_bound()
+    return {"one_a_row": {k: sorted(_name(p) for p in v) for k, v in kinds.items()},
+            "one_a_row_total": len(set().union(*kinds.values())), "lower_bound": n, "lower_bound_axes": list(axes),
+            "covering_rows_of_50": covering.covering_share(50)}
+
+
+def targets(report: dict) -> list[str]:
+    """Issue 18's targets, each met or not with its figure, and the bound behind the first."""
+    after = report["strategies"].get("after")
+    if after is None:
+        return []
+    b, seeds, p = report["budget"], report["seeds"], after["pairs"]
+    rows = [("every pair caught on every seed within 50 examples",
+             f"{p['caught_on_every_seed']} / {p['total']} pairs ({p['caught_on_every_seed'] / p['total']:.1%}) on "
+             f"{len(seeds)} seeds, budget {b}", b <= 50 and p["caught_on_every_seed"] == p["total"]),
+            ("median examples to first catch at most 15, over all pairs", f"{p['median_examples']}",
+             p["median_examples"] <= 15)]
+    if "ci" in report:
+        c = report["ci"]["after"]
+        rows.append(("the `ci` profile's 25 examples catch at least 80% of pair mutants",
+                     f"{c['pairs_seen']} / {c['pairs_possible']} ({c['pair_share']:.1%})", c["pair_share"] >= 0.8))
+    bench = report.get("bench_verify")
+    if bench:  # lower only where every round is: one ratio a round, per CPU second (the steadier on a shared machine)
+        r = bench["median_ratio"]
+        cpu = [x["new"]["cpu"] / x["old"]["cpu"] for x in bench["rounds"]]
+        rows.append(("verified layouts per second no lower than before",
+                     f"today / {bench['against']}: {r['cpu']} per CPU second (rounds {min(cpu):.2f} to "
+                     f"{max(cpu):.2f}), "
+                     f"{r['wall']} per wall second (medians of {len(bench['rounds'])} alternating rounds, "
+                     f"`{bench['file']}`; lower only if every round is)", max(cpu) >= 1.0))
+    lines = ["", "## Targets (issue 18)", "",
+             "From the figures above (the bound below and the `bench_verify` ratio are written by this benchmark too, "
+             "or by `python -m benchmarks.interaction_teeth --render --bench FILE` from the JSON).", "",
+             "| target | measured | |", "|---|---|---|"]
+    lines += [f"| {t} | {m} | {'met' if ok else 'not met'} |" for t, m, ok in rows]
+    bd = report.get("bound")
+    if bd:
+        kinds = bd["one_a_row"]
+        lines += ["", f"Why not every pair: {bd['one_a_row_total']} pairs are such that no layout holds two of them "
+                  "(`fuzz.covering.one_a_row`, by the decoder's rules at two layers), so a covering of every pair has "
+                  f"at least {bd['one_a_row_total']} rows, more than the {bd['covering_rows_of_50']} covering rows "
+                  f"of a budget of {b} (or all {b}); on the pool of uniform draws {bd['lower_bound']} pairs are so "
+                  "(`fuzz.covering.lower_bound`, `apart`).  The four kinds, no layout being two of them, each "
+                  "holding one pair of its kind:", "",
+                  "| kind | pairs | why one a layout |", "|---|---:|---|"]
+        why = {"act x experts": "an activation only a dense MLP writes with an expert form: one dense layer and "
+                                "one sparse, so one activation and one form",
+               "layers:1 x act": "one layer, one activation",
+               "xielu x mlp": "xIELU leaves no layer an MLP of its own: the spec's `mlp` tag alone",
+               "mlp x mlp": "two dense layers, the second with its own MLP (never with xIELU)"}
+        lines += [f"| {k} | {len(v)} | {why.get(k, '')} |" for k, v in kinds.items()]
+    return lines
+
+
+def _command(report: dict) -> str:
+    """The command line that measured ``report`` (for a report written before it was stored)."""
+    parts = [f"python -m benchmarks.interaction_teeth --budget {report['budget']} --seeds {len(report['seeds'])}"]
+    if set(report["strategies"]) != set(STRATEGIES):
+        parts.append("--strategy " + " ".join(report["strategies"]))
+    if "ci" in report:
+        parts.append("--ci")
+    if report.get("check"):
+        parts.append(f"--check {len(report['check']) // max(len(report['strategies']), 1)}")
+    return " ".join(parts)
+
+
+def _bench(path: str | None) -> dict | None:
+    if not path:
+        return None
+    data = json.loads(Path(path).read_text())
+    return {"against": data["against"], "head": data.get("head"), "median_ratio": data["median_ratio"],
+            "rounds": data["rounds"], "file": str(Path(path).resolve().relative_to(ROOT))}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -259,7 +344,20 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", default=str(ROOT / "docs/data/interaction_teeth.json"))
     ap.add_argument("--md", default=str(ROOT / "docs/interactions.md"))
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--bench", help="a benchmarks.bench_verify --against JSON: its ratios in the targets")
+    ap.add_argument("--render", action="store_true", help="rewrite the bound and the markdown from --out alone")
     args = ap.parse_args(argv)
+    if args.render:
+        report = json.loads(Path(args.out).read_text())
+        st = report["strategies"]  # (the JSON sorts its keys: back to STRATEGIES' order)
+        report["strategies"] = {k: st[k] for k in sorted(st, key=lambda k: (STRATEGIES + (k,)).index(k))}
+        report["bound"] = bound()
+        if args.bench:
+            report["bench_verify"] = _bench(args.bench)
+        report.setdefault("command", _command(report))
+        atomic_write_text(Path(args.out), json.dumps(report, sort_keys=True, default=str, separators=(",", ":")))
+        atomic_write_text(Path(args.md), markdown(report, report["command"]))
+        return report
     seeds = list(range(args.seeds))
     started = time.perf_counter()
     results = {s: measure(s, args.budget, seeds, progress=not args.quiet) for s in args.strategy}
@@ -268,10 +366,14 @@ def main(argv: list[str] | None = None) -> dict:
         report["ci"] = ci_campaigns()
     if args.check:
         report["check"] = check(results, args.budget, seeds, args.check)
+    report["bound"] = bound()
+    if args.bench:
+        report["bench_verify"] = _bench(args.bench)
     report["seconds"] = round(time.perf_counter() - started, 1)
     command = "python -m benchmarks.interaction_teeth " + " ".join(sys.argv[1:] if argv is None else argv)
+    report["command"] = command.strip()
     atomic_write_text(Path(args.out), json.dumps(report, sort_keys=True, default=str, separators=(",", ":")))
-    atomic_write_text(Path(args.md), markdown(report, command.strip()))
+    atomic_write_text(Path(args.md), markdown(report, report["command"]))
     for name, st in report["strategies"].items():
         for kind in ("pairs", "triples"):
             k = st[kind]

@@ -12,7 +12,8 @@ most; its first :data:`PREFIX` rows (those of a budget of 50) then changed toget
 (:func:`_improve`) and the rest covered anew; run as hypothesis' explicit examples (``@example``) for up to
 :data:`SHARE` of the budget, before
 hypothesis draws the rest.  The draws themselves, their shrinking toward fewer features and the
-derandomized profiles are untouched.  :func:`lower_bound` is what no covering can beat.
+derandomized profiles are untouched.  :func:`lower_bound` is what no covering can beat (75 rows: more than a
+budget of 50, so some pairs wait for the rows past it).
 
 An *interaction* is a pair of feature tags (the tags ``strategies.layouts`` reports with ``event``:
 :func:`tags`) both present in one layout, or a triple from :data:`TRIPLES`, the riskiest axes
@@ -48,9 +49,10 @@ TRIPLE_WEIGHT = 10  # a risky triple counts as this many pairs when covering exa
 #: the most of a budget covering examples take (rounded down); hypothesis draws the rest, so layouts with
 #: fewer features (dense only, no RoPE, ...) still come: covering examples favour feature-rich layouts, and
 #: a feature that crashes a transform would otherwise mask every bug of the layouts without it.  The
-#: covering (88 rows for 14688 pairs at seed 3, its first 45 reaching 98.8%; :func:`lower_bound` 21) is larger
-#: than a budget of 50, and its rows past the first 30 still reach pairs that draws mostly miss (at 9641 pairs:
-#: with 45 covering examples of 50, 8669 pairs were caught on every seed of 10, with 30 7809, with 50 8872;
+#: covering (88 rows for 14688 pairs at seed 3, its first 45 reaching 98.8%; :func:`lower_bound` 75, 63 by the
+#: decoder's rules alone: no 45 or 50 rows reach every pair, docs/interactions.md) is larger than a budget of
+#: 50, and its rows past the first 30 still reach pairs that draws mostly miss (at 9641 pairs: with 45 covering
+#: examples of 50, 8669 pairs were caught on every seed of 10, with 30 7809, with 50 8872;
 #: ``python -m benchmarks.covering_split``, docs/findings.md); 90% keeps 5 draws of 50 (its 45 covering rows
 #: are the :data:`PREFIX` that :func:`_improve` works on), and 22 + 3 of the ci profile's 25
 SHARE = 0.9
@@ -180,9 +182,60 @@ def space(**constraints) -> Space:
     return _space(_key(constraints))
 
 
+def apart(**constraints) -> list[tuple[str, str]]:
+    """Pairs of :func:`space` no two of which one draw of the pool (seed 0, the one that defines the space) holds:
+    each takes a row of its own, so no covering has fewer rows.  Greedy, rarest first (the pair fewest draws hold,
+    then by name), a pair kept when no draw holding it holds one kept before (a maximal set, not always the
+    largest)."""
+    key = _key(constraints)
+    pairs = space(**constraints).pairs
+    holds: dict[str, int] = {}  # tag -> the pool draws holding it, one bit each
+    for e, (_, t) in enumerate(_pool(0, key)):
+        for tag in t:
+            holds[tag] = holds.get(tag, 0) | 1 << e
+    both = {p: holds.get(p[0], 0) & holds.get(p[1], 0) for p in pairs}
+    used, kept = 0, []
+    for p in sorted(pairs, key=lambda p: (both[p].bit_count(), p)):
+        if both[p] and not both[p] & used:  # (a pair beyond every draw of this pool: no evidence either way)
+            kept.append(p)
+            used |= both[p]
+    return kept
+
+
+#: the activations only a dense layer's MLP without xIELU writes (``decoder._glu_or_gelu``; the shared expert writes
+#: silu, per-layer inputs gelu_tanh, experts no ``act`` op): a layout with two layers holds at most two
+DENSE_ACTS = ("op:act:gelu", "op:act:relu", "op:act:relu2", "op:act:quick_gelu", "op:act:fast_gelu",
+              "op:act:bloom_gelu", "op:clamped_glu")
+
+
+def one_a_row(**constraints) -> dict[str, frozenset[tuple[str, str]]]:
+    """Pairs of :func:`space` no layout holds two of, by the decoder's rules at two layers or fewer, in four kinds
+    no layout is two of, each holding one pair of its kind:
+
+    * ``act x experts``: one of :data:`DENSE_ACTS` with an expert form: a dense layer and a sparse one, so one
+      activation and one form;
+    * ``layers:1 x act``: ``layers:1`` with one of :data:`DENSE_ACTS`: one layer, one activation;
+    * ``xielu x mlp``: ``op:xielu`` with an MLP: xIELU leaves no layer an MLP of its own, so the spec's tag alone;
+    * ``mlp x mlp``: two MLPs: two dense layers, the second with its own MLP (never with xIELU).
+
+    So a covering of every pair has at least as many rows as all four hold together.  Refuses (``ValueError``) a
+    ``max_layers`` above 2, where a layout holds a sparse layer and two dense ones."""
+    if constraints.get("max_layers", 2) > 2:
+        raise ValueError(f"one_a_row holds for two layers or fewer, not max_layers={constraints['max_layers']}")
+    pairs = space(**constraints).pairs
+    tagged = {t for p in pairs for t in p}
+    forms = sorted(t for t in tagged if t.startswith("moe:experts:"))
+    mlps = sorted(t for t in tagged if t.startswith("mlp:") and t not in ("mlp:per-layer", "mlp:xielu"))
+    kinds = {"act x experts": {(a, f) for a in DENSE_ACTS for f in forms},
+             "layers:1 x act": {("layers:1", a) for a in DENSE_ACTS},
+             "xielu x mlp": {("op:xielu", m) for m in mlps},
+             "mlp x mlp": set(itertools.combinations(mlps, 2))}
+    return {k: frozenset(tuple(sorted(p)) for p in v) & pairs for k, v in kinds.items()}
+
+
 def lower_bound(**constraints) -> tuple[int, tuple[str, str]]:
-    """The fewest rows any covering of the pairs of :func:`space` needs, by two counting arguments on the tags of
-    one axis (one name before the last ``:``, ``mlp:gelu``, ``mlp:relu``, ...):
+    """The fewest rows any covering of the pairs of :func:`space` needs, by three counting arguments on the pool
+    of seed 0 (the tags of one axis: one name before the last ``:``, ``mlp:gelu``, ``mlp:relu``, ...):
 
     * two axes: tags of one axis that no pair combines are exclusive, a layout carries at most one of them (of an
       axis, the largest such set: a largest clique of the graph joining two of its tags that never share a
@@ -191,9 +244,11 @@ def lower_bound(**constraints) -> tuple[int, tuple[str, str]]:
     * one axis: tags of an axis of which no layout carries more than two (two layers, each its own MLP or RoPE
       scaling) reach at most one pair among them a row, so a covering has at least as many rows as the pairs
       among them; of an axis, its tags less, one at a time, the tag in the most pool draws holding three or more
-      of those left.
+      of those left;
+    * any axes: the pairs no draw holds two of (:func:`apart`), one row each.
 
-    Returns the largest count and its two axes (one axis twice for the second argument)."""
+    Returns the largest count and its two axes (one axis twice for the second argument, ``("*", "*")`` for the
+    third)."""
     key = _key(constraints)
     pairs = space(**constraints).pairs
     axes: dict[str, list[str]] = {}
@@ -202,10 +257,10 @@ def lower_bound(**constraints) -> tuple[int, tuple[str, str]]:
     exclusive, within = {}, []
     drawn = [t for _, t in _pool(0, key)]
     for a, values in axes.items():
-        apart = nx.Graph()
-        apart.add_nodes_from(values)
-        apart.add_edges_from(p for p in itertools.combinations(values, 2) if p not in pairs)
-        clique, _ = nx.max_weight_clique(apart, weight=None)
+        never = nx.Graph()
+        never.add_nodes_from(values)
+        never.add_edges_from(p for p in itertools.combinations(values, 2) if p not in pairs)
+        clique, _ = nx.max_weight_clique(never, weight=None)
         if len(clique) > 1:
             exclusive[a] = sorted(clique)
         two = set(values)
@@ -217,7 +272,7 @@ def lower_bound(**constraints) -> tuple[int, tuple[str, str]]:
         within.append((sum(p in pairs for p in itertools.combinations(sorted(two), 2)), (a, a)))
     across = [(sum(tuple(sorted((x, y))) in pairs for x in exclusive[a] for y in exclusive[b]), (a, b))
               for a, b in itertools.combinations(sorted(exclusive), 2)]
-    return max(across + within)
+    return max(across + within + [(len(apart(**constraints)), ("*", "*"))])
 
 
 def covering_specs(n: int, seed: int = 0, **constraints) -> list[DecoderSpec]:

@@ -4,7 +4,10 @@ the uniform picker honouring constraints, and covering examples that reach every
 import itertools
 import random
 
+import pytest
+
 from fuzz import build, covering
+from fuzz.decoder import effective_mlp
 from fuzz.strategies import Picked, spec_from
 
 
@@ -91,8 +94,9 @@ def test_covering_examples_reach_every_possible_pair_and_start_with_the_most():
     # -theta, attention temperature, mask-derived positions and an extra input id joined, 96 once chunked
     # attention, the power temperature, per-layer inputs, the residual gate, differential and sparse attention
     # joined; seed 0 96, seed 3 86 once the first 45 rows were improved together, issue 18; seed 3 88 once later
-    # layers had their own MLP and RoPE scaling, 14688 pairs); no covering needs fewer than lower_bound() (21; 66
-    # before layers had their own MLP and RoPE scaling)
+    # layers had their own MLP and RoPE scaling, 14688 pairs); no covering needs fewer than lower_bound() (75: pairs
+    # no pool draw holds two of; the per-axis arguments give 21, and gave 66 before layers had their own MLP and
+    # RoPE scaling)
     assert covering.lower_bound()[0] <= len(specs) <= 95
     # the greedy pick's first 25 reached 90.8%, its first 50 97.5%; the AETG-style rows 92.7% / 98.7%, and 91.4% /
     # 97.9% once the issue-14 axes above grew the pairs from 9641 to 11367; 90.7% of 11679 once experts scaling
@@ -112,16 +116,24 @@ def test_the_lower_bound_is_the_most_pairs_no_two_share_a_row():
     n, (a, b) = covering.lower_bound()
     space = covering.space()
     rows = [covering.tags(build(s)) for s in covering.covering_specs(200, seed=3)]
+    drawn = [t for _, t in covering._pool(0, ())]
+
+    # any axes: pairs no pool draw holds two of (greedy, rarest first), one row each: 75 (issue 18)
+    apart = covering.apart()
+    assert (a, b) == ("*", "*") and n == len(apart) == 75
+    assert len(set(apart)) == n and set(apart) <= space.pairs
+    for t in drawn:
+        assert len(covering.interactions(t) & set(apart)) <= 1
 
     # one axis: the MLPs (mlp:per-layer left out); a two-layer layout holds at most two of them, so each pair
     # among them takes a row: the 10 pairs within the four MLP groups (a later layer's own MLP, issue 18) and
     # xIELU with each of the 11 (its layouts carry the spec's mlp tag too)
     mlps = {t for p in space.pairs for t in p if t.startswith("mlp:") and t != "mlp:per-layer"}
     among = {p for p in space.pairs if set(p) <= mlps}
-    assert (a, b) == ("mlp", "mlp") and n == len(among) == 10 + 11
-    assert all(len(t & mlps) <= 2 for t in rows) and all(len(t & mlps) <= 2 for _, t in covering._pool(0, ()))
+    assert len(among) == 10 + 11 <= n
+    assert all(len(t & mlps) <= 2 for t in rows) and all(len(t & mlps) <= 2 for t in drawn)
 
-    def apart(axis):  # the axis' tags less, one by one, the tag sharing a layout with the most others of them
+    def apart_in(axis):  # the axis' tags less, one by one, the tag sharing a layout with the most others of them
         values = {t for p in space.pairs for t in p if t.rsplit(":", 1)[0] == axis}
         while True:
             shares = {t: sum(tuple(sorted((t, u))) in space.pairs for u in values - {t}) for t in values}
@@ -131,11 +143,40 @@ def test_the_lower_bound_is_the_most_pairs_no_two_share_a_row():
 
     # two axes: the 5 expert forms and the 4 q/k norms never share a layout within their axis, and all 20 of their
     # pairs combine (before layers had their own MLP and RoPE scaling: the 11 MLPs x the 6 RoPE scalings, 66)
-    experts, qk = apart("moe:experts"), apart("qk_norm")
+    experts, qk = apart_in("moe:experts"), apart_in("qk_norm")
     cross = {tuple(sorted((x, y))) for x in experts for y in qk} & space.pairs
     assert len(cross) == 20 <= n
     for t in rows:
         assert len(t & experts) <= 1 and len(t & qk) <= 1  # exclusive: one pair a row
+
+
+def test_no_covering_of_a_budget_of_50_reaches_every_pair():
+    """63 pairs no layout holds two of (covering.one_a_row, the decoder's rules), so 45 (or 50) rows cannot reach
+    them all; the rules checked on every pool draw."""
+    kinds = covering.one_a_row()
+    assert {k: len(v) for k, v in kinds.items()} == {"act x experts": 7 * 5, "layers:1 x act": 7, "xielu x mlp": 11,
+                                                     "mlp x mlp": 10}
+    every = set().union(*kinds.values())
+    assert len(every) == 63 > covering.PREFIX and covering.covering_share(50) < 63 <= covering.lower_bound()[0]
+    acts = {"swiglu": "op:act:silu", "geglu": "op:act:gelu_tanh", "clamped_swiglu": "op:clamped_glu",
+            "xielu": "op:xielu"}
+    for spec, t in covering._pool(0, ()):
+        dense = [effective_mlp(spec, l) for l in spec.layers if not l.sparse]
+        # a dense-only activation comes from a dense layer's MLP, one a layer
+        assert t & set(covering.DENSE_ACTS) <= {acts.get(m, f"op:act:{m}") for m in dense}
+        assert len(covering.interactions(t) & every) <= 1
+        kind = [k for k, v in kinds.items() if covering.interactions(t) & v]
+        assert kind in ([], ["act x experts"], ["layers:1 x act"], ["xielu x mlp"], ["mlp x mlp"])
+        if kind == ["act x experts"]:
+            assert len(spec.layers) == 2 and len(dense) == 1 and not spec.mlp_xielu
+        elif kind == ["layers:1 x act"]:
+            assert len(spec.layers) == 1 and dense and not spec.mlp_xielu
+        elif kind == ["xielu x mlp"]:
+            assert spec.mlp_xielu and all(l.mlp is None for l in spec.layers)
+        elif kind == ["mlp x mlp"]:
+            assert len(dense) == 2 and not spec.mlp_xielu
+    with pytest.raises(ValueError, match="max_layers=3"):
+        covering.one_a_row(max_layers=3)
 
 
 def test_covering_rows_are_draws_within_the_constraints():

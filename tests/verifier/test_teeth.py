@@ -277,3 +277,29 @@ def test_interaction_teeth_trace_agrees_with_running_the_real_mutant(strategy):
     missed = ("embeddings:tied", "moe:shared_expert+gate") if strategy == "before" else None
     for pair in [reached[0], reached[-1]] + ([missed] if missed and missed not in firsts else []):
         assert T.first_catch(mutants.interaction_mutant(*pair), strategy, 12, 1) == firsts.get(pair)
+
+
+def test_interaction_teeth_targets_say_met_or_not_from_the_figures():
+    from benchmarks import interaction_teeth as T
+    pairs = {"total": 100, "caught_on_every_seed": 99, "median_examples": 4.0}
+    round_ = lambda old, new: {"old": {"cpu": old, "wall": old}, "new": {"cpu": new, "wall": new}}  # noqa: E731
+    report = {"budget": 50, "seeds": [0, 1], "strategies": {"after": {"pairs": pairs}},
+              "ci": {"after": {"pairs_seen": 79, "pairs_possible": 100, "pair_share": 0.79}},
+              "bench_verify": {"against": "abc", "median_ratio": {"cpu": 0.99, "wall": 1.0}, "file": "x.json",
+                               "rounds": [round_(10, 9.6), round_(10, 10.2), round_(10, 9.9)]},
+              "bound": {"one_a_row": {"layers:1 x act": ["layers:1&op:act:relu"]}, "one_a_row_total": 63,
+                        "lower_bound": 75, "covering_rows_of_50": 45}}
+    verdict = {line.split(" | ")[0].lstrip("| "): line.rsplit(" | ", 1)[1].rstrip(" |")
+               for line in T.targets(report) if line.startswith("| ") and " | " in line}
+    assert verdict["every pair caught on every seed within 50 examples"] == "not met"  # 99 of 100
+    assert verdict["median examples to first catch at most 15, over all pairs"] == "met"
+    assert verdict["the `ci` profile's 25 examples catch at least 80% of pair mutants"] == "not met"  # 79%
+    assert verdict["verified layouts per second no lower than before"] == "met"  # one round of three at 1.02
+    report["bench_verify"]["rounds"] = [round_(10, 9.6), round_(10, 9.9), round_(10, 9.8)]
+    lines = T.targets(report)
+    assert any(line.startswith("| verified layouts") and line.endswith("| not met |") for line in lines)
+    assert any("at least 63 rows" in line for line in lines)
+    assert "| layers:1 x act | 1 | one layer, one activation |" in lines
+    pairs["caught_on_every_seed"] = 100
+    assert ("| every pair caught on every seed within 50 examples | 100 / 100 pairs (100.0%) on 2 seeds, budget 50 "
+            "| met |") in T.targets(report)
