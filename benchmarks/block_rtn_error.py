@@ -30,20 +30,11 @@ from pathlib import Path
 
 import torch
 
+from quant.transforms.rtn import rtn
+
 DATA = Path(__file__).resolve().parent.parent / "docs" / "data"
 BASES = ("bbt-spectral", "bbt-spectral-block", "bbt-spectral-exact")
 KINDS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-def rtn(w: torch.Tensor, bits: int, group: int) -> torch.Tensor:
-    """Round to nearest on the asymmetric min/max grid of ``bits`` bits per ``group`` consecutive input columns."""
-    rows, cols = w.shape
-    g = w.reshape(rows, cols // group, group)
-    lo, hi = g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)
-    scale = ((hi - lo) / (2 ** bits - 1)).clamp(min=1e-12)
-    zp = torch.round(-lo / scale)
-    q = torch.clamp(torch.round(g / scale) + zp, 0, 2 ** bits - 1)
-    return ((q - zp) * scale).reshape(rows, cols)
 
 
 def layer_errors(model, ids: torch.Tensor, bits: int, group: int) -> dict[str, dict]:
