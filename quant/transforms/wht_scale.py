@@ -69,9 +69,10 @@ built from), ``s = s(alpha)``, ``x~_j = h_j / s_j`` and ``W~ = [W, 0] Q D``:
 the diagonal (imatrix) approximation of ``E||x~ (W~ - q(W~))^T||^2``.  Ties go to the first alpha of the grid, so
 the choice is deterministic; ``transform_log`` records each linear's chosen ``alpha`` and ``err`` per grid value.
 Any alpha is exact (above), so the choice changes the quantizer's error, never the function.  A grid of one value is
-the float alpha exactly.  Refused: an empty grid, a negative or non-finite alpha, ``bits`` outside 1..8, a
-``group_size`` below 1 (``BadInput``), random scales with a grid, and a linear whose quantized width ``d_pad`` the
-group size does not divide (``group-misaligned``, naming the linear).
+the float alpha exactly.  A ``W~`` narrower than a group (``d_pad < group_size``: tiny layouts) is rounded as one
+group per row (the ``group_size`` logged).  Refused: an empty grid, a negative or non-finite alpha, ``bits`` outside
+1..8, a ``group_size`` below 1 or random scales with a grid (``BadInput``), and a linear whose quantized width
+``d_pad`` a narrower group size does not divide (``group-misaligned``, naming the linear).
 
 Refusals: a module that is not a GraphModel (``module-without-layout``), a target that is not a
 ``linear`` node, e.g. the lm_head (``not-a-linear``), a linear already fed by a ``wht_in`` node
@@ -229,9 +230,10 @@ def _transform(m: GraphModel, calib: Calibration, blocks: dict[str, int | str | 
     layout = m.layout
     chosen = list(blocks)
     rots = {node: rotation_of(node, layout.params(node)["in_features"], blocks[node], transform) for node in chosen}
+    groups = {node: min(group_size, rot.d_pad) for node, rot in rots.items()}  # a narrower row is one group
     if search:
         for node, rot in rots.items():
-            if rot.d_pad % group_size:
+            if rot.d_pad % groups[node]:
                 raise Refusal(transform, f"the alpha search rounds {node!r}'s W~ ({rot.d_pad} input columns) in "
                               f"groups of {group_size}, which do not divide it", op="linear", path=node,
                               feature="group-misaligned")
@@ -244,10 +246,10 @@ def _transform(m: GraphModel, calib: Calibration, blocks: dict[str, int | str | 
         d_in, d_pad = rot.d_in, rot.d_pad
         found = {}
         if search:
-            errs = rounding_errors(m.nodes[node].weight, energy[node], grid, rot.block, bits, group_size)
+            errs = rounding_errors(m.nodes[node].weight, energy[node], grid, rot.block, bits, groups[node])
             best = min(range(len(grid)), key=errs.__getitem__)  # the first of equal errors: deterministic
             a = grid[best]
-            found = {"alpha_search": {"grid": list(grid), "err": errs, "bits": bits, "group_size": group_size}}
+            found = {"alpha_search": {"grid": list(grid), "err": errs, "bits": bits, "group_size": groups[node]}}
         else:
             a = grid[0]
         if scales == "energy":

@@ -95,12 +95,13 @@ def test_the_recipe_is_wired_proven_and_deterministic():
 
 @given(data=st.data(), seed=st.integers(0, 999))
 def test_the_recipe_is_invariant_on_drawn_layouts(data, seed):
-    """Invariant (1e-12) wherever the group size divides every linear's ``d_pad``, refused by name elsewhere."""
+    """Invariant (1e-12) wherever the group size divides every linear's ``d_pad`` (or a row is narrower than a
+    group), refused by name elsewhere (48 into a power of two of 64 and more)."""
     layout = data.draw(S.layouts(), label="layout")
-    group = data.draw(st.sampled_from([2, 4, 8]), label="group_size")
+    group = data.draw(st.sampled_from([4, 48, 64]), label="group_size")
     verdict = verify(get(RECIPE, group_size=group), layout, seed=seed % 97)
     pads = {1 << (layout.params(n)["in_features"] - 1).bit_length() for n in layout.of_op("linear")}
-    if any(p % group for p in pads):
+    if any(p > group and p % group for p in pads):
         assert verdict.status == "refused" and "group-misaligned" in str(verdict), verdict
         return
     assert verdict.ok and verdict.max_rel_err <= 1e-12, verdict
@@ -130,8 +131,19 @@ def test_a_group_that_does_not_divide_d_pad_is_refused_naming_the_linear():
     assert exc.value.feature == "group-misaligned" and "l0_mlp_down_proj" in str(exc.value)
     assert "64 input columns" in str(exc.value)
     wht_scale(model, calib(), alpha=0.25, group_size=48)  # a float alpha rounds nothing: no group needed
-    with pytest.raises(Refusal, match="group-misaligned"):  # the block form rounds d_in columns (POW2's block 16)
-        wht_scale_block(materialize(build(POW2)), calib(), alpha=ALPHA_GRID, group_size=64)
+    with pytest.raises(Refusal, match="group-misaligned"):  # the block form rounds d_in columns: 48 into 32
+        wht_scale_block(materialize(build(WIDE)), calib(), alpha=ALPHA_GRID, group_size=48, max_block=32)
+
+
+def test_a_row_narrower_than_a_group_is_one_group():
+    """POW2's ``W~`` are 32 and 64 columns wide: at group size 64 the 32-wide ones are rounded as one group."""
+    model, c = materialize(build(POW2), seed=5), calib()
+    out = wht_scale(model, c, alpha=ALPHA_GRID, group_size=64)
+    one = wht_scale(model, c, alpha=ALPHA_GRID, group_size=32)
+    for e, f in zip(out.transform_log, one.transform_log):
+        assert e["alpha_search"]["group_size"] == min(64, e["d_pad"])
+        if e["d_pad"] == 32:
+            assert e["alpha_search"]["err"] == f["alpha_search"]["err"] and e["alpha"] == f["alpha"]
 
 
 def test_the_recipe_and_the_pipeline_refuse_a_single_alpha():
