@@ -15,7 +15,13 @@ falls outside the ``d_in``-dimensional span of ``x~`` and costs nothing; the blo
 the plain weight count (the exact form mixing every coordinate, as the padded one does).  No auto-round: this isolates the basis, not the tuning.  Writes ``docs/data/block_rtn_error.json``
 and prints a markdown table.
 
-    python -m benchmarks.block_rtn_error [--bits 2] [--alphas 0 0.25] [--recipes ...] [--tokens 512] [--out docs/data/block_rtn_error.json]
+``--alpha-search`` adds the padded form with alpha chosen per linear (``bbt-spectral-alpha-search`` over its grid, for
+this ``--bits`` / ``--group``), and from its ``transform_log`` the per-linear choice (a histogram by kind) and the
+calibration err the choice minimises, ``err_l(alpha) = sum_j E[h_j^2] / s_j^2 sum_i (W~ - R(W~))_ij^2`` (its
+diagonal approximation on the calibration windows), summed over the linears at each global alpha of the grid and at
+the per-linear choice.
+
+    python -m benchmarks.block_rtn_error [--bits 2] [--alphas 0 0.25] [--recipes ...] [--alpha-search] [--tokens 512] [--out docs/data/block_rtn_error.json]
 """
 
 from __future__ import annotations
@@ -30,20 +36,31 @@ from pathlib import Path
 
 import torch
 
+from quant.transforms.rtn import rtn
+
 DATA = Path(__file__).resolve().parent.parent / "docs" / "data"
 BASES = ("bbt-spectral", "bbt-spectral-block", "bbt-spectral-exact")
 KINDS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+SEARCH = "bbt-spectral-alpha-search"
 
 
-def rtn(w: torch.Tensor, bits: int, group: int) -> torch.Tensor:
-    """Round to nearest on the asymmetric min/max grid of ``bits`` bits per ``group`` consecutive input columns."""
-    rows, cols = w.shape
-    g = w.reshape(rows, cols // group, group)
-    lo, hi = g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)
-    scale = ((hi - lo) / (2 ** bits - 1)).clamp(min=1e-12)
-    zp = torch.round(-lo / scale)
-    q = torch.clamp(torch.round(g / scale) + zp, 0, 2 ** bits - 1)
-    return ((q - zp) * scale).reshape(rows, cols)
+def search_summary(log: list[dict]) -> dict:
+    """From T1's ``transform_log`` with an alpha grid: chosen alphas by linear kind, and the calibration err summed
+    over the linears at each global alpha and at the per-linear choice (in total and by kind)."""
+    rows = [e for e in log if "alpha_search" in e]
+    grid = rows[0]["alpha_search"]["grid"]
+    kind = {e["node"]: next((k for k in KINDS if k in e["node"]), "other") for e in rows}
+    kinds = [k for k in KINDS + ("other",) if k in kind.values()]
+    chosen = {k: {str(a): sum(1 for e in rows if kind[e["node"]] == k and e["alpha"] == a) for a in grid}
+              for k in kinds}
+
+    def totals(of):
+        sel = [e for e in rows if of(e)]
+        return {"global": {str(a): sum(e["alpha_search"]["err"][i] for e in sel) for i, a in enumerate(grid)},
+                "per_linear": sum(min(e["alpha_search"]["err"]) for e in sel), "linears": len(sel)}
+    return {"grid": grid, "chosen_by_kind": chosen, "calib_err": totals(lambda e: True),
+            "calib_err_by_kind": {k: totals(lambda e, k=k: kind[e["node"]] == k) for k in kinds},
+            "per_linear": {e["node"]: {"alpha": e["alpha"], "err": e["alpha_search"]["err"]} for e in rows}}
 
 
 def layer_errors(model, ids: torch.Tensor, bits: int, group: int) -> dict[str, dict]:
@@ -84,6 +101,7 @@ def main(argv=None) -> int:
     p.add_argument("--group", type=int, default=64)
     p.add_argument("--alphas", type=float, nargs="+", default=[0.0, 0.25])
     p.add_argument("--recipes", nargs="+", default=list(BASES), choices=BASES)
+    p.add_argument("--alpha-search", action="store_true", help=f"also {SEARCH} (alpha chosen per linear)")
     p.add_argument("--tokens", type=int, default=512, help="evaluation tokens (windows of 256)")
     p.add_argument("--calib-text", default="/work/shared/data/wikitext-2-valid-unk.txt")
     p.add_argument("--eval-text", default="/work/shared/data/wikitext-2-raw-test.raw")
@@ -96,12 +114,14 @@ def main(argv=None) -> int:
     windows = calibration_windows(calib_ids, 8, 256, 0)  # the cpu preset's nsamples / seqlen, seed 0
     ids = eval_ids[: args.tokens // 256 * 256].reshape(-1, 256)
     variants = [("none", None)] + [(r, a) for r in args.recipes for a in args.alphas]
+    variants += [(SEARCH, None)] if args.alpha_search else []
     out = {"checkpoint": "SmolLM2-135M", "bits": args.bits, "group": args.group, "eval_tokens": ids.numel(),
            "calib": "8 x 256 calibration windows, seed 0", "rounding": "min/max asymmetric RTN", "rows": []}
     for recipe, alpha in variants:
         model = copy.deepcopy(base)
+        prepared = None
         if recipe != "none":
-            prepare(model, recipe, windows, alpha=alpha)
+            prepared = prepare(model, recipe, windows, alpha=alpha, bits=args.bits, group_size=args.group)
         errs = layer_errors(model, ids, args.bits, args.group)
         per_kind = {k: statistics.fmean(v["err"] for p, v in errs.items() if p.endswith(k)) for k in KINDS}
         cols = {p.rsplit(".", 1)[0]: m.weight.shape[1] for p, m in model.named_modules()
@@ -110,6 +130,9 @@ def main(argv=None) -> int:
                "per_kind": per_kind, "weights": sum(m.weight.numel() for p, m in model.named_modules()
                                                      if isinstance(m, torch.nn.Linear) and not p.endswith("lm_head")),
                "in_features": sorted(set(cols.values()))}
+        if recipe == SEARCH:
+            row["alpha_search"] = search_summary(prepared.log)
+            print(json.dumps({k: row["alpha_search"][k] for k in ("chosen_by_kind", "calib_err")}), flush=True)
         out["rows"].append(row)
         print(f"{recipe} a{alpha}: mean relative output error {row['mean_err']:.4f} "
               f"({time.time() - t0:.0f} s)", flush=True)

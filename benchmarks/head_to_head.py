@@ -74,6 +74,10 @@ METHODS = {
                                                    settings=ALG_EXT + (("neuqi_grid", (16, 8)),)),
     "bbt-spectral-block-a0.5-neuqi16-algext": Method("bbt-spectral-block", 0.5, options=NEUQI,
                                                      settings=ALG_EXT + (("neuqi_grid", (16, 8)),)),
+    # T1 padded with alpha chosen per linear from its grid (quant.transforms.wht_scale.ALPHA_GRID) for the cell's
+    # bits and group size, with the best W2 settings
+    "bbt-spectral-asearch-neuqi16-algext": Method("bbt-spectral-alpha-search", None, options=NEUQI,
+                                                  settings=ALG_EXT + (("neuqi_grid", (16, 8)),)),
     "autoround-neuqi16-algext": Method("none", options=NEUQI, settings=ALG_EXT + (("neuqi_grid", (16, 8)),)),
     "bbt-spectral-pca-a0.25": Method("bbt-spectral-pca", 0.25),
     "bbt-spectral-pca-a0.25-neuqi-algext": Method("bbt-spectral-pca", 0.25, options=NEUQI, settings=ALG_EXT),
@@ -211,7 +215,7 @@ def run_cell(cell: dict) -> dict:
     """One (method, bits, seed) result: gate (cached per recipe and alpha), quantize, perplexity."""
     from fuzz.layout import atomic_write_text
     from quant.perplexity import perplexity
-    from quant.quantize import ONLINE, WEIGHT_ONLY, QuantConfig, gate, quantize
+    from quant.quantize import ALPHA_SEARCH, ONLINE, WEIGHT_ONLY, QuantConfig, gate, quantize, recipe_options
     from quant.text import calibration_windows
     src = cell["inputs"]
     base, tok, calib_all, eval_ids, calib_info, eval_info = _inputs(src["checkpoint"], src["calib_text"],
@@ -234,15 +238,18 @@ def run_cell(cell: dict) -> dict:
     verdict = None
     if recipe in WEIGHT_ONLY + ONLINE:  # the recipes the oracle gate proves before quantization
         cache = Path(src["gate_cache"])
-        gpath = cache / f"gate-{recipe}-a{alpha}-{_key({'checkpoint': cell['checkpoint'], 'recipe': recipe, 'alpha': alpha})}.json"
+        key = {'checkpoint': cell['checkpoint'], 'recipe': recipe, 'alpha': alpha}
+        if recipe in ALPHA_SEARCH:  # its grid and quantizer: what the gate proves and could refuse
+            key["options"] = recipe_options(recipe, alpha, bits, cfg.group_size)
+        gpath = cache / f"gate-{recipe}-a{alpha}-{_key(key)}.json"
         if gpath.is_file():
             verdict = _CachedVerdict(**json.loads(gpath.read_text()))
         else:
-            v = gate(model, recipe, alpha=alpha)
+            v = gate(model, recipe, alpha=alpha, bits=bits, group_size=cfg.group_size)
             atomic_write_text(gpath, json.dumps({"status": v.status, "max_rel_err": v.max_rel_err}))
             verdict = v
     try:
-        report = quantize(model, tok, recipe, cfg, windows, alpha=alpha if alpha is not None else 0.5,
+        report = quantize(model, tok, recipe, cfg, windows, alpha=alpha,
                           gate_verdict=verdict, check_ids=eval_ids[None, :16])
     except RuntimeError as exc:  # record a peer's crash as a finding instead of losing the sweep
         return {"error": f"{type(exc).__name__}: {exc}", "ppl": float("nan"), "seconds": time.time() - t0}

@@ -17,7 +17,9 @@ The pipeline (:func:`quantize`), each step refusing rather than guessing:
      linear of the transformers model then gets the weight ``W~ = [W, 0] Q D`` (``in_features = d_pad``)
      and a **forward pre-hook** computing ``x~ = [x, 0] Q D^-1``; ``bbt-spectral-block`` (T1's group-aligned
      block form): ``W~ = W Q_b D`` (``in_features`` unchanged) and ``x~ = x Q_b D^-1``; ``bbt-spectral-exact``
-     (the exact-width full Hadamard ``Q_n``): ``W~ = W Q_n D`` and ``x~ = x Q_n D^-1``.  auto-round 0.16 runs the wrapped
+     (the exact-width full Hadamard ``Q_n``): ``W~ = W Q_n D`` and ``x~ = x Q_n D^-1``; ``bbt-spectral-alpha-search``:
+     the padded form with alpha chosen per linear from a grid for this run's quantizer (its ``bits`` and
+     ``group_size``: :func:`recipe_options`).  auto-round 0.16 runs the wrapped
      layer's forward pre-hooks itself (``auto_round/wrapper.py`` ``WrapperLinear.forward``: "Even without
      act_quant, run pre-hooks for online Hadamard correctness"), so its block reconstruction loss is
      measured on exactly the function of the transformed model, and it quantizes ``W~``.  No auto-round
@@ -61,9 +63,11 @@ from fuzz.layout import atomic_dir
 from fuzz.ops import wht_in_form
 
 RECIPES = ("none", "bbt-absorb", "bbt-pair-pca", "bbt-spectral-pca", "bbt-spectral", "bbt-spectral-block",
-           "bbt-spectral-exact", "autoround-hadamard")
+           "bbt-spectral-exact", "bbt-spectral-alpha-search", "autoround-hadamard")
 WEIGHT_ONLY = ("bbt-absorb", "bbt-pair-pca", "bbt-spectral-pca")
-ONLINE = ("bbt-spectral", "bbt-spectral-block", "bbt-spectral-exact")
+ONLINE = ("bbt-spectral", "bbt-spectral-block", "bbt-spectral-exact", "bbt-spectral-alpha-search")
+#: the recipes that choose alpha per linear from a grid, for the quantizer's bits and group size
+ALPHA_SEARCH = ("bbt-spectral-alpha-search",)
 BITS = (2, 3, 4)  # A16 weight-only widths auto-round is run at
 UNFOLD_TOL = 1e-9  # float64 relative logit error between the transformed quantized model and the unfolded one
 SHIPPED_TOL = 1e-5  # the same, for the shipped float32 checkpoint (its weights are the float64 fold rounded)
@@ -154,6 +158,18 @@ def default_alpha(bits: int) -> float:
     return DEFAULT_ALPHA.get(bits, 0.5)
 
 
+def recipe_options(recipe: str, alpha: float | tuple | None = None, bits: int = 2, group_size: int = 64) -> dict:
+    """The options the transform ``recipe`` gets: its ``alpha`` (``None``: 0.5); an alpha search its grid (``None``:
+    its default grid; a single float is refused) and the quantizer it chooses for (``bits``, ``group_size``)."""
+    if recipe in ALPHA_SEARCH:
+        if alpha is not None and not isinstance(alpha, (tuple, list)):
+            raise BadInput(f"recipe {recipe!r} chooses alpha per linear from a grid; got the single alpha {alpha!r} "
+                           f"(give a tuple, or none for its default grid)")
+        from quant.transforms.wht_scale import ALPHA_GRID
+        return {"alpha": ALPHA_GRID if alpha is None else tuple(alpha), "bits": bits, "group_size": group_size}
+    return {"alpha": 0.5 if alpha is None else alpha}
+
+
 def preset_settings(preset: str, bits: int | None = None, **overrides) -> dict:
     """The tuning settings of ``preset`` with every override that is not ``None`` applied (CLI flags); with
     ``bits=2`` and tuning (iters > 0), the preset's :data:`W2_SETTINGS` too (RTN stays plain round-to-nearest)."""
@@ -164,8 +180,10 @@ def preset_settings(preset: str, bits: int | None = None, **overrides) -> dict:
 
 
 # ============================================================================================ gate
-def gate(model: nn.Module, recipe: str, alpha: float = 0.5, seed: int = 0):
-    """The float64 oracle verdict of ``recipe`` on ``model``'s imported dataflow; raises :class:`GateRefused`."""
+def gate(model: nn.Module, recipe: str, alpha: float | tuple | None = None, seed: int = 0, bits: int = 2,
+         group_size: int = 64):
+    """The float64 oracle verdict of ``recipe`` (with :func:`recipe_options`) on ``model``'s imported dataflow;
+    raises :class:`GateRefused`."""
     import quant.transforms as T
     from fuzz.importer import import_model
     from verifier import verify
@@ -175,7 +193,7 @@ def gate(model: nn.Module, recipe: str, alpha: float = 0.5, seed: int = 0):
     if recipe in ("none", "autoround-hadamard"):
         return None
     graph = import_model(model)  # checked against the checkpoint first: the proof is about its own function
-    verdict = verify(T.get(recipe, alpha=alpha), graph, dtype=torch.float64, seed=seed, batch=1, seq=8,
+    verdict = verify(T.get(recipe, **recipe_options(recipe, alpha, bits, group_size)), graph, dtype=torch.float64, seed=seed, batch=1, seq=8,
                      calib_batch=1)
     if not verdict.ok:
         raise GateRefused(recipe, verdict)
@@ -229,8 +247,10 @@ def _module_of(model: nn.Module, qualified_param: str) -> tuple[str, nn.Module]:
     return path, model.get_submodule(path)
 
 
-def prepare(model: nn.Module, recipe: str, calib_ids: torch.Tensor, alpha: float = 0.5, seed: int = 0) -> Prepared:
-    """Apply ``recipe`` to the transformers ``model`` (in place) with calibration token ids ``(n, seqlen)``."""
+def prepare(model: nn.Module, recipe: str, calib_ids: torch.Tensor, alpha: float | tuple | None = None, seed: int = 0,
+            bits: int = 2, group_size: int = 64) -> Prepared:
+    """Apply ``recipe`` (with :func:`recipe_options`) to the transformers ``model`` (in place) with calibration token
+    ids ``(n, seqlen)``."""
     import quant.transforms as T
     from fuzz.importer import import_model
     from verifier.transform import Calibration
@@ -240,7 +260,7 @@ def prepare(model: nn.Module, recipe: str, calib_ids: torch.Tensor, alpha: float
     if recipe in ("none", "autoround-hadamard"):
         return Prepared(model, recipe)
     if recipe in WEIGHT_ONLY:
-        out = T.get(recipe, host="transformers", alpha=alpha)(model, calib)
+        out = T.get(recipe, host="transformers", **recipe_options(recipe, alpha))(model, calib)
         if out is not model:
             raise BadInput(f"recipe {recipe!r} added operators to this model; only weight-only recipes run here")
         return Prepared(model, recipe, seconds=time.time() - t0)
@@ -248,7 +268,7 @@ def prepare(model: nn.Module, recipe: str, calib_ids: torch.Tensor, alpha: float
         raise BadInput(f"unknown recipe {recipe!r}; choose one of {RECIPES}")
     graph = import_model(model)  # checked against the (untransformed) model before T1 is built on it
     param_map = graph.layout.meta["param_map"]
-    t1 = T.get(recipe, alpha=alpha)(graph, calib)
+    t1 = T.get(recipe, **recipe_options(recipe, alpha, bits, group_size))(graph, calib)
     prepared = Prepared(model, recipe, graph=t1, log=list(getattr(t1, "transform_log", [])))
     for wht in t1.layout.of_op("wht_in"):
         d_in, block = t1.layout.params(wht)["in_features"], wht_in_form(t1.layout.params(wht))
@@ -470,7 +490,7 @@ def coverage_markdown(cov: dict) -> str:
 
 # ============================================================================================ pipeline
 def quantize(model: nn.Module, tokenizer, recipe: str, cfg: QuantConfig, calib_windows: torch.Tensor, *,
-             alpha: float = 0.5, hadamard_block: int = 64, gate_verdict=None, check_ids: torch.Tensor | None = None,
+             alpha: float | tuple | None = None, hadamard_block: int = 64, gate_verdict=None, check_ids: torch.Tensor | None = None,
              quiet: bool = True, before_unfold=None) -> dict:
     """Gate, transform, auto-round, unfold, coverage; ``model`` is quantized in place.  Returns a report.
 
@@ -481,16 +501,21 @@ def quantize(model: nn.Module, tokenizer, recipe: str, cfg: QuantConfig, calib_w
         raise BadInput(f"unknown recipe {recipe!r}; choose one of {RECIPES}")
     if calib_windows.shape[0] < cfg.nsamples or calib_windows.shape[1] != cfg.seqlen:
         raise BadInput(f"need {cfg.nsamples} calibration windows of {cfg.seqlen} tokens, got {tuple(calib_windows.shape)}")
-    report = {"recipe": recipe, "alpha": alpha if recipe in WEIGHT_ONLY + ONLINE else None, "config": asdict(cfg)}
+    options = recipe_options(recipe, alpha, cfg.bits, cfg.group_size) if recipe in WEIGHT_ONLY + ONLINE else {}
+    report = {"recipe": recipe, "alpha": options.get("alpha"), "config": asdict(cfg)}
     t0 = time.time()
-    verdict = gate_verdict if gate_verdict is not None else gate(model, recipe, alpha=alpha)
+    verdict = gate_verdict if gate_verdict is not None else gate(model, recipe, alpha, bits=cfg.bits,
+                                                                 group_size=cfg.group_size)
     report["gate"] = None if verdict is None else {"status": verdict.status, "max_rel_err": verdict.max_rel_err,
                                                    "seconds": round(time.time() - t0, 1),
                                                    "import_check": getattr(verdict, "import_check", None)}
     sink = io.StringIO()
     with _quiet(quiet, sink):
-        prepared = prepare(model, recipe, calib_windows[:cfg.nsamples], alpha=alpha, seed=cfg.seed)
+        prepared = prepare(model, recipe, calib_windows[:cfg.nsamples], alpha=alpha, seed=cfg.seed, bits=cfg.bits,
+                           group_size=cfg.group_size)
         report["transform_seconds"] = round(prepared.seconds, 1)
+        if recipe in ALPHA_SEARCH:  # each linear's chosen alpha (its err per grid value: the transform_log)
+            report["alpha_chosen"] = {e["node"]: e["alpha"] for e in prepared.log if "alpha_search" in e}
         if recipe == "autoround-hadamard":
             report["peer"] = hadamard_rotation(model, hadamard_block)
         layer_config, seconds = run_autoround(model, tokenizer, cfg, calib_windows)

@@ -22,7 +22,8 @@ def register(subparsers) -> None:
     q.add_argument("--alpha", type=arguments.float_in(0.0, False, "a scaling exponent"), default=None,
                    help="activation-energy scaling exponent; default 0.25 at W2 (the best W2 alpha on SmolLM2 at "
                         "the cpu preset, with auto-round's NeUQI the preset adds at W2), else the paper's 0.5 (at "
-                        "W4, 0 was best: docs/findings.md)")
+                        "W4, 0 was best: docs/findings.md); not with bbt-spectral-alpha-search, which chooses alpha "
+                        "per linear from its grid")
     q.add_argument("--bits", type=int, default=2, choices=list(BITS))
     q.add_argument("--group-size", type=arguments.int_at_least(1, "weights per quantization group"), default=64)
     q.add_argument("--sym", action="store_true", help="symmetric (default asymmetric)")
@@ -65,7 +66,9 @@ def register(subparsers) -> None:
 
 
 def check(args) -> None:
-    from quant.quantize import ONLINE
+    from quant.quantize import ALPHA_SEARCH, ONLINE
+    if args.alpha is not None and args.recipe in ALPHA_SEARCH:
+        raise BadInput(f"--alpha: recipe {args.recipe} chooses alpha per linear from its grid; drop --alpha")
     if args.online_fwht != "kron" and not (args.lowbit and args.recipe in ONLINE):
         raise BadInput(f"--online-fwht applies to --lowbit with --recipe {' or '.join(ONLINE)}")
     if args.embedding != "int8" and not args.lowbit:
@@ -77,7 +80,7 @@ def check(args) -> None:
 def resolve(args):
     """The :class:`quant.quantize.QuantConfig` (checked) and alpha the flags ask for, the defaults filled in: the
     preset's settings (at W2 with tuning, its W2 settings too) and :func:`quant.quantize.default_alpha`."""
-    from quant.quantize import QuantConfig, default_alpha, preset_settings
+    from quant.quantize import ALPHA_SEARCH, QuantConfig, default_alpha, preset_settings
 
     from .checks import key_values
     settings = preset_settings(args.preset, bits=args.bits, iters=args.iters, nsamples=args.nsamples,
@@ -85,6 +88,8 @@ def resolve(args):
     settings["options"] = {**settings.get("options", {}), **key_values(args.autoround_option)}
     cfg = QuantConfig(bits=args.bits, group_size=args.group_size, sym=args.sym, seed=args.seed, **settings)
     cfg.check()
+    if args.recipe in ALPHA_SEARCH:  # its grid (quant.quantize.recipe_options), for this bits and group size
+        return cfg, None
     return cfg, default_alpha(args.bits) if args.alpha is None else args.alpha
 
 

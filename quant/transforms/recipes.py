@@ -1,22 +1,25 @@
 """Recipes: named compositions that pick, per attention and MLP block, the transform the layout permits.
 
-=====================  ======================================================================================
-recipe                 per block
-=====================  ======================================================================================
-bbt-absorb             every norm that can absorb (T2, MoE norms included: T6), every GLU's up -> down
-                       scaling (dense, shared and fused experts); no online operator (the seed code's
-                       ``no_rotation``)
-bbt-spectral           T1 on every linear: online padded WHT with activation-energy scaling
-bbt-spectral-block     T1's group-aligned block form on every linear: online block-diagonal WHT (blocks of
-                       ``min(64, 2^v(d_in))``, each quantization group of 64 input columns its own Hadamard),
-                       no padding, activation-energy scaling
-bbt-spectral-exact     T1's exact-width full form on every linear: online ``Q_n = (H_m (x) H_{2^k}) / sqrt(n)``
-                       (Paley x Sylvester), no padding, activation-energy scaling; a width with no
-                       construction is refused (``no-hadamard-order``)
-bbt-pair-pca           attention with plain q/k: pair-PCA (T4); then bbt-absorb
-bbt-spectral-pca       attention with a q/k norm: spectral-PCA (T5); plain q/k: pair-PCA (T4); then bbt-absorb
-residual-hadamard      QuaRot-style residual rotation (T3), tied embeddings untied
-=====================  ======================================================================================
+==========================  ======================================================================================
+recipe                      per block
+==========================  ======================================================================================
+bbt-absorb                  every norm that can absorb (T2, MoE norms included: T6), every GLU's up -> down
+                            scaling (dense, shared and fused experts); no online operator (the seed code's
+                            ``no_rotation``)
+bbt-spectral                T1 on every linear: online padded WHT with activation-energy scaling
+bbt-spectral-block          T1's group-aligned block form on every linear: online block-diagonal WHT (blocks of
+                            ``min(64, 2^v(d_in))``, each quantization group of 64 input columns its own Hadamard),
+                            no padding, activation-energy scaling
+bbt-spectral-exact          T1's exact-width full form on every linear: online ``Q_n = (H_m (x) H_{2^k}) / sqrt(n)``
+                            (Paley x Sylvester), no padding, activation-energy scaling; a width with no
+                            construction is refused (``no-hadamard-order``)
+bbt-spectral-alpha-search   T1 on every linear (padded, as bbt-spectral) with alpha chosen per linear from a grid
+                            (default ``(0, 0.125, 0.25, 0.375, 0.5)``): the one of least calibration-weighted RTN
+                            error of ``W~`` at ``bits`` / ``group_size`` (default W2 g64; ``wht_scale``'s docstring)
+bbt-pair-pca                attention with plain q/k: pair-PCA (T4); then bbt-absorb
+bbt-spectral-pca            attention with a q/k norm: spectral-PCA (T5); plain q/k: pair-PCA (T4); then bbt-absorb
+residual-hadamard           QuaRot-style residual rotation (T3), tied embeddings untied
+==========================  ======================================================================================
 
 What was applied where, and why a block was skipped, is appended to ``model.transform_log``.
 """
@@ -25,17 +28,18 @@ from __future__ import annotations
 
 from torch import nn
 
-from fuzz.errors import Refusal
+from fuzz.errors import BadInput, Refusal
 from fuzz.materialize import GraphModel
 from verifier.transform import Calibration
 
 from . import get, register
 from .graph_edit import require_graph_model
 from .pair_pca import qk_chains
+from .wht_scale import ALPHA_GRID, SEARCH_BITS, SEARCH_GROUP
 
 # The recipes, in the table's order: the one list the gate, the benchmarks and the tests read.
-RECIPES = ("bbt-absorb", "bbt-spectral", "bbt-spectral-block", "bbt-spectral-exact", "bbt-pair-pca",
-           "bbt-spectral-pca", "residual-hadamard")
+RECIPES = ("bbt-absorb", "bbt-spectral", "bbt-spectral-block", "bbt-spectral-exact", "bbt-spectral-alpha-search",
+           "bbt-pair-pca", "bbt-spectral-pca", "residual-hadamard")
 
 
 def _log(m: GraphModel, **entry) -> None:
@@ -78,6 +82,17 @@ def bbt_spectral_block(model: nn.Module, calib: Calibration, alpha: float = 0.5)
 @register("bbt-spectral-exact")
 def bbt_spectral_exact(model: nn.Module, calib: Calibration, alpha: float = 0.5) -> GraphModel:
     return get("wht-scale-exact", alpha=alpha)(require_graph_model("bbt-spectral-exact", model), calib)
+
+
+@register("bbt-spectral-alpha-search")
+def bbt_spectral_alpha_search(model: nn.Module, calib: Calibration, alpha: tuple[float, ...] = ALPHA_GRID,
+                              bits: int = SEARCH_BITS, group_size: int = SEARCH_GROUP) -> GraphModel:
+    name = "bbt-spectral-alpha-search"
+    if not isinstance(alpha, (tuple, list)):
+        raise BadInput(f"{name} chooses alpha per linear from a grid: alpha must be a tuple of alphas, got {alpha!r} "
+                       f"(a single alpha is bbt-spectral)")
+    return get("wht-scale", alpha=tuple(alpha), bits=bits, group_size=group_size)(require_graph_model(name, model),
+                                                                                 calib)
 
 
 @register("bbt-pair-pca")

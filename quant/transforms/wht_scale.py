@@ -58,6 +58,22 @@ reader of a ``wht_in`` node uses too (the op's shape rule, its module, calibrati
 rotation); a form that does not fit a linear's width (``fuzz.hadamard.check_form``) is refused naming the linear
 and the feature (``block-misaligned``, ``no-hadamard-order``).
 
+Per-linear alpha (``alpha`` a grid, e.g. :data:`ALPHA_GRID`; recipe ``bbt-spectral-alpha-search``): each selected
+linear gets the alpha of the grid minimising the calibration-weighted rounding error of its ``W~`` under the target
+weight quantizer ``q`` (:func:`quant.transforms.rtn.rtn`: asymmetric min/max round to nearest, ``bits`` bits per
+group of ``group_size`` input columns of ``W~``).  With ``h = [x, 0] Q`` (``E[h_j^2]``: the energy the scales are
+built from), ``s = s(alpha)``, ``x~_j = h_j / s_j`` and ``W~ = [W, 0] Q D``:
+
+    err(alpha) = sum_j E[h_j^2] / s_j^2 * sum_i (W~ - q(W~))_ij^2
+
+the diagonal (imatrix) approximation of ``E||x~ (W~ - q(W~))^T||^2``.  Ties go to the first alpha of the grid, so
+the choice is deterministic; ``transform_log`` records each linear's chosen ``alpha`` and ``err`` per grid value.
+Any alpha is exact (above), so the choice changes the quantizer's error, never the function.  A grid of one value is
+the float alpha exactly.  A ``W~`` narrower than a group (``d_pad < group_size``: tiny layouts) is rounded as one
+group per row (the ``group_size`` logged).  Refused: an empty grid, a negative or non-finite alpha, ``bits`` outside
+1..8, a ``group_size`` below 1 or random scales with a grid (``BadInput``), and a linear whose quantized width
+``d_pad`` a narrower group size does not divide (``group-misaligned``, naming the linear).
+
 Refusals: a module that is not a GraphModel (``module-without-layout``), a target that is not a
 ``linear`` node, e.g. the lm_head (``not-a-linear``), a linear already fed by a ``wht_in`` node
 (``already-transformed``).  Nothing structural is needed otherwise: T1 is exact for any linear.
@@ -65,6 +81,7 @@ Refusals: a module that is not a GraphModel (``module-without-layout``), a targe
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -82,6 +99,7 @@ from verifier.transform import Calibration
 from . import register
 from .calibration import collect, energy_scales
 from .graph_edit import LayoutEdit, rebuild, require_graph_model
+from .rtn import rtn
 
 NAME = "wht-scale"
 BLOCK_NAME = "wht-scale-block"
@@ -89,6 +107,11 @@ EXACT_NAME = "wht-scale-exact"
 SCALES = ("energy", "random")
 #: ``wht-scale-block``'s largest block: the quantization group size, so each group gets its own Hadamard
 MAX_BLOCK = 64
+#: the alphas ``bbt-spectral-alpha-search`` chooses from per linear (0: rotation alone; 0.25 the best global W2 alpha
+#: on SmolLM2, 0.5 the paper's)
+ALPHA_GRID = (0.0, 0.125, 0.25, 0.375, 0.5)
+#: the quantizer the alpha search measures against by default: W2, groups of 64 input columns
+SEARCH_BITS, SEARCH_GROUP = 2, 64
 
 
 def transformed_weight(weight: torch.Tensor, s: torch.Tensor, block: int | str | None = None) -> torch.Tensor:
@@ -113,6 +136,40 @@ def folded_weight(weight: torch.Tensor, s: torch.Tensor, d_in: int, block: int |
 def fitted_block(d_in: int, max_block: int = MAX_BLOCK) -> int:
     """``min(max_block, 2^v)``, ``2^v`` the largest power of two dividing ``d_in`` (1 for an odd width)."""
     return min(max_block, d_in & -d_in)
+
+
+def alphas_of(alpha, transform: str = NAME) -> tuple[float, ...]:
+    """``alpha`` as a grid: a float is the grid of one value; refused (``BadInput``): an empty grid, a value that is
+    not a finite, non-negative number."""
+    grid = tuple(alpha) if isinstance(alpha, (tuple, list)) else (alpha,)
+    if not grid:
+        raise BadInput(f"{transform}: the alpha grid is empty; give at least one alpha")
+    for a in grid:
+        if isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a) or a < 0:
+            raise BadInput(f"{transform}: alpha must be a finite number >= 0 (or a grid of them), got {a!r}")
+    return tuple(float(a) for a in grid)
+
+
+def check_quantizer(bits: int, group_size: int, transform: str = NAME) -> None:
+    """``bits`` in 1..8 and ``group_size >= 1``, integers (the quantizer the alpha search measures against)."""
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 8:
+        raise BadInput(f"{transform}: bits must be an integer in 1..8, got {bits!r}")
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+        raise BadInput(f"{transform}: group_size must be an integer >= 1, got {group_size!r}")
+
+
+def rounding_errors(weight: torch.Tensor, energy: torch.Tensor, grid: tuple[float, ...], block: int | str | None,
+                    bits: int, group_size: int) -> list[float]:
+    """``err(alpha)`` for each alpha of ``grid`` (module docstring): ``sum_j E[h_j^2] / s_j^2 * sum_i
+    (W~ - q(W~))_ij^2``, ``W~ = [W, 0] Q D`` in float64, ``q`` group-wise RTN (:func:`quant.transforms.rtn.rtn`)."""
+    e = energy.double()
+    rotated = transformed_weight(weight, torch.ones_like(e), block)  # [W, 0] Q, once for the whole grid
+    errs = []
+    for a in grid:
+        s = energy_scales(e, a)
+        wt = rotated * s
+        errs.append(float(((e / s ** 2) * (wt - rtn(wt, bits, group_size)).pow(2).sum(0)).sum()))
+    return errs
 
 
 def rotation_of(node: str, d_in: int, block: int | str | None, transform: str = NAME) -> Rotation:
@@ -144,26 +201,42 @@ def targets_of(layout: Layout, targets: list[str] | None = None, *, transform: s
 
 
 @register(NAME)
-def wht_scale(model: nn.Module, calib: Calibration, alpha: float = 0.5, scales: Literal[SCALES] = "energy",
-              seed: int = 0, targets: list[str] | None = None, block: int | None = None) -> GraphModel:
+def wht_scale(model: nn.Module, calib: Calibration, alpha: float | tuple[float, ...] = 0.5,
+              scales: Literal[SCALES] = "energy", seed: int = 0, targets: list[str] | None = None,
+              block: int | None = None, bits: int = SEARCH_BITS, group_size: int = SEARCH_GROUP) -> GraphModel:
     """Insert ``x~ = [x, 0] Q D^-1`` before every selected linear and set ``W~ = [W, 0] Q D`` (module docstring);
-    ``block``: the group-aligned form ``x Q_b D^-1``, ``W Q_b D`` with that block on every selected linear."""
+    ``block``: the group-aligned form ``x Q_b D^-1``, ``W Q_b D`` with that block on every selected linear;
+    ``alpha`` a grid: per linear the alpha of least ``err`` under the ``bits`` / ``group_size`` RTN quantizer."""
     transform = NAME if block is None else BLOCK_NAME
     m = require_graph_model(transform, model)
     chosen = targets_of(m.layout, targets, transform=transform)
-    return _transform(m, calib, {node: block for node in chosen}, alpha, scales, seed)
+    return _transform(m, calib, {node: block for node in chosen}, alpha, scales, seed, bits, group_size)
 
 
-def _transform(m: GraphModel, calib: Calibration, blocks: dict[str, int | str | None], alpha: float, scales: str,
-               seed: int) -> GraphModel:
-    """T1 on the linears ``blocks`` names, each in its form: padded (``None``), a block (an int) or ``EXACT``."""
+def _transform(m: GraphModel, calib: Calibration, blocks: dict[str, int | str | None],
+               alpha: float | tuple[float, ...], scales: str, seed: int, bits: int = SEARCH_BITS,
+               group_size: int = SEARCH_GROUP) -> GraphModel:
+    """T1 on the linears ``blocks`` names, each in its form: padded (``None``), a block (an int) or ``EXACT``;
+    ``alpha`` a float, or a grid searched per linear (module docstring)."""
     transform = (EXACT_NAME if any(b == EXACT for b in blocks.values()) else
                  NAME if all(b is None for b in blocks.values()) else BLOCK_NAME)
     if scales not in SCALES:
         raise BadInput(f"{transform}: scales must be one of {SCALES}, got {scales!r}")
+    search = isinstance(alpha, (tuple, list))
+    grid = alphas_of(alpha, transform)
+    check_quantizer(bits, group_size, transform)
+    if search and scales != "energy":
+        raise BadInput(f"{transform}: an alpha grid chooses energy scales; scales={scales!r} has no alpha")
     layout = m.layout
     chosen = list(blocks)
     rots = {node: rotation_of(node, layout.params(node)["in_features"], blocks[node], transform) for node in chosen}
+    groups = {node: min(group_size, rot.d_pad) for node, rot in rots.items()}  # a narrower row is one group
+    if search:
+        for node, rot in rots.items():
+            if rot.d_pad % groups[node]:
+                raise Refusal(transform, f"the alpha search rounds {node!r}'s W~ ({rot.d_pad} input columns) in "
+                              f"groups of {group_size}, which do not divide it", op="linear", path=node,
+                              feature="group-misaligned")
     if scales == "energy" and chosen:
         energy = collect(m, calib, wht_energy=list(blocks.items()))["wht_energy"]
     gen = torch.Generator().manual_seed(seed)
@@ -171,8 +244,16 @@ def _transform(m: GraphModel, calib: Calibration, blocks: dict[str, int | str | 
     for node in chosen:
         rot = rots[node]
         d_in, d_pad = rot.d_in, rot.d_pad
+        found = {}
+        if search:
+            errs = rounding_errors(m.nodes[node].weight, energy[node], grid, rot.block, bits, groups[node])
+            best = min(range(len(grid)), key=errs.__getitem__)  # the first of equal errors: deterministic
+            a = grid[best]
+            found = {"alpha_search": {"grid": list(grid), "err": errs, "bits": bits, "group_size": groups[node]}}
+        else:
+            a = grid[0]
         if scales == "energy":
-            s = energy_scales(energy[node], alpha)
+            s = energy_scales(energy[node], a)
         else:
             s = torch.exp(0.5 * torch.randn(d_pad, generator=gen, dtype=torch.float64))
         wht = f"{node}_wht"
@@ -186,15 +267,17 @@ def _transform(m: GraphModel, calib: Calibration, blocks: dict[str, int | str | 
         else:
             edit.tensors[(node, "weight")] = transformed_weight(m.nodes[node].weight, s, rot.block).to(m.dtype)
         log.append({"transform": transform, "node": node, "wht_in": wht, "d_in": d_in, "d_pad": d_pad,
-                    **form, "s_min": float(s.min()), "s_max": float(s.max())})
+                    **form, "s_min": float(s.min()), "s_max": float(s.max()),
+                    **({"alpha": a} if scales == "energy" else {}), **found})
     out = rebuild(m, edit)
     out.transform_log = getattr(m, "transform_log", []) + log
     return out
 
 
 @register(BLOCK_NAME)
-def wht_scale_block(model: nn.Module, calib: Calibration, alpha: float = 0.5, scales: Literal[SCALES] = "energy",
-                    seed: int = 0, targets: list[str] | None = None, max_block: int = MAX_BLOCK) -> GraphModel:
+def wht_scale_block(model: nn.Module, calib: Calibration, alpha: float | tuple[float, ...] = 0.5,
+                    scales: Literal[SCALES] = "energy", seed: int = 0, targets: list[str] | None = None,
+                    max_block: int = MAX_BLOCK, bits: int = SEARCH_BITS, group_size: int = SEARCH_GROUP) -> GraphModel:
     """The group-aligned block form of T1 on every selected linear, ``b = min(max_block, 2^v(d_in))`` each
     (module docstring)."""
     if isinstance(max_block, bool) or not isinstance(max_block, int) or not is_pow2(max_block):
@@ -202,16 +285,17 @@ def wht_scale_block(model: nn.Module, calib: Calibration, alpha: float = 0.5, sc
     m = require_graph_model(BLOCK_NAME, model)
     chosen = targets_of(m.layout, targets, transform=BLOCK_NAME)
     blocks = {n: fitted_block(m.layout.params(n)["in_features"], max_block) for n in chosen}
-    return _transform(m, calib, blocks, alpha, scales, seed)
+    return _transform(m, calib, blocks, alpha, scales, seed, bits, group_size)
 
 
 @register(EXACT_NAME)
-def wht_scale_exact(model: nn.Module, calib: Calibration, alpha: float = 0.5, scales: Literal[SCALES] = "energy",
-                    seed: int = 0, targets: list[str] | None = None) -> GraphModel:
+def wht_scale_exact(model: nn.Module, calib: Calibration, alpha: float | tuple[float, ...] = 0.5,
+                    scales: Literal[SCALES] = "energy", seed: int = 0, targets: list[str] | None = None,
+                    bits: int = SEARCH_BITS, group_size: int = SEARCH_GROUP) -> GraphModel:
     """The exact-width full form of T1 on every selected linear: ``x Q_n D^-1``, ``W Q_n D`` (module docstring)."""
     m = require_graph_model(EXACT_NAME, model)
     chosen = targets_of(m.layout, targets, transform=EXACT_NAME)
-    return _transform(m, calib, {n: EXACT for n in chosen}, alpha, scales, seed)
+    return _transform(m, calib, {n: EXACT for n in chosen}, alpha, scales, seed, bits, group_size)
 
 
 @dataclass

@@ -13,6 +13,7 @@ from fuzz.families import family_spec, to_transformers
 from quant.checkpoints import load_checkpoint, word_tokenizer
 from quant.perplexity import perplexity
 from quant.quantize import GateRefused, QuantConfig, coverage, gate, quantize, save
+from quant.transforms.wht_scale import ALPHA_GRID
 
 pytest.importorskip("auto_round")
 
@@ -28,12 +29,15 @@ def windows(seed: int = 0) -> torch.Tensor:
     return torch.randint(0, DIMS["vocab"], (4, 32), generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("recipe", ["none", "bbt-absorb", "bbt-spectral", "bbt-spectral-block", "bbt-pair-pca"])
+@pytest.mark.parametrize("recipe", ["none", "bbt-absorb", "bbt-spectral", "bbt-spectral-block", "bbt-pair-pca",
+                                    "bbt-spectral-alpha-search"])
 def test_rtn_pipeline_unfolds_exactly_and_covers_every_weight(recipe, tmp_path):
     model, tok = tiny(), word_tokenizer(DIMS["vocab"])
     report = quantize(model, tok, recipe, QuantConfig(**CFG), windows())
     if recipe != "none":
         assert report["gate"]["status"] == "invariant"
+    if recipe == "bbt-spectral-alpha-search":  # chosen per linear for this run's W2 g16
+        assert len(report["alpha_chosen"]) == 7 * DIMS["n_layers"] and report["alpha"] == ALPHA_GRID
     unfold = report["unfold"]
     assert unfold["checked"] and unfold["max_rel_err_f64"] <= 1e-9, unfold
     assert unfold["shipped_vs_transformed_rel"] <= 1e-5, unfold

@@ -101,9 +101,9 @@ def test_make_online_gives_one_block_rotation_per_distinct_input():
 
 
 def test_block_rtn_error_rounds_each_group_to_its_grid():
-    """benchmarks.block_rtn_error's RTN: at most 2^bits levels per group, every weight within half a step (the
+    """The group-wise RTN (``quant.transforms.rtn``, which benchmarks.block_rtn_error and T1's alpha search use): at most 2^bits levels per group, every weight within half a step (the
     integer zero point moves the grid by up to half a step), grid points fixed."""
-    from benchmarks.block_rtn_error import rtn
+    from quant.transforms.rtn import rtn
     w = torch.randn(3, 128, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     q = rtn(w, 2, 64)
     for g in q.reshape(3, 2, 64).unbind(1):
