@@ -81,6 +81,8 @@ METHODS = {
     "autoround-neuqi16-algext": Method("none", options=NEUQI, settings=ALG_EXT + (("neuqi_grid", (16, 8)),)),
     "bbt-spectral-pca-a0.25": Method("bbt-spectral-pca", 0.25),
     "bbt-spectral-pca-a0.25-neuqi-algext": Method("bbt-spectral-pca", 0.25, options=NEUQI, settings=ALG_EXT),
+    "bbt-spectral-pca-a0.25-neuqi16-algext": Method("bbt-spectral-pca", 0.25, options=NEUQI,
+                                                    settings=ALG_EXT + (("neuqi_grid", (16, 8)),)),
     # the tuning frontier around the best option set: learning rate, iterations against samples
     "frontier-neuqi-algext-lr0.03": Method("none", options=NEUQI, settings=ALG_EXT + (("lr", 0.03),)),
     "frontier-bbt-a0.25-neuqi16-lr0.02": Method("bbt-spectral", 0.25, options=NEUQI,
@@ -91,6 +93,8 @@ METHODS = {
                                                 settings=ALG_EXT + (("neuqi_grid", (16, 8)), ("lr", 0.05))),
     "frontier-bbt-a0.25-neuqi16-lr0.1": Method("bbt-spectral", 0.25, options=NEUQI,
                                                settings=ALG_EXT + (("neuqi_grid", (16, 8)), ("lr", 0.1))),
+    "frontier-bbt-a0.25-neuqi16-i20": Method("bbt-spectral", 0.25, options=NEUQI,
+                                             settings=ALG_EXT + (("neuqi_grid", (16, 8)), ("iters", 20))),
     "frontier-bbt-a0.25-neuqi16-n32": Method("bbt-spectral", 0.25, options=NEUQI,
                                              settings=ALG_EXT + (("neuqi_grid", (16, 8)), ("nsamples", 32))),
     "frontier-bbt-a0.25-neuqi16-n32-lr0.05": Method(

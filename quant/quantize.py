@@ -144,11 +144,13 @@ PRESETS = {
 }
 
 
-#: what a preset adds when it tunes W2 weights (docs/findings.md, "The W2 frontier"): auto-round's NeUQI search of
-#: each group's (scale, integer zero), weighted by the imatrix that ``enable_alg_ext`` collects, on a 16/8 grid
-#: (the 64/32 default took BBT-spectral from 513 to 884 s for 101.3 vs 105.9 PPL, seed 0). BBT-spectral alpha
-#: 0.25 with these: W2 PPL 111.2 +- 5.8 on SmolLM2 (3 seeds, mean 593 s); without them: 195.6.
-W2_SETTINGS = {"cpu": dict(enable_alg_ext=True, options={"enable_neuqi": True}, neuqi_grid=(16, 8))}
+#: what a preset changes when it tunes W2 weights (docs/findings.md, "The W2 frontier"): auto-round's NeUQI search
+#: of each group's (scale, integer zero), weighted by the imatrix that ``enable_alg_ext`` collects, on a 16/8 grid
+#: (the 64/32 default took BBT-spectral from 513 to 884 s for 101.3 vs 105.9 PPL, seed 0), and 20 sign-SGD
+#: iterations instead of 10 (the 16/8 grid leaves the time). BBT-spectral alpha 0.25 with these: W2 PPL 87.7 +- 4.0
+#: on SmolLM2 (3 seeds, 482-548 s); at 10 iterations 111.2 +- 5.8, with lr 0.005 / 0.02 / 0.05 instead of 0.01
+#: 128.5 / 108.6 / 375.2 (seed 0); without NeUQI 195.6.
+W2_SETTINGS = {"cpu": dict(enable_alg_ext=True, options={"enable_neuqi": True}, neuqi_grid=(16, 8), iters=20)}
 #: the recipes' alpha when none is given, per width: 0.25 was the best W2 alpha on SmolLM2 (cpu preset, 3 seeds);
 #: elsewhere the paper's 0.5
 DEFAULT_ALPHA = {2: 0.25}
@@ -172,10 +174,12 @@ def recipe_options(recipe: str, alpha: float | tuple | None = None, bits: int = 
 
 def preset_settings(preset: str, bits: int | None = None, **overrides) -> dict:
     """The tuning settings of ``preset`` with every override that is not ``None`` applied (CLI flags); with
-    ``bits=2`` and tuning (iters > 0), the preset's :data:`W2_SETTINGS` too (RTN stays plain round-to-nearest)."""
-    settings = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+    ``bits=2`` and tuning (iters > 0), the preset's :data:`W2_SETTINGS` over the preset, under the overrides (RTN
+    stays plain round-to-nearest)."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    settings = {**PRESETS[preset], **given}
     if bits == 2 and settings["iters"] > 0:
-        settings = {**copy.deepcopy(W2_SETTINGS.get(preset, {})), **settings}
+        settings = {**PRESETS[preset], **copy.deepcopy(W2_SETTINGS.get(preset, {})), **given}
     return settings
 
 

@@ -21,7 +21,7 @@ def register(subparsers) -> None:
     q.add_argument("--recipe", required=True, choices=list(RECIPES))
     q.add_argument("--alpha", type=arguments.float_in(0.0, False, "a scaling exponent"), default=None,
                    help="activation-energy scaling exponent; default 0.25 at W2 (the best W2 alpha on SmolLM2 at "
-                        "the cpu preset, with auto-round's NeUQI the preset adds at W2), else the paper's 0.5 (at "
+                        "the cpu preset, with the NeUQI search and 20 iterations the preset uses at W2), else the paper's 0.5 (at "
                         "W4, 0 was best: docs/findings.md); not with bbt-spectral-alpha-search, which chooses alpha "
                         "per linear from its grid")
     q.add_argument("--bits", type=int, default=2, choices=list(BITS))

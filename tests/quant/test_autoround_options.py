@@ -102,10 +102,12 @@ def _resolved(tmp_path, *flags):
 
 def test_w2_default_resolves_to_the_measured_recipe(tmp_path):
     """docs/findings.md, "The W2 frontier": at W2 the cpu preset tunes with NeUQI weighted by the alg_ext imatrix
-    on the 16/8 grid, alpha 0.25; W4, RTN and explicit flags are left as they were."""
+    on the 16/8 grid, 20 iterations, alpha 0.25; W4, RTN and explicit flags are left as they were."""
     cfg, alpha = _resolved(tmp_path, "--bits", "2")
     assert (cfg.enable_alg_ext, cfg.options, cfg.neuqi_grid, alpha) == (True, {"enable_neuqi": True}, (16, 8), 0.25)
-    assert (cfg.iters, cfg.nsamples, cfg.lr) == (10, 8, 0.01)
+    assert (cfg.iters, cfg.nsamples, cfg.lr) == (20, 8, 0.01)
+    cfg, _ = _resolved(tmp_path, "--bits", "2", "--iters", "5")  # a flag wins over the W2 settings
+    assert (cfg.iters, cfg.neuqi_grid) == (5, (16, 8))
     cfg, alpha = _resolved(tmp_path, "--bits", "4")
     assert (cfg.enable_alg_ext, cfg.options, cfg.neuqi_grid, alpha) == (False, {}, None, 0.5)
     cfg, _ = _resolved(tmp_path, "--bits", "2", "--iters", "0")
