@@ -95,6 +95,8 @@ METHODS = {
                                                settings=ALG_EXT + (("neuqi_grid", (16, 8)), ("lr", 0.1))),
     "frontier-bbt-a0.25-neuqi16-i20": Method("bbt-spectral", 0.25, options=NEUQI,
                                              settings=ALG_EXT + (("neuqi_grid", (16, 8)), ("iters", 20))),
+    "frontier-bbt-a0.25-neuqi16-i30": Method("bbt-spectral", 0.25, options=NEUQI,
+                                             settings=ALG_EXT + (("neuqi_grid", (16, 8)), ("iters", 30))),
     "frontier-bbt-a0.25-neuqi16-n32": Method("bbt-spectral", 0.25, options=NEUQI,
                                              settings=ALG_EXT + (("neuqi_grid", (16, 8)), ("nsamples", 32))),
     "frontier-bbt-a0.25-neuqi16-n32-lr0.05": Method(
