@@ -45,6 +45,15 @@ class Method:
 
 NEUQI = (("enable_neuqi", True),)
 ALG_EXT = (("enable_alg_ext", True),)
+#: the best W2 option set (docs/findings.md, "The W2 frontier"): NeUQI weighted by the alg_ext imatrix, 16/8 grid
+W2_OPTIONS = ALG_EXT + (("neuqi_grid", (16, 8)),)
+
+
+def bbt_w2(*extra: tuple) -> Method:
+    """BBT-spectral alpha 0.25 with :data:`W2_OPTIONS` and the ``extra`` settings: a point of the W2 frontier."""
+    return Method("bbt-spectral", 0.25, options=NEUQI, settings=W2_OPTIONS + extra)
+
+
 METHODS = {
     "fp": Method(None),
     "rtn": Method("none", rtn=True),
@@ -65,49 +74,32 @@ METHODS = {
     "autoround-neuqi-rtn": Method("none", rtn=True, options=NEUQI + (("disable_opt_rtn", False),)),
     "bbt-spectral-a0.25-neuqi-algext": Method("bbt-spectral", 0.25, options=NEUQI, settings=ALG_EXT),
     "bbt-spectral-a0-neuqi-algext": Method("bbt-spectral", 0.0, options=NEUQI, settings=ALG_EXT),
-    "bbt-spectral-a0.25-neuqi16-algext": Method("bbt-spectral", 0.25, options=NEUQI,
-                                                settings=ALG_EXT + (("neuqi_grid", (16, 8)),)),
+    "bbt-spectral-a0.25-neuqi16-algext": bbt_w2(),
     # T1's group-aligned block form (blocks of 64 = the group size, no padding) with the best W2 settings
     "bbt-spectral-block-a0.25-neuqi16-algext": Method("bbt-spectral-block", 0.25, options=NEUQI,
-                                                      settings=ALG_EXT + (("neuqi_grid", (16, 8)),)),
+                                                      settings=W2_OPTIONS),
     "bbt-spectral-block-a0-neuqi16-algext": Method("bbt-spectral-block", 0.0, options=NEUQI,
-                                                   settings=ALG_EXT + (("neuqi_grid", (16, 8)),)),
+                                                   settings=W2_OPTIONS),
     "bbt-spectral-block-a0.5-neuqi16-algext": Method("bbt-spectral-block", 0.5, options=NEUQI,
-                                                     settings=ALG_EXT + (("neuqi_grid", (16, 8)),)),
+                                                     settings=W2_OPTIONS),
     # T1 padded with alpha chosen per linear from its grid (quant.transforms.wht_scale.ALPHA_GRID) for the cell's
     # bits and group size, with the best W2 settings
     "bbt-spectral-asearch-neuqi16-algext": Method("bbt-spectral-alpha-search", None, options=NEUQI,
-                                                  settings=ALG_EXT + (("neuqi_grid", (16, 8)),)),
-    "autoround-neuqi16-algext": Method("none", options=NEUQI, settings=ALG_EXT + (("neuqi_grid", (16, 8)),)),
+                                                  settings=W2_OPTIONS),
+    "autoround-neuqi16-algext": Method("none", options=NEUQI, settings=W2_OPTIONS),
     "bbt-spectral-pca-a0.25": Method("bbt-spectral-pca", 0.25),
     "bbt-spectral-pca-a0.25-neuqi-algext": Method("bbt-spectral-pca", 0.25, options=NEUQI, settings=ALG_EXT),
     "bbt-spectral-pca-a0.25-neuqi16-algext": Method("bbt-spectral-pca", 0.25, options=NEUQI,
-                                                    settings=ALG_EXT + (("neuqi_grid", (16, 8)),)),
+                                                    settings=W2_OPTIONS),
     # the tuning frontier around the best option set: learning rate, iterations against samples
     "frontier-neuqi-algext-lr0.03": Method("none", options=NEUQI, settings=ALG_EXT + (("lr", 0.03),)),
-    "frontier-bbt-a0.25-neuqi16-lr0.02": Method("bbt-spectral", 0.25, options=NEUQI,
-                                                settings=ALG_EXT + (("neuqi_grid", (16, 8)), ("lr", 0.02))),
-    "frontier-bbt-a0.25-neuqi16-lr0.005": Method("bbt-spectral", 0.25, options=NEUQI,
-                                                 settings=ALG_EXT + (("neuqi_grid", (16, 8)), ("lr", 0.005))),
-    "frontier-bbt-a0.25-neuqi16-lr0.05": Method("bbt-spectral", 0.25, options=NEUQI,
-                                                settings=ALG_EXT + (("neuqi_grid", (16, 8)), ("lr", 0.05))),
-    "frontier-bbt-a0.25-neuqi16-lr0.1": Method("bbt-spectral", 0.25, options=NEUQI,
-                                               settings=ALG_EXT + (("neuqi_grid", (16, 8)), ("lr", 0.1))),
-    "frontier-bbt-a0.25-neuqi16-i20": Method("bbt-spectral", 0.25, options=NEUQI,
-                                             settings=ALG_EXT + (("neuqi_grid", (16, 8)), ("iters", 20))),
-    "frontier-bbt-a0.25-neuqi16-i30": Method("bbt-spectral", 0.25, options=NEUQI,
-                                             settings=ALG_EXT + (("neuqi_grid", (16, 8)), ("iters", 30))),
-    "frontier-bbt-a0.25-neuqi16-n32": Method("bbt-spectral", 0.25, options=NEUQI,
-                                             settings=ALG_EXT + (("neuqi_grid", (16, 8)), ("nsamples", 32))),
-    "frontier-bbt-a0.25-neuqi16-n32-lr0.05": Method(
-        "bbt-spectral", 0.25, options=NEUQI,
-        settings=ALG_EXT + (("neuqi_grid", (16, 8)), ("nsamples", 32), ("lr", 0.05))),
-    # iters 0: auto-round's optimized RTN (the NeUQI search weighted by the imatrix, no sign-SGD), seeded by its
-    # calibration windows
+    **{f"frontier-bbt-a0.25-neuqi16-{name}": bbt_w2(*extra) for name, extra in (
+        ("lr0.005", (("lr", 0.005),)), ("lr0.02", (("lr", 0.02),)), ("lr0.05", (("lr", 0.05),)),
+        ("i20", (("iters", 20),)), ("i30", (("iters", 30),)), ("n32", (("nsamples", 32),)))},
+    # iters 0: auto-round's optimized RTN with the NeUQI search, seeded by its calibration windows; unweighted:
+    # run_autoround passes enable_alg_ext (the imatrix) only when it tunes
     "frontier-bbt-a0.25-neuqi-i0": Method("bbt-spectral", 0.25, options=NEUQI + (("disable_opt_rtn", False),),
                                           settings=ALG_EXT + (("iters", 0),)),
-    "frontier-bbt-a0.25-neuqi-i0-n32": Method("bbt-spectral", 0.25, options=NEUQI + (("disable_opt_rtn", False),),
-                                              settings=ALG_EXT + (("iters", 0), ("nsamples", 32))),
     "frontier-neuqi-algext-i20-n4": Method("none", options=NEUQI,
                                            settings=ALG_EXT + (("iters", 20), ("nsamples", 4), ("batch_size", 4))),
 }

@@ -197,8 +197,8 @@ def gate(model: nn.Module, recipe: str, alpha: float | tuple | None = None, seed
     if recipe in ("none", "autoround-hadamard"):
         return None
     graph = import_model(model)  # checked against the checkpoint first: the proof is about its own function
-    verdict = verify(T.get(recipe, **recipe_options(recipe, alpha, bits, group_size)), graph, dtype=torch.float64, seed=seed, batch=1, seq=8,
-                     calib_batch=1)
+    transform = T.get(recipe, **recipe_options(recipe, alpha, bits, group_size))
+    verdict = verify(transform, graph, dtype=torch.float64, seed=seed, batch=1, seq=8, calib_batch=1)
     if not verdict.ok:
         raise GateRefused(recipe, verdict)
     verdict.import_check = graph.layout.meta["import_check"]  # the import the proof rests on (its floor)
